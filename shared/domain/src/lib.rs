@@ -1,1 +1,16 @@
-//! placeholder
+//! Typed domain of the HRU backbone: ids, event types and their sections, headers, and the
+//! fallible conversions from wire messages that name the missing or bad field.
+//!
+//! No I/O and no async here: everything is data in, data (or a [`FieldError`]) out.
+
+mod error;
+mod event_type;
+mod header;
+mod ids;
+mod referral;
+
+pub use error::FieldError;
+pub use event_type::{EventType, PlainSection, join_sections, split_draft};
+pub use header::{EventHeader, ProducerId};
+pub use ids::{AudienceId, CaseId, Digest, EventId, KeyId, PartyId};
+pub use referral::{Referral, ReferralIdentity};

@@ -1,0 +1,392 @@
+//! Party keys: secrets a node holds, and the public directory every verifier reads.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use hpke::{Deserializable as _, Kem as _, Serializable as _};
+use hru_domain::{KeyId, PartyId};
+use rand_core::{CryptoRng, RngCore};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::primitives::Kem;
+
+/// The key id of a public key: the first 8 bytes of its SHA-256.
+pub fn key_id(public: &[u8]) -> KeyId {
+    let h = Sha256::digest(public);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&h[..8]);
+    KeyId(id)
+}
+
+/// A party's secret keys: ed25519 for signing, X25519 for receiving epoch keys.
+pub struct PartySecrets {
+    /// The party.
+    pub party: PartyId,
+    /// Signing key.
+    pub signing: SigningKey,
+    /// HPKE (X25519) secret key.
+    pub encryption: <Kem as hpke::Kem>::PrivateKey,
+}
+
+impl std::fmt::Debug for PartySecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartySecrets")
+            .field("party", &self.party)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsFile {
+    party: String,
+    signing: String,
+    encryption: String,
+}
+
+impl PartySecrets {
+    /// Fresh keys for `party`.
+    pub fn generate(party: PartyId, rng: &mut (impl CryptoRng + RngCore)) -> Self {
+        let signing = SigningKey::generate(rng);
+        let (encryption, _) = Kem::gen_keypair(&mut crate::primitives::HpkeRng(rng));
+        Self {
+            party,
+            signing,
+            encryption,
+        }
+    }
+
+    /// The ed25519 public key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// The X25519 public key.
+    pub fn encryption_public(&self) -> <Kem as hpke::Kem>::PublicKey {
+        Kem::sk_to_pk(&self.encryption)
+    }
+
+    /// Key id of the signing key.
+    pub fn signing_key_id(&self) -> KeyId {
+        key_id(self.verifying_key().as_bytes())
+    }
+
+    /// Key id of the encryption key.
+    pub fn encryption_key_id(&self) -> KeyId {
+        key_id(&self.encryption_public().to_bytes())
+    }
+
+    /// The secret file's text (keep it mode 0600; never commit it).
+    pub fn to_toml(&self) -> String {
+        format!(
+            "# HRU Backbone secret keys of {party}. Keep private (mode 0600).\nparty = \"{party}\"\nsigning = \"{}\"\nencryption = \"{}\"\n",
+            B64.encode(self.signing.to_bytes()),
+            B64.encode(self.encryption.to_bytes()),
+            party = self.party,
+        )
+    }
+
+    /// Parse a secret file written by [`PartySecrets::to_toml`]; `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, DirectoryError> {
+        let file: SecretsFile =
+            toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
+        let at = |field: &str, message: String| DirectoryError {
+            file: source.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("`{field}` {message}"),
+        };
+        let party = PartyId::parse(&file.party, "party").map_err(|e| at("party", e.problem))?;
+        let signing: [u8; 32] = decode_32(&file.signing).map_err(|m| at("signing", m))?;
+        let encryption = decode_32(&file.encryption)
+            .ok()
+            .and_then(|b| <Kem as hpke::Kem>::PrivateKey::from_bytes(&b).ok())
+            .ok_or_else(|| at("encryption", "is not a base64 X25519 secret key".into()))?;
+        Ok(Self {
+            party,
+            signing: SigningKey::from_bytes(&signing),
+            encryption,
+        })
+    }
+
+    /// The public lines for `policies/directory.toml`.
+    pub fn directory_entry(&self, controller: &str) -> String {
+        format!(
+            "[[party]]\nid = \"{}\"\ncontroller = \"{}\"\nencryption_key = \"x25519:{}\"\n\n[[party.signing_key]]\nkey = \"ed25519:{}\"\n",
+            self.party,
+            controller,
+            B64.encode(self.encryption_public().to_bytes()),
+            B64.encode(self.verifying_key().as_bytes()),
+        )
+    }
+}
+
+fn decode_32(s: &str) -> Result<[u8; 32], String> {
+    let bytes = B64
+        .decode(s.trim())
+        .map_err(|e| format!("is not base64 ({e})"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("must decode to 32 bytes, got {}", b.len()))
+}
+
+/// A directory or key file error, with the file, line and column it points at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct DirectoryError {
+    /// File name.
+    pub file: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl DirectoryError {
+    pub(crate) fn at(source: &str, text: &str, offset: usize, message: String) -> Self {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Self {
+            file: source.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    pub(crate) fn from_toml(source: &str, text: &str, e: &toml::de::Error) -> Self {
+        let offset = e.span().map_or(0, |s| s.start);
+        Self::at(source, text, offset, e.message().to_owned())
+    }
+}
+
+/// One signing key of a party, with its validity period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyEntry {
+    /// Key id.
+    pub key_id: KeyId,
+    /// Public key.
+    pub key: VerifyingKey,
+    /// Valid from (Unix ms), if bounded.
+    pub valid_from_ms: Option<i64>,
+    /// Valid until (Unix ms, exclusive), if bounded.
+    pub valid_until_ms: Option<i64>,
+}
+
+impl SigningKeyEntry {
+    /// Whether the key was valid at `at_ms`.
+    pub fn valid_at(&self, at_ms: i64) -> bool {
+        self.valid_from_ms.is_none_or(|f| at_ms >= f)
+            && self.valid_until_ms.is_none_or(|u| at_ms < u)
+    }
+}
+
+/// A party's current X25519 public key for receiving epoch keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionKey {
+    /// Key id.
+    pub key_id: KeyId,
+    /// Public key.
+    pub key: <Kem as hpke::Kem>::PublicKey,
+}
+
+/// A party as the directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartyEntry {
+    /// The data controller (agency) the party belongs to.
+    pub controller: String,
+    /// Signing keys, current and past.
+    pub signing: Vec<SigningKeyEntry>,
+    /// Encryption key.
+    pub encryption: EncryptionKey,
+}
+
+/// The public party directory (`policies/directory.toml`): enough to verify any envelope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    parties: BTreeMap<PartyId, PartyEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectoryFile {
+    #[serde(default)]
+    party: Vec<toml::Spanned<PartyRow>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartyRow {
+    id: toml::Spanned<String>,
+    controller: String,
+    encryption_key: toml::Spanned<String>,
+    #[serde(default)]
+    signing_key: Vec<SigningRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningRow {
+    key: toml::Spanned<String>,
+    valid_from: Option<toml::Spanned<String>>,
+    valid_until: Option<toml::Spanned<String>>,
+}
+
+fn tagged_key(s: &str, prefix: &str) -> Result<[u8; 32], String> {
+    let rest = s.strip_prefix(prefix).ok_or_else(|| {
+        format!("must start with {prefix:?} (the line `hru keys generate` prints)")
+    })?;
+    decode_32(rest)
+}
+
+fn timestamp_ms(s: &str) -> Result<i64, String> {
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|e| format!("is not an RFC 3339 time such as 2026-01-01T00:00:00Z ({e})"))
+}
+
+impl Directory {
+    /// Parse a directory file; `source` names it in errors (file:line:col).
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, DirectoryError> {
+        let file: DirectoryFile =
+            toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
+        let err = |span: std::ops::Range<usize>, message: String| {
+            DirectoryError::at(source, text, span.start, message)
+        };
+        let mut dir = Directory::default();
+        for row in file.party {
+            let row_span = row.span();
+            let row = row.into_inner();
+            let party = PartyId::parse(row.id.get_ref(), "id")
+                .map_err(|e| err(row.id.span(), format!("party id {}", e.problem)))?;
+            let enc = tagged_key(row.encryption_key.get_ref(), "x25519:")
+                .and_then(|b| {
+                    <Kem as hpke::Kem>::PublicKey::from_bytes(&b)
+                        .map_err(|_| "is not an X25519 key".into())
+                })
+                .map_err(|m| err(row.encryption_key.span(), format!("encryption_key {m}")))?;
+            if row.signing_key.is_empty() {
+                return Err(err(
+                    row_span,
+                    format!(
+                        "party {party} has no [[party.signing_key]]; add the line `hru keys generate` printed"
+                    ),
+                ));
+            }
+            let mut signing = Vec::new();
+            for s in row.signing_key {
+                let key = tagged_key(s.key.get_ref(), "ed25519:")
+                    .and_then(|b| {
+                        VerifyingKey::from_bytes(&b)
+                            .map_err(|_| "is not an ed25519 public key".into())
+                    })
+                    .map_err(|m| err(s.key.span(), format!("signing key {m}")))?;
+                let bound = |v: &Option<toml::Spanned<String>>,
+                             name: &str|
+                 -> Result<Option<i64>, DirectoryError> {
+                    v.as_ref()
+                        .map(|v| {
+                            timestamp_ms(v.get_ref())
+                                .map_err(|m| err(v.span(), format!("{name} {m}")))
+                        })
+                        .transpose()
+                };
+                let valid_from_ms = bound(&s.valid_from, "valid_from")?;
+                let valid_until_ms = bound(&s.valid_until, "valid_until")?;
+                signing.push(SigningKeyEntry {
+                    key_id: key_id(key.as_bytes()),
+                    key,
+                    valid_from_ms,
+                    valid_until_ms,
+                });
+            }
+            let entry = PartyEntry {
+                controller: row.controller,
+                signing,
+                encryption: EncryptionKey {
+                    key_id: key_id(&enc.to_bytes()),
+                    key: enc,
+                },
+            };
+            if dir.parties.insert(party.clone(), entry).is_some() {
+                return Err(err(
+                    row.id.span(),
+                    format!("party {party} is listed twice; keep one [[party]] table per party"),
+                ));
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Add or replace a party (for tools and tests that build a directory in memory).
+    pub fn insert(&mut self, party: PartyId, entry: PartyEntry) {
+        self.parties.insert(party, entry);
+    }
+
+    /// Add a party from its secrets, with an unbounded signing key.
+    pub fn insert_secrets(&mut self, secrets: &PartySecrets, controller: &str) {
+        let key = secrets.verifying_key();
+        let enc = secrets.encryption_public();
+        self.insert(
+            secrets.party.clone(),
+            PartyEntry {
+                controller: controller.to_owned(),
+                signing: vec![SigningKeyEntry {
+                    key_id: key_id(key.as_bytes()),
+                    key,
+                    valid_from_ms: None,
+                    valid_until_ms: None,
+                }],
+                encryption: EncryptionKey {
+                    key_id: key_id(&enc.to_bytes()),
+                    key: enc,
+                },
+            },
+        );
+    }
+
+    /// A party's entry.
+    pub fn party(&self, party: &PartyId) -> Option<&PartyEntry> {
+        self.parties.get(party)
+    }
+
+    /// Every party, sorted by id.
+    pub fn parties(&self) -> impl Iterator<Item = (&PartyId, &PartyEntry)> {
+        self.parties.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_round_trip_and_directory_parses_the_printed_entry() {
+        let s = PartySecrets::generate("probation".parse().expect("party"), &mut rand_core::OsRng);
+        let back = PartySecrets::from_toml(&s.to_toml(), "probation.secret").expect("parses");
+        assert_eq!(back.signing_key_id(), s.signing_key_id());
+        assert_eq!(back.encryption_key_id(), s.encryption_key_id());
+        let dir = Directory::from_toml(&s.directory_entry("Probation Service"), "directory.toml")
+            .expect("parses");
+        let entry = dir.party(&s.party).expect("listed");
+        assert_eq!(entry.signing[0].key_id, s.signing_key_id());
+        assert_eq!(entry.encryption.key_id, s.encryption_key_id());
+    }
+
+    #[test]
+    fn directory_errors_name_line_and_column() {
+        let text = "[[party]]\nid = \"cwp\"\ncontroller = \"CWP\"\nencryption_key = \"rsa:abc\"\n";
+        let e = Directory::from_toml(text, "directory.toml").expect_err("bad key");
+        assert_eq!((e.line, e.column), (4, 18), "{e}");
+        assert!(e.message.contains("x25519:"), "{e}");
+        let e = Directory::from_toml("[[party]]\nid = \"cwp\"\nfoo = 1\n", "d.toml")
+            .expect_err("unknown key");
+        assert_eq!(e.line, 3, "{e}");
+    }
+}

@@ -1,0 +1,230 @@
+//! The cryptographic constructions of the envelope, each in one place: digests, section keys
+//! and AAD, and the HPKE sealing of epoch keys.
+
+use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use hru_domain::{AudienceId, Digest, EventId, KeyId, PartyId};
+use hru_wire::v1 as pb;
+use rand_core::{CryptoRng, RngCore};
+use sha2::{Digest as _, Sha256};
+
+/// HPKE suite: X25519 + HKDF-SHA256 KEM.
+pub(crate) type Kem = hpke::kem::X25519HkdfSha256;
+type Kdf = hpke::kdf::HkdfSha256;
+type HpkeAead = hpke::aead::ChaCha20Poly1305;
+
+/// Domain separator of the signed envelope digest.
+pub const SIGNATURE_DOMAIN: &[u8] = b"hru.v1.envelope\0";
+const HEADER_DOMAIN: &[u8] = b"hru.v1.header\0";
+const SECTION_KEY_SALT: &[u8] = b"hru.v1.section-key";
+const SECTION_AAD_DOMAIN: &[u8] = b"hru.v1.section\0";
+const GRANT_INFO_DOMAIN: &[u8] = b"hru.v1.epoch-key\0";
+
+/// Lends a caller's rand_core 0.6 generator to hpke, which speaks rand_core 0.9.
+pub(crate) struct HpkeRng<'a, R>(pub(crate) &'a mut R);
+
+impl<R: RngCore> hpke::rand_core::RngCore for HpkeRng<'_, R> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        self.0.fill_bytes(dst)
+    }
+}
+
+impl<R: CryptoRng + RngCore> hpke::rand_core::CryptoRng for HpkeRng<'_, R> {}
+
+/// Length of an epoch key.
+pub(crate) const EPOCH_KEY_LEN: usize = 32;
+/// Length of a section nonce.
+pub(crate) const NONCE_LEN: usize = 24;
+
+fn put(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
+}
+
+/// Digest of the exact header bytes, bound into every section's AAD.
+pub(crate) fn header_digest(header: &[u8]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(HEADER_DOMAIN);
+    put(&mut h, header);
+    Digest(h.finalize().into())
+}
+
+/// The envelope digest that is signed and that the next envelope names as `prev_digest`:
+/// length-prefixed exact header bytes, body bytes and every section field, in order.
+pub(crate) fn envelope_digest(header: &[u8], body: &[u8], sections: &[pb::Section]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(SIGNATURE_DOMAIN);
+    put(&mut h, header);
+    put(&mut h, body);
+    h.update((sections.len() as u64).to_be_bytes());
+    for s in sections {
+        put(&mut h, s.name.as_bytes());
+        put(&mut h, s.audience.as_bytes());
+        h.update(s.epoch.to_be_bytes());
+        put(&mut h, &s.nonce);
+        put(&mut h, &s.ciphertext);
+    }
+    Digest(h.finalize().into())
+}
+
+/// The section key: HKDF-SHA256(epoch key; event id ‖ section name).
+fn section_key(
+    epoch_key: &[u8; EPOCH_KEY_LEN],
+    event_id: &EventId,
+    name: &str,
+) -> chacha20poly1305::Key {
+    let hk = Hkdf::<Sha256>::new(Some(SECTION_KEY_SALT), epoch_key);
+    let mut okm = chacha20poly1305::Key::default();
+    hk.expand_multi_info(&[event_id.0.as_bytes(), name.as_bytes()], &mut okm)
+        .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF-SHA256 output length"));
+    okm
+}
+
+/// AAD of a section: the header digest, the section name, its audience and epoch.
+fn section_aad(header_digest: &Digest, name: &str, audience: &str, epoch: u32) -> Vec<u8> {
+    let mut aad =
+        Vec::with_capacity(SECTION_AAD_DOMAIN.len() + 32 + name.len() + audience.len() + 20);
+    aad.extend_from_slice(SECTION_AAD_DOMAIN);
+    aad.extend_from_slice(&header_digest.0);
+    for part in [name.as_bytes(), audience.as_bytes()] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part);
+    }
+    aad.extend_from_slice(&epoch.to_be_bytes());
+    aad
+}
+
+/// Encrypt one section under its epoch key.
+pub(crate) fn seal_section(
+    epoch_key: &[u8; EPOCH_KEY_LEN],
+    event_id: &EventId,
+    header_digest: &Digest,
+    name: &str,
+    audience: &AudienceId,
+    epoch: u32,
+    plaintext: &[u8],
+    rng: &mut (impl CryptoRng + RngCore),
+) -> pb::Section {
+    let cipher = XChaCha20Poly1305::new(&section_key(epoch_key, event_id, name));
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let aad = section_aad(header_digest, name, audience.as_str(), epoch);
+    let ciphertext = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
+        .unwrap_or_else(|_| unreachable!("XChaCha20-Poly1305 encryption fails only past 256 GiB"));
+    pb::Section {
+        name: name.to_owned(),
+        audience: audience.to_string(),
+        epoch,
+        nonce: nonce.to_vec(),
+        ciphertext,
+    }
+}
+
+/// Decrypt one section; `None` when it does not authenticate.
+pub(crate) fn open_section(
+    epoch_key: &[u8; EPOCH_KEY_LEN],
+    event_id: &EventId,
+    header_digest: &Digest,
+    section: &pb::Section,
+) -> Option<Vec<u8>> {
+    let cipher = XChaCha20Poly1305::new(&section_key(epoch_key, event_id, &section.name));
+    let aad = section_aad(
+        header_digest,
+        &section.name,
+        &section.audience,
+        section.epoch,
+    );
+    cipher
+        .decrypt(
+            XNonce::from_slice(&section.nonce),
+            Payload {
+                msg: &section.ciphertext,
+                aad: &aad,
+            },
+        )
+        .ok()
+}
+
+/// HPKE `info` for a grant entry: binds producer, audience, epoch, member and member key.
+fn grant_info(
+    producer: &PartyId,
+    audience: &AudienceId,
+    epoch: u32,
+    member: &PartyId,
+    member_key: &KeyId,
+) -> Vec<u8> {
+    let mut info = GRANT_INFO_DOMAIN.to_vec();
+    for part in [producer.as_str(), audience.as_str(), member.as_str()] {
+        info.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        info.extend_from_slice(part.as_bytes());
+    }
+    info.extend_from_slice(&epoch.to_be_bytes());
+    info.extend_from_slice(&member_key.0);
+    info
+}
+
+/// Seal an epoch key to one member: returns (enc, ciphertext).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn seal_epoch_key(
+    epoch_key: &[u8; EPOCH_KEY_LEN],
+    producer: &PartyId,
+    audience: &AudienceId,
+    epoch: u32,
+    member: &PartyId,
+    member_key_id: &KeyId,
+    member_key: &<Kem as hpke::Kem>::PublicKey,
+    rng: &mut (impl CryptoRng + RngCore),
+) -> (Vec<u8>, Vec<u8>) {
+    use hpke::Serializable as _;
+    let info = grant_info(producer, audience, epoch, member, member_key_id);
+    let (enc, ct) = hpke::single_shot_seal::<HpkeAead, Kdf, Kem, _>(
+        &hpke::OpModeS::Base,
+        member_key,
+        &info,
+        epoch_key,
+        b"",
+        &mut HpkeRng(rng),
+    )
+    .unwrap_or_else(|e| unreachable!("HPKE base-mode seal of 32 bytes cannot fail: {e}"));
+    (enc.to_bytes().to_vec(), ct)
+}
+
+/// Unseal an epoch key sealed to this member; `None` when it does not open.
+pub(crate) fn open_epoch_key(
+    enc: &[u8],
+    sealed: &[u8],
+    producer: &PartyId,
+    audience: &AudienceId,
+    epoch: u32,
+    member: &PartyId,
+    member_key_id: &KeyId,
+    secret: &<Kem as hpke::Kem>::PrivateKey,
+) -> Option<[u8; EPOCH_KEY_LEN]> {
+    use hpke::Deserializable as _;
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).ok()?;
+    let info = grant_info(producer, audience, epoch, member, member_key_id);
+    let key = hpke::single_shot_open::<HpkeAead, Kdf, Kem>(
+        &hpke::OpModeR::Base,
+        secret,
+        &enc,
+        &info,
+        sealed,
+        b"",
+    )
+    .ok()?;
+    key.try_into().ok()
+}

@@ -1,0 +1,437 @@
+//! The producer side: audiences from the policy, epoch keys and their grants, sections sealed
+//! and the envelope signed, the producer chain advanced.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use hru_domain::{
+    AudienceId, CaseId, Digest, EventHeader, EventId, EventType, FieldError, KeyId, PartyId,
+    PlainSection, ProducerId,
+};
+use hru_wire::v1 as pb;
+use prost::Message as _;
+use rand_core::{CryptoRng, RngCore};
+
+use crate::primitives::{
+    EPOCH_KEY_LEN, envelope_digest, header_digest, seal_epoch_key, seal_section,
+};
+use crate::{Audience, Directory, SCHEMA_VERSION, SealError, key_id};
+
+/// Why a policy shares a section with nobody.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// What the agreement in force says about audiences; the policy engine implements this.
+pub trait AudiencePolicy {
+    /// Agreement id written into headers.
+    fn policy_id(&self) -> &str;
+    /// Agreement version written into headers.
+    fn policy_version(&self) -> u32;
+    /// The exact audience of `section` of `event_type` sealed by `producer`, or why there is none.
+    fn audience(
+        &self,
+        producer: &PartyId,
+        event_type: EventType,
+        section: &str,
+    ) -> Result<Audience, Refusal>;
+}
+
+/// Where a producer's chain stands: the next sequence number and the digest it must name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Sequence number of the next envelope.
+    pub next_seq: u64,
+    /// Digest of the last envelope (zeros before the first).
+    pub prev_digest: Digest,
+}
+
+impl ChainHead {
+    /// A chain with no envelopes yet.
+    pub const GENESIS: ChainHead = ChainHead {
+        next_seq: 1,
+        prev_digest: Digest::ZERO,
+    };
+}
+
+/// The producer's current epoch of one audience.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EpochState {
+    /// Epoch number.
+    pub epoch: u32,
+    /// Month (YYYY-MM, UTC) of the epoch.
+    pub month: String,
+    /// Agreement version it was made under.
+    pub policy_version: u32,
+    /// Members and the encryption key ids the key was sealed to.
+    pub members: Vec<(PartyId, KeyId)>,
+    /// The epoch key.
+    pub key: [u8; EPOCH_KEY_LEN],
+}
+
+impl std::fmt::Debug for EpochState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochState")
+            .field("epoch", &self.epoch)
+            .field("month", &self.month)
+            .field("policy_version", &self.policy_version)
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One sealed, signed envelope ready to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedEnvelope {
+    /// Its header.
+    pub header: EventHeader,
+    /// The subject it is published under.
+    pub subject: String,
+    /// The encoded envelope: exactly the bytes that travel.
+    pub bytes: Vec<u8>,
+    /// Its digest (what the next envelope names as `prev_digest`).
+    pub digest: Digest,
+}
+
+/// The subject an envelope is published under (DESIGN §8).
+pub fn subject_for(header: &EventHeader, grant_audience: Option<&AudienceId>) -> String {
+    let party = &header.producer.party;
+    match (header.event_type, header.case_id, grant_audience) {
+        (EventType::KeyGranted, _, Some(audience)) => format!("hru.key.{party}.{audience}"),
+        (EventType::PositionBatch, _, _) => format!("hru.pos.{party}.{}", header.producer.instance),
+        (t, Some(case), _) => format!("hru.evt.{}.{party}.{t}", case.token()),
+        (t, _, _) => format!("hru.ctl.{party}.{t}"),
+    }
+}
+
+/// A producer: signs with its key, keeps its chain and its epoch keys.
+pub struct Sealer {
+    producer: ProducerId,
+    signing: SigningKey,
+    key_id: KeyId,
+    chain: ChainHead,
+    epochs: BTreeMap<AudienceId, EpochState>,
+}
+
+struct Draft<'a> {
+    event_type: EventType,
+    case_id: Option<CaseId>,
+    occurred_at_ms: i64,
+    recorded_at_ms: i64,
+    policy_id: &'a str,
+    policy_version: u32,
+}
+
+impl Sealer {
+    /// A producer with an empty chain and no epochs.
+    pub fn new(producer: ProducerId, signing: SigningKey) -> Self {
+        Self::resume(producer, signing, ChainHead::GENESIS, BTreeMap::new())
+    }
+
+    /// A producer continuing from a saved chain head and epochs.
+    pub fn resume(
+        producer: ProducerId,
+        signing: SigningKey,
+        chain: ChainHead,
+        epochs: BTreeMap<AudienceId, EpochState>,
+    ) -> Self {
+        let key_id = key_id(signing.verifying_key().as_bytes());
+        Self {
+            producer,
+            signing,
+            key_id,
+            chain,
+            epochs,
+        }
+    }
+
+    /// The producer.
+    pub fn producer(&self) -> &ProducerId {
+        &self.producer
+    }
+
+    /// Where the chain stands.
+    pub fn chain(&self) -> ChainHead {
+        self.chain
+    }
+
+    /// Current epoch per audience.
+    pub fn epochs(&self) -> &BTreeMap<AudienceId, EpochState> {
+        &self.epochs
+    }
+
+    /// Seal one case event: any KeyGranted envelopes its audiences need first, then the event.
+    /// On error nothing is sealed and the producer is unchanged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_event(
+        &mut self,
+        case_id: CaseId,
+        event_type: EventType,
+        sections: Vec<PlainSection>,
+        occurred_at_ms: i64,
+        now_ms: i64,
+        policy: &dyn AudiencePolicy,
+        directory: &Directory,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<Vec<SealedEnvelope>, SealError> {
+        check_sections(event_type, &sections)?;
+        let month = month_of(now_ms)?;
+        let mut chain = self.chain;
+        let mut epochs = self.epochs.clone();
+        let mut out = Vec::new();
+        let mut audiences = Vec::with_capacity(sections.len());
+        for section in &sections {
+            let audience = policy
+                .audience(&self.producer.party, event_type, section.name)
+                .map_err(|Refusal(reason)| SealError::NoRule {
+                    event_type,
+                    section: section.name.to_owned(),
+                    producer: self.producer.party.clone(),
+                    reason,
+                })?;
+            let id = audience.id();
+            let members = member_keys(&audience, directory)?;
+            let reason = match epochs.get(&id) {
+                None => Some(pb::EpochReason::First),
+                Some(e) if e.policy_version != policy.policy_version() => {
+                    Some(pb::EpochReason::Policy)
+                }
+                Some(e) if e.members != members => Some(pb::EpochReason::KeyChange),
+                Some(e) if e.month != month => Some(pb::EpochReason::Month),
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                let mut key = [0u8; EPOCH_KEY_LEN];
+                rng.fill_bytes(&mut key);
+                let epoch = epochs.get(&id).map_or(1, |e| e.epoch + 1);
+                let state = EpochState {
+                    epoch,
+                    month: month.clone(),
+                    policy_version: policy.policy_version(),
+                    members,
+                    key,
+                };
+                let grant = self.grant(&id, &state, reason, directory, rng);
+                let draft = Draft {
+                    event_type: EventType::KeyGranted,
+                    case_id: None,
+                    occurred_at_ms: now_ms,
+                    recorded_at_ms: now_ms,
+                    policy_id: policy.policy_id(),
+                    policy_version: policy.policy_version(),
+                };
+                out.push(self.finish(
+                    &mut chain,
+                    &draft,
+                    grant.encode_to_vec(),
+                    |_, _| Vec::new(),
+                    Some(&id),
+                ));
+                epochs.insert(id.clone(), state);
+            }
+            audiences.push(id);
+        }
+        let draft = Draft {
+            event_type,
+            case_id: Some(case_id),
+            occurred_at_ms,
+            recorded_at_ms: now_ms,
+            policy_id: policy.policy_id(),
+            policy_version: policy.policy_version(),
+        };
+        let event = self.finish(
+            &mut chain,
+            &draft,
+            Vec::new(),
+            |event_id, hd| {
+                sections
+                    .iter()
+                    .zip(&audiences)
+                    .map(|(s, id)| {
+                        let e = &epochs[id];
+                        seal_section(&e.key, event_id, hd, s.name, id, e.epoch, &s.bytes, rng)
+                    })
+                    .collect()
+            },
+            None,
+        );
+        out.push(event);
+        self.chain = chain;
+        self.epochs = epochs;
+        Ok(out)
+    }
+
+    /// Seal a public (cleartext, signed) event such as PolicyAdopted.
+    pub fn seal_public(
+        &mut self,
+        event_type: EventType,
+        body: Vec<u8>,
+        now_ms: i64,
+        policy: &dyn AudiencePolicy,
+    ) -> Result<SealedEnvelope, SealError> {
+        if !event_type.is_public() || event_type == EventType::KeyGranted {
+            return Err(SealError::Field(FieldError::new(
+                "event_type",
+                format!("{event_type} is not a public event sealed on its own"),
+            )));
+        }
+        let draft = Draft {
+            event_type,
+            case_id: None,
+            occurred_at_ms: now_ms,
+            recorded_at_ms: now_ms,
+            policy_id: policy.policy_id(),
+            policy_version: policy.policy_version(),
+        };
+        let mut chain = self.chain;
+        let sealed = self.finish(&mut chain, &draft, body, |_, _| Vec::new(), None);
+        self.chain = chain;
+        Ok(sealed)
+    }
+
+    fn grant(
+        &self,
+        audience: &AudienceId,
+        state: &EpochState,
+        reason: pb::EpochReason,
+        directory: &Directory,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> pb::KeyGranted {
+        let producer = &self.producer.party;
+        let members = state
+            .members
+            .iter()
+            .map(|(party, kid)| {
+                let key = directory
+                    .party(party)
+                    .map(|p| &p.encryption.key)
+                    .unwrap_or_else(|| {
+                        unreachable!("member_keys checked every member is in the directory")
+                    });
+                let (enc, sealed) = seal_epoch_key(
+                    &state.key,
+                    producer,
+                    audience,
+                    state.epoch,
+                    party,
+                    kid,
+                    key,
+                    rng,
+                );
+                pb::GrantMember {
+                    party: party.to_string(),
+                    key_id: kid.0.to_vec(),
+                    enc,
+                    sealed_epoch_key: sealed,
+                }
+            })
+            .collect();
+        pb::KeyGranted {
+            producer: producer.to_string(),
+            audience: audience.to_string(),
+            epoch: state.epoch,
+            reason: reason as i32,
+            month: state.month.clone(),
+            members,
+        }
+    }
+
+    fn finish(
+        &self,
+        chain: &mut ChainHead,
+        draft: &Draft<'_>,
+        body: Vec<u8>,
+        sections: impl FnOnce(&EventId, &Digest) -> Vec<pb::Section>,
+        grant_audience: Option<&AudienceId>,
+    ) -> SealedEnvelope {
+        let header = EventHeader {
+            event_id: EventId::new_v7(),
+            event_type: draft.event_type,
+            case_id: draft.case_id,
+            producer: self.producer.clone(),
+            key_id: self.key_id,
+            producer_seq: chain.next_seq,
+            prev_digest: chain.prev_digest,
+            occurred_at_ms: draft.occurred_at_ms,
+            recorded_at_ms: draft.recorded_at_ms,
+            policy_id: draft.policy_id.to_owned(),
+            policy_version: draft.policy_version,
+            schema: SCHEMA_VERSION,
+        };
+        let header_bytes = pb::EventHeader::from(&header).encode_to_vec();
+        let sections = sections(&header.event_id, &header_digest(&header_bytes));
+        let digest = envelope_digest(&header_bytes, &body, &sections);
+        let signature = self.signing.sign(&digest.0).to_bytes().to_vec();
+        let bytes = pb::Envelope {
+            header: header_bytes,
+            body,
+            sections,
+            signature,
+        }
+        .encode_to_vec();
+        chain.next_seq += 1;
+        chain.prev_digest = digest;
+        SealedEnvelope {
+            subject: subject_for(&header, grant_audience),
+            header,
+            bytes,
+            digest,
+        }
+    }
+}
+
+/// Each section must be one of the type's, at most once.
+fn check_sections(event_type: EventType, sections: &[PlainSection]) -> Result<(), SealError> {
+    if sections.is_empty() {
+        return Err(SealError::Field(FieldError::new(
+            "sections",
+            format!("{event_type} needs at least one section"),
+        )));
+    }
+    for (i, s) in sections.iter().enumerate() {
+        if !event_type.sections().contains(&s.name) {
+            return Err(SealError::Field(FieldError::new(
+                format!("sections[{i}]"),
+                format!(
+                    "{event_type} has no section {:?}; it has {:?}",
+                    s.name,
+                    event_type.sections()
+                ),
+            )));
+        }
+        if sections[..i].iter().any(|p| p.name == s.name) {
+            return Err(SealError::Field(FieldError::new(
+                format!("sections[{i}]"),
+                format!("section {:?} given twice", s.name),
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn member_keys(
+    audience: &Audience,
+    directory: &Directory,
+) -> Result<Vec<(PartyId, KeyId)>, SealError> {
+    audience
+        .members()
+        .iter()
+        .map(|p| {
+            directory
+                .party(p)
+                .map(|e| (p.clone(), e.encryption.key_id))
+                .ok_or_else(|| SealError::NoEncryptionKey { party: p.clone() })
+        })
+        .collect()
+}
+
+/// The UTC month (YYYY-MM) of a Unix time in ms: the retention bucket of an epoch.
+fn month_of(ms: i64) -> Result<String, SealError> {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m").to_string())
+        .map_err(|e| {
+            SealError::Field(FieldError::new(
+                "recorded_at_ms",
+                format!("is out of range ({e})"),
+            ))
+        })
+}
