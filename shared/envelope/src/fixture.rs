@@ -92,3 +92,129 @@ impl Cast {
             .share(EventType::ReferralReceived, "narrative", &cwp)
     }
 }
+
+/// The fixed cast the fuzz entries verify against.
+fn fuzz_world() -> &'static (Cast, ()) {
+    static WORLD: std::sync::OnceLock<(Cast, ())> = std::sync::OnceLock::new();
+    WORLD.get_or_init(|| (Cast::new(0), ()))
+}
+
+/// Fuzz entry: untrusted bytes as a log (frames of a 4-byte big-endian length and an
+/// envelope) or, when they do not frame, as one envelope. Each envelope is verified; grants
+/// go into a key ring that opens the events after them. Must never panic.
+pub fn fuzz_envelope(bytes: &[u8]) {
+    let (cast, _) = fuzz_world();
+    let mut ring = crate::KeyRing::new(&cast.probation);
+    for envelope in frames(bytes).unwrap_or_else(|| vec![bytes]) {
+        if let Ok(v) = crate::verify(envelope, &cast.directory) {
+            if v.header.event_type == EventType::KeyGranted {
+                let _ = ring.ingest_grant(&v);
+            } else {
+                let _ = ring.open(&v);
+            }
+        }
+    }
+}
+
+/// Frame envelopes as a fuzz log: each as a 4-byte big-endian length and its bytes.
+pub fn frame_log<'a>(envelopes: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in envelopes {
+        out.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+fn frames(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        if len > rest.len() {
+            return None;
+        }
+        let (frame, rest) = rest.split_at(len);
+        out.push(frame);
+        bytes = rest;
+    }
+    Some(out)
+}
+
+/// Fuzz entry: take in an untrusted KeyGranted body as if its envelope had verified.
+pub fn fuzz_key_granted(body: &[u8]) {
+    let (cast, _) = fuzz_world();
+    let header = hru_domain::EventHeader {
+        event_id: hru_domain::EventId(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_0001,
+        )),
+        event_type: EventType::KeyGranted,
+        case_id: None,
+        producer: hru_domain::ProducerId {
+            party: cast.police.party.clone(),
+            instance: "node-1".into(),
+        },
+        key_id: cast.police.signing_key_id(),
+        producer_seq: 1,
+        prev_digest: hru_domain::Digest::ZERO,
+        occurred_at_ms: 1,
+        recorded_at_ms: 1,
+        policy_id: "example".into(),
+        policy_version: 1,
+        schema: crate::SCHEMA_VERSION,
+    };
+    let v = crate::VerifiedEnvelope {
+        header,
+        header_digest: hru_domain::Digest::ZERO,
+        digest: hru_domain::Digest::ZERO,
+        body: body.to_vec(),
+        sections: Vec::new(),
+    };
+    let _ = crate::KeyRing::new(&cast.probation).ingest_grant(&v);
+}
+
+/// Real envelopes of the fuzz cast (grants, then referrals): the seed corpus.
+pub fn seed_envelopes() -> Vec<crate::SealedEnvelope> {
+    let (cast, _) = fuzz_world();
+    let mut sealer = crate::Sealer::new(
+        hru_domain::ProducerId {
+            party: cast.police.party.clone(),
+            instance: "node-1".into(),
+        },
+        cast.police.signing.clone(),
+    );
+    let mut out = Vec::new();
+    for n in 0..2u8 {
+        let core = hru_wire::v1::ReferralCore {
+            area: format!("area {n}"),
+            subject_ref: vec![n; 32],
+            ..Default::default()
+        };
+        let sections = vec![
+            crate::PlainSection {
+                name: "core",
+                bytes: prost::Message::encode_to_vec(&core),
+            },
+            crate::PlainSection {
+                name: "narrative",
+                bytes: b"\x0a\x04text".to_vec(),
+            },
+        ];
+        let now = 1_795_000_000_000 + i64::from(n);
+        out.extend(
+            sealer
+                .seal_event(
+                    hru_domain::CaseId(uuid::Uuid::from_u128(u128::from(n) + 1)),
+                    EventType::ReferralReceived,
+                    sections,
+                    now,
+                    now,
+                    &cast.referral_policy(),
+                    &cast.directory,
+                    &mut rand_core::OsRng,
+                )
+                .unwrap_or_else(|e| panic!("the fuzz cast's policy covers its seeds: {e}")),
+        );
+    }
+    out
+}

@@ -4,7 +4,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ed25519_dalek::Signature;
-use hru_domain::{AudienceId, Digest, EventHeader, EventType, FieldError, KeyId, PartyId};
+use hru_domain::{
+    AudienceId, Digest, EventHeader, EventType, FieldError, KeyId, PartyId, ProducerId,
+};
 use hru_wire::v1 as pb;
 use prost::Message;
 
@@ -156,7 +158,7 @@ pub struct OpenedEvent {
     pub sections: Vec<OpenedSection>,
 }
 
-type EpochRef = (PartyId, AudienceId, u32);
+type EpochRef = (ProducerId, AudienceId, u32);
 
 /// A reader's keys: its own secrets and every epoch key granted to it.
 pub struct KeyRing {
@@ -164,7 +166,7 @@ pub struct KeyRing {
     key_id: KeyId,
     secret: <crate::primitives::Kem as hpke::Kem>::PrivateKey,
     epoch_keys: HashMap<EpochRef, [u8; EPOCH_KEY_LEN]>,
-    members: HashMap<(PartyId, AudienceId), BTreeSet<PartyId>>,
+    members: HashMap<(ProducerId, AudienceId), BTreeSet<PartyId>>,
 }
 
 /// What a grant meant for this reader.
@@ -243,7 +245,7 @@ impl KeyRing {
             .into());
         }
         self.members.insert(
-            (producer_party.clone(), audience.clone()),
+            (env.header.producer.clone(), audience.clone()),
             set.members().clone(),
         );
         let Some(mine) = members
@@ -266,7 +268,7 @@ impl KeyRing {
         let key = open_epoch_key(
             &mine.enc,
             &mine.sealed_epoch_key,
-            producer_party,
+            &env.header.producer,
             &audience,
             epoch,
             &self.party,
@@ -275,13 +277,13 @@ impl KeyRing {
         )
         .ok_or_else(unseal_error)?;
         self.epoch_keys
-            .insert((producer_party.clone(), audience, epoch), key);
+            .insert((env.header.producer.clone(), audience, epoch), key);
         Ok(GrantOutcome::Opened)
     }
 
     /// Open every section of a verified event that the reader holds a key for.
     pub fn open(&self, env: &VerifiedEnvelope) -> OpenedEvent {
-        let producer = &env.header.producer.party;
+        let producer = &env.header.producer;
         let sections = env
             .sections
             .iter()
@@ -307,7 +309,7 @@ impl KeyRing {
                             }
                             _ => Err(OpenError::MissingEpochKey {
                                 section: s.name.clone(),
-                                producer: producer.clone(),
+                                producer: producer.party.clone(),
                                 audience,
                                 epoch: s.epoch,
                             }),

@@ -4,7 +4,7 @@
 use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
-use hru_domain::{AudienceId, Digest, EventId, KeyId, PartyId};
+use hru_domain::{AudienceId, Digest, EventId, KeyId, PartyId, ProducerId};
 use hru_wire::v1 as pb;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest as _, Sha256};
@@ -159,16 +159,21 @@ pub(crate) fn open_section(
         .ok()
 }
 
-/// HPKE `info` for a grant entry: binds producer, audience, epoch, member and member key.
+/// HPKE `info` for a grant entry: binds producer (party and instance), audience, epoch, member and member key.
 fn grant_info(
-    producer: &PartyId,
+    producer: &ProducerId,
     audience: &AudienceId,
     epoch: u32,
     member: &PartyId,
     member_key: &KeyId,
 ) -> Vec<u8> {
     let mut info = GRANT_INFO_DOMAIN.to_vec();
-    for part in [producer.as_str(), audience.as_str(), member.as_str()] {
+    for part in [
+        producer.party.as_str(),
+        producer.instance.as_str(),
+        audience.as_str(),
+        member.as_str(),
+    ] {
         info.extend_from_slice(&(part.len() as u32).to_be_bytes());
         info.extend_from_slice(part.as_bytes());
     }
@@ -181,7 +186,7 @@ fn grant_info(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn seal_epoch_key(
     epoch_key: &[u8; EPOCH_KEY_LEN],
-    producer: &PartyId,
+    producer: &ProducerId,
     audience: &AudienceId,
     epoch: u32,
     member: &PartyId,
@@ -207,7 +212,7 @@ pub(crate) fn seal_epoch_key(
 pub(crate) fn open_epoch_key(
     enc: &[u8],
     sealed: &[u8],
-    producer: &PartyId,
+    producer: &ProducerId,
     audience: &AudienceId,
     epoch: u32,
     member: &PartyId,

@@ -296,7 +296,7 @@ impl Sealer {
         directory: &Directory,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> pb::KeyGranted {
-        let producer = &self.producer.party;
+        let producer = &self.producer;
         let members = state
             .members
             .iter()
@@ -326,7 +326,7 @@ impl Sealer {
             })
             .collect();
         pb::KeyGranted {
-            producer: producer.to_string(),
+            producer: producer.party.to_string(),
             audience: audience.to_string(),
             epoch: state.epoch,
             reason: reason as i32,
