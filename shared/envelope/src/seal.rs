@@ -110,6 +110,7 @@ pub struct Sealer {
     key_id: KeyId,
     chain: ChainHead,
     epochs: BTreeMap<AudienceId, EpochState>,
+    used_epochs: BTreeMap<AudienceId, u32>,
 }
 
 struct Draft<'a> {
@@ -141,7 +142,15 @@ impl Sealer {
             key_id,
             chain,
             epochs,
+            used_epochs: BTreeMap::new(),
         }
+    }
+
+    /// Record that `epoch` of `audience` was already used by this producer (its key lost), so
+    /// the next epoch of that audience is numbered above it.
+    pub fn note_used_epoch(&mut self, audience: AudienceId, epoch: u32) {
+        let used = self.used_epochs.entry(audience).or_default();
+        *used = (*used).max(epoch);
     }
 
     /// The producer.
@@ -202,7 +211,8 @@ impl Sealer {
             if let Some(reason) = reason {
                 let mut key = [0u8; EPOCH_KEY_LEN];
                 rng.fill_bytes(&mut key);
-                let epoch = epochs.get(&id).map_or(1, |e| e.epoch + 1);
+                let current = epochs.get(&id).map_or(0, |e| e.epoch);
+                let epoch = current.max(self.used_epochs.get(&id).copied().unwrap_or(0)) + 1;
                 let state = EpochState {
                     epoch,
                     month: month.clone(),

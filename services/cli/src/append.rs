@@ -1,0 +1,125 @@
+//! `hru append`: read one event in the JSON form of `hru.v1.EventDraft`, seal it for the
+//! audiences of the agreement in force, and append it (with any key grants it needs).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow, bail};
+use hru_domain::{CaseId, FieldError, PartyId, ProducerId, Referral, split_draft};
+use hru_log::EventLog;
+use hru_wire::v1 as pb;
+
+use crate::{keys, policies, producer_state};
+
+/// Parse the JSON form of an EventDraft; errors name the line and column, or the field.
+pub(crate) fn parse_draft(
+    text: &str,
+    source: &str,
+) -> anyhow::Result<(CaseId, Option<i64>, pb::event_draft::Event)> {
+    let desc = hru_wire::descriptor_pool()
+        .get_message_by_name("hru.v1.EventDraft")
+        .ok_or_else(|| anyhow!("the wire contract has no EventDraft"))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let message = prost_reflect::DynamicMessage::deserialize(desc, &mut de)
+        .and_then(|m| de.end().map(|()| m))
+        .map_err(|e| anyhow!("{source}:{}:{}: {e}", e.line(), e.column()))?;
+    let draft: pb::EventDraft = message.transcode_to().context("transcoding the event")?;
+    let pb::EventDraft {
+        case_id,
+        occurred_at,
+        event,
+    } = draft;
+    let at = |e: FieldError| anyhow!("{source}: {e}");
+    let case_id: CaseId = case_id.parse().map_err(at)?;
+    let occurred_at_ms = if occurred_at.is_empty() {
+        None
+    } else {
+        let t: jiff::Timestamp = occurred_at.parse().map_err(|e| {
+            at(FieldError::new(
+                "occurredAt",
+                format!("is not an RFC 3339 time ({e})"),
+            ))
+        })?;
+        Some(t.as_millisecond())
+    };
+    let event = event.ok_or_else(|| {
+        at(FieldError::new(
+            "event",
+            "is missing: give one event, e.g. \"referralReceived\": {...}",
+        ))
+    })?;
+    if let pb::event_draft::Event::ReferralReceived(r) = &event {
+        let core = r
+            .core
+            .clone()
+            .ok_or_else(|| at(FieldError::missing("referralReceived.core")))?;
+        Referral::try_from(core).map_err(|e| at(e.within("referralReceived.core")))?;
+    }
+    Ok((case_id, occurred_at_ms, event))
+}
+
+pub(crate) async fn run(
+    nats: &str,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    instance: &str,
+    event_file: &Path,
+) -> anyhow::Result<ExitCode> {
+    let party: PartyId = party.parse().context("--party")?;
+    let producer = ProducerId::try_from(pb::Producer {
+        party: party.to_string(),
+        instance: instance.to_owned(),
+    })
+    .context("--instance")?;
+    let directory = policies::directory(policies_dir)?;
+    let agreement = policies::agreement(policies_dir)?;
+    let secrets = keys::load(keys_dir, &party)?;
+    let listed = directory
+        .party(&party)
+        .ok_or_else(|| anyhow!("{party} is not in the directory"))?;
+    if !listed
+        .signing
+        .iter()
+        .any(|k| k.key_id == secrets.signing_key_id())
+    {
+        bail!(
+            "the signing key in {} is not listed for {party} in the directory",
+            keys_dir.display()
+        );
+    }
+    let text = std::fs::read_to_string(event_file)
+        .with_context(|| format!("reading {}", event_file.display()))?;
+    let (case_id, occurred_at_ms, event) = parse_draft(&text, &event_file.display().to_string())?;
+    let (event_type, sections) = split_draft(event);
+
+    let log = EventLog::connect(nats).await?;
+    let mut sealer = producer_state::load(
+        keys_dir,
+        producer,
+        secrets.signing.clone(),
+        &log,
+        &directory,
+    )
+    .await?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let sealed = sealer.seal_event(
+        case_id,
+        event_type,
+        sections,
+        occurred_at_ms.unwrap_or(now),
+        now,
+        &agreement,
+        &directory,
+        &mut rand_core::OsRng,
+    )?;
+    for envelope in &sealed {
+        let seq = log.append(envelope).await?;
+        println!(
+            "{seq}\t{}\t{}\t{}",
+            envelope.header.event_type, envelope.header.event_id, envelope.subject
+        );
+    }
+    producer_state::save(keys_dir, &sealer)?;
+    Ok(ExitCode::SUCCESS)
+}

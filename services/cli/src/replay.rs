@@ -1,0 +1,159 @@
+//! `hru replay`: what one party can read of the log, verified and opened with its keys.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use hru_domain::{CaseId, EventType, PartyId, join_sections};
+use hru_envelope::{ChainChecker, KeyRing, OpenError, verify};
+use hru_log::EventLog;
+use hru_wire::v1 as pb;
+use serde_json::json;
+
+use crate::{Format, keys, policies};
+
+/// Render a draft event as proto3 JSON.
+fn event_json(event: pb::event_draft::Event) -> serde_json::Value {
+    let draft = pb::EventDraft {
+        case_id: String::new(),
+        occurred_at: String::new(),
+        event: Some(event),
+    };
+    let desc = hru_wire::descriptor_pool().get_message_by_name("hru.v1.EventDraft");
+    let Some(desc) = desc else {
+        return serde_json::Value::Null;
+    };
+    let mut dynamic = prost_reflect::DynamicMessage::new(desc);
+    if dynamic.transcode_from(&draft).is_err() {
+        return serde_json::Value::Null;
+    }
+    let value = serde_json::to_value(&dynamic).unwrap_or(serde_json::Value::Null);
+    value
+        .as_object()
+        .and_then(|o| o.values().next().cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+pub(crate) async fn run(
+    nats: &str,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    case: Option<&str>,
+    from: u64,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let party: PartyId = party.parse().context("--party")?;
+    let directory = policies::directory(policies_dir)?;
+    let secrets = keys::load(keys_dir, &party)?;
+    let case: Option<CaseId> = case.map(str::parse).transpose().context("--case")?;
+    let filters: Vec<String> = match case {
+        Some(c) => vec![format!("hru.evt.{}.>", c.token()), "hru.key.>".into()],
+        None => Vec::new(),
+    };
+    let log = EventLog::connect(nats).await?;
+    let mut ring = KeyRing::new(&secrets);
+    let mut chains = ChainChecker::new();
+    let mut problems = 0u64;
+    for entry in log.replay(from, &filters).await? {
+        let verified = match verify(&entry.payload, &directory) {
+            Ok(v) => v,
+            Err(e) => {
+                problems += 1;
+                emit(
+                    format,
+                    json!({"sequence": entry.sequence, "subject": entry.subject, "refused": e.kind(), "error": e.to_string()}),
+                    || format!("#{} {}: REFUSED {e}", entry.sequence, entry.subject),
+                );
+                continue;
+            }
+        };
+        if case.is_none() && from <= 1 {
+            if let Err(b) = chains.observe(&verified.header, &verified.digest) {
+                problems += 1;
+                emit(
+                    format,
+                    json!({"sequence": entry.sequence, "chain_break": b.to_string()}),
+                    || format!("#{} CHAIN BREAK {b}", entry.sequence),
+                );
+            }
+        }
+        let h = &verified.header;
+        if h.event_type == EventType::KeyGranted {
+            if let Err(e) = ring.ingest_grant(&verified) {
+                problems += 1;
+                emit(
+                    format,
+                    json!({"sequence": entry.sequence, "grant_refused": e.to_string()}),
+                    || format!("#{} grant refused: {e}", entry.sequence),
+                );
+            }
+            continue;
+        }
+        if h.event_type.is_public() {
+            continue;
+        }
+        let opened = ring.open(&verified);
+        let readable: Vec<(&str, &[u8])> = opened
+            .sections
+            .iter()
+            .filter_map(|s| {
+                s.plaintext
+                    .as_ref()
+                    .ok()
+                    .map(|p| (s.name.as_str(), p.as_slice()))
+            })
+            .collect();
+        let refused: Vec<(&str, &OpenError)> = opened
+            .sections
+            .iter()
+            .filter_map(|s| s.plaintext.as_ref().err().map(|e| (s.name.as_str(), e)))
+            .collect();
+        let content = join_sections(h.event_type, &readable)
+            .map(event_json)
+            .unwrap_or(serde_json::Value::Null);
+        let case_text = h.case_id.map(|c| c.to_string()).unwrap_or_default();
+        emit(
+            format,
+            json!({
+                "sequence": entry.sequence,
+                "event_id": h.event_id.to_string(),
+                "event_type": h.event_type.name(),
+                "case_id": case_text,
+                "producer": h.producer.to_string(),
+                "producer_seq": h.producer_seq,
+                "readable": readable.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                "refused": refused.iter().map(|(n, e)| json!({"section": n, "reason": e.kind(), "detail": e.to_string()})).collect::<Vec<_>>(),
+                "content": content,
+            }),
+            || {
+                let mut line = format!(
+                    "#{} {} case {} by {} seq {}",
+                    entry.sequence, h.event_type, case_text, h.producer, h.producer_seq
+                );
+                for (n, _) in &readable {
+                    line.push_str(&format!("\n    {n}: readable"));
+                }
+                for (n, e) in &refused {
+                    line.push_str(&format!("\n    {n}: {} ({e})", e.kind()));
+                }
+                if !content.is_null() {
+                    line.push_str(&format!("\n    {content}"));
+                }
+                line
+            },
+        );
+    }
+    Ok(if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_FINDINGS)
+    })
+}
+
+fn emit(format: Format, value: serde_json::Value, human: impl FnOnce() -> String) {
+    match format {
+        Format::Json => println!("{value}"),
+        Format::Human => println!("{}", human()),
+    }
+}

@@ -1,0 +1,284 @@
+//! The shared event log on NATS JetStream (DESIGN §8): the server-version floor, the
+//! `HRU_EVENTS` stream, append with `Nats-Msg-Id` = event id, and ordered replay.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use hru_envelope::SealedEnvelope;
+
+/// Name of the event stream.
+pub const EVENTS_STREAM: &str = "HRU_EVENTS";
+/// Subjects of the event stream: case events, key grants, public control events.
+pub const EVENT_SUBJECTS: [&str; 3] = ["hru.evt.>", "hru.key.>", "hru.ctl.>"];
+/// Oldest nats-server accepted: older servers silently ignore fields they do not know.
+pub const MIN_SERVER: (u64, u64) = (2, 11);
+/// Shortest duplicate window accepted for exactly-once publish on retry.
+pub const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// What went wrong talking to the log; each variant says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// No connection to the server.
+    #[error(
+        "cannot connect to NATS at {url}: {reason}; is nats-server running (scripts/tools.sh installs it)?"
+    )]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The server is older than the floor.
+    #[error("nats-server {found} is too old: HRU needs {}.{} or newer (older servers drop consumer filters silently)", MIN_SERVER.0, MIN_SERVER.1)]
+    ServerTooOld {
+        /// The version the server reported.
+        found: String,
+    },
+    /// An existing stream is configured unsafely.
+    #[error("stream {stream} is unsafe: {field} is {found}, must be {required}")]
+    UnsafeStream {
+        /// Stream name.
+        stream: &'static str,
+        /// The config field.
+        field: &'static str,
+        /// What it is.
+        found: String,
+        /// What it must be.
+        required: String,
+    },
+    /// A JetStream call failed.
+    #[error("{operation} failed: {reason}")]
+    JetStream {
+        /// The operation.
+        operation: &'static str,
+        /// The error.
+        reason: String,
+    },
+}
+
+fn js_err(
+    operation: &'static str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> LogError {
+    move |e| LogError::JetStream {
+        operation,
+        reason: e.to_string(),
+    }
+}
+
+/// One message of the log as stored.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Stream sequence.
+    pub sequence: u64,
+    /// Subject it was published under.
+    pub subject: String,
+    /// The envelope bytes.
+    pub payload: Bytes,
+}
+
+/// A connection to the event log.
+#[derive(Clone)]
+pub struct EventLog {
+    js: jetstream::Context,
+    stream: stream::Stream,
+}
+
+/// Parse `major.minor` out of a server version such as `2.15.1` or `v2.11.0-beta`.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The stream configuration the event log requires.
+fn events_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        subjects: EVENT_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: MIN_DUPLICATE_WINDOW,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: false,
+        ..Default::default()
+    }
+}
+
+/// Refuse an existing stream whose configuration would weaken the log.
+fn check_events_config(found: &stream::Config) -> Result<(), LogError> {
+    let unsafe_field = |field, found: String, required: String| {
+        Err(LogError::UnsafeStream {
+            stream: EVENTS_STREAM,
+            field,
+            found,
+            required,
+        })
+    };
+    if !found.deny_delete {
+        return unsafe_field("deny_delete", "false".into(), "true".into());
+    }
+    if !found.deny_purge {
+        return unsafe_field("deny_purge", "false".into(), "true".into());
+    }
+    if found.storage != stream::StorageType::File {
+        return unsafe_field("storage", format!("{:?}", found.storage), "File".into());
+    }
+    if found.duplicate_window < MIN_DUPLICATE_WINDOW {
+        return unsafe_field(
+            "duplicate_window",
+            format!("{:?}", found.duplicate_window),
+            "at least 2 min".into(),
+        );
+    }
+    let mut subjects = found.subjects.clone();
+    subjects.sort();
+    let mut want: Vec<String> = EVENT_SUBJECTS.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    if subjects != want {
+        return unsafe_field("subjects", format!("{subjects:?}"), format!("{want:?}"));
+    }
+    Ok(())
+}
+
+impl EventLog {
+    /// Connect, check the server floor, and create (or check) the `HRU_EVENTS` stream.
+    pub async fn connect(url: &str) -> Result<Self, LogError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| LogError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let version = client.server_info().version;
+        match major_minor(&version) {
+            Some(v) if v >= MIN_SERVER => {}
+            _ => return Err(LogError::ServerTooOld { found: version }),
+        }
+        let js = jetstream::new(client);
+        let stream = match js.get_stream(EVENTS_STREAM).await {
+            Ok(mut s) => {
+                let info = s
+                    .info()
+                    .await
+                    .map_err(|e| js_err("stream info")(e.into()))?;
+                check_events_config(&info.config)?;
+                s
+            }
+            Err(_) => js
+                .create_stream(events_config(1))
+                .await
+                .map_err(|e| js_err("create stream HRU_EVENTS")(e.into()))?,
+        };
+        Ok(Self { js, stream })
+    }
+
+    /// Append one sealed envelope with `Nats-Msg-Id` = its event id; returns its stream sequence.
+    pub async fn append(&self, sealed: &SealedEnvelope) -> Result<u64, LogError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(Bytes::copy_from_slice(&sealed.bytes))
+            .message_id(sealed.header.event_id.to_string());
+        let ack = self
+            .js
+            .send_publish(sealed.subject.clone(), publish)
+            .await
+            .map_err(|e| js_err("publish")(e.into()))?
+            .await
+            .map_err(|e| js_err("publish ack")(e.into()))?;
+        Ok(ack.sequence)
+    }
+
+    /// Every message from stream sequence `from` (1 = the start) on subjects matching any of
+    /// `filters` (all when empty), in order, up to the end of the log as it was when called.
+    pub async fn replay(&self, from: u64, filters: &[String]) -> Result<Vec<LogEntry>, LogError> {
+        let config = consumer::pull::OrderedConfig {
+            filter_subjects: filters.to_vec(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ..Default::default()
+        };
+        let mut consumer = self
+            .stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| js_err("create ordered consumer")(e.into()))?;
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| js_err("consumer info")(e.into()))?;
+        if info.config.filter_subjects.len() != filters.len() {
+            return Err(LogError::JetStream {
+                operation: "create ordered consumer",
+                reason: format!(
+                    "the server kept filters {:?} of {filters:?}",
+                    info.config.filter_subjects
+                ),
+            });
+        }
+        let pending = info.num_pending as usize;
+        let mut out = Vec::with_capacity(pending);
+        if pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| js_err("consume")(e.into()))?;
+        while out.len() < pending {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message.map_err(|e| js_err("consume")(e.into()))?;
+            let sequence = message
+                .info()
+                .map_err(|e| js_err("message info")(e.to_string().into()))?
+                .stream_sequence;
+            out.push(LogEntry {
+                sequence,
+                subject: message.subject.to_string(),
+                payload: message.payload.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_floor() {
+        assert_eq!(major_minor("2.15.1"), Some((2, 15)));
+        assert_eq!(major_minor("v2.11.0-beta.1"), Some((2, 11)));
+        assert!(major_minor("2.9.25").is_some_and(|v| v < MIN_SERVER));
+        assert_eq!(major_minor("garbage"), None);
+    }
+
+    #[test]
+    fn unsafe_stream_configs_are_named() {
+        assert!(check_events_config(&events_config(1)).is_ok());
+        let mut c = events_config(1);
+        c.deny_delete = false;
+        assert!(matches!(
+            check_events_config(&c),
+            Err(LogError::UnsafeStream {
+                field: "deny_delete",
+                ..
+            })
+        ));
+        let mut c = events_config(1);
+        c.subjects.pop();
+        assert!(matches!(
+            check_events_config(&c),
+            Err(LogError::UnsafeStream {
+                field: "subjects",
+                ..
+            })
+        ));
+    }
+}
