@@ -1,0 +1,349 @@
+//! The first round trip through the real binary and a real nats-server: keys, append, replay.
+//! police-hru seals a referral whose `core` is for police, probation and both trusts and whose
+//! `identity` is for police alone; each party's replay shows exactly that.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use hru_envelope::{Directory, verify};
+use hru_log::EventLog;
+use hru_testkit::NatsServer;
+use serde_json::Value;
+
+const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
+
+struct World {
+    nats: NatsServer,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> Self {
+        let nats = NatsServer::start().expect("nats-server starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("policies")).expect("mkdir");
+        let mut directory = String::new();
+        for p in PARTIES {
+            let out = hru(
+                &nats,
+                &[
+                    "keys",
+                    "generate",
+                    "--party",
+                    p,
+                    "--out",
+                    &path(dir.path(), "keys"),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "keys generate {p}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            directory.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        std::fs::write(dir.path().join("policies/directory.toml"), directory)
+            .expect("write directory");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/example.toml");
+        std::fs::copy(example, dir.path().join("policies/example.toml"))
+            .expect("copy example policy");
+        Self { nats, dir }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--policies".to_owned(), path(self.dir.path(), "policies")];
+        full.extend(args.iter().map(|s| (*s).to_owned()));
+        hru(
+            &self.nats,
+            &full.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+
+    fn event(&self, name: &str, json: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, json).expect("write event");
+        p.display().to_string()
+    }
+
+    fn append(&self, party: &str, event: &str) -> Output {
+        self.run(&[
+            "append",
+            "--party",
+            party,
+            "--keys",
+            &path(self.dir.path(), "keys"),
+            event,
+        ])
+    }
+
+    /// Replay as `party`, one JSON object per line, only the case events.
+    fn replay(&self, party: &str) -> (Output, Vec<Value>) {
+        let out = self.run(&[
+            "replay",
+            "--party",
+            party,
+            "--keys",
+            &path(self.dir.path(), "keys"),
+            "--format",
+            "json",
+        ]);
+        let lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
+            .collect();
+        (out, lines)
+    }
+
+    fn keys(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+}
+
+fn path(base: &Path, rel: &str) -> String {
+    base.join(rel).display().to_string()
+}
+
+fn hru(nats: &NatsServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hru"))
+        .args(args)
+        .env("HRU_NATS_URL", nats.url())
+        .output()
+        .expect("runs hru")
+}
+
+const CASE: &str = "0b5c2a57-6f0e-4b52-9d7c-2f3e8a1d4c10";
+
+fn referral(area: &str) -> String {
+    format!(
+        r#"{{
+  "caseId": "{CASE}",
+  "occurredAt": "2026-11-21T22:40:00Z",
+  "referralReceived": {{
+    "core": {{
+      "subjectRef": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+      "behaviours": ["BEHAVIOUR_STALKING", "BEHAVIOUR_ONLINE"],
+      "area": "{area}",
+      "receivedAtMs": "1795300000000",
+      "outOfHours": true
+    }},
+    "identity": {{ "subject": {{ "fullName": "Sam Example", "dateOfBirth": "1990-02-03" }} }}
+  }}
+}}"#
+    )
+}
+
+fn referrals(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l["event_type"] == "ReferralReceived")
+        .collect()
+}
+
+fn refused(line: &Value) -> Vec<(String, String)> {
+    line["refused"]
+        .as_array()
+        .expect("refused list")
+        .iter()
+        .map(|r| {
+            (
+                r["section"].as_str().unwrap_or_default().to_owned(),
+                r["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_party_reads_exactly_what_the_agreement_gives_it() {
+    let world = World::new();
+    let out = world.append(
+        "police-hru",
+        &world.event("referral.json", &referral("Cheshire East")),
+    );
+    assert!(
+        out.status.success(),
+        "append: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed
+            .lines()
+            .filter(|l| l.contains("\tKeyGranted\t"))
+            .count(),
+        2,
+        "{printed}"
+    );
+    assert_eq!(
+        printed
+            .lines()
+            .filter(|l| l.contains("\tReferralReceived\t"))
+            .count(),
+        1,
+        "{printed}"
+    );
+
+    let (out, police) = world.replay("police-hru");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = referrals(&police);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["readable"], serde_json::json!(["core", "identity"]));
+    assert_eq!(
+        r[0]["content"]["identity"]["subject"]["fullName"],
+        "Sam Example"
+    );
+    assert_eq!(r[0]["content"]["core"]["area"], "Cheshire East");
+
+    let (_, probation) = world.replay("probation");
+    let r = referrals(&probation);
+    assert_eq!(r[0]["readable"], serde_json::json!(["core"]));
+    assert_eq!(r[0]["content"]["core"]["area"], "Cheshire East");
+    assert_eq!(
+        refused(r[0]),
+        [("identity".to_owned(), "not-in-audience".to_owned())]
+    );
+    assert!(
+        r[0]["content"].get("identity").is_none(),
+        "no identity leaks to probation"
+    );
+
+    for trust in ["cwp", "mersey-care"] {
+        let (_, lines) = world.replay(trust);
+        assert_eq!(
+            referrals(&lines)[0]["readable"],
+            serde_json::json!(["core"]),
+            "{trust}"
+        );
+    }
+
+    let (_, em) = world.replay("em-vendor");
+    let r = referrals(&em);
+    assert_eq!(r[0]["readable"], serde_json::json!([]));
+    assert_eq!(
+        refused(r[0]),
+        [
+            ("core".to_owned(), "not-in-audience".to_owned()),
+            ("identity".to_owned(), "not-in-audience".to_owned())
+        ]
+    );
+    assert!(!String::from_utf8_lossy(&world.replay("em-vendor").0.stdout).contains("Sam Example"));
+}
+
+#[test]
+fn every_envelope_verifies_with_the_directory_alone() {
+    let world = World::new();
+    for area in ["Halton", "Warrington"] {
+        let out = world.append("police-hru", &world.event("r.json", &referral(area)));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(world.dir.path().join("policies/directory.toml"))
+        .expect("directory");
+    let directory = Directory::from_toml(&text, "directory.toml").expect("parses");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let entries = rt.block_on(async {
+        let log = EventLog::connect(&world.nats.url())
+            .await
+            .expect("connects");
+        log.replay(1, &[]).await.expect("replays")
+    });
+    assert_eq!(
+        entries.len(),
+        4,
+        "two grants, then two referrals (epochs reused)"
+    );
+    for e in &entries {
+        let v = verify(&e.payload, &directory).expect("verifies without any secret key");
+        assert_eq!(
+            v.header.producer_seq, e.sequence,
+            "one producer: chain seq equals stream seq here"
+        );
+    }
+}
+
+#[test]
+fn a_lost_producer_state_is_recovered_from_the_log() {
+    let world = World::new();
+    let event = world.event("r.json", &referral("Cheshire West"));
+    assert!(world.append("police-hru", &event).status.success());
+    std::fs::remove_file(world.keys().join("police-hru.cli.producer.json"))
+        .expect("state file existed");
+    let out = world.append("police-hru", &event);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The chain continues (replay checks it and exits 0) and new epochs are granted.
+    let (out, lines) = world.replay("probation");
+    assert!(
+        out.status.success(),
+        "no chain break: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = referrals(&lines);
+    assert_eq!(r.len(), 2);
+    assert!(
+        r.iter()
+            .all(|l| l["readable"] == serde_json::json!(["core"]))
+    );
+}
+
+#[test]
+fn bad_input_is_refused_by_name_and_nothing_is_appended() {
+    let world = World::new();
+    let bad = [
+        (
+            "unknown.json",
+            referral("X").replace("\"area\"", "\"areaa\""),
+            "areaa",
+        ),
+        (
+            "case.json",
+            referral("X").replace(CASE, "not-a-uuid"),
+            "case_id",
+        ),
+        (
+            "syntax.json",
+            "{\n  \"caseId\": \n}".to_owned(),
+            "syntax.json:3:1",
+        ),
+        (
+            "empty-area.json",
+            referral(" "),
+            "referralReceived.core.area",
+        ),
+        (
+            "no-event.json",
+            format!("{{\"caseId\": \"{CASE}\"}}"),
+            "event",
+        ),
+    ];
+    for (name, json, needle) in bad {
+        let out = world.append("police-hru", &world.event(name, &json));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(needle),
+            "{name}: error names {needle:?}: {err}"
+        );
+    }
+    // A section the agreement shares with nobody is refused, naming the rule that is missing.
+    let closed =
+        format!(r#"{{"caseId": "{CASE}", "caseClosed": {{"core": {{"reason": "resolved"}}}}}}"#);
+    let out = world.append("police-hru", &world.event("closed.json", &closed));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no ISA rule shares CaseClosed.core"));
+    let (_, lines) = world.replay("police-hru");
+    assert!(lines.is_empty(), "nothing was appended: {lines:?}");
+}
