@@ -1,0 +1,131 @@
+//! A JetStream cluster of `nats-server` nodes on loopback, for replication and failover tests.
+
+use std::net::TcpListener;
+use std::time::Instant;
+
+use crate::probe;
+use crate::server::{ClusterSpec, NatsServer, READY_TIMEOUT};
+use crate::{NatsServerBinary, TestkitError};
+
+/// Cluster name used in every generated config.
+const CLUSTER_NAME: &str = "hru-test";
+/// Whole-cluster start attempts (a pre-picked free port can be taken before the node binds it).
+const START_ATTEMPTS: usize = 3;
+
+/// `n` JetStream nodes (`n0`, `n1`, ...) routed to each other, each with its own store; all killed on drop.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes (3 for R3) and waits until every node's `/healthz` is 200 (meta leader elected).
+    pub fn start(n: usize) -> Result<Self, TestkitError> {
+        if n == 0 {
+            return Err(TestkitError::Invalid(
+                "a cluster needs at least one node".into(),
+            ));
+        }
+        let bin = NatsServerBinary::find()?;
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(&bin, n) {
+                // Exited during startup is how a port taken between picking and binding shows up.
+                Err(TestkitError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start(bin: &NatsServerBinary, n: usize) -> Result<Self, TestkitError> {
+        let ports = free_ports(2 * n)?;
+        let (client_ports, route_ports) = ports.split_at(n);
+        let mut nodes = Vec::with_capacity(n);
+        for (i, (&client, &route)) in client_ports.iter().zip(route_ports).enumerate() {
+            let spec = ClusterSpec {
+                name: CLUSTER_NAME.to_owned(),
+                listen: route,
+                routes: route_ports
+                    .iter()
+                    .copied()
+                    .filter(|&p| p != route)
+                    .collect(),
+            };
+            nodes.push(NatsServer::new(
+                bin.path.clone(),
+                true,
+                Some(node_name(i)),
+                client,
+                Some(spec),
+            )?);
+        }
+        // Spawn all before waiting: no node is healthy until a quorum has elected a meta leader.
+        for node in &mut nodes {
+            node.spawn()?;
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for node in &mut nodes {
+            node.wait_ready(deadline)?;
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Client URLs of all nodes, in node order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// All nodes, in order.
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// Node `i` (panics if out of range, like indexing).
+    pub fn node(&self, i: usize) -> &NatsServer {
+        &self.nodes[i]
+    }
+
+    /// Index of the JetStream meta leader as seen by the first running node's `/jsz`, if one is known.
+    pub fn meta_leader(&self) -> Option<usize> {
+        let leader = self.nodes.iter().find_map(|node| {
+            let (status, body) = probe::http_get(node.monitoring_port()?, "/jsz").ok()?;
+            if status != 200 {
+                return None;
+            }
+            let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+            Some(jsz.get("meta_cluster")?.get("leader")?.as_str()?.to_owned())
+        })?;
+        (0..self.nodes.len()).find(|&i| node_name(i) == leader)
+    }
+
+    /// SIGKILLs node `i` (panics if out of range).
+    pub fn kill(&mut self, i: usize) -> Result<(), TestkitError> {
+        self.nodes[i].kill()
+    }
+
+    /// Restarts node `i` on its same ports and store and waits until it is healthy (panics if out of range).
+    ///
+    /// Healthy means the node reached a meta leader; if the killed node led a stream, that stream
+    /// may still be electing a new leader (4-9 s) and requests about it go unanswered meanwhile.
+    pub fn restart(&mut self, i: usize) -> Result<(), TestkitError> {
+        self.nodes[i].restart()
+    }
+}
+
+/// `server_name` of node `i`.
+fn node_name(i: usize) -> String {
+    format!("n{i}")
+}
+
+/// `count` distinct free loopback ports: bind them all at once, read them, release them.
+fn free_ports(count: usize) -> Result<Vec<u16>, TestkitError> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(TestkitError::io("binding 127.0.0.1:0 to pick free ports"))?;
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|addr| addr.port()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(TestkitError::io("reading a picked port"))
+}

@@ -1,0 +1,358 @@
+//! One `nats-server` process with JetStream: its temp dir, config, log, lifecycle and readiness.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::probe::{self, Ports};
+use crate::{NatsServerBinary, TestkitError};
+
+/// How long a start or restart may take before it fails with [`TestkitError::NotReady`].
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`NatsServer::stop`] waits for a graceful exit before it kills.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between readiness polls.
+const POLL: Duration = Duration::from_millis(20);
+/// Health endpoint polled for readiness: 200 only once JetStream (and, clustered, the meta leader) is healthy.
+const HEALTHZ: &str = "/healthz";
+/// Log lines included in errors.
+const TAIL_LINES: usize = 40;
+
+/// Cluster membership of one node: its route port and the route ports of its peers.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterSpec {
+    /// Cluster name shared by all nodes.
+    pub name: String,
+    /// This node's route listen port.
+    pub listen: u16,
+    /// The other nodes' route ports.
+    pub routes: Vec<u16>,
+}
+
+/// Configures a single-node server before starting it.
+#[derive(Debug, Clone)]
+pub struct NatsServerBuilder {
+    sync_always: bool,
+}
+
+impl Default for NatsServerBuilder {
+    fn default() -> Self {
+        Self { sync_always: true }
+    }
+}
+
+impl NatsServerBuilder {
+    /// `true` (default): `sync_interval: always`, so an acknowledged publish is on disk; `false`: server default.
+    pub fn sync_always(mut self, always: bool) -> Self {
+        self.sync_always = always;
+        self
+    }
+
+    /// Finds the binary, starts the server on a random loopback port and waits until JetStream is healthy.
+    pub fn start(self) -> Result<NatsServer, TestkitError> {
+        let bin = NatsServerBinary::find()?;
+        let mut server = NatsServer::new(bin.path, self.sync_always, None, 0, None)?;
+        server.spawn()?;
+        server.wait_ready(Instant::now() + READY_TIMEOUT)?;
+        Ok(server)
+    }
+}
+
+/// A running (or killed, restartable) `nats-server` with JetStream on 127.0.0.1; killed on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    bin: PathBuf,
+    sync_always: bool,
+    server_name: Option<String>,
+    cluster: Option<ClusterSpec>,
+    /// Client port; 0 until the first start reported it.
+    port: u16,
+    /// Monitoring port of the current process, if it has reported one.
+    monitoring: Option<u16>,
+    child: Option<Child>,
+    store_dir: PathBuf,
+    log_path: PathBuf,
+    config_path: PathBuf,
+    /// Owns config, log, ports files and store; removed on drop, after the process is gone.
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a single node with `sync_interval: always`; same as `NatsServer::builder().start()`.
+    pub fn start() -> Result<Self, TestkitError> {
+        Self::builder().start()
+    }
+
+    /// A builder for a single node with non-default settings.
+    pub fn builder() -> NatsServerBuilder {
+        NatsServerBuilder::default()
+    }
+
+    /// Prepares (does not start) a server in a fresh temp dir; `port` 0 means pick one at first start.
+    pub(crate) fn new(
+        bin: PathBuf,
+        sync_always: bool,
+        server_name: Option<String>,
+        port: u16,
+        cluster: Option<ClusterSpec>,
+    ) -> Result<Self, TestkitError> {
+        let dir = tempfile::Builder::new()
+            .prefix("hru-nats-")
+            .tempdir()
+            .map_err(TestkitError::io("creating the server temp dir"))?;
+        Ok(Self {
+            bin,
+            sync_always,
+            server_name,
+            cluster,
+            port,
+            monitoring: None,
+            child: None,
+            store_dir: dir.path().join("js"),
+            log_path: dir.path().join("nats-server.log"),
+            config_path: dir.path().join("nats-server.conf"),
+            dir,
+        })
+    }
+
+    /// Client URL, `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Client port; stays the same across [`restart`](Self::restart).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// HTTP monitoring URL of the current process (it changes on restart), or `None` while not running.
+    pub fn monitoring_url(&self) -> Option<String> {
+        self.monitoring_port()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Monitoring port of the current process, while running.
+    pub(crate) fn monitoring_port(&self) -> Option<u16> {
+        self.monitoring.filter(|_| self.child.is_some())
+    }
+
+    /// JetStream `store_dir` (nats-server keeps its data under `<store_dir>/jetstream`).
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Server log (stdout and stderr of every run, appended).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Pid of the running process, or `None` after [`kill`](Self::kill) or [`stop`](Self::stop).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether `/healthz` answers 200 right now.
+    pub fn is_healthy(&self) -> bool {
+        self.monitoring_port()
+            .and_then(|port| probe::http_get(port, HEALTHZ).ok())
+            .is_some_and(|(status, _)| status == 200)
+    }
+
+    /// The last lines of the server log, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        probe::log_tail(&self.log_path, TAIL_LINES)
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing is flushed) and reaps it; no-op if not running.
+    pub fn kill(&mut self) -> Result<(), TestkitError> {
+        if let Some(mut child) = self.child.take() {
+            self.monitoring = None;
+            child
+                .kill()
+                .map_err(TestkitError::io("killing nats-server"))?;
+            child
+                .wait()
+                .map_err(TestkitError::io("reaping nats-server"))?;
+        }
+        Ok(())
+    }
+
+    /// Shuts down gracefully (SIGTERM via `nats-server --signal term=PID`), killing after 10 s; no-op if not running.
+    pub fn stop(&mut self) -> Result<(), TestkitError> {
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let signalled = Command::new(&self.bin)
+            .arg("--signal")
+            .arg(format!("term={pid}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| TestkitError::Spawn {
+                bin: self.bin.clone(),
+                source,
+            })?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while signalled.success() && Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && child
+                    .try_wait()
+                    .map_err(TestkitError::io("waiting for nats-server"))?
+                    .is_some()
+            {
+                self.child = None;
+                self.monitoring = None;
+                return Ok(());
+            }
+            sleep(POLL);
+        }
+        self.kill()
+    }
+
+    /// Starts again on the same client port and store dir (SIGKILLs first if still running) and waits until healthy.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        self.kill()?;
+        self.spawn()?;
+        self.wait_ready(Instant::now() + READY_TIMEOUT)
+    }
+
+    /// The config for the next run: fixed client port once known, random monitoring port.
+    fn config(&self) -> String {
+        let quote = |path: &Path| serde_json::Value::String(path.display().to_string()).to_string();
+        let listen = if self.port == 0 {
+            "127.0.0.1:-1".to_owned()
+        } else {
+            format!("127.0.0.1:{}", self.port)
+        };
+        let mut config = format!(
+            "listen: \"{listen}\"\nhttp: \"127.0.0.1:-1\"\nports_file_dir: {}\n",
+            quote(self.dir.path())
+        );
+        if let Some(name) = &self.server_name {
+            config.push_str(&format!("server_name: \"{name}\"\n"));
+        }
+        config.push_str(&format!(
+            "jetstream {{\n  store_dir: {}\n",
+            quote(&self.store_dir)
+        ));
+        if self.sync_always {
+            config.push_str("  sync_interval: always\n");
+        }
+        config.push_str("}\n");
+        if let Some(cluster) = &self.cluster {
+            let routes: Vec<String> = cluster
+                .routes
+                .iter()
+                .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+                .collect();
+            config.push_str(&format!(
+                "cluster {{\n  name: \"{}\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                cluster.name,
+                cluster.listen,
+                routes.join(", ")
+            ));
+        }
+        config
+    }
+
+    /// Writes the config and spawns the process with stdout and stderr appended to the log.
+    pub(crate) fn spawn(&mut self) -> Result<(), TestkitError> {
+        std::fs::write(&self.config_path, self.config())
+            .map_err(TestkitError::io("writing nats-server.conf"))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(TestkitError::io("opening the nats-server log"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(TestkitError::io("opening the nats-server log"))?;
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| TestkitError::Spawn {
+                bin: self.bin.clone(),
+                source,
+            })?;
+        self.child = Some(child);
+        self.monitoring = None;
+        Ok(())
+    }
+
+    /// Polls the ports file, then `/healthz`, until 200; on failure kills the process and reports the log tail.
+    pub(crate) fn wait_ready(&mut self, deadline: Instant) -> Result<(), TestkitError> {
+        let result = self.poll_ready(deadline);
+        if result.is_err() {
+            // Best effort: the error being returned matters more than a failed kill.
+            let _ = self.kill();
+        }
+        result
+    }
+
+    fn poll_ready(&mut self, deadline: Instant) -> Result<(), TestkitError> {
+        let mut last = String::from("no answer yet");
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return Err(TestkitError::Invalid("wait_ready without a process".into()));
+            };
+            let pid = child.id();
+            if let Some(status) = child
+                .try_wait()
+                .map_err(TestkitError::io("waiting for nats-server"))?
+            {
+                self.child = None;
+                return Err(TestkitError::Exited {
+                    pid,
+                    status,
+                    log_tail: self.log_tail(),
+                });
+            }
+            if self.monitoring.is_none() {
+                match probe::read_ports(self.dir.path(), pid) {
+                    Some(Ports { client, monitoring }) => {
+                        self.port = client;
+                        self.monitoring = Some(monitoring);
+                    }
+                    None => last = format!("no ports file for pid {pid} yet"),
+                }
+            }
+            if let Some(port) = self.monitoring {
+                match probe::http_get(port, HEALTHZ) {
+                    Ok((200, _)) => return Ok(()),
+                    Ok((status, body)) => last = format!("HTTP {status} {body}"),
+                    Err(err) => last = err.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                let url = match self.monitoring {
+                    Some(port) => format!("http://127.0.0.1:{port}{HEALTHZ}"),
+                    None => format!("ports file in {}", self.dir.path().display()),
+                };
+                return Err(TestkitError::NotReady {
+                    url,
+                    last,
+                    log_tail: self.log_tail(),
+                });
+            }
+            sleep(POLL);
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // Kill before the TempDir field is dropped, so the store is not removed under a live server.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
