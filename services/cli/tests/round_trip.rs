@@ -1,6 +1,7 @@
 //! The first round trip through the real binary and a real nats-server: keys, append, replay.
 //! police-hru seals a referral whose `core` is for police, probation and both trusts and whose
 //! `identity` is for police alone; each party's replay shows exactly that.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -208,7 +208,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(fn(&mut pb::EventHeader), &str)> = vec![
+        type Breakage = fn(&mut pb::EventHeader);
+        let cases: Vec<(Breakage, &str)> = vec![
             (|h| h.event_id.truncate(3), "event_id"),
             (
                 |h| h.event_id = uuid::Uuid::new_v4().as_bytes().to_vec(),

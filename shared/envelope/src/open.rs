@@ -11,7 +11,8 @@ use hru_wire::v1 as pb;
 use prost::Message;
 
 use crate::primitives::{
-    EPOCH_KEY_LEN, NONCE_LEN, envelope_digest, header_digest, open_epoch_key, open_section,
+    EPOCH_KEY_LEN, GrantSlot, NONCE_LEN, envelope_digest, header_digest, open_epoch_key,
+    open_section,
 };
 use crate::{Audience, Directory, OpenError, PartySecrets};
 
@@ -265,17 +266,15 @@ impl KeyRing {
         if mine.key_id != self.key_id.0 {
             return Err(unseal_error());
         }
-        let key = open_epoch_key(
-            &mine.enc,
-            &mine.sealed_epoch_key,
-            &env.header.producer,
-            &audience,
+        let slot = GrantSlot {
+            producer: &env.header.producer,
+            audience: &audience,
             epoch,
-            &self.party,
-            &self.key_id,
-            &self.secret,
-        )
-        .ok_or_else(unseal_error)?;
+            member: &self.party,
+            member_key_id: &self.key_id,
+        };
+        let key = open_epoch_key(&mine.enc, &mine.sealed_epoch_key, &slot, &self.secret)
+            .ok_or_else(unseal_error)?;
         self.epoch_keys
             .insert((env.header.producer.clone(), audience, epoch), key);
         Ok(GrantOutcome::Opened)

@@ -101,21 +101,26 @@ fn section_aad(header_digest: &Digest, name: &str, audience: &str, epoch: u32) -
     aad
 }
 
+/// The event a section is sealed into: its id (for the key) and header digest (for the AAD).
+pub(crate) struct SealedHeader<'a> {
+    pub(crate) event_id: &'a EventId,
+    pub(crate) header_digest: &'a Digest,
+}
+
 /// Encrypt one section under its epoch key.
 pub(crate) fn seal_section(
     epoch_key: &[u8; EPOCH_KEY_LEN],
-    event_id: &EventId,
-    header_digest: &Digest,
+    event: &SealedHeader<'_>,
     name: &str,
     audience: &AudienceId,
     epoch: u32,
     plaintext: &[u8],
     rng: &mut (impl CryptoRng + RngCore),
 ) -> pb::Section {
-    let cipher = XChaCha20Poly1305::new(&section_key(epoch_key, event_id, name));
+    let cipher = XChaCha20Poly1305::new(&section_key(epoch_key, event.event_id, name));
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
-    let aad = section_aad(header_digest, name, audience.as_str(), epoch);
+    let aad = section_aad(event.header_digest, name, audience.as_str(), epoch);
     let ciphertext = cipher
         .encrypt(
             XNonce::from_slice(&nonce),
@@ -159,43 +164,43 @@ pub(crate) fn open_section(
         .ok()
 }
 
-/// HPKE `info` for a grant entry: binds producer (party and instance), audience, epoch, member and member key.
-fn grant_info(
-    producer: &ProducerId,
-    audience: &AudienceId,
-    epoch: u32,
-    member: &PartyId,
-    member_key: &KeyId,
-) -> Vec<u8> {
-    let mut info = GRANT_INFO_DOMAIN.to_vec();
-    for part in [
-        producer.party.as_str(),
-        producer.instance.as_str(),
-        audience.as_str(),
-        member.as_str(),
-    ] {
-        info.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        info.extend_from_slice(part.as_bytes());
+/// Where a grant entry belongs: producer (party and instance), audience, epoch, member and
+/// the member's key. All of it is bound into the HPKE `info`, so an entry opens only there.
+pub(crate) struct GrantSlot<'a> {
+    pub(crate) producer: &'a ProducerId,
+    pub(crate) audience: &'a AudienceId,
+    pub(crate) epoch: u32,
+    pub(crate) member: &'a PartyId,
+    pub(crate) member_key_id: &'a KeyId,
+}
+
+impl GrantSlot<'_> {
+    fn info(&self) -> Vec<u8> {
+        let mut info = GRANT_INFO_DOMAIN.to_vec();
+        for part in [
+            self.producer.party.as_str(),
+            self.producer.instance.as_str(),
+            self.audience.as_str(),
+            self.member.as_str(),
+        ] {
+            info.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            info.extend_from_slice(part.as_bytes());
+        }
+        info.extend_from_slice(&self.epoch.to_be_bytes());
+        info.extend_from_slice(&self.member_key_id.0);
+        info
     }
-    info.extend_from_slice(&epoch.to_be_bytes());
-    info.extend_from_slice(&member_key.0);
-    info
 }
 
 /// Seal an epoch key to one member: returns (enc, ciphertext).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn seal_epoch_key(
     epoch_key: &[u8; EPOCH_KEY_LEN],
-    producer: &ProducerId,
-    audience: &AudienceId,
-    epoch: u32,
-    member: &PartyId,
-    member_key_id: &KeyId,
+    slot: &GrantSlot<'_>,
     member_key: &<Kem as hpke::Kem>::PublicKey,
     rng: &mut (impl CryptoRng + RngCore),
 ) -> (Vec<u8>, Vec<u8>) {
     use hpke::Serializable as _;
-    let info = grant_info(producer, audience, epoch, member, member_key_id);
+    let info = slot.info();
     let (enc, ct) = hpke::single_shot_seal::<HpkeAead, Kdf, Kem, _>(
         &hpke::OpModeS::Base,
         member_key,
@@ -212,16 +217,12 @@ pub(crate) fn seal_epoch_key(
 pub(crate) fn open_epoch_key(
     enc: &[u8],
     sealed: &[u8],
-    producer: &ProducerId,
-    audience: &AudienceId,
-    epoch: u32,
-    member: &PartyId,
-    member_key_id: &KeyId,
+    slot: &GrantSlot<'_>,
     secret: &<Kem as hpke::Kem>::PrivateKey,
 ) -> Option<[u8; EPOCH_KEY_LEN]> {
     use hpke::Deserializable as _;
     let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).ok()?;
-    let info = grant_info(producer, audience, epoch, member, member_key_id);
+    let info = slot.info();
     let key = hpke::single_shot_open::<HpkeAead, Kdf, Kem>(
         &hpke::OpModeR::Base,
         secret,

@@ -13,7 +13,8 @@ use prost::Message as _;
 use rand_core::{CryptoRng, RngCore};
 
 use crate::primitives::{
-    EPOCH_KEY_LEN, envelope_digest, header_digest, seal_epoch_key, seal_section,
+    EPOCH_KEY_LEN, GrantSlot, SealedHeader, envelope_digest, header_digest, seal_epoch_key,
+    seal_section,
 };
 use crate::{Audience, Directory, SCHEMA_VERSION, SealError, key_id};
 
@@ -258,7 +259,11 @@ impl Sealer {
                     .zip(&audiences)
                     .map(|(s, id)| {
                         let e = &epochs[id];
-                        seal_section(&e.key, event_id, hd, s.name, id, e.epoch, &s.bytes, rng)
+                        let event = SealedHeader {
+                            event_id,
+                            header_digest: hd,
+                        };
+                        seal_section(&e.key, &event, s.name, id, e.epoch, &s.bytes, rng)
                     })
                     .collect()
             },
@@ -317,16 +322,14 @@ impl Sealer {
                     .unwrap_or_else(|| {
                         unreachable!("member_keys checked every member is in the directory")
                     });
-                let (enc, sealed) = seal_epoch_key(
-                    &state.key,
+                let slot = GrantSlot {
                     producer,
                     audience,
-                    state.epoch,
-                    party,
-                    kid,
-                    key,
-                    rng,
-                );
+                    epoch: state.epoch,
+                    member: party,
+                    member_key_id: kid,
+                };
+                let (enc, sealed) = seal_epoch_key(&state.key, &slot, key, rng);
                 pb::GrantMember {
                     party: party.to_string(),
                     key_id: kid.0.to_vec(),

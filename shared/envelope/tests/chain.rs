@@ -1,4 +1,5 @@
 //! The chain checker names every break in a producer's chain: drops, duplicates, reorders, forks.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 use hru_domain::{CaseId, ProducerId, split_draft};
 use hru_envelope::fixture::Cast;

@@ -1,5 +1,6 @@
 //! Replays the committed cargo-fuzz seed corpus (fuzz/corpus) through the fuzz entry points,
 //! so CI exercises every decoder path the fuzzers start from.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 use std::path::{Path, PathBuf};
 

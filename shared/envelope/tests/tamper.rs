@@ -1,5 +1,6 @@
 //! The tamper matrix: every single-byte change, swapped and renamed sections, foreign signing
 //! keys and misaddressed key grants are each refused with their specific error.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use hru_domain::{CaseId, EventType, ProducerId, split_draft};
