@@ -111,7 +111,7 @@ pub(crate) async fn run(
         now,
         &agreement,
         &directory,
-        &mut rand_core::OsRng,
+        &mut <rand::rngs::StdRng as rand::SeedableRng>::from_entropy(),
     )?;
     for envelope in &sealed {
         let seq = log.append(envelope).await?;

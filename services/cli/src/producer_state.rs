@@ -59,7 +59,7 @@ pub(crate) fn save(dir: &Path, sealer: &Sealer) -> anyhow::Result<()> {
                     month: e.month.clone(),
                     policy_version: e.policy_version,
                     members,
-                    key: B64.encode(e.key),
+                    key: B64.encode(e.key.bytes()),
                 };
                 (a.to_string(), row)
             })
@@ -125,7 +125,7 @@ fn parse(
             month: row.month,
             policy_version: row.policy_version,
             members,
-            key,
+            key: hru_envelope::EpochKey::new(key),
         };
         epochs.insert(AudienceId::parse(&audience, "audience")?, state);
     }

@@ -9,13 +9,18 @@ use sha2::{Digest as _, Sha256};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Audience {
     members: BTreeSet<PartyId>,
+    id: AudienceId,
 }
 
 impl Audience {
     /// An audience of these parties; `None` when empty.
     pub fn new(members: impl IntoIterator<Item = PartyId>) -> Option<Self> {
         let members: BTreeSet<PartyId> = members.into_iter().collect();
-        (!members.is_empty()).then_some(Self { members })
+        if members.is_empty() {
+            return None;
+        }
+        let id = id_of(&members);
+        Some(Self { members, id })
     }
 
     /// The members, sorted.
@@ -30,17 +35,21 @@ impl Audience {
 
     /// The id: `a` and 15 hex digits of SHA-256 over the sorted member list, so any verifier can
     /// recompute it from a grant's member list.
-    pub fn id(&self) -> AudienceId {
-        let mut h = Sha256::new();
-        h.update(b"hru.v1.audience\0");
-        for m in &self.members {
-            h.update(m.as_str().as_bytes());
-            h.update(b"\n");
-        }
-        let hex = hex::encode(h.finalize());
-        AudienceId::parse(&format!("a{}", &hex[..15]), "audience")
-            .unwrap_or_else(|_| unreachable!("hex digits always form a valid token"))
+    pub fn id(&self) -> &AudienceId {
+        &self.id
     }
+}
+
+fn id_of(members: &BTreeSet<PartyId>) -> AudienceId {
+    let mut h = Sha256::new();
+    h.update(b"hru.v1.audience\0");
+    for m in members {
+        h.update(m.as_str().as_bytes());
+        h.update(b"\n");
+    }
+    let hex = hex::encode(h.finalize());
+    AudienceId::parse(&format!("a{}", &hex[..15]), "audience")
+        .unwrap_or_else(|_| unreachable!("hex digits always form a valid token"))
 }
 
 #[cfg(test)]

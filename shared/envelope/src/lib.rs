@@ -23,7 +23,7 @@ pub use keys::{
     Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry, key_id,
 };
 pub use open::{GrantOutcome, KeyRing, OpenedEvent, OpenedSection, VerifiedEnvelope, verify};
-pub use primitives::SIGNATURE_DOMAIN;
+pub use primitives::{EpochKey, SIGNATURE_DOMAIN};
 pub use seal::{
     AudiencePolicy, ChainHead, EpochState, Refusal, SealedEnvelope, Sealer, subject_for,
 };

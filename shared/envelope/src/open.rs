@@ -11,10 +11,9 @@ use hru_wire::v1 as pb;
 use prost::Message;
 
 use crate::primitives::{
-    EPOCH_KEY_LEN, GrantSlot, NONCE_LEN, envelope_digest, header_digest, open_epoch_key,
-    open_section,
+    GrantSlot, NONCE_LEN, envelope_digest, header_digest, open_epoch_key, open_section,
 };
-use crate::{Audience, Directory, OpenError, PartySecrets};
+use crate::{Audience, Directory, EpochKey, OpenError, PartySecrets};
 
 /// An envelope whose encoding, header and signature have been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +165,7 @@ pub struct KeyRing {
     party: PartyId,
     key_id: KeyId,
     secret: <crate::primitives::Kem as hpke::Kem>::PrivateKey,
-    epoch_keys: HashMap<EpochRef, [u8; EPOCH_KEY_LEN]>,
+    epoch_keys: HashMap<EpochRef, EpochKey>,
     members: HashMap<(ProducerId, AudienceId), BTreeSet<PartyId>>,
 }
 
@@ -238,7 +237,7 @@ impl KeyRing {
             .collect::<Result<Vec<_>, _>>()?;
         let set = Audience::new(parties.iter().cloned())
             .ok_or_else(|| FieldError::new("body.members", "must name at least one member"))?;
-        if set.id() != audience || set.members().len() != parties.len() {
+        if *set.id() != audience || set.members().len() != parties.len() {
             return Err(FieldError::new(
                 "body.audience",
                 format!("{audience} is not the id of its member list"),
@@ -275,8 +274,10 @@ impl KeyRing {
         };
         let key = open_epoch_key(&mine.enc, &mine.sealed_epoch_key, &slot, &self.secret)
             .ok_or_else(unseal_error)?;
-        self.epoch_keys
-            .insert((env.header.producer.clone(), audience, epoch), key);
+        self.epoch_keys.insert(
+            (env.header.producer.clone(), audience, epoch),
+            EpochKey::new(key),
+        );
         Ok(GrantOutcome::Opened)
     }
 

@@ -74,15 +74,42 @@ pub(crate) fn envelope_digest(header: &[u8], body: &[u8], sections: &[pb::Sectio
     Digest(h.finalize().into())
 }
 
+/// An epoch key, with its HKDF extract done once so each section key costs one expand.
+#[derive(Clone)]
+pub struct EpochKey {
+    bytes: [u8; EPOCH_KEY_LEN],
+    prk: Hkdf<Sha256>,
+}
+
+impl EpochKey {
+    /// Wrap 32 key bytes.
+    pub fn new(bytes: [u8; EPOCH_KEY_LEN]) -> Self {
+        Self {
+            prk: Hkdf::<Sha256>::new(Some(SECTION_KEY_SALT), &bytes),
+            bytes,
+        }
+    }
+
+    /// The key bytes (for sealing to members and for the producer's private state).
+    pub fn bytes(&self) -> &[u8; EPOCH_KEY_LEN] {
+        &self.bytes
+    }
+}
+
+impl PartialEq for EpochKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for EpochKey {}
+
 /// The section key: HKDF-SHA256(epoch key; event id ‖ section name).
-fn section_key(
-    epoch_key: &[u8; EPOCH_KEY_LEN],
-    event_id: &EventId,
-    name: &str,
-) -> chacha20poly1305::Key {
-    let hk = Hkdf::<Sha256>::new(Some(SECTION_KEY_SALT), epoch_key);
+fn section_key(epoch_key: &EpochKey, event_id: &EventId, name: &str) -> chacha20poly1305::Key {
     let mut okm = chacha20poly1305::Key::default();
-    hk.expand_multi_info(&[event_id.0.as_bytes(), name.as_bytes()], &mut okm)
+    epoch_key
+        .prk
+        .expand_multi_info(&[event_id.0.as_bytes(), name.as_bytes()], &mut okm)
         .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF-SHA256 output length"));
     okm
 }
@@ -109,7 +136,7 @@ pub(crate) struct SealedHeader<'a> {
 
 /// Encrypt one section under its epoch key.
 pub(crate) fn seal_section(
-    epoch_key: &[u8; EPOCH_KEY_LEN],
+    epoch_key: &EpochKey,
     event: &SealedHeader<'_>,
     name: &str,
     audience: &AudienceId,
@@ -141,7 +168,7 @@ pub(crate) fn seal_section(
 
 /// Decrypt one section; `None` when it does not authenticate.
 pub(crate) fn open_section(
-    epoch_key: &[u8; EPOCH_KEY_LEN],
+    epoch_key: &EpochKey,
     event_id: &EventId,
     header_digest: &Digest,
     section: &pb::Section,

@@ -16,7 +16,7 @@ use crate::primitives::{
     EPOCH_KEY_LEN, GrantSlot, SealedHeader, envelope_digest, header_digest, seal_epoch_key,
     seal_section,
 };
-use crate::{Audience, Directory, SCHEMA_VERSION, SealError, key_id};
+use crate::{Audience, Directory, EpochKey, SCHEMA_VERSION, SealError, key_id};
 
 /// Why a policy shares a section with nobody.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub trait AudiencePolicy {
         producer: &PartyId,
         event_type: EventType,
         section: &str,
-    ) -> Result<Audience, Refusal>;
+    ) -> Result<&Audience, Refusal>;
 }
 
 /// Where a producer's chain stands: the next sequence number and the digest it must name.
@@ -66,7 +66,7 @@ pub struct EpochState {
     /// Members and the encryption key ids the key was sealed to.
     pub members: Vec<(PartyId, KeyId)>,
     /// The epoch key.
-    pub key: [u8; EPOCH_KEY_LEN],
+    pub key: EpochKey,
 }
 
 impl std::fmt::Debug for EpochState {
@@ -185,9 +185,7 @@ impl Sealer {
     ) -> Result<Vec<SealedEnvelope>, SealError> {
         check_sections(event_type, &sections)?;
         let month = month_of(now_ms)?;
-        let mut chain = self.chain;
-        let mut epochs = self.epochs.clone();
-        let mut out = Vec::new();
+        // Everything that can fail is checked before any state changes.
         let mut audiences = Vec::with_capacity(sections.len());
         for section in &sections {
             let audience = policy
@@ -198,48 +196,58 @@ impl Sealer {
                     producer: self.producer.party.clone(),
                     reason,
                 })?;
-            let id = audience.id();
-            let members = member_keys(&audience, directory)?;
-            let reason = match epochs.get(&id) {
-                None => Some(pb::EpochReason::First),
-                Some(e) if e.policy_version != policy.policy_version() => {
-                    Some(pb::EpochReason::Policy)
-                }
-                Some(e) if e.members != members => Some(pb::EpochReason::KeyChange),
-                Some(e) if e.month != month => Some(pb::EpochReason::Month),
-                Some(_) => None,
-            };
-            if let Some(reason) = reason {
-                let mut key = [0u8; EPOCH_KEY_LEN];
-                rng.fill_bytes(&mut key);
-                let current = epochs.get(&id).map_or(0, |e| e.epoch);
-                let epoch = current.max(self.used_epochs.get(&id).copied().unwrap_or(0)) + 1;
-                let state = EpochState {
-                    epoch,
-                    month: month.clone(),
-                    policy_version: policy.policy_version(),
-                    members,
-                    key,
-                };
-                let grant = self.grant(&id, &state, reason, directory, rng);
-                let draft = Draft {
-                    event_type: EventType::KeyGranted,
-                    case_id: None,
-                    occurred_at_ms: now_ms,
-                    recorded_at_ms: now_ms,
-                    policy_id: policy.policy_id(),
-                    policy_version: policy.policy_version(),
-                };
-                out.push(self.finish(
-                    &mut chain,
-                    &draft,
-                    grant.encode_to_vec(),
-                    |_, _| Vec::new(),
-                    Some(&id),
-                ));
-                epochs.insert(id.clone(), state);
+            if let Some(missing) = audience
+                .members()
+                .iter()
+                .find(|p| directory.party(p).is_none())
+            {
+                return Err(SealError::NoEncryptionKey {
+                    party: missing.clone(),
+                });
             }
-            audiences.push(id);
+            audiences.push(audience);
+        }
+        let mut chain = self.chain;
+        let mut out = Vec::new();
+        for audience in &audiences {
+            let id = audience.id();
+            let Some(reason) =
+                self.turn_reason(audience, &month, policy.policy_version(), directory)
+            else {
+                continue;
+            };
+            let mut key = [0u8; EPOCH_KEY_LEN];
+            rng.fill_bytes(&mut key);
+            let current = self.epochs.get(id).map_or(0, |e| e.epoch);
+            let used = self.used_epochs.get(id).copied().unwrap_or(0);
+            let state = EpochState {
+                epoch: current.max(used) + 1,
+                month: month.clone(),
+                policy_version: policy.policy_version(),
+                members: audience
+                    .members()
+                    .iter()
+                    .filter_map(|p| directory.party(p).map(|e| (p.clone(), e.encryption.key_id)))
+                    .collect(),
+                key: EpochKey::new(key),
+            };
+            let grant = self.grant(id, &state, reason, directory, rng);
+            let draft = Draft {
+                event_type: EventType::KeyGranted,
+                case_id: None,
+                occurred_at_ms: now_ms,
+                recorded_at_ms: now_ms,
+                policy_id: policy.policy_id(),
+                policy_version: policy.policy_version(),
+            };
+            out.push(self.finish(
+                &mut chain,
+                &draft,
+                grant.encode_to_vec(),
+                |_, _| Vec::new(),
+                Some(id),
+            ));
+            self.epochs.insert(id.clone(), state);
         }
         let draft = Draft {
             event_type,
@@ -257,8 +265,9 @@ impl Sealer {
                 sections
                     .iter()
                     .zip(&audiences)
-                    .map(|(s, id)| {
-                        let e = &epochs[id];
+                    .map(|(s, audience)| {
+                        let id = audience.id();
+                        let e = &self.epochs[id];
                         let event = SealedHeader {
                             event_id,
                             header_digest: hd,
@@ -271,7 +280,6 @@ impl Sealer {
         );
         out.push(event);
         self.chain = chain;
-        self.epochs = epochs;
         Ok(out)
     }
 
@@ -303,6 +311,38 @@ impl Sealer {
         Ok(sealed)
     }
 
+    /// Why the epoch of `audience` must turn before sealing, if it must.
+    fn turn_reason(
+        &self,
+        audience: &Audience,
+        month: &str,
+        policy_version: u32,
+        directory: &Directory,
+    ) -> Option<pb::EpochReason> {
+        let Some(e) = self.epochs.get(audience.id()) else {
+            return Some(pb::EpochReason::First);
+        };
+        let same_keys = e.members.len() == audience.members().len()
+            && e.members
+                .iter()
+                .zip(audience.members())
+                .all(|((party, kid), member)| {
+                    party == member
+                        && directory
+                            .party(member)
+                            .is_some_and(|d| d.encryption.key_id == *kid)
+                });
+        if e.policy_version != policy_version {
+            Some(pb::EpochReason::Policy)
+        } else if !same_keys {
+            Some(pb::EpochReason::KeyChange)
+        } else if e.month != month {
+            Some(pb::EpochReason::Month)
+        } else {
+            None
+        }
+    }
+
     fn grant(
         &self,
         audience: &AudienceId,
@@ -329,7 +369,7 @@ impl Sealer {
                     member: party,
                     member_key_id: kid,
                 };
-                let (enc, sealed) = seal_epoch_key(&state.key, &slot, key, rng);
+                let (enc, sealed) = seal_epoch_key(state.key.bytes(), &slot, key, rng);
                 pb::GrantMember {
                     party: party.to_string(),
                     key_id: kid.0.to_vec(),
@@ -419,22 +459,6 @@ fn check_sections(event_type: EventType, sections: &[PlainSection]) -> Result<()
         }
     }
     Ok(())
-}
-
-fn member_keys(
-    audience: &Audience,
-    directory: &Directory,
-) -> Result<Vec<(PartyId, KeyId)>, SealError> {
-    audience
-        .members()
-        .iter()
-        .map(|p| {
-            directory
-                .party(p)
-                .map(|e| (p.clone(), e.encryption.key_id))
-                .ok_or_else(|| SealError::NoEncryptionKey { party: p.clone() })
-        })
-        .collect()
 }
 
 /// The UTC month (YYYY-MM) of a Unix time in ms: the retention bucket of an epoch.

@@ -13,7 +13,7 @@ use crate::{Audience, AudiencePolicy, DirectoryError, Refusal};
 pub struct StaticAudiences {
     id: String,
     version: u32,
-    rules: BTreeMap<(EventType, String), BTreeSet<PartyId>>,
+    rules: BTreeMap<(EventType, String), Audience>,
 }
 
 #[derive(Deserialize)]
@@ -45,10 +45,16 @@ impl StaticAudiences {
 
     /// Share `section` of `event_type` with `parties` (added to any earlier rule).
     pub fn share(mut self, event_type: EventType, section: &str, parties: &[PartyId]) -> Self {
-        self.rules
-            .entry((event_type, section.to_owned()))
-            .or_default()
-            .extend(parties.iter().cloned());
+        let key = (event_type, section.to_owned());
+        let mut members: BTreeSet<PartyId> = self
+            .rules
+            .get(&key)
+            .map(|a| a.members().clone())
+            .unwrap_or_default();
+        members.extend(parties.iter().cloned());
+        if let Some(audience) = Audience::new(members) {
+            self.rules.insert(key, audience);
+        }
         self
     }
 
@@ -112,10 +118,9 @@ impl AudiencePolicy for StaticAudiences {
         _producer: &PartyId,
         event_type: EventType,
         section: &str,
-    ) -> Result<Audience, Refusal> {
+    ) -> Result<&Audience, Refusal> {
         self.rules
             .get(&(event_type, section.to_owned()))
-            .and_then(|parties| Audience::new(parties.iter().cloned()))
             .ok_or_else(|| {
                 Refusal(format!(
                     "policy {} v{} has no share rule for it",
