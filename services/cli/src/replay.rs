@@ -133,14 +133,11 @@ pub(crate) async fn run(
                     "#{} {} case {} by {} seq {}",
                     entry.sequence, h.event_type, case_text, h.producer, h.producer_seq
                 );
-                for (n, _) in &readable {
-                    line.push_str(&format!("\n    {n}: readable"));
-                }
-                for (n, e) in &refused {
-                    line.push_str(&format!("\n    {n}: {} ({e})", e.kind()));
-                }
-                if !content.is_null() {
-                    line.push_str(&format!("\n    {content}"));
+                for s in &opened.sections {
+                    match &s.plaintext {
+                        Ok(_) => line.push_str(&format!("\n    {}: {}", s.name, content[&s.name])),
+                        Err(e) => line.push_str(&format!("\n    {}: {} ({e})", s.name, e.kind())),
+                    }
                 }
                 line
             },
