@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
-use hru_domain::{CaseId, FieldError, PartyId, ProducerId, Referral, split_draft};
+use hru_domain::{CaseEvent, CaseId, FieldError, PartyId, ProducerId, split_draft};
 use hru_log::EventLog;
 use hru_wire::v1 as pb;
 
@@ -48,13 +48,7 @@ pub(crate) fn parse_draft(
             "is missing: give one event, e.g. \"referralReceived\": {...}",
         ))
     })?;
-    if let pb::event_draft::Event::ReferralReceived(r) = &event {
-        let core = r
-            .core
-            .clone()
-            .ok_or_else(|| at(FieldError::missing("referralReceived.core")))?;
-        Referral::try_from(core).map_err(|e| at(e.within("referralReceived.core")))?;
-    }
+    CaseEvent::try_from(event.clone()).map_err(at)?;
     Ok((case_id, occurred_at_ms, event))
 }
 

@@ -322,7 +322,7 @@ fn bad_input_is_refused_by_name_and_nothing_is_appended() {
         (
             "empty-area.json",
             referral(" "),
-            "referralReceived.core.area",
+            "ReferralReceived.core.area",
         ),
         (
             "no-event.json",
@@ -341,7 +341,7 @@ fn bad_input_is_refused_by_name_and_nothing_is_appended() {
     }
     // A section the agreement shares with nobody is refused, naming the rule that is missing.
     let closed =
-        format!(r#"{{"caseId": "{CASE}", "caseClosed": {{"core": {{"reason": "resolved"}}}}}}"#);
+        format!(r#"{{"caseId": "{CASE}", "caseClosed": {{"core": {{"reason": "resolved", "closedAtMs": "1795300000000"}}}}}}"#);
     let out = world.append("police-hru", &world.event("closed.json", &closed));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no ISA rule shares CaseClosed.core"));

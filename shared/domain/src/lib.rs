@@ -5,12 +5,18 @@
 
 mod error;
 mod event_type;
+mod events;
 mod header;
 mod ids;
 mod referral;
 
 pub use error::FieldError;
 pub use event_type::{EventType, PlainSection, join_sections, split_draft};
+pub use events::{
+    Access, Acknowledgement, Breach, CaseEvent, Charge, Closure, Intervention, Narrative, Order,
+    ProximityRule, Reoffence, Review, RiskSummary, SafetyPlan, Screening, Tag, VictimIdentity,
+    WeeklyWindow, Zone, ZoneRevocation,
+};
 pub use header::{EventHeader, ProducerId};
 pub use ids::{AudienceId, CaseId, Digest, EventId, KeyId, PartyId};
 pub use referral::{Referral, ReferralIdentity};
