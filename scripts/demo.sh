@@ -38,8 +38,8 @@ done
 
 echo "== keys: one pair per party, public entries into the directory =="
 mkdir -p "$WORK/policies"
-cp "$ROOT/policies/example.toml" "$WORK/policies/"
-for party in police-hru probation cwp mersey-care em-vendor; do
+cp "$ROOT/policies/cheshire-hru.toml" "$WORK/policies/"
+for party in police-hru police-control victim-advocacy probation cwp mersey-care em-vendor geofence evaluation; do
     "$HRU" keys generate --party "$party" --out "$WORK/keys" 2>/dev/null >>"$WORK/policies/directory.toml"
     echo "  $party: $WORK/keys/$party.secret (0600)"
 done
@@ -67,10 +67,11 @@ echo
 echo "== police-hru appends a referral (key grants first, then the sealed event) =="
 "$HRU" append --party police-hru --keys "$WORK/keys" "$WORK/referral.json"
 
-for party in police-hru probation cwp em-vendor; do
+for party in police-hru probation cwp victim-advocacy evaluation em-vendor; do
     echo
     echo "== what $party can read =="
     "$HRU" replay --party "$party" --keys "$WORK/keys" --case "$CASE" | sed 's/^/  /'
 done
 echo
-echo "Demo done: each party saw exactly the sections the example agreement gives it."
+echo "Demo done: each party saw exactly the sections the Cheshire HRU agreement gives it."
+echo "See what a party receives and why: hru policy explain --party probation --policies policies"

@@ -12,10 +12,7 @@ use hru_wire::v1 as pb;
 use crate::{keys, policies, producer_state};
 
 /// Parse the JSON form of an EventDraft; errors name the line and column, or the field.
-pub(crate) fn parse_draft(
-    text: &str,
-    source: &str,
-) -> anyhow::Result<(CaseId, Option<i64>, pb::event_draft::Event)> {
+pub(crate) fn parse_draft(text: &str, source: &str) -> anyhow::Result<(CaseId, Option<i64>, pb::event_draft::Event)> {
     let desc = hru_wire::descriptor_pool()
         .get_message_by_name("hru.v1.EventDraft")
         .ok_or_else(|| anyhow!("the wire contract has no EventDraft"))?;
@@ -34,12 +31,9 @@ pub(crate) fn parse_draft(
     let occurred_at_ms = if occurred_at.is_empty() {
         None
     } else {
-        let t: jiff::Timestamp = occurred_at.parse().map_err(|e| {
-            at(FieldError::new(
-                "occurredAt",
-                format!("is not an RFC 3339 time ({e})"),
-            ))
-        })?;
+        let t: jiff::Timestamp = occurred_at
+            .parse()
+            .map_err(|e| at(FieldError::new("occurredAt", format!("is not an RFC 3339 time ({e})"))))?;
         Some(t.as_millisecond())
     };
     let event = event.ok_or_else(|| {
@@ -67,35 +61,24 @@ pub(crate) async fn run(
     })
     .context("--instance")?;
     let directory = policies::directory(policies_dir)?;
-    let agreement = policies::agreement(policies_dir)?;
+    let agreements = policies::agreements(policies_dir, &directory)?;
+    let agreement = policies::in_force(&agreements, jiff::Timestamp::now().as_millisecond())?;
     let secrets = keys::load(keys_dir, &party)?;
     let listed = directory
         .party(&party)
         .ok_or_else(|| anyhow!("{party} is not in the directory"))?;
-    if !listed
-        .signing
-        .iter()
-        .any(|k| k.key_id == secrets.signing_key_id())
-    {
+    if !listed.signing.iter().any(|k| k.key_id == secrets.signing_key_id()) {
         bail!(
             "the signing key in {} is not listed for {party} in the directory",
             keys_dir.display()
         );
     }
-    let text = std::fs::read_to_string(event_file)
-        .with_context(|| format!("reading {}", event_file.display()))?;
+    let text = std::fs::read_to_string(event_file).with_context(|| format!("reading {}", event_file.display()))?;
     let (case_id, occurred_at_ms, event) = parse_draft(&text, &event_file.display().to_string())?;
     let (event_type, sections) = split_draft(event);
 
     let log = EventLog::connect(nats).await?;
-    let mut sealer = producer_state::load(
-        keys_dir,
-        producer,
-        secrets.signing.clone(),
-        &log,
-        &directory,
-    )
-    .await?;
+    let mut sealer = producer_state::load(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
     let now = jiff::Timestamp::now().as_millisecond();
     let sealed = sealer.seal_event(
         case_id,
@@ -103,7 +86,7 @@ pub(crate) async fn run(
         sections,
         occurred_at_ms.unwrap_or(now),
         now,
-        &agreement,
+        agreement,
         &directory,
         &mut <rand::rngs::StdRng as rand::SeedableRng>::from_entropy(),
     )?;

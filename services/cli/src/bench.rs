@@ -45,8 +45,7 @@ fn sections() -> Vec<PlainSection> {
 
 pub(crate) fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
     let cast = Cast::new(7);
-    let four =
-        [&cast.police, &cast.probation, &cast.cwp, &cast.mersey_care].map(|p| p.party.clone());
+    let four = [&cast.police, &cast.probation, &cast.cwp, &cast.mersey_care].map(|p| p.party.clone());
     let policy = StaticAudiences::new("bench", 1)
         .share(EventType::ReferralReceived, "core", &four)
         .share(EventType::ReferralReceived, "narrative", &four);
@@ -138,13 +137,9 @@ pub(crate) fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
         Format::Human => {
             println!("hru bench seal — 1 KiB event, 2 sections, 4-party audiences, one core");
             println!("  raw ed25519 sign           {raw_sign:>10.0} /s");
-            println!(
-                "  seal (encrypt + sign)      {seal_rate:>10.0} /s   {seal_ratio:.2} × raw sign"
-            );
+            println!("  seal (encrypt + sign)      {seal_rate:>10.0} /s   {seal_ratio:.2} × raw sign");
             println!("  raw ed25519 verify_strict  {raw_verify:>10.0} /s");
-            println!(
-                "  open (verify + decrypt)    {open_rate:>10.0} /s   {open_ratio:.2} × raw verify_strict"
-            );
+            println!("  open (verify + decrypt)    {open_rate:>10.0} /s   {open_ratio:.2} × raw verify_strict");
         }
     }
     Ok(ExitCode::SUCCESS)

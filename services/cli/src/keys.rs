@@ -26,11 +26,7 @@ pub(crate) fn load(dir: &Path, party: &PartyId) -> anyhow::Result<PartySecrets> 
     })?;
     let secrets = PartySecrets::from_toml(&text, &path.display().to_string())?;
     if &secrets.party != party {
-        bail!(
-            "{} holds the keys of {}, not {party}",
-            path.display(),
-            secrets.party
-        );
+        bail!("{} holds the keys of {}, not {party}", path.display(), secrets.party);
     }
     Ok(secrets)
 }

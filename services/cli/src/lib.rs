@@ -4,6 +4,7 @@ mod append;
 mod bench;
 mod keys;
 mod policies;
+mod policy_cmd;
 mod producer_state;
 mod replay;
 
@@ -22,12 +23,7 @@ pub const EXIT_FINDINGS: u8 = 1;
 #[command(name = "hru", version, about)]
 pub struct Cli {
     /// NATS server URL.
-    #[arg(
-        long,
-        global = true,
-        env = "HRU_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
+    #[arg(long, global = true, env = "HRU_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
     /// Directory holding directory.toml and the agreement files.
     #[arg(long, global = true, env = "HRU_POLICIES", default_value = "policies")]
@@ -84,6 +80,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Information-sharing agreements.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Benchmarks with ratios to the raw building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -106,6 +105,37 @@ pub enum KeysCommand {
     },
 }
 
+/// `hru policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check agreement files; exit 0 clean, 1 with file:line:col errors and hints.
+    Check {
+        /// Files or directories (default: --policies).
+        paths: Vec<PathBuf>,
+        /// Directory file to check party keys against (default: directory.toml beside each path).
+        #[arg(long)]
+        directory: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// What a party receives, from whom, under which clause; what it shares and may call.
+    Explain {
+        /// The party.
+        #[arg(long)]
+        party: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Generate the nats-server authorization config from the agreement in force.
+    NatsConfig {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 /// `hru bench` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -123,11 +153,7 @@ pub enum BenchCommand {
 /// Run a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Keys(KeysCommand::Generate {
-            party,
-            out,
-            controller,
-        }) => keys::generate(&party, &out, &controller),
+        Command::Keys(KeysCommand::Generate { party, out, controller }) => keys::generate(&party, &out, &controller),
         Command::Append {
             party,
             keys,
@@ -140,19 +166,15 @@ pub async fn run(cli: Cli) -> ExitCode {
             case,
             from,
             format,
-        } => {
-            replay::run(
-                &cli.nats,
-                &cli.policies,
-                &party,
-                &keys,
-                case.as_deref(),
-                from,
-                format,
-            )
-            .await
-        }
+        } => replay::run(&cli.nats, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
         Command::Bench(BenchCommand::Seal { seconds, format }) => bench::seal(seconds, format),
+        Command::Policy(PolicyCommand::Check {
+            paths,
+            directory,
+            format,
+        }) => policy_cmd::check(&paths, &cli.policies, directory.as_deref(), format),
+        Command::Policy(PolicyCommand::Explain { party, format }) => policy_cmd::explain(&cli.policies, &party, format),
+        Command::Policy(PolicyCommand::NatsConfig { out }) => policy_cmd::nats_config_cmd(&cli.policies, &out),
     };
     match result {
         Ok(code) => code,

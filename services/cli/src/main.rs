@@ -6,10 +6,7 @@ use clap::Parser as _;
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HRU_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HRU_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     hru_cli::run(hru_cli::Cli::parse()).await
 }

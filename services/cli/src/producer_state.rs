@@ -33,10 +33,7 @@ struct EpochRow {
 }
 
 fn path(dir: &Path, producer: &ProducerId) -> PathBuf {
-    dir.join(format!(
-        "{}.{}.producer.json",
-        producer.party, producer.instance
-    ))
+    dir.join(format!("{}.{}.producer.json", producer.party, producer.instance))
 }
 
 /// Save the sealer's chain head and epochs (mode 0600: it holds epoch keys).
@@ -49,11 +46,7 @@ pub(crate) fn save(dir: &Path, sealer: &Sealer) -> anyhow::Result<()> {
             .epochs()
             .iter()
             .map(|(a, e)| {
-                let members = e
-                    .members
-                    .iter()
-                    .map(|(p, k)| (p.to_string(), k.to_string()))
-                    .collect();
+                let members = e.members.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect();
                 let row = EpochRow {
                     epoch: e.epoch,
                     month: e.month.clone(),
@@ -65,10 +58,7 @@ pub(crate) fn save(dir: &Path, sealer: &Sealer) -> anyhow::Result<()> {
             })
             .collect(),
     };
-    write_private(
-        &path(dir, sealer.producer()),
-        &serde_json::to_string_pretty(&file)?,
-    )
+    write_private(&path(dir, sealer.producer()), &serde_json::to_string_pretty(&file)?)
 }
 
 /// Load the sealer of `producer`: from its state file, or recovered from the log.
@@ -81,21 +71,13 @@ pub(crate) async fn load(
 ) -> anyhow::Result<Sealer> {
     let p = path(dir, &producer);
     match std::fs::read_to_string(&p) {
-        Ok(text) => {
-            parse(&text, producer, signing).with_context(|| format!("reading {}", p.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            recover(producer, signing, log, directory).await
-        }
+        Ok(text) => parse(&text, producer, signing).with_context(|| format!("reading {}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => recover(producer, signing, log, directory).await,
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
     }
 }
 
-fn parse(
-    text: &str,
-    producer: ProducerId,
-    signing: ed25519_dalek::SigningKey,
-) -> anyhow::Result<Sealer> {
+fn parse(text: &str, producer: ProducerId, signing: ed25519_dalek::SigningKey) -> anyhow::Result<Sealer> {
     let file: StateFile = serde_json::from_str(text)?;
     let prev = hex::decode(&file.prev_digest).context("prev_digest")?;
     let chain = ChainHead {
@@ -114,10 +96,7 @@ fn parse(
             .iter()
             .map(|(p, k)| {
                 let kid = hex::decode(k).context("member key id")?;
-                Ok((
-                    PartyId::parse(p, "member")?,
-                    KeyId::from_wire(&kid, "member key id")?,
-                ))
+                Ok((PartyId::parse(p, "member")?, KeyId::from_wire(&kid, "member key id")?))
             })
             .collect::<anyhow::Result<_>>()?;
         let state = EpochState {

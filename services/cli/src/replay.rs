@@ -99,12 +99,7 @@ pub(crate) async fn run(
         let readable: Vec<(&str, &[u8])> = opened
             .sections
             .iter()
-            .filter_map(|s| {
-                s.plaintext
-                    .as_ref()
-                    .ok()
-                    .map(|p| (s.name.as_str(), p.as_slice()))
-            })
+            .filter_map(|s| s.plaintext.as_ref().ok().map(|p| (s.name.as_str(), p.as_slice())))
             .collect();
         let refused: Vec<(&str, &OpenError)> = opened
             .sections

@@ -154,12 +154,7 @@ impl FromStr for EventType {
             .iter()
             .copied()
             .find(|t| t.name() == s)
-            .ok_or_else(|| {
-                FieldError::new(
-                    "event_type",
-                    format!("{s:?} is not an event type of hru.v1"),
-                )
-            })
+            .ok_or_else(|| FieldError::new("event_type", format!("{s:?} is not an event type of hru.v1")))
     }
 }
 
@@ -190,8 +185,7 @@ mod tests {
             assert!(
                 draft
                     .fields()
-                    .any(|f| f.kind().as_message().map(|m| m.full_name())
-                        == Some(message.full_name())),
+                    .any(|f| f.kind().as_message().map(|m| m.full_name()) == Some(message.full_name())),
                 "{t} is a variant of EventDraft"
             );
         }
@@ -215,10 +209,7 @@ mod tests {
             sections.iter().map(|s| s.name).collect::<Vec<_>>(),
             ["core", "narrative"]
         );
-        let opened: Vec<(&str, &[u8])> = sections
-            .iter()
-            .map(|s| (s.name, s.bytes.as_slice()))
-            .collect();
+        let opened: Vec<(&str, &[u8])> = sections.iter().map(|s| (s.name, s.bytes.as_slice())).collect();
         assert_eq!(join_sections(t, &opened), Ok(draft));
     }
 }

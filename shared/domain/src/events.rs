@@ -193,10 +193,7 @@ impl TryFrom<pb::OrderCore> for Order {
         } = w;
         let issued_at_ms = time(issued_at_ms, "issued_at_ms")?;
         if expires_at_ms <= issued_at_ms {
-            return Err(FieldError::new(
-                "expires_at_ms",
-                "must be after issued_at_ms",
-            ));
+            return Err(FieldError::new("expires_at_ms", "must be after issued_at_ms"));
         }
         Ok(Self {
             order_id: id16(&order_id, "order_id")?,
@@ -311,10 +308,7 @@ impl TryFrom<pb::ZoneCore> for Zone {
                     return Err(FieldError::new(at("start_minute"), "must be below 1440"));
                 }
                 if duration_minutes == 0 || duration_minutes > 7 * 24 * 60 {
-                    return Err(FieldError::new(
-                        at("duration_minutes"),
-                        "must be 1 to 10080",
-                    ));
+                    return Err(FieldError::new(at("duration_minutes"), "must be 1 to 10080"));
                 }
                 Ok(WeeklyWindow {
                     day: known(day, &at("day"))?,
@@ -432,24 +426,15 @@ impl TryFrom<pb::BreachCore> for Breach {
         } = w;
         let opened_at_ms = time(opened_at_ms, "opened_at_ms")?;
         if observed_at_ms < opened_at_ms {
-            return Err(FieldError::new(
-                "observed_at_ms",
-                "must not be before opened_at_ms",
-            ));
+            return Err(FieldError::new("observed_at_ms", "must not be before opened_at_ms"));
         }
         let position = position
             .map(|pb::LatLon { lat, lon }| {
                 if !(-90.0..=90.0).contains(&lat) {
-                    return Err(FieldError::new(
-                        "position.lat",
-                        format!("{lat} is outside -90..90"),
-                    ));
+                    return Err(FieldError::new("position.lat", format!("{lat} is outside -90..90")));
                 }
                 if !(-180.0..=180.0).contains(&lon) {
-                    return Err(FieldError::new(
-                        "position.lon",
-                        format!("{lon} is outside -180..180"),
-                    ));
+                    return Err(FieldError::new("position.lon", format!("{lon} is outside -180..180")));
                 }
                 Ok((lat, lon))
             })
@@ -618,12 +603,10 @@ impl TryFrom<pb::ReoffenceCore> for Reoffence {
             offence,
             occurred_at_ms,
         } = w;
-        let subject_ref = subject_ref.as_slice().try_into().map_err(|_| {
-            FieldError::new(
-                "subject_ref",
-                format!("must be 32 bytes, got {}", subject_ref.len()),
-            )
-        })?;
+        let subject_ref = subject_ref
+            .as_slice()
+            .try_into()
+            .map_err(|_| FieldError::new("subject_ref", format!("must be 32 bytes, got {}", subject_ref.len())))?;
         Ok(Self {
             subject_ref,
             offence: text(offence, "offence")?,
@@ -644,10 +627,7 @@ pub struct Closure {
 impl TryFrom<pb::CaseClosedCore> for Closure {
     type Error = FieldError;
     fn try_from(w: pb::CaseClosedCore) -> Result<Self, FieldError> {
-        let pb::CaseClosedCore {
-            reason,
-            closed_at_ms,
-        } = w;
+        let pb::CaseClosedCore { reason, closed_at_ms } = w;
         Ok(Self {
             reason: text(reason, "reason")?,
             closed_at_ms: time(closed_at_ms, "closed_at_ms")?,
@@ -853,9 +833,7 @@ mod tests {
             max_victim_fix_age_s: 60,
         };
         assert_eq!(
-            field_of(E::ProximityRuleSet(pb::ProximityRuleSet {
-                core: Some(rule)
-            })),
+            field_of(E::ProximityRuleSet(pb::ProximityRuleSet { core: Some(rule) })),
             "ProximityRuleSet.core.warning_m"
         );
         let summary = pb::RiskSummary {
@@ -891,10 +869,7 @@ mod tests {
             breach_id: vec![3; 15],
             ..Default::default()
         };
-        assert!(
-            field_of(E::TagBreach(pb::TagBreach { core: Some(breach) }))
-                .starts_with("TagBreach.core.")
-        );
+        assert!(field_of(E::TagBreach(pb::TagBreach { core: Some(breach) })).starts_with("TagBreach.core."));
     }
 
     #[test]

@@ -88,18 +88,12 @@ impl TryFrom<pb::EventHeader> for EventHeader {
         let event_type: EventType = event_type.parse()?;
         let case_id = match (event_type.has_case(), case_id.is_empty()) {
             (true, true) => {
-                return Err(FieldError::new(
-                    "case_id",
-                    format!("is required for {event_type}"),
-                ));
+                return Err(FieldError::new("case_id", format!("is required for {event_type}")));
             }
             (true, false) => Some(CaseId::from_wire(&case_id, "case_id")?),
             (false, true) => None,
             (false, false) => {
-                return Err(FieldError::new(
-                    "case_id",
-                    format!("must be empty for {event_type}"),
-                ));
+                return Err(FieldError::new("case_id", format!("must be empty for {event_type}")));
             }
         };
         if producer_seq == 0 {
@@ -113,16 +107,10 @@ impl TryFrom<pb::EventHeader> for EventHeader {
             ));
         }
         if occurred_at_ms <= 0 {
-            return Err(FieldError::new(
-                "occurred_at_ms",
-                "must be a positive Unix time in ms",
-            ));
+            return Err(FieldError::new("occurred_at_ms", "must be a positive Unix time in ms"));
         }
         if recorded_at_ms <= 0 {
-            return Err(FieldError::new(
-                "recorded_at_ms",
-                "must be a positive Unix time in ms",
-            ));
+            return Err(FieldError::new("recorded_at_ms", "must be a positive Unix time in ms"));
         }
         if policy_id.is_empty() {
             return Err(FieldError::missing("policy_id"));
@@ -158,10 +146,7 @@ impl From<&EventHeader> for pb::EventHeader {
         pb::EventHeader {
             event_id: h.event_id.0.as_bytes().to_vec(),
             event_type: h.event_type.name().to_owned(),
-            case_id: h
-                .case_id
-                .map(|c| c.0.as_bytes().to_vec())
-                .unwrap_or_default(),
+            case_id: h.case_id.map(|c| c.0.as_bytes().to_vec()).unwrap_or_default(),
             producer: Some((&h.producer).into()),
             key_id: h.key_id.0.to_vec(),
             producer_seq: h.producer_seq,
@@ -211,38 +196,22 @@ mod tests {
         type Breakage = fn(&mut pb::EventHeader);
         let cases: Vec<(Breakage, &str)> = vec![
             (|h| h.event_id.truncate(3), "event_id"),
-            (
-                |h| h.event_id = uuid::Uuid::new_v4().as_bytes().to_vec(),
-                "event_id",
-            ),
+            (|h| h.event_id = uuid::Uuid::new_v4().as_bytes().to_vec(), "event_id"),
             (|h| h.event_type = "Gossip".into(), "event_type"),
             (|h| h.case_id.clear(), "case_id"),
             (|h| h.producer = None, "producer"),
             (
-                |h| {
-                    h.producer
-                        .as_mut()
-                        .map(|p| p.party = "Police HRU".into())
-                        .unwrap_or(())
-                },
+                |h| h.producer.as_mut().map(|p| p.party = "Police HRU".into()).unwrap_or(()),
                 "producer.party",
             ),
             (
-                |h| {
-                    h.producer
-                        .as_mut()
-                        .map(|p| p.instance.clear())
-                        .unwrap_or(())
-                },
+                |h| h.producer.as_mut().map(|p| p.instance.clear()).unwrap_or(()),
                 "producer.instance",
             ),
             (|h| h.key_id.push(0), "key_id"),
             (|h| h.producer_seq = 0, "producer_seq"),
             (|h| h.producer_seq = 2, "prev_digest"),
-            (
-                |h| h.prev_digest.pop().map(|_| ()).unwrap_or(()),
-                "prev_digest",
-            ),
+            (|h| h.prev_digest.pop().map(|_| ()).unwrap_or(()), "prev_digest"),
             (|h| h.occurred_at_ms = 0, "occurred_at_ms"),
             (|h| h.recorded_at_ms = -5, "recorded_at_ms"),
             (|h| h.policy_id.clear(), "policy_id"),

@@ -13,9 +13,8 @@ mod referral;
 pub use error::FieldError;
 pub use event_type::{EventType, PlainSection, join_sections, split_draft};
 pub use events::{
-    Access, Acknowledgement, Breach, CaseEvent, Charge, Closure, Intervention, Narrative, Order,
-    ProximityRule, Reoffence, Review, RiskSummary, SafetyPlan, Screening, Tag, VictimIdentity,
-    WeeklyWindow, Zone, ZoneRevocation,
+    Access, Acknowledgement, Breach, CaseEvent, Charge, Closure, Intervention, Narrative, Order, ProximityRule,
+    Reoffence, Review, RiskSummary, SafetyPlan, Screening, Tag, VictimIdentity, WeeklyWindow, Zone, ZoneRevocation,
 };
 pub use header::{EventHeader, ProducerId};
 pub use ids::{AudienceId, CaseId, Digest, EventId, KeyId, PartyId};

@@ -32,17 +32,12 @@ impl TryFrom<pb::ReferralCore> for Referral {
             out_of_hours,
             crime_reference,
         } = wire;
-        let subject_ref = subject_ref.as_slice().try_into().map_err(|_| {
-            FieldError::new(
-                "subject_ref",
-                format!("must be 32 bytes, got {}", subject_ref.len()),
-            )
-        })?;
+        let subject_ref = subject_ref
+            .as_slice()
+            .try_into()
+            .map_err(|_| FieldError::new("subject_ref", format!("must be 32 bytes, got {}", subject_ref.len())))?;
         if behaviours.is_empty() {
-            return Err(FieldError::new(
-                "behaviours",
-                "must name at least one behaviour",
-            ));
+            return Err(FieldError::new("behaviours", "must name at least one behaviour"));
         }
         let behaviours = behaviours
             .into_iter()
@@ -59,10 +54,7 @@ impl TryFrom<pb::ReferralCore> for Referral {
             return Err(FieldError::missing("area"));
         }
         if received_at_ms <= 0 {
-            return Err(FieldError::new(
-                "received_at_ms",
-                "must be a positive Unix time in ms",
-            ));
+            return Err(FieldError::new("received_at_ms", "must be a positive Unix time in ms"));
         }
         Ok(Self {
             subject_ref,
@@ -125,9 +117,6 @@ mod tests {
         );
         let mut bad = good;
         bad.area = " ".into();
-        assert_eq!(
-            Referral::try_from(bad).map_err(|e| e.field),
-            Err("area".to_owned())
-        );
+        assert_eq!(Referral::try_from(bad).map_err(|e| e.field), Err("area".to_owned()));
     }
 }

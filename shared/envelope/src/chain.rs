@@ -78,11 +78,7 @@ impl ChainChecker {
                 seq,
             });
         }
-        let (last_seq, last_digest) = self
-            .heads
-            .get(producer)
-            .copied()
-            .unwrap_or((0, Digest::ZERO));
+        let (last_seq, last_digest) = self.heads.get(producer).copied().unwrap_or((0, Digest::ZERO));
         let expected = last_seq + 1;
         if seq == last_seq {
             return Err(ChainBreak::Forked {

@@ -43,9 +43,7 @@ pub enum OpenError {
         party: PartyId,
     },
     /// The reader holds no epoch key for the section (no grant seen, or the key was destroyed).
-    #[error(
-        "no epoch key for section {section}: producer {producer}, audience {audience}, epoch {epoch}"
-    )]
+    #[error("no epoch key for section {section}: producer {producer}, audience {audience}, epoch {epoch}")]
     MissingEpochKey {
         /// Section name.
         section: String,
@@ -63,9 +61,7 @@ pub enum OpenError {
         section: String,
     },
     /// A key grant addressed to the reader could not be unsealed with the reader's key.
-    #[error(
-        "key grant from {producer} for audience {audience} epoch {epoch} does not unseal for {party}"
-    )]
+    #[error("key grant from {producer} for audience {audience} epoch {epoch} does not unseal for {party}")]
     GrantUnseal {
         /// Producer party.
         producer: PartyId,
@@ -125,9 +121,7 @@ pub enum SealError {
         reason: String,
     },
     /// An audience member has no encryption key in the directory.
-    #[error(
-        "party {party} has no encryption key in the directory; add its public key line from `hru keys generate`"
-    )]
+    #[error("party {party} has no encryption key in the directory; add its public key line from `hru keys generate`")]
     NoEncryptionKey {
         /// The party.
         party: PartyId,

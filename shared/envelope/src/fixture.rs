@@ -12,9 +12,7 @@ use crate::{Directory, PartySecrets};
 
 /// Deterministic secrets for `party`, derived from its name and `seed`.
 pub fn party_secrets(party: &str, seed: u8) -> PartySecrets {
-    let party: PartyId = party
-        .parse()
-        .unwrap_or_else(|e| panic!("fixture party {party:?}: {e}"));
+    let party: PartyId = party.parse().unwrap_or_else(|e| panic!("fixture party {party:?}: {e}"));
     let derive = |purpose: &str| -> [u8; 32] {
         Sha256::new()
             .chain_update(b"hru.v1.fixture\0")
@@ -25,9 +23,11 @@ pub fn party_secrets(party: &str, seed: u8) -> PartySecrets {
             .into()
     };
     let (encryption, _) = Kem::derive_keypair(&derive("x25519"));
+    let nats_seed = crate::keys::nats_seed_from(&derive("nats"));
     PartySecrets {
         signing: SigningKey::from_bytes(&derive("ed25519")),
         encryption,
+        nats_seed,
         party,
     }
 }
@@ -79,8 +79,7 @@ impl Cast {
     /// Referral audiences: `core` for police, probation and both trusts; `identity` for police
     /// only; `narrative` for police and cwp.
     pub fn referral_policy(&self) -> StaticAudiences {
-        let core =
-            [&self.police, &self.probation, &self.cwp, &self.mersey_care].map(|p| p.party.clone());
+        let core = [&self.police, &self.probation, &self.cwp, &self.mersey_care].map(|p| p.party.clone());
         let cwp = [self.police.party.clone(), self.cwp.party.clone()];
         StaticAudiences::new("example", 1)
             .share(EventType::ReferralReceived, "core", &core)
@@ -145,9 +144,7 @@ fn frames(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
 pub fn fuzz_key_granted(body: &[u8]) {
     let (cast, _) = fuzz_world();
     let header = hru_domain::EventHeader {
-        event_id: hru_domain::EventId(uuid::Uuid::from_u128(
-            0x0190_0000_0000_7000_8000_0000_0000_0001,
-        )),
+        event_id: hru_domain::EventId(uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001)),
         event_type: EventType::KeyGranted,
         case_id: None,
         producer: hru_domain::ProducerId {

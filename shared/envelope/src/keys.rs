@@ -29,6 +29,9 @@ pub struct PartySecrets {
     pub signing: SigningKey,
     /// HPKE (X25519) secret key.
     pub encryption: <Kem as hpke::Kem>::PrivateKey,
+    /// NATS user nkey seed (`SU…`): broker credentials, separate from the signing key so a
+    /// broker's login challenge can never be an envelope digest.
+    pub nats_seed: String,
 }
 
 impl std::fmt::Debug for PartySecrets {
@@ -45,6 +48,7 @@ struct SecretsFile {
     party: String,
     signing: String,
     encryption: String,
+    nats: String,
 }
 
 impl PartySecrets {
@@ -52,10 +56,13 @@ impl PartySecrets {
     pub fn generate(party: PartyId, rng: &mut (impl CryptoRng + RngCore)) -> Self {
         let signing = SigningKey::generate(rng);
         let (encryption, _) = Kem::gen_keypair(&mut crate::primitives::HpkeRng(rng));
+        let mut nkey_seed = [0u8; 32];
+        rng.fill_bytes(&mut nkey_seed);
         Self {
             party,
             signing,
             encryption,
+            nats_seed: nats_seed_from(&nkey_seed),
         }
     }
 
@@ -79,20 +86,27 @@ impl PartySecrets {
         key_id(&self.encryption_public().to_bytes())
     }
 
+    /// The NATS user public nkey (`U…`) for the broker's authorization config.
+    pub fn nats_user(&self) -> String {
+        nkeys::KeyPair::from_seed(&self.nats_seed)
+            .map(|k| k.public_key())
+            .unwrap_or_default()
+    }
+
     /// The secret file's text (keep it mode 0600; never commit it).
     pub fn to_toml(&self) -> String {
         format!(
-            "# HRU Backbone secret keys of {party}. Keep private (mode 0600).\nparty = \"{party}\"\nsigning = \"{}\"\nencryption = \"{}\"\n",
+            "# HRU Backbone secret keys of {party}. Keep private (mode 0600).\nparty = \"{party}\"\nsigning = \"{}\"\nencryption = \"{}\"\nnats = \"{}\"\n",
             B64.encode(self.signing.to_bytes()),
             B64.encode(self.encryption.to_bytes()),
+            self.nats_seed,
             party = self.party,
         )
     }
 
     /// Parse a secret file written by [`PartySecrets::to_toml`]; `source` names it in errors.
     pub fn from_toml(text: &str, source: &str) -> Result<Self, DirectoryError> {
-        let file: SecretsFile =
-            toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
+        let file: SecretsFile = toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
         let at = |field: &str, message: String| DirectoryError {
             file: source.to_owned(),
             line: 0,
@@ -105,29 +119,39 @@ impl PartySecrets {
             .ok()
             .and_then(|b| <Kem as hpke::Kem>::PrivateKey::from_bytes(&b).ok())
             .ok_or_else(|| at("encryption", "is not a base64 X25519 secret key".into()))?;
+        if nkeys::KeyPair::from_seed(&file.nats).is_err() {
+            return Err(at("nats", "is not a NATS user nkey seed (SU…)".into()));
+        }
         Ok(Self {
             party,
             signing: SigningKey::from_bytes(&signing),
             encryption,
+            nats_seed: file.nats,
         })
     }
 
     /// The public lines for `policies/directory.toml`.
     pub fn directory_entry(&self, controller: &str) -> String {
         format!(
-            "[[party]]\nid = \"{}\"\ncontroller = \"{}\"\nencryption_key = \"x25519:{}\"\n\n[[party.signing_key]]\nkey = \"ed25519:{}\"\n",
+            "[[party]]\nid = \"{}\"\ncontroller = \"{}\"\nencryption_key = \"x25519:{}\"\nnats_user = \"{}\"\n\n[[party.signing_key]]\nkey = \"ed25519:{}\"\n",
             self.party,
             controller,
             B64.encode(self.encryption_public().to_bytes()),
+            self.nats_user(),
             B64.encode(self.verifying_key().as_bytes()),
         )
     }
 }
 
+/// Encode 32 seed bytes as a NATS user nkey seed.
+pub(crate) fn nats_seed_from(seed: &[u8; 32]) -> String {
+    nkeys::KeyPair::new_from_raw(nkeys::KeyPairType::User, *seed)
+        .and_then(|k| k.seed())
+        .unwrap_or_else(|e| unreachable!("32 raw bytes always make a user nkey: {e}"))
+}
+
 fn decode_32(s: &str) -> Result<[u8; 32], String> {
-    let bytes = B64
-        .decode(s.trim())
-        .map_err(|e| format!("is not base64 ({e})"))?;
+    let bytes = B64.decode(s.trim()).map_err(|e| format!("is not base64 ({e})"))?;
     bytes
         .try_into()
         .map_err(|b: Vec<u8>| format!("must decode to 32 bytes, got {}", b.len()))
@@ -182,8 +206,7 @@ pub struct SigningKeyEntry {
 impl SigningKeyEntry {
     /// Whether the key was valid at `at_ms`.
     pub fn valid_at(&self, at_ms: i64) -> bool {
-        self.valid_from_ms.is_none_or(|f| at_ms >= f)
-            && self.valid_until_ms.is_none_or(|u| at_ms < u)
+        self.valid_from_ms.is_none_or(|f| at_ms >= f) && self.valid_until_ms.is_none_or(|u| at_ms < u)
     }
 }
 
@@ -205,6 +228,8 @@ pub struct PartyEntry {
     pub signing: Vec<SigningKeyEntry>,
     /// Encryption key.
     pub encryption: EncryptionKey,
+    /// NATS user public nkey (`U…`), when the party connects to the broker.
+    pub nats_user: Option<String>,
 }
 
 /// The public party directory (`policies/directory.toml`): enough to verify any envelope.
@@ -226,6 +251,7 @@ struct PartyRow {
     id: toml::Spanned<String>,
     controller: String,
     encryption_key: toml::Spanned<String>,
+    nats_user: Option<toml::Spanned<String>>,
     #[serde(default)]
     signing_key: Vec<SigningRow>,
 }
@@ -239,9 +265,9 @@ struct SigningRow {
 }
 
 fn tagged_key(s: &str, prefix: &str) -> Result<[u8; 32], String> {
-    let rest = s.strip_prefix(prefix).ok_or_else(|| {
-        format!("must start with {prefix:?} (the line `hru keys generate` prints)")
-    })?;
+    let rest = s
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("must start with {prefix:?} (the line `hru keys generate` prints)"))?;
     decode_32(rest)
 }
 
@@ -254,11 +280,8 @@ fn timestamp_ms(s: &str) -> Result<i64, String> {
 impl Directory {
     /// Parse a directory file; `source` names it in errors (file:line:col).
     pub fn from_toml(text: &str, source: &str) -> Result<Self, DirectoryError> {
-        let file: DirectoryFile =
-            toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
-        let err = |span: std::ops::Range<usize>, message: String| {
-            DirectoryError::at(source, text, span.start, message)
-        };
+        let file: DirectoryFile = toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
+        let err = |span: std::ops::Range<usize>, message: String| DirectoryError::at(source, text, span.start, message);
         let mut dir = Directory::default();
         for row in file.party {
             let row_span = row.span();
@@ -266,35 +289,22 @@ impl Directory {
             let party = PartyId::parse(row.id.get_ref(), "id")
                 .map_err(|e| err(row.id.span(), format!("party id {}", e.problem)))?;
             let enc = tagged_key(row.encryption_key.get_ref(), "x25519:")
-                .and_then(|b| {
-                    <Kem as hpke::Kem>::PublicKey::from_bytes(&b)
-                        .map_err(|_| "is not an X25519 key".into())
-                })
+                .and_then(|b| <Kem as hpke::Kem>::PublicKey::from_bytes(&b).map_err(|_| "is not an X25519 key".into()))
                 .map_err(|m| err(row.encryption_key.span(), format!("encryption_key {m}")))?;
             if row.signing_key.is_empty() {
                 return Err(err(
                     row_span,
-                    format!(
-                        "party {party} has no [[party.signing_key]]; add the line `hru keys generate` printed"
-                    ),
+                    format!("party {party} has no [[party.signing_key]]; add the line `hru keys generate` printed"),
                 ));
             }
             let mut signing = Vec::new();
             for s in row.signing_key {
                 let key = tagged_key(s.key.get_ref(), "ed25519:")
-                    .and_then(|b| {
-                        VerifyingKey::from_bytes(&b)
-                            .map_err(|_| "is not an ed25519 public key".into())
-                    })
+                    .and_then(|b| VerifyingKey::from_bytes(&b).map_err(|_| "is not an ed25519 public key".into()))
                     .map_err(|m| err(s.key.span(), format!("signing key {m}")))?;
-                let bound = |v: &Option<toml::Spanned<String>>,
-                             name: &str|
-                 -> Result<Option<i64>, DirectoryError> {
+                let bound = |v: &Option<toml::Spanned<String>>, name: &str| -> Result<Option<i64>, DirectoryError> {
                     v.as_ref()
-                        .map(|v| {
-                            timestamp_ms(v.get_ref())
-                                .map_err(|m| err(v.span(), format!("{name} {m}")))
-                        })
+                        .map(|v| timestamp_ms(v.get_ref()).map_err(|m| err(v.span(), format!("{name} {m}"))))
                         .transpose()
                 };
                 let valid_from_ms = bound(&s.valid_from, "valid_from")?;
@@ -306,7 +316,15 @@ impl Directory {
                     valid_until_ms,
                 });
             }
+            let nats_user = row
+                .nats_user
+                .map(|u| match nkeys::from_public_key(u.get_ref()) {
+                    Ok(_) if u.get_ref().starts_with('U') => Ok(u.into_inner()),
+                    _ => Err(err(u.span(), "nats_user is not a NATS user public nkey (U…)".into())),
+                })
+                .transpose()?;
             let entry = PartyEntry {
+                nats_user,
                 controller: row.controller,
                 signing,
                 encryption: EncryptionKey {
@@ -336,6 +354,7 @@ impl Directory {
         self.insert(
             secrets.party.clone(),
             PartyEntry {
+                nats_user: Some(secrets.nats_user()),
                 controller: controller.to_owned(),
                 signing: vec![SigningKeyEntry {
                     key_id: key_id(key.as_bytes()),
@@ -372,8 +391,7 @@ mod tests {
         let back = PartySecrets::from_toml(&s.to_toml(), "probation.secret").expect("parses");
         assert_eq!(back.signing_key_id(), s.signing_key_id());
         assert_eq!(back.encryption_key_id(), s.encryption_key_id());
-        let dir = Directory::from_toml(&s.directory_entry("Probation Service"), "directory.toml")
-            .expect("parses");
+        let dir = Directory::from_toml(&s.directory_entry("Probation Service"), "directory.toml").expect("parses");
         let entry = dir.party(&s.party).expect("listed");
         assert_eq!(entry.signing[0].key_id, s.signing_key_id());
         assert_eq!(entry.encryption.key_id, s.encryption_key_id());
@@ -385,8 +403,7 @@ mod tests {
         let e = Directory::from_toml(text, "directory.toml").expect_err("bad key");
         assert_eq!((e.line, e.column), (4, 18), "{e}");
         assert!(e.message.contains("x25519:"), "{e}");
-        let e = Directory::from_toml("[[party]]\nid = \"cwp\"\nfoo = 1\n", "d.toml")
-            .expect_err("unknown key");
+        let e = Directory::from_toml("[[party]]\nid = \"cwp\"\nfoo = 1\n", "d.toml").expect_err("unknown key");
         assert_eq!(e.line, 3, "{e}");
     }
 }

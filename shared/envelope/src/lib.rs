@@ -19,14 +19,10 @@ pub use audience::Audience;
 pub use chain::{ChainBreak, ChainChecker};
 pub use error::{OpenError, SealError};
 pub use hru_domain::PlainSection;
-pub use keys::{
-    Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry, key_id,
-};
+pub use keys::{Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry, key_id};
 pub use open::{GrantOutcome, KeyRing, OpenedEvent, OpenedSection, VerifiedEnvelope, verify};
 pub use primitives::{EpochKey, SIGNATURE_DOMAIN};
-pub use seal::{
-    AudiencePolicy, ChainHead, EpochState, Refusal, SealedEnvelope, Sealer, subject_for,
-};
+pub use seal::{AudiencePolicy, ChainHead, EpochState, Refusal, SealedEnvelope, Sealer, subject_for};
 pub use static_policy::StaticAudiences;
 
 /// Section schema version this build writes.

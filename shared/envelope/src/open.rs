@@ -4,15 +4,11 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ed25519_dalek::Signature;
-use hru_domain::{
-    AudienceId, Digest, EventHeader, EventType, FieldError, KeyId, PartyId, ProducerId,
-};
+use hru_domain::{AudienceId, Digest, EventHeader, EventType, FieldError, KeyId, PartyId, ProducerId};
 use hru_wire::v1 as pb;
 use prost::Message;
 
-use crate::primitives::{
-    GrantSlot, NONCE_LEN, envelope_digest, header_digest, open_epoch_key, open_section,
-};
+use crate::primitives::{GrantSlot, NONCE_LEN, envelope_digest, header_digest, open_epoch_key, open_section};
 use crate::{Audience, Directory, EpochKey, OpenError, PartySecrets};
 
 /// An envelope whose encoding, header and signature have been checked.
@@ -32,8 +28,7 @@ pub struct VerifiedEnvelope {
 
 /// Decode `bytes` strictly, protobuf-canonical, so each envelope has exactly one encoding.
 fn decode_canonical<M: Message + Default>(bytes: &[u8], field: &str) -> Result<M, OpenError> {
-    let m =
-        M::decode(bytes).map_err(|e| FieldError::new(field, format!("does not decode: {e}")))?;
+    let m = M::decode(bytes).map_err(|e| FieldError::new(field, format!("does not decode: {e}")))?;
     if m.encoded_len() != bytes.len() || m.encode_to_vec() != bytes {
         return Err(FieldError::new(
             field,
@@ -56,12 +51,10 @@ pub fn verify(bytes: &[u8], directory: &Directory) -> Result<VerifiedEnvelope, O
     let wire_header: pb::EventHeader = decode_canonical(&header, "header")?;
     let parsed = EventHeader::try_from(wire_header).map_err(|e| e.within("header"))?;
     check_layout(&parsed, &body, &sections)?;
-    let signature: [u8; 64] = signature.as_slice().try_into().map_err(|_| {
-        FieldError::new(
-            "signature",
-            format!("must be 64 bytes, got {}", signature.len()),
-        )
-    })?;
+    let signature: [u8; 64] = signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| FieldError::new("signature", format!("must be 64 bytes, got {}", signature.len())))?;
     let party = &parsed.producer.party;
     let entry = directory
         .party(party)
@@ -93,11 +86,7 @@ pub fn verify(bytes: &[u8], directory: &Directory) -> Result<VerifiedEnvelope, O
     })
 }
 
-fn check_layout(
-    header: &EventHeader,
-    body: &[u8],
-    sections: &[pb::Section],
-) -> Result<(), OpenError> {
+fn check_layout(header: &EventHeader, body: &[u8], sections: &[pb::Section]) -> Result<(), OpenError> {
     let t = header.event_type;
     if t.is_public() {
         if body.is_empty() {
@@ -128,10 +117,7 @@ fn check_layout(
             return Err(at("has epoch 0; epochs start at 1".into()));
         }
         if s.nonce.len() != NONCE_LEN {
-            return Err(at(format!(
-                "nonce must be {NONCE_LEN} bytes, got {}",
-                s.nonce.len()
-            )));
+            return Err(at(format!("nonce must be {NONCE_LEN} bytes, got {}", s.nonce.len())));
         }
         if s.ciphertext.len() < 16 {
             return Err(at("ciphertext is shorter than its tag".into()));
@@ -238,16 +224,12 @@ impl KeyRing {
         let set = Audience::new(parties.iter().cloned())
             .ok_or_else(|| FieldError::new("body.members", "must name at least one member"))?;
         if *set.id() != audience || set.members().len() != parties.len() {
-            return Err(FieldError::new(
-                "body.audience",
-                format!("{audience} is not the id of its member list"),
-            )
-            .into());
+            return Err(
+                FieldError::new("body.audience", format!("{audience} is not the id of its member list")).into(),
+            );
         }
-        self.members.insert(
-            (env.header.producer.clone(), audience.clone()),
-            set.members().clone(),
-        );
+        self.members
+            .insert((env.header.producer.clone(), audience.clone()), set.members().clone());
         let Some(mine) = members
             .iter()
             .zip(&parties)
@@ -272,12 +254,9 @@ impl KeyRing {
             member: &self.party,
             member_key_id: &self.key_id,
         };
-        let key = open_epoch_key(&mine.enc, &mine.sealed_epoch_key, &slot, &self.secret)
-            .ok_or_else(unseal_error)?;
-        self.epoch_keys.insert(
-            (env.header.producer.clone(), audience, epoch),
-            EpochKey::new(key),
-        );
+        let key = open_epoch_key(&mine.enc, &mine.sealed_epoch_key, &slot, &self.secret).ok_or_else(unseal_error)?;
+        self.epoch_keys
+            .insert((env.header.producer.clone(), audience, epoch), EpochKey::new(key));
         Ok(GrantOutcome::Opened)
     }
 
@@ -290,31 +269,26 @@ impl KeyRing {
             .map(|s| {
                 let audience = AudienceId::parse(&s.audience, "audience")
                     .unwrap_or_else(|_| unreachable!("verify checked every section's audience"));
-                let plaintext =
-                    match self
-                        .epoch_keys
-                        .get(&(producer.clone(), audience.clone(), s.epoch))
-                    {
-                        Some(key) => open_section(key, &env.header.event_id, &env.header_digest, s)
-                            .ok_or_else(|| OpenError::SectionDecrypt {
-                                section: s.name.clone(),
-                            }),
-                        None => match self.members.get(&(producer.clone(), audience.clone())) {
-                            Some(members) if !members.contains(&self.party) => {
-                                Err(OpenError::NotInAudience {
-                                    section: s.name.clone(),
-                                    audience,
-                                    party: self.party.clone(),
-                                })
-                            }
-                            _ => Err(OpenError::MissingEpochKey {
-                                section: s.name.clone(),
-                                producer: producer.party.clone(),
-                                audience,
-                                epoch: s.epoch,
-                            }),
-                        },
-                    };
+                let plaintext = match self.epoch_keys.get(&(producer.clone(), audience.clone(), s.epoch)) {
+                    Some(key) => open_section(key, &env.header.event_id, &env.header_digest, s).ok_or_else(|| {
+                        OpenError::SectionDecrypt {
+                            section: s.name.clone(),
+                        }
+                    }),
+                    None => match self.members.get(&(producer.clone(), audience.clone())) {
+                        Some(members) if !members.contains(&self.party) => Err(OpenError::NotInAudience {
+                            section: s.name.clone(),
+                            audience,
+                            party: self.party.clone(),
+                        }),
+                        _ => Err(OpenError::MissingEpochKey {
+                            section: s.name.clone(),
+                            producer: producer.party.clone(),
+                            audience,
+                            epoch: s.epoch,
+                        }),
+                    },
+                };
                 OpenedSection {
                     name: s.name.clone(),
                     plaintext,

@@ -116,8 +116,7 @@ fn section_key(epoch_key: &EpochKey, event_id: &EventId, name: &str) -> chacha20
 
 /// AAD of a section: the header digest, the section name, its audience and epoch.
 fn section_aad(header_digest: &Digest, name: &str, audience: &str, epoch: u32) -> Vec<u8> {
-    let mut aad =
-        Vec::with_capacity(SECTION_AAD_DOMAIN.len() + 32 + name.len() + audience.len() + 20);
+    let mut aad = Vec::with_capacity(SECTION_AAD_DOMAIN.len() + 32 + name.len() + audience.len() + 20);
     aad.extend_from_slice(SECTION_AAD_DOMAIN);
     aad.extend_from_slice(&header_digest.0);
     for part in [name.as_bytes(), audience.as_bytes()] {
@@ -174,12 +173,7 @@ pub(crate) fn open_section(
     section: &pb::Section,
 ) -> Option<Vec<u8>> {
     let cipher = XChaCha20Poly1305::new(&section_key(epoch_key, event_id, &section.name));
-    let aad = section_aad(
-        header_digest,
-        &section.name,
-        &section.audience,
-        section.epoch,
-    );
+    let aad = section_aad(header_digest, &section.name, &section.audience, section.epoch);
     cipher
         .decrypt(
             XNonce::from_slice(&section.nonce),
@@ -250,14 +244,7 @@ pub(crate) fn open_epoch_key(
     use hpke::Deserializable as _;
     let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).ok()?;
     let info = slot.info();
-    let key = hpke::single_shot_open::<HpkeAead, Kdf, Kem>(
-        &hpke::OpModeR::Base,
-        secret,
-        &enc,
-        &info,
-        sealed,
-        b"",
-    )
-    .ok()?;
+    let key =
+        hpke::single_shot_open::<HpkeAead, Kdf, Kem>(&hpke::OpModeR::Base, secret, &enc, &info, sealed, b"").ok()?;
     key.try_into().ok()
 }

@@ -5,16 +5,14 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use hru_domain::{
-    AudienceId, CaseId, Digest, EventHeader, EventId, EventType, FieldError, KeyId, PartyId,
-    PlainSection, ProducerId,
+    AudienceId, CaseId, Digest, EventHeader, EventId, EventType, FieldError, KeyId, PartyId, PlainSection, ProducerId,
 };
 use hru_wire::v1 as pb;
 use prost::Message as _;
 use rand_core::{CryptoRng, RngCore};
 
 use crate::primitives::{
-    EPOCH_KEY_LEN, GrantSlot, SealedHeader, envelope_digest, header_digest, seal_epoch_key,
-    seal_section,
+    EPOCH_KEY_LEN, GrantSlot, SealedHeader, envelope_digest, header_digest, seal_epoch_key, seal_section,
 };
 use crate::{Audience, Directory, EpochKey, SCHEMA_VERSION, SealError, key_id};
 
@@ -29,12 +27,7 @@ pub trait AudiencePolicy {
     /// Agreement version written into headers.
     fn policy_version(&self) -> u32;
     /// The exact audience of `section` of `event_type` sealed by `producer`, or why there is none.
-    fn audience(
-        &self,
-        producer: &PartyId,
-        event_type: EventType,
-        section: &str,
-    ) -> Result<&Audience, Refusal>;
+    fn audience(&self, producer: &PartyId, event_type: EventType, section: &str) -> Result<&Audience, Refusal>;
 }
 
 /// Where a producer's chain stands: the next sequence number and the digest it must name.
@@ -196,14 +189,8 @@ impl Sealer {
                     producer: self.producer.party.clone(),
                     reason,
                 })?;
-            if let Some(missing) = audience
-                .members()
-                .iter()
-                .find(|p| directory.party(p).is_none())
-            {
-                return Err(SealError::NoEncryptionKey {
-                    party: missing.clone(),
-                });
+            if let Some(missing) = audience.members().iter().find(|p| directory.party(p).is_none()) {
+                return Err(SealError::NoEncryptionKey { party: missing.clone() });
             }
             audiences.push(audience);
         }
@@ -211,9 +198,7 @@ impl Sealer {
         let mut out = Vec::new();
         for audience in &audiences {
             let id = audience.id();
-            let Some(reason) =
-                self.turn_reason(audience, &month, policy.policy_version(), directory)
-            else {
+            let Some(reason) = self.turn_reason(audience, &month, policy.policy_version(), directory) else {
                 continue;
             };
             let mut key = [0u8; EPOCH_KEY_LEN];
@@ -240,13 +225,7 @@ impl Sealer {
                 policy_id: policy.policy_id(),
                 policy_version: policy.policy_version(),
             };
-            out.push(self.finish(
-                &mut chain,
-                &draft,
-                grant.encode_to_vec(),
-                |_, _| Vec::new(),
-                Some(id),
-            ));
+            out.push(self.finish(&mut chain, &draft, grant.encode_to_vec(), |_, _| Vec::new(), Some(id)));
             self.epochs.insert(id.clone(), state);
         }
         let draft = Draft {
@@ -323,15 +302,9 @@ impl Sealer {
             return Some(pb::EpochReason::First);
         };
         let same_keys = e.members.len() == audience.members().len()
-            && e.members
-                .iter()
-                .zip(audience.members())
-                .all(|((party, kid), member)| {
-                    party == member
-                        && directory
-                            .party(member)
-                            .is_some_and(|d| d.encryption.key_id == *kid)
-                });
+            && e.members.iter().zip(audience.members()).all(|((party, kid), member)| {
+                party == member && directory.party(member).is_some_and(|d| d.encryption.key_id == *kid)
+            });
         if e.policy_version != policy_version {
             Some(pb::EpochReason::Policy)
         } else if !same_keys {
@@ -359,9 +332,7 @@ impl Sealer {
                 let key = directory
                     .party(party)
                     .map(|p| &p.encryption.key)
-                    .unwrap_or_else(|| {
-                        unreachable!("member_keys checked every member is in the directory")
-                    });
+                    .unwrap_or_else(|| unreachable!("member_keys checked every member is in the directory"));
                 let slot = GrantSlot {
                     producer,
                     audience,
@@ -465,10 +436,5 @@ fn check_sections(event_type: EventType, sections: &[PlainSection]) -> Result<()
 fn month_of(ms: i64) -> Result<String, SealError> {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.strftime("%Y-%m").to_string())
-        .map_err(|e| {
-            SealError::Field(FieldError::new(
-                "recorded_at_ms",
-                format!("is out of range ({e})"),
-            ))
-        })
+        .map_err(|e| SealError::Field(FieldError::new("recorded_at_ms", format!("is out of range ({e})"))))
 }

@@ -46,11 +46,7 @@ impl StaticAudiences {
     /// Share `section` of `event_type` with `parties` (added to any earlier rule).
     pub fn share(mut self, event_type: EventType, section: &str, parties: &[PartyId]) -> Self {
         let key = (event_type, section.to_owned());
-        let mut members: BTreeSet<PartyId> = self
-            .rules
-            .get(&key)
-            .map(|a| a.members().clone())
-            .unwrap_or_default();
+        let mut members: BTreeSet<PartyId> = self.rules.get(&key).map(|a| a.members().clone()).unwrap_or_default();
         members.extend(parties.iter().cloned());
         if let Some(audience) = Audience::new(members) {
             self.rules.insert(key, audience);
@@ -62,8 +58,7 @@ impl StaticAudiences {
     /// `source` names the file in errors.
     pub fn from_toml(text: &str, source: &str) -> Result<Self, DirectoryError> {
         let at = |offset: usize, message: String| DirectoryError::at(source, text, offset, message);
-        let file: File =
-            toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
+        let file: File = toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
         if file.version == 0 {
             return Err(at(0, "version must be 1 or more".into()));
         }
@@ -79,10 +74,7 @@ impl StaticAudiences {
             if !event.sections().contains(&section.as_str()) {
                 return Err(at(
                     row.section.span().start,
-                    format!(
-                        "{event} has no section {section:?}; it has {:?}",
-                        event.sections()
-                    ),
+                    format!("{event} has no section {section:?}; it has {:?}", event.sections()),
                 ));
             }
             let mut parties = Vec::new();
@@ -93,10 +85,7 @@ impl StaticAudiences {
                 );
             }
             if parties.is_empty() {
-                return Err(at(
-                    row.section.span().start,
-                    "`to` must name at least one party".into(),
-                ));
+                return Err(at(row.section.span().start, "`to` must name at least one party".into()));
             }
             policy = policy.share(event, section, &parties);
         }
@@ -113,19 +102,9 @@ impl AudiencePolicy for StaticAudiences {
         self.version
     }
 
-    fn audience(
-        &self,
-        _producer: &PartyId,
-        event_type: EventType,
-        section: &str,
-    ) -> Result<&Audience, Refusal> {
+    fn audience(&self, _producer: &PartyId, event_type: EventType, section: &str) -> Result<&Audience, Refusal> {
         self.rules
             .get(&(event_type, section.to_owned()))
-            .ok_or_else(|| {
-                Refusal(format!(
-                    "policy {} v{} has no share rule for it",
-                    self.id, self.version
-                ))
-            })
+            .ok_or_else(|| Refusal(format!("policy {} v{} has no share rule for it", self.id, self.version)))
     }
 }

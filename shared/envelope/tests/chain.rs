@@ -16,16 +16,14 @@ fn chain(cast: &Cast, n: usize) -> Vec<VerifiedEnvelope> {
     let mut sealer = Sealer::new(producer, cast.police.signing.clone());
     let mut out = Vec::new();
     while out.len() < n {
-        let (t, s) = split_draft(pb::event_draft::Event::ReferralReceived(
-            pb::ReferralReceived {
-                core: Some(pb::ReferralCore {
-                    area: "Halton".into(),
-                    ..Default::default()
-                }),
-                identity: None,
-                narrative: None,
-            },
-        ));
+        let (t, s) = split_draft(pb::event_draft::Event::ReferralReceived(pb::ReferralReceived {
+            core: Some(pb::ReferralCore {
+                area: "Halton".into(),
+                ..Default::default()
+            }),
+            identity: None,
+            narrative: None,
+        }));
         for e in sealer
             .seal_event(
                 CaseId::random(),
@@ -56,13 +54,9 @@ fn breaks(log: &[&VerifiedEnvelope]) -> Vec<ChainBreak> {
 fn seqs(b: &[ChainBreak]) -> Vec<String> {
     b.iter()
         .map(|b| match b {
-            ChainBreak::Gap {
-                expected, found, ..
-            } => format!("gap {expected}->{found}"),
+            ChainBreak::Gap { expected, found, .. } => format!("gap {expected}->{found}"),
             ChainBreak::Duplicate { seq, .. } => format!("duplicate {seq}"),
-            ChainBreak::OutOfOrder {
-                expected, found, ..
-            } => format!("out-of-order {found} (expected {expected})"),
+            ChainBreak::OutOfOrder { expected, found, .. } => format!("out-of-order {found} (expected {expected})"),
             ChainBreak::Forked { seq, .. } => format!("fork {seq}"),
             ChainBreak::Unlinked { seq, .. } => format!("unlinked {seq}"),
         })
@@ -75,9 +69,7 @@ fn an_intact_chain_has_no_breaks() {
     let log = chain(&cast, 8);
     assert!(breaks(&log.iter().collect::<Vec<_>>()).is_empty());
     assert_eq!(
-        log.iter()
-            .map(|e| e.header.producer_seq)
-            .collect::<Vec<_>>(),
+        log.iter().map(|e| e.header.producer_seq).collect::<Vec<_>>(),
         (1..=8).collect::<Vec<_>>()
     );
 }
@@ -88,12 +80,7 @@ fn drop_duplicate_and_reorder_are_each_named() {
     let log = chain(&cast, 8);
     let l: Vec<&VerifiedEnvelope> = log.iter().collect();
 
-    let dropped: Vec<_> = l
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 4)
-        .map(|(_, e)| *e)
-        .collect();
+    let dropped: Vec<_> = l.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, e)| *e).collect();
     assert_eq!(seqs(&breaks(&dropped)), ["gap 5->6"]);
 
     let mut duplicated = l.clone();
@@ -102,10 +89,7 @@ fn drop_duplicate_and_reorder_are_each_named() {
 
     let mut reordered = l.clone();
     reordered.swap(5, 6);
-    assert_eq!(
-        seqs(&breaks(&reordered)),
-        ["gap 6->7", "out-of-order 6 (expected 8)"]
-    );
+    assert_eq!(seqs(&breaks(&reordered)), ["gap 6->7", "out-of-order 6 (expected 8)"]);
 
     let mut late_replay = l.clone();
     late_replay.push(l[1]);
@@ -118,11 +102,7 @@ fn a_forked_history_is_named() {
     let a = chain(&cast, 4);
     let b = chain(&cast, 4); // same producer, same seqs, different envelopes
     let log = [&a[0], &a[1], &a[2], &b[2], &a[3]];
-    assert_eq!(
-        seqs(&breaks(&log)),
-        ["fork 3"],
-        "the first-seen branch continues"
-    );
+    assert_eq!(seqs(&breaks(&log)), ["fork 3"], "the first-seen branch continues");
     let spliced = [&a[0], &a[1], &b[2]];
     assert_eq!(seqs(&breaks(&spliced)), ["unlinked 3"]);
 }

@@ -20,10 +20,7 @@ fn files(target: &str) -> Vec<Vec<u8>> {
         .map(|e| e.expect("dir entry").path())
         .collect();
     paths.sort();
-    paths
-        .iter()
-        .map(|p| std::fs::read(p).expect("corpus file"))
-        .collect()
+    paths.iter().map(|p| std::fs::read(p).expect("corpus file")).collect()
 }
 
 #[test]
@@ -68,8 +65,7 @@ fn write_seed_corpus() {
         .expect("write");
         if e.header.event_type == hru_domain::EventType::KeyGranted {
             let env = pb::Envelope::decode(e.bytes.as_slice()).expect("decodes");
-            std::fs::write(corpus("key_granted").join(format!("seed-{i:02}")), env.body)
-                .expect("write");
+            std::fs::write(corpus("key_granted").join(format!("seed-{i:02}")), env.body).expect("write");
         }
     }
 }

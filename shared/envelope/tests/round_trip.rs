@@ -66,12 +66,7 @@ fn read_as(
         if v.header.event_type == EventType::KeyGranted {
             ring.ingest_grant(&v).expect("grant is well formed");
         } else {
-            out.extend(
-                ring.open(&v)
-                    .sections
-                    .into_iter()
-                    .map(|s| (s.name, s.plaintext)),
-            );
+            out.extend(ring.open(&v).sections.into_iter().map(|s| (s.name, s.plaintext)));
         }
     }
     out
@@ -91,10 +86,7 @@ fn each_party_reads_exactly_its_sections() {
         ]
     );
     assert!(sealed[0].subject.starts_with("hru.key.police-hru.a"));
-    assert!(
-        sealed[2].subject.starts_with("hru.evt.")
-            && sealed[2].subject.ends_with(".police-hru.ReferralReceived")
-    );
+    assert!(sealed[2].subject.starts_with("hru.evt.") && sealed[2].subject.ends_with(".police-hru.ReferralReceived"));
 
     let pb::event_draft::Event::ReferralReceived(expected) = referral() else {
         unreachable!()
@@ -102,40 +94,21 @@ fn each_party_reads_exactly_its_sections() {
     let police = read_as(&cast, &cast.police, &sealed);
     assert_eq!(
         police[0].1.as_deref().ok(),
-        Some(
-            expected
-                .core
-                .as_ref()
-                .expect("core")
-                .encode_to_vec()
-                .as_slice()
-        )
+        Some(expected.core.as_ref().expect("core").encode_to_vec().as_slice())
     );
     assert_eq!(
         police[1].1.as_deref().ok(),
-        Some(
-            expected
-                .identity
-                .as_ref()
-                .expect("identity")
-                .encode_to_vec()
-                .as_slice()
-        )
+        Some(expected.identity.as_ref().expect("identity").encode_to_vec().as_slice())
     );
 
     let probation = read_as(&cast, &cast.probation, &sealed);
     assert!(probation[0].1.is_ok(), "probation reads core");
-    assert!(
-        matches!(probation[1].1, Err(OpenError::NotInAudience { ref section, .. }) if section == "identity")
-    );
+    assert!(matches!(probation[1].1, Err(OpenError::NotInAudience { ref section, .. }) if section == "identity"));
 
     for reader in [&cast.cwp, &cast.mersey_care] {
         let seen = read_as(&cast, reader, &sealed);
         assert!(seen[0].1.is_ok());
-        assert_eq!(
-            seen[1].1.as_ref().map_err(OpenError::kind),
-            Err("not-in-audience")
-        );
+        assert_eq!(seen[1].1.as_ref().map_err(OpenError::kind), Err("not-in-audience"));
     }
 
     let em = read_as(&cast, &cast.em_vendor, &sealed);
@@ -192,11 +165,7 @@ fn epochs_are_reused_within_a_month_and_turn_with_it() {
     };
     assert_eq!(grants_at(NOW), 2, "first use of two audiences");
     assert_eq!(grants_at(NOW + 60_000), 0, "same month: no new grant");
-    assert_eq!(
-        grants_at(NOW + 40 * 86_400_000),
-        2,
-        "next month: both audiences turn"
-    );
+    assert_eq!(grants_at(NOW + 40 * 86_400_000), 2, "next month: both audiences turn");
 }
 
 #[test]

@@ -98,12 +98,7 @@ fn decode(bytes: &[u8]) -> pb::Envelope {
 }
 
 /// Kinds a corrupted envelope may be refused with, before any key is used.
-const CORRUPTION_KINDS: &[&str] = &[
-    "malformed",
-    "bad-signature",
-    "unknown-signing-key",
-    "key-not-valid",
-];
+const CORRUPTION_KINDS: &[&str] = &["malformed", "bad-signature", "unknown-signing-key", "key-not-valid"];
 
 #[test]
 fn every_single_byte_change_is_refused() {
@@ -114,12 +109,8 @@ fn every_single_byte_change_is_refused() {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut bytes = env.bytes.clone();
                 bytes[pos] ^= mask;
-                let err =
-                    verify(&bytes, &cast.directory).expect_err("a changed byte never verifies");
-                assert!(
-                    CORRUPTION_KINDS.contains(&err.kind()),
-                    "byte {pos} ^ {mask:#x}: {err}"
-                );
+                let err = verify(&bytes, &cast.directory).expect_err("a changed byte never verifies");
+                assert!(CORRUPTION_KINDS.contains(&err.kind()), "byte {pos} ^ {mask:#x}: {err}");
                 tried += 1;
             }
         }
@@ -218,15 +209,12 @@ fn a_key_outside_the_directory_is_refused() {
     assert_eq!(err.kind(), "bad-signature");
     // Header rewritten to name the intruder's key id.
     let mut header = pb::EventHeader::decode(env.header.as_slice()).expect("header");
-    header.key_id = key_id(intruder.signing.verifying_key().as_bytes())
-        .0
-        .to_vec();
+    header.key_id = key_id(intruder.signing.verifying_key().as_bytes()).0.to_vec();
     let forged = pb::Envelope {
         header: header.encode_to_vec(),
         ..env
     };
-    let err =
-        verify(&resign(&forged, &intruder.signing), &cast.directory).expect_err("unknown key");
+    let err = verify(&resign(&forged, &intruder.signing), &cast.directory).expect_err("unknown key");
     assert_eq!(err.kind(), "unknown-signing-key", "{err}");
 }
 
@@ -251,11 +239,7 @@ fn a_key_grant_for_one_party_does_not_open_for_another() {
         .find(|m| m.party == "probation")
         .cloned()
         .expect("probation entry");
-    let cwp = grant
-        .members
-        .iter_mut()
-        .find(|m| m.party == "cwp")
-        .expect("cwp entry");
+    let cwp = grant.members.iter_mut().find(|m| m.party == "cwp").expect("cwp entry");
     cwp.enc = probation.enc;
     cwp.sealed_epoch_key = probation.sealed_epoch_key;
     env.body = grant.encode_to_vec();
@@ -281,9 +265,7 @@ fn a_key_grant_for_one_party_does_not_open_for_another() {
     env.body = grant.encode_to_vec();
     let v = verify(&resign(&env, &cast.police.signing), &cast.directory).expect("re-signed");
     assert_eq!(
-        KeyRing::new(&cast.probation)
-            .ingest_grant(&v)
-            .map_err(|e| e.kind()),
+        KeyRing::new(&cast.probation).ingest_grant(&v).map_err(|e| e.kind()),
         Err("grant-unseal")
     );
 }
@@ -298,9 +280,7 @@ fn a_grant_signed_by_someone_else_than_its_producer_is_refused() {
     env.body = grant.encode_to_vec();
     let v = verify(&resign(&env, &cast.police.signing), &cast.directory).expect("re-signed");
     assert_eq!(
-        KeyRing::new(&cast.probation)
-            .ingest_grant(&v)
-            .map_err(|e| e.kind()),
+        KeyRing::new(&cast.probation).ingest_grant(&v).map_err(|e| e.kind()),
         Err("malformed")
     );
 }

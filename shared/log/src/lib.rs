@@ -21,9 +21,7 @@ pub const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// No connection to the server.
-    #[error(
-        "cannot connect to NATS at {url}: {reason}; is nats-server running (scripts/tools.sh installs it)?"
-    )]
+    #[error("cannot connect to NATS at {url}: {reason}; is nats-server running (scripts/tools.sh installs it)?")]
     Connect {
         /// The URL tried.
         url: String,
@@ -58,9 +56,7 @@ pub enum LogError {
     },
 }
 
-fn js_err(
-    operation: &'static str,
-) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> LogError {
+fn js_err(operation: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> LogError {
     move |e| LogError::JetStream {
         operation,
         reason: e.to_string(),
@@ -161,10 +157,7 @@ impl EventLog {
         let js = jetstream::new(client);
         let stream = match js.get_stream(EVENTS_STREAM).await {
             Ok(mut s) => {
-                let info = s
-                    .info()
-                    .await
-                    .map_err(|e| js_err("stream info")(e.into()))?;
+                let info = s.info().await.map_err(|e| js_err("stream info")(e.into()))?;
                 check_events_config(&info.config)?;
                 s
             }
@@ -206,10 +199,7 @@ impl EventLog {
             .create_consumer(config)
             .await
             .map_err(|e| js_err("create ordered consumer")(e.into()))?;
-        let info = consumer
-            .info()
-            .await
-            .map_err(|e| js_err("consumer info")(e.into()))?;
+        let info = consumer.info().await.map_err(|e| js_err("consumer info")(e.into()))?;
         if info.config.filter_subjects.len() != filters.len() {
             return Err(LogError::JetStream {
                 operation: "create ordered consumer",
@@ -224,10 +214,7 @@ impl EventLog {
         if pending == 0 {
             return Ok(out);
         }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| js_err("consume")(e.into()))?;
+        let mut messages = consumer.messages().await.map_err(|e| js_err("consume")(e.into()))?;
         while out.len() < pending {
             let Some(message) = messages.next().await else {
                 break;
@@ -275,10 +262,7 @@ mod tests {
         c.subjects.pop();
         assert!(matches!(
             check_events_config(&c),
-            Err(LogError::UnsafeStream {
-                field: "subjects",
-                ..
-            })
+            Err(LogError::UnsafeStream { field: "subjects", .. })
         ));
     }
 }

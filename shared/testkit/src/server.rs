@@ -37,11 +37,15 @@ pub(crate) struct ClusterSpec {
 #[derive(Debug, Clone)]
 pub struct NatsServerBuilder {
     sync_always: bool,
+    extra_config: String,
 }
 
 impl Default for NatsServerBuilder {
     fn default() -> Self {
-        Self { sync_always: true }
+        Self {
+            sync_always: true,
+            extra_config: String::new(),
+        }
     }
 }
 
@@ -52,10 +56,18 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Appends raw nats-server configuration (accounts, authorization) to the generated config.
+    pub fn extra_config(mut self, config: &str) -> Self {
+        self.extra_config.push_str(config);
+        self.extra_config.push('\n');
+        self
+    }
+
     /// Finds the binary, starts the server on a random loopback port and waits until JetStream is healthy.
     pub fn start(self) -> Result<NatsServer, TestkitError> {
         let bin = NatsServerBinary::find()?;
         let mut server = NatsServer::new(bin.path, self.sync_always, None, 0, None)?;
+        server.extra_config = self.extra_config;
         server.spawn()?;
         server.wait_ready(Instant::now() + READY_TIMEOUT)?;
         Ok(server)
@@ -77,6 +89,8 @@ pub struct NatsServer {
     store_dir: PathBuf,
     log_path: PathBuf,
     config_path: PathBuf,
+    /// Raw configuration appended to the generated one.
+    extra_config: String,
     /// Owns config, log, ports files and store; removed on drop, after the process is gone.
     dir: TempDir,
 }
@@ -115,6 +129,7 @@ impl NatsServer {
             store_dir: dir.path().join("js"),
             log_path: dir.path().join("nats-server.log"),
             config_path: dir.path().join("nats-server.conf"),
+            extra_config: String::new(),
             dir,
         })
     }
@@ -131,8 +146,7 @@ impl NatsServer {
 
     /// HTTP monitoring URL of the current process (it changes on restart), or `None` while not running.
     pub fn monitoring_url(&self) -> Option<String> {
-        self.monitoring_port()
-            .map(|port| format!("http://127.0.0.1:{port}"))
+        self.monitoring_port().map(|port| format!("http://127.0.0.1:{port}"))
     }
 
     /// Monitoring port of the current process, while running.
@@ -171,12 +185,8 @@ impl NatsServer {
     pub fn kill(&mut self) -> Result<(), TestkitError> {
         if let Some(mut child) = self.child.take() {
             self.monitoring = None;
-            child
-                .kill()
-                .map_err(TestkitError::io("killing nats-server"))?;
-            child
-                .wait()
-                .map_err(TestkitError::io("reaping nats-server"))?;
+            child.kill().map_err(TestkitError::io("killing nats-server"))?;
+            child.wait().map_err(TestkitError::io("reaping nats-server"))?;
         }
         Ok(())
     }
@@ -235,10 +245,7 @@ impl NatsServer {
         if let Some(name) = &self.server_name {
             config.push_str(&format!("server_name: \"{name}\"\n"));
         }
-        config.push_str(&format!(
-            "jetstream {{\n  store_dir: {}\n",
-            quote(&self.store_dir)
-        ));
+        config.push_str(&format!("jetstream {{\n  store_dir: {}\n", quote(&self.store_dir)));
         if self.sync_always {
             config.push_str("  sync_interval: always\n");
         }
@@ -256,13 +263,13 @@ impl NatsServer {
                 routes.join(", ")
             ));
         }
+        config.push_str(&self.extra_config);
         config
     }
 
     /// Writes the config and spawns the process with stdout and stderr appended to the log.
     pub(crate) fn spawn(&mut self) -> Result<(), TestkitError> {
-        std::fs::write(&self.config_path, self.config())
-            .map_err(TestkitError::io("writing nats-server.conf"))?;
+        std::fs::write(&self.config_path, self.config()).map_err(TestkitError::io("writing nats-server.conf"))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -304,10 +311,7 @@ impl NatsServer {
                 return Err(TestkitError::Invalid("wait_ready without a process".into()));
             };
             let pid = child.id();
-            if let Some(status) = child
-                .try_wait()
-                .map_err(TestkitError::io("waiting for nats-server"))?
-            {
+            if let Some(status) = child.try_wait().map_err(TestkitError::io("waiting for nats-server"))? {
                 self.child = None;
                 return Err(TestkitError::Exited {
                     pid,

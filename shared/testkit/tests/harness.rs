@@ -19,9 +19,7 @@ struct Raw {
 impl Raw {
     fn connect(port: u16) -> Raw {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut info = String::new();
         reader.read_line(&mut info).expect("read INFO");
@@ -109,11 +107,7 @@ fn killed_server_restarts_on_same_port_with_acknowledged_data() {
     let mut raw = Raw::connect(port);
     assert!(raw.info.contains("\"jetstream\":true"), "{}", raw.info);
     let info = raw.request("$JS.API.STREAM.INFO.T", "");
-    assert!(
-        info.contains("\"messages\":1"),
-        "{info}\n{}",
-        server.log_tail()
-    );
+    assert!(info.contains("\"messages\":1"), "{info}\n{}", server.log_tail());
 }
 
 #[test]
@@ -145,21 +139,12 @@ fn three_node_cluster_is_healthy_and_replicates() {
     let urls = cluster.urls();
     assert_eq!(urls.len(), 3);
     for (i, node) in cluster.nodes().iter().enumerate() {
-        assert!(
-            node.is_healthy(),
-            "node {i} not healthy:\n{}",
-            node.log_tail()
-        );
+        assert!(node.is_healthy(), "node {i} not healthy:\n{}", node.log_tail());
         let raw = Raw::connect(node.port());
         assert!(raw.info.contains("\"jetstream\":true"), "{}", raw.info);
+        assert!(raw.info.contains("\"cluster\":\"hru-test\""), "{}", raw.info);
         assert!(
-            raw.info.contains("\"cluster\":\"hru-test\""),
-            "{}",
-            raw.info
-        );
-        assert!(
-            raw.info
-                .contains(&format!("\"server_name\":\"{}\"", node_name(i))),
+            raw.info.contains(&format!("\"server_name\":\"{}\"", node_name(i))),
             "{}",
             raw.info
         );

@@ -1,11 +1,7 @@
 //! The `hru.v1` wire contract: prost messages and tonic services generated from `proto/`,
 //! plus the encoded file descriptor set for gRPC reflection and the proto3 JSON form.
 
-#![allow(
-    missing_docs,
-    clippy::doc_lazy_continuation,
-    clippy::large_enum_variant
-)]
+#![allow(missing_docs, clippy::doc_lazy_continuation, clippy::large_enum_variant)]
 
 /// Generated `hru.v1` package.
 pub mod v1 {
@@ -13,15 +9,13 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of every `hru.v1` proto file.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/hru_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hru_descriptor.bin"));
 
 /// The descriptor pool of the wire contract, for reflection and JSON.
 pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
     static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap_or_else(|e| {
-            panic!("the embedded descriptor set is built by build.rs and always decodes: {e}")
-        })
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .unwrap_or_else(|e| panic!("the embedded descriptor set is built by build.rs and always decodes: {e}"))
     })
 }

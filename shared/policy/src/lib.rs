@@ -1,0 +1,19 @@
+//! Information-sharing agreements as code (DESIGN §7): the TOML model, validation with errors a
+//! data-protection officer can act on, and the compiled agreement that drives every layer:
+//! section audiences, broker permissions, gRPC permissions and retention.
+//!
+//! Deny by default: nothing is shared, produced or callable unless a rule says so. Every
+//! decision here is a pure function of the agreement.
+
+mod compile;
+mod error;
+mod model;
+mod names;
+mod nats;
+mod set;
+
+pub use compile::{CallGrant, CompiledIsa, Receipt, Retention};
+pub use error::{ErrorKind, PolicyError, PolicyErrors};
+pub use model::Role;
+pub use nats::{NatsAccounts, PROVISIONER, VIEW_STREAM_PREFIX, nats_config, view_stream};
+pub use set::PolicySet;
