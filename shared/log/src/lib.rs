@@ -74,6 +74,104 @@ pub struct LogEntry {
     pub payload: Bytes,
 }
 
+/// Who connects to the broker: a party (or operator) with its NATS user nkey seed. Replies
+/// arrive under its own inbox prefix `_INBOX_<id>.`, the only subjects it may subscribe to.
+#[derive(Clone)]
+pub struct BrokerIdentity {
+    /// Party or operator id.
+    pub id: String,
+    /// NATS user nkey seed (`SU…`).
+    pub nkey_seed: String,
+}
+
+impl std::fmt::Debug for BrokerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerIdentity")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connect to NATS (as `identity`, when given) and refuse servers older than the floor.
+pub async fn connect(url: &str, identity: Option<&BrokerIdentity>) -> Result<async_nats::Client, LogError> {
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    if let Some(id) = identity {
+        options = options
+            .nkey(id.nkey_seed.clone())
+            .custom_inbox_prefix(format!("_INBOX_{}", id.id));
+    }
+    let client = options.connect(url).await.map_err(|e| LogError::Connect {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let version = client.server_info().version;
+    match major_minor(&version) {
+        Some(v) if v >= MIN_SERVER => Ok(client),
+        _ => Err(LogError::ServerTooOld { found: version }),
+    }
+}
+
+/// Create or update the shared stream and every party's view stream of `isa` (the
+/// provisioner's job; needs full rights in the account).
+pub async fn provision(
+    client: &async_nats::Client,
+    isa: &hru_policy::CompiledIsa,
+    replicas: usize,
+) -> Result<(), LogError> {
+    let js = jetstream::new(client.clone());
+    match js.get_stream(EVENTS_STREAM).await {
+        Ok(mut s) => {
+            let info = s.info().await.map_err(|e| js_err("stream info")(e.into()))?;
+            check_events_config(&info.config)?;
+        }
+        Err(_) => {
+            js.create_stream(events_config(replicas))
+                .await
+                .map_err(|e| js_err("create stream HRU_EVENTS")(e.into()))?;
+        }
+    }
+    for party in isa.parties.keys() {
+        let config = view_config(isa, party, replicas);
+        let name = config.name.clone();
+        let result = match js.get_stream(&name).await {
+            Ok(_) => js.update_stream(config).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(_) => js.create_stream(config).await.map(|_| ()).map_err(|e| e.to_string()),
+        };
+        result.map_err(|reason| LogError::JetStream {
+            operation: "provision view stream",
+            reason: format!("{name}: {reason}"),
+        })?;
+    }
+    Ok(())
+}
+
+/// The view stream of one party: the subjects of `HRU_EVENTS` it is entitled to, sourced by
+/// the server.
+pub fn view_config(isa: &hru_policy::CompiledIsa, party: &hru_domain::PartyId, replicas: usize) -> stream::Config {
+    let transforms = isa
+        .view_subjects(party)
+        .into_iter()
+        .map(|s| stream::SubjectTransform {
+            source: s,
+            destination: String::new(),
+        })
+        .collect();
+    stream::Config {
+        name: hru_policy::view_stream(party),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        sources: Some(vec![stream::Source {
+            name: EVENTS_STREAM.to_owned(),
+            subject_transforms: transforms,
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
 /// A connection to the event log.
 #[derive(Clone)]
 pub struct EventLog {

@@ -15,5 +15,5 @@ mod set;
 pub use compile::{CallGrant, CompiledIsa, Receipt, Retention};
 pub use error::{ErrorKind, PolicyError, PolicyErrors};
 pub use model::Role;
-pub use nats::{NatsAccounts, PROVISIONER, VIEW_STREAM_PREFIX, nats_config, view_stream};
+pub use nats::{AUDITOR, NatsAccounts, PROVISIONER, VIEW_STREAM_PREFIX, nats_config, view_stream};
 pub use set::PolicySet;

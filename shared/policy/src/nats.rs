@@ -97,6 +97,7 @@ fn read_api(stream: &str) -> Vec<String> {
     vec![
         "$JS.API.INFO".to_owned(),
         format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
         format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*"),
         format!("$JS.API.CONSUMER.INFO.{stream}.*"),

@@ -1,0 +1,404 @@
+//! The agreement enforced by the broker: a real nats-server runs the config generated from the
+//! Cheshire HRU agreement; every party's allowed paths work and every forbidden path is
+//! refused by the server itself. Prints the matrix (party × path → allowed/refused).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use hru_domain::PartyId;
+use hru_envelope::{Directory, PartySecrets};
+use hru_log::{BrokerIdentity, connect, provision};
+use hru_policy::{AUDITOR, CompiledIsa, NatsAccounts, PROVISIONER, nats_config, view_stream};
+use hru_testkit::NatsServer;
+
+const CASE: &str = "0b5c2a576f0e4b529d7c2f3e8a1d4c10";
+
+/// NATS subject matching (`*` one token, `>` the rest).
+fn matches(pattern: &str, subject: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let s: Vec<&str> = subject.split('.').collect();
+    for (i, tok) in p.iter().enumerate() {
+        match *tok {
+            ">" => return s.len() > i,
+            "*" if i < s.len() => {}
+            t if i < s.len() && s[i] == t => {}
+            _ => return false,
+        }
+    }
+    p.len() == s.len()
+}
+
+struct World {
+    _server: NatsServer,
+    url: String,
+    isa: CompiledIsa,
+    secrets: Vec<PartySecrets>,
+    provisioner: PartySecrets,
+    auditor: PartySecrets,
+}
+
+fn world() -> World {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/cheshire-hru.toml"))
+        .unwrap();
+    let parties = CompiledIsa::compile(&text, "cheshire-hru.toml", None)
+        .unwrap()
+        .parties
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    let mut directory = Directory::default();
+    let mut secrets = Vec::new();
+    for p in &parties {
+        let s = PartySecrets::generate(p.clone(), &mut rand_core::OsRng);
+        directory.insert_secrets(&s, "test");
+        secrets.push(s);
+    }
+    let operator = |id: &str| PartySecrets::generate(id.parse().unwrap(), &mut rand_core::OsRng);
+    let provisioner = operator(PROVISIONER);
+    let auditor = operator(AUDITOR);
+    directory.insert_secrets(&provisioner, "ops");
+    directory.insert_secrets(&auditor, "dpo");
+    let isa = CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).unwrap();
+    let config = nats_config(&isa, &NatsAccounts::from_directory(&isa, &directory).unwrap());
+    let server = NatsServer::builder()
+        .extra_config(&config)
+        .start()
+        .expect("nats-server accepts the generated config");
+    let url = server.url();
+    World {
+        _server: server,
+        url,
+        isa,
+        secrets,
+        provisioner,
+        auditor,
+    }
+}
+
+fn identity(s: &PartySecrets) -> BrokerIdentity {
+    BrokerIdentity {
+        id: s.party.to_string(),
+        nkey_seed: s.nats_seed.clone(),
+    }
+}
+
+/// Records the server's permission-violation errors of one connection.
+#[derive(Clone, Default)]
+struct Violations(Arc<Mutex<Vec<String>>>);
+
+impl Violations {
+    fn seen(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|v| v.contains(needle))
+    }
+
+    /// Resolves once the server has reported a violation naming `needle`.
+    async fn reported(&self, needle: &str) {
+        while !self.seen(needle) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn connect_watched(url: &str, s: &PartySecrets) -> (async_nats::Client, Violations) {
+    let violations = Violations::default();
+    let v = violations.clone();
+    let client = async_nats::ConnectOptions::new()
+        .nkey(s.nats_seed.clone())
+        .custom_inbox_prefix(format!("_INBOX_{}", s.party))
+        .event_callback(move |event| {
+            let v = v.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    v.0.lock().unwrap().push(e.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .expect("party connects with its nkey");
+    (client, violations)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Allowed,
+    Refused,
+}
+
+/// A request: allowed when answered without a permission error; refused when the server
+/// reports a permission violation for its subject.
+async fn request(client: &async_nats::Client, v: &Violations, subject: &str, body: &str) -> Outcome {
+    let fut = client.request(subject.to_owned(), body.to_owned().into());
+    tokio::select! {
+        reply = tokio::time::timeout(Duration::from_secs(5), fut) => match reply {
+            Ok(Ok(reply)) => {
+                let text = String::from_utf8_lossy(&reply.payload);
+                if text.contains("\"error\"") { Outcome::Refused } else { Outcome::Allowed }
+            }
+            _ => {
+                assert!(v.seen(subject), "no answer and no permission violation for {subject}: undecided");
+                Outcome::Refused
+            }
+        },
+        () = v.reported(subject) => Outcome::Refused,
+    }
+}
+
+async fn subscribe(client: &async_nats::Client, v: &Violations, subject: &str) -> Outcome {
+    let _sub = client.subscribe(subject.to_owned()).await.unwrap();
+    client.flush().await.unwrap();
+    // A subscription is refused asynchronously; a round trip after it proves the server has
+    // processed it, and a violation, if any, is reported by then.
+    match tokio::time::timeout(Duration::from_secs(2), v.reported(subject)).await {
+        Ok(()) => Outcome::Refused,
+        Err(_) => Outcome::Allowed,
+    }
+}
+
+async fn js_publish(client: &async_nats::Client, v: &Violations, subject: &str) -> Outcome {
+    let js = jetstream::new(client.clone());
+    let ack = async { js.publish(subject.to_owned(), "x".into()).await?.await };
+    tokio::select! {
+        ack = tokio::time::timeout(Duration::from_secs(5), ack) => match ack {
+            Ok(Ok(_)) => Outcome::Allowed,
+            _ => {
+                assert!(v.seen(subject), "publish to {subject} failed without a permission violation");
+                Outcome::Refused
+            }
+        },
+        () = v.reported(subject) => Outcome::Refused,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_party_is_held_to_the_agreement_by_the_broker() {
+    let w = world();
+    let admin = connect(&w.url, Some(&identity(&w.provisioner))).await.unwrap();
+    provision(&admin, &w.isa, 1)
+        .await
+        .expect("provisioner creates HRU_EVENTS and the views");
+
+    // Each party publishes what it may: one event of each type it produces, a key grant for
+    // each audience it seals to, and a control event.
+    let mut published = Vec::new();
+    for s in &w.secrets {
+        let (client, v) = connect_watched(&w.url, s).await;
+        let p = &s.party;
+        let mut subjects: Vec<String> = w
+            .isa
+            .produces(p)
+            .filter(|t| t.has_case())
+            .map(|t| format!("hru.evt.{CASE}.{p}.{t}"))
+            .collect();
+        let audiences: BTreeSet<String> = w
+            .isa
+            .audiences()
+            .filter(|(q, ..)| *q == p)
+            .map(|(.., a)| a.id().to_string())
+            .collect();
+        subjects.extend(audiences.iter().map(|a| format!("hru.key.{p}.{a}")));
+        subjects.push(format!("hru.ctl.{p}.PolicyAdopted"));
+        for subject in subjects {
+            assert_eq!(
+                js_publish(&client, &v, &subject).await,
+                Outcome::Allowed,
+                "{p} publishes {subject}"
+            );
+            published.push(subject);
+        }
+    }
+
+    let names: Vec<&str> = vec![
+        "publish own event",
+        "read own view (exactly its entitlement)",
+        "publish under another party's token",
+        "publish an event type it may not produce",
+        "consumer on HRU_EVENTS with a filter",
+        "consumer on HRU_EVENTS with no filter",
+        "consumer on another party's view",
+        "direct get on HRU_EVENTS",
+        "stream message get on HRU_EVENTS",
+        "core subscription to hru.>",
+        "subscription to another party's inbox",
+        "stream delete HRU_EVENTS",
+        "stream purge HRU_EVENTS",
+        "stream update HRU_EVENTS",
+        "delete its own view",
+    ];
+    let expected = |i: usize| if i < 2 { Outcome::Allowed } else { Outcome::Refused };
+    let mut matrix = Vec::new();
+    for (pi, s) in w.secrets.iter().enumerate() {
+        let p = &s.party;
+        let other: &PartyId = &w.secrets[(pi + 1) % w.secrets.len()].party;
+        let (client, v) = connect_watched(&w.url, s).await;
+        let js = jetstream::new(client.clone());
+        let mut row = Vec::new();
+
+        // Allowed: publish an event it produces.
+        let own = w
+            .isa
+            .produces(p)
+            .find(|t| t.has_case())
+            .expect("every party produces something");
+        row.push(js_publish(&client, &v, &format!("hru.evt.{CASE}.{p}.{own}")).await);
+        published.push(format!("hru.evt.{CASE}.{p}.{own}"));
+
+        // Allowed: read its view, which holds exactly the published subjects it is entitled to.
+        let entitled: Vec<String> = w.isa.view_subjects(p);
+        let want: Vec<&String> = published
+            .iter()
+            .filter(|s| entitled.iter().any(|e| matches(e, s)))
+            .collect();
+        let mut view = js.get_stream(view_stream(p)).await.expect("own view info");
+        let mut n = 0;
+        for _ in 0..100 {
+            n = view.info().await.unwrap().state.messages;
+            if n as usize >= want.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let consumer = view
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("consumer on own view");
+        let mut got = Vec::new();
+        if n > 0 {
+            let mut msgs = consumer.messages().await.unwrap();
+            while got.len() < n as usize {
+                let m = tokio::time::timeout(Duration::from_secs(5), msgs.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                got.push(m.subject.to_string());
+            }
+        }
+        let mut want_sorted: Vec<String> = want.iter().map(|s| (*s).clone()).collect();
+        want_sorted.sort();
+        got.sort();
+        row.push(if got == want_sorted {
+            Outcome::Allowed
+        } else {
+            Outcome::Refused
+        });
+        assert_eq!(got, want_sorted, "{p}'s view holds exactly its entitlement");
+
+        // Refused paths.
+        let foreign = w.isa.produces(other).find(|t| t.has_case()).expect("other produces");
+        row.push(js_publish(&client, &v, &format!("hru.evt.{CASE}.{other}.{foreign}")).await);
+        let not_mine = hru_domain::EventType::ALL
+            .iter()
+            .find(|t| t.has_case() && !w.isa.may_produce(p, **t))
+            .expect("some type it may not produce");
+        row.push(js_publish(&client, &v, &format!("hru.evt.{CASE}.{p}.{not_mine}")).await);
+        let consumer_body = |filter: &str| {
+            format!(
+                r#"{{"stream_name":"HRU_EVENTS","config":{{"name":"x{pi}","filter_subject":"{filter}","ack_policy":"none","deliver_policy":"all"}}}}"#
+            )
+        };
+        row.push(
+            request(
+                &client,
+                &v,
+                &format!("$JS.API.CONSUMER.CREATE.HRU_EVENTS.x{pi}.hru.evt.>"),
+                &consumer_body("hru.evt.>"),
+            )
+            .await,
+        );
+        row.push(
+            request(
+                &client,
+                &v,
+                &format!("$JS.API.CONSUMER.CREATE.HRU_EVENTS.x{pi}"),
+                &consumer_body(""),
+            )
+            .await,
+        );
+        row.push(
+            request(
+                &client,
+                &v,
+                &format!("$JS.API.CONSUMER.CREATE.{}.x{pi}", view_stream(other)),
+                "{}",
+            )
+            .await,
+        );
+        row.push(request(&client, &v, "$JS.API.DIRECT.GET.HRU_EVENTS", r#"{"seq":1}"#).await);
+        row.push(request(&client, &v, "$JS.API.STREAM.MSG.GET.HRU_EVENTS", r#"{"seq":1}"#).await);
+        row.push(subscribe(&client, &v, "hru.>").await);
+        row.push(subscribe(&client, &v, &format!("_INBOX_{other}.>")).await);
+        row.push(request(&client, &v, "$JS.API.STREAM.DELETE.HRU_EVENTS", "").await);
+        row.push(request(&client, &v, "$JS.API.STREAM.PURGE.HRU_EVENTS", "{}").await);
+        row.push(
+            request(
+                &client,
+                &v,
+                "$JS.API.STREAM.UPDATE.HRU_EVENTS",
+                r#"{"name":"HRU_EVENTS","subjects":[">"]}"#,
+            )
+            .await,
+        );
+        row.push(request(&client, &v, &format!("$JS.API.STREAM.DELETE.{}", view_stream(p)), "").await);
+        matrix.push((p.clone(), row));
+    }
+
+    println!(
+        "{:<42} {}",
+        "path \\ party",
+        matrix
+            .iter()
+            .map(|(p, _)| format!("{:>16}", p.as_str()))
+            .collect::<String>()
+    );
+    for (i, name) in names.iter().enumerate() {
+        let cells: String = matrix
+            .iter()
+            .map(|(_, row)| {
+                format!(
+                    "{:>16}",
+                    if row[i] == Outcome::Allowed {
+                        "allowed"
+                    } else {
+                        "refused"
+                    }
+                )
+            })
+            .collect();
+        println!("{name:<42} {cells}");
+    }
+    for (p, row) in &matrix {
+        for (i, outcome) in row.iter().enumerate() {
+            assert_eq!(*outcome, expected(i), "{p}: {}", names[i]);
+        }
+    }
+
+    // The auditor reads the whole shared log and can change nothing.
+    let (client, v) = connect_watched(&w.url, &w.auditor).await;
+    let js = jetstream::new(client.clone());
+    let events = js.get_stream("HRU_EVENTS").await.expect("auditor reads stream info");
+    let consumer = events
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("auditor consumer");
+    let first = consumer.messages().await.unwrap().next().await.unwrap().unwrap();
+    assert!(first.subject.starts_with("hru."), "auditor reads the shared log");
+    let p = &w.secrets[0].party;
+    let own = w.isa.produces(p).next().unwrap();
+    assert_eq!(
+        js_publish(&client, &v, &format!("hru.evt.{CASE}.{p}.{own}")).await,
+        Outcome::Refused,
+        "auditor publishes nothing"
+    );
+    assert_eq!(
+        request(&client, &v, "$JS.API.STREAM.PURGE.HRU_EVENTS", "{}").await,
+        Outcome::Refused
+    );
+    println!("auditor: reads HRU_EVENTS: allowed; publishes: refused; purges: refused");
+}
