@@ -128,6 +128,18 @@ pub enum PolicyCommand {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Record that the agreement in force is adopted: a signed PolicyAdopted event with its digest.
+    Adopt {
+        /// The adopting party.
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Producer instance name.
+        #[arg(long, default_value = "cli")]
+        instance: String,
+    },
     /// Generate the nats-server authorization config from the agreement in force.
     NatsConfig {
         /// Output file.
@@ -175,6 +187,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         }) => policy_cmd::check(&paths, &cli.policies, directory.as_deref(), format),
         Command::Policy(PolicyCommand::Explain { party, format }) => policy_cmd::explain(&cli.policies, &party, format),
         Command::Policy(PolicyCommand::NatsConfig { out }) => policy_cmd::nats_config_cmd(&cli.policies, &out),
+        Command::Policy(PolicyCommand::Adopt { party, keys, instance }) => {
+            policy_cmd::adopt(&cli.nats, &cli.policies, &party, &keys, &instance).await
+        }
     };
     match result {
         Ok(code) => code,

@@ -220,3 +220,43 @@ pub(crate) fn nats_config_cmd(policies_dir: &Path, out: &Path) -> anyhow::Result
     eprintln!("wrote {} for {} v{}", out.display(), isa.id, isa.version);
     Ok(ExitCode::SUCCESS)
 }
+
+/// `hru policy adopt`: seal and append a PolicyAdopted event for the agreement in force.
+pub(crate) async fn adopt(
+    nats: &str,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    instance: &str,
+) -> anyhow::Result<ExitCode> {
+    use prost::Message as _;
+    let party: PartyId = party.parse().context("--party")?;
+    let directory = policies::directory(policies_dir)?;
+    let set = policies::agreements(policies_dir, &directory)?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let isa = policies::in_force(&set, now)?;
+    let secrets = crate::keys::load(keys_dir, &party)?;
+    let producer = hru_domain::ProducerId::try_from(hru_wire::v1::Producer {
+        party: party.to_string(),
+        instance: instance.to_owned(),
+    })
+    .context("--instance")?;
+    let log = hru_log::EventLog::connect(nats).await?;
+    let mut sealer = crate::producer_state::load(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
+    let body = hru_wire::v1::PolicyAdopted {
+        policy_id: isa.id.clone(),
+        version: isa.version,
+        digest: isa.digest.to_vec(),
+        effective_from_ms: isa.effective_from_ms,
+    };
+    let sealed = sealer.seal_public(hru_domain::EventType::PolicyAdopted, body.encode_to_vec(), now, isa)?;
+    let seq = log.append(&sealed).await?;
+    crate::producer_state::save(keys_dir, &sealer)?;
+    println!(
+        "{seq}\tPolicyAdopted\t{} v{}\tsha256 {}",
+        isa.id,
+        isa.version,
+        hex::encode(isa.digest)
+    );
+    Ok(ExitCode::SUCCESS)
+}

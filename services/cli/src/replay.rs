@@ -8,6 +8,7 @@ use hru_domain::{CaseId, EventType, PartyId, join_sections};
 use hru_envelope::{ChainChecker, KeyRing, OpenError, verify};
 use hru_log::EventLog;
 use hru_wire::v1 as pb;
+use prost::Message as _;
 use serde_json::json;
 
 use crate::{Format, keys, policies};
@@ -52,7 +53,13 @@ pub(crate) async fn run(
         None => Vec::new(),
     };
     let log = EventLog::connect(nats).await?;
+    let agreements = policies::agreements(policies_dir, &directory)?;
     let mut ring = KeyRing::new(&secrets);
+    for isa in agreements.iter() {
+        for (.., audience) in isa.audiences() {
+            ring.know_audience(audience);
+        }
+    }
     let mut chains = ChainChecker::new();
     let mut problems = 0u64;
     for entry in log.replay(from, &filters).await? {
@@ -90,6 +97,32 @@ pub(crate) async fn run(
                     || format!("#{} grant refused: {e}", entry.sequence),
                 );
             }
+            continue;
+        }
+        if h.event_type == EventType::PolicyAdopted {
+            let adopted = pb::PolicyAdopted::decode(verified.body.as_slice()).unwrap_or_default();
+            let local = agreements.version(&adopted.policy_id, adopted.version);
+            let matches = local.is_some_and(|i| i.digest.as_slice() == adopted.digest.as_slice());
+            if !matches {
+                problems += 1;
+            }
+            let digest = hex::encode(&adopted.digest);
+            emit(
+                format,
+                json!({"sequence": entry.sequence, "event_type": "PolicyAdopted", "producer": h.producer.to_string(),
+                       "policy_id": adopted.policy_id, "version": adopted.version, "digest": digest, "matches_local_file": matches}),
+                || {
+                    let note = if matches {
+                        "matches the local file"
+                    } else {
+                        "DIFFERS from the local policies"
+                    };
+                    format!(
+                        "#{} PolicyAdopted {} v{} sha256 {digest} by {} ({note})",
+                        entry.sequence, adopted.policy_id, adopted.version, h.producer
+                    )
+                },
+            );
             continue;
         }
         if h.event_type.is_public() {

@@ -1,104 +1,18 @@
 //! The first round trip through the real binary and a real nats-server: keys, append, replay.
 //! police-hru seals a referral whose `core` is for police, probation and both trusts and whose
 //! `identity` is for police alone; each party's replay shows exactly that.
+
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use common::World;
 use hru_envelope::{Directory, verify};
 use hru_log::EventLog;
-use hru_testkit::NatsServer;
 use serde_json::Value;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
-
-struct World {
-    nats: NatsServer,
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> Self {
-        let nats = NatsServer::start().expect("nats-server starts");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("policies")).expect("mkdir");
-        let mut directory = String::new();
-        for p in PARTIES {
-            let out = hru(
-                &nats,
-                &["keys", "generate", "--party", p, "--out", &path(dir.path(), "keys")],
-            );
-            assert!(
-                out.status.success(),
-                "keys generate {p}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            directory.push_str(&String::from_utf8_lossy(&out.stdout));
-        }
-        std::fs::write(dir.path().join("policies/directory.toml"), directory).expect("write directory");
-        let agreement = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/round-trip.toml");
-        std::fs::copy(agreement, dir.path().join("policies/round-trip.toml")).expect("copy the agreement");
-        Self { nats, dir }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut full = vec!["--policies".to_owned(), path(self.dir.path(), "policies")];
-        full.extend(args.iter().map(|s| (*s).to_owned()));
-        hru(&self.nats, &full.iter().map(String::as_str).collect::<Vec<_>>())
-    }
-
-    fn event(&self, name: &str, json: &str) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, json).expect("write event");
-        p.display().to_string()
-    }
-
-    fn append(&self, party: &str, event: &str) -> Output {
-        self.run(&[
-            "append",
-            "--party",
-            party,
-            "--keys",
-            &path(self.dir.path(), "keys"),
-            event,
-        ])
-    }
-
-    /// Replay as `party`, one JSON object per line, only the case events.
-    fn replay(&self, party: &str) -> (Output, Vec<Value>) {
-        let out = self.run(&[
-            "replay",
-            "--party",
-            party,
-            "--keys",
-            &path(self.dir.path(), "keys"),
-            "--format",
-            "json",
-        ]);
-        let lines = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
-            .collect();
-        (out, lines)
-    }
-
-    fn keys(&self) -> PathBuf {
-        self.dir.path().join("keys")
-    }
-}
-
-fn path(base: &Path, rel: &str) -> String {
-    base.join(rel).display().to_string()
-}
-
-fn hru(nats: &NatsServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hru"))
-        .args(args)
-        .env("HRU_NATS_URL", nats.url())
-        .output()
-        .expect("runs hru")
-}
+const AGREEMENT: &str = "tests/data/round-trip.toml";
 
 const CASE: &str = "0b5c2a57-6f0e-4b52-9d7c-2f3e8a1d4c10";
 
@@ -141,7 +55,7 @@ fn refused(line: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn each_party_reads_exactly_what_the_agreement_gives_it() {
-    let world = World::new();
+    let world = World::new(AGREEMENT, &PARTIES);
     let out = world.append("police-hru", &world.event("referral.json", &referral("Cheshire East")));
     assert!(out.status.success(), "append: {}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8_lossy(&out.stdout);
@@ -194,7 +108,7 @@ fn each_party_reads_exactly_what_the_agreement_gives_it() {
 
 #[test]
 fn every_envelope_verifies_with_the_directory_alone() {
-    let world = World::new();
+    let world = World::new(AGREEMENT, &PARTIES);
     for area in ["Halton", "Warrington"] {
         let out = world.append("police-hru", &world.event("r.json", &referral(area)));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -221,7 +135,7 @@ fn every_envelope_verifies_with_the_directory_alone() {
 
 #[test]
 fn a_lost_producer_state_is_recovered_from_the_log() {
-    let world = World::new();
+    let world = World::new(AGREEMENT, &PARTIES);
     let event = world.event("r.json", &referral("Cheshire West"));
     assert!(world.append("police-hru", &event).status.success());
     std::fs::remove_file(world.keys().join("police-hru.cli.producer.json")).expect("state file existed");
@@ -241,7 +155,7 @@ fn a_lost_producer_state_is_recovered_from_the_log() {
 
 #[test]
 fn bad_input_is_refused_by_name_and_nothing_is_appended() {
-    let world = World::new();
+    let world = World::new(AGREEMENT, &PARTIES);
     let bad = [
         ("unknown.json", referral("X").replace("\"area\"", "\"areaa\""), "areaa"),
         ("case.json", referral("X").replace(CASE, "not-a-uuid"), "case_id"),

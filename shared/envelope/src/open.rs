@@ -153,6 +153,7 @@ pub struct KeyRing {
     secret: <crate::primitives::Kem as hpke::Kem>::PrivateKey,
     epoch_keys: HashMap<EpochRef, EpochKey>,
     members: HashMap<(ProducerId, AudienceId), BTreeSet<PartyId>>,
+    known: HashMap<AudienceId, bool>,
 }
 
 /// What a grant meant for this reader.
@@ -173,6 +174,7 @@ impl KeyRing {
             secret: secrets.encryption.clone(),
             epoch_keys: HashMap::new(),
             members: HashMap::new(),
+            known: HashMap::new(),
         }
     }
 
@@ -184,6 +186,12 @@ impl KeyRing {
     /// Number of epoch keys held.
     pub fn epoch_keys(&self) -> usize {
         self.epoch_keys.len()
+    }
+
+    /// Learn an audience from the agreement (its id is derived from its members), so a section
+    /// for an audience whose grant the reader never sees is still reported as not for it.
+    pub fn know_audience(&mut self, audience: &Audience) {
+        self.known.insert(audience.id().clone(), audience.contains(&self.party));
     }
 
     /// Take in a verified KeyGranted envelope: record its audience and, if the reader is a
@@ -277,6 +285,11 @@ impl KeyRing {
                     }),
                     None => match self.members.get(&(producer.clone(), audience.clone())) {
                         Some(members) if !members.contains(&self.party) => Err(OpenError::NotInAudience {
+                            section: s.name.clone(),
+                            audience,
+                            party: self.party.clone(),
+                        }),
+                        None if self.known.get(&audience) == Some(&false) => Err(OpenError::NotInAudience {
                             section: s.name.clone(),
                             audience,
                             party: self.party.clone(),
