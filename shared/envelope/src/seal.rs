@@ -73,6 +73,21 @@ impl std::fmt::Debug for EpochState {
     }
 }
 
+/// What committing one envelope of a batch changes in its producer.
+#[derive(Debug, Clone)]
+struct Step {
+    chain_after: ChainHead,
+    epoch: Option<(AudienceId, EpochState)>,
+}
+
+/// Envelopes sealed together (grants, then the event), not yet committed to the producer.
+#[derive(Debug, Clone)]
+pub struct SealedBatch {
+    /// The envelopes, in publishing order.
+    pub envelopes: Vec<SealedEnvelope>,
+    steps: Vec<Step>,
+}
+
 /// One sealed, signed envelope ready to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedEnvelope {
@@ -162,8 +177,8 @@ impl Sealer {
         &self.epochs
     }
 
-    /// Seal one case event: any KeyGranted envelopes its audiences need first, then the event.
-    /// On error nothing is sealed and the producer is unchanged.
+    /// Seal one case event and commit it at once: any KeyGranted envelopes its audiences need
+    /// first, then the event. On error nothing is sealed and the producer is unchanged.
     #[allow(clippy::too_many_arguments)]
     pub fn seal_event(
         &mut self,
@@ -176,9 +191,36 @@ impl Sealer {
         directory: &Directory,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Vec<SealedEnvelope>, SealError> {
+        let batch = self.prepare_event(
+            case_id,
+            event_type,
+            sections,
+            occurred_at_ms,
+            now_ms,
+            policy,
+            directory,
+            rng,
+        )?;
+        self.commit(&batch, batch.envelopes.len());
+        Ok(batch.envelopes)
+    }
+
+    /// Seal one case event without changing the producer: the batch (grants, then the event)
+    /// is committed with [`Sealer::commit`] once the log has acknowledged it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_event(
+        &self,
+        case_id: CaseId,
+        event_type: EventType,
+        sections: Vec<PlainSection>,
+        occurred_at_ms: i64,
+        now_ms: i64,
+        policy: &dyn AudiencePolicy,
+        directory: &Directory,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<SealedBatch, SealError> {
         check_sections(event_type, &sections)?;
         let month = month_of(now_ms)?;
-        // Everything that can fail is checked before any state changes.
         let mut audiences = Vec::with_capacity(sections.len());
         for section in &sections {
             let audience = policy
@@ -195,18 +237,22 @@ impl Sealer {
             audiences.push(audience);
         }
         let mut chain = self.chain;
-        let mut out = Vec::new();
+        let mut batch = SealedBatch {
+            envelopes: Vec::new(),
+            steps: Vec::new(),
+        };
+        let mut turned: BTreeMap<AudienceId, EpochState> = BTreeMap::new();
         for audience in &audiences {
             let id = audience.id();
-            let Some(reason) = self.turn_reason(audience, &month, policy.policy_version(), directory) else {
+            let current = turned.get(id).or_else(|| self.epochs.get(id));
+            let Some(reason) = turn_reason(current, audience, &month, policy.policy_version(), directory) else {
                 continue;
             };
             let mut key = [0u8; EPOCH_KEY_LEN];
             rng.fill_bytes(&mut key);
-            let current = self.epochs.get(id).map_or(0, |e| e.epoch);
             let used = self.used_epochs.get(id).copied().unwrap_or(0);
             let state = EpochState {
-                epoch: current.max(used) + 1,
+                epoch: current.map_or(0, |e| e.epoch).max(used) + 1,
                 month: month.clone(),
                 policy_version: policy.policy_version(),
                 members: audience
@@ -225,8 +271,14 @@ impl Sealer {
                 policy_id: policy.policy_id(),
                 policy_version: policy.policy_version(),
             };
-            out.push(self.finish(&mut chain, &draft, grant.encode_to_vec(), |_, _| Vec::new(), Some(id)));
-            self.epochs.insert(id.clone(), state);
+            batch
+                .envelopes
+                .push(self.finish(&mut chain, &draft, grant.encode_to_vec(), |_, _| Vec::new(), Some(id)));
+            batch.steps.push(Step {
+                chain_after: chain,
+                epoch: Some((id.clone(), state.clone())),
+            });
+            turned.insert(id.clone(), state);
         }
         let draft = Draft {
             event_type,
@@ -246,7 +298,10 @@ impl Sealer {
                     .zip(&audiences)
                     .map(|(s, audience)| {
                         let id = audience.id();
-                        let e = &self.epochs[id];
+                        let e = turned
+                            .get(id)
+                            .or_else(|| self.epochs.get(id))
+                            .unwrap_or_else(|| unreachable!("every audience has an epoch: kept or turned above"));
                         let event = SealedHeader {
                             event_id,
                             header_digest: hd,
@@ -257,9 +312,23 @@ impl Sealer {
             },
             None,
         );
-        out.push(event);
-        self.chain = chain;
-        Ok(out)
+        batch.envelopes.push(event);
+        batch.steps.push(Step {
+            chain_after: chain,
+            epoch: None,
+        });
+        Ok(batch)
+    }
+
+    /// Commit the first `upto` envelopes of a prepared batch (those the log acknowledged):
+    /// the chain advances past them and the epochs they granted become current.
+    pub fn commit(&mut self, batch: &SealedBatch, upto: usize) {
+        for step in batch.steps.iter().take(upto) {
+            self.chain = step.chain_after;
+            if let Some((id, state)) = &step.epoch {
+                self.epochs.insert(id.clone(), state.clone());
+            }
+        }
     }
 
     /// Seal a public (cleartext, signed) event such as PolicyAdopted.
@@ -270,6 +339,19 @@ impl Sealer {
         now_ms: i64,
         policy: &dyn AudiencePolicy,
     ) -> Result<SealedEnvelope, SealError> {
+        let mut batch = self.prepare_public(event_type, body, now_ms, policy)?;
+        self.commit(&batch, 1);
+        Ok(batch.envelopes.remove(0))
+    }
+
+    /// Seal a public event without changing the producer; commit it once acknowledged.
+    pub fn prepare_public(
+        &self,
+        event_type: EventType,
+        body: Vec<u8>,
+        now_ms: i64,
+        policy: &dyn AudiencePolicy,
+    ) -> Result<SealedBatch, SealError> {
         if !event_type.is_public() || event_type == EventType::KeyGranted {
             return Err(SealError::Field(FieldError::new(
                 "event_type",
@@ -286,34 +368,13 @@ impl Sealer {
         };
         let mut chain = self.chain;
         let sealed = self.finish(&mut chain, &draft, body, |_, _| Vec::new(), None);
-        self.chain = chain;
-        Ok(sealed)
-    }
-
-    /// Why the epoch of `audience` must turn before sealing, if it must.
-    fn turn_reason(
-        &self,
-        audience: &Audience,
-        month: &str,
-        policy_version: u32,
-        directory: &Directory,
-    ) -> Option<pb::EpochReason> {
-        let Some(e) = self.epochs.get(audience.id()) else {
-            return Some(pb::EpochReason::First);
-        };
-        let same_keys = e.members.len() == audience.members().len()
-            && e.members.iter().zip(audience.members()).all(|((party, kid), member)| {
-                party == member && directory.party(member).is_some_and(|d| d.encryption.key_id == *kid)
-            });
-        if e.policy_version != policy_version {
-            Some(pb::EpochReason::Policy)
-        } else if !same_keys {
-            Some(pb::EpochReason::KeyChange)
-        } else if e.month != month {
-            Some(pb::EpochReason::Month)
-        } else {
-            None
-        }
+        Ok(SealedBatch {
+            envelopes: vec![sealed],
+            steps: vec![Step {
+                chain_after: chain,
+                epoch: None,
+            }],
+        })
     }
 
     fn grant(
@@ -400,6 +461,32 @@ impl Sealer {
             bytes,
             digest,
         }
+    }
+}
+
+/// Why the epoch of `audience` must turn before sealing, if it must.
+fn turn_reason(
+    current: Option<&EpochState>,
+    audience: &Audience,
+    month: &str,
+    policy_version: u32,
+    directory: &Directory,
+) -> Option<pb::EpochReason> {
+    let Some(e) = current else {
+        return Some(pb::EpochReason::First);
+    };
+    let same_keys = e.members.len() == audience.members().len()
+        && e.members.iter().zip(audience.members()).all(|((party, kid), member)| {
+            party == member && directory.party(member).is_some_and(|d| d.encryption.key_id == *kid)
+        });
+    if e.policy_version != policy_version {
+        Some(pb::EpochReason::Policy)
+    } else if !same_keys {
+        Some(pb::EpochReason::KeyChange)
+    } else if e.month != month {
+        Some(pb::EpochReason::Month)
+    } else {
+        None
     }
 }
 

@@ -56,6 +56,60 @@ pub enum LogError {
     },
 }
 
+/// Why an append did not land; each variant says what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the case first: re-read the case and decide again.
+    #[error("conflict on {case_subjects}: the case is at sequence {current}, not the one expected; re-read and retry")]
+    Conflict {
+        /// The case's subjects, `hru.evt.<case>.>`.
+        case_subjects: String,
+        /// The sequence of the case's last event now.
+        current: u64,
+    },
+    /// The broker refused the message for good (permissions, size, no stream).
+    #[error("the broker refused {subject}: {reason}")]
+    Refused {
+        /// Subject.
+        subject: String,
+        /// The broker's answer.
+        reason: String,
+    },
+    /// No acknowledgement after every retry; the same bytes may be retried later (deduplicated).
+    #[error("no acknowledgement for {subject} after {attempts} attempts: {reason}")]
+    Unavailable {
+        /// Subject.
+        subject: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        reason: String,
+    },
+}
+
+/// What the case must look like for an append to land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No condition (key grants, control events, or a caller that does not care).
+    Any,
+    /// The case's last event is at this stream sequence (0: the case has no event yet).
+    CaseAt(u64),
+}
+
+/// The broker's acknowledgement of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Stream sequence of the event.
+    pub sequence: u64,
+    /// Whether the broker had it already (a retry of an acknowledged publish).
+    pub duplicate: bool,
+}
+
+/// Header naming the subject filter of `Nats-Expected-Last-Subject-Sequence`.
+const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+/// Attempts of an ambiguous publish (timeout, lost connection) before giving up.
+const PUBLISH_ATTEMPTS: u32 = 8;
+
 fn js_err(operation: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> LogError {
     move |e| LogError::JetStream {
         operation,
@@ -269,17 +323,174 @@ impl EventLog {
 
     /// Append one sealed envelope with `Nats-Msg-Id` = its event id; returns its stream sequence.
     pub async fn append(&self, sealed: &SealedEnvelope) -> Result<u64, LogError> {
-        let publish = jetstream::message::PublishMessage::build()
+        self.append_expecting(sealed, Expect::Any)
+            .await
+            .map(|a| a.sequence)
+            .map_err(|e| LogError::JetStream {
+                operation: "append",
+                reason: e.to_string(),
+            })
+    }
+
+    /// Append one envelope, optionally only if its case is at `expect`. An ambiguous publish is
+    /// retried with the same bytes and id, so the broker stores it once.
+    pub async fn append_expecting(&self, sealed: &SealedEnvelope, expect: Expect) -> Result<Ack, AppendError> {
+        let case_subjects = sealed.header.case_id.map(|c| format!("hru.evt.{}.>", c.token()));
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(Bytes::copy_from_slice(&sealed.bytes))
             .message_id(sealed.header.event_id.to_string());
-        let ack = self
-            .js
-            .send_publish(sealed.subject.clone(), publish)
+        if let (Expect::CaseAt(seq), Some(filter)) = (expect, &case_subjects) {
+            publish = publish
+                .expected_last_subject_sequence(seq)
+                .header(EXPECTED_SUBJECT_HEADER, filter.as_str());
+        }
+        let mut last_error = String::new();
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let sent = self.js.send_publish(sealed.subject.clone(), publish.clone()).await;
+            let acked = match sent {
+                Ok(future) => future.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(ack) => {
+                    return Ok(Ack {
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) => {
+                    use async_nats::jetstream::context::PublishErrorKind as K;
+                    match e.kind() {
+                        K::WrongLastSequence => {
+                            // The server checks the expectation before deduplicating, so a
+                            // retry of an event it already holds lands here: find it first.
+                            let id = sealed.header.event_id.to_string();
+                            if let Ok(Some(sequence)) = self.find_message_id(&sealed.subject, &id).await {
+                                return Ok(Ack {
+                                    sequence,
+                                    duplicate: true,
+                                });
+                            }
+                            let filter = case_subjects.clone().unwrap_or_default();
+                            let current = self.last_sequence_of(&filter).await.unwrap_or(0);
+                            return Err(AppendError::Conflict {
+                                case_subjects: filter,
+                                current,
+                            });
+                        }
+                        K::StreamNotFound | K::MaxPayloadExceeded | K::WrongLastMessageId => {
+                            return Err(AppendError::Refused {
+                                subject: sealed.subject.clone(),
+                                reason: e.to_string(),
+                            });
+                        }
+                        K::Other if e.to_string().contains("err_code") => {
+                            return Err(AppendError::Refused {
+                                subject: sealed.subject.clone(),
+                                reason: e.to_string(),
+                            });
+                        }
+                        _ => {
+                            last_error = e.to_string();
+                            tracing::warn!(attempt, subject = %sealed.subject, cause = %e, "ambiguous publish; retrying the same bytes");
+                            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                        }
+                    }
+                }
+            }
+        }
+        Err(AppendError::Unavailable {
+            subject: sealed.subject.clone(),
+            attempts: PUBLISH_ATTEMPTS,
+            reason: last_error,
+        })
+    }
+
+    /// Append a prepared batch in order (grants unconditionally, the case event under `expect`),
+    /// committing each acknowledged envelope to `sealer`: whatever fails, the producer's chain
+    /// stands exactly after the last envelope the log holds.
+    pub async fn append_batch(
+        &self,
+        sealer: &mut hru_envelope::Sealer,
+        batch: &hru_envelope::SealedBatch,
+        expect: Expect,
+    ) -> Result<Vec<Ack>, AppendError> {
+        let mut acks = Vec::with_capacity(batch.envelopes.len());
+        for (i, envelope) in batch.envelopes.iter().enumerate() {
+            let condition = if envelope.header.case_id.is_some() {
+                expect
+            } else {
+                Expect::Any
+            };
+            acks.push(self.append_expecting(envelope, condition).await?);
+            sealer.commit(batch, i + 1);
+        }
+        Ok(acks)
+    }
+
+    /// The stream sequence of the message with `Nats-Msg-Id` = `id` on exactly `subject`, if the
+    /// log holds it (reads headers only).
+    pub async fn find_message_id(&self, subject: &str, id: &str) -> Result<Option<u64>, LogError> {
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            headers_only: true,
+            ..Default::default()
+        };
+        let mut consumer = self
+            .stream
+            .create_consumer(config)
             .await
-            .map_err(|e| js_err("publish")(e.into()))?
+            .map_err(|e| js_err("create ordered consumer")(e.into()))?;
+        let info = consumer
+            .info()
             .await
-            .map_err(|e| js_err("publish ack")(e.into()))?;
-        Ok(ack.sequence)
+            .map_err(|e| js_err("consumer info")(e.into()))?
+            .clone();
+        let mut found = None;
+        if info.num_pending > 0 {
+            let mut messages = consumer.messages().await.map_err(|e| js_err("consume")(e.into()))?;
+            for _ in 0..info.num_pending {
+                let Some(message) = messages.next().await else { break };
+                let message = message.map_err(|e| js_err("consume")(e.into()))?;
+                let same = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                    .map(|v| v.as_str() == id);
+                if same == Some(true) {
+                    found = Some(
+                        message
+                            .info()
+                            .map_err(|e| js_err("message info")(e.to_string().into()))?
+                            .stream_sequence,
+                    );
+                    break;
+                }
+            }
+        }
+        self.forget_consumer(&info.name).await;
+        Ok(found)
+    }
+
+    /// Delete a reader's consumer once done (the server would expire it, but only later).
+    async fn forget_consumer(&self, name: &str) {
+        if let Err(e) = self.stream.delete_consumer(name).await {
+            tracing::debug!(consumer = name, cause = %e, "consumer already gone");
+        }
+    }
+
+    /// The stream sequence of the last message on subjects matching `filter` (0 when none).
+    pub async fn last_sequence_of(&self, filter: &str) -> Result<u64, LogError> {
+        match self.stream.get_last_raw_message_by_subject(filter).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(js_err("last message by subject")(e.into())),
+        }
+    }
+
+    /// The sequence of a case's last event (0 when the case has none): what an append expects.
+    pub async fn case_version(&self, case: hru_domain::CaseId) -> Result<u64, LogError> {
+        self.last_sequence_of(&format!("hru.evt.{}.>", case.token())).await
     }
 
     /// Every message from stream sequence `from` (1 = the start) on subjects matching any of
