@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
 use hru_domain::{CaseEvent, CaseId, FieldError, PartyId, ProducerId, split_draft};
-use hru_log::EventLog;
+use hru_log::{EventLog, Expect};
 use hru_wire::v1 as pb;
 
 use crate::{keys, policies, producer_state};
@@ -53,6 +53,7 @@ pub(crate) async fn run(
     keys_dir: &Path,
     instance: &str,
     event_file: &Path,
+    repeat: u32,
 ) -> anyhow::Result<ExitCode> {
     let party: PartyId = party.parse().context("--party")?;
     let producer = ProducerId::try_from(pb::Producer {
@@ -78,25 +79,28 @@ pub(crate) async fn run(
     let (event_type, sections) = split_draft(event);
 
     let log = EventLog::connect(nats).await?;
-    let mut sealer = producer_state::load(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    let sealed = sealer.seal_event(
-        case_id,
-        event_type,
-        sections,
-        occurred_at_ms.unwrap_or(now),
-        now,
-        agreement,
-        &directory,
-        &mut <rand::rngs::StdRng as rand::SeedableRng>::from_entropy(),
-    )?;
-    for envelope in &sealed {
-        let seq = log.append(envelope).await?;
-        println!(
-            "{seq}\t{}\t{}\t{}",
-            envelope.header.event_type, envelope.header.event_id, envelope.subject
-        );
+    let mut producer = producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    for _ in 0..repeat {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let batch = producer.sealer().prepare_event(
+            case_id,
+            event_type,
+            sections.clone(),
+            occurred_at_ms.unwrap_or(now),
+            now,
+            agreement,
+            &directory,
+            &mut rng,
+        )?;
+        let sequences = producer.append(&log, &batch, Expect::Any).await?;
+        // Printed only once acknowledged and committed: the caller's acknowledgement.
+        for (seq, envelope) in sequences.iter().zip(&batch.envelopes) {
+            println!(
+                "{seq}\t{}\t{}\t{}",
+                envelope.header.event_type, envelope.header.event_id, envelope.subject
+            );
+        }
     }
-    producer_state::save(keys_dir, &sealer)?;
     Ok(ExitCode::SUCCESS)
 }

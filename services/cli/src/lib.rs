@@ -59,6 +59,9 @@ pub enum Command {
         /// Producer instance name (each instance keeps its own chain).
         #[arg(long, default_value = "cli")]
         instance: String,
+        /// Append the event this many times (each a new event id), e.g. for load and demos.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         /// The event file.
         event: PathBuf,
     },
@@ -170,8 +173,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             party,
             keys,
             instance,
+            repeat,
             event,
-        } => append::run(&cli.nats, &cli.policies, &party, &keys, &instance, &event).await,
+        } => append::run(&cli.nats, &cli.policies, &party, &keys, &instance, &event, repeat).await,
         Command::Replay {
             party,
             keys,

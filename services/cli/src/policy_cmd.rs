@@ -242,16 +242,24 @@ pub(crate) async fn adopt(
     })
     .context("--instance")?;
     let log = hru_log::EventLog::connect(nats).await?;
-    let mut sealer = crate::producer_state::load(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
+    let mut producer =
+        crate::producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
     let body = hru_wire::v1::PolicyAdopted {
         policy_id: isa.id.clone(),
         version: isa.version,
         digest: isa.digest.to_vec(),
         effective_from_ms: isa.effective_from_ms,
     };
-    let sealed = sealer.seal_public(hru_domain::EventType::PolicyAdopted, body.encode_to_vec(), now, isa)?;
-    let seq = log.append(&sealed).await?;
-    crate::producer_state::save(keys_dir, &sealer)?;
+    let batch =
+        producer
+            .sealer()
+            .prepare_public(hru_domain::EventType::PolicyAdopted, body.encode_to_vec(), now, isa)?;
+    let seq = producer
+        .append(&log, &batch, hru_log::Expect::Any)
+        .await?
+        .first()
+        .copied()
+        .unwrap_or_default();
     println!(
         "{seq}\tPolicyAdopted\t{} v{}\tsha256 {}",
         isa.id,

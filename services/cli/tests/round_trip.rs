@@ -138,7 +138,7 @@ fn a_lost_producer_state_is_recovered_from_the_log() {
     let world = World::new(AGREEMENT, &PARTIES);
     let event = world.event("r.json", &referral("Cheshire West"));
     assert!(world.append("police-hru", &event).status.success());
-    std::fs::remove_file(world.keys().join("police-hru.cli.producer.json")).expect("state file existed");
+    std::fs::remove_dir_all(world.keys().join("police-hru.cli.producer")).expect("the store existed");
     let out = world.append("police-hru", &event);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The chain continues (replay checks it and exits 0) and new epochs are granted.

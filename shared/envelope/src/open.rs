@@ -39,6 +39,14 @@ fn decode_canonical<M: Message + Default>(bytes: &[u8], field: &str) -> Result<M
     Ok(m)
 }
 
+/// Decode an envelope's header without verifying it (for a producer's own outbox, whose
+/// envelopes it sealed itself).
+pub fn decode_header(bytes: &[u8]) -> Result<EventHeader, OpenError> {
+    let envelope: pb::Envelope = decode_canonical(bytes, "envelope")?;
+    let wire: pb::EventHeader = decode_canonical(&envelope.header, "header")?;
+    Ok(EventHeader::try_from(wire).map_err(|e| e.within("header"))?)
+}
+
 /// Verify an envelope with the public directory alone: strict decoding, a valid header, the
 /// section layout its type allows, and a strict ed25519 signature by a key valid at the time.
 pub fn verify(bytes: &[u8], directory: &Directory) -> Result<VerifiedEnvelope, OpenError> {

@@ -88,6 +88,14 @@ pub struct SealedBatch {
     steps: Vec<Step>,
 }
 
+impl SealedBatch {
+    /// What committing envelope `i` does: the chain head after it and the epoch it grants.
+    pub fn effect(&self, i: usize) -> (ChainHead, Option<(&AudienceId, &EpochState)>) {
+        let step = &self.steps[i];
+        (step.chain_after, step.epoch.as_ref().map(|(a, e)| (a, e)))
+    }
+}
+
 /// One sealed, signed envelope ready to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedEnvelope {
@@ -318,6 +326,15 @@ impl Sealer {
             epoch: None,
         });
         Ok(batch)
+    }
+
+    /// Apply the effect of one acknowledged envelope recorded elsewhere (a producer's outbox):
+    /// the chain head after it and, for a grant, the epoch it made current.
+    pub fn apply(&mut self, chain_after: ChainHead, epoch: Option<(AudienceId, EpochState)>) {
+        self.chain = chain_after;
+        if let Some((id, state)) = epoch {
+            self.epochs.insert(id, state);
+        }
     }
 
     /// Commit the first `upto` envelopes of a prepared batch (those the log acknowledged):

@@ -1,6 +1,10 @@
 //! The shared event log on NATS JetStream (DESIGN §8): the server-version floor, the
 //! `HRU_EVENTS` stream, append with `Nats-Msg-Id` = event id, and ordered replay.
 
+mod producer;
+
+pub use producer::{Producer, StoreError};
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};

@@ -1,0 +1,371 @@
+//! A producer that survives crashes: every sealed envelope goes to a local outbox (sled) before
+//! it is published; the chain advances only when the log acknowledges it; on start the outbox
+//! is published again (envelopes the log already holds are recognised by id), and a lost
+//! store is rebuilt from the producer's own envelopes in the log.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hru_domain::{AudienceId, Digest, EventType, KeyId, PartyId, ProducerId};
+use hru_envelope::{ChainHead, Directory, EpochKey, EpochState, SealedBatch, SealedEnvelope, Sealer, verify};
+use serde::{Deserialize, Serialize};
+
+use crate::{AppendError, EventLog, Expect, LogError};
+
+/// Why the producer store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("producer store {path}: {reason}")]
+    Store {
+        /// The store's directory.
+        path: String,
+        /// The error.
+        reason: String,
+    },
+    /// A record does not parse (the store is damaged; remove it to rebuild from the log).
+    #[error("producer store {path}: damaged record {key}: {reason}; remove the store to rebuild it from the log")]
+    Damaged {
+        /// The store's directory.
+        path: String,
+        /// Record key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// An append failed.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeadRow {
+    next_seq: u64,
+    prev_digest: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EpochRow {
+    audience: String,
+    epoch: u32,
+    month: String,
+    policy_version: u32,
+    members: Vec<(String, String)>,
+    key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateRow {
+    head: HeadRow,
+    epochs: Vec<EpochRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OutboxRow {
+    subject: String,
+    expect: Option<u64>,
+    bytes: String,
+    head_after: HeadRow,
+    epoch: Option<EpochRow>,
+}
+
+fn head_row(c: ChainHead) -> HeadRow {
+    HeadRow {
+        next_seq: c.next_seq,
+        prev_digest: c.prev_digest.to_string(),
+    }
+}
+
+fn epoch_row(audience: &AudienceId, e: &EpochState) -> EpochRow {
+    EpochRow {
+        audience: audience.to_string(),
+        epoch: e.epoch,
+        month: e.month.clone(),
+        policy_version: e.policy_version,
+        members: e.members.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect(),
+        key: B64.encode(e.key.bytes()),
+    }
+}
+
+fn parse_head(h: &HeadRow) -> Result<ChainHead, String> {
+    let bytes = hex::decode(&h.prev_digest).map_err(|e| format!("prev_digest: {e}"))?;
+    Ok(ChainHead {
+        next_seq: h.next_seq,
+        prev_digest: Digest::from_wire(&bytes, "prev_digest").map_err(|e| e.to_string())?,
+    })
+}
+
+fn parse_epoch(r: &EpochRow) -> Result<(AudienceId, EpochState), String> {
+    let key: [u8; 32] = B64
+        .decode(&r.key)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or("key is not a base64 32-byte key")?;
+    let members = r
+        .members
+        .iter()
+        .map(|(p, k)| {
+            let kid = hex::decode(k).map_err(|e| e.to_string())?;
+            Ok((
+                PartyId::parse(p, "member").map_err(|e| e.to_string())?,
+                KeyId::from_wire(&kid, "key id").map_err(|e| e.to_string())?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let state = EpochState {
+        epoch: r.epoch,
+        month: r.month.clone(),
+        policy_version: r.policy_version,
+        members,
+        key: EpochKey::new(key),
+    };
+    Ok((
+        AudienceId::parse(&r.audience, "audience").map_err(|e| e.to_string())?,
+        state,
+    ))
+}
+
+/// A producer with a durable outbox in front of the log.
+pub struct Producer {
+    sealer: Sealer,
+    db: sled::Db,
+    state: sled::Tree,
+    outbox: sled::Tree,
+    path: String,
+}
+
+const STATE_KEY: &[u8] = b"state";
+
+impl Producer {
+    /// Open (or create) the store at `path` for `producer`, rebuild it from the log when it is
+    /// new, and publish whatever its outbox still holds.
+    pub async fn open(
+        path: &Path,
+        producer: ProducerId,
+        signing: ed25519_dalek::SigningKey,
+        log: &EventLog,
+        directory: &Directory,
+    ) -> Result<Self, StoreError> {
+        let name = path.display().to_string();
+        let store_err = |e: sled::Error| StoreError::Store {
+            path: name.clone(),
+            reason: e.to_string(),
+        };
+        let db = sled::open(path).map_err(store_err)?;
+        let state = db.open_tree("state").map_err(store_err)?;
+        let outbox = db.open_tree("outbox").map_err(store_err)?;
+        let damaged = |key: &str, reason: String| StoreError::Damaged {
+            path: name.clone(),
+            key: key.to_owned(),
+            reason,
+        };
+        let sealer = match state.get(STATE_KEY).map_err(store_err)? {
+            Some(bytes) => {
+                let row: StateRow = serde_json::from_slice(&bytes).map_err(|e| damaged("state", e.to_string()))?;
+                let head = parse_head(&row.head).map_err(|e| damaged("state", e))?;
+                let epochs = row
+                    .epochs
+                    .iter()
+                    .map(parse_epoch)
+                    .collect::<Result<BTreeMap<_, _>, _>>()
+                    .map_err(|e| damaged("state", e))?;
+                Sealer::resume(producer, signing, head, epochs)
+            }
+            None => recover(producer, signing, log, directory).await?,
+        };
+        let mut me = Self {
+            sealer,
+            db,
+            state,
+            outbox,
+            path: name,
+        };
+        me.save_state()?;
+        me.publish_outbox(log, true).await?;
+        Ok(me)
+    }
+
+    /// The sealer, for preparing the next batch.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    fn store_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Store {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn save_state(&self) -> Result<(), StoreError> {
+        let row = StateRow {
+            head: head_row(self.sealer.chain()),
+            epochs: self.sealer.epochs().iter().map(|(a, e)| epoch_row(a, e)).collect(),
+        };
+        let bytes = serde_json::to_vec(&row).map_err(|e| self.store_err(e))?;
+        self.state.insert(STATE_KEY, bytes).map_err(|e| self.store_err(e))?;
+        self.db.flush().map_err(|e| self.store_err(e))?;
+        Ok(())
+    }
+
+    /// Write `batch` to the outbox, publish it, and advance the chain as the log acknowledges
+    /// each envelope. Returns the acknowledged envelopes' stream sequences.
+    pub async fn append(
+        &mut self,
+        log: &EventLog,
+        batch: &SealedBatch,
+        expect: Expect,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.flush_outbox(log).await?;
+        for (i, env) in batch.envelopes.iter().enumerate() {
+            let (head_after, epoch) = batch.effect(i);
+            let row = OutboxRow {
+                subject: env.subject.clone(),
+                expect: match (env.header.case_id, expect) {
+                    (Some(_), Expect::CaseAt(n)) => Some(n),
+                    _ => None,
+                },
+                bytes: B64.encode(&env.bytes),
+                head_after: head_row(head_after),
+                epoch: epoch.map(|(a, e)| epoch_row(a, e)),
+            };
+            let bytes = serde_json::to_vec(&row).map_err(|e| self.store_err(e))?;
+            self.outbox
+                .insert(env.header.producer_seq.to_be_bytes(), bytes)
+                .map_err(|e| self.store_err(e))?;
+        }
+        self.db.flush().map_err(|e| self.store_err(e))?;
+        self.flush_outbox(log).await
+    }
+
+    /// Publish every outbox entry in order; each acknowledged one advances the chain and leaves
+    /// the outbox in one flushed step. A conflict drops the rest of the outbox (they were
+    /// sealed on top of the refused envelope and were never acknowledged to anyone).
+    pub async fn flush_outbox(&mut self, log: &EventLog) -> Result<Vec<u64>, StoreError> {
+        self.publish_outbox(log, false).await
+    }
+
+    /// As [`Producer::flush_outbox`]; `recovering` first looks each envelope up in the log, since
+    /// a crash may have come after the broker stored it but before the outbox forgot it, and
+    /// the broker's duplicate window may have passed since.
+    async fn publish_outbox(&mut self, log: &EventLog, recovering: bool) -> Result<Vec<u64>, StoreError> {
+        let mut acked = Vec::new();
+        while let Some((key, value)) = self.outbox.first().map_err(|e| self.store_err(e))? {
+            let key_text = hex::encode(&key);
+            let damaged = |reason: String| StoreError::Damaged {
+                path: self.path.clone(),
+                key: key_text.clone(),
+                reason,
+            };
+            let row: OutboxRow = serde_json::from_slice(&value).map_err(|e| damaged(e.to_string()))?;
+            let bytes = B64.decode(&row.bytes).map_err(|e| damaged(e.to_string()))?;
+            let header = hru_envelope::decode_header(&bytes).map_err(|e| damaged(e.to_string()))?;
+            let head_after = parse_head(&row.head_after).map_err(damaged)?;
+            let epoch = row.epoch.as_ref().map(parse_epoch).transpose().map_err(damaged)?;
+            if header.producer_seq != self.sealer.chain().next_seq {
+                // Sealed on a chain position that has moved on: it can never land.
+                self.outbox.remove(&key).map_err(|e| self.store_err(e))?;
+                continue;
+            }
+            let envelope = SealedEnvelope {
+                subject: row.subject.clone(),
+                digest: head_after.prev_digest,
+                header,
+                bytes,
+            };
+            let expect = row.expect.map_or(Expect::Any, Expect::CaseAt);
+            let already = if recovering {
+                log.find_message_id(&envelope.subject, &envelope.header.event_id.to_string())
+                    .await?
+                    .map(|sequence| crate::Ack {
+                        sequence,
+                        duplicate: true,
+                    })
+            } else {
+                None
+            };
+            let result = match already {
+                Some(ack) => Ok(ack),
+                None => log.append_expecting(&envelope, expect).await,
+            };
+            match result {
+                Ok(ack) => {
+                    self.sealer.apply(head_after, epoch);
+                    let state = StateRow {
+                        head: head_row(self.sealer.chain()),
+                        epochs: self.sealer.epochs().iter().map(|(a, e)| epoch_row(a, e)).collect(),
+                    };
+                    let state_bytes = serde_json::to_vec(&state).map_err(|e| self.store_err(e))?;
+                    let mut batch_state = sled::Batch::default();
+                    batch_state.insert(STATE_KEY, state_bytes);
+                    let mut batch_outbox = sled::Batch::default();
+                    batch_outbox.remove(key.clone());
+                    (&self.state, &self.outbox)
+                        .transaction(|(s, o)| {
+                            s.apply_batch(&batch_state)?;
+                            o.apply_batch(&batch_outbox)?;
+                            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                        })
+                        .map_err(|e| self.store_err(format!("{e:?}")))?;
+                    self.db.flush().map_err(|e| self.store_err(e))?;
+                    acked.push(ack.sequence);
+                }
+                Err(e @ (AppendError::Conflict { .. } | AppendError::Refused { .. })) => {
+                    self.outbox.clear().map_err(|e| self.store_err(e))?;
+                    self.db.flush().map_err(|e| self.store_err(e))?;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(acked)
+    }
+}
+
+use sled::Transactional as _;
+
+/// Rebuild a producer from its own envelopes in the log: the chain head after its last
+/// envelope, and the epoch numbers it used (their keys are gone, so new epochs are granted).
+async fn recover(
+    producer: ProducerId,
+    signing: ed25519_dalek::SigningKey,
+    log: &EventLog,
+    directory: &Directory,
+) -> Result<Sealer, StoreError> {
+    let party = &producer.party;
+    let filters = [
+        format!("hru.evt.*.{party}.*"),
+        format!("hru.key.{party}.*"),
+        format!("hru.ctl.{party}.*"),
+    ];
+    let mut chain = ChainHead::GENESIS;
+    let mut used = Vec::new();
+    for entry in log.replay(1, &filters).await? {
+        let Ok(v) = verify(&entry.payload, directory) else {
+            continue;
+        };
+        if v.header.producer != producer || v.header.producer_seq < chain.next_seq {
+            continue;
+        }
+        chain = ChainHead {
+            next_seq: v.header.producer_seq + 1,
+            prev_digest: v.digest,
+        };
+        if v.header.event_type == EventType::KeyGranted
+            && let Ok(grant) = <hru_wire::v1::KeyGranted as prost::Message>::decode(v.body.as_slice())
+            && let Ok(audience) = AudienceId::parse(&grant.audience, "audience")
+        {
+            used.push((audience, grant.epoch));
+        }
+    }
+    let mut sealer = Sealer::resume(producer, signing, chain, BTreeMap::new());
+    for (audience, epoch) in used {
+        sealer.note_used_epoch(audience, epoch);
+    }
+    Ok(sealer)
+}
