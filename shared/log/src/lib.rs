@@ -16,6 +16,11 @@ use hru_envelope::SealedEnvelope;
 pub const EVENTS_STREAM: &str = "HRU_EVENTS";
 /// Subjects of the event stream: case events, key grants, public control events.
 pub const EVENT_SUBJECTS: [&str; 3] = ["hru.evt.>", "hru.key.>", "hru.ctl.>"];
+/// Name of the position stream.
+pub const POSITIONS_STREAM: &str = "HRU_POSITIONS";
+/// Subjects of the position stream.
+pub const POSITION_SUBJECTS: [&str; 1] = ["hru.pos.>"];
+
 /// Oldest nats-server accepted: older servers silently ignore fields they do not know.
 pub const MIN_SERVER: (u64, u64) = (2, 11);
 /// Shortest duplicate window accepted for exactly-once publish on retry.
@@ -180,7 +185,7 @@ pub async fn provision(
     match js.get_stream(EVENTS_STREAM).await {
         Ok(mut s) => {
             let info = s.info().await.map_err(|e| js_err("stream info")(e.into()))?;
-            check_events_config(&info.config)?;
+            check_events_config(&info.config, replicas)?;
         }
         Err(_) => {
             js.create_stream(events_config(replicas))
@@ -188,6 +193,12 @@ pub async fn provision(
                 .map_err(|e| js_err("create stream HRU_EVENTS")(e.into()))?;
         }
     }
+    let positions = positions_config(isa, replicas);
+    match js.get_stream(POSITIONS_STREAM).await {
+        Ok(_) => js.update_stream(positions).await.map(|_| ()),
+        Err(_) => js.create_stream(positions).await.map(|_| ()),
+    }
+    .map_err(|e| LogError::JetStream { operation: "provision HRU_POSITIONS", reason: e.to_string() })?;
     for party in isa.parties.keys() {
         let config = view_config(isa, party, replicas);
         let name = config.name.clone();
@@ -258,8 +269,24 @@ fn events_config(replicas: usize) -> stream::Config {
     }
 }
 
+/// The position stream: kept for the agreement's retention of position batches.
+pub fn positions_config(isa: &hru_policy::CompiledIsa, replicas: usize) -> stream::Config {
+    let days = isa.retention_of(hru_domain::EventType::PositionBatch).max_days();
+    stream::Config {
+        name: POSITIONS_STREAM.to_owned(),
+        subjects: POSITION_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: MIN_DUPLICATE_WINDOW,
+        max_age: Duration::from_secs(days * 86_400),
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
 /// Refuse an existing stream whose configuration would weaken the log.
-fn check_events_config(found: &stream::Config) -> Result<(), LogError> {
+fn check_events_config(found: &stream::Config, replicas: usize) -> Result<(), LogError> {
     let unsafe_field = |field, found: String, required: String| {
         Err(LogError::UnsafeStream {
             stream: EVENTS_STREAM,
@@ -270,6 +297,9 @@ fn check_events_config(found: &stream::Config) -> Result<(), LogError> {
     };
     if !found.deny_delete {
         return unsafe_field("deny_delete", "false".into(), "true".into());
+    }
+    if found.num_replicas.max(1) < replicas {
+        return unsafe_field("num_replicas", found.num_replicas.to_string(), format!("at least {replicas}"));
     }
     if !found.deny_purge {
         return unsafe_field("deny_purge", "false".into(), "true".into());
@@ -297,28 +327,23 @@ fn check_events_config(found: &stream::Config) -> Result<(), LogError> {
 impl EventLog {
     /// Connect, check the server floor, and create (or check) the `HRU_EVENTS` stream.
     pub async fn connect(url: &str) -> Result<Self, LogError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| LogError::Connect {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
-        let version = client.server_info().version;
-        match major_minor(&version) {
-            Some(v) if v >= MIN_SERVER => {}
-            _ => return Err(LogError::ServerTooOld { found: version }),
-        }
+        Self::open(url, None, 1).await
+    }
+
+    /// Connect (as `identity`, when given; `url` may list several servers, comma-separated),
+    /// check the server floor, and create `HRU_EVENTS` with `replicas` or check the existing
+    /// stream is at least as safe.
+    pub async fn open(url: &str, identity: Option<&BrokerIdentity>, replicas: usize) -> Result<Self, LogError> {
+        let client = connect(url, identity).await?;
         let js = jetstream::new(client);
         let stream = match js.get_stream(EVENTS_STREAM).await {
             Ok(mut s) => {
                 let info = s.info().await.map_err(|e| js_err("stream info")(e.into()))?;
-                check_events_config(&info.config)?;
+                check_events_config(&info.config, replicas)?;
                 s
             }
             Err(_) => js
-                .create_stream(events_config(1))
+                .create_stream(events_config(replicas))
                 .await
                 .map_err(|e| js_err("create stream HRU_EVENTS")(e.into()))?,
         };
@@ -561,11 +586,12 @@ mod tests {
 
     #[test]
     fn unsafe_stream_configs_are_named() {
-        assert!(check_events_config(&events_config(1)).is_ok());
+        assert!(check_events_config(&events_config(1), 1).is_ok());
+        assert!(matches!(check_events_config(&events_config(1), 3), Err(LogError::UnsafeStream { field: "num_replicas", .. })));
         let mut c = events_config(1);
         c.deny_delete = false;
         assert!(matches!(
-            check_events_config(&c),
+            check_events_config(&c, 1),
             Err(LogError::UnsafeStream {
                 field: "deny_delete",
                 ..
@@ -574,7 +600,7 @@ mod tests {
         let mut c = events_config(1);
         c.subjects.pop();
         assert!(matches!(
-            check_events_config(&c),
+            check_events_config(&c, 1),
             Err(LogError::UnsafeStream { field: "subjects", .. })
         ));
     }
