@@ -163,10 +163,16 @@ pub async fn connect(url: &str, identity: Option<&BrokerIdentity>) -> Result<asy
             .nkey(id.nkey_seed.clone())
             .custom_inbox_prefix(format!("_INBOX_{}", id.id));
     }
-    let client = options.connect(url).await.map_err(|e| LogError::Connect {
+    let connect_error = |reason: String| LogError::Connect {
         url: url.to_owned(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let addrs = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| connect_error(e.to_string()))?;
+    let client = options.connect(addrs).await.map_err(|e| connect_error(e.to_string()))?;
     let version = client.server_info().version;
     match major_minor(&version) {
         Some(v) if v >= MIN_SERVER => Ok(client),
@@ -198,7 +204,10 @@ pub async fn provision(
         Ok(_) => js.update_stream(positions).await.map(|_| ()),
         Err(_) => js.create_stream(positions).await.map(|_| ()),
     }
-    .map_err(|e| LogError::JetStream { operation: "provision HRU_POSITIONS", reason: e.to_string() })?;
+    .map_err(|e| LogError::JetStream {
+        operation: "provision HRU_POSITIONS",
+        reason: e.to_string(),
+    })?;
     for party in isa.parties.keys() {
         let config = view_config(isa, party, replicas);
         let name = config.name.clone();
@@ -299,7 +308,11 @@ fn check_events_config(found: &stream::Config, replicas: usize) -> Result<(), Lo
         return unsafe_field("deny_delete", "false".into(), "true".into());
     }
     if found.num_replicas.max(1) < replicas {
-        return unsafe_field("num_replicas", found.num_replicas.to_string(), format!("at least {replicas}"));
+        return unsafe_field(
+            "num_replicas",
+            found.num_replicas.to_string(),
+            format!("at least {replicas}"),
+        );
     }
     if !found.deny_purge {
         return unsafe_field("deny_purge", "false".into(), "true".into());
@@ -587,7 +600,13 @@ mod tests {
     #[test]
     fn unsafe_stream_configs_are_named() {
         assert!(check_events_config(&events_config(1), 1).is_ok());
-        assert!(matches!(check_events_config(&events_config(1), 3), Err(LogError::UnsafeStream { field: "num_replicas", .. })));
+        assert!(matches!(
+            check_events_config(&events_config(1), 3),
+            Err(LogError::UnsafeStream {
+                field: "num_replicas",
+                ..
+            })
+        ));
         let mut c = events_config(1);
         c.deny_delete = false;
         assert!(matches!(
