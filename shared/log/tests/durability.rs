@@ -63,7 +63,11 @@ async fn r3_cluster_keeps_every_acknowledged_event_through_node_kills() {
     let urls = cluster.urls().join(",");
     let log = EventLog::open(&urls, None, 3).await.expect("R3 stream on the cluster");
     let cast = Cast::new(51);
-    let policy = StaticAudiences::new("r3", 1).share(EventType::ReferralReceived, "core", &[cast.police.party.clone()]);
+    let policy = StaticAudiences::new("r3", 1).share(
+        EventType::ReferralReceived,
+        "core",
+        std::slice::from_ref(&cast.police.party),
+    );
     let mut sealer = Sealer::new(
         ProducerId {
             party: cast.police.party.clone(),
