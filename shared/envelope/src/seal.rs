@@ -121,6 +121,7 @@ pub fn subject_for(header: &EventHeader, grant_audience: Option<&AudienceId>) ->
 }
 
 /// A producer: signs with its key, keeps its chain and its epoch keys.
+#[derive(Clone)]
 pub struct Sealer {
     producer: ProducerId,
     signing: SigningKey,

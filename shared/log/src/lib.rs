@@ -3,7 +3,7 @@
 
 mod producer;
 
-pub use producer::{Producer, StoreError};
+pub use producer::{EventToSeal, Producer, StoreError};
 
 use std::time::Duration;
 
@@ -274,6 +274,7 @@ fn events_config(replicas: usize) -> stream::Config {
         deny_delete: true,
         deny_purge: true,
         allow_direct: false,
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }
@@ -446,6 +447,87 @@ impl EventLog {
             attempts: PUBLISH_ATTEMPTS,
             reason: last_error,
         })
+    }
+
+    /// Publish envelopes without waiting between them (no case condition) and await their
+    /// acknowledgements in order; stops at the first failure. Returns the acknowledgements of
+    /// the prefix that landed and the failure, if any.
+    pub async fn append_pipelined(&self, envelopes: &[&SealedEnvelope]) -> (Vec<Ack>, Option<AppendError>) {
+        let mut pending = Vec::with_capacity(envelopes.len());
+        for env in envelopes {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(Bytes::copy_from_slice(&env.bytes))
+                .message_id(env.header.event_id.to_string());
+            match self.js.send_publish(env.subject.clone(), publish).await {
+                Ok(future) => pending.push(future),
+                Err(e) => {
+                    let error = AppendError::Unavailable { subject: env.subject.clone(), attempts: 1, reason: e.to_string() };
+                    return (Vec::new(), Some(error));
+                }
+            }
+        }
+        let mut acks = Vec::with_capacity(envelopes.len());
+        for (env, future) in envelopes.iter().zip(pending) {
+            match future.await {
+                Ok(ack) => acks.push(Ack { sequence: ack.sequence, duplicate: ack.duplicate }),
+                Err(e) => {
+                    let error = AppendError::Unavailable { subject: env.subject.clone(), attempts: 1, reason: e.to_string() };
+                    return (acks, Some(error));
+                }
+            }
+        }
+        (acks, None)
+    }
+
+    /// Whether the stream takes atomic batches (nats-server 2.12+ with `allow_atomic`): then a
+    /// whole batch is stored, and synced, as one.
+    pub async fn atomic_batches(&self) -> bool {
+        let version = self.js.client().server_info().version;
+        if major_minor(&version).is_none_or(|v| v < (2, 12)) {
+            return false;
+        }
+        let mut stream = self.stream.clone();
+        stream.info().await.map(|i| i.config.allow_atomic_publish).unwrap_or(false)
+    }
+
+    /// Publish envelopes as one atomic batch: all are stored or none, under one
+    /// acknowledgement. Returns their stream sequences.
+    pub async fn append_atomic(&self, envelopes: &[&SealedEnvelope]) -> Result<Vec<u64>, AppendError> {
+        let Some(last) = envelopes.last() else { return Ok(Vec::new()) };
+        let client = self.js.client();
+        let batch_id = format!("b{}", last.header.event_id.0.simple());
+        let reason = |e: &dyn std::fmt::Display| AppendError::Unavailable {
+            subject: last.subject.clone(),
+            attempts: 1,
+            reason: e.to_string(),
+        };
+        for (i, env) in envelopes.iter().enumerate() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, env.header.event_id.to_string().as_str());
+            headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
+            headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            let payload = Bytes::copy_from_slice(&env.bytes);
+            if i + 1 < envelopes.len() {
+                client.publish_with_headers(env.subject.clone(), headers, payload).await.map_err(|e| reason(&e))?;
+            } else {
+                headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.request_with_headers(env.subject.clone(), headers, payload),
+                )
+                .await
+                .map_err(|e| reason(&e))?
+                .map_err(|e| reason(&e))?;
+                let ack: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| reason(&e))?;
+                if let Some(error) = ack.get("error") {
+                    return Err(AppendError::Refused { subject: env.subject.clone(), reason: error.to_string() });
+                }
+                let seq = ack.get("seq").and_then(serde_json::Value::as_u64).ok_or_else(|| reason(&"acknowledgement without seq"))?;
+                let n = envelopes.len() as u64;
+                return Ok((seq + 1 - n..=seq).collect());
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Append a prepared batch in order (grants unconditionally, the case event under `expect`),

@@ -41,6 +41,9 @@ pub enum StoreError {
     /// An append failed.
     #[error(transparent)]
     Append(#[from] AppendError),
+    /// An event could not be sealed (nothing was written).
+    #[error("cannot seal: {0}")]
+    Seal(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -140,6 +143,21 @@ pub struct Producer {
 }
 
 const STATE_KEY: &[u8] = b"state";
+/// Envelopes per atomic batch (the server's limit is 1,000 by default).
+const ATOMIC_CHUNK: usize = 500;
+
+/// One event to seal in a group.
+#[derive(Debug, Clone)]
+pub struct EventToSeal {
+    /// Its case.
+    pub case_id: hru_domain::CaseId,
+    /// Its type.
+    pub event_type: EventType,
+    /// Its sections.
+    pub sections: Vec<hru_domain::PlainSection>,
+    /// When it happened, Unix ms.
+    pub occurred_at_ms: i64,
+}
 
 impl Producer {
     /// Open (or create) the store at `path` for `producer`, rebuild it from the log when it is
@@ -241,6 +259,105 @@ impl Producer {
         }
         self.db.flush().map_err(|e| self.store_err(e))?;
         self.flush_outbox(log).await
+    }
+
+    /// Seal many events and append them as one group: one outbox write, one publish group (an
+    /// atomic batch when the stream offers it, else pipelined publishes) and one state commit:
+    /// the group commit that keeps "acknowledged means on disk" affordable. No case condition
+    /// applies; events that need one go through [`Producer::append`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_many(
+        &mut self,
+        log: &EventLog,
+        events: Vec<EventToSeal>,
+        now_ms: i64,
+        policy: &dyn hru_envelope::AudiencePolicy,
+        directory: &Directory,
+        rng: &mut (impl rand_core::CryptoRng + rand_core::RngCore),
+        atomic: bool,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.flush_outbox(log).await?;
+        let mut work = self.sealer.clone();
+        let mut batches = Vec::with_capacity(events.len());
+        for e in events {
+            let batch = work
+                .prepare_event(e.case_id, e.event_type, e.sections, e.occurred_at_ms, now_ms, policy, directory, rng)
+                .map_err(|err| StoreError::Seal(err.to_string()))?;
+            work.commit(&batch, batch.envelopes.len());
+            batches.push(batch);
+        }
+        let mut outbox = sled::Batch::default();
+        let mut effects = Vec::new();
+        let mut envelopes = Vec::new();
+        let mut keys = Vec::new();
+        for batch in &batches {
+            for (i, env) in batch.envelopes.iter().enumerate() {
+                let (head_after, epoch) = batch.effect(i);
+                let row = OutboxRow {
+                    subject: env.subject.clone(),
+                    expect: None,
+                    bytes: B64.encode(&env.bytes),
+                    head_after: head_row(head_after),
+                    epoch: epoch.map(|(a, e)| epoch_row(a, e)),
+                };
+                let key = env.header.producer_seq.to_be_bytes();
+                outbox.insert(&key, serde_json::to_vec(&row).map_err(|e| self.store_err(e))?);
+                keys.push(key);
+                effects.push((head_after, epoch.map(|(a, e)| (a.clone(), e.clone()))));
+                envelopes.push(env);
+            }
+        }
+        self.outbox.apply_batch(outbox).map_err(|e| self.store_err(e))?;
+        self.db.flush_async().await.map_err(|e| self.store_err(e))?;
+
+        let (sequences, failure) = if atomic {
+            let mut sequences = Vec::with_capacity(envelopes.len());
+            let mut failure = None;
+            for chunk in envelopes.chunks(ATOMIC_CHUNK) {
+                match log.append_atomic(chunk).await {
+                    Ok(s) => sequences.extend(s),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            (sequences, failure)
+        } else {
+            let (acks, failure) = log.append_pipelined(&envelopes).await;
+            (acks.iter().map(|a| a.sequence).collect(), failure)
+        };
+
+        // One commit for the acknowledged prefix.
+        let acked = sequences.len();
+        for (head_after, epoch) in effects.into_iter().take(acked) {
+            self.sealer.apply(head_after, epoch);
+        }
+        let state = StateRow {
+            head: head_row(self.sealer.chain()),
+            epochs: self.sealer.epochs().iter().map(|(a, e)| epoch_row(a, e)).collect(),
+        };
+        let state_bytes = serde_json::to_vec(&state).map_err(|e| self.store_err(e))?;
+        let mut remove = sled::Batch::default();
+        for key in keys.iter().take(acked) {
+            remove.remove(key);
+        }
+        let mut put = sled::Batch::default();
+        put.insert(STATE_KEY, state_bytes);
+        (&self.state, &self.outbox)
+            .transaction(|(s, o)| {
+                s.apply_batch(&put)?;
+                o.apply_batch(&remove)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.store_err(format!("{e:?}")))?;
+        self.db.flush_async().await.map_err(|e| self.store_err(e))?;
+        if let Some(e) = failure {
+            tracing::warn!(cause = %e, acked, "group publish incomplete; publishing the rest one by one");
+            let rest = self.publish_outbox(log, true).await?;
+            return Ok(sequences.into_iter().chain(rest).collect());
+        }
+        Ok(sequences)
     }
 
     /// Publish every outbox entry in order; each acknowledged one advances the chain and leaves
