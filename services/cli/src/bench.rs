@@ -144,3 +144,318 @@ pub(crate) fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// A local server setup the log benchmarks run against.
+enum Setup {
+    Single(hru_testkit::NatsServer),
+    Cluster(hru_testkit::NatsCluster),
+}
+
+impl Setup {
+    fn start(nodes: usize, sync_always: bool) -> anyhow::Result<Self> {
+        Ok(if nodes == 1 {
+            Setup::Single(hru_testkit::NatsServer::builder().sync_always(sync_always).start()?)
+        } else {
+            Setup::Cluster(hru_testkit::NatsCluster::start_with(nodes, sync_always)?)
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Setup::Single(s) => s.url(),
+            Setup::Cluster(c) => c.urls().join(","),
+        }
+    }
+}
+
+/// The setups of DESIGN §8: one node and a 3-node R3 cluster, synced always and by default.
+const SETUPS: [(usize, bool); 4] = [(1, true), (1, false), (3, true), (3, false)];
+
+/// A ~300-byte envelope: one 64-byte section.
+fn small_event(case: CaseId) -> hru_log::EventToSeal {
+    hru_log::EventToSeal {
+        case_id: case,
+        event_type: EventType::ReferralReceived,
+        sections: vec![PlainSection {
+            name: "core",
+            bytes: vec![0x42; 64],
+        }],
+        occurred_at_ms: jiff::Timestamp::now().as_millisecond(),
+    }
+}
+
+fn one_party_policy(cast: &Cast) -> StaticAudiences {
+    StaticAudiences::new("bench", 1).share(
+        EventType::ReferralReceived,
+        "core",
+        std::slice::from_ref(&cast.police.party),
+    )
+}
+
+/// Publish pre-built envelopes pipelined (a window of acknowledgements in flight), signing each
+/// first when `sign` is given; returns messages per second.
+async fn raw_pipeline(
+    js: &async_nats::jetstream::Context,
+    envelopes: &[hru_envelope::SealedEnvelope],
+    sign: Option<&ed25519_dalek::SigningKey>,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut window = std::collections::VecDeque::with_capacity(WINDOW);
+    for env in envelopes {
+        if let Some(key) = sign {
+            black_box(key.sign(env.digest.0.as_slice()));
+        }
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(bytes::Bytes::copy_from_slice(&env.bytes))
+            .message_id(env.header.event_id.to_string());
+        window.push_back(js.send_publish(env.subject.clone(), publish).await?);
+        if window.len() == WINDOW
+            && let Some(ack) = window.pop_front()
+        {
+            ack.await?;
+        }
+    }
+    for ack in window {
+        ack.await?;
+    }
+    Ok(envelopes.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Acknowledgements in flight for the raw pipelines.
+const WINDOW: usize = 4096;
+
+/// Seal `n` small events offline (for the raw pipelines: the same bytes, no work of ours).
+fn presealed(cast: &Cast, instance: &str, n: usize) -> anyhow::Result<Vec<hru_envelope::SealedEnvelope>> {
+    let policy = one_party_policy(cast);
+    let mut sealer = Sealer::new(
+        ProducerId {
+            party: cast.police.party.clone(),
+            instance: instance.into(),
+        },
+        cast.police.signing.clone(),
+    );
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    let case = CaseId::random();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let e = small_event(case);
+        out.extend(sealer.seal_event(
+            e.case_id,
+            e.event_type,
+            e.sections,
+            e.occurred_at_ms,
+            now,
+            &policy,
+            &cast.directory,
+            &mut rng,
+        )?);
+    }
+    Ok(out)
+}
+
+/// `hru bench ingest`: sealed events appended through the producer (outbox, group commit) per
+/// second, beside raw pipelined publish and raw sign-then-publish of the same bytes.
+pub(crate) async fn ingest(events: usize, group: usize, format: Format) -> anyhow::Result<ExitCode> {
+    let cast = Cast::new(8);
+    let policy = one_party_policy(&cast);
+    let raw_sign = {
+        let key = &cast.police.signing;
+        rate(1.0, |i| {
+            black_box(key.sign(&i.to_be_bytes()));
+        })
+    };
+    if format == Format::Human {
+        println!("hru bench ingest — {events} events of ~300 bytes per measurement; group commit of {group}");
+        println!("  raw ed25519 sign: {raw_sign:.0}/s (one core)");
+        println!(
+            "  {:<24} {:>12} {:>12} {:>14} {:>12} {:>8}",
+            "setup", "ours/s", "mode", "raw pub/s", "raw sign+pub/s", "ratio"
+        );
+    }
+    for (nodes, sync_always) in SETUPS {
+        let setup = Setup::start(nodes, sync_always)?;
+        let log = hru_log::EventLog::open(&setup.url(), None, nodes).await?;
+        let atomic = log.atomic_batches().await;
+        let store = tempfile::tempdir()?;
+        let producer_id = ProducerId {
+            party: cast.police.party.clone(),
+            instance: "bench".into(),
+        };
+        let mut producer = hru_log::Producer::open(
+            store.path(),
+            producer_id,
+            cast.police.signing.clone(),
+            &log,
+            &cast.directory,
+        )
+        .await?;
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let case = CaseId::random();
+        let start = Instant::now();
+        let mut appended = 0;
+        while appended < events {
+            let batch: Vec<_> = (0..group.min(events - appended)).map(|_| small_event(case)).collect();
+            let n = batch.len();
+            let now = jiff::Timestamp::now().as_millisecond();
+            producer
+                .append_many(&log, batch, now, &policy, &cast.directory, &mut rng, atomic)
+                .await?;
+            appended += n;
+        }
+        let ours = appended as f64 / start.elapsed().as_secs_f64();
+
+        let client = hru_log::connect(&setup.url(), None).await?;
+        let js = async_nats::jetstream::new(client);
+        let raw_publish = raw_pipeline(&js, &presealed(&cast, "raw-publish", events)?, None).await?;
+        let raw_signed = raw_pipeline(
+            &js,
+            &presealed(&cast, "raw-signed", events)?,
+            Some(&cast.police.signing),
+        )
+        .await?;
+        let name = format!(
+            "{} node{}, sync {}",
+            nodes,
+            if nodes == 1 { "" } else { "s R3" },
+            if sync_always { "always" } else { "default" }
+        );
+        let mode = if atomic { "atomic batch" } else { "pipelined" };
+        match format {
+            Format::Human => println!(
+                "  {name:<24} {ours:>12.0} {mode:>12} {raw_publish:>14.0} {raw_signed:>12.0} {:>8.2}",
+                ours / raw_signed
+            ),
+            Format::Json => println!(
+                "{}",
+                json!({"bench": "ingest", "setup": name, "nodes": nodes, "sync_always": sync_always, "mode": mode,
+                       "ours_per_s": ours.round(), "raw_publish_per_s": raw_publish.round(),
+                       "raw_sign_publish_per_s": raw_signed.round(), "raw_sign_per_s": raw_sign.round(),
+                       "ratio_to_raw_sign_publish": ours / raw_signed})
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hru bench replay`: replay + verify + open events/s beside raw ordered-consumer reads and raw
+/// signature verification, on one node.
+pub(crate) async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
+    let cast = Cast::new(9);
+    let policy = one_party_policy(&cast);
+    let setup = Setup::start(1, false)?;
+    let log = hru_log::EventLog::connect(&setup.url()).await?;
+    let store = tempfile::tempdir()?;
+    let producer_id = ProducerId {
+        party: cast.police.party.clone(),
+        instance: "bench".into(),
+    };
+    let mut producer = hru_log::Producer::open(
+        store.path(),
+        producer_id,
+        cast.police.signing.clone(),
+        &log,
+        &cast.directory,
+    )
+    .await?;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    let case = CaseId::random();
+    let mut appended = 0;
+    while appended < events {
+        let batch: Vec<_> = (0..1000.min(events - appended)).map(|_| small_event(case)).collect();
+        appended += batch.len();
+        let now = jiff::Timestamp::now().as_millisecond();
+        producer
+            .append_many(&log, batch, now, &policy, &cast.directory, &mut rng, true)
+            .await?;
+    }
+
+    // Raw building blocks, measured in the same run.
+    let start = Instant::now();
+    let entries = log.replay(1, &[]).await?;
+    let raw_read = entries.len() as f64 / start.elapsed().as_secs_f64();
+    let sample: Vec<_> = entries
+        .iter()
+        .take(4096)
+        .map(|e| hru_envelope::verify(&e.payload, &cast.directory))
+        .collect::<Result<_, _>>()?;
+    let key = cast.police.signing.verifying_key();
+    let sigs: Vec<(Vec<u8>, ed25519_dalek::Signature)> = sample
+        .iter()
+        .map(|v| {
+            let signature = cast.police.signing.sign(&v.digest.0);
+            (v.digest.0.to_vec(), signature)
+        })
+        .collect();
+    let raw_verify = rate(1.0, |i| {
+        let (m, s) = &sigs[i as usize % sigs.len()];
+        black_box(key.verify_strict(m, s)).ok();
+    });
+    let raw_batch = {
+        let messages: Vec<&[u8]> = sigs.iter().take(64).map(|(m, _)| m.as_slice()).collect();
+        let signatures: Vec<ed25519_dalek::Signature> = sigs.iter().take(64).map(|(_, s)| *s).collect();
+        let keys = vec![key; messages.len()];
+        64.0 * rate(1.0, |_| {
+            black_box(ed25519_dalek::verify_batch(&messages, &signatures, &keys)).ok();
+        })
+    };
+
+    // Ours: read, then verify and open on every core.
+    let start = Instant::now();
+    let entries = log.replay(1, &[]).await?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = entries.len().div_ceil(threads);
+    let opened: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = entries
+            .chunks(chunk.max(1))
+            .map(|part| {
+                let cast = &cast;
+                scope.spawn(move || {
+                    let mut ring = KeyRing::new(&cast.police);
+                    let mut n = 0;
+                    for e in part {
+                        let Ok(v) = verify(&e.payload, &cast.directory) else {
+                            continue;
+                        };
+                        if v.header.event_type == EventType::KeyGranted {
+                            ring.ingest_grant(&v).ok();
+                        } else if ring.open(&v).sections.iter().all(|s| s.plaintext.is_ok()) {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    let ours = entries.len() as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        opened + threads >= entries.len(),
+        "only {opened} of {} events opened",
+        entries.len()
+    );
+    match format {
+        Format::Human => {
+            println!(
+                "hru bench replay — {} events (~300 bytes), one node, {threads} threads verifying",
+                entries.len()
+            );
+            println!("  raw ordered-consumer read      {raw_read:>10.0} /s");
+            println!("  raw ed25519 verify_strict      {raw_verify:>10.0} /s (one core)");
+            println!("  raw ed25519 batch verify       {raw_batch:>10.0} /s (one core, batches of 64)");
+            println!(
+                "  replay + verify + open (ours)  {ours:>10.0} /s   {:.2} × raw read, {:.2} × raw verify_strict per core × {threads}",
+                ours / raw_read,
+                ours / (raw_verify * threads as f64)
+            );
+        }
+        Format::Json => println!(
+            "{}",
+            json!({"bench": "replay", "events": entries.len(), "threads": threads, "raw_read_per_s": raw_read.round(),
+                   "raw_verify_strict_per_s": raw_verify.round(), "raw_batch_verify_per_s": raw_batch.round(),
+                   "ours_per_s": ours.round()})
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}

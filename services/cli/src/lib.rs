@@ -154,6 +154,27 @@ pub enum PolicyCommand {
 /// `hru bench` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Append rate through the producer beside raw JetStream publish, on local servers.
+    Ingest {
+        /// Events per measurement.
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+        /// Events per group commit.
+        #[arg(long, default_value_t = 500)]
+        group: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Replay + verify + open rate beside raw reads and raw signature checks.
+    Replay {
+        /// Events in the log.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Seal and open rates of a 1 KiB, two-section event beside raw ed25519 sign and verify.
     Seal {
         /// Seconds to run each measurement.
@@ -184,6 +205,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             format,
         } => replay::run(&cli.nats, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
         Command::Bench(BenchCommand::Seal { seconds, format }) => bench::seal(seconds, format),
+        Command::Bench(BenchCommand::Ingest { events, group, format }) => bench::ingest(events, group, format).await,
+        Command::Bench(BenchCommand::Replay { events, format }) => bench::replay(events, format).await,
         Command::Policy(PolicyCommand::Check {
             paths,
             directory,

@@ -461,7 +461,11 @@ impl EventLog {
             match self.js.send_publish(env.subject.clone(), publish).await {
                 Ok(future) => pending.push(future),
                 Err(e) => {
-                    let error = AppendError::Unavailable { subject: env.subject.clone(), attempts: 1, reason: e.to_string() };
+                    let error = AppendError::Unavailable {
+                        subject: env.subject.clone(),
+                        attempts: 1,
+                        reason: e.to_string(),
+                    };
                     return (Vec::new(), Some(error));
                 }
             }
@@ -469,9 +473,16 @@ impl EventLog {
         let mut acks = Vec::with_capacity(envelopes.len());
         for (env, future) in envelopes.iter().zip(pending) {
             match future.await {
-                Ok(ack) => acks.push(Ack { sequence: ack.sequence, duplicate: ack.duplicate }),
+                Ok(ack) => acks.push(Ack {
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                }),
                 Err(e) => {
-                    let error = AppendError::Unavailable { subject: env.subject.clone(), attempts: 1, reason: e.to_string() };
+                    let error = AppendError::Unavailable {
+                        subject: env.subject.clone(),
+                        attempts: 1,
+                        reason: e.to_string(),
+                    };
                     return (acks, Some(error));
                 }
             }
@@ -487,13 +498,19 @@ impl EventLog {
             return false;
         }
         let mut stream = self.stream.clone();
-        stream.info().await.map(|i| i.config.allow_atomic_publish).unwrap_or(false)
+        stream
+            .info()
+            .await
+            .map(|i| i.config.allow_atomic_publish)
+            .unwrap_or(false)
     }
 
     /// Publish envelopes as one atomic batch: all are stored or none, under one
     /// acknowledgement. Returns their stream sequences.
     pub async fn append_atomic(&self, envelopes: &[&SealedEnvelope]) -> Result<Vec<u64>, AppendError> {
-        let Some(last) = envelopes.last() else { return Ok(Vec::new()) };
+        let Some(last) = envelopes.last() else {
+            return Ok(Vec::new());
+        };
         let client = self.js.client();
         let batch_id = format!("b{}", last.header.event_id.0.simple());
         let reason = |e: &dyn std::fmt::Display| AppendError::Unavailable {
@@ -503,12 +520,18 @@ impl EventLog {
         };
         for (i, env) in envelopes.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, env.header.event_id.to_string().as_str());
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                env.header.event_id.to_string().as_str(),
+            );
             headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
             headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
             let payload = Bytes::copy_from_slice(&env.bytes);
             if i + 1 < envelopes.len() {
-                client.publish_with_headers(env.subject.clone(), headers, payload).await.map_err(|e| reason(&e))?;
+                client
+                    .publish_with_headers(env.subject.clone(), headers, payload)
+                    .await
+                    .map_err(|e| reason(&e))?;
             } else {
                 headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
                 let reply = tokio::time::timeout(
@@ -520,9 +543,15 @@ impl EventLog {
                 .map_err(|e| reason(&e))?;
                 let ack: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| reason(&e))?;
                 if let Some(error) = ack.get("error") {
-                    return Err(AppendError::Refused { subject: env.subject.clone(), reason: error.to_string() });
+                    return Err(AppendError::Refused {
+                        subject: env.subject.clone(),
+                        reason: error.to_string(),
+                    });
                 }
-                let seq = ack.get("seq").and_then(serde_json::Value::as_u64).ok_or_else(|| reason(&"acknowledgement without seq"))?;
+                let seq = ack
+                    .get("seq")
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or_else(|| reason(&"acknowledgement without seq"))?;
                 let n = envelopes.len() as u64;
                 return Ok((seq + 1 - n..=seq).collect());
             }

@@ -281,7 +281,16 @@ impl Producer {
         let mut batches = Vec::with_capacity(events.len());
         for e in events {
             let batch = work
-                .prepare_event(e.case_id, e.event_type, e.sections, e.occurred_at_ms, now_ms, policy, directory, rng)
+                .prepare_event(
+                    e.case_id,
+                    e.event_type,
+                    e.sections,
+                    e.occurred_at_ms,
+                    now_ms,
+                    policy,
+                    directory,
+                    rng,
+                )
                 .map_err(|err| StoreError::Seal(err.to_string()))?;
             work.commit(&batch, batch.envelopes.len());
             batches.push(batch);

@@ -15,7 +15,10 @@ fn events(n: usize) -> Vec<EventToSeal> {
         .map(|i| EventToSeal {
             case_id: case,
             event_type: EventType::ReferralReceived,
-            sections: vec![PlainSection { name: "core", bytes: (i as u64).to_be_bytes().to_vec() }],
+            sections: vec![PlainSection {
+                name: "core",
+                bytes: (i as u64).to_be_bytes().to_vec(),
+            }],
             occurred_at_ms: 1_795_000_000_000,
         })
         .collect()
@@ -25,16 +28,40 @@ fn events(n: usize) -> Vec<EventToSeal> {
 async fn group_appends_land_in_order_once_with_intact_chains() {
     let server = NatsServer::start().unwrap();
     let log = EventLog::connect(&server.url()).await.unwrap();
-    assert!(log.atomic_batches().await, "nats-server 2.12+ takes atomic batches on HRU_EVENTS");
+    assert!(
+        log.atomic_batches().await,
+        "nats-server 2.12+ takes atomic batches on HRU_EVENTS"
+    );
     let cast = Cast::new(61);
-    let policy = StaticAudiences::new("group", 1).share(EventType::ReferralReceived, "core", std::slice::from_ref(&cast.police.party));
+    let policy = StaticAudiences::new("group", 1).share(
+        EventType::ReferralReceived,
+        "core",
+        std::slice::from_ref(&cast.police.party),
+    );
     let store = tempfile::tempdir().unwrap();
-    let producer_id = ProducerId { party: cast.police.party.clone(), instance: "node-1".into() };
-    let mut producer = Producer::open(store.path(), producer_id, cast.police.signing.clone(), &log, &cast.directory).await.unwrap();
+    let producer_id = ProducerId {
+        party: cast.police.party.clone(),
+        instance: "node-1".into(),
+    };
+    let mut producer = Producer::open(
+        store.path(),
+        producer_id,
+        cast.police.signing.clone(),
+        &log,
+        &cast.directory,
+    )
+    .await
+    .unwrap();
     let now = 1_795_000_000_000;
     let mut rng = rand_core::OsRng;
-    let a = producer.append_many(&log, events(1_200), now, &policy, &cast.directory, &mut rng, true).await.unwrap();
-    let b = producer.append_many(&log, events(700), now, &policy, &cast.directory, &mut rng, false).await.unwrap();
+    let a = producer
+        .append_many(&log, events(1_200), now, &policy, &cast.directory, &mut rng, true)
+        .await
+        .unwrap();
+    let b = producer
+        .append_many(&log, events(700), now, &policy, &cast.directory, &mut rng, false)
+        .await
+        .unwrap();
     assert_eq!(a.len(), 1_201, "one grant and 1,200 events, in three atomic batches");
     assert_eq!(b.len(), 700);
     let entries = log.replay(1, &[]).await.unwrap();

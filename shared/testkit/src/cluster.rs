@@ -21,13 +21,18 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts `n` nodes (3 for R3) and waits until every node's `/healthz` is 200 (meta leader elected).
     pub fn start(n: usize) -> Result<Self, TestkitError> {
+        Self::start_with(n, true)
+    }
+
+    /// Starts `n` nodes; `sync_always` false leaves the server's default sync interval.
+    pub fn start_with(n: usize, sync_always: bool) -> Result<Self, TestkitError> {
         if n == 0 {
             return Err(TestkitError::Invalid("a cluster needs at least one node".into()));
         }
         let bin = NatsServerBinary::find()?;
         let mut attempt = 1;
         loop {
-            match Self::try_start(&bin, n) {
+            match Self::try_start(&bin, n, sync_always) {
                 // Exited during startup is how a port taken between picking and binding shows up.
                 Err(TestkitError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
                 other => return other,
@@ -35,7 +40,7 @@ impl NatsCluster {
         }
     }
 
-    fn try_start(bin: &NatsServerBinary, n: usize) -> Result<Self, TestkitError> {
+    fn try_start(bin: &NatsServerBinary, n: usize, sync_always: bool) -> Result<Self, TestkitError> {
         let ports = free_ports(2 * n)?;
         let (client_ports, route_ports) = ports.split_at(n);
         let mut nodes = Vec::with_capacity(n);
@@ -47,7 +52,7 @@ impl NatsCluster {
             };
             nodes.push(NatsServer::new(
                 bin.path.clone(),
-                true,
+                sync_always,
                 Some(node_name(i)),
                 client,
                 Some(spec),
