@@ -147,14 +147,16 @@ pub(crate) fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
 
 /// A local server setup the log benchmarks run against.
 enum Setup {
-    Single(hru_testkit::NatsServer),
+    Single(Box<hru_testkit::NatsServer>),
     Cluster(hru_testkit::NatsCluster),
 }
 
 impl Setup {
     fn start(nodes: usize, sync_always: bool) -> anyhow::Result<Self> {
         Ok(if nodes == 1 {
-            Setup::Single(hru_testkit::NatsServer::builder().sync_always(sync_always).start()?)
+            Setup::Single(Box::new(
+                hru_testkit::NatsServer::builder().sync_always(sync_always).start()?,
+            ))
         } else {
             Setup::Cluster(hru_testkit::NatsCluster::start_with(nodes, sync_always)?)
         })
