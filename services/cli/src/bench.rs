@@ -292,18 +292,41 @@ pub(crate) async fn ingest(events: usize, group: usize, format: Format) -> anyho
             &cast.directory,
         )
         .await?;
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        // Seal the next group on a blocking thread while the current one is published.
+        let policy = std::sync::Arc::new(policy.clone());
+        let directory = std::sync::Arc::new(cast.directory.clone());
         let case = CaseId::random();
+        let seal_next = |mut ahead: hru_log::GroupSealer, n: usize| {
+            let (policy, directory) = (policy.clone(), directory.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+                let now = jiff::Timestamp::now().as_millisecond();
+                let group = ahead.seal(
+                    (0..n).map(|_| small_event(case)).collect(),
+                    now,
+                    &*policy,
+                    &directory,
+                    &mut rng,
+                );
+                (ahead, group)
+            })
+        };
         let start = Instant::now();
         let mut appended = 0;
-        while appended < events {
-            let batch: Vec<_> = (0..group.min(events - appended)).map(|_| small_event(case)).collect();
-            let n = batch.len();
-            let now = jiff::Timestamp::now().as_millisecond();
-            producer
-                .append_many(&log, batch, now, &policy, &cast.directory, &mut rng, atomic)
-                .await?;
-            appended += n;
+        let (mut ahead, first) = seal_next(producer.ahead(), group.min(events)).await?;
+        let mut current = first?;
+        let mut sealed = group.min(events);
+        loop {
+            let next = (sealed < events).then(|| {
+                let n = group.min(events - sealed);
+                sealed += n;
+                seal_next(ahead.clone(), n)
+            });
+            appended += producer.publish_group(&log, &current, atomic).await?.len();
+            let Some(next) = next else { break };
+            let (a, g) = next.await?;
+            ahead = a;
+            current = g?;
         }
         let ours = appended as f64 / start.elapsed().as_secs_f64();
 

@@ -3,7 +3,7 @@
 
 mod producer;
 
-pub use producer::{EventToSeal, Producer, StoreError};
+pub use producer::{EventToSeal, GroupSealer, Producer, SealedGroup, StoreError};
 
 use std::time::Duration;
 

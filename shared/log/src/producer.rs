@@ -68,13 +68,68 @@ struct StateRow {
     epochs: Vec<EpochRow>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// One outbox entry: everything needed to publish an envelope and commit it after a restart.
 struct OutboxRow {
     subject: String,
     expect: Option<u64>,
-    bytes: String,
-    head_after: HeadRow,
+    bytes: Vec<u8>,
+    head_after: ChainHead,
     epoch: Option<EpochRow>,
+}
+
+impl OutboxRow {
+    /// Binary layout: next_seq (8) ‖ prev_digest (32) ‖ expect flag (1) ‖ expect (8) ‖
+    /// subject length (2) ‖ subject ‖ epoch JSON length (4) ‖ epoch JSON ‖ envelope bytes.
+    fn encode(&self) -> Vec<u8> {
+        let epoch = self
+            .epoch
+            .as_ref()
+            .and_then(|e| serde_json::to_vec(e).ok())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(55 + self.subject.len() + epoch.len() + self.bytes.len());
+        out.extend_from_slice(&self.head_after.next_seq.to_be_bytes());
+        out.extend_from_slice(&self.head_after.prev_digest.0);
+        out.push(u8::from(self.expect.is_some()));
+        out.extend_from_slice(&self.expect.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&(self.subject.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.subject.as_bytes());
+        out.extend_from_slice(&(epoch.len() as u32).to_be_bytes());
+        out.extend_from_slice(&epoch);
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    fn decode(mut b: &[u8]) -> Result<Self, String> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+            if b.len() < n {
+                return Err("truncated".into());
+            }
+            let (head, rest) = b.split_at(n);
+            *b = rest;
+            Ok(head)
+        }
+        let u64_at = |x: &[u8]| u64::from_be_bytes(x.try_into().unwrap_or([0; 8]));
+        let next_seq = u64_at(take(&mut b, 8)?);
+        let prev_digest = Digest::from_wire(take(&mut b, 32)?, "prev_digest").map_err(|e| e.to_string())?;
+        let has_expect = take(&mut b, 1)?[0] == 1;
+        let expect = u64_at(take(&mut b, 8)?);
+        let subject_len = usize::from(u16::from_be_bytes(take(&mut b, 2)?.try_into().unwrap_or([0; 2])));
+        let subject = String::from_utf8(take(&mut b, subject_len)?.to_vec()).map_err(|e| e.to_string())?;
+        let epoch_len = u32::from_be_bytes(take(&mut b, 4)?.try_into().unwrap_or([0; 4])) as usize;
+        let epoch_json = take(&mut b, epoch_len)?;
+        let epoch = if epoch_len == 0 {
+            None
+        } else {
+            Some(serde_json::from_slice(epoch_json).map_err(|e| e.to_string())?)
+        };
+        Ok(Self {
+            subject,
+            expect: has_expect.then_some(expect),
+            bytes: b.to_vec(),
+            head_after: ChainHead { next_seq, prev_digest },
+            epoch,
+        })
+    }
 }
 
 fn head_row(c: ChainHead) -> HeadRow {
@@ -145,6 +200,62 @@ pub struct Producer {
 const STATE_KEY: &[u8] = b"state";
 /// Envelopes per atomic batch (the server's limit is 1,000 by default).
 const ATOMIC_CHUNK: usize = 500;
+
+/// Events sealed together, ready for [`Producer::publish_group`].
+#[derive(Debug, Clone)]
+pub struct SealedGroup {
+    batches: Vec<SealedBatch>,
+}
+
+impl SealedGroup {
+    /// Number of envelopes (grants included).
+    pub fn len(&self) -> usize {
+        self.batches.iter().map(|b| b.envelopes.len()).sum()
+    }
+
+    /// Whether the group is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Seals groups of events ahead of the log (see [`Producer::ahead`]).
+#[derive(Clone)]
+pub struct GroupSealer {
+    sealer: Sealer,
+}
+
+impl GroupSealer {
+    /// Seal `events` in order on top of the previous group.
+    pub fn seal(
+        &mut self,
+        events: Vec<EventToSeal>,
+        now_ms: i64,
+        policy: &dyn hru_envelope::AudiencePolicy,
+        directory: &Directory,
+        rng: &mut (impl rand_core::CryptoRng + rand_core::RngCore),
+    ) -> Result<SealedGroup, StoreError> {
+        let mut batches = Vec::with_capacity(events.len());
+        for e in events {
+            let batch = self
+                .sealer
+                .prepare_event(
+                    e.case_id,
+                    e.event_type,
+                    e.sections,
+                    e.occurred_at_ms,
+                    now_ms,
+                    policy,
+                    directory,
+                    rng,
+                )
+                .map_err(|err| StoreError::Seal(err.to_string()))?;
+            self.sealer.commit(&batch, batch.envelopes.len());
+            batches.push(batch);
+        }
+        Ok(SealedGroup { batches })
+    }
+}
 
 /// One event to seal in a group.
 #[derive(Debug, Clone)]
@@ -248,17 +359,25 @@ impl Producer {
                     (Some(_), Expect::CaseAt(n)) => Some(n),
                     _ => None,
                 },
-                bytes: B64.encode(&env.bytes),
-                head_after: head_row(head_after),
+                bytes: env.bytes.clone(),
+                head_after,
                 epoch: epoch.map(|(a, e)| epoch_row(a, e)),
             };
-            let bytes = serde_json::to_vec(&row).map_err(|e| self.store_err(e))?;
+            let bytes = row.encode();
             self.outbox
                 .insert(env.header.producer_seq.to_be_bytes(), bytes)
                 .map_err(|e| self.store_err(e))?;
         }
         self.db.flush().map_err(|e| self.store_err(e))?;
         self.flush_outbox(log).await
+    }
+
+    /// A sealer for groups ahead of the log, starting at the acknowledged head. It is plain
+    /// data: seal the next group on another thread while this producer publishes the current one.
+    pub fn ahead(&self) -> GroupSealer {
+        GroupSealer {
+            sealer: self.sealer.clone(),
+        }
     }
 
     /// Seal many events and append them as one group: one outbox write, one publish group (an
@@ -277,40 +396,48 @@ impl Producer {
         atomic: bool,
     ) -> Result<Vec<u64>, StoreError> {
         self.flush_outbox(log).await?;
-        let mut work = self.sealer.clone();
-        let mut batches = Vec::with_capacity(events.len());
-        for e in events {
-            let batch = work
-                .prepare_event(
-                    e.case_id,
-                    e.event_type,
-                    e.sections,
-                    e.occurred_at_ms,
-                    now_ms,
-                    policy,
-                    directory,
-                    rng,
-                )
-                .map_err(|err| StoreError::Seal(err.to_string()))?;
-            work.commit(&batch, batch.envelopes.len());
-            batches.push(batch);
+        let group = self.ahead().seal(events, now_ms, policy, directory, rng)?;
+        self.publish_group(log, &group, atomic).await
+    }
+
+    /// Publish a group sealed by [`Producer::ahead`]: outbox, publish, one commit. The group
+    /// must start at the acknowledged head (seal groups in order; after a failure, take a new
+    /// [`Producer::ahead`]).
+    pub async fn publish_group(
+        &mut self,
+        log: &EventLog,
+        group: &SealedGroup,
+        atomic: bool,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.flush_outbox(log).await?;
+        let batches = &group.batches;
+        let starts_at = batches
+            .first()
+            .and_then(|b| b.envelopes.first())
+            .map(|e| e.header.producer_seq);
+        if starts_at.is_some_and(|s| s != self.sealer.chain().next_seq) {
+            return Err(StoreError::Seal(format!(
+                "the group starts at seq {}, but the producer stands at {}; seal from a fresh ahead()",
+                starts_at.unwrap_or_default(),
+                self.sealer.chain().next_seq
+            )));
         }
         let mut outbox = sled::Batch::default();
         let mut effects = Vec::new();
         let mut envelopes = Vec::new();
         let mut keys = Vec::new();
-        for batch in &batches {
+        for batch in batches {
             for (i, env) in batch.envelopes.iter().enumerate() {
                 let (head_after, epoch) = batch.effect(i);
                 let row = OutboxRow {
                     subject: env.subject.clone(),
                     expect: None,
-                    bytes: B64.encode(&env.bytes),
-                    head_after: head_row(head_after),
+                    bytes: env.bytes.clone(),
+                    head_after,
                     epoch: epoch.map(|(a, e)| epoch_row(a, e)),
                 };
                 let key = env.header.producer_seq.to_be_bytes();
-                outbox.insert(&key, serde_json::to_vec(&row).map_err(|e| self.store_err(e))?);
+                outbox.insert(&key, row.encode());
                 keys.push(key);
                 effects.push((head_after, epoch.map(|(a, e)| (a.clone(), e.clone()))));
                 envelopes.push(env);
@@ -360,7 +487,8 @@ impl Producer {
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| self.store_err(format!("{e:?}")))?;
-        self.db.flush_async().await.map_err(|e| self.store_err(e))?;
+        // No flush here: the log holds these envelopes now, and a restart that finds them still
+        // in the outbox recognises them in the log by id.
         if let Some(e) = failure {
             tracing::warn!(cause = %e, acked, "group publish incomplete; publishing the rest one by one");
             let rest = self.publish_outbox(log, true).await?;
@@ -388,10 +516,10 @@ impl Producer {
                 key: key_text.clone(),
                 reason,
             };
-            let row: OutboxRow = serde_json::from_slice(&value).map_err(|e| damaged(e.to_string()))?;
-            let bytes = B64.decode(&row.bytes).map_err(|e| damaged(e.to_string()))?;
+            let row = OutboxRow::decode(&value).map_err(damaged)?;
+            let bytes = row.bytes.clone();
             let header = hru_envelope::decode_header(&bytes).map_err(|e| damaged(e.to_string()))?;
-            let head_after = parse_head(&row.head_after).map_err(damaged)?;
+            let head_after = row.head_after;
             let epoch = row.epoch.as_ref().map(parse_epoch).transpose().map_err(damaged)?;
             if header.producer_seq != self.sealer.chain().next_seq {
                 // Sealed on a chain position that has moved on: it can never land.
