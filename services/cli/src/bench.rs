@@ -429,26 +429,25 @@ pub(crate) async fn replay(events: usize, format: Format) -> anyhow::Result<Exit
     let start = Instant::now();
     let entries = log.replay(1, &[]).await?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = entries.len().div_ceil(threads);
+    // Key grants first (few, in log order), then every event verified and opened in parallel.
+    let mut ring = KeyRing::new(&cast.police);
+    for e in &entries {
+        if hru_envelope::decode_header(&e.payload).is_ok_and(|h| h.event_type == EventType::KeyGranted) {
+            ring.ingest_grant(&verify(&e.payload, &cast.directory)?)?;
+        }
+    }
+    let chunk = entries.len().div_ceil(threads).max(1);
     let opened: usize = std::thread::scope(|scope| {
         let handles: Vec<_> = entries
-            .chunks(chunk.max(1))
+            .chunks(chunk)
             .map(|part| {
-                let cast = &cast;
+                let (cast, ring) = (&cast, &ring);
                 scope.spawn(move || {
-                    let mut ring = KeyRing::new(&cast.police);
-                    let mut n = 0;
-                    for e in part {
-                        let Ok(v) = verify(&e.payload, &cast.directory) else {
-                            continue;
-                        };
-                        if v.header.event_type == EventType::KeyGranted {
-                            ring.ingest_grant(&v).ok();
-                        } else if ring.open(&v).sections.iter().all(|s| s.plaintext.is_ok()) {
-                            n += 1;
-                        }
-                    }
-                    n
+                    part.iter()
+                        .filter_map(|e| verify(&e.payload, &cast.directory).ok())
+                        .filter(|v| v.header.event_type != EventType::KeyGranted)
+                        .filter(|v| ring.open(v).sections.iter().all(|s| s.plaintext.is_ok()))
+                        .count()
                 })
             })
             .collect();
