@@ -89,6 +89,9 @@ pub enum Command {
     /// Benchmarks with ratios to the raw building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The log's servers.
+    #[command(subcommand)]
+    Log(LogCommand),
 }
 
 /// `hru keys` subcommands.
@@ -151,6 +154,44 @@ pub enum PolicyCommand {
     },
 }
 
+/// `hru log` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Write a nats-server config: JetStream synced always, optional cluster and authorization.
+    ServerConfig {
+        /// Server name (unique in the cluster).
+        #[arg(long)]
+        name: String,
+        /// JetStream store directory.
+        #[arg(long)]
+        store: String,
+        /// Client listen address.
+        #[arg(long, default_value = "0.0.0.0:4222")]
+        listen: String,
+        /// Monitoring (health) listen address.
+        #[arg(long, default_value = "0.0.0.0:8222")]
+        http: String,
+        /// Cluster name, to make this a cluster node.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Route listen address of a cluster node.
+        #[arg(long, default_value = "0.0.0.0:6222")]
+        cluster_listen: String,
+        /// Routes to the other nodes (repeat), e.g. nats-route://n2:6222.
+        #[arg(long)]
+        route: Vec<String>,
+        /// Authorization file to include (from `hru policy nats-config`), relative to the config.
+        #[arg(long)]
+        auth: Option<String>,
+        /// Leave the server's default sync interval (acknowledged no longer means on disk).
+        #[arg(long)]
+        sync_default: bool,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 /// `hru bench` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -205,6 +246,35 @@ pub async fn run(cli: Cli) -> ExitCode {
             format,
         } => replay::run(&cli.nats, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
         Command::Bench(BenchCommand::Seal { seconds, format }) => bench::seal(seconds, format),
+        Command::Log(LogCommand::ServerConfig {
+            name,
+            store,
+            listen,
+            http,
+            cluster,
+            cluster_listen,
+            route,
+            auth,
+            sync_default,
+            out,
+        }) => {
+            let node = hru_log::server_config::NodeConfig {
+                server_name: name,
+                listen,
+                http: Some(http),
+                store_dir: store,
+                sync_always: !sync_default,
+                cluster: cluster.map(|name| hru_log::server_config::ClusterConfig {
+                    name,
+                    listen: cluster_listen,
+                    routes: route,
+                }),
+                authorization: auth,
+            };
+            std::fs::write(&out, hru_log::server_config::render(&node))
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))
+        }
         Command::Bench(BenchCommand::Ingest { events, group, format }) => bench::ingest(events, group, format).await,
         Command::Bench(BenchCommand::Replay { events, format }) => bench::replay(events, format).await,
         Command::Policy(PolicyCommand::Check {

@@ -2,6 +2,7 @@
 //! `HRU_EVENTS` stream, append with `Nats-Msg-Id` = event id, and ordered replay.
 
 mod producer;
+pub mod server_config;
 
 pub use producer::{EventToSeal, GroupSealer, Producer, SealedGroup, StoreError};
 
