@@ -66,6 +66,87 @@ pub enum LogError {
     },
 }
 
+/// The durable pull consumer a party's node folds its projections from: on the party's view
+/// stream (already filtered by the agreement, server-side), acknowledged explicitly. The
+/// server's copy of the config is read back and compared with what was asked.
+pub async fn party_consumer(
+    client: &async_nats::Client,
+    party: &hru_domain::PartyId,
+    name: &str,
+) -> Result<consumer::PullConsumer, LogError> {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_stream(hru_policy::view_stream(party))
+        .await
+        .map_err(|e| js_err("view stream")(e.into()))?;
+    let asked = consumer::pull::Config {
+        durable_name: Some(format!("{party}-{name}")),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        replay_policy: consumer::ReplayPolicy::Instant,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    let mut created: consumer::PullConsumer = stream
+        .get_or_create_consumer(&format!("{party}-{name}"), asked.clone())
+        .await
+        .map_err(|e| js_err("create durable consumer")(e.into()))?;
+    let got = created
+        .info()
+        .await
+        .map_err(|e| js_err("consumer info")(e.into()))?
+        .config
+        .clone();
+    check_consumer(&asked, &got)?;
+    Ok(created)
+}
+
+/// Refuse a consumer whose server-side config differs from what was asked (a server that
+/// silently drops a field it does not know would otherwise widen what a party reads).
+fn check_consumer(asked: &consumer::pull::Config, got: &consumer::Config) -> Result<(), LogError> {
+    let differs = |field: &'static str, a: String, g: String| {
+        Err(LogError::JetStream {
+            operation: "check consumer",
+            reason: format!("{field}: asked {a}, server has {g}"),
+        })
+    };
+    if asked.durable_name != got.durable_name {
+        return differs(
+            "durable_name",
+            format!("{:?}", asked.durable_name),
+            format!("{:?}", got.durable_name),
+        );
+    }
+    if asked.filter_subject != got.filter_subject {
+        return differs(
+            "filter_subject",
+            asked.filter_subject.clone(),
+            got.filter_subject.clone(),
+        );
+    }
+    let (mut a, mut g) = (asked.filter_subjects.clone(), got.filter_subjects.clone());
+    a.sort();
+    g.sort();
+    if a != g {
+        return differs("filter_subjects", format!("{a:?}"), format!("{g:?}"));
+    }
+    if asked.ack_policy != got.ack_policy {
+        return differs(
+            "ack_policy",
+            format!("{:?}", asked.ack_policy),
+            format!("{:?}", got.ack_policy),
+        );
+    }
+    if asked.deliver_policy != got.deliver_policy {
+        return differs(
+            "deliver_policy",
+            format!("{:?}", asked.deliver_policy),
+            format!("{:?}", got.deliver_policy),
+        );
+    }
+    Ok(())
+}
+
 /// Why an append did not land; each variant says what the caller should do.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {

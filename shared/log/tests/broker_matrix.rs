@@ -217,6 +217,7 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
     let names: Vec<&str> = vec![
         "publish own event",
         "read own view (exactly its entitlement)",
+        "durable projection consumer on own view",
         "publish under another party's token",
         "publish an event type it may not produce",
         "consumer on HRU_EVENTS with a filter",
@@ -231,7 +232,7 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
         "stream update HRU_EVENTS",
         "delete its own view",
     ];
-    let expected = |i: usize| if i < 2 { Outcome::Allowed } else { Outcome::Refused };
+    let expected = |i: usize| if i < 3 { Outcome::Allowed } else { Outcome::Refused };
     let mut matrix = Vec::new();
     for (pi, s) in w.secrets.iter().enumerate() {
         let p = &s.party;
@@ -289,6 +290,32 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
             Outcome::Refused
         });
         assert_eq!(got, want_sorted, "{p}'s view holds exactly its entitlement");
+
+        // Allowed: the durable consumer its node folds projections from, config checked.
+        let durable = hru_log::party_consumer(&client, p, "projection").await;
+        let fetched = match durable {
+            Ok(c) => {
+                let mut batch = c
+                    .fetch()
+                    .max_messages(want_sorted.len().max(1))
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                    .unwrap();
+                let mut n = 0;
+                while let Some(m) = batch.next().await {
+                    m.unwrap().ack().await.unwrap();
+                    n += 1;
+                }
+                n
+            }
+            Err(e) => panic!("{p}: durable consumer: {e}"),
+        };
+        row.push(if fetched == want_sorted.len() {
+            Outcome::Allowed
+        } else {
+            Outcome::Refused
+        });
 
         // Refused paths.
         let foreign = w.isa.produces(other).find(|t| t.has_case()).expect("other produces");
