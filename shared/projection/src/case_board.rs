@@ -1,0 +1,272 @@
+//! The police case board and the 24-hour screening queue: a row per case (subject reference,
+//! risk level, orders, open breaches, last activity) and the stalking referrals of the last
+//! day that still await screening, out-of-hours ones first.
+
+use hru_domain::{Breach, CaseEvent};
+use hru_wire::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::{Applied, Projection, Reader, Store, Write};
+
+/// One case as the police HRU sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseRow {
+    /// Case id.
+    pub case_id: String,
+    /// Pseudonymous subject reference (hex).
+    pub subject_ref: Option<String>,
+    /// Reported behaviours.
+    pub behaviours: Vec<String>,
+    /// Policing area.
+    pub area: Option<String>,
+    /// When the referral arrived.
+    pub received_at_ms: Option<i64>,
+    /// Whether it arrived out of hours.
+    pub out_of_hours: bool,
+    /// Whether screening is complete.
+    pub screened: bool,
+    /// Whether the HRU took primacy.
+    pub primacy_taken: Option<bool>,
+    /// Overall risk level of the latest assessment.
+    pub risk_level: Option<String>,
+    /// Orders issued, by kind.
+    pub orders: Vec<String>,
+    /// Breach episodes open now (ids, hex).
+    pub open_breaches: Vec<String>,
+    /// Whether the case is closed.
+    pub closed: bool,
+    /// Time of the latest event.
+    pub last_activity_ms: i64,
+}
+
+/// A stalking referral awaiting screening.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScreeningItem {
+    /// Case id.
+    pub case_id: String,
+    /// When the referral arrived.
+    pub received_at_ms: i64,
+    /// Out of hours: screened first.
+    pub out_of_hours: bool,
+}
+
+/// The police case board projection (case rows and the screening queue).
+pub struct CaseBoard;
+
+const CASE_PREFIX: &[u8] = b"case/";
+const QUEUE_PREFIX: &[u8] = b"queue/";
+const DAY_MS: i64 = 86_400_000;
+
+fn key(prefix: &[u8], case: &str) -> Vec<u8> {
+    [prefix, case.as_bytes()].concat()
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Projection for CaseBoard {
+    fn name(&self) -> &'static str {
+        "police-case-board"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
+        let Some(case) = e.header.case_id else {
+            return Vec::new();
+        };
+        let case = case.to_string();
+        let row_key = key(CASE_PREFIX, &case);
+        let mut row: CaseRow = state
+            .get(&row_key)
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_else(|| CaseRow {
+                case_id: case.clone(),
+                ..CaseRow::default()
+            });
+        let mut writes = Vec::new();
+        match e.event {
+            CaseEvent::ReferralReceived { core: Some(r), .. } => {
+                row.subject_ref = Some(hex::encode(r.subject_ref));
+                row.behaviours = r.behaviours.iter().map(|b| b.as_str_name().to_owned()).collect();
+                row.area = Some(r.area.clone());
+                row.received_at_ms = Some(r.received_at_ms);
+                row.out_of_hours = r.out_of_hours;
+                if r.behaviours.contains(&pb::Behaviour::Stalking) && !row.screened {
+                    let item = ScreeningItem {
+                        case_id: case.clone(),
+                        received_at_ms: r.received_at_ms,
+                        out_of_hours: r.out_of_hours,
+                    };
+                    writes.push(Write::Put(key(QUEUE_PREFIX, &case), json(&item)));
+                }
+            }
+            CaseEvent::ScreeningCompleted { core: Some(s) } => {
+                row.screened = true;
+                row.primacy_taken = Some(s.primacy_taken);
+                writes.push(Write::Delete(key(QUEUE_PREFIX, &case)));
+            }
+            CaseEvent::RiskAssessed { summary: Some(r), .. } => {
+                row.risk_level = Some(r.overall.as_str_name().to_owned())
+            }
+            CaseEvent::OrderIssued { core: Some(o) } => row.orders.push(o.kind.as_str_name().to_owned()),
+            CaseEvent::TagBreach {
+                core: Some(Breach { breach_id, state, .. }),
+            } => {
+                let id = hex::encode(breach_id.as_bytes());
+                row.open_breaches.retain(|b| b != &id);
+                if *state != pb::BreachState::Closed {
+                    row.open_breaches.push(id);
+                }
+            }
+            CaseEvent::CaseClosed { core: Some(_) } => {
+                row.closed = true;
+                writes.push(Write::Delete(key(QUEUE_PREFIX, &case)));
+            }
+            _ => {}
+        }
+        row.last_activity_ms = row.last_activity_ms.max(e.header.occurred_at_ms);
+        writes.push(Write::Put(row_key, json(&row)));
+        writes
+    }
+}
+
+impl CaseBoard {
+    /// Every case row.
+    pub fn rows(store: &Store) -> Result<Vec<CaseRow>, crate::ProjectionError> {
+        Ok(store
+            .scan(&CaseBoard, CASE_PREFIX)?
+            .iter()
+            .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+            .collect())
+    }
+}
+
+/// The screening queue at `now_ms`: stalking referrals of the last 24 hours awaiting screening,
+/// out-of-hours ones first, then oldest first.
+pub fn screening_queue(store: &Store, now_ms: i64) -> Result<Vec<ScreeningItem>, crate::ProjectionError> {
+    let mut items: Vec<ScreeningItem> = store
+        .scan(&CaseBoard, QUEUE_PREFIX)?
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<ScreeningItem>(v).ok())
+        .filter(|i| i.received_at_ms > now_ms - DAY_MS)
+        .collect();
+    items.sort_by_key(|i| (!i.out_of_hours, i.received_at_ms));
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hru_domain::{CaseId, Digest, EventHeader, EventId, EventType, KeyId, ProducerId, Referral, Screening};
+
+    use super::*;
+
+    struct Mem(BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl Reader for Mem {
+        fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+            self.0.get(key).cloned()
+        }
+    }
+
+    fn header(case: CaseId, event_type: EventType, at: i64) -> EventHeader {
+        EventHeader {
+            event_id: EventId::new_v7(),
+            event_type,
+            case_id: Some(case),
+            producer: ProducerId {
+                party: "police-hru".parse().unwrap_or_else(|_| unreachable!()),
+                instance: "n".into(),
+            },
+            key_id: KeyId([0; 8]),
+            producer_seq: 1,
+            prev_digest: Digest::ZERO,
+            occurred_at_ms: at,
+            recorded_at_ms: at,
+            policy_id: "p".into(),
+            policy_version: 1,
+            schema: 1,
+        }
+    }
+
+    /// Given these events, the state after folding them.
+    fn fold(events: &[(EventHeader, CaseEvent)]) -> Mem {
+        let mut mem = Mem(BTreeMap::new());
+        for (i, (h, e)) in events.iter().enumerate() {
+            for w in CaseBoard.apply(
+                &mem,
+                &Applied {
+                    sequence: i as u64 + 1,
+                    header: h,
+                    event: e,
+                },
+            ) {
+                match w {
+                    Write::Put(k, v) => mem.0.insert(k, v),
+                    Write::Delete(k) => mem.0.remove(&k),
+                };
+            }
+        }
+        mem
+    }
+
+    fn referral(stalking: bool, out_of_hours: bool, at: i64) -> CaseEvent {
+        let behaviour = if stalking {
+            pb::Behaviour::Stalking
+        } else {
+            pb::Behaviour::DomesticAbuse
+        };
+        CaseEvent::ReferralReceived {
+            core: Some(Referral {
+                subject_ref: [7; 32],
+                behaviours: vec![behaviour],
+                area: "Crewe".into(),
+                received_at_ms: at,
+                out_of_hours,
+                crime_reference: None,
+            }),
+            identity: None,
+            narrative: None,
+        }
+    }
+
+    #[test]
+    fn a_stalking_referral_queues_until_screened() {
+        let case = CaseId::random();
+        let given = vec![(
+            header(case, EventType::ReferralReceived, 1_000),
+            referral(true, true, 1_000),
+        )];
+        let state = fold(&given);
+        assert!(state.0.contains_key(&key(QUEUE_PREFIX, &case.to_string())));
+        let screened = CaseEvent::ScreeningCompleted {
+            core: Some(Screening {
+                primacy_taken: true,
+                criteria: vec![],
+                rationale: "FOUR".into(),
+            }),
+        };
+        let mut events = given;
+        events.push((header(case, EventType::ScreeningCompleted, 2_000), screened));
+        let state = fold(&events);
+        assert!(
+            !state.0.contains_key(&key(QUEUE_PREFIX, &case.to_string())),
+            "screened cases leave the queue"
+        );
+        let row: CaseRow = serde_json::from_slice(&state.0[&key(CASE_PREFIX, &case.to_string())]).unwrap_or_default();
+        assert!(row.screened && row.primacy_taken == Some(true));
+        assert_eq!(row.last_activity_ms, 2_000);
+    }
+
+    #[test]
+    fn domestic_abuse_referrals_are_not_stalking_screening_work() {
+        let case = CaseId::random();
+        let state = fold(&[(header(case, EventType::ReferralReceived, 1), referral(false, false, 1))]);
+        assert!(!state.0.keys().any(|k| k.starts_with(QUEUE_PREFIX)));
+    }
+}

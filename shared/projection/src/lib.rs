@@ -1,0 +1,11 @@
+//! Projections (DESIGN §9): a projection is a named, versioned fold of the log. `apply` is pure:
+//! it reads the projection's state and returns writes; the store commits those writes together
+//! with the stream sequence they reach in one sled transaction, so a crash never applies an
+//! event twice or skips one. A digest over keys and values proves a rebuild equals the live
+//! state.
+
+mod case_board;
+mod store;
+
+pub use case_board::{CaseBoard, CaseRow, ScreeningItem, screening_queue};
+pub use store::{Applied, Projection, ProjectionError, Projector, Reader, Store, Write, open_typed};

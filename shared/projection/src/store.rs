@@ -1,0 +1,319 @@
+//! The projection store: sled trees per projection, a checkpoint per projection committed
+//! atomically with its writes, version-triggered rebuilds and digests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hru_domain::{CaseEvent, EventHeader, EventType, FieldError, join_sections};
+use hru_envelope::{Directory, KeyRing, OpenedEvent, verify};
+use sha2::{Digest as _, Sha256};
+use sled::Transactional as _;
+
+/// One event as a projection sees it: its stream sequence, header and the sections the party
+/// could open (absent sections are `None`).
+#[derive(Debug, Clone)]
+pub struct Applied<'a> {
+    /// Stream sequence.
+    pub sequence: u64,
+    /// The verified header.
+    pub header: &'a EventHeader,
+    /// The typed event.
+    pub event: &'a CaseEvent,
+}
+
+/// A write a projection asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Set a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Vec<u8>),
+}
+
+/// Read access to a projection's state (including writes earlier in the same batch).
+pub trait Reader {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// A named, versioned fold; bump the version to rebuild it on start.
+pub trait Projection: Send + Sync {
+    /// Name (also its sled tree).
+    fn name(&self) -> &'static str;
+    /// Version of the fold.
+    fn version(&self) -> u32;
+    /// The writes one event causes, given the state so far.
+    fn apply(&self, state: &dyn Reader, event: &Applied<'_>) -> Vec<Write>;
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// sled failed.
+    #[error("projection store: {0}")]
+    Store(String),
+}
+
+fn err(e: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Store(e.to_string())
+}
+
+/// Projection state in sled: one tree per projection and a meta tree of checkpoints.
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+}
+
+/// The meta value of a projection: its version and the last sequence applied.
+fn meta_value(version: u32, sequence: u64) -> Vec<u8> {
+    let mut v = version.to_be_bytes().to_vec();
+    v.extend_from_slice(&sequence.to_be_bytes());
+    v
+}
+
+fn parse_meta(v: &[u8]) -> Option<(u32, u64)> {
+    let version = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
+    let sequence = u64::from_be_bytes(v.get(4..12)?.try_into().ok()?);
+    Some((version, sequence))
+}
+
+struct Overlay<'a> {
+    tree: &'a sled::Tree,
+    pending: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Reader for Overlay<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.pending.get(key) {
+            Some(v) => v.clone(),
+            None => self.tree.get(key).ok().flatten().map(|v| v.to_vec()),
+        }
+    }
+}
+
+impl Store {
+    /// Open the store at `path`. A corrupt store is not trusted: it is moved aside
+    /// and a fresh one is rebuilt from the log.
+    pub fn open(path: &Path) -> Result<Self, ProjectionError> {
+        let db = match sled::open(path) {
+            Ok(db) => db,
+            Err(e @ sled::Error::Corruption { .. }) => {
+                tracing::error!(cause = %e, path = %path.display(), "projection store does not open; rebuilding from the log");
+                let aside = path.with_extension(format!("broken-{}", std::process::id()));
+                std::fs::rename(path, &aside).map_err(err)?;
+                sled::open(path).map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let meta = db.open_tree("__meta").map_err(err)?;
+        Ok(Self { db, meta })
+    }
+
+    /// The last sequence applied to `projection` (0: none), after wiping it if its version
+    /// changed.
+    pub fn prepare(&self, projection: &dyn Projection) -> Result<u64, ProjectionError> {
+        match self
+            .meta
+            .get(projection.name())
+            .map_err(err)?
+            .and_then(|v| parse_meta(&v))
+        {
+            Some((v, seq)) if v == projection.version() => Ok(seq),
+            found => {
+                if found.is_some() {
+                    tracing::info!(projection = projection.name(), "version changed; rebuilding");
+                }
+                self.wipe(projection)?;
+                Ok(0)
+            }
+        }
+    }
+
+    /// Remove a projection's state and checkpoint.
+    pub fn wipe(&self, projection: &dyn Projection) -> Result<(), ProjectionError> {
+        self.db
+            .open_tree(projection.name())
+            .map_err(err)?
+            .clear()
+            .map_err(err)?;
+        self.meta
+            .insert(projection.name(), meta_value(projection.version(), 0))
+            .map_err(err)?;
+        self.db.flush().map_err(err)?;
+        Ok(())
+    }
+
+    /// Fold `events` (in log order, all after the checkpoint) and commit the writes with the
+    /// new checkpoint in one transaction.
+    pub fn apply(
+        &self,
+        projection: &dyn Projection,
+        events: &[Applied<'_>],
+        through: u64,
+    ) -> Result<(), ProjectionError> {
+        let tree = self.db.open_tree(projection.name()).map_err(err)?;
+        let mut pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for event in events {
+            let writes = projection.apply(
+                &Overlay {
+                    tree: &tree,
+                    pending: &pending,
+                },
+                event,
+            );
+            for w in writes {
+                match w {
+                    Write::Put(k, v) => pending.insert(k, Some(v)),
+                    Write::Delete(k) => pending.insert(k, None),
+                };
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in &pending {
+            match v {
+                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                None => batch.remove(k.as_slice()),
+            }
+        }
+        let checkpoint = meta_value(projection.version(), through);
+        (&tree, &self.meta)
+            .transaction(|(t, m)| {
+                t.apply_batch(&batch)?;
+                m.insert(projection.name(), checkpoint.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| err(format!("{e:?}")))?;
+        Ok(())
+    }
+
+    /// Make every committed batch durable.
+    pub fn flush(&self) -> Result<(), ProjectionError> {
+        self.db.flush().map(|_| ()).map_err(err)
+    }
+
+    /// SHA-256 over every key and value of a projection, in key order.
+    pub fn digest(&self, projection: &dyn Projection) -> Result<[u8; 32], ProjectionError> {
+        let tree = self.db.open_tree(projection.name()).map_err(err)?;
+        let mut h = Sha256::new();
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(err)?;
+            h.update((k.len() as u64).to_be_bytes());
+            h.update(&k);
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(&v);
+        }
+        Ok(h.finalize().into())
+    }
+
+    /// Every key and value of a projection with the given key prefix.
+    pub fn scan(&self, projection: &dyn Projection, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        let tree = self.db.open_tree(projection.name()).map_err(err)?;
+        tree.scan_prefix(prefix)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+            .collect()
+    }
+}
+
+/// Turn what a party opened of an event into its typed form (sections it could not open are
+/// `None`); `None` for public events.
+pub fn open_typed(opened: &OpenedEvent) -> Option<Result<CaseEvent, FieldError>> {
+    if !opened.header.event_type.has_case() {
+        return None;
+    }
+    let readable: Vec<(&str, &[u8])> = opened
+        .sections
+        .iter()
+        .filter_map(|s| s.plaintext.as_ref().ok().map(|p| (s.name.as_str(), p.as_slice())))
+        .collect();
+    Some(join_sections(opened.header.event_type, &readable).and_then(CaseEvent::try_from))
+}
+
+/// Feeds log entries through verification, the party's key ring and every projection.
+pub struct Projector {
+    /// The store.
+    pub store: Store,
+    projections: Vec<Box<dyn Projection>>,
+    checkpoints: Vec<u64>,
+    ring: KeyRing,
+    directory: Directory,
+}
+
+impl Projector {
+    /// A projector for `projections` over `store`, reading as the owner of `ring`.
+    pub fn new(
+        store: Store,
+        projections: Vec<Box<dyn Projection>>,
+        ring: KeyRing,
+        directory: Directory,
+    ) -> Result<Self, ProjectionError> {
+        let checkpoints = projections
+            .iter()
+            .map(|p| store.prepare(p.as_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            store,
+            projections,
+            checkpoints,
+            ring,
+            directory,
+        })
+    }
+
+    /// The lowest checkpoint: where the log must be read from (plus one).
+    pub fn resume_from(&self) -> u64 {
+        self.checkpoints.iter().copied().min().unwrap_or(0) + 1
+    }
+
+    /// The projections.
+    pub fn projections(&self) -> impl Iterator<Item = &dyn Projection> {
+        self.projections.iter().map(AsRef::as_ref)
+    }
+
+    /// Fold a batch of `(sequence, envelope bytes)` in log order. Grants feed the key ring
+    /// (every batch from the start of the log must be fed, so grants are never missed);
+    /// events that fail to verify or decode are skipped with a warning, never folded.
+    pub fn feed(&mut self, entries: &[(u64, &[u8])]) -> Result<(), ProjectionError> {
+        let Some(&(through, _)) = entries.last() else {
+            return Ok(());
+        };
+        let mut typed = Vec::with_capacity(entries.len());
+        for (sequence, bytes) in entries {
+            let v = match verify(bytes, &self.directory) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(sequence, cause = %e, "event refused; not folded");
+                    continue;
+                }
+            };
+            if v.header.event_type == EventType::KeyGranted {
+                if let Err(e) = self.ring.ingest_grant(&v) {
+                    tracing::warn!(sequence, cause = %e, "key grant refused");
+                }
+                continue;
+            }
+            match open_typed(&self.ring.open(&v)) {
+                Some(Ok(event)) => typed.push((*sequence, v.header, event)),
+                Some(Err(e)) => tracing::warn!(sequence, cause = %e, "event does not decode; not folded"),
+                None => {}
+            }
+        }
+        for (i, projection) in self.projections.iter().enumerate() {
+            let after = self.checkpoints[i];
+            if through <= after {
+                continue;
+            }
+            let applied: Vec<Applied<'_>> = typed
+                .iter()
+                .filter(|(s, ..)| *s > after)
+                .map(|(sequence, header, event)| Applied {
+                    sequence: *sequence,
+                    header,
+                    event,
+                })
+                .collect();
+            self.store.apply(projection.as_ref(), &applied, through)?;
+            self.checkpoints[i] = through;
+        }
+        Ok(())
+    }
+}
