@@ -64,6 +64,9 @@ pub struct Store {
     meta: sled::Tree,
 }
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// The meta value of a projection: its version and the last sequence applied.
 fn meta_value(version: u32, sequence: u64) -> Vec<u8> {
     let mut v = version.to_be_bytes().to_vec();
@@ -206,7 +209,7 @@ impl Store {
     }
 
     /// Every key and value of a projection with the given key prefix.
-    pub fn scan(&self, projection: &dyn Projection, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    pub fn scan(&self, projection: &dyn Projection, prefix: &[u8]) -> Result<Vec<Entry>, ProjectionError> {
         let tree = self.db.open_tree(projection.name()).map_err(err)?;
         tree.scan_prefix(prefix)
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
