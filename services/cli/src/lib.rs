@@ -6,6 +6,7 @@ mod keys;
 mod policies;
 mod policy_cmd;
 mod producer_state;
+mod project;
 mod replay;
 
 use std::path::PathBuf;
@@ -86,6 +87,36 @@ pub enum Command {
     /// Information-sharing agreements.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Fold the log into a party's projections, resuming from their checkpoints.
+    Project {
+        /// The reading party.
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Projection store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Only this projection.
+        #[arg(long)]
+        projection: Option<String>,
+    },
+    /// Wipe a party's projections and replay the log from sequence 1; prints their digests.
+    Rebuild {
+        /// The reading party.
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Projection store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Only this projection.
+        #[arg(long)]
+        projection: Option<String>,
+    },
     /// Benchmarks with ratios to the raw building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -246,6 +277,40 @@ pub async fn run(cli: Cli) -> ExitCode {
             format,
         } => replay::run(&cli.nats, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
         Command::Bench(BenchCommand::Seal { seconds, format }) => bench::seal(seconds, format),
+        Command::Project {
+            party,
+            keys,
+            store,
+            projection,
+        } => {
+            project::run(
+                &cli.nats,
+                &cli.policies,
+                &party,
+                &keys,
+                &store,
+                projection.as_deref(),
+                false,
+            )
+            .await
+        }
+        Command::Rebuild {
+            party,
+            keys,
+            store,
+            projection,
+        } => {
+            project::run(
+                &cli.nats,
+                &cli.policies,
+                &party,
+                &keys,
+                &store,
+                projection.as_deref(),
+                true,
+            )
+            .await
+        }
         Command::Log(LogCommand::ServerConfig {
             name,
             store,
