@@ -731,11 +731,37 @@ impl EventLog {
     /// Every message from stream sequence `from` (1 = the start) on subjects matching any of
     /// `filters` (all when empty), in order, up to the end of the log as it was when called.
     pub async fn replay(&self, from: u64, filters: &[String]) -> Result<Vec<LogEntry>, LogError> {
-        let config = consumer::pull::OrderedConfig {
-            filter_subjects: filters.to_vec(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+        self.replay_with(
+            consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from.max(1),
             },
+            filters,
+        )
+        .await
+    }
+
+    /// Every message stored at or after `since_ms` (Unix ms, the broker's clock) on subjects
+    /// matching any of `filters`, in order, up to the end of the log as it was when called.
+    pub async fn replay_since(&self, since_ms: i64, filters: &[String]) -> Result<Vec<LogEntry>, LogError> {
+        let start_time =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000).map_err(|e| {
+                LogError::JetStream {
+                    operation: "replay since",
+                    reason: e.to_string(),
+                }
+            })?;
+        self.replay_with(consumer::DeliverPolicy::ByStartTime { start_time }, filters)
+            .await
+    }
+
+    async fn replay_with(
+        &self,
+        deliver_policy: consumer::DeliverPolicy,
+        filters: &[String],
+    ) -> Result<Vec<LogEntry>, LogError> {
+        let config = consumer::pull::OrderedConfig {
+            filter_subjects: filters.to_vec(),
+            deliver_policy,
             ..Default::default()
         };
         let mut consumer = self

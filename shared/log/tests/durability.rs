@@ -17,7 +17,8 @@ use rand::Rng as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_returns_exactly_what_was_appended_for_100k_events() {
-    let server = NatsServer::start().unwrap();
+    // Order, not durability, is under test here: the server's default sync keeps it quick.
+    let server = NatsServer::builder().sync_always(false).start().unwrap();
     let log = EventLog::connect(&server.url()).await.unwrap();
     let client = hru_log::connect(&server.url(), None).await.unwrap();
     let js = jetstream::new(client);
@@ -48,10 +49,26 @@ async fn replay_returns_exactly_what_was_appended_for_100k_events() {
         assert_eq!(e.payload.as_ref(), (i as u64).to_be_bytes(), "the bytes appended");
         assert_eq!(e.subject, format!("hru.ctl.load.e{}", i % 7));
     }
+    let since = entries[N as usize - 1].sequence;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mark = jiff::Timestamp::now().as_millisecond();
+    for i in 0..3u64 {
+        js.publish("hru.ctl.load.late", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let late = log.replay_since(mark, &[]).await.unwrap();
+    assert_eq!(
+        late.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [since + 1, since + 2, since + 3],
+        "replay from a time"
+    );
     let from = log.replay(N - 9, &[]).await.unwrap();
     assert_eq!(
         from.iter().map(|e| e.sequence).collect::<Vec<_>>(),
-        (N - 9..=N).collect::<Vec<_>>(),
+        (N - 9..=N + 3).collect::<Vec<_>>(),
         "replay from a sequence"
     );
     println!("replayed {N} events in {took:?}");
