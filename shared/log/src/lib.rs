@@ -503,13 +503,15 @@ impl EventLog {
                                 current,
                             });
                         }
-                        K::StreamNotFound | K::MaxPayloadExceeded | K::WrongLastMessageId => {
+                        // "No responders" (reported as no stream) also happens while a clustered stream
+                        // elects a leader: the stream was checked at open, so it is retried.
+                        K::MaxPayloadExceeded | K::WrongLastMessageId => {
                             return Err(AppendError::Refused {
                                 subject: sealed.subject.clone(),
                                 reason: e.to_string(),
                             });
                         }
-                        K::Other if e.to_string().contains("err_code") => {
+                        K::Other if e.to_string().contains("err_code") && !e.to_string().contains("unavailable") => {
                             return Err(AppendError::Refused {
                                 subject: sealed.subject.clone(),
                                 reason: e.to_string(),
