@@ -73,5 +73,9 @@ for party in police-hru probation cwp victim-advocacy evaluation em-vendor; do
     "$HRU" replay --party "$party" --keys "$WORK/keys" --case "$CASE" | sed 's/^/  /'
 done
 echo
+echo "== audit: every signature, chain, subject and audience, checked with public keys only =="
+"$HRU" audit verify | sed 's/^/  /'
+
+echo
 echo "Demo done: each party saw exactly the sections the Cheshire HRU agreement gives it."
 echo "See what a party receives and why: hru policy explain --party probation --policies policies"

@@ -1,6 +1,7 @@
 //! The `hru` command line (DESIGN §13): keys, append, replay and benchmarks.
 
 mod append;
+mod audit;
 mod bench;
 mod keys;
 mod policies;
@@ -117,6 +118,9 @@ pub enum Command {
         #[arg(long)]
         projection: Option<String>,
     },
+    /// Verify the log without secret keys.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Benchmarks with ratios to the raw building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -182,6 +186,23 @@ pub enum PolicyCommand {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+/// `hru audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check signatures, chains, subjects and audiences; exit 0 clean, 1 with findings.
+    Verify {
+        /// First stream sequence.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last stream sequence.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
     },
 }
 
@@ -277,6 +298,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             format,
         } => replay::run(&cli.nats, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
         Command::Bench(BenchCommand::Seal { seconds, format }) => bench::seal(seconds, format),
+        Command::Audit(AuditCommand::Verify { from, to, format }) => {
+            audit::verify(&cli.nats, &cli.policies, from, to, format).await
+        }
         Command::Project {
             party,
             keys,

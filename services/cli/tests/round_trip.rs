@@ -183,3 +183,44 @@ fn bad_input_is_refused_by_name_and_nothing_is_appended() {
     let (_, lines) = world.replay("police-hru");
     assert!(lines.is_empty(), "nothing was appended: {lines:?}");
 }
+
+#[test]
+fn audit_verify_is_clean_on_a_real_log_and_finds_a_forgery() {
+    let world = World::new(AGREEMENT, &PARTIES);
+    for area in ["Macclesfield", "Runcorn"] {
+        assert!(
+            world
+                .append("police-hru", &world.event("r.json", &referral(area)))
+                .status
+                .success()
+        );
+    }
+    let out = world.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 envelopes checked (from sequence 1), no findings"));
+
+    // Bytes published straight to the broker, bypassing the library.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = hru_log::connect(&world.nats.url(), None).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let subject = format!("hru.evt.{}.police-hru.ReferralReceived", CASE.replace('-', ""));
+        js.publish(subject, b"\x0a\x02no".to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    let out = world.run(&["audit", "verify", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["kind"], "malformed");
+    assert_eq!(lines[0]["sequence"], 5);
+    assert_eq!(lines.last().unwrap()["summary"]["findings"], 1);
+}
