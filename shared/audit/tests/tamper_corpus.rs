@@ -285,7 +285,7 @@ async fn each_mutation_is_found_with_its_kind() {
         FindingKind::MissingGrant,
     ));
 
-    println!("{:<46} {}", "mutation", "finding kinds");
+    println!("{:<46} finding kinds", "mutation");
     for (name, kinds, _) in &matrix {
         println!(
             "{name:<46} {}",
