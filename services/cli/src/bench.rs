@@ -556,3 +556,87 @@ fn sha256_of(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes).into()
 }
+
+/// `hru bench verify`: envelopes audited per second (signatures, chains, subjects, audiences;
+/// one core, no secret key) beside raw verify_strict and raw batch verification.
+pub(crate) fn verify_bench(events: usize, format: Format) -> anyhow::Result<ExitCode> {
+    let cast = Cast::new(10);
+    let text = "[agreement]\nid = \"bench\"\nversion = 1\neffective_from = \"2026-01-01\"\n\n[[legal_basis]]\nid = \"b\"\ntext = \"basis\"\n\n[[clause]]\nid = \"1\"\ntext = \"c\"\nbases = [\"b\"]\n\n[[party]]\nid = \"police-hru\"\ncontroller = \"p\"\nrole = \"police\"\n\n[[produce]]\nparty = \"police-hru\"\nevents = [\"ReferralReceived\"]\n\n[[share]]\nevents = [\"ReferralReceived\"]\nsections = [\"core\"]\nto = [\"police-hru\"]\npurpose = \"p\"\nclause = \"1\"\n";
+    let isa = hru_policy::CompiledIsa::compile(text, "bench.toml", Some(&cast.directory))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut set = hru_policy::PolicySet::default();
+    set.insert(isa.clone());
+    let mut sealer = Sealer::new(
+        ProducerId {
+            party: cast.police.party.clone(),
+            instance: "bench".into(),
+        },
+        cast.police.signing.clone(),
+    );
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let case = CaseId::random();
+    let mut log = Vec::with_capacity(events + 1);
+    while log.len() < events {
+        let e = small_event(case);
+        log.extend(sealer.seal_event(
+            e.case_id,
+            e.event_type,
+            e.sections,
+            now,
+            now,
+            &isa,
+            &cast.directory,
+            &mut rng,
+        )?);
+    }
+    let start = Instant::now();
+    let mut auditor = hru_audit::Auditor::new(&cast.directory, &set);
+    for (i, e) in log.iter().enumerate() {
+        auditor.observe(i as u64 + 1, &e.subject, &e.bytes);
+    }
+    let report = auditor.finish();
+    let ours = log.len() as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        report.findings.is_empty(),
+        "a clean log has findings: {:?}",
+        report.findings.first()
+    );
+    let key = cast.police.signing.verifying_key();
+    let sigs: Vec<([u8; 32], ed25519_dalek::Signature)> = log
+        .iter()
+        .take(4096)
+        .map(|e| (e.digest.0, cast.police.signing.sign(&e.digest.0)))
+        .collect();
+    let raw_verify = rate(1.0, |i| {
+        let (m, s) = &sigs[i as usize % sigs.len()];
+        black_box(key.verify_strict(m, s)).ok();
+    });
+    let messages: Vec<&[u8]> = sigs.iter().take(64).map(|(m, _)| m.as_slice()).collect();
+    let signatures: Vec<ed25519_dalek::Signature> = sigs.iter().take(64).map(|(_, s)| *s).collect();
+    let keys = vec![key; messages.len()];
+    let raw_batch = 64.0
+        * rate(1.0, |_| {
+            black_box(ed25519_dalek::verify_batch(&messages, &signatures, &keys)).ok();
+        });
+    match format {
+        Format::Human => {
+            println!(
+                "hru bench verify — {} envelopes (~300 bytes), one core, no secret key",
+                log.len()
+            );
+            println!("  raw ed25519 verify_strict  {raw_verify:>10.0} /s");
+            println!("  raw ed25519 batch verify   {raw_batch:>10.0} /s (batches of 64)");
+            println!(
+                "  audit verify (ours)        {ours:>10.0} /s   {:.2} × raw verify_strict, {:.2} × raw batch",
+                ours / raw_verify,
+                ours / raw_batch
+            );
+        }
+        Format::Json => println!(
+            "{}",
+            json!({"bench": "verify", "events": log.len(), "ours_per_s": ours.round(), "raw_verify_strict_per_s": raw_verify.round(), "raw_batch_verify_per_s": raw_batch.round()})
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}

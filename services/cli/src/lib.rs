@@ -259,6 +259,15 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Audit-verification rate beside raw verify_strict and batch verification.
+    Verify {
+        /// Envelopes to verify.
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Replay + verify + open rate beside raw reads and raw signature checks.
     Replay {
         /// Events in the log.
@@ -366,6 +375,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Bench(BenchCommand::Ingest { events, group, format }) => bench::ingest(events, group, format).await,
         Command::Bench(BenchCommand::Replay { events, format }) => bench::replay(events, format).await,
+        Command::Bench(BenchCommand::Verify { events, format }) => bench::verify_bench(events, format),
         Command::Policy(PolicyCommand::Check {
             paths,
             directory,
