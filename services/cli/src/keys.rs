@@ -71,3 +71,40 @@ pub(crate) fn generate(party: &str, out: &Path, controller: &str) -> anyhow::Res
     print!("{}", secrets.directory_entry(controller));
     Ok(ExitCode::SUCCESS)
 }
+
+/// `hru keys ca`: a development deployment CA.
+pub(crate) fn ca(out: &Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(out)?;
+    if out.join("ca.key").exists() {
+        bail!(
+            "{} exists; refusing to overwrite the deployment CA",
+            out.join("ca.key").display()
+        );
+    }
+    let ca = hru_node::tls::new_ca("HRU Backbone deployment CA")?;
+    std::fs::write(out.join("ca.pem"), &ca.cert_pem)?;
+    write_private(&out.join("ca.key"), &ca.key_pem)?;
+    eprintln!(
+        "wrote {} and {} (mode 0600)",
+        out.join("ca.pem").display(),
+        out.join("ca.key").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hru keys cert`: a party's TLS certificate from the CA.
+pub(crate) fn cert(ca_dir: &Path, party: &str, hosts: &[String], out: &Path) -> anyhow::Result<ExitCode> {
+    let party: PartyId = party.parse().context("--party")?;
+    let ca = hru_node::tls::CertAndKey {
+        cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem"))
+            .context("reading ca.pem (create it with `hru keys ca`)")?,
+        key_pem: std::fs::read_to_string(ca_dir.join("ca.key")).context("reading ca.key")?,
+    };
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let issued = hru_node::tls::issue(&ca, party.as_str(), &hosts)?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join(format!("{party}.pem")), &issued.cert_pem)?;
+    write_private(&out.join(format!("{party}.key")), &issued.key_pem)?;
+    eprintln!("wrote {party}.pem and {party}.key (mode 0600) in {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -121,6 +121,9 @@ pub enum Command {
     /// Verify the log without secret keys.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A party's node.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Benchmarks with ratios to the raw building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -129,9 +132,41 @@ pub enum Command {
     Log(LogCommand),
 }
 
+/// `hru node` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run a party's node (gRPC with mutual TLS, projections, access log) until Ctrl-C.
+    Run {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
 /// `hru keys` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    /// Create a deployment CA for development (ca.pem, ca.key; keep the key private).
+    Ca {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a party's TLS certificate from the CA (its party id is the common name).
+    Cert {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The party.
+        #[arg(long)]
+        party: String,
+        /// Host names the certificate serves (repeat).
+        #[arg(long)]
+        host: Vec<String>,
+        /// Output directory (<party>.pem, <party>.key).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Generate a party's secret keys (mode 0600) and print its public directory entry.
     Generate {
         /// The party.
@@ -288,10 +323,26 @@ pub enum BenchCommand {
     },
 }
 
+/// `hru node run`: load the configuration and serve until Ctrl-C.
+async fn node_run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config = hru_node::NodeConfig::load(&text, &path.display().to_string(), |k| std::env::var(k).ok())?;
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    eprintln!("hru node for {} listening on {}", config.party, listener.local_addr()?);
+    hru_node::run(config, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Run a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Keys(KeysCommand::Generate { party, out, controller }) => keys::generate(&party, &out, &controller),
+        Command::Keys(KeysCommand::Ca { out }) => keys::ca(&out),
+        Command::Keys(KeysCommand::Cert { ca, party, host, out }) => keys::cert(&ca, &party, &host, &out),
+        Command::Node(NodeCommand::Run { config }) => node_run(&config).await,
         Command::Append {
             party,
             keys,

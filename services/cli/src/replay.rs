@@ -49,7 +49,11 @@ pub(crate) async fn run(
     let secrets = keys::load(keys_dir, &party)?;
     let case: Option<CaseId> = case.map(str::parse).transpose().context("--case")?;
     let filters: Vec<String> = match case {
-        Some(c) => vec![format!("hru.evt.{}.>", c.token()), "hru.key.>".into()],
+        Some(c) => vec![
+            format!("hru.evt.{}.>", c.token()),
+            format!("hru.acc.{}.>", c.token()),
+            "hru.key.>".into(),
+        ],
         None => Vec::new(),
     };
     let log = EventLog::connect(nats).await?;

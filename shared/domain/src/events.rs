@@ -652,6 +652,8 @@ pub struct Access {
     pub clause: String,
     /// Recipient of a disclosure.
     pub disclosed_to: Option<crate::PartyId>,
+    /// Every case the answer covered.
+    pub case_ids: Vec<uuid::Uuid>,
 }
 
 impl TryFrom<pb::AccessCore> for Access {
@@ -665,6 +667,7 @@ impl TryFrom<pb::AccessCore> for Access {
             purpose,
             clause,
             disclosed_to,
+            case_ids,
         } = w;
         Ok(Self {
             party: crate::PartyId::parse(&party, "party")?,
@@ -676,6 +679,11 @@ impl TryFrom<pb::AccessCore> for Access {
             disclosed_to: optional(disclosed_to)
                 .map(|p| crate::PartyId::parse(&p, "disclosed_to"))
                 .transpose()?,
+            case_ids: case_ids
+                .iter()
+                .enumerate()
+                .map(|(i, c)| id16(c, &format!("case_ids[{i}]")))
+                .collect::<Result<_, _>>()?,
         })
     }
 }

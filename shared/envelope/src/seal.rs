@@ -115,6 +115,9 @@ pub fn subject_for(header: &EventHeader, grant_audience: Option<&AudienceId>) ->
     match (header.event_type, header.case_id, grant_audience) {
         (EventType::KeyGranted, _, Some(audience)) => format!("hru.key.{party}.{audience}"),
         (EventType::PositionBatch, _, _) => format!("hru.pos.{party}.{}", header.producer.instance),
+        // Access records name their case but stay outside `hru.evt.<case>.>`, so reading a case
+        // never changes its version (the per-case concurrency condition).
+        (EventType::AccessLogged, Some(case), _) => format!("hru.acc.{}.{party}", case.token()),
         (t, Some(case), _) => format!("hru.evt.{}.{party}.{t}", case.token()),
         (t, _, _) => format!("hru.ctl.{party}.{t}"),
     }

@@ -16,7 +16,7 @@ use hru_envelope::SealedEnvelope;
 /// Name of the event stream.
 pub const EVENTS_STREAM: &str = "HRU_EVENTS";
 /// Subjects of the event stream: case events, key grants, public control events.
-pub const EVENT_SUBJECTS: [&str; 3] = ["hru.evt.>", "hru.key.>", "hru.ctl.>"];
+pub const EVENT_SUBJECTS: [&str; 4] = ["hru.evt.>", "hru.acc.>", "hru.key.>", "hru.ctl.>"];
 /// Name of the position stream.
 pub const POSITIONS_STREAM: &str = "HRU_POSITIONS";
 /// Subjects of the position stream.

@@ -596,6 +596,7 @@ async fn recover(
         format!("hru.evt.*.{party}.*"),
         format!("hru.key.{party}.*"),
         format!("hru.ctl.{party}.*"),
+        format!("hru.acc.*.{party}"),
     ];
     let mut chain = ChainHead::GENESIS;
     let mut used = Vec::new();

@@ -19,6 +19,15 @@ use hru_testkit::NatsServer;
 
 const CASE: &str = "0b5c2a576f0e4b529d7c2f3e8a1d4c10";
 
+/// The subject a party publishes a case event of type `t` under.
+fn case_subject(p: &PartyId, t: hru_domain::EventType) -> String {
+    if t == hru_domain::EventType::AccessLogged {
+        format!("hru.acc.{CASE}.{p}")
+    } else {
+        format!("hru.evt.{CASE}.{p}.{t}")
+    }
+}
+
 /// NATS subject matching (`*` one token, `>` the rest).
 fn matches(pattern: &str, subject: &str) -> bool {
     let p: Vec<&str> = pattern.split('.').collect();
@@ -194,7 +203,7 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
             .isa
             .produces(p)
             .filter(|t| t.has_case())
-            .map(|t| format!("hru.evt.{CASE}.{p}.{t}"))
+            .map(|t| case_subject(p, t))
             .collect();
         let audiences: BTreeSet<String> = w
             .isa
@@ -247,8 +256,8 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
             .produces(p)
             .find(|t| t.has_case())
             .expect("every party produces something");
-        row.push(js_publish(&client, &v, &format!("hru.evt.{CASE}.{p}.{own}")).await);
-        published.push(format!("hru.evt.{CASE}.{p}.{own}"));
+        row.push(js_publish(&client, &v, &case_subject(p, own)).await);
+        published.push(case_subject(p, own));
 
         // Allowed: read its view, which holds exactly the published subjects it is entitled to.
         let entitled: Vec<String> = w.isa.view_subjects(p);
@@ -319,7 +328,7 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
 
         // Refused paths.
         let foreign = w.isa.produces(other).find(|t| t.has_case()).expect("other produces");
-        row.push(js_publish(&client, &v, &format!("hru.evt.{CASE}.{other}.{foreign}")).await);
+        row.push(js_publish(&client, &v, &case_subject(other, foreign)).await);
         let not_mine = hru_domain::EventType::ALL
             .iter()
             .find(|t| t.has_case() && !w.isa.may_produce(p, **t))
@@ -419,7 +428,7 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
     let p = &w.secrets[0].party;
     let own = w.isa.produces(p).next().unwrap();
     assert_eq!(
-        js_publish(&client, &v, &format!("hru.evt.{CASE}.{p}.{own}")).await,
+        js_publish(&client, &v, &case_subject(p, own)).await,
         Outcome::Refused,
         "auditor publishes nothing"
     );

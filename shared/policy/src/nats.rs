@@ -66,7 +66,11 @@ impl CompiledIsa {
         let mut subjects = BTreeSet::new();
         for (producer, event_type, _, audience) in self.audiences() {
             if audience.contains(party) {
-                subjects.insert(format!("hru.evt.*.{producer}.{event_type}"));
+                subjects.insert(if event_type == hru_domain::EventType::AccessLogged {
+                    format!("hru.acc.*.{producer}")
+                } else {
+                    format!("hru.evt.*.{producer}.{event_type}")
+                });
                 subjects.insert(format!("hru.key.{producer}.{}", audience.id()));
             }
         }
@@ -79,7 +83,13 @@ impl CompiledIsa {
         let mut subjects: Vec<String> = self
             .produces(party)
             .filter(|t| t.has_case())
-            .map(|t| format!("hru.evt.*.{party}.{t}"))
+            .map(|t| {
+                if t == hru_domain::EventType::AccessLogged {
+                    format!("hru.acc.*.{party}")
+                } else {
+                    format!("hru.evt.*.{party}.{t}")
+                }
+            })
             .collect();
         subjects.push(format!("hru.key.{party}.*"));
         subjects.push(format!("hru.ctl.{party}.*"));

@@ -267,6 +267,16 @@ impl Projector {
         self.checkpoints.iter().copied().min().unwrap_or(0) + 1
     }
 
+    /// The reader's key ring (every grant fed so far).
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
+    }
+
+    /// The directory envelopes are verified with.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
     /// The projections.
     pub fn projections(&self) -> impl Iterator<Item = &dyn Projection> {
         self.projections.iter().map(AsRef::as_ref)

@@ -1,0 +1,106 @@
+//! The node's configuration: a TOML file, then `HRU_*` environment overrides, then checks that
+//! name the key at fault.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Environment override of `nats_url`.
+pub const ENV_NATS_URL: &str = "HRU_NATS_URL";
+/// Environment override of `listen`.
+pub const ENV_LISTEN: &str = "HRU_NODE_LISTEN";
+
+/// A node's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The party this node serves.
+    pub party: String,
+    /// Producer instance name of this node.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Directory with the party's secret key file.
+    pub keys_dir: PathBuf,
+    /// Directory with directory.toml and the agreements.
+    pub policies_dir: PathBuf,
+    /// Projection and producer stores.
+    pub data_dir: PathBuf,
+    /// NATS URL(s), comma-separated.
+    #[serde(default = "default_nats")]
+    pub nats_url: String,
+    /// gRPC listen address.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Mutual TLS files.
+    pub tls: TlsConfig,
+}
+
+/// Mutual TLS files (PEM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The deployment CA that issued every party's certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+fn default_instance() -> String {
+    "node-1".into()
+}
+fn default_nats() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_listen() -> String {
+    "127.0.0.1:7443".into()
+}
+
+/// A configuration error naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ConfigError {
+    /// File (or environment).
+    pub source_name: String,
+    /// What is wrong with which key.
+    pub message: String,
+}
+
+impl NodeConfig {
+    /// Parse `text` (from `source_name`), apply environment overrides, and check it.
+    pub fn load(text: &str, source_name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError {
+            source_name: source_name.to_owned(),
+            message: e.message().to_owned() + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+        })?;
+        if let Some(url) = env(ENV_NATS_URL) {
+            config.nats_url = url;
+        }
+        if let Some(listen) = env(ENV_LISTEN) {
+            config.listen = listen;
+        }
+        config.validate().map_err(|message| ConfigError {
+            source_name: source_name.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        hru_domain::PartyId::parse(&self.party, "party").map_err(|e| format!("key `party`: {}", e.problem))?;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("key `listen`: {:?} is not host:port", self.listen));
+        }
+        for (key, path) in [
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if !path.exists() {
+                return Err(format!("key `{key}`: {} does not exist", path.display()));
+            }
+        }
+        Ok(())
+    }
+}

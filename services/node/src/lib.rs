@@ -1,0 +1,178 @@
+//! A party's node (DESIGN §9, §10): folds the log into the party's projections and serves
+//! `CaseService` over gRPC with mutual TLS. The caller's party comes from its certificate;
+//! every call is checked against the agreement and logged as an AccessLogged event before the
+//! answer leaves; if the access log cannot be written, nothing is answered.
+
+mod case_service;
+pub mod config;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hru_domain::{PartyId, ProducerId};
+use hru_envelope::{Directory, KeyRing, PartySecrets};
+use hru_log::{EventLog, Producer};
+use hru_policy::PolicySet;
+use hru_projection::{CaseBoard, Projection, Projector, Store};
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+pub use case_service::CaseApi;
+pub use config::NodeConfig;
+
+/// Why the node stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Configuration, keys or policies are wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] hru_log::LogError),
+    /// The producer store failed.
+    #[error(transparent)]
+    Store(#[from] hru_log::StoreError),
+    /// The projection store failed.
+    #[error(transparent)]
+    Projection(#[from] hru_projection::ProjectionError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Server(String),
+}
+
+fn config_err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Config(e.to_string())
+}
+
+/// What every request handler shares.
+pub(crate) struct Shared {
+    pub(crate) party: PartyId,
+    pub(crate) directory: Directory,
+    pub(crate) policies: PolicySet,
+    pub(crate) log: EventLog,
+    pub(crate) producer: tokio::sync::Mutex<Producer>,
+    pub(crate) projector: Mutex<Projector>,
+}
+
+fn read(path: &std::path::Path) -> Result<String, NodeError> {
+    std::fs::read_to_string(path).map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Run the node until `shutdown` resolves: the projection loop and the gRPC server on
+/// `listener`; returns once both have stopped.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let party: PartyId = config.party.parse().map_err(config_err)?;
+    let directory_path = config.policies_dir.join("directory.toml");
+    let directory =
+        Directory::from_toml(&read(&directory_path)?, &directory_path.display().to_string()).map_err(config_err)?;
+    let policies = PolicySet::load_dir(&config.policies_dir, Some(&directory)).map_err(config_err)?;
+    let secret_path = config.keys_dir.join(format!("{party}.secret"));
+    let secrets =
+        PartySecrets::from_toml(&read(&secret_path)?, &secret_path.display().to_string()).map_err(config_err)?;
+    let log = EventLog::connect(&config.nats_url).await?;
+    let producer_id = ProducerId {
+        party: party.clone(),
+        instance: config.instance.clone(),
+    };
+    let producer = Producer::open(
+        &config.data_dir.join("producer"),
+        producer_id,
+        secrets.signing.clone(),
+        &log,
+        &directory,
+    )
+    .await?;
+    let projections: Vec<Box<dyn Projection>> = vec![Box::new(CaseBoard)];
+    let projector = Projector::new(
+        Store::open(&config.data_dir.join("projections"))?,
+        projections,
+        KeyRing::new(&secrets),
+        directory.clone(),
+    )?;
+    let shared = Arc::new(Shared {
+        party,
+        directory,
+        policies,
+        log,
+        producer: tokio::sync::Mutex::new(producer),
+        projector: Mutex::new(projector),
+    });
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
+        .client_ca_root(Certificate::from_pem(read(&config.tls.ca)?));
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<hru_wire::v1::case_service_server::CaseServiceServer<CaseApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hru_wire::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hru_wire::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let folding = tokio::spawn(fold_loop(shared.clone(), stop_rx.clone()));
+    let incoming = tokio_stream_of(listener);
+    let server = Server::builder()
+        .tls_config(tls)
+        .map_err(|e| NodeError::Server(e.to_string()))?
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(hru_wire::v1::case_service_server::CaseServiceServer::new(CaseApi::new(
+            shared.clone(),
+        )))
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let result = server.await.map_err(|e| NodeError::Server(e.to_string()));
+    let _ = stop_tx.send(true);
+    let _ = folding.await;
+    shared
+        .projector
+        .lock()
+        .map_err(|_| NodeError::Server("projector lock poisoned".into()))?
+        .store
+        .flush()?;
+    result
+}
+
+fn tokio_stream_of(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let next = listener.accept().await.map(|(stream, _)| stream);
+        Some((next, listener))
+    })
+}
+
+/// Fold new log entries into the projections until told to stop; the batch in hand finishes.
+async fn fold_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut next = 1;
+    loop {
+        match shared.log.replay(next, &[]).await {
+            Ok(entries) if !entries.is_empty() => {
+                next = entries.last().map_or(next, |e| e.sequence + 1);
+                let batch: Vec<(u64, &[u8])> = entries.iter().map(|e| (e.sequence, e.payload.as_ref())).collect();
+                let folded = shared.projector.lock().map(|mut p| p.feed(&batch));
+                if let Ok(Err(e)) | Err(e) =
+                    folded.map_err(|_| hru_projection::ProjectionError::Store("poisoned".into()))
+                {
+                    tracing::error!(cause = %e, "folding failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(cause = %e, "reading the log failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
