@@ -71,3 +71,82 @@ pub(crate) async fn verify(
         ExitCode::from(crate::EXIT_FINDINGS)
     })
 }
+
+/// `hru audit access --case C`: who consulted or disclosed the case, when, under which clause
+/// and purpose (read with the keys of a party the access records are shared with).
+pub(crate) async fn access(
+    nats: &str,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    case: &str,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    use hru_domain::{CaseEvent, CaseId, EventType, PartyId};
+    use hru_envelope::{KeyRing, verify};
+
+    let party: PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
+    let case: CaseId = case.parse().map_err(|e| anyhow::anyhow!("--case: {e}"))?;
+    let directory = policies::directory(policies_dir)?;
+    let secrets = crate::keys::load(keys_dir, &party)?;
+    let log = EventLog::connect(nats).await?;
+    let mut ring = KeyRing::new(&secrets);
+    let mut rows = Vec::new();
+    let mut unreadable = 0;
+    for e in log.replay(1, &["hru.key.>".to_owned(), "hru.acc.>".to_owned()]).await? {
+        let Ok(v) = verify(&e.payload, &directory) else {
+            continue;
+        };
+        if v.header.event_type == EventType::KeyGranted {
+            let _ = ring.ingest_grant(&v);
+            continue;
+        }
+        if v.header.event_type != EventType::AccessLogged {
+            continue;
+        }
+        let Some(Ok(CaseEvent::AccessLogged { core })) = hru_projection::open_typed(&ring.open(&v)) else {
+            continue;
+        };
+        let Some(access) = core else {
+            unreadable += 1;
+            continue;
+        };
+        let covers = v.header.case_id == Some(case) || access.case_ids.contains(&case.0);
+        if covers {
+            let at = jiff::Timestamp::from_millisecond(v.header.recorded_at_ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            rows.push((e.sequence, at, access, v.header.producer.to_string()));
+        }
+    }
+    for (sequence, at, a, logged_by) in &rows {
+        match format {
+            Format::Json => println!(
+                "{}",
+                json!({"sequence": sequence, "at": at, "party": a.party.as_str(), "person": a.person, "method": a.method,
+                       "sections": a.sections, "purpose": a.purpose, "clause": a.clause,
+                       "disclosed_to": a.disclosed_to.as_ref().map(ToString::to_string), "logged_by": logged_by})
+            ),
+            Format::Human => println!(
+                "{at}  {} ({}) {} {} — purpose {}, clause {}{}",
+                a.person,
+                a.party,
+                a.method,
+                a.sections.join(","),
+                a.purpose,
+                a.clause,
+                a.disclosed_to
+                    .as_ref()
+                    .map(|d| format!(", disclosed to {d}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    if format == Format::Human {
+        println!("{} access records for case {case}", rows.len());
+        if unreadable > 0 {
+            println!("({unreadable} access records are not shared with {party} and were not read)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -227,6 +227,21 @@ pub enum PolicyCommand {
 /// `hru audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    /// Who consulted or disclosed a case, when, under which clause and purpose.
+    Access {
+        /// The case.
+        #[arg(long)]
+        case: String,
+        /// A party the access records are shared with (the DPO's).
+        #[arg(long, default_value = "police-hru")]
+        party: String,
+        /// Directory with that party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Check signatures, chains, subjects and audiences; exit 0 clean, 1 with findings.
     Verify {
         /// First stream sequence.
@@ -361,6 +376,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit(AuditCommand::Verify { from, to, format }) => {
             audit::verify(&cli.nats, &cli.policies, from, to, format).await
         }
+        Command::Audit(AuditCommand::Access {
+            case,
+            party,
+            keys,
+            format,
+        }) => audit::access(&cli.nats, &cli.policies, &party, &keys, &case, format).await,
         Command::Project {
             party,
             keys,

@@ -1,0 +1,145 @@
+//! `hru node run` as a child process with certificates from `hru keys ca`/`cert`: a client
+//! with a police certificate lists the case board, and `hru audit access --case` shows who
+//! consulted the case, when and under which clause.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::World;
+use hru_wire::v1 as pb;
+use hru_wire::v1::case_service_client::CaseServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const PARTIES: [&str; 9] = [
+    "police-hru",
+    "police-control",
+    "victim-advocacy",
+    "probation",
+    "cwp",
+    "mersey-care",
+    "em-vendor",
+    "geofence",
+    "evaluation",
+];
+const AGREEMENT: &str = "../../policies/cheshire-hru.toml";
+const CASE: &str = "7d3c1a2b-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
+    let world = World::new(AGREEMENT, &PARTIES);
+    let d = |rel: &str| common::path(world.dir.path(), rel);
+    for args in [
+        vec!["keys", "ca", "--out", &d("ca")],
+        vec![
+            "keys",
+            "cert",
+            "--ca",
+            &d("ca"),
+            "--party",
+            "police-hru",
+            "--host",
+            "localhost",
+            "--out",
+            &d("certs"),
+        ],
+    ] {
+        let out = world.run(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let referral = format!(
+        r#"{{"caseId": "{CASE}", "referralReceived": {{"core": {{"subjectRef": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "behaviours": ["BEHAVIOUR_STALKING"], "area": "Nantwich", "receivedAtMs": "1795300000000"}}}}}}"#
+    );
+    assert!(
+        world
+            .append("police-hru", &world.event("referral.json", &referral))
+            .status
+            .success()
+    );
+
+    let port = free_port();
+    let config = format!(
+        "party = \"police-hru\"\nkeys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        d("keys"),
+        d("policies"),
+        d("node-data"),
+        d("ca/ca.pem"),
+        d("certs/police-hru.pem"),
+        d("certs/police-hru.key"),
+    );
+    std::fs::write(world.dir.path().join("node.toml"), config).unwrap();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_hru"))
+        .args(["node", "run", "--config", &d("node.toml")])
+        .env("HRU_NATS_URL", world.nats.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rows = rt.block_on(async {
+        let ca = std::fs::read_to_string(d("ca/ca.pem")).unwrap();
+        let cert = std::fs::read_to_string(d("certs/police-hru.pem")).unwrap();
+        let key = std::fs::read_to_string(d("certs/police-hru.key")).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name("localhost");
+        for _ in 0..100 {
+            let Ok(endpoint) = Channel::from_shared(format!("https://127.0.0.1:{port}"))
+                .unwrap()
+                .tls_config(tls.clone())
+            else {
+                break;
+            };
+            if let Ok(channel) = endpoint.connect().await {
+                let mut client = CaseServiceClient::new(channel);
+                let mut request = tonic::Request::new(pb::ListCasesRequest {
+                    view: "case-board".into(),
+                    purpose: "risk-management".into(),
+                });
+                request
+                    .metadata_mut()
+                    .insert("x-hru-person", "DS Morgan".parse().unwrap());
+                if let Ok(r) = client.list_cases(request).await
+                    && !r.get_ref().rows.is_empty()
+                {
+                    return r.into_inner().rows;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Vec::new()
+    });
+    node.kill().unwrap();
+    node.wait().unwrap();
+    assert_eq!(rows.len(), 1, "the node lists the case");
+    assert!(rows[0].json.contains("Nantwich"));
+
+    let out = world.run(&["audit", "access", "--case", CASE, "--keys", &d("keys")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("DS Morgan (police-hru) CaseService/ListCases case-board — purpose risk-management, clause 10.1"),
+        "{text}"
+    );
+}
