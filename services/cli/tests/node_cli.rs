@@ -1,5 +1,7 @@
 //! `hru node run` as a child process with certificates from `hru keys ca`/`cert`: a client
-//! with a police certificate lists the case board, and `hru audit access --case` shows who
+//! with a police certificate lists the case board; a Python grpcio client with a certificate
+//! gets answers, without one or with another party's is refused, and reflection lists the
+//! services; and `hru audit access --case` shows who
 //! consulted the case, when and under which clause.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
@@ -27,6 +29,67 @@ const PARTIES: [&str; 9] = [
 ];
 const AGREEMENT: &str = "../../policies/cheshire-hru.toml";
 const CASE: &str = "7d3c1a2b-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+
+/// Run the grpcio client (installed by scripts/tools.sh) against the node; its JSON answer.
+fn python_client(world: &World, port: u16) -> serde_json::Value {
+    let d = |rel: &str| common::path(world.dir.path(), rel);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".tools/venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/tools.sh", python.display());
+    let stubs = d("python-stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let protos: Vec<String> = ["envelope", "events", "positions", "services"]
+        .iter()
+        .map(|p| root.join(format!("proto/hru/v1/{p}.proto")).display().to_string())
+        .collect();
+    let stubs_made = Command::new(&python)
+        .args([
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            &root.join("proto").display().to_string(),
+        ])
+        .args([format!("--python_out={stubs}"), format!("--grpc_python_out={stubs}")])
+        .args(&protos)
+        .output()
+        .unwrap();
+    assert!(
+        stubs_made.status.success(),
+        "protoc for Python: {}",
+        String::from_utf8_lossy(&stubs_made.stderr)
+    );
+    let out = world.run(&[
+        "keys",
+        "cert",
+        "--ca",
+        &d("ca"),
+        "--party",
+        "em-vendor",
+        "--out",
+        &d("certs"),
+    ]);
+    assert!(out.status.success());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
+    let run = Command::new(&python)
+        .arg(script)
+        .args([
+            stubs,
+            format!("127.0.0.1:{port}"),
+            d("ca/ca.pem"),
+            d("certs/police-hru.pem"),
+            d("certs/police-hru.key"),
+        ])
+        .args([d("certs/em-vendor.pem"), d("certs/em-vendor.key")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "python client: {text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_str(text.trim()).unwrap()
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -130,9 +193,26 @@ fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
         }
         Vec::new()
     });
+    let python = python_client(&world, port);
     node.kill().unwrap();
     node.wait().unwrap();
     assert_eq!(rows.len(), 1, "the node lists the case");
+    assert_eq!(python["with_certificate"]["ok"], true, "{python}");
+    assert_eq!(python["with_certificate"]["rows"], 1, "{python}");
+    assert_eq!(python["without_certificate"]["ok"], false, "{python}");
+    assert_eq!(
+        python["with_another_partys_certificate"]["code"], "PERMISSION_DENIED",
+        "{python}"
+    );
+    let services: Vec<&str> = python["reflection"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for want in ["hru.v1.CaseService", "grpc.health.v1.Health"] {
+        assert!(services.contains(&want), "reflection lists {want}: {services:?}");
+    }
     assert!(rows[0].json.contains("Nantwich"));
 
     let out = world.run(&["audit", "access", "--case", CASE, "--keys", &d("keys")]);

@@ -111,12 +111,10 @@ pub async fn run(
     health_reporter
         .set_serving::<hru_wire::v1::case_service_server::CaseServiceServer<CaseApi>>()
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hru_wire::FILE_DESCRIPTOR_SET)
+    let reflection_v1 = reflection_builder()
         .build_v1()
         .map_err(|e| NodeError::Server(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hru_wire::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(|e| NodeError::Server(e.to_string()))?;
 
@@ -143,6 +141,15 @@ pub async fn run(
         .store
         .flush()?;
     result
+}
+
+/// Reflection advertising exactly the services this node serves.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hru_wire::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("hru.v1.CaseService")
+        .with_service_name("grpc.health.v1.Health")
 }
 
 fn tokio_stream_of(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {

@@ -71,10 +71,14 @@ impl Projection for CaseBoard {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
+        // Access records are not case activity (and a list query's record names no single case).
+        if e.header.event_type == hru_domain::EventType::AccessLogged {
+            return Vec::new();
+        }
         let Some(case) = e.header.case_id else {
             return Vec::new();
         };
