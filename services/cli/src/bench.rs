@@ -170,6 +170,43 @@ impl Setup {
     }
 }
 
+/// A local setup with the event log on it and a producer writing to it.
+struct BenchLog {
+    setup: Setup,
+    log: hru_log::EventLog,
+    atomic: bool,
+    _store: tempfile::TempDir,
+    producer: hru_log::Producer,
+}
+
+impl BenchLog {
+    async fn start(cast: &Cast, nodes: usize, sync_always: bool) -> anyhow::Result<Self> {
+        let setup = Setup::start(nodes, sync_always)?;
+        let log = hru_log::EventLog::open(&setup.url(), None, nodes).await?;
+        let atomic = log.atomic_batches().await;
+        let store = tempfile::tempdir()?;
+        let producer_id = ProducerId {
+            party: cast.police.party.clone(),
+            instance: "bench".into(),
+        };
+        let producer = hru_log::Producer::open(
+            store.path(),
+            producer_id,
+            cast.police.signing.clone(),
+            &log,
+            &cast.directory,
+        )
+        .await?;
+        Ok(Self {
+            setup,
+            log,
+            atomic,
+            _store: store,
+            producer,
+        })
+    }
+}
+
 /// The setups of DESIGN §8: one node and a 3-node R3 cluster, synced always and by default.
 const SETUPS: [(usize, bool); 4] = [(1, true), (1, false), (3, true), (3, false)];
 
@@ -290,22 +327,13 @@ pub(crate) async fn ingest(events: usize, group: usize, format: Format) -> anyho
         );
     }
     for (nodes, sync_always) in SETUPS {
-        let setup = Setup::start(nodes, sync_always)?;
-        let log = hru_log::EventLog::open(&setup.url(), None, nodes).await?;
-        let atomic = log.atomic_batches().await;
-        let store = tempfile::tempdir()?;
-        let producer_id = ProducerId {
-            party: cast.police.party.clone(),
-            instance: "bench".into(),
-        };
-        let mut producer = hru_log::Producer::open(
-            store.path(),
-            producer_id,
-            cast.police.signing.clone(),
-            &log,
-            &cast.directory,
-        )
-        .await?;
+        let BenchLog {
+            setup,
+            log,
+            atomic,
+            _store,
+            mut producer,
+        } = BenchLog::start(&cast, nodes, sync_always).await?;
         // Seal the next group on a blocking thread while the current one is published.
         let policy = std::sync::Arc::new(policy.clone());
         let directory = std::sync::Arc::new(cast.directory.clone());
@@ -416,22 +444,13 @@ pub(crate) async fn replay(events: usize, format: Format) -> anyhow::Result<Exit
     }
     let mut rebuild_line = None;
     for (nodes, sync_always) in SETUPS {
-        let setup = Setup::start(nodes, sync_always)?;
-        let log = hru_log::EventLog::open(&setup.url(), None, nodes).await?;
-        let atomic = log.atomic_batches().await;
-        let store = tempfile::tempdir()?;
-        let producer_id = ProducerId {
-            party: cast.police.party.clone(),
-            instance: "bench".into(),
-        };
-        let mut producer = hru_log::Producer::open(
-            store.path(),
-            producer_id,
-            cast.police.signing.clone(),
-            &log,
-            &cast.directory,
-        )
-        .await?;
+        let BenchLog {
+            setup: _setup,
+            log,
+            atomic,
+            _store,
+            mut producer,
+        } = BenchLog::start(&cast, nodes, sync_always).await?;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let case = CaseId::random();
         let mut appended = 0;

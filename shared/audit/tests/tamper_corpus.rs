@@ -7,17 +7,15 @@
 use std::collections::BTreeSet;
 
 use async_nats::jetstream;
-use ed25519_dalek::Signer as _;
 use hru_audit::{Auditor, FindingKind};
 use hru_domain::{CaseId, ProducerId, split_draft};
-use hru_envelope::fixture::{Cast, party_secrets};
-use hru_envelope::{SIGNATURE_DOMAIN, SealedEnvelope, Sealer, key_id};
+use hru_envelope::fixture::{Cast, party_secrets, resign};
+use hru_envelope::{SealedEnvelope, Sealer, key_id};
 use hru_log::EventLog;
 use hru_policy::{CompiledIsa, PolicySet};
 use hru_testkit::NatsServer;
 use hru_wire::v1 as pb;
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 
 const AGREEMENT: &str = include_str!("../../../services/cli/tests/data/round-trip.toml");
 const NOW: i64 = 1_795_000_000_000;
@@ -58,32 +56,6 @@ fn seal_n(sealer: &mut Sealer, cast: &Cast, isa: &CompiledIsa, n: u32, case: Cas
         );
     }
     out
-}
-
-fn resign(bytes: &[u8], key: &ed25519_dalek::SigningKey, header: Option<Vec<u8>>) -> Vec<u8> {
-    let mut env = pb::Envelope::decode(bytes).unwrap();
-    if let Some(h) = header {
-        env.header = h;
-    }
-    let mut h = Sha256::new();
-    h.update(SIGNATURE_DOMAIN);
-    let put = |h: &mut Sha256, b: &[u8]| {
-        h.update((b.len() as u64).to_be_bytes());
-        h.update(b);
-    };
-    put(&mut h, &env.header);
-    put(&mut h, &env.body);
-    h.update((env.sections.len() as u64).to_be_bytes());
-    for s in &env.sections {
-        put(&mut h, s.name.as_bytes());
-        put(&mut h, s.audience.as_bytes());
-        h.update(s.epoch.to_be_bytes());
-        put(&mut h, &s.nonce);
-        put(&mut h, &s.ciphertext);
-    }
-    let digest: [u8; 32] = h.finalize().into();
-    env.signature = key.sign(&digest).to_bytes().to_vec();
-    env.encode_to_vec()
 }
 
 /// Publish raw (subject, bytes) to a fresh server's HRU_EVENTS and audit it.
@@ -220,7 +192,11 @@ async fn each_mutation_is_found_with_its_kind() {
     let mut header =
         pb::EventHeader::decode(pb::Envelope::decode(m[last].1.as_slice()).unwrap().header.as_slice()).unwrap();
     header.key_id = key_id(intruder.signing.verifying_key().as_bytes()).0.to_vec();
-    m[last].1 = resign(&m[last].1, &intruder.signing, Some(header.encode_to_vec()));
+    let forged = pb::Envelope {
+        header: header.encode_to_vec(),
+        ..pb::Envelope::decode(m[last].1.as_slice()).unwrap()
+    };
+    m[last].1 = resign(&forged, &intruder.signing);
     matrix.push((
         "forged signature (key not in the directory)",
         audit(&cast, &policies, &m).await.1,

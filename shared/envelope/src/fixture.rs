@@ -215,3 +215,15 @@ pub fn seed_envelopes() -> Vec<crate::SealedEnvelope> {
     }
     out
 }
+
+/// Sign an envelope's content again with `key`, as whoever holds that key could (for tamper
+/// tests: a legitimate signature over altered content, or a foreign key's signature).
+pub fn resign(env: &hru_wire::v1::Envelope, key: &SigningKey) -> Vec<u8> {
+    use ed25519_dalek::Signer as _;
+    let digest = crate::primitives::envelope_digest(&env.header, &env.body, &env.sections);
+    let signed = hru_wire::v1::Envelope {
+        signature: key.sign(&digest.0).to_bytes().to_vec(),
+        ..env.clone()
+    };
+    prost::Message::encode_to_vec(&signed)
+}

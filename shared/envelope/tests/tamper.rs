@@ -2,14 +2,12 @@
 //! keys and misaddressed key grants are each refused with their specific error.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use ed25519_dalek::{Signer as _, SigningKey};
 use hru_domain::{CaseId, EventType, ProducerId, split_draft};
-use hru_envelope::fixture::{Cast, party_secrets};
-use hru_envelope::{KeyRing, OpenError, SIGNATURE_DOMAIN, SealedEnvelope, Sealer, key_id, verify};
+use hru_envelope::fixture::{Cast, party_secrets, resign};
+use hru_envelope::{KeyRing, OpenError, SealedEnvelope, Sealer, key_id, verify};
 use hru_wire::v1 as pb;
 use proptest::prelude::*;
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 
 const NOW: i64 = 1_795_000_000_000;
 
@@ -65,32 +63,6 @@ fn police(cast: &Cast) -> ProducerId {
         party: cast.police.party.clone(),
         instance: "node-1".into(),
     }
-}
-
-/// Re-sign an envelope's content with `key` (as a producer holding that key could).
-fn resign(env: &pb::Envelope, key: &SigningKey) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(SIGNATURE_DOMAIN);
-    let put = |h: &mut Sha256, b: &[u8]| {
-        h.update((b.len() as u64).to_be_bytes());
-        h.update(b);
-    };
-    put(&mut h, &env.header);
-    put(&mut h, &env.body);
-    h.update((env.sections.len() as u64).to_be_bytes());
-    for s in &env.sections {
-        put(&mut h, s.name.as_bytes());
-        put(&mut h, s.audience.as_bytes());
-        h.update(s.epoch.to_be_bytes());
-        put(&mut h, &s.nonce);
-        put(&mut h, &s.ciphertext);
-    }
-    let digest: [u8; 32] = h.finalize().into();
-    pb::Envelope {
-        signature: key.sign(&digest).to_bytes().to_vec(),
-        ..env.clone()
-    }
-    .encode_to_vec()
 }
 
 fn decode(bytes: &[u8]) -> pb::Envelope {
