@@ -11,7 +11,7 @@ NATS_SERVER="$ROOT/.tools/venv/bin/nats-server"
 
 echo "== building hru =="
 cargo build --release --quiet -p hru-cli
-HRU="$ROOT/target/release/hru"
+HRU="${CARGO_TARGET_DIR:-$ROOT/target}/release/hru"
 
 WORK="$(mktemp -d)"
 NATS_PID=""
