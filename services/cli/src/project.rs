@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use hru_domain::PartyId;
 use hru_envelope::KeyRing;
 use hru_log::EventLog;
-use hru_projection::{CaseBoard, Projection, Projector, Store};
+use hru_projection::{CaseBoard, Projection, Projector, ReviewSchedule, Store};
 
 use crate::{keys, policies};
 
@@ -16,7 +16,7 @@ use crate::{keys, policies};
 const BATCH: usize = 256;
 
 fn all_projections() -> Vec<Box<dyn Projection>> {
-    vec![Box::new(CaseBoard)]
+    vec![Box::new(CaseBoard), Box::new(ReviewSchedule)]
 }
 
 /// Fold the log into the store at `store_dir` as `party`; `wipe` rebuilds from sequence 1.

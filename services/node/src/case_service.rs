@@ -321,9 +321,20 @@ impl pb::case_service_server::CaseService for CaseApi {
                     .into_iter()
                     .filter_map(|r| to_row(&r.case_id.clone(), serde_json::to_string(&r).unwrap_or_default()))
                     .collect(),
+                "review-schedule" => {
+                    let now = jiff::Timestamp::now().as_millisecond();
+                    hru_projection::review_schedule(&projector.store)
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .into_iter()
+                        .filter_map(|r| {
+                            let row = serde_json::json!({"review": &r, "status": r.status(now)});
+                            to_row(&r.case_id.clone(), row.to_string())
+                        })
+                        .collect()
+                }
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "field `view`: {other:?} is not a view; use \"case-board\" or \"screening-queue\""
+                        "field `view`: {other:?} is not a view; use \"case-board\", \"screening-queue\" or \"review-schedule\""
                     )));
                 }
             }

@@ -15,7 +15,7 @@ use hru_domain::{PartyId, ProducerId};
 use hru_envelope::{Directory, KeyRing, PartySecrets};
 use hru_log::{EventLog, Producer};
 use hru_policy::PolicySet;
-use hru_projection::{CaseBoard, Projection, Projector, Store};
+use hru_projection::{CaseBoard, Projection, Projector, ReviewSchedule, Store};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -88,7 +88,7 @@ pub async fn run(
         &directory,
     )
     .await?;
-    let projections: Vec<Box<dyn Projection>> = vec![Box::new(CaseBoard)];
+    let projections: Vec<Box<dyn Projection>> = vec![Box::new(CaseBoard), Box::new(ReviewSchedule)];
     let projector = Projector::new(
         Store::open(&config.data_dir.join("projections"))?,
         projections,

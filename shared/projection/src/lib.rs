@@ -5,7 +5,9 @@
 //! state.
 
 mod case_board;
+mod reviews;
 mod store;
 
 pub use case_board::{CaseBoard, CaseRow, ScreeningItem, screening_queue};
+pub use reviews::{DUE_WINDOW_MS, REVIEWS, ReviewSchedule, ReviewStatus, ScheduledReview, review_schedule};
 pub use store::{Applied, Projection, ProjectionError, Projector, Reader, Store, Write, open_typed};
