@@ -164,59 +164,13 @@ pub fn screening_queue(store: &Store, now_ms: i64) -> Result<Vec<ScreeningItem>,
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use hru_domain::{CaseId, Digest, EventHeader, EventId, EventType, KeyId, ProducerId, Referral, Screening};
+    use hru_domain::{CaseId, EventType, Referral, Screening};
 
     use super::*;
+    use crate::given::{Mem, header};
 
-    struct Mem(BTreeMap<Vec<u8>, Vec<u8>>);
-
-    impl Reader for Mem {
-        fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-            self.0.get(key).cloned()
-        }
-    }
-
-    fn header(case: CaseId, event_type: EventType, at: i64) -> EventHeader {
-        EventHeader {
-            event_id: EventId::new_v7(),
-            event_type,
-            case_id: Some(case),
-            producer: ProducerId {
-                party: "police-hru".parse().unwrap_or_else(|_| unreachable!()),
-                instance: "n".into(),
-            },
-            key_id: KeyId([0; 8]),
-            producer_seq: 1,
-            prev_digest: Digest::ZERO,
-            occurred_at_ms: at,
-            recorded_at_ms: at,
-            policy_id: "p".into(),
-            policy_version: 1,
-            schema: 1,
-        }
-    }
-
-    /// Given these events, the state after folding them.
-    fn fold(events: &[(EventHeader, CaseEvent)]) -> Mem {
-        let mut mem = Mem(BTreeMap::new());
-        for (i, (h, e)) in events.iter().enumerate() {
-            for w in CaseBoard.apply(
-                &mem,
-                &Applied {
-                    sequence: i as u64 + 1,
-                    header: h,
-                    event: e,
-                },
-            ) {
-                match w {
-                    Write::Put(k, v) => mem.0.insert(k, v),
-                    Write::Delete(k) => mem.0.remove(&k),
-                };
-            }
-        }
-        mem
+    fn fold(events: &[(hru_domain::EventHeader, CaseEvent)]) -> Mem {
+        crate::given::fold(&CaseBoard, events)
     }
 
     fn referral(stalking: bool, out_of_hours: bool, at: i64) -> CaseEvent {

@@ -5,6 +5,8 @@
 //! state.
 
 mod case_board;
+#[cfg(test)]
+mod given;
 mod reviews;
 mod store;
 

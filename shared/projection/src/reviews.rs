@@ -127,57 +127,20 @@ pub fn review_schedule(store: &Store) -> Result<Vec<ScheduledReview>, crate::Pro
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use hru_domain::{CaseId, Digest, EventHeader, EventId, EventType, Intervention, KeyId, ProducerId, Review};
+    use hru_domain::{CaseId, EventHeader, EventType, Intervention, Review};
 
     use super::*;
 
-    struct Mem(BTreeMap<Vec<u8>, Vec<u8>>);
-
-    impl Reader for Mem {
-        fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-            self.0.get(key).cloned()
-        }
-    }
-
     fn header(case: CaseId, t: EventType) -> EventHeader {
-        EventHeader {
-            event_id: EventId::new_v7(),
-            event_type: t,
-            case_id: Some(case),
-            producer: ProducerId {
-                party: "cwp".parse().unwrap_or_else(|_| unreachable!()),
-                instance: "n".into(),
-            },
-            key_id: KeyId([0; 8]),
-            producer_seq: 1,
-            prev_digest: Digest::ZERO,
-            occurred_at_ms: 1,
-            recorded_at_ms: 1,
-            policy_id: "p".into(),
-            policy_version: 1,
-            schema: 1,
-        }
+        crate::given::header(case, t, 1)
     }
 
     fn fold(events: &[(EventHeader, CaseEvent)]) -> Vec<ScheduledReview> {
-        let mut mem = Mem(BTreeMap::new());
-        for (i, (h, e)) in events.iter().enumerate() {
-            for w in ReviewSchedule.apply(
-                &mem,
-                &Applied {
-                    sequence: i as u64 + 1,
-                    header: h,
-                    event: e,
-                },
-            ) {
-                if let Write::Put(k, v) = w {
-                    mem.0.insert(k, v);
-                }
-            }
-        }
-        mem.0.values().filter_map(|v| serde_json::from_slice(v).ok()).collect()
+        crate::given::fold(&ReviewSchedule, events)
+            .0
+            .values()
+            .filter_map(|v| serde_json::from_slice(v).ok())
+            .collect()
     }
 
     const JAN_15_2027: i64 = 1_800_000_000_000; // 2027-01-15T08:00:00Z
