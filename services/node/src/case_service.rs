@@ -131,9 +131,49 @@ fn case_id(bytes: &[u8]) -> Result<CaseId, Status> {
     CaseId::from_wire(bytes, "case_id").map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+impl CaseApi {
+    /// Count a call and its latency under its method and outcome.
+    fn observe<T>(&self, method: &str, start: std::time::Instant, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => "Ok".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.shared.metrics.request(method, &code, start.elapsed());
+    }
+}
+
 #[tonic::async_trait]
 impl pb::case_service_server::CaseService for CaseApi {
     async fn record_event(
+        &self,
+        request: Request<pb::RecordEventRequest>,
+    ) -> Result<Response<pb::RecordEventResponse>, Status> {
+        let start = std::time::Instant::now();
+        let result = self.record_event_inner(request).await;
+        self.observe("CaseService/RecordEvent", start, &result);
+        result
+    }
+
+    async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
+        let start = std::time::Instant::now();
+        let result = self.get_case_inner(request).await;
+        self.observe("CaseService/GetCase", start, &result);
+        result
+    }
+
+    async fn list_cases(
+        &self,
+        request: Request<pb::ListCasesRequest>,
+    ) -> Result<Response<pb::ListCasesResponse>, Status> {
+        let start = std::time::Instant::now();
+        let result = self.list_cases_inner(request).await;
+        self.observe("CaseService/ListCases", start, &result);
+        result
+    }
+}
+
+impl CaseApi {
+    async fn record_event_inner(
         &self,
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
@@ -212,7 +252,10 @@ impl pb::case_service_server::CaseService for CaseApi {
         }))
     }
 
-    async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
+    async fn get_case_inner(
+        &self,
+        request: Request<pb::GetCaseRequest>,
+    ) -> Result<Response<pb::GetCaseResponse>, Status> {
         let (party, person) = Self::caller(&request)?;
         let pb::GetCaseRequest {
             case_id: case_bytes,
@@ -296,7 +339,7 @@ impl pb::case_service_server::CaseService for CaseApi {
         Ok(Response::new(pb::GetCaseResponse { events, version }))
     }
 
-    async fn list_cases(
+    async fn list_cases_inner(
         &self,
         request: Request<pb::ListCasesRequest>,
     ) -> Result<Response<pb::ListCasesResponse>, Status> {

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     /// gRPC listen address.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Prometheus metrics listen address (`GET /metrics`); none: no metrics endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// Mutual TLS files.
     pub tls: TlsConfig,
 }
@@ -89,6 +92,11 @@ impl NodeConfig {
 
     fn validate(&self) -> Result<(), String> {
         hru_domain::PartyId::parse(&self.party, "party").map_err(|e| format!("key `party`: {}", e.problem))?;
+        if let Some(m) = &self.metrics_listen
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!("key `metrics_listen`: {m:?} is not host:port"));
+        }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("key `listen`: {:?} is not host:port", self.listen));
         }

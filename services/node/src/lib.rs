@@ -5,6 +5,7 @@
 
 mod case_service;
 pub mod config;
+pub mod metrics;
 pub mod tls;
 
 use std::future::Future;
@@ -54,6 +55,7 @@ pub(crate) struct Shared {
     pub(crate) log: EventLog,
     pub(crate) producer: tokio::sync::Mutex<Producer>,
     pub(crate) projector: Mutex<Projector>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
 }
 
 fn read(path: &std::path::Path) -> Result<String, NodeError> {
@@ -102,6 +104,7 @@ pub async fn run(
         log,
         producer: tokio::sync::Mutex::new(producer),
         projector: Mutex::new(projector),
+        metrics: Arc::new(metrics::Metrics::default()),
     });
 
     let tls = ServerTlsConfig::new()
@@ -120,6 +123,19 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let folding = tokio::spawn(fold_loop(shared.clone(), stop_rx.clone()));
+    let metrics_server = match &config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| NodeError::Config(format!("metrics_listen {addr}: {e}")))?;
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                shared.metrics.clone(),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let incoming = tokio_stream_of(listener);
     let server = Server::builder()
         .tls_config(tls)
@@ -134,6 +150,9 @@ pub async fn run(
     let result = server.await.map_err(|e| NodeError::Server(e.to_string()));
     let _ = stop_tx.send(true);
     let _ = folding.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     shared
         .projector
         .lock()
@@ -166,8 +185,12 @@ async fn fold_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<b
         match shared.log.replay(next, &[]).await {
             Ok(entries) if !entries.is_empty() => {
                 next = entries.last().map_or(next, |e| e.sequence + 1);
+                shared.metrics.head(next - 1);
                 let batch: Vec<(u64, &[u8])> = entries.iter().map(|e| (e.sequence, e.payload.as_ref())).collect();
                 let folded = shared.projector.lock().map(|mut p| p.feed(&batch));
+                if matches!(folded, Ok(Ok(()))) {
+                    shared.metrics.folded(batch.len() as u64, next - 1);
+                }
                 if let Ok(Err(e)) | Err(e) =
                     folded.map_err(|_| hru_projection::ProjectionError::Store("poisoned".into()))
                 {

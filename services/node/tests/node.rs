@@ -38,6 +38,7 @@ struct World {
     secrets: Vec<PartySecrets>,
     log: EventLog,
     addr: std::net::SocketAddr,
+    metrics_port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     node: Option<tokio::task::JoinHandle<Result<(), hru_node::NodeError>>>,
 }
@@ -72,8 +73,13 @@ async fn world() -> World {
     ] {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config_text = format!(
-        "party = \"police-hru\"\nkeys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nnats_url = {:?}\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        "party = \"police-hru\"\nkeys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nnats_url = {:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
         keys.display().to_string(),
         policies.display().to_string(),
         dir.path().join("data").display().to_string(),
@@ -98,6 +104,7 @@ async fn world() -> World {
         secrets,
         log,
         addr,
+        metrics_port,
         stop: Some(stop_tx),
         node: Some(node),
     }
@@ -374,5 +381,35 @@ async fn the_node_answers_its_parties_and_logs_every_access() {
     let get = &logged[list_calls];
     assert_eq!(get.method, "CaseService/GetCase");
     assert_eq!((get.clause.as_str(), get.purpose.as_str()), ("10.1", "risk-management"));
+    // Prometheus metrics: calls by method and outcome, events folded, lag.
+    let metrics = {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", w.metrics_port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "hru_node_requests_total{{method=\"CaseService/ListCases\",code=\"Ok\"}} {list_calls}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hru_node_requests_total{method=\"CaseService/RecordEvent\",code=\"Aborted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hru_node_request_seconds_count{method=\"CaseService/GetCase\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("hru_node_events_folded_total 0\n"), "{metrics}");
     w.stop().await;
 }
