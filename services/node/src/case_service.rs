@@ -1,6 +1,7 @@
 //! `CaseService`: typed commands sealed and appended, queries answered from projections; every
 //! call checked against the agreement and access-logged before it answers.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use hru_domain::{CaseEvent, CaseId, EventType, PartyId, split_draft};
@@ -132,13 +133,16 @@ fn case_id(bytes: &[u8]) -> Result<CaseId, Status> {
 }
 
 impl CaseApi {
-    /// Count a call and its latency under its method and outcome.
-    fn observe<T>(&self, method: &str, start: std::time::Instant, result: &Result<T, Status>) {
-        let code = match result {
+    /// Run one call, counting it and its latency under its method and outcome.
+    async fn timed<T>(&self, method: &str, call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+        let start = std::time::Instant::now();
+        let result = call.await;
+        let code = match &result {
             Ok(_) => "Ok".to_owned(),
             Err(s) => format!("{:?}", s.code()),
         };
         self.shared.metrics.request(method, &code, start.elapsed());
+        result
     }
 }
 
@@ -148,27 +152,20 @@ impl pb::case_service_server::CaseService for CaseApi {
         &self,
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
-        let start = std::time::Instant::now();
-        let result = self.record_event_inner(request).await;
-        self.observe("CaseService/RecordEvent", start, &result);
-        result
+        self.timed("CaseService/RecordEvent", self.record_event_inner(request))
+            .await
     }
 
     async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
-        let start = std::time::Instant::now();
-        let result = self.get_case_inner(request).await;
-        self.observe("CaseService/GetCase", start, &result);
-        result
+        self.timed("CaseService/GetCase", self.get_case_inner(request)).await
     }
 
     async fn list_cases(
         &self,
         request: Request<pb::ListCasesRequest>,
     ) -> Result<Response<pb::ListCasesResponse>, Status> {
-        let start = std::time::Instant::now();
-        let result = self.list_cases_inner(request).await;
-        self.observe("CaseService/ListCases", start, &result);
-        result
+        self.timed("CaseService/ListCases", self.list_cases_inner(request))
+            .await
     }
 }
 
@@ -270,6 +267,7 @@ impl CaseApi {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut events = Vec::new();
+        let isa = self.agreement()?;
         {
             let projector = self
                 .shared
@@ -285,7 +283,6 @@ impl CaseApi {
                 }
                 let opened = projector.ring().open(&v);
                 // Only what the agreement lets the caller see of this node's view.
-                let isa = self.agreement()?;
                 let sections = opened
                     .sections
                     .into_iter()

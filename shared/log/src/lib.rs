@@ -104,47 +104,45 @@ pub async fn party_consumer(
 /// Refuse a consumer whose server-side config differs from what was asked (a server that
 /// silently drops a field it does not know would otherwise widen what a party reads).
 fn check_consumer(asked: &consumer::pull::Config, got: &consumer::Config) -> Result<(), LogError> {
-    let differs = |field: &'static str, a: String, g: String| {
-        Err(LogError::JetStream {
-            operation: "check consumer",
-            reason: format!("{field}: asked {a}, server has {g}"),
-        })
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
     };
-    if asked.durable_name != got.durable_name {
-        return differs(
+    let fields = [
+        (
             "durable_name",
             format!("{:?}", asked.durable_name),
             format!("{:?}", got.durable_name),
-        );
-    }
-    if asked.filter_subject != got.filter_subject {
-        return differs(
+        ),
+        (
             "filter_subject",
             asked.filter_subject.clone(),
             got.filter_subject.clone(),
-        );
-    }
-    let (mut a, mut g) = (asked.filter_subjects.clone(), got.filter_subjects.clone());
-    a.sort();
-    g.sort();
-    if a != g {
-        return differs("filter_subjects", format!("{a:?}"), format!("{g:?}"));
-    }
-    if asked.ack_policy != got.ack_policy {
-        return differs(
+        ),
+        (
+            "filter_subjects",
+            format!("{:?}", sorted(&asked.filter_subjects)),
+            format!("{:?}", sorted(&got.filter_subjects)),
+        ),
+        (
             "ack_policy",
             format!("{:?}", asked.ack_policy),
             format!("{:?}", got.ack_policy),
-        );
-    }
-    if asked.deliver_policy != got.deliver_policy {
-        return differs(
+        ),
+        (
             "deliver_policy",
             format!("{:?}", asked.deliver_policy),
             format!("{:?}", got.deliver_policy),
-        );
+        ),
+    ];
+    match fields.into_iter().find(|(_, a, g)| a != g) {
+        Some((field, a, g)) => Err(LogError::JetStream {
+            operation: "check consumer",
+            reason: format!("{field}: asked {a}, server has {g}"),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Why an append did not land; each variant says what the caller should do.
