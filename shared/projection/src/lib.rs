@@ -4,12 +4,18 @@
 //! event twice or skips one. A digest over keys and values proves a rebuild equals the live
 //! state.
 
+mod advocacy;
 mod case_board;
+mod evaluation;
 #[cfg(test)]
 mod given;
+mod probation;
 mod reviews;
 mod store;
 
+pub use advocacy::{Advocacy, AdvocacyRow, ContactDue, PlanSummary, VictimAlert, advocacy_rows, working_days_after};
 pub use case_board::{CaseBoard, CaseRow, ScreeningItem, screening_queue};
+pub use evaluation::{Evaluation, OutcomeRow, outcome_rows};
+pub use probation::{ProbationCaseload, ProbationRow, RiskChange, probation_caseload};
 pub use reviews::{DUE_WINDOW_MS, REVIEWS, ReviewSchedule, ReviewStatus, ScheduledReview, review_schedule};
 pub use store::{Applied, Projection, ProjectionError, Projector, Reader, Store, Write, open_typed};

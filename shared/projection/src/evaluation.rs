@@ -1,0 +1,270 @@
+//! Evaluation outcomes: one pseudonymous row per case (referral, charging decision, time to
+//! resolve, interventions completed, reoffending within 6 and 12 months of the referral).
+//!
+//! Rows are keyed by the random case id and the keyed subject reference; no identity, narrative,
+//! clinical or location fact ever reaches this projection (the agreement does not grant them).
+//! Reoffences are recorded per subject, whichever case they were recorded in.
+
+use hru_domain::CaseEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::{Applied, Projection, Reader, Store, Write};
+
+/// What the fold keeps per case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct CaseFacts {
+    case_id: String,
+    subject_ref: Option<String>,
+    referral_at_ms: Option<i64>,
+    behaviours: Vec<String>,
+    area: Option<String>,
+    charge_decision: Option<String>,
+    interventions_completed: Vec<String>,
+    closed_at_ms: Option<i64>,
+}
+
+/// One pseudonymous outcome row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeRow {
+    /// Case id (random, carries no identity).
+    pub case_id: String,
+    /// Keyed subject reference (hex).
+    pub subject_ref: Option<String>,
+    /// When the referral arrived, Unix ms.
+    pub referral_at_ms: Option<i64>,
+    /// Reported behaviours.
+    pub behaviours: Vec<String>,
+    /// Policing area.
+    pub area: Option<String>,
+    /// The charging decision, if made.
+    pub charge_decision: Option<String>,
+    /// Referral to closure, ms, once closed.
+    pub time_to_resolve_ms: Option<i64>,
+    /// Kinds of intervention completed.
+    pub interventions_completed: Vec<String>,
+    /// Reoffended within 6 months of the referral (none until known: 6 months have not passed).
+    pub reoffence_within_6m: Option<bool>,
+    /// Reoffended within 12 months of the referral (none until known).
+    pub reoffence_within_12m: Option<bool>,
+}
+
+/// The evaluation projection.
+pub struct Evaluation;
+
+const CASE_PREFIX: &[u8] = b"case/";
+const REOFFENCE_PREFIX: &[u8] = b"reoffence/";
+
+fn key(prefix: &[u8], id: &str) -> Vec<u8> {
+    [prefix, id.as_bytes()].concat()
+}
+
+impl Projection for Evaluation {
+    fn name(&self) -> &'static str {
+        "evaluation-outcomes"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
+        let Some(case) = e.header.case_id else {
+            return Vec::new();
+        };
+        if let CaseEvent::ReoffenceRecorded { core: Some(r) } = e.event {
+            let subject = hex::encode(r.subject_ref);
+            let k = key(REOFFENCE_PREFIX, &subject);
+            let mut times: Vec<i64> = state
+                .get(&k)
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .unwrap_or_default();
+            if !times.contains(&r.occurred_at_ms) {
+                times.push(r.occurred_at_ms);
+                times.sort_unstable();
+            }
+            return vec![Write::Put(k, serde_json::to_vec(&times).unwrap_or_default())];
+        }
+        let case = case.to_string();
+        let k = key(CASE_PREFIX, &case);
+        let mut facts: CaseFacts = state
+            .get(&k)
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_else(|| CaseFacts {
+                case_id: case.clone(),
+                ..CaseFacts::default()
+            });
+        match e.event {
+            CaseEvent::ReferralReceived { core: Some(r), .. } => {
+                facts.subject_ref = Some(hex::encode(r.subject_ref));
+                facts.referral_at_ms = Some(r.received_at_ms);
+                facts.behaviours = r.behaviours.iter().map(|b| b.as_str_name().to_owned()).collect();
+                facts.area = Some(r.area.clone());
+            }
+            CaseEvent::ChargeDecided { core: Some(c) } => facts.charge_decision = Some(c.decision.as_str_name().to_owned()),
+            CaseEvent::InterventionCompleted { core: Some(i) } => {
+                facts.interventions_completed.push(i.kind.as_str_name().to_owned())
+            }
+            CaseEvent::CaseClosed { core: Some(c) } => facts.closed_at_ms = Some(c.closed_at_ms),
+            _ => return Vec::new(),
+        }
+        vec![Write::Put(k, serde_json::to_vec(&facts).unwrap_or_default())]
+    }
+}
+
+fn months_after(ms: i64, months: i64) -> Option<i64> {
+    let t = jiff::Timestamp::from_millisecond(ms).ok()?;
+    let z = t
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .checked_add(jiff::Span::new().months(months))
+        .ok()?;
+    Some(z.timestamp().as_millisecond())
+}
+
+/// Whether a reoffence fell within `months` of `from`: none while the window is still open and
+/// nothing has happened yet.
+fn within(from: Option<i64>, months: i64, reoffences: &[i64], now_ms: i64) -> Option<bool> {
+    let from = from?;
+    let end = months_after(from, months)?;
+    if reoffences.iter().any(|&t| t > from && t <= end) {
+        Some(true)
+    } else if now_ms > end {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Every outcome row as of `now_ms`, oldest referral first.
+pub fn outcome_rows(store: &Store, now_ms: i64) -> Result<Vec<OutcomeRow>, crate::ProjectionError> {
+    let reoffences: std::collections::BTreeMap<String, Vec<i64>> = store
+        .scan(&Evaluation, REOFFENCE_PREFIX)?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let subject = String::from_utf8(k[REOFFENCE_PREFIX.len()..].to_vec()).ok()?;
+            Some((subject, serde_json::from_slice(&v).ok()?))
+        })
+        .collect();
+    let mut rows: Vec<OutcomeRow> = store
+        .scan(&Evaluation, CASE_PREFIX)?
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<CaseFacts>(v).ok())
+        .map(|f| outcome(f, &reoffences, now_ms))
+        .collect();
+    rows.sort_by_key(|r| (r.referral_at_ms, r.case_id.clone()));
+    Ok(rows)
+}
+
+fn outcome(f: CaseFacts, reoffences: &std::collections::BTreeMap<String, Vec<i64>>, now_ms: i64) -> OutcomeRow {
+    let times = f
+        .subject_ref
+        .as_ref()
+        .and_then(|s| reoffences.get(s))
+        .map_or(&[][..], Vec::as_slice);
+    OutcomeRow {
+        reoffence_within_6m: within(f.referral_at_ms, 6, times, now_ms),
+        reoffence_within_12m: within(f.referral_at_ms, 12, times, now_ms),
+        time_to_resolve_ms: f.closed_at_ms.zip(f.referral_at_ms).map(|(c, r)| c - r),
+        case_id: f.case_id,
+        subject_ref: f.subject_ref,
+        referral_at_ms: f.referral_at_ms,
+        behaviours: f.behaviours,
+        area: f.area,
+        charge_decision: f.charge_decision,
+        interventions_completed: f.interventions_completed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hru_domain::{CaseId, Charge, Closure, EventType, Referral, Reoffence};
+    use hru_wire::v1 as pb;
+
+    use super::*;
+    use crate::given::{fold, header};
+
+    const JAN_2027: i64 = 1_800_000_000_000;
+    const DAY: i64 = 86_400_000;
+
+    fn referral(subject: u8, at: i64) -> CaseEvent {
+        CaseEvent::ReferralReceived {
+            core: Some(Referral {
+                subject_ref: [subject; 32],
+                behaviours: vec![pb::Behaviour::Stalking],
+                area: "Crewe".into(),
+                received_at_ms: at,
+                out_of_hours: true,
+                crime_reference: None,
+            }),
+            identity: None,
+            narrative: None,
+        }
+    }
+
+    fn rows(events: &[(hru_domain::EventHeader, CaseEvent)], now: i64) -> Vec<OutcomeRow> {
+        let mem = fold(&Evaluation, events);
+        let reoffences = mem
+            .0
+            .iter()
+            .filter(|(k, _)| k.starts_with(REOFFENCE_PREFIX))
+            .map(|(k, v)| {
+                (
+                    String::from_utf8(k[REOFFENCE_PREFIX.len()..].to_vec()).expect("utf8"),
+                    serde_json::from_slice(v).expect("json"),
+                )
+            })
+            .collect();
+        mem.0
+            .iter()
+            .filter(|(k, _)| k.starts_with(CASE_PREFIX))
+            .map(|(_, v)| outcome(serde_json::from_slice(v).expect("json"), &reoffences, now))
+            .collect()
+    }
+
+    #[test]
+    fn outcomes_count_reoffending_by_subject_across_cases() {
+        let (first, second) = (CaseId::random(), CaseId::random());
+        let events = [
+            (header(first, EventType::ReferralReceived, JAN_2027), referral(5, JAN_2027)),
+            (
+                header(first, EventType::ChargeDecided, JAN_2027 + 20 * DAY),
+                CaseEvent::ChargeDecided {
+                    core: Some(Charge {
+                        decision: pb::ChargeDecision::Charged,
+                        offence: "s2A".into(),
+                        decided_at_ms: JAN_2027 + 20 * DAY,
+                    }),
+                },
+            ),
+            (
+                header(first, EventType::CaseClosed, JAN_2027 + 40 * DAY),
+                CaseEvent::CaseClosed {
+                    core: Some(Closure {
+                        reason: "order in place".into(),
+                        closed_at_ms: JAN_2027 + 40 * DAY,
+                    }),
+                },
+            ),
+            // Eight months later, a new case for the same subject records a reoffence.
+            (
+                header(second, EventType::ReoffenceRecorded, JAN_2027 + 240 * DAY),
+                CaseEvent::ReoffenceRecorded {
+                    core: Some(Reoffence {
+                        subject_ref: [5; 32],
+                        offence: "breach of SPO".into(),
+                        occurred_at_ms: JAN_2027 + 240 * DAY,
+                    }),
+                },
+            ),
+        ];
+        let now = JAN_2027 + 400 * DAY;
+        let row = &rows(&events, now)[0];
+        assert_eq!(row.charge_decision.as_deref(), Some("CHARGE_DECISION_CHARGED"));
+        assert_eq!(row.time_to_resolve_ms, Some(40 * DAY));
+        assert_eq!(row.reoffence_within_6m, Some(false));
+        assert_eq!(row.reoffence_within_12m, Some(true));
+        // Before the 12-month window ends and before the reoffence, nothing is known yet.
+        let early = &rows(&events[..3], JAN_2027 + 200 * DAY)[0];
+        assert_eq!(early.reoffence_within_6m, Some(false));
+        assert_eq!(early.reoffence_within_12m, None);
+    }
+}
