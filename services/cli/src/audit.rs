@@ -82,43 +82,29 @@ pub(crate) async fn access(
     case: &str,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    use hru_domain::{CaseEvent, CaseId, EventType, PartyId};
-    use hru_envelope::{KeyRing, verify};
+    use hru_domain::{CaseId, PartyId};
+    use hru_envelope::KeyRing;
 
     let party: PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
     let case: CaseId = case.parse().map_err(|e| anyhow::anyhow!("--case: {e}"))?;
     let directory = policies::directory(policies_dir)?;
     let secrets = crate::keys::load(keys_dir, &party)?;
     let log = EventLog::connect(nats).await?;
-    let mut ring = KeyRing::new(&secrets);
-    let mut rows = Vec::new();
-    let mut unreadable = 0;
-    for e in log.replay(1, &["hru.key.>".to_owned(), "hru.acc.>".to_owned()]).await? {
-        let Ok(v) = verify(&e.payload, &directory) else {
-            continue;
-        };
-        if v.header.event_type == EventType::KeyGranted {
-            let _ = ring.ingest_grant(&v);
-            continue;
-        }
-        if v.header.event_type != EventType::AccessLogged {
-            continue;
-        }
-        let Some(Ok(CaseEvent::AccessLogged { core })) = hru_projection::open_typed(&ring.open(&v)) else {
-            continue;
-        };
-        let Some(access) = core else {
-            unreadable += 1;
-            continue;
-        };
-        let covers = v.header.case_id == Some(case) || access.case_ids.contains(&case.0);
-        if covers {
-            let at = jiff::Timestamp::from_millisecond(v.header.recorded_at_ms)
+    let mut reader = hru_audit::AccessReader::new(&directory, KeyRing::new(&secrets), case);
+    for e in log.replay(1, &hru_audit::AccessReader::subjects()).await? {
+        reader.observe(e.sequence, &e.payload);
+    }
+    let unreadable = reader.unreadable;
+    let rows: Vec<_> = reader
+        .records
+        .into_iter()
+        .map(|r| {
+            let at = jiff::Timestamp::from_millisecond(r.recorded_at_ms)
                 .map(|t| t.to_string())
                 .unwrap_or_default();
-            rows.push((e.sequence, at, access, v.header.producer.to_string()));
-        }
-    }
+            (r.sequence, at, r.access, r.logged_by.to_string())
+        })
+        .collect();
     for (sequence, at, a, logged_by) in &rows {
         match format {
             Format::Json => println!(

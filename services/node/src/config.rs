@@ -36,6 +36,12 @@ pub struct NodeConfig {
     pub metrics_listen: Option<String>,
     /// Mutual TLS files.
     pub tls: TlsConfig,
+    /// Partner nodes this node may forward disclosure requests to: party id = `https://host:port`.
+    #[serde(default)]
+    pub partners: std::collections::BTreeMap<String, String>,
+    /// Seconds between heartbeats on an idle breach stream.
+    #[serde(default = "default_heartbeat")]
+    pub breach_heartbeat_s: u64,
 }
 
 /// Mutual TLS files (PEM).
@@ -50,6 +56,9 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+fn default_heartbeat() -> u64 {
+    5
+}
 fn default_instance() -> String {
     "node-1".into()
 }
@@ -96,6 +105,16 @@ impl NodeConfig {
             && m.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(format!("key `metrics_listen`: {m:?} is not host:port"));
+        }
+        for (party, url) in &self.partners {
+            hru_domain::PartyId::parse(party, "partners")
+                .map_err(|e| format!("key `partners.{party}`: {}", e.problem))?;
+            if !url.starts_with("https://") {
+                return Err(format!("key `partners.{party}`: {url:?} must be an https:// URL"));
+            }
+        }
+        if self.breach_heartbeat_s == 0 {
+            return Err("key `breach_heartbeat_s`: must be at least 1".into());
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("key `listen`: {:?} is not host:port", self.listen));

@@ -4,6 +4,10 @@
 //! against what the agreement version in force required. Over- and under-sharing are both
 //! findings. Pure: feed it the log in order, read the report.
 
+mod access;
+
+pub use access::{AccessReader, AccessRecord};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use hru_domain::{AudienceId, EventType, PartyId, ProducerId};

@@ -290,6 +290,28 @@ impl CompiledIsa {
             })
     }
 
+    /// Whether `recipient` may receive `section` of `event_type` sealed by `producer`: the share
+    /// rule that allows it, or which rule is missing.
+    pub fn may_receive(
+        &self,
+        recipient: &PartyId,
+        producer: &PartyId,
+        event_type: EventType,
+        section: &str,
+    ) -> Result<&Receipt, String> {
+        self.receipts
+            .iter()
+            .find(|r| {
+                &r.recipient == recipient && &r.producer == producer && r.event_type == event_type && r.section == section
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{} v{} has no [[share]] rule giving {recipient} the `{section}` section of {event_type} from {producer}",
+                    self.id, self.version
+                )
+            })
+    }
+
     /// The receipts of one recipient.
     pub fn received_by<'a>(&'a self, party: &'a PartyId) -> impl Iterator<Item = &'a Receipt> + 'a {
         self.receipts.iter().filter(move |r| &r.recipient == party)

@@ -5,6 +5,7 @@
 //! state.
 
 mod advocacy;
+mod breaches;
 mod case_board;
 mod evaluation;
 #[cfg(test)]
@@ -14,6 +15,7 @@ mod reviews;
 mod store;
 
 pub use advocacy::{Advocacy, AdvocacyRow, ContactDue, PlanSummary, VictimAlert, advocacy_rows, working_days_after};
+pub use breaches::{BreachBoard, BreachRow, breach, breach_board};
 pub use case_board::{CaseBoard, CaseRow, ScreeningItem, screening_queue};
 pub use evaluation::{Evaluation, OutcomeRow, outcome_rows};
 pub use probation::{ProbationCaseload, ProbationRow, RiskChange, probation_caseload};
