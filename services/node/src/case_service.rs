@@ -1,21 +1,17 @@
 //! `CaseService`: typed commands sealed and appended, queries answered from projections; every
 //! call checked against the agreement and access-logged before it answers.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use hru_domain::{CaseEvent, CaseId, EventType, PartyId, split_draft};
+use hru_domain::{CaseEvent, CaseId, split_draft};
 use hru_envelope::{AudiencePolicy as _, verify};
 use hru_log::{AppendError, Expect, StoreError};
-use hru_policy::CompiledIsa;
-use hru_projection::{CaseBoard, screening_queue};
 use hru_wire::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::{Shared, tls};
-
-/// Metadata key naming the person acting (DPA 2018 s62 logs people, not only parties).
-pub const PERSON_HEADER: &str = "x-hru-person";
+use crate::Shared;
+use crate::access::{Disclosed, opened_for};
+use crate::views::View;
 
 /// The `CaseService` implementation.
 pub struct CaseApi {
@@ -26,123 +22,20 @@ impl CaseApi {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
-
-    fn agreement(&self) -> Result<&CompiledIsa, Status> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let id = self
-            .shared
-            .policies
-            .iter()
-            .next()
-            .map(|i| i.id.clone())
-            .unwrap_or_default();
-        self.shared
-            .policies
-            .in_force(&id, now)
-            .ok_or_else(|| Status::failed_precondition("no agreement is in force"))
-    }
-
-    /// The caller's party (from its certificate) and person (from metadata).
-    fn caller<T>(request: &Request<T>) -> Result<(PartyId, String), Status> {
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let party = certs
-            .first()
-            .and_then(|c| tls::party_of(c.as_ref()))
-            .and_then(|p| p.parse::<PartyId>().ok())
-            .ok_or_else(|| Status::unauthenticated("the client certificate names no party"))?;
-        let person = request
-            .metadata()
-            .get(PERSON_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("metadata `{PERSON_HEADER}` is missing: name the person acting"))
-            })?
-            .to_owned();
-        Ok((party, person))
-    }
-
-    fn permit(&self, party: &PartyId, method: &str, purpose: &str) -> Result<hru_policy::CallGrant, Status> {
-        if purpose.trim().is_empty() {
-            return Err(Status::invalid_argument("field `purpose` is missing"));
-        }
-        self.agreement()?
-            .may_call(party, method, purpose)
-            .cloned()
-            .map_err(Status::permission_denied)
-    }
-
-    /// Append one AccessLogged event; refuse the answer if it cannot be written.
-    async fn log_access(
-        &self,
-        grant: &hru_policy::CallGrant,
-        person: &str,
-        case: Option<CaseId>,
-        case_ids: Vec<CaseId>,
-        sections: Vec<String>,
-    ) -> Result<(), Status> {
-        let core = pb::AccessCore {
-            party: grant.party.to_string(),
-            person: person.to_owned(),
-            method: grant.method.clone(),
-            sections,
-            purpose: grant.purpose.clone(),
-            clause: grant.clause.clone(),
-            disclosed_to: String::new(),
-            case_ids: case_ids.iter().map(|c| c.0.as_bytes().to_vec()).collect(),
-        };
-        let (event_type, sections) = split_draft(pb::event_draft::Event::AccessLogged(pb::AccessLogged {
-            core: Some(core),
-        }));
-        let isa = self.agreement()?;
-        let now = jiff::Timestamp::now().as_millisecond();
-        let mut producer = self.shared.producer.lock().await;
-        let case = case.unwrap_or(CaseId(uuid::Uuid::nil()));
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        let batch = producer
-            .sealer()
-            .prepare_event(
-                case,
-                event_type,
-                sections,
-                now,
-                now,
-                isa,
-                &self.shared.directory,
-                &mut rng,
-            )
-            .map_err(|e| {
-                Status::failed_precondition(format!("the access log cannot be sealed ({e}); nothing was disclosed"))
-            })?;
-        producer
-            .append(&self.shared.log, &batch, Expect::Any)
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "the access log could not be written ({e}); nothing was disclosed"
-                ))
-            })?;
-        Ok(())
-    }
 }
 
-fn case_id(bytes: &[u8]) -> Result<CaseId, Status> {
+pub(crate) fn case_id(bytes: &[u8]) -> Result<CaseId, Status> {
     CaseId::from_wire(bytes, "case_id").map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-impl CaseApi {
-    /// Run one call, counting it and its latency under its method and outcome.
-    async fn timed<T>(&self, method: &str, call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
-        let start = std::time::Instant::now();
-        let result = call.await;
-        let code = match &result {
-            Ok(_) => "Ok".to_owned(),
-            Err(s) => format!("{:?}", s.code()),
-        };
-        self.shared.metrics.request(method, &code, start.elapsed());
-        result
+/// A conflict as ABORTED with the current version; anything else as UNAVAILABLE.
+pub(crate) fn append_status(e: StoreError, expected: Option<u64>) -> Status {
+    match e {
+        StoreError::Append(AppendError::Conflict { current, .. }) => Status::aborted(format!(
+            "the case is at version {current}, not {}; re-read it and try again",
+            expected.unwrap_or_default()
+        )),
+        other => Status::unavailable(other.to_string()),
     }
 }
 
@@ -152,19 +45,23 @@ impl pb::case_service_server::CaseService for CaseApi {
         &self,
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
-        self.timed("CaseService/RecordEvent", self.record_event_inner(request))
+        self.shared
+            .timed("CaseService/RecordEvent", self.record_event_inner(request))
             .await
     }
 
     async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
-        self.timed("CaseService/GetCase", self.get_case_inner(request)).await
+        self.shared
+            .timed("CaseService/GetCase", self.get_case_inner(request))
+            .await
     }
 
     async fn list_cases(
         &self,
         request: Request<pb::ListCasesRequest>,
     ) -> Result<Response<pb::ListCasesResponse>, Status> {
-        self.timed("CaseService/ListCases", self.list_cases_inner(request))
+        self.shared
+            .timed("CaseService/ListCases", self.list_cases_inner(request))
             .await
     }
 }
@@ -174,14 +71,14 @@ impl CaseApi {
         &self,
         request: Request<pb::RecordEventRequest>,
     ) -> Result<Response<pb::RecordEventResponse>, Status> {
-        let (party, person) = Self::caller(&request)?;
+        let purpose = request.get_ref().purpose.clone();
+        let (caller, grant) = self.shared.permit(&request, "CaseService/RecordEvent", &purpose)?;
         let pb::RecordEventRequest {
             draft,
             expected_version,
-            purpose,
+            purpose: _,
         } = request.into_inner();
-        let grant = self.permit(&party, "CaseService/RecordEvent", &purpose)?;
-        if party != self.shared.party {
+        if caller.party != self.shared.party {
             return Err(Status::permission_denied(format!(
                 "this node records events for {} only",
                 self.shared.party
@@ -208,12 +105,14 @@ impl CaseApi {
         };
         let (event_type, sections) = split_draft(event);
         let names: Vec<String> = sections.iter().map(|s| s.name.to_owned()).collect();
-        let isa = self.agreement()?;
+        let isa = self.shared.agreement()?;
         for s in &names {
-            isa.audience(&party, event_type, s)
+            isa.audience(&caller.party, event_type, s)
                 .map_err(|r| Status::permission_denied(r.0))?;
         }
-        self.log_access(&grant, &person, Some(case), vec![case], names).await?;
+        self.shared
+            .log_access(&grant, &caller.person, Disclosed::case(case, names))
+            .await?;
         let mut producer = self.shared.producer.lock().await;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let batch = producer
@@ -232,12 +131,7 @@ impl CaseApi {
         let sequences = producer
             .append(&self.shared.log, &batch, Expect::CaseAt(expected_version))
             .await
-            .map_err(|e| match e {
-                StoreError::Append(AppendError::Conflict { current, .. }) => Status::aborted(format!(
-                    "the case is at version {current}, not {expected_version}; re-read it and try again"
-                )),
-                other => Status::unavailable(other.to_string()),
-            })?;
+            .map_err(|e| append_status(e, Some(expected_version)))?;
         let event_id = batch
             .envelopes
             .last()
@@ -253,69 +147,10 @@ impl CaseApi {
         &self,
         request: Request<pb::GetCaseRequest>,
     ) -> Result<Response<pb::GetCaseResponse>, Status> {
-        let (party, person) = Self::caller(&request)?;
-        let pb::GetCaseRequest {
-            case_id: case_bytes,
-            purpose,
-        } = request.into_inner();
-        let case = case_id(&case_bytes)?;
-        let grant = self.permit(&party, "CaseService/GetCase", &purpose)?;
-        let entries = self
-            .shared
-            .log
-            .replay(1, &[format!("hru.evt.{}.>", case.token())])
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut events = Vec::new();
-        let isa = self.agreement()?;
-        {
-            let projector = self
-                .shared
-                .projector
-                .lock()
-                .map_err(|_| Status::internal("projector unavailable"))?;
-            for e in &entries {
-                let Ok(v) = verify(&e.payload, projector.directory()) else {
-                    continue;
-                };
-                if v.header.event_type == EventType::AccessLogged {
-                    continue;
-                }
-                let opened = projector.ring().open(&v);
-                // Only what the agreement lets the caller see of this node's view.
-                let sections = opened
-                    .sections
-                    .into_iter()
-                    .map(|s| {
-                        let allowed = isa
-                            .audience(&v.header.producer.party, v.header.event_type, &s.name)
-                            .is_ok_and(|a| a.contains(&party));
-                        match (allowed, s.plaintext) {
-                            (true, Ok(p)) => pb::OpenedSection {
-                                name: s.name,
-                                plaintext: p,
-                                refusal: String::new(),
-                            },
-                            (false, _) => pb::OpenedSection {
-                                name: s.name,
-                                plaintext: Vec::new(),
-                                refusal: format!("not shared with {party}"),
-                            },
-                            (true, Err(e)) => pb::OpenedSection {
-                                name: s.name,
-                                plaintext: Vec::new(),
-                                refusal: e.to_string(),
-                            },
-                        }
-                    })
-                    .collect();
-                events.push(pb::OpenedEvent {
-                    sequence: e.sequence,
-                    header: Some((&v.header).into()),
-                    sections,
-                });
-            }
-        }
+        let purpose = request.get_ref().purpose.clone();
+        let (caller, grant) = self.shared.permit(&request, "CaseService/GetCase", &purpose)?;
+        let case = case_id(&request.get_ref().case_id)?;
+        let (events, version) = self.shared.case_events(case, &caller.party, None).await?;
         let sections: Vec<String> = events
             .iter()
             .flat_map(|e| {
@@ -325,14 +160,9 @@ impl CaseApi {
                     .map(|s| s.name.clone())
             })
             .collect();
-        self.log_access(&grant, &person, Some(case), vec![case], sections)
+        self.shared
+            .log_access(&grant, &caller.person, Disclosed::case(case, sections))
             .await?;
-        let version = entries
-            .iter()
-            .filter(|e| !e.subject.ends_with(".AccessLogged"))
-            .map(|e| e.sequence)
-            .max()
-            .unwrap_or(0);
         Ok(Response::new(pb::GetCaseResponse { events, version }))
     }
 
@@ -340,53 +170,32 @@ impl CaseApi {
         &self,
         request: Request<pb::ListCasesRequest>,
     ) -> Result<Response<pb::ListCasesResponse>, Status> {
-        let (party, person) = Self::caller(&request)?;
-        let pb::ListCasesRequest { view, purpose } = request.into_inner();
-        let grant = self.permit(&party, "CaseService/ListCases", &purpose)?;
-        let rows: Vec<(CaseId, String)> = {
+        let purpose = request.get_ref().purpose.clone();
+        let (caller, grant) = self.shared.permit(&request, "CaseService/ListCases", &purpose)?;
+        let view = View::find(&request.get_ref().view, &self.shared.views).map_err(Status::invalid_argument)?;
+        let rows = {
             let projector = self
                 .shared
                 .projector
                 .lock()
                 .map_err(|_| Status::internal("projector unavailable"))?;
-            let to_row = |case: &str, json: String| case.parse::<CaseId>().ok().map(|c| (c, json));
-            match view.as_str() {
-                "case-board" => CaseBoard::rows(&projector.store)
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .into_iter()
-                    .filter_map(|r| to_row(&r.case_id.clone(), serde_json::to_string(&r).unwrap_or_default()))
-                    .collect(),
-                "screening-queue" => screening_queue(&projector.store, jiff::Timestamp::now().as_millisecond())
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .into_iter()
-                    .filter_map(|r| to_row(&r.case_id.clone(), serde_json::to_string(&r).unwrap_or_default()))
-                    .collect(),
-                "review-schedule" => {
-                    let now = jiff::Timestamp::now().as_millisecond();
-                    hru_projection::review_schedule(&projector.store)
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .into_iter()
-                        .filter_map(|r| {
-                            let row = serde_json::json!({"review": &r, "status": r.status(now)});
-                            to_row(&r.case_id.clone(), row.to_string())
-                        })
-                        .collect()
-                }
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "field `view`: {other:?} is not a view; use \"case-board\", \"screening-queue\" or \"review-schedule\""
-                    )));
-                }
-            }
+            view.rows(&projector.store, jiff::Timestamp::now().as_millisecond())
+                .map_err(|e| Status::internal(e.to_string()))?
         };
-        self.log_access(
-            &grant,
-            &person,
-            None,
-            rows.iter().map(|(c, _)| *c).collect(),
-            vec![view.clone()],
-        )
-        .await?;
+        let mut case_ids: Vec<CaseId> = rows.iter().map(|(c, _)| *c).collect();
+        case_ids.dedup();
+        self.shared
+            .log_access(
+                &grant,
+                &caller.person,
+                Disclosed {
+                    case: None,
+                    case_ids,
+                    sections: vec![view.name().to_owned()],
+                    disclosed_to: None,
+                },
+            )
+            .await?;
         let rows = rows
             .into_iter()
             .map(|(c, json)| pb::CaseRow {
@@ -395,5 +204,37 @@ impl CaseApi {
             })
             .collect();
         Ok(Response::new(pb::ListCasesResponse { rows }))
+    }
+}
+
+impl Shared {
+    /// A case's events as `reader` may see them (narrowed to `only` sections when given), and
+    /// the case's version.
+    pub(crate) async fn case_events(
+        &self,
+        case: CaseId,
+        reader: &hru_domain::PartyId,
+        only: Option<&[String]>,
+    ) -> Result<(Vec<pb::OpenedEvent>, u64), Status> {
+        let entries = self
+            .log
+            .replay(1, &[format!("hru.evt.{}.>", case.token())])
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let version = entries.iter().map(|e| e.sequence).max().unwrap_or(0);
+        self.wait_folded(version).await;
+        let isa = self.agreement()?;
+        let projector = self
+            .projector
+            .lock()
+            .map_err(|_| Status::internal("projector unavailable"))?;
+        let events = entries
+            .iter()
+            .filter_map(|e| {
+                let v = verify(&e.payload, projector.directory()).ok()?;
+                opened_for(projector.ring(), isa, e.sequence, &v, reader, only)
+            })
+            .collect();
+        Ok((events, version))
     }
 }

@@ -1,12 +1,18 @@
 //! A party's node (DESIGN §9, §10): folds the log into the party's projections and serves
-//! `CaseService` over gRPC with mutual TLS. The caller's party comes from its certificate;
+//! `CaseService`, `PartnerService`, `SubscriptionService`, `BreachService` and `AuditService`
+//! over gRPC with mutual TLS. The caller's party comes from its certificate;
 //! every call is checked against the agreement and logged as an AccessLogged event before the
 //! answer leaves; if the access log cannot be written, nothing is answered.
 
+mod access;
+mod audit_service;
 mod case_service;
 pub mod config;
 pub mod metrics;
+pub mod partner;
+mod streams;
 pub mod tls;
+pub mod views;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -16,12 +22,23 @@ use hru_domain::{PartyId, ProducerId};
 use hru_envelope::{Directory, KeyRing, PartySecrets};
 use hru_log::{EventLog, Producer};
 use hru_policy::PolicySet;
-use hru_projection::{CaseBoard, Projection, Projector, ReviewSchedule, Store};
+use hru_projection::{Projector, Store};
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
+pub use access::PERSON_HEADER;
 pub use case_service::CaseApi;
 pub use config::NodeConfig;
+pub use views::View;
+
+/// Every gRPC service a node serves (besides health and reflection).
+pub const SERVICES: [&str; 5] = [
+    "hru.v1.CaseService",
+    "hru.v1.PartnerService",
+    "hru.v1.SubscriptionService",
+    "hru.v1.BreachService",
+    "hru.v1.AuditService",
+];
 
 /// Why the node stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +73,11 @@ pub(crate) struct Shared {
     pub(crate) producer: tokio::sync::Mutex<Producer>,
     pub(crate) projector: Mutex<Projector>,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) secrets: PartySecrets,
+    pub(crate) views: Vec<View>,
+    pub(crate) partners: std::collections::BTreeMap<PartyId, String>,
+    pub(crate) client_tls: ClientTlsConfig,
+    pub(crate) breach_heartbeat_s: u64,
 }
 
 fn read(path: &std::path::Path) -> Result<String, NodeError> {
@@ -90,10 +112,14 @@ pub async fn run(
         &directory,
     )
     .await?;
-    let projections: Vec<Box<dyn Projection>> = vec![Box::new(CaseBoard), Box::new(ReviewSchedule)];
+    let role = policies
+        .iter()
+        .find_map(|isa| isa.parties.get(&party).map(|p| p.role))
+        .ok_or_else(|| NodeError::Config(format!("key `party`: {party} is not a party of any agreement")))?;
+    let views = View::for_role(role);
     let projector = Projector::new(
         Store::open(&config.data_dir.join("projections"))?,
-        projections,
+        View::projections(&views),
         KeyRing::new(&secrets),
         directory.clone(),
     )?;
@@ -105,15 +131,28 @@ pub async fn run(
         producer: tokio::sync::Mutex::new(producer),
         projector: Mutex::new(projector),
         metrics: Arc::new(metrics::Metrics::default()),
+        secrets,
+        views,
+        partners: config
+            .partners
+            .iter()
+            .map(|(p, url)| Ok((p.parse::<PartyId>().map_err(config_err)?, url.clone())))
+            .collect::<Result<_, NodeError>>()?,
+        client_tls: ClientTlsConfig::new()
+            .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
+            .ca_certificate(Certificate::from_pem(read(&config.tls.ca)?)),
+        breach_heartbeat_s: config.breach_heartbeat_s,
     });
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
         .client_ca_root(Certificate::from_pem(read(&config.tls.ca)?));
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<hru_wire::v1::case_service_server::CaseServiceServer<CaseApi>>()
-        .await;
+    for service in SERVICES {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let reflection_v1 = reflection_builder()
         .build_v1()
         .map_err(|e| NodeError::Server(e.to_string()))?;
@@ -146,6 +185,20 @@ pub async fn run(
         .add_service(hru_wire::v1::case_service_server::CaseServiceServer::new(CaseApi::new(
             shared.clone(),
         )))
+        .add_service(hru_wire::v1::partner_service_server::PartnerServiceServer::new(
+            partner::PartnerApi::new(shared.clone()),
+        ))
+        .add_service(
+            hru_wire::v1::subscription_service_server::SubscriptionServiceServer::new(streams::SubscriptionApi::new(
+                shared.clone(),
+            )),
+        )
+        .add_service(hru_wire::v1::breach_service_server::BreachServiceServer::new(
+            streams::BreachApi::new(shared.clone()),
+        ))
+        .add_service(hru_wire::v1::audit_service_server::AuditServiceServer::new(
+            audit_service::AuditApi::new(shared.clone()),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown);
     let result = server.await.map_err(|e| NodeError::Server(e.to_string()));
     let _ = stop_tx.send(true);
@@ -164,11 +217,13 @@ pub async fn run(
 
 /// Reflection advertising exactly the services this node serves.
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hru_wire::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("hru.v1.CaseService")
-        .with_service_name("grpc.health.v1.Health")
+    SERVICES.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hru_wire::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health"),
+        |b, s| b.with_service_name(*s),
+    )
 }
 
 fn tokio_stream_of(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {

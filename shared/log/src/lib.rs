@@ -714,6 +714,13 @@ impl EventLog {
         }
     }
 
+    /// The first and last sequence the stream still holds (retention may have removed older).
+    pub async fn bounds(&self) -> Result<(u64, u64), LogError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(|e| js_err("stream info")(e.into()))?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
     /// The stream sequence of the last message on subjects matching `filter` (0 when none).
     pub async fn last_sequence_of(&self, filter: &str) -> Result<u64, LogError> {
         match self.stream.get_last_raw_message_by_subject(filter).await {

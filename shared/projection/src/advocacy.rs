@@ -96,7 +96,10 @@ pub fn working_days_after(ms: i64, n: u32) -> i64 {
             break;
         };
         at = next;
-        if !matches!(at.weekday(), jiff::civil::Weekday::Saturday | jiff::civil::Weekday::Sunday) {
+        if !matches!(
+            at.weekday(),
+            jiff::civil::Weekday::Saturday | jiff::civil::Weekday::Sunday
+        ) {
             left -= 1;
         }
     }
@@ -142,7 +145,9 @@ impl Projection for Advocacy {
                 let received = core.as_ref().map_or(at, |c| c.received_at_ms);
                 owe(&mut row, "needs assessment and referral to support", received, 2);
             }
-            CaseEvent::RiskAssessed { summary: Some(r), .. } => row.risk_level = Some(r.overall.as_str_name().to_owned()),
+            CaseEvent::RiskAssessed { summary: Some(r), .. } => {
+                row.risk_level = Some(r.overall.as_str_name().to_owned())
+            }
             CaseEvent::OrderIssued { core: Some(o) } => owe(
                 &mut row,
                 &format!("tell the victim of the order ({})", o.kind.as_str_name()),
@@ -151,7 +156,10 @@ impl Projection for Advocacy {
             ),
             CaseEvent::ChargeDecided { core: Some(c) } => owe(
                 &mut row,
-                &format!("tell the victim of the charging decision ({})", c.decision.as_str_name()),
+                &format!(
+                    "tell the victim of the charging decision ({})",
+                    c.decision.as_str_name()
+                ),
                 c.decided_at_ms,
                 1,
             ),
@@ -224,7 +232,12 @@ pub fn advocacy_rows(store: &Store) -> Result<Vec<AdvocacyRow>, crate::Projectio
         .iter()
         .filter_map(|(_, v)| serde_json::from_slice(v).ok())
         .collect();
-    rows.sort_by_key(|r| (r.contacts_due.first().map_or(i64::MAX, |c| c.due_at_ms), r.case_id.clone()));
+    rows.sort_by_key(|r| {
+        (
+            r.contacts_due.first().map_or(i64::MAX, |c| c.due_at_ms),
+            r.case_id.clone(),
+        )
+    });
     Ok(rows)
 }
 
@@ -271,8 +284,14 @@ mod tests {
     #[test]
     fn working_days_skip_the_weekend_in_london() {
         // Friday 08:00 + 1 working day = Monday 08:00; + 2 = Tuesday.
-        assert_eq!(working_days_after(FRI_2027_01_15_0800, 1), FRI_2027_01_15_0800 + 3 * DAY);
-        assert_eq!(working_days_after(FRI_2027_01_15_0800, 2), FRI_2027_01_15_0800 + 4 * DAY);
+        assert_eq!(
+            working_days_after(FRI_2027_01_15_0800, 1),
+            FRI_2027_01_15_0800 + 3 * DAY
+        );
+        assert_eq!(
+            working_days_after(FRI_2027_01_15_0800, 2),
+            FRI_2027_01_15_0800 + 4 * DAY
+        );
         // Across the March change the wall-clock time holds: Fri 26 Mar 2027 09:00 GMT ->
         // Mon 29 Mar 09:00 BST, one hour less than three days.
         let fri = jiff::civil::date(2027, 3, 26)
@@ -309,7 +328,10 @@ mod tests {
                 header(case, EventType::ReferralReceived, FRI_2027_01_15_0800),
                 referral(FRI_2027_01_15_0800),
             ),
-            (header(case, EventType::SafetyPlanUpdated, FRI_2027_01_15_0800 + DAY), plan),
+            (
+                header(case, EventType::SafetyPlanUpdated, FRI_2027_01_15_0800 + DAY),
+                plan,
+            ),
         ]);
         assert_eq!(r.last_contact_ms, Some(FRI_2027_01_15_0800 + DAY));
         let reasons: Vec<&str> = r.contacts_due.iter().map(|c| c.reason.as_str()).collect();
@@ -347,9 +369,18 @@ mod tests {
                     }),
                 },
             ),
-            (header(case, EventType::TagBreach, FRI_2027_01_15_0800), breach(pb::BreachState::Opened)),
-            (header(case, EventType::TagBreach, FRI_2027_01_15_0800), breach(pb::BreachState::Opened)),
-            (header(case, EventType::TagBreach, FRI_2027_01_15_0800), breach(pb::BreachState::Closed)),
+            (
+                header(case, EventType::TagBreach, FRI_2027_01_15_0800),
+                breach(pb::BreachState::Opened),
+            ),
+            (
+                header(case, EventType::TagBreach, FRI_2027_01_15_0800),
+                breach(pb::BreachState::Opened),
+            ),
+            (
+                header(case, EventType::TagBreach, FRI_2027_01_15_0800),
+                breach(pb::BreachState::Closed),
+            ),
             (
                 header(case, EventType::BreachAcknowledged, FRI_2027_01_15_0800),
                 CaseEvent::BreachAcknowledged {

@@ -161,8 +161,14 @@ mod tests {
         let mem = fold(
             &BreachBoard,
             &[
-                (header(case, EventType::TagBreach, 100), breach(pb::BreachState::Opened, 100)),
-                (header(case, EventType::TagBreach, 200), breach(pb::BreachState::Updated, 200)),
+                (
+                    header(case, EventType::TagBreach, 100),
+                    breach(pb::BreachState::Opened, 100),
+                ),
+                (
+                    header(case, EventType::TagBreach, 200),
+                    breach(pb::BreachState::Updated, 200),
+                ),
                 (
                     header(case, EventType::BreachAcknowledged, 250),
                     CaseEvent::BreachAcknowledged {
@@ -174,7 +180,10 @@ mod tests {
                         }),
                     },
                 ),
-                (header(case, EventType::TagBreach, 300), breach(pb::BreachState::Closed, 300)),
+                (
+                    header(case, EventType::TagBreach, 300),
+                    breach(pb::BreachState::Closed, 300),
+                ),
             ],
         );
         let row: BreachRow = serde_json::from_slice(mem.0.values().next().expect("row")).expect("json");

@@ -100,7 +100,9 @@ impl Projection for Evaluation {
                 facts.behaviours = r.behaviours.iter().map(|b| b.as_str_name().to_owned()).collect();
                 facts.area = Some(r.area.clone());
             }
-            CaseEvent::ChargeDecided { core: Some(c) } => facts.charge_decision = Some(c.decision.as_str_name().to_owned()),
+            CaseEvent::ChargeDecided { core: Some(c) } => {
+                facts.charge_decision = Some(c.decision.as_str_name().to_owned())
+            }
             CaseEvent::InterventionCompleted { core: Some(i) } => {
                 facts.interventions_completed.push(i.kind.as_str_name().to_owned())
             }
@@ -224,7 +226,10 @@ mod tests {
     fn outcomes_count_reoffending_by_subject_across_cases() {
         let (first, second) = (CaseId::random(), CaseId::random());
         let events = [
-            (header(first, EventType::ReferralReceived, JAN_2027), referral(5, JAN_2027)),
+            (
+                header(first, EventType::ReferralReceived, JAN_2027),
+                referral(5, JAN_2027),
+            ),
             (
                 header(first, EventType::ChargeDecided, JAN_2027 + 20 * DAY),
                 CaseEvent::ChargeDecided {

@@ -101,11 +101,7 @@ impl Projection for ProbationCaseload {
                 }
             }
             CaseEvent::OrderIssued { core: Some(o) } => row.orders.push(o.kind.as_str_name().to_owned()),
-            CaseEvent::TagFitted { core: Some(t) } => {
-                if !row.tags.contains(&t.tag_id) {
-                    row.tags.push(t.tag_id.clone());
-                }
-            }
+            CaseEvent::TagFitted { core: Some(t) } if !row.tags.contains(&t.tag_id) => row.tags.push(t.tag_id.clone()),
             CaseEvent::TagRemoved { core: Some(t) } => row.tags.retain(|x| x != &t.tag_id),
             CaseEvent::ReoffenceRecorded { core: Some(r) } => row.reoffences.push(r.occurred_at_ms),
             CaseEvent::CaseClosed { core: Some(_) } => row.closed = true,
@@ -136,8 +132,7 @@ pub fn probation_caseload(store: &Store) -> Result<Vec<ProbationRow>, crate::Pro
         .filter_map(|(_, v)| serde_json::from_slice::<ProbationRow>(v).ok())
         .filter(|r| {
             r.recorded_here
-                || r
-                    .subject_ref
+                || r.subject_ref
                     .as_ref()
                     .is_some_and(|s| supervised.contains(s.as_bytes()))
         })
@@ -202,7 +197,12 @@ mod tests {
             .iter()
             .filter(|(k, _)| k.starts_with(CASE_PREFIX))
             .filter_map(|(_, v)| serde_json::from_slice::<ProbationRow>(v).ok())
-            .filter(|r| r.recorded_here || r.subject_ref.as_ref().is_some_and(|s| supervised.contains(&s.as_bytes())))
+            .filter(|r| {
+                r.recorded_here
+                    || r.subject_ref
+                        .as_ref()
+                        .is_some_and(|s| supervised.contains(&s.as_bytes()))
+            })
             .collect()
     }
 
@@ -210,9 +210,18 @@ mod tests {
     fn a_subject_on_probation_brings_a_new_police_case_onto_the_caseload() {
         let (supervised, other, unrelated) = (CaseId::random(), CaseId::random(), CaseId::random());
         let rows = caseload(&[
-            (by("probation", header(supervised, EventType::ReferralReceived, 1)), referral(1)),
-            (by("police-hru", header(other, EventType::ReferralReceived, 2)), referral(1)),
-            (by("police-hru", header(unrelated, EventType::ReferralReceived, 3)), referral(2)),
+            (
+                by("probation", header(supervised, EventType::ReferralReceived, 1)),
+                referral(1),
+            ),
+            (
+                by("police-hru", header(other, EventType::ReferralReceived, 2)),
+                referral(1),
+            ),
+            (
+                by("police-hru", header(unrelated, EventType::ReferralReceived, 3)),
+                referral(2),
+            ),
         ]);
         let mut cases: Vec<&str> = rows.iter().map(|r| r.case_id.as_str()).collect();
         cases.sort_unstable();
@@ -225,10 +234,22 @@ mod tests {
     fn only_changes_of_overall_risk_are_listed() {
         let case = CaseId::random();
         let rows = caseload(&[
-            (by("probation", header(case, EventType::ReferralReceived, 1)), referral(3)),
-            (by("cwp", header(case, EventType::RiskAssessed, 2)), risk(pb::RiskLevel::Medium, 2)),
-            (by("cwp", header(case, EventType::RiskAssessed, 3)), risk(pb::RiskLevel::Medium, 3)),
-            (by("probation", header(case, EventType::RiskAssessed, 4)), risk(pb::RiskLevel::High, 4)),
+            (
+                by("probation", header(case, EventType::ReferralReceived, 1)),
+                referral(3),
+            ),
+            (
+                by("cwp", header(case, EventType::RiskAssessed, 2)),
+                risk(pb::RiskLevel::Medium, 2),
+            ),
+            (
+                by("cwp", header(case, EventType::RiskAssessed, 3)),
+                risk(pb::RiskLevel::Medium, 3),
+            ),
+            (
+                by("probation", header(case, EventType::RiskAssessed, 4)),
+                risk(pb::RiskLevel::High, 4),
+            ),
         ]);
         let changes: Vec<(Option<&str>, &str, &str)> = rows[0]
             .risk_changes

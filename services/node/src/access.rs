@@ -1,0 +1,201 @@
+//! What every service shares: who is calling (from the certificate and metadata), whether the
+//! agreement lets them, the access log written before an answer leaves, and what of an event
+//! the caller may see.
+
+use std::future::Future;
+
+use hru_domain::{CaseId, EventType, PartyId, split_draft};
+use hru_envelope::{AudiencePolicy as _, KeyRing, VerifiedEnvelope};
+use hru_log::Expect;
+use hru_policy::{CallGrant, CompiledIsa};
+use hru_wire::v1 as pb;
+use tonic::{Request, Status};
+
+use crate::{Shared, tls};
+
+/// Metadata key naming the person acting (DPA 2018 s62 logs people, not only parties).
+pub const PERSON_HEADER: &str = "x-hru-person";
+
+/// The party and person behind a call.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) party: PartyId,
+    pub(crate) person: String,
+}
+
+/// What one access record says beyond the grant and the person.
+pub(crate) struct Disclosed {
+    pub(crate) case: Option<CaseId>,
+    pub(crate) case_ids: Vec<CaseId>,
+    pub(crate) sections: Vec<String>,
+    pub(crate) disclosed_to: Option<PartyId>,
+}
+
+impl Disclosed {
+    /// Sections of one case.
+    pub(crate) fn case(case: CaseId, sections: Vec<String>) -> Self {
+        Self {
+            case: Some(case),
+            case_ids: vec![case],
+            sections,
+            disclosed_to: None,
+        }
+    }
+}
+
+impl Shared {
+    /// The agreement in force now.
+    pub(crate) fn agreement(&self) -> Result<&CompiledIsa, Status> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let id = self.policies.iter().next().map(|i| i.id.clone()).unwrap_or_default();
+        self.policies
+            .in_force(&id, now)
+            .ok_or_else(|| Status::failed_precondition("no agreement is in force"))
+    }
+
+    /// The caller's party (from its certificate) and person (from metadata).
+    pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let party = certs
+            .first()
+            .and_then(|c| tls::party_of(c.as_ref()))
+            .and_then(|p| p.parse::<PartyId>().ok())
+            .ok_or_else(|| Status::unauthenticated("the client certificate names no party"))?;
+        let person = request
+            .metadata()
+            .get(PERSON_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("metadata `{PERSON_HEADER}` is missing: name the person acting"))
+            })?
+            .to_owned();
+        Ok(Caller { party, person })
+    }
+
+    /// The caller and the agreement's grant for `method` with `purpose`, or the refusal.
+    pub(crate) fn permit<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        purpose: &str,
+    ) -> Result<(Caller, CallGrant), Status> {
+        let caller = Self::caller(request)?;
+        if purpose.trim().is_empty() {
+            return Err(Status::invalid_argument("field `purpose` is missing"));
+        }
+        let grant = self
+            .agreement()?
+            .may_call(&caller.party, method, purpose)
+            .cloned()
+            .map_err(Status::permission_denied)?;
+        Ok((caller, grant))
+    }
+
+    /// Append one AccessLogged event; refuse the answer if it cannot be written.
+    pub(crate) async fn log_access(&self, grant: &CallGrant, person: &str, what: Disclosed) -> Result<(), Status> {
+        let core = pb::AccessCore {
+            party: grant.party.to_string(),
+            person: person.to_owned(),
+            method: grant.method.clone(),
+            sections: what.sections,
+            purpose: grant.purpose.clone(),
+            clause: grant.clause.clone(),
+            disclosed_to: what.disclosed_to.map(|p| p.to_string()).unwrap_or_default(),
+            case_ids: what.case_ids.iter().map(|c| c.0.as_bytes().to_vec()).collect(),
+        };
+        let (event_type, sections) = split_draft(pb::event_draft::Event::AccessLogged(pb::AccessLogged {
+            core: Some(core),
+        }));
+        let isa = self.agreement()?;
+        let now = jiff::Timestamp::now().as_millisecond();
+        let mut producer = self.producer.lock().await;
+        let case = what.case.unwrap_or(CaseId(uuid::Uuid::nil()));
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let batch = producer
+            .sealer()
+            .prepare_event(case, event_type, sections, now, now, isa, &self.directory, &mut rng)
+            .map_err(|e| {
+                Status::failed_precondition(format!("the access log cannot be sealed ({e}); nothing was disclosed"))
+            })?;
+        producer.append(&self.log, &batch, Expect::Any).await.map_err(|e| {
+            Status::unavailable(format!(
+                "the access log could not be written ({e}); nothing was disclosed"
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// Run one call, counting it and its latency under its method and outcome.
+    pub(crate) async fn timed<T>(
+        &self,
+        method: &str,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let start = std::time::Instant::now();
+        let result = call.await;
+        let code = match &result {
+            Ok(_) => "Ok".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics.request(method, &code, start.elapsed());
+        result
+    }
+
+    /// Wait (up to two seconds) until the fold has passed `sequence`, so every grant an event up
+    /// to it needs is in the key ring.
+    pub(crate) async fn wait_folded(&self, sequence: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.folded_through() < sequence && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The folded head: every grant up to it is in the key ring.
+    pub(crate) fn folded_through(&self) -> u64 {
+        self.projector.lock().map_or(0, |p| p.resume_from().saturating_sub(1))
+    }
+}
+
+/// An event as `reader` may see it: the sections this node can open and the agreement lets the
+/// reader have (`only`, when given, narrows to those section names); `None` for access records.
+pub(crate) fn opened_for(
+    ring: &KeyRing,
+    isa: &CompiledIsa,
+    sequence: u64,
+    v: &VerifiedEnvelope,
+    reader: &PartyId,
+    only: Option<&[String]>,
+) -> Option<pb::OpenedEvent> {
+    if matches!(v.header.event_type, EventType::AccessLogged | EventType::KeyGranted) {
+        return None;
+    }
+    let opened = ring.open(v);
+    let sections = opened
+        .sections
+        .into_iter()
+        .filter(|s| only.is_none_or(|o| o.contains(&s.name)))
+        .map(|s| {
+            let allowed = isa
+                .audience(&v.header.producer.party, v.header.event_type, &s.name)
+                .is_ok_and(|a| a.contains(reader));
+            let (plaintext, refusal) = match (allowed, s.plaintext) {
+                (true, Ok(p)) => (p, String::new()),
+                (false, _) => (Vec::new(), format!("not shared with {reader}")),
+                (true, Err(e)) => (Vec::new(), e.to_string()),
+            };
+            pb::OpenedSection {
+                name: s.name,
+                plaintext,
+                refusal,
+            }
+        })
+        .collect();
+    Some(pb::OpenedEvent {
+        sequence,
+        header: Some((&v.header).into()),
+        sections,
+    })
+}

@@ -1,0 +1,401 @@
+//! `SubscriptionService` and `BreachService`: live streams of what the caller may see, read from
+//! the log behind the node's fold (so every grant they need is in the key ring), resumable.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use hru_domain::{CaseId, EventType, PartyId, split_draft};
+use hru_envelope::{AudiencePolicy as _, verify};
+use hru_log::Expect;
+use hru_wire::v1 as pb;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::Shared;
+use crate::access::{Disclosed, opened_for};
+use crate::case_service::{append_status, case_id};
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn stream_of<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> Streamed<T> {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// Reads folded log entries on some subjects, batch by batch, from a position on.
+struct Follower {
+    next: u64,
+    filters: Vec<String>,
+}
+
+impl Follower {
+    /// The next verified envelopes the fold has passed (empty when there are none yet).
+    async fn next_batch(&mut self, shared: &Shared) -> Vec<(u64, hru_envelope::VerifiedEnvelope)> {
+        let head = shared.folded_through();
+        if head < self.next {
+            return Vec::new();
+        }
+        match shared.log.replay(self.next, &self.filters).await {
+            Ok(entries) => {
+                self.next = head + 1;
+                entries
+                    .into_iter()
+                    .filter(|e| e.sequence <= head)
+                    .filter_map(|e| Some((e.sequence, verify(&e.payload, &shared.directory).ok()?)))
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "reading the log for a stream failed; retrying");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Wait a little before polling again; false once the client has gone.
+async fn pause<T>(tx: &mpsc::Sender<T>) -> bool {
+    tokio::select! {
+        () = tx.closed() => false,
+        () = tokio::time::sleep(Duration::from_millis(50)) => true,
+    }
+}
+
+/// The `SubscriptionService` implementation.
+pub struct SubscriptionApi {
+    shared: Arc<Shared>,
+}
+
+impl SubscriptionApi {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::subscription_service_server::SubscriptionService for SubscriptionApi {
+    type SubscribeStream = Streamed<pb::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.shared
+            .timed("SubscriptionService/Subscribe", self.inner(request))
+            .await
+    }
+}
+
+impl SubscriptionApi {
+    async fn inner(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Streamed<pb::SubscribeResponse>>, Status> {
+        let purpose = request.get_ref().purpose.clone();
+        let (caller, grant) = self
+            .shared
+            .permit(&request, "SubscriptionService/Subscribe", &purpose)?;
+        let pb::SubscribeRequest {
+            case_id: case_bytes,
+            event_types,
+            from_sequence,
+            purpose: _,
+        } = request.into_inner();
+        let case = if case_bytes.is_empty() {
+            None
+        } else {
+            Some(case_id(&case_bytes)?)
+        };
+        let types = event_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.parse::<EventType>().ok().filter(|t| t.has_case()).ok_or_else(|| {
+                    Status::invalid_argument(format!("field `event_types[{i}]`: {t:?} is not a case event type"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let what = match case {
+            Some(c) => Disclosed::case(c, event_types.clone()),
+            None => Disclosed {
+                case: None,
+                case_ids: Vec::new(),
+                sections: event_types.clone(),
+                disclosed_to: None,
+            },
+        };
+        self.shared.log_access(&grant, &caller.person, what).await?;
+        let filters = vec![case.map_or_else(|| "hru.evt.>".to_owned(), |c| format!("hru.evt.{}.>", c.token()))];
+        let (tx, rx) = mpsc::channel(256);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let mut follower = Follower {
+                next: from_sequence + 1,
+                filters,
+            };
+            loop {
+                let batch = follower.next_batch(&shared).await;
+                if batch.is_empty() && !pause(&tx).await {
+                    return;
+                }
+                for (sequence, v) in batch {
+                    if !types.is_empty() && !types.contains(&v.header.event_type) {
+                        continue;
+                    }
+                    let Some(event) = shared.visible(sequence, &v, &caller.party, None) else {
+                        continue;
+                    };
+                    if tx.send(Ok(pb::SubscribeResponse { event: Some(event) })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream_of(rx)))
+    }
+}
+
+/// An opaque resume token for a position in the log.
+fn token(sequence: u64) -> String {
+    format!("hru1.{sequence:x}")
+}
+
+fn parse_token(token: &str) -> Result<u64, Status> {
+    token
+        .strip_prefix("hru1.")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or_else(|| Status::invalid_argument("field `resume_token` is not a token this service issued"))
+}
+
+/// The `BreachService` implementation.
+pub struct BreachApi {
+    shared: Arc<Shared>,
+}
+
+impl BreachApi {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::breach_service_server::BreachService for BreachApi {
+    type StreamBreachesStream = Streamed<pb::StreamBreachesResponse>;
+
+    async fn stream_breaches(
+        &self,
+        request: Request<pb::StreamBreachesRequest>,
+    ) -> Result<Response<Self::StreamBreachesStream>, Status> {
+        self.shared
+            .timed("BreachService/StreamBreaches", self.stream_inner(request))
+            .await
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        self.shared
+            .timed("BreachService/Acknowledge", self.acknowledge_inner(request))
+            .await
+    }
+}
+
+impl BreachApi {
+    async fn stream_inner(
+        &self,
+        request: Request<pb::StreamBreachesRequest>,
+    ) -> Result<Response<Streamed<pb::StreamBreachesResponse>>, Status> {
+        let purpose = request.get_ref().purpose.clone();
+        let (caller, grant) = self.shared.permit(&request, "BreachService/StreamBreaches", &purpose)?;
+        let resume = &request.get_ref().resume_token;
+        let (first, _) = self
+            .shared
+            .log
+            .bounds()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let after = if resume.is_empty() {
+            first.saturating_sub(1)
+        } else {
+            let after = parse_token(resume)?;
+            if after + 1 < first {
+                return Err(Status::out_of_range(format!(
+                    "field `resume_token`: the log no longer holds what followed it (retention starts at {first}); resume with an empty token"
+                )));
+            }
+            after
+        };
+        self.shared
+            .log_access(
+                &grant,
+                &caller.person,
+                Disclosed {
+                    case: None,
+                    case_ids: Vec::new(),
+                    sections: vec!["core".into()],
+                    disclosed_to: None,
+                },
+            )
+            .await?;
+        let (tx, rx) = mpsc::channel(256);
+        let shared = self.shared.clone();
+        let heartbeat = Duration::from_secs(self.shared.breach_heartbeat_s);
+        tokio::spawn(async move {
+            let mut follower = Follower {
+                next: after + 1,
+                filters: vec!["hru.evt.*.*.TagBreach".to_owned()],
+            };
+            let mut last_sent = std::time::Instant::now();
+            loop {
+                let batch = follower.next_batch(&shared).await;
+                if batch.is_empty() {
+                    if last_sent.elapsed() >= heartbeat {
+                        last_sent = std::time::Instant::now();
+                        let beat = pb::StreamBreachesResponse {
+                            breach: None,
+                            resume_token: token(follower.next - 1),
+                            heartbeat: true,
+                        };
+                        if tx.send(Ok(beat)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !pause(&tx).await {
+                        return;
+                    }
+                }
+                for (sequence, v) in batch {
+                    let core = shared
+                        .visible(sequence, &v, &caller.party, Some(&["core".to_owned()]))
+                        .and_then(|e| e.sections.into_iter().find(|s| s.refusal.is_empty()))
+                        .and_then(|s| prost::Message::decode(s.plaintext.as_slice()).ok());
+                    let Some(core) = core else { continue };
+                    last_sent = std::time::Instant::now();
+                    let message = pb::StreamBreachesResponse {
+                        breach: Some(core),
+                        resume_token: token(sequence),
+                        heartbeat: false,
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream_of(rx)))
+    }
+
+    async fn acknowledge_inner(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        let purpose = request.get_ref().purpose.clone();
+        let (caller, grant) = self.shared.permit(&request, "BreachService/Acknowledge", &purpose)?;
+        let pb::AcknowledgeRequest {
+            breach_id,
+            operator,
+            action,
+            purpose: _,
+        } = request.into_inner();
+        let id = uuid::Uuid::from_slice(&breach_id)
+            .map_err(|_| Status::invalid_argument("field `breach_id` must be 16 bytes"))?;
+        if operator.trim().is_empty() {
+            return Err(Status::invalid_argument("field `operator` is missing"));
+        }
+        if action.trim().is_empty() {
+            return Err(Status::invalid_argument("field `action` is missing"));
+        }
+        if caller.party != self.shared.party {
+            return Err(Status::permission_denied(format!(
+                "this node acknowledges for {} only",
+                self.shared.party
+            )));
+        }
+        let isa = self.shared.agreement()?;
+        isa.audience(&caller.party, EventType::BreachAcknowledged, "core")
+            .map_err(|r| Status::permission_denied(r.0))?;
+        let row = {
+            let projector = self
+                .shared
+                .projector
+                .lock()
+                .map_err(|_| Status::internal("projector unavailable"))?;
+            hru_projection::breach(&projector.store, &id).map_err(|e| Status::internal(e.to_string()))?
+        }
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "breach {} is not known to this node",
+                hex::encode(id.as_bytes())
+            ))
+        })?;
+        if let Some(by) = &row.acknowledged_by {
+            return Err(Status::failed_precondition(format!(
+                "breach {} was already acknowledged by {by}",
+                row.breach_id
+            )));
+        }
+        let case: CaseId = row
+            .case_id
+            .parse()
+            .map_err(|_| Status::internal("breach row names no case"))?;
+        let now = jiff::Timestamp::now().as_millisecond();
+        let response_time_ms = (now - row.raised_at_ms).max(0);
+        let (event_type, sections) = split_draft(pb::event_draft::Event::BreachAcknowledged(pb::BreachAcknowledged {
+            core: Some(pb::AcknowledgementCore {
+                breach_id: id.as_bytes().to_vec(),
+                operator,
+                action,
+                response_time_ms,
+            }),
+        }));
+        self.shared
+            .log_access(&grant, &caller.person, Disclosed::case(case, vec!["core".into()]))
+            .await?;
+        let mut producer = self.shared.producer.lock().await;
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let batch = producer
+            .sealer()
+            .prepare_event(
+                case,
+                event_type,
+                sections,
+                now,
+                now,
+                isa,
+                &self.shared.directory,
+                &mut rng,
+            )
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        producer
+            .append(&self.shared.log, &batch, Expect::Any)
+            .await
+            .map_err(|e| append_status(e, None))?;
+        let event_id = batch
+            .envelopes
+            .last()
+            .map(|e| e.header.event_id.0.as_bytes().to_vec())
+            .unwrap_or_default();
+        Ok(Response::new(pb::AcknowledgeResponse {
+            event_id,
+            response_time_ms,
+        }))
+    }
+}
+
+impl Shared {
+    /// An event as `reader` may see it, opened with the fold's key ring.
+    fn visible(
+        &self,
+        sequence: u64,
+        v: &hru_envelope::VerifiedEnvelope,
+        reader: &PartyId,
+        only: Option<&[String]>,
+    ) -> Option<pb::OpenedEvent> {
+        let isa = self.agreement().ok()?;
+        let projector = self.projector.lock().ok()?;
+        opened_for(projector.ring(), isa, sequence, v, reader, only)
+    }
+}
