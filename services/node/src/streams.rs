@@ -317,13 +317,27 @@ impl BreachApi {
         let isa = self.shared.agreement()?;
         isa.audience(&caller.party, EventType::BreachAcknowledged, "core")
             .map_err(|r| Status::permission_denied(r.0))?;
-        let row = {
+        let lookup = || -> Result<Option<hru_projection::BreachRow>, Status> {
             let projector = self
                 .shared
                 .projector
                 .lock()
                 .map_err(|_| Status::internal("projector unavailable"))?;
-            hru_projection::breach(&projector.store, &id).map_err(|e| Status::internal(e.to_string()))?
+            hru_projection::breach(&projector.store, &id).map_err(|e| Status::internal(e.to_string()))
+        };
+        let row = match lookup()? {
+            Some(row) => Some(row),
+            None => {
+                // The breach may be in the log but not folded yet.
+                let (_, last) = self
+                    .shared
+                    .log
+                    .bounds()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                self.shared.wait_folded(last).await;
+                lookup()?
+            }
         }
         .ok_or_else(|| {
             Status::not_found(format!(
