@@ -210,7 +210,7 @@ fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
         .iter()
         .filter_map(|s| s.as_str())
         .collect();
-    for want in ["hru.v1.CaseService", "grpc.health.v1.Health"] {
+    for want in hru_node::SERVICES.iter().copied().chain(["grpc.health.v1.Health"]) {
         assert!(services.contains(&want), "reflection lists {want}: {services:?}");
     }
     assert!(rows[0].json.contains("Nantwich"));

@@ -97,3 +97,120 @@ pub fn hru(nats: &NatsServer, args: &[&str]) -> Output {
         .output()
         .expect("runs hru")
 }
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `hru node run` as a child process; killed when dropped.
+pub struct NodeProcess {
+    pub party: String,
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl World {
+    /// The deployment CA (made once) and a certificate for `party` valid for localhost.
+    pub fn certificate(&self, party: &str) {
+        let d = |rel: &str| path(self.dir.path(), rel);
+        if !self.dir.path().join("ca/ca.pem").exists() {
+            let out = self.run(&["keys", "ca", "--out", &d("ca")]);
+            assert!(
+                out.status.success(),
+                "keys ca: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = self.run(&[
+            "keys",
+            "cert",
+            "--ca",
+            &d("ca"),
+            "--party",
+            party,
+            "--host",
+            "localhost",
+            "--out",
+            &d("certs"),
+        ]);
+        assert!(
+            out.status.success(),
+            "keys cert: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start `party`'s node as a child process; `extra` is appended to its config.
+    pub fn start_node(&self, party: &str, extra: &str) -> NodeProcess {
+        let d = |rel: &str| path(self.dir.path(), rel);
+        self.certificate(party);
+        let port = free_port();
+        let config = format!(
+            "party = \"{party}\"\nkeys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            d("keys"),
+            d("policies"),
+            d(&format!("node-{party}")),
+            d("ca/ca.pem"),
+            d(&format!("certs/{party}.pem")),
+            d(&format!("certs/{party}.key")),
+        );
+        let file = self.dir.path().join(format!("{party}.toml"));
+        std::fs::write(&file, config).expect("write node config");
+        let child = Command::new(env!("CARGO_BIN_EXE_hru"))
+            .args(["node", "run", "--config", &file.display().to_string()])
+            .env("HRU_NATS_URL", self.nats.url())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn hru node run");
+        NodeProcess {
+            party: party.to_owned(),
+            port,
+            child,
+        }
+    }
+
+    /// A TLS channel to `node` as `party`, once the node answers.
+    pub async fn channel(&self, node: &NodeProcess, party: &str) -> tonic::transport::Channel {
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+        let read = |rel: &str| std::fs::read_to_string(self.dir.path().join(rel)).expect("read pem");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca/ca.pem")))
+            .identity(Identity::from_pem(
+                read(&format!("certs/{party}.pem")),
+                read(&format!("certs/{party}.key")),
+            ))
+            .domain_name("localhost");
+        for _ in 0..200 {
+            let endpoint = Channel::from_shared(format!("https://127.0.0.1:{}", node.port))
+                .expect("url")
+                .tls_config(tls.clone())
+                .expect("tls");
+            if let Ok(channel) = endpoint.connect().await {
+                return channel;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{}'s node does not answer on port {}", node.party, node.port);
+    }
+}
+
+/// A request naming the person acting.
+pub fn request<T>(message: T, person: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("x-hru-person", person.parse().expect("ascii person"));
+    r
+}
