@@ -8,15 +8,26 @@ use anyhow::{Context as _, bail};
 use hru_domain::PartyId;
 use hru_envelope::KeyRing;
 use hru_log::EventLog;
-use hru_projection::{CaseBoard, Projection, Projector, ReviewSchedule, Store};
+use hru_node::View;
+use hru_projection::{Projection, Projector, Store};
 
 use crate::{keys, policies};
 
 /// Entries folded per committed batch.
 const BATCH: usize = 256;
 
-fn all_projections() -> Vec<Box<dyn Projection>> {
-    vec![Box::new(CaseBoard), Box::new(ReviewSchedule)]
+/// The projections a party's node keeps: those behind the views of its role.
+fn role_projections(
+    policies_dir: &Path,
+    directory: &hru_envelope::Directory,
+    party: &PartyId,
+) -> anyhow::Result<Vec<Box<dyn Projection>>> {
+    let set = policies::agreements(policies_dir, directory)?;
+    let role = set
+        .iter()
+        .find_map(|isa| isa.parties.get(party).map(|p| p.role))
+        .with_context(|| format!("--party: {party} is not a party of any agreement"))?;
+    Ok(View::projections(&View::for_role(role)))
 }
 
 /// Fold the log into the store at `store_dir` as `party`; `wipe` rebuilds from sequence 1.
@@ -32,12 +43,13 @@ pub(crate) async fn run(
     let party: PartyId = party.parse().context("--party")?;
     let directory = policies::directory(policies_dir)?;
     let secrets = keys::load(keys_dir, &party)?;
-    let projections: Vec<Box<dyn Projection>> = all_projections()
+    let projections: Vec<Box<dyn Projection>> = role_projections(policies_dir, &directory, &party)?
         .into_iter()
         .filter(|p| only.is_none_or(|n| n == p.name()))
         .collect();
     if projections.is_empty() {
-        let names: Vec<&str> = all_projections().iter().map(|p| p.name()).collect();
+        let all = role_projections(policies_dir, &directory, &party)?;
+        let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
         bail!(
             "no projection named {:?}; known: {}",
             only.unwrap_or_default(),

@@ -233,6 +233,9 @@ fn tokio_stream_of(listener: TcpListener) -> impl futures::Stream<Item = std::io
     })
 }
 
+/// Log entries folded per committed batch.
+const FOLD_BATCH: usize = 256;
+
 /// Fold new log entries into the projections until told to stop; the batch in hand finishes.
 async fn fold_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut next = 1;
@@ -241,15 +244,27 @@ async fn fold_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<b
             Ok(entries) if !entries.is_empty() => {
                 next = entries.last().map_or(next, |e| e.sequence + 1);
                 shared.metrics.head(next - 1);
-                let batch: Vec<(u64, &[u8])> = entries.iter().map(|e| (e.sequence, e.payload.as_ref())).collect();
-                let folded = shared.projector.lock().map(|mut p| p.feed(&batch));
-                if matches!(folded, Ok(Ok(()))) {
-                    shared.metrics.folded(batch.len() as u64, next - 1);
-                }
-                if let Ok(Err(e)) | Err(e) =
-                    folded.map_err(|_| hru_projection::ProjectionError::Store("poisoned".into()))
-                {
-                    tracing::error!(cause = %e, "folding failed");
+                // Fold in bounded batches, each committed on its own, so a stop request waits for
+                // one batch at most.
+                for chunk in entries.chunks(FOLD_BATCH) {
+                    let batch: Vec<(u64, &[u8])> = chunk.iter().map(|e| (e.sequence, e.payload.as_ref())).collect();
+                    let through = batch.last().map_or(0, |b| b.0);
+                    let folded = shared.projector.lock().map(|mut p| p.feed(&batch));
+                    match folded {
+                        Ok(Ok(())) => shared.metrics.folded(batch.len() as u64, through),
+                        Ok(Err(e)) => {
+                            tracing::error!(cause = %e, "folding failed; retrying from the checkpoint");
+                            next = shared.projector.lock().map_or(1, |p| p.resume_from());
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::error!("projector lock poisoned; folding stops");
+                            return;
+                        }
+                    }
+                    if *stop.borrow() {
+                        return;
+                    }
                 }
             }
             Ok(_) => {}

@@ -77,6 +77,10 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP hru_node_folded_through The last log sequence folded.\n# TYPE hru_node_folded_through gauge\nhru_node_folded_through {through}"
+        );
+        let _ = writeln!(
+            out,
             "# HELP hru_node_requests_total Calls by method and gRPC code.\n# TYPE hru_node_requests_total counter"
         );
         if let Ok(r) = self.requests.lock() {
