@@ -1,0 +1,1071 @@
+//! The geofence engine: pure code. `evaluate(state, input) -> (state, actions)`; no I/O and no
+//! clock reads (time comes in with the input), so the same inputs always give the same breaches
+//! and a restart that replays its inputs reaches the same state.
+//!
+//! Rules, per tag:
+//! - exclusion zones (optionally scheduled): a breach opens when the fix's accuracy circle lies
+//!   inside the zone; a circle that straddles the boundary is only *possible*;
+//! - inclusion zones (curfews, windows in Europe/London): a breach opens when the accuracy
+//!   circle lies outside the zone during a window;
+//! - victim proximity: the distance to the latest fresh victim fix, allowing for both
+//!   accuracies: a warning when they may be within the outer distance, a breach when they are
+//!   certainly within the inner; a stale victim fix is reported, never used;
+//! - device: strap tamper, battery low, no GPS fix for T, no communication for T (driven by
+//!   the watermark the gateway's heartbeats carry).
+//!
+//! A breach closes only after N consecutive fixes (or S seconds of fixes) clear of the boundary
+//! by the exit buffer: GPS drift along an edge raises one episode, not a storm. Each episode's
+//! id derives from (tag, rule, first fix), so a replay raises the same ids. Fixes are evaluated
+//! in device-time order per tag; a fix received long after it was taken marks its breaches
+//! late, and a fix older than one already evaluated is still checked, never dropped.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hru_domain::CaseId;
+use hru_wire::v1 as pb;
+use rstar::{AABB, RTree, RTreeObject};
+use sha2::{Digest as _, Sha256};
+
+use crate::zone::{Zone, distance_m};
+
+/// Tunable thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Consecutive clear fixes that close a breach.
+    pub exit_fixes: u32,
+    /// Or: seconds of clear fixes that close a breach.
+    pub exit_seconds: i64,
+    /// A fix received this long after it was taken is late.
+    pub late_after_ms: i64,
+    /// Battery at or below this is low.
+    pub battery_low_percent: u32,
+    /// No GPS fix for this long raises no-fix.
+    pub no_fix_after_ms: i64,
+    /// No message at all for this long raises no-communication.
+    pub no_comm_after_ms: i64,
+    /// An open breach is re-reported (UPDATED) at most this often.
+    pub update_every_ms: i64,
+    /// Proximity exit buffer, metres.
+    pub proximity_exit_m: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            exit_fixes: 3,
+            exit_seconds: 60,
+            late_after_ms: 60_000,
+            battery_low_percent: 15,
+            no_fix_after_ms: 5 * 60_000,
+            no_comm_after_ms: 15 * 60_000,
+            update_every_ms: 60_000,
+            proximity_exit_m: 25.0,
+        }
+    }
+}
+
+/// One position fix of a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fix {
+    /// Device-assigned sequence.
+    pub seq: u64,
+    /// Device time, Unix ms.
+    pub device_ms: i64,
+    /// Gateway receive time, Unix ms.
+    pub received_ms: i64,
+    /// `(lat, lon)`; none without a GPS fix.
+    pub position: Option<(f64, f64)>,
+    /// Accuracy radius, metres.
+    pub accuracy_m: f64,
+    /// Battery percent.
+    pub battery: u32,
+    /// Strap tampered.
+    pub tampered: bool,
+}
+
+impl Fix {
+    /// A fix from its wire form.
+    pub fn from_wire(f: &pb::PositionFix) -> Self {
+        Self {
+            seq: f.fix_seq,
+            device_ms: f.device_time_ms,
+            received_ms: f.received_at_ms,
+            position: f.position.as_ref().map(|p| (p.lat, p.lon)),
+            accuracy_m: f.accuracy_m.max(0.0),
+            battery: f.battery_percent,
+            tampered: f.strap == pb::StrapState::Tampered as i32,
+        }
+    }
+}
+
+/// A proximity rule as the engine holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proximity {
+    /// The rule.
+    pub rule: hru_domain::ProximityRule,
+    /// Its case.
+    pub case: Option<CaseId>,
+    /// Version (how many times it was set).
+    pub version: u32,
+}
+
+/// What the engine is told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A zone defined or replaced.
+    Zone(Box<Zone>),
+    /// A zone revoked (its open breaches close).
+    ZoneRevoked {
+        /// Zone id.
+        zone: uuid::Uuid,
+        /// When, Unix ms.
+        at_ms: i64,
+    },
+    /// A proximity rule set or replaced.
+    Proximity(Box<Proximity>),
+    /// A tag fitted (pairs it with its case and victim device).
+    TagFitted {
+        /// Case.
+        case: Option<CaseId>,
+        /// The tag event.
+        tag: hru_domain::Tag,
+    },
+    /// A tag removed: no more device alerts for it.
+    TagRemoved {
+        /// Tag id.
+        tag: String,
+    },
+    /// Fixes of one device.
+    Fixes {
+        /// Device id.
+        device: String,
+        /// A victim's device rather than a subject's tag.
+        victim: bool,
+        /// Its fixes.
+        fixes: Vec<Fix>,
+    },
+    /// Event time has reached here for every device (the gateway's heartbeat).
+    Watermark {
+        /// Unix ms.
+        at_ms: i64,
+    },
+}
+
+/// What the engine decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A breach episode opened, was updated or closed: append a TagBreach.
+    Breach(BreachUpdate),
+    /// Warn the victim now (proximity and exclusion breaches, in parallel with the control room).
+    VictimAlert {
+        /// Breach episode.
+        breach_id: uuid::Uuid,
+        /// The victim's device.
+        victim_device: String,
+        /// Breach kind.
+        kind: pb::BreachKind,
+        /// The tag.
+        tag: String,
+        /// Distance, metres.
+        distance_m: f64,
+    },
+    /// A fix's accuracy circle straddles a boundary: possibly in breach, not confirmed.
+    Possible {
+        /// The tag.
+        tag: String,
+        /// The zone or rule.
+        rule: uuid::Uuid,
+        /// The fix.
+        fix_seq: u64,
+    },
+    /// The victim's latest fix is too old to judge proximity.
+    StaleVictimFix {
+        /// The tag.
+        tag: String,
+        /// The proximity rule.
+        rule: uuid::Uuid,
+        /// Age of the latest victim fix at the tag's fix, ms (none: never had one).
+        age_ms: Option<i64>,
+    },
+}
+
+/// Why a breach decision was made: enough to replay it to the same answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evidence {
+    /// The fixes behind the decision: the episode's first, then the latest.
+    pub fix_seqs: Vec<u64>,
+    /// Zone or rule version.
+    pub rule_version: u32,
+    /// Hysteresis state, e.g. "clear 2/3 fixes, 40/60 s".
+    pub hysteresis: String,
+}
+
+/// One TagBreach to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreachUpdate {
+    /// Episode id.
+    pub breach_id: uuid::Uuid,
+    /// The case it belongs to.
+    pub case: Option<CaseId>,
+    /// Tag.
+    pub tag: String,
+    /// Kind.
+    pub kind: pb::BreachKind,
+    /// Opened, updated or closed.
+    pub state: pb::BreachState,
+    /// Zone or rule id.
+    pub rule_id: uuid::Uuid,
+    /// The episode's first fix, device time.
+    pub opened_at_ms: i64,
+    /// This decision's fix (or watermark), device time.
+    pub observed_at_ms: i64,
+    /// Position of that fix.
+    pub position: Option<(f64, f64)>,
+    /// Its accuracy.
+    pub accuracy_m: f64,
+    /// Distance to the boundary or the victim, metres.
+    pub distance_m: f64,
+    /// Found late (store and forward, or out of order).
+    pub late: bool,
+    /// Inputs behind it.
+    pub evidence: Evidence,
+}
+
+impl BreachUpdate {
+    /// A unique, replay-stable id for this update (the log's `Nats-Msg-Id`): the episode id for
+    /// the opening, plus the state and observation time for later updates.
+    pub fn message_id(&self) -> String {
+        match self.state {
+            pb::BreachState::Opened => self.breach_id.to_string(),
+            other => format!("{}-{}-{}", self.breach_id, other.as_str_name(), self.observed_at_ms),
+        }
+    }
+
+    /// The wire section.
+    pub fn core(&self) -> pb::BreachCore {
+        pb::BreachCore {
+            breach_id: self.breach_id.as_bytes().to_vec(),
+            tag_id: self.tag.clone(),
+            kind: self.kind as i32,
+            state: self.state as i32,
+            rule_id: self.rule_id.as_bytes().to_vec(),
+            opened_at_ms: self.opened_at_ms,
+            observed_at_ms: self.observed_at_ms,
+            position: self.position.map(|(lat, lon)| pb::LatLon { lat, lon }),
+            accuracy_m: self.accuracy_m,
+            distance_m: self.distance_m,
+            late: self.late,
+        }
+    }
+}
+
+/// A rule of a tag: which zone or proximity rule, or which device condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum RuleKey {
+    Zone(uuid::Uuid),
+    ProximityWarning(uuid::Uuid),
+    Proximity(uuid::Uuid),
+    Device(pb::BreachKind),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Episode {
+    breach_id: uuid::Uuid,
+    kind: pb::BreachKind,
+    rule_id: uuid::Uuid,
+    rule_version: u32,
+    opened_ms: i64,
+    first_fix: u64,
+    last_report_ms: i64,
+    clear_fixes: u32,
+    clear_since_ms: Option<i64>,
+    late: bool,
+}
+
+/// One tag's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct TagState {
+    case: Option<CaseId>,
+    victim_device: Option<String>,
+    fitted: bool,
+    last_device_ms: i64,
+    last_comm_ms: i64,
+    last_gps_ms: i64,
+    last_fix: Option<(u64, i64, (f64, f64), f64)>,
+    open: BTreeMap<RuleKey, Episode>,
+    possible: BTreeMap<RuleKey, u64>,
+    /// Closed episodes: (rule, opened, closed), the latest few per tag.
+    history: Vec<(RuleKey, i64, i64)>,
+    stale_reported: BTreeMap<uuid::Uuid, bool>,
+}
+
+const HISTORY: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+struct ZoneBox {
+    bbox: AABB<[f64; 2]>,
+    zone: uuid::Uuid,
+}
+
+impl RTreeObject for ZoneBox {
+    type Envelope = AABB<[f64; 2]>;
+    fn envelope(&self) -> Self::Envelope {
+        self.bbox
+    }
+}
+
+/// Everything the engine knows.
+#[derive(Debug, Clone)]
+pub struct State {
+    config: Config,
+    zones: HashMap<uuid::Uuid, Zone>,
+    exclusion_index: RTree<ZoneBox>,
+    inclusion_by_tag: HashMap<String, Vec<uuid::Uuid>>,
+    proximity_by_tag: HashMap<String, Vec<uuid::Uuid>>,
+    proximity_by_victim: HashMap<String, Vec<uuid::Uuid>>,
+    rules: HashMap<uuid::Uuid, Proximity>,
+    tags: HashMap<String, TagState>,
+    victims: HashMap<String, (i64, (f64, f64), f64)>,
+    watermark_ms: i64,
+}
+
+/// Apply one input to a state: the new state and what to do.
+pub fn evaluate(mut state: State, input: &Input) -> (State, Vec<Action>) {
+    let actions = state.apply(input);
+    (state, actions)
+}
+
+/// The id of an episode: (tag, rule, first fix).
+fn episode_id(tag: &str, rule: RuleKey, first_fix: u64, at_ms: i64) -> uuid::Uuid {
+    let mut h = Sha256::new();
+    h.update(b"hru.breach.v1\0");
+    h.update(tag.as_bytes());
+    h.update([0]);
+    h.update(format!("{rule:?}").as_bytes());
+    h.update(first_fix.to_be_bytes());
+    h.update(at_ms.to_be_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// A stable id for a device condition of a tag (the rule id of device breaches).
+fn device_rule_id(tag: &str, kind: pb::BreachKind) -> uuid::Uuid {
+    let digest = Sha256::digest(format!("hru.device-rule.v1\0{tag}\0{}", kind.as_str_name()));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Where a fix stands against a rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    /// In breach for certain.
+    Breach,
+    /// Could be either.
+    Possible,
+    /// Clear of the boundary by the exit buffer.
+    ClearBeyondBuffer,
+    /// Clear, but within the exit buffer.
+    Clear,
+}
+
+/// A fix against a rule: the verdict and the distance to report.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    verdict: Verdict,
+    distance_m: f64,
+    version: u32,
+    kind: pb::BreachKind,
+    rule_id: uuid::Uuid,
+}
+
+impl State {
+    /// An empty state.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            zones: HashMap::new(),
+            exclusion_index: RTree::new(),
+            inclusion_by_tag: HashMap::new(),
+            proximity_by_tag: HashMap::new(),
+            proximity_by_victim: HashMap::new(),
+            rules: HashMap::new(),
+            tags: HashMap::new(),
+            victims: HashMap::new(),
+            watermark_ms: 0,
+        }
+    }
+
+    /// Zones known.
+    pub fn zone_count(&self) -> usize {
+        self.zones.len()
+    }
+
+    /// Tags known.
+    pub fn tag_count(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Open episodes, across tags.
+    pub fn open_episodes(&self) -> usize {
+        self.tags.values().map(|t| t.open.len()).sum()
+    }
+
+    /// Apply one input; what to do.
+    pub fn apply(&mut self, input: &Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Zone(z) => self.define_zone((**z).clone(), &mut out),
+            Input::ZoneRevoked { zone, at_ms } => self.revoke_zone(*zone, *at_ms, &mut out),
+            Input::Proximity(p) => self.set_rule((**p).clone()),
+            Input::TagFitted { case, tag } => {
+                let t = self.tags.entry(tag.tag_id.clone()).or_default();
+                t.case = *case;
+                t.victim_device.clone_from(&tag.victim_device_id);
+                t.fitted = true;
+                t.last_comm_ms = t.last_comm_ms.max(tag.at_ms);
+                t.last_gps_ms = t.last_gps_ms.max(tag.at_ms);
+            }
+            Input::TagRemoved { tag } => {
+                if let Some(t) = self.tags.get_mut(tag) {
+                    t.fitted = false;
+                }
+            }
+            Input::Fixes { device, victim, fixes } => {
+                let mut sorted: Vec<&Fix> = fixes.iter().collect();
+                sorted.sort_by_key(|f| (f.device_ms, f.seq));
+                for f in sorted {
+                    if *victim {
+                        self.victim_fix(device, f, &mut out);
+                    } else {
+                        self.tag_fix(device, f, &mut out);
+                    }
+                }
+            }
+            Input::Watermark { at_ms } => self.watermark(*at_ms, &mut out),
+        }
+        out
+    }
+
+    fn define_zone(&mut self, zone: Zone, out: &mut Vec<Action>) {
+        let replaced = self.zones.get(&zone.id).cloned();
+        if let Some(old) = &replaced {
+            self.unindex(old);
+        }
+        match zone.kind {
+            pb::ZoneKind::Inclusion => self.inclusion_by_tag.entry(zone.tag.clone()).or_default().push(zone.id),
+            _ => self.exclusion_index.insert(ZoneBox {
+                bbox: zone.bbox,
+                zone: zone.id,
+            }),
+        }
+        // A moved zone is re-judged at the tag's next fix; an open episode keeps its id.
+        let _ = out;
+        self.zones.insert(zone.id, zone);
+    }
+
+    fn unindex(&mut self, zone: &Zone) {
+        match zone.kind {
+            pb::ZoneKind::Inclusion => {
+                if let Some(v) = self.inclusion_by_tag.get_mut(&zone.tag) {
+                    v.retain(|z| *z != zone.id);
+                }
+            }
+            _ => {
+                self.exclusion_index.remove(&ZoneBox {
+                    bbox: zone.bbox,
+                    zone: zone.id,
+                });
+            }
+        }
+    }
+
+    fn revoke_zone(&mut self, id: uuid::Uuid, at_ms: i64, out: &mut Vec<Action>) {
+        let Some(zone) = self.zones.remove(&id) else {
+            return;
+        };
+        self.unindex(&zone);
+        if let Some(t) = self.tags.get_mut(&zone.tag)
+            && let Some(e) = t.open.remove(&RuleKey::Zone(id))
+        {
+            t.history.push((RuleKey::Zone(id), e.opened_ms, at_ms));
+            out.push(Action::Breach(close(
+                &zone.tag,
+                t.case,
+                &e,
+                at_ms,
+                None,
+                0.0,
+                0.0,
+                "zone revoked",
+            )));
+        }
+    }
+
+    fn set_rule(&mut self, mut p: Proximity) {
+        let id = p.rule.rule_id;
+        if let Some(old) = self.rules.remove(&id) {
+            p.version = p.version.max(old.version + 1);
+            if let Some(v) = self.proximity_by_tag.get_mut(&old.rule.tag_id) {
+                v.retain(|r| *r != id);
+            }
+            if let Some(v) = self.proximity_by_victim.get_mut(&old.rule.victim_device_id) {
+                v.retain(|r| *r != id);
+            }
+        }
+        self.proximity_by_tag.entry(p.rule.tag_id.clone()).or_default().push(id);
+        self.proximity_by_victim
+            .entry(p.rule.victim_device_id.clone())
+            .or_default()
+            .push(id);
+        self.rules.insert(id, p);
+    }
+
+    fn victim_fix(&mut self, device: &str, f: &Fix, out: &mut Vec<Action>) {
+        let Some(position) = f.position else { return };
+        let newer = self.victims.get(device).is_none_or(|(t, ..)| f.device_ms >= *t);
+        if !newer {
+            return;
+        }
+        self.victims
+            .insert(device.to_owned(), (f.device_ms, position, f.accuracy_m));
+        // The victim moved: judge each rule against the tag's latest fix.
+        let rules = self.proximity_by_victim.get(device).cloned().unwrap_or_default();
+        for id in rules {
+            let Some(rule) = self.rules.get(&id).cloned() else {
+                continue;
+            };
+            let tag = rule.rule.tag_id.clone();
+            let Some((seq, at, pos, acc)) = self.tags.get(&tag).and_then(|t| t.last_fix) else {
+                continue;
+            };
+            // Only a tag fix about as fresh as the victim's counts.
+            if (f.device_ms - at).abs() > i64::from(rule.rule.max_victim_fix_age_s) * 1000 {
+                continue;
+            }
+            let fix = Fix {
+                seq,
+                device_ms: f.device_ms.max(at),
+                received_ms: f.received_ms,
+                position: Some(pos),
+                accuracy_m: acc,
+                battery: 100,
+                tampered: false,
+            };
+            for reading in self.proximity_readings(&rule, &fix, out) {
+                self.judge(&tag, &fix, reading, out);
+            }
+        }
+    }
+
+    fn tag_fix(&mut self, tag: &str, f: &Fix, out: &mut Vec<Action>) {
+        let config = self.config.clone();
+        let t = self.tags.entry(tag.to_owned()).or_default();
+        let out_of_order = f.device_ms < t.last_device_ms;
+        t.last_comm_ms = t.last_comm_ms.max(f.device_ms);
+        if out_of_order {
+            self.late_fix(tag, f, out);
+            return;
+        }
+        t.last_device_ms = f.device_ms;
+        // Device conditions.
+        let position = f.position;
+        let device = [
+            (pb::BreachKind::Tamper, f.tampered, !f.tampered),
+            (
+                pb::BreachKind::BatteryLow,
+                f.battery <= config.battery_low_percent,
+                f.battery > config.battery_low_percent + 5,
+            ),
+            (pb::BreachKind::NoCommunication, false, true),
+            (
+                pb::BreachKind::NoFix,
+                position.is_none() && f.device_ms - t.last_gps_ms > config.no_fix_after_ms,
+                position.is_some(),
+            ),
+        ];
+        if let Some(p) = position {
+            t.last_gps_ms = f.device_ms;
+            t.last_fix = Some((f.seq, f.device_ms, p, f.accuracy_m));
+        }
+        for (kind, raise, clear) in device {
+            self.device_condition(tag, kind, raise, clear, f.device_ms, Some(f), out);
+        }
+        if position.is_none() {
+            return;
+        }
+        for reading in self.readings(tag, f, out) {
+            self.judge(tag, f, reading, out);
+        }
+    }
+
+    /// Every rule reading for a tag's fix: zones near it, its curfews, its proximity rules, and
+    /// any zone it has an open episode in.
+    fn readings(&self, tag: &str, f: &Fix, out: &mut Vec<Action>) -> Vec<Reading> {
+        let Some((lat, lon)) = f.position else {
+            return Vec::new();
+        };
+        let mut readings = Vec::new();
+        let reach = (f.accuracy_m + 1.0) / 111_000.0;
+        let scale = lat.to_radians().cos().max(1e-6);
+        let envelope = AABB::from_corners([lon - reach / scale, lat - reach], [lon + reach / scale, lat + reach]);
+        let mut seen: Vec<uuid::Uuid> = Vec::new();
+        for b in self.exclusion_index.locate_in_envelope_intersecting(&envelope) {
+            if let Some(z) = self.zones.get(&b.zone)
+                && z.tag == tag
+            {
+                seen.push(z.id);
+                readings.push(self.zone_reading(z, f, lat, lon));
+            }
+        }
+        if let Some(state) = self.tags.get(tag) {
+            for key in state.open.keys().chain(state.possible.keys()) {
+                if let RuleKey::Zone(id) = key
+                    && !seen.contains(id)
+                    && let Some(z) = self.zones.get(id)
+                    && z.kind == pb::ZoneKind::Exclusion
+                {
+                    seen.push(*id);
+                    readings.push(self.zone_reading(z, f, lat, lon));
+                }
+            }
+        }
+        for id in self.inclusion_by_tag.get(tag).into_iter().flatten() {
+            if let Some(z) = self.zones.get(id) {
+                readings.push(self.zone_reading(z, f, lat, lon));
+            }
+        }
+        for id in self.proximity_by_tag.get(tag).into_iter().flatten() {
+            if let Some(rule) = self.rules.get(id) {
+                readings.extend(self.proximity_readings(rule, f, out));
+            }
+        }
+        readings
+    }
+
+    fn zone_reading(&self, z: &Zone, f: &Fix, lat: f64, lon: f64) -> Reading {
+        let depth = z.depth(lat, lon);
+        let active = z.active_at(f.device_ms);
+        // For an exclusion zone the breach side is inside; for a curfew, outside.
+        let (into_breach, kind) = match z.kind {
+            pb::ZoneKind::Inclusion => (-depth, pb::BreachKind::Curfew),
+            _ => (depth, pb::BreachKind::Exclusion),
+        };
+        let acc = f.accuracy_m;
+        let verdict = if !active {
+            Verdict::ClearBeyondBuffer
+        } else if into_breach >= acc {
+            Verdict::Breach
+        } else if into_breach > -acc {
+            Verdict::Possible
+        } else if -into_breach >= acc + z.exit_buffer_m {
+            Verdict::ClearBeyondBuffer
+        } else {
+            Verdict::Clear
+        };
+        Reading {
+            verdict,
+            distance_m: depth.abs(),
+            version: z.version,
+            kind,
+            rule_id: z.id,
+        }
+    }
+
+    /// Proximity warning and breach readings, or a stale-victim report.
+    fn proximity_readings(&self, p: &Proximity, f: &Fix, out: &mut Vec<Action>) -> Vec<Reading> {
+        let Some(tag_pos) = f.position else {
+            return Vec::new();
+        };
+        let rule = &p.rule;
+        let victim = self.victims.get(&rule.victim_device_id);
+        let max_age = i64::from(rule.max_victim_fix_age_s) * 1000;
+        let fresh = victim.filter(|(t, ..)| f.device_ms - *t <= max_age);
+        let Some((_, victim_pos, victim_acc)) = fresh else {
+            out.push(Action::StaleVictimFix {
+                tag: rule.tag_id.clone(),
+                rule: rule.rule_id,
+                age_ms: victim.map(|(t, ..)| f.device_ms - t),
+            });
+            return Vec::new();
+        };
+        let d = distance_m(tag_pos, *victim_pos);
+        let slack = f.accuracy_m + victim_acc;
+        let (nearest, farthest) = ((d - slack).max(0.0), d + slack);
+        let exit = self.config.proximity_exit_m;
+        let judge = |threshold: f64, certain: bool| {
+            if (certain && farthest <= threshold) || (!certain && nearest <= threshold) {
+                Verdict::Breach
+            } else if nearest <= threshold {
+                Verdict::Possible
+            } else if nearest > threshold + exit {
+                Verdict::ClearBeyondBuffer
+            } else {
+                Verdict::Clear
+            }
+        };
+        vec![
+            Reading {
+                verdict: judge(rule.warning_m, false),
+                distance_m: d,
+                version: p.version,
+                kind: pb::BreachKind::ProximityWarning,
+                rule_id: rule.rule_id,
+            },
+            Reading {
+                verdict: judge(rule.breach_m, true),
+                distance_m: d,
+                version: p.version,
+                kind: pb::BreachKind::Proximity,
+                rule_id: rule.rule_id,
+            },
+        ]
+    }
+
+    fn key(reading: &Reading) -> RuleKey {
+        match reading.kind {
+            pb::BreachKind::ProximityWarning => RuleKey::ProximityWarning(reading.rule_id),
+            pb::BreachKind::Proximity => RuleKey::Proximity(reading.rule_id),
+            _ => RuleKey::Zone(reading.rule_id),
+        }
+    }
+
+    /// Hysteresis: open on a certain breach, count clear fixes to close.
+    fn judge(&mut self, tag: &str, f: &Fix, r: Reading, out: &mut Vec<Action>) {
+        let config = self.config.clone();
+        let key = Self::key(&r);
+        let victim_device = self.victim_of(tag, r.rule_id);
+        let Some(t) = self.tags.get_mut(tag) else { return };
+        let late = f.received_ms - f.device_ms > config.late_after_ms;
+        let case = self
+            .zones
+            .get(&r.rule_id)
+            .and_then(|z| z.case)
+            .or_else(|| self.rules.get(&r.rule_id).and_then(|p| p.case))
+            .or(t.case);
+        match (t.open.get_mut(&key), r.verdict) {
+            (None, Verdict::Breach) => {
+                t.possible.remove(&key);
+                let e = Episode {
+                    breach_id: episode_id(tag, key, f.seq, f.device_ms),
+                    kind: r.kind,
+                    rule_id: r.rule_id,
+                    rule_version: r.version,
+                    opened_ms: f.device_ms,
+                    first_fix: f.seq,
+                    last_report_ms: f.device_ms,
+                    clear_fixes: 0,
+                    clear_since_ms: None,
+                    late,
+                };
+                let update = report(
+                    tag,
+                    case,
+                    &e,
+                    pb::BreachState::Opened,
+                    f,
+                    r.distance_m,
+                    "opened: accuracy circle in breach".into(),
+                );
+                if matches!(r.kind, pb::BreachKind::Proximity | pb::BreachKind::Exclusion)
+                    && let Some(victim) = victim_device
+                {
+                    out.push(Action::VictimAlert {
+                        breach_id: e.breach_id,
+                        victim_device: victim,
+                        kind: r.kind,
+                        tag: tag.to_owned(),
+                        distance_m: r.distance_m,
+                    });
+                }
+                out.push(Action::Breach(update));
+                t.open.insert(key, e);
+            }
+            (None, Verdict::Possible) => {
+                if t.possible.insert(key, f.seq).is_none() {
+                    out.push(Action::Possible {
+                        tag: tag.to_owned(),
+                        rule: r.rule_id,
+                        fix_seq: f.seq,
+                    });
+                }
+            }
+            (None, _) => {
+                t.possible.remove(&key);
+            }
+            (Some(e), Verdict::ClearBeyondBuffer) => {
+                e.clear_fixes += 1;
+                let since = *e.clear_since_ms.get_or_insert(f.device_ms);
+                let clear_for = f.device_ms - since;
+                if e.clear_fixes >= config.exit_fixes || clear_for >= config.exit_seconds * 1000 {
+                    let e = t.open.remove(&key).unwrap_or_else(|| unreachable!("matched above"));
+                    t.history.push((key, e.opened_ms, f.device_ms));
+                    if t.history.len() > HISTORY {
+                        t.history.remove(0);
+                    }
+                    let why = format!(
+                        "closed: clear by the exit buffer for {} fixes, {} s",
+                        e.clear_fixes,
+                        clear_for / 1000
+                    );
+                    out.push(Action::Breach(close(
+                        tag,
+                        case,
+                        &e,
+                        f.device_ms,
+                        f.position,
+                        f.accuracy_m,
+                        r.distance_m,
+                        &why,
+                    )));
+                }
+            }
+            (Some(e), verdict) => {
+                e.clear_fixes = 0;
+                e.clear_since_ms = None;
+                if verdict == Verdict::Breach && f.device_ms - e.last_report_ms >= config.update_every_ms {
+                    e.last_report_ms = f.device_ms;
+                    let update = report(
+                        tag,
+                        case,
+                        e,
+                        pb::BreachState::Updated,
+                        f,
+                        r.distance_m,
+                        "still in breach".into(),
+                    );
+                    out.push(Action::Breach(update));
+                }
+            }
+        }
+    }
+
+    fn victim_of(&self, tag: &str, rule: uuid::Uuid) -> Option<String> {
+        self.rules
+            .get(&rule)
+            .map(|p| p.rule.victim_device_id.clone())
+            .or_else(|| self.tags.get(tag).and_then(|t| t.victim_device.clone()))
+    }
+
+    /// A fix older than one already evaluated: checked on its own; a breach it shows that no
+    /// episode covered is raised late, opened and closed at once.
+    fn late_fix(&mut self, tag: &str, f: &Fix, out: &mut Vec<Action>) {
+        if f.position.is_none() {
+            return;
+        }
+        let mut scratch = Vec::new();
+        let readings = self.readings(tag, f, &mut scratch);
+        let Some(t) = self.tags.get_mut(tag) else { return };
+        for r in readings.into_iter().filter(|r| r.verdict == Verdict::Breach) {
+            let key = Self::key(&r);
+            let covered = t
+                .history
+                .iter()
+                .any(|(k, a, b)| *k == key && *a <= f.device_ms && f.device_ms <= *b)
+                || t.open.get(&key).is_some_and(|e| e.opened_ms <= f.device_ms);
+            if covered {
+                continue;
+            }
+            let e = Episode {
+                breach_id: episode_id(tag, key, f.seq, f.device_ms),
+                kind: r.kind,
+                rule_id: r.rule_id,
+                rule_version: r.version,
+                opened_ms: f.device_ms,
+                first_fix: f.seq,
+                last_report_ms: f.device_ms,
+                clear_fixes: 0,
+                clear_since_ms: None,
+                late: true,
+            };
+            let case = t.case;
+            out.push(Action::Breach(report(
+                tag,
+                case,
+                &e,
+                pb::BreachState::Opened,
+                f,
+                r.distance_m,
+                "opened late: an out-of-order fix".into(),
+            )));
+            out.push(Action::Breach(close(
+                tag,
+                case,
+                &e,
+                f.device_ms,
+                f.position,
+                f.accuracy_m,
+                r.distance_m,
+                "closed: a single out-of-order fix",
+            )));
+            t.history.push((key, f.device_ms, f.device_ms));
+        }
+    }
+
+    /// Open or close a device condition.
+    #[allow(clippy::too_many_arguments)]
+    fn device_condition(
+        &mut self,
+        tag: &str,
+        kind: pb::BreachKind,
+        raise: bool,
+        clear: bool,
+        at_ms: i64,
+        fix: Option<&Fix>,
+        out: &mut Vec<Action>,
+    ) {
+        let config_late = self.config.late_after_ms;
+        let Some(t) = self.tags.get_mut(tag) else { return };
+        let key = RuleKey::Device(kind);
+        let seq = fix.map_or(0, |f| f.seq);
+        let late = fix.is_some_and(|f| f.received_ms - f.device_ms > config_late);
+        let at = |f: Option<&Fix>| Fix {
+            seq,
+            device_ms: at_ms,
+            received_ms: f.map_or(at_ms, |f| f.received_ms),
+            position: f.and_then(|f| f.position),
+            accuracy_m: f.map_or(0.0, |f| f.accuracy_m),
+            battery: 0,
+            tampered: false,
+        };
+        match t.open.get(&key) {
+            None if raise => {
+                let e = Episode {
+                    breach_id: episode_id(tag, key, seq, at_ms),
+                    kind,
+                    rule_id: device_rule_id(tag, kind),
+                    rule_version: 1,
+                    opened_ms: at_ms,
+                    first_fix: seq,
+                    last_report_ms: at_ms,
+                    clear_fixes: 0,
+                    clear_since_ms: None,
+                    late,
+                };
+                out.push(Action::Breach(report(
+                    tag,
+                    t.case,
+                    &e,
+                    pb::BreachState::Opened,
+                    &at(fix),
+                    0.0,
+                    format!("opened: {}", kind.as_str_name()),
+                )));
+                t.open.insert(key, e);
+            }
+            Some(_) if clear => {
+                let e = t.open.remove(&key).unwrap_or_else(|| unreachable!("matched above"));
+                t.history.push((key, e.opened_ms, at_ms));
+                let f = at(fix);
+                out.push(Action::Breach(close(
+                    tag,
+                    t.case,
+                    &e,
+                    at_ms,
+                    f.position,
+                    f.accuracy_m,
+                    0.0,
+                    "closed: condition cleared",
+                )));
+            }
+            _ => {}
+        }
+    }
+
+    fn watermark(&mut self, at_ms: i64, out: &mut Vec<Action>) {
+        if at_ms <= self.watermark_ms {
+            return;
+        }
+        self.watermark_ms = at_ms;
+        let (no_fix, no_comm) = (self.config.no_fix_after_ms, self.config.no_comm_after_ms);
+        let mut due: Vec<(String, pb::BreachKind)> = self
+            .tags
+            .iter()
+            .filter(|(_, t)| t.fitted)
+            .flat_map(|(tag, t)| {
+                let mut v = Vec::new();
+                if at_ms - t.last_comm_ms > no_comm
+                    && !t.open.contains_key(&RuleKey::Device(pb::BreachKind::NoCommunication))
+                {
+                    v.push((tag.clone(), pb::BreachKind::NoCommunication));
+                }
+                if at_ms - t.last_gps_ms > no_fix && !t.open.contains_key(&RuleKey::Device(pb::BreachKind::NoFix)) {
+                    v.push((tag.clone(), pb::BreachKind::NoFix));
+                }
+                v
+            })
+            .collect();
+        due.sort();
+        for (tag, kind) in due {
+            self.device_condition(&tag, kind, true, false, at_ms, None, out);
+        }
+    }
+}
+
+fn report(
+    tag: &str,
+    case: Option<CaseId>,
+    e: &Episode,
+    state: pb::BreachState,
+    f: &Fix,
+    distance_m: f64,
+    hysteresis: String,
+) -> BreachUpdate {
+    BreachUpdate {
+        breach_id: e.breach_id,
+        case,
+        tag: tag.to_owned(),
+        kind: e.kind,
+        state,
+        rule_id: e.rule_id,
+        opened_at_ms: e.opened_ms,
+        observed_at_ms: f.device_ms,
+        position: f.position,
+        accuracy_m: f.accuracy_m,
+        distance_m,
+        late: e.late,
+        evidence: Evidence {
+            fix_seqs: if e.first_fix == f.seq {
+                vec![f.seq]
+            } else {
+                vec![e.first_fix, f.seq]
+            },
+            rule_version: e.rule_version,
+            hysteresis,
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn close(
+    tag: &str,
+    case: Option<CaseId>,
+    e: &Episode,
+    at_ms: i64,
+    position: Option<(f64, f64)>,
+    accuracy_m: f64,
+    distance_m: f64,
+    why: &str,
+) -> BreachUpdate {
+    BreachUpdate {
+        breach_id: e.breach_id,
+        case,
+        tag: tag.to_owned(),
+        kind: e.kind,
+        state: pb::BreachState::Closed,
+        rule_id: e.rule_id,
+        opened_at_ms: e.opened_ms,
+        observed_at_ms: at_ms.max(e.opened_ms),
+        position,
+        accuracy_m,
+        distance_m,
+        late: e.late,
+        evidence: Evidence {
+            fix_seqs: vec![e.first_fix],
+            rule_version: e.rule_version,
+            hysteresis: why.to_owned(),
+        },
+    }
+}

@@ -1,0 +1,9 @@
+//! The streaming geofence (DESIGN §11): a pure engine over zones, curfews, victim proximity and
+//! device alerts (`engine`), zone geometry (`zone`), and the service that feeds it from the log
+//! and appends the breaches it finds (`service`).
+
+pub mod engine;
+pub mod zone;
+
+pub use engine::{Action, BreachUpdate, Config, Evidence, Fix, Input, Proximity, State, evaluate};
+pub use zone::{Frame, Shape, Window, Zone, ZoneError, distance_m};
