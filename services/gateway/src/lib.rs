@@ -1,1 +1,207 @@
-//! The EM gateway.
+//! The EM gateway: vendor fixes in, signed and encrypted position batches out to
+//! `HRU_POSITIONS`. A batch closes when it holds `batch_size` fixes or its oldest fix has waited
+//! `linger`; while no fixes arrive, an empty batch goes out every `heartbeat` so the geofence can
+//! tell "no alert" from "no data". `simulate` drives it with tags moving around Cheshire.
+
+pub mod simulate;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hru_domain::{CaseId, EventType, PlainSection, ProducerId};
+use hru_envelope::{Directory, Sealer};
+use hru_log::PositionLog;
+use hru_policy::CompiledIsa;
+use hru_wire::v1 as pb;
+use prost::Message as _;
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Fixes per batch at most.
+    pub batch_size: usize,
+    /// How long the oldest fix may wait for its batch.
+    pub linger: Duration,
+    /// An empty batch (a heartbeat) after this long without fixes.
+    pub heartbeat: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 2_000,
+            linger: Duration::from_millis(10),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a batch could not go out.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Sealing failed (e.g. the agreement lets this party share no positions).
+    #[error("sealing a position batch: {0}")]
+    Seal(#[from] hru_envelope::SealError),
+    /// Publishing failed; the batch stays pending and goes out with the next flush.
+    #[error(transparent)]
+    Log(#[from] hru_log::LogError),
+}
+
+/// What one flush sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flushed {
+    /// Fixes in the batch.
+    pub fixes: usize,
+    /// Envelopes published (the batch, plus key grants when an epoch turned).
+    pub envelopes: usize,
+}
+
+/// Turns vendor fixes into sealed position batches.
+pub struct Gateway {
+    sealer: Sealer,
+    isa: CompiledIsa,
+    directory: Directory,
+    log: PositionLog,
+    subject: String,
+    config: GatewayConfig,
+    devices: Vec<pb::DeviceFixes>,
+    index: HashMap<String, usize>,
+    pending: usize,
+    oldest: Option<Instant>,
+    last_flush: Instant,
+    rng: rand::rngs::StdRng,
+    /// A sealed batch whose publish failed: sent again, byte for byte, before anything else, so
+    /// the chain never forks and `Nats-Msg-Id` removes any copy the server already has.
+    inflight: Option<Inflight>,
+}
+
+struct Inflight {
+    sealed: hru_envelope::SealedBatch,
+    envelopes: Vec<(String, Bytes)>,
+    fixes: usize,
+}
+
+impl Gateway {
+    /// A gateway sealing as `producer` under `isa`, publishing to `log`.
+    pub fn new(
+        producer: ProducerId,
+        signing: ed25519_dalek::SigningKey,
+        isa: CompiledIsa,
+        directory: Directory,
+        log: PositionLog,
+        config: GatewayConfig,
+    ) -> Self {
+        let subject = format!("hru.pos.{}.{}", producer.party, producer.instance);
+        Self {
+            sealer: Sealer::new(producer, signing),
+            isa,
+            directory,
+            log,
+            subject,
+            config,
+            devices: Vec::new(),
+            index: HashMap::new(),
+            pending: 0,
+            oldest: None,
+            last_flush: Instant::now(),
+            rng: <rand::rngs::StdRng as rand::SeedableRng>::from_entropy(),
+            inflight: None,
+        }
+    }
+
+    /// Take one vendor fix.
+    pub fn push(&mut self, device: &str, victim: bool, fix: pb::PositionFix) {
+        let i = *self.index.entry(device.to_owned()).or_insert_with(|| {
+            self.devices.push(pb::DeviceFixes {
+                device_id: device.to_owned(),
+                victim_device: victim,
+                fixes: Vec::new(),
+            });
+            self.devices.len() - 1
+        });
+        self.devices[i].fixes.push(fix);
+        self.pending += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// Fixes waiting for a batch.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether a batch (or a heartbeat) is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.pending >= self.config.batch_size
+            || self.oldest.is_some_and(|t| now.duration_since(t) >= self.config.linger)
+            || (self.pending == 0 && now.duration_since(self.last_flush) >= self.config.heartbeat)
+    }
+
+    /// When the next batch or heartbeat falls due, from `now`.
+    pub fn next_due(&self, now: Instant) -> Duration {
+        match self.oldest {
+            Some(t) => self.config.linger.saturating_sub(now.duration_since(t)),
+            None => self.config.heartbeat.saturating_sub(now.duration_since(self.last_flush)),
+        }
+    }
+
+    /// Seal what is pending (possibly nothing: a heartbeat) with heartbeat time `now_ms` and
+    /// publish it. A batch whose publish fails is kept and sent again first on the next flush.
+    pub async fn flush(&mut self, now_ms: i64) -> Result<Flushed, GatewayError> {
+        let inflight = match self.inflight.take() {
+            Some(i) => i,
+            None => self.seal(now_ms)?,
+        };
+        if let Err(e) = self.log.publish(&self.subject, &inflight.envelopes).await {
+            self.inflight = Some(inflight);
+            return Err(e.into());
+        }
+        self.sealer.commit(&inflight.sealed, inflight.sealed.envelopes.len());
+        self.last_flush = Instant::now();
+        Ok(Flushed {
+            fixes: inflight.fixes,
+            envelopes: inflight.envelopes.len(),
+        })
+    }
+
+    fn seal(&mut self, now_ms: i64) -> Result<Inflight, GatewayError> {
+        let batch = pb::PositionBatch {
+            devices: std::mem::take(&mut self.devices),
+            heartbeat_at_ms: now_ms,
+        };
+        let sealed = self.sealer.prepare_event(
+            CaseId(uuid::Uuid::nil()),
+            EventType::PositionBatch,
+            vec![PlainSection {
+                name: "batch",
+                bytes: batch.encode_to_vec(),
+            }],
+            now_ms,
+            now_ms,
+            &self.isa,
+            &self.directory,
+            &mut self.rng,
+        );
+        let sealed = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                self.devices = batch.devices;
+                return Err(e.into());
+            }
+        };
+        let envelopes = sealed
+            .envelopes
+            .iter()
+            .map(|e| (e.header.event_id.0.to_string(), Bytes::from(e.bytes.clone())))
+            .collect();
+        let fixes = self.pending;
+        self.index.clear();
+        self.pending = 0;
+        self.oldest = None;
+        Ok(Inflight {
+            sealed,
+            envelopes,
+            fixes,
+        })
+    }
+}

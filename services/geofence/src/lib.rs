@@ -3,6 +3,7 @@
 //! and appends the breaches it finds (`service`).
 
 pub mod engine;
+pub mod service;
 pub mod zone;
 
 pub use engine::{Action, BreachUpdate, Config, Evidence, Fix, Input, Proximity, State, evaluate};

@@ -294,7 +294,8 @@ impl Sealer {
         }
         let draft = Draft {
             event_type,
-            case_id: Some(case_id),
+            // Position batches cover many devices and no case.
+            case_id: event_type.has_case().then_some(case_id),
             occurred_at_ms,
             recorded_at_ms: now_ms,
             policy_id: policy.policy_id(),

@@ -1,9 +1,11 @@
 //! The shared event log on NATS JetStream (DESIGN §8): the server-version floor, the
 //! `HRU_EVENTS` stream, append with `Nats-Msg-Id` = event id, and ordered replay.
 
+mod positions;
 mod producer;
 pub mod server_config;
 
+pub use positions::PositionLog;
 pub use producer::{EventToSeal, GroupSealer, Producer, SealedGroup, StoreError};
 
 use std::time::Duration;
@@ -766,13 +768,24 @@ impl EventLog {
         deliver_policy: consumer::DeliverPolicy,
         filters: &[String],
     ) -> Result<Vec<LogEntry>, LogError> {
+        read_stream(&self.stream, deliver_policy, filters).await
+    }
+}
+
+/// Every message of `stream` from `deliver_policy` on, on subjects matching any of `filters`
+/// (all when empty), in order, up to the end as it was when called.
+async fn read_stream(
+    stream: &stream::Stream,
+    deliver_policy: consumer::DeliverPolicy,
+    filters: &[String],
+) -> Result<Vec<LogEntry>, LogError> {
+    {
         let config = consumer::pull::OrderedConfig {
             filter_subjects: filters.to_vec(),
             deliver_policy,
             ..Default::default()
         };
-        let mut consumer = self
-            .stream
+        let mut consumer = stream
             .create_consumer(config)
             .await
             .map_err(|e| js_err("create ordered consumer")(e.into()))?;

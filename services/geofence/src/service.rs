@@ -1,0 +1,505 @@
+//! The geofence service (`hru geofence run`): rebuilds the engine's state from the log on start,
+//! then follows `HRU_POSITIONS` and the zone, rule and tag events it is entitled to, appends each
+//! breach decision as a sealed TagBreach, and publishes a signed victim alert for proximity and
+//! exclusion breaches in parallel with the control-room event.
+//!
+//! Exactly once across restarts: on start the service reads back the TagBreach events it has
+//! already appended; replaying its inputs raises the same decisions with the same ids, and only
+//! those not yet in the log are appended (the ones a crash cut off).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ed25519_dalek::Signer as _;
+use futures::StreamExt as _;
+use hru_domain::{CaseEvent, EventType, PartyId, ProducerId, split_draft};
+use hru_envelope::{Directory, KeyRing, PartySecrets, VerifiedEnvelope, verify};
+use hru_log::{EventLog, Expect, LogEntry, PositionLog, Producer};
+use hru_policy::{CompiledIsa, PolicySet};
+use hru_wire::v1 as pb;
+use prost::Message as _;
+use serde::Deserialize;
+
+use crate::engine::{Action, BreachUpdate, Config, Fix, Input, Proximity, State};
+use crate::zone::Zone;
+
+/// Domain separation of a victim alert's signature.
+pub const ALERT_DOMAIN: &[u8] = b"hru.v1.VictimAlert\0";
+
+/// The service's settings (TOML; `HRU_NATS_URL` overrides `nats_url`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeofenceConfig {
+    /// The party the service runs as.
+    #[serde(default = "default_party")]
+    pub party: String,
+    /// Producer instance name.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Directory with the party's secret key file.
+    pub keys_dir: PathBuf,
+    /// Directory with directory.toml and the agreements.
+    pub policies_dir: PathBuf,
+    /// The producer store.
+    pub data_dir: PathBuf,
+    /// NATS URL(s), comma-separated.
+    #[serde(default = "default_nats")]
+    pub nats_url: String,
+    /// Engine thresholds.
+    #[serde(default)]
+    pub engine: EngineSettings,
+}
+
+/// Engine thresholds as configured (each optional; defaults from `Config::default`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Consecutive clear fixes that close a breach.
+    pub exit_fixes: Option<u32>,
+    /// Seconds of clear fixes that close a breach.
+    pub exit_seconds: Option<i64>,
+    /// Seconds after which a fix counts as late.
+    pub late_after_s: Option<i64>,
+    /// Battery percent counted as low.
+    pub battery_low_percent: Option<u32>,
+    /// Seconds without a GPS fix before no-fix.
+    pub no_fix_after_s: Option<i64>,
+    /// Seconds without any message before no-communication.
+    pub no_comm_after_s: Option<i64>,
+}
+
+impl EngineSettings {
+    /// The engine configuration.
+    pub fn config(&self) -> Config {
+        let d = Config::default();
+        Config {
+            exit_fixes: self.exit_fixes.unwrap_or(d.exit_fixes),
+            exit_seconds: self.exit_seconds.unwrap_or(d.exit_seconds),
+            late_after_ms: self.late_after_s.map_or(d.late_after_ms, |s| s * 1000),
+            battery_low_percent: self.battery_low_percent.unwrap_or(d.battery_low_percent),
+            no_fix_after_ms: self.no_fix_after_s.map_or(d.no_fix_after_ms, |s| s * 1000),
+            no_comm_after_ms: self.no_comm_after_s.map_or(d.no_comm_after_ms, |s| s * 1000),
+            ..d
+        }
+    }
+}
+
+fn default_party() -> String {
+    "geofence".into()
+}
+fn default_instance() -> String {
+    "geofence-1".into()
+}
+fn default_nats() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+
+impl GeofenceConfig {
+    /// Parse `text` (from `source`), apply `HRU_NATS_URL`, check it; errors name the key.
+    pub fn load(text: &str, source: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, GeofenceError> {
+        let mut c: Self = toml::from_str(text).map_err(|e| GeofenceError::Config(format!("{source}: {}", e.message())))?;
+        if let Some(url) = env("HRU_NATS_URL") {
+            c.nats_url = url;
+        }
+        PartyId::parse(&c.party, "party").map_err(|e| GeofenceError::Config(format!("{source}: key `party`: {}", e.problem)))?;
+        let e = c.engine.config();
+        if e.exit_fixes == 0 || e.exit_seconds <= 0 {
+            return Err(GeofenceError::Config(format!(
+                "{source}: keys `engine.exit_fixes` and `engine.exit_seconds` must be at least 1"
+            )));
+        }
+        Ok(c)
+    }
+}
+
+/// Why the service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GeofenceError {
+    /// Configuration, keys or policies are wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] hru_log::LogError),
+    /// The producer store failed.
+    #[error(transparent)]
+    Store(#[from] hru_log::StoreError),
+}
+
+/// Counters the service keeps (read by benchmarks and metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Fixes evaluated.
+    pub fixes: AtomicU64,
+    /// TagBreach events appended.
+    pub breaches: AtomicU64,
+    /// Victim alerts published.
+    pub alerts: AtomicU64,
+    /// Decisions found already in the log on a restart (not appended again).
+    pub already_logged: AtomicU64,
+}
+
+/// A signed victim alert, as published on `hru.alert.<victim device>`: no position, no identity.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct VictimAlert {
+    /// Breach episode (hex).
+    pub breach_id: String,
+    /// Kind, e.g. "BREACH_KIND_PROXIMITY".
+    pub kind: String,
+    /// Distance in metres, rounded to 10 m.
+    pub distance_m: u32,
+    /// When the tag's fix was taken, Unix ms.
+    pub at_ms: i64,
+}
+
+struct Service {
+    party: PartyId,
+    isa: CompiledIsa,
+    directory: Directory,
+    secrets: PartySecrets,
+    log: EventLog,
+    alerts: async_nats::Client,
+    producer: Producer,
+    ring: KeyRing,
+    state: State,
+    logged: HashSet<String>,
+    heartbeats: BTreeMap<String, i64>,
+    stats: Arc<Stats>,
+}
+
+fn read(path: &std::path::Path) -> Result<String, GeofenceError> {
+    std::fs::read_to_string(path).map_err(|e| GeofenceError::Config(format!("{}: {e}", path.display())))
+}
+
+/// An input from a log entry, with its ordering key (recorded time).
+fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
+    if v.header.event_type == EventType::KeyGranted {
+        let _ = ring.ingest_grant(v);
+        return Vec::new();
+    }
+    let opened = ring.open(v);
+    if v.header.event_type == EventType::PositionBatch {
+        let Some(batch) = opened
+            .sections
+            .iter()
+            .find(|s| s.name == "batch")
+            .and_then(|s| s.plaintext.as_ref().ok())
+            .and_then(|p| pb::PositionBatch::decode(p.as_slice()).ok())
+        else {
+            return Vec::new();
+        };
+        let mut inputs: Vec<Input> = batch
+            .devices
+            .iter()
+            .map(|d| Input::Fixes {
+                device: d.device_id.clone(),
+                victim: d.victim_device,
+                fixes: d.fixes.iter().map(Fix::from_wire).collect(),
+            })
+            .collect();
+        inputs.push(Input::Watermark {
+            at_ms: batch.heartbeat_at_ms,
+        });
+        return inputs;
+    }
+    let readable: Vec<(&str, &[u8])> = opened
+        .sections
+        .iter()
+        .filter_map(|s| s.plaintext.as_ref().ok().map(|p| (s.name.as_str(), p.as_slice())))
+        .collect();
+    let Ok(event) = hru_domain::join_sections(v.header.event_type, &readable).and_then(CaseEvent::try_from) else {
+        return Vec::new();
+    };
+    let case = v.header.case_id;
+    match event {
+        CaseEvent::ZoneDefined { core: Some(z) } => match Zone::parse(&z, case) {
+            Ok(zone) => vec![Input::Zone(Box::new(zone))],
+            Err(e) => {
+                tracing::warn!(cause = %e, "zone not usable; ignored");
+                Vec::new()
+            }
+        },
+        CaseEvent::ZoneRevoked { core: Some(r) } => vec![Input::ZoneRevoked {
+            zone: r.zone_id,
+            at_ms: v.header.occurred_at_ms,
+        }],
+        CaseEvent::ProximityRuleSet { core: Some(rule) } => vec![Input::Proximity(Box::new(Proximity {
+            rule,
+            case,
+            version: 1,
+        }))],
+        CaseEvent::TagFitted { core: Some(tag) } => vec![Input::TagFitted { case, tag }],
+        CaseEvent::TagRemoved { core: Some(tag) } => vec![Input::TagRemoved { tag: tag.tag_id }],
+        _ => Vec::new(),
+    }
+}
+
+/// The message id of a TagBreach already in the log (as `BreachUpdate::message_id`).
+fn logged_id(ring: &KeyRing, v: &VerifiedEnvelope) -> Option<String> {
+    let opened = ring.open(v);
+    let core = opened.sections.iter().find(|s| s.name == "core")?.plaintext.as_ref().ok()?;
+    let core = pb::BreachCore::decode(core.as_slice()).ok()?;
+    let breach = hru_domain::Breach::try_from(core).ok()?;
+    Some(match breach.state {
+        pb::BreachState::Opened => breach.breach_id.to_string(),
+        other => format!("{}-{}-{}", breach.breach_id, other.as_str_name(), breach.observed_at_ms),
+    })
+}
+
+impl Service {
+    async fn handle(&mut self, actions: Vec<Action>) -> Result<(), GeofenceError> {
+        let mut alerts = Vec::new();
+        for a in actions {
+            match a {
+                Action::Breach(b) => {
+                    let id = b.message_id();
+                    if self.logged.contains(&id) {
+                        self.stats.already_logged.fetch_add(1, Ordering::Relaxed);
+                        // Its victim alert went out with it; nothing to send again.
+                        alerts.retain(|(bid, _): &(uuid::Uuid, _)| *bid != b.breach_id);
+                        continue;
+                    }
+                    let pending = std::mem::take(&mut alerts);
+                    self.append(&b, pending).await?;
+                    self.logged.insert(id);
+                }
+                Action::VictimAlert {
+                    breach_id,
+                    victim_device,
+                    kind,
+                    distance_m,
+                    ..
+                } => alerts.push((breach_id, (victim_device, kind, distance_m))),
+                Action::Possible { tag, rule, fix_seq } => {
+                    tracing::debug!(tag, %rule, fix_seq, "possible breach: accuracy circle straddles the boundary")
+                }
+                Action::StaleVictimFix { tag, rule, age_ms } => {
+                    tracing::info!(tag, %rule, ?age_ms, "victim fix too old to judge proximity")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Append one breach and, in parallel, publish the victim alerts raised with it.
+    async fn append(
+        &mut self,
+        b: &BreachUpdate,
+        alerts: Vec<(uuid::Uuid, (String, pb::BreachKind, f64))>,
+    ) -> Result<(), GeofenceError> {
+        let Some(case) = b.case else {
+            tracing::warn!(tag = b.tag, kind = b.kind.as_str_name(), "breach of a tag with no case (no TagFitted); not appended");
+            return Ok(());
+        };
+        let (event_type, sections) = split_draft(pb::event_draft::Event::TagBreach(pb::TagBreach { core: Some(b.core()) }));
+        let now = jiff::Timestamp::now().as_millisecond();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let batch = self
+            .producer
+            .sealer()
+            .prepare_event(case, event_type, sections, b.observed_at_ms, now, &self.isa, &self.directory, &mut rng)
+            .map_err(|e| GeofenceError::Config(format!("sealing a TagBreach: {e}")))?;
+        let send_alerts = async {
+            for (breach_id, (device, kind, distance)) in &alerts {
+                let alert = VictimAlert {
+                    breach_id: breach_id.simple().to_string(),
+                    kind: kind.as_str_name().to_owned(),
+                    distance_m: ((distance / 10.0).round() * 10.0) as u32,
+                    at_ms: b.observed_at_ms,
+                };
+                let body = serde_json::to_vec(&alert).unwrap_or_default();
+                let signature = self.secrets.signing.sign(&[ALERT_DOMAIN, &body].concat());
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Hru-Signer", self.party.as_str());
+                headers.insert("Hru-Signature", hex_of(&signature.to_bytes()).as_str());
+                match self
+                    .alerts
+                    .publish_with_headers(format!("hru.alert.{device}"), headers, body.into())
+                    .await
+                {
+                    Ok(()) => {
+                        self.stats.alerts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::error!(cause = %e, device, "victim alert not sent"),
+                }
+            }
+            let _ = self.alerts.flush().await;
+        };
+        let (appended, ()) = tokio::join!(self.producer.append(&self.log, &batch, Expect::Any), send_alerts);
+        appended?;
+        self.stats.breaches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The watermark: the oldest heartbeat among the gateways heard from.
+    fn watermark(&mut self, v: &VerifiedEnvelope, inputs: &mut [Input]) {
+        for i in inputs.iter_mut() {
+            if let Input::Watermark { at_ms } = i {
+                self.heartbeats.insert(v.header.producer.to_string(), *at_ms);
+                *at_ms = self.heartbeats.values().copied().min().unwrap_or(*at_ms);
+            }
+        }
+    }
+
+    async fn feed(&mut self, v: &VerifiedEnvelope) -> Result<(), GeofenceError> {
+        if v.header.event_type == EventType::TagBreach && v.header.producer.party == self.party {
+            if let Some(id) = logged_id(&self.ring, v) {
+                self.logged.insert(id);
+            }
+            return Ok(());
+        }
+        let mut inputs = input_of(&mut self.ring, v);
+        self.watermark(v, &mut inputs);
+        for input in &inputs {
+            if let Input::Fixes { fixes, .. } = input {
+                self.stats.fixes.fetch_add(fixes.len() as u64, Ordering::Relaxed);
+            }
+            let actions = self.state.apply(input);
+            if !actions.is_empty() {
+                self.handle(actions).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Verify a victim alert as a victim's app would: the geofence's signature under the directory.
+pub fn verify_alert(body: &[u8], signer: &str, signature_hex: &str, directory: &Directory) -> Result<VictimAlert, String> {
+    let party: PartyId = signer.parse().map_err(|e| format!("signer: {e}"))?;
+    let entry = directory.party(&party).ok_or_else(|| format!("{party} is not in the directory"))?;
+    let bytes: Vec<u8> = (0..signature_hex.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(signature_hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    let signature = ed25519_dalek::Signature::from_slice(&bytes).map_err(|e| format!("signature: {e}"))?;
+    let message = [ALERT_DOMAIN, body].concat();
+    if !entry.signing.iter().any(|k| k.key.verify_strict(&message, &signature).is_ok()) {
+        return Err(format!("the alert is not signed by {party}"));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("alert body: {e}"))
+}
+
+/// Run the geofence until `shutdown` resolves; `stats` counts its work.
+pub async fn run(
+    config: GeofenceConfig,
+    stats: Arc<Stats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), GeofenceError> {
+    let config_err = |e: String| GeofenceError::Config(e);
+    let party: PartyId = config.party.parse().map_err(|e: hru_domain::FieldError| config_err(e.to_string()))?;
+    let directory_path = config.policies_dir.join("directory.toml");
+    let directory = Directory::from_toml(&read(&directory_path)?, &directory_path.display().to_string())
+        .map_err(|e| config_err(e.to_string()))?;
+    let policies = PolicySet::load_dir(&config.policies_dir, Some(&directory)).map_err(|e| config_err(e.to_string()))?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let isa = policies
+        .iter()
+        .find(|i| i.in_force_at(now))
+        .cloned()
+        .ok_or_else(|| config_err("no agreement is in force".into()))?;
+    let secret_path = config.keys_dir.join(format!("{party}.secret"));
+    let secrets = PartySecrets::from_toml(&read(&secret_path)?, &secret_path.display().to_string())
+        .map_err(|e| config_err(e.to_string()))?;
+    let log = EventLog::connect(&config.nats_url).await?;
+    let positions = PositionLog::open(&config.nats_url, None, &isa, 1).await?;
+    let alerts = hru_log::connect(&config.nats_url, None).await?;
+    let producer = Producer::open(
+        &config.data_dir.join("producer"),
+        ProducerId {
+            party: party.clone(),
+            instance: config.instance.clone(),
+        },
+        secrets.signing.clone(),
+        &log,
+        &directory,
+    )
+    .await?;
+    let mut service = Service {
+        party,
+        isa,
+        ring: KeyRing::new(&secrets),
+        secrets,
+        directory,
+        log,
+        alerts,
+        producer,
+        state: State::new(config.engine.config()),
+        logged: HashSet::new(),
+        heartbeats: BTreeMap::new(),
+        stats,
+    };
+
+    // Rebuild: what this service already appended, then every input in recorded order.
+    let events = service.log.replay(1, &[]).await?;
+    let stored = positions.replay(1).await?;
+    let mut next_event = events.last().map_or(1, |e| e.sequence + 1);
+    let next_position = stored.last().map_or(1, |e| e.sequence + 1);
+    let mut merged: Vec<(i64, u8, u64, VerifiedEnvelope)> = Vec::with_capacity(events.len() + stored.len());
+    for (source, entries) in [(0u8, &events), (1u8, &stored)] {
+        for e in entries.iter() {
+            if let Ok(v) = verify(&e.payload, &service.directory) {
+                // Grants first at equal times, so an epoch key is known before its events.
+                let key = v.header.recorded_at_ms;
+                merged.push((key, source, e.sequence, v));
+            }
+        }
+    }
+    // Breaches already logged are read first: the replay must know them before deciding.
+    for (_, _, _, v) in merged.iter().filter(|m| m.3.header.event_type == EventType::KeyGranted) {
+        let _ = service.ring.ingest_grant(v);
+    }
+    for (_, _, _, v) in &merged {
+        if v.header.event_type == EventType::TagBreach
+            && v.header.producer.party == service.party
+            && let Some(id) = logged_id(&service.ring, v)
+        {
+            service.logged.insert(id);
+        }
+    }
+    merged.sort_by_key(|(t, source, seq, _)| (*t, *source, *seq));
+    for (_, _, _, v) in &merged {
+        service.feed(v).await?;
+    }
+    tracing::info!(
+        events = events.len(),
+        positions = stored.len(),
+        zones = service.state.zone_count(),
+        tags = service.state.tag_count(),
+        open = service.state.open_episodes(),
+        "state rebuilt from the log"
+    );
+    drop(merged);
+
+    // Live: positions as they are stored; zone, rule and tag events polled.
+    let mut live = Box::pin(positions.follow(next_position).await?);
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            entry = live.next() => {
+                let Some(entry) = entry else { break };
+                let entry: LogEntry = entry?;
+                if let Ok(v) = verify(&entry.payload, &service.directory) {
+                    service.feed(&v).await?;
+                }
+            }
+            _ = poll.tick() => {
+                for e in service.log.replay(next_event, &[]).await? {
+                    next_event = e.sequence + 1;
+                    if let Ok(v) = verify(&e.payload, &service.directory) {
+                        service.feed(&v).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
