@@ -3,6 +3,7 @@
 mod append;
 mod audit;
 mod bench;
+mod field;
 mod keys;
 mod policies;
 mod policy_cmd;
@@ -124,6 +125,12 @@ pub enum Command {
     /// A party's node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The streaming geofence.
+    #[command(subcommand)]
+    Geofence(GeofenceCommand),
+    /// The EM gateway.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
     /// Benchmarks with ratios to the raw building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -140,6 +147,70 @@ pub enum NodeCommand {
         /// The node's TOML configuration.
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+/// `hru geofence` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GeofenceCommand {
+    /// Run the geofence until Ctrl-C.
+    Run {
+        /// The service's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// `hru gateway` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Seal vendor fixes (JSON lines of hru.v1.DeviceFixes on standard input) into position batches.
+    Run {
+        /// The party sealing (the EM vendor).
+        #[arg(long, default_value = "em-vendor")]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Fixes per batch at most.
+        #[arg(long, default_value_t = 2_000)]
+        batch: usize,
+        /// Milliseconds the oldest fix may wait for its batch.
+        #[arg(long, default_value_t = 10)]
+        linger_ms: u64,
+    },
+    /// Simulated tags moving around Cheshire, through the gateway.
+    Simulate {
+        /// The party sealing (the EM vendor).
+        #[arg(long, default_value = "em-vendor")]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Tags.
+        #[arg(long, default_value_t = 100)]
+        tags: usize,
+        /// Fixes per second per tag.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Random seed (the same seed gives the same movements).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Send these tags (by index) straight to their victim's home.
+        #[arg(long)]
+        approach: Vec<usize>,
+        /// As fast as possible instead of in real time.
+        #[arg(long)]
+        fast: bool,
+        /// Fixes per batch at most.
+        #[arg(long, default_value_t = 2_000)]
+        batch: usize,
+        /// Milliseconds the oldest fix may wait for its batch.
+        #[arg(long, default_value_t = 10)]
+        linger_ms: u64,
     },
 }
 
@@ -358,6 +429,47 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Keys(KeysCommand::Ca { out }) => keys::ca(&out),
         Command::Keys(KeysCommand::Cert { ca, party, host, out }) => keys::cert(&ca, &party, &host, &out),
         Command::Node(NodeCommand::Run { config }) => node_run(&config).await,
+        Command::Geofence(GeofenceCommand::Run { config }) => field::geofence_run(&config).await,
+        Command::Gateway(GatewayCommand::Run {
+            party,
+            keys,
+            batch,
+            linger_ms,
+        }) => match field::gateway_config(batch, linger_ms) {
+            Ok(c) => match field::gateway(&cli.nats, &cli.policies, &party, &keys, c).await {
+                Ok(gw) => field::gateway_run(gw).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        Command::Gateway(GatewayCommand::Simulate {
+            party,
+            keys,
+            tags,
+            rate,
+            seconds,
+            seed,
+            approach,
+            fast,
+            batch,
+            linger_ms,
+        }) => match field::gateway_config(batch, linger_ms) {
+            Ok(c) => match field::gateway(&cli.nats, &cli.policies, &party, &keys, c).await {
+                Ok(gw) => {
+                    let sim = field::Simulation {
+                        tags,
+                        rate_hz: rate,
+                        seconds,
+                        seed,
+                        approach,
+                        fast,
+                    };
+                    field::gateway_simulate(gw, sim).await
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
         Command::Append {
             party,
             keys,

@@ -141,7 +141,10 @@ impl Gateway {
     pub fn next_due(&self, now: Instant) -> Duration {
         match self.oldest {
             Some(t) => self.config.linger.saturating_sub(now.duration_since(t)),
-            None => self.config.heartbeat.saturating_sub(now.duration_since(self.last_flush)),
+            None => self
+                .config
+                .heartbeat
+                .saturating_sub(now.duration_since(self.last_flush)),
         }
     }
 

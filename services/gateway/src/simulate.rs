@@ -228,7 +228,11 @@ impl Simulator {
             };
             let reach = if t.mode == Mode::Driving { 6_000.0 } else { 800.0 };
             let base = if t.mode == Mode::Driving { t.town } else { t.pos };
-            t.target = offset(base, self.rng.gen_range(-reach..reach), self.rng.gen_range(-reach..reach));
+            t.target = offset(
+                base,
+                self.rng.gen_range(-reach..reach),
+                self.rng.gen_range(-reach..reach),
+            );
         }
         let speed = match t.mode {
             Mode::Parked => 0.0,
@@ -266,7 +270,11 @@ impl Simulator {
             received_at_ms: at + self.rng.gen_range(50..400),
             position: Some(pb::LatLon { lat: p.0, lon: p.1 }),
             accuracy_m: accuracy,
-            source: if coarse { pb::FixSource::Network } else { pb::FixSource::Gps } as i32,
+            source: if coarse {
+                pb::FixSource::Network
+            } else {
+                pb::FixSource::Gps
+            } as i32,
             battery_percent: t.battery as u32,
             strap: pb::StrapState::Intact as i32,
         }
@@ -289,7 +297,10 @@ mod tests {
         let tag_fixes = a.iter().filter(|f| !f.victim).count();
         // One fix per second per tag, less what is still stored on tags out of signal.
         assert!((3_000..=12_000).contains(&tag_fixes), "{tag_fixes}");
-        assert!(a.iter().any(|f| f.fix.received_at_ms - f.fix.device_time_ms > 60_000), "store and forward");
+        assert!(
+            a.iter().any(|f| f.fix.received_at_ms - f.fix.device_time_ms > 60_000),
+            "store and forward"
+        );
         assert!(a.iter().any(|f| f.victim));
         for f in &a {
             let p = f.fix.position.as_ref().expect("position");

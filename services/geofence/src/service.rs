@@ -100,11 +100,13 @@ fn default_nats() -> String {
 impl GeofenceConfig {
     /// Parse `text` (from `source`), apply `HRU_NATS_URL`, check it; errors name the key.
     pub fn load(text: &str, source: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, GeofenceError> {
-        let mut c: Self = toml::from_str(text).map_err(|e| GeofenceError::Config(format!("{source}: {}", e.message())))?;
+        let mut c: Self =
+            toml::from_str(text).map_err(|e| GeofenceError::Config(format!("{source}: {}", e.message())))?;
         if let Some(url) = env("HRU_NATS_URL") {
             c.nats_url = url;
         }
-        PartyId::parse(&c.party, "party").map_err(|e| GeofenceError::Config(format!("{source}: key `party`: {}", e.problem)))?;
+        PartyId::parse(&c.party, "party")
+            .map_err(|e| GeofenceError::Config(format!("{source}: key `party`: {}", e.problem)))?;
         let e = c.engine.config();
         if e.exit_fixes == 0 || e.exit_seconds <= 0 {
             return Err(GeofenceError::Config(format!(
@@ -174,8 +176,8 @@ fn read(path: &std::path::Path) -> Result<String, GeofenceError> {
     std::fs::read_to_string(path).map_err(|e| GeofenceError::Config(format!("{}: {e}", path.display())))
 }
 
-/// An input from a log entry, with its ordering key (recorded time).
-fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
+/// The engine inputs one verified envelope carries (grants feed `ring` and carry none).
+pub fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
     if v.header.event_type == EventType::KeyGranted {
         let _ = ring.ingest_grant(v);
         return Vec::new();
@@ -226,21 +228,25 @@ fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
             zone: r.zone_id,
             at_ms: v.header.occurred_at_ms,
         }],
-        CaseEvent::ProximityRuleSet { core: Some(rule) } => vec![Input::Proximity(Box::new(Proximity {
-            rule,
-            case,
-            version: 1,
-        }))],
+        CaseEvent::ProximityRuleSet { core: Some(rule) } => {
+            vec![Input::Proximity(Box::new(Proximity { rule, case, version: 1 }))]
+        }
         CaseEvent::TagFitted { core: Some(tag) } => vec![Input::TagFitted { case, tag }],
         CaseEvent::TagRemoved { core: Some(tag) } => vec![Input::TagRemoved { tag: tag.tag_id }],
         _ => Vec::new(),
     }
 }
 
-/// The message id of a TagBreach already in the log (as `BreachUpdate::message_id`).
-fn logged_id(ring: &KeyRing, v: &VerifiedEnvelope) -> Option<String> {
+/// The message id of a TagBreach in the log (as `BreachUpdate::message_id`), read with `ring`.
+pub fn logged_id(ring: &KeyRing, v: &VerifiedEnvelope) -> Option<String> {
     let opened = ring.open(v);
-    let core = opened.sections.iter().find(|s| s.name == "core")?.plaintext.as_ref().ok()?;
+    let core = opened
+        .sections
+        .iter()
+        .find(|s| s.name == "core")?
+        .plaintext
+        .as_ref()
+        .ok()?;
     let core = pb::BreachCore::decode(core.as_slice()).ok()?;
     let breach = hru_domain::Breach::try_from(core).ok()?;
     Some(match breach.state {
@@ -291,16 +297,31 @@ impl Service {
         alerts: Vec<(uuid::Uuid, (String, pb::BreachKind, f64))>,
     ) -> Result<(), GeofenceError> {
         let Some(case) = b.case else {
-            tracing::warn!(tag = b.tag, kind = b.kind.as_str_name(), "breach of a tag with no case (no TagFitted); not appended");
+            tracing::warn!(
+                tag = b.tag,
+                kind = b.kind.as_str_name(),
+                "breach of a tag with no case (no TagFitted); not appended"
+            );
             return Ok(());
         };
-        let (event_type, sections) = split_draft(pb::event_draft::Event::TagBreach(pb::TagBreach { core: Some(b.core()) }));
+        let (event_type, sections) = split_draft(pb::event_draft::Event::TagBreach(pb::TagBreach {
+            core: Some(b.core()),
+        }));
         let now = jiff::Timestamp::now().as_millisecond();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let batch = self
             .producer
             .sealer()
-            .prepare_event(case, event_type, sections, b.observed_at_ms, now, &self.isa, &self.directory, &mut rng)
+            .prepare_event(
+                case,
+                event_type,
+                sections,
+                b.observed_at_ms,
+                now,
+                &self.isa,
+                &self.directory,
+                &mut rng,
+            )
             .map_err(|e| GeofenceError::Config(format!("sealing a TagBreach: {e}")))?;
         let send_alerts = async {
             for (breach_id, (device, kind, distance)) in &alerts {
@@ -371,16 +392,27 @@ fn hex_of(bytes: &[u8]) -> String {
 }
 
 /// Verify a victim alert as a victim's app would: the geofence's signature under the directory.
-pub fn verify_alert(body: &[u8], signer: &str, signature_hex: &str, directory: &Directory) -> Result<VictimAlert, String> {
+pub fn verify_alert(
+    body: &[u8],
+    signer: &str,
+    signature_hex: &str,
+    directory: &Directory,
+) -> Result<VictimAlert, String> {
     let party: PartyId = signer.parse().map_err(|e| format!("signer: {e}"))?;
-    let entry = directory.party(&party).ok_or_else(|| format!("{party} is not in the directory"))?;
+    let entry = directory
+        .party(&party)
+        .ok_or_else(|| format!("{party} is not in the directory"))?;
     let bytes: Vec<u8> = (0..signature_hex.len())
         .step_by(2)
         .filter_map(|i| u8::from_str_radix(signature_hex.get(i..i + 2)?, 16).ok())
         .collect();
     let signature = ed25519_dalek::Signature::from_slice(&bytes).map_err(|e| format!("signature: {e}"))?;
     let message = [ALERT_DOMAIN, body].concat();
-    if !entry.signing.iter().any(|k| k.key.verify_strict(&message, &signature).is_ok()) {
+    if !entry
+        .signing
+        .iter()
+        .any(|k| k.key.verify_strict(&message, &signature).is_ok())
+    {
         return Err(format!("the alert is not signed by {party}"));
     }
     serde_json::from_slice(body).map_err(|e| format!("alert body: {e}"))
@@ -393,11 +425,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), GeofenceError> {
     let config_err = |e: String| GeofenceError::Config(e);
-    let party: PartyId = config.party.parse().map_err(|e: hru_domain::FieldError| config_err(e.to_string()))?;
+    let party: PartyId = config
+        .party
+        .parse()
+        .map_err(|e: hru_domain::FieldError| config_err(e.to_string()))?;
     let directory_path = config.policies_dir.join("directory.toml");
     let directory = Directory::from_toml(&read(&directory_path)?, &directory_path.display().to_string())
         .map_err(|e| config_err(e.to_string()))?;
-    let policies = PolicySet::load_dir(&config.policies_dir, Some(&directory)).map_err(|e| config_err(e.to_string()))?;
+    let policies =
+        PolicySet::load_dir(&config.policies_dir, Some(&directory)).map_err(|e| config_err(e.to_string()))?;
     let now = jiff::Timestamp::now().as_millisecond();
     let isa = policies
         .iter()

@@ -87,7 +87,10 @@ impl PositionLog {
         let messages = consumer.messages().await.map_err(|e| js_err("consume")(e.into()))?;
         Ok(messages.map(|m| {
             let m = m.map_err(|e| js_err("consume")(e.into()))?;
-            let sequence = m.info().map_err(|e| js_err("message info")(e.to_string().into()))?.stream_sequence;
+            let sequence = m
+                .info()
+                .map_err(|e| js_err("message info")(e.to_string().into()))?
+                .stream_sequence;
             Ok(LogEntry {
                 sequence,
                 subject: m.subject.to_string(),

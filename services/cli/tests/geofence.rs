@@ -1,0 +1,302 @@
+//! The geofence on a real nats-server: simulated fixes through the gateway reach a control-room
+//! subscriber as TagBreach events and the victim as signed alerts. The geofence process is
+//! killed with SIGKILL and restarted 20 times while fixes flow; afterwards the log holds each
+//! breach decision exactly once — none duplicated, none missed — compared with the pure engine
+//! run over the same logged inputs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::World;
+use futures::StreamExt as _;
+use hru_domain::{EventType, ProducerId};
+use hru_envelope::{Directory, KeyRing, PartySecrets, verify};
+use hru_gateway::simulate::Simulator;
+use hru_gateway::{Gateway, GatewayConfig};
+use hru_geofence::service::{input_of, logged_id, verify_alert};
+use hru_geofence::{Action, Config, State};
+use hru_log::{EventLog, PositionLog};
+use hru_policy::CompiledIsa;
+use rand::Rng as _;
+
+const PARTIES: [&str; 9] = [
+    "police-hru",
+    "police-control",
+    "victim-advocacy",
+    "probation",
+    "cwp",
+    "mersey-care",
+    "em-vendor",
+    "geofence",
+    "evaluation",
+];
+const TAGS: usize = 6;
+const SEED: u64 = 11;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn secrets(world: &World, party: &str) -> PartySecrets {
+    PartySecrets::from_toml(
+        &std::fs::read_to_string(world.keys().join(format!("{party}.secret"))).unwrap(),
+        party,
+    )
+    .unwrap()
+}
+
+/// Every breach decision in the log: message id → how many times it was appended.
+fn logged(events: &[hru_log::LogEntry], directory: &Directory, ring: &mut KeyRing) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for e in events {
+        let Ok(v) = verify(&e.payload, directory) else { continue };
+        if v.header.event_type == EventType::KeyGranted {
+            let _ = ring.ingest_grant(&v);
+        } else if v.header.event_type == EventType::TagBreach
+            && let Some(id) = logged_id(ring, &v)
+        {
+            *out.entry(id).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The pure engine over the logged inputs, in the order the service reads them.
+fn expected(
+    events: &[hru_log::LogEntry],
+    positions: &[hru_log::LogEntry],
+    directory: &Directory,
+    ring: &mut KeyRing,
+) -> Vec<String> {
+    let mut merged = Vec::new();
+    for (source, entries) in [(0u8, events), (1u8, positions)] {
+        for e in entries {
+            if let Ok(v) = verify(&e.payload, directory) {
+                merged.push((v.header.recorded_at_ms, source, e.sequence, v));
+            }
+        }
+    }
+    for m in merged.iter().filter(|m| m.3.header.event_type == EventType::KeyGranted) {
+        let _ = ring.ingest_grant(&m.3);
+    }
+    merged.sort_by_key(|(t, s, q, _)| (*t, *s, *q));
+    let mut state = State::new(Config::default());
+    let mut out = Vec::new();
+    for (_, _, _, v) in &merged {
+        if v.header.event_type == EventType::TagBreach {
+            continue;
+        }
+        for input in input_of(ring, v) {
+            for a in state.apply(&input) {
+                if let Action::Breach(b) = a
+                    && b.case.is_some()
+                {
+                    out.push(b.message_id());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_victim() {
+    let world = World::new("../../policies/cheshire-hru.toml", &PARTIES);
+    let d = |rel: &str| common::path(world.dir.path(), rel);
+    // Simulated time runs from now, faster than the wall clock; the gateway stamps batches with
+    // the wall clock, as a real one would.
+    let start_ms = jiff::Timestamp::now().as_millisecond();
+    let simulator = Simulator::new(SEED, TAGS, 1.0, start_ms);
+
+    // Police and the vendor set up each tag: fitted, an exclusion zone at the victim's home, a
+    // proximity rule.
+    for (i, (tag, victim, home)) in simulator.pairs().into_iter().enumerate() {
+        let case = uuid::Uuid::from_u128(0xca5e_0000 + i as u128).to_string();
+        let id = |n: u128| b64(uuid::Uuid::from_u128((n << 32) + i as u128).as_bytes());
+        let fitted = format!(
+            r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"{tag}","orderId":"{}","victimDeviceId":"{victim}","atMs":"{start_ms}"}}}}}}"#,
+            id(1)
+        );
+        let zone = format!(
+            r#"{{"caseId":"{case}","zoneDefined":{{"core":{{"zoneId":"{}","version":1,"kind":"ZONE_KIND_EXCLUSION","tagId":"{tag}","geojson":"{{\"type\":\"Point\",\"coordinates\":[{},{}]}}","radiusM":300,"exitBufferM":25,"label":"victim's home"}}}}}}"#,
+            id(2),
+            home.1,
+            home.0
+        );
+        let rule = format!(
+            r#"{{"caseId":"{case}","proximityRuleSet":{{"core":{{"ruleId":"{}","tagId":"{tag}","victimDeviceId":"{victim}","warningM":1500,"breachM":250,"maxVictimFixAgeS":300}}}}}}"#,
+            id(3)
+        );
+        for (party, json) in [("em-vendor", fitted), ("police-hru", zone), ("police-hru", rule)] {
+            let out = world.append(party, &world.event(&format!("setup-{i}-{party}.json"), &json));
+            assert!(out.status.success(), "{json}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let directory = Directory::from_toml(
+        &std::fs::read_to_string(world.dir.path().join("policies/directory.toml")).unwrap(),
+        "directory.toml",
+    )
+    .unwrap();
+    let isa = CompiledIsa::compile(
+        &std::fs::read_to_string(world.dir.path().join("policies/cheshire-hru.toml")).unwrap(),
+        "cheshire-hru.toml",
+        Some(&directory),
+    )
+    .unwrap();
+    let vendor = secrets(&world, "em-vendor");
+    let (positions, nats) = rt.block_on(async {
+        let positions = PositionLog::open(&world.nats.url(), None, &isa, 1).await.unwrap();
+        let nats = async_nats::connect(world.nats.url()).await.unwrap();
+        (positions, nats)
+    });
+    // The control room listens for breaches, each victim's phone for alerts.
+    let (mut breaches, mut alerts) = rt.block_on(async {
+        (
+            nats.subscribe("hru.evt.*.geofence.TagBreach").await.unwrap(),
+            nats.subscribe("hru.alert.>").await.unwrap(),
+        )
+    });
+    let mut gateway = Gateway::new(
+        ProducerId {
+            party: vendor.party.clone(),
+            instance: "gw-test".into(),
+        },
+        vendor.signing.clone(),
+        isa.clone(),
+        directory.clone(),
+        positions.clone(),
+        GatewayConfig::default(),
+    );
+
+    std::fs::write(
+        world.dir.path().join("geofence.toml"),
+        format!(
+            "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\n",
+            d("keys"),
+            d("policies"),
+            d("geofence-data")
+        ),
+    )
+    .unwrap();
+    let start_geofence = || {
+        Command::new(env!("CARGO_BIN_EXE_hru"))
+            .args(["geofence", "run", "--config", &d("geofence.toml")])
+            .env("HRU_NATS_URL", world.nats.url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    // 20 minutes of fixes in 40 chunks of 30 s; tags 0-2 drive to their victims' homes. The
+    // geofence is killed mid-stream 20 times.
+    let mut simulator = simulator;
+    for i in 0..3 {
+        simulator.approach(i);
+    }
+    let mut rng = rand::thread_rng();
+    let mut publish_chunk = |simulator: &mut Simulator| {
+        let fixes = simulator.step(30_000);
+        rt.block_on(async {
+            for f in fixes {
+                gateway.push(&f.device, f.victim, f.fix);
+            }
+            gateway.flush(jiff::Timestamp::now().as_millisecond()).await.unwrap();
+        });
+    };
+    for _ in 0..20 {
+        let mut child = start_geofence();
+        publish_chunk(&mut simulator);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
+        publish_chunk(&mut simulator);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    // A last geofence catches up; the log then holds exactly what the pure engine decides.
+    let mut child = start_geofence();
+    let police = secrets(&world, "geofence");
+    let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
+    let (events_now, positions_now) =
+        rt.block_on(async { (log.replay(1, &[]).await.unwrap(), positions.replay(1).await.unwrap()) });
+    let want = expected(&events_now, &positions_now, &directory, &mut KeyRing::new(&police));
+    assert!(
+        want.iter().any(|id| !id.contains('-') || id.len() == 36),
+        "the simulation raises breaches: {want:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let events = rt.block_on(log.replay(1, &[])).unwrap();
+        let got = logged(&events, &directory, &mut KeyRing::new(&police));
+        if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let duplicated: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    let missed: Vec<_> = want.iter().filter(|id| !got.contains_key(*id)).collect();
+    let extra: Vec<_> = got.keys().filter(|id| !want.contains(id)).collect();
+    println!(
+        "{} breach decisions expected, {} logged; duplicated {}, missed {}, unexpected {}",
+        want.len(),
+        got.len(),
+        duplicated.len(),
+        missed.len(),
+        extra.len()
+    );
+    assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
+    assert!(missed.is_empty(), "missed: {missed:?}");
+    assert!(extra.is_empty(), "unexpected: {extra:?}");
+
+    // The control room saw TagBreach events it can read; the victims got signed alerts.
+    let control = secrets(&world, "police-control");
+    rt.block_on(async {
+        let message = tokio::time::timeout(Duration::from_secs(5), breaches.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v = verify(&message.payload, &directory).unwrap();
+        let mut ring = KeyRing::new(&control);
+        for e in log.replay(1, &["hru.key.>".to_owned()]).await.unwrap() {
+            if let Ok(g) = verify(&e.payload, &directory) {
+                let _ = ring.ingest_grant(&g);
+            }
+        }
+        let opened = ring.open(&v);
+        assert!(
+            opened.sections[0].plaintext.is_ok(),
+            "the control room reads the breach"
+        );
+        let alert = tokio::time::timeout(Duration::from_secs(5), alerts.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let headers = alert.headers.unwrap();
+        let body = verify_alert(
+            &alert.payload,
+            headers.get("Hru-Signer").unwrap().as_str(),
+            headers.get("Hru-Signature").unwrap().as_str(),
+            &directory,
+        )
+        .unwrap();
+        assert!(
+            body.kind == "BREACH_KIND_PROXIMITY" || body.kind == "BREACH_KIND_EXCLUSION",
+            "{body:?}"
+        );
+    });
+}
