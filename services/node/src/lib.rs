@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) partners: std::collections::BTreeMap<PartyId, String>,
     pub(crate) client_tls: ClientTlsConfig,
     pub(crate) breach_heartbeat_s: u64,
+    /// Set when the node is stopping: streams end.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn read(path: &std::path::Path) -> Result<String, NodeError> {
@@ -123,7 +125,9 @@ pub async fn run(
         KeyRing::new(&secrets),
         directory.clone(),
     )?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
+        stopping: stop_rx.clone(),
         party,
         directory,
         policies,
@@ -143,6 +147,12 @@ pub async fn run(
             .ca_certificate(Certificate::from_pem(read(&config.tls.ca)?)),
         breach_heartbeat_s: config.breach_heartbeat_s,
     });
+    // On shutdown, open streams end first, so the server's graceful stop does not wait on them.
+    let stop_streams = stop_tx.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
@@ -160,7 +170,6 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| NodeError::Server(e.to_string()))?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let folding = tokio::spawn(fold_loop(shared.clone(), stop_rx.clone()));
     let metrics_server = match &config.metrics_listen {
         Some(addr) => {

@@ -55,10 +55,15 @@ impl Follower {
     }
 }
 
-/// Wait a little before polling again; false once the client has gone.
-async fn pause<T>(tx: &mpsc::Sender<T>) -> bool {
+/// Wait a little before polling again; false once the client has gone or the node is stopping.
+async fn pause<T>(tx: &mpsc::Sender<T>, shared: &Shared) -> bool {
+    let mut stopping = shared.stopping.clone();
+    if *stopping.borrow() {
+        return false;
+    }
     tokio::select! {
         () = tx.closed() => false,
+        _ = stopping.changed() => false,
         () = tokio::time::sleep(Duration::from_millis(50)) => true,
     }
 }
@@ -136,8 +141,11 @@ impl SubscriptionApi {
                 filters,
             };
             loop {
+                if *shared.stopping.borrow() {
+                    return;
+                }
                 let batch = follower.next_batch(&shared).await;
-                if batch.is_empty() && !pause(&tx).await {
+                if batch.is_empty() && !pause(&tx, &shared).await {
                     return;
                 }
                 for (sequence, v) in batch {
@@ -250,6 +258,9 @@ impl BreachApi {
             };
             let mut last_sent = std::time::Instant::now();
             loop {
+                if *shared.stopping.borrow() {
+                    return;
+                }
                 let batch = follower.next_batch(&shared).await;
                 if batch.is_empty() {
                     if last_sent.elapsed() >= heartbeat {
@@ -263,7 +274,7 @@ impl BreachApi {
                             return;
                         }
                     }
-                    if !pause(&tx).await {
+                    if !pause(&tx, &shared).await {
                         return;
                     }
                 }
