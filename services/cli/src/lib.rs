@@ -3,6 +3,7 @@
 mod append;
 mod audit;
 mod bench;
+mod bench_geo;
 mod field;
 mod keys;
 mod policies;
@@ -398,6 +399,15 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Geofence engine beside raw R-tree + point-in-polygon, memory, and the service end to end.
+    Geofence {
+        /// Fixes for the engine and throughput measurements.
+        #[arg(long, default_value_t = 1_000_000)]
+        fixes: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Seal and open rates of a 1 KiB, two-section event beside raw ed25519 sign and verify.
     Seal {
         /// Seconds to run each measurement.
@@ -485,6 +495,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             format,
         } => replay::run(&cli.nats, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
         Command::Bench(BenchCommand::Seal { seconds, format }) => bench::seal(seconds, format),
+        Command::Bench(BenchCommand::Geofence { fixes, format }) => {
+            bench_geo::geofence(&cli.policies, fixes, format).await
+        }
         Command::Audit(AuditCommand::Verify { from, to, format }) => {
             audit::verify(&cli.nats, &cli.policies, from, to, format).await
         }

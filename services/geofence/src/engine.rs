@@ -301,6 +301,28 @@ struct TagState {
 
 const HISTORY: usize = 64;
 
+/// A fast, non-cryptographic hasher for the engine's maps (keys are tag ids and zone ids from
+/// authenticated inputs, so flooding is not a concern): multiply-rotate per 8 bytes.
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        // Fold the high bits down: the table indexes by the low bits.
+        let x = (self.0 ^ (self.0 >> 31)).wrapping_mul(0x94_d0_49_bb_13_31_11_eb);
+        x ^ (x >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
 #[derive(Debug, Clone, PartialEq)]
 struct ZoneBox {
     bbox: AABB<[f64; 2]>,
@@ -318,15 +340,16 @@ impl RTreeObject for ZoneBox {
 #[derive(Debug, Clone)]
 pub struct State {
     config: Config,
-    zones: HashMap<uuid::Uuid, Zone>,
+    zones: FastMap<uuid::Uuid, Zone>,
     exclusion_index: RTree<ZoneBox>,
-    inclusion_by_tag: HashMap<String, Vec<uuid::Uuid>>,
-    proximity_by_tag: HashMap<String, Vec<uuid::Uuid>>,
-    proximity_by_victim: HashMap<String, Vec<uuid::Uuid>>,
-    rules: HashMap<uuid::Uuid, Proximity>,
-    tags: HashMap<String, TagState>,
-    victims: HashMap<String, (i64, (f64, f64), f64)>,
+    inclusion_by_tag: FastMap<String, Vec<uuid::Uuid>>,
+    proximity_by_tag: FastMap<String, Vec<uuid::Uuid>>,
+    proximity_by_victim: FastMap<String, Vec<uuid::Uuid>>,
+    rules: FastMap<uuid::Uuid, Proximity>,
+    tags: FastMap<String, TagState>,
+    victims: FastMap<String, (i64, (f64, f64), f64)>,
     watermark_ms: i64,
+    scratch: Vec<Reading>,
 }
 
 /// Apply one input to a state: the new state and what to do.
@@ -386,15 +409,16 @@ impl State {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            zones: HashMap::new(),
+            zones: FastMap::default(),
             exclusion_index: RTree::new(),
-            inclusion_by_tag: HashMap::new(),
-            proximity_by_tag: HashMap::new(),
-            proximity_by_victim: HashMap::new(),
-            rules: HashMap::new(),
-            tags: HashMap::new(),
-            victims: HashMap::new(),
+            inclusion_by_tag: FastMap::default(),
+            proximity_by_tag: FastMap::default(),
+            proximity_by_victim: FastMap::default(),
+            rules: FastMap::default(),
+            tags: FastMap::default(),
+            victims: FastMap::default(),
             watermark_ms: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -434,19 +458,30 @@ impl State {
                 }
             }
             Input::Fixes { device, victim, fixes } => {
-                let mut sorted: Vec<&Fix> = fixes.iter().collect();
-                sorted.sort_by_key(|f| (f.device_ms, f.seq));
-                for f in sorted {
-                    if *victim {
-                        self.victim_fix(device, f, &mut out);
-                    } else {
-                        self.tag_fix(device, f, &mut out);
+                let order = |f: &Fix| (f.device_ms, f.seq);
+                if fixes.windows(2).all(|w| order(&w[0]) <= order(&w[1])) {
+                    for f in fixes {
+                        self.one_fix(device, *victim, f, &mut out);
+                    }
+                } else {
+                    let mut sorted: Vec<&Fix> = fixes.iter().collect();
+                    sorted.sort_by_key(|f| order(f));
+                    for f in sorted {
+                        self.one_fix(device, *victim, f, &mut out);
                     }
                 }
             }
             Input::Watermark { at_ms } => self.watermark(*at_ms, &mut out),
         }
         out
+    }
+
+    fn one_fix(&mut self, device: &str, victim: bool, f: &Fix, out: &mut Vec<Action>) {
+        if victim {
+            self.victim_fix(device, f, out);
+        } else {
+            self.tag_fix(device, f, out);
+        }
     }
 
     fn define_zone(&mut self, zone: Zone, out: &mut Vec<Action>) {
@@ -562,7 +597,10 @@ impl State {
 
     fn tag_fix(&mut self, tag: &str, f: &Fix, out: &mut Vec<Action>) {
         let config = self.config.clone();
-        let t = self.tags.entry(tag.to_owned()).or_default();
+        if !self.tags.contains_key(tag) {
+            self.tags.insert(tag.to_owned(), TagState::default());
+        }
+        let Some(t) = self.tags.get_mut(tag) else { return };
         let out_of_order = f.device_ms < t.last_device_ms;
         t.last_comm_ms = t.last_comm_ms.max(f.device_ms);
         if out_of_order {
@@ -590,44 +628,48 @@ impl State {
             t.last_gps_ms = f.device_ms;
             t.last_fix = Some((f.seq, f.device_ms, p, f.accuracy_m));
         }
-        for (kind, raise, clear) in device {
+        let changes = device.map(|(kind, raise, clear)| {
+            let open = t.open.contains_key(&RuleKey::Device(kind));
+            ((raise && !open) || (clear && open)).then_some((kind, raise, clear))
+        });
+        for (kind, raise, clear) in changes.into_iter().flatten() {
             self.device_condition(tag, kind, raise, clear, f.device_ms, Some(f), out);
         }
         if position.is_none() {
             return;
         }
-        for reading in self.readings(tag, f, out) {
+        let mut readings = std::mem::take(&mut self.scratch);
+        self.readings(tag, f, out, &mut readings);
+        for reading in readings.drain(..) {
             self.judge(tag, f, reading, out);
         }
+        self.scratch = readings;
     }
 
     /// Every rule reading for a tag's fix: zones near it, its curfews, its proximity rules, and
     /// any zone it has an open episode in.
-    fn readings(&self, tag: &str, f: &Fix, out: &mut Vec<Action>) -> Vec<Reading> {
+    fn readings(&self, tag: &str, f: &Fix, out: &mut Vec<Action>, readings: &mut Vec<Reading>) {
         let Some((lat, lon)) = f.position else {
-            return Vec::new();
+            return;
         };
-        let mut readings = Vec::new();
         let reach = (f.accuracy_m + 1.0) / 111_000.0;
         let scale = lat.to_radians().cos().max(1e-6);
         let envelope = AABB::from_corners([lon - reach / scale, lat - reach], [lon + reach / scale, lat + reach]);
-        let mut seen: Vec<uuid::Uuid> = Vec::new();
+        let first = readings.len();
         for b in self.exclusion_index.locate_in_envelope_intersecting(&envelope) {
             if let Some(z) = self.zones.get(&b.zone)
                 && z.tag == tag
             {
-                seen.push(z.id);
                 readings.push(self.zone_reading(z, f, lat, lon));
             }
         }
         if let Some(state) = self.tags.get(tag) {
             for key in state.open.keys().chain(state.possible.keys()) {
                 if let RuleKey::Zone(id) = key
-                    && !seen.contains(id)
+                    && !readings[first..].iter().any(|r| r.rule_id == *id)
                     && let Some(z) = self.zones.get(id)
                     && z.kind == pb::ZoneKind::Exclusion
                 {
-                    seen.push(*id);
                     readings.push(self.zone_reading(z, f, lat, lon));
                 }
             }
@@ -642,7 +684,6 @@ impl State {
                 readings.extend(self.proximity_readings(rule, f, out));
             }
         }
-        readings
     }
 
     fn zone_reading(&self, z: &Zone, f: &Fix, lat: f64, lon: f64) -> Reading {
@@ -736,7 +777,21 @@ impl State {
     fn judge(&mut self, tag: &str, f: &Fix, r: Reading, out: &mut Vec<Action>) {
         let config = self.config.clone();
         let key = Self::key(&r);
-        let victim_device = self.victim_of(tag, r.rule_id);
+        if r.verdict != Verdict::Breach
+            && r.verdict != Verdict::Possible
+            && self
+                .tags
+                .get(tag)
+                .is_some_and(|t| !t.open.contains_key(&key) && !t.possible.contains_key(&key))
+        {
+            // Clear of a rule it is not in breach of: nothing to do (the common case).
+            return;
+        }
+        let victim_device = if r.verdict == Verdict::Breach {
+            self.victim_of(tag, r.rule_id)
+        } else {
+            None
+        };
         let Some(t) = self.tags.get_mut(tag) else { return };
         let late = f.received_ms - f.device_ms > config.late_after_ms;
         let case = self
@@ -856,7 +911,8 @@ impl State {
             return;
         }
         let mut scratch = Vec::new();
-        let readings = self.readings(tag, f, &mut scratch);
+        let mut readings = Vec::new();
+        self.readings(tag, f, &mut scratch, &mut readings);
         let Some(t) = self.tags.get_mut(tag) else { return };
         for r in readings.into_iter().filter(|r| r.verdict == Verdict::Breach) {
             let key = Self::key(&r);

@@ -142,6 +142,8 @@ pub struct Stats {
     pub alerts: AtomicU64,
     /// Decisions found already in the log on a restart (not appended again).
     pub already_logged: AtomicU64,
+    /// Set once the state is rebuilt and the service follows the live log.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// A signed victim alert, as published on `hru.alert.<victim device>`: no position, no identity.
@@ -512,6 +514,7 @@ pub async fn run(
         "state rebuilt from the log"
     );
     drop(merged);
+    service.stats.ready.store(true, Ordering::Release);
 
     // Live: positions as they are stored; zone, rule and tag events polled.
     let mut live = Box::pin(positions.follow(next_position).await?);

@@ -292,7 +292,7 @@ fn area(mp: MultiPolygon<f64>) -> Result<(Shape, AABB<[f64; 2]>), String> {
 /// (even-odd rule over every ring, so holes are outside).
 pub fn signed_distance(polygons: &MultiPolygon<f64>, x: f64, y: f64) -> f64 {
     let mut inside = false;
-    let mut nearest = f64::MAX;
+    let mut nearest2 = f64::MAX;
     for p in &polygons.0 {
         for ring in std::iter::once(p.exterior()).chain(p.interiors()) {
             for seg in ring.0.windows(2) {
@@ -300,14 +300,16 @@ pub fn signed_distance(polygons: &MultiPolygon<f64>, x: f64, y: f64) -> f64 {
                 if (a.y > y) != (b.y > y) && x < (b.x - a.x) * (y - a.y) / (b.y - a.y) + a.x {
                     inside = !inside;
                 }
-                nearest = nearest.min(segment_distance(a, b, x, y));
+                nearest2 = nearest2.min(segment_distance2(a, b, x, y));
             }
         }
     }
+    let nearest = nearest2.sqrt();
     if inside { nearest } else { -nearest }
 }
 
-fn segment_distance(a: Coord<f64>, b: Coord<f64>, x: f64, y: f64) -> f64 {
+/// Squared distance from `(x, y)` to the segment `a`–`b`.
+fn segment_distance2(a: Coord<f64>, b: Coord<f64>, x: f64, y: f64) -> f64 {
     let (dx, dy) = (b.x - a.x, b.y - a.y);
     let len2 = dx * dx + dy * dy;
     let t = if len2 > 0.0 {
@@ -315,7 +317,8 @@ fn segment_distance(a: Coord<f64>, b: Coord<f64>, x: f64, y: f64) -> f64 {
     } else {
         0.0
     };
-    (x - (a.x + t * dx)).hypot(y - (a.y + t * dy))
+    let (ex, ey) = (x - (a.x + t * dx), y - (a.y + t * dy));
+    ex * ex + ey * ey
 }
 
 impl Window {
