@@ -167,6 +167,38 @@ async fn the_node_answers_its_parties_and_logs_every_access() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
+    // A zone whose geometry the geofence could not use is refused at the door, naming the field.
+    let zone = pb::EventDraft {
+        case_id: case.to_string(),
+        occurred_at: String::new(),
+        event: Some(pb::event_draft::Event::ZoneDefined(pb::ZoneDefined {
+            core: Some(pb::ZoneCore {
+                zone_id: vec![5; 16],
+                version: 1,
+                kind: pb::ZoneKind::Exclusion as i32,
+                tag_id: "tag-1".into(),
+                geojson: r#"{"type":"LineString","coordinates":[[-2.9,53.2],[-2.8,53.2]]}"#.into(),
+                radius_m: 0.0,
+                schedule: vec![],
+                exit_buffer_m: 10.0,
+                label: "home".into(),
+            }),
+        })),
+    };
+    let err = police_client
+        .record_event(request(
+            pb::RecordEventRequest {
+                draft: Some(zone),
+                expected_version: 0,
+                purpose: "risk-management".into(),
+            },
+            "PC 1234",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("ZoneDefined.core.geojson"), "{}", err.message());
+
     // No client certificate: no connection.
     let anonymous = case_client(&w, &node, None).await;
     let refused = match anonymous {
