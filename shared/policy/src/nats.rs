@@ -17,6 +17,7 @@ pub const PROVISIONER: &str = "provisioner";
 pub const AUDITOR: &str = "auditor";
 /// Name of the shared event stream.
 const EVENTS_STREAM: &str = "HRU_EVENTS";
+const POSITIONS_STREAM: &str = "HRU_POSITIONS";
 
 /// The view stream of a party.
 pub fn view_stream(party: &PartyId) -> String {
@@ -93,7 +94,21 @@ impl CompiledIsa {
             .collect();
         subjects.push(format!("hru.key.{party}.*"));
         subjects.push(format!("hru.ctl.{party}.*"));
+        if self.may_produce(party, hru_domain::EventType::PositionBatch) {
+            // Position batches and their key grants, one subject per gateway instance.
+            subjects.push(format!("hru.pos.{party}.*"));
+        }
+        if self.parties.get(party).is_some_and(|p| p.role == crate::Role::Geofence) {
+            // Signed victim alerts, published beside each proximity or exclusion breach.
+            subjects.push("hru.alert.*".to_owned());
+        }
         subjects
+    }
+
+    /// Whether `party` reads the position stream (it receives position batches).
+    pub fn reads_positions(&self, party: &PartyId) -> bool {
+        self.audiences()
+            .any(|(p, t, _, a)| t == hru_domain::EventType::PositionBatch && p != party && a.contains(party))
     }
 }
 
@@ -150,6 +165,13 @@ pub fn nats_config(isa: &CompiledIsa, accounts: &NatsAccounts) -> String {
         publish.extend(read_api(&view_stream(party)));
         publish.push(format!("$JS.API.DIRECT.GET.{}", view_stream(party)));
         publish.push(format!("$JS.API.STREAM.MSG.GET.{}", view_stream(party)));
+        if isa.reads_positions(party) {
+            for api in read_api(POSITIONS_STREAM) {
+                if !publish.contains(&api) {
+                    publish.push(api);
+                }
+            }
+        }
         let comment = format!("{party}: {} ({})", info.role.name(), info.controller);
         user(&mut out, &comment, nkey, &publish, &[format!("_INBOX_{party}.>")]);
     }
