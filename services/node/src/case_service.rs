@@ -93,13 +93,11 @@ impl CaseApi {
             .parse()
             .map_err(|e: hru_domain::FieldError| Status::invalid_argument(format!("draft.{e}")))?;
         let event = event.ok_or_else(|| Status::invalid_argument("field `draft.event` is missing"))?;
-        let typed =
-            CaseEvent::try_from(event.clone()).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?;
+        let typed = CaseEvent::try_from(event.clone()).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?;
         // A zone's geometry is checked at the door, as the geofence will read it.
         if let CaseEvent::ZoneDefined { core: Some(zone) } = &typed {
-            hru_geofence::Zone::parse(zone, None).map_err(|e| {
-                Status::invalid_argument(format!("draft.ZoneDefined.core.{}: {}", e.field, e.problem))
-            })?;
+            hru_geofence::Zone::parse(zone, None)
+                .map_err(|e| Status::invalid_argument(format!("draft.ZoneDefined.core.{}: {}", e.field, e.problem)))?;
         }
         let now = jiff::Timestamp::now().as_millisecond();
         let occurred = if occurred_at.is_empty() {
