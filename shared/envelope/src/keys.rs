@@ -300,7 +300,10 @@ impl Directory {
             let mut signing = Vec::new();
             for s in row.signing_key {
                 let key = tagged_key(s.key.get_ref(), "ed25519:")
-                    .and_then(|b| VerifyingKey::from_bytes(&b).map_err(|_| "is not an ed25519 public key".into()))
+                    .and_then(|b| {
+                        crate::primitives::public_key(&b)
+                            .ok_or_else(|| "is not an ed25519 public key of prime order".to_owned())
+                    })
                     .map_err(|m| err(s.key.span(), format!("signing key {m}")))?;
                 let bound = |v: &Option<toml::Spanned<String>>, name: &str| -> Result<Option<i64>, DirectoryError> {
                     v.as_ref()

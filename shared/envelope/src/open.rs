@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use ed25519_dalek::Signature;
 use hru_domain::{AudienceId, Digest, EventHeader, EventType, FieldError, KeyId, PartyId, ProducerId};
 use hru_wire::v1 as pb;
 use prost::Message;
@@ -79,12 +78,11 @@ pub fn verify(bytes: &[u8], directory: &Directory) -> Result<VerifiedEnvelope, O
         });
     }
     let digest = envelope_digest(&header, &body, &sections);
-    entry
-        .key
-        .verify_strict(&digest.0, &Signature::from_bytes(&signature))
-        .map_err(|_| OpenError::BadSignature {
+    if !crate::primitives::verify_strict(&entry.key, &digest.0, &signature) {
+        return Err(OpenError::BadSignature {
             producer: parsed.producer.clone(),
-        })?;
+        });
+    }
     Ok(VerifiedEnvelope {
         header_digest: header_digest(&header),
         header: parsed,

@@ -14,6 +14,21 @@ pub(crate) type Kem = hpke::kem::X25519HkdfSha256;
 type Kdf = hpke::kdf::HkdfSha256;
 type HpkeAead = hpke::aead::ChaCha20Poly1305;
 
+/// An ed25519 public key as the directory accepts it: a valid point that is not of small order
+/// (a small-order key would verify forged signatures under cofactored checks).
+pub fn public_key(bytes: &[u8; 32]) -> Option<ed25519_dalek::VerifyingKey> {
+    ed25519_dalek::VerifyingKey::from_bytes(bytes)
+        .ok()
+        .filter(|k| !k.is_weak())
+}
+
+/// Strict ed25519 verification, as every envelope gets it: S canonical (below the group order),
+/// R not of small order, and the cofactorless equation.
+pub fn verify_strict(key: &ed25519_dalek::VerifyingKey, message: &[u8], signature: &[u8; 64]) -> bool {
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+        .is_ok()
+}
+
 /// Domain separator of the signed envelope digest.
 pub const SIGNATURE_DOMAIN: &[u8] = b"hru.v1.envelope\0";
 const HEADER_DOMAIN: &[u8] = b"hru.v1.header\0";
