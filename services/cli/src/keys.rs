@@ -108,3 +108,121 @@ pub(crate) fn cert(ca_dir: &Path, party: &str, hosts: &[String], out: &Path) -> 
     eprintln!("wrote {party}.pem and {party}.key (mode 0600) in {}", out.display());
     Ok(ExitCode::SUCCESS)
 }
+
+/// Seal and append one key event of `party` (public, signed by its current signing key).
+async fn key_event(
+    nats: &str,
+    policies_dir: &Path,
+    keys_dir: &Path,
+    secrets: &PartySecrets,
+    event_type: hru_domain::EventType,
+    body: Vec<u8>,
+) -> anyhow::Result<u64> {
+    let directory = crate::policies::directory(policies_dir)?;
+    let set = crate::policies::agreements(policies_dir, &directory)?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let isa = crate::policies::in_force(&set, now)?;
+    let producer = hru_domain::ProducerId {
+        party: secrets.party.clone(),
+        instance: "keys".into(),
+    };
+    let log = hru_log::EventLog::connect(nats).await?;
+    let mut producer =
+        crate::producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
+    let batch = producer.sealer().prepare_public(event_type, body, now, isa)?;
+    let sequences = producer.append(&log, &batch, hru_log::Expect::Any).await?;
+    Ok(sequences.last().copied().unwrap_or_default())
+}
+
+/// `hru keys rotate`: a new signing key, announced in a KeyRotated event signed by the old one.
+/// The old secrets are kept beside the new as `<party>.secret.<old key id>`.
+pub(crate) async fn rotate(nats: &str, policies_dir: &Path, party: &str, keys_dir: &Path) -> anyhow::Result<ExitCode> {
+    use prost::Message as _;
+    let party: PartyId = party.parse().context("--party")?;
+    let old = load(keys_dir, &party)?;
+    let new_key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let public = new_key.verifying_key().to_bytes();
+    let body = hru_wire::v1::KeyRotated {
+        party: party.to_string(),
+        old_key_id: old.signing_key_id().0.to_vec(),
+        new_key_id: hru_envelope::key_id(&public).0.to_vec(),
+        new_public_key: public.to_vec(),
+        purpose: "signing".into(),
+    };
+    let seq = key_event(
+        nats,
+        policies_dir,
+        keys_dir,
+        &old,
+        hru_domain::EventType::KeyRotated,
+        body.encode_to_vec(),
+    )
+    .await?;
+    let kept = keys_dir.join(format!("{party}.secret.{}", old.signing_key_id()));
+    write_private(&kept, &old.to_toml())?;
+    let mut new = PartySecrets::from_toml(&old.to_toml(), "rotated")?;
+    new.signing = new_key;
+    write_private(&secret_path(keys_dir, &party), &new.to_toml())?;
+    let at = jiff::Timestamp::now();
+    println!(
+        "{seq}\tKeyRotated\t{} -> {}",
+        old.signing_key_id(),
+        new.signing_key_id()
+    );
+    eprintln!(
+        "wrote the new key to {} and kept the old one in {}; in directory.toml end the old key with valid_until = \"{at}\" and add:",
+        secret_path(keys_dir, &party).display(),
+        kept.display()
+    );
+    println!(
+        "[[party.signing_key]]\nkey = \"ed25519:{}\"\nvalid_from = \"{at}\"",
+        hex::encode(public)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hru keys revoke`: a KeyRevoked event for one of the party's keys, effective from `at`.
+pub(crate) async fn revoke(
+    nats: &str,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    key: &str,
+    at: Option<&str>,
+    reason: &str,
+) -> anyhow::Result<ExitCode> {
+    use prost::Message as _;
+    let party: PartyId = party.parse().context("--party")?;
+    let secrets = load(keys_dir, &party)?;
+    let key_id = hex::decode(key)
+        .ok()
+        .filter(|b| b.len() == 8)
+        .ok_or_else(|| anyhow::anyhow!("--key-id must be the 16 hex digits of a key id"))?;
+    let revoked_at_ms = match at {
+        Some(t) => t
+            .parse::<jiff::Timestamp>()
+            .map_err(|e| anyhow::anyhow!("--at must be an RFC 3339 time: {e}"))?
+            .as_millisecond(),
+        None => jiff::Timestamp::now().as_millisecond(),
+    };
+    if reason.trim().is_empty() {
+        bail!("--reason is required: say why the key is revoked");
+    }
+    let body = hru_wire::v1::KeyRevoked {
+        party: party.to_string(),
+        key_id,
+        revoked_at_ms,
+        reason: reason.to_owned(),
+    };
+    let seq = key_event(
+        nats,
+        policies_dir,
+        keys_dir,
+        &secrets,
+        hru_domain::EventType::KeyRevoked,
+        body.encode_to_vec(),
+    )
+    .await?;
+    println!("{seq}\tKeyRevoked\t{key}");
+    Ok(ExitCode::SUCCESS)
+}

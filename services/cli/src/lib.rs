@@ -251,6 +251,33 @@ pub enum KeysCommand {
         #[arg(long, default_value = "")]
         controller: String,
     },
+    /// Replace a party's signing key: a KeyRotated event signed by the old key.
+    Rotate {
+        /// The party.
+        #[arg(long)]
+        party: String,
+        /// Directory with `<party>.secret`.
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Revoke one of a party's signing keys from a time: a KeyRevoked event.
+    Revoke {
+        /// The party.
+        #[arg(long)]
+        party: String,
+        /// Directory with `<party>.secret` (the key that signs the revocation).
+        #[arg(long)]
+        keys: PathBuf,
+        /// The key id (16 hex digits).
+        #[arg(long)]
+        key_id: String,
+        /// From when (RFC 3339); default now. Events it signed from then on are audit findings.
+        #[arg(long)]
+        at: Option<String>,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `hru policy` subcommands.
@@ -437,6 +464,16 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Keys(KeysCommand::Generate { party, out, controller }) => keys::generate(&party, &out, &controller),
         Command::Keys(KeysCommand::Ca { out }) => keys::ca(&out),
+        Command::Keys(KeysCommand::Rotate { party, keys }) => {
+            keys::rotate(&cli.nats, &cli.policies, &party, &keys).await
+        }
+        Command::Keys(KeysCommand::Revoke {
+            party,
+            keys,
+            key_id,
+            at,
+            reason,
+        }) => keys::revoke(&cli.nats, &cli.policies, &party, &keys, &key_id, at.as_deref(), &reason).await,
         Command::Keys(KeysCommand::Cert { ca, party, host, out }) => keys::cert(&ca, &party, &host, &out),
         Command::Node(NodeCommand::Run { config }) => node_run(&config).await,
         Command::Geofence(GeofenceCommand::Run { config }) => field::geofence_run(&config).await,

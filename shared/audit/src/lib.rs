@@ -53,6 +53,11 @@ pub enum FindingKind {
     UnknownAgreement,
     /// The agreement in force shares this section with nobody, or forbids the producer.
     NotPermitted,
+    /// Signed by a key after its revocation took effect.
+    SignedAfterRevocation,
+    /// A KeyRotated or KeyRevoked event that is inconsistent (another party's key, a rotation
+    /// not signed by the old key, a new key that is not a prime-order point).
+    BadKeyEvent,
 }
 
 impl FindingKind {
@@ -111,7 +116,10 @@ impl Report {
 
 /// Walks the log in order and collects findings.
 pub struct Auditor<'a> {
-    directory: &'a Directory,
+    /// The directory as the log has amended it (rotations add keys, revocations end them).
+    directory: Directory,
+    /// (party, key) → when its revocation took effect.
+    revoked: HashMap<(PartyId, hru_domain::KeyId), i64>,
     policies: &'a PolicySet,
     chains: ChainChecker,
     /// (producer instance, audience, epoch) → members the grant sealed to.
@@ -123,7 +131,8 @@ impl<'a> Auditor<'a> {
     /// An auditor with the public directory and every agreement version.
     pub fn new(directory: &'a Directory, policies: &'a PolicySet) -> Self {
         Self {
-            directory,
+            directory: directory.clone(),
+            revoked: HashMap::new(),
             policies,
             chains: ChainChecker::new(),
             grants: HashMap::new(),
@@ -143,13 +152,18 @@ impl<'a> Auditor<'a> {
     /// Check the next envelope of the log (`subject` as stored).
     pub fn observe(&mut self, sequence: u64, subject: &str, bytes: &[u8]) {
         self.report.checked += 1;
-        let v = match verify(bytes, self.directory) {
+        let v = match verify(bytes, &self.directory) {
             Ok(v) => v,
             Err(e) => {
                 let producer = hru_envelope::decode_header(bytes).ok().map(|h| h.producer);
-                let kind = match e {
+                let kind = match &e {
                     OpenError::BadSignature { .. } => FindingKind::BadSignature,
                     OpenError::UnknownSigningKey { .. } => FindingKind::UnknownSigningKey,
+                    OpenError::KeyNotValid { party, key_id, at_ms }
+                        if self.revoked.get(&(party.clone(), *key_id)).is_some_and(|r| at_ms >= r) =>
+                    {
+                        FindingKind::SignedAfterRevocation
+                    }
                     OpenError::KeyNotValid { .. } => FindingKind::KeyNotValid,
                     _ => FindingKind::Malformed,
                 };
@@ -167,6 +181,11 @@ impl<'a> Auditor<'a> {
                 ChainBreak::Unlinked { .. } => FindingKind::ChainUnlinked,
             };
             self.find(sequence, Some(&h.producer), kind, b.to_string());
+        }
+        if matches!(h.event_type, EventType::KeyRotated | EventType::KeyRevoked) {
+            if let Err(problem) = self.key_event(h, &v.body) {
+                self.find(sequence, Some(&h.producer), FindingKind::BadKeyEvent, problem);
+            }
         }
         let mut grant_audience = None;
         if h.event_type == EventType::KeyGranted {
@@ -284,6 +303,78 @@ impl<'a> Auditor<'a> {
                 );
             }
         }
+    }
+
+    /// Amend the directory with a verified KeyRotated or KeyRevoked event.
+    fn key_event(&mut self, h: &hru_domain::EventHeader, body: &[u8]) -> Result<(), String> {
+        let party = &h.producer.party;
+        let mut entry = self
+            .directory
+            .party(party)
+            .cloned()
+            .ok_or_else(|| format!("{party} is not in the directory"))?;
+        let at = h.recorded_at_ms;
+        let key_of = |bytes: &[u8], field: &str| -> Result<hru_domain::KeyId, String> {
+            let raw: [u8; 8] = bytes.try_into().map_err(|_| format!("{field} must be 8 bytes"))?;
+            Ok(hru_domain::KeyId(raw))
+        };
+        if h.event_type == EventType::KeyRotated {
+            let r = pb::KeyRotated::decode(body).map_err(|e| format!("KeyRotated body: {e}"))?;
+            if r.party != party.as_str() {
+                return Err(format!("{party} may not rotate a key of {}", r.party));
+            }
+            if r.purpose != "signing" {
+                return Ok(()); // encryption keys are the grants' business, not the signature's
+            }
+            let old = key_of(&r.old_key_id, "old_key_id")?;
+            if old != h.key_id {
+                return Err(format!(
+                    "a rotation of key {old} must be signed by it, not by {}",
+                    h.key_id
+                ));
+            }
+            let public: [u8; 32] = r
+                .new_public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| "new_public_key must be 32 bytes".to_owned())?;
+            let key = hru_envelope::public_key(&public).ok_or("new_public_key is not a prime-order ed25519 point")?;
+            let new_id = hru_envelope::key_id(&public);
+            if key_of(&r.new_key_id, "new_key_id")? != new_id {
+                return Err("new_key_id is not the id of new_public_key".into());
+            }
+            for k in entry.signing.iter_mut().filter(|k| k.key_id == old) {
+                k.valid_until_ms = Some(k.valid_until_ms.map_or(at, |u| u.min(at)));
+            }
+            if !entry.signing.iter().any(|k| k.key_id == new_id) {
+                entry.signing.push(hru_envelope::SigningKeyEntry {
+                    key_id: new_id,
+                    key,
+                    valid_from_ms: Some(at),
+                    valid_until_ms: None,
+                });
+            }
+        } else {
+            let r = pb::KeyRevoked::decode(body).map_err(|e| format!("KeyRevoked body: {e}"))?;
+            if r.party != party.as_str() {
+                return Err(format!("{party} may not revoke a key of {}", r.party));
+            }
+            let id = key_of(&r.key_id, "key_id")?;
+            let from = if r.revoked_at_ms > 0 {
+                r.revoked_at_ms.min(at)
+            } else {
+                at
+            };
+            let k = entry
+                .signing
+                .iter_mut()
+                .find(|k| k.key_id == id)
+                .ok_or_else(|| format!("{party} has no key {id} to revoke"))?;
+            k.valid_until_ms = Some(k.valid_until_ms.map_or(from, |u| u.min(from)));
+            self.revoked.insert((party.clone(), id), from);
+        }
+        self.directory.insert(party.clone(), entry);
+        Ok(())
     }
 
     /// The report so far.
