@@ -182,10 +182,10 @@ impl<'a> Auditor<'a> {
             };
             self.find(sequence, Some(&h.producer), kind, b.to_string());
         }
-        if matches!(h.event_type, EventType::KeyRotated | EventType::KeyRevoked) {
-            if let Err(problem) = self.key_event(h, &v.body) {
-                self.find(sequence, Some(&h.producer), FindingKind::BadKeyEvent, problem);
-            }
+        if matches!(h.event_type, EventType::KeyRotated | EventType::KeyRevoked)
+            && let Err(problem) = self.key_event(h, &v.body)
+        {
+            self.find(sequence, Some(&h.producer), FindingKind::BadKeyEvent, problem);
         }
         let mut grant_audience = None;
         if h.event_type == EventType::KeyGranted {
