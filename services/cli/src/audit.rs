@@ -9,11 +9,44 @@ use serde_json::json;
 
 use crate::{Format, policies};
 
+/// Checks beyond the log itself.
+pub(crate) struct Checks {
+    /// A witness file whose checkpoints the log must still hold.
+    pub(crate) witness: Option<std::path::PathBuf>,
+    /// Maximum age of a producer's latest checkpoint, seconds.
+    pub(crate) max_checkpoint_age_s: Option<u64>,
+}
+
+/// One line of a witness file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WitnessLine {
+    party: String,
+    instance: String,
+    head_seq: u64,
+    head_digest: String,
+    at_ms: i64,
+    witnessed_by: String,
+}
+
+fn read_witness(path: &Path) -> anyhow::Result<Vec<WitnessLine>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1)))
+        .collect()
+}
+
 pub(crate) async fn verify(
     nats: &str,
     policies_dir: &Path,
     from: u64,
     to: Option<u64>,
+    checks: &Checks,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let directory = policies::directory(policies_dir)?;
@@ -22,6 +55,30 @@ pub(crate) async fn verify(
     let entries = log.replay(from, &[]).await?;
     let bar = indicatif::ProgressBar::new(entries.len() as u64);
     let mut auditor = Auditor::new(&directory, &set);
+    if let Some(path) = &checks.witness {
+        for (i, w) in read_witness(path)?.into_iter().enumerate() {
+            let at = |e: String| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1);
+            let producer = hru_domain::ProducerId::try_from(hru_wire::v1::Producer {
+                party: w.party,
+                instance: w.instance,
+            })
+            .map_err(|e| at(e.to_string()))?;
+            let head_digest: [u8; 32] = hex::decode(&w.head_digest)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| at("head_digest must be 64 hex digits".into()))?;
+            auditor.expect(hru_audit::WitnessedCheckpoint {
+                producer,
+                head_seq: w.head_seq,
+                head_digest,
+                witness: format!("{} (witness file)", w.witnessed_by),
+                sequence: 0,
+            });
+        }
+    }
+    if let Some(max) = checks.max_checkpoint_age_s {
+        auditor.require_fresh_checkpoints(jiff::Timestamp::now().as_millisecond(), max as i64 * 1000);
+    }
     for e in entries.iter().take_while(|e| to.is_none_or(|t| e.sequence <= t)) {
         auditor.observe(e.sequence, &e.subject, &e.payload);
         bar.inc(1);
@@ -134,5 +191,149 @@ pub(crate) async fn access(
             println!("({unreadable} access records are not shared with {party} and were not read)");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hru audit checkpoint`: a signed ChainCheckpoint of the producer instance's chain head.
+pub(crate) async fn checkpoint(
+    nats: &str,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    instance: &str,
+) -> anyhow::Result<ExitCode> {
+    use prost::Message as _;
+    let party: hru_domain::PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
+    let directory = policies::directory(policies_dir)?;
+    let set = policies::agreements(policies_dir, &directory)?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let isa = policies::in_force(&set, now)?;
+    let secrets = crate::keys::load(keys_dir, &party)?;
+    let producer = hru_domain::ProducerId::try_from(hru_wire::v1::Producer {
+        party: party.to_string(),
+        instance: instance.to_owned(),
+    })
+    .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
+    let log = EventLog::connect(nats).await?;
+    let name = producer.to_string();
+    let mut producer =
+        crate::producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
+    let head = producer.sealer().chain();
+    anyhow::ensure!(
+        head.next_seq > 1,
+        "{name} has appended nothing yet: there is no head to checkpoint"
+    );
+    let body = hru_wire::v1::ChainCheckpoint {
+        party: party.to_string(),
+        instance: instance.to_owned(),
+        head_seq: head.next_seq - 1,
+        head_digest: head.prev_digest.0.to_vec(),
+        at_ms: now,
+    };
+    let batch =
+        producer
+            .sealer()
+            .prepare_public(hru_domain::EventType::ChainCheckpoint, body.encode_to_vec(), now, isa)?;
+    let seq = producer.append(&log, &batch, hru_log::Expect::Any).await?;
+    println!(
+        "{}\tChainCheckpoint\t{name} at {}",
+        seq.last().copied().unwrap_or_default(),
+        body.head_seq
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hru audit witness`: countersign the consistent checkpoints of other parties and keep a copy
+/// of each in `out`, so a later truncation or rollback of the log shows against it.
+pub(crate) async fn witness(
+    nats: &str,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    use hru_envelope::verify as verify_envelope;
+    use prost::Message as _;
+    let party: hru_domain::PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
+    let directory = policies::directory(policies_dir)?;
+    let set = policies::agreements(policies_dir, &directory)?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let isa = policies::in_force(&set, now)?;
+    let secrets = crate::keys::load(keys_dir, &party)?;
+    let log = EventLog::connect(nats).await?;
+    let entries = log.replay(1, &[]).await?;
+    let mut known: std::collections::HashSet<(String, String, u64)> = read_witness(out)?
+        .into_iter()
+        .map(|w| (w.party, w.instance, w.head_seq))
+        .collect();
+    // The chain as this witness sees it: only checkpoints that state it are countersigned.
+    let mut heads: std::collections::HashMap<hru_domain::ProducerId, (u64, [u8; 32])> = Default::default();
+    let mut found = Vec::new();
+    for e in &entries {
+        let Ok(v) = verify_envelope(&e.payload, &directory) else {
+            continue;
+        };
+        let h = &v.header;
+        if h.event_type == hru_domain::EventType::ChainCheckpoint && h.producer.party != party {
+            let head = heads.get(&h.producer).copied();
+            if let Ok(cp) = hru_wire::v1::ChainCheckpoint::decode(v.body.as_slice())
+                && head == Some((cp.head_seq, h.prev_digest.0))
+                && cp.head_digest == h.prev_digest.0
+                && cp.party == h.producer.party.as_str()
+                && cp.instance == h.producer.instance
+                && !known.contains(&(cp.party.clone(), cp.instance.clone(), cp.head_seq))
+            {
+                found.push((cp, h.event_id));
+            }
+        }
+        heads.insert(h.producer.clone(), (h.producer_seq, v.digest.0));
+    }
+    let producer = hru_domain::ProducerId {
+        party: party.clone(),
+        instance: "witness".into(),
+    };
+    let mut producer =
+        crate::producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
+    let mut lines = String::new();
+    for (cp, event_id) in &found {
+        let body = hru_wire::v1::CheckpointWitnessed {
+            checkpoint: Some(cp.clone()),
+            checkpoint_event_id: event_id.0.as_bytes().to_vec(),
+        };
+        let batch = producer.sealer().prepare_public(
+            hru_domain::EventType::CheckpointWitnessed,
+            body.encode_to_vec(),
+            now,
+            isa,
+        )?;
+        producer.append(&log, &batch, hru_log::Expect::Any).await?;
+        known.insert((cp.party.clone(), cp.instance.clone(), cp.head_seq));
+        let line = WitnessLine {
+            party: cp.party.clone(),
+            instance: cp.instance.clone(),
+            head_seq: cp.head_seq,
+            head_digest: hex::encode(&cp.head_digest),
+            at_ms: cp.at_ms,
+            witnessed_by: party.to_string(),
+        };
+        lines.push_str(&serde_json::to_string(&line)?);
+        lines.push('\n');
+    }
+    if !lines.is_empty() {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+        f.write_all(lines.as_bytes())?;
+        f.sync_all()?;
+    }
+    println!(
+        "witnessed {} checkpoints; {} kept in {}",
+        found.len(),
+        known.len(),
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -349,9 +349,39 @@ pub enum AuditCommand {
         /// Last stream sequence.
         #[arg(long)]
         to: Option<u64>,
+        /// A witness file (`hru audit witness --out`): every checkpoint in it must still be in the log.
+        #[arg(long)]
+        witness: Option<PathBuf>,
+        /// A producer whose latest checkpoint is older than this many seconds is a finding.
+        #[arg(long)]
+        max_checkpoint_age_s: Option<u64>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+    },
+    /// Append a signed checkpoint of a producer's chain head.
+    Checkpoint {
+        /// The producer's party.
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The producer instance (its chain).
+        #[arg(long, default_value = "cli")]
+        instance: String,
+    },
+    /// Countersign every checkpoint of other parties the log holds consistently, and keep a copy.
+    Witness {
+        /// The witnessing party.
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The witness file (JSON lines), appended to.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -535,8 +565,24 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::Geofence { fixes, format }) => {
             bench_geo::geofence(&cli.policies, fixes, format).await
         }
-        Command::Audit(AuditCommand::Verify { from, to, format }) => {
-            audit::verify(&cli.nats, &cli.policies, from, to, format).await
+        Command::Audit(AuditCommand::Verify {
+            from,
+            to,
+            witness,
+            max_checkpoint_age_s,
+            format,
+        }) => {
+            let checks = audit::Checks {
+                witness,
+                max_checkpoint_age_s,
+            };
+            audit::verify(&cli.nats, &cli.policies, from, to, &checks, format).await
+        }
+        Command::Audit(AuditCommand::Checkpoint { party, keys, instance }) => {
+            audit::checkpoint(&cli.nats, &cli.policies, &party, &keys, &instance).await
+        }
+        Command::Audit(AuditCommand::Witness { party, keys, out }) => {
+            audit::witness(&cli.nats, &cli.policies, &party, &keys, &out).await
         }
         Command::Audit(AuditCommand::Access {
             case,

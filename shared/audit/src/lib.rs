@@ -58,6 +58,30 @@ pub enum FindingKind {
     /// A KeyRotated or KeyRevoked event that is inconsistent (another party's key, a rotation
     /// not signed by the old key, a new key that is not a prime-order point).
     BadKeyEvent,
+    /// A checkpoint that does not state its own producer's chain head.
+    BadCheckpoint,
+    /// A witnessed checkpoint names a chain position the log no longer holds: its tail was cut.
+    TruncatedTail,
+    /// A witnessed checkpoint names a chain position the log holds with different content: the
+    /// log was rolled back and rewritten, or the producer forked its history.
+    RolledBack,
+    /// A producer's latest checkpoint is older than allowed: the log may be frozen.
+    FrozenLog,
+}
+
+/// A chain position a witness vouched for: the log must hold exactly this envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessedCheckpoint {
+    /// The producer.
+    pub producer: ProducerId,
+    /// Its chain sequence.
+    pub head_seq: u64,
+    /// The envelope's digest there.
+    pub head_digest: [u8; 32],
+    /// Who vouched (a witnessing party, or a file).
+    pub witness: String,
+    /// Stream sequence of the witness's own event (0: from outside the log).
+    pub sequence: u64,
 }
 
 impl FindingKind {
@@ -120,6 +144,14 @@ pub struct Auditor<'a> {
     directory: Directory,
     /// (party, key) → when its revocation took effect.
     revoked: HashMap<(PartyId, hru_domain::KeyId), i64>,
+    /// Every verified chain position: producer → sequence → digest.
+    positions: HashMap<ProducerId, HashMap<u64, [u8; 32]>>,
+    /// The latest checkpoint time of each producer that checkpoints.
+    checkpoints: HashMap<ProducerId, i64>,
+    /// Chain positions witnesses vouched for.
+    witnessed: Vec<WitnessedCheckpoint>,
+    /// `(now, max age)`: checkpoints older than this are findings.
+    freshness: Option<(i64, i64)>,
     policies: &'a PolicySet,
     chains: ChainChecker,
     /// (producer instance, audience, epoch) → members the grant sealed to.
@@ -133,6 +165,10 @@ impl<'a> Auditor<'a> {
         Self {
             directory: directory.clone(),
             revoked: HashMap::new(),
+            positions: HashMap::new(),
+            checkpoints: HashMap::new(),
+            witnessed: Vec::new(),
+            freshness: None,
             policies,
             chains: ChainChecker::new(),
             grants: HashMap::new(),
@@ -181,6 +217,17 @@ impl<'a> Auditor<'a> {
                 ChainBreak::Unlinked { .. } => FindingKind::ChainUnlinked,
             };
             self.find(sequence, Some(&h.producer), kind, b.to_string());
+        }
+        self.positions
+            .entry(h.producer.clone())
+            .or_default()
+            .insert(h.producer_seq, v.digest.0);
+        if matches!(
+            h.event_type,
+            EventType::ChainCheckpoint | EventType::CheckpointWitnessed
+        ) && let Err(problem) = self.checkpoint_event(sequence, h, &v.body)
+        {
+            self.find(sequence, Some(&h.producer), FindingKind::BadCheckpoint, problem);
         }
         if matches!(h.event_type, EventType::KeyRotated | EventType::KeyRevoked)
             && let Err(problem) = self.key_event(h, &v.body)
@@ -305,6 +352,59 @@ impl<'a> Auditor<'a> {
         }
     }
 
+    /// Chain positions a witness saved outside this log: the log must still hold each exactly.
+    pub fn expect(&mut self, checkpoint: WitnessedCheckpoint) {
+        self.witnessed.push(checkpoint);
+    }
+
+    /// Make a producer's latest checkpoint older than `max_age_ms` at `now_ms` a finding.
+    pub fn require_fresh_checkpoints(&mut self, now_ms: i64, max_age_ms: i64) {
+        self.freshness = Some((now_ms, max_age_ms));
+    }
+
+    fn checkpoint_event(&mut self, sequence: u64, h: &hru_domain::EventHeader, body: &[u8]) -> Result<(), String> {
+        let (cp, witness) = if h.event_type == EventType::ChainCheckpoint {
+            (
+                pb::ChainCheckpoint::decode(body).map_err(|e| format!("ChainCheckpoint body: {e}"))?,
+                false,
+            )
+        } else {
+            let w = pb::CheckpointWitnessed::decode(body).map_err(|e| format!("CheckpointWitnessed body: {e}"))?;
+            (w.checkpoint.ok_or("CheckpointWitnessed names no checkpoint")?, true)
+        };
+        let producer = ProducerId::try_from(pb::Producer {
+            party: cp.party.clone(),
+            instance: cp.instance.clone(),
+        })
+        .map_err(|e| format!("checkpoint producer: {e}"))?;
+        let digest: [u8; 32] = cp
+            .head_digest
+            .as_slice()
+            .try_into()
+            .map_err(|_| "head_digest must be 32 bytes".to_owned())?;
+        if witness {
+            self.witnessed.push(WitnessedCheckpoint {
+                producer,
+                head_seq: cp.head_seq,
+                head_digest: digest,
+                witness: h.producer.to_string(),
+                sequence,
+            });
+            return Ok(());
+        }
+        if producer != h.producer || cp.head_seq + 1 != h.producer_seq || digest != h.prev_digest.0 {
+            return Err(format!(
+                "checkpoint of {producer} at {} is not the head its own envelope links ({} at {})",
+                cp.head_seq,
+                h.producer,
+                h.producer_seq.saturating_sub(1)
+            ));
+        }
+        let at = self.checkpoints.entry(producer).or_insert(cp.at_ms);
+        *at = (*at).max(cp.at_ms);
+        Ok(())
+    }
+
     /// Amend the directory with a verified KeyRotated or KeyRevoked event.
     fn key_event(&mut self, h: &hru_domain::EventHeader, body: &[u8]) -> Result<(), String> {
         let party = &h.producer.party;
@@ -377,8 +477,60 @@ impl<'a> Auditor<'a> {
         Ok(())
     }
 
-    /// The report so far.
-    pub fn finish(self) -> Report {
+    /// The report: every finding, witnessed checkpoints and checkpoint freshness checked last.
+    pub fn finish(mut self) -> Report {
+        for w in std::mem::take(&mut self.witnessed) {
+            let chain = self.positions.get(&w.producer);
+            match chain.and_then(|c| c.get(&w.head_seq)) {
+                Some(d) if *d == w.head_digest => {}
+                Some(_) => self.find(
+                    w.sequence,
+                    Some(&w.producer),
+                    FindingKind::RolledBack,
+                    format!(
+                        "{} vouched for {} at {}, but the log holds a different envelope there",
+                        w.witness, w.producer, w.head_seq
+                    ),
+                ),
+                None => {
+                    let held = chain.and_then(|c| c.keys().max().copied()).unwrap_or(0);
+                    self.find(
+                        w.sequence,
+                        Some(&w.producer),
+                        FindingKind::TruncatedTail,
+                        format!(
+                            "{} vouched for {} at {}, but the log holds its chain only to {held}",
+                            w.witness, w.producer, w.head_seq
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some((now, max_age)) = self.freshness {
+            let mut stale: Vec<(ProducerId, i64)> = self
+                .checkpoints
+                .iter()
+                .filter(|(_, at)| now - **at > max_age)
+                .map(|(p, at)| (p.clone(), *at))
+                .collect();
+            stale.sort();
+            for (producer, at) in stale {
+                self.find(
+                    0,
+                    Some(&producer),
+                    FindingKind::FrozenLog,
+                    format!(
+                        "its latest checkpoint is {} s old (at most {} s allowed)",
+                        (now - at) / 1000,
+                        max_age / 1000
+                    ),
+                );
+            }
+        }
+        self.finish_report()
+    }
+
+    fn finish_report(self) -> Report {
         self.report
     }
 }

@@ -126,7 +126,7 @@ event_types! {
         CaseClosed => [core],
         AccessLogged => [core],
     }
-    public { PolicyAdopted, KeyGranted, KeyRotated, KeyRevoked, EpochKeyDestroyed }
+    public { PolicyAdopted, KeyGranted, KeyRotated, KeyRevoked, EpochKeyDestroyed, ChainCheckpoint, CheckpointWitnessed }
 }
 
 impl EventType {
