@@ -42,6 +42,9 @@ pub struct NodeConfig {
     /// Seconds between heartbeats on an idle breach stream.
     #[serde(default = "default_heartbeat")]
     pub breach_heartbeat_s: u64,
+    /// Seconds between signed checkpoints of this node's chain head (0: none).
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint_every_s: u64,
 }
 
 /// Mutual TLS files (PEM).
@@ -58,6 +61,9 @@ pub struct TlsConfig {
 
 fn default_heartbeat() -> u64 {
     5
+}
+fn default_checkpoint() -> u64 {
+    300
 }
 fn default_instance() -> String {
     "node-1".into()

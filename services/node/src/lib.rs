@@ -171,6 +171,13 @@ pub async fn run(
         .map_err(|e| NodeError::Server(e.to_string()))?;
 
     let folding = tokio::spawn(fold_loop(shared.clone(), stop_rx.clone()));
+    let checkpoints = (config.checkpoint_every_s > 0).then(|| {
+        tokio::spawn(checkpoint_loop(
+            shared.clone(),
+            Duration::from_secs(config.checkpoint_every_s),
+            stop_rx.clone(),
+        ))
+    });
     let metrics_server = match &config.metrics_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -212,6 +219,9 @@ pub async fn run(
     let result = server.await.map_err(|e| NodeError::Server(e.to_string()));
     let _ = stop_tx.send(true);
     let _ = folding.await;
+    if let Some(c) = checkpoints {
+        let _ = c.await;
+    }
     if let Some(m) = metrics_server {
         let _ = m.await;
     }
@@ -240,6 +250,49 @@ fn tokio_stream_of(listener: TcpListener) -> impl futures::Stream<Item = std::io
         let next = listener.accept().await.map(|(stream, _)| stream);
         Some((next, listener))
     })
+}
+
+/// Append a signed checkpoint of this node's chain head every `every`, when it has moved.
+async fn checkpoint_loop(shared: Arc<Shared>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use prost::Message as _;
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let mut producer = shared.producer.lock().await;
+        let head = producer.sealer().chain();
+        if head.next_seq <= 1 || head.next_seq - 1 == last {
+            continue;
+        }
+        let Ok(isa) = shared.agreement() else { continue };
+        let now = jiff::Timestamp::now().as_millisecond();
+        let id = producer.sealer().producer().clone();
+        let body = hru_wire::v1::ChainCheckpoint {
+            party: id.party.to_string(),
+            instance: id.instance.clone(),
+            head_seq: head.next_seq - 1,
+            head_digest: head.prev_digest.0.to_vec(),
+            at_ms: now,
+        };
+        let batch = match producer.sealer().prepare_public(
+            hru_domain::EventType::ChainCheckpoint,
+            body.encode_to_vec(),
+            now,
+            isa,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(cause = %e, "checkpoint not sealed");
+                continue;
+            }
+        };
+        match producer.append(&shared.log, &batch, hru_log::Expect::Any).await {
+            Ok(_) => last = head.next_seq,
+            Err(e) => tracing::warn!(cause = %e, "checkpoint not appended; trying again later"),
+        }
+    }
 }
 
 /// Log entries folded per committed batch.
