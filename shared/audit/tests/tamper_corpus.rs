@@ -242,6 +242,76 @@ async fn each_mutation_is_found_with_its_kind() {
         FindingKind::ChainFork,
     ));
 
+    // Probation witnessed police's chain head; the log then lost its tail, or was rolled back
+    // and rewritten (the forked history above stands in for the rewrite).
+    let head = sealer.chain();
+    let witnessed = pb::CheckpointWitnessed {
+        checkpoint: Some(pb::ChainCheckpoint {
+            party: producer.party.to_string(),
+            instance: producer.instance.clone(),
+            head_seq: head.next_seq - 1,
+            head_digest: head.prev_digest.0.to_vec(),
+            at_ms: NOW,
+        }),
+        checkpoint_event_id: vec![0; 16],
+    };
+    let probation = Sealer::new(
+        ProducerId {
+            party: cast.probation.party.clone(),
+            instance: "witness".into(),
+        },
+        cast.probation.signing.clone(),
+    );
+    let w = probation
+        .prepare_public(
+            hru_domain::EventType::CheckpointWitnessed,
+            witnessed.encode_to_vec(),
+            NOW,
+            &isa,
+        )
+        .unwrap();
+    let w = (w.envelopes[0].subject.clone(), w.envelopes[0].bytes.clone());
+    let mut m = base[..last].to_vec();
+    m.push(w.clone());
+    matrix.push((
+        "truncated tail (after a witnessed checkpoint)",
+        audit(&cast, &policies, &m).await.1,
+        FindingKind::TruncatedTail,
+    ));
+    let mut m = base[..last].to_vec();
+    m.extend(msgs(&forked));
+    m.push(w);
+    matrix.push((
+        "rolled back and rewritten log",
+        audit(&cast, &policies, &m).await.1,
+        FindingKind::RolledBack,
+    ));
+
+    // Police's key is revoked from NOW; an event it signed after that is found.
+    let revoked = pb::KeyRevoked {
+        party: cast.police.party.to_string(),
+        key_id: cast.police.signing_key_id().0.to_vec(),
+        revoked_at_ms: NOW,
+        reason: "key compromised".into(),
+    };
+    let keys = Sealer::new(
+        ProducerId {
+            party: cast.police.party.clone(),
+            instance: "keys".into(),
+        },
+        cast.police.signing.clone(),
+    );
+    let r = keys
+        .prepare_public(hru_domain::EventType::KeyRevoked, revoked.encode_to_vec(), NOW, &isa)
+        .unwrap();
+    let mut m = base.clone();
+    m.insert(last, (r.envelopes[0].subject.clone(), r.envelopes[0].bytes.clone()));
+    matrix.push((
+        "an event signed by a revoked key",
+        audit(&cast, &policies, &m).await.1,
+        FindingKind::SignedAfterRevocation,
+    ));
+
     let mut m = base.clone();
     m.push((
         format!("hru.evt.{}.police-hru.ReferralReceived", case.token()),
