@@ -4,6 +4,7 @@ mod append;
 mod audit;
 mod bench;
 mod bench_geo;
+mod demo;
 mod field;
 mod keys;
 mod policies;
@@ -126,6 +127,12 @@ pub enum Command {
     /// A party's node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Play one stalking case end to end on a local nats-server, with every service.
+    Demo {
+        /// Run straight through instead of pausing between steps.
+        #[arg(long)]
+        non_interactive: bool,
+    },
     /// The streaming geofence.
     #[command(subcommand)]
     Geofence(GeofenceCommand),
@@ -507,6 +514,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Keys(KeysCommand::Cert { ca, party, host, out }) => keys::cert(&ca, &party, &host, &out),
         Command::Node(NodeCommand::Run { config }) => node_run(&config).await,
         Command::Geofence(GeofenceCommand::Run { config }) => field::geofence_run(&config).await,
+        Command::Demo { non_interactive } => {
+            let interactive = !non_interactive && std::io::IsTerminal::is_terminal(&std::io::stdin());
+            demo::run(&cli.policies, interactive).await
+        }
         Command::Gateway(GatewayCommand::Run {
             party,
             keys,
