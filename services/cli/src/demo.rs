@@ -702,7 +702,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     }
     let report = auditor.finish();
     let police = secret("police-hru").ok_or_else(|| anyhow!("no police-hru"))?;
-    let mut access = hru_audit::AccessReader::new(&directory, hru_envelope::KeyRing::new(&police), demo.case);
+    let mut access = hru_audit::AccessReader::new(&directory, hru_envelope::KeyRing::new(police), demo.case);
     for e in demo.log.replay(1, &hru_audit::AccessReader::subjects()).await? {
         access.observe(e.sequence, &e.payload);
     }

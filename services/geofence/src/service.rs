@@ -3,9 +3,10 @@
 //! breach decision as a sealed TagBreach, and publishes a signed victim alert for proximity and
 //! exclusion breaches in parallel with the control-room event.
 //!
-//! Exactly once across restarts: on start the service reads back the TagBreach events it has
-//! already appended; replaying its inputs raises the same decisions with the same ids, and only
-//! those not yet in the log are appended (the ones a crash cut off).
+//! Exactly once across restarts: each decision's event id (its `Nats-Msg-Id`) is a UUIDv7
+//! derived from the breach id, state and time, so the server drops a repeated append within its
+//! duplicate window; and on start the service reads back the TagBreach events it has already
+//! appended, so replaying its inputs appends only the decisions a crash cut off.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -314,7 +315,8 @@ impl Service {
         let batch = self
             .producer
             .sealer()
-            .prepare_event(
+            .prepare_event_with_id(
+                hru_domain::EventId::derived_v7(b.observed_at_ms, b.message_id().as_bytes()),
                 case,
                 event_type,
                 sections,

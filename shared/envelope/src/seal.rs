@@ -134,7 +134,17 @@ pub struct Sealer {
     used_epochs: BTreeMap<AudienceId, u32>,
 }
 
+/// What is being sealed, before its sections.
+struct EventDraftRef {
+    event_id: Option<EventId>,
+    case_id: CaseId,
+    event_type: EventType,
+    occurred_at_ms: i64,
+    now_ms: i64,
+}
+
 struct Draft<'a> {
+    event_id: Option<EventId>,
     event_type: EventType,
     case_id: Option<CaseId>,
     occurred_at_ms: i64,
@@ -231,6 +241,56 @@ impl Sealer {
         directory: &Directory,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<SealedBatch, SealError> {
+        let draft = EventDraftRef {
+            event_id: None,
+            case_id,
+            event_type,
+            occurred_at_ms,
+            now_ms,
+        };
+        self.prepare(draft, sections, policy, directory, rng)
+    }
+
+    /// As `prepare_event`, with a given event id (a UUIDv7 derived from what the event is, so a
+    /// retried append carries the same `Nats-Msg-Id` and is stored once).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_event_with_id(
+        &self,
+        event_id: EventId,
+        case_id: CaseId,
+        event_type: EventType,
+        sections: Vec<PlainSection>,
+        occurred_at_ms: i64,
+        now_ms: i64,
+        policy: &dyn AudiencePolicy,
+        directory: &Directory,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<SealedBatch, SealError> {
+        let draft = EventDraftRef {
+            event_id: Some(event_id),
+            case_id,
+            event_type,
+            occurred_at_ms,
+            now_ms,
+        };
+        self.prepare(draft, sections, policy, directory, rng)
+    }
+
+    fn prepare(
+        &self,
+        what: EventDraftRef,
+        sections: Vec<PlainSection>,
+        policy: &dyn AudiencePolicy,
+        directory: &Directory,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<SealedBatch, SealError> {
+        let EventDraftRef {
+            event_id,
+            case_id,
+            event_type,
+            occurred_at_ms,
+            now_ms,
+        } = what;
         check_sections(event_type, &sections)?;
         let month = month_of(now_ms)?;
         let mut audiences = Vec::with_capacity(sections.len());
@@ -276,6 +336,7 @@ impl Sealer {
             };
             let grant = self.grant(id, &state, reason, directory, rng);
             let draft = Draft {
+                event_id: None,
                 event_type: EventType::KeyGranted,
                 case_id: None,
                 occurred_at_ms: now_ms,
@@ -293,6 +354,7 @@ impl Sealer {
             turned.insert(id.clone(), state);
         }
         let draft = Draft {
+            event_id,
             event_type,
             // Position batches cover many devices and no case.
             case_id: event_type.has_case().then_some(case_id),
@@ -381,6 +443,7 @@ impl Sealer {
             )));
         }
         let draft = Draft {
+            event_id: None,
             event_type,
             case_id: None,
             occurred_at_ms: now_ms,
@@ -451,7 +514,7 @@ impl Sealer {
         grant_audience: Option<&AudienceId>,
     ) -> SealedEnvelope {
         let header = EventHeader {
-            event_id: EventId::new_v7(),
+            event_id: draft.event_id.unwrap_or_else(EventId::new_v7),
             event_type: draft.event_type,
             case_id: draft.case_id,
             producer: self.producer.clone(),
