@@ -150,6 +150,16 @@ fn three_node_cluster_is_healthy_and_replicates() {
         );
     }
 
+    // JetStream answers API requests only once the cluster has elected a meta leader; on a busy
+    // machine that can take seconds after every node reports healthy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cluster.meta_leader().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no meta leader elected within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // R3 is refused by a non-clustered server, so this proves a real JetStream cluster.
     let mut raw = Raw::connect(cluster.node(0).port());
     let created = raw.request(
