@@ -282,6 +282,35 @@ struct Episode {
     late: bool,
 }
 
+/// What an episode opens with: its rule and its first fix (or watermark).
+struct Opening {
+    key: RuleKey,
+    kind: pb::BreachKind,
+    rule_id: uuid::Uuid,
+    rule_version: u32,
+    seq: u64,
+    at_ms: i64,
+    late: bool,
+}
+
+impl Episode {
+    /// A new episode of `tag`; its id derives from (tag, rule, first fix).
+    fn open(tag: &str, o: Opening) -> Self {
+        Self {
+            breach_id: episode_id(tag, o.key, o.seq, o.at_ms),
+            kind: o.kind,
+            rule_id: o.rule_id,
+            rule_version: o.rule_version,
+            opened_ms: o.at_ms,
+            first_fix: o.seq,
+            last_report_ms: o.at_ms,
+            clear_fixes: 0,
+            clear_since_ms: None,
+            late: o.late,
+        }
+    }
+}
+
 /// One tag's state.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct TagState {
@@ -803,18 +832,18 @@ impl State {
         match (t.open.get_mut(&key), r.verdict) {
             (None, Verdict::Breach) => {
                 t.possible.remove(&key);
-                let e = Episode {
-                    breach_id: episode_id(tag, key, f.seq, f.device_ms),
-                    kind: r.kind,
-                    rule_id: r.rule_id,
-                    rule_version: r.version,
-                    opened_ms: f.device_ms,
-                    first_fix: f.seq,
-                    last_report_ms: f.device_ms,
-                    clear_fixes: 0,
-                    clear_since_ms: None,
-                    late,
-                };
+                let e = Episode::open(
+                    tag,
+                    Opening {
+                        key,
+                        kind: r.kind,
+                        rule_id: r.rule_id,
+                        rule_version: r.version,
+                        seq: f.seq,
+                        at_ms: f.device_ms,
+                        late,
+                    },
+                );
                 let update = report(
                     tag,
                     case,
@@ -924,18 +953,18 @@ impl State {
             if covered {
                 continue;
             }
-            let e = Episode {
-                breach_id: episode_id(tag, key, f.seq, f.device_ms),
-                kind: r.kind,
-                rule_id: r.rule_id,
-                rule_version: r.version,
-                opened_ms: f.device_ms,
-                first_fix: f.seq,
-                last_report_ms: f.device_ms,
-                clear_fixes: 0,
-                clear_since_ms: None,
-                late: true,
-            };
+            let e = Episode::open(
+                tag,
+                Opening {
+                    key,
+                    kind: r.kind,
+                    rule_id: r.rule_id,
+                    rule_version: r.version,
+                    seq: f.seq,
+                    at_ms: f.device_ms,
+                    late: true,
+                },
+            );
             let case = t.case;
             out.push(Action::Breach(report(
                 tag,
@@ -988,18 +1017,18 @@ impl State {
         };
         match t.open.get(&key) {
             None if raise => {
-                let e = Episode {
-                    breach_id: episode_id(tag, key, seq, at_ms),
-                    kind,
-                    rule_id: device_rule_id(tag, kind),
-                    rule_version: 1,
-                    opened_ms: at_ms,
-                    first_fix: seq,
-                    last_report_ms: at_ms,
-                    clear_fixes: 0,
-                    clear_since_ms: None,
-                    late,
-                };
+                let e = Episode::open(
+                    tag,
+                    Opening {
+                        key,
+                        kind,
+                        rule_id: device_rule_id(tag, kind),
+                        rule_version: 1,
+                        seq,
+                        at_ms,
+                        late,
+                    },
+                );
                 out.push(Action::Breach(report(
                     tag,
                     t.case,
@@ -1094,6 +1123,7 @@ fn report(
     }
 }
 
+/// The closing report of an episode at `at_ms` (the evidence names its first fix).
 #[allow(clippy::too_many_arguments)]
 fn close(
     tag: &str,
@@ -1105,23 +1135,14 @@ fn close(
     distance_m: f64,
     why: &str,
 ) -> BreachUpdate {
-    BreachUpdate {
-        breach_id: e.breach_id,
-        case,
-        tag: tag.to_owned(),
-        kind: e.kind,
-        state: pb::BreachState::Closed,
-        rule_id: e.rule_id,
-        opened_at_ms: e.opened_ms,
-        observed_at_ms: at_ms.max(e.opened_ms),
+    let at = Fix {
+        seq: e.first_fix,
+        device_ms: at_ms.max(e.opened_ms),
+        received_ms: at_ms,
         position,
         accuracy_m,
-        distance_m,
-        late: e.late,
-        evidence: Evidence {
-            fix_seqs: vec![e.first_fix],
-            rule_version: e.rule_version,
-            hysteresis: why.to_owned(),
-        },
-    }
+        battery: 0,
+        tampered: false,
+    };
+    report(tag, case, e, pb::BreachState::Closed, &at, distance_m, why.to_owned())
 }

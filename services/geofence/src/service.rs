@@ -504,7 +504,12 @@ pub async fn run(
         }
     }
     merged.sort_by_key(|(t, source, seq, _)| (*t, *source, *seq));
-    for (_, _, _, v) in &merged {
+    // Grants and this service's own breaches were taken in above; the rest are inputs.
+    let own = service.party.clone();
+    for (_, _, _, v) in merged.iter().filter(|m| {
+        let h = &m.3.header;
+        h.event_type != EventType::KeyGranted && !(h.event_type == EventType::TagBreach && h.producer.party == own)
+    }) {
         service.feed(v).await?;
     }
     tracing::info!(

@@ -16,6 +16,14 @@ use crate::{Shared, tls};
 /// Metadata key naming the person acting (DPA 2018 s62 logs people, not only parties).
 pub const PERSON_HEADER: &str = "x-hru-person";
 
+/// Why an event could not be appended.
+pub(crate) enum AppendFailure {
+    /// The agreement does not let it be sealed.
+    Seal(hru_envelope::SealError),
+    /// The log did not take it.
+    Store(hru_log::StoreError),
+}
+
 /// The party and person behind a call.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
@@ -109,23 +117,56 @@ impl Shared {
         let (event_type, sections) = split_draft(pb::event_draft::Event::AccessLogged(pb::AccessLogged {
             core: Some(core),
         }));
+        let case = what.case.unwrap_or(CaseId(uuid::Uuid::nil()));
+        let now = jiff::Timestamp::now().as_millisecond();
+        match self.append_event(case, event_type, sections, now, Expect::Any).await? {
+            Ok(_) => Ok(()),
+            Err(AppendFailure::Seal(e)) => Err(Status::failed_precondition(format!(
+                "the access log cannot be sealed ({e}); nothing was disclosed"
+            ))),
+            Err(AppendFailure::Store(e)) => Err(Status::unavailable(format!(
+                "the access log could not be written ({e}); nothing was disclosed"
+            ))),
+        }
+    }
+
+    /// Seal one event of this node's party under the agreement in force and append it:
+    /// its event id and stream sequence, or why not (the caller says what that means).
+    pub(crate) async fn append_event(
+        &self,
+        case: CaseId,
+        event_type: EventType,
+        sections: Vec<hru_domain::PlainSection>,
+        occurred_at_ms: i64,
+        expect: Expect,
+    ) -> Result<Result<(Vec<u8>, u64), AppendFailure>, Status> {
         let isa = self.agreement()?;
         let now = jiff::Timestamp::now().as_millisecond();
         let mut producer = self.producer.lock().await;
-        let case = what.case.unwrap_or(CaseId(uuid::Uuid::nil()));
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        let batch = producer
-            .sealer()
-            .prepare_event(case, event_type, sections, now, now, isa, &self.directory, &mut rng)
-            .map_err(|e| {
-                Status::failed_precondition(format!("the access log cannot be sealed ({e}); nothing was disclosed"))
-            })?;
-        producer.append(&self.log, &batch, Expect::Any).await.map_err(|e| {
-            Status::unavailable(format!(
-                "the access log could not be written ({e}); nothing was disclosed"
-            ))
-        })?;
-        Ok(())
+        let batch = match producer.sealer().prepare_event(
+            case,
+            event_type,
+            sections,
+            occurred_at_ms,
+            now,
+            isa,
+            &self.directory,
+            &mut rng,
+        ) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(AppendFailure::Seal(e))),
+        };
+        let sequences = match producer.append(&self.log, &batch, expect).await {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(AppendFailure::Store(e))),
+        };
+        let event_id = batch
+            .envelopes
+            .last()
+            .map(|e| e.header.event_id.0.as_bytes().to_vec())
+            .unwrap_or_default();
+        Ok(Ok((event_id, sequences.last().copied().unwrap_or_default())))
     }
 
     /// Run one call, counting it and its latency under its method and outcome.
@@ -157,6 +198,19 @@ impl Shared {
     pub(crate) fn folded_through(&self) -> u64 {
         self.projector.lock().map_or(0, |p| p.resume_from().saturating_sub(1))
     }
+}
+
+/// The names of the sections the reader got, event by event.
+pub(crate) fn read_sections(events: &[pb::OpenedEvent]) -> Vec<String> {
+    events
+        .iter()
+        .flat_map(|e| {
+            e.sections
+                .iter()
+                .filter(|s| s.refusal.is_empty())
+                .map(|s| s.name.clone())
+        })
+        .collect()
 }
 
 /// An event as `reader` may see it: the sections this node can open and the agreement lets the

@@ -10,7 +10,7 @@ use hru_wire::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::access::{Disclosed, opened_for};
+use crate::access::{AppendFailure, Disclosed, opened_for, read_sections};
 use crate::views::View;
 
 /// The `CaseService` implementation.
@@ -118,34 +118,16 @@ impl CaseApi {
         self.shared
             .log_access(&grant, &caller.person, Disclosed::case(case, names))
             .await?;
-        let mut producer = self.shared.producer.lock().await;
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        let batch = producer
-            .sealer()
-            .prepare_event(
-                case,
-                event_type,
-                sections,
-                occurred,
-                now,
-                isa,
-                &self.shared.directory,
-                &mut rng,
-            )
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
-        let sequences = producer
-            .append(&self.shared.log, &batch, Expect::CaseAt(expected_version))
-            .await
-            .map_err(|e| append_status(e, Some(expected_version)))?;
-        let event_id = batch
-            .envelopes
-            .last()
-            .map(|e| e.header.event_id.0.as_bytes().to_vec())
-            .unwrap_or_default();
-        Ok(Response::new(pb::RecordEventResponse {
-            event_id,
-            sequence: sequences.last().copied().unwrap_or_default(),
-        }))
+        let (event_id, sequence) = match self
+            .shared
+            .append_event(case, event_type, sections, occurred, Expect::CaseAt(expected_version))
+            .await?
+        {
+            Ok(done) => done,
+            Err(AppendFailure::Seal(e)) => return Err(Status::permission_denied(e.to_string())),
+            Err(AppendFailure::Store(e)) => return Err(append_status(e, Some(expected_version))),
+        };
+        Ok(Response::new(pb::RecordEventResponse { event_id, sequence }))
     }
 
     async fn get_case_inner(
@@ -156,15 +138,7 @@ impl CaseApi {
         let (caller, grant) = self.shared.permit(&request, "CaseService/GetCase", &purpose)?;
         let case = case_id(&request.get_ref().case_id)?;
         let (events, version) = self.shared.case_events(case, &caller.party, None).await?;
-        let sections: Vec<String> = events
-            .iter()
-            .flat_map(|e| {
-                e.sections
-                    .iter()
-                    .filter(|s| s.refusal.is_empty())
-                    .map(|s| s.name.clone())
-            })
-            .collect();
+        let sections: Vec<String> = read_sections(&events);
         self.shared
             .log_access(&grant, &caller.person, Disclosed::case(case, sections))
             .await?;

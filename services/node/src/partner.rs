@@ -13,7 +13,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::access::{Disclosed, PERSON_HEADER};
+use crate::access::{Disclosed, PERSON_HEADER, read_sections};
 use crate::case_service::case_id;
 
 /// Domain separation of a disclosure signature.
@@ -146,15 +146,7 @@ impl PartnerApi {
             }
         }
         let disclosed: Vec<String> = {
-            let mut names: Vec<String> = events
-                .iter()
-                .flat_map(|e| {
-                    e.sections
-                        .iter()
-                        .filter(|s| s.refusal.is_empty())
-                        .map(|s| s.name.clone())
-                })
-                .collect();
+            let mut names: Vec<String> = read_sections(&events);
             names.sort();
             names.dedup();
             names
@@ -228,16 +220,7 @@ impl PartnerApi {
                 disclosure.disclosed_by, disclosure.disclosed_to
             )));
         }
-        let received: Vec<String> = disclosure
-            .events
-            .iter()
-            .flat_map(|e| {
-                e.sections
-                    .iter()
-                    .filter(|s| s.refusal.is_empty())
-                    .map(|s| s.name.clone())
-            })
-            .collect();
+        let received: Vec<String> = read_sections(&disclosure.events);
         self.shared
             .log_access(
                 grant,

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::access::{Disclosed, opened_for};
+use crate::access::{AppendFailure, Disclosed, opened_for};
 use crate::case_service::{append_status, case_id};
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -379,30 +379,15 @@ impl BreachApi {
         self.shared
             .log_access(&grant, &caller.person, Disclosed::case(case, vec!["core".into()]))
             .await?;
-        let mut producer = self.shared.producer.lock().await;
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        let batch = producer
-            .sealer()
-            .prepare_event(
-                case,
-                event_type,
-                sections,
-                now,
-                now,
-                isa,
-                &self.shared.directory,
-                &mut rng,
-            )
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
-        producer
-            .append(&self.shared.log, &batch, Expect::Any)
-            .await
-            .map_err(|e| append_status(e, None))?;
-        let event_id = batch
-            .envelopes
-            .last()
-            .map(|e| e.header.event_id.0.as_bytes().to_vec())
-            .unwrap_or_default();
+        let event_id = match self
+            .shared
+            .append_event(case, event_type, sections, now, Expect::Any)
+            .await?
+        {
+            Ok((event_id, _)) => event_id,
+            Err(AppendFailure::Seal(e)) => return Err(Status::permission_denied(e.to_string())),
+            Err(AppendFailure::Store(e)) => return Err(append_status(e, None)),
+        };
         Ok(Response::new(pb::AcknowledgeResponse {
             event_id,
             response_time_ms,
