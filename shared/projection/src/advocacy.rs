@@ -11,7 +11,7 @@ use hru_domain::{Breach, CaseEvent};
 use hru_wire::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Projection, Reader, Store, Write};
+use crate::{Applied, Projection, Reader, Store, Write, put_json, read_json};
 
 /// A victim alert: a proximity or exclusion breach the victim was warned of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,13 +129,10 @@ impl Projection for Advocacy {
         };
         let case = case.to_string();
         let key = [PREFIX, case.as_bytes()].concat();
-        let mut row: AdvocacyRow = state
-            .get(&key)
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_else(|| AdvocacyRow {
-                case_id: case.clone(),
-                ..AdvocacyRow::default()
-            });
+        let mut row: AdvocacyRow = read_json(state, &key).unwrap_or_else(|| AdvocacyRow {
+            case_id: case.clone(),
+            ..AdvocacyRow::default()
+        });
         let at = e.header.occurred_at_ms;
         match e.event {
             CaseEvent::ReferralReceived { core, identity, .. } => {
@@ -221,7 +218,7 @@ impl Projection for Advocacy {
             _ => return Vec::new(),
         }
         row.contacts_due.sort_by_key(|c| (c.due_at_ms, c.reason.clone()));
-        vec![Write::Put(key, serde_json::to_vec(&row).unwrap_or_default())]
+        vec![put_json(key, &row)]
     }
 }
 

@@ -5,7 +5,7 @@ use hru_domain::{Breach, CaseEvent};
 use hru_wire::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Projection, Reader, Store, Write};
+use crate::{Applied, Projection, Reader, Store, Write, put_json, read_json};
 
 /// One breach episode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,11 +53,7 @@ impl Projection for BreachBoard {
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
-        let get = |id: &uuid::Uuid| {
-            state
-                .get(&key(id))
-                .and_then(|v| serde_json::from_slice::<BreachRow>(&v).ok())
-        };
+        let get = |id: &uuid::Uuid| read_json::<BreachRow>(state, &key(id));
         let row = match e.event {
             CaseEvent::TagBreach {
                 core:
@@ -104,7 +100,7 @@ impl Projection for BreachBoard {
             _ => return Vec::new(),
         };
         let id = uuid::Uuid::from_slice(&hex::decode(&row.breach_id).unwrap_or_default()).unwrap_or_default();
-        vec![Write::Put(key(&id), serde_json::to_vec(&row).unwrap_or_default())]
+        vec![put_json(key(&id), &row)]
     }
 }
 

@@ -6,7 +6,7 @@ use hru_domain::{Breach, CaseEvent};
 use hru_wire::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Projection, Reader, Store, Write};
+use crate::{Applied, Projection, Reader, Store, Write, put_json, read_json};
 
 /// One case as the police HRU sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,10 +61,6 @@ fn key(prefix: &[u8], case: &str) -> Vec<u8> {
     [prefix, case.as_bytes()].concat()
 }
 
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
 impl Projection for CaseBoard {
     fn name(&self) -> &'static str {
         "police-case-board"
@@ -84,13 +80,10 @@ impl Projection for CaseBoard {
         };
         let case = case.to_string();
         let row_key = key(CASE_PREFIX, &case);
-        let mut row: CaseRow = state
-            .get(&row_key)
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_else(|| CaseRow {
-                case_id: case.clone(),
-                ..CaseRow::default()
-            });
+        let mut row: CaseRow = read_json(state, &row_key).unwrap_or_else(|| CaseRow {
+            case_id: case.clone(),
+            ..CaseRow::default()
+        });
         let mut writes = Vec::new();
         match e.event {
             CaseEvent::ReferralReceived { core: Some(r), .. } => {
@@ -105,7 +98,7 @@ impl Projection for CaseBoard {
                         received_at_ms: r.received_at_ms,
                         out_of_hours: r.out_of_hours,
                     };
-                    writes.push(Write::Put(key(QUEUE_PREFIX, &case), json(&item)));
+                    writes.push(put_json(key(QUEUE_PREFIX, &case), &item));
                 }
             }
             CaseEvent::ScreeningCompleted { core: Some(s) } => {
@@ -133,7 +126,7 @@ impl Projection for CaseBoard {
             _ => {}
         }
         row.last_activity_ms = row.last_activity_ms.max(e.header.occurred_at_ms);
-        writes.push(Write::Put(row_key, json(&row)));
+        writes.push(put_json(row_key, &row));
         writes
     }
 }

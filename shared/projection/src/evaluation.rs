@@ -8,7 +8,7 @@
 use hru_domain::CaseEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Projection, Reader, Store, Write};
+use crate::{Applied, Projection, Reader, Store, Write, put_json, read_json};
 
 /// What the fold keeps per case.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,25 +74,19 @@ impl Projection for Evaluation {
         if let CaseEvent::ReoffenceRecorded { core: Some(r) } = e.event {
             let subject = hex::encode(r.subject_ref);
             let k = key(REOFFENCE_PREFIX, &subject);
-            let mut times: Vec<i64> = state
-                .get(&k)
-                .and_then(|v| serde_json::from_slice(&v).ok())
-                .unwrap_or_default();
+            let mut times: Vec<i64> = read_json(state, &k).unwrap_or_default();
             if !times.contains(&r.occurred_at_ms) {
                 times.push(r.occurred_at_ms);
                 times.sort_unstable();
             }
-            return vec![Write::Put(k, serde_json::to_vec(&times).unwrap_or_default())];
+            return vec![put_json(k, &times)];
         }
         let case = case.to_string();
         let k = key(CASE_PREFIX, &case);
-        let mut facts: CaseFacts = state
-            .get(&k)
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_else(|| CaseFacts {
-                case_id: case.clone(),
-                ..CaseFacts::default()
-            });
+        let mut facts: CaseFacts = read_json(state, &k).unwrap_or_else(|| CaseFacts {
+            case_id: case.clone(),
+            ..CaseFacts::default()
+        });
         match e.event {
             CaseEvent::ReferralReceived { core: Some(r), .. } => {
                 facts.subject_ref = Some(hex::encode(r.subject_ref));
@@ -109,7 +103,7 @@ impl Projection for Evaluation {
             CaseEvent::CaseClosed { core: Some(c) } => facts.closed_at_ms = Some(c.closed_at_ms),
             _ => return Vec::new(),
         }
-        vec![Write::Put(k, serde_json::to_vec(&facts).unwrap_or_default())]
+        vec![put_json(k, &facts)]
     }
 }
 

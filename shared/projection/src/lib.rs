@@ -20,4 +20,6 @@ pub use case_board::{CaseBoard, CaseRow, ScreeningItem, screening_queue};
 pub use evaluation::{Evaluation, OutcomeRow, outcome_rows};
 pub use probation::{ProbationCaseload, ProbationRow, RiskChange, probation_caseload};
 pub use reviews::{DUE_WINDOW_MS, REVIEWS, ReviewSchedule, ReviewStatus, ScheduledReview, review_schedule};
-pub use store::{Applied, Projection, ProjectionError, Projector, Reader, Store, Write, open_typed};
+pub use store::{
+    Applied, Projection, ProjectionError, Projector, Reader, Store, Write, open_typed, put_json, read_json,
+};

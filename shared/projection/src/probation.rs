@@ -7,7 +7,7 @@
 use hru_domain::CaseEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Projection, Reader, Store, Write};
+use crate::{Applied, Projection, Reader, Store, Write, put_json, read_json};
 
 /// A change in a case's overall risk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,13 +77,10 @@ impl Projection for ProbationCaseload {
         };
         let case = case.to_string();
         let row_key = key(CASE_PREFIX, &case);
-        let mut row: ProbationRow = state
-            .get(&row_key)
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_else(|| ProbationRow {
-                case_id: case.clone(),
-                ..ProbationRow::default()
-            });
+        let mut row: ProbationRow = read_json(state, &row_key).unwrap_or_else(|| ProbationRow {
+            case_id: case.clone(),
+            ..ProbationRow::default()
+        });
         let mut writes = Vec::new();
         match e.event {
             CaseEvent::ReferralReceived { core: Some(r), .. } => row.subject_ref = Some(hex::encode(r.subject_ref)),
@@ -114,7 +111,7 @@ impl Projection for ProbationCaseload {
             writes.push(Write::Put(key(SUBJECT_PREFIX, subject), b"supervised".to_vec()));
         }
         row.last_activity_ms = row.last_activity_ms.max(e.header.occurred_at_ms);
-        writes.push(Write::Put(row_key, serde_json::to_vec(&row).unwrap_or_default()));
+        writes.push(put_json(row_key, &row));
         writes
     }
 }

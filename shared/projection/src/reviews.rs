@@ -5,7 +5,7 @@ use hru_domain::CaseEvent;
 use hru_wire::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Projection, Reader, Store, Write};
+use crate::{Applied, Projection, Reader, Store, Write, put_json, read_json};
 
 /// One scheduled review.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,19 +83,16 @@ impl Projection for ReviewSchedule {
                         due_at_ms: months_after(i.at_ms, 3 * i64::from(n)),
                         held_at_ms: None,
                     };
-                    Write::Put(key(&case, n), serde_json::to_vec(&review).unwrap_or_default())
+                    put_json(key(&case, n), &review)
                 })
                 .collect(),
             CaseEvent::ReviewRecorded { summary: Some(r), .. } => {
                 let k = key(&case, r.review_number);
-                let Some(mut review) = state
-                    .get(&k)
-                    .and_then(|v| serde_json::from_slice::<ScheduledReview>(&v).ok())
-                else {
+                let Some(mut review) = read_json::<ScheduledReview>(state, &k) else {
                     return Vec::new();
                 };
                 review.held_at_ms = Some(r.held_at_ms);
-                vec![Write::Put(k, serde_json::to_vec(&review).unwrap_or_default())]
+                vec![put_json(k, &review)]
             }
             _ => Vec::new(),
         }

@@ -36,6 +36,16 @@ pub trait Reader {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
 }
 
+/// The JSON value a projection keeps at `key`, if any.
+pub fn read_json<T: serde::de::DeserializeOwned>(state: &dyn Reader, key: &[u8]) -> Option<T> {
+    state.get(key).and_then(|v| serde_json::from_slice(&v).ok())
+}
+
+/// Put `value` as JSON at `key`.
+pub fn put_json<T: serde::Serialize>(key: Vec<u8>, value: &T) -> Write {
+    Write::Put(key, serde_json::to_vec(value).unwrap_or_default())
+}
+
 /// A named, versioned fold; bump the version to rebuild it on start.
 pub trait Projection: Send + Sync {
     /// Name (also its sled tree).
@@ -94,11 +104,27 @@ impl Reader for Overlay<'_> {
     }
 }
 
+/// Open sled at `path`, waiting up to two seconds for a previous holder of its file lock (a
+/// store just dropped in this process, whose flusher thread is still finishing) to let go.
+fn open_when_released(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Open the store at `path`. A corrupt store is not trusted: it is moved aside
     /// and a fresh one is rebuilt from the log.
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
-        let db = match sled::open(path) {
+        let db = match open_when_released(path) {
             Ok(db) => db,
             Err(e @ sled::Error::Corruption { .. }) => {
                 tracing::error!(cause = %e, path = %path.display(), "projection store does not open; rebuilding from the log");
