@@ -204,21 +204,9 @@ pub(crate) async fn checkpoint(
 ) -> anyhow::Result<ExitCode> {
     use prost::Message as _;
     let party: hru_domain::PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
-    let directory = policies::directory(policies_dir)?;
-    let set = policies::agreements(policies_dir, &directory)?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    let isa = policies::in_force(&set, now)?;
-    let secrets = crate::keys::load(keys_dir, &party)?;
-    let producer = hru_domain::ProducerId::try_from(hru_wire::v1::Producer {
-        party: party.to_string(),
-        instance: instance.to_owned(),
-    })
-    .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
-    let log = EventLog::connect(nats).await?;
-    let name = producer.to_string();
-    let mut producer =
-        crate::producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
-    let head = producer.sealer().chain();
+    let mut p = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, instance).await?;
+    let name = format!("{party}/{instance}");
+    let head = p.producer.sealer().chain();
     anyhow::ensure!(
         head.next_seq > 1,
         "{name} has appended nothing yet: there is no head to checkpoint"
@@ -228,18 +216,12 @@ pub(crate) async fn checkpoint(
         instance: instance.to_owned(),
         head_seq: head.next_seq - 1,
         head_digest: head.prev_digest.0.to_vec(),
-        at_ms: now,
+        at_ms: jiff::Timestamp::now().as_millisecond(),
     };
-    let batch =
-        producer
-            .sealer()
-            .prepare_public(hru_domain::EventType::ChainCheckpoint, body.encode_to_vec(), now, isa)?;
-    let seq = producer.append(&log, &batch, hru_log::Expect::Any).await?;
-    println!(
-        "{}\tChainCheckpoint\t{name} at {}",
-        seq.last().copied().unwrap_or_default(),
-        body.head_seq
-    );
+    let seq = p
+        .append_public(hru_domain::EventType::ChainCheckpoint, body.encode_to_vec())
+        .await?;
+    println!("{seq}\tChainCheckpoint\t{name} at {}", body.head_seq);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -255,13 +237,8 @@ pub(crate) async fn witness(
     use hru_envelope::verify as verify_envelope;
     use prost::Message as _;
     let party: hru_domain::PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
-    let directory = policies::directory(policies_dir)?;
-    let set = policies::agreements(policies_dir, &directory)?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    let isa = policies::in_force(&set, now)?;
-    let secrets = crate::keys::load(keys_dir, &party)?;
-    let log = EventLog::connect(nats).await?;
-    let entries = log.replay(1, &[]).await?;
+    let mut p = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "witness").await?;
+    let entries = p.log.replay(1, &[]).await?;
     let mut known: std::collections::HashSet<(String, String, u64)> = read_witness(out)?
         .into_iter()
         .map(|w| (w.party, w.instance, w.head_seq))
@@ -270,7 +247,7 @@ pub(crate) async fn witness(
     let mut heads: std::collections::HashMap<hru_domain::ProducerId, (u64, [u8; 32])> = Default::default();
     let mut found = Vec::new();
     for e in &entries {
-        let Ok(v) = verify_envelope(&e.payload, &directory) else {
+        let Ok(v) = verify_envelope(&e.payload, &p.directory) else {
             continue;
         };
         let h = &v.header;
@@ -288,25 +265,14 @@ pub(crate) async fn witness(
         }
         heads.insert(h.producer.clone(), (h.producer_seq, v.digest.0));
     }
-    let producer = hru_domain::ProducerId {
-        party: party.clone(),
-        instance: "witness".into(),
-    };
-    let mut producer =
-        crate::producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
     let mut lines = String::new();
     for (cp, event_id) in &found {
         let body = hru_wire::v1::CheckpointWitnessed {
             checkpoint: Some(cp.clone()),
             checkpoint_event_id: event_id.0.as_bytes().to_vec(),
         };
-        let batch = producer.sealer().prepare_public(
-            hru_domain::EventType::CheckpointWitnessed,
-            body.encode_to_vec(),
-            now,
-            isa,
-        )?;
-        producer.append(&log, &batch, hru_log::Expect::Any).await?;
+        p.append_public(hru_domain::EventType::CheckpointWitnessed, body.encode_to_vec())
+            .await?;
         known.insert((cp.party.clone(), cp.instance.clone(), cp.head_seq));
         let line = WitnessLine {
             party: cp.party.clone(),

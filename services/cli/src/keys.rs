@@ -109,31 +109,6 @@ pub(crate) fn cert(ca_dir: &Path, party: &str, hosts: &[String], out: &Path) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Seal and append one key event of `party` (public, signed by its current signing key).
-async fn key_event(
-    nats: &str,
-    policies_dir: &Path,
-    keys_dir: &Path,
-    secrets: &PartySecrets,
-    event_type: hru_domain::EventType,
-    body: Vec<u8>,
-) -> anyhow::Result<u64> {
-    let directory = crate::policies::directory(policies_dir)?;
-    let set = crate::policies::agreements(policies_dir, &directory)?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    let isa = crate::policies::in_force(&set, now)?;
-    let producer = hru_domain::ProducerId {
-        party: secrets.party.clone(),
-        instance: "keys".into(),
-    };
-    let log = hru_log::EventLog::connect(nats).await?;
-    let mut producer =
-        crate::producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
-    let batch = producer.sealer().prepare_public(event_type, body, now, isa)?;
-    let sequences = producer.append(&log, &batch, hru_log::Expect::Any).await?;
-    Ok(sequences.last().copied().unwrap_or_default())
-}
-
 /// `hru keys rotate`: a new signing key, announced in a KeyRotated event signed by the old one.
 /// The old secrets are kept beside the new as `<party>.secret.<old key id>`.
 pub(crate) async fn rotate(nats: &str, policies_dir: &Path, party: &str, keys_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -149,15 +124,10 @@ pub(crate) async fn rotate(nats: &str, policies_dir: &Path, party: &str, keys_di
         new_public_key: public.to_vec(),
         purpose: "signing".into(),
     };
-    let seq = key_event(
-        nats,
-        policies_dir,
-        keys_dir,
-        &old,
-        hru_domain::EventType::KeyRotated,
-        body.encode_to_vec(),
-    )
-    .await?;
+    let seq = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "keys")
+        .await?
+        .append_public(hru_domain::EventType::KeyRotated, body.encode_to_vec())
+        .await?;
     let kept = keys_dir.join(format!("{party}.secret.{}", old.signing_key_id()));
     write_private(&kept, &old.to_toml())?;
     let mut new = PartySecrets::from_toml(&old.to_toml(), "rotated")?;
@@ -193,7 +163,6 @@ pub(crate) async fn revoke(
 ) -> anyhow::Result<ExitCode> {
     use prost::Message as _;
     let party: PartyId = party.parse().context("--party")?;
-    let secrets = load(keys_dir, &party)?;
     let key_id = hex::decode(key)
         .ok()
         .filter(|b| b.len() == 8)
@@ -214,15 +183,10 @@ pub(crate) async fn revoke(
         revoked_at_ms,
         reason: reason.to_owned(),
     };
-    let seq = key_event(
-        nats,
-        policies_dir,
-        keys_dir,
-        &secrets,
-        hru_domain::EventType::KeyRevoked,
-        body.encode_to_vec(),
-    )
-    .await?;
+    let seq = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "keys")
+        .await?
+        .append_public(hru_domain::EventType::KeyRevoked, body.encode_to_vec())
+        .await?;
     println!("{seq}\tKeyRevoked\t{key}");
     Ok(ExitCode::SUCCESS)
 }

@@ -231,35 +231,17 @@ pub(crate) async fn adopt(
 ) -> anyhow::Result<ExitCode> {
     use prost::Message as _;
     let party: PartyId = party.parse().context("--party")?;
-    let directory = policies::directory(policies_dir)?;
-    let set = policies::agreements(policies_dir, &directory)?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    let isa = policies::in_force(&set, now)?;
-    let secrets = crate::keys::load(keys_dir, &party)?;
-    let producer = hru_domain::ProducerId::try_from(hru_wire::v1::Producer {
-        party: party.to_string(),
-        instance: instance.to_owned(),
-    })
-    .context("--instance")?;
-    let log = hru_log::EventLog::connect(nats).await?;
-    let mut producer =
-        crate::producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
+    let mut p = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, instance).await?;
+    let isa = p.isa.clone();
     let body = hru_wire::v1::PolicyAdopted {
         policy_id: isa.id.clone(),
         version: isa.version,
         digest: isa.digest.to_vec(),
         effective_from_ms: isa.effective_from_ms,
     };
-    let batch =
-        producer
-            .sealer()
-            .prepare_public(hru_domain::EventType::PolicyAdopted, body.encode_to_vec(), now, isa)?;
-    let seq = producer
-        .append(&log, &batch, hru_log::Expect::Any)
-        .await?
-        .first()
-        .copied()
-        .unwrap_or_default();
+    let seq = p
+        .append_public(hru_domain::EventType::PolicyAdopted, body.encode_to_vec())
+        .await?;
     println!(
         "{seq}\tPolicyAdopted\t{} v{}\tsha256 {}",
         isa.id,

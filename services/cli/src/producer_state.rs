@@ -22,3 +22,57 @@ pub(crate) async fn open(
     let p = path(keys_dir, &producer);
     Ok(Producer::open(&p, producer, signing, log, directory).await?)
 }
+
+/// A party producing from the command line: its log, directory, agreement in force and
+/// durable producer.
+pub(crate) struct PartyProducer {
+    pub(crate) log: EventLog,
+    pub(crate) directory: Directory,
+    pub(crate) isa: hru_policy::CompiledIsa,
+    pub(crate) producer: Producer,
+}
+
+impl PartyProducer {
+    /// Connect as `party`'s producer `instance`, under the agreement in force now.
+    pub(crate) async fn open(
+        nats: &str,
+        policies_dir: &Path,
+        keys_dir: &Path,
+        party: &hru_domain::PartyId,
+        instance: &str,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let directory = crate::policies::directory(policies_dir)?;
+        let set = crate::policies::agreements(policies_dir, &directory)?;
+        let isa = crate::policies::in_force(&set, jiff::Timestamp::now().as_millisecond())?.clone();
+        let secrets = crate::keys::load(keys_dir, party)?;
+        let id = ProducerId::try_from(hru_wire::v1::Producer {
+            party: party.to_string(),
+            instance: instance.to_owned(),
+        })
+        .context("--instance")?;
+        let log = EventLog::connect(nats).await?;
+        let producer = open(keys_dir, id, secrets.signing.clone(), &log, &directory).await?;
+        Ok(Self {
+            log,
+            directory,
+            isa,
+            producer,
+        })
+    }
+
+    /// Seal and append one public event now; its stream sequence.
+    pub(crate) async fn append_public(
+        &mut self,
+        event_type: hru_domain::EventType,
+        body: Vec<u8>,
+    ) -> anyhow::Result<u64> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let batch = self
+            .producer
+            .sealer()
+            .prepare_public(event_type, body, now, &self.isa)?;
+        let sequences = self.producer.append(&self.log, &batch, hru_log::Expect::Any).await?;
+        Ok(sequences.last().copied().unwrap_or_default())
+    }
+}
