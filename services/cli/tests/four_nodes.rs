@@ -19,17 +19,6 @@ use pb::case_service_client::CaseServiceClient;
 use pb::partner_service_client::PartnerServiceClient;
 use pb::subscription_service_client::SubscriptionServiceClient;
 
-const PARTIES: [&str; 9] = [
-    "police-hru",
-    "police-control",
-    "victim-advocacy",
-    "probation",
-    "cwp",
-    "mersey-care",
-    "em-vendor",
-    "geofence",
-    "evaluation",
-];
 const NODES: [(&str, &str); 4] = [
     ("police-hru", "risk-management"),
     ("probation", "offender-management"),
@@ -70,7 +59,7 @@ fn referral(case: &str, subject: u8, with_identity: bool) -> pb::EventDraft {
 
 #[test]
 fn a_referral_reaches_four_nodes_with_exactly_what_each_may_see() {
-    let world = World::new("../../policies/cheshire-hru.toml", &PARTIES);
+    let world = World::new("../../policies/cheshire-hru.toml", &common::CHESHIRE_PARTIES);
     let police = world.start_node("police-hru", "");
     let partners = format!("[partners]\npolice-hru = \"https://localhost:{}\"\n", police.port);
     let nodes = [

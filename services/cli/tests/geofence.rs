@@ -25,17 +25,6 @@ use hru_log::{EventLog, PositionLog};
 use hru_policy::CompiledIsa;
 use rand::Rng as _;
 
-const PARTIES: [&str; 9] = [
-    "police-hru",
-    "police-control",
-    "victim-advocacy",
-    "probation",
-    "cwp",
-    "mersey-care",
-    "em-vendor",
-    "geofence",
-    "evaluation",
-];
 const TAGS: usize = 6;
 const SEED: u64 = 11;
 
@@ -107,7 +96,7 @@ fn expected(
 
 #[test]
 fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_victim() {
-    let world = World::new("../../policies/cheshire-hru.toml", &PARTIES);
+    let world = World::new("../../policies/cheshire-hru.toml", &common::CHESHIRE_PARTIES);
     let d = |rel: &str| common::path(world.dir.path(), rel);
     // Simulated time runs from now, faster than the wall clock; the gateway stamps batches with
     // the wall clock, as a real one would.

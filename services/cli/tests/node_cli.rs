@@ -16,17 +16,6 @@ use hru_wire::v1 as pb;
 use hru_wire::v1::case_service_client::CaseServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-const PARTIES: [&str; 9] = [
-    "police-hru",
-    "police-control",
-    "victim-advocacy",
-    "probation",
-    "cwp",
-    "mersey-care",
-    "em-vendor",
-    "geofence",
-    "evaluation",
-];
 const AGREEMENT: &str = "../../policies/cheshire-hru.toml";
 const CASE: &str = "7d3c1a2b-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 
@@ -101,7 +90,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
-    let world = World::new(AGREEMENT, &PARTIES);
+    let world = World::new(AGREEMENT, &common::CHESHIRE_PARTIES);
     let d = |rel: &str| common::path(world.dir.path(), rel);
     for args in [
         vec!["keys", "ca", "--out", &d("ca")],

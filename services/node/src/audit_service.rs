@@ -47,6 +47,21 @@ fn whole_log() -> Disclosed {
 
 type ReplayStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ReplayResponse, Status>> + Send>>;
 
+impl AuditApi {
+    /// The log entries of a requested range.
+    async fn entries(&self, from: u64, to: u64) -> Result<Vec<hru_log::LogEntry>, Status> {
+        let (from, to) = range(from, to)?;
+        let mut entries = self
+            .shared
+            .log
+            .replay(from, &[])
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        entries.retain(|e| to.is_none_or(|t| e.sequence <= t));
+        Ok(entries)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::audit_service_server::AuditService for AuditApi {
     type ReplayStream = ReplayStream;
@@ -77,15 +92,11 @@ impl AuditApi {
     async fn verify_inner(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "AuditService/Verify", &purpose)?;
-        let (from, to) = range(request.get_ref().from_sequence, request.get_ref().to_sequence)?;
         let entries = self
-            .shared
-            .log
-            .replay(from, &[])
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .entries(request.get_ref().from_sequence, request.get_ref().to_sequence)
+            .await?;
         let mut auditor = Auditor::new(&self.shared.directory, &self.shared.policies);
-        for e in entries.iter().take_while(|e| to.is_none_or(|t| e.sequence <= t)) {
+        for e in &entries {
             auditor.observe(e.sequence, &e.subject, &e.payload);
         }
         let report = auditor.finish();
@@ -114,17 +125,13 @@ impl AuditApi {
     async fn replay_inner(&self, request: Request<pb::ReplayRequest>) -> Result<Response<ReplayStream>, Status> {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "AuditService/Replay", &purpose)?;
-        let (from, to) = range(request.get_ref().from_sequence, request.get_ref().to_sequence)?;
         let entries = self
-            .shared
-            .log
-            .replay(from, &[])
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .entries(request.get_ref().from_sequence, request.get_ref().to_sequence)
+            .await?;
         self.shared.log_access(&grant, &caller.person, whole_log()).await?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            for e in entries.into_iter().take_while(|e| to.is_none_or(|t| e.sequence <= t)) {
+            for e in entries {
                 let item = pb::Envelope::decode(e.payload.as_ref())
                     .map(|envelope| pb::ReplayResponse {
                         sequence: e.sequence,

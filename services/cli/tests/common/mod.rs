@@ -9,6 +9,19 @@ use std::process::{Command, Output};
 use hru_testkit::NatsServer;
 use serde_json::Value;
 
+/// Every party of the Cheshire HRU agreement.
+pub const CHESHIRE_PARTIES: [&str; 9] = [
+    "police-hru",
+    "police-control",
+    "victim-advocacy",
+    "probation",
+    "cwp",
+    "mersey-care",
+    "em-vendor",
+    "geofence",
+    "evaluation",
+];
+
 pub struct World {
     pub nats: NatsServer,
     pub dir: tempfile::TempDir,
