@@ -41,6 +41,11 @@ struct Demo {
     case: CaseId,
     log: EventLog,
     channels: Vec<(String, Channel)>,
+    /// Each node's view of the log, read by the demo (an operator) to wait for delivery.
+    views: Vec<(String, EventLog)>,
+    isa: CompiledIsa,
+    /// The log sequence of the last event recorded.
+    recorded: std::cell::Cell<u64>,
 }
 
 fn offset(p: (f64, f64), north_m: f64, east_m: f64) -> (f64, f64) {
@@ -107,11 +112,35 @@ impl Demo {
             ))
             .await
             .map_err(|s| anyhow!("{party}: {}", s.message()))?;
-        Ok(response.into_inner().sequence)
+        let sequence = response.into_inner().sequence;
+        self.recorded.set(sequence);
+        Ok(sequence)
+    }
+
+    /// Wait (up to three seconds) until the latest `event_type` recorded reached `party`'s view,
+    /// when the agreement shares any of it with `party`.
+    async fn delivered(&self, party: &str, event_type: EventType) -> anyhow::Result<()> {
+        let shared = self
+            .isa
+            .audiences()
+            .any(|(_, t, _, a)| t == event_type && a.members().iter().any(|m| m.as_str() == party));
+        let Some((_, view)) = self.views.iter().find(|(p, _)| p == party) else {
+            return Ok(());
+        };
+        let filter = format!("hru.evt.{}.*.{event_type}", self.case.token());
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while shared && std::time::Instant::now() < deadline {
+            if view.last_sequence_of(&filter).await? >= self.recorded.get() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 
     /// What `party` sees of the case's latest `event_type`: sections read and refused.
     async fn show(&self, party: &str, event_type: EventType) -> anyhow::Result<()> {
+        self.delivered(party, event_type).await?;
         let got = CaseServiceClient::new(self.channel(party)?)
             .get_case(request(
                 pb::GetCaseRequest {
@@ -237,6 +266,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     let url = server.url();
     let (directory, isa, secrets) = deployment(dir, policies_dir)?;
     let secret = |p: &str| secrets.iter().find(|s| s.party.as_str() == p);
+    hru_log::provision(&hru_log::connect(&url, None).await?, &isa, 1).await?;
     println!(
         "  nats-server {url} · keys for {} parties · a deployment CA",
         secrets.len()
@@ -321,12 +351,22 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     );
     println!("  geofence and EM gateway running");
 
+    let mut views = Vec::new();
+    for (party, ..) in NODES {
+        views.push((
+            party.to_owned(),
+            EventLog::open_view(&url, None, &party.parse()?).await?,
+        ));
+    }
     let mut demo = Demo {
         interactive,
         step: 0,
         case: CaseId::random(),
         log,
         channels,
+        views,
+        isa: isa.clone(),
+        recorded: std::cell::Cell::new(0),
     };
 
     demo.heading("Police record a stalking referral");

@@ -395,6 +395,17 @@ pub enum AuditCommand {
 /// `hru log` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
+    /// Create (or check and update) the shared streams and every party's view stream of the
+    /// agreement in force: the provisioner's one-shot job.
+    Provision {
+        /// Directory with `provisioner.secret`, to connect with the provisioner's nkey (leave
+        /// out for a server without authorization).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Replicas of each stream (3 on a cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
     /// Write a nats-server config: JetStream synced always, optional cluster and authorization.
     ServerConfig {
         /// Server name (unique in the cluster).
@@ -635,6 +646,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
+        Command::Log(LogCommand::Provision { keys, replicas }) => {
+            provision(&cli.nats, &cli.policies, keys.as_deref(), replicas).await
+        }
         Command::Log(LogCommand::ServerConfig {
             name,
             store,
@@ -685,4 +699,35 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// `hru log provision`: the streams and views of the agreement in force.
+async fn provision(
+    nats: &str,
+    policies: &std::path::Path,
+    keys: Option<&std::path::Path>,
+    replicas: usize,
+) -> anyhow::Result<ExitCode> {
+    let directory = policies::directory(policies)?;
+    let set = policies::agreements(policies, &directory)?;
+    let isa = policies::in_force(&set, jiff::Timestamp::now().as_millisecond())?;
+    let identity = match keys {
+        Some(dir) => {
+            let secrets = keys::load(dir, &hru_policy::PROVISIONER.parse()?)?;
+            Some(hru_log::BrokerIdentity {
+                id: hru_policy::PROVISIONER.to_owned(),
+                nkey_seed: secrets.nats_seed,
+            })
+        }
+        None => None,
+    };
+    let client = hru_log::connect(nats, identity.as_ref()).await?;
+    hru_log::provision(&client, isa, replicas).await?;
+    println!(
+        "provisioned HRU_EVENTS, HRU_POSITIONS and {} view streams for {} v{} (replicas {replicas})",
+        isa.parties.len(),
+        isa.id,
+        isa.version
+    );
+    Ok(ExitCode::SUCCESS)
 }

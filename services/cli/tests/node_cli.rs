@@ -124,6 +124,7 @@ fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
             .success()
     );
 
+    world.provision();
     let port = free_port();
     let config = format!(
         "party = \"police-hru\"\nkeys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",

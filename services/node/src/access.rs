@@ -161,6 +161,9 @@ impl Shared {
             Ok(s) => s,
             Err(e) => return Ok(Err(AppendFailure::Store(e))),
         };
+        if let Some(last) = sequences.last() {
+            self.appended.fetch_max(*last, std::sync::atomic::Ordering::Relaxed);
+        }
         let event_id = batch
             .envelopes
             .last()
@@ -183,6 +186,23 @@ impl Shared {
         };
         self.metrics.request(method, &code, start.elapsed());
         result
+    }
+
+    /// Wait (up to two seconds) until the party's view holds this node's latest append, so a
+    /// read after a write sees it (and everything the view sourced before it).
+    pub(crate) async fn wait_own_writes(&self) {
+        let mine = self.appended.load(std::sync::atomic::Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while mine > 0 && std::time::Instant::now() < deadline {
+            match self.log.bounds().await {
+                Ok((_, last)) if last >= mine => return,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "reading the view's bounds failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// Wait (up to two seconds) until the fold has passed `sequence`, so every grant an event up

@@ -95,7 +95,8 @@ impl AuditApi {
         let entries = self
             .entries(request.get_ref().from_sequence, request.get_ref().to_sequence)
             .await?;
-        let mut auditor = Auditor::new(&self.shared.directory, &self.shared.policies);
+        // A node reads its party's view: what the agreement shares with it is audited.
+        let mut auditor = Auditor::for_party(&self.shared.directory, &self.shared.policies, self.shared.party.clone());
         for e in &entries {
             auditor.observe(e.sequence, &e.subject, &e.payload);
         }

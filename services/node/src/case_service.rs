@@ -195,6 +195,7 @@ impl Shared {
         reader: &hru_domain::PartyId,
         only: Option<&[String]>,
     ) -> Result<(Vec<pb::OpenedEvent>, u64), Status> {
+        self.wait_own_writes().await;
         let entries = self
             .log
             .replay(1, &[format!("hru.evt.{}.>", case.token())])

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) breach_heartbeat_s: u64,
     /// Set when the node is stopping: streams end.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// The log sequence of this node's latest append: reads wait until the view holds it.
+    pub(crate) appended: std::sync::atomic::AtomicU64,
 }
 
 fn read(path: &std::path::Path) -> Result<String, NodeError> {
@@ -101,7 +103,13 @@ pub async fn run(
     let secret_path = config.keys_dir.join(format!("{party}.secret"));
     let secrets =
         PartySecrets::from_toml(&read(&secret_path)?, &secret_path.display().to_string()).map_err(config_err)?;
-    let log = EventLog::connect(&config.nats_url).await?;
+    // The node connects with its party's nkey and reads only its view stream, as the generated
+    // broker permissions allow.
+    let identity = hru_log::BrokerIdentity {
+        id: party.to_string(),
+        nkey_seed: secrets.nats_seed.clone(),
+    };
+    let log = EventLog::open_view(&config.nats_url, Some(&identity), &party).await?;
     let producer_id = ProducerId {
         party: party.clone(),
         instance: config.instance.clone(),
@@ -128,6 +136,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         stopping: stop_rx.clone(),
+        appended: std::sync::atomic::AtomicU64::new(0),
         party,
         directory,
         policies,
@@ -298,43 +307,89 @@ async fn checkpoint_loop(shared: Arc<Shared>, every: Duration, mut stop: tokio::
 /// Log entries folded per committed batch.
 const FOLD_BATCH: usize = 256;
 
-/// Fold new log entries into the projections until told to stop; the batch in hand finishes.
+/// Fold the party's view into the projections until told to stop; the batch in hand finishes.
+/// A failure (broker, store) is logged and folding starts again from the committed checkpoint.
 async fn fold_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut next = 1;
     loop {
-        match shared.log.replay(next, &[]).await {
-            Ok(entries) if !entries.is_empty() => {
-                next = entries.last().map_or(next, |e| e.sequence + 1);
-                shared.metrics.head(next - 1);
-                // Fold in bounded batches, each committed on its own, so a stop request waits for
-                // one batch at most.
-                for chunk in entries.chunks(FOLD_BATCH) {
-                    let batch: Vec<(u64, &[u8])> = chunk.iter().map(|e| (e.sequence, e.payload.as_ref())).collect();
-                    let through = batch.last().map_or(0, |b| b.0);
-                    let folded = shared.projector.lock().map(|mut p| p.feed(&batch));
-                    match folded {
-                        Ok(Ok(())) => shared.metrics.folded(batch.len() as u64, through),
-                        Ok(Err(e)) => {
-                            tracing::error!(cause = %e, "folding failed; retrying from the checkpoint");
-                            next = shared.projector.lock().map_or(1, |p| p.resume_from());
-                            break;
-                        }
-                        Err(_) => {
-                            tracing::error!("projector lock poisoned; folding stops");
-                            return;
-                        }
-                    }
-                    if *stop.borrow() {
-                        return;
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(cause = %e, "reading the log failed; retrying"),
+        match fold_view(&shared, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(cause = %e, "folding the view failed; resuming from the checkpoint"),
         }
         tokio::select! {
             _ = stop.changed() => return,
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Fold through the party's durable consumer from the committed checkpoint on: each batch is
+/// committed to sled, then acknowledged (cumulatively). Returns when told to stop.
+async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
+    use futures::{FutureExt as _, StreamExt as _};
+    let resume = shared
+        .projector
+        .lock()
+        .map_err(|_| "projector lock poisoned".to_owned())?
+        .resume_from();
+    let mut next = shared.log.read_position(resume).await.map_err(|e| e.to_string())?;
+    let consumer = hru_log::party_consumer(&shared.log.client(), &shared.party, "projection", next)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(FOLD_BATCH)
+        .messages()
+        .await
+        .map_err(|e| format!("consume the view: {e}"))?;
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let first = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let mut batch = vec![first.ok_or("the view's consumer ended")?.map_err(|e| e.to_string())?];
+        while batch.len() < FOLD_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(m)) => batch.push(m.map_err(|e| e.to_string())?),
+                _ => break,
+            }
+        }
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut pending = 0;
+        for m in &batch {
+            let info = m.info().map_err(|e| e.to_string())?;
+            if info.stream_sequence < next {
+                continue; // redelivered after the fold passed it
+            }
+            if info.stream_sequence > next {
+                return Err(format!("view message {} arrived before {next}", info.stream_sequence));
+            }
+            let source = hru_log::source_sequence(m.headers.as_ref())
+                .ok_or_else(|| format!("view message {next} names no source sequence"))?;
+            entries.push((source, m.payload.as_ref()));
+            pending = info.pending;
+            next += 1;
+        }
+        if let Some(&(through, _)) = entries.last() {
+            shared
+                .projector
+                .lock()
+                .map_err(|_| "projector lock poisoned".to_owned())?
+                .feed(&entries)
+                .map_err(|e| e.to_string())?;
+            shared.metrics.folded(entries.len() as u64, through);
+        }
+        shared.metrics.pending(pending);
+        if let Some(last) = batch.last() {
+            // Acknowledges everything up to it; a lost ack only means a redelivery skipped above.
+            if let Err(e) = last.ack().await {
+                tracing::debug!(cause = %e, "acknowledgement not sent");
+            }
+        }
+        if *stop.borrow() {
+            return Ok(());
         }
     }
 }

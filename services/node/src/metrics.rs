@@ -25,7 +25,7 @@ struct Latency {
 pub struct Metrics {
     events_folded: AtomicU64,
     folded_through: AtomicU64,
-    log_head: AtomicU64,
+    pending: AtomicU64,
     requests: Mutex<BTreeMap<(String, String), u64>>,
     latency: Mutex<BTreeMap<String, Latency>>,
 }
@@ -37,9 +37,9 @@ impl Metrics {
         self.folded_through.fetch_max(through, Ordering::Relaxed);
     }
 
-    /// The last sequence of the log seen.
-    pub fn head(&self, sequence: u64) {
-        self.log_head.fetch_max(sequence, Ordering::Relaxed);
+    /// Messages of the party's view the durable consumer has not delivered yet.
+    pub fn pending(&self, messages: u64) {
+        self.pending.store(messages, Ordering::Relaxed);
     }
 
     /// One answered (or refused) call.
@@ -65,15 +65,14 @@ impl Metrics {
         let mut out = String::new();
         let folded = self.events_folded.load(Ordering::Relaxed);
         let through = self.folded_through.load(Ordering::Relaxed);
-        let head = self.log_head.load(Ordering::Relaxed);
+        let pending = self.pending.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP hru_node_events_folded_total Events folded into projections.\n# TYPE hru_node_events_folded_total counter\nhru_node_events_folded_total {folded}"
         );
         let _ = writeln!(
             out,
-            "# HELP hru_node_consumer_lag Log entries not yet folded.\n# TYPE hru_node_consumer_lag gauge\nhru_node_consumer_lag {}",
-            head.saturating_sub(through)
+            "# HELP hru_node_consumer_lag Messages of the party's view not yet delivered to the fold.\n# TYPE hru_node_consumer_lag gauge\nhru_node_consumer_lag {pending}"
         );
         let _ = writeln!(
             out,

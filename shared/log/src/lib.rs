@@ -69,28 +69,50 @@ pub enum LogError {
 }
 
 /// The durable pull consumer a party's node folds its projections from: on the party's view
-/// stream (already filtered by the agreement, server-side), acknowledged explicitly. The
-/// server's copy of the config is read back and compared with what was asked.
+/// stream (already filtered by the agreement, server-side), acknowledged cumulatively, and
+/// delivering from view sequence `start`. An existing durable standing exactly there (all
+/// before `start` acknowledged, nothing in flight) is kept; one left elsewhere by a crash or a
+/// rebuild is replaced, since the node's committed checkpoint, not the broker's, says what is
+/// folded. The server's copy of the config is read back and compared with what was asked.
 pub async fn party_consumer(
     client: &async_nats::Client,
     party: &hru_domain::PartyId,
     name: &str,
+    start: u64,
 ) -> Result<consumer::PullConsumer, LogError> {
     let js = jetstream::new(client.clone());
     let stream = js
         .get_stream(hru_policy::view_stream(party))
         .await
         .map_err(|e| js_err("view stream")(e.into()))?;
+    let durable = format!("{party}-{name}");
     let asked = consumer::pull::Config {
-        durable_name: Some(format!("{party}-{name}")),
-        ack_policy: consumer::AckPolicy::Explicit,
-        deliver_policy: consumer::DeliverPolicy::All,
+        durable_name: Some(durable.clone()),
+        ack_policy: consumer::AckPolicy::All,
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: start.max(1),
+        },
         replay_policy: consumer::ReplayPolicy::Instant,
         max_ack_pending: 10_000,
         ..Default::default()
     };
+    if let Ok(mut existing) = stream.get_consumer::<consumer::pull::Config>(&durable).await {
+        let info = existing
+            .info()
+            .await
+            .map_err(|e| js_err("consumer info")(e.into()))?
+            .clone();
+        if info.ack_floor.stream_sequence + 1 == start.max(1) && info.num_ack_pending == 0 {
+            check_consumer(&asked, &info.config, false)?;
+            return Ok(existing);
+        }
+        stream
+            .delete_consumer(&durable)
+            .await
+            .map_err(|e| js_err("replace durable consumer")(e.into()))?;
+    }
     let mut created: consumer::PullConsumer = stream
-        .get_or_create_consumer(&format!("{party}-{name}"), asked.clone())
+        .create_consumer(asked.clone())
         .await
         .map_err(|e| js_err("create durable consumer")(e.into()))?;
     let got = created
@@ -99,13 +121,13 @@ pub async fn party_consumer(
         .map_err(|e| js_err("consumer info")(e.into()))?
         .config
         .clone();
-    check_consumer(&asked, &got)?;
+    check_consumer(&asked, &got, true)?;
     Ok(created)
 }
 
 /// Refuse a consumer whose server-side config differs from what was asked (a server that
 /// silently drops a field it does not know would otherwise widen what a party reads).
-fn check_consumer(asked: &consumer::pull::Config, got: &consumer::Config) -> Result<(), LogError> {
+fn check_consumer(asked: &consumer::pull::Config, got: &consumer::Config, deliver: bool) -> Result<(), LogError> {
     let sorted = |v: &[String]| {
         let mut v = v.to_vec();
         v.sort();
@@ -138,7 +160,11 @@ fn check_consumer(asked: &consumer::pull::Config, got: &consumer::Config) -> Res
             format!("{:?}", got.deliver_policy),
         ),
     ];
-    match fields.into_iter().find(|(_, a, g)| a != g) {
+    match fields
+        .into_iter()
+        .filter(|(field, ..)| deliver || *field != "deliver_policy")
+        .find(|(_, a, g)| a != g)
+    {
         Some((field, a, g)) => Err(LogError::JetStream {
             operation: "check consumer",
             reason: format!("{field}: asked {a}, server has {g}"),
@@ -200,6 +226,26 @@ pub struct Ack {
 const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 /// Attempts of an ambiguous publish (timeout, lost connection) before giving up.
 const PUBLISH_ATTEMPTS: u32 = 8;
+
+/// The last sequence a `wrong last sequence: N` refusal states, from the error or its sources.
+fn stated_last_sequence(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    const STATED: &str = "wrong last sequence: ";
+    let mut next = Some(e);
+    while let Some(error) = next {
+        let text = error.to_string();
+        if let Some(at) = text.rfind(STATED) {
+            let digits: String = text[at + STATED.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(seq) = digits.parse() {
+                return Some(seq);
+            }
+        }
+        next = error.source();
+    }
+    None
+}
 
 fn js_err(operation: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> LogError {
     move |e| LogError::JetStream {
@@ -332,11 +378,40 @@ pub fn view_config(isa: &hru_policy::CompiledIsa, party: &hru_domain::PartyId, r
     }
 }
 
-/// A connection to the event log.
+/// A connection to the event log. Appends go to `HRU_EVENTS`; reads come from `HRU_EVENTS`
+/// itself (operators) or from a party's view stream, whose copies are reported under the
+/// `HRU_EVENTS` sequence they were sourced from, so sequences mean the same to every reader.
 #[derive(Clone)]
 pub struct EventLog {
     js: jetstream::Context,
+    /// The stream reads come from.
     stream: stream::Stream,
+    /// Whether `stream` is a party's view (sequences come from its source header).
+    view: bool,
+}
+
+/// Header a sourcing stream stamps on each copy: `<source stream> <source sequence> …`.
+const SOURCE_HEADER: &str = "Nats-Stream-Source";
+
+/// The `HRU_EVENTS` sequence a view's copy was sourced from.
+pub fn source_sequence(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
+    let value = headers?.get(SOURCE_HEADER)?.as_str();
+    let mut fields = value.split_whitespace();
+    let stream = fields.next()?;
+    let from_events = stream
+        .strip_prefix(EVENTS_STREAM)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'));
+    if !from_events {
+        return None;
+    }
+    fields.next()?.parse().ok()
+}
+
+fn unsourced(operation: &'static str, view_sequence: u64) -> LogError {
+    LogError::JetStream {
+        operation,
+        reason: format!("view message {view_sequence} has no {SOURCE_HEADER} header naming {EVENTS_STREAM}"),
+    }
 }
 
 /// Parse `major.minor` out of a server version such as `2.15.1` or `v2.11.0-beta`.
@@ -443,7 +518,76 @@ impl EventLog {
                 .await
                 .map_err(|e| js_err("create stream HRU_EVENTS")(e.into()))?,
         };
-        Ok(Self { js, stream })
+        Ok(Self {
+            js,
+            stream,
+            view: false,
+        })
+    }
+
+    /// Connect as `identity` to append as `party` and read only its view stream `HRU_VIEW_<party>`
+    /// (what the generated broker permissions allow a party). The view must have been provisioned.
+    pub async fn open_view(
+        url: &str,
+        identity: Option<&BrokerIdentity>,
+        party: &hru_domain::PartyId,
+    ) -> Result<Self, LogError> {
+        let client = connect(url, identity).await?;
+        let js = jetstream::new(client);
+        let name = hru_policy::view_stream(party);
+        let stream = js.get_stream(&name).await.map_err(|e| LogError::JetStream {
+            operation: "open view stream",
+            reason: format!("{name}: {e}; the provisioner creates it (`hru log provision`)"),
+        })?;
+        Ok(Self { js, stream, view: true })
+    }
+
+    /// The client this log talks through.
+    pub fn client(&self) -> async_nats::Client {
+        self.js.client()
+    }
+
+    /// The `HRU_EVENTS` sequence of a stored message of the read stream.
+    fn sequence_of(&self, stored: u64, headers: Option<&async_nats::HeaderMap>) -> Result<u64, LogError> {
+        if !self.view {
+            return Ok(stored);
+        }
+        source_sequence(headers).ok_or_else(|| unsourced("read view", stored))
+    }
+
+    /// The first sequence of the read stream holding `HRU_EVENTS` sequence `from` or later (one
+    /// past the end when none does). Views keep their source's order, so this is a binary search.
+    pub async fn read_position(&self, from: u64) -> Result<u64, LogError> {
+        let mut stream = self.stream.clone();
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| js_err("stream info")(e.into()))?
+            .state
+            .clone();
+        if !self.view || state.messages == 0 {
+            return Ok(if self.view {
+                state.last_sequence + 1
+            } else {
+                from.max(1)
+            });
+        }
+        let (mut lo, mut hi) = (state.first_sequence, state.last_sequence + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let message = self
+                .stream
+                .get_raw_message(mid)
+                .await
+                .map_err(|e| js_err("read view message")(e.into()))?;
+            let source = source_sequence(Some(&message.headers)).ok_or_else(|| unsourced("read view", mid))?;
+            if source >= from {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
     }
 
     /// Append one sealed envelope with `Nats-Msg-Id` = its event id; returns its stream sequence.
@@ -497,7 +641,12 @@ impl EventLog {
                                 });
                             }
                             let filter = case_subjects.clone().unwrap_or_default();
-                            let current = self.last_sequence_of(&filter).await.unwrap_or(0);
+                            // The server states the case's true last sequence; a view may not hold
+                            // every event of the case, so its own last copy can be older.
+                            let current = match stated_last_sequence(&e) {
+                                Some(seq) => seq,
+                                None => self.last_sequence_of(&filter).await.unwrap_or(0),
+                            };
                             return Err(AppendError::Conflict {
                                 case_subjects: filter,
                                 current,
@@ -695,12 +844,11 @@ impl EventLog {
                     .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
                     .map(|v| v.as_str() == id);
                 if same == Some(true) {
-                    found = Some(
-                        message
-                            .info()
-                            .map_err(|e| js_err("message info")(e.to_string().into()))?
-                            .stream_sequence,
-                    );
+                    let stored = message
+                        .info()
+                        .map_err(|e| js_err("message info")(e.to_string().into()))?
+                        .stream_sequence;
+                    found = Some(self.sequence_of(stored, message.headers.as_ref())?);
                     break;
                 }
             }
@@ -716,17 +864,35 @@ impl EventLog {
         }
     }
 
-    /// The first and last sequence the stream still holds (retention may have removed older).
+    /// The first and last sequence the log still holds for this reader (retention may have
+    /// removed older).
     pub async fn bounds(&self) -> Result<(u64, u64), LogError> {
         let mut stream = self.stream.clone();
-        let info = stream.info().await.map_err(|e| js_err("stream info")(e.into()))?;
-        Ok((info.state.first_sequence, info.state.last_sequence))
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| js_err("stream info")(e.into()))?
+            .state
+            .clone();
+        if !self.view || state.messages == 0 {
+            return Ok((state.first_sequence, state.last_sequence));
+        }
+        let mut ends = [0; 2];
+        for (end, stored) in ends.iter_mut().zip([state.first_sequence, state.last_sequence]) {
+            let message = self
+                .stream
+                .get_raw_message(stored)
+                .await
+                .map_err(|e| js_err("read view message")(e.into()))?;
+            *end = source_sequence(Some(&message.headers)).ok_or_else(|| unsourced("read view", stored))?;
+        }
+        Ok((ends[0], ends[1]))
     }
 
     /// The stream sequence of the last message on subjects matching `filter` (0 when none).
     pub async fn last_sequence_of(&self, filter: &str) -> Result<u64, LogError> {
         match self.stream.get_last_raw_message_by_subject(filter).await {
-            Ok(m) => Ok(m.sequence),
+            Ok(m) => self.sequence_of(m.sequence, Some(&m.headers)),
             Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
             Err(e) => Err(js_err("last message by subject")(e.into())),
         }
@@ -740,13 +906,13 @@ impl EventLog {
     /// Every message from stream sequence `from` (1 = the start) on subjects matching any of
     /// `filters` (all when empty), in order, up to the end of the log as it was when called.
     pub async fn replay(&self, from: u64, filters: &[String]) -> Result<Vec<LogEntry>, LogError> {
-        self.replay_with(
-            consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from.max(1),
-            },
-            filters,
-        )
-        .await
+        let start_sequence = if self.view && from > 1 {
+            self.read_position(from).await?
+        } else {
+            from.max(1)
+        };
+        self.replay_with(consumer::DeliverPolicy::ByStartSequence { start_sequence }, filters)
+            .await
     }
 
     /// Every message stored at or after `since_ms` (Unix ms, the broker's clock) on subjects
@@ -768,16 +934,18 @@ impl EventLog {
         deliver_policy: consumer::DeliverPolicy,
         filters: &[String],
     ) -> Result<Vec<LogEntry>, LogError> {
-        read_stream(&self.stream, deliver_policy, filters).await
+        read_stream(&self.stream, deliver_policy, filters, self.view).await
     }
 }
 
 /// Every message of `stream` from `deliver_policy` on, on subjects matching any of `filters`
-/// (all when empty), in order, up to the end as it was when called.
+/// (all when empty), in order, up to the end as it was when called; a view's messages under
+/// their source sequence when `view`.
 async fn read_stream(
     stream: &stream::Stream,
     deliver_policy: consumer::DeliverPolicy,
     filters: &[String],
+    view: bool,
 ) -> Result<Vec<LogEntry>, LogError> {
     {
         let config = consumer::pull::OrderedConfig {
@@ -810,10 +978,15 @@ async fn read_stream(
                 break;
             };
             let message = message.map_err(|e| js_err("consume")(e.into()))?;
-            let sequence = message
+            let stored = message
                 .info()
                 .map_err(|e| js_err("message info")(e.to_string().into()))?
                 .stream_sequence;
+            let sequence = if view {
+                source_sequence(message.headers.as_ref()).ok_or_else(|| unsourced("read view", stored))?
+            } else {
+                stored
+            };
             out.push(LogEntry {
                 sequence,
                 subject: message.subject.to_string(),

@@ -64,6 +64,7 @@ impl PositionLog {
                 start_sequence: from.max(1),
             },
             &[],
+            false,
         )
         .await
     }

@@ -301,7 +301,7 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
         assert_eq!(got, want_sorted, "{p}'s view holds exactly its entitlement");
 
         // Allowed: the durable consumer its node folds projections from, config checked.
-        let durable = hru_log::party_consumer(&client, p, "projection").await;
+        let durable = hru_log::party_consumer(&client, p, "projection", 1).await;
         let fetched = match durable {
             Ok(c) => {
                 let mut batch = c
@@ -437,4 +437,187 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
         Outcome::Refused
     );
     println!("auditor: reads HRU_EVENTS: allowed; publishes: refused; purges: refused");
+}
+
+/// Seal one event of `producer` on `case` with every section the agreement gives an audience.
+fn sealed(
+    w: &World,
+    producer: &PartySecrets,
+    case: hru_domain::CaseId,
+    event_type: hru_domain::EventType,
+) -> hru_envelope::SealedBatch {
+    let sealer = hru_envelope::Sealer::new(
+        hru_domain::ProducerId {
+            party: producer.party.clone(),
+            instance: "view-test".into(),
+        },
+        producer.signing.clone(),
+    );
+    let sections: Vec<hru_domain::PlainSection> = w
+        .isa
+        .audiences()
+        .filter(|(p, t, ..)| **p == producer.party && *t == event_type)
+        .map(|(_, _, name, _)| hru_domain::PlainSection {
+            name,
+            bytes: b"x".to_vec(),
+        })
+        .collect();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut directory = Directory::default();
+    for s in &w.secrets {
+        directory.insert_secrets(s, "test");
+    }
+    sealer
+        .prepare_event(
+            case,
+            event_type,
+            sections,
+            now,
+            now,
+            &w.isa,
+            &directory,
+            &mut rand_core::OsRng,
+        )
+        .unwrap()
+}
+
+/// A party's log on its view, under the generated permissions: sequences are `HRU_EVENTS`
+/// sequences, a case version it cannot fully see is corrected by the broker's refusal, and its
+/// durable consumer is kept where it stands and replaced elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_reads_its_view_under_shared_sequences() {
+    use hru_domain::EventType;
+    use hru_log::{AppendError, EventLog, Expect};
+    let w = world();
+    let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
+        .await
+        .unwrap();
+    provision(&admin.client(), &w.isa, 1).await.unwrap();
+    let party = |name: &str| w.secrets.iter().find(|s| s.party.as_str() == name).unwrap();
+    let view_of = |s: &PartySecrets| {
+        let id = identity(s);
+        let party = s.party.clone();
+        let url = w.url.clone();
+        async move { EventLog::open_view(&url, Some(&id), &party).await.unwrap() }
+    };
+    let (police, probation) = (party("police-hru"), party("probation"));
+    // An event some party produces on which probation holds no subject at all.
+    let entitled = w.isa.view_subjects(&probation.party);
+    let (hidden_party, hidden_type) = w
+        .secrets
+        .iter()
+        .flat_map(|s| w.isa.produces(&s.party).map(move |t| (s, t)))
+        .find(|(s, t)| {
+            t.has_case()
+                && *t != EventType::AccessLogged
+                && !entitled
+                    .iter()
+                    .any(|e| matches(e, &format!("hru.evt.{CASE}.{}.{t}", s.party)))
+        })
+        .expect("some event is not shared with probation");
+
+    let case = hru_domain::CaseId::random();
+    let police_log = view_of(police).await;
+    let referral = sealed(&w, police, case, EventType::ReferralReceived);
+    let mut first = 0;
+    for env in &referral.envelopes {
+        first = police_log.append_expecting(env, Expect::Any).await.unwrap().sequence;
+    }
+    let hidden_log = view_of(hidden_party).await;
+    let mut hidden = 0;
+    for env in &sealed(&w, hidden_party, case, hidden_type).envelopes {
+        hidden = hidden_log.append_expecting(env, Expect::Any).await.unwrap().sequence;
+    }
+    assert!(hidden > first);
+
+    let probation_log = view_of(probation).await;
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = probation_log.case_version(case).await.unwrap();
+        if seen == first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen, first,
+        "probation's view holds the referral under its HRU_EVENTS sequence"
+    );
+
+    // Probation writes at the version it sees; the broker says the case moved on.
+    let own = sealed(&w, probation, case, EventType::ReferralReceived);
+    let (mut own_seq, mut conflicts) = (0, 0);
+    for env in &own.envelopes {
+        let expect = if env.header.case_id.is_some() {
+            Expect::CaseAt(seen)
+        } else {
+            Expect::Any
+        };
+        match probation_log.append_expecting(env, expect).await {
+            Ok(ack) => own_seq = ack.sequence,
+            Err(AppendError::Conflict { current, .. }) => {
+                assert_eq!(current, hidden, "the conflict states the true version, not the view's");
+                conflicts += 1;
+                own_seq = probation_log
+                    .append_expecting(env, Expect::CaseAt(current))
+                    .await
+                    .unwrap()
+                    .sequence;
+            }
+            Err(e) => panic!("append: {e}"),
+        }
+    }
+    assert_eq!(conflicts, 1, "the write at the view's version was refused");
+    assert!(own_seq > hidden, "the retry at the stated version landed");
+
+    // The view's entries carry the shared sequences and bytes, its own event included.
+    let all = admin.replay(1, &[]).await.unwrap();
+    let mut mine = Vec::new();
+    for _ in 0..100 {
+        mine = probation_log.replay(1, &[]).await.unwrap();
+        if mine.last().is_some_and(|e| e.sequence == own_seq) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(mine.iter().any(|e| e.sequence == own_seq));
+    assert!(mine.iter().all(|e| e.sequence != hidden), "the hidden event stays out");
+    for e in &mine {
+        let shared = all.iter().find(|a| a.sequence == e.sequence).unwrap();
+        assert_eq!((&shared.subject, &shared.payload), (&e.subject, &e.payload));
+    }
+    let after_hidden = probation_log.replay(hidden, &[]).await.unwrap();
+    assert_eq!(
+        after_hidden.first().map(|e| e.sequence),
+        mine.iter().map(|e| e.sequence).find(|s| *s > hidden)
+    );
+    let (low, high) = probation_log.bounds().await.unwrap();
+    assert_eq!((low, high), (mine[0].sequence, own_seq));
+
+    // The durable consumer: kept where everything before it is acknowledged, replaced elsewhere.
+    let client = probation_log.client();
+    let consumer = hru_log::party_consumer(&client, &probation.party, "view-test", 1)
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(2).messages().await.unwrap();
+    let mut last = None;
+    while let Some(m) = batch.next().await {
+        last = Some(m.unwrap());
+    }
+    let last = last.expect("two messages");
+    let view_seq = last.info().unwrap().stream_sequence;
+    last.double_ack().await.unwrap();
+    let mut kept = hru_log::party_consumer(&client, &probation.party, "view-test", view_seq + 1)
+        .await
+        .unwrap();
+    assert_eq!(kept.info().await.unwrap().ack_floor.stream_sequence, view_seq, "kept");
+    let mut replaced = hru_log::party_consumer(&client, &probation.party, "view-test", 1)
+        .await
+        .unwrap();
+    let info = replaced.info().await.unwrap();
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_pending as usize),
+        (0, mine.len()),
+        "replaced to deliver from the start"
+    );
 }

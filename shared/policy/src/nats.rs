@@ -60,13 +60,18 @@ impl NatsAccounts {
 }
 
 impl CompiledIsa {
-    /// The subjects of the shared log `party` is entitled to read: events of (producer, type)
-    /// pairs with a section shared with it, key grants of the audiences it is in, and public
-    /// control events.
+    /// The subjects of the shared log `party` is entitled to read: its own envelopes (what it
+    /// sealed, so a lost producer store can be recovered), events of (producer, type) pairs with
+    /// a section shared with it, key grants of the audiences it is in, and public control
+    /// events. No two subjects overlap (the server refuses overlapping source filters).
     pub fn view_subjects(&self, party: &PartyId) -> Vec<String> {
-        let mut subjects = BTreeSet::new();
+        let mut subjects = BTreeSet::from([
+            format!("hru.evt.*.{party}.*"),
+            format!("hru.key.{party}.*"),
+            format!("hru.acc.*.{party}"),
+        ]);
         for (producer, event_type, _, audience) in self.audiences() {
-            if audience.contains(party) {
+            if audience.contains(party) && producer != party {
                 subjects.insert(if event_type == hru_domain::EventType::AccessLogged {
                     format!("hru.acc.*.{producer}")
                 } else {
@@ -164,6 +169,7 @@ pub fn nats_config(isa: &CompiledIsa, accounts: &NatsAccounts) -> String {
         let mut publish = isa.publish_subjects(party);
         publish.extend(read_api(&view_stream(party)));
         publish.push(format!("$JS.API.DIRECT.GET.{}", view_stream(party)));
+        publish.push(format!("$JS.API.DIRECT.GET.{}.>", view_stream(party)));
         publish.push(format!("$JS.API.STREAM.MSG.GET.{}", view_stream(party)));
         if isa.reads_positions(party) {
             for api in read_api(POSITIONS_STREAM) {

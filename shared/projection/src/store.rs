@@ -68,11 +68,16 @@ fn err(e: impl std::fmt::Display) -> ProjectionError {
     ProjectionError::Store(e.to_string())
 }
 
-/// Projection state in sled: one tree per projection and a meta tree of checkpoints.
+/// Projection state in sled: one tree per projection, a meta tree of checkpoints, and the key
+/// grants read so far (still sealed to the party, so no epoch key is ever stored in the clear).
 pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
+    grants: sled::Tree,
 }
+
+/// Tree of the kept KeyGranted envelopes (sequence → envelope bytes) and its meta key.
+const GRANTS: &str = "__grants";
 
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -135,7 +140,39 @@ impl Store {
             Err(e) => return Err(err(e)),
         };
         let meta = db.open_tree("__meta").map_err(err)?;
-        Ok(Self { db, meta })
+        let grants = db.open_tree(GRANTS).map_err(err)?;
+        Ok(Self { db, meta, grants })
+    }
+
+    /// The key grants kept so far, in log order, and the last sequence they cover.
+    pub fn grants(&self) -> Result<(Vec<Entry>, u64), ProjectionError> {
+        let through = self
+            .meta
+            .get(GRANTS)
+            .map_err(err)?
+            .and_then(|v| parse_meta(&v))
+            .map_or(0, |(_, seq)| seq);
+        let kept = self
+            .grants
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+            .collect::<Result<_, _>>()?;
+        Ok((kept, through))
+    }
+
+    /// Keep `grants` (sequence, envelope bytes) and mark the log read through `through`, in one
+    /// transaction.
+    pub fn keep_grants(&self, grants: &[(u64, &[u8])], through: u64) -> Result<(), ProjectionError> {
+        let checkpoint = meta_value(0, through);
+        (&self.grants, &self.meta)
+            .transaction(|(g, m)| {
+                for (sequence, bytes) in grants {
+                    g.insert(&sequence.to_be_bytes(), *bytes)?;
+                }
+                m.insert(GRANTS, checkpoint.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| err(format!("{e:?}")))
     }
 
     /// The last sequence applied to `projection` (0: none), after wiping it if its version
@@ -263,26 +300,40 @@ pub struct Projector {
     pub store: Store,
     projections: Vec<Box<dyn Projection>>,
     checkpoints: Vec<u64>,
+    /// The last sequence whose key grants are kept in the store.
+    grants_through: u64,
     ring: KeyRing,
     directory: Directory,
 }
 
 impl Projector {
-    /// A projector for `projections` over `store`, reading as the owner of `ring`.
+    /// A projector for `projections` over `store`, reading as the owner of `ring`, which
+    /// takes in the grants the store kept (so reading resumes after the checkpoint, not from the
+    /// start of the log).
     pub fn new(
         store: Store,
         projections: Vec<Box<dyn Projection>>,
-        ring: KeyRing,
+        mut ring: KeyRing,
         directory: Directory,
     ) -> Result<Self, ProjectionError> {
         let checkpoints = projections
             .iter()
             .map(|p| store.prepare(p.as_ref()))
             .collect::<Result<_, _>>()?;
+        let (kept, grants_through) = store.grants()?;
+        for (key, bytes) in &kept {
+            let grant = verify(bytes, &directory)
+                .map_err(|e| e.to_string())
+                .and_then(|v| ring.ingest_grant(&v).map(|_| ()).map_err(|e| e.to_string()));
+            if let Err(e) = grant {
+                tracing::warn!(key = hex::encode(key), cause = %e, "kept key grant refused");
+            }
+        }
         Ok(Self {
             store,
             projections,
             checkpoints,
+            grants_through,
             ring,
             directory,
         })
@@ -290,7 +341,13 @@ impl Projector {
 
     /// The lowest checkpoint: where the log must be read from (plus one).
     pub fn resume_from(&self) -> u64 {
-        self.checkpoints.iter().copied().min().unwrap_or(0) + 1
+        self.checkpoints
+            .iter()
+            .copied()
+            .chain([self.grants_through])
+            .min()
+            .unwrap_or(0)
+            + 1
     }
 
     /// The reader's key ring (every grant fed so far).
@@ -308,13 +365,14 @@ impl Projector {
         self.projections.iter().map(AsRef::as_ref)
     }
 
-    /// Fold a batch of `(sequence, envelope bytes)` in log order. Grants feed the key ring
-    /// (every batch from the start of the log must be fed, so grants are never missed);
-    /// events that fail to verify or decode are skipped with a warning, never folded.
+    /// Fold a batch of `(sequence, envelope bytes)` in log order, resuming at `resume_from`.
+    /// Grants feed the key ring and are kept in the store before any projection moves past
+    /// them; events that fail to verify or decode are skipped with a warning, never folded.
     pub fn feed(&mut self, entries: &[(u64, &[u8])]) -> Result<(), ProjectionError> {
         let Some(&(through, _)) = entries.last() else {
             return Ok(());
         };
+        let mut grants = Vec::new();
         let mut typed = Vec::with_capacity(entries.len());
         for (sequence, bytes) in entries {
             let v = match verify(bytes, &self.directory) {
@@ -325,8 +383,10 @@ impl Projector {
                 }
             };
             if v.header.event_type == EventType::KeyGranted {
-                if let Err(e) = self.ring.ingest_grant(&v) {
-                    tracing::warn!(sequence, cause = %e, "key grant refused");
+                match self.ring.ingest_grant(&v) {
+                    Ok(_) if *sequence > self.grants_through => grants.push((*sequence, *bytes)),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(sequence, cause = %e, "key grant refused"),
                 }
                 continue;
             }
@@ -335,6 +395,10 @@ impl Projector {
                 Some(Err(e)) => tracing::warn!(sequence, cause = %e, "event does not decode; not folded"),
                 None => {}
             }
+        }
+        if through > self.grants_through {
+            self.store.keep_grants(&grants, through)?;
+            self.grants_through = through;
         }
         for (i, projection) in self.projections.iter().enumerate() {
             let after = self.checkpoints[i];

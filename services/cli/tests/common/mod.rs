@@ -165,6 +165,16 @@ impl World {
         );
     }
 
+    /// Create the streams and every party's view, as the provisioner does before nodes start.
+    pub fn provision(&self) {
+        let out = self.run(&["log", "provision"]);
+        assert!(
+            out.status.success(),
+            "log provision: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Start `party`'s node as a child process; `extra` is appended to its config.
     pub fn start_node(&self, party: &str, extra: &str) -> NodeProcess {
         let d = |rel: &str| path(self.dir.path(), rel);
@@ -179,6 +189,7 @@ impl World {
             d(&format!("certs/{party}.pem")),
             d(&format!("certs/{party}.key")),
         );
+        self.provision();
         let file = self.dir.path().join(format!("{party}.toml"));
         std::fs::write(&file, config).expect("write node config");
         let child = Command::new(env!("CARGO_BIN_EXE_hru"))

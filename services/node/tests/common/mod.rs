@@ -46,8 +46,10 @@ pub struct Node {
     task: Option<tokio::task::JoinHandle<Result<(), hru_node::NodeError>>>,
 }
 
+/// A deployment whose nats-server enforces the authorization generated from the agreement:
+/// nodes connect with their party's nkey and read only their view; the test itself acts as the
+/// provisioner (full rights), which created the streams and views.
 pub async fn world() -> World {
-    let nats = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
     let keys = dir.path().join("keys");
@@ -62,6 +64,9 @@ pub async fn world() -> World {
         std::fs::write(keys.join(format!("{p}.secret")), s.to_toml()).unwrap();
         secrets.push(s);
     }
+    let provisioner = PartySecrets::generate(hru_policy::PROVISIONER.parse().unwrap(), &mut rand_core::OsRng);
+    directory_text.push_str(&provisioner.directory_entry(hru_policy::PROVISIONER));
+    directory_text.push('\n');
     std::fs::write(policies.join("directory.toml"), &directory_text).unwrap();
     let agreement = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/cheshire-hru.toml");
     std::fs::copy(&agreement, policies.join("cheshire-hru.toml")).unwrap();
@@ -71,7 +76,19 @@ pub async fn world() -> World {
     set.insert(CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).unwrap());
     let ca = tls::new_ca("HRU test deployment CA").unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
-    let log = EventLog::connect(&nats.url()).await.unwrap();
+    let accounts = hru_policy::NatsAccounts::from_directory(set.iter().next().unwrap(), &directory).unwrap();
+    let nats = NatsServer::builder()
+        .extra_config(&hru_policy::nats_config(set.iter().next().unwrap(), &accounts))
+        .start()
+        .unwrap();
+    let identity = hru_log::BrokerIdentity {
+        id: hru_policy::PROVISIONER.to_owned(),
+        nkey_seed: provisioner.nats_seed.clone(),
+    };
+    let log = EventLog::open(&nats.url(), Some(&identity), 1).await.unwrap();
+    hru_log::provision(&log.client(), set.iter().next().unwrap(), 1)
+        .await
+        .unwrap();
     World {
         nats,
         dir,
