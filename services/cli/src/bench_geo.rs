@@ -123,6 +123,7 @@ pub(crate) async fn geofence(policies_dir: &Path, fixes: usize, format: Format) 
     let url = server.url();
     let d = deployment(policies_dir)?;
     let log = EventLog::connect(&url).await?;
+    hru_log::provision(&log.client(), &d.isa, 1).await?;
     let positions = PositionLog::open(&url, None, &d.isa, 1).await?;
     let vendor = party(&d, "em-vendor")?;
     let police = party(&d, "police-hru")?;

@@ -41,7 +41,8 @@ pub(crate) async fn gateway(
     let agreements = policies::agreements(policies_dir, &directory)?;
     let isa = policies::in_force(&agreements, jiff::Timestamp::now().as_millisecond())?.clone();
     let secrets = keys::load(keys_dir, &party)?;
-    let log = PositionLog::open(nats, None, &isa, 1).await?;
+    // A gateway only publishes: its broker permissions give it no read of HRU_POSITIONS.
+    let log = PositionLog::publisher(nats, Some(&hru_log::BrokerIdentity::of(&secrets))).await?;
     let instance = format!("gw-{}", uuid::Uuid::now_v7().simple());
     Ok(Gateway::new(
         ProducerId { party, instance },

@@ -712,13 +712,10 @@ async fn provision(
     let set = policies::agreements(policies, &directory)?;
     let isa = policies::in_force(&set, jiff::Timestamp::now().as_millisecond())?;
     let identity = match keys {
-        Some(dir) => {
-            let secrets = keys::load(dir, &hru_policy::PROVISIONER.parse()?)?;
-            Some(hru_log::BrokerIdentity {
-                id: hru_policy::PROVISIONER.to_owned(),
-                nkey_seed: secrets.nats_seed,
-            })
-        }
+        Some(dir) => Some(hru_log::BrokerIdentity::of(&keys::load(
+            dir,
+            &hru_policy::PROVISIONER.parse()?,
+        )?)),
         None => None,
     };
     let client = hru_log::connect(nats, identity.as_ref()).await?;

@@ -97,6 +97,7 @@ fn expected(
 #[test]
 fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_victim() {
     let world = World::new("../../policies/cheshire-hru.toml", &common::CHESHIRE_PARTIES);
+    world.provision();
     let d = |rel: &str| common::path(world.dir.path(), rel);
     // Simulated time runs from now, faster than the wall clock; the gateway stamps batches with
     // the wall clock, as a real one would.

@@ -49,6 +49,9 @@ pub struct GeofenceConfig {
     /// NATS URL(s), comma-separated.
     #[serde(default = "default_nats")]
     pub nats_url: String,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// Engine thresholds.
     #[serde(default)]
     pub engine: EngineSettings,
@@ -145,6 +148,33 @@ pub struct Stats {
     pub already_logged: AtomicU64,
     /// Set once the state is rebuilt and the service follows the live log.
     pub ready: std::sync::atomic::AtomicBool,
+}
+
+impl Stats {
+    /// The counters as Prometheus text; `hru_geofence_ready` is 1 once the state is rebuilt.
+    pub fn render(&self) -> String {
+        let counter = |name: &str, help: &str, v: &AtomicU64| {
+            format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            )
+        };
+        [
+            counter("hru_geofence_fixes_total", "Position fixes evaluated.", &self.fixes),
+            counter("hru_geofence_breaches_total", "Breach updates appended.", &self.breaches),
+            counter("hru_geofence_alerts_total", "Victim alerts published.", &self.alerts),
+            counter(
+                "hru_geofence_already_logged_total",
+                "Decisions found already on the log (after a restart).",
+                &self.already_logged,
+            ),
+            format!(
+                "# HELP hru_geofence_ready Whether the state is rebuilt and the live log followed.\n# TYPE hru_geofence_ready gauge\nhru_geofence_ready {}\n",
+                u8::from(self.ready.load(Ordering::Relaxed))
+            ),
+        ]
+        .concat()
+    }
 }
 
 /// A signed victim alert, as published on `hru.alert.<victim device>`: no position, no identity.
@@ -447,9 +477,12 @@ pub async fn run(
     let secret_path = config.keys_dir.join(format!("{party}.secret"));
     let secrets = PartySecrets::from_toml(&read(&secret_path)?, &secret_path.display().to_string())
         .map_err(|e| config_err(e.to_string()))?;
-    let log = EventLog::connect(&config.nats_url).await?;
-    let positions = PositionLog::open(&config.nats_url, None, &isa, 1).await?;
-    let alerts = hru_log::connect(&config.nats_url, None).await?;
+    // The geofence connects with its party's nkey: it reads its view of the log and the
+    // position stream, and publishes its breaches and victim alerts.
+    let identity = hru_log::BrokerIdentity::of(&secrets);
+    let log = EventLog::open_view(&config.nats_url, Some(&identity), &party).await?;
+    let positions = PositionLog::open(&config.nats_url, Some(&identity), &isa, 1).await?;
+    let alerts = log.client();
     let producer = Producer::open(
         &config.data_dir.join("producer"),
         ProducerId {
@@ -522,6 +555,19 @@ pub async fn run(
     );
     drop(merged);
     service.stats.ready.store(true, Ordering::Release);
+
+    let (_metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = &config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| GeofenceError::Config(format!("key `metrics_listen` ({addr}): {e}")))?;
+        let stats = service.stats.clone();
+        tokio::spawn(hru_log::metrics_http::serve(
+            listener,
+            Arc::new(move || stats.render()),
+            metrics_stopped,
+        ));
+    }
 
     // Live: positions as they are stored; zone, rule and tag events polled.
     let mut live = Box::pin(positions.follow(next_position).await?);

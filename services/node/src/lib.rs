@@ -105,10 +105,7 @@ pub async fn run(
         PartySecrets::from_toml(&read(&secret_path)?, &secret_path.display().to_string()).map_err(config_err)?;
     // The node connects with its party's nkey and reads only its view stream, as the generated
     // broker permissions allow.
-    let identity = hru_log::BrokerIdentity {
-        id: party.to_string(),
-        nkey_seed: secrets.nats_seed.clone(),
-    };
+    let identity = hru_log::BrokerIdentity::of(&secrets);
     let log = EventLog::open_view(&config.nats_url, Some(&identity), &party).await?;
     let producer_id = ProducerId {
         party: party.clone(),
@@ -192,9 +189,10 @@ pub async fn run(
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| NodeError::Config(format!("metrics_listen {addr}: {e}")))?;
-            Some(tokio::spawn(metrics::serve(
+            let metrics = shared.metrics.clone();
+            Some(tokio::spawn(hru_log::metrics_http::serve(
                 listener,
-                shared.metrics.clone(),
+                std::sync::Arc::new(move || metrics.render()),
                 stop_rx.clone(),
             )))
         }

@@ -7,9 +7,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
-
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
@@ -112,40 +109,5 @@ impl Metrics {
             }
         }
         out
-    }
-}
-
-/// Serve `GET /metrics` on `listener` until `stop` changes.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return,
-        };
-        let Ok((mut stream, _)) = accepted else { continue };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let line = String::from_utf8_lossy(&request[..n]);
-            let (status, body) = if line.starts_with("GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                ("404 Not Found", "try GET /metrics\n".to_owned())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
     }
 }

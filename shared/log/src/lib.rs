@@ -1,6 +1,7 @@
 //! The shared event log on NATS JetStream (DESIGN §8): the server-version floor, the
 //! `HRU_EVENTS` stream, append with `Nats-Msg-Id` = event id, and ordered replay.
 
+pub mod metrics_http;
 mod positions;
 mod producer;
 pub mod server_config;
@@ -273,6 +274,16 @@ pub struct BrokerIdentity {
     pub id: String,
     /// NATS user nkey seed (`SU…`).
     pub nkey_seed: String,
+}
+
+impl BrokerIdentity {
+    /// The broker identity of a party (or operator) whose secrets these are.
+    pub fn of(secrets: &hru_envelope::PartySecrets) -> Self {
+        Self {
+            id: secrets.party.to_string(),
+            nkey_seed: secrets.nats_seed.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for BrokerIdentity {

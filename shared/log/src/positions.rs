@@ -8,11 +8,12 @@ use futures::StreamExt as _;
 
 use crate::{BrokerIdentity, LogEntry, LogError, POSITIONS_STREAM, connect, js_err, positions_config, read_stream};
 
-/// A handle on `HRU_POSITIONS`.
+/// A handle on `HRU_POSITIONS`: for reading and publishing, or (a gateway) only publishing.
 #[derive(Clone)]
 pub struct PositionLog {
     js: jetstream::Context,
-    stream: stream::Stream,
+    /// The stream, when this handle reads.
+    stream: Option<stream::Stream>,
 }
 
 impl PositionLog {
@@ -33,7 +34,27 @@ impl PositionLog {
                 .await
                 .map_err(|e| js_err("create stream HRU_POSITIONS")(e.into()))?,
         };
-        Ok(Self { js, stream })
+        Ok(Self {
+            js,
+            stream: Some(stream),
+        })
+    }
+
+    /// Connect (as `identity`, when given) only to publish: no stream API call, which a gateway's
+    /// permissions do not allow. The provisioner creates the stream.
+    pub async fn publisher(url: &str, identity: Option<&BrokerIdentity>) -> Result<Self, LogError> {
+        let client = connect(url, identity).await?;
+        Ok(Self {
+            js: jetstream::new(client),
+            stream: None,
+        })
+    }
+
+    fn stream(&self) -> Result<&stream::Stream, LogError> {
+        self.stream.as_ref().ok_or_else(|| LogError::JetStream {
+            operation: "read HRU_POSITIONS",
+            reason: "this handle only publishes".to_owned(),
+        })
     }
 
     /// Publish envelopes on `subject`, each with its `Nats-Msg-Id`, pipelined; their sequences.
@@ -59,7 +80,7 @@ impl PositionLog {
     /// Every message from sequence `from` to the end as it is now.
     pub async fn replay(&self, from: u64) -> Result<Vec<LogEntry>, LogError> {
         read_stream(
-            &self.stream,
+            self.stream()?,
             consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from.max(1),
             },
@@ -81,7 +102,7 @@ impl PositionLog {
             ..Default::default()
         };
         let consumer = self
-            .stream
+            .stream()?
             .create_consumer(config)
             .await
             .map_err(|e| js_err("create ordered consumer")(e.into()))?;
@@ -102,7 +123,7 @@ impl PositionLog {
 
     /// The first and last sequence held.
     pub async fn bounds(&self) -> Result<(u64, u64), LogError> {
-        let mut stream = self.stream.clone();
+        let mut stream = self.stream()?.clone();
         let info = stream.info().await.map_err(|e| js_err("stream info")(e.into()))?;
         Ok((info.state.first_sequence, info.state.last_sequence))
     }
