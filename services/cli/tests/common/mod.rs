@@ -124,7 +124,7 @@ pub fn free_port() -> u16 {
 pub struct NodeProcess {
     pub party: String,
     pub port: u16,
-    child: std::process::Child,
+    pub child: std::process::Child,
 }
 
 impl Drop for NodeProcess {
@@ -208,27 +208,36 @@ impl World {
 
     /// A TLS channel to `node` as `party`, once the node answers.
     pub async fn channel(&self, node: &NodeProcess, party: &str) -> tonic::transport::Channel {
-        use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-        let read = |rel: &str| std::fs::read_to_string(self.dir.path().join(rel)).expect("read pem");
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca/ca.pem")))
-            .identity(Identity::from_pem(
-                read(&format!("certs/{party}.pem")),
-                read(&format!("certs/{party}.key")),
-            ))
-            .domain_name("localhost");
-        for _ in 0..200 {
-            let endpoint = Channel::from_shared(format!("https://127.0.0.1:{}", node.port))
-                .expect("url")
-                .tls_config(tls.clone())
-                .expect("tls");
-            if let Ok(channel) = endpoint.connect().await {
-                return channel;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("{}'s node does not answer on port {}", node.party, node.port);
+        let d = self.dir.path();
+        tls_channel(
+            node,
+            &d.join("ca/ca.pem"),
+            &d.join(format!("certs/{party}.pem")),
+            &d.join(format!("certs/{party}.key")),
+        )
+        .await
     }
+}
+
+/// A TLS channel to `node` with this CA and client certificate, once the node answers.
+pub async fn tls_channel(node: &NodeProcess, ca: &Path, cert: &Path, key: &Path) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let read = |p: &Path| std::fs::read_to_string(p).expect("read pem");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)))
+        .identity(Identity::from_pem(read(cert), read(key)))
+        .domain_name("localhost");
+    for _ in 0..200 {
+        let endpoint = Channel::from_shared(format!("https://127.0.0.1:{}", node.port))
+            .expect("url")
+            .tls_config(tls.clone())
+            .expect("tls");
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{}'s node does not answer on port {}", node.party, node.port);
 }
 
 /// A request naming the person acting.
@@ -237,4 +246,19 @@ pub fn request<T>(message: T, person: &str) -> tonic::Request<T> {
     r.metadata_mut()
         .insert("x-hru-person", person.parse().expect("ascii person"));
     r
+}
+
+/// The value of metric `name` served on `GET /metrics` at `port` (0 while nothing answers).
+pub fn metric(port: u16, name: &str) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
