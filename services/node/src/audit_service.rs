@@ -51,6 +51,7 @@ impl AuditApi {
     /// The log entries of a requested range.
     async fn entries(&self, from: u64, to: u64) -> Result<Vec<hru_log::LogEntry>, Status> {
         let (from, to) = range(from, to)?;
+        self.shared.wait_own_writes().await;
         let mut entries = self
             .shared
             .log
@@ -157,6 +158,7 @@ impl AuditApi {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "AuditService/AccessLog", &purpose)?;
         let case = case_id(&request.get_ref().case_id)?;
+        self.shared.wait_own_writes().await;
         let entries = self
             .shared
             .log

@@ -70,6 +70,10 @@ async fn every_rpc_leaves_exactly_one_access_record() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
+    // The warm-up's access records, written by the control room's node, reach police's view.
+    w.wait_in_view("police-hru", &format!("hru.acc.{}.police-control", case.token()))
+        .await;
+
     let pool = hru_wire::descriptor_pool();
     let mut methods: Vec<String> = pool
         .services()
@@ -242,7 +246,7 @@ async fn every_rpc_leaves_exactly_one_access_record() {
                     .await
                     .unwrap()
                     .into_inner();
-                assert!(!log.entries.is_empty());
+                assert!(!log.entries.is_empty(), "{log:?}");
             }
             other => panic!("{other} has no coverage case: add one that calls it"),
         }

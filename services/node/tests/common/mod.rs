@@ -36,6 +36,8 @@ pub struct World {
     pub secrets: Vec<PartySecrets>,
     pub set: PolicySet,
     pub log: EventLog,
+    /// The provisioner's broker identity (full rights), which the test acts as.
+    pub provisioner: hru_log::BrokerIdentity,
 }
 
 /// A node running in this process.
@@ -81,10 +83,7 @@ pub async fn world() -> World {
         .extra_config(&hru_policy::nats_config(set.iter().next().unwrap(), &accounts))
         .start()
         .unwrap();
-    let identity = hru_log::BrokerIdentity {
-        id: hru_policy::PROVISIONER.to_owned(),
-        nkey_seed: provisioner.nats_seed.clone(),
-    };
+    let identity = hru_log::BrokerIdentity::of(&provisioner);
     let log = EventLog::open(&nats.url(), Some(&identity), 1).await.unwrap();
     hru_log::provision(&log.client(), set.iter().next().unwrap(), 1)
         .await
@@ -97,6 +96,7 @@ pub async fn world() -> World {
         secrets,
         set,
         log,
+        provisioner: identity,
     }
 }
 
@@ -111,6 +111,21 @@ pub fn free_port() -> u16 {
 impl World {
     pub fn secrets(&self, party: &str) -> &PartySecrets {
         self.secrets.iter().find(|s| s.party.as_str() == party).unwrap()
+    }
+
+    /// Wait (up to five seconds) until `party`'s view holds a message on `subject`: what another
+    /// party's node wrote reaches a node once its view has sourced it.
+    pub async fn wait_in_view(&self, party: &str, subject: &str) {
+        let view = EventLog::open_view(&self.nats.url(), Some(&self.provisioner), &party.parse().unwrap())
+            .await
+            .unwrap();
+        for _ in 0..250 {
+            if view.last_sequence_of(subject).await.unwrap() > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{party}'s view holds nothing on {subject}");
     }
 
     pub fn isa(&self) -> &CompiledIsa {
