@@ -443,14 +443,16 @@ pub(crate) async fn replay(events: usize, format: Format) -> anyhow::Result<Exit
         );
     }
     let mut rebuild_line = None;
+    let mut view_lines = Vec::new();
     for (nodes, sync_always) in SETUPS {
         let BenchLog {
-            setup: _setup,
+            setup,
             log,
             atomic,
             _store,
             mut producer,
         } = BenchLog::start(&cast, nodes, sync_always).await?;
+        let setup_url = setup.url();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let case = CaseId::random();
         let mut appended = 0;
@@ -510,6 +512,10 @@ pub(crate) async fn replay(events: usize, format: Format) -> anyhow::Result<Exit
         if nodes == 1 && sync_always {
             rebuild_line = Some(rebuild_rate(&cast, &entries)?);
         }
+        if nodes == 1 {
+            let (sourced, view_read) = view_rates(&log, &setup_url, &cast, entries.len()).await?;
+            view_lines.push((name.clone(), sourced, view_read, raw_read));
+        }
         match format {
             Format::Human => {
                 println!(
@@ -537,7 +543,51 @@ pub(crate) async fn replay(events: usize, format: Format) -> anyhow::Result<Exit
             ),
         }
     }
+    for (name, sourced, view_read, raw_read) in view_lines {
+        match format {
+            Format::Human => println!(
+                "  {name}: a party's view sourced {sourced:.0}/s by the server; read from the view (sequences mapped to HRU_EVENTS) {view_read:.0}/s, {:.2} × raw read",
+                view_read / raw_read
+            ),
+            Format::Json => println!(
+                "{}",
+                json!({"bench": "view", "setup": name, "sourced_per_s": sourced.round(), "view_read_per_s": view_read.round(), "raw_read_per_s": raw_read.round()})
+            ),
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A view of the whole log for police, as the provisioner makes one: (messages sourced by the
+/// server per second from its creation until it holds all `events`, view read per second).
+async fn view_rates(log: &hru_log::EventLog, url: &str, cast: &Cast, events: usize) -> anyhow::Result<(f64, f64)> {
+    use async_nats::jetstream::stream;
+    let js = async_nats::jetstream::new(log.client());
+    let name = hru_policy::view_stream(&cast.police.party);
+    let start = Instant::now();
+    let mut view = js
+        .create_stream(stream::Config {
+            name,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            sources: Some(vec![stream::Source {
+                name: "HRU_EVENTS".to_owned(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        })
+        .await?;
+    while (view.info().await?.state.messages as usize) < events {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "the view is not filling");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let sourced = events as f64 / start.elapsed().as_secs_f64();
+    let reader = hru_log::EventLog::open_view(url, None, &cast.police.party).await?;
+    let start = Instant::now();
+    let read = reader.replay(1, &[]).await?;
+    let view_read = read.len() as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(read.len() == events, "the view held {} of {events}", read.len());
+    Ok((sourced, view_read))
 }
 
 /// One thread: (replay + verify + open)/s and (the same + fold into the police case board)/s.
