@@ -232,6 +232,12 @@ fn deployment(dir: &Path, policies_dir: &Path) -> anyhow::Result<(Directory, Com
         crate::keys::write_private(&keys.join(format!("{p}.secret")), &s.to_toml())?;
         secrets.push(s);
     }
+    // The broker's operator: creates the streams and views (and stands in here for the services
+    // outside the agreement: the victim's alert delivery and the demo's own reads).
+    let provisioner = PartySecrets::generate(hru_policy::PROVISIONER.parse()?, &mut rand::rngs::OsRng);
+    directory_text.push_str(&provisioner.directory_entry(hru_policy::PROVISIONER));
+    directory_text.push('\n');
+    secrets.push(provisioner);
     std::fs::write(policies.join("directory.toml"), &directory_text)?;
     let directory = Directory::from_toml(&directory_text, "directory.toml")?;
     let isa = CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).map_err(|e| anyhow!("{e}"))?;
@@ -262,14 +268,21 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         "HRU Backbone demo: one stalking case, five agencies, a GPS tag (working in {})",
         dir.display()
     );
-    let server = hru_testkit::NatsServer::start()?;
-    let url = server.url();
     let (directory, isa, secrets) = deployment(dir, policies_dir)?;
     let secret = |p: &str| secrets.iter().find(|s| s.party.as_str() == p);
-    hru_log::provision(&hru_log::connect(&url, None).await?, &isa, 1).await?;
+    let identity = |p: &str| secret(p).map(hru_log::BrokerIdentity::of);
+    // The server enforces the authorization generated from the agreement: every service
+    // connects with its party's nkey, publishes only as itself and reads only its view.
+    let accounts = hru_policy::NatsAccounts::from_directory(&isa, &directory).map_err(|e| anyhow!("{e}"))?;
+    let server = hru_testkit::NatsServer::builder()
+        .extra_config(&hru_policy::nats_config(&isa, &accounts))
+        .start()?;
+    let url = server.url();
+    let operator = identity(hru_policy::PROVISIONER).ok_or_else(|| anyhow!("no provisioner keys"))?;
+    hru_log::provision(&hru_log::connect(&url, Some(&operator)).await?, &isa, 1).await?;
     println!(
-        "  nats-server {url} · keys for {} parties · a deployment CA",
-        secrets.len()
+        "  nats-server {url} enforcing the agreement's broker authorization · keys for {} parties · a deployment CA",
+        secrets.len() - 1
     );
 
     // The party nodes, the geofence and the gateway.
@@ -335,8 +348,8 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     let geofence = tokio::spawn(hru_geofence::service::run(geofence_config, stats.clone(), async {
         let _ = geofence_rx.await;
     }));
-    let log = EventLog::connect(&url).await?;
-    let positions = PositionLog::open(&url, None, &isa, 1).await?;
+    let log = EventLog::open(&url, Some(&operator), 1).await?;
+    let positions = PositionLog::publisher(&url, identity("em-vendor").as_ref()).await?;
     let vendor = secret("em-vendor").ok_or_else(|| anyhow!("the agreement has no em-vendor"))?;
     let mut gateway = Gateway::new(
         ProducerId {
@@ -355,7 +368,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     for (party, ..) in NODES {
         views.push((
             party.to_owned(),
-            EventLog::open_view(&url, None, &party.parse()?).await?,
+            EventLog::open_view(&url, Some(&operator), &party.parse()?).await?,
         ));
     }
     let mut demo = Demo {
@@ -464,7 +477,8 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         }),
     )
     .await?;
-    // The vendor fits the tag from its own system.
+    // The vendor fits the tag from its own system, with its own nkey.
+    let vendor_log = EventLog::open_view(&url, Some(&hru_log::BrokerIdentity::of(vendor)), &vendor.party).await?;
     let mut vendor_producer = Producer::open(
         &dir.join("data-em-vendor"),
         ProducerId {
@@ -472,7 +486,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
             instance: "fitting".into(),
         },
         vendor.signing.clone(),
-        &demo.log,
+        &vendor_log,
         &directory,
     )
     .await?;
@@ -495,7 +509,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         &directory,
         &mut rand::rngs::OsRng,
     )?;
-    vendor_producer.append(&demo.log, &batch, Expect::Any).await?;
+    vendor_producer.append(&vendor_log, &batch, Expect::Any).await?;
     let zone = |n: u128, kind: pb::ZoneKind, centre, radius: f64, schedule: Vec<pb::WeeklyWindow>, label: &str| {
         pb::event_draft::Event::ZoneDefined(pb::ZoneDefined {
             core: Some(pb::ZoneCore {
@@ -592,7 +606,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     }
 
     demo.heading("The tag heads for the victim's home during curfew");
-    let nats = async_nats::connect(&url).await?;
+    let nats = hru_log::connect(&url, Some(&operator)).await?;
     let mut alerts = nats.subscribe(format!("hru.alert.{VICTIM_DEVICE}")).await?;
     let mut stream = BreachServiceClient::new(demo.channel("police-control")?)
         .stream_breaches(request(
