@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
 use hru_domain::{CaseEvent, CaseId, FieldError, PartyId, ProducerId, split_draft};
-use hru_log::{EventLog, Expect};
+use hru_log::Expect;
 use hru_wire::v1 as pb;
 
 use crate::{keys, policies, producer_state};
@@ -47,7 +47,7 @@ pub(crate) fn parse_draft(text: &str, source: &str) -> anyhow::Result<(CaseId, O
 }
 
 pub(crate) async fn run(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     party: &str,
     keys_dir: &Path,
@@ -78,7 +78,7 @@ pub(crate) async fn run(
     let (case_id, occurred_at_ms, event) = parse_draft(&text, &event_file.display().to_string())?;
     let (event_type, sections) = split_draft(event);
 
-    let log = EventLog::connect(nats).await?;
+    let log = nats.log().await?;
     let mut producer = producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
     for _ in 0..repeat {

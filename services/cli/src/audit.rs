@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use hru_audit::Auditor;
-use hru_log::EventLog;
 use serde_json::json;
 
 use crate::{Format, policies};
@@ -42,7 +41,7 @@ fn read_witness(path: &Path) -> anyhow::Result<Vec<WitnessLine>> {
 }
 
 pub(crate) async fn verify(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     from: u64,
     to: Option<u64>,
@@ -51,7 +50,7 @@ pub(crate) async fn verify(
 ) -> anyhow::Result<ExitCode> {
     let directory = policies::directory(policies_dir)?;
     let set = policies::agreements(policies_dir, &directory)?;
-    let log = EventLog::connect(nats).await?;
+    let log = nats.log().await?;
     let entries = log.replay(from, &[]).await?;
     let bar = indicatif::ProgressBar::new(entries.len() as u64);
     let mut auditor = Auditor::new(&directory, &set);
@@ -132,7 +131,7 @@ pub(crate) async fn verify(
 /// `hru audit access --case C`: who consulted or disclosed the case, when, under which clause
 /// and purpose (read with the keys of a party the access records are shared with).
 pub(crate) async fn access(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     party: &str,
     keys_dir: &Path,
@@ -146,7 +145,7 @@ pub(crate) async fn access(
     let case: CaseId = case.parse().map_err(|e| anyhow::anyhow!("--case: {e}"))?;
     let directory = policies::directory(policies_dir)?;
     let secrets = crate::keys::load(keys_dir, &party)?;
-    let log = EventLog::connect(nats).await?;
+    let log = nats.log().await?;
     let mut reader = hru_audit::AccessReader::new(&directory, KeyRing::new(&secrets), case);
     for e in log.replay(1, &hru_audit::AccessReader::subjects()).await? {
         reader.observe(e.sequence, &e.payload);
@@ -196,7 +195,7 @@ pub(crate) async fn access(
 
 /// `hru audit checkpoint`: a signed ChainCheckpoint of the producer instance's chain head.
 pub(crate) async fn checkpoint(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     party: &str,
     keys_dir: &Path,
@@ -228,7 +227,7 @@ pub(crate) async fn checkpoint(
 /// `hru audit witness`: countersign the consistent checkpoints of other parties and keep a copy
 /// of each in `out`, so a later truncation or rollback of the log shows against it.
 pub(crate) async fn witness(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     party: &str,
     keys_dir: &Path,

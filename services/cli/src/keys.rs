@@ -111,7 +111,12 @@ pub(crate) fn cert(ca_dir: &Path, party: &str, hosts: &[String], out: &Path) -> 
 
 /// `hru keys rotate`: a new signing key, announced in a KeyRotated event signed by the old one.
 /// The old secrets are kept beside the new as `<party>.secret.<old key id>`.
-pub(crate) async fn rotate(nats: &str, policies_dir: &Path, party: &str, keys_dir: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) async fn rotate(
+    nats: &crate::Broker,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+) -> anyhow::Result<ExitCode> {
     use prost::Message as _;
     let party: PartyId = party.parse().context("--party")?;
     let old = load(keys_dir, &party)?;
@@ -153,7 +158,7 @@ pub(crate) async fn rotate(nats: &str, policies_dir: &Path, party: &str, keys_di
 
 /// `hru keys revoke`: a KeyRevoked event for one of the party's keys, effective from `at`.
 pub(crate) async fn revoke(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     party: &str,
     keys_dir: &Path,

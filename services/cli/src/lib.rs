@@ -30,6 +30,10 @@ pub struct Cli {
     /// NATS server URL.
     #[arg(long, global = true, env = "HRU_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
+    /// A secret key file whose NATS nkey the log commands connect with (e.g. the auditor's, on a
+    /// server enforcing the generated authorization); none for a server without authorization.
+    #[arg(long, global = true, env = "HRU_IDENTITY")]
+    pub identity: Option<PathBuf>,
     /// Directory holding directory.toml and the agreement files.
     #[arg(long, global = true, env = "HRU_POLICIES", default_value = "policies")]
     pub policies: PathBuf,
@@ -509,19 +513,24 @@ async fn node_run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 /// Run a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    let broker = match Broker::new(&cli.nats, cli.identity.as_deref()) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let result = match cli.command {
         Command::Keys(KeysCommand::Generate { party, out, controller }) => keys::generate(&party, &out, &controller),
         Command::Keys(KeysCommand::Ca { out }) => keys::ca(&out),
-        Command::Keys(KeysCommand::Rotate { party, keys }) => {
-            keys::rotate(&cli.nats, &cli.policies, &party, &keys).await
-        }
+        Command::Keys(KeysCommand::Rotate { party, keys }) => keys::rotate(&broker, &cli.policies, &party, &keys).await,
         Command::Keys(KeysCommand::Revoke {
             party,
             keys,
             key_id,
             at,
             reason,
-        }) => keys::revoke(&cli.nats, &cli.policies, &party, &keys, &key_id, at.as_deref(), &reason).await,
+        }) => keys::revoke(&broker, &cli.policies, &party, &keys, &key_id, at.as_deref(), &reason).await,
         Command::Keys(KeysCommand::Cert { ca, party, host, out }) => keys::cert(&ca, &party, &host, &out),
         Command::Node(NodeCommand::Run { config }) => node_run(&config).await,
         Command::Geofence(GeofenceCommand::Run { config }) => field::geofence_run(&config).await,
@@ -575,14 +584,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             instance,
             repeat,
             event,
-        } => append::run(&cli.nats, &cli.policies, &party, &keys, &instance, &event, repeat).await,
+        } => append::run(&broker, &cli.policies, &party, &keys, &instance, &event, repeat).await,
         Command::Replay {
             party,
             keys,
             case,
             from,
             format,
-        } => replay::run(&cli.nats, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
+        } => replay::run(&broker, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
         Command::Bench(BenchCommand::Seal { seconds, format }) => bench::seal(seconds, format),
         Command::Bench(BenchCommand::Geofence { fixes, format }) => {
             bench_geo::geofence(&cli.policies, fixes, format).await
@@ -598,20 +607,20 @@ pub async fn run(cli: Cli) -> ExitCode {
                 witness,
                 max_checkpoint_age_s,
             };
-            audit::verify(&cli.nats, &cli.policies, from, to, &checks, format).await
+            audit::verify(&broker, &cli.policies, from, to, &checks, format).await
         }
         Command::Audit(AuditCommand::Checkpoint { party, keys, instance }) => {
-            audit::checkpoint(&cli.nats, &cli.policies, &party, &keys, &instance).await
+            audit::checkpoint(&broker, &cli.policies, &party, &keys, &instance).await
         }
         Command::Audit(AuditCommand::Witness { party, keys, out }) => {
-            audit::witness(&cli.nats, &cli.policies, &party, &keys, &out).await
+            audit::witness(&broker, &cli.policies, &party, &keys, &out).await
         }
         Command::Audit(AuditCommand::Access {
             case,
             party,
             keys,
             format,
-        }) => audit::access(&cli.nats, &cli.policies, &party, &keys, &case, format).await,
+        }) => audit::access(&broker, &cli.policies, &party, &keys, &case, format).await,
         Command::Project {
             party,
             keys,
@@ -619,7 +628,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             projection,
         } => {
             project::run(
-                &cli.nats,
+                &broker,
                 &cli.policies,
                 &party,
                 &keys,
@@ -636,7 +645,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             projection,
         } => {
             project::run(
-                &cli.nats,
+                &broker,
                 &cli.policies,
                 &party,
                 &keys,
@@ -647,7 +656,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
         }
         Command::Log(LogCommand::Provision { keys, replicas }) => {
-            provision(&cli.nats, &cli.policies, keys.as_deref(), replicas).await
+            provision(&broker, &cli.policies, keys.as_deref(), replicas).await
         }
         Command::Log(LogCommand::ServerConfig {
             name,
@@ -689,7 +698,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Policy(PolicyCommand::Explain { party, format }) => policy_cmd::explain(&cli.policies, &party, format),
         Command::Policy(PolicyCommand::NatsConfig { out }) => policy_cmd::nats_config_cmd(&cli.policies, &out),
         Command::Policy(PolicyCommand::Adopt { party, keys, instance }) => {
-            policy_cmd::adopt(&cli.nats, &cli.policies, &party, &keys, &instance).await
+            policy_cmd::adopt(&broker, &cli.policies, &party, &keys, &instance).await
         }
     };
     match result {
@@ -701,9 +710,40 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// `hru log provision`: the streams and views of the agreement in force.
+/// Where the log is and whom the log commands connect as.
+pub(crate) struct Broker {
+    url: String,
+    identity: Option<hru_log::BrokerIdentity>,
+}
+
+impl Broker {
+    /// The broker at `url`, connecting with the nkey of the secret key file `identity`, if any.
+    fn new(url: &str, identity: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let identity = match identity {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--identity {}: {e}", path.display()))?;
+                let secrets = hru_envelope::PartySecrets::from_toml(&text, &path.display().to_string())?;
+                Some(hru_log::BrokerIdentity::of(&secrets))
+            }
+            None => None,
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            identity,
+        })
+    }
+
+    /// The event log (`HRU_EVENTS`), connecting as the identity when one is set.
+    pub(crate) async fn log(&self) -> anyhow::Result<hru_log::EventLog> {
+        Ok(hru_log::EventLog::open(&self.url, self.identity.as_ref(), 1).await?)
+    }
+}
+
+/// `hru log provision`: the streams and views of the agreement in force (as the provisioner of
+/// `--keys`, else as `--identity`).
 async fn provision(
-    nats: &str,
+    nats: &Broker,
     policies: &std::path::Path,
     keys: Option<&std::path::Path>,
     replicas: usize,
@@ -716,9 +756,9 @@ async fn provision(
             dir,
             &hru_policy::PROVISIONER.parse()?,
         )?)),
-        None => None,
+        None => nats.identity.clone(),
     };
-    let client = hru_log::connect(nats, identity.as_ref()).await?;
+    let client = hru_log::connect(&nats.url, identity.as_ref()).await?;
     hru_log::provision(&client, isa, replicas).await?;
     println!(
         "provisioned HRU_EVENTS, HRU_POSITIONS and {} view streams for {} v{} (replicas {replicas})",

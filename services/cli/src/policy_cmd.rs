@@ -223,7 +223,7 @@ pub(crate) fn nats_config_cmd(policies_dir: &Path, out: &Path) -> anyhow::Result
 
 /// `hru policy adopt`: seal and append a PolicyAdopted event for the agreement in force.
 pub(crate) async fn adopt(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     party: &str,
     keys_dir: &Path,

@@ -35,7 +35,7 @@ pub(crate) struct PartyProducer {
 impl PartyProducer {
     /// Connect as `party`'s producer `instance`, under the agreement in force now.
     pub(crate) async fn open(
-        nats: &str,
+        nats: &crate::Broker,
         policies_dir: &Path,
         keys_dir: &Path,
         party: &hru_domain::PartyId,
@@ -51,7 +51,7 @@ impl PartyProducer {
             instance: instance.to_owned(),
         })
         .context("--instance")?;
-        let log = EventLog::connect(nats).await?;
+        let log = nats.log().await?;
         let producer = open(keys_dir, id, secrets.signing.clone(), &log, &directory).await?;
         Ok(Self {
             log,

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use hru_domain::PartyId;
 use hru_envelope::KeyRing;
-use hru_log::EventLog;
 use hru_node::View;
 use hru_projection::{Projection, Projector, Store};
 
@@ -32,7 +31,7 @@ fn role_projections(
 
 /// Fold the log into the store at `store_dir` as `party`; `wipe` rebuilds from sequence 1.
 pub(crate) async fn run(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     party: &str,
     keys_dir: &Path,
@@ -63,7 +62,7 @@ pub(crate) async fn run(
         }
     }
     let mut projector = Projector::new(store, projections, KeyRing::new(&secrets), directory)?;
-    let log = EventLog::connect(nats).await?;
+    let log = nats.log().await?;
     // Grants are read from the start so the key ring is complete; folded events are skipped.
     let entries = log.replay(1, &[]).await?;
     let resume = projector.resume_from();

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use hru_domain::{CaseId, EventType, PartyId, join_sections};
 use hru_envelope::{ChainChecker, KeyRing, OpenError, verify};
-use hru_log::EventLog;
 use hru_wire::v1 as pb;
 use prost::Message as _;
 use serde_json::json;
@@ -36,7 +35,7 @@ fn event_json(event: pb::event_draft::Event) -> serde_json::Value {
 }
 
 pub(crate) async fn run(
-    nats: &str,
+    nats: &crate::Broker,
     policies_dir: &Path,
     party: &str,
     keys_dir: &Path,
@@ -56,7 +55,7 @@ pub(crate) async fn run(
         ],
         None => Vec::new(),
     };
-    let log = EventLog::connect(nats).await?;
+    let log = nats.log().await?;
     let agreements = policies::agreements(policies_dir, &directory)?;
     let mut ring = KeyRing::new(&secrets);
     for isa in agreements.iter() {

@@ -204,4 +204,15 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
     }
     let _ = geofence.kill();
     let _ = geofence.wait();
+
+    // The auditor verifies the whole log with its own nkey; without one the server refuses.
+    let auditor = base.join("generated/keys/auditor.secret").display().to_string();
+    let verified = hru(&url, &policies, &["--identity", &auditor, "audit", "verify"]);
+    assert!(
+        verified.status.success(),
+        "audit verify as the auditor: {}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(!hru(&url, &policies, &["audit", "verify"]).status.success());
 }
