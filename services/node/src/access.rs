@@ -194,11 +194,11 @@ impl Shared {
         let mine = self.appended.load(std::sync::atomic::Ordering::Relaxed);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while mine > 0 && std::time::Instant::now() < deadline {
-            match self.log.bounds().await {
-                Ok((_, last)) if last >= mine => return,
+            match self.log.last_sequence().await {
+                Ok(last) if last >= mine => return,
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
                 Err(e) => {
-                    tracing::warn!(cause = %e, "reading the view's bounds failed");
+                    tracing::warn!(cause = %e, "reading the view's last sequence failed");
                     return;
                 }
             }

@@ -566,33 +566,41 @@ impl EventLog {
         source_sequence(headers).ok_or_else(|| unsourced("read view", stored))
     }
 
-    /// The first sequence of the read stream holding `HRU_EVENTS` sequence `from` or later (one
-    /// past the end when none does). Views keep their source's order, so this is a binary search.
-    pub async fn read_position(&self, from: u64) -> Result<u64, LogError> {
+    /// The read stream's state (messages, first and last stored sequence).
+    async fn state(&self) -> Result<stream::State, LogError> {
         let mut stream = self.stream.clone();
-        let state = stream
+        Ok(stream
             .info()
             .await
             .map_err(|e| js_err("stream info")(e.into()))?
             .state
-            .clone();
-        if !self.view || state.messages == 0 {
-            return Ok(if self.view {
-                state.last_sequence + 1
-            } else {
-                from.max(1)
-            });
+            .clone())
+    }
+
+    /// The `HRU_EVENTS` sequence of the view's copy stored at `stored`.
+    async fn source_at(&self, stored: u64) -> Result<u64, LogError> {
+        let message = self
+            .stream
+            .get_raw_message(stored)
+            .await
+            .map_err(|e| js_err("read view message")(e.into()))?;
+        source_sequence(Some(&message.headers)).ok_or_else(|| unsourced("read view", stored))
+    }
+
+    /// The first sequence of the read stream holding `HRU_EVENTS` sequence `from` or later (one
+    /// past the end when none does). Views keep their source's order, so this is a binary search.
+    pub async fn read_position(&self, from: u64) -> Result<u64, LogError> {
+        if !self.view {
+            return Ok(from.max(1));
+        }
+        let state = self.state().await?;
+        if state.messages == 0 {
+            return Ok(state.last_sequence + 1);
         }
         let (mut lo, mut hi) = (state.first_sequence, state.last_sequence + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let message = self
-                .stream
-                .get_raw_message(mid)
-                .await
-                .map_err(|e| js_err("read view message")(e.into()))?;
-            let source = source_sequence(Some(&message.headers)).ok_or_else(|| unsourced("read view", mid))?;
-            if source >= from {
+            if self.source_at(mid).await? >= from {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -878,26 +886,23 @@ impl EventLog {
     /// The first and last sequence the log still holds for this reader (retention may have
     /// removed older).
     pub async fn bounds(&self) -> Result<(u64, u64), LogError> {
-        let mut stream = self.stream.clone();
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| js_err("stream info")(e.into()))?
-            .state
-            .clone();
+        let state = self.state().await?;
         if !self.view || state.messages == 0 {
             return Ok((state.first_sequence, state.last_sequence));
         }
-        let mut ends = [0; 2];
-        for (end, stored) in ends.iter_mut().zip([state.first_sequence, state.last_sequence]) {
-            let message = self
-                .stream
-                .get_raw_message(stored)
-                .await
-                .map_err(|e| js_err("read view message")(e.into()))?;
-            *end = source_sequence(Some(&message.headers)).ok_or_else(|| unsourced("read view", stored))?;
+        Ok((
+            self.source_at(state.first_sequence).await?,
+            self.source_at(state.last_sequence).await?,
+        ))
+    }
+
+    /// The last sequence the log holds for this reader (0 when it holds nothing).
+    pub async fn last_sequence(&self) -> Result<u64, LogError> {
+        let state = self.state().await?;
+        if !self.view || state.messages == 0 {
+            return Ok(state.last_sequence);
         }
-        Ok((ends[0], ends[1]))
+        self.source_at(state.last_sequence).await
     }
 
     /// The stream sequence of the last message on subjects matching `filter` (0 when none).
