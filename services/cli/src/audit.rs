@@ -1,5 +1,7 @@
 //! `hru audit verify`: the whole log (or a range) checked without any secret key.
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -51,8 +53,9 @@ pub(crate) async fn verify(
     let directory = policies::directory(policies_dir)?;
     let set = policies::agreements(policies_dir, &directory)?;
     let log = nats.log().await?;
-    let entries = log.replay(from, &[]).await?;
-    let bar = indicatif::ProgressBar::new(entries.len() as u64);
+    let (_, last) = log.reader().bounds().await?;
+    let mut entries = log.reader().replay(from, &[]).await?;
+    let bar = indicatif::ProgressBar::new(last.saturating_sub(from.max(1)).saturating_add(1));
     let mut auditor = Auditor::new(&directory, &set);
     if let Some(path) = &checks.witness {
         for (i, w) in read_witness(path)?.into_iter().enumerate() {
@@ -78,8 +81,11 @@ pub(crate) async fn verify(
     if let Some(max) = checks.max_checkpoint_age_s {
         auditor.require_fresh_checkpoints(jiff::Timestamp::now().as_millisecond(), max as i64 * 1000);
     }
-    for e in entries.iter().take_while(|e| to.is_none_or(|t| e.sequence <= t)) {
-        auditor.observe(e.sequence, &e.subject, &e.payload);
+    while let Some(e) = entries.try_next().await? {
+        if to.is_some_and(|t| e.sequence > t) {
+            break;
+        }
+        auditor.observe(e.sequence, e.subject.as_str(), &e.payload);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -147,7 +153,8 @@ pub(crate) async fn access(
     let secrets = crate::keys::load(keys_dir, &party)?;
     let log = nats.log().await?;
     let mut reader = hru_audit::AccessReader::new(&directory, KeyRing::new(&secrets), case);
-    for e in log.replay(1, &hru_audit::AccessReader::subjects()).await? {
+    let mut entries = log.reader().replay(1, &hru_audit::AccessReader::subjects()).await?;
+    while let Some(e) = entries.try_next().await? {
         reader.observe(e.sequence, &e.payload);
     }
     let unreadable = reader.unreadable;
@@ -237,7 +244,7 @@ pub(crate) async fn witness(
     use prost::Message as _;
     let party: hru_domain::PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
     let mut p = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "witness").await?;
-    let entries = p.log.replay(1, &[]).await?;
+    let mut entries = p.log.reader().replay(1, &[]).await?;
     let mut known: std::collections::HashSet<(String, String, u64)> = read_witness(out)?
         .into_iter()
         .map(|w| (w.party, w.instance, w.head_seq))
@@ -245,7 +252,7 @@ pub(crate) async fn witness(
     // The chain as this witness sees it: only checkpoints that state it are countersigned.
     let mut heads: std::collections::HashMap<hru_domain::ProducerId, (u64, [u8; 32])> = Default::default();
     let mut found = Vec::new();
-    for e in &entries {
+    while let Some(e) = entries.try_next().await? {
         let Ok(v) = verify_envelope(&e.payload, &p.directory) else {
             continue;
         };

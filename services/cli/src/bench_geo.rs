@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -16,7 +15,7 @@ use hru_envelope::{Directory, PartySecrets, Sealer};
 use hru_gateway::{Gateway, GatewayConfig};
 use hru_geofence::bench::{Workload, engine_vs_raw, state_memory};
 use hru_geofence::service::{GeofenceConfig, Stats};
-use hru_log::{EventLog, Expect, PositionLog};
+use hru_log::{EventLog, Expect, PositionLog, SharedLog as _};
 use hru_policy::CompiledIsa;
 use hru_wire::v1 as pb;
 use serde_json::json;
@@ -99,7 +98,7 @@ async fn setup_event(
         &d.directory,
         &mut rand::rngs::OsRng,
     )?;
-    log.append_batch(sealer, &batch, Expect::Any).await?;
+    log.appender().append_batch(sealer, &batch, Expect::Any).await?;
     Ok(())
 }
 
@@ -123,8 +122,8 @@ pub(crate) async fn geofence(policies_dir: &Path, fixes: usize, format: Format) 
     let url = server.url();
     let d = deployment(policies_dir)?;
     let log = EventLog::connect(&url).await?;
-    hru_log::provision(&log.client(), &d.isa, 1).await?;
-    let positions = PositionLog::open(&url, None, &d.isa, 1).await?;
+    hru_broker::provision(&log.client(), &d.isa.broker_rights(), d.isa.positions_max_age(), 1).await?;
+    let positions = PositionLog::open(&url, None, d.isa.positions_max_age(), 1).await?;
     let vendor = party(&d, "em-vendor")?;
     let police = party(&d, "police-hru")?;
     let control = party(&d, "police-control")?;
@@ -200,7 +199,7 @@ pub(crate) async fn geofence(policies_dir: &Path, fixes: usize, format: Format) 
     let service = tokio::spawn(hru_geofence::service::run(config, stats.clone(), async {
         let _ = stop_rx.await;
     }));
-    while !stats.ready.load(Ordering::Acquire) {
+    while !stats.is_ready() {
         anyhow::ensure!(!service.is_finished(), "the geofence stopped during setup");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -252,7 +251,7 @@ pub(crate) async fn geofence(policies_dir: &Path, fixes: usize, format: Format) 
         linger: Duration::from_secs(3600),
         heartbeat: Duration::from_secs(3600),
     });
-    let base = stats.fixes.load(Ordering::Relaxed);
+    let base = stats.fixes.get();
     let t0 = jiff::Timestamp::now().as_millisecond();
     let start = Instant::now();
     for n in 0..total {
@@ -267,7 +266,7 @@ pub(crate) async fn geofence(policies_dir: &Path, fixes: usize, format: Format) 
     }
     gw.flush(jiff::Timestamp::now().as_millisecond()).await?;
     let published = start.elapsed().as_secs_f64();
-    while stats.fixes.load(Ordering::Relaxed) < base + total as u64 {
+    while stats.fixes.get() < base + total as u64 {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(300), "the geofence fell behind");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -275,7 +274,12 @@ pub(crate) async fn geofence(policies_dir: &Path, fixes: usize, format: Format) 
 
     // 3b. Latency at steady rates: probe tags step into their zones while background flows.
     let nats = async_nats::connect(&url).await?;
-    let mut breaches = nats.subscribe("hru.evt.*.geofence.TagBreach").await?;
+    let mut breaches = nats
+        .subscribe(
+            hru_broker::Filter::producer_events_of_type(&"geofence".parse()?, hru_domain::EventType::TagBreach)
+                .to_string(),
+        )
+        .await?;
     let mut latencies = Vec::new();
     let mut probe = tags;
     for rate in [10_000usize, 100_000] {

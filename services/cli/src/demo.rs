@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use futures::StreamExt as _;
+use futures::TryStreamExt as _;
+use hru_broker::Filter;
 use hru_domain::{CaseId, EventType, PartyId, ProducerId, split_draft};
 use hru_envelope::{Directory, PartySecrets};
 use hru_gateway::{Gateway, GatewayConfig};
-use hru_log::{EventLog, Expect, PositionLog, Producer};
+use hru_log::{EventLog, Expect, PartyView, PositionLog, Producer, SharedLog as _};
 use hru_node::tls;
 use hru_policy::CompiledIsa;
 use hru_wire::v1 as pb;
@@ -42,7 +44,7 @@ struct Demo {
     log: EventLog,
     channels: Vec<(String, Channel)>,
     /// Each node's view of the log, read by the demo (an operator) to wait for delivery.
-    views: Vec<(String, EventLog)>,
+    views: Vec<(String, PartyView)>,
     isa: CompiledIsa,
     /// The log sequence of the last event recorded.
     recorded: std::cell::Cell<u64>,
@@ -96,7 +98,7 @@ impl Demo {
 
     /// Record an event at `party`'s node, on the case's current version.
     async fn record(&self, party: &str, event: pb::event_draft::Event) -> anyhow::Result<u64> {
-        let version = self.log.case_version(self.case).await?;
+        let version = self.log.reader().case_version(self.case).await?;
         let response = CaseServiceClient::new(self.channel(party)?)
             .record_event(request(
                 pb::RecordEventRequest {
@@ -127,10 +129,10 @@ impl Demo {
         let Some((_, view)) = self.views.iter().find(|(p, _)| p == party) else {
             return Ok(());
         };
-        let filter = format!("hru.evt.{}.*.{event_type}", self.case.token());
+        let filter = Filter::case_events_of_type(self.case, event_type);
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while shared && std::time::Instant::now() < deadline {
-            if view.last_sequence_of(&filter).await? >= self.recorded.get() {
+            if view.reader().last_sequence_of(&filter).await? >= self.recorded.get() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -234,8 +236,8 @@ fn deployment(dir: &Path, policies_dir: &Path) -> anyhow::Result<(Directory, Com
     }
     // The broker's operator: creates the streams and views (and stands in here for the services
     // outside the agreement: the victim's alert delivery and the demo's own reads).
-    let provisioner = PartySecrets::generate(hru_policy::PROVISIONER.parse()?, &mut rand::rngs::OsRng);
-    directory_text.push_str(&provisioner.directory_entry(hru_policy::PROVISIONER));
+    let provisioner = PartySecrets::generate(hru_broker::PROVISIONER.parse()?, &mut rand::rngs::OsRng);
+    directory_text.push_str(&provisioner.directory_entry(hru_broker::PROVISIONER));
     directory_text.push('\n');
     secrets.push(provisioner);
     std::fs::write(policies.join("directory.toml"), &directory_text)?;
@@ -270,16 +272,17 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     );
     let (directory, isa, secrets) = deployment(dir, policies_dir)?;
     let secret = |p: &str| secrets.iter().find(|s| s.party.as_str() == p);
-    let identity = |p: &str| secret(p).map(hru_log::BrokerIdentity::of);
+    let identity = |p: &str| secret(p).map(PartySecrets::broker_identity);
     // The server enforces the authorization generated from the agreement: every service
     // connects with its party's nkey, publishes only as itself and reads only its view.
-    let accounts = hru_policy::NatsAccounts::from_directory(&isa, &directory).map_err(|e| anyhow!("{e}"))?;
+    let accounts = isa.broker_accounts(&directory).map_err(|e| anyhow!("{e}"))?;
     let server = hru_testkit::NatsServer::builder()
-        .extra_config(&hru_policy::nats_config(&isa, &accounts))
+        .extra_config(&hru_broker::nats_config(&isa.broker_rights(), &accounts))
         .start()?;
     let url = server.url();
-    let operator = identity(hru_policy::PROVISIONER).ok_or_else(|| anyhow!("no provisioner keys"))?;
-    hru_log::provision(&hru_log::connect(&url, Some(&operator)).await?, &isa, 1).await?;
+    let operator = identity(hru_broker::PROVISIONER).ok_or_else(|| anyhow!("no provisioner keys"))?;
+    let provisioner = hru_log::connect(&url, Some(&operator)).await?;
+    hru_broker::provision(&provisioner, &isa.broker_rights(), isa.positions_max_age(), 1).await?;
     println!(
         "  nats-server {url} enforcing the agreement's broker authorization · keys for {} parties · a deployment CA",
         secrets.len() - 1
@@ -368,7 +371,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     for (party, ..) in NODES {
         views.push((
             party.to_owned(),
-            EventLog::open_view(&url, Some(&operator), &party.parse()?).await?,
+            PartyView::open(&url, Some(&operator), &party.parse()?).await?,
         ));
     }
     let mut demo = Demo {
@@ -478,7 +481,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     )
     .await?;
     // The vendor fits the tag from its own system, with its own nkey.
-    let vendor_log = EventLog::open_view(&url, Some(&hru_log::BrokerIdentity::of(vendor)), &vendor.party).await?;
+    let vendor_log = PartyView::open(&url, Some(&vendor.broker_identity()), &vendor.party).await?;
     let mut vendor_producer = Producer::open(
         &dir.join("data-em-vendor"),
         ProducerId {
@@ -607,7 +610,9 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
 
     demo.heading("The tag heads for the victim's home during curfew");
     let nats = hru_log::connect(&url, Some(&operator)).await?;
-    let mut alerts = nats.subscribe(format!("hru.alert.{VICTIM_DEVICE}")).await?;
+    let mut alerts = nats
+        .subscribe(hru_broker::Subject::alert(VICTIM_DEVICE).to_string())
+        .await?;
     let mut stream = BreachServiceClient::new(demo.channel("police-control")?)
         .stream_breaches(request(
             pb::StreamBreachesRequest {
@@ -619,7 +624,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         .await
         .map_err(|s| anyhow!("control room stream: {}", s.message()))?
         .into_inner();
-    while !stats.ready.load(std::sync::atomic::Ordering::Acquire) {
+    while !stats.is_ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let fix = |seq: u64, p: (f64, f64), at: i64| pb::PositionFix {
@@ -748,16 +753,21 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     }
 
     demo.heading("Audit: the whole log, with public keys only");
-    let entries = demo.log.replay(1, &[]).await?;
+    let mut entries = demo.log.reader().replay(1, &[]).await?;
     let set = hru_policy::PolicySet::load_dir(&dir.join("policies"), Some(&directory)).map_err(|e| anyhow!("{e}"))?;
     let mut auditor = hru_audit::Auditor::new(&directory, &set);
-    for e in &entries {
-        auditor.observe(e.sequence, &e.subject, &e.payload);
+    while let Some(e) = entries.try_next().await? {
+        auditor.observe(e.sequence, e.subject.as_str(), &e.payload);
     }
     let report = auditor.finish();
     let police = secret("police-hru").ok_or_else(|| anyhow!("no police-hru"))?;
     let mut access = hru_audit::AccessReader::new(&directory, hru_envelope::KeyRing::new(police), demo.case);
-    for e in demo.log.replay(1, &hru_audit::AccessReader::subjects()).await? {
+    let mut entries = demo
+        .log
+        .reader()
+        .replay(1, &hru_audit::AccessReader::subjects())
+        .await?;
+    while let Some(e) = entries.try_next().await? {
         access.observe(e.sequence, &e.payload);
     }
     let mut by_party: std::collections::BTreeMap<String, usize> = Default::default();

@@ -42,7 +42,7 @@ pub(crate) async fn gateway(
     let isa = policies::in_force(&agreements, jiff::Timestamp::now().as_millisecond())?.clone();
     let secrets = keys::load(keys_dir, &party)?;
     // A gateway only publishes: its broker permissions give it no read of HRU_POSITIONS.
-    let log = PositionLog::publisher(nats, Some(&hru_log::BrokerIdentity::of(&secrets))).await?;
+    let log = PositionLog::publisher(nats, Some(&secrets.broker_identity())).await?;
     let instance = format!("gw-{}", uuid::Uuid::now_v7().simple());
     Ok(Gateway::new(
         ProducerId { party, instance },

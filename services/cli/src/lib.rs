@@ -670,20 +670,21 @@ pub async fn run(cli: Cli) -> ExitCode {
             sync_default,
             out,
         }) => {
-            let node = hru_log::server_config::NodeConfig {
-                server_name: name,
+            let node = hru_broker::server::NodeConfig {
+                server_name: Some(name),
                 listen,
                 http: Some(http),
                 store_dir: store,
                 sync_always: !sync_default,
-                cluster: cluster.map(|name| hru_log::server_config::ClusterConfig {
+                cluster: cluster.map(|name| hru_broker::server::ClusterConfig {
                     name,
                     listen: cluster_listen,
                     routes: route,
                 }),
                 authorization: auth,
+                ..Default::default()
             };
-            std::fs::write(&out, hru_log::server_config::render(&node))
+            std::fs::write(&out, hru_broker::server::render(&node))
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))
         }
@@ -724,7 +725,7 @@ impl Broker {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--identity {}: {e}", path.display()))?;
                 let secrets = hru_envelope::PartySecrets::from_toml(&text, &path.display().to_string())?;
-                Some(hru_log::BrokerIdentity::of(&secrets))
+                Some(secrets.broker_identity())
             }
             None => None,
         };
@@ -752,14 +753,11 @@ async fn provision(
     let set = policies::agreements(policies, &directory)?;
     let isa = policies::in_force(&set, jiff::Timestamp::now().as_millisecond())?;
     let identity = match keys {
-        Some(dir) => Some(hru_log::BrokerIdentity::of(&keys::load(
-            dir,
-            &hru_policy::PROVISIONER.parse()?,
-        )?)),
+        Some(dir) => Some(keys::load(dir, &hru_broker::PROVISIONER.parse()?)?.broker_identity()),
         None => nats.identity.clone(),
     };
     let client = hru_log::connect(&nats.url, identity.as_ref()).await?;
-    hru_log::provision(&client, isa, replicas).await?;
+    hru_broker::provision(&client, &isa.broker_rights(), isa.positions_max_age(), replicas).await?;
     println!(
         "provisioned HRU_EVENTS, HRU_POSITIONS and {} view streams for {} v{} (replicas {replicas})",
         isa.parties.len(),

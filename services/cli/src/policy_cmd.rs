@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow};
 use hru_domain::PartyId;
 use hru_envelope::Directory;
-use hru_policy::{CompiledIsa, NatsAccounts, PolicyErrors, nats_config};
+use hru_policy::{CompiledIsa, PolicyErrors};
 use serde_json::json;
 
 use crate::{Format, policies};
@@ -214,8 +214,8 @@ pub(crate) fn nats_config_cmd(policies_dir: &Path, out: &Path) -> anyhow::Result
     let directory = policies::directory(policies_dir)?;
     let set = policies::agreements(policies_dir, &directory)?;
     let isa = policies::in_force(&set, jiff::Timestamp::now().as_millisecond())?;
-    let accounts = NatsAccounts::from_directory(isa, &directory).map_err(|e| anyhow!(e))?;
-    let config = nats_config(isa, &accounts);
+    let accounts = isa.broker_accounts(&directory).map_err(|e| anyhow!(e))?;
+    let config = hru_broker::nats_config(&isa.broker_rights(), &accounts);
     std::fs::write(out, config).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("wrote {} for {} v{}", out.display(), isa.id, isa.version);
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,8 @@
 //! `hru project` and `hru rebuild`: fold the log into a party's projections (catching up from
 //! their checkpoints, or wiping and replaying from sequence 1), with progress and digests.
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -64,21 +66,34 @@ pub(crate) async fn run(
     let mut projector = Projector::new(store, projections, KeyRing::new(&secrets), directory)?;
     let log = nats.log().await?;
     // Grants are read from the start so the key ring is complete; folded events are skipped.
-    let entries = log.replay(1, &[]).await?;
+    let (_, last) = log.reader().bounds().await?;
+    let mut entries = log.reader().replay(1, &[]).await?;
     let resume = projector.resume_from();
-    let bar = indicatif::ProgressBar::new(entries.len() as u64);
+    let bar = indicatif::ProgressBar::new(last);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} events {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    for chunk in entries.chunks(BATCH) {
-        let batch: Vec<(u64, &[u8])> = chunk.iter().map(|e| (e.sequence, e.payload.as_ref())).collect();
-        projector.feed(&batch)?;
-        bar.inc(chunk.len() as u64);
+    let (mut read, mut last) = (0usize, 0u64);
+    let mut chunk = Vec::with_capacity(BATCH);
+    loop {
+        let next = entries.try_next().await?;
+        let done = next.is_none();
+        chunk.extend(next);
+        if chunk.len() == BATCH || (done && !chunk.is_empty()) {
+            let batch: Vec<(u64, &[u8])> = chunk.iter().map(|e| (e.sequence, e.payload.as_ref())).collect();
+            projector.feed(&batch)?;
+            bar.inc(chunk.len() as u64);
+            read += chunk.len();
+            last = chunk.last().map_or(last, |e| e.sequence);
+            chunk.clear();
+        }
+        if done {
+            break;
+        }
     }
     bar.finish_and_clear();
     projector.store.flush()?;
-    let last = entries.last().map_or(0, |e| e.sequence);
     for p in projector.projections() {
         println!(
             "{}\tv{}\tthrough {last}\tdigest {}",
@@ -89,7 +104,7 @@ pub(crate) async fn run(
     }
     eprintln!(
         "{} events read, folding resumed after sequence {}",
-        entries.len(),
+        read,
         resume.saturating_sub(1)
     );
     Ok(ExitCode::SUCCESS)

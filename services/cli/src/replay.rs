@@ -1,5 +1,8 @@
 //! `hru replay`: what one party can read of the log, verified and opened with its keys.
 
+use futures::TryStreamExt as _;
+use hru_broker::Filter;
+use hru_log::SharedLog as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -47,12 +50,8 @@ pub(crate) async fn run(
     let directory = policies::directory(policies_dir)?;
     let secrets = keys::load(keys_dir, &party)?;
     let case: Option<CaseId> = case.map(str::parse).transpose().context("--case")?;
-    let filters: Vec<String> = match case {
-        Some(c) => vec![
-            format!("hru.evt.{}.>", c.token()),
-            format!("hru.acc.{}.>", c.token()),
-            "hru.key.>".into(),
-        ],
+    let filters: Vec<Filter> = match case {
+        Some(c) => vec![Filter::case_events(c), Filter::case_access(c), Filter::all_key_grants()],
         None => Vec::new(),
     };
     let log = nats.log().await?;
@@ -65,14 +64,15 @@ pub(crate) async fn run(
     }
     let mut chains = ChainChecker::new();
     let mut problems = 0u64;
-    for entry in log.replay(from, &filters).await? {
+    let mut entries = log.reader().replay(from, &filters).await?;
+    while let Some(entry) = entries.try_next().await? {
         let verified = match verify(&entry.payload, &directory) {
             Ok(v) => v,
             Err(e) => {
                 problems += 1;
                 emit(
                     format,
-                    json!({"sequence": entry.sequence, "subject": entry.subject, "refused": e.kind(), "error": e.to_string()}),
+                    json!({"sequence": entry.sequence, "subject": entry.subject.as_str(), "refused": e.kind(), "error": e.to_string()}),
                     || format!("#{} {}: REFUSED {e}", entry.sequence, entry.subject),
                 );
                 continue;

@@ -6,6 +6,8 @@
 
 mod common;
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::process::{Command, Stdio};
@@ -102,7 +104,11 @@ fn acknowledged_events_survive_sigkill_exactly_once() {
         EventLog::connect(&world.nats.url())
             .await
             .unwrap()
+            .reader()
             .replay(1, &[])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
             .await
             .unwrap()
     });

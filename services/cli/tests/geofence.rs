@@ -8,6 +8,8 @@
 
 mod common;
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,7 +149,9 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     .unwrap();
     let vendor = secrets(&world, "em-vendor");
     let (positions, nats) = rt.block_on(async {
-        let positions = PositionLog::open(&world.nats.url(), None, &isa, 1).await.unwrap();
+        let positions = PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1)
+            .await
+            .unwrap();
         let nats = async_nats::connect(world.nats.url()).await.unwrap();
         (positions, nats)
     });
@@ -220,8 +224,24 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     let mut child = start_geofence();
     let police = secrets(&world, "geofence");
     let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
-    let (events_now, positions_now) =
-        rt.block_on(async { (log.replay(1, &[]).await.unwrap(), positions.replay(1).await.unwrap()) });
+    let (events_now, positions_now) = rt.block_on(async {
+        (
+            log.reader()
+                .replay(1, &[])
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap(),
+            positions
+                .replay(1)
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap(),
+        )
+    });
     let want = expected(&events_now, &positions_now, &directory, &mut KeyRing::new(&police));
     assert!(
         want.iter().any(|id| !id.contains('-') || id.len() == 36),
@@ -229,7 +249,9 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     let got = loop {
-        let events = rt.block_on(log.replay(1, &[])).unwrap();
+        let events = rt
+            .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
+            .unwrap();
         let got = logged(&events, &directory, &mut KeyRing::new(&police));
         if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
             break got;
@@ -262,7 +284,15 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
             .unwrap();
         let v = verify(&message.payload, &directory).unwrap();
         let mut ring = KeyRing::new(&control);
-        for e in log.replay(1, &["hru.key.>".to_owned()]).await.unwrap() {
+        for e in log
+            .reader()
+            .replay(1, &[hru_broker::Filter::all_key_grants()])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+        {
             if let Ok(g) = verify(&e.payload, &directory) {
                 let _ = ring.ingest_grant(&g);
             }

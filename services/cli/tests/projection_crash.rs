@@ -6,6 +6,7 @@
 
 mod common;
 
+use hru_log::SharedLog as _;
 use std::time::Duration;
 
 use common::World;
@@ -135,7 +136,8 @@ fn killed_folds_resume_to_the_rebuilt_digest() {
                     &mut rand_core::OsRng,
                 )
                 .unwrap();
-            rt.block_on(log.append_batch(&mut sealer, &batch, Expect::Any)).unwrap();
+            rt.block_on(log.appender().append_batch(&mut sealer, &batch, Expect::Any))
+                .unwrap();
         }
         // The node folds, killed once it has folded into this round's events, a random moment later.
         let metrics = common::free_port();
@@ -174,7 +176,7 @@ fn killed_folds_resume_to_the_rebuilt_digest() {
 }
 
 fn log_last(rt: &tokio::runtime::Runtime, log: &EventLog) -> u64 {
-    rt.block_on(log.bounds()).unwrap().1
+    rt.block_on(log.reader().bounds()).unwrap().1
 }
 
 /// The node's `hru_node_folded_through` gauge (0 while it does not answer yet).

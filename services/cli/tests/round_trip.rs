@@ -7,8 +7,10 @@
 mod common;
 
 use common::World;
+use futures::TryStreamExt as _;
 use hru_envelope::{Directory, verify};
 use hru_log::EventLog;
+use hru_log::SharedLog as _;
 use serde_json::Value;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
@@ -121,7 +123,13 @@ fn every_envelope_verifies_with_the_directory_alone() {
         .expect("runtime");
     let entries = rt.block_on(async {
         let log = EventLog::connect(&world.nats.url()).await.expect("connects");
-        log.replay(1, &[]).await.expect("replays")
+        log.reader()
+            .replay(1, &[])
+            .await
+            .expect("replays")
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("replays")
     });
     assert_eq!(entries.len(), 4, "two grants, then two referrals (epochs reused)");
     for e in &entries {

@@ -8,6 +8,8 @@
 mod common;
 
 use common::World;
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use hru_testkit::NatsServer;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
@@ -28,11 +30,22 @@ fn restore(world: &World, n: usize) -> NatsServer {
         .unwrap();
     rt.block_on(async {
         let from = hru_log::EventLog::connect(&world.nats.url()).await.unwrap();
-        let entries = from.replay(1, &[]).await.unwrap();
+        let entries = from
+            .reader()
+            .replay(1, &[])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
         hru_log::EventLog::connect(&copy.url()).await.unwrap();
         let js = async_nats::jetstream::new(async_nats::connect(copy.url()).await.unwrap());
         for e in entries.into_iter().take(n) {
-            js.publish(e.subject, e.payload).await.unwrap().await.unwrap();
+            js.publish(e.subject.to_string(), e.payload)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
         }
     });
     copy
@@ -109,7 +122,14 @@ fn a_truncated_or_rewritten_log_is_caught_against_a_witness_copy() {
         .unwrap()
         .block_on(async {
             let log = hru_log::EventLog::connect(&url).await.unwrap();
-            log.replay(1, &[]).await.unwrap().len()
+            log.reader()
+                .replay(1, &[])
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .len()
         });
     let truncated = restore(&world, total - 4);
     let (clean, report) = verify_against(&truncated, &world, &witness_file);

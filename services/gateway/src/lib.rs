@@ -63,7 +63,7 @@ pub struct Gateway {
     isa: CompiledIsa,
     directory: Directory,
     log: PositionLog,
-    subject: String,
+    subject: hru_broker::Subject,
     config: GatewayConfig,
     devices: Vec<pb::DeviceFixes>,
     index: HashMap<String, usize>,
@@ -92,7 +92,7 @@ impl Gateway {
         log: PositionLog,
         config: GatewayConfig,
     ) -> Self {
-        let subject = format!("hru.pos.{}.{}", producer.party, producer.instance);
+        let subject = hru_broker::Subject::positions(&producer.party, &producer.instance);
         Self {
             sealer: Sealer::new(producer, signing),
             isa,

@@ -11,16 +11,19 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::Signer as _;
 use futures::StreamExt as _;
+use futures::TryStreamExt as _;
 use hru_domain::{CaseEvent, EventType, PartyId, ProducerId, split_draft};
 use hru_envelope::{Directory, KeyRing, PartySecrets, VerifiedEnvelope, verify};
-use hru_log::{EventLog, Expect, LogEntry, PositionLog, Producer};
-use hru_policy::{CompiledIsa, PolicySet};
+use hru_log::{Expect, LogEntry, PartyView, PositionLog, Producer, SharedLog as _};
+use hru_policy::CompiledIsa;
+use hru_runtime::{Deployment, Tasks};
 use hru_wire::v1 as pb;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prometheus_client::registry::Registry;
 use prost::Message as _;
 use serde::Deserialize;
 
@@ -101,23 +104,36 @@ fn default_nats() -> String {
     "nats://127.0.0.1:4222".into()
 }
 
+/// Environment override of `nats_url`.
+pub const ENV_NATS_URL: &str = "HRU_NATS_URL";
+
+impl hru_runtime::Settings for GeofenceConfig {
+    const ENV: &'static [(&'static str, &'static str)] = &[(ENV_NATS_URL, "nats_url")];
+
+    fn validate(&self) -> Result<(), hru_runtime::ConfigError> {
+        let key = |k: &str, message: String| hru_runtime::ConfigError::key("", k, message);
+        PartyId::parse(&self.party, "party").map_err(|e| key("party", e.problem))?;
+        if let Some(m) = &self.metrics_listen
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(key("metrics_listen", format!("{m:?} is not host:port")));
+        }
+        let e = self.engine.config();
+        if e.exit_fixes == 0 {
+            return Err(key("engine.exit_fixes", "must be at least 1".into()));
+        }
+        if e.exit_seconds <= 0 {
+            return Err(key("engine.exit_seconds", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
 impl GeofenceConfig {
-    /// Parse `text` (from `source`), apply `HRU_NATS_URL`, check it; errors name the key.
+    /// Parse `text` (from `source`), apply `HRU_*` environment overrides, check it; errors
+    /// name the key.
     pub fn load(text: &str, source: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, GeofenceError> {
-        let mut c: Self =
-            toml::from_str(text).map_err(|e| GeofenceError::Config(format!("{source}: {}", e.message())))?;
-        if let Some(url) = env("HRU_NATS_URL") {
-            c.nats_url = url;
-        }
-        PartyId::parse(&c.party, "party")
-            .map_err(|e| GeofenceError::Config(format!("{source}: key `party`: {}", e.problem)))?;
-        let e = c.engine.config();
-        if e.exit_fixes == 0 || e.exit_seconds <= 0 {
-            return Err(GeofenceError::Config(format!(
-                "{source}: keys `engine.exit_fixes` and `engine.exit_seconds` must be at least 1"
-            )));
-        }
-        Ok(c)
+        hru_runtime::load(text, source, env, &[]).map_err(|e| GeofenceError::Config(e.to_string()))
     }
 }
 
@@ -135,45 +151,48 @@ pub enum GeofenceError {
     Store(#[from] hru_log::StoreError),
 }
 
-/// Counters the service keeps (read by benchmarks and metrics).
+/// Counters the service keeps (read by benchmarks, served as Prometheus metrics).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Fixes evaluated.
-    pub fixes: AtomicU64,
+    pub fixes: Counter,
     /// TagBreach events appended.
-    pub breaches: AtomicU64,
+    pub breaches: Counter,
     /// Victim alerts published.
-    pub alerts: AtomicU64,
+    pub alerts: Counter,
     /// Decisions found already in the log on a restart (not appended again).
-    pub already_logged: AtomicU64,
-    /// Set once the state is rebuilt and the service follows the live log.
-    pub ready: std::sync::atomic::AtomicBool,
+    pub already_logged: Counter,
+    /// 1 once the state is rebuilt and the service follows the live log.
+    pub ready: Gauge,
 }
 
 impl Stats {
-    /// The counters as Prometheus text; `hru_geofence_ready` is 1 once the state is rebuilt.
-    pub fn render(&self) -> String {
-        let counter = |name: &str, help: &str, v: &AtomicU64| {
-            format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            )
-        };
-        [
-            counter("hru_geofence_fixes_total", "Position fixes evaluated.", &self.fixes),
-            counter("hru_geofence_breaches_total", "Breach updates appended.", &self.breaches),
-            counter("hru_geofence_alerts_total", "Victim alerts published.", &self.alerts),
-            counter(
-                "hru_geofence_already_logged_total",
-                "Decisions found already on the log (after a restart).",
-                &self.already_logged,
-            ),
-            format!(
-                "# HELP hru_geofence_ready Whether the state is rebuilt and the live log followed.\n# TYPE hru_geofence_ready gauge\nhru_geofence_ready {}\n",
-                u8::from(self.ready.load(Ordering::Relaxed))
-            ),
-        ]
-        .concat()
+    /// Whether the state is rebuilt and the live log followed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() == 1
+    }
+
+    /// A registry of the counters; `hru_geofence_ready` is 1 once the state is rebuilt.
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::default();
+        registry.register("hru_geofence_fixes", "Position fixes evaluated", self.fixes.clone());
+        registry.register(
+            "hru_geofence_breaches",
+            "Breach updates appended",
+            self.breaches.clone(),
+        );
+        registry.register("hru_geofence_alerts", "Victim alerts published", self.alerts.clone());
+        registry.register(
+            "hru_geofence_already_logged",
+            "Decisions found already on the log (after a restart)",
+            self.already_logged.clone(),
+        );
+        registry.register(
+            "hru_geofence_ready",
+            "Whether the state is rebuilt and the live log followed",
+            self.ready.clone(),
+        );
+        registry
     }
 }
 
@@ -195,7 +214,7 @@ struct Service {
     isa: CompiledIsa,
     directory: Directory,
     secrets: PartySecrets,
-    log: EventLog,
+    log: PartyView,
     alerts: async_nats::Client,
     producer: Producer,
     ring: KeyRing,
@@ -203,10 +222,6 @@ struct Service {
     logged: HashSet<String>,
     heartbeats: BTreeMap<String, i64>,
     stats: Arc<Stats>,
-}
-
-fn read(path: &std::path::Path) -> Result<String, GeofenceError> {
-    std::fs::read_to_string(path).map_err(|e| GeofenceError::Config(format!("{}: {e}", path.display())))
 }
 
 /// The engine inputs one verified envelope carries (grants feed `ring` and carry none).
@@ -296,7 +311,7 @@ impl Service {
                 Action::Breach(b) => {
                     let id = b.message_id();
                     if self.logged.contains(&id) {
-                        self.stats.already_logged.fetch_add(1, Ordering::Relaxed);
+                        self.stats.already_logged.inc();
                         // Its victim alert went out with it; nothing to send again.
                         alerts.retain(|(bid, _): &(uuid::Uuid, _)| *bid != b.breach_id);
                         continue;
@@ -372,11 +387,11 @@ impl Service {
                 headers.insert("Hru-Signature", hex_of(&signature.to_bytes()).as_str());
                 match self
                     .alerts
-                    .publish_with_headers(format!("hru.alert.{device}"), headers, body.into())
+                    .publish_with_headers(hru_broker::Subject::alert(&device).to_string(), headers, body.into())
                     .await
                 {
                     Ok(()) => {
-                        self.stats.alerts.fetch_add(1, Ordering::Relaxed);
+                        self.stats.alerts.inc();
                     }
                     Err(e) => tracing::error!(cause = %e, device, "victim alert not sent"),
                 }
@@ -385,7 +400,7 @@ impl Service {
         };
         let (appended, ()) = tokio::join!(self.producer.append(&self.log, &batch, Expect::Any), send_alerts);
         appended?;
-        self.stats.breaches.fetch_add(1, Ordering::Relaxed);
+        self.stats.breaches.inc();
         Ok(())
     }
 
@@ -410,7 +425,7 @@ impl Service {
         self.watermark(v, &mut inputs);
         for input in &inputs {
             if let Input::Fixes { fixes, .. } = input {
-                self.stats.fixes.fetch_add(fixes.len() as u64, Ordering::Relaxed);
+                self.stats.fixes.inc_by(fixes.len() as u64);
             }
             let actions = self.state.apply(input);
             if !actions.is_empty() {
@@ -463,25 +478,18 @@ pub async fn run(
         .party
         .parse()
         .map_err(|e: hru_domain::FieldError| config_err(e.to_string()))?;
-    let directory_path = config.policies_dir.join("directory.toml");
-    let directory = Directory::from_toml(&read(&directory_path)?, &directory_path.display().to_string())
-        .map_err(|e| config_err(e.to_string()))?;
-    let policies =
-        PolicySet::load_dir(&config.policies_dir, Some(&directory)).map_err(|e| config_err(e.to_string()))?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    let isa = policies
-        .iter()
-        .find(|i| i.in_force_at(now))
-        .cloned()
-        .ok_or_else(|| config_err("no agreement is in force".into()))?;
-    let secret_path = config.keys_dir.join(format!("{party}.secret"));
-    let secrets = PartySecrets::from_toml(&read(&secret_path)?, &secret_path.display().to_string())
-        .map_err(|e| config_err(e.to_string()))?;
+    let deployment = Deployment::load(&config.policies_dir).map_err(|e| config_err(e.to_string()))?;
+    let isa = deployment
+        .in_force_now()
+        .map_err(|e| config_err(e.to_string()))?
+        .clone();
+    let directory = deployment.directory;
+    let secrets = hru_runtime::deployment::secrets(&config.keys_dir, &party).map_err(|e| config_err(e.to_string()))?;
     // The geofence connects with its party's nkey: it reads its view of the log and the
     // position stream, and publishes its breaches and victim alerts.
-    let identity = hru_log::BrokerIdentity::of(&secrets);
-    let log = EventLog::open_view(&config.nats_url, Some(&identity), &party).await?;
-    let positions = PositionLog::open(&config.nats_url, Some(&identity), &isa, 1).await?;
+    let identity = secrets.broker_identity();
+    let log = PartyView::open(&config.nats_url, Some(&identity), &party).await?;
+    let positions = PositionLog::open(&config.nats_url, Some(&identity), isa.positions_max_age(), 1).await?;
     let alerts = log.client();
     let producer = Producer::open(
         &config.data_dir.join("producer"),
@@ -510,9 +518,9 @@ pub async fn run(
     };
 
     // Rebuild: what this service already appended, then every input in recorded order.
-    let events = service.log.replay(1, &[]).await?;
-    let stored = positions.replay(1).await?;
-    let mut next_event = events.last().map_or(1, |e| e.sequence + 1);
+    let events: Vec<LogEntry> = service.log.reader().replay(1, &[]).await?.try_collect().await?;
+    let stored: Vec<LogEntry> = positions.replay(1).await?.try_collect().await?;
+    let next_event = events.last().map_or(1, |e| e.sequence + 1);
     let next_position = stored.last().map_or(1, |e| e.sequence + 1);
     let mut merged: Vec<(i64, u8, u64, VerifiedEnvelope)> = Vec::with_capacity(events.len() + stored.len());
     for (source, entries) in [(0u8, &events), (1u8, &stored)] {
@@ -554,23 +562,36 @@ pub async fn run(
         "state rebuilt from the log"
     );
     drop(merged);
-    service.stats.ready.store(true, Ordering::Release);
+    service.stats.ready.set(1);
 
-    let (_metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Tasks::new();
     if let Some(addr) = &config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| GeofenceError::Config(format!("key `metrics_listen` ({addr}): {e}")))?;
-        let stats = service.stats.clone();
-        tokio::spawn(hru_log::metrics_http::serve(
-            listener,
-            Arc::new(move || stats.render()),
-            metrics_stopped,
-        ));
+        let (registry, shutdown) = (Arc::new(service.stats.registry()), tasks.shutdown());
+        tasks.spawn(async move {
+            if let Err(e) = hru_runtime::metrics::serve(listener, registry, shutdown).await {
+                tracing::error!(cause = %e, "metrics endpoint stopped");
+            }
+        });
     }
+    let followed = follow(&mut service, &positions, next_position, next_event, shutdown).await;
+    tasks.stop().await;
+    followed
+}
 
+/// Evaluate positions as they are stored and poll the zone, rule and tag events, until
+/// `shutdown`.
+async fn follow(
+    service: &mut Service,
+    positions: &PositionLog,
+    next_position: u64,
+    mut next_event: u64,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), GeofenceError> {
     // Live: positions as they are stored; zone, rule and tag events polled.
-    let mut live = Box::pin(positions.follow(next_position).await?);
+    let mut live = positions.follow(next_position).await?;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     tokio::pin!(shutdown);
     loop {
@@ -584,7 +605,8 @@ pub async fn run(
                 }
             }
             _ = poll.tick() => {
-                for e in service.log.replay(next_event, &[]).await? {
+                let mut entries = service.log.reader().replay(next_event, &[]).await?;
+                while let Some(e) = entries.try_next().await? {
                     next_event = e.sequence + 1;
                     if let Ok(v) = verify(&e.payload, &service.directory) {
                         service.feed(&v).await?;

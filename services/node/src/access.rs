@@ -7,6 +7,7 @@ use std::future::Future;
 use hru_domain::{CaseId, EventType, PartyId, split_draft};
 use hru_envelope::{AudiencePolicy as _, KeyRing, VerifiedEnvelope};
 use hru_log::Expect;
+use hru_log::SharedLog as _;
 use hru_policy::{CallGrant, CompiledIsa};
 use hru_wire::v1 as pb;
 use tonic::{Request, Status};
@@ -22,6 +23,31 @@ pub(crate) enum AppendFailure {
     Seal(hru_envelope::SealError),
     /// The log did not take it.
     Store(hru_log::StoreError),
+}
+
+impl AppendFailure {
+    /// The case's version now, when another writer got there first.
+    pub(crate) fn conflict(&self) -> Option<u64> {
+        match self {
+            Self::Store(hru_log::StoreError::Append(hru_log::AppendError::Conflict { current, .. })) => Some(*current),
+            _ => None,
+        }
+    }
+
+    /// The answer to a caller whose command appended under the case version `expected`: a
+    /// refusal by the agreement is PERMISSION_DENIED, a conflict ABORTED with the version
+    /// now, anything else UNAVAILABLE.
+    pub(crate) fn status(self, expected: u64) -> Status {
+        if let Some(current) = self.conflict() {
+            return Status::aborted(format!(
+                "the case is at version {current}, not {expected}; re-read it and try again"
+            ));
+        }
+        match self {
+            Self::Seal(e) => Status::permission_denied(e.to_string()),
+            Self::Store(e) => Status::unavailable(e.to_string()),
+        }
+    }
 }
 
 /// The party and person behind a call.
@@ -54,11 +80,9 @@ impl Disclosed {
 impl Shared {
     /// The agreement in force now.
     pub(crate) fn agreement(&self) -> Result<&CompiledIsa, Status> {
-        let now = jiff::Timestamp::now().as_millisecond();
-        let id = self.policies.iter().next().map(|i| i.id.clone()).unwrap_or_default();
-        self.policies
-            .in_force(&id, now)
-            .ok_or_else(|| Status::failed_precondition("no agreement is in force"))
+        self.deployment
+            .in_force_now()
+            .map_err(|e| Status::failed_precondition(e.to_string()))
     }
 
     /// The caller's party (from its certificate) and person (from metadata).
@@ -151,7 +175,7 @@ impl Shared {
             occurred_at_ms,
             now,
             isa,
-            &self.directory,
+            &self.deployment.directory,
             &mut rng,
         ) {
             Ok(b) => b,
@@ -194,7 +218,7 @@ impl Shared {
         let mine = self.appended.load(std::sync::atomic::Ordering::Relaxed);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while mine > 0 && std::time::Instant::now() < deadline {
-            match self.log.last_sequence().await {
+            match self.log.reader().last_sequence().await {
                 Ok(last) if last >= mine => return,
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
                 Err(e) => {

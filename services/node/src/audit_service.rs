@@ -1,10 +1,12 @@
 //! `AuditService`: verify a range of the log without any secret key, replay envelopes as stored,
 //! and answer who consulted or disclosed a case.
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use std::sync::Arc;
 
 use hru_audit::{AccessReader, Auditor};
 use hru_envelope::KeyRing;
+use hru_log::SharedLog as _;
 use hru_wire::v1 as pb;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -49,17 +51,19 @@ type ReplayStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Repl
 
 impl AuditApi {
     /// The log entries of a requested range.
-    async fn entries(&self, from: u64, to: u64) -> Result<Vec<hru_log::LogEntry>, Status> {
+    async fn entries(&self, from: u64, to: u64) -> Result<hru_log::Entries, Status> {
         let (from, to) = range(from, to)?;
         self.shared.wait_own_writes().await;
-        let mut entries = self
+        let entries = self
             .shared
             .log
+            .reader()
             .replay(from, &[])
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        entries.retain(|e| to.is_none_or(|t| e.sequence <= t));
-        Ok(entries)
+        Ok(entries
+            .try_take_while(move |e| std::future::ready(Ok(to.is_none_or(|t| e.sequence <= t))))
+            .boxed())
     }
 }
 
@@ -93,13 +97,21 @@ impl AuditApi {
     async fn verify_inner(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "AuditService/Verify", &purpose)?;
-        let entries = self
+        let mut entries = self
             .entries(request.get_ref().from_sequence, request.get_ref().to_sequence)
             .await?;
         // A node reads its party's view: what the agreement shares with it is audited.
-        let mut auditor = Auditor::for_party(&self.shared.directory, &self.shared.policies, self.shared.party.clone());
-        for e in &entries {
-            auditor.observe(e.sequence, &e.subject, &e.payload);
+        let mut auditor = Auditor::for_party(
+            &self.shared.deployment.directory,
+            &self.shared.deployment.policies,
+            self.shared.party.clone(),
+        );
+        while let Some(e) = entries
+            .try_next()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+        {
+            auditor.observe(e.sequence, e.subject.as_str(), &e.payload);
         }
         let report = auditor.finish();
         self.shared.log_access(&grant, &caller.person, whole_log()).await?;
@@ -127,13 +139,21 @@ impl AuditApi {
     async fn replay_inner(&self, request: Request<pb::ReplayRequest>) -> Result<Response<ReplayStream>, Status> {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "AuditService/Replay", &purpose)?;
-        let entries = self
+        let mut entries = self
             .entries(request.get_ref().from_sequence, request.get_ref().to_sequence)
             .await?;
         self.shared.log_access(&grant, &caller.person, whole_log()).await?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            for e in entries {
+            loop {
+                let e = match entries.try_next().await {
+                    Ok(Some(e)) => e,
+                    Ok(None) => return,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::unavailable(err.to_string()))).await;
+                        return;
+                    }
+                };
                 let item = pb::Envelope::decode(e.payload.as_ref())
                     .map(|envelope| pb::ReplayResponse {
                         sequence: e.sequence,
@@ -159,14 +179,23 @@ impl AuditApi {
         let (caller, grant) = self.shared.permit(&request, "AuditService/AccessLog", &purpose)?;
         let case = case_id(&request.get_ref().case_id)?;
         self.shared.wait_own_writes().await;
-        let entries = self
+        let mut entries = self
             .shared
             .log
+            .reader()
             .replay(1, &AccessReader::subjects())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut reader = AccessReader::new(&self.shared.directory, KeyRing::new(&self.shared.secrets), case);
-        for e in &entries {
+        let mut reader = AccessReader::new(
+            &self.shared.deployment.directory,
+            KeyRing::new(&self.shared.secrets),
+            case,
+        );
+        while let Some(e) = entries
+            .try_next()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+        {
             reader.observe(e.sequence, &e.payload);
         }
         let sections = vec!["access-log".to_owned()];

@@ -1,16 +1,18 @@
 //! `CaseService`: typed commands sealed and appended, queries answered from projections; every
 //! call checked against the agreement and access-logged before it answers.
 
+use futures::TryStreamExt as _;
 use std::sync::Arc;
 
 use hru_domain::{CaseEvent, CaseId, split_draft};
 use hru_envelope::{AudiencePolicy as _, verify};
-use hru_log::{AppendError, Expect, StoreError};
+use hru_log::Expect;
+use hru_log::SharedLog as _;
 use hru_wire::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::access::{AppendFailure, Disclosed, opened_for, read_sections};
+use crate::access::{Disclosed, opened_for, read_sections};
 use crate::views::View;
 
 /// The `CaseService` implementation.
@@ -26,17 +28,6 @@ impl CaseApi {
 
 pub(crate) fn case_id(bytes: &[u8]) -> Result<CaseId, Status> {
     CaseId::from_wire(bytes, "case_id").map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-/// A conflict as ABORTED with the current version; anything else as UNAVAILABLE.
-pub(crate) fn append_status(e: StoreError, expected: Option<u64>) -> Status {
-    match e {
-        StoreError::Append(AppendError::Conflict { current, .. }) => Status::aborted(format!(
-            "the case is at version {current}, not {}; re-read it and try again",
-            expected.unwrap_or_default()
-        )),
-        other => Status::unavailable(other.to_string()),
-    }
 }
 
 #[tonic::async_trait]
@@ -124,8 +115,7 @@ impl CaseApi {
             .await?
         {
             Ok(done) => done,
-            Err(AppendFailure::Seal(e)) => return Err(Status::permission_denied(e.to_string())),
-            Err(AppendFailure::Store(e)) => return Err(append_status(e, Some(expected_version))),
+            Err(failure) => return Err(failure.status(expected_version)),
         };
         Ok(Response::new(pb::RecordEventResponse { event_id, sequence }))
     }
@@ -186,7 +176,52 @@ impl CaseApi {
     }
 }
 
+/// How long a command waits for this node's view to reach the case version it must decide on.
+const VIEW_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One event of a case as this node opened it: (log sequence, header, typed event).
+pub(crate) type HistoryEntry = (u64, hru_domain::EventHeader, CaseEvent);
+
 impl Shared {
+    /// The case's events as this node can open them, and the case's version, once the view
+    /// holds at least version `at_least` (a command decides on the version it appends under).
+    pub(crate) async fn case_history(&self, case: CaseId, at_least: u64) -> Result<(Vec<HistoryEntry>, u64), Status> {
+        self.wait_own_writes().await;
+        let deadline = std::time::Instant::now() + VIEW_CATCH_UP;
+        let unavailable = |e: hru_log::LogError| Status::unavailable(e.to_string());
+        loop {
+            let version = self.log.reader().case_version(case).await.map_err(unavailable)?;
+            if version >= at_least || std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let entries: Vec<hru_log::LogEntry> = self
+            .log
+            .reader()
+            .replay(1, &[hru_broker::Filter::case_events(case)])
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let version = entries.last().map_or(0, |e| e.sequence);
+        self.wait_folded(version).await;
+        let projector = self
+            .projector
+            .lock()
+            .map_err(|_| Status::internal("projector unavailable"))?;
+        let history = entries
+            .iter()
+            .filter_map(|e| {
+                let v = verify(&e.payload, projector.directory()).ok()?;
+                let event = hru_projection::open_typed(&projector.ring().open(&v))?.ok()?;
+                Some((e.sequence, v.header, event))
+            })
+            .collect();
+        Ok((history, version))
+    }
+
     /// A case's events as `reader` may see them (narrowed to `only` sections when given), and
     /// the case's version.
     pub(crate) async fn case_events(
@@ -196,9 +231,13 @@ impl Shared {
         only: Option<&[String]>,
     ) -> Result<(Vec<pb::OpenedEvent>, u64), Status> {
         self.wait_own_writes().await;
-        let entries = self
+        let entries: Vec<hru_log::LogEntry> = self
             .log
-            .replay(1, &[format!("hru.evt.{}.>", case.token())])
+            .reader()
+            .replay(1, &[hru_broker::Filter::case_events(case)])
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .try_collect()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let version = entries.iter().map(|e| e.sequence).max().unwrap_or(0);

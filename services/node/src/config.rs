@@ -1,5 +1,5 @@
-//! The node's configuration: a TOML file, then `HRU_*` environment overrides, then checks that
-//! name the key at fault.
+//! The node's configuration, layered by `hru_runtime::config`: defaults, the TOML file,
+//! `HRU_*` environment overrides, then checks that name the key at fault.
 
 use std::path::PathBuf;
 
@@ -76,64 +76,51 @@ fn default_listen() -> String {
 }
 
 /// A configuration error naming the key.
-#[derive(Debug, thiserror::Error)]
-#[error("{source_name}: {message}")]
-pub struct ConfigError {
-    /// File (or environment).
-    pub source_name: String,
-    /// What is wrong with which key.
-    pub message: String,
-}
+pub type ConfigError = hru_runtime::ConfigError;
 
-impl NodeConfig {
-    /// Parse `text` (from `source_name`), apply environment overrides, and check it.
-    pub fn load(text: &str, source_name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError {
-            source_name: source_name.to_owned(),
-            message: e.message().to_owned() + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
-        })?;
-        if let Some(url) = env(ENV_NATS_URL) {
-            config.nats_url = url;
-        }
-        if let Some(listen) = env(ENV_LISTEN) {
-            config.listen = listen;
-        }
-        config.validate().map_err(|message| ConfigError {
-            source_name: source_name.to_owned(),
-            message,
-        })?;
-        Ok(config)
-    }
+impl hru_runtime::Settings for NodeConfig {
+    const ENV: &'static [(&'static str, &'static str)] = &[(ENV_NATS_URL, "nats_url"), (ENV_LISTEN, "listen")];
 
-    fn validate(&self) -> Result<(), String> {
-        hru_domain::PartyId::parse(&self.party, "party").map_err(|e| format!("key `party`: {}", e.problem))?;
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = |k: &str, message: String| ConfigError::key("", k, message);
+        hru_domain::PartyId::parse(&self.party, "party").map_err(|e| key("party", e.problem))?;
         if let Some(m) = &self.metrics_listen
             && m.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(format!("key `metrics_listen`: {m:?} is not host:port"));
+            return Err(key("metrics_listen", format!("{m:?} is not host:port")));
         }
         for (party, url) in &self.partners {
-            hru_domain::PartyId::parse(party, "partners")
-                .map_err(|e| format!("key `partners.{party}`: {}", e.problem))?;
+            hru_domain::PartyId::parse(party, "partners").map_err(|e| key(&format!("partners.{party}"), e.problem))?;
             if !url.starts_with("https://") {
-                return Err(format!("key `partners.{party}`: {url:?} must be an https:// URL"));
+                return Err(key(
+                    &format!("partners.{party}"),
+                    format!("{url:?} must be an https:// URL"),
+                ));
             }
         }
         if self.breach_heartbeat_s == 0 {
-            return Err("key `breach_heartbeat_s`: must be at least 1".into());
+            return Err(key("breach_heartbeat_s", "must be at least 1".into()));
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!("key `listen`: {:?} is not host:port", self.listen));
+            return Err(key("listen", format!("{:?} is not host:port", self.listen)));
         }
-        for (key, path) in [
+        for (k, path) in [
             ("tls.ca", &self.tls.ca),
             ("tls.cert", &self.tls.cert),
             ("tls.key", &self.tls.key),
         ] {
             if !path.exists() {
-                return Err(format!("key `{key}`: {} does not exist", path.display()));
+                return Err(key(k, format!("{} does not exist", path.display())));
             }
         }
         Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// Parse `text` (from `source_name`), apply `HRU_*` environment overrides (`env` looks a
+    /// variable up), and check it.
+    pub fn load(text: &str, source_name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        hru_runtime::load(text, source_name, env, &[])
     }
 }

@@ -8,6 +8,7 @@ mod access;
 mod audit_service;
 mod case_service;
 pub mod config;
+mod decide;
 pub mod metrics;
 pub mod partner;
 mod streams;
@@ -19,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hru_domain::{PartyId, ProducerId};
-use hru_envelope::{Directory, KeyRing, PartySecrets};
-use hru_log::{EventLog, Producer};
-use hru_policy::PolicySet;
+use hru_envelope::{KeyRing, PartySecrets};
+use hru_log::{PartyView, Producer, SharedLog as _};
 use hru_projection::{Projector, Store};
+use hru_runtime::{Deployment, Tasks};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
@@ -67,9 +68,8 @@ fn config_err(e: impl std::fmt::Display) -> NodeError {
 /// What every request handler shares.
 pub(crate) struct Shared {
     pub(crate) party: PartyId,
-    pub(crate) directory: Directory,
-    pub(crate) policies: PolicySet,
-    pub(crate) log: EventLog,
+    pub(crate) deployment: Deployment,
+    pub(crate) log: PartyView,
     pub(crate) producer: tokio::sync::Mutex<Producer>,
     pub(crate) projector: Mutex<Projector>,
     pub(crate) metrics: Arc<metrics::Metrics>,
@@ -96,17 +96,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let party: PartyId = config.party.parse().map_err(config_err)?;
-    let directory_path = config.policies_dir.join("directory.toml");
-    let directory =
-        Directory::from_toml(&read(&directory_path)?, &directory_path.display().to_string()).map_err(config_err)?;
-    let policies = PolicySet::load_dir(&config.policies_dir, Some(&directory)).map_err(config_err)?;
-    let secret_path = config.keys_dir.join(format!("{party}.secret"));
-    let secrets =
-        PartySecrets::from_toml(&read(&secret_path)?, &secret_path.display().to_string()).map_err(config_err)?;
+    let deployment = Deployment::load(&config.policies_dir).map_err(config_err)?;
+    let secrets = hru_runtime::deployment::secrets(&config.keys_dir, &party).map_err(config_err)?;
     // The node connects with its party's nkey and reads only its view stream, as the generated
     // broker permissions allow.
-    let identity = hru_log::BrokerIdentity::of(&secrets);
-    let log = EventLog::open_view(&config.nats_url, Some(&identity), &party).await?;
+    let identity = secrets.broker_identity();
+    let log = PartyView::open(&config.nats_url, Some(&identity), &party).await?;
     let producer_id = ProducerId {
         party: party.clone(),
         instance: config.instance.clone(),
@@ -116,10 +111,11 @@ pub async fn run(
         producer_id,
         secrets.signing.clone(),
         &log,
-        &directory,
+        &deployment.directory,
     )
     .await?;
-    let role = policies
+    let role = deployment
+        .policies
         .iter()
         .find_map(|isa| isa.parties.get(&party).map(|p| p.role))
         .ok_or_else(|| NodeError::Config(format!("key `party`: {party} is not a party of any agreement")))?;
@@ -128,15 +124,14 @@ pub async fn run(
         Store::open(&config.data_dir.join("projections"))?,
         View::projections(&views),
         KeyRing::new(&secrets),
-        directory.clone(),
+        deployment.directory.clone(),
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         stopping: stop_rx.clone(),
         appended: std::sync::atomic::AtomicU64::new(0),
         party,
-        directory,
-        policies,
+        deployment,
         log,
         producer: tokio::sync::Mutex::new(producer),
         projector: Mutex::new(projector),
@@ -176,28 +171,26 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| NodeError::Server(e.to_string()))?;
 
-    let folding = tokio::spawn(fold_loop(shared.clone(), stop_rx.clone()));
-    let checkpoints = (config.checkpoint_every_s > 0).then(|| {
-        tokio::spawn(checkpoint_loop(
+    let mut tasks = Tasks::new();
+    tasks.spawn(fold_loop(shared.clone(), stop_rx.clone()));
+    if config.checkpoint_every_s > 0 {
+        tasks.spawn(checkpoint_loop(
             shared.clone(),
             Duration::from_secs(config.checkpoint_every_s),
             stop_rx.clone(),
-        ))
-    });
-    let metrics_server = match &config.metrics_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| NodeError::Config(format!("metrics_listen {addr}: {e}")))?;
-            let metrics = shared.metrics.clone();
-            Some(tokio::spawn(hru_log::metrics_http::serve(
-                listener,
-                std::sync::Arc::new(move || metrics.render()),
-                stop_rx.clone(),
-            )))
-        }
-        None => None,
-    };
+        ));
+    }
+    if let Some(addr) = &config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| NodeError::Config(format!("key `metrics_listen` ({addr}): {e}")))?;
+        let (registry, shutdown) = (shared.metrics.registry(), tasks.shutdown());
+        tasks.spawn(async move {
+            if let Err(e) = hru_runtime::metrics::serve(listener, registry, shutdown).await {
+                tracing::error!(cause = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let incoming = tokio_stream_of(listener);
     let server = Server::builder()
         .tls_config(tls)
@@ -225,13 +218,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, shutdown);
     let result = server.await.map_err(|e| NodeError::Server(e.to_string()));
     let _ = stop_tx.send(true);
-    let _ = folding.await;
-    if let Some(c) = checkpoints {
-        let _ = c.await;
-    }
-    if let Some(m) = metrics_server {
-        let _ = m.await;
-    }
+    tasks.stop().await;
     shared
         .projector
         .lock()
@@ -329,7 +316,12 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
         .lock()
         .map_err(|_| "projector lock poisoned".to_owned())?
         .resume_from();
-    let mut next = shared.log.read_position(resume).await.map_err(|e| e.to_string())?;
+    let mut next = shared
+        .log
+        .reader()
+        .read_position(resume)
+        .await
+        .map_err(|e| e.to_string())?;
     let consumer = hru_log::party_consumer(&shared.log.client(), &shared.party, "projection", next)
         .await
         .map_err(|e| e.to_string())?;
@@ -364,7 +356,7 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
             if info.stream_sequence > next {
                 return Err(format!("view message {} arrived before {next}", info.stream_sequence));
             }
-            let source = hru_log::source_sequence(m.headers.as_ref())
+            let source = hru_broker::source_sequence(m.headers.as_ref())
                 .ok_or_else(|| format!("view message {next} names no source sequence"))?;
             entries.push((source, m.payload.as_ref()));
             pending = info.pending;

@@ -1,113 +1,123 @@
 //! Prometheus metrics of a node: events folded, consumer lag, and request latency and outcome
-//! by method, served as text on `GET /metrics`.
+//! by method, registered with `prometheus-client` and served by `hru_runtime::metrics`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-#[derive(Default)]
-struct Latency {
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Call {
+    method: String,
+    code: String,
 }
 
-/// The node's counters.
-#[derive(Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Method {
+    method: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The node's metrics.
 pub struct Metrics {
-    events_folded: AtomicU64,
-    folded_through: AtomicU64,
-    pending: AtomicU64,
-    requests: Mutex<BTreeMap<(String, String), u64>>,
-    latency: Mutex<BTreeMap<String, Latency>>,
+    registry: Arc<Registry>,
+    events_folded: Counter,
+    folded_through: Gauge,
+    pending: Gauge,
+    requests: Family<Call, Counter>,
+    latency: Family<Method, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let events_folded = Counter::default();
+        let folded_through = Gauge::default();
+        let pending = Gauge::default();
+        let requests = Family::<Call, Counter>::default();
+        let latency = Family::<Method, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let mut registry = Registry::default();
+        registry.register(
+            "hru_node_events_folded",
+            "Events folded into projections",
+            events_folded.clone(),
+        );
+        registry.register(
+            "hru_node_consumer_lag",
+            "Messages of the party's view not yet delivered to the fold",
+            pending.clone(),
+        );
+        registry.register(
+            "hru_node_folded_through",
+            "The last log sequence folded",
+            folded_through.clone(),
+        );
+        registry.register("hru_node_requests", "Calls by method and gRPC code", requests.clone());
+        registry.register("hru_node_request_seconds", "Call latency by method", latency.clone());
+        Self {
+            registry: Arc::new(registry),
+            events_folded,
+            folded_through,
+            pending,
+            requests,
+            latency,
+        }
+    }
+}
+
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Metrics {
     /// Events folded into projections.
     pub fn folded(&self, events: u64, through: u64) {
-        self.events_folded.fetch_add(events, Ordering::Relaxed);
-        self.folded_through.fetch_max(through, Ordering::Relaxed);
+        self.events_folded.inc_by(events);
+        let through = gauge_value(through);
+        if through > self.folded_through.get() {
+            self.folded_through.set(through);
+        }
     }
 
     /// Messages of the party's view the durable consumer has not delivered yet.
     pub fn pending(&self, messages: u64) {
-        self.pending.store(messages, Ordering::Relaxed);
+        self.pending.set(gauge_value(messages));
     }
 
     /// One answered (or refused) call.
     pub fn request(&self, method: &str, code: &str, took: Duration) {
-        if let Ok(mut r) = self.requests.lock() {
-            *r.entry((method.to_owned(), code.to_owned())).or_default() += 1;
-        }
-        if let Ok(mut l) = self.latency.lock() {
-            let h = l.entry(method.to_owned()).or_default();
-            let s = took.as_secs_f64();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if s <= *bound {
-                    h.buckets[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += s;
-        }
+        self.requests
+            .get_or_create(&Call {
+                method: method.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&Method {
+                method: method.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text exposition.
+    /// The registry the metrics endpoint serves.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let folded = self.events_folded.load(Ordering::Relaxed);
-        let through = self.folded_through.load(Ordering::Relaxed);
-        let pending = self.pending.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP hru_node_events_folded_total Events folded into projections.\n# TYPE hru_node_events_folded_total counter\nhru_node_events_folded_total {folded}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hru_node_consumer_lag Messages of the party's view not yet delivered to the fold.\n# TYPE hru_node_consumer_lag gauge\nhru_node_consumer_lag {pending}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hru_node_folded_through The last log sequence folded.\n# TYPE hru_node_folded_through gauge\nhru_node_folded_through {through}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hru_node_requests_total Calls by method and gRPC code.\n# TYPE hru_node_requests_total counter"
-        );
-        if let Ok(r) = self.requests.lock() {
-            for ((method, code), n) in r.iter() {
-                let _ = writeln!(
-                    out,
-                    "hru_node_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hru_node_request_seconds Call latency by method.\n# TYPE hru_node_request_seconds histogram"
-        );
-        if let Ok(l) = self.latency.lock() {
-            for (method, h) in l.iter() {
-                for (bound, n) in BUCKETS.iter().zip(h.buckets) {
-                    let _ = writeln!(
-                        out,
-                        "hru_node_request_seconds_bucket{{method=\"{method}\",le=\"{bound}\"}} {n}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "hru_node_request_seconds_bucket{{method=\"{method}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(out, "hru_node_request_seconds_sum{{method=\"{method}\"}} {}", h.sum);
-                let _ = writeln!(out, "hru_node_request_seconds_count{{method=\"{method}\"}} {}", h.count);
-            }
-        }
-        out
+        hru_runtime::metrics::render(&self.registry)
     }
 }

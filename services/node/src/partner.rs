@@ -212,7 +212,7 @@ impl PartnerApi {
             .map_err(|_| Status::invalid_argument(format!("metadata `{PERSON_HEADER}` is not ASCII")))?;
         request.metadata_mut().insert(PERSON_HEADER, value);
         let answer = client.request_disclosure(request).await?.into_inner();
-        let disclosure = verify_disclosure(&answer, &self.shared.directory)
+        let disclosure = verify_disclosure(&answer, &self.shared.deployment.directory)
             .map_err(|e| Status::data_loss(format!("{partner}'s answer is refused: {e}")))?;
         if disclosure.disclosed_by != partner.as_str() || disclosure.disclosed_to != self.shared.party.as_str() {
             return Err(Status::data_loss(format!(

@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use futures::{StreamExt as _, TryStreamExt as _};
+use hru_broker::Filter;
 use hru_domain::{CaseId, EventType, PartyId, split_draft};
 use hru_envelope::{AudiencePolicy as _, verify};
-use hru_log::Expect;
+use hru_log::{Expect, SharedLog as _};
 use hru_wire::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::access::{AppendFailure, Disclosed, opened_for};
-use crate::case_service::{append_status, case_id};
+use crate::access::{Disclosed, opened_for};
+use crate::case_service::case_id;
+use crate::decide;
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -28,8 +31,11 @@ fn stream_of<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> Stream
 /// Reads folded log entries on some subjects, batch by batch, from a position on.
 struct Follower {
     next: u64,
-    filters: Vec<String>,
+    filters: Vec<Filter>,
 }
+
+/// Most entries one poll of a stream reads: a stream far behind catches up page by page.
+const FOLLOW_PAGE: usize = 512;
 
 impl Follower {
     /// The next verified envelopes the fold has passed (empty when there are none yet).
@@ -38,13 +44,24 @@ impl Follower {
         if head < self.next {
             return Vec::new();
         }
-        match shared.log.replay(self.next, &self.filters).await {
+        let page = match shared.log.reader().replay(self.next, &self.filters).await {
             Ok(entries) => {
-                self.next = head + 1;
                 entries
-                    .into_iter()
-                    .filter(|e| e.sequence <= head)
-                    .filter_map(|e| Some((e.sequence, verify(&e.payload, &shared.directory).ok()?)))
+                    .try_take_while(|e| std::future::ready(Ok(e.sequence <= head)))
+                    .take(FOLLOW_PAGE)
+                    .try_collect::<Vec<_>>()
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match page {
+            Ok(page) => {
+                self.next = match page.last() {
+                    Some(last) if page.len() == FOLLOW_PAGE => last.sequence + 1,
+                    _ => head + 1,
+                };
+                page.into_iter()
+                    .filter_map(|e| Some((e.sequence, verify(&e.payload, &shared.deployment.directory).ok()?)))
                     .collect()
             }
             Err(e) => {
@@ -65,6 +82,20 @@ async fn pause<T>(tx: &mpsc::Sender<T>, shared: &Shared) -> bool {
         () = tx.closed() => false,
         _ = stopping.changed() => false,
         () = tokio::time::sleep(Duration::from_millis(50)) => true,
+    }
+}
+
+/// How often a command decided on a case is decided again after another writer moved the case.
+const DECIDE_ATTEMPTS: usize = 5;
+
+/// A decision's refusal as the caller's answer.
+fn refusal_status(refusal: decide::Refusal, breach: &uuid::Uuid) -> Status {
+    let breach = hex::encode(breach.as_bytes());
+    match refusal {
+        decide::Refusal::UnknownBreach => Status::not_found(format!("breach {breach} is not in its case")),
+        decide::Refusal::AlreadyAcknowledged { by, sequence } => Status::failed_precondition(format!(
+            "breach {breach} was already acknowledged by {by} (log sequence {sequence})"
+        )),
     }
 }
 
@@ -132,7 +163,7 @@ impl SubscriptionApi {
             },
         };
         self.shared.log_access(&grant, &caller.person, what).await?;
-        let filters = vec![case.map_or_else(|| "hru.evt.>".to_owned(), |c| format!("hru.evt.{}.>", c.token()))];
+        let filters = vec![case.map_or_else(Filter::all_case_events, Filter::case_events)];
         let (tx, rx) = mpsc::channel(256);
         let shared = self.shared.clone();
         tokio::spawn(async move {
@@ -222,6 +253,7 @@ impl BreachApi {
         let (first, _) = self
             .shared
             .log
+            .reader()
             .bounds()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -254,7 +286,7 @@ impl BreachApi {
         tokio::spawn(async move {
             let mut follower = Follower {
                 next: after + 1,
-                filters: vec!["hru.evt.*.*.TagBreach".to_owned()],
+                filters: vec![Filter::events_of_type(hru_domain::EventType::TagBreach)],
             };
             let mut last_sent = std::time::Instant::now();
             loop {
@@ -328,6 +360,7 @@ impl BreachApi {
         let isa = self.shared.agreement()?;
         isa.audience(&caller.party, EventType::BreachAcknowledged, "core")
             .map_err(|r| Status::permission_denied(r.0))?;
+        // The breach board says which case the breach belongs to; the case's own events decide.
         let lookup = || -> Result<Option<hru_projection::BreachRow>, Status> {
             let projector = self
                 .shared
@@ -343,6 +376,7 @@ impl BreachApi {
                 let (_, last) = self
                     .shared
                     .log
+                    .reader()
                     .bounds()
                     .await
                     .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -356,42 +390,60 @@ impl BreachApi {
                 hex::encode(id.as_bytes())
             ))
         })?;
-        if let Some(by) = &row.acknowledged_by {
-            return Err(Status::failed_precondition(format!(
-                "breach {} was already acknowledged by {by}",
-                row.breach_id
-            )));
-        }
         let case: CaseId = row
             .case_id
             .parse()
             .map_err(|_| Status::internal("breach row names no case"))?;
-        let now = jiff::Timestamp::now().as_millisecond();
-        let response_time_ms = (now - row.raised_at_ms).max(0);
-        let (event_type, sections) = split_draft(pb::event_draft::Event::BreachAcknowledged(pb::BreachAcknowledged {
-            core: Some(pb::AcknowledgementCore {
-                breach_id: id.as_bytes().to_vec(),
-                operator,
-                action,
-                response_time_ms,
-            }),
-        }));
         self.shared
             .log_access(&grant, &caller.person, Disclosed::case(case, vec!["core".into()]))
             .await?;
-        let event_id = match self
-            .shared
-            .append_event(case, event_type, sections, now, Expect::Any)
-            .await?
-        {
-            Ok((event_id, _)) => event_id,
-            Err(AppendFailure::Seal(e)) => return Err(Status::permission_denied(e.to_string())),
-            Err(AppendFailure::Store(e)) => return Err(append_status(e, None)),
-        };
-        Ok(Response::new(pb::AcknowledgeResponse {
-            event_id,
-            response_time_ms,
-        }))
+        // Decide on the case's events and append under the case's version: when another
+        // operator's acknowledgement lands first, the case is read again and the decision
+        // names them.
+        let mut at_least = 0;
+        for _ in 0..DECIDE_ATTEMPTS {
+            let (history, version) = self.shared.case_history(case, at_least).await?;
+            let facts: Vec<decide::Fact<'_>> = history
+                .iter()
+                .map(|(sequence, header, event)| decide::Fact {
+                    sequence: *sequence,
+                    header,
+                    event,
+                })
+                .collect();
+            let decided = decide::acknowledge(&facts, id).map_err(|r| refusal_status(r, &id))?;
+            let now = jiff::Timestamp::now().as_millisecond();
+            let response_time_ms = (now - decided.raised_at_ms).max(0);
+            let (event_type, sections) =
+                split_draft(pb::event_draft::Event::BreachAcknowledged(pb::BreachAcknowledged {
+                    core: Some(pb::AcknowledgementCore {
+                        breach_id: id.as_bytes().to_vec(),
+                        operator: operator.clone(),
+                        action: action.clone(),
+                        response_time_ms,
+                    }),
+                }));
+            match self
+                .shared
+                .append_event(case, event_type, sections, now, Expect::CaseAt(version))
+                .await?
+            {
+                Ok((event_id, _)) => {
+                    return Ok(Response::new(pb::AcknowledgeResponse {
+                        event_id,
+                        response_time_ms,
+                    }));
+                }
+                Err(failure) => match failure.conflict() {
+                    Some(current) => at_least = current,
+                    None => return Err(failure.status(version)),
+                },
+            }
+        }
+        Err(Status::aborted(format!(
+            "case {case} kept moving while breach {} was being acknowledged; try again",
+            hex::encode(id.as_bytes())
+        )))
     }
 }
 

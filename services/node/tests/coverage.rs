@@ -9,6 +9,7 @@ mod common;
 use common::{request, world};
 use futures::StreamExt as _;
 use hru_domain::CaseId;
+use hru_log::SharedLog as _;
 use hru_wire::v1 as pb;
 use pb::audit_service_client::AuditServiceClient;
 use pb::breach_service_client::BreachServiceClient;
@@ -71,8 +72,11 @@ async fn every_rpc_leaves_exactly_one_access_record() {
     }
 
     // The warm-up's access records, written by the control room's node, reach police's view.
-    w.wait_in_view("police-hru", &format!("hru.acc.{}.police-control", case.token()))
-        .await;
+    w.wait_in_view(
+        "police-hru",
+        &hru_broker::Filter::exactly(&hru_broker::Subject::access(case, &"police-control".parse().unwrap())),
+    )
+    .await;
 
     let pool = hru_wire::descriptor_pool();
     let mut methods: Vec<String> = pool
@@ -104,7 +108,7 @@ async fn every_rpc_leaves_exactly_one_access_record() {
                         }),
                     })),
                 };
-                let version = w.log.case_version(case).await.unwrap();
+                let version = w.log.reader().case_version(case).await.unwrap();
                 CaseServiceClient::new(police_channel.clone())
                     .record_event(request(
                         pb::RecordEventRequest {

@@ -244,7 +244,7 @@ async fn the_node_answers_its_parties_and_logs_every_access() {
             .await
             .unwrap();
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut text = String::new();

@@ -46,8 +46,8 @@ impl<'a> AccessReader<'a> {
     }
 
     /// The subjects worth reading: grants and access records.
-    pub fn subjects() -> [String; 2] {
-        ["hru.key.>".to_owned(), "hru.acc.>".to_owned()]
+    pub fn subjects() -> [hru_broker::Filter; 2] {
+        [hru_broker::Filter::all_key_grants(), hru_broker::Filter::all_access()]
     }
 
     /// Take the next log entry.

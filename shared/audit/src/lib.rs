@@ -11,7 +11,7 @@ pub use access::{AccessReader, AccessRecord};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use hru_domain::{AudienceId, EventType, PartyId, ProducerId};
-use hru_envelope::{AudiencePolicy as _, ChainBreak, ChainChecker, Directory, OpenError, subject_for, verify};
+use hru_envelope::{AudiencePolicy as _, ChainBreak, ChainChecker, Directory, OpenError, verify};
 use hru_policy::PolicySet;
 use hru_wire::v1 as pb;
 use prost::Message as _;
@@ -281,10 +281,10 @@ impl<'a> Auditor<'a> {
                 ),
             }
         }
-        let expected_subject = subject_for(h, grant_audience.as_ref());
+        let expected_subject = hru_broker::Subject::of_header(h, grant_audience.as_ref());
         // A grant whose body is bad has already been reported; its subject cannot be derived.
         let derivable = h.event_type != EventType::KeyGranted || grant_audience.is_some();
-        if derivable && subject != expected_subject {
+        if derivable && subject != expected_subject.as_str() {
             self.find(
                 sequence,
                 Some(&h.producer),

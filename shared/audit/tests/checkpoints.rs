@@ -21,7 +21,7 @@ fn seal(sealer: &mut Sealer, t: EventType, body: Vec<u8>, at: i64) -> Entry {
         .unwrap();
     sealer.commit(&batch, batch.envelopes.len());
     let e = batch.envelopes.into_iter().next().unwrap();
-    (e.subject, e.bytes)
+    (e.subject.to_string(), e.bytes)
 }
 
 fn note(sealer: &mut Sealer, at: i64, n: u32) -> Entry {

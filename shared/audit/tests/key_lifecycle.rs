@@ -23,7 +23,7 @@ impl Log {
         let batch = sealer.prepare_public(t, body, at, &policy).unwrap();
         sealer.commit(&batch, batch.envelopes.len());
         for e in batch.envelopes {
-            self.entries.push((e.subject, e.bytes));
+            self.entries.push((e.subject.to_string(), e.bytes));
         }
     }
 

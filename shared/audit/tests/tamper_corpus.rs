@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::collections::BTreeSet;
 
 use async_nats::jetstream;
@@ -71,8 +73,16 @@ async fn audit(cast: &Cast, policies: &PolicySet, messages: &[(String, Vec<u8>)]
             .unwrap();
     }
     let mut auditor = Auditor::new(&cast.directory, policies);
-    for e in log.replay(1, &[]).await.unwrap() {
-        auditor.observe(e.sequence, &e.subject, &e.payload);
+    for e in log
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+    {
+        auditor.observe(e.sequence, e.subject.as_str(), &e.payload);
     }
     let report = auditor.finish();
     (report.checked, report.findings.iter().map(|f| f.kind).collect())
@@ -95,7 +105,7 @@ async fn each_mutation_is_found_with_its_kind() {
     clean.extend(seal_n(&mut sealer, &cast, &isa, 1, case));
     let msgs = |envs: &[SealedEnvelope]| {
         envs.iter()
-            .map(|e| (e.subject.clone(), e.bytes.clone()))
+            .map(|e| (e.subject.to_string(), e.bytes.clone()))
             .collect::<Vec<_>>()
     };
 
@@ -270,7 +280,7 @@ async fn each_mutation_is_found_with_its_kind() {
             &isa,
         )
         .unwrap();
-    let w = (w.envelopes[0].subject.clone(), w.envelopes[0].bytes.clone());
+    let w = (w.envelopes[0].subject.to_string(), w.envelopes[0].bytes.clone());
     let mut m = base[..last].to_vec();
     m.push(w.clone());
     matrix.push((
@@ -305,7 +315,7 @@ async fn each_mutation_is_found_with_its_kind() {
         .prepare_public(hru_domain::EventType::KeyRevoked, revoked.encode_to_vec(), NOW, &isa)
         .unwrap();
     let mut m = base.clone();
-    m.insert(last, (r.envelopes[0].subject.clone(), r.envelopes[0].bytes.clone()));
+    m.insert(last, (r.envelopes[0].subject.to_string(), r.envelopes[0].bytes.clone()));
     matrix.push((
         "an event signed by a revoked key",
         audit(&cast, &policies, &m).await.1,

@@ -34,6 +34,16 @@ pub struct PartySecrets {
     pub nats_seed: String,
 }
 
+impl PartySecrets {
+    /// The broker identity these secrets log in as.
+    pub fn broker_identity(&self) -> hru_broker::BrokerIdentity {
+        hru_broker::BrokerIdentity {
+            id: self.party.to_string(),
+            nkey_seed: self.nats_seed.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for PartySecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartySecrets")

@@ -22,7 +22,7 @@ pub use hru_domain::PlainSection;
 pub use keys::{Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry, key_id};
 pub use open::{GrantOutcome, KeyRing, OpenedEvent, OpenedSection, VerifiedEnvelope, decode_header, verify};
 pub use primitives::{EpochKey, SIGNATURE_DOMAIN, public_key, verify_strict};
-pub use seal::{AudiencePolicy, ChainHead, EpochState, Refusal, SealedBatch, SealedEnvelope, Sealer, subject_for};
+pub use seal::{AudiencePolicy, ChainHead, EpochState, Refusal, SealedBatch, SealedEnvelope, Sealer};
 pub use static_policy::StaticAudiences;
 
 /// Section schema version this build writes.

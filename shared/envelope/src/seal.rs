@@ -102,25 +102,11 @@ pub struct SealedEnvelope {
     /// Its header.
     pub header: EventHeader,
     /// The subject it is published under.
-    pub subject: String,
+    pub subject: hru_broker::Subject,
     /// The encoded envelope: exactly the bytes that travel.
     pub bytes: Vec<u8>,
     /// Its digest (what the next envelope names as `prev_digest`).
     pub digest: Digest,
-}
-
-/// The subject an envelope is published under (DESIGN §8).
-pub fn subject_for(header: &EventHeader, grant_audience: Option<&AudienceId>) -> String {
-    let party = &header.producer.party;
-    match (header.event_type, header.case_id, grant_audience) {
-        (EventType::KeyGranted, _, Some(audience)) => format!("hru.key.{party}.{audience}"),
-        (EventType::PositionBatch, _, _) => format!("hru.pos.{party}.{}", header.producer.instance),
-        // Access records name their case but stay outside `hru.evt.<case>.>`, so reading a case
-        // never changes its version (the per-case concurrency condition).
-        (EventType::AccessLogged, Some(case), _) => format!("hru.acc.{}.{party}", case.token()),
-        (t, Some(case), _) => format!("hru.evt.{}.{party}.{t}", case.token()),
-        (t, _, _) => format!("hru.ctl.{party}.{t}"),
-    }
 }
 
 /// A producer: signs with its key, keeps its chain and its epoch keys.
@@ -541,7 +527,7 @@ impl Sealer {
         chain.next_seq += 1;
         chain.prev_digest = digest;
         SealedEnvelope {
-            subject: subject_for(&header, grant_audience),
+            subject: hru_broker::Subject::of_header(&header, grant_audience),
             header,
             bytes,
             digest,

@@ -85,8 +85,11 @@ fn each_party_reads_exactly_its_sections() {
             EventType::ReferralReceived
         ]
     );
-    assert!(sealed[0].subject.starts_with("hru.key.police-hru.a"));
-    assert!(sealed[2].subject.starts_with("hru.evt.") && sealed[2].subject.ends_with(".police-hru.ReferralReceived"));
+    assert!(sealed[0].subject.as_str().starts_with("hru.key.police-hru.a"));
+    assert!(
+        sealed[2].subject.as_str().starts_with("hru.evt.")
+            && sealed[2].subject.as_str().ends_with(".police-hru.ReferralReceived")
+    );
 
     let pb::event_draft::Event::ReferralReceived(expected) = referral() else {
         unreachable!()

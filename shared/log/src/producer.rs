@@ -12,7 +12,10 @@ use hru_domain::{AudienceId, Digest, EventType, KeyId, PartyId, ProducerId};
 use hru_envelope::{ChainHead, Directory, EpochKey, EpochState, SealedBatch, SealedEnvelope, Sealer, verify};
 use serde::{Deserialize, Serialize};
 
-use crate::{AppendError, EventLog, Expect, LogError};
+use futures::TryStreamExt as _;
+use hru_broker::{Filter, Subject};
+
+use crate::{AppendError, Expect, LogError, SharedLog};
 
 /// Why the producer store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +280,7 @@ impl Producer {
         path: &Path,
         producer: ProducerId,
         signing: ed25519_dalek::SigningKey,
-        log: &EventLog,
+        log: &impl SharedLog,
         directory: &Directory,
     ) -> Result<Self, StoreError> {
         let name = path.display().to_string();
@@ -346,7 +349,7 @@ impl Producer {
     /// each envelope. Returns the acknowledged envelopes' stream sequences.
     pub async fn append(
         &mut self,
-        log: &EventLog,
+        log: &impl SharedLog,
         batch: &SealedBatch,
         expect: Expect,
     ) -> Result<Vec<u64>, StoreError> {
@@ -354,7 +357,7 @@ impl Producer {
         for (i, env) in batch.envelopes.iter().enumerate() {
             let (head_after, epoch) = batch.effect(i);
             let row = OutboxRow {
-                subject: env.subject.clone(),
+                subject: env.subject.to_string(),
                 expect: match (env.header.case_id, expect) {
                     (Some(_), Expect::CaseAt(n)) => Some(n),
                     _ => None,
@@ -387,7 +390,7 @@ impl Producer {
     #[allow(clippy::too_many_arguments)]
     pub async fn append_many(
         &mut self,
-        log: &EventLog,
+        log: &impl SharedLog,
         events: Vec<EventToSeal>,
         now_ms: i64,
         policy: &dyn hru_envelope::AudiencePolicy,
@@ -405,7 +408,7 @@ impl Producer {
     /// [`Producer::ahead`]).
     pub async fn publish_group(
         &mut self,
-        log: &EventLog,
+        log: &impl SharedLog,
         group: &SealedGroup,
         atomic: bool,
     ) -> Result<Vec<u64>, StoreError> {
@@ -430,7 +433,7 @@ impl Producer {
             for (i, env) in batch.envelopes.iter().enumerate() {
                 let (head_after, epoch) = batch.effect(i);
                 let row = OutboxRow {
-                    subject: env.subject.clone(),
+                    subject: env.subject.to_string(),
                     expect: None,
                     bytes: env.bytes.clone(),
                     head_after,
@@ -450,7 +453,7 @@ impl Producer {
             let mut sequences = Vec::with_capacity(envelopes.len());
             let mut failure = None;
             for chunk in envelopes.chunks(ATOMIC_CHUNK) {
-                match log.append_atomic(chunk).await {
+                match log.appender().append_atomic(chunk).await {
                     Ok(s) => sequences.extend(s),
                     Err(e) => {
                         failure = Some(e);
@@ -460,7 +463,7 @@ impl Producer {
             }
             (sequences, failure)
         } else {
-            let (acks, failure) = log.append_pipelined(&envelopes).await;
+            let (acks, failure) = log.appender().append_pipelined(&envelopes).await;
             (acks.iter().map(|a| a.sequence).collect(), failure)
         };
 
@@ -500,14 +503,14 @@ impl Producer {
     /// Publish every outbox entry in order; each acknowledged one advances the chain and leaves
     /// the outbox in one flushed step. A conflict drops the rest of the outbox (they were
     /// sealed on top of the refused envelope and were never acknowledged to anyone).
-    pub async fn flush_outbox(&mut self, log: &EventLog) -> Result<Vec<u64>, StoreError> {
+    pub async fn flush_outbox(&mut self, log: &impl SharedLog) -> Result<Vec<u64>, StoreError> {
         self.publish_outbox(log, false).await
     }
 
     /// As [`Producer::flush_outbox`]; `recovering` first looks each envelope up in the log, since
     /// a crash may have come after the broker stored it but before the outbox forgot it, and
     /// the broker's duplicate window may have passed since.
-    async fn publish_outbox(&mut self, log: &EventLog, recovering: bool) -> Result<Vec<u64>, StoreError> {
+    async fn publish_outbox(&mut self, log: &impl SharedLog, recovering: bool) -> Result<Vec<u64>, StoreError> {
         let mut acked = Vec::new();
         while let Some((key, value)) = self.outbox.first().map_err(|e| self.store_err(e))? {
             let key_text = hex::encode(&key);
@@ -527,14 +530,15 @@ impl Producer {
                 continue;
             }
             let envelope = SealedEnvelope {
-                subject: row.subject.clone(),
+                subject: Subject::from_wire(row.subject.as_str()),
                 digest: head_after.prev_digest,
                 header,
                 bytes,
             };
             let expect = row.expect.map_or(Expect::Any, Expect::CaseAt);
             let already = if recovering {
-                log.find_message_id(&envelope.subject, &envelope.header.event_id.to_string())
+                log.reader()
+                    .find_message_id(&envelope.subject, &envelope.header.event_id.to_string())
                     .await?
                     .map(|sequence| crate::Ack {
                         sequence,
@@ -545,7 +549,7 @@ impl Producer {
             };
             let result = match already {
                 Some(ack) => Ok(ack),
-                None => log.append_expecting(&envelope, expect).await,
+                None => log.appender().append_expecting(&envelope, expect).await,
             };
             match result {
                 Ok(ack) => {
@@ -588,19 +592,20 @@ use sled::Transactional as _;
 async fn recover(
     producer: ProducerId,
     signing: ed25519_dalek::SigningKey,
-    log: &EventLog,
+    log: &impl SharedLog,
     directory: &Directory,
 ) -> Result<Sealer, StoreError> {
     let party = &producer.party;
     let filters = [
-        format!("hru.evt.*.{party}.*"),
-        format!("hru.key.{party}.*"),
-        format!("hru.ctl.{party}.*"),
-        format!("hru.acc.*.{party}"),
+        Filter::producer_events(party),
+        Filter::producer_key_grants(party),
+        Filter::producer_control(party),
+        Filter::producer_access(party),
     ];
     let mut chain = ChainHead::GENESIS;
     let mut used = Vec::new();
-    for entry in log.replay(1, &filters).await? {
+    let mut entries = log.reader().replay(1, &filters).await?;
+    while let Some(entry) = entries.try_next().await? {
         let Ok(v) = verify(&entry.payload, directory) else {
             continue;
         };

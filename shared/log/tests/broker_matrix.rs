@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -11,10 +13,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
+use hru_broker::{AUDITOR, PROVISIONER, nats_config, view_stream};
 use hru_domain::PartyId;
 use hru_envelope::{Directory, PartySecrets};
-use hru_log::{BrokerIdentity, connect, provision};
-use hru_policy::{AUDITOR, CompiledIsa, NatsAccounts, PROVISIONER, nats_config, view_stream};
+use hru_log::{BrokerIdentity, connect};
+use hru_policy::CompiledIsa;
 use hru_testkit::NatsServer;
 
 const CASE: &str = "0b5c2a576f0e4b529d7c2f3e8a1d4c10";
@@ -74,7 +77,7 @@ fn world() -> World {
     directory.insert_secrets(&provisioner, "ops");
     directory.insert_secrets(&auditor, "dpo");
     let isa = CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).unwrap();
-    let config = nats_config(&isa, &NatsAccounts::from_directory(&isa, &directory).unwrap());
+    let config = nats_config(&isa.broker_rights(), &isa.broker_accounts(&directory).unwrap());
     let server = NatsServer::builder()
         .extra_config(&config)
         .start()
@@ -189,7 +192,7 @@ async fn js_publish(client: &async_nats::Client, v: &Violations, subject: &str) 
 async fn every_party_is_held_to_the_agreement_by_the_broker() {
     let w = world();
     let admin = connect(&w.url, Some(&identity(&w.provisioner))).await.unwrap();
-    provision(&admin, &w.isa, 1)
+    hru_broker::provision(&admin, &w.isa.broker_rights(), w.isa.positions_max_age(), 1)
         .await
         .expect("provisioner creates HRU_EVENTS and the views");
 
@@ -260,7 +263,13 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
         published.push(case_subject(p, own));
 
         // Allowed: read its view, which holds exactly the published subjects it is entitled to.
-        let entitled: Vec<String> = w.isa.view_subjects(p);
+        let entitled: Vec<String> = w
+            .isa
+            .broker_rights()
+            .view_filters(p)
+            .into_iter()
+            .map(String::from)
+            .collect();
         let want: Vec<&String> = published
             .iter()
             .filter(|s| entitled.iter().any(|e| matches(e, s)))
@@ -424,7 +433,10 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
         .await
         .expect("auditor consumer");
     let first = consumer.messages().await.unwrap().next().await.unwrap().unwrap();
-    assert!(first.subject.starts_with("hru."), "auditor reads the shared log");
+    assert!(
+        first.subject.as_str().starts_with("hru."),
+        "auditor reads the shared log"
+    );
     let p = &w.secrets[0].party;
     let own = w.isa.produces(p).next().unwrap();
     assert_eq!(
@@ -487,22 +499,30 @@ fn sealed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_reads_its_view_under_shared_sequences() {
     use hru_domain::EventType;
-    use hru_log::{AppendError, EventLog, Expect};
+    use hru_log::{AppendError, EventLog, Expect, PartyView};
     let w = world();
     let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
         .await
         .unwrap();
-    provision(&admin.client(), &w.isa, 1).await.unwrap();
+    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1)
+        .await
+        .unwrap();
     let party = |name: &str| w.secrets.iter().find(|s| s.party.as_str() == name).unwrap();
     let view_of = |s: &PartySecrets| {
         let id = identity(s);
         let party = s.party.clone();
         let url = w.url.clone();
-        async move { EventLog::open_view(&url, Some(&id), &party).await.unwrap() }
+        async move { PartyView::open(&url, Some(&id), &party).await.unwrap() }
     };
     let (police, probation) = (party("police-hru"), party("probation"));
     // An event some party produces on which probation holds no subject at all.
-    let entitled = w.isa.view_subjects(&probation.party);
+    let entitled: Vec<String> = w
+        .isa
+        .broker_rights()
+        .view_filters(&probation.party)
+        .into_iter()
+        .map(String::from)
+        .collect();
     let (hidden_party, hidden_type) = w
         .secrets
         .iter()
@@ -521,19 +541,29 @@ async fn a_party_reads_its_view_under_shared_sequences() {
     let referral = sealed(&w, police, case, EventType::ReferralReceived);
     let mut first = 0;
     for env in &referral.envelopes {
-        first = police_log.append_expecting(env, Expect::Any).await.unwrap().sequence;
+        first = police_log
+            .appender()
+            .append_expecting(env, Expect::Any)
+            .await
+            .unwrap()
+            .sequence;
     }
     let hidden_log = view_of(hidden_party).await;
     let mut hidden = 0;
     for env in &sealed(&w, hidden_party, case, hidden_type).envelopes {
-        hidden = hidden_log.append_expecting(env, Expect::Any).await.unwrap().sequence;
+        hidden = hidden_log
+            .appender()
+            .append_expecting(env, Expect::Any)
+            .await
+            .unwrap()
+            .sequence;
     }
     assert!(hidden > first);
 
     let probation_log = view_of(probation).await;
     let mut seen = 0;
     for _ in 0..100 {
-        seen = probation_log.case_version(case).await.unwrap();
+        seen = probation_log.reader().case_version(case).await.unwrap();
         if seen == first {
             break;
         }
@@ -553,12 +583,13 @@ async fn a_party_reads_its_view_under_shared_sequences() {
         } else {
             Expect::Any
         };
-        match probation_log.append_expecting(env, expect).await {
+        match probation_log.appender().append_expecting(env, expect).await {
             Ok(ack) => own_seq = ack.sequence,
             Err(AppendError::Conflict { current, .. }) => {
                 assert_eq!(current, hidden, "the conflict states the true version, not the view's");
                 conflicts += 1;
                 own_seq = probation_log
+                    .appender()
                     .append_expecting(env, Expect::CaseAt(current))
                     .await
                     .unwrap()
@@ -571,10 +602,24 @@ async fn a_party_reads_its_view_under_shared_sequences() {
     assert!(own_seq > hidden, "the retry at the stated version landed");
 
     // The view's entries carry the shared sequences and bytes, its own event included.
-    let all = admin.replay(1, &[]).await.unwrap();
+    let all = admin
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     let mut mine = Vec::new();
     for _ in 0..100 {
-        mine = probation_log.replay(1, &[]).await.unwrap();
+        mine = probation_log
+            .reader()
+            .replay(1, &[])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
         if mine.last().is_some_and(|e| e.sequence == own_seq) {
             break;
         }
@@ -586,12 +631,19 @@ async fn a_party_reads_its_view_under_shared_sequences() {
         let shared = all.iter().find(|a| a.sequence == e.sequence).unwrap();
         assert_eq!((&shared.subject, &shared.payload), (&e.subject, &e.payload));
     }
-    let after_hidden = probation_log.replay(hidden, &[]).await.unwrap();
+    let after_hidden = probation_log
+        .reader()
+        .replay(hidden, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     assert_eq!(
         after_hidden.first().map(|e| e.sequence),
         mine.iter().map(|e| e.sequence).find(|s| *s > hidden)
     );
-    let (low, high) = probation_log.bounds().await.unwrap();
+    let (low, high) = probation_log.reader().bounds().await.unwrap();
     assert_eq!((low, high), (mine[0].sequence, own_seq));
 
     // The durable consumer: kept where everything before it is acknowledged, replaced elsewhere.

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::collections::HashMap;
 
 use hru_domain::{CaseId, EventId, EventType, PlainSection, ProducerId};
@@ -53,7 +55,7 @@ async fn two_writers_one_case_no_lost_update() {
     let (mut wins_a, mut wins_b) = (0u32, 0u32);
     let rounds = 1_000u32;
     for round in 0..rounds {
-        let seen = log_a.case_version(case).await.unwrap();
+        let seen = log_a.reader().case_version(case).await.unwrap();
         let batch_a = a
             .prepare_event(
                 case,
@@ -79,8 +81,8 @@ async fn two_writers_one_case_no_lost_update() {
             )
             .unwrap();
         let (ra, rb) = tokio::join!(
-            log_a.append_batch(&mut a, &batch_a, Expect::CaseAt(seen)),
-            log_b.append_batch(&mut b, &batch_b, Expect::CaseAt(seen))
+            log_a.appender().append_batch(&mut a, &batch_a, Expect::CaseAt(seen)),
+            log_b.appender().append_batch(&mut b, &batch_b, Expect::CaseAt(seen))
         );
         let (loser, loser_log, winner_ack, conflict, winner_batch) = match (ra, rb) {
             (Ok(acks), Err(e)) => {
@@ -102,7 +104,7 @@ async fn two_writers_one_case_no_lost_update() {
             "Conflict carries the case's current sequence"
         );
         // The loser re-reads and appends again on top of the winner.
-        let seen = loser_log.case_version(case).await.unwrap();
+        let seen = loser_log.reader().case_version(case).await.unwrap();
         assert_eq!(seen, current);
         let retry = loser
             .prepare_event(
@@ -117,6 +119,7 @@ async fn two_writers_one_case_no_lost_update() {
             )
             .unwrap();
         loser_log
+            .appender()
             .append_batch(loser, &retry, Expect::CaseAt(seen))
             .await
             .expect("the re-read append succeeds");
@@ -128,7 +131,14 @@ async fn two_writers_one_case_no_lost_update() {
     );
 
     // The case's history is linear: every event was appended on top of the one before it.
-    let entries = log_a.replay(1, &[format!("hru.evt.{}.>", case.token())]).await.unwrap();
+    let entries = log_a
+        .reader()
+        .replay(1, &[hru_broker::Filter::case_events(case)])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     assert_eq!(entries.len() as u32, 2 * rounds, "every acknowledged event is there");
     let mut previous = 0;
     for e in &entries {
@@ -166,16 +176,28 @@ async fn a_retried_publish_is_deduplicated_before_the_concurrency_check() {
             &mut rand_core::OsRng,
         )
         .unwrap();
-    let acks = log.append_batch(&mut w, &batch, Expect::CaseAt(0)).await.unwrap();
+    let acks = log
+        .appender()
+        .append_batch(&mut w, &batch, Expect::CaseAt(0))
+        .await
+        .unwrap();
     // The same bytes again, as after a lost acknowledgement: same id, now-stale expectation.
     let again = log
+        .appender()
         .append_expecting(batch.envelopes.last().unwrap(), Expect::CaseAt(0))
         .await
         .expect("deduplicated, not a conflict");
     assert!(again.duplicate);
     assert_eq!(again.sequence, acks.last().unwrap().sequence);
     assert_eq!(
-        log.replay(1, &[]).await.unwrap().len(),
+        log.reader()
+            .replay(1, &[])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .len(),
         batch.envelopes.len(),
         "stored once"
     );

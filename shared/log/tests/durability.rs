@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -41,13 +43,20 @@ async fn replay_returns_exactly_what_was_appended_for_100k_events() {
         a.await.unwrap();
     }
     let started = Instant::now();
-    let entries = log.replay(1, &[]).await.unwrap();
+    let entries = log
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(entries.len() as u64, N);
     for (i, e) in entries.iter().enumerate() {
         assert_eq!(e.sequence, i as u64 + 1, "in order, no gap");
         assert_eq!(e.payload.as_ref(), (i as u64).to_be_bytes(), "the bytes appended");
-        assert_eq!(e.subject, format!("hru.ctl.load.e{}", i % 7));
+        assert_eq!(e.subject.as_str(), format!("hru.ctl.load.e{}", i % 7));
     }
     let since = entries[N as usize - 1].sequence;
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -59,13 +68,27 @@ async fn replay_returns_exactly_what_was_appended_for_100k_events() {
             .await
             .unwrap();
     }
-    let late = log.replay_since(mark, &[]).await.unwrap();
+    let late = log
+        .reader()
+        .replay_since(mark, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     assert_eq!(
         late.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         [since + 1, since + 2, since + 3],
         "replay from a time"
     );
-    let from = log.replay(N - 9, &[]).await.unwrap();
+    let from = log
+        .reader()
+        .replay(N - 9, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     assert_eq!(
         from.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         (N - 9..=N + 3).collect::<Vec<_>>(),
@@ -119,7 +142,7 @@ async fn r3_cluster_keeps_every_acknowledged_event_through_node_kills() {
                 .unwrap();
             // Retry the same bytes until the cluster acknowledges them: never a new event for an old one.
             loop {
-                match log.append_batch(&mut sealer, &batch, Expect::Any).await {
+                match log.appender().append_batch(&mut sealer, &batch, Expect::Any).await {
                     Ok(acks) => {
                         for (env, ack) in batch.envelopes.iter().zip(&acks) {
                             acked.push((env.header.event_id.to_string(), ack.sequence));
@@ -157,14 +180,28 @@ async fn r3_cluster_keeps_every_acknowledged_event_through_node_kills() {
 
     // Let the last restarted node catch up, then read: every acknowledged event must be there.
     let highest = acked.iter().map(|(_, s)| *s).max().unwrap_or(0);
-    let mut entries = log.replay(1, &[]).await.unwrap();
+    let mut entries = log
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     let first_read = entries.len();
     for _ in 0..50 {
         if entries.last().map_or(0, |e| e.sequence) >= highest {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        entries = log.replay(1, &[]).await.unwrap();
+        entries = log
+            .reader()
+            .replay(1, &[])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
     }
     if first_read != entries.len() {
         println!(

@@ -3,9 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
+use futures::TryStreamExt as _;
 use hru_domain::{CaseId, EventType, PlainSection, ProducerId};
 use hru_envelope::fixture::Cast;
 use hru_envelope::{ChainChecker, StaticAudiences, verify};
+use hru_log::SharedLog as _;
 use hru_log::{EventLog, EventToSeal, Producer};
 use hru_testkit::NatsServer;
 
@@ -29,7 +31,7 @@ async fn group_appends_land_in_order_once_with_intact_chains() {
     let server = NatsServer::start().unwrap();
     let log = EventLog::connect(&server.url()).await.unwrap();
     assert!(
-        log.atomic_batches().await,
+        log.appender().atomic_batches(),
         "nats-server 2.12+ takes atomic batches on HRU_EVENTS"
     );
     let cast = Cast::new(61);
@@ -64,7 +66,14 @@ async fn group_appends_land_in_order_once_with_intact_chains() {
         .unwrap();
     assert_eq!(a.len(), 1_201, "one grant and 1,200 events, in three atomic batches");
     assert_eq!(b.len(), 700);
-    let entries = log.replay(1, &[]).await.unwrap();
+    let entries = log
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     assert_eq!(entries.len(), 1_901);
     let mut chains = ChainChecker::new();
     for (e, seq) in entries.iter().zip(a.iter().chain(&b)) {

@@ -5,15 +5,14 @@
 //! Deny by default: nothing is shared, produced or callable unless a rule says so. Every
 //! decision here is a pure function of the agreement.
 
+mod broker;
 mod compile;
 mod error;
 mod model;
 mod names;
-mod nats;
 mod set;
 
 pub use compile::{CallGrant, CompiledIsa, Receipt, Retention};
 pub use error::{ErrorKind, PolicyError, PolicyErrors};
 pub use model::Role;
-pub use nats::{AUDITOR, NatsAccounts, PROVISIONER, VIEW_STREAM_PREFIX, nats_config, view_stream};
 pub use set::PolicySet;

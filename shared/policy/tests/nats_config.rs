@@ -6,9 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use hru_broker::{AUDITOR, PROVISIONER, nats_config};
 use hru_envelope::Directory;
 use hru_envelope::fixture::party_secrets;
-use hru_policy::{AUDITOR, CompiledIsa, NatsAccounts, PROVISIONER, nats_config};
+use hru_policy::CompiledIsa;
 use hru_testkit::NatsServerBinary;
 
 fn repo(rel: &str) -> PathBuf {
@@ -29,7 +30,7 @@ fn generated() -> String {
         directory.insert_secrets(&party_secrets(id, 1), "fixture");
     }
     let isa = CompiledIsa::compile(&text, "policies/cheshire-hru.toml", Some(&directory)).unwrap();
-    nats_config(&isa, &NatsAccounts::from_directory(&isa, &directory).unwrap())
+    nats_config(&isa.broker_rights(), &isa.broker_accounts(&directory).unwrap())
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::process::Command;
 
 use crate::TestkitError;
 
-/// Oldest accepted `nats-server` (major, minor): 2.9 silently drops multi-subject consumer filters.
-pub const MIN_VERSION: (u32, u32) = (2, 11);
+/// Oldest accepted `nats-server` (major, minor): the broker crate's floor.
+pub const MIN_VERSION: (u64, u64) = hru_broker::MIN_SERVER;
 
 /// Environment variable that names the binary explicitly.
 const ENV_VAR: &str = "NATS_SERVER_BIN";
@@ -91,16 +91,10 @@ pub(crate) fn check_version(path: &Path) -> Result<NatsServerBinary, TestkitErro
 }
 
 /// Parses `nats-server: v2.15.1` into (`2.15.1`, 2, 15).
-pub(crate) fn parse_version(printed: &str) -> Option<(String, u32, u32)> {
+pub(crate) fn parse_version(printed: &str) -> Option<(String, u64, u64)> {
     let word = printed.split_whitespace().last()?;
     let version = word.strip_prefix('v').unwrap_or(word);
-    let mut parts = version.split('.');
-    let number = |part: Option<&str>| -> Option<u32> {
-        let digits: String = part?.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    };
-    let major = number(parts.next())?;
-    let minor = number(parts.next())?;
+    let (major, minor) = hru_broker::server::major_minor(version)?;
     Some((version.to_owned(), major, minor))
 }
 

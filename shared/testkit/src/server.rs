@@ -232,39 +232,30 @@ impl NatsServer {
 
     /// The config for the next run: fixed client port once known, random monitoring port.
     fn config(&self) -> String {
-        let quote = |path: &Path| serde_json::Value::String(path.display().to_string()).to_string();
         let listen = if self.port == 0 {
             "127.0.0.1:-1".to_owned()
         } else {
             format!("127.0.0.1:{}", self.port)
         };
-        let mut config = format!(
-            "listen: \"{listen}\"\nhttp: \"127.0.0.1:-1\"\nports_file_dir: {}\n",
-            quote(self.dir.path())
-        );
-        if let Some(name) = &self.server_name {
-            config.push_str(&format!("server_name: \"{name}\"\n"));
-        }
-        config.push_str(&format!("jetstream {{\n  store_dir: {}\n", quote(&self.store_dir)));
-        if self.sync_always {
-            config.push_str("  sync_interval: always\n");
-        }
-        config.push_str("}\n");
-        if let Some(cluster) = &self.cluster {
-            let routes: Vec<String> = cluster
-                .routes
-                .iter()
-                .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
-                .collect();
-            config.push_str(&format!(
-                "cluster {{\n  name: \"{}\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
-                cluster.name,
-                cluster.listen,
-                routes.join(", ")
-            ));
-        }
-        config.push_str(&self.extra_config);
-        config
+        hru_broker::server::render(&hru_broker::server::NodeConfig {
+            server_name: self.server_name.clone(),
+            listen,
+            http: Some("127.0.0.1:-1".to_owned()),
+            ports_file_dir: Some(self.dir.path().display().to_string()),
+            store_dir: self.store_dir.display().to_string(),
+            sync_always: self.sync_always,
+            cluster: self.cluster.as_ref().map(|c| hru_broker::server::ClusterConfig {
+                name: c.name.clone(),
+                listen: format!("127.0.0.1:{}", c.listen),
+                routes: c
+                    .routes
+                    .iter()
+                    .map(|port| format!("nats-route://127.0.0.1:{port}"))
+                    .collect(),
+            }),
+            authorization: None,
+            extra: self.extra_config.clone(),
+        })
     }
 
     /// Writes the config and spawns the process with stdout and stderr appended to the log.

@@ -254,7 +254,7 @@ pub fn metric(port: u16, name: &str) -> u64 {
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return 0;
     };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
     text.lines()

@@ -3,12 +3,14 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+use futures::TryStreamExt as _;
+use hru_log::SharedLog as _;
 use std::path::Path;
 use std::time::Duration;
 
 use hru_domain::{CaseId, EventType, ProducerId, split_draft};
 use hru_envelope::{Directory, PartySecrets, verify};
-use hru_log::{EventLog, Expect, Producer};
+use hru_log::{EventLog, Expect, PartyView, Producer};
 use hru_node::tls::{self, CertAndKey};
 use hru_node::{NodeConfig, run};
 use hru_policy::{CompiledIsa, PolicySet};
@@ -66,8 +68,8 @@ pub async fn world() -> World {
         std::fs::write(keys.join(format!("{p}.secret")), s.to_toml()).unwrap();
         secrets.push(s);
     }
-    let provisioner = PartySecrets::generate(hru_policy::PROVISIONER.parse().unwrap(), &mut rand_core::OsRng);
-    directory_text.push_str(&provisioner.directory_entry(hru_policy::PROVISIONER));
+    let provisioner = PartySecrets::generate(hru_broker::PROVISIONER.parse().unwrap(), &mut rand_core::OsRng);
+    directory_text.push_str(&provisioner.directory_entry(hru_broker::PROVISIONER));
     directory_text.push('\n');
     std::fs::write(policies.join("directory.toml"), &directory_text).unwrap();
     let agreement = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/cheshire-hru.toml");
@@ -78,14 +80,15 @@ pub async fn world() -> World {
     set.insert(CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).unwrap());
     let ca = tls::new_ca("HRU test deployment CA").unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
-    let accounts = hru_policy::NatsAccounts::from_directory(set.iter().next().unwrap(), &directory).unwrap();
+    let isa = set.iter().next().unwrap();
+    let accounts = isa.broker_accounts(&directory).unwrap();
     let nats = NatsServer::builder()
-        .extra_config(&hru_policy::nats_config(set.iter().next().unwrap(), &accounts))
+        .extra_config(&hru_broker::nats_config(&isa.broker_rights(), &accounts))
         .start()
         .unwrap();
-    let identity = hru_log::BrokerIdentity::of(&provisioner);
+    let identity = hru_envelope::PartySecrets::broker_identity(&provisioner);
     let log = EventLog::open(&nats.url(), Some(&identity), 1).await.unwrap();
-    hru_log::provision(&log.client(), set.iter().next().unwrap(), 1)
+    hru_broker::provision(&log.client(), &isa.broker_rights(), isa.positions_max_age(), 1)
         .await
         .unwrap();
     World {
@@ -115,17 +118,17 @@ impl World {
 
     /// Wait (up to five seconds) until `party`'s view holds a message on `subject`: what another
     /// party's node wrote reaches a node once its view has sourced it.
-    pub async fn wait_in_view(&self, party: &str, subject: &str) {
-        let view = EventLog::open_view(&self.nats.url(), Some(&self.provisioner), &party.parse().unwrap())
+    pub async fn wait_in_view(&self, party: &str, filter: &hru_broker::Filter) {
+        let view = PartyView::open(&self.nats.url(), Some(&self.provisioner), &party.parse().unwrap())
             .await
             .unwrap();
         for _ in 0..250 {
-            if view.last_sequence_of(subject).await.unwrap() > 0 {
+            if view.reader().last_sequence_of(filter).await.unwrap() > 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("{party}'s view holds nothing on {subject}");
+        panic!("{party}'s view holds nothing on {filter}");
     }
 
     pub fn isa(&self) -> &CompiledIsa {
@@ -237,7 +240,14 @@ impl World {
         let mut out = Vec::new();
         for e in self
             .log
-            .replay(1, &["hru.key.>".to_owned(), "hru.acc.>".to_owned()])
+            .reader()
+            .replay(
+                1,
+                &[hru_broker::Filter::all_key_grants(), hru_broker::Filter::all_access()],
+            )
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
             .await
             .unwrap()
         {

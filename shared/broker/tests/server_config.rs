@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use hru_log::server_config::{ClusterConfig, NodeConfig, render};
+use hru_broker::server::{ClusterConfig, NodeConfig, render};
 use hru_testkit::NatsServerBinary;
 
 fn accepted(dir: &std::path::Path, name: &str, text: &str) {
@@ -36,13 +36,14 @@ fn single_node_and_cluster_configs_are_valid() {
     )
     .unwrap();
     let node = |name: &str, cluster: Option<ClusterConfig>| NodeConfig {
-        server_name: name.into(),
+        server_name: Some(name.into()),
         listen: "127.0.0.1:4222".into(),
         http: Some("127.0.0.1:8222".into()),
         store_dir: dir.path().join(name).display().to_string(),
         sync_always: true,
         cluster,
         authorization: Some("auth.conf".into()),
+        ..Default::default()
     };
     accepted(dir.path(), "single.conf", &render(&node("single", None)));
     for i in 1..=3 {

@@ -1,0 +1,186 @@
+//! Commands decided on the case (DESIGN §10): a command reads the case's events, a pure
+//! function here decides what to append or why not, and the append carries the case's
+//! version as its concurrency condition, so two operators cannot both win.
+
+use hru_domain::{CaseEvent, EventHeader};
+
+/// What a case's history says, event by event, as this node could open it.
+pub(crate) struct Fact<'a> {
+    /// The event's log sequence.
+    pub sequence: u64,
+    /// Its header.
+    pub header: &'a EventHeader,
+    /// What could be opened of it.
+    pub event: &'a CaseEvent,
+}
+
+/// Why a command is refused on the case as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No breach episode with this id in the case.
+    UnknownBreach,
+    /// Someone acknowledged the breach first.
+    AlreadyAcknowledged {
+        /// Who (the operator the acknowledgement names).
+        by: String,
+        /// The log sequence of that acknowledgement.
+        sequence: u64,
+    },
+}
+
+/// An acknowledgement the case allows: when the breach was raised (for the response time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Acknowledge {
+    /// When the breach was first recorded in the log (ms).
+    pub raised_at_ms: i64,
+}
+
+/// Decide an acknowledgement of `breach`: allowed once per breach episode the case holds.
+pub(crate) fn acknowledge(history: &[Fact<'_>], breach: uuid::Uuid) -> Result<Acknowledge, Refusal> {
+    let mut raised_at_ms = None;
+    for fact in history {
+        match fact.event {
+            CaseEvent::TagBreach { core: Some(b) } if b.breach_id == breach => {
+                raised_at_ms.get_or_insert(fact.header.recorded_at_ms);
+            }
+            CaseEvent::BreachAcknowledged { core: Some(a) } if a.breach_id == breach => {
+                return Err(Refusal::AlreadyAcknowledged {
+                    by: a.operator.clone(),
+                    sequence: fact.sequence,
+                });
+            }
+            _ => {}
+        }
+    }
+    raised_at_ms
+        .map(|raised_at_ms| Acknowledge { raised_at_ms })
+        .ok_or(Refusal::UnknownBreach)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hru_domain::{Acknowledgement, Breach, CaseId, EventType, PartyId, ProducerId};
+    use hru_wire::v1 as pb;
+
+    use super::*;
+
+    fn header(event_type: EventType, party: &str, at: i64) -> EventHeader {
+        EventHeader {
+            event_id: hru_domain::EventId::new_v7(),
+            event_type,
+            case_id: Some(CaseId::random()),
+            producer: ProducerId {
+                party: PartyId::parse(party, "party").unwrap(),
+                instance: "a".into(),
+            },
+            key_id: hru_domain::KeyId([0; 8]),
+            producer_seq: 1,
+            prev_digest: hru_domain::Digest([0; 32]),
+            occurred_at_ms: at,
+            recorded_at_ms: at,
+            policy_id: "isa".into(),
+            policy_version: 1,
+            schema: 1,
+        }
+    }
+
+    fn breach(id: uuid::Uuid) -> CaseEvent {
+        CaseEvent::TagBreach {
+            core: Some(Breach {
+                breach_id: id,
+                tag_id: "tag-1".into(),
+                kind: pb::BreachKind::Exclusion,
+                state: pb::BreachState::Opened,
+                rule_id: uuid::Uuid::nil(),
+                opened_at_ms: 90,
+                observed_at_ms: 90,
+                position: None,
+                accuracy_m: 5.0,
+                distance_m: 0.0,
+                late: false,
+            }),
+        }
+    }
+
+    fn acknowledged(id: uuid::Uuid, by: &str) -> CaseEvent {
+        CaseEvent::BreachAcknowledged {
+            core: Some(Acknowledgement {
+                breach_id: id,
+                operator: by.into(),
+                action: "units sent".into(),
+                response_time_ms: 10,
+            }),
+        }
+    }
+
+    #[test]
+    fn given_an_open_breach_when_acknowledged_then_allowed_with_its_raise_time() {
+        let id = uuid::Uuid::now_v7();
+        let (h, e) = (header(EventType::TagBreach, "geofence", 100), breach(id));
+        let history = [Fact {
+            sequence: 5,
+            header: &h,
+            event: &e,
+        }];
+        assert_eq!(acknowledge(&history, id), Ok(Acknowledge { raised_at_ms: 100 }));
+    }
+
+    #[test]
+    fn given_an_acknowledged_breach_when_acknowledged_again_then_refused_naming_the_first() {
+        let id = uuid::Uuid::now_v7();
+        let (h1, e1) = (header(EventType::TagBreach, "geofence", 100), breach(id));
+        let (h2, e2) = (
+            header(EventType::BreachAcknowledged, "police-control", 200),
+            acknowledged(id, "Insp. Ada"),
+        );
+        let history = [
+            Fact {
+                sequence: 5,
+                header: &h1,
+                event: &e1,
+            },
+            Fact {
+                sequence: 7,
+                header: &h2,
+                event: &e2,
+            },
+        ];
+        assert_eq!(
+            acknowledge(&history, id),
+            Err(Refusal::AlreadyAcknowledged {
+                by: "Insp. Ada".into(),
+                sequence: 7
+            })
+        );
+    }
+
+    #[test]
+    fn given_another_breach_acknowledged_when_acknowledged_then_allowed() {
+        let (id, other) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let (h1, e1) = (header(EventType::TagBreach, "geofence", 100), breach(id));
+        let (h2, e2) = (
+            header(EventType::BreachAcknowledged, "police-control", 200),
+            acknowledged(other, "Insp. Ada"),
+        );
+        let history = [
+            Fact {
+                sequence: 5,
+                header: &h1,
+                event: &e1,
+            },
+            Fact {
+                sequence: 7,
+                header: &h2,
+                event: &e2,
+            },
+        ];
+        assert!(acknowledge(&history, id).is_ok());
+    }
+
+    #[test]
+    fn given_no_such_breach_when_acknowledged_then_refused() {
+        assert_eq!(acknowledge(&[], uuid::Uuid::now_v7()), Err(Refusal::UnknownBreach));
+    }
+}

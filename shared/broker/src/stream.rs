@@ -1,0 +1,206 @@
+//! Stream names and configurations (DESIGN §8): the shared log `HRU_EVENTS`, the position
+//! stream `HRU_POSITIONS` and each party's view `HRU_VIEW_<party>`; the safety check of an
+//! existing log; provisioning.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use hru_domain::PartyId;
+
+use crate::error::{BrokerError, request};
+use crate::rights::Rights;
+use crate::subject::Filter;
+
+/// Name of the event stream.
+pub const EVENTS_STREAM: &str = "HRU_EVENTS";
+/// Name of the position stream.
+pub const POSITIONS_STREAM: &str = "HRU_POSITIONS";
+/// Prefix of each party's view stream.
+pub const VIEW_STREAM_PREFIX: &str = "HRU_VIEW_";
+/// Shortest duplicate window accepted for exactly-once publish on retry.
+pub const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Header a sourcing stream stamps on each copy: `<source stream> <source sequence> …`.
+pub const SOURCE_HEADER: &str = "Nats-Stream-Source";
+/// Header naming the subject filter of `Nats-Expected-Last-Subject-Sequence`.
+pub const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// The view stream of a party.
+pub fn view_stream(party: &PartyId) -> String {
+    format!("{VIEW_STREAM_PREFIX}{party}")
+}
+
+/// Subjects of the event stream: case events, access records, key grants, public control events.
+pub fn event_filters() -> Vec<Filter> {
+    vec![
+        Filter::all_case_events(),
+        Filter::all_access(),
+        Filter::all_key_grants(),
+        Filter::all_control(),
+    ]
+}
+
+fn strings(filters: Vec<Filter>) -> Vec<String> {
+    filters.into_iter().map(String::from).collect()
+}
+
+/// The configuration the event log requires.
+pub fn events_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        subjects: strings(event_filters()),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: MIN_DUPLICATE_WINDOW,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: false,
+        allow_atomic_publish: true,
+        ..Default::default()
+    }
+}
+
+/// The position stream, kept for `max_age` (the agreement's retention of position batches).
+pub fn positions_config(max_age: Duration, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: POSITIONS_STREAM.to_owned(),
+        subjects: vec![Filter::all_positions().into()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: MIN_DUPLICATE_WINDOW,
+        max_age,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
+/// The view stream of one party: the subjects of `HRU_EVENTS` it is entitled to, sourced by
+/// the server.
+pub fn view_config(rights: &Rights, party: &PartyId, replicas: usize) -> stream::Config {
+    let transforms = rights
+        .view_filters(party)
+        .into_iter()
+        .map(|s| stream::SubjectTransform {
+            source: s.into(),
+            destination: String::new(),
+        })
+        .collect();
+    stream::Config {
+        name: view_stream(party),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        sources: Some(vec![stream::Source {
+            name: EVENTS_STREAM.to_owned(),
+            subject_transforms: transforms,
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// The `HRU_EVENTS` sequence a view's copy was sourced from (its `Nats-Stream-Source` header).
+pub fn source_sequence(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
+    let value = headers?.get(SOURCE_HEADER)?.as_str();
+    let mut fields = value.split_whitespace();
+    let stream = fields.next()?;
+    let from_events = stream
+        .strip_prefix(EVENTS_STREAM)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'));
+    if !from_events {
+        return None;
+    }
+    fields.next()?.parse().ok()
+}
+
+/// Refuse an existing event stream whose configuration would weaken the log.
+pub fn check_events_config(found: &stream::Config, replicas: usize) -> Result<(), BrokerError> {
+    let unsafe_field = |field, found: String, required: String| {
+        Err(BrokerError::UnsafeStream {
+            stream: EVENTS_STREAM,
+            field,
+            found,
+            required,
+        })
+    };
+    if !found.deny_delete {
+        return unsafe_field("deny_delete", "false".into(), "true".into());
+    }
+    if found.num_replicas.max(1) < replicas {
+        return unsafe_field(
+            "num_replicas",
+            found.num_replicas.to_string(),
+            format!("at least {replicas}"),
+        );
+    }
+    if !found.deny_purge {
+        return unsafe_field("deny_purge", "false".into(), "true".into());
+    }
+    if found.storage != stream::StorageType::File {
+        return unsafe_field("storage", format!("{:?}", found.storage), "File".into());
+    }
+    if found.duplicate_window < MIN_DUPLICATE_WINDOW {
+        return unsafe_field(
+            "duplicate_window",
+            format!("{:?}", found.duplicate_window),
+            "at least 2 min".into(),
+        );
+    }
+    let mut subjects = found.subjects.clone();
+    subjects.sort();
+    let mut want = strings(event_filters());
+    want.sort();
+    if subjects != want {
+        return unsafe_field("subjects", format!("{subjects:?}"), format!("{want:?}"));
+    }
+    Ok(())
+}
+
+/// Open `HRU_EVENTS`, creating it with `replicas` when it does not exist, or checking that the
+/// existing stream is at least as safe.
+pub async fn open_events(js: &jetstream::Context, replicas: usize) -> Result<stream::Stream, BrokerError> {
+    match js.get_stream(EVENTS_STREAM).await {
+        Ok(mut s) => {
+            let info = s.info().await.map_err(request("stream info"))?;
+            check_events_config(&info.config, replicas)?;
+            Ok(s)
+        }
+        Err(_) => js
+            .create_stream(events_config(replicas))
+            .await
+            .map_err(request("create stream HRU_EVENTS")),
+    }
+}
+
+/// Create or update the shared stream, the position stream (kept `positions_max_age`) and
+/// every party's view stream (the provisioner's job; needs full rights in the account).
+pub async fn provision(
+    client: &async_nats::Client,
+    rights: &Rights,
+    positions_max_age: Duration,
+    replicas: usize,
+) -> Result<(), BrokerError> {
+    let js = jetstream::new(client.clone());
+    open_events(&js, replicas).await?;
+    let positions = positions_config(positions_max_age, replicas);
+    match js.get_stream(POSITIONS_STREAM).await {
+        Ok(_) => js.update_stream(positions).await.map(|_| ()),
+        Err(_) => js.create_stream(positions).await.map(|_| ()),
+    }
+    .map_err(request("provision HRU_POSITIONS"))?;
+    for party in rights.parties.keys() {
+        let config = view_config(rights, party, replicas);
+        let name = config.name.clone();
+        match js.get_stream(&name).await {
+            Ok(_) => js.update_stream(config).await.map(|_| ()),
+            Err(_) => js.create_stream(config).await.map(|_| ()),
+        }
+        .map_err(|e| BrokerError::Request {
+            operation: "provision view stream",
+            source: format!("{name}: {e}").into(),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Subjects and filters of every `hru.` family (DESIGN §8): the only place they are spelled.
+//!
+//! | family | subject |
+//! | --- | --- |
+//! | case events | `hru.evt.<case>.<producer>.<EventType>` |
+//! | access records | `hru.acc.<case>.<producer>` (kept off `hru.evt` so reads never move a case's version) |
+//! | key grants | `hru.key.<producer>.<audience>` |
+//! | public control events | `hru.ctl.<producer>.<EventType>` |
+//! | position batches | `hru.pos.<vendor>.<instance>` |
+//! | victim alerts | `hru.alert.<device>` |
+//! | replies | `_INBOX_<identity>.…` |
+
+use std::fmt;
+
+use hru_domain::{AudienceId, CaseId, EventHeader, EventType, PartyId};
+
+/// A concrete subject a message is published under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subject(String);
+
+/// A subject filter (may hold `*` and `>` wildcards), for consumers, views and permissions.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Filter(String);
+
+macro_rules! text_type {
+    ($t:ty) => {
+        impl $t {
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl From<$t> for String {
+            fn from(s: $t) -> String {
+                s.0
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+text_type!(Subject);
+text_type!(Filter);
+
+impl Subject {
+    /// A case event: `hru.evt.<case>.<producer>.<EventType>`.
+    pub fn event(case: CaseId, producer: &PartyId, event_type: EventType) -> Self {
+        Self(format!("hru.evt.{}.{producer}.{event_type}", case.token()))
+    }
+
+    /// An access record: `hru.acc.<case>.<producer>`.
+    pub fn access(case: CaseId, producer: &PartyId) -> Self {
+        Self(format!("hru.acc.{}.{producer}", case.token()))
+    }
+
+    /// A key grant of `producer` to `audience`: `hru.key.<producer>.<audience>`.
+    pub fn key_grant(producer: &PartyId, audience: &AudienceId) -> Self {
+        Self(format!("hru.key.{producer}.{audience}"))
+    }
+
+    /// A public control event: `hru.ctl.<producer>.<EventType>`.
+    pub fn control(producer: &PartyId, event_type: EventType) -> Self {
+        Self(format!("hru.ctl.{producer}.{event_type}"))
+    }
+
+    /// A position batch of one gateway instance: `hru.pos.<vendor>.<instance>`.
+    pub fn positions(vendor: &PartyId, instance: &str) -> Self {
+        Self(format!("hru.pos.{vendor}.{instance}"))
+    }
+
+    /// A victim device's alerts: `hru.alert.<device>`.
+    pub fn alert(device: &str) -> Self {
+        Self(format!("hru.alert.{device}"))
+    }
+
+    /// The subject an envelope with `header` is published under; `grant_audience` is the
+    /// audience a `KeyGranted` envelope grants to.
+    pub fn of_header(header: &EventHeader, grant_audience: Option<&AudienceId>) -> Self {
+        let party = &header.producer.party;
+        match (header.event_type, header.case_id, grant_audience) {
+            (EventType::KeyGranted, _, Some(audience)) => Self::key_grant(party, audience),
+            (EventType::PositionBatch, _, _) => Self::positions(party, &header.producer.instance),
+            (EventType::AccessLogged, Some(case), _) => Self::access(case, party),
+            (t, Some(case), _) => Self::event(case, party, t),
+            (t, None, _) => Self::control(party, t),
+        }
+    }
+
+    /// Whether this subject is one `filter` matches (NATS token rules: `*` one token, `>` the rest).
+    pub fn matches(&self, filter: &Filter) -> bool {
+        let mut subject = self.0.split('.');
+        for token in filter.0.split('.') {
+            match (token, subject.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (t, Some(s)) if t == s => {}
+                _ => return false,
+            }
+        }
+        subject.next().is_none()
+    }
+
+    /// A subject as the server (or a store) gave it back, for example the one a message arrived on.
+    pub fn from_wire(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+}
+
+impl PartialEq<str> for Subject {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Subject {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl Filter {
+    /// Everything (`>`).
+    pub fn everything() -> Self {
+        Self(">".to_owned())
+    }
+
+    /// Every case event of every case: `hru.evt.>`.
+    pub fn all_case_events() -> Self {
+        Self("hru.evt.>".to_owned())
+    }
+
+    /// Every access record: `hru.acc.>`.
+    pub fn all_access() -> Self {
+        Self("hru.acc.>".to_owned())
+    }
+
+    /// Every key grant: `hru.key.>`.
+    pub fn all_key_grants() -> Self {
+        Self("hru.key.>".to_owned())
+    }
+
+    /// Every public control event: `hru.ctl.>`.
+    pub fn all_control() -> Self {
+        Self("hru.ctl.>".to_owned())
+    }
+
+    /// Every position batch: `hru.pos.>`.
+    pub fn all_positions() -> Self {
+        Self("hru.pos.>".to_owned())
+    }
+
+    /// Every alert to any victim device: `hru.alert.*`.
+    pub fn all_alerts() -> Self {
+        Self("hru.alert.*".to_owned())
+    }
+
+    /// One case's events (its version is the last of these): `hru.evt.<case>.>`.
+    pub fn case_events(case: CaseId) -> Self {
+        Self(format!("hru.evt.{}.>", case.token()))
+    }
+
+    /// One case's access records: `hru.acc.<case>.>`.
+    pub fn case_access(case: CaseId) -> Self {
+        Self(format!("hru.acc.{}.>", case.token()))
+    }
+
+    /// One event type in one case, from any producer: `hru.evt.<case>.*.<EventType>`.
+    pub fn case_events_of_type(case: CaseId, event_type: EventType) -> Self {
+        Self(format!("hru.evt.{}.*.{event_type}", case.token()))
+    }
+
+    /// One event type in any case, from any producer: `hru.evt.*.*.<EventType>`.
+    pub fn events_of_type(event_type: EventType) -> Self {
+        Self(format!("hru.evt.*.*.{event_type}"))
+    }
+
+    /// One producer's events of one type in any case: `hru.evt.*.<producer>.<EventType>`.
+    pub fn producer_events_of_type(producer: &PartyId, event_type: EventType) -> Self {
+        Self(format!("hru.evt.*.{producer}.{event_type}"))
+    }
+
+    /// One producer's events of any type in any case: `hru.evt.*.<producer>.*`.
+    pub fn producer_events(producer: &PartyId) -> Self {
+        Self(format!("hru.evt.*.{producer}.*"))
+    }
+
+    /// One producer's access records in any case: `hru.acc.*.<producer>`.
+    pub fn producer_access(producer: &PartyId) -> Self {
+        Self(format!("hru.acc.*.{producer}"))
+    }
+
+    /// One producer's key grants to any audience: `hru.key.<producer>.*`.
+    pub fn producer_key_grants(producer: &PartyId) -> Self {
+        Self(format!("hru.key.{producer}.*"))
+    }
+
+    /// One producer's control events: `hru.ctl.<producer>.*`.
+    pub fn producer_control(producer: &PartyId) -> Self {
+        Self(format!("hru.ctl.{producer}.*"))
+    }
+
+    /// One vendor's position batches from any instance: `hru.pos.<vendor>.*`.
+    pub fn vendor_positions(vendor: &PartyId) -> Self {
+        Self(format!("hru.pos.{vendor}.*"))
+    }
+
+    /// Exactly one subject.
+    pub fn exactly(subject: &Subject) -> Self {
+        Self(subject.0.clone())
+    }
+
+    /// The reply inbox prefix of a broker identity, `_INBOX_<id>`: the only subjects it may
+    /// subscribe to end under it.
+    pub fn inbox_prefix(identity: &str) -> String {
+        format!("_INBOX_{identity}")
+    }
+
+    /// Every reply subject of a broker identity: `_INBOX_<id>.>`.
+    pub fn inbox(identity: &str) -> Self {
+        Self(format!("{}.>", Self::inbox_prefix(identity)))
+    }
+}
+
+impl From<Subject> for Filter {
+    fn from(s: Subject) -> Self {
+        Self(s.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn party(s: &str) -> PartyId {
+        PartyId::parse(s, "party").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn filters_match_the_subjects_of_their_family() {
+        let case = CaseId::random();
+        let police = party("police-hru");
+        let referral = Subject::event(case, &police, EventType::ReferralReceived);
+        assert!(referral.matches(&Filter::case_events(case)));
+        assert!(referral.matches(&Filter::all_case_events()));
+        assert!(referral.matches(&Filter::producer_events(&police)));
+        assert!(referral.matches(&Filter::events_of_type(EventType::ReferralReceived)));
+        assert!(!referral.matches(&Filter::events_of_type(EventType::TagBreach)));
+        assert!(!referral.matches(&Filter::case_events(CaseId::random())));
+        let access = Subject::access(case, &police);
+        assert!(
+            !access.matches(&Filter::case_events(case)),
+            "reads never move a case's version"
+        );
+        assert!(access.matches(&Filter::case_access(case)));
+        assert!(access.matches(&Filter::producer_access(&police)));
+        assert!(Subject::alert("dev-1").matches(&Filter::all_alerts()));
+        assert!(!Subject::alert("dev-1").matches(&Filter::producer_control(&police)));
+    }
+}

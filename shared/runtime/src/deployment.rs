@@ -1,0 +1,129 @@
+//! A deployment as the policies directory and a keys directory describe it: the public party
+//! directory, every version of the one agreement the deployment runs, and a party's secrets.
+
+use std::path::{Path, PathBuf};
+
+use hru_domain::PartyId;
+use hru_envelope::{Directory, PartySecrets};
+use hru_policy::{CompiledIsa, PolicySet};
+
+/// File name of the party directory inside the policies directory.
+pub const DIRECTORY_FILE: &str = "directory.toml";
+
+/// Why a deployment could not be loaded; each variant names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory or a secret key file does not parse.
+    #[error("{0}")]
+    Keys(#[from] hru_envelope::DirectoryError),
+    /// An agreement does not compile.
+    #[error("{0}\n(run `hru policy check` for the full report)")]
+    Agreement(String),
+    /// No agreement, or more than one agreement id, in the policies directory.
+    #[error("{0}")]
+    Agreements(String),
+    /// No version of the agreement is in force at the time asked.
+    #[error("no version of agreement {id} is in force at {at}")]
+    NotInForce {
+        /// Agreement id.
+        id: String,
+        /// The time asked.
+        at: String,
+    },
+}
+
+/// The public side of a deployment: the party directory and every agreement version.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The party directory.
+    pub directory: Directory,
+    /// Every version of the deployment's agreement.
+    pub policies: PolicySet,
+    /// The agreement id (a deployment runs exactly one agreement, in its versions).
+    pub agreement: String,
+}
+
+fn read(path: &Path) -> Result<String, DeploymentError> {
+    std::fs::read_to_string(path).map_err(|source| DeploymentError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Deployment {
+    /// Load `policies_dir`: its `directory.toml` and its agreement files. A deployment runs one
+    /// agreement (in as many versions as it adopted); several agreement ids are refused.
+    pub fn load(policies_dir: &Path) -> Result<Self, DeploymentError> {
+        let path = policies_dir.join(DIRECTORY_FILE);
+        let directory = Directory::from_toml(&read(&path)?, &path.display().to_string())?;
+        let policies = PolicySet::load_dir(policies_dir, Some(&directory))
+            .map_err(|e| DeploymentError::Agreement(e.to_string()))?;
+        let mut ids: Vec<&str> = policies.iter().map(|i| i.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let agreement = match ids.as_slice() {
+            [] => {
+                return Err(DeploymentError::Agreements(format!(
+                    "no agreement file in {}; add the agreement's TOML",
+                    policies_dir.display()
+                )));
+            }
+            [id] => (*id).to_owned(),
+            many => {
+                return Err(DeploymentError::Agreements(format!(
+                    "{} holds several agreements ({}); keep one per deployment",
+                    policies_dir.display(),
+                    many.join(", ")
+                )));
+            }
+        };
+        Ok(Self {
+            directory,
+            policies,
+            agreement,
+        })
+    }
+
+    /// The version of the agreement in force at `at_ms` (Unix ms): the one rule every service
+    /// and command uses.
+    pub fn in_force(&self, at_ms: i64) -> Result<&CompiledIsa, DeploymentError> {
+        self.policies
+            .in_force(&self.agreement, at_ms)
+            .ok_or_else(|| DeploymentError::NotInForce {
+                id: self.agreement.clone(),
+                at: format!("{at_ms} ms since the epoch"),
+            })
+    }
+
+    /// The version in force now.
+    pub fn in_force_now(&self) -> Result<&CompiledIsa, DeploymentError> {
+        self.in_force(now_ms())
+    }
+}
+
+/// The secrets of `party` from `<keys_dir>/<party>.secret`.
+pub fn secrets(keys_dir: &Path, party: &PartyId) -> Result<PartySecrets, DeploymentError> {
+    let path = keys_dir.join(format!("{party}.secret"));
+    Ok(PartySecrets::from_toml(&read(&path)?, &path.display().to_string())?)
+}
+
+/// The secrets in one secret key file.
+pub fn secrets_file(path: &Path) -> Result<PartySecrets, DeploymentError> {
+    Ok(PartySecrets::from_toml(&read(path)?, &path.display().to_string())?)
+}
+
+/// Now, Unix ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
