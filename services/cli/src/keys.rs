@@ -1,7 +1,5 @@
 //! `hru keys generate`: a party's secret key file and its public directory entry.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -31,20 +29,9 @@ pub(crate) fn load(dir: &Path, party: &PartyId) -> anyhow::Result<PartySecrets> 
     Ok(secrets)
 }
 
-/// Write `text` to `path` with mode 0600, atomically (a temporary file renamed into place).
+/// Write `text` to `path` with mode 0600, atomically.
 pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    hru_runtime::deployment::write_private(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 pub(crate) fn generate(party: &str, out: &Path, controller: &str) -> anyhow::Result<ExitCode> {

@@ -2,9 +2,6 @@
 
 mod append;
 mod audit;
-mod bench;
-mod bench_geo;
-mod demo;
 mod field;
 mod keys;
 mod policies;
@@ -18,10 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Exit code for a usage or configuration error.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code when a check found something.
-pub const EXIT_FINDINGS: u8 = 1;
+pub use hru_runtime::{EXIT_FINDINGS, EXIT_USAGE};
 
 /// HRU Backbone operator tool.
 #[derive(Debug, Parser)]
@@ -49,6 +43,15 @@ pub enum Format {
     Human,
     /// One JSON object per line.
     Json,
+}
+
+impl From<Format> for hru_tools::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Human => Self::Human,
+            Format::Json => Self::Json,
+        }
+    }
 }
 
 /// Commands.
@@ -511,6 +514,32 @@ async fn node_run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Log filter (e.g. `info`, `hru_log=debug`).
+const ENV_LOG: &str = "HRU_LOG";
+/// Log format: `human` (default) or `json` (one object per line).
+const ENV_LOG_FORMAT: &str = "HRU_LOG_FORMAT";
+
+/// The binary: parse the arguments, set up logs on stderr, run the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if std::env::var(ENV_LOG_FORMAT).is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
 /// Run a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let broker = match Broker::new(&cli.nats, cli.identity.as_deref()) {
@@ -536,7 +565,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Geofence(GeofenceCommand::Run { config }) => field::geofence_run(&config).await,
         Command::Demo { non_interactive } => {
             let interactive = !non_interactive && std::io::IsTerminal::is_terminal(&std::io::stdin());
-            demo::run(&cli.policies, interactive).await
+            hru_tools::demo::run(&cli.policies, interactive).await
         }
         Command::Gateway(GatewayCommand::Run {
             party,
@@ -592,9 +621,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             from,
             format,
         } => replay::run(&broker, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
-        Command::Bench(BenchCommand::Seal { seconds, format }) => bench::seal(seconds, format),
+        Command::Bench(BenchCommand::Seal { seconds, format }) => hru_tools::bench::seal(seconds, format.into()),
         Command::Bench(BenchCommand::Geofence { fixes, format }) => {
-            bench_geo::geofence(&cli.policies, fixes, format).await
+            hru_tools::bench_geo::geofence(&cli.policies, fixes, format.into()).await
         }
         Command::Audit(AuditCommand::Verify {
             from,
@@ -688,9 +717,15 @@ pub async fn run(cli: Cli) -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))
         }
-        Command::Bench(BenchCommand::Ingest { events, group, format }) => bench::ingest(events, group, format).await,
-        Command::Bench(BenchCommand::Replay { events, format }) => bench::replay(events, format).await,
-        Command::Bench(BenchCommand::Verify { events, format }) => bench::verify_bench(events, format),
+        Command::Bench(BenchCommand::Ingest { events, group, format }) => {
+            hru_tools::bench::ingest(events, group, format.into()).await
+        }
+        Command::Bench(BenchCommand::Replay { events, format }) => {
+            hru_tools::bench::replay(events, format.into()).await
+        }
+        Command::Bench(BenchCommand::Verify { events, format }) => {
+            hru_tools::bench::verify_bench(events, format.into())
+        }
         Command::Policy(PolicyCommand::Check {
             paths,
             directory,

@@ -2,7 +2,6 @@
 //! device alerts (`engine`), zone geometry (`zone`), and the service that feeds it from the log
 //! and appends the breaches it finds (`service`).
 
-pub mod bench;
 pub mod engine;
 pub mod service;
 pub mod zone;

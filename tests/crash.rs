@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
 use futures::TryStreamExt as _;
 use hru_log::SharedLog as _;
 use std::collections::HashMap;
@@ -13,9 +11,9 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::World;
 use hru_envelope::{ChainChecker, Directory, verify};
 use hru_log::EventLog;
+use hru_tests::World;
 use rand::Rng as _;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
@@ -45,13 +43,13 @@ fn acknowledged(stdout: &str) -> Vec<String> {
 fn acknowledged_events_survive_sigkill_exactly_once() {
     let world = World::new(AGREEMENT, &PARTIES);
     let event = world.event("referral.json", EVENT);
-    let keys = common::path(world.dir.path(), "keys");
-    let policies = common::path(world.dir.path(), "policies");
+    let keys = hru_tests::path(world.dir.path(), "keys");
+    let policies = hru_tests::path(world.dir.path(), "policies");
     let mut acked = Vec::new();
     let mut rng = rand::thread_rng();
     let mut killed_mid_run = 0;
     for _ in 0..KILLS {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hru"))
+        let mut child = Command::new(hru_tests::hru_bin())
             .args([
                 "--policies",
                 &policies,

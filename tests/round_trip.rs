@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
-use common::World;
 use futures::TryStreamExt as _;
 use hru_envelope::{Directory, verify};
 use hru_log::EventLog;
 use hru_log::SharedLog as _;
+use hru_tests::World;
 use serde_json::Value;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];

@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
 use hru_log::SharedLog as _;
 use std::time::Duration;
 
-use common::World;
 use hru_domain::{CaseId, EventType, ProducerId, split_draft};
 use hru_envelope::{Directory, PartySecrets, Sealer, StaticAudiences};
 use hru_log::{EventLog, Expect};
+use hru_tests::World;
 use hru_wire::v1 as pb;
 use rand::Rng as _;
 
@@ -21,7 +19,7 @@ const AGREEMENT: &str = "tests/data/round-trip.toml";
 
 /// The first projection's digest and where folding resumed.
 fn digest_of(world: &World, command: &str, store: &str) -> (String, u64) {
-    let keys = common::path(world.dir.path(), "keys");
+    let keys = hru_tests::path(world.dir.path(), "keys");
     let out = world.run(&[command, "--party", "police-hru", "--keys", &keys, "--store", store]);
     assert!(
         out.status.success(),
@@ -140,7 +138,7 @@ fn killed_folds_resume_to_the_rebuilt_digest() {
                 .unwrap();
         }
         // The node folds, killed once it has folded into this round's events, a random moment later.
-        let metrics = common::free_port();
+        let metrics = hru_tests::free_port();
         let node = world.start_node("police-hru", &format!("metrics_listen = \"127.0.0.1:{metrics}\""));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while folded_through(metrics) <= previous_end {
@@ -157,7 +155,7 @@ fn killed_folds_resume_to_the_rebuilt_digest() {
         let (live, resumed) = digest_of(&world, "project", &store);
         landed.push((resumed, before));
         previous_end = before;
-        let fresh = common::path(world.dir.path(), &format!("rebuild-{round}"));
+        let fresh = hru_tests::path(world.dir.path(), &format!("rebuild-{round}"));
         let (rebuilt, _) = digest_of(&world, "rebuild", &fresh);
         assert_eq!(live, rebuilt, "round {round}: resumed fold equals a clean rebuild");
     }
@@ -181,5 +179,5 @@ fn log_last(rt: &tokio::runtime::Runtime, log: &EventLog) -> u64 {
 
 /// The node's `hru_node_folded_through` gauge (0 while it does not answer yet).
 fn folded_through(port: u16) -> u64 {
-    common::metric(port, "hru_node_folded_through")
+    hru_tests::metric(port, "hru_node_folded_through")
 }

@@ -7,7 +7,7 @@ use std::process::ExitStatus;
 
 /// What went wrong while finding, starting or stopping a `nats-server`.
 #[derive(thiserror::Error)]
-pub enum TestkitError {
+pub enum LocalNatsError {
     /// No `nats-server` binary was found in any of the places looked at.
     #[error(
         "nats-server not found (looked at: {}); run scripts/test.sh (installs the pinned nats-server into .tools/) or set NATS_SERVER_BIN",
@@ -80,16 +80,16 @@ pub enum TestkitError {
 }
 
 /// `Debug` prints the `Display` message, so `.unwrap()` in a test shows the hint, not a struct dump.
-impl fmt::Debug for TestkitError {
+impl fmt::Debug for LocalNatsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
 }
 
-impl TestkitError {
+impl LocalNatsError {
     /// Wraps an `io::Error` with what the harness was doing.
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> TestkitError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> LocalNatsError {
         let context = context.into();
-        move |source| TestkitError::Io { context, source }
+        move |source| LocalNatsError::Io { context, source }
     }
 }

@@ -5,24 +5,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, free_port, metric, request};
 use hru_testkit::NatsServer;
+use hru_tests::{NodeProcess, free_port, metric, request};
 use hru_wire::v1 as pb;
 use pb::case_service_client::CaseServiceClient;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// `hru` with the deployment's policies against `url`.
 fn hru(url: &str, policies: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hru"))
+    Command::new(hru_tests::hru_bin())
         .arg("--policies")
         .arg(policies)
         .args(args)
@@ -52,7 +50,7 @@ fn config(file: &str, base: &Path, url: &str, ports: &[(&str, u16)]) -> PathBuf 
 }
 
 fn spawn(args: &[&str], url: &str) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_hru"))
+    Command::new(hru_tests::hru_bin())
         .args(args)
         .env("HRU_NATS_URL", url)
         .stdout(Stdio::null())
@@ -76,7 +74,7 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
     let init = Command::new("bash")
         .arg(root().join("scripts/deploy-init.sh"))
         .arg(base.join("generated"))
-        .env("HRU_BIN", env!("CARGO_BIN_EXE_hru"))
+        .env("HRU_BIN", hru_tests::hru_bin())
         .output()
         .unwrap();
     assert!(
@@ -174,7 +172,7 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
     let tls = base.join("generated/tls");
     for (node, metrics) in &nodes {
         let p = &node.party;
-        let channel = rt.block_on(common::tls_channel(
+        let channel = rt.block_on(hru_tests::tls_channel(
             node,
             &tls.join("ca.pem"),
             &tls.join(format!("{p}.pem")),

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::probe::{self, Ports};
-use crate::{NatsServerBinary, TestkitError};
+use crate::{LocalNatsError, NatsServerBinary};
 
-/// How long a start or restart may take before it fails with [`TestkitError::NotReady`].
+/// How long a start or restart may take before it fails with [`LocalNatsError::NotReady`].
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long [`NatsServer::stop`] waits for a graceful exit before it kills.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +64,7 @@ impl NatsServerBuilder {
     }
 
     /// Finds the binary, starts the server on a random loopback port and waits until JetStream is healthy.
-    pub fn start(self) -> Result<NatsServer, TestkitError> {
+    pub fn start(self) -> Result<NatsServer, LocalNatsError> {
         let bin = NatsServerBinary::find()?;
         let mut server = NatsServer::new(bin.path, self.sync_always, None, 0, None)?;
         server.extra_config = self.extra_config;
@@ -97,7 +97,7 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts a single node with `sync_interval: always`; same as `NatsServer::builder().start()`.
-    pub fn start() -> Result<Self, TestkitError> {
+    pub fn start() -> Result<Self, LocalNatsError> {
         Self::builder().start()
     }
 
@@ -113,11 +113,11 @@ impl NatsServer {
         server_name: Option<String>,
         port: u16,
         cluster: Option<ClusterSpec>,
-    ) -> Result<Self, TestkitError> {
+    ) -> Result<Self, LocalNatsError> {
         let dir = tempfile::Builder::new()
             .prefix("hru-nats-")
             .tempdir()
-            .map_err(TestkitError::io("creating the server temp dir"))?;
+            .map_err(LocalNatsError::io("creating the server temp dir"))?;
         Ok(Self {
             bin,
             sync_always,
@@ -182,17 +182,17 @@ impl NatsServer {
     }
 
     /// Kills the process with SIGKILL (a crash: nothing is flushed) and reaps it; no-op if not running.
-    pub fn kill(&mut self) -> Result<(), TestkitError> {
+    pub fn kill(&mut self) -> Result<(), LocalNatsError> {
         if let Some(mut child) = self.child.take() {
             self.monitoring = None;
-            child.kill().map_err(TestkitError::io("killing nats-server"))?;
-            child.wait().map_err(TestkitError::io("reaping nats-server"))?;
+            child.kill().map_err(LocalNatsError::io("killing nats-server"))?;
+            child.wait().map_err(LocalNatsError::io("reaping nats-server"))?;
         }
         Ok(())
     }
 
     /// Shuts down gracefully (SIGTERM via `nats-server --signal term=PID`), killing after 10 s; no-op if not running.
-    pub fn stop(&mut self) -> Result<(), TestkitError> {
+    pub fn stop(&mut self) -> Result<(), LocalNatsError> {
         let Some(pid) = self.pid() else {
             return Ok(());
         };
@@ -202,7 +202,7 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map_err(|source| TestkitError::Spawn {
+            .map_err(|source| LocalNatsError::Spawn {
                 bin: self.bin.clone(),
                 source,
             })?;
@@ -211,7 +211,7 @@ impl NatsServer {
             if let Some(child) = self.child.as_mut()
                 && child
                     .try_wait()
-                    .map_err(TestkitError::io("waiting for nats-server"))?
+                    .map_err(LocalNatsError::io("waiting for nats-server"))?
                     .is_some()
             {
                 self.child = None;
@@ -224,7 +224,7 @@ impl NatsServer {
     }
 
     /// Starts again on the same client port and store dir (SIGKILLs first if still running) and waits until healthy.
-    pub fn restart(&mut self) -> Result<(), TestkitError> {
+    pub fn restart(&mut self) -> Result<(), LocalNatsError> {
         self.kill()?;
         self.spawn()?;
         self.wait_ready(Instant::now() + READY_TIMEOUT)
@@ -259,16 +259,16 @@ impl NatsServer {
     }
 
     /// Writes the config and spawns the process with stdout and stderr appended to the log.
-    pub(crate) fn spawn(&mut self) -> Result<(), TestkitError> {
-        std::fs::write(&self.config_path, self.config()).map_err(TestkitError::io("writing nats-server.conf"))?;
+    pub(crate) fn spawn(&mut self) -> Result<(), LocalNatsError> {
+        std::fs::write(&self.config_path, self.config()).map_err(LocalNatsError::io("writing nats-server.conf"))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
-            .map_err(TestkitError::io("opening the nats-server log"))?;
+            .map_err(LocalNatsError::io("opening the nats-server log"))?;
         let log_err = log
             .try_clone()
-            .map_err(TestkitError::io("opening the nats-server log"))?;
+            .map_err(LocalNatsError::io("opening the nats-server log"))?;
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.config_path)
@@ -276,7 +276,7 @@ impl NatsServer {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|source| TestkitError::Spawn {
+            .map_err(|source| LocalNatsError::Spawn {
                 bin: self.bin.clone(),
                 source,
             })?;
@@ -286,7 +286,7 @@ impl NatsServer {
     }
 
     /// Polls the ports file, then `/healthz`, until 200; on failure kills the process and reports the log tail.
-    pub(crate) fn wait_ready(&mut self, deadline: Instant) -> Result<(), TestkitError> {
+    pub(crate) fn wait_ready(&mut self, deadline: Instant) -> Result<(), LocalNatsError> {
         let result = self.poll_ready(deadline);
         if result.is_err() {
             // Best effort: the error being returned matters more than a failed kill.
@@ -295,16 +295,19 @@ impl NatsServer {
         result
     }
 
-    fn poll_ready(&mut self, deadline: Instant) -> Result<(), TestkitError> {
+    fn poll_ready(&mut self, deadline: Instant) -> Result<(), LocalNatsError> {
         let mut last = String::from("no answer yet");
         loop {
             let Some(child) = self.child.as_mut() else {
-                return Err(TestkitError::Invalid("wait_ready without a process".into()));
+                return Err(LocalNatsError::Invalid("wait_ready without a process".into()));
             };
             let pid = child.id();
-            if let Some(status) = child.try_wait().map_err(TestkitError::io("waiting for nats-server"))? {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(LocalNatsError::io("waiting for nats-server"))?
+            {
                 self.child = None;
-                return Err(TestkitError::Exited {
+                return Err(LocalNatsError::Exited {
                     pid,
                     status,
                     log_tail: self.log_tail(),
@@ -331,7 +334,7 @@ impl NatsServer {
                     Some(port) => format!("http://127.0.0.1:{port}{HEALTHZ}"),
                     None => format!("ports file in {}", self.dir.path().display()),
                 };
-                return Err(TestkitError::NotReady {
+                return Err(LocalNatsError::NotReady {
                     url,
                     last,
                     log_tail: self.log_tail(),

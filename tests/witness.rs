@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
-use common::World;
 use futures::TryStreamExt as _;
 use hru_log::SharedLog as _;
 use hru_testkit::NatsServer;
+use hru_tests::World;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
 const AGREEMENT: &str = "tests/data/round-trip.toml";
@@ -52,11 +50,11 @@ fn restore(world: &World, n: usize) -> NatsServer {
 }
 
 fn verify_against(nats: &NatsServer, world: &World, witness: &str) -> (bool, String) {
-    let out = common::hru(
+    let out = hru_tests::hru(
         nats,
         &[
             "--policies",
-            &common::path(world.dir.path(), "policies"),
+            &hru_tests::path(world.dir.path(), "policies"),
             "audit",
             "verify",
             "--witness",
@@ -71,7 +69,7 @@ fn verify_against(nats: &NatsServer, world: &World, witness: &str) -> (bool, Str
 #[test]
 fn a_truncated_or_rewritten_log_is_caught_against_a_witness_copy() {
     let world = World::new(AGREEMENT, &PARTIES);
-    let keys = common::path(world.dir.path(), "keys");
+    let keys = hru_tests::path(world.dir.path(), "keys");
     let case = "0b9e2a7c-5d1f-4c3a-9e8b-7a6f5e4d3c2b";
     for area in ["Chester", "Crewe", "Nantwich"] {
         let out = world.append(
@@ -84,7 +82,7 @@ fn a_truncated_or_rewritten_log_is_caught_against_a_witness_copy() {
     assert!(before_checkpoint.status.success());
     let out = world.run(&["audit", "checkpoint", "--party", "police-hru", "--keys", &keys]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let witness_file = common::path(world.dir.path(), "probation-witness.jsonl");
+    let witness_file = hru_tests::path(world.dir.path(), "probation-witness.jsonl");
     let out = world.run(&[
         "audit",
         "witness",

@@ -6,8 +6,8 @@ use std::process::Command;
 
 #[test]
 fn the_demo_plays_the_case_to_a_clean_audit() {
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    let out = Command::new(env!("CARGO_BIN_EXE_hru"))
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let out = Command::new(hru_tests::hru_bin())
         .args([
             "--policies",
             &policies.display().to_string(),

@@ -1,12 +1,10 @@
-//! A world for CLI tests: a real nats-server, a policies directory with one agreement and
+//! A world for the cross-service tests: a real nats-server, a policies directory with one agreement and
 //! freshly generated keys for its parties, and the `hru` binary run against them.
-
-#![allow(dead_code)] // each test file uses part of it
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hru_testkit::NatsServer;
+use hru_local_nats::NatsServer;
 use serde_json::Value;
 
 /// Every party of the Cheshire HRU agreement.
@@ -22,8 +20,11 @@ pub const CHESHIRE_PARTIES: [&str; 9] = [
     "evaluation",
 ];
 
+/// A nats-server and a working directory (policies/, keys/, certificates, data).
 pub struct World {
+    /// The server.
     pub nats: NatsServer,
+    /// The working directory.
     pub dir: tempfile::TempDir,
 }
 
@@ -53,18 +54,21 @@ impl World {
         Self { nats, dir }
     }
 
+    /// Run `hru` with the world's policies and server.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut full = vec!["--policies".to_owned(), path(self.dir.path(), "policies")];
         full.extend(args.iter().map(|s| (*s).to_owned()));
         hru(&self.nats, &full.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// Write an event draft as JSON to a file; its path.
     pub fn event(&self, name: &str, json: &str) -> String {
         let p = self.dir.path().join(name);
         std::fs::write(&p, json).expect("write event");
         p.display().to_string()
     }
 
+    /// `hru append` as `party`.
     pub fn append(&self, party: &str, event: &str) -> Output {
         self.run(&[
             "append",
@@ -77,6 +81,7 @@ impl World {
     }
 
     /// Replay as `party`, one JSON object per line, only the case events.
+    /// `hru replay --format json` as `party`: the output and its JSON lines.
     pub fn replay(&self, party: &str) -> (Output, Vec<Value>) {
         let out = self.run(&[
             "replay",
@@ -94,17 +99,20 @@ impl World {
         (out, lines)
     }
 
+    /// The keys directory.
     pub fn keys(&self) -> PathBuf {
         self.dir.path().join("keys")
     }
 }
 
+/// `base/rel` as a string.
 pub fn path(base: &Path, rel: &str) -> String {
     base.join(rel).display().to_string()
 }
 
+/// Run `hru` against `nats`.
 pub fn hru(nats: &NatsServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hru"))
+    Command::new(crate::hru_bin())
         .args(args)
         .env("HRU_NATS_URL", nats.url())
         .output()
@@ -112,6 +120,7 @@ pub fn hru(nats: &NatsServer, args: &[&str]) -> Output {
 }
 
 /// A free loopback TCP port.
+/// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -121,9 +130,13 @@ pub fn free_port() -> u16 {
 }
 
 /// `hru node run` as a child process; killed when dropped.
+/// A node running as its own `hru node run` process (killed on drop).
 pub struct NodeProcess {
+    /// Its party.
     pub party: String,
+    /// Its gRPC port.
     pub port: u16,
+    /// The process.
     pub child: std::process::Child,
 }
 
@@ -192,7 +205,7 @@ impl World {
         self.provision();
         let file = self.dir.path().join(format!("{party}.toml"));
         std::fs::write(&file, config).expect("write node config");
-        let child = Command::new(env!("CARGO_BIN_EXE_hru"))
+        let child = Command::new(crate::hru_bin())
             .args(["node", "run", "--config", &file.display().to_string()])
             .env("HRU_NATS_URL", self.nats.url())
             .stdout(std::process::Stdio::null())

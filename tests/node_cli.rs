@@ -6,23 +6,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::World;
+use hru_tests::World;
 use hru_wire::v1 as pb;
 use hru_wire::v1::case_service_client::CaseServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-const AGREEMENT: &str = "../../policies/cheshire-hru.toml";
+const AGREEMENT: &str = "../policies/cheshire-hru.toml";
 const CASE: &str = "7d3c1a2b-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 
 /// Run the grpcio client (installed by scripts/tools.sh) against the node; its JSON answer.
 fn python_client(world: &World, port: u16) -> serde_json::Value {
-    let d = |rel: &str| common::path(world.dir.path(), rel);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let d = |rel: &str| hru_tests::path(world.dir.path(), rel);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let python = root.join(".tools/venv/bin/python");
     assert!(python.exists(), "{} is missing: run scripts/tools.sh", python.display());
     let stubs = d("python-stubs");
@@ -90,8 +88,8 @@ fn free_port() -> u16 {
 
 #[test]
 fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
-    let world = World::new(AGREEMENT, &common::CHESHIRE_PARTIES);
-    let d = |rel: &str| common::path(world.dir.path(), rel);
+    let world = World::new(AGREEMENT, &hru_tests::CHESHIRE_PARTIES);
+    let d = |rel: &str| hru_tests::path(world.dir.path(), rel);
     for args in [
         vec!["keys", "ca", "--out", &d("ca")],
         vec![
@@ -136,7 +134,7 @@ fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
         d("certs/police-hru.key"),
     );
     std::fs::write(world.dir.path().join("node.toml"), config).unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_hru"))
+    let mut node = Command::new(hru_tests::hru_bin())
         .args(["node", "run", "--config", &d("node.toml")])
         .env("HRU_NATS_URL", world.nats.url())
         .stdout(Stdio::null())

@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::geofence_workload::{Workload, engine_vs_raw, state_memory};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use hru_domain::{CaseId, EventType, PartyId, ProducerId, split_draft};
 use hru_envelope::{Directory, PartySecrets, Sealer};
 use hru_gateway::{Gateway, GatewayConfig};
-use hru_geofence::bench::{Workload, engine_vs_raw, state_memory};
 use hru_geofence::service::{GeofenceConfig, Stats};
 use hru_log::{EventLog, Expect, PositionLog, SharedLog as _};
 use hru_policy::CompiledIsa;
@@ -109,7 +109,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-pub(crate) async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyhow::Result<ExitCode> {
+/// `hru bench geofence`: the engine, its memory, and the service end to end.
+pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyhow::Result<ExitCode> {
     // 1. The engine on one core beside the raw building block.
     let workload = Workload::new(1, 10_000, fixes);
     let (engine, raw, _) = engine_vs_raw(&workload);
@@ -118,7 +119,7 @@ pub(crate) async fn geofence(policies_dir: &Path, fixes: usize, format: Format) 
     let memory = state_memory(100_000);
 
     // 3. End to end on a local server.
-    let server = hru_testkit::NatsServer::start()?;
+    let server = hru_local_nats::NatsServer::start()?;
     let url = server.url();
     let d = deployment(policies_dir)?;
     let log = EventLog::connect(&url).await?;

@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{World, request};
 use futures::StreamExt as _;
 use hru_domain::{EventType, PartyId};
+use hru_tests::{World, request};
 use hru_wire::v1 as pb;
 use pb::case_service_client::CaseServiceClient;
 use pb::partner_service_client::PartnerServiceClient;
@@ -59,7 +57,7 @@ fn referral(case: &str, subject: u8, with_identity: bool) -> pb::EventDraft {
 
 #[test]
 fn a_referral_reaches_four_nodes_with_exactly_what_each_may_see() {
-    let world = World::new("../../policies/cheshire-hru.toml", &common::CHESHIRE_PARTIES);
+    let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES);
     let police = world.start_node("police-hru", "");
     let partners = format!("[partners]\npolice-hru = \"https://localhost:{}\"\n", police.port);
     let nodes = [

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use hru_testkit::{NatsCluster, NatsServer};
+use hru_local_nats::{NatsCluster, NatsServer};
 
 /// A bare NATS protocol connection: enough to read INFO and make JetStream API requests.
 struct Raw {

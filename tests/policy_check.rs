@@ -8,13 +8,13 @@ use std::process::Command;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+        .join("..")
         .canonicalize()
         .expect("repo root")
 }
 
 fn check(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hru"))
+    let out = Command::new(hru_tests::hru_bin())
         .current_dir(root())
         .args(["policy", "check"])
         .args(args)

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::probe;
 use crate::server::{ClusterSpec, NatsServer, READY_TIMEOUT};
-use crate::{NatsServerBinary, TestkitError};
+use crate::{LocalNatsError, NatsServerBinary};
 
 /// Cluster name used in every generated config.
 const CLUSTER_NAME: &str = "hru-test";
@@ -20,27 +20,27 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts `n` nodes (3 for R3) and waits until every node's `/healthz` is 200 (meta leader elected).
-    pub fn start(n: usize) -> Result<Self, TestkitError> {
+    pub fn start(n: usize) -> Result<Self, LocalNatsError> {
         Self::start_with(n, true)
     }
 
     /// Starts `n` nodes; `sync_always` false leaves the server's default sync interval.
-    pub fn start_with(n: usize, sync_always: bool) -> Result<Self, TestkitError> {
+    pub fn start_with(n: usize, sync_always: bool) -> Result<Self, LocalNatsError> {
         if n == 0 {
-            return Err(TestkitError::Invalid("a cluster needs at least one node".into()));
+            return Err(LocalNatsError::Invalid("a cluster needs at least one node".into()));
         }
         let bin = NatsServerBinary::find()?;
         let mut attempt = 1;
         loop {
             match Self::try_start(&bin, n, sync_always) {
                 // Exited during startup is how a port taken between picking and binding shows up.
-                Err(TestkitError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+                Err(LocalNatsError::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
                 other => return other,
             }
         }
     }
 
-    fn try_start(bin: &NatsServerBinary, n: usize, sync_always: bool) -> Result<Self, TestkitError> {
+    fn try_start(bin: &NatsServerBinary, n: usize, sync_always: bool) -> Result<Self, LocalNatsError> {
         let ports = free_ports(2 * n)?;
         let (client_ports, route_ports) = ports.split_at(n);
         let mut nodes = Vec::with_capacity(n);
@@ -98,7 +98,7 @@ impl NatsCluster {
     }
 
     /// SIGKILLs node `i` (panics if out of range).
-    pub fn kill(&mut self, i: usize) -> Result<(), TestkitError> {
+    pub fn kill(&mut self, i: usize) -> Result<(), LocalNatsError> {
         self.nodes[i].kill()
     }
 
@@ -106,7 +106,7 @@ impl NatsCluster {
     ///
     /// Healthy means the node reached a meta leader; if the killed node led a stream, that stream
     /// may still be electing a new leader (4-9 s) and requests about it go unanswered meanwhile.
-    pub fn restart(&mut self, i: usize) -> Result<(), TestkitError> {
+    pub fn restart(&mut self, i: usize) -> Result<(), LocalNatsError> {
         self.nodes[i].restart()
     }
 }
@@ -117,14 +117,14 @@ fn node_name(i: usize) -> String {
 }
 
 /// `count` distinct free loopback ports: bind them all at once, read them, release them.
-fn free_ports(count: usize) -> Result<Vec<u16>, TestkitError> {
+fn free_ports(count: usize) -> Result<Vec<u16>, LocalNatsError> {
     let listeners = (0..count)
         .map(|_| TcpListener::bind(("127.0.0.1", 0)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(TestkitError::io("binding 127.0.0.1:0 to pick free ports"))?;
+        .map_err(LocalNatsError::io("binding 127.0.0.1:0 to pick free ports"))?;
     listeners
         .iter()
         .map(|listener| listener.local_addr().map(|addr| addr.port()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(TestkitError::io("reading a picked port"))
+        .map_err(LocalNatsError::io("reading a picked port"))
 }

@@ -6,9 +6,9 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::cast::Cast;
 use ed25519_dalek::Signer as _;
 use hru_domain::{CaseId, EventType, PlainSection, ProducerId};
-use hru_envelope::fixture::Cast;
 use hru_envelope::{KeyRing, Sealer, StaticAudiences, verify};
 use serde_json::json;
 
@@ -45,8 +45,9 @@ fn sections() -> Vec<PlainSection> {
     ]
 }
 
-pub(crate) fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
-    let cast = Cast::new(7);
+/// `hru bench seal`: seal and open rates of a 1 KiB, two-section event beside raw ed25519.
+pub fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
+    let cast = Cast::new()?;
     let four = [&cast.police, &cast.probation, &cast.cwp, &cast.mersey_care].map(|p| p.party.clone());
     let policy = StaticAudiences::new("bench", 1)
         .share(EventType::ReferralReceived, "core", &four)
@@ -149,18 +150,18 @@ pub(crate) fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
 
 /// A local server setup the log benchmarks run against.
 enum Setup {
-    Single(Box<hru_testkit::NatsServer>),
-    Cluster(hru_testkit::NatsCluster),
+    Single(Box<hru_local_nats::NatsServer>),
+    Cluster(hru_local_nats::NatsCluster),
 }
 
 impl Setup {
     fn start(nodes: usize, sync_always: bool) -> anyhow::Result<Self> {
         Ok(if nodes == 1 {
             Setup::Single(Box::new(
-                hru_testkit::NatsServer::builder().sync_always(sync_always).start()?,
+                hru_local_nats::NatsServer::builder().sync_always(sync_always).start()?,
             ))
         } else {
-            Setup::Cluster(hru_testkit::NatsCluster::start_with(nodes, sync_always)?)
+            Setup::Cluster(hru_local_nats::NatsCluster::start_with(nodes, sync_always)?)
         })
     }
 
@@ -334,8 +335,8 @@ fn presealed(cast: &Cast, instance: &str, n: usize) -> anyhow::Result<Vec<hru_en
 
 /// `hru bench ingest`: sealed events appended through the producer (outbox, group commit) per
 /// second, beside raw pipelined publish and raw sign-then-publish of the same bytes.
-pub(crate) async fn ingest(events: usize, group: usize, format: Format) -> anyhow::Result<ExitCode> {
-    let cast = Cast::new(8);
+pub async fn ingest(events: usize, group: usize, format: Format) -> anyhow::Result<ExitCode> {
+    let cast = Cast::new()?;
     let policy = one_party_policy(&cast);
     let raw_sign = {
         let key = &cast.police.signing;
@@ -447,8 +448,8 @@ pub(crate) async fn ingest(events: usize, group: usize, format: Format) -> anyho
 
 /// `hru bench replay`: replay + verify + open events/s beside raw ordered-consumer reads and raw
 /// signature verification, for each local server setup.
-pub(crate) async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
-    let cast = Cast::new(9);
+pub async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
+    let cast = Cast::new()?;
     let policy = one_party_policy(&cast);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
@@ -668,8 +669,8 @@ fn sha256_of(bytes: &[u8]) -> [u8; 32] {
 
 /// `hru bench verify`: envelopes audited per second (signatures, chains, subjects, audiences;
 /// one core, no secret key) beside raw verify_strict and raw batch verification.
-pub(crate) fn verify_bench(events: usize, format: Format) -> anyhow::Result<ExitCode> {
-    let cast = Cast::new(10);
+pub fn verify_bench(events: usize, format: Format) -> anyhow::Result<ExitCode> {
+    let cast = Cast::new()?;
     let text = "[agreement]\nid = \"bench\"\nversion = 1\neffective_from = \"2026-01-01\"\n\n[[legal_basis]]\nid = \"b\"\ntext = \"basis\"\n\n[[clause]]\nid = \"1\"\ntext = \"c\"\nbases = [\"b\"]\n\n[[party]]\nid = \"police-hru\"\ncontroller = \"p\"\nrole = \"police\"\n\n[[produce]]\nparty = \"police-hru\"\nevents = [\"ReferralReceived\"]\n\n[[share]]\nevents = [\"ReferralReceived\"]\nsections = [\"core\"]\nto = [\"police-hru\"]\npurpose = \"p\"\nclause = \"1\"\n";
     let isa = hru_policy::CompiledIsa::compile(text, "bench.toml", Some(&cast.directory))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

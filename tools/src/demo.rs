@@ -231,7 +231,7 @@ fn deployment(dir: &Path, policies_dir: &Path) -> anyhow::Result<(Directory, Com
         let s = PartySecrets::generate(p.clone(), &mut rand::rngs::OsRng);
         directory_text.push_str(&s.directory_entry(p.as_str()));
         directory_text.push('\n');
-        crate::keys::write_private(&keys.join(format!("{p}.secret")), &s.to_toml())?;
+        hru_runtime::deployment::write_private(&keys.join(format!("{p}.secret")), &s.to_toml())?;
         secrets.push(s);
     }
     // The broker's operator: creates the streams and views (and stands in here for the services
@@ -248,12 +248,13 @@ fn deployment(dir: &Path, policies_dir: &Path) -> anyhow::Result<(Directory, Com
     for (party, ..) in NODES {
         let cert = tls::issue(&ca, party, &["localhost"])?;
         std::fs::write(dir.join(format!("{party}.pem")), &cert.cert_pem)?;
-        crate::keys::write_private(&dir.join(format!("{party}.key")), &cert.key_pem)?;
+        hru_runtime::deployment::write_private(&dir.join(format!("{party}.key")), &cert.key_pem)?;
     }
     Ok((directory, isa, secrets))
 }
 
-pub(crate) async fn run(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode> {
+/// `hru demo`: play the case (pausing for Enter between steps when `interactive`).
+pub async fn run(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode> {
     tokio::select! {
         r = play(policies_dir, interactive) => r,
         _ = tokio::signal::ctrl_c() => {
@@ -276,7 +277,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     // The server enforces the authorization generated from the agreement: every service
     // connects with its party's nkey, publishes only as itself and reads only its view.
     let accounts = isa.broker_accounts(&directory).map_err(|e| anyhow!("{e}"))?;
-    let server = hru_testkit::NatsServer::builder()
+    let server = hru_local_nats::NatsServer::builder()
         .extra_config(&hru_broker::nats_config(&isa.broker_rights(), &accounts))
         .start()?;
     let url = server.url();
@@ -809,6 +810,6 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     Ok(if report.findings.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(crate::EXIT_FINDINGS)
+        ExitCode::from(hru_runtime::EXIT_FINDINGS)
     })
 }

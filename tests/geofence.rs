@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
 use futures::TryStreamExt as _;
 use hru_log::SharedLog as _;
 use std::collections::BTreeMap;
@@ -15,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::World;
 use futures::StreamExt as _;
 use hru_domain::{EventType, ProducerId};
 use hru_envelope::{Directory, KeyRing, PartySecrets, verify};
@@ -25,6 +22,7 @@ use hru_geofence::service::{input_of, logged_id, verify_alert};
 use hru_geofence::{Action, Config, State};
 use hru_log::{EventLog, PositionLog};
 use hru_policy::CompiledIsa;
+use hru_tests::World;
 use rand::Rng as _;
 
 const TAGS: usize = 6;
@@ -98,9 +96,9 @@ fn expected(
 
 #[test]
 fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_victim() {
-    let world = World::new("../../policies/cheshire-hru.toml", &common::CHESHIRE_PARTIES);
+    let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES);
     world.provision();
-    let d = |rel: &str| common::path(world.dir.path(), rel);
+    let d = |rel: &str| hru_tests::path(world.dir.path(), rel);
     // Simulated time runs from now, faster than the wall clock; the gateway stamps batches with
     // the wall clock, as a real one would.
     let start_ms = jiff::Timestamp::now().as_millisecond();
@@ -185,7 +183,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     )
     .unwrap();
     let start_geofence = || {
-        Command::new(env!("CARGO_BIN_EXE_hru"))
+        Command::new(hru_tests::hru_bin())
             .args(["geofence", "run", "--config", &d("geofence.toml")])
             .env("HRU_NATS_URL", world.nats.url())
             .stdout(Stdio::null())

@@ -9,8 +9,7 @@ use hru_wire::v1 as pb;
 use rand::{Rng as _, SeedableRng as _};
 use rstar::{AABB, RTree, RTreeObject};
 
-use crate::engine::{Config, Fix, Input, State};
-use crate::zone::Zone;
+use hru_geofence::{Config, Fix, Input, State, Zone};
 
 const M_PER_DEG: f64 = 111_195.0;
 

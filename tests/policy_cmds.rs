@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-mod common;
-
-use common::World;
+use hru_tests::World;
 use serde_json::Value;
 
 const PARTIES: [&str; 11] = [
@@ -21,7 +19,7 @@ const PARTIES: [&str; 11] = [
     "provisioner",
     "auditor",
 ];
-const AGREEMENT: &str = "../../policies/cheshire-hru.toml";
+const AGREEMENT: &str = "../policies/cheshire-hru.toml";
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -76,7 +74,7 @@ fn explain_prints_the_page_a_dpo_signs() {
 #[test]
 fn an_adopted_agreement_is_checked_against_the_local_file() {
     let world = World::new(AGREEMENT, &PARTIES);
-    let keys = common::path(world.dir.path(), "keys");
+    let keys = hru_tests::path(world.dir.path(), "keys");
     let out = world.run(&["policy", "adopt", "--party", "police-hru", "--keys", &keys]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout(&out).contains("PolicyAdopted\tcheshire-hru v1\tsha256 "));
