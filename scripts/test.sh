@@ -17,4 +17,5 @@ echo "== cargo test =="
 cargo test --workspace
 
 echo "== deployment =="
+cargo build --quiet -p hru-cli --bin hru
 HRU_BIN="$ROOT/target/debug/hru" scripts/deploy-check.sh

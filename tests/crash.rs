@@ -17,7 +17,7 @@ use hru_tests::World;
 use rand::Rng as _;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
-const AGREEMENT: &str = "tests/data/round-trip.toml";
+const AGREEMENT: &str = "data/round-trip.toml";
 const KILLS: usize = 50;
 
 const EVENT: &str = r#"{

@@ -23,6 +23,7 @@ use hru_geofence::{Action, Config, State};
 use hru_log::{EventLog, PositionLog};
 use hru_policy::CompiledIsa;
 use hru_tests::World;
+use hru_wire::v1 as pb;
 use rand::Rng as _;
 
 const TAGS: usize = 6;
@@ -304,17 +305,18 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
             .await
             .unwrap()
             .unwrap();
-        let headers = alert.headers.unwrap();
-        let body = verify_alert(
-            &alert.payload,
-            headers.get("Hru-Signer").unwrap().as_str(),
-            headers.get("Hru-Signature").unwrap().as_str(),
-            &directory,
-        )
-        .unwrap();
+        let body = verify_alert(&alert.payload, &directory).unwrap();
         assert!(
-            body.kind == "BREACH_KIND_PROXIMITY" || body.kind == "BREACH_KIND_EXCLUSION",
+            matches!(body.kind(), pb::BreachKind::Proximity | pb::BreachKind::Exclusion),
             "{body:?}"
+        );
+        // A forged alert (the body changed after signing) is refused.
+        let mut forged = <pb::SignedVictimAlert as prost::Message>::decode(alert.payload.as_ref()).unwrap();
+        forged.alert.push(0);
+        let forged = prost::Message::encode_to_vec(&forged);
+        assert!(
+            verify_alert(&forged, &directory).is_err(),
+            "a changed alert does not verify"
         );
     });
 }

@@ -56,7 +56,7 @@ fn python_client(world: &World, port: u16) -> serde_json::Value {
         &d("certs"),
     ]);
     assert!(out.status.success());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client.py");
     let run = Command::new(&python)
         .arg(script)
         .args([

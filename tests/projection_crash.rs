@@ -15,7 +15,7 @@ use hru_wire::v1 as pb;
 use rand::Rng as _;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
-const AGREEMENT: &str = "tests/data/round-trip.toml";
+const AGREEMENT: &str = "data/round-trip.toml";
 
 /// The first projection's digest and where folding resumed.
 fn digest_of(world: &World, command: &str, store: &str) -> (String, u64) {

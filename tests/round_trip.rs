@@ -12,7 +12,7 @@ use hru_tests::World;
 use serde_json::Value;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
-const AGREEMENT: &str = "tests/data/round-trip.toml";
+const AGREEMENT: &str = "data/round-trip.toml";
 
 const CASE: &str = "0b5c2a57-6f0e-4b52-9d7c-2f3e8a1d4c10";
 

@@ -11,7 +11,7 @@ use hru_testkit::NatsServer;
 use hru_tests::World;
 
 const PARTIES: [&str; 5] = ["police-hru", "probation", "cwp", "mersey-care", "em-vendor"];
-const AGREEMENT: &str = "tests/data/round-trip.toml";
+const AGREEMENT: &str = "data/round-trip.toml";
 
 fn referral(case: &str, area: &str) -> String {
     format!(

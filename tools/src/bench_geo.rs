@@ -112,11 +112,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// `hru bench geofence`: the engine, its memory, and the service end to end.
 pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyhow::Result<ExitCode> {
     // 1. The engine on one core beside the raw building block.
-    let workload = Workload::new(1, 10_000, fixes);
+    let workload = Workload::new(1, 10_000, fixes).map_err(anyhow::Error::msg)?;
     let (engine, raw, _) = engine_vs_raw(&workload);
     drop(workload);
     // 2. Memory for 100k tags and 100k zones.
-    let memory = state_memory(100_000);
+    let memory = state_memory(100_000).map_err(anyhow::Error::msg)?;
 
     // 3. End to end on a local server.
     let server = hru_local_nats::NatsServer::start()?;
@@ -130,7 +130,7 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
     let control = party(&d, "police-control")?;
     let tags = 1_000usize;
     let probes = 200usize;
-    let zones = Workload::new(2, tags + probes, 0);
+    let zones = Workload::new(2, tags + probes, 0).map_err(anyhow::Error::msg)?;
     let mut vendor_sealer = Sealer::new(
         ProducerId {
             party: vendor.party.clone(),

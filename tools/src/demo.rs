@@ -675,15 +675,12 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     while let Ok(Some(alert)) = tokio::time::timeout(Duration::from_millis(300), alerts.next()).await {
-        let headers = alert.headers.clone().unwrap_or_default();
-        let verified = hru_geofence::service::verify_alert(
-            &alert.payload,
-            headers.get("Hru-Signer").map_or("", |v| v.as_str()),
-            headers.get("Hru-Signature").map_or("", |v| v.as_str()),
-            &directory,
-        );
-        match verified {
-            Ok(a) => println!("    victim's phone ← signed alert: {} at {} m", a.kind, a.distance_m),
+        match hru_geofence::service::verify_alert(&alert.payload, &directory) {
+            Ok(a) => println!(
+                "    victim's phone ← signed alert: {} at {} m",
+                a.kind().as_str_name(),
+                a.distance_m
+            ),
             Err(e) => println!("    victim's phone ← an alert that does not verify: {e}"),
         }
     }

@@ -40,7 +40,7 @@ fn octagon(centre: (f64, f64), radius_m: f64) -> Vec<(f64, f64)> {
 
 impl Workload {
     /// `tags` tags (and zones) and `fixes` fixes, deterministic for `seed`.
-    pub fn new(seed: u64, tags: usize, fixes: usize) -> Self {
+    pub fn new(seed: u64, tags: usize, fixes: usize) -> Result<Self, String> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut zones = Vec::with_capacity(tags);
         let mut polygons = Vec::with_capacity(tags);
@@ -55,7 +55,7 @@ impl Workload {
                 zone_id: uuid::Uuid::from_u128(i as u128 + 1),
                 version: 1,
                 kind: pb::ZoneKind::Exclusion,
-                tag_id: format!("tag-{i}"),
+                tag_id: hru_domain::TagId::parse(&format!("tag-{i}"), "tag_id").map_err(|e| e.to_string())?,
                 geojson,
                 radius_m: 0.0,
                 schedule: vec![],
@@ -90,11 +90,11 @@ impl Workload {
                 }],
             });
         }
-        Self {
+        Ok(Self {
             zones,
             polygons,
             inputs,
-        }
+        })
     }
 
     /// A state holding every zone.
@@ -168,8 +168,8 @@ pub fn resident_bytes() -> u64 {
 }
 
 /// Resident memory a state with `n` zones and `n` tags (one fix each) adds, bytes.
-pub fn state_memory(n: usize) -> u64 {
-    let w = Workload::new(5, n, n);
+pub fn state_memory(n: usize) -> Result<u64, String> {
+    let w = Workload::new(5, n, n)?;
     let before = resident_bytes();
     let mut state = w.state();
     for input in &w.inputs {
@@ -177,5 +177,5 @@ pub fn state_memory(n: usize) -> u64 {
     }
     let after = resident_bytes();
     std::hint::black_box(state.tag_count());
-    after.saturating_sub(before)
+    Ok(after.saturating_sub(before))
 }

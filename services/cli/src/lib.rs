@@ -593,7 +593,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }) => match field::gateway_config(batch, linger_ms) {
             Ok(c) => match field::gateway(&cli.nats, &cli.policies, &party, &keys, c).await {
                 Ok(gw) => {
-                    let sim = field::Simulation {
+                    let sim = hru_gateway::run::Simulation {
                         tags,
                         rate_hz: rate,
                         seconds,

@@ -1,20 +1,19 @@
-//! The policies directory: the public party directory and the agreements, every version.
+//! The policies directory as the CLI reads it: the public party directory and the agreements,
+//! every version, loaded by `hru-runtime` so every command and service picks the agreement in
+//! force by one rule.
 
 use std::path::Path;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::anyhow;
 use hru_envelope::Directory;
 use hru_policy::{CompiledIsa, PolicySet};
 
 /// File name of the party directory.
-pub(crate) const DIRECTORY_FILE: &str = "directory.toml";
+pub(crate) use hru_runtime::deployment::DIRECTORY_FILE;
 
 /// The party directory of `dir`.
 pub(crate) fn directory(dir: &Path) -> anyhow::Result<Directory> {
-    let path = dir.join(DIRECTORY_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (set --policies or HRU_POLICIES)", path.display()))?;
-    Ok(Directory::from_toml(&text, &path.display().to_string())?)
+    hru_runtime::deployment::directory(dir).map_err(|e| anyhow!("{e} (set --policies or HRU_POLICIES)"))
 }
 
 /// Every agreement version in `dir`, checked against the directory.
@@ -22,18 +21,7 @@ pub(crate) fn agreements(dir: &Path, directory: &Directory) -> anyhow::Result<Po
     PolicySet::load_dir(dir, Some(directory)).map_err(|e| anyhow!("{e}\n(run `hru policy check` for the full report)"))
 }
 
-/// The agreement in force at `at_ms` (the deployment has one agreement id).
+/// The agreement in force at `at_ms`.
 pub(crate) fn in_force(set: &PolicySet, at_ms: i64) -> anyhow::Result<&CompiledIsa> {
-    let mut ids: Vec<&str> = set.iter().map(|i| i.id.as_str()).collect();
-    ids.dedup();
-    match ids.as_slice() {
-        [] => bail!("no agreement file in the policies directory"),
-        [id] => set
-            .in_force(id, at_ms)
-            .ok_or_else(|| anyhow!("no version of agreement {id} is in force now")),
-        many => bail!(
-            "the policies directory holds several agreements ({}); keep one per deployment",
-            many.join(", ")
-        ),
-    }
+    Ok(hru_runtime::deployment::in_force(set, at_ms)?)
 }

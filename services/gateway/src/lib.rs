@@ -3,6 +3,7 @@
 //! `linger`; while no fixes arrive, an empty batch goes out every `heartbeat` so the geofence can
 //! tell "no alert" from "no data". `simulate` drives it with tags moving around Cheshire.
 
+pub mod run;
 pub mod simulate;
 
 use std::collections::HashMap;

@@ -26,7 +26,7 @@ use hru_wire::v1 as pb;
 use rstar::{AABB, RTree, RTreeObject};
 use sha2::{Digest as _, Sha256};
 
-use crate::zone::{Zone, distance_m};
+use hru_domain::zone::{Zone, distance_m};
 
 /// Tunable thresholds.
 #[derive(Debug, Clone, PartialEq)]
@@ -474,9 +474,9 @@ impl State {
             Input::ZoneRevoked { zone, at_ms } => self.revoke_zone(*zone, *at_ms, &mut out),
             Input::Proximity(p) => self.set_rule((**p).clone()),
             Input::TagFitted { case, tag } => {
-                let t = self.tags.entry(tag.tag_id.clone()).or_default();
+                let t = self.tags.entry(tag.tag_id.to_string()).or_default();
                 t.case = *case;
-                t.victim_device.clone_from(&tag.victim_device_id);
+                t.victim_device = tag.victim_device_id.as_ref().map(ToString::to_string);
                 t.fitted = true;
                 t.last_comm_ms = t.last_comm_ms.max(tag.at_ms);
                 t.last_gps_ms = t.last_gps_ms.max(tag.at_ms);
@@ -572,16 +572,19 @@ impl State {
         let id = p.rule.rule_id;
         if let Some(old) = self.rules.remove(&id) {
             p.version = p.version.max(old.version + 1);
-            if let Some(v) = self.proximity_by_tag.get_mut(&old.rule.tag_id) {
+            if let Some(v) = self.proximity_by_tag.get_mut(old.rule.tag_id.as_str()) {
                 v.retain(|r| *r != id);
             }
-            if let Some(v) = self.proximity_by_victim.get_mut(&old.rule.victim_device_id) {
+            if let Some(v) = self.proximity_by_victim.get_mut(old.rule.victim_device_id.as_str()) {
                 v.retain(|r| *r != id);
             }
         }
-        self.proximity_by_tag.entry(p.rule.tag_id.clone()).or_default().push(id);
+        self.proximity_by_tag
+            .entry(p.rule.tag_id.to_string())
+            .or_default()
+            .push(id);
         self.proximity_by_victim
-            .entry(p.rule.victim_device_id.clone())
+            .entry(p.rule.victim_device_id.to_string())
             .or_default()
             .push(id);
         self.rules.insert(id, p);
@@ -601,7 +604,7 @@ impl State {
             let Some(rule) = self.rules.get(&id).cloned() else {
                 continue;
             };
-            let tag = rule.rule.tag_id.clone();
+            let tag = rule.rule.tag_id.to_string();
             let Some((seq, at, pos, acc)) = self.tags.get(&tag).and_then(|t| t.last_fix) else {
                 continue;
             };
@@ -750,12 +753,12 @@ impl State {
             return Vec::new();
         };
         let rule = &p.rule;
-        let victim = self.victims.get(&rule.victim_device_id);
+        let victim = self.victims.get(rule.victim_device_id.as_str());
         let max_age = i64::from(rule.max_victim_fix_age_s) * 1000;
         let fresh = victim.filter(|(t, ..)| f.device_ms - *t <= max_age);
         let Some((_, victim_pos, victim_acc)) = fresh else {
             out.push(Action::StaleVictimFix {
-                tag: rule.tag_id.clone(),
+                tag: rule.tag_id.to_string(),
                 rule: rule.rule_id,
                 age_ms: victim.map(|(t, ..)| f.device_ms - t),
             });
@@ -929,7 +932,7 @@ impl State {
     fn victim_of(&self, tag: &str, rule: uuid::Uuid) -> Option<String> {
         self.rules
             .get(&rule)
-            .map(|p| p.rule.victim_device_id.clone())
+            .map(|p| p.rule.victim_device_id.to_string())
             .or_else(|| self.tags.get(tag).and_then(|t| t.victim_device.clone()))
     }
 

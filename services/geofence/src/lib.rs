@@ -4,7 +4,6 @@
 
 pub mod engine;
 pub mod service;
-pub mod zone;
 
 pub use engine::{Action, BreachUpdate, Config, Evidence, Fix, Input, Proximity, State, evaluate};
-pub use zone::{Frame, Shape, Window, Zone, ZoneError, distance_m};
+pub use hru_domain::zone::{Frame, Shape, Window, Zone, ZoneError, distance_m};

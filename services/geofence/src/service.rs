@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ed25519_dalek::Signer as _;
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use hru_domain::{CaseEvent, EventType, PartyId, ProducerId, split_draft};
@@ -28,7 +27,7 @@ use prost::Message as _;
 use serde::Deserialize;
 
 use crate::engine::{Action, BreachUpdate, Config, Fix, Input, Proximity, State};
-use crate::zone::Zone;
+use hru_domain::zone::Zone;
 
 /// Domain separation of a victim alert's signature.
 pub const ALERT_DOMAIN: &[u8] = b"hru.v1.VictimAlert\0";
@@ -196,19 +195,6 @@ impl Stats {
     }
 }
 
-/// A signed victim alert, as published on `hru.alert.<victim device>`: no position, no identity.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-pub struct VictimAlert {
-    /// Breach episode (hex).
-    pub breach_id: String,
-    /// Kind, e.g. "BREACH_KIND_PROXIMITY".
-    pub kind: String,
-    /// Distance in metres, rounded to 10 m.
-    pub distance_m: u32,
-    /// When the tag's fix was taken, Unix ms.
-    pub at_ms: i64,
-}
-
 struct Service {
     party: PartyId,
     isa: CompiledIsa,
@@ -280,7 +266,7 @@ pub fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
             vec![Input::Proximity(Box::new(Proximity { rule, case, version: 1 }))]
         }
         CaseEvent::TagFitted { core: Some(tag) } => vec![Input::TagFitted { case, tag }],
-        CaseEvent::TagRemoved { core: Some(tag) } => vec![Input::TagRemoved { tag: tag.tag_id }],
+        CaseEvent::TagRemoved { core: Some(tag) } => vec![Input::TagRemoved { tag: tag.tag_id.into() }],
         _ => Vec::new(),
     }
 }
@@ -374,20 +360,16 @@ impl Service {
             .map_err(|e| GeofenceError::Config(format!("sealing a TagBreach: {e}")))?;
         let send_alerts = async {
             for (breach_id, (device, kind, distance)) in &alerts {
-                let alert = VictimAlert {
-                    breach_id: breach_id.simple().to_string(),
-                    kind: kind.as_str_name().to_owned(),
+                let alert = pb::VictimAlert {
+                    breach_id: breach_id.as_bytes().to_vec(),
+                    kind: *kind as i32,
                     distance_m: ((distance / 10.0).round() * 10.0) as u32,
                     at_ms: b.observed_at_ms,
                 };
-                let body = serde_json::to_vec(&alert).unwrap_or_default();
-                let signature = self.secrets.signing.sign(&[ALERT_DOMAIN, &body].concat());
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Hru-Signer", self.party.as_str());
-                headers.insert("Hru-Signature", hex_of(&signature.to_bytes()).as_str());
+                let body = sign_alert(&self.secrets, &alert);
                 match self
                     .alerts
-                    .publish_with_headers(hru_broker::Subject::alert(&device).to_string(), headers, body.into())
+                    .publish(hru_broker::Subject::alert(device).to_string(), body.into())
                     .await
                 {
                     Ok(()) => {
@@ -436,35 +418,31 @@ impl Service {
     }
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Sign a victim alert as the geofence's party: the bytes published on the device's subject.
+pub fn sign_alert(secrets: &PartySecrets, alert: &pb::VictimAlert) -> Vec<u8> {
+    let body = alert.encode_to_vec();
+    let signed = hru_envelope::sign_detached(secrets, ALERT_DOMAIN, &body);
+    pb::SignedVictimAlert {
+        alert: body,
+        signer: secrets.party.to_string(),
+        key_id: signed.key_id,
+        signature: signed.signature,
+    }
+    .encode_to_vec()
 }
 
-/// Verify a victim alert as a victim's app would: the geofence's signature under the directory.
-pub fn verify_alert(
-    body: &[u8],
-    signer: &str,
-    signature_hex: &str,
-    directory: &Directory,
-) -> Result<VictimAlert, String> {
-    let party: PartyId = signer.parse().map_err(|e| format!("signer: {e}"))?;
-    let entry = directory
-        .party(&party)
-        .ok_or_else(|| format!("{party} is not in the directory"))?;
-    let bytes: Vec<u8> = (0..signature_hex.len())
-        .step_by(2)
-        .filter_map(|i| u8::from_str_radix(signature_hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    let signature = ed25519_dalek::Signature::from_slice(&bytes).map_err(|e| format!("signature: {e}"))?;
-    let message = [ALERT_DOMAIN, body].concat();
-    if !entry
-        .signing
-        .iter()
-        .any(|k| k.key.verify_strict(&message, &signature).is_ok())
-    {
-        return Err(format!("the alert is not signed by {party}"));
-    }
-    serde_json::from_slice(body).map_err(|e| format!("alert body: {e}"))
+/// Check a published victim alert: signed strictly by a key of its signer that was valid when
+/// the fix was taken. The alert, or why not.
+pub fn verify_alert(bytes: &[u8], directory: &Directory) -> Result<pb::VictimAlert, String> {
+    let signed = pb::SignedVictimAlert::decode(bytes).map_err(|e| format!("does not decode: {e}"))?;
+    let alert = pb::VictimAlert::decode(signed.alert.as_slice()).map_err(|e| format!("alert: {e}"))?;
+    let signer: PartyId = signed.signer.parse().map_err(|e| format!("signer: {e}"))?;
+    let detached = hru_envelope::Detached {
+        key_id: signed.key_id,
+        signature: signed.signature,
+    };
+    hru_envelope::verify_detached(directory, &signer, alert.at_ms, ALERT_DOMAIN, &signed.alert, &detached)?;
+    Ok(alert)
 }
 
 /// Run the geofence until `shutdown` resolves; `stats` counts its work.

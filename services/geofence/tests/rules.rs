@@ -37,7 +37,7 @@ fn zone(id: u128, kind: pb::ZoneKind, geojson: String, radius_m: f64, schedule: 
             zone_id: uuid::Uuid::from_u128(id),
             version: 1,
             kind,
-            tag_id: TAG.into(),
+            tag_id: TAG.parse().unwrap(),
             geojson,
             radius_m,
             schedule,
@@ -64,9 +64,9 @@ impl Given {
         g.input(Input::TagFitted {
             case: Some(CaseId(uuid::Uuid::from_u128(7))),
             tag: Tag {
-                tag_id: TAG.into(),
+                tag_id: TAG.parse().unwrap(),
                 order_id: uuid::Uuid::from_u128(3),
-                victim_device_id: Some("vd-1".into()),
+                victim_device_id: Some("vd-1".parse().unwrap()),
                 at_ms: T0,
                 reason: None,
             },
@@ -347,8 +347,8 @@ fn proximity(mut g: Given, max_age_s: u32) -> Given {
     g.input(Input::Proximity(Box::new(Proximity {
         rule: ProximityRule {
             rule_id: uuid::Uuid::from_u128(9),
-            tag_id: TAG.into(),
-            victim_device_id: "vd-1".into(),
+            tag_id: TAG.parse().unwrap(),
+            victim_device_id: "vd-1".parse().unwrap(),
             warning_m: 1_000.0,
             breach_m: 200.0,
             max_victim_fix_age_s: max_age_s,
@@ -493,7 +493,7 @@ fn bad_zones_are_refused_naming_the_field() {
                 zone_id: uuid::Uuid::from_u128(1),
                 version: 1,
                 kind: pb::ZoneKind::Exclusion,
-                tag_id: TAG.into(),
+                tag_id: TAG.parse().unwrap(),
                 geojson: geojson.into(),
                 radius_m: radius,
                 schedule: vec![],

@@ -87,7 +87,7 @@ impl CaseApi {
         let typed = CaseEvent::try_from(event.clone()).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?;
         // A zone's geometry is checked at the door, as the geofence will read it.
         if let CaseEvent::ZoneDefined { core: Some(zone) } = &typed {
-            hru_geofence::Zone::parse(zone, None)
+            hru_domain::zone::Zone::parse(zone, None)
                 .map_err(|e| Status::invalid_argument(format!("draft.ZoneDefined.core.{}: {}", e.field, e.problem)))?;
         }
         let now = jiff::Timestamp::now().as_millisecond();

@@ -90,7 +90,7 @@ mod tests {
         CaseEvent::TagBreach {
             core: Some(Breach {
                 breach_id: id,
-                tag_id: "tag-1".into(),
+                tag_id: "tag-1".parse().unwrap(),
                 kind: pb::BreachKind::Exclusion,
                 state: pb::BreachState::Opened,
                 rule_id: uuid::Uuid::nil(),

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use ed25519_dalek::Signer as _;
 use hru_domain::{CaseId, EventType, PartyId};
 use hru_envelope::{Directory, PartySecrets};
 use hru_wire::v1 as pb;
@@ -21,11 +20,11 @@ pub const DISCLOSURE_DOMAIN: &[u8] = b"hru.v1.Disclosure\0";
 
 /// Sign an encoded `Disclosure` as `secrets`' party.
 pub fn sign_disclosure(secrets: &PartySecrets, disclosure: Vec<u8>) -> pb::RequestDisclosureResponse {
-    let signature = secrets.signing.sign(&[DISCLOSURE_DOMAIN, &disclosure].concat());
+    let signed = hru_envelope::sign_detached(secrets, DISCLOSURE_DOMAIN, &disclosure);
     pb::RequestDisclosureResponse {
         disclosure,
-        key_id: secrets.signing_key_id().0.to_vec(),
-        signature: signature.to_bytes().to_vec(),
+        key_id: signed.key_id,
+        signature: signed.signature,
     }
 }
 
@@ -41,21 +40,18 @@ pub fn verify_disclosure(
         .disclosed_by
         .parse()
         .map_err(|e| format!("disclosed_by: {e}"))?;
-    let entry = directory
-        .party(&party)
-        .ok_or_else(|| format!("{party} is not in the directory"))?;
-    let key = entry
-        .signing
-        .iter()
-        .find(|k| k.key_id.0.as_slice() == answer.key_id.as_slice())
-        .ok_or_else(|| format!("key {} is not a key of {party}", hex::encode(&answer.key_id)))?;
-    if !key.valid_at(disclosure.disclosed_at_ms) {
-        return Err(format!("key {} of {party} was not valid when it signed", key.key_id));
-    }
-    let signature = ed25519_dalek::Signature::from_slice(&answer.signature).map_err(|e| format!("signature: {e}"))?;
-    key.key
-        .verify_strict(&[DISCLOSURE_DOMAIN, &answer.disclosure].concat(), &signature)
-        .map_err(|_| format!("the signature is not {party}'s"))?;
+    let signed = hru_envelope::Detached {
+        key_id: answer.key_id.clone(),
+        signature: answer.signature.clone(),
+    };
+    hru_envelope::verify_detached(
+        directory,
+        &party,
+        disclosure.disclosed_at_ms,
+        DISCLOSURE_DOMAIN,
+        &answer.disclosure,
+        &signed,
+    )?;
     Ok(disclosure)
 }
 

@@ -4,7 +4,7 @@
 
 use hru_wire::v1 as pb;
 
-use crate::ids::check_token;
+use crate::ids::{DeviceId, TagId};
 use crate::{FieldError, Referral, ReferralIdentity};
 
 fn id16(bytes: &[u8], field: &str) -> Result<uuid::Uuid, FieldError> {
@@ -32,9 +32,12 @@ fn optional(s: String) -> Option<String> {
     (!s.trim().is_empty()).then_some(s)
 }
 
-fn device(s: String, field: &str) -> Result<String, FieldError> {
-    check_token(&s, field)?;
-    Ok(s)
+fn tag(s: String, field: &str) -> Result<TagId, FieldError> {
+    TagId::parse(&s, field)
+}
+
+fn victim_device(s: String, field: &str) -> Result<DeviceId, FieldError> {
+    DeviceId::parse(&s, field)
 }
 
 fn metres(m: f64, field: &str) -> Result<f64, FieldError> {
@@ -210,11 +213,11 @@ impl TryFrom<pb::OrderCore> for Order {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tag {
     /// Tag id (a subject token).
-    pub tag_id: String,
+    pub tag_id: TagId,
     /// The order it enforces.
     pub order_id: uuid::Uuid,
     /// The victim's paired device.
-    pub victim_device_id: Option<String>,
+    pub victim_device_id: Option<DeviceId>,
     /// When.
     pub at_ms: i64,
     /// Reason (removal).
@@ -232,10 +235,10 @@ impl TryFrom<pb::TagCore> for Tag {
             reason,
         } = w;
         Ok(Self {
-            tag_id: device(tag_id, "tag_id")?,
+            tag_id: tag(tag_id, "tag_id")?,
             order_id: id16(&order_id, "order_id")?,
             victim_device_id: optional(victim_device_id)
-                .map(|d| device(d, "victim_device_id"))
+                .map(|d| victim_device(d, "victim_device_id"))
                 .transpose()?,
             at_ms: time(at_ms, "at_ms")?,
             reason: optional(reason),
@@ -264,7 +267,7 @@ pub struct Zone {
     /// Exclusion or inclusion.
     pub kind: pb::ZoneKind,
     /// Tag.
-    pub tag_id: String,
+    pub tag_id: TagId,
     /// GeoJSON geometry.
     pub geojson: String,
     /// Circle radius for a Point geometry.
@@ -321,7 +324,7 @@ impl TryFrom<pb::ZoneCore> for Zone {
             zone_id: id16(&zone_id, "zone_id")?,
             version,
             kind: known(kind, "kind")?,
-            tag_id: device(tag_id, "tag_id")?,
+            tag_id: tag(tag_id, "tag_id")?,
             geojson: text(geojson, "geojson")?,
             radius_m: metres(radius_m, "radius_m")?,
             schedule,
@@ -337,9 +340,9 @@ pub struct ProximityRule {
     /// Rule id.
     pub rule_id: uuid::Uuid,
     /// Subject's tag.
-    pub tag_id: String,
+    pub tag_id: TagId,
     /// Victim's device.
-    pub victim_device_id: String,
+    pub victim_device_id: DeviceId,
     /// Warning distance (> breach distance).
     pub warning_m: f64,
     /// Breach distance (> 0).
@@ -372,8 +375,8 @@ impl TryFrom<pb::ProximityCore> for ProximityRule {
         }
         Ok(Self {
             rule_id: id16(&rule_id, "rule_id")?,
-            tag_id: device(tag_id, "tag_id")?,
-            victim_device_id: device(victim_device_id, "victim_device_id")?,
+            tag_id: tag(tag_id, "tag_id")?,
+            victim_device_id: victim_device(victim_device_id, "victim_device_id")?,
             warning_m,
             breach_m,
             max_victim_fix_age_s,
@@ -387,7 +390,7 @@ pub struct Breach {
     /// Episode id.
     pub breach_id: uuid::Uuid,
     /// Tag.
-    pub tag_id: String,
+    pub tag_id: TagId,
     /// Kind.
     pub kind: pb::BreachKind,
     /// State.
@@ -441,7 +444,7 @@ impl TryFrom<pb::BreachCore> for Breach {
             .transpose()?;
         Ok(Self {
             breach_id: id16(&breach_id, "breach_id")?,
-            tag_id: device(tag_id, "tag_id")?,
+            tag_id: tag(tag_id, "tag_id")?,
             kind: known(kind, "kind")?,
             state: known(state, "state")?,
             rule_id: id16(&rule_id, "rule_id")?,
@@ -743,7 +746,7 @@ pub struct VictimIdentity {
     /// The victim.
     pub victim: pb::PersonIdentity,
     /// Their alert device.
-    pub victim_device_id: Option<String>,
+    pub victim_device_id: Option<DeviceId>,
 }
 
 impl TryFrom<pb::VictimIdentity> for VictimIdentity {
@@ -758,7 +761,7 @@ impl TryFrom<pb::VictimIdentity> for VictimIdentity {
         Ok(Self {
             victim,
             victim_device_id: optional(victim_device_id)
-                .map(|d| device(d, "victim_device_id"))
+                .map(|d| victim_device(d, "victim_device_id"))
                 .transpose()?,
         })
     }

@@ -25,6 +25,14 @@ pub struct Digest(pub [u8; 32]);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PartyId(String);
 
+/// A GPS tag fitted to a monitored person, e.g. `tag-17`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TagId(String);
+
+/// A victim's paired alert device, e.g. `vd-3`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(String);
+
 /// An audience: the id of an exact, sorted set of parties.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AudienceId(String);
@@ -203,9 +211,54 @@ impl fmt::Display for AudienceId {
     }
 }
 
+macro_rules! token_id {
+    ($t:ident, $default_field:literal) => {
+        impl $t {
+            /// Parse the id; `field` names it in the error.
+            pub fn parse(s: &str, field: &str) -> Result<Self, FieldError> {
+                check_token(s, field)?;
+                Ok(Self(s.to_owned()))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $t {
+            type Err = FieldError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s, $default_field)
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(id: $t) -> String {
+                id.0
+            }
+        }
+    };
+}
+
+token_id!(TagId, "tag_id");
+token_id!(DeviceId, "device_id");
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_and_device_ids_are_tokens() {
+        assert!(TagId::parse("tag-17", "tag_id").is_ok());
+        assert!(DeviceId::parse("Victim Phone", "device_id").is_err());
+    }
 
     #[test]
     fn derived_event_ids_are_uuid_v7_and_stable() {

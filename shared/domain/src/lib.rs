@@ -10,6 +10,8 @@ mod header;
 mod ids;
 mod referral;
 
+pub mod zone;
+
 pub use error::FieldError;
 pub use event_type::{EventType, PlainSection, join_sections, split_draft};
 pub use events::{
@@ -17,5 +19,5 @@ pub use events::{
     Reoffence, Review, RiskSummary, SafetyPlan, Screening, Tag, VictimIdentity, WeeklyWindow, Zone, ZoneRevocation,
 };
 pub use header::{EventHeader, ProducerId};
-pub use ids::{AudienceId, CaseId, Digest, EventId, KeyId, PartyId};
+pub use ids::{AudienceId, CaseId, DeviceId, Digest, EventId, KeyId, PartyId, TagId};
 pub use referral::{Referral, ReferralIdentity};

@@ -166,8 +166,8 @@ impl Projection for Advocacy {
             CaseEvent::SafetyPlanUpdated { victim, identity } => {
                 if let Some(id) = identity {
                     row.victim_name = Some(id.victim.full_name.clone());
-                    if id.victim_device_id.is_some() {
-                        row.victim_device_id.clone_from(&id.victim_device_id);
+                    if let Some(device) = &id.victim_device_id {
+                        row.victim_device_id = Some(device.to_string());
                     }
                 }
                 row.last_contact_ms = Some(row.last_contact_ms.map_or(at, |c| c.max(at)));
@@ -240,6 +240,8 @@ pub fn advocacy_rows(store: &Store) -> Result<Vec<AdvocacyRow>, crate::Projectio
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use hru_domain::{Acknowledgement, CaseId, Charge, EventType, Referral, ReferralIdentity, SafetyPlan};
 
     use super::*;
@@ -343,7 +345,7 @@ mod tests {
         let breach = |state| CaseEvent::TagBreach {
             core: Some(Breach {
                 breach_id,
-                tag_id: "T1".into(),
+                tag_id: "t1".parse().unwrap(),
                 kind: pb::BreachKind::Proximity,
                 state,
                 rule_id: uuid::Uuid::from_u128(1),

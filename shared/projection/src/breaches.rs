@@ -71,7 +71,7 @@ impl Projection for BreachBoard {
                 let mut row = get(breach_id).unwrap_or_else(|| BreachRow {
                     breach_id: hex::encode(breach_id.as_bytes()),
                     case_id: e.header.case_id.map(|c| c.to_string()).unwrap_or_default(),
-                    tag_id: tag_id.clone(),
+                    tag_id: tag_id.to_string(),
                     kind: kind.as_str_name().to_owned(),
                     state: String::new(),
                     opened_at_ms: *opened_at_ms,
@@ -130,6 +130,8 @@ pub fn breach_board(store: &Store) -> Result<Vec<BreachRow>, crate::ProjectionEr
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use hru_domain::{Acknowledgement, CaseId, EventType};
 
     use super::*;
@@ -142,7 +144,7 @@ mod tests {
         let breach = |state, observed| CaseEvent::TagBreach {
             core: Some(Breach {
                 breach_id: id,
-                tag_id: "T9".into(),
+                tag_id: "t9".parse().unwrap(),
                 kind: pb::BreachKind::Exclusion,
                 state,
                 rule_id: uuid::Uuid::from_u128(1),

@@ -98,8 +98,10 @@ impl Projection for ProbationCaseload {
                 }
             }
             CaseEvent::OrderIssued { core: Some(o) } => row.orders.push(o.kind.as_str_name().to_owned()),
-            CaseEvent::TagFitted { core: Some(t) } if !row.tags.contains(&t.tag_id) => row.tags.push(t.tag_id.clone()),
-            CaseEvent::TagRemoved { core: Some(t) } => row.tags.retain(|x| x != &t.tag_id),
+            CaseEvent::TagFitted { core: Some(t) } if !row.tags.iter().any(|x| x == t.tag_id.as_str()) => {
+                row.tags.push(t.tag_id.to_string())
+            }
+            CaseEvent::TagRemoved { core: Some(t) } => row.tags.retain(|x| x != t.tag_id.as_str()),
             CaseEvent::ReoffenceRecorded { core: Some(r) } => row.reoffences.push(r.occurred_at_ms),
             CaseEvent::CaseClosed { core: Some(_) } => row.closed = true,
             _ => {}

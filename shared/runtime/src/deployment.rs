@@ -48,8 +48,6 @@ pub struct Deployment {
     pub directory: Directory,
     /// Every version of the deployment's agreement.
     pub policies: PolicySet,
-    /// The agreement id (a deployment runs exactly one agreement, in its versions).
-    pub agreement: String,
 }
 
 fn read(path: &Path) -> Result<String, DeploymentError> {
@@ -59,49 +57,53 @@ fn read(path: &Path) -> Result<String, DeploymentError> {
     })
 }
 
+/// The party directory of `policies_dir` (its `directory.toml`).
+pub fn directory(policies_dir: &Path) -> Result<Directory, DeploymentError> {
+    let path = policies_dir.join(DIRECTORY_FILE);
+    Ok(Directory::from_toml(&read(&path)?, &path.display().to_string())?)
+}
+
+/// The one agreement id of a deployment's agreements: several ids (or none) are refused.
+pub fn agreement_id(policies: &PolicySet) -> Result<&str, DeploymentError> {
+    let mut ids: Vec<&str> = policies.iter().map(|i| i.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match ids.as_slice() {
+        [] => Err(DeploymentError::Agreements(
+            "no agreement file in the policies directory; add the agreement's TOML".into(),
+        )),
+        [id] => Ok(id),
+        many => Err(DeploymentError::Agreements(format!(
+            "the policies directory holds several agreements ({}); keep one per deployment",
+            many.join(", ")
+        ))),
+    }
+}
+
+/// The agreement in force at `at_ms` (Unix ms): the newest version, of the deployment's one
+/// agreement, whose effective dates include it. The one rule every service and command uses.
+pub fn in_force(policies: &PolicySet, at_ms: i64) -> Result<&CompiledIsa, DeploymentError> {
+    let id = agreement_id(policies)?;
+    policies.in_force(id, at_ms).ok_or_else(|| DeploymentError::NotInForce {
+        id: id.to_owned(),
+        at: format!("{at_ms} ms since the epoch"),
+    })
+}
+
 impl Deployment {
-    /// Load `policies_dir`: its `directory.toml` and its agreement files. A deployment runs one
-    /// agreement (in as many versions as it adopted); several agreement ids are refused.
+    /// Load `policies_dir`: its `directory.toml` and its agreement files (one agreement, in as
+    /// many versions as it adopted).
     pub fn load(policies_dir: &Path) -> Result<Self, DeploymentError> {
-        let path = policies_dir.join(DIRECTORY_FILE);
-        let directory = Directory::from_toml(&read(&path)?, &path.display().to_string())?;
+        let directory = directory(policies_dir)?;
         let policies = PolicySet::load_dir(policies_dir, Some(&directory))
             .map_err(|e| DeploymentError::Agreement(e.to_string()))?;
-        let mut ids: Vec<&str> = policies.iter().map(|i| i.id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let agreement = match ids.as_slice() {
-            [] => {
-                return Err(DeploymentError::Agreements(format!(
-                    "no agreement file in {}; add the agreement's TOML",
-                    policies_dir.display()
-                )));
-            }
-            [id] => (*id).to_owned(),
-            many => {
-                return Err(DeploymentError::Agreements(format!(
-                    "{} holds several agreements ({}); keep one per deployment",
-                    policies_dir.display(),
-                    many.join(", ")
-                )));
-            }
-        };
-        Ok(Self {
-            directory,
-            policies,
-            agreement,
-        })
+        agreement_id(&policies)?;
+        Ok(Self { directory, policies })
     }
 
-    /// The version of the agreement in force at `at_ms` (Unix ms): the one rule every service
-    /// and command uses.
+    /// The version of the agreement in force at `at_ms` (Unix ms).
     pub fn in_force(&self, at_ms: i64) -> Result<&CompiledIsa, DeploymentError> {
-        self.policies
-            .in_force(&self.agreement, at_ms)
-            .ok_or_else(|| DeploymentError::NotInForce {
-                id: self.agreement.clone(),
-                at: format!("{at_ms} ms since the epoch"),
-            })
+        in_force(&self.policies, at_ms)
     }
 
     /// The version in force now.

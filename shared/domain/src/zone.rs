@@ -82,7 +82,7 @@ pub struct Zone {
     /// Version.
     pub version: u32,
     /// Case the zone belongs to.
-    pub case: Option<hru_domain::CaseId>,
+    pub case: Option<crate::CaseId>,
     /// Exclusion (stay out) or inclusion (stay in during the windows: a curfew).
     pub kind: pb::ZoneKind,
     /// The tag it applies to.
@@ -125,7 +125,7 @@ fn weekday(d: pb::Weekday) -> Option<jiff::civil::Weekday> {
 
 impl Zone {
     /// Parse a validated zone definition of `case`.
-    pub fn parse(z: &hru_domain::Zone, case: Option<hru_domain::CaseId>) -> Result<Self, ZoneError> {
+    pub fn parse(z: &crate::Zone, case: Option<crate::CaseId>) -> Result<Self, ZoneError> {
         let fail = |field: &'static str, problem: String| ZoneError {
             zone: z.zone_id.to_string(),
             field,
@@ -198,7 +198,7 @@ impl Zone {
             version: z.version,
             case,
             kind: z.kind,
-            tag: z.tag_id.clone(),
+            tag: z.tag_id.to_string(),
             shape,
             windows,
             exit_buffer_m: z.exit_buffer_m,

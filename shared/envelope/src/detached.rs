@@ -1,0 +1,58 @@
+//! Detached signatures over a message outside the log (a disclosure answer, a victim alert):
+//! ed25519 over a domain-separation tag and the exact bytes, verified strictly under a key the
+//! directory lists for the signer and that was valid when the message was made.
+
+use ed25519_dalek::Signer as _;
+use hru_domain::PartyId;
+
+use crate::{Directory, PartySecrets};
+
+/// A detached signature: the signing key's id and the signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detached {
+    /// Key id of the signing key.
+    pub key_id: Vec<u8>,
+    /// The ed25519 signature.
+    pub signature: Vec<u8>,
+}
+
+/// Sign `message` under `domain` (a NUL-terminated tag naming what is signed) as `secrets`.
+pub fn sign_detached(secrets: &PartySecrets, domain: &[u8], message: &[u8]) -> Detached {
+    let signature = secrets.signing.sign(&[domain, message].concat());
+    Detached {
+        key_id: secrets.signing_key_id().0.to_vec(),
+        signature: signature.to_bytes().to_vec(),
+    }
+}
+
+/// Check that `signed` is `signer`'s signature of `message` under `domain`, by a key the
+/// directory lists for `signer` that was valid at `made_at_ms`. The error says which part failed.
+pub fn verify_detached(
+    directory: &Directory,
+    signer: &PartyId,
+    made_at_ms: i64,
+    domain: &[u8],
+    message: &[u8],
+    signed: &Detached,
+) -> Result<(), String> {
+    let entry = directory
+        .party(signer)
+        .ok_or_else(|| format!("{signer} is not in the directory"))?;
+    let key = entry
+        .signing
+        .iter()
+        .find(|k| k.key_id.0.as_slice() == signed.key_id.as_slice())
+        .ok_or_else(|| format!("key {} is not a key of {signer}", hex::encode(&signed.key_id)))?;
+    if !key.valid_at(made_at_ms) {
+        return Err(format!("key {} of {signer} was not valid when it signed", key.key_id));
+    }
+    let signature: [u8; 64] = signed
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("the signature is {} bytes, not 64", signed.signature.len()))?;
+    if !crate::verify_strict(&key.key, &[domain, message].concat(), &signature) {
+        return Err(format!("the signature is not {signer}'s"));
+    }
+    Ok(())
+}
