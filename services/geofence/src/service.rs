@@ -441,7 +441,8 @@ pub fn verify_alert(bytes: &[u8], directory: &Directory) -> Result<pb::VictimAle
         key_id: signed.key_id,
         signature: signed.signature,
     };
-    hru_envelope::verify_detached(directory, &signer, alert.at_ms, ALERT_DOMAIN, &signed.alert, &detached)?;
+    hru_envelope::verify_detached(directory, &signer, alert.at_ms, ALERT_DOMAIN, &signed.alert, &detached)
+        .map_err(|e| e.to_string())?;
     Ok(alert)
 }
 

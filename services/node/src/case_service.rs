@@ -106,6 +106,15 @@ impl CaseApi {
             isa.audience(&caller.party, event_type, s)
                 .map_err(|r| Status::permission_denied(r.0))?;
         }
+        // Decide on the case as the caller saw it: the history up to its expected version.
+        let (history, version) = self.shared.case_history(case, expected_version).await?;
+        if version > expected_version {
+            return Err(Status::aborted(format!(
+                "the case is at version {version}, not {expected_version}; re-read it and try again"
+            )));
+        }
+        let facts = crate::decide::facts(&history);
+        crate::decide::record(&facts, &typed).map_err(crate::decide::refusal_status)?;
         self.shared
             .log_access(&grant, &caller.person, Disclosed::case(case, names))
             .await?;
@@ -184,7 +193,8 @@ pub(crate) type HistoryEntry = (u64, hru_domain::EventHeader, CaseEvent);
 
 impl Shared {
     /// The case's events as this node can open them, and the case's version, once the view
-    /// holds at least version `at_least` (a command decides on the version it appends under).
+    /// holds at least version `at_least` or has sourced all the log held (a command decides on
+    /// the version it appends under).
     pub(crate) async fn case_history(&self, case: CaseId, at_least: u64) -> Result<(Vec<HistoryEntry>, u64), Status> {
         self.wait_own_writes().await;
         let deadline = std::time::Instant::now() + VIEW_CATCH_UP;
@@ -192,6 +202,13 @@ impl Shared {
         loop {
             let version = self.log.reader().case_version(case).await.map_err(unavailable)?;
             if version >= at_least || std::time::Instant::now() >= deadline {
+                break;
+            }
+            // The case's newest events may be ones this party is not entitled to: once the view
+            // has sourced everything the log held, what it shows is all there is to see.
+            if self.log.reader().caught_up().await.map_err(unavailable)?
+                && self.log.reader().case_version(case).await.map_err(unavailable)? == version
+            {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

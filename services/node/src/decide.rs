@@ -19,6 +19,13 @@ pub(crate) struct Fact<'a> {
 pub(crate) enum Refusal {
     /// No breach episode with this id in the case.
     UnknownBreach,
+    /// No zone with this id was defined in the case.
+    UnknownZone,
+    /// The zone was revoked already.
+    ZoneAlreadyRevoked {
+        /// The log sequence of that revocation.
+        sequence: u64,
+    },
     /// Someone acknowledged the breach first.
     AlreadyAcknowledged {
         /// Who (the operator the acknowledgement names).
@@ -33,6 +40,34 @@ pub(crate) enum Refusal {
 pub(crate) struct Acknowledge {
     /// When the breach was first recorded in the log (ms).
     pub raised_at_ms: i64,
+}
+
+/// The facts of a case's history as the node read it.
+pub(crate) fn facts(history: &[crate::case_service::HistoryEntry]) -> Vec<Fact<'_>> {
+    history
+        .iter()
+        .map(|(sequence, header, event)| Fact {
+            sequence: *sequence,
+            header,
+            event,
+        })
+        .collect()
+}
+
+/// A refusal as the caller's answer: FAILED_PRECONDITION naming what stands in the way, or
+/// NOT_FOUND for what the case does not hold.
+pub(crate) fn refusal_status(refusal: Refusal) -> tonic::Status {
+    use tonic::Status;
+    match refusal {
+        Refusal::UnknownBreach => Status::not_found("no breach episode with this id in the case"),
+        Refusal::UnknownZone => Status::not_found("no zone with this id was defined in the case"),
+        Refusal::ZoneAlreadyRevoked { sequence } => {
+            Status::failed_precondition(format!("the zone was revoked already (log sequence {sequence})"))
+        }
+        Refusal::AlreadyAcknowledged { by, sequence } => Status::failed_precondition(format!(
+            "the breach was already acknowledged by {by} (log sequence {sequence})"
+        )),
+    }
 }
 
 /// Decide an acknowledgement of `breach`: allowed once per breach episode the case holds.
@@ -55,6 +90,31 @@ pub(crate) fn acknowledge(history: &[Fact<'_>], breach: uuid::Uuid) -> Result<Ac
     raised_at_ms
         .map(|raised_at_ms| Acknowledge { raised_at_ms })
         .ok_or(Refusal::UnknownBreach)
+}
+
+/// Decide whether `event` may be recorded on the case as it stands: an acknowledgement
+/// follows the acknowledgement rule, a zone revocation needs a zone of the case still in force;
+/// every other event the agreement lets its producer record is allowed.
+pub(crate) fn record(history: &[Fact<'_>], event: &CaseEvent) -> Result<(), Refusal> {
+    match event {
+        CaseEvent::BreachAcknowledged { core: Some(a) } => acknowledge(history, a.breach_id).map(|_| ()),
+        CaseEvent::ZoneRevoked { core: Some(r) } => {
+            let mut defined = false;
+            for fact in history {
+                match fact.event {
+                    CaseEvent::ZoneDefined { core: Some(z) } if z.zone_id == r.zone_id => defined = true,
+                    CaseEvent::ZoneRevoked { core: Some(x) } if x.zone_id == r.zone_id => {
+                        return Err(Refusal::ZoneAlreadyRevoked {
+                            sequence: fact.sequence,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if defined { Ok(()) } else { Err(Refusal::UnknownZone) }
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +237,88 @@ mod tests {
             },
         ];
         assert!(acknowledge(&history, id).is_ok());
+    }
+
+    fn zone(id: uuid::Uuid) -> CaseEvent {
+        CaseEvent::ZoneDefined {
+            core: Some(hru_domain::Zone {
+                zone_id: id,
+                version: 1,
+                kind: pb::ZoneKind::Exclusion,
+                tag_id: "tag-1".parse().unwrap(),
+                geojson: String::new(),
+                radius_m: 100.0,
+                schedule: vec![],
+                exit_buffer_m: 20.0,
+                label: "victim home".into(),
+            }),
+        }
+    }
+
+    fn revoked(id: uuid::Uuid) -> CaseEvent {
+        CaseEvent::ZoneRevoked {
+            core: Some(hru_domain::ZoneRevocation {
+                zone_id: id,
+                reason: "order varied".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn given_a_zone_in_force_when_revoked_then_allowed_once() {
+        let id = uuid::Uuid::now_v7();
+        let (h1, e1) = (header(EventType::ZoneDefined, "police-hru", 100), zone(id));
+        let (h2, e2) = (header(EventType::ZoneRevoked, "police-hru", 200), revoked(id));
+        let defined = [Fact {
+            sequence: 3,
+            header: &h1,
+            event: &e1,
+        }];
+        assert_eq!(record(&defined, &revoked(id)), Ok(()));
+        let twice = [
+            Fact {
+                sequence: 3,
+                header: &h1,
+                event: &e1,
+            },
+            Fact {
+                sequence: 8,
+                header: &h2,
+                event: &e2,
+            },
+        ];
+        assert_eq!(
+            record(&twice, &revoked(id)),
+            Err(Refusal::ZoneAlreadyRevoked { sequence: 8 })
+        );
+        assert_eq!(record(&[], &revoked(id)), Err(Refusal::UnknownZone));
+    }
+
+    #[test]
+    fn given_an_acknowledged_breach_when_an_acknowledgement_is_recorded_then_refused() {
+        let id = uuid::Uuid::now_v7();
+        let (h1, e1) = (header(EventType::TagBreach, "geofence", 100), breach(id));
+        let (h2, e2) = (
+            header(EventType::BreachAcknowledged, "police-control", 200),
+            acknowledged(id, "Insp. Ada"),
+        );
+        let history = [
+            Fact {
+                sequence: 5,
+                header: &h1,
+                event: &e1,
+            },
+            Fact {
+                sequence: 7,
+                header: &h2,
+                event: &e2,
+            },
+        ];
+        assert!(matches!(
+            record(&history, &acknowledged(id, "PC 202")),
+            Err(Refusal::AlreadyAcknowledged { .. })
+        ));
+        assert_eq!(record(&history[..1], &acknowledged(id, "PC 202")), Ok(()));
     }
 
     #[test]

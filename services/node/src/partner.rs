@@ -51,7 +51,8 @@ pub fn verify_disclosure(
         DISCLOSURE_DOMAIN,
         &answer.disclosure,
         &signed,
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     Ok(disclosure)
 }
 

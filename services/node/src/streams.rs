@@ -88,17 +88,6 @@ async fn pause<T>(tx: &mpsc::Sender<T>, shared: &Shared) -> bool {
 /// How often a command decided on a case is decided again after another writer moved the case.
 const DECIDE_ATTEMPTS: usize = 5;
 
-/// A decision's refusal as the caller's answer.
-fn refusal_status(refusal: decide::Refusal, breach: &uuid::Uuid) -> Status {
-    let breach = hex::encode(breach.as_bytes());
-    match refusal {
-        decide::Refusal::UnknownBreach => Status::not_found(format!("breach {breach} is not in its case")),
-        decide::Refusal::AlreadyAcknowledged { by, sequence } => Status::failed_precondition(format!(
-            "breach {breach} was already acknowledged by {by} (log sequence {sequence})"
-        )),
-    }
-}
-
 /// The `SubscriptionService` implementation.
 pub struct SubscriptionApi {
     shared: Arc<Shared>,
@@ -403,15 +392,8 @@ impl BreachApi {
         let mut at_least = 0;
         for _ in 0..DECIDE_ATTEMPTS {
             let (history, version) = self.shared.case_history(case, at_least).await?;
-            let facts: Vec<decide::Fact<'_>> = history
-                .iter()
-                .map(|(sequence, header, event)| decide::Fact {
-                    sequence: *sequence,
-                    header,
-                    event,
-                })
-                .collect();
-            let decided = decide::acknowledge(&facts, id).map_err(|r| refusal_status(r, &id))?;
+            let facts = decide::facts(&history);
+            let decided = decide::acknowledge(&facts, id).map_err(decide::refusal_status)?;
             let now = jiff::Timestamp::now().as_millisecond();
             let response_time_ms = (now - decided.raised_at_ms).max(0);
             let (event_type, sections) =

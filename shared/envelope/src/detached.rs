@@ -16,6 +16,36 @@ pub struct Detached {
     pub signature: Vec<u8>,
 }
 
+/// Why a detached signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DetachedError {
+    /// The signer is not in the directory.
+    #[error("{0} is not in the directory")]
+    UnknownSigner(PartyId),
+    /// The key id names no signing key of the signer.
+    #[error("key {key} is not a key of {signer}")]
+    UnknownKey {
+        /// The claimed signer.
+        signer: PartyId,
+        /// The key id (hex).
+        key: String,
+    },
+    /// The key was not valid when the message was made.
+    #[error("key {key} of {signer} was not valid when it signed")]
+    KeyNotValid {
+        /// The signer.
+        signer: PartyId,
+        /// The key id (hex).
+        key: String,
+    },
+    /// The signature is not 64 bytes.
+    #[error("the signature is {0} bytes, not 64")]
+    Length(usize),
+    /// The signature does not verify (strictly) under the key.
+    #[error("the signature is not {0}'s")]
+    Forged(PartyId),
+}
+
 /// Sign `message` under `domain` (a NUL-terminated tag naming what is signed) as `secrets`.
 pub fn sign_detached(secrets: &PartySecrets, domain: &[u8], message: &[u8]) -> Detached {
     let signature = secrets.signing.sign(&[domain, message].concat());
@@ -34,25 +64,31 @@ pub fn verify_detached(
     domain: &[u8],
     message: &[u8],
     signed: &Detached,
-) -> Result<(), String> {
+) -> Result<(), DetachedError> {
     let entry = directory
         .party(signer)
-        .ok_or_else(|| format!("{signer} is not in the directory"))?;
+        .ok_or_else(|| DetachedError::UnknownSigner(signer.clone()))?;
     let key = entry
         .signing
         .iter()
         .find(|k| k.key_id.0.as_slice() == signed.key_id.as_slice())
-        .ok_or_else(|| format!("key {} is not a key of {signer}", hex::encode(&signed.key_id)))?;
+        .ok_or_else(|| DetachedError::UnknownKey {
+            signer: signer.clone(),
+            key: hex::encode(&signed.key_id),
+        })?;
     if !key.valid_at(made_at_ms) {
-        return Err(format!("key {} of {signer} was not valid when it signed", key.key_id));
+        return Err(DetachedError::KeyNotValid {
+            signer: signer.clone(),
+            key: key.key_id.to_string(),
+        });
     }
     let signature: [u8; 64] = signed
         .signature
         .as_slice()
         .try_into()
-        .map_err(|_| format!("the signature is {} bytes, not 64", signed.signature.len()))?;
+        .map_err(|_| DetachedError::Length(signed.signature.len()))?;
     if !crate::verify_strict(&key.key, &[domain, message].concat(), &signature) {
-        return Err(format!("the signature is not {signer}'s"));
+        return Err(DetachedError::Forged(signer.clone()));
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ pub mod fixture;
 
 pub use audience::Audience;
 pub use chain::{ChainBreak, ChainChecker};
-pub use detached::{Detached, sign_detached, verify_detached};
+pub use detached::{Detached, DetachedError, sign_detached, verify_detached};
 pub use error::{OpenError, SealError};
 pub use hru_domain::PlainSection;
 pub use keys::{Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry, key_id};
