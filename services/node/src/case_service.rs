@@ -192,6 +192,24 @@ const VIEW_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 pub(crate) type HistoryEntry = (u64, hru_domain::EventHeader, CaseEvent);
 
 impl Shared {
+    /// The case's log entries as this node's view holds them, and the case's version, once
+    /// the fold has passed it (so the key ring holds every grant they need).
+    async fn case_entries(&self, case: CaseId) -> Result<(Vec<hru_log::LogEntry>, u64), Status> {
+        let unavailable = |e: hru_log::LogError| Status::unavailable(e.to_string());
+        let entries: Vec<hru_log::LogEntry> = self
+            .log
+            .reader()
+            .replay(1, &[hru_broker::Filter::case_events(case)])
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let version = entries.last().map_or(0, |e| e.sequence);
+        self.wait_folded(version).await;
+        Ok((entries, version))
+    }
+
     /// The case's events as this node can open them, and the case's version, once the view
     /// holds at least version `at_least` or has sourced all the log held (a command decides on
     /// the version it appends under).
@@ -213,17 +231,7 @@ impl Shared {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let entries: Vec<hru_log::LogEntry> = self
-            .log
-            .reader()
-            .replay(1, &[hru_broker::Filter::case_events(case)])
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
-        let version = entries.last().map_or(0, |e| e.sequence);
-        self.wait_folded(version).await;
+        let (entries, version) = self.case_entries(case).await?;
         let projector = self
             .projector
             .lock()
@@ -248,17 +256,7 @@ impl Shared {
         only: Option<&[String]>,
     ) -> Result<(Vec<pb::OpenedEvent>, u64), Status> {
         self.wait_own_writes().await;
-        let entries: Vec<hru_log::LogEntry> = self
-            .log
-            .reader()
-            .replay(1, &[hru_broker::Filter::case_events(case)])
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .try_collect()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let version = entries.iter().map(|e| e.sequence).max().unwrap_or(0);
-        self.wait_folded(version).await;
+        let (entries, version) = self.case_entries(case).await?;
         let isa = self.agreement()?;
         let projector = self
             .projector
