@@ -136,14 +136,15 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
     wait_for("the geofence to be ready", || {
         metric(geofence_metrics, "hru_geofence_ready") == 1
     });
+    let gateway_config = config("gateway.toml", base, &url, &[]);
     let gateway = hru(
         &url,
         &policies,
         &[
             "gateway",
             "simulate",
-            "--keys",
-            &secrets.display().to_string(),
+            "--config",
+            &gateway_config.display().to_string(),
             "--tags",
             "3",
             "--rate",

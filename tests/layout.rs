@@ -90,7 +90,7 @@ fn the_check_finds_what_it_looks_for() {
 }
 
 #[test]
-fn the_test_kit_is_only_ever_a_dev_dependency() {
+fn test_support_is_only_ever_a_dev_dependency() {
     let mut offences = Vec::new();
     for member in members() {
         let manifest: toml::Table = std::fs::read_to_string(member.join("Cargo.toml"))
@@ -111,14 +111,23 @@ fn the_test_kit_is_only_ever_a_dev_dependency() {
             }
         }
         for (name, table) in tables {
+            let member = member.strip_prefix(root()).unwrap().display();
             if table.get("hru-testkit").is_some() {
-                offences.push(format!("{}: [{name}]", member.strip_prefix(root()).unwrap().display()));
+                offences.push(format!("{member}: [{name}] hru-testkit"));
+            }
+            let fixture_keys = table
+                .get("hru-envelope")
+                .and_then(|d| d.get("features"))
+                .and_then(toml::Value::as_array)
+                .is_some_and(|f| f.iter().any(|f| f.as_str() == Some("fixture")));
+            if fixture_keys {
+                offences.push(format!("{member}: [{name}] hru-envelope with the fixture feature"));
             }
         }
     }
     assert!(
         offences.is_empty(),
-        "hru-testkit belongs in [dev-dependencies] only:\n{}",
+        "test support (hru-testkit, hru-envelope's fixture keys) belongs in [dev-dependencies] only:\n{}",
         offences.join("\n")
     );
 }

@@ -4,12 +4,12 @@ use std::io::BufRead as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
-use hru_domain::PartyId;
+use anyhow::anyhow;
 use hru_gateway::run::Simulation;
-use hru_gateway::{Gateway, GatewayConfig};
+use hru_gateway::{Gateway, GatewaySettings};
+
+use crate::{GatewayFlags, GivenGlobals};
 
 /// `hru geofence run --config FILE` until Ctrl-C.
 pub(crate) async fn geofence_run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -25,16 +25,46 @@ pub(crate) async fn geofence_run(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A gateway sealing as `party` of the deployment.
+/// A gateway from its layered settings: `--config`, then `HRU_*` variables, then the flags given.
 pub(crate) async fn gateway(
+    flags: &GatewayFlags,
     nats: &str,
-    policies_dir: &Path,
-    party: &str,
-    keys_dir: &Path,
-    config: GatewayConfig,
+    policies: &Path,
+    given: GivenGlobals,
 ) -> anyhow::Result<Gateway> {
-    let party: PartyId = party.parse().context("--party")?;
-    Ok(hru_gateway::run::open(nats, policies_dir, &party, keys_dir, config).await?)
+    let (text, source) = match &flags.config {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (String::new(), "gateway settings".to_owned()),
+    };
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if given.nats {
+        overrides.push(("nats_url", nats.to_owned()));
+    }
+    if given.policies {
+        overrides.push(("policies_dir", policies.display().to_string()));
+    }
+    if let Some(p) = &flags.party {
+        overrides.push(("party", p.clone()));
+    }
+    if let Some(k) = &flags.keys {
+        overrides.push(("keys_dir", k.display().to_string()));
+    }
+    if let Some(b) = flags.batch {
+        overrides.push(("batch_size", b.to_string()));
+    }
+    if let Some(l) = flags.linger_ms {
+        overrides.push(("linger_ms", l.to_string()));
+    }
+    if let Some(h) = flags.heartbeat_ms {
+        overrides.push(("heartbeat_ms", h.to_string()));
+    }
+    let settings = GatewaySettings::load(&text, &source, |k| std::env::var(k).ok(), &overrides)?;
+    let party = settings.party_id()?;
+    let keys_dir = settings.keys_dir.clone().unwrap_or_default();
+    Ok(hru_gateway::run::open(&settings.nats_url, &settings.policies_dir, &party, &keys_dir, settings.batching()).await?)
 }
 
 /// `hru gateway run`: vendor fixes as JSON lines of `hru.v1.DeviceFixes` on standard input,
@@ -71,16 +101,4 @@ pub(crate) async fn gateway_simulate(mut gw: Gateway, sim: Simulation) -> anyhow
         sent.fixes as f64 / took
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Gateway settings from the command line.
-pub(crate) fn gateway_config(batch: usize, linger_ms: u64) -> anyhow::Result<GatewayConfig> {
-    if batch == 0 {
-        anyhow::bail!("--batch must be at least 1");
-    }
-    Ok(GatewayConfig {
-        batch_size: batch,
-        linger: Duration::from_millis(linger_ms),
-        ..GatewayConfig::default()
-    })
 }

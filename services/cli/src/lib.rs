@@ -34,6 +34,34 @@ pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+    /// Which global flags were given on the command line (not by default or environment), so
+    /// services with a configuration file let only those override it.
+    #[arg(skip)]
+    pub given: GivenGlobals,
+}
+
+/// Global flags given on the command line itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GivenGlobals {
+    /// `--nats` was given.
+    pub nats: bool,
+    /// `--policies` was given.
+    pub policies: bool,
+}
+
+impl Cli {
+    /// Parse the process's arguments, recording which global flags were given.
+    pub fn parse_args() -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+        let matches = Self::command().get_matches();
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        cli.given = GivenGlobals {
+            nats: given("nats"),
+            policies: given("policies"),
+        };
+        cli
+    }
 }
 
 /// Output format.
@@ -176,32 +204,22 @@ pub enum GeofenceCommand {
     },
 }
 
-/// `hru gateway` subcommands.
+/// `hru gateway` subcommands. Settings come from `--config` (optional TOML: party, keys_dir,
+/// policies_dir, nats_url, batch_size, linger_ms, heartbeat_ms), then `HRU_*` variables, then
+/// the flags given.
 #[derive(Debug, Subcommand)]
 pub enum GatewayCommand {
     /// Seal vendor fixes (JSON lines of hru.v1.DeviceFixes on standard input) into position batches.
     Run {
-        /// The party sealing (the EM vendor).
-        #[arg(long, default_value = "em-vendor")]
-        party: String,
-        /// Directory with the party's secret key file.
-        #[arg(long)]
-        keys: PathBuf,
-        /// Fixes per batch at most.
-        #[arg(long, default_value_t = 2_000)]
-        batch: usize,
-        /// Milliseconds the oldest fix may wait for its batch.
-        #[arg(long, default_value_t = 10)]
-        linger_ms: u64,
+        /// Batching and connection flags.
+        #[command(flatten)]
+        settings: GatewayFlags,
     },
     /// Simulated tags moving around Cheshire, through the gateway.
     Simulate {
-        /// The party sealing (the EM vendor).
-        #[arg(long, default_value = "em-vendor")]
-        party: String,
-        /// Directory with the party's secret key file.
-        #[arg(long)]
-        keys: PathBuf,
+        /// Batching and connection flags.
+        #[command(flatten)]
+        settings: GatewayFlags,
         /// Tags.
         #[arg(long, default_value_t = 100)]
         tags: usize,
@@ -220,13 +238,30 @@ pub enum GatewayCommand {
         /// As fast as possible instead of in real time.
         #[arg(long)]
         fast: bool,
-        /// Fixes per batch at most.
-        #[arg(long, default_value_t = 2_000)]
-        batch: usize,
-        /// Milliseconds the oldest fix may wait for its batch.
-        #[arg(long, default_value_t = 10)]
-        linger_ms: u64,
     },
+}
+
+/// The gateway's flags; each given one overrides the configuration file and environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayFlags {
+    /// The gateway's TOML configuration.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The party sealing (default em-vendor).
+    #[arg(long)]
+    pub party: Option<String>,
+    /// Directory with the party's secret key file.
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// Fixes per batch at most (default 2000).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Milliseconds the oldest fix may wait for its batch (default 10).
+    #[arg(long)]
+    pub linger_ms: Option<u64>,
+    /// Milliseconds without fixes before a heartbeat batch (default 1000).
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// `hru keys` subcommands.
@@ -521,7 +556,7 @@ const ENV_LOG_FORMAT: &str = "HRU_LOG_FORMAT";
 
 /// The binary: parse the arguments, set up logs on stderr, run the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let filter = tracing_subscriber::EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| "warn".into());
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -567,44 +602,32 @@ pub async fn run(cli: Cli) -> ExitCode {
             let interactive = !non_interactive && std::io::IsTerminal::is_terminal(&std::io::stdin());
             hru_tools::demo::run(&cli.policies, interactive).await
         }
-        Command::Gateway(GatewayCommand::Run {
-            party,
-            keys,
-            batch,
-            linger_ms,
-        }) => match field::gateway_config(batch, linger_ms) {
-            Ok(c) => match field::gateway(&cli.nats, &cli.policies, &party, &keys, c).await {
+        Command::Gateway(GatewayCommand::Run { settings }) => {
+            match field::gateway(&settings, &cli.nats, &cli.policies, cli.given).await {
                 Ok(gw) => field::gateway_run(gw).await,
                 Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
+            }
+        }
         Command::Gateway(GatewayCommand::Simulate {
-            party,
-            keys,
+            settings,
             tags,
             rate,
             seconds,
             seed,
             approach,
             fast,
-            batch,
-            linger_ms,
-        }) => match field::gateway_config(batch, linger_ms) {
-            Ok(c) => match field::gateway(&cli.nats, &cli.policies, &party, &keys, c).await {
-                Ok(gw) => {
-                    let sim = hru_gateway::run::Simulation {
-                        tags,
-                        rate_hz: rate,
-                        seconds,
-                        seed,
-                        approach,
-                        fast,
-                    };
-                    field::gateway_simulate(gw, sim).await
-                }
-                Err(e) => Err(e),
-            },
+        }) => match field::gateway(&settings, &cli.nats, &cli.policies, cli.given).await {
+            Ok(gw) => {
+                let sim = hru_gateway::run::Simulation {
+                    tags,
+                    rate_hz: rate,
+                    seconds,
+                    seed,
+                    approach,
+                    fast,
+                };
+                field::gateway_simulate(gw, sim).await
+            }
             Err(e) => Err(e),
         },
         Command::Append {

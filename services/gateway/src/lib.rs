@@ -4,7 +4,10 @@
 //! tell "no alert" from "no data". `simulate` drives it with tags moving around Cheshire.
 
 pub mod run;
+pub mod settings;
 pub mod simulate;
+
+pub use settings::GatewaySettings;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

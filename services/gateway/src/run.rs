@@ -72,20 +72,37 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// A rejected line of the vendor feed: which line (and column, when known), and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}{}: {problem}", column.map(|c| format!(":{c}")).unwrap_or_default())]
+pub struct LineError {
+    /// Line number, from 1.
+    pub line: usize,
+    /// Column, from 1, for JSON syntax errors.
+    pub column: Option<usize>,
+    /// What is wrong, naming the field.
+    pub problem: String,
+}
+
 /// One line of the vendor feed: a `DeviceFixes` in protobuf JSON, checked; the error names
 /// the line, the column or the field.
-pub fn parse_line(n: usize, line: &str) -> Result<pb::DeviceFixes, String> {
+pub fn parse_line(n: usize, line: &str) -> Result<pb::DeviceFixes, LineError> {
+    let problem = |column: Option<usize>, problem: String| LineError {
+        line: n,
+        column,
+        problem,
+    };
     let desc = hru_wire::descriptor_pool()
         .get_message_by_name("hru.v1.DeviceFixes")
-        .ok_or_else(|| "the wire contract has no DeviceFixes".to_owned())?;
+        .ok_or_else(|| problem(None, "the wire contract has no DeviceFixes".to_owned()))?;
     let mut de = serde_json::Deserializer::from_str(line);
     let message = prost_reflect::DynamicMessage::deserialize(desc, &mut de)
         .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| format!("line {n}:{}: {e}", e.column()))?;
+        .map_err(|e| problem(Some(e.column()), e.to_string()))?;
     let fixes = message
         .transcode_to::<pb::DeviceFixes>()
-        .map_err(|e| format!("line {n}: {e}"))?;
-    check_device(&fixes).map_err(|e| format!("line {n}: {e}"))?;
+        .map_err(|e| problem(None, e.to_string()))?;
+    check_device(&fixes).map_err(|e| problem(None, e))?;
     Ok(fixes)
 }
 
@@ -209,12 +226,14 @@ mod tests {
     fn a_bad_line_is_named_with_its_number_and_field() {
         let e = parse_line(7, r#"{"deviceId":"tag-1","fixes":[{"deviceTimeMs":"0"}]}"#).unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "line 7: field `fixes[0].deviceTimeMs` must be a positive Unix time in ms"
         );
         let e = parse_line(3, r#"{"deviceId":"tag-1","#).unwrap_err();
+        assert_eq!((e.line, e.column.is_some()), (3, true), "{e}");
+        let e = e.to_string();
         assert!(e.starts_with("line 3:"), "{e}");
-        let e = parse_line(4, r#"{"deviceId":"Not A Tag"}"#).unwrap_err();
+        let e = parse_line(4, r#"{"deviceId":"Not A Tag"}"#).unwrap_err().to_string();
         assert!(e.starts_with("line 4: field `deviceId`"), "{e}");
     }
 

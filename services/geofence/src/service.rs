@@ -132,16 +132,34 @@ impl GeofenceConfig {
     /// Parse `text` (from `source`), apply `HRU_*` environment overrides, check it; errors
     /// name the key.
     pub fn load(text: &str, source: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, GeofenceError> {
-        hru_runtime::load(text, source, env, &[]).map_err(|e| GeofenceError::Config(e.to_string()))
+        Ok(hru_runtime::load(text, source, env, &[])?)
     }
 }
 
 /// Why the service stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GeofenceError {
-    /// Configuration, keys or policies are wrong.
+    /// The configuration is wrong (the error names the key).
     #[error("configuration: {0}")]
-    Config(String),
+    Config(#[from] hru_runtime::ConfigError),
+    /// The party's name in the configuration is not a party id.
+    #[error("configuration: key `party`: {0}")]
+    Party(#[source] hru_domain::FieldError),
+    /// The deployment (agreements, directory, keys) could not be loaded.
+    #[error(transparent)]
+    Deployment(#[from] hru_runtime::DeploymentError),
+    /// The metrics endpoint could not listen where configured.
+    #[error("configuration: key `metrics_listen` ({addr}): {source}")]
+    MetricsListen {
+        /// The configured address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A breach decision could not be sealed under the agreement in force.
+    #[error("sealing a TagBreach: {0}")]
+    Seal(#[from] hru_envelope::SealError),
     /// The log failed.
     #[error(transparent)]
     Log(#[from] hru_log::LogError),
@@ -357,7 +375,7 @@ impl Service {
                 &self.directory,
                 &mut rng,
             )
-            .map_err(|e| GeofenceError::Config(format!("sealing a TagBreach: {e}")))?;
+            ?;
         let send_alerts = async {
             for (breach_id, (device, kind, distance)) in &alerts {
                 let alert = pb::VictimAlert {
@@ -431,18 +449,34 @@ pub fn sign_alert(secrets: &PartySecrets, alert: &pb::VictimAlert) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Why a published victim alert is not to be believed.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    /// The message is not a `SignedVictimAlert`.
+    #[error("does not decode as a SignedVictimAlert: {0}")]
+    Envelope(#[source] prost::DecodeError),
+    /// The signed bytes are not a `VictimAlert`.
+    #[error("field `alert` does not decode as a VictimAlert: {0}")]
+    Alert(#[source] prost::DecodeError),
+    /// The signer is not a party id.
+    #[error("field `signer`: {0}")]
+    Signer(#[source] hru_domain::FieldError),
+    /// The signature does not verify under a key of the signer valid at the fix's time.
+    #[error(transparent)]
+    Signature(#[from] hru_envelope::DetachedError),
+}
+
 /// Check a published victim alert: signed strictly by a key of its signer that was valid when
 /// the fix was taken. The alert, or why not.
-pub fn verify_alert(bytes: &[u8], directory: &Directory) -> Result<pb::VictimAlert, String> {
-    let signed = pb::SignedVictimAlert::decode(bytes).map_err(|e| format!("does not decode: {e}"))?;
-    let alert = pb::VictimAlert::decode(signed.alert.as_slice()).map_err(|e| format!("alert: {e}"))?;
-    let signer: PartyId = signed.signer.parse().map_err(|e| format!("signer: {e}"))?;
+pub fn verify_alert(bytes: &[u8], directory: &Directory) -> Result<pb::VictimAlert, AlertError> {
+    let signed = pb::SignedVictimAlert::decode(bytes).map_err(AlertError::Envelope)?;
+    let alert = pb::VictimAlert::decode(signed.alert.as_slice()).map_err(AlertError::Alert)?;
+    let signer: PartyId = signed.signer.parse().map_err(AlertError::Signer)?;
     let detached = hru_envelope::Detached {
         key_id: signed.key_id,
         signature: signed.signature,
     };
-    hru_envelope::verify_detached(directory, &signer, alert.at_ms, ALERT_DOMAIN, &signed.alert, &detached)
-        .map_err(|e| e.to_string())?;
+    hru_envelope::verify_detached(directory, &signer, alert.at_ms, ALERT_DOMAIN, &signed.alert, &detached)?;
     Ok(alert)
 }
 
@@ -452,18 +486,11 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), GeofenceError> {
-    let config_err = |e: String| GeofenceError::Config(e);
-    let party: PartyId = config
-        .party
-        .parse()
-        .map_err(|e: hru_domain::FieldError| config_err(e.to_string()))?;
-    let deployment = Deployment::load(&config.policies_dir).map_err(|e| config_err(e.to_string()))?;
-    let isa = deployment
-        .in_force_now()
-        .map_err(|e| config_err(e.to_string()))?
-        .clone();
+    let party: PartyId = config.party.parse().map_err(GeofenceError::Party)?;
+    let deployment = Deployment::load(&config.policies_dir)?;
+    let isa = deployment.in_force_now()?.clone();
     let directory = deployment.directory;
-    let secrets = hru_runtime::deployment::secrets(&config.keys_dir, &party).map_err(|e| config_err(e.to_string()))?;
+    let secrets = hru_runtime::deployment::secrets(&config.keys_dir, &party)?;
     // The geofence connects with its party's nkey: it reads its view of the log and the
     // position stream, and publishes its breaches and victim alerts.
     let identity = secrets.broker_identity();
@@ -547,7 +574,10 @@ pub async fn run(
     if let Some(addr) = &config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| GeofenceError::Config(format!("key `metrics_listen` ({addr}): {e}")))?;
+            .map_err(|source| GeofenceError::MetricsListen {
+                addr: addr.clone(),
+                source,
+            })?;
         let (registry, shutdown) = (Arc::new(service.stats.registry()), tasks.shutdown());
         tasks.spawn(async move {
             if let Err(e) = hru_runtime::metrics::serve(listener, registry, shutdown).await {

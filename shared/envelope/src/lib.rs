@@ -14,6 +14,9 @@ mod primitives;
 mod seal;
 mod static_policy;
 
+/// Deterministic keys and casts for tests, benchmarks and fuzzing; compiled only with the
+/// `fixture` feature, which no product crate enables.
+#[cfg(feature = "fixture")]
 pub mod fixture;
 
 pub use audience::Audience;

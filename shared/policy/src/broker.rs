@@ -8,6 +8,11 @@ use hru_envelope::Directory;
 
 use crate::CompiledIsa;
 
+/// A broker identity the directory gives no NATS nkey.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} has no nats_user in the directory; add the entry `hru keys generate --party {0}` prints")]
+pub struct MissingNkey(pub String);
+
 impl CompiledIsa {
     /// What each party may produce and receives, as the broker enforces it.
     pub fn broker_rights(&self) -> Rights {
@@ -46,20 +51,21 @@ impl CompiledIsa {
     /// The broker identities to generate a configuration for: every party's nkey from the
     /// directory, the provisioner's and (when listed) the auditor's; names each identity that
     /// has none.
-    pub fn broker_accounts(&self, directory: &Directory) -> Result<Accounts, String> {
+    pub fn broker_accounts(&self, directory: &Directory) -> Result<Accounts, MissingNkey> {
         let nkey = |id: &PartyId| {
-            directory.party(id).and_then(|e| e.nats_user.clone()).ok_or_else(|| {
-                format!("{id} has no nats_user in the directory; add the entry `hru keys generate --party {id}` prints")
-            })
+            directory
+                .party(id)
+                .and_then(|e| e.nats_user.clone())
+                .ok_or_else(|| MissingNkey(id.to_string()))
         };
         let parties = self
             .parties
             .keys()
             .map(|p| nkey(p).map(|k| (p.clone(), k)))
             .collect::<Result<_, _>>()?;
-        let provisioner = nkey(&PartyId::parse(PROVISIONER, "provisioner").map_err(|e| e.to_string())?)?;
-        let auditor_id = PartyId::parse(AUDITOR, "auditor").map_err(|e| e.to_string())?;
-        let auditor = directory.party(&auditor_id).and_then(|e| e.nats_user.clone());
+        let well_known = |name: &str| PartyId::parse(name, "party").map_err(|_| MissingNkey(name.to_owned()));
+        let provisioner = nkey(&well_known(PROVISIONER)?)?;
+        let auditor = directory.party(&well_known(AUDITOR)?).and_then(|e| e.nats_user.clone());
         Ok(Accounts {
             parties,
             provisioner,

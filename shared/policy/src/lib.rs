@@ -12,6 +12,7 @@ mod model;
 mod names;
 mod set;
 
+pub use broker::MissingNkey;
 pub use compile::{CallGrant, CompiledIsa, Receipt, Retention};
 pub use error::{ErrorKind, PolicyError, PolicyErrors};
 pub use model::Role;
