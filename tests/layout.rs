@@ -92,7 +92,8 @@ fn the_check_finds_what_it_looks_for() {
 #[test]
 fn test_support_is_only_ever_a_dev_dependency() {
     let mut offences = Vec::new();
-    for member in members() {
+    // The cross-service test member is itself test support, never shipped.
+    for member in members().into_iter().filter(|m| *m != root().join("tests")) {
         let manifest: toml::Table = std::fs::read_to_string(member.join("Cargo.toml"))
             .unwrap()
             .parse()

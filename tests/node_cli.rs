@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hru_tests::World;
+use hru_tests::{World, free_port};
 use hru_wire::v1 as pb;
 use hru_wire::v1::case_service_client::CaseServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -76,14 +76,6 @@ fn python_client(world: &World, port: u16) -> serde_json::Value {
         String::from_utf8_lossy(&run.stderr)
     );
     serde_json::from_str(text.trim()).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -164,13 +156,14 @@ fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
             };
             if let Ok(channel) = endpoint.connect().await {
                 let mut client = CaseServiceClient::new(channel);
-                let mut request = tonic::Request::new(pb::ListCasesRequest {
-                    view: "case-board".into(),
-                    purpose: "risk-management".into(),
-                });
-                request
-                    .metadata_mut()
-                    .insert("x-hru-person", "DS Morgan".parse().unwrap());
+                let request = hru_wire::request_as(
+                    pb::ListCasesRequest {
+                        view: "case-board".into(),
+                        purpose: "risk-management".into(),
+                    },
+                    "DS Morgan",
+                )
+                .unwrap();
                 if let Ok(r) = client.list_cases(request).await
                     && !r.get_ref().rows.is_empty()
                 {

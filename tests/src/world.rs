@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hru_local_nats::NatsServer;
+use hru_testkit::NatsServer;
 use serde_json::Value;
 
 /// Every party of the Cheshire HRU agreement.
@@ -119,15 +119,7 @@ pub fn hru(nats: &NatsServer, args: &[&str]) -> Output {
         .expect("runs hru")
 }
 
-/// A free loopback TCP port.
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use hru_testkit::{free_port, metric};
 
 /// `hru node run` as a child process; killed when dropped.
 /// A node running as its own `hru node run` process (killed on drop).
@@ -255,23 +247,6 @@ pub async fn tls_channel(node: &NodeProcess, ca: &Path, cert: &Path, key: &Path)
 
 /// A request naming the person acting.
 pub fn request<T>(message: T, person: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut()
-        .insert("x-hru-person", person.parse().expect("ascii person"));
-    r
+    hru_wire::request_as(message, person).expect("an ASCII person")
 }
 
-/// The value of metric `name` served on `GET /metrics` at `port` (0 while nothing answers).
-pub fn metric(port: u16, name: &str) -> u64 {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}

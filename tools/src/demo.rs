@@ -58,11 +58,7 @@ fn offset(p: (f64, f64), north_m: f64, east_m: f64) -> (f64, f64) {
 }
 
 fn request<T>(message: T, person: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    if let Ok(v) = person.parse() {
-        r.metadata_mut().insert(hru_node::PERSON_HEADER, v);
-    }
-    r
+    hru_wire::request_as(message, person).unwrap_or_else(|| panic!("the demo's people have ASCII names: {person:?}"))
 }
 
 fn circle(centre: (f64, f64)) -> String {

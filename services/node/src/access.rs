@@ -14,8 +14,7 @@ use tonic::{Request, Status};
 
 use crate::{Shared, tls};
 
-/// Metadata key naming the person acting (DPA 2018 s62 logs people, not only parties).
-pub const PERSON_HEADER: &str = "x-hru-person";
+pub use hru_wire::PERSON_HEADER;
 
 /// Why an event could not be appended.
 pub(crate) enum AppendFailure {

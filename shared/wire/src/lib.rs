@@ -19,3 +19,14 @@ pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
             .unwrap_or_else(|e| panic!("the embedded descriptor set is built by build.rs and always decodes: {e}"))
     })
 }
+
+/// The gRPC metadata key naming the person acting for the calling party (the access log
+/// records it).
+pub const PERSON_HEADER: &str = "x-hru-person";
+
+/// A request naming the person acting; `None` when `person` is not valid ASCII metadata.
+pub fn request_as<T>(message: T, person: &str) -> Option<tonic::Request<T>> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(PERSON_HEADER, person.parse().ok()?);
+    Some(r)
+}

@@ -103,13 +103,7 @@ pub async fn world() -> World {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use hru_testkit::free_port;
 
 impl World {
     pub fn secrets(&self, party: &str) -> &PartySecrets {
@@ -272,9 +266,7 @@ impl Node {
 }
 
 pub fn request<T>(message: T, person: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert("x-hru-person", person.parse().unwrap());
-    r
+    hru_wire::request_as(message, person).unwrap()
 }
 
 /// A stalking referral with identity and narrative.
