@@ -9,7 +9,7 @@ use hru_wire::v1 as pb;
 use rand::{Rng as _, SeedableRng as _};
 use rstar::{AABB, RTree, RTreeObject};
 
-use hru_geofence::{Config, Fix, Input, State, Zone};
+use hru_geofence::{Config, Device, Fix, Input, State, Zone};
 
 const M_PER_DEG: f64 = 111_195.0;
 
@@ -77,8 +77,9 @@ impl Workload {
             let position = (c.0 + dn / M_PER_DEG, c.1 + de / (M_PER_DEG * c.0.to_radians().cos()));
             let at = t0 + (n / centres.len().max(1)) as i64 * 1_000;
             inputs.push(Input::Fixes {
-                device: format!("tag-{i}"),
-                victim: false,
+                device: Device::Tag(
+                    hru_domain::TagId::parse(&format!("tag-{i}"), "tag_id").map_err(|e| e.to_string())?,
+                ),
                 fixes: vec![Fix {
                     seq: n as u64,
                     device_ms: at,

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hru_domain::CaseId;
+use hru_domain::{CaseId, DeviceId, TagId};
 use hru_wire::v1 as pb;
 use rstar::{AABB, RTree, RTreeObject};
 use sha2::{Digest as _, Sha256};
@@ -109,6 +109,15 @@ pub struct Proximity {
     pub version: u32,
 }
 
+/// The device a batch of fixes comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// A monitored person's tag.
+    Tag(TagId),
+    /// A victim's paired alert device.
+    Victim(DeviceId),
+}
+
 /// What the engine is told.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -133,14 +142,12 @@ pub enum Input {
     /// A tag removed: no more device alerts for it.
     TagRemoved {
         /// Tag id.
-        tag: String,
+        tag: TagId,
     },
     /// Fixes of one device.
     Fixes {
-        /// Device id.
-        device: String,
-        /// A victim's device rather than a subject's tag.
-        victim: bool,
+        /// The device: a subject's tag or a victim's device.
+        device: Device,
         /// Its fixes.
         fixes: Vec<Fix>,
     },
@@ -161,18 +168,18 @@ pub enum Action {
         /// Breach episode.
         breach_id: uuid::Uuid,
         /// The victim's device.
-        victim_device: String,
+        victim_device: DeviceId,
         /// Breach kind.
         kind: pb::BreachKind,
         /// The tag.
-        tag: String,
+        tag: TagId,
         /// Distance, metres.
         distance_m: f64,
     },
     /// A fix's accuracy circle straddles a boundary: possibly in breach, not confirmed.
     Possible {
         /// The tag.
-        tag: String,
+        tag: TagId,
         /// The zone or rule.
         rule: uuid::Uuid,
         /// The fix.
@@ -181,7 +188,7 @@ pub enum Action {
     /// The victim's latest fix is too old to judge proximity.
     StaleVictimFix {
         /// The tag.
-        tag: String,
+        tag: TagId,
         /// The proximity rule.
         rule: uuid::Uuid,
         /// Age of the latest victim fix at the tag's fix, ms (none: never had one).
@@ -208,7 +215,7 @@ pub struct BreachUpdate {
     /// The case it belongs to.
     pub case: Option<CaseId>,
     /// Tag.
-    pub tag: String,
+    pub tag: TagId,
     /// Kind.
     pub kind: pb::BreachKind,
     /// Opened, updated or closed.
@@ -245,7 +252,7 @@ impl BreachUpdate {
     pub fn core(&self) -> pb::BreachCore {
         pb::BreachCore {
             breach_id: self.breach_id.as_bytes().to_vec(),
-            tag_id: self.tag.clone(),
+            tag_id: self.tag.to_string(),
             kind: self.kind as i32,
             state: self.state as i32,
             rule_id: self.rule_id.as_bytes().to_vec(),
@@ -295,9 +302,9 @@ struct Opening {
 
 impl Episode {
     /// A new episode of `tag`; its id derives from (tag, rule, first fix).
-    fn open(tag: &str, o: Opening) -> Self {
+    fn open(tag: &TagId, o: Opening) -> Self {
         Self {
-            breach_id: episode_id(tag, o.key, o.seq, o.at_ms),
+            breach_id: episode_id(tag.as_str(), o.key, o.seq, o.at_ms),
             kind: o.kind,
             rule_id: o.rule_id,
             rule_version: o.rule_version,
@@ -315,7 +322,7 @@ impl Episode {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct TagState {
     case: Option<CaseId>,
-    victim_device: Option<String>,
+    victim_device: Option<DeviceId>,
     fitted: bool,
     last_device_ms: i64,
     last_comm_ms: i64,
@@ -371,12 +378,12 @@ pub struct State {
     config: Config,
     zones: FastMap<uuid::Uuid, Zone>,
     exclusion_index: RTree<ZoneBox>,
-    inclusion_by_tag: FastMap<String, Vec<uuid::Uuid>>,
-    proximity_by_tag: FastMap<String, Vec<uuid::Uuid>>,
-    proximity_by_victim: FastMap<String, Vec<uuid::Uuid>>,
+    inclusion_by_tag: FastMap<TagId, Vec<uuid::Uuid>>,
+    proximity_by_tag: FastMap<TagId, Vec<uuid::Uuid>>,
+    proximity_by_victim: FastMap<DeviceId, Vec<uuid::Uuid>>,
     rules: FastMap<uuid::Uuid, Proximity>,
-    tags: FastMap<String, TagState>,
-    victims: FastMap<String, (i64, (f64, f64), f64)>,
+    tags: FastMap<TagId, TagState>,
+    victims: FastMap<DeviceId, (i64, (f64, f64), f64)>,
     watermark_ms: i64,
     scratch: Vec<Reading>,
 }
@@ -474,9 +481,9 @@ impl State {
             Input::ZoneRevoked { zone, at_ms } => self.revoke_zone(*zone, *at_ms, &mut out),
             Input::Proximity(p) => self.set_rule((**p).clone()),
             Input::TagFitted { case, tag } => {
-                let t = self.tags.entry(tag.tag_id.to_string()).or_default();
+                let t = self.tags.entry(tag.tag_id.clone()).or_default();
                 t.case = *case;
-                t.victim_device = tag.victim_device_id.as_ref().map(ToString::to_string);
+                t.victim_device = tag.victim_device_id.clone();
                 t.fitted = true;
                 t.last_comm_ms = t.last_comm_ms.max(tag.at_ms);
                 t.last_gps_ms = t.last_gps_ms.max(tag.at_ms);
@@ -486,17 +493,17 @@ impl State {
                     t.fitted = false;
                 }
             }
-            Input::Fixes { device, victim, fixes } => {
+            Input::Fixes { device, fixes } => {
                 let order = |f: &Fix| (f.device_ms, f.seq);
                 if fixes.windows(2).all(|w| order(&w[0]) <= order(&w[1])) {
                     for f in fixes {
-                        self.one_fix(device, *victim, f, &mut out);
+                        self.one_fix(device, f, &mut out);
                     }
                 } else {
                     let mut sorted: Vec<&Fix> = fixes.iter().collect();
                     sorted.sort_by_key(|f| order(f));
                     for f in sorted {
-                        self.one_fix(device, *victim, f, &mut out);
+                        self.one_fix(device, f, &mut out);
                     }
                 }
             }
@@ -505,11 +512,10 @@ impl State {
         out
     }
 
-    fn one_fix(&mut self, device: &str, victim: bool, f: &Fix, out: &mut Vec<Action>) {
-        if victim {
-            self.victim_fix(device, f, out);
-        } else {
-            self.tag_fix(device, f, out);
+    fn one_fix(&mut self, device: &Device, f: &Fix, out: &mut Vec<Action>) {
+        match device {
+            Device::Victim(device) => self.victim_fix(device, f, out),
+            Device::Tag(tag) => self.tag_fix(tag, f, out),
         }
     }
 
@@ -572,40 +578,39 @@ impl State {
         let id = p.rule.rule_id;
         if let Some(old) = self.rules.remove(&id) {
             p.version = p.version.max(old.version + 1);
-            if let Some(v) = self.proximity_by_tag.get_mut(old.rule.tag_id.as_str()) {
+            if let Some(v) = self.proximity_by_tag.get_mut(&old.rule.tag_id) {
                 v.retain(|r| *r != id);
             }
-            if let Some(v) = self.proximity_by_victim.get_mut(old.rule.victim_device_id.as_str()) {
+            if let Some(v) = self.proximity_by_victim.get_mut(&old.rule.victim_device_id) {
                 v.retain(|r| *r != id);
             }
         }
-        self.proximity_by_tag
-            .entry(p.rule.tag_id.to_string())
-            .or_default()
-            .push(id);
+        self.proximity_by_tag.entry(p.rule.tag_id.clone()).or_default().push(id);
         self.proximity_by_victim
-            .entry(p.rule.victim_device_id.to_string())
+            .entry(p.rule.victim_device_id.clone())
             .or_default()
             .push(id);
         self.rules.insert(id, p);
     }
 
-    fn victim_fix(&mut self, device: &str, f: &Fix, out: &mut Vec<Action>) {
+    fn victim_fix(&mut self, device: &DeviceId, f: &Fix, out: &mut Vec<Action>) {
         let Some(position) = f.position else { return };
-        let newer = self.victims.get(device).is_none_or(|(t, ..)| f.device_ms >= *t);
-        if !newer {
-            return;
+        let latest = (f.device_ms, position, f.accuracy_m);
+        match self.victims.get_mut(device) {
+            Some(known) if f.device_ms < known.0 => return,
+            Some(known) => *known = latest,
+            None => {
+                self.victims.insert(device.clone(), latest);
+            }
         }
-        self.victims
-            .insert(device.to_owned(), (f.device_ms, position, f.accuracy_m));
         // The victim moved: judge each rule against the tag's latest fix.
         let rules = self.proximity_by_victim.get(device).cloned().unwrap_or_default();
         for id in rules {
             let Some(rule) = self.rules.get(&id).cloned() else {
                 continue;
             };
-            let tag = rule.rule.tag_id.to_string();
-            let Some((seq, at, pos, acc)) = self.tags.get(&tag).and_then(|t| t.last_fix) else {
+            let tag = &rule.rule.tag_id;
+            let Some((seq, at, pos, acc)) = self.tags.get(tag).and_then(|t| t.last_fix) else {
                 continue;
             };
             // Only a tag fix about as fresh as the victim's counts.
@@ -622,15 +627,15 @@ impl State {
                 tampered: false,
             };
             for reading in self.proximity_readings(&rule, &fix, out) {
-                self.judge(&tag, &fix, reading, out);
+                self.judge(tag, &fix, reading, out);
             }
         }
     }
 
-    fn tag_fix(&mut self, tag: &str, f: &Fix, out: &mut Vec<Action>) {
+    fn tag_fix(&mut self, tag: &TagId, f: &Fix, out: &mut Vec<Action>) {
         let config = self.config.clone();
         if !self.tags.contains_key(tag) {
-            self.tags.insert(tag.to_owned(), TagState::default());
+            self.tags.insert(tag.clone(), TagState::default());
         }
         let Some(t) = self.tags.get_mut(tag) else { return };
         let out_of_order = f.device_ms < t.last_device_ms;
@@ -680,7 +685,7 @@ impl State {
 
     /// Every rule reading for a tag's fix: zones near it, its curfews, its proximity rules, and
     /// any zone it has an open episode in.
-    fn readings(&self, tag: &str, f: &Fix, out: &mut Vec<Action>, readings: &mut Vec<Reading>) {
+    fn readings(&self, tag: &TagId, f: &Fix, out: &mut Vec<Action>, readings: &mut Vec<Reading>) {
         let Some((lat, lon)) = f.position else {
             return;
         };
@@ -690,7 +695,7 @@ impl State {
         let first = readings.len();
         for b in self.exclusion_index.locate_in_envelope_intersecting(&envelope) {
             if let Some(z) = self.zones.get(&b.zone)
-                && z.tag == tag
+                && z.tag == *tag
             {
                 readings.push(self.zone_reading(z, f, lat, lon));
             }
@@ -753,12 +758,12 @@ impl State {
             return Vec::new();
         };
         let rule = &p.rule;
-        let victim = self.victims.get(rule.victim_device_id.as_str());
+        let victim = self.victims.get(&rule.victim_device_id);
         let max_age = i64::from(rule.max_victim_fix_age_s) * 1000;
         let fresh = victim.filter(|(t, ..)| f.device_ms - *t <= max_age);
         let Some((_, victim_pos, victim_acc)) = fresh else {
             out.push(Action::StaleVictimFix {
-                tag: rule.tag_id.to_string(),
+                tag: rule.tag_id.clone(),
                 rule: rule.rule_id,
                 age_ms: victim.map(|(t, ..)| f.device_ms - t),
             });
@@ -806,7 +811,7 @@ impl State {
     }
 
     /// Hysteresis: open on a certain breach, count clear fixes to close.
-    fn judge(&mut self, tag: &str, f: &Fix, r: Reading, out: &mut Vec<Action>) {
+    fn judge(&mut self, tag: &TagId, f: &Fix, r: Reading, out: &mut Vec<Action>) {
         let config = self.config.clone();
         let key = Self::key(&r);
         if r.verdict != Verdict::Breach
@@ -819,11 +824,6 @@ impl State {
             // Clear of a rule it is not in breach of: nothing to do (the common case).
             return;
         }
-        let victim_device = if r.verdict == Verdict::Breach {
-            self.victim_of(tag, r.rule_id)
-        } else {
-            None
-        };
         let Some(t) = self.tags.get_mut(tag) else { return };
         let late = f.received_ms - f.device_ms > config.late_after_ms;
         let case = self
@@ -856,14 +856,20 @@ impl State {
                     r.distance_m,
                     "opened: accuracy circle in breach".into(),
                 );
+                // The rule's victim device, else the one paired with the tag.
+                let victim_device = self
+                    .rules
+                    .get(&r.rule_id)
+                    .map(|p| &p.rule.victim_device_id)
+                    .or(t.victim_device.as_ref());
                 if matches!(r.kind, pb::BreachKind::Proximity | pb::BreachKind::Exclusion)
                     && let Some(victim) = victim_device
                 {
                     out.push(Action::VictimAlert {
                         breach_id: e.breach_id,
-                        victim_device: victim,
+                        victim_device: victim.clone(),
                         kind: r.kind,
-                        tag: tag.to_owned(),
+                        tag: tag.clone(),
                         distance_m: r.distance_m,
                     });
                 }
@@ -873,7 +879,7 @@ impl State {
             (None, Verdict::Possible) => {
                 if t.possible.insert(key, f.seq).is_none() {
                     out.push(Action::Possible {
-                        tag: tag.to_owned(),
+                        tag: tag.clone(),
                         rule: r.rule_id,
                         fix_seq: f.seq,
                     });
@@ -929,16 +935,9 @@ impl State {
         }
     }
 
-    fn victim_of(&self, tag: &str, rule: uuid::Uuid) -> Option<String> {
-        self.rules
-            .get(&rule)
-            .map(|p| p.rule.victim_device_id.to_string())
-            .or_else(|| self.tags.get(tag).and_then(|t| t.victim_device.clone()))
-    }
-
     /// A fix older than one already evaluated: checked on its own; a breach it shows that no
     /// episode covered is raised late, opened and closed at once.
-    fn late_fix(&mut self, tag: &str, f: &Fix, out: &mut Vec<Action>) {
+    fn late_fix(&mut self, tag: &TagId, f: &Fix, out: &mut Vec<Action>) {
         if f.position.is_none() {
             return;
         }
@@ -996,7 +995,7 @@ impl State {
     #[allow(clippy::too_many_arguments)]
     fn device_condition(
         &mut self,
-        tag: &str,
+        tag: &TagId,
         kind: pb::BreachKind,
         raise: bool,
         clear: bool,
@@ -1025,7 +1024,7 @@ impl State {
                     Opening {
                         key,
                         kind,
-                        rule_id: device_rule_id(tag, kind),
+                        rule_id: device_rule_id(tag.as_str(), kind),
                         rule_version: 1,
                         seq,
                         at_ms,
@@ -1068,7 +1067,7 @@ impl State {
         }
         self.watermark_ms = at_ms;
         let (no_fix, no_comm) = (self.config.no_fix_after_ms, self.config.no_comm_after_ms);
-        let mut due: Vec<(String, pb::BreachKind)> = self
+        let mut due: Vec<(TagId, pb::BreachKind)> = self
             .tags
             .iter()
             .filter(|(_, t)| t.fitted)
@@ -1093,7 +1092,7 @@ impl State {
 }
 
 fn report(
-    tag: &str,
+    tag: &TagId,
     case: Option<CaseId>,
     e: &Episode,
     state: pb::BreachState,
@@ -1104,7 +1103,7 @@ fn report(
     BreachUpdate {
         breach_id: e.breach_id,
         case,
-        tag: tag.to_owned(),
+        tag: tag.clone(),
         kind: e.kind,
         state,
         rule_id: e.rule_id,
@@ -1129,7 +1128,7 @@ fn report(
 /// The closing report of an episode at `at_ms` (the evidence names its first fix).
 #[allow(clippy::too_many_arguments)]
 fn close(
-    tag: &str,
+    tag: &TagId,
     case: Option<CaseId>,
     e: &Episode,
     at_ms: i64,

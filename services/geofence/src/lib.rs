@@ -5,5 +5,5 @@
 pub mod engine;
 pub mod service;
 
-pub use engine::{Action, BreachUpdate, Config, Evidence, Fix, Input, Proximity, State, evaluate};
+pub use engine::{Action, BreachUpdate, Config, Device, Evidence, Fix, Input, Proximity, State, evaluate};
 pub use hru_domain::zone::{Frame, Shape, Window, Zone, ZoneError, distance_m};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
-use hru_domain::{CaseEvent, EventType, PartyId, ProducerId, split_draft};
+use hru_domain::{CaseEvent, DeviceId, EventType, PartyId, ProducerId, TagId, split_draft};
 use hru_envelope::{Directory, KeyRing, PartySecrets, VerifiedEnvelope, verify};
 use hru_log::{Expect, LogEntry, PartyView, PositionLog, Producer, SharedLog as _};
 use hru_policy::CompiledIsa;
@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use prost::Message as _;
 use serde::Deserialize;
 
-use crate::engine::{Action, BreachUpdate, Config, Fix, Input, Proximity, State};
+use crate::engine::{Action, BreachUpdate, Config, Device, Fix, Input, Proximity, State};
 use hru_domain::zone::Zone;
 
 /// Domain separation of a victim alert's signature.
@@ -248,10 +248,28 @@ pub fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
         let mut inputs: Vec<Input> = batch
             .devices
             .iter()
-            .map(|d| Input::Fixes {
-                device: d.device_id.clone(),
-                victim: d.victim_device,
-                fixes: d.fixes.iter().map(Fix::from_wire).collect(),
+            .filter_map(|d| {
+                let device = if d.victim_device {
+                    DeviceId::parse(&d.device_id, "device_id").map(Device::Victim)
+                } else {
+                    TagId::parse(&d.device_id, "device_id").map(Device::Tag)
+                };
+                match device {
+                    Ok(device) => Some(Input::Fixes {
+                        device,
+                        fixes: d.fixes.iter().map(Fix::from_wire).collect(),
+                    }),
+                    Err(e) => {
+                        tracing::warn!(
+                            device = d.device_id.as_str(),
+                            batch = %v.header.event_id,
+                            producer = %v.header.producer,
+                            cause = %e,
+                            "device id not usable; its fixes ignored"
+                        );
+                        None
+                    }
+                }
             })
             .collect();
         inputs.push(Input::Watermark {
@@ -284,7 +302,7 @@ pub fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
             vec![Input::Proximity(Box::new(Proximity { rule, case, version: 1 }))]
         }
         CaseEvent::TagFitted { core: Some(tag) } => vec![Input::TagFitted { case, tag }],
-        CaseEvent::TagRemoved { core: Some(tag) } => vec![Input::TagRemoved { tag: tag.tag_id.into() }],
+        CaseEvent::TagRemoved { core: Some(tag) } => vec![Input::TagRemoved { tag: tag.tag_id }],
         _ => Vec::new(),
     }
 }
@@ -332,10 +350,10 @@ impl Service {
                     ..
                 } => alerts.push((breach_id, (victim_device, kind, distance_m))),
                 Action::Possible { tag, rule, fix_seq } => {
-                    tracing::debug!(tag, %rule, fix_seq, "possible breach: accuracy circle straddles the boundary")
+                    tracing::debug!(%tag, %rule, fix_seq, "possible breach: accuracy circle straddles the boundary")
                 }
                 Action::StaleVictimFix { tag, rule, age_ms } => {
-                    tracing::info!(tag, %rule, ?age_ms, "victim fix too old to judge proximity")
+                    tracing::info!(%tag, %rule, ?age_ms, "victim fix too old to judge proximity")
                 }
             }
         }
@@ -346,11 +364,11 @@ impl Service {
     async fn append(
         &mut self,
         b: &BreachUpdate,
-        alerts: Vec<(uuid::Uuid, (String, pb::BreachKind, f64))>,
+        alerts: Vec<(uuid::Uuid, (DeviceId, pb::BreachKind, f64))>,
     ) -> Result<(), GeofenceError> {
         let Some(case) = b.case else {
             tracing::warn!(
-                tag = b.tag,
+                tag = %b.tag,
                 kind = b.kind.as_str_name(),
                 "breach of a tag with no case (no TagFitted); not appended"
             );
@@ -361,21 +379,17 @@ impl Service {
         }));
         let now = jiff::Timestamp::now().as_millisecond();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        let batch = self
-            .producer
-            .sealer()
-            .prepare_event_with_id(
-                hru_domain::EventId::derived_v7(b.observed_at_ms, b.message_id().as_bytes()),
-                case,
-                event_type,
-                sections,
-                b.observed_at_ms,
-                now,
-                &self.isa,
-                &self.directory,
-                &mut rng,
-            )
-            ?;
+        let batch = self.producer.sealer().prepare_event_with_id(
+            hru_domain::EventId::derived_v7(b.observed_at_ms, b.message_id().as_bytes()),
+            case,
+            event_type,
+            sections,
+            b.observed_at_ms,
+            now,
+            &self.isa,
+            &self.directory,
+            &mut rng,
+        )?;
         let send_alerts = async {
             for (breach_id, (device, kind, distance)) in &alerts {
                 let alert = pb::VictimAlert {
@@ -387,13 +401,13 @@ impl Service {
                 let body = sign_alert(&self.secrets, &alert);
                 match self
                     .alerts
-                    .publish(hru_broker::Subject::alert(device).to_string(), body.into())
+                    .publish(hru_broker::Subject::alert(device.as_str()).to_string(), body.into())
                     .await
                 {
                     Ok(()) => {
                         self.stats.alerts.inc();
                     }
-                    Err(e) => tracing::error!(cause = %e, device, "victim alert not sent"),
+                    Err(e) => tracing::error!(cause = %e, %device, "victim alert not sent"),
                 }
             }
             let _ = self.alerts.flush().await;

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 use hru_domain::{CaseId, ProximityRule, Tag, WeeklyWindow};
-use hru_geofence::{Action, BreachUpdate, Config, Fix, Input, Proximity, State, Zone};
+use hru_geofence::{Action, BreachUpdate, Config, Device, Fix, Input, Proximity, State, Zone};
 use hru_wire::v1 as pb;
 
 /// Home of the victim in Chester (lat, lon).
@@ -89,8 +89,7 @@ impl Given {
     fn fix_at(&mut self, at: i64, position: Option<(f64, f64)>, accuracy_m: f64, delay_ms: i64) {
         self.seq += 1;
         self.input(Input::Fixes {
-            device: TAG.into(),
-            victim: false,
+            device: Device::Tag(TAG.parse().unwrap()),
             fixes: vec![Fix {
                 seq: self.seq,
                 device_ms: at,
@@ -137,7 +136,7 @@ fn an_exclusion_breach_opens_inside_and_closes_after_three_clear_fixes() {
     assert!(
         g.actions
             .iter()
-            .any(|a| matches!(a, Action::VictimAlert { victim_device, .. } if victim_device == "vd-1")),
+            .any(|a| matches!(a, Action::VictimAlert { victim_device, .. } if victim_device.as_str() == "vd-1")),
         "the victim is alerted in parallel"
     );
     // Two clear fixes do not close it; the third does.
@@ -318,8 +317,7 @@ fn a_late_batch_after_thirty_minutes_of_signal_loss_reveals_a_past_breach_report
     }
     fixes.reverse(); // forwarded newest first: the engine orders them by device time
     g.input(Input::Fixes {
-        device: TAG.into(),
-        victim: false,
+        device: Device::Tag(TAG.parse().unwrap()),
         fixes,
     });
     assert_eq!(
@@ -361,8 +359,7 @@ fn proximity(mut g: Given, max_age_s: u32) -> Given {
 
 fn victim_at(g: &mut Given, at: i64, position: (f64, f64)) {
     g.input(Input::Fixes {
-        device: "vd-1".into(),
-        victim: true,
+        device: Device::Victim("vd-1".parse().unwrap()),
         fixes: vec![Fix {
             seq: 1,
             device_ms: at,
@@ -449,8 +446,7 @@ fn a_tag_with_no_fixes_for_t_raises_no_fix_then_no_communication() {
 fn strap_tamper_and_low_battery() {
     let mut g = Given::new();
     g.input(Input::Fixes {
-        device: TAG.into(),
-        victim: false,
+        device: Device::Tag(TAG.parse().unwrap()),
         fixes: vec![Fix {
             seq: 1,
             device_ms: T0 + 1_000,

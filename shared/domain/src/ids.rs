@@ -244,6 +244,12 @@ macro_rules! token_id {
                 id.0
             }
         }
+
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 

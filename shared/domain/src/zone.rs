@@ -86,7 +86,7 @@ pub struct Zone {
     /// Exclusion (stay out) or inclusion (stay in during the windows: a curfew).
     pub kind: pb::ZoneKind,
     /// The tag it applies to.
-    pub tag: String,
+    pub tag: crate::TagId,
     /// Geometry.
     pub shape: Shape,
     /// Active windows; empty: always.
@@ -198,7 +198,7 @@ impl Zone {
             version: z.version,
             case,
             kind: z.kind,
-            tag: z.tag_id.to_string(),
+            tag: z.tag_id.clone(),
             shape,
             windows,
             exit_buffer_m: z.exit_buffer_m,
