@@ -20,9 +20,9 @@ fn the_demo_plays_the_case_to_a_clean_audit() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     for line in [
         "police-hru       sees ReferralReceived: core, identity, narrative",
-        "probation        sees ReferralReceived: core; cannot see identity (not shared with probation)",
+        "probation        sees ReferralReceived: core; cannot see identity, narrative (not shared with probation)",
         "cwp              sees RiskAssessed: summary, clinical",
-        "police-hru       sees RiskAssessed: summary; cannot see clinical",
+        "police-hru       sees RiskAssessed: summary; cannot see clinical (not shared with police-hru)",
         "control room ← BREACH_KIND_PROXIMITY_WARNING BREACH_STATE_OPENED",
         "control room ← BREACH_KIND_PROXIMITY BREACH_STATE_OPENED",
         "control room ← BREACH_KIND_CURFEW BREACH_STATE_OPENED",

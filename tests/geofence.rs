@@ -49,7 +49,7 @@ fn logged(events: &[hru_log::LogEntry], directory: &Directory, ring: &mut KeyRin
         if v.header.event_type == EventType::KeyGranted {
             let _ = ring.ingest_grant(&v);
         } else if v.header.event_type == EventType::TagBreach
-            && let Some(id) = logged_id(ring, &v)
+            && let Some(id) = logged_id(&ring.open(&v))
         {
             *out.entry(id).or_default() += 1;
         }
@@ -82,7 +82,7 @@ fn expected(
         if v.header.event_type == EventType::TagBreach {
             continue;
         }
-        for input in input_of(ring, v) {
+        for input in input_of(&ring.open(v)) {
             for a in state.apply(&input) {
                 if let Action::Breach(b) = a
                     && b.case.is_some()

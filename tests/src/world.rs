@@ -54,6 +54,50 @@ impl World {
         Self { nats, dir }
     }
 
+    /// Like [`World::new`] with keys for the provisioner and the auditor too, and a server
+    /// enforcing the authorization `hru policy nats-config` generates from the agreement, so
+    /// every party acts with its own nkey and nothing more.
+    pub fn secured(agreement: &str, parties: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path();
+        std::fs::create_dir_all(base.join("policies")).expect("mkdir");
+        let offline = |args: &[&str]| Command::new(crate::hru_bin()).args(args).output().expect("runs hru");
+        let mut directory = String::new();
+        for p in parties.iter().copied().chain(["provisioner", "auditor"]) {
+            let out = offline(&["keys", "generate", "--party", p, "--out", &path(base, "keys")]);
+            assert!(
+                out.status.success(),
+                "keys generate {p}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            directory.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        std::fs::write(base.join("policies/directory.toml"), directory).expect("write directory");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(agreement);
+        let name = source.file_name().expect("a file").to_owned();
+        std::fs::copy(&source, base.join("policies").join(name)).expect("copy the agreement");
+        let auth = base.join("auth.conf");
+        let out = offline(&[
+            "--policies",
+            &path(base, "policies"),
+            "policy",
+            "nats-config",
+            "--out",
+            &auth.display().to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "policy nats-config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let auth = std::fs::read_to_string(&auth).expect("read the authorization");
+        let nats = NatsServer::builder()
+            .extra_config(&auth)
+            .start()
+            .expect("nats-server starts");
+        Self { nats, dir }
+    }
+
     /// Run `hru` with the world's policies and server.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut full = vec!["--policies".to_owned(), path(self.dir.path(), "policies")];
@@ -170,9 +214,15 @@ impl World {
         );
     }
 
-    /// Create the streams and every party's view, as the provisioner does before nodes start.
+    /// Create the streams and every party's view, as the provisioner does before nodes start
+    /// (with its nkey when the world has its keys).
     pub fn provision(&self) {
-        let out = self.run(&["log", "provision"]);
+        let keys = path(self.dir.path(), "keys");
+        let out = if self.keys().join("provisioner.secret").exists() {
+            self.run(&["log", "provision", "--keys", &keys])
+        } else {
+            self.run(&["log", "provision"])
+        };
         assert!(
             out.status.success(),
             "log provision: {}",
@@ -249,4 +299,3 @@ pub async fn tls_channel(node: &NodeProcess, ca: &Path, cert: &Path, key: &Path)
 pub fn request<T>(message: T, person: &str) -> tonic::Request<T> {
     hru_wire::request_as(message, person).expect("an ASCII person")
 }
-

@@ -169,12 +169,30 @@ impl Demo {
             .filter(|s| s.refusal.is_empty())
             .map(|s| s.name.as_str())
             .collect();
-        let refused: Vec<String> = event
+        // The node names only what the caller may have; what the agreement withholds is read
+        // from the agreement itself.
+        let producer: PartyId = event
+            .header
+            .as_ref()
+            .and_then(|h| h.producer.as_ref())
+            .and_then(|p| p.party.parse().ok())
+            .ok_or_else(|| anyhow!("the event names no producer"))?;
+        let reader: PartyId = party.parse()?;
+        let withheld: Vec<&str> = event_type
+            .sections()
+            .iter()
+            .copied()
+            .filter(|s| self.isa.may_receive(&reader, &producer, event_type, s).is_err())
+            .collect();
+        let mut refused: Vec<String> = event
             .sections
             .iter()
             .filter(|s| !s.refusal.is_empty())
             .map(|s| format!("{} ({})", s.name, s.refusal))
             .collect();
+        if !withheld.is_empty() {
+            refused.push(format!("{} (not shared with {party})", withheld.join(", ")));
+        }
         println!(
             "  {party:<16} sees {event_type}: {}{}",
             if read.is_empty() {

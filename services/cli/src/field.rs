@@ -64,7 +64,14 @@ pub(crate) async fn gateway(
     let settings = GatewaySettings::load(&text, &source, |k| std::env::var(k).ok(), &overrides)?;
     let party = settings.party_id()?;
     let keys_dir = settings.keys_dir.clone().unwrap_or_default();
-    Ok(hru_gateway::run::open(&settings.nats_url, &settings.policies_dir, &party, &keys_dir, settings.batching()).await?)
+    Ok(hru_gateway::run::open(
+        &settings.nats_url,
+        &settings.policies_dir,
+        &party,
+        &keys_dir,
+        settings.batching(),
+    )
+    .await?)
 }
 
 /// `hru gateway run`: vendor fixes as JSON lines of `hru.v1.DeviceFixes` on standard input,

@@ -175,7 +175,7 @@ pub(crate) fn explain(policies_dir: &Path, party: &str, format: Format) -> anyho
                     "purpose": r.purpose, "clause": r.clause, "basis": basis_text(&r.clause),
                 })).collect::<Vec<_>>(),
                 "shares": shares.iter().map(|(t, s, to)| json!({"event": t, "section": s, "to": to})).collect::<Vec<_>>(),
-                "calls": calls.iter().map(|c| json!({"method": c.method, "purpose": c.purpose, "clause": c.clause})).collect::<Vec<_>>(),
+                "calls": calls.iter().map(|c| json!({"method": c.method, "on": callee(&c.on), "purpose": c.purpose, "clause": c.clause})).collect::<Vec<_>>(),
             })
         ),
         Format::Human => {
@@ -201,12 +201,29 @@ pub(crate) fn explain(policies_dir: &Path, party: &str, format: Format) -> anyho
                 println!("  nothing");
             }
             for c in &calls {
-                println!("  {} for {} (clause {})", c.method, c.purpose, c.clause);
+                println!(
+                    "  {} on {} node for {} (clause {})",
+                    c.method,
+                    match &c.on {
+                        hru_policy::Callee::Own => "its own".to_owned(),
+                        hru_policy::Callee::Party(p) => format!("{p}'s"),
+                    },
+                    c.purpose,
+                    c.clause
+                );
             }
             println!("\nEverything else is refused (deny by default).");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A callee as the agreement file spells it.
+fn callee(on: &hru_policy::Callee) -> String {
+    match on {
+        hru_policy::Callee::Own => "own".to_owned(),
+        hru_policy::Callee::Party(p) => p.to_string(),
+    }
 }
 
 /// `hru policy nats-config --out FILE`.

@@ -63,7 +63,13 @@ pub(crate) async fn run(
             store.wipe(p.as_ref())?;
         }
     }
-    let mut projector = Projector::new(store, projections, KeyRing::new(&secrets), directory)?;
+    let deployment = hru_runtime::Deployment::load(policies_dir)?;
+    let read = hru_reader::ReadPath::new(
+        directory,
+        std::sync::Arc::new(deployment.policies),
+        KeyRing::new(&secrets),
+    );
+    let mut projector = Projector::new(store, projections, read)?;
     let log = nats.log().await?;
     // Grants are read from the start so the key ring is complete; folded events are skipped.
     let (_, last) = log.reader().bounds().await?;
@@ -74,15 +80,21 @@ pub(crate) async fn run(
         indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} events {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let (mut read, mut last) = (0usize, 0u64);
+    let (mut read, mut last, mut refused) = (0usize, 0u64, 0usize);
     let mut chunk = Vec::with_capacity(BATCH);
     loop {
         let next = entries.try_next().await?;
         let done = next.is_none();
         chunk.extend(next);
         if chunk.len() == BATCH || (done && !chunk.is_empty()) {
-            let batch: Vec<(u64, &[u8])> = chunk.iter().map(|e| (e.sequence, e.payload.as_ref())).collect();
-            projector.feed(&batch)?;
+            let batch: Vec<hru_projection::LogItem<'_>> = chunk
+                .iter()
+                .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref()))
+                .collect();
+            for refusal in projector.feed(&batch)? {
+                refused += 1;
+                eprintln!("refused, not folded: {refusal}");
+            }
             bar.inc(chunk.len() as u64);
             read += chunk.len();
             last = chunk.last().map_or(last, |e| e.sequence);
@@ -103,7 +115,7 @@ pub(crate) async fn run(
         );
     }
     eprintln!(
-        "{} events read, folding resumed after sequence {}",
+        "{} events read ({refused} refused by the read path), folding resumed after sequence {}",
         read,
         resume.saturating_sub(1)
     );

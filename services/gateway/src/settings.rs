@@ -147,8 +147,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_where_it_came_from() {
-        let e = GatewaySettings::load("keys_dir = \"/k\"\n", "gateway.toml", env(&[]), &[("batch_size", "0".into())])
-            .unwrap_err();
+        let e = GatewaySettings::load(
+            "keys_dir = \"/k\"\n",
+            "gateway.toml",
+            env(&[]),
+            &[("batch_size", "0".into())],
+        )
+        .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("batch_size"));
         assert!(e.to_string().contains("flag --batch-size"), "{e}");
 

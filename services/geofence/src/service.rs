@@ -16,9 +16,10 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use hru_domain::{CaseEvent, DeviceId, EventType, PartyId, ProducerId, TagId, split_draft};
-use hru_envelope::{Directory, KeyRing, PartySecrets, VerifiedEnvelope, verify};
+use hru_envelope::{Directory, KeyRing, OpenedEvent, PartySecrets, VerifiedEnvelope};
 use hru_log::{Expect, LogEntry, PartyView, PositionLog, Producer, SharedLog as _};
 use hru_policy::CompiledIsa;
+use hru_reader::{Incoming, Read, ReadPath};
 use hru_runtime::{Deployment, Tasks};
 use hru_wire::v1 as pb;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
@@ -181,6 +182,8 @@ pub struct Stats {
     pub already_logged: Counter,
     /// 1 once the state is rebuilt and the service follows the live log.
     pub ready: Gauge,
+    /// Messages the read path refused, by reason (never acted on).
+    pub read_refused: hru_runtime::metrics::ReadRefused,
 }
 
 impl Stats {
@@ -193,6 +196,7 @@ impl Stats {
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::default();
         registry.register("hru_geofence_fixes", "Position fixes evaluated", self.fixes.clone());
+        self.read_refused.register(&mut registry);
         registry.register(
             "hru_geofence_breaches",
             "Breach updates appended",
@@ -221,20 +225,16 @@ struct Service {
     log: PartyView,
     alerts: async_nats::Client,
     producer: Producer,
-    ring: KeyRing,
+    read: ReadPath,
     state: State,
     logged: HashSet<String>,
     heartbeats: BTreeMap<String, i64>,
     stats: Arc<Stats>,
 }
 
-/// The engine inputs one verified envelope carries (grants feed `ring` and carry none).
-pub fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
-    if v.header.event_type == EventType::KeyGranted {
-        let _ = ring.ingest_grant(v);
-        return Vec::new();
-    }
-    let opened = ring.open(v);
+/// The engine inputs one event carries, as the read path opened it.
+pub fn input_of(opened: &OpenedEvent) -> Vec<Input> {
+    let v = opened;
     if v.header.event_type == EventType::PositionBatch {
         let Some(batch) = opened
             .sections
@@ -307,9 +307,8 @@ pub fn input_of(ring: &mut KeyRing, v: &VerifiedEnvelope) -> Vec<Input> {
     }
 }
 
-/// The message id of a TagBreach in the log (as `BreachUpdate::message_id`), read with `ring`.
-pub fn logged_id(ring: &KeyRing, v: &VerifiedEnvelope) -> Option<String> {
-    let opened = ring.open(v);
+/// The message id of a TagBreach in the log (as `BreachUpdate::message_id`), as opened.
+pub fn logged_id(opened: &OpenedEvent) -> Option<String> {
     let core = opened
         .sections
         .iter()
@@ -419,7 +418,7 @@ impl Service {
     }
 
     /// The watermark: the oldest heartbeat among the gateways heard from.
-    fn watermark(&mut self, v: &VerifiedEnvelope, inputs: &mut [Input]) {
+    fn watermark(&mut self, v: &OpenedEvent, inputs: &mut [Input]) {
         for i in inputs.iter_mut() {
             if let Input::Watermark { at_ms } = i {
                 self.heartbeats.insert(v.header.producer.to_string(), *at_ms);
@@ -428,14 +427,32 @@ impl Service {
         }
     }
 
-    async fn feed(&mut self, v: &VerifiedEnvelope) -> Result<(), GeofenceError> {
+    /// Take one message through the read path: a refusal is counted and logged, a grant or
+    /// key event taken in, an event fed to the engine.
+    async fn read(&mut self, e: &LogEntry) -> Result<(), GeofenceError> {
+        match self.read.read(&incoming(e)) {
+            Ok(Read::Event { opened, .. }) => self.feed(&opened).await,
+            Ok(_) => Ok(()),
+            Err(refusal) => {
+                self.refused(&refusal);
+                Ok(())
+            }
+        }
+    }
+
+    fn refused(&self, refusal: &hru_reader::Refusal) {
+        tracing::warn!(%refusal, "refused by the read path; not acted on");
+        self.stats.read_refused.inc(refusal.kind.name());
+    }
+
+    async fn feed(&mut self, v: &OpenedEvent) -> Result<(), GeofenceError> {
         if v.header.event_type == EventType::TagBreach && v.header.producer.party == self.party {
-            if let Some(id) = logged_id(&self.ring, v) {
+            if let Some(id) = logged_id(v) {
                 self.logged.insert(id);
             }
             return Ok(());
         }
-        let mut inputs = input_of(&mut self.ring, v);
+        let mut inputs = input_of(v);
         self.watermark(v, &mut inputs);
         for input in &inputs {
             if let Input::Fixes { fixes, .. } = input {
@@ -494,6 +511,15 @@ pub fn verify_alert(bytes: &[u8], directory: &Directory) -> Result<pb::VictimAle
     Ok(alert)
 }
 
+/// A log entry as the read path takes it.
+fn incoming(e: &LogEntry) -> Incoming<'_> {
+    Incoming {
+        sequence: e.sequence,
+        subject: e.subject.as_str(),
+        bytes: e.payload.as_ref(),
+    }
+}
+
 /// Run the geofence until `shutdown` resolves; `stats` counts its work.
 pub async fn run(
     config: GeofenceConfig,
@@ -525,7 +551,11 @@ pub async fn run(
     let mut service = Service {
         party,
         isa,
-        ring: KeyRing::new(&secrets),
+        read: ReadPath::new(
+            directory.clone(),
+            Arc::new(deployment.policies.clone()),
+            KeyRing::new(&secrets),
+        ),
         secrets,
         directory,
         log,
@@ -542,36 +572,45 @@ pub async fn run(
     let stored: Vec<LogEntry> = positions.replay(1).await?.try_collect().await?;
     let next_event = events.last().map_or(1, |e| e.sequence + 1);
     let next_position = stored.last().map_or(1, |e| e.sequence + 1);
-    let mut merged: Vec<(i64, u8, u64, VerifiedEnvelope)> = Vec::with_capacity(events.len() + stored.len());
+    let mut merged: Vec<(i64, u8, u64, &LogEntry, VerifiedEnvelope)> = Vec::with_capacity(events.len() + stored.len());
     for (source, entries) in [(0u8, &events), (1u8, &stored)] {
         for e in entries.iter() {
-            if let Ok(v) = verify(&e.payload, &service.directory) {
+            match service.read.check(&incoming(e)) {
                 // Grants first at equal times, so an epoch key is known before its events.
-                let key = v.header.recorded_at_ms;
-                merged.push((key, source, e.sequence, v));
+                Ok(v) => merged.push((v.header.recorded_at_ms, source, e.sequence, e, v)),
+                Err(refusal) => service.refused(&refusal),
             }
         }
     }
-    // Breaches already logged are read first: the replay must know them before deciding.
-    for (_, _, _, v) in merged.iter().filter(|m| m.3.header.event_type == EventType::KeyGranted) {
-        let _ = service.ring.ingest_grant(v);
+    // Grants and key events are taken in first; then the breaches already logged are read:
+    // the replay must know them before deciding.
+    for (.., e, v) in &merged {
+        if matches!(
+            v.header.event_type,
+            EventType::KeyGranted | EventType::KeyRotated | EventType::KeyRevoked
+        ) && let Err(refusal) = service.read.read(&incoming(e))
+        {
+            service.refused(&refusal);
+        }
     }
-    for (_, _, _, v) in &merged {
+    for (.., v) in &merged {
         if v.header.event_type == EventType::TagBreach
             && v.header.producer.party == service.party
-            && let Some(id) = logged_id(&service.ring, v)
+            && let Some(id) = logged_id(&service.read.open(v))
         {
             service.logged.insert(id);
         }
     }
-    merged.sort_by_key(|(t, source, seq, _)| (*t, *source, *seq));
+    merged.sort_by_key(|(t, source, seq, ..)| (*t, *source, *seq));
     // Grants and this service's own breaches were taken in above; the rest are inputs.
     let own = service.party.clone();
-    for (_, _, _, v) in merged.iter().filter(|m| {
-        let h = &m.3.header;
-        h.event_type != EventType::KeyGranted && !(h.event_type == EventType::TagBreach && h.producer.party == own)
+    for (.., v) in merged.iter().filter(|m| {
+        let h = &m.4.header;
+        let own_breach = h.event_type == EventType::TagBreach && h.producer.party == own;
+        !(h.event_type.is_public() || own_breach)
     }) {
-        service.feed(v).await?;
+        let opened = service.read.open(v);
+        service.feed(&opened).await?;
     }
     tracing::info!(
         events = events.len(),
@@ -623,17 +662,13 @@ async fn follow(
             entry = live.next() => {
                 let Some(entry) = entry else { break };
                 let entry: LogEntry = entry?;
-                if let Ok(v) = verify(&entry.payload, &service.directory) {
-                    service.feed(&v).await?;
-                }
+                service.read(&entry).await?;
             }
             _ = poll.tick() => {
                 let mut entries = service.log.reader().replay(next_event, &[]).await?;
                 while let Some(e) = entries.try_next().await? {
                     next_event = e.sequence + 1;
-                    if let Ok(v) = verify(&e.payload, &service.directory) {
-                        service.feed(&v).await?;
-                    }
+                    service.read(&e).await?;
                 }
             }
         }

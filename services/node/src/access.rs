@@ -5,10 +5,11 @@
 use std::future::Future;
 
 use hru_domain::{CaseId, EventType, PartyId, split_draft};
-use hru_envelope::{AudiencePolicy as _, KeyRing, VerifiedEnvelope};
+use hru_envelope::{AudiencePolicy as _, VerifiedEnvelope};
 use hru_log::Expect;
 use hru_log::SharedLog as _;
-use hru_policy::{CallGrant, CompiledIsa};
+use hru_policy::{CallGrant, CompiledIsa, PolicySet};
+use hru_reader::ReadPath;
 use hru_wire::v1 as pb;
 use tonic::{Request, Status};
 
@@ -119,9 +120,9 @@ impl Shared {
         }
         let grant = self
             .agreement()?
-            .may_call(&caller.party, method, purpose)
+            .may_call(&caller.party, &self.party, method, purpose)
             .cloned()
-            .map_err(Status::permission_denied)?;
+            .map_err(|refused| Status::permission_denied(refused.to_string()))?;
         Ok((caller, grant))
     }
 
@@ -256,11 +257,13 @@ pub(crate) fn read_sections(events: &[pb::OpenedEvent]) -> Vec<String> {
         .collect()
 }
 
-/// An event as `reader` may see it: the sections this node can open and the agreement lets the
-/// reader have (`only`, when given, narrows to those section names); `None` for access records.
+/// An event as `reader` may see it: the sections this node can open and the agreement version
+/// the event's header names lets the reader have (`only`, when given, narrows to those section
+/// names). Sections the reader may not have are left out, not named; an event with none left
+/// is `None`, as are access records and grants.
 pub(crate) fn opened_for(
-    ring: &KeyRing,
-    isa: &CompiledIsa,
+    read: &ReadPath,
+    policies: &PolicySet,
     sequence: u64,
     v: &VerifiedEnvelope,
     reader: &PartyId,
@@ -269,19 +272,20 @@ pub(crate) fn opened_for(
     if matches!(v.header.event_type, EventType::AccessLogged | EventType::KeyGranted) {
         return None;
     }
-    let opened = ring.open(v);
-    let sections = opened
+    let isa = policies.version(&v.header.policy_id, v.header.policy_version)?;
+    let opened = read.open(v);
+    let sections: Vec<pb::OpenedSection> = opened
         .sections
         .into_iter()
         .filter(|s| only.is_none_or(|o| o.contains(&s.name)))
+        .filter(|s| {
+            isa.audience(&v.header.producer.party, v.header.event_type, &s.name)
+                .is_ok_and(|a| a.contains(reader))
+        })
         .map(|s| {
-            let allowed = isa
-                .audience(&v.header.producer.party, v.header.event_type, &s.name)
-                .is_ok_and(|a| a.contains(reader));
-            let (plaintext, refusal) = match (allowed, s.plaintext) {
-                (true, Ok(p)) => (p, String::new()),
-                (false, _) => (Vec::new(), format!("not shared with {reader}")),
-                (true, Err(e)) => (Vec::new(), e.to_string()),
+            let (plaintext, refusal) = match s.plaintext {
+                Ok(p) => (p, String::new()),
+                Err(e) => (Vec::new(), e.to_string()),
             };
             pb::OpenedSection {
                 name: s.name,
@@ -290,6 +294,9 @@ pub(crate) fn opened_for(
             }
         })
         .collect();
+    if sections.is_empty() {
+        return None;
+    }
     Some(pb::OpenedEvent {
         sequence,
         header: Some((&v.header).into()),

@@ -5,7 +5,7 @@ use futures::TryStreamExt as _;
 use std::sync::Arc;
 
 use hru_domain::{CaseEvent, CaseId, split_draft};
-use hru_envelope::{AudiencePolicy as _, verify};
+use hru_envelope::AudiencePolicy as _;
 use hru_log::Expect;
 use hru_log::SharedLog as _;
 use hru_wire::v1 as pb;
@@ -23,6 +23,27 @@ pub struct CaseApi {
 impl CaseApi {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+}
+
+/// The most section bytes one event may carry: the broker refuses messages over 1 MiB, and
+/// the envelope (header, per-section nonces and tags, signature) must fit beside them.
+pub const MAX_EVENT_BYTES: usize = 960 * 1024;
+
+/// Event types only the backbone's own machinery writes, never a person through RecordEvent:
+/// why, when `event` is one.
+fn machinery_only(event: &pb::event_draft::Event) -> Option<&'static str> {
+    match event {
+        pb::event_draft::Event::AccessLogged(_) => {
+            Some("AccessLogged is written only by a node's own access logging, never recorded by a person")
+        }
+        pb::event_draft::Event::TagBreach(_) => Some(
+            "TagBreach is written only by the geofence; a person records BreachAcknowledged through BreachService/Acknowledge",
+        ),
+        pb::event_draft::Event::BreachAcknowledged(_) => {
+            Some("BreachAcknowledged is recorded through BreachService/Acknowledge, which decides on the breach")
+        }
+        _ => None,
     }
 }
 
@@ -84,6 +105,9 @@ impl CaseApi {
             .parse()
             .map_err(|e: hru_domain::FieldError| Status::invalid_argument(format!("draft.{e}")))?;
         let event = event.ok_or_else(|| Status::invalid_argument("field `draft.event` is missing"))?;
+        if let Some(by) = machinery_only(&event) {
+            return Err(Status::invalid_argument(format!("field `draft.event`: {by}")));
+        }
         let typed = CaseEvent::try_from(event.clone()).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?;
         // A zone's geometry is checked at the door, as the geofence will read it.
         if let CaseEvent::ZoneDefined { core: Some(zone) } = &typed {
@@ -100,6 +124,14 @@ impl CaseApi {
                 .as_millisecond()
         };
         let (event_type, sections) = split_draft(event);
+        let size: usize = sections.iter().map(|s| s.bytes.len()).sum();
+        if size > MAX_EVENT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "field `draft.event`: its sections are {size} bytes; an event may carry at most {MAX_EVENT_BYTES} \
+                 bytes (the broker's 1 MiB message limit, less the envelope): attach large documents elsewhere \
+                 and record a reference"
+            )));
+        }
         let names: Vec<String> = sections.iter().map(|s| s.name.to_owned()).collect();
         let isa = self.shared.agreement()?;
         for s in &names {
@@ -150,6 +182,13 @@ impl CaseApi {
     ) -> Result<Response<pb::ListCasesResponse>, Status> {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "CaseService/ListCases", &purpose)?;
+        // A node's views are its own party's working records (decision 005).
+        if caller.party != self.shared.party {
+            return Err(Status::permission_denied(format!(
+                "this node's views are for {}'s people only",
+                self.shared.party
+            )));
+        }
         let view = View::find(&request.get_ref().view, &self.shared.views).map_err(Status::invalid_argument)?;
         let rows = {
             let projector = self
@@ -236,12 +275,12 @@ impl Shared {
             .projector
             .lock()
             .map_err(|_| Status::internal("projector unavailable"))?;
-        let history = entries
-            .iter()
-            .filter_map(|e| {
-                let v = verify(&e.payload, projector.directory()).ok()?;
-                let event = hru_projection::open_typed(&projector.ring().open(&v))?.ok()?;
-                Some((e.sequence, v.header, event))
+        let read = projector.read_path();
+        let history = checked(read, &entries)
+            .into_iter()
+            .filter_map(|(sequence, v)| {
+                let event = hru_projection::open_typed(&read.open(&v))?.ok()?;
+                Some((sequence, v.header, event))
             })
             .collect();
         Ok((history, version))
@@ -257,18 +296,40 @@ impl Shared {
     ) -> Result<(Vec<pb::OpenedEvent>, u64), Status> {
         self.wait_own_writes().await;
         let (entries, version) = self.case_entries(case).await?;
-        let isa = self.agreement()?;
         let projector = self
             .projector
             .lock()
             .map_err(|_| Status::internal("projector unavailable"))?;
-        let events = entries
-            .iter()
-            .filter_map(|e| {
-                let v = verify(&e.payload, projector.directory()).ok()?;
-                opened_for(projector.ring(), isa, e.sequence, &v, reader, only)
-            })
+        let read = projector.read_path();
+        let events = checked(read, &entries)
+            .into_iter()
+            .filter_map(|(sequence, v)| opened_for(read, &self.deployment.policies, sequence, &v, reader, only))
             .collect();
         Ok((events, version))
     }
+
+    /// The entries the read path accepts, verified (the fold counted and logged the refused).
+    pub(crate) fn checked(&self, entries: &[hru_log::LogEntry]) -> Vec<(u64, hru_envelope::VerifiedEnvelope)> {
+        match self.projector.lock() {
+            Ok(projector) => checked(projector.read_path(), entries),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// The entries `read` accepts, verified; refusals are skipped (the fold reported them).
+fn checked(read: &hru_reader::ReadPath, entries: &[hru_log::LogEntry]) -> Vec<(u64, hru_envelope::VerifiedEnvelope)> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            read.check(&hru_reader::Incoming {
+                sequence: e.sequence,
+                subject: e.subject.as_str(),
+                bytes: &e.payload,
+            })
+            .map_err(|refusal| tracing::debug!(%refusal, "not served"))
+            .ok()
+            .map(|v| (e.sequence, v))
+        })
+        .collect()
 }

@@ -45,6 +45,10 @@ pub struct NodeConfig {
     /// Seconds between signed checkpoints of this node's chain head (0: none).
     #[serde(default = "default_checkpoint")]
     pub checkpoint_every_s: u64,
+    /// Streams (Subscribe, StreamBreaches) one calling party may hold open at once; one more
+    /// is answered RESOURCE_EXHAUSTED.
+    #[serde(default = "default_streams")]
+    pub max_streams_per_party: usize,
 }
 
 /// Mutual TLS files (PEM).
@@ -61,6 +65,9 @@ pub struct TlsConfig {
 
 fn default_heartbeat() -> u64 {
     5
+}
+fn default_streams() -> usize {
+    64
 }
 fn default_checkpoint() -> u64 {
     300
@@ -97,6 +104,9 @@ impl hru_runtime::Settings for NodeConfig {
                     format!("{url:?} must be an https:// URL"),
                 ));
             }
+        }
+        if self.max_streams_per_party == 0 {
+            return Err(key("max_streams_per_party", "must be at least 1".into()));
         }
         if self.breach_heartbeat_s == 0 {
             return Err(key("breach_heartbeat_s", "must be at least 1".into()));

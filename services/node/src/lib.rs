@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     /// The log sequence of this node's latest append: reads wait until the view holds it.
     pub(crate) appended: std::sync::atomic::AtomicU64,
+    /// Open streams per calling party, and how many one party may hold.
+    pub(crate) streams: Arc<Mutex<std::collections::HashMap<PartyId, usize>>>,
+    pub(crate) max_streams_per_party: usize,
 }
 
 fn read(path: &std::path::Path) -> Result<String, NodeError> {
@@ -120,16 +123,22 @@ pub async fn run(
         .find_map(|isa| isa.parties.get(&party).map(|p| p.role))
         .ok_or_else(|| NodeError::Config(format!("key `party`: {party} is not a party of any agreement")))?;
     let views = View::for_role(role);
+    let read_path = hru_reader::ReadPath::new(
+        deployment.directory.clone(),
+        Arc::new(deployment.policies.clone()),
+        KeyRing::new(&secrets),
+    );
     let projector = Projector::new(
         Store::open(&config.data_dir.join("projections"))?,
         View::projections(&views),
-        KeyRing::new(&secrets),
-        deployment.directory.clone(),
+        read_path,
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         stopping: stop_rx.clone(),
         appended: std::sync::atomic::AtomicU64::new(0),
+        streams: Arc::new(Mutex::new(std::collections::HashMap::new())),
+        max_streams_per_party: config.max_streams_per_party,
         party,
         deployment,
         log,
@@ -358,17 +367,21 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
             }
             let source = hru_broker::source_sequence(m.headers.as_ref())
                 .ok_or_else(|| format!("view message {next} names no source sequence"))?;
-            entries.push((source, m.payload.as_ref()));
+            entries.push((source, m.subject.as_str(), m.payload.as_ref()));
             pending = info.pending;
             next += 1;
         }
-        if let Some(&(through, _)) = entries.last() {
-            shared
+        if let Some(&(through, ..)) = entries.last() {
+            let refused = shared
                 .projector
                 .lock()
                 .map_err(|_| "projector lock poisoned".to_owned())?
                 .feed(&entries)
                 .map_err(|e| e.to_string())?;
+            for refusal in &refused {
+                tracing::warn!(%refusal, "refused by the read path; not folded");
+                shared.metrics.read_refused(refusal.kind);
+            }
             shared.metrics.folded(entries.len() as u64, through);
         }
         shared.metrics.pending(pending);

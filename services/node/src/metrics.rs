@@ -37,6 +37,7 @@ pub struct Metrics {
     pending: Gauge,
     requests: Family<Call, Counter>,
     latency: Family<Method, Histogram, fn() -> Histogram>,
+    read_refused: hru_runtime::metrics::ReadRefused,
 }
 
 impl Default for Metrics {
@@ -66,7 +67,11 @@ impl Default for Metrics {
         );
         registry.register("hru_node_requests", "Calls by method and gRPC code", requests.clone());
         registry.register("hru_node_request_seconds", "Call latency by method", latency.clone());
+        let read_refused =
+            hru_runtime::metrics::ReadRefused::new(hru_reader::RefusalKind::ALL.iter().map(|k| k.name()));
+        read_refused.register(&mut registry);
         Self {
+            read_refused,
             registry: Arc::new(registry),
             events_folded,
             folded_through,
@@ -89,6 +94,11 @@ impl Metrics {
         if through > self.folded_through.get() {
             self.folded_through.set(through);
         }
+    }
+
+    /// One message the read path refused.
+    pub fn read_refused(&self, kind: hru_reader::RefusalKind) {
+        self.read_refused.inc(kind.name());
     }
 
     /// Messages of the party's view the durable consumer has not delivered yet.

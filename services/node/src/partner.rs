@@ -127,20 +127,29 @@ impl PartnerApi {
                 .map(Response::new);
         }
 
-        // This node discloses: every asked section present in the case must be shareable.
-        let (events, _) = self.shared.case_events(case, &caller.party, Some(&sections)).await?;
+        // A section the agreement gives the caller from no producer at all is refused, naming
+        // the rule it lacks (the agreement is public to the parties; the case is not).
         let isa = self.shared.agreement()?;
-        for e in &events {
-            let Some(h) = &e.header else { continue };
-            let producer = h.producer.as_ref().map(|p| p.party.as_str()).unwrap_or_default();
-            let (Ok(producer), Ok(event_type)) = (producer.parse::<PartyId>(), h.event_type.parse::<EventType>())
-            else {
-                continue;
-            };
-            for s in &e.sections {
-                isa.may_receive(&caller.party, &producer, event_type, &s.name)
-                    .map_err(Status::permission_denied)?;
+        for s in &sections {
+            if !isa.received_by(&caller.party).any(|r| r.section == s.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "{} v{} has no [[share]] rule giving {} a `{s}` section of any event",
+                    isa.id, isa.version, caller.party
+                )));
             }
+        }
+        // This node discloses what of the asked sections the agreement (the version each event
+        // was sealed under) lets the caller receive; nothing else is named or hinted at.
+        let (events, _) = self.shared.case_events(case, &caller.party, Some(&sections)).await?;
+        if events.is_empty() {
+            // The same answer whether the case holds such sections or not.
+            return Err(Status::permission_denied(format!(
+                "{} v{} gives {} none of the sections asked for ({}) of this case's events",
+                isa.id,
+                isa.version,
+                caller.party,
+                sections.join(", ")
+            )));
         }
         let disclosed: Vec<String> = {
             let mut names: Vec<String> = read_sections(&events);

@@ -9,7 +9,7 @@ use futures::Stream;
 use futures::{StreamExt as _, TryStreamExt as _};
 use hru_broker::Filter;
 use hru_domain::{CaseId, EventType, PartyId, split_draft};
-use hru_envelope::{AudiencePolicy as _, verify};
+use hru_envelope::AudiencePolicy as _;
 use hru_log::{Expect, SharedLog as _};
 use hru_wire::v1 as pb;
 use tokio::sync::mpsc;
@@ -38,7 +38,8 @@ struct Follower {
 const FOLLOW_PAGE: usize = 512;
 
 impl Follower {
-    /// The next verified envelopes the fold has passed (empty when there are none yet).
+    /// The next envelopes the fold has passed that the read path accepts (empty when there
+    /// are none yet).
     async fn next_batch(&mut self, shared: &Shared) -> Vec<(u64, hru_envelope::VerifiedEnvelope)> {
         let head = shared.folded_through();
         if head < self.next {
@@ -60,13 +61,97 @@ impl Follower {
                     Some(last) if page.len() == FOLLOW_PAGE => last.sequence + 1,
                     _ => head + 1,
                 };
-                page.into_iter()
-                    .filter_map(|e| Some((e.sequence, verify(&e.payload, &shared.deployment.directory).ok()?)))
-                    .collect()
+                shared.checked(&page)
             }
             Err(e) => {
                 tracing::warn!(cause = %e, "reading the log for a stream failed; retrying");
                 Vec::new()
+            }
+        }
+    }
+}
+
+/// One open stream of a calling party, counted against its limit until dropped.
+pub(crate) struct StreamSlot {
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<PartyId, usize>>>,
+    party: PartyId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.streams.lock()
+            && let Some(n) = open.get_mut(&self.party)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Shared {
+    /// A stream slot for `party`, or RESOURCE_EXHAUSTED naming the limit.
+    pub(crate) fn stream_slot(&self, party: &PartyId) -> Result<StreamSlot, Status> {
+        let mut open = self
+            .streams
+            .lock()
+            .map_err(|_| Status::internal("stream table unavailable"))?;
+        let n = open.entry(party.clone()).or_default();
+        if *n >= self.max_streams_per_party {
+            return Err(Status::resource_exhausted(format!(
+                "{party} already holds {n} open streams on this node, the most it may (key `max_streams_per_party`); \
+                 close one first"
+            )));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            party: party.clone(),
+        })
+    }
+}
+
+/// How often a stream's access record is written, naming the cases sent since the last one.
+const STREAM_ACCESS_EVERY: Duration = Duration::from_secs(2);
+
+/// The cases a stream disclosed since its last access record (DPA 2018 s62: who received a
+/// case's events, by stream too).
+struct StreamAccess {
+    grant: hru_policy::CallGrant,
+    person: String,
+    sections: Vec<String>,
+    cases: std::collections::BTreeSet<CaseId>,
+    last: std::time::Instant,
+}
+
+impl StreamAccess {
+    fn new(grant: hru_policy::CallGrant, person: String, sections: Vec<String>) -> Self {
+        Self {
+            grant,
+            person,
+            sections,
+            cases: std::collections::BTreeSet::new(),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Write a record naming the cases sent, when there are some and it is time (or `now`).
+    /// False when it could not be written: the stream must stop.
+    async fn flush(&mut self, shared: &Shared, now: bool) -> bool {
+        if self.cases.is_empty() || (!now && self.last.elapsed() < STREAM_ACCESS_EVERY) {
+            return true;
+        }
+        let case_ids: Vec<CaseId> = std::mem::take(&mut self.cases).into_iter().collect();
+        self.last = std::time::Instant::now();
+        let what = Disclosed {
+            case: None,
+            case_ids,
+            sections: self.sections.clone(),
+            disclosed_to: None,
+        };
+        match shared.log_access(&self.grant, &self.person, what).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(cause = %e.message(), "a stream's access record was not written; the stream ends");
+                false
             }
         }
     }
@@ -151,22 +236,25 @@ impl SubscriptionApi {
                 disclosed_to: None,
             },
         };
+        let slot = self.shared.stream_slot(&caller.party)?;
         self.shared.log_access(&grant, &caller.person, what).await?;
         let filters = vec![case.map_or_else(Filter::all_case_events, Filter::case_events)];
         let (tx, rx) = mpsc::channel(256);
         let shared = self.shared.clone();
+        let mut access = StreamAccess::new(grant, caller.person.clone(), event_types);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut follower = Follower {
                 next: from_sequence + 1,
                 filters,
             };
             loop {
                 if *shared.stopping.borrow() {
-                    return;
+                    break;
                 }
                 let batch = follower.next_batch(&shared).await;
                 if batch.is_empty() && !pause(&tx, &shared).await {
-                    return;
+                    break;
                 }
                 for (sequence, v) in batch {
                     if !types.is_empty() && !types.contains(&v.header.event_type) {
@@ -175,11 +263,21 @@ impl SubscriptionApi {
                     let Some(event) = shared.visible(sequence, &v, &caller.party, None) else {
                         continue;
                     };
+                    if let Some(case) = v.header.case_id {
+                        access.cases.insert(case);
+                    }
                     if tx.send(Ok(pb::SubscribeResponse { event: Some(event) })).await.is_err() {
-                        return;
+                        break;
                     }
                 }
+                if !access.flush(&shared, false).await {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the access log cannot be written")))
+                        .await;
+                    return;
+                }
             }
+            access.flush(&shared, true).await;
         });
         Ok(Response::new(stream_of(rx)))
     }
@@ -257,6 +355,7 @@ impl BreachApi {
             }
             after
         };
+        let slot = self.shared.stream_slot(&caller.party)?;
         self.shared
             .log_access(
                 &grant,
@@ -272,15 +371,17 @@ impl BreachApi {
         let (tx, rx) = mpsc::channel(256);
         let shared = self.shared.clone();
         let heartbeat = Duration::from_secs(self.shared.breach_heartbeat_s);
+        let mut access = StreamAccess::new(grant, caller.person.clone(), vec!["core".into()]);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut follower = Follower {
                 next: after + 1,
                 filters: vec![Filter::events_of_type(hru_domain::EventType::TagBreach)],
             };
             let mut last_sent = std::time::Instant::now();
-            loop {
+            'stream: loop {
                 if *shared.stopping.borrow() {
-                    return;
+                    break;
                 }
                 let batch = follower.next_batch(&shared).await;
                 if batch.is_empty() {
@@ -292,11 +393,11 @@ impl BreachApi {
                             heartbeat: true,
                         };
                         if tx.send(Ok(beat)).await.is_err() {
-                            return;
+                            break;
                         }
                     }
                     if !pause(&tx, &shared).await {
-                        return;
+                        break;
                     }
                 }
                 for (sequence, v) in batch {
@@ -305,6 +406,9 @@ impl BreachApi {
                         .and_then(|e| e.sections.into_iter().find(|s| s.refusal.is_empty()))
                         .and_then(|s| prost::Message::decode(s.plaintext.as_slice()).ok());
                     let Some(core) = core else { continue };
+                    if let Some(case) = v.header.case_id {
+                        access.cases.insert(case);
+                    }
                     last_sent = std::time::Instant::now();
                     let message = pb::StreamBreachesResponse {
                         breach: Some(core),
@@ -312,10 +416,17 @@ impl BreachApi {
                         heartbeat: false,
                     };
                     if tx.send(Ok(message)).await.is_err() {
-                        return;
+                        break 'stream;
                     }
                 }
+                if !access.flush(&shared, false).await {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the access log cannot be written")))
+                        .await;
+                    return;
+                }
             }
+            access.flush(&shared, true).await;
         });
         Ok(Response::new(stream_of(rx)))
     }
@@ -438,8 +549,14 @@ impl Shared {
         reader: &PartyId,
         only: Option<&[String]>,
     ) -> Option<pb::OpenedEvent> {
-        let isa = self.agreement().ok()?;
         let projector = self.projector.lock().ok()?;
-        opened_for(projector.ring(), isa, sequence, v, reader, only)
+        opened_for(
+            projector.read_path(),
+            &self.deployment.policies,
+            sequence,
+            v,
+            reader,
+            only,
+        )
     }
 }

@@ -189,6 +189,11 @@ impl KeyRing {
         &self.party
     }
 
+    /// The members of `producer`'s `audience`, as a grant the reader took in named them.
+    pub fn audience_members(&self, producer: &ProducerId, audience: &AudienceId) -> Option<&BTreeSet<PartyId>> {
+        self.members.get(&(producer.clone(), audience.clone()))
+    }
+
     /// Number of epoch keys held.
     pub fn epoch_keys(&self) -> usize {
         self.epoch_keys.len()

@@ -70,13 +70,71 @@ pub struct Receipt {
     pub clause: String,
 }
 
-/// A gRPC method a party may call, for a purpose, under a clause.
+/// Whose node a call may go to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Callee {
+    /// The caller's own party's node (`on = ["own"]`).
+    Own,
+    /// This party's node.
+    Party(PartyId),
+}
+
+impl Callee {
+    /// Whether a call by `caller` to the node of `node` is to this callee.
+    pub fn admits(&self, caller: &PartyId, node: &PartyId) -> bool {
+        match self {
+            Callee::Own => caller == node,
+            Callee::Party(p) => p == node,
+        }
+    }
+}
+
+/// Why a call is refused: the rule the caller lacks, never anything about data it was not shown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallRefused {
+    /// No rule lets the caller call the method on this node at all.
+    #[error("{agreement} v{version} has no [[call]] rule letting {caller} call {method} on {node}'s node")]
+    NoRule {
+        /// Agreement id.
+        agreement: String,
+        /// Its version.
+        version: u32,
+        /// The calling party.
+        caller: PartyId,
+        /// `Service/Method`.
+        method: String,
+        /// Whose node was called.
+        node: PartyId,
+    },
+    /// Rules exist, for other purposes.
+    #[error("{agreement} v{version} lets {caller} call {method} on {node}'s node only for purpose {}, not {asked:?}", .allowed.join(" or "))]
+    Purpose {
+        /// Agreement id.
+        agreement: String,
+        /// Its version.
+        version: u32,
+        /// The calling party.
+        caller: PartyId,
+        /// `Service/Method`.
+        method: String,
+        /// Whose node was called.
+        node: PartyId,
+        /// The purposes the rules give.
+        allowed: Vec<String>,
+        /// The purpose asked for.
+        asked: String,
+    },
+}
+
+/// A gRPC method a party may call on a node, for a purpose, under a clause.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CallGrant {
     /// The caller.
     pub party: PartyId,
     /// `Service/Method`.
     pub method: String,
+    /// Whose node.
+    pub on: Callee,
     /// Purpose.
     pub purpose: String,
     /// Clause.
@@ -262,31 +320,45 @@ impl CompiledIsa {
         self.audiences.iter().map(|((p, t, s), a)| (p, *t, *s, a))
     }
 
-    /// Whether `party` may call `method` for `purpose`: the grant, or why not.
-    pub fn may_call(&self, party: &PartyId, method: &str, purpose: &str) -> Result<&CallGrant, String> {
+    /// Whether `party` may call `method` on `node`'s node for `purpose`: the grant, or the rule
+    /// it lacks.
+    pub fn may_call(
+        &self,
+        party: &PartyId,
+        node: &PartyId,
+        method: &str,
+        purpose: &str,
+    ) -> Result<&CallGrant, Box<CallRefused>> {
         let for_method: Vec<&CallGrant> = self
             .calls
             .iter()
-            .filter(|g| &g.party == party && g.method == method)
+            .filter(|g| &g.party == party && g.method == method && g.on.admits(party, node))
             .collect();
         if for_method.is_empty() {
-            return Err(format!(
-                "{} v{} has no [[call]] rule letting {party} call {method}",
-                self.id, self.version
-            ));
+            return Err(Box::new(CallRefused::NoRule {
+                agreement: self.id.clone(),
+                version: self.version,
+                caller: party.clone(),
+                method: method.to_owned(),
+                node: node.clone(),
+            }));
         }
         for_method
             .iter()
             .find(|g| g.purpose == purpose)
             .copied()
             .ok_or_else(|| {
-                let purposes: Vec<&str> = for_method.iter().map(|g| g.purpose.as_str()).collect();
-                format!(
-                    "{} v{} lets {party} call {method} only for purpose {}, not {purpose:?}",
-                    self.id,
-                    self.version,
-                    purposes.join(" or ")
-                )
+                let mut allowed: Vec<String> = for_method.iter().map(|g| g.purpose.clone()).collect();
+                allowed.dedup();
+                Box::new(CallRefused::Purpose {
+                    agreement: self.id.clone(),
+                    version: self.version,
+                    caller: party.clone(),
+                    method: method.to_owned(),
+                    node: node.clone(),
+                    allowed,
+                    asked: purpose.to_owned(),
+                })
             })
     }
 
@@ -738,10 +810,41 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
     // [[call]]
     let methods = grpc_methods();
     let mut calls = Vec::new();
-    for rule in &call {
-        let rule = rule.get_ref();
+    for spanned in &call {
+        let rule = spanned.get_ref();
         let party = c.party(&rule.party, &parties);
         let clause_ok = c.clause(&rule.clause, &clauses);
+        let on: Vec<Callee> = match &rule.on {
+            None => {
+                c.push(
+                    spanned.span(),
+                    ErrorKind::MissingCallee,
+                    format!("this [[call]] rule for `{}` does not say whose node it may be called on", rule.party.get_ref()),
+                    "add `on = [\"own\"]` (the caller's own node) or the parties whose nodes it may call, e.g. `on = [\"police-hru\"]`",
+                );
+                Vec::new()
+            }
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    c.push(
+                        list.span(),
+                        ErrorKind::MissingCallee,
+                        "`on` names no node".to_owned(),
+                        "name `own` or at least one party",
+                    );
+                }
+                list.get_ref()
+                    .iter()
+                    .filter_map(|n| {
+                        if n.get_ref() == "own" {
+                            Some(Callee::Own)
+                        } else {
+                            c.party(n, &parties).map(Callee::Party)
+                        }
+                    })
+                    .collect()
+            }
+        };
         for m in &rule.methods {
             if !methods.contains(m.get_ref()) {
                 c.push(
@@ -753,12 +856,15 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
                 continue;
             }
             if let (Some(p), true) = (&party, clause_ok) {
-                calls.push(CallGrant {
-                    party: p.clone(),
-                    method: m.get_ref().clone(),
-                    purpose: rule.purpose.get_ref().clone(),
-                    clause: rule.clause.get_ref().clone(),
-                });
+                for callee in &on {
+                    calls.push(CallGrant {
+                        party: p.clone(),
+                        method: m.get_ref().clone(),
+                        on: callee.clone(),
+                        purpose: rule.purpose.get_ref().clone(),
+                        clause: rule.clause.get_ref().clone(),
+                    });
+                }
             }
         }
     }

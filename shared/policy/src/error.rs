@@ -39,6 +39,8 @@ pub enum ErrorKind {
     BadValue,
     /// A section a producer may seal that no rule shares (it could never be sealed).
     Uncovered,
+    /// A [[call]] rule that does not say whose node it may be called on.
+    MissingCallee,
 }
 
 impl ErrorKind {
@@ -62,6 +64,7 @@ impl ErrorKind {
             ErrorKind::UnknownMethod => "unknown-method",
             ErrorKind::BadValue => "bad-value",
             ErrorKind::Uncovered => "uncovered",
+            ErrorKind::MissingCallee => "missing-callee",
         }
     }
 }

@@ -13,7 +13,7 @@ mod names;
 mod set;
 
 pub use broker::MissingNkey;
-pub use compile::{CallGrant, CompiledIsa, Receipt, Retention};
+pub use compile::{CallGrant, CallRefused, Callee, CompiledIsa, Receipt, Retention};
 pub use error::{ErrorKind, PolicyError, PolicyErrors};
 pub use model::Role;
 pub use set::PolicySet;

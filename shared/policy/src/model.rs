@@ -139,6 +139,8 @@ pub(crate) struct RawNever {
 pub(crate) struct RawCall {
     pub(crate) party: Spanned<String>,
     pub(crate) methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) on: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) purpose: Spanned<String>,
     pub(crate) clause: Spanned<String>,
 }

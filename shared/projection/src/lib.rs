@@ -21,5 +21,5 @@ pub use evaluation::{Evaluation, OutcomeRow, outcome_rows};
 pub use probation::{ProbationCaseload, ProbationRow, RiskChange, probation_caseload};
 pub use reviews::{DUE_WINDOW_MS, REVIEWS, ReviewSchedule, ReviewStatus, ScheduledReview, review_schedule};
 pub use store::{
-    Applied, Projection, ProjectionError, Projector, Reader, Store, Write, open_typed, put_json, read_json,
+    Applied, LogItem, Projection, ProjectionError, Projector, Reader, Store, Write, open_typed, put_json, read_json,
 };

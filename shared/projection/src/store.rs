@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hru_domain::{CaseEvent, EventHeader, EventType, FieldError, join_sections};
-use hru_envelope::{Directory, KeyRing, OpenedEvent, verify};
+use hru_envelope::OpenedEvent;
+use hru_reader::{Incoming, Read, ReadPath, Refusal};
 use sha2::{Digest as _, Sha256};
 use sled::Transactional as _;
 
@@ -69,14 +70,16 @@ fn err(e: impl std::fmt::Display) -> ProjectionError {
 }
 
 /// Projection state in sled: one tree per projection, a meta tree of checkpoints, and the key
-/// grants read so far (still sealed to the party, so no epoch key is ever stored in the clear).
+/// grants and key events read so far (grants still sealed to the party, so no epoch key is
+/// ever stored in the clear).
 pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
     grants: sled::Tree,
 }
 
-/// Tree of the kept KeyGranted envelopes (sequence → envelope bytes) and its meta key.
+/// Tree of the kept KeyGranted, KeyRotated and KeyRevoked envelopes (sequence → envelope
+/// bytes) and its meta key.
 const GRANTS: &str = "__grants";
 
 /// A key and its value.
@@ -294,27 +297,28 @@ pub fn open_typed(opened: &OpenedEvent) -> Option<Result<CaseEvent, FieldError>>
     Some(join_sections(opened.header.event_type, &readable).and_then(CaseEvent::try_from))
 }
 
-/// Feeds log entries through verification, the party's key ring and every projection.
+/// Feeds log entries through the read path and every projection.
 pub struct Projector {
     /// The store.
     pub store: Store,
     projections: Vec<Box<dyn Projection>>,
     checkpoints: Vec<u64>,
-    /// The last sequence whose key grants are kept in the store.
+    /// The last sequence whose key grants and key events are kept in the store.
     grants_through: u64,
-    ring: KeyRing,
-    directory: Directory,
+    read: ReadPath,
 }
 
+/// One log entry to fold: its sequence, the subject it arrived on, its bytes.
+pub type LogItem<'a> = (u64, &'a str, &'a [u8]);
+
 impl Projector {
-    /// A projector for `projections` over `store`, reading as the owner of `ring`, which
-    /// takes in the grants the store kept (so reading resumes after the checkpoint, not from the
-    /// start of the log).
+    /// A projector for `projections` over `store`, reading through `read`, which takes in the
+    /// grants and key events the store kept (so reading resumes after the checkpoint, not from
+    /// the start of the log).
     pub fn new(
         store: Store,
         projections: Vec<Box<dyn Projection>>,
-        mut ring: KeyRing,
-        directory: Directory,
+        mut read: ReadPath,
     ) -> Result<Self, ProjectionError> {
         let checkpoints = projections
             .iter()
@@ -322,11 +326,9 @@ impl Projector {
             .collect::<Result<_, _>>()?;
         let (kept, grants_through) = store.grants()?;
         for (key, bytes) in &kept {
-            let grant = verify(bytes, &directory)
-                .map_err(|e| e.to_string())
-                .and_then(|v| ring.ingest_grant(&v).map(|_| ()).map_err(|e| e.to_string()));
-            if let Err(e) = grant {
-                tracing::warn!(key = hex::encode(key), cause = %e, "kept key grant refused");
+            let sequence = key.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if let Err(e) = read.restore(sequence, bytes) {
+                tracing::warn!(cause = %e, "kept envelope refused");
             }
         }
         Ok(Self {
@@ -334,8 +336,7 @@ impl Projector {
             projections,
             checkpoints,
             grants_through,
-            ring,
-            directory,
+            read,
         })
     }
 
@@ -350,14 +351,9 @@ impl Projector {
             + 1
     }
 
-    /// The reader's key ring (every grant fed so far).
-    pub fn ring(&self) -> &KeyRing {
-        &self.ring
-    }
-
-    /// The directory envelopes are verified with.
-    pub fn directory(&self) -> &Directory {
-        &self.directory
+    /// The read path (its key ring holds every grant fed so far).
+    pub fn read_path(&self) -> &ReadPath {
+        &self.read
     }
 
     /// The projections.
@@ -365,39 +361,51 @@ impl Projector {
         self.projections.iter().map(AsRef::as_ref)
     }
 
-    /// Fold a batch of `(sequence, envelope bytes)` in log order, resuming at `resume_from`.
-    /// Grants feed the key ring and are kept in the store before any projection moves past
-    /// them; events that fail to verify or decode are skipped with a warning, never folded.
-    pub fn feed(&mut self, entries: &[(u64, &[u8])]) -> Result<(), ProjectionError> {
-        let Some(&(through, _)) = entries.last() else {
-            return Ok(());
+    /// Fold a batch of entries in log order, resuming at `resume_from`. Each goes through the
+    /// read path; grants and key events are kept in the store before any projection moves past
+    /// them. What the read path refuses is never folded: the refusals are returned (the caller
+    /// counts and logs them). Events that pass but do not decode are skipped with a warning.
+    pub fn feed(&mut self, entries: &[LogItem<'_>]) -> Result<Vec<Refusal>, ProjectionError> {
+        let Some(&(through, ..)) = entries.last() else {
+            return Ok(Vec::new());
         };
-        let mut grants = Vec::new();
+        let mut kept = Vec::new();
+        let mut refused = Vec::new();
         let mut typed = Vec::with_capacity(entries.len());
-        for (sequence, bytes) in entries {
-            let v = match verify(bytes, &self.directory) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(sequence, cause = %e, "event refused; not folded");
+        for &(sequence, subject, bytes) in entries {
+            let read = match self.read.read(&Incoming {
+                sequence,
+                subject,
+                bytes,
+            }) {
+                Ok(read) => read,
+                Err(refusal) => {
+                    refused.push(refusal);
                     continue;
                 }
             };
-            if v.header.event_type == EventType::KeyGranted {
-                match self.ring.ingest_grant(&v) {
-                    Ok(_) if *sequence > self.grants_through => grants.push((*sequence, *bytes)),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(sequence, cause = %e, "key grant refused"),
+            match read {
+                Read::Grant { .. } => {
+                    if sequence > self.grants_through {
+                        kept.push((sequence, bytes));
+                    }
                 }
-                continue;
-            }
-            match open_typed(&self.ring.open(&v)) {
-                Some(Ok(event)) => typed.push((*sequence, v.header, event)),
-                Some(Err(e)) => tracing::warn!(sequence, cause = %e, "event does not decode; not folded"),
-                None => {}
+                Read::Public(v) => {
+                    if matches!(v.header.event_type, EventType::KeyRotated | EventType::KeyRevoked)
+                        && sequence > self.grants_through
+                    {
+                        kept.push((sequence, bytes));
+                    }
+                }
+                Read::Event { envelope, opened } => match open_typed(&opened) {
+                    Some(Ok(event)) => typed.push((sequence, envelope.header, event)),
+                    Some(Err(e)) => tracing::warn!(sequence, cause = %e, "event does not decode; not folded"),
+                    None => {}
+                },
             }
         }
         if through > self.grants_through {
-            self.store.keep_grants(&grants, through)?;
+            self.store.keep_grants(&kept, through)?;
             self.grants_through = through;
         }
         for (i, projection) in self.projections.iter().enumerate() {
@@ -417,6 +425,6 @@ impl Projector {
             self.store.apply(projection.as_ref(), &applied, through)?;
             self.checkpoints[i] = through;
         }
-        Ok(())
+        Ok(refused)
     }
 }

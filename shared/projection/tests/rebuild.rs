@@ -7,11 +7,13 @@ use hru_domain::{CaseId, EventType, ProducerId, split_draft};
 use hru_envelope::fixture::Cast;
 use hru_envelope::{KeyRing, Sealer, StaticAudiences};
 use hru_projection::{CaseBoard, Projector, Store, screening_queue};
+use hru_reader::ReadPath;
 use hru_wire::v1 as pb;
 
 const T0: i64 = 1_795_000_000_000;
 
-fn log_of(cast: &Cast, n: usize) -> Vec<(u64, Vec<u8>)> {
+/// Every case section shared with police alone.
+fn policy(cast: &Cast) -> StaticAudiences {
     let me = std::slice::from_ref(&cast.police.party);
     let mut policy = StaticAudiences::new("board", 1);
     for t in EventType::ALL.iter().filter(|t| t.has_case()) {
@@ -19,6 +21,11 @@ fn log_of(cast: &Cast, n: usize) -> Vec<(u64, Vec<u8>)> {
             policy = policy.share(*t, s, me);
         }
     }
+    policy
+}
+
+fn log_of(cast: &Cast, n: usize) -> Vec<(u64, String, Vec<u8>)> {
+    let policy = policy(cast);
     let mut sealer = Sealer::new(
         ProducerId {
             party: cast.police.party.clone(),
@@ -117,25 +124,28 @@ fn log_of(cast: &Cast, n: usize) -> Vec<(u64, Vec<u8>)> {
             .unwrap()
         {
             seq += 1;
-            out.push((seq, e.bytes));
+            out.push((seq, e.subject.to_string(), e.bytes));
         }
     }
     out
 }
 
 fn projector(store: Store, cast: &Cast) -> Projector {
-    Projector::new(
-        store,
-        vec![Box::new(CaseBoard)],
-        KeyRing::new(&cast.police),
+    let read = ReadPath::new(
         cast.directory.clone(),
-    )
-    .unwrap()
+        std::sync::Arc::new(policy(cast)),
+        KeyRing::new(&cast.police),
+    );
+    Projector::new(store, vec![Box::new(CaseBoard)], read).unwrap()
 }
 
-fn feed(p: &mut Projector, entries: &[(u64, Vec<u8>)]) {
-    let refs: Vec<(u64, &[u8])> = entries.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-    p.feed(&refs).unwrap();
+fn feed(p: &mut Projector, entries: &[(u64, String, Vec<u8>)]) {
+    let refs: Vec<(u64, &str, &[u8])> = entries
+        .iter()
+        .map(|(s, subject, b)| (*s, subject.as_str(), b.as_slice()))
+        .collect();
+    let refused = p.feed(&refs).unwrap();
+    assert!(refused.is_empty(), "a genuine log is read whole: {refused:?}");
 }
 
 #[test]

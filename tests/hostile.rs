@@ -1,0 +1,673 @@
+//! The hostile-party suite. Every party of the Cheshire agreement, acting with its own genuine
+//! nkey, signing key and TLS certificate, tries what a curious or compromised partner would,
+//! against a real nats-server enforcing the authorization generated from the agreement and real
+//! party nodes (`hru node run`). The suite prints the matrix (party × attack → outcome) and
+//! fails if any attack succeeds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hru_broker::Subject;
+use hru_domain::{CaseId, EventType, PartyId, PlainSection, ProducerId};
+use hru_envelope::{Directory, PartySecrets, SealedEnvelope, Sealer, StaticAudiences};
+use hru_policy::CompiledIsa;
+use hru_tests::{CHESHIRE_PARTIES, NodeProcess, World, free_port, metric, request};
+use hru_wire::v1 as pb;
+use pb::audit_service_client::AuditServiceClient;
+use pb::breach_service_client::BreachServiceClient;
+use pb::case_service_client::CaseServiceClient;
+use pb::subscription_service_client::SubscriptionServiceClient;
+use prost::Message as _;
+use tonic::transport::Channel;
+
+/// The parties whose nodes run in the suite.
+const NODES: [&str; 4] = ["police-hru", "victim-advocacy", "probation", "police-control"];
+
+/// Every view name a node may hold.
+const VIEWS: [&str; 7] = [
+    "case-board",
+    "screening-queue",
+    "review-schedule",
+    "advocacy",
+    "probation-caseload",
+    "outcomes",
+    "breach-board",
+];
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// The attack got nothing: how it was stopped.
+    Refused(String),
+    /// The attack got through: what it got.
+    Succeeded(String),
+}
+
+#[derive(Default)]
+struct Matrix {
+    rows: Vec<(String, String, Outcome)>,
+}
+
+impl Matrix {
+    fn row(&mut self, party: &str, attack: impl Into<String>, outcome: Outcome) {
+        self.rows.push((party.to_owned(), attack.into(), outcome));
+    }
+
+    fn print(&self) {
+        println!("{:<16} {:<64} outcome", "party", "attack");
+        for (party, attack, outcome) in &self.rows {
+            let outcome = match outcome {
+                Outcome::Refused(how) => format!("refused: {how}"),
+                Outcome::Succeeded(what) => format!("SUCCEEDED: {what}"),
+            };
+            println!("{party:<16} {attack:<64} {outcome}");
+        }
+    }
+
+    fn successes(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|(.., o)| matches!(o, Outcome::Succeeded(_)))
+            .count()
+    }
+}
+
+struct Suite {
+    w: World,
+    isa: CompiledIsa,
+    directory: Directory,
+    nodes: Vec<(NodeProcess, u16)>,
+    case: CaseId,
+}
+
+impl Suite {
+    fn secrets(&self, party: &str) -> PartySecrets {
+        let path = self.w.keys().join(format!("{party}.secret"));
+        PartySecrets::from_toml(&std::fs::read_to_string(&path).unwrap(), &path.display().to_string()).unwrap()
+    }
+
+    fn node(&self, party: &str) -> &NodeProcess {
+        &self.nodes.iter().find(|(n, _)| n.party == party).unwrap().0
+    }
+
+    fn metrics_port(&self, party: &str) -> u16 {
+        self.nodes.iter().find(|(n, _)| n.party == party).unwrap().1
+    }
+
+    /// The purpose `party`'s rules give for `method` (any of its purposes when none does).
+    fn purpose(&self, party: &str, method: &str) -> String {
+        let calls = || self.isa.calls.iter().filter(|g| g.party.as_str() == party);
+        calls()
+            .find(|g| g.method == method)
+            .or_else(|| calls().next())
+            .map_or_else(|| "none".to_owned(), |g| g.purpose.clone())
+    }
+
+    async fn channel(&self, node: &str, as_party: &str) -> Channel {
+        self.w.channel(self.node(node), as_party).await
+    }
+
+    /// The (producer, event type) of every event of `case` `node` serves its own party.
+    async fn served(&self, node: &str, case: CaseId) -> Vec<(String, String, u64)> {
+        let channel = self.channel(node, node).await;
+        let answer = CaseServiceClient::new(channel)
+            .get_case(request(
+                pb::GetCaseRequest {
+                    case_id: case.0.as_bytes().to_vec(),
+                    purpose: self.purpose(node, "CaseService/GetCase"),
+                },
+                "observer",
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("{node} answers its own party: {}", s.message()))
+            .into_inner();
+        answer
+            .events
+            .iter()
+            .filter_map(|e| {
+                let h = e.header.as_ref()?;
+                Some((h.producer.as_ref()?.party.clone(), h.event_type.clone(), e.sequence))
+            })
+            .collect()
+    }
+
+    /// Publish `bytes` on `subject` with `party`'s own nkey; the stream sequence the broker
+    /// stored it at, or why it refused.
+    async fn publish(&self, party: &str, subject: &str, bytes: Vec<u8>) -> Result<u64, String> {
+        let secrets = self.secrets(party);
+        let client = hru_broker::connect(&self.w.nats.url(), Some(&secrets.broker_identity()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let js = async_nats::jetstream::new(client);
+        let ack = js
+            .publish(subject.to_owned(), bytes.into())
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(3), ack)
+            .await
+            .map_err(|_| "no acknowledgement (refused by the broker)".to_owned())?
+            .map(|a| a.sequence)
+            .map_err(|e| e.to_string())
+    }
+
+    /// `party` seals `event_type` with `sections` under a policy that claims the agreement's own
+    /// id and version and shares every section with `to`.
+    fn forge(
+        &self,
+        party: &str,
+        case: CaseId,
+        event_type: EventType,
+        sections: Vec<PlainSection>,
+        to: &BTreeSet<PartyId>,
+    ) -> Vec<SealedEnvelope> {
+        let secrets = self.secrets(party);
+        let to: Vec<PartyId> = to.iter().cloned().collect();
+        let mut policy = StaticAudiences::new(&self.isa.id, self.isa.version);
+        for s in event_type.sections() {
+            policy = policy.share(event_type, s, &to);
+        }
+        let now = jiff::Timestamp::now().as_millisecond();
+        Sealer::new(
+            ProducerId {
+                party: secrets.party.clone(),
+                instance: format!("forger-{}", uuid::Uuid::now_v7().simple()),
+            },
+            secrets.signing.clone(),
+        )
+        .prepare_event(
+            case,
+            event_type,
+            sections,
+            now,
+            now,
+            &policy,
+            &self.directory,
+            &mut rand_core::OsRng,
+        )
+        .unwrap()
+        .envelopes
+    }
+
+    /// The widest audience `party` seals a case section to, and the type and section: what its
+    /// forgeries ride on so that the most readers' views source them.
+    fn widest(&self, party: &str) -> Option<(EventType, BTreeSet<PartyId>)> {
+        self.isa
+            .audiences()
+            .filter(|(p, t, ..)| p.as_str() == party && t.has_case())
+            .max_by_key(|(_, t, _, a)| (a.members().len(), *t != EventType::AccessLogged, std::cmp::Reverse(*t)))
+            .map(|(_, t, _, a)| (t, a.members().clone()))
+    }
+}
+
+fn subject_for(case: CaseId, party: &PartyId, event_type: EventType) -> Subject {
+    if event_type == EventType::AccessLogged {
+        Subject::access(case, party)
+    } else {
+        Subject::event(case, party, event_type)
+    }
+}
+
+/// An event type `party` may not produce, and sections of it that decode.
+fn forbidden_event(isa: &CompiledIsa, party: &PartyId) -> (EventType, Vec<PlainSection>) {
+    if !isa.may_produce(party, EventType::CaseClosed) {
+        let core = pb::CaseClosedCore {
+            reason: "closed by a partner that may not close cases".into(),
+            closed_at_ms: jiff::Timestamp::now().as_millisecond(),
+        };
+        return (
+            EventType::CaseClosed,
+            vec![PlainSection {
+                name: "core",
+                bytes: core.encode_to_vec(),
+            }],
+        );
+    }
+    let core = pb::AcknowledgementCore {
+        breach_id: vec![9; 16],
+        operator: "nobody".into(),
+        action: "stand down".into(),
+        response_time_ms: 1,
+    };
+    (
+        EventType::BreachAcknowledged,
+        vec![PlainSection {
+            name: "core",
+            bytes: core.encode_to_vec(),
+        }],
+    )
+}
+
+fn referral(case: CaseId, narrative: String) -> pb::EventDraft {
+    pb::EventDraft {
+        case_id: case.to_string(),
+        occurred_at: String::new(),
+        event: Some(pb::event_draft::Event::ReferralReceived(pb::ReferralReceived {
+            core: Some(pb::ReferralCore {
+                subject_ref: vec![3; 32],
+                behaviours: vec![pb::Behaviour::Stalking as i32],
+                area: "Warrington".into(),
+                received_at_ms: jiff::Timestamp::now().as_millisecond(),
+                out_of_hours: false,
+                crime_reference: String::new(),
+            }),
+            identity: None,
+            narrative: Some(pb::ReferralNarrative { text: narrative }),
+        })),
+    }
+}
+
+fn outcome<T>(r: Result<T, tonic::Status>, what: &str) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Succeeded(what.to_owned()),
+        Err(s) => Outcome::Refused(format!("{:?}", s.code())),
+    }
+}
+
+/// Every party's forgeries on the log: a header naming a type it may not produce, published
+/// under a subject it may use; another producer's genuine envelope under its own subject.
+async fn forgeries(s: &Suite, m: &mut Matrix, genuine: &[SealedEnvelope]) {
+    let mut planted = Vec::new();
+    for party in CHESHIRE_PARTIES {
+        let id: PartyId = party.parse().unwrap();
+        let Some((rides_on, readers)) = s.widest(party) else {
+            m.row(
+                party,
+                "forged header",
+                Outcome::Refused("it seals no case section".into()),
+            );
+            continue;
+        };
+        let (forbidden, sections) = forbidden_event(&s.isa, &id);
+        let sealed = s.forge(party, s.case, forbidden, sections, &readers);
+        let (event, grants) = sealed.split_last().unwrap();
+        let mut published = Ok(0);
+        for g in grants {
+            published = s.publish(party, g.subject.as_str(), g.bytes.clone()).await;
+        }
+        let under = subject_for(s.case, &id, rides_on);
+        if published.is_ok() {
+            published = s.publish(party, under.as_str(), event.bytes.clone()).await;
+        }
+        let attack = format!("header says {forbidden}, published under its {rides_on}");
+        match published {
+            Ok(_) => planted.push((party, attack, forbidden, readers.clone())),
+            Err(e) => m.row(party, attack, Outcome::Refused(format!("broker: {e}"))),
+        }
+        // Police's genuine referral, re-published under this party's own subject.
+        if party != "police-hru" {
+            let attack = format!("police-hru's referral re-published under its {rides_on}");
+            match s
+                .publish(party, under.as_str(), genuine.last().unwrap().bytes.clone())
+                .await
+            {
+                Ok(_) => planted.push((party, attack, EventType::ReferralReceived, readers.clone())),
+                Err(e) => m.row(party, attack, Outcome::Refused(format!("broker: {e}"))),
+            }
+        }
+    }
+    // Give every node's fold time to take in what the broker stored, then look.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (party, attack, event_type, readers) in planted {
+        let mut found = Vec::new();
+        for node in NODES
+            .iter()
+            .filter(|n| **n != party && readers.iter().any(|r| r.as_str() == **n))
+        {
+            let served = s.served(node, s.case).await;
+            let forged_type = event_type != EventType::ReferralReceived
+                && served.iter().any(|(p, t, _)| p == party && *t == event_type.name());
+            let copies = served
+                .iter()
+                .filter(|(p, t, _)| p == "police-hru" && t == "ReferralReceived")
+                .count();
+            // Police's two genuine referrals (the node's and its own re-publishable one) are
+            // served; a third is the re-published copy.
+            if forged_type || (event_type == EventType::ReferralReceived && copies > 2) {
+                found.push(*node);
+            }
+        }
+        let outcome = if found.is_empty() {
+            Outcome::Refused("stored by the broker, never served by a node".into())
+        } else {
+            Outcome::Succeeded(format!("served as genuine by {}", found.join(", ")))
+        };
+        m.row(party, attack, outcome);
+    }
+}
+
+/// Every party's people calling every method on every other party's node.
+async fn foreign_calls(s: &Suite, m: &mut Matrix) {
+    let case = s.case.0.as_bytes().to_vec();
+    for party in CHESHIRE_PARTIES {
+        for node in NODES.iter().filter(|n| **n != party) {
+            let channel = s.channel(node, party).await;
+            let mut got = Vec::new();
+            for view in VIEWS {
+                let r = CaseServiceClient::new(channel.clone())
+                    .list_cases(request(
+                        pb::ListCasesRequest {
+                            view: view.into(),
+                            purpose: s.purpose(party, "CaseService/ListCases"),
+                        },
+                        "curious",
+                    ))
+                    .await;
+                if r.is_ok() {
+                    got.push(view);
+                }
+            }
+            m.row(
+                party,
+                format!("ListCases (every view) on {node}'s node"),
+                if got.is_empty() {
+                    Outcome::Refused("every view".into())
+                } else {
+                    Outcome::Succeeded(format!("views {}", got.join(", ")))
+                },
+            );
+            let r = CaseServiceClient::new(channel.clone())
+                .get_case(request(
+                    pb::GetCaseRequest {
+                        case_id: case.clone(),
+                        purpose: s.purpose(party, "CaseService/GetCase"),
+                    },
+                    "curious",
+                ))
+                .await;
+            m.row(
+                party,
+                format!("GetCase on {node}'s node"),
+                outcome(r, "the case's events"),
+            );
+            let r = SubscriptionServiceClient::new(channel.clone())
+                .subscribe(request(
+                    pb::SubscribeRequest {
+                        case_id: Vec::new(),
+                        event_types: Vec::new(),
+                        from_sequence: 0,
+                        purpose: s.purpose(party, "SubscriptionService/Subscribe"),
+                    },
+                    "curious",
+                ))
+                .await;
+            m.row(party, format!("Subscribe on {node}'s node"), outcome(r, "a stream"));
+            let r = BreachServiceClient::new(channel.clone())
+                .stream_breaches(request(
+                    pb::StreamBreachesRequest {
+                        resume_token: String::new(),
+                        purpose: s.purpose(party, "BreachService/StreamBreaches"),
+                    },
+                    "curious",
+                ))
+                .await;
+            m.row(
+                party,
+                format!("StreamBreaches on {node}'s node"),
+                outcome(r, "a stream"),
+            );
+            let audit = AuditServiceClient::new(channel.clone());
+            let purpose = s.purpose(party, "AuditService/Verify");
+            let r = audit
+                .clone()
+                .verify(request(
+                    pb::VerifyRequest {
+                        from_sequence: 0,
+                        to_sequence: 0,
+                        purpose: purpose.clone(),
+                    },
+                    "curious",
+                ))
+                .await;
+            m.row(
+                party,
+                format!("AuditService/Verify on {node}'s node"),
+                outcome(r, "a report"),
+            );
+            let r = audit
+                .clone()
+                .replay(request(
+                    pb::ReplayRequest {
+                        from_sequence: 1,
+                        to_sequence: 0,
+                        purpose: purpose.clone(),
+                    },
+                    "curious",
+                ))
+                .await;
+            m.row(
+                party,
+                format!("AuditService/Replay on {node}'s node"),
+                outcome(r, "envelopes"),
+            );
+            let r = audit
+                .clone()
+                .access_log(request(
+                    pb::AccessLogRequest {
+                        case_id: case.clone(),
+                        purpose,
+                    },
+                    "curious",
+                ))
+                .await;
+            m.row(
+                party,
+                format!("AuditService/AccessLog on {node}'s node"),
+                outcome(r, "access records"),
+            );
+        }
+    }
+}
+
+/// Each node's own people recording what only the node's machinery may write, and events
+/// larger than the broker takes.
+async fn own_node_abuse(s: &Suite, m: &mut Matrix) {
+    for party in NODES {
+        let channel = s.channel(party, party).await;
+        let forged = pb::EventDraft {
+            case_id: s.case.to_string(),
+            occurred_at: String::new(),
+            event: Some(pb::event_draft::Event::AccessLogged(pb::AccessLogged {
+                core: Some(pb::AccessCore {
+                    party: "probation".into(),
+                    person: "PO Mallory".into(),
+                    method: "CaseService/GetCase".into(),
+                    sections: vec!["identity".into()],
+                    purpose: "offender-management".into(),
+                    clause: "10.1".into(),
+                    disclosed_to: String::new(),
+                    case_ids: vec![s.case.0.as_bytes().to_vec()],
+                }),
+            })),
+        };
+        // At the case's current version, so only the event type can stop it.
+        let version = CaseServiceClient::new(channel.clone())
+            .get_case(request(
+                pb::GetCaseRequest {
+                    case_id: s.case.0.as_bytes().to_vec(),
+                    purpose: s.purpose(party, "CaseService/GetCase"),
+                },
+                "mallory",
+            ))
+            .await
+            .map_or(0, |r| r.into_inner().version);
+        let r = CaseServiceClient::new(channel.clone())
+            .record_event(request(
+                pb::RecordEventRequest {
+                    draft: Some(forged),
+                    expected_version: version,
+                    purpose: s.purpose(party, "CaseService/RecordEvent"),
+                },
+                "mallory",
+            ))
+            .await;
+        m.row(
+            party,
+            "RecordEvent of an AccessLogged naming another party's person",
+            outcome(r, "a forged access record in the log"),
+        );
+    }
+
+    // A 2 MiB narrative: refused at the door naming the limit, and no access record claims it.
+    let fresh = CaseId::random();
+    let channel = s.channel("police-hru", "police-hru").await;
+    let r = CaseServiceClient::new(channel.clone())
+        .record_event(request(
+            pb::RecordEventRequest {
+                draft: Some(referral(fresh, "x".repeat(2 << 20))),
+                expected_version: 0,
+                purpose: "risk-management".into(),
+            },
+            "DS Morgan",
+        ))
+        .await;
+    let code = r.as_ref().err().map(tonic::Status::code);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let claimed = AuditServiceClient::new(channel)
+        .access_log(request(
+            pb::AccessLogRequest {
+                case_id: fresh.0.as_bytes().to_vec(),
+                purpose: "accountability".into(),
+            },
+            "DS Morgan",
+        ))
+        .await
+        .map(|a| {
+            a.into_inner()
+                .entries
+                .iter()
+                .filter(|e| e.access.as_ref().is_some_and(|a| a.method == "CaseService/RecordEvent"))
+                .count()
+        })
+        .unwrap_or(0);
+    let outcome = match (code, claimed) {
+        (Some(tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted), 0) => {
+            Outcome::Refused(format!("{:?} at the door, nothing logged", code.unwrap()))
+        }
+        (None, _) => Outcome::Succeeded("stored".into()),
+        (Some(c), n) => Outcome::Succeeded(format!(
+            "answered {c:?} (a client retries), {n} access record(s) claim a write that never happened"
+        )),
+    };
+    m.row("police-hru", "RecordEvent with a 2 MiB narrative", outcome);
+}
+
+#[test]
+fn no_party_gets_anything_the_agreement_does_not_give_it() {
+    let w = World::secured("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
+    w.provision();
+    for p in CHESHIRE_PARTIES {
+        w.certificate(p);
+    }
+    let nodes: Vec<(NodeProcess, u16)> = NODES
+        .iter()
+        .map(|p| {
+            let port = free_port();
+            (w.start_node(p, &format!("metrics_listen = \"127.0.0.1:{port}\"")), port)
+        })
+        .collect();
+    let directory = Directory::from_toml(
+        &std::fs::read_to_string(w.dir.path().join("policies/directory.toml")).unwrap(),
+        "directory.toml",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(w.dir.path().join("policies/cheshire-hru.toml")).unwrap();
+    let isa = CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).unwrap();
+    let s = Suite {
+        w,
+        isa,
+        directory,
+        nodes,
+        case: CaseId::random(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut m = Matrix::default();
+    rt.block_on(async {
+        // Honest work: police-hru's referral on the case, through its node.
+        let police = s.channel("police-hru", "police-hru").await;
+        CaseServiceClient::new(police.clone())
+            .record_event(request(
+                pb::RecordEventRequest {
+                    draft: Some(referral(s.case, "followed her home twice".into())),
+                    expected_version: 0,
+                    purpose: "risk-management".into(),
+                },
+                "DS Morgan",
+            ))
+            .await
+            .expect("an honest referral is recorded");
+        // A genuine police envelope to re-publish: sealed and published by police itself.
+        let police_id: PartyId = "police-hru".parse().unwrap();
+        let readers = hru_envelope::AudiencePolicy::audience(&s.isa, &police_id, EventType::ReferralReceived, "core")
+            .unwrap()
+            .members()
+            .clone();
+        let core = pb::ReferralCore {
+            subject_ref: vec![4; 32],
+            behaviours: vec![pb::Behaviour::Stalking as i32],
+            area: "Chester".into(),
+            received_at_ms: jiff::Timestamp::now().as_millisecond(),
+            out_of_hours: false,
+            crime_reference: String::new(),
+        };
+        let genuine = s.forge(
+            "police-hru",
+            s.case,
+            EventType::ReferralReceived,
+            vec![PlainSection {
+                name: "core",
+                bytes: core.encode_to_vec(),
+            }],
+            &readers,
+        );
+        for e in &genuine {
+            s.publish("police-hru", e.subject.as_str(), e.bytes.clone())
+                .await
+                .expect("police publishes its own referral");
+        }
+        for node in NODES.iter().filter(|n| readers.iter().any(|r| r.as_str() == **n)) {
+            for _ in 0..100 {
+                let served = s.served(node, s.case).await;
+                if served
+                    .iter()
+                    .filter(|(p, t, _)| p == "police-hru" && t == "ReferralReceived")
+                    .count()
+                    >= 2
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        forgeries(&s, &mut m, &genuine).await;
+        foreign_calls(&s, &mut m).await;
+        own_node_abuse(&s, &mut m).await;
+
+        // Honest callers are still answered.
+        let served = s.served("police-hru", s.case).await;
+        assert!(served.len() >= 2, "police still reads its case: {served:?}");
+    });
+    m.print();
+    for node in NODES {
+        println!(
+            "{node}'s node: hru_read_refused_total{{reason=\"not-permitted\"}} {}, {{reason=\"subject-mismatch\"}} {}",
+            metric(s.metrics_port(node), "hru_read_refused_total{reason=\"not-permitted\"}"),
+            metric(
+                s.metrics_port(node),
+                "hru_read_refused_total{reason=\"subject-mismatch\"}"
+            ),
+        );
+    }
+    assert_eq!(
+        m.successes(),
+        0,
+        "{} of {} attacks succeeded (matrix above)",
+        m.successes(),
+        m.rows.len()
+    );
+}
