@@ -773,14 +773,19 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     }
     let report = auditor.finish();
     let police = secret("police-hru").ok_or_else(|| anyhow!("no police-hru"))?;
-    let mut access = hru_audit::AccessReader::new(&directory, hru_envelope::KeyRing::new(police), demo.case);
+    let read = hru_reader::ReadPath::new(
+        directory.clone(),
+        Arc::new(set.clone()),
+        hru_envelope::KeyRing::new(police),
+    );
+    let mut access = hru_audit::AccessReader::new(read, demo.case);
     let mut entries = demo
         .log
         .reader()
         .replay(1, &hru_audit::AccessReader::subjects())
         .await?;
     while let Some(e) = entries.try_next().await? {
-        access.observe(e.sequence, &e.payload);
+        access.observe(e.sequence, e.subject.as_str(), &e.payload);
     }
     let mut by_party: std::collections::BTreeMap<String, usize> = Default::default();
     for r in &access.records {

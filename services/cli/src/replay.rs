@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use hru_domain::{CaseId, EventType, PartyId, join_sections};
-use hru_envelope::{ChainChecker, KeyRing, OpenError, verify};
+use hru_envelope::{ChainChecker, KeyRing, OpenError};
+use hru_reader::{Incoming, Read, ReadPath};
 use hru_wire::v1 as pb;
 use prost::Message as _;
 use serde_json::json;
@@ -62,18 +63,26 @@ pub(crate) async fn run(
             ring.know_audience(audience);
         }
     }
+    let mut read = ReadPath::new(directory, std::sync::Arc::new(agreements.clone()), ring);
     let mut chains = ChainChecker::new();
     let mut problems = 0u64;
     let mut entries = log.reader().replay(from, &filters).await?;
     while let Some(entry) = entries.try_next().await? {
-        let verified = match verify(&entry.payload, &directory) {
-            Ok(v) => v,
-            Err(e) => {
+        // The read path: what it refuses is reported, never shown as content.
+        let incoming = Incoming {
+            sequence: entry.sequence,
+            subject: entry.subject.as_str(),
+            bytes: &entry.payload,
+        };
+        let (verified, opened) = match read.read(&incoming) {
+            Ok(Read::Grant { envelope, .. } | Read::Public(envelope)) => (envelope, None),
+            Ok(Read::Event { envelope, opened }) => (envelope, Some(opened)),
+            Err(refusal) => {
                 problems += 1;
                 emit(
                     format,
-                    json!({"sequence": entry.sequence, "subject": entry.subject.as_str(), "refused": e.kind(), "error": e.to_string()}),
-                    || format!("#{} {}: REFUSED {e}", entry.sequence, entry.subject),
+                    json!({"sequence": entry.sequence, "subject": entry.subject.as_str(), "refused": refusal.kind.name(), "error": refusal.detail}),
+                    || format!("#{} {}: REFUSED {refusal}", entry.sequence, entry.subject),
                 );
                 continue;
             }
@@ -92,14 +101,6 @@ pub(crate) async fn run(
         }
         let h = &verified.header;
         if h.event_type == EventType::KeyGranted {
-            if let Err(e) = ring.ingest_grant(&verified) {
-                problems += 1;
-                emit(
-                    format,
-                    json!({"sequence": entry.sequence, "grant_refused": e.to_string()}),
-                    || format!("#{} grant refused: {e}", entry.sequence),
-                );
-            }
             continue;
         }
         if h.event_type == EventType::PolicyAdopted {
@@ -128,10 +129,9 @@ pub(crate) async fn run(
             );
             continue;
         }
-        if h.event_type.is_public() {
+        let Some(opened) = opened else {
             continue;
-        }
-        let opened = ring.open(&verified);
+        };
         let readable: Vec<(&str, &[u8])> = opened
             .sections
             .iter()

@@ -187,8 +187,11 @@ impl AuditApi {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut reader = AccessReader::new(
-            &self.shared.deployment.directory,
-            KeyRing::new(&self.shared.secrets),
+            hru_reader::ReadPath::new(
+                self.shared.deployment.directory.clone(),
+                std::sync::Arc::new(self.shared.deployment.policies.clone()),
+                KeyRing::new(&self.shared.secrets),
+            ),
             case,
         );
         while let Some(e) = entries
@@ -196,7 +199,7 @@ impl AuditApi {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
         {
-            reader.observe(e.sequence, &e.payload);
+            reader.observe(e.sequence, e.subject.as_str(), &e.payload);
         }
         let sections = vec!["access-log".to_owned()];
         self.shared

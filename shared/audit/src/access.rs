@@ -3,7 +3,7 @@
 //! with.
 
 use hru_domain::{Access, CaseId, EventType, ProducerId};
-use hru_envelope::{Directory, KeyRing, verify};
+use hru_reader::{Incoming, Read, ReadPath};
 use hru_wire::v1 as pb;
 use prost::Message as _;
 
@@ -22,26 +22,29 @@ pub struct AccessRecord {
     pub wire: pb::AccessCore,
 }
 
-/// Reads the log in order (grants and access records) and keeps the records about one case.
-pub struct AccessReader<'a> {
-    directory: &'a Directory,
-    ring: KeyRing,
+/// Reads the log in order (grants and access records) through the read path and keeps the
+/// records about one case.
+pub struct AccessReader {
+    read: ReadPath,
     case: CaseId,
     /// Records about the case, in log order.
     pub records: Vec<AccessRecord>,
     /// Access records that may cover the case but are not shared with the reader.
     pub unreadable: u64,
+    /// Messages the read path refused (forged, mis-filed or over-shared): never counted as
+    /// access records.
+    pub refused: Vec<hru_reader::Refusal>,
 }
 
-impl<'a> AccessReader<'a> {
-    /// A reader for `case` with the reader's key ring.
-    pub fn new(directory: &'a Directory, ring: KeyRing, case: CaseId) -> Self {
+impl AccessReader {
+    /// A reader for `case` reading through `read` (the reader's key ring and the agreements).
+    pub fn new(read: ReadPath, case: CaseId) -> Self {
         Self {
-            directory,
-            ring,
+            read,
             case,
             records: Vec::new(),
             unreadable: 0,
+            refused: Vec::new(),
         }
     }
 
@@ -50,19 +53,22 @@ impl<'a> AccessReader<'a> {
         [hru_broker::Filter::all_key_grants(), hru_broker::Filter::all_access()]
     }
 
-    /// Take the next log entry.
-    pub fn observe(&mut self, sequence: u64, bytes: &[u8]) {
-        let Ok(v) = verify(bytes, self.directory) else {
-            return;
+    /// Take the next log entry, as it arrived on `subject`.
+    pub fn observe(&mut self, sequence: u64, subject: &str, bytes: &[u8]) {
+        let (v, opened) = match self.read.read(&Incoming {
+            sequence,
+            subject,
+            bytes,
+        }) {
+            Ok(Read::Event { envelope, opened }) if envelope.header.event_type == EventType::AccessLogged => {
+                (envelope, opened)
+            }
+            Ok(_) => return,
+            Err(refusal) => {
+                self.refused.push(refusal);
+                return;
+            }
         };
-        if v.header.event_type == EventType::KeyGranted {
-            let _ = self.ring.ingest_grant(&v);
-            return;
-        }
-        if v.header.event_type != EventType::AccessLogged {
-            return;
-        }
-        let opened = self.ring.open(&v);
         let Some(core) = opened
             .sections
             .iter()

@@ -141,9 +141,7 @@ impl Report {
 /// Walks the log in order and collects findings.
 pub struct Auditor<'a> {
     /// The directory as the log has amended it (rotations add keys, revocations end them).
-    directory: Directory,
-    /// (party, key) → when its revocation took effect.
-    revoked: HashMap<(PartyId, hru_domain::KeyId), i64>,
+    keys: hru_reader::KeyHistory,
     /// Every verified chain position: producer → sequence → digest.
     positions: HashMap<ProducerId, HashMap<u64, [u8; 32]>>,
     /// The latest checkpoint time of each producer that checkpoints.
@@ -165,8 +163,7 @@ impl<'a> Auditor<'a> {
     /// An auditor with the public directory and every agreement version.
     pub fn new(directory: &'a Directory, policies: &'a PolicySet) -> Self {
         Self {
-            directory: directory.clone(),
-            revoked: HashMap::new(),
+            keys: hru_reader::KeyHistory::new(directory.clone()),
             positions: HashMap::new(),
             checkpoints: HashMap::new(),
             witnessed: Vec::new(),
@@ -201,7 +198,7 @@ impl<'a> Auditor<'a> {
     /// Check the next envelope of the log (`subject` as stored).
     pub fn observe(&mut self, sequence: u64, subject: &str, bytes: &[u8]) {
         self.report.checked += 1;
-        let v = match verify(bytes, &self.directory) {
+        let v = match verify(bytes, self.keys.directory()) {
             Ok(v) => v,
             Err(e) => {
                 let producer = hru_envelope::decode_header(bytes).ok().map(|h| h.producer);
@@ -209,7 +206,7 @@ impl<'a> Auditor<'a> {
                     OpenError::BadSignature { .. } => FindingKind::BadSignature,
                     OpenError::UnknownSigningKey { .. } => FindingKind::UnknownSigningKey,
                     OpenError::KeyNotValid { party, key_id, at_ms }
-                        if self.revoked.get(&(party.clone(), *key_id)).is_some_and(|r| at_ms >= r) =>
+                        if self.keys.revoked_at(party, *key_id).is_some_and(|r| *at_ms >= r) =>
                     {
                         FindingKind::SignedAfterRevocation
                     }
@@ -427,76 +424,9 @@ impl<'a> Auditor<'a> {
         Ok(())
     }
 
-    /// Amend the directory with a verified KeyRotated or KeyRevoked event.
+    /// Amend the directory with a verified KeyRotated or KeyRevoked event (the read path's rules).
     fn key_event(&mut self, h: &hru_domain::EventHeader, body: &[u8]) -> Result<(), String> {
-        let party = &h.producer.party;
-        let mut entry = self
-            .directory
-            .party(party)
-            .cloned()
-            .ok_or_else(|| format!("{party} is not in the directory"))?;
-        let at = h.recorded_at_ms;
-        let key_of = |bytes: &[u8], field: &str| -> Result<hru_domain::KeyId, String> {
-            let raw: [u8; 8] = bytes.try_into().map_err(|_| format!("{field} must be 8 bytes"))?;
-            Ok(hru_domain::KeyId(raw))
-        };
-        if h.event_type == EventType::KeyRotated {
-            let r = pb::KeyRotated::decode(body).map_err(|e| format!("KeyRotated body: {e}"))?;
-            if r.party != party.as_str() {
-                return Err(format!("{party} may not rotate a key of {}", r.party));
-            }
-            if r.purpose != "signing" {
-                return Ok(()); // encryption keys are the grants' business, not the signature's
-            }
-            let old = key_of(&r.old_key_id, "old_key_id")?;
-            if old != h.key_id {
-                return Err(format!(
-                    "a rotation of key {old} must be signed by it, not by {}",
-                    h.key_id
-                ));
-            }
-            let public: [u8; 32] = r
-                .new_public_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| "new_public_key must be 32 bytes".to_owned())?;
-            let key = hru_envelope::public_key(&public).ok_or("new_public_key is not a prime-order ed25519 point")?;
-            let new_id = hru_envelope::key_id(&public);
-            if key_of(&r.new_key_id, "new_key_id")? != new_id {
-                return Err("new_key_id is not the id of new_public_key".into());
-            }
-            for k in entry.signing.iter_mut().filter(|k| k.key_id == old) {
-                k.valid_until_ms = Some(k.valid_until_ms.map_or(at, |u| u.min(at)));
-            }
-            if !entry.signing.iter().any(|k| k.key_id == new_id) {
-                entry.signing.push(hru_envelope::SigningKeyEntry {
-                    key_id: new_id,
-                    key,
-                    valid_from_ms: Some(at),
-                    valid_until_ms: None,
-                });
-            }
-        } else {
-            let r = pb::KeyRevoked::decode(body).map_err(|e| format!("KeyRevoked body: {e}"))?;
-            if r.party != party.as_str() {
-                return Err(format!("{party} may not revoke a key of {}", r.party));
-            }
-            let id = key_of(&r.key_id, "key_id")?;
-            let from = if r.revoked_at_ms > 0 {
-                r.revoked_at_ms.min(at)
-            } else {
-                at
-            };
-            let k = entry
-                .signing
-                .iter_mut()
-                .find(|k| k.key_id == id)
-                .ok_or_else(|| format!("{party} has no key {id} to revoke"))?;
-            k.valid_until_ms = Some(k.valid_until_ms.map_or(from, |u| u.min(from)));
-            self.revoked.insert((party.clone(), id), from);
-        }
-        self.directory.insert(party.clone(), entry);
-        Ok(())
+        self.keys.apply(h, body).map_err(|e| e.0)
     }
 
     /// The report: every finding, witnessed checkpoints and checkpoint freshness checked last.
