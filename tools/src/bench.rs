@@ -612,15 +612,19 @@ pub async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    if let Some((plain, folded)) = rebuild_line {
+    if let Some((plain, checked, folded)) = rebuild_line {
         match format {
             Format::Human => println!(
-                "  one thread, 1 node: replay + verify + open {plain:.0}/s; rebuild into sled (police case board) {folded:.0}/s, {:.2} × without folding",
-                folded / plain
+                "  one thread, in memory: verify + open {plain:.0}/s; through the read path (every check + open) {checked:.0}/s, {:.3} × verify + open, {:.2} × raw verify_strict; rebuild into sled (police case board) {folded:.0}/s, {:.2} × the read path alone",
+                checked / plain,
+                checked / raw_verify,
+                folded / checked
             ),
             Format::Json => println!(
                 "{}",
-                json!({"bench": "rebuild", "replay_verify_open_one_thread_per_s": plain.round(), "rebuild_per_s": folded.round()})
+                json!({"bench": "rebuild", "verify_open_one_thread_per_s": plain.round(),
+                       "read_path_one_thread_per_s": checked.round(), "raw_verify_strict_per_s": raw_verify.round(),
+                       "rebuild_per_s": folded.round()})
             ),
         }
     }
@@ -672,7 +676,9 @@ async fn view_rates(log: &hru_log::EventLog, url: &str, cast: &Cast, events: usi
 }
 
 /// One thread: (replay + verify + open)/s and (the same + fold into the police case board)/s.
-fn rebuild_rate(cast: &Cast, entries: &[hru_log::LogEntry]) -> anyhow::Result<(f64, f64)> {
+/// One thread, entries in memory: (verify + open)/s, (read path: every check + open)/s, and
+/// (the read path + fold into the police case board)/s.
+fn rebuild_rate(cast: &Cast, entries: &[hru_log::LogEntry]) -> anyhow::Result<(f64, f64, f64)> {
     let start = Instant::now();
     let mut ring = KeyRing::new(&cast.police);
     for e in entries {
@@ -684,6 +690,16 @@ fn rebuild_rate(cast: &Cast, entries: &[hru_log::LogEntry]) -> anyhow::Result<(f
         }
     }
     let plain = entries.len() as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut read = ReadPath::new(
+        cast.directory.clone(),
+        std::sync::Arc::new(one_party_policy(cast)),
+        KeyRing::new(&cast.police),
+    );
+    for e in entries {
+        black_box(read.read(&incoming(e)).map_err(|r| anyhow::anyhow!("{r}"))?);
+    }
+    let checked = entries.len() as f64 / start.elapsed().as_secs_f64();
     let dir = tempfile::tempdir()?;
     let projections: Vec<Box<dyn hru_projection::Projection>> = vec![Box::new(hru_projection::CaseBoard)];
     let read = ReadPath::new(
@@ -703,7 +719,7 @@ fn rebuild_rate(cast: &Cast, entries: &[hru_log::LogEntry]) -> anyhow::Result<(f
     }
     projector.store.flush()?;
     let folded = entries.len() as f64 / start.elapsed().as_secs_f64();
-    Ok((plain, folded))
+    Ok((plain, checked, folded))
 }
 
 /// A log entry as the read path takes it.
