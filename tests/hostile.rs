@@ -257,10 +257,18 @@ fn referral(case: CaseId, narrative: String) -> pb::EventDraft {
     }
 }
 
+/// A call's outcome: only a refusal by rule or input counts as refused; any other error (a
+/// node that failed, or an answer a client would retry) is not a refusal.
 fn outcome<T>(r: Result<T, tonic::Status>, what: &str) -> Outcome {
+    use tonic::Code;
     match r {
         Ok(_) => Outcome::Succeeded(what.to_owned()),
-        Err(s) => Outcome::Refused(format!("{:?}", s.code())),
+        Err(s) => match s.code() {
+            Code::PermissionDenied | Code::InvalidArgument | Code::ResourceExhausted | Code::Unauthenticated => {
+                Outcome::Refused(format!("{:?}", s.code()))
+            }
+            other => Outcome::Succeeded(format!("answered {other:?} ({}), not a refusal", s.message())),
+        },
     }
 }
 
@@ -333,6 +341,89 @@ async fn forgeries(s: &Suite, m: &mut Matrix, genuine: &[SealedEnvelope]) {
             Outcome::Succeeded(format!("served as genuine by {}", found.join(", ")))
         };
         m.row(party, attack, outcome);
+    }
+}
+
+/// Every party publishing, with its own key and under its own access subject, an access record
+/// that names another party's person reading the case's identities.
+async fn forged_access_records(s: &Suite, m: &mut Matrix) {
+    let police: PartyId = "police-hru".parse().unwrap();
+    let mut planted = Vec::new();
+    for party in CHESHIRE_PARTIES {
+        let id: PartyId = party.parse().unwrap();
+        let Ok(audience) = hru_envelope::AudiencePolicy::audience(&s.isa, &id, EventType::AccessLogged, "core") else {
+            m.row(
+                party,
+                "AccessLogged published directly",
+                Outcome::Refused("it may seal no access record".into()),
+            );
+            continue;
+        };
+        if !audience.contains(&police) {
+            continue; // police-hru, the DPO's party, could not read it either way
+        }
+        let person = format!("PO Mallory for {party}");
+        let core = pb::AccessCore {
+            party: if party == "probation" { "cwp" } else { "probation" }.into(),
+            person: person.clone(),
+            method: "CaseService/GetCase".into(),
+            sections: vec!["identity".into()],
+            purpose: "offender-management".into(),
+            clause: "10.1".into(),
+            disclosed_to: String::new(),
+            case_ids: vec![s.case.0.as_bytes().to_vec()],
+        };
+        let sealed = s.forge(
+            party,
+            s.case,
+            EventType::AccessLogged,
+            vec![PlainSection {
+                name: "core",
+                bytes: core.encode_to_vec(),
+            }],
+            audience.members(),
+        );
+        let mut published = Ok(0);
+        for e in &sealed {
+            if published.is_ok() {
+                published = s.publish(party, e.subject.as_str(), e.bytes.clone()).await;
+            }
+        }
+        match published {
+            Ok(_) => planted.push((party, person)),
+            Err(e) => m.row(
+                party,
+                "AccessLogged published directly",
+                Outcome::Refused(format!("broker: {e}")),
+            ),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = AuditServiceClient::new(s.channel("police-hru", "police-hru").await)
+        .access_log(request(
+            pb::AccessLogRequest {
+                case_id: s.case.0.as_bytes().to_vec(),
+                purpose: "accountability".into(),
+            },
+            "DPO",
+        ))
+        .await
+        .expect("police-hru reads its access log")
+        .into_inner();
+    for (party, person) in planted {
+        let listed = log
+            .entries
+            .iter()
+            .any(|e| e.access.as_ref().is_some_and(|a| a.person == person));
+        m.row(
+            party,
+            "AccessLogged published directly, naming another party's person",
+            if listed {
+                Outcome::Succeeded("listed as that party's access by police-hru's AccessLog".into())
+            } else {
+                Outcome::Refused("not listed as an access".into())
+            },
+        );
     }
 }
 
@@ -539,7 +630,7 @@ async fn own_node_abuse(s: &Suite, m: &mut Matrix) {
                 .filter(|e| e.access.as_ref().is_some_and(|a| a.method == "CaseService/RecordEvent"))
                 .count()
         })
-        .unwrap_or(0);
+        .expect("police-hru reads its access log");
     let outcome = match (code, claimed) {
         (Some(tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted), 0) => {
             Outcome::Refused(format!("{:?} at the door, nothing logged", code.unwrap()))
@@ -645,6 +736,7 @@ fn no_party_gets_anything_the_agreement_does_not_give_it() {
         }
 
         forgeries(&s, &mut m, &genuine).await;
+        forged_access_records(&s, &mut m).await;
         foreign_calls(&s, &mut m).await;
         own_node_abuse(&s, &mut m).await;
 
@@ -669,5 +761,22 @@ fn no_party_gets_anything_the_agreement_does_not_give_it() {
         "{} of {} attacks succeeded (matrix above)",
         m.successes(),
         m.rows.len()
+    );
+    // Every forged or re-published envelope a node's view sourced shows in its metrics.
+    let refused: u64 = NODES
+        .iter()
+        .map(|n| metric(s.metrics_port(n), "hru_read_refused_total{reason=\"subject-mismatch\"}"))
+        .sum();
+    let planted = m
+        .rows
+        .iter()
+        .filter(|(_, attack, o)| {
+            (attack.starts_with("header says") || attack.contains("re-published"))
+                && matches!(o, Outcome::Refused(how) if how.starts_with("stored by the broker"))
+        })
+        .count() as u64;
+    assert!(
+        refused >= planted,
+        "{refused} refusals counted by the nodes for {planted} forged envelopes the broker stored"
     );
 }

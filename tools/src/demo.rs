@@ -773,12 +773,9 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     }
     let report = auditor.finish();
     let police = secret("police-hru").ok_or_else(|| anyhow!("no police-hru"))?;
-    let read = hru_reader::ReadPath::new(
-        directory.clone(),
-        Arc::new(set.clone()),
-        hru_envelope::KeyRing::new(police),
-    );
-    let mut access = hru_audit::AccessReader::new(read, demo.case);
+    let set = Arc::new(set);
+    let read = hru_reader::ReadPath::new(directory.clone(), set.clone(), hru_envelope::KeyRing::new(police));
+    let mut access = hru_audit::AccessReader::new(read, set, demo.case);
     let mut entries = demo
         .log
         .reader()

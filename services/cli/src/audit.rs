@@ -152,15 +152,18 @@ pub(crate) async fn access(
     let directory = policies::directory(policies_dir)?;
     let secrets = crate::keys::load(keys_dir, &party)?;
     let log = nats.log().await?;
-    let agreements = policies::agreements(policies_dir, &directory)?;
-    let read = hru_reader::ReadPath::new(directory, std::sync::Arc::new(agreements), KeyRing::new(&secrets));
-    let mut reader = hru_audit::AccessReader::new(read, case);
+    let agreements = std::sync::Arc::new(policies::agreements(policies_dir, &directory)?);
+    let read = hru_reader::ReadPath::new(directory, agreements.clone(), KeyRing::new(&secrets));
+    let mut reader = hru_audit::AccessReader::new(read, agreements, case);
     let mut entries = log.reader().replay(1, &hru_audit::AccessReader::subjects()).await?;
     while let Some(e) = entries.try_next().await? {
         reader.observe(e.sequence, e.subject.as_str(), &e.payload);
     }
     for refusal in &reader.refused {
         eprintln!("refused by the read path, not an access record: {refusal}");
+    }
+    for (sequence, producer, why) in &reader.forged {
+        eprintln!("log sequence {sequence} from {producer}: not an access record: it {why}");
     }
     let unreadable = reader.unreadable;
     let rows: Vec<_> = reader

@@ -52,7 +52,12 @@ pub(crate) async fn run(
     let secrets = keys::load(keys_dir, &party)?;
     let case: Option<CaseId> = case.map(str::parse).transpose().context("--case")?;
     let filters: Vec<Filter> = match case {
-        Some(c) => vec![Filter::case_events(c), Filter::case_access(c), Filter::all_key_grants()],
+        Some(c) => vec![
+            Filter::case_events(c),
+            Filter::case_access(c),
+            Filter::all_key_grants(),
+            Filter::all_control(),
+        ],
         None => Vec::new(),
     };
     let log = nats.log().await?;

@@ -572,27 +572,31 @@ pub async fn run(
     let stored: Vec<LogEntry> = positions.replay(1).await?.try_collect().await?;
     let next_event = events.last().map_or(1, |e| e.sequence + 1);
     let next_position = stored.last().map_or(1, |e| e.sequence + 1);
-    let mut merged: Vec<(i64, u8, u64, &LogEntry, VerifiedEnvelope)> = Vec::with_capacity(events.len() + stored.len());
+    // Grants and key events first, in log order, through the read path: every other envelope is
+    // then checked against the directory as the log's own key events amend it.
+    let is_key_material = |e: &LogEntry| {
+        hru_envelope::decode_header(&e.payload).is_ok_and(|h| {
+            matches!(
+                h.event_type,
+                EventType::KeyGranted | EventType::KeyRotated | EventType::KeyRevoked
+            )
+        })
+    };
+    for e in events.iter().chain(stored.iter()).filter(|e| is_key_material(e)) {
+        if let Err(refusal) = service.read.read(&incoming(e)) {
+            service.refused(&refusal);
+        }
+    }
+    let mut merged: Vec<(i64, u8, u64, VerifiedEnvelope)> = Vec::with_capacity(events.len() + stored.len());
     for (source, entries) in [(0u8, &events), (1u8, &stored)] {
-        for e in entries.iter() {
+        for e in entries.iter().filter(|e| !is_key_material(e)) {
             match service.read.check(&incoming(e)) {
-                // Grants first at equal times, so an epoch key is known before its events.
-                Ok(v) => merged.push((v.header.recorded_at_ms, source, e.sequence, e, v)),
+                Ok(v) => merged.push((v.header.recorded_at_ms, source, e.sequence, v)),
                 Err(refusal) => service.refused(&refusal),
             }
         }
     }
-    // Grants and key events are taken in first; then the breaches already logged are read:
-    // the replay must know them before deciding.
-    for (.., e, v) in &merged {
-        if matches!(
-            v.header.event_type,
-            EventType::KeyGranted | EventType::KeyRotated | EventType::KeyRevoked
-        ) && let Err(refusal) = service.read.read(&incoming(e))
-        {
-            service.refused(&refusal);
-        }
-    }
+    // The breaches already logged are read first: the replay must know them before deciding.
     for (.., v) in &merged {
         if v.header.event_type == EventType::TagBreach
             && v.header.producer.party == service.party
@@ -601,11 +605,11 @@ pub async fn run(
             service.logged.insert(id);
         }
     }
-    merged.sort_by_key(|(t, source, seq, ..)| (*t, *source, *seq));
+    merged.sort_by_key(|(t, source, seq, _)| (*t, *source, *seq));
     // Grants and this service's own breaches were taken in above; the rest are inputs.
     let own = service.party.clone();
     for (.., v) in merged.iter().filter(|m| {
-        let h = &m.4.header;
+        let h = &m.3.header;
         let own_breach = h.event_type == EventType::TagBreach && h.producer.party == own;
         !(h.event_type.is_public() || own_breach)
     }) {

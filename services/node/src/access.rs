@@ -126,6 +126,18 @@ impl Shared {
         Ok((caller, grant))
     }
 
+    /// Refuse a caller of another party: the node's views and audit answers hold everything
+    /// its own party may read, not what the caller's party may (decision 005).
+    pub(crate) fn own_party_only(&self, caller: &Caller) -> Result<(), Status> {
+        if caller.party == self.party {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "this node answers this call for {}'s people only",
+            self.party
+        )))
+    }
+
     /// Append one AccessLogged event; refuse the answer if it cannot be written.
     pub(crate) async fn log_access(&self, grant: &CallGrant, person: &str, what: Disclosed) -> Result<(), Status> {
         let core = pb::AccessCore {

@@ -97,6 +97,7 @@ impl AuditApi {
     async fn verify_inner(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "AuditService/Verify", &purpose)?;
+        self.shared.own_party_only(&caller)?;
         let mut entries = self
             .entries(request.get_ref().from_sequence, request.get_ref().to_sequence)
             .await?;
@@ -139,6 +140,7 @@ impl AuditApi {
     async fn replay_inner(&self, request: Request<pb::ReplayRequest>) -> Result<Response<ReplayStream>, Status> {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "AuditService/Replay", &purpose)?;
+        self.shared.own_party_only(&caller)?;
         let mut entries = self
             .entries(request.get_ref().from_sequence, request.get_ref().to_sequence)
             .await?;
@@ -177,6 +179,7 @@ impl AuditApi {
     ) -> Result<Response<pb::AccessLogResponse>, Status> {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "AuditService/AccessLog", &purpose)?;
+        self.shared.own_party_only(&caller)?;
         let case = case_id(&request.get_ref().case_id)?;
         self.shared.wait_own_writes().await;
         let mut entries = self
@@ -186,12 +189,14 @@ impl AuditApi {
             .replay(1, &AccessReader::subjects())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        let policies = std::sync::Arc::new(self.shared.deployment.policies.clone());
         let mut reader = AccessReader::new(
             hru_reader::ReadPath::new(
                 self.shared.deployment.directory.clone(),
-                std::sync::Arc::new(self.shared.deployment.policies.clone()),
+                policies.clone(),
                 KeyRing::new(&self.shared.secrets),
             ),
+            policies,
             case,
         );
         while let Some(e) = entries

@@ -183,12 +183,7 @@ impl CaseApi {
         let purpose = request.get_ref().purpose.clone();
         let (caller, grant) = self.shared.permit(&request, "CaseService/ListCases", &purpose)?;
         // A node's views are its own party's working records (decision 005).
-        if caller.party != self.shared.party {
-            return Err(Status::permission_denied(format!(
-                "this node's views are for {}'s people only",
-                self.shared.party
-            )));
-        }
+        self.shared.own_party_only(&caller)?;
         let view = View::find(&request.get_ref().view, &self.shared.views).map_err(Status::invalid_argument)?;
         let rows = {
             let projector = self

@@ -109,41 +109,24 @@ impl Shared {
     }
 }
 
-/// How often a stream's access record is written, naming the cases sent since the last one.
-const STREAM_ACCESS_EVERY: Duration = Duration::from_secs(2);
-
-/// The cases a stream disclosed since its last access record (DPA 2018 s62: who received a
-/// case's events, by stream too).
+/// A stream's access records (DPA 2018 s62: who received a case's events, by stream too): one
+/// per page of events about to be sent, naming every case in it, written before the page leaves.
 struct StreamAccess {
     grant: hru_policy::CallGrant,
     person: String,
     sections: Vec<String>,
-    cases: std::collections::BTreeSet<CaseId>,
-    last: std::time::Instant,
 }
 
 impl StreamAccess {
-    fn new(grant: hru_policy::CallGrant, person: String, sections: Vec<String>) -> Self {
-        Self {
-            grant,
-            person,
-            sections,
-            cases: std::collections::BTreeSet::new(),
-            last: std::time::Instant::now(),
-        }
-    }
-
-    /// Write a record naming the cases sent, when there are some and it is time (or `now`).
-    /// False when it could not be written: the stream must stop.
-    async fn flush(&mut self, shared: &Shared, now: bool) -> bool {
-        if self.cases.is_empty() || (!now && self.last.elapsed() < STREAM_ACCESS_EVERY) {
+    /// Record that `cases` are about to be sent; false when the record cannot be written (the
+    /// page must not be sent, and the stream ends).
+    async fn before_sending(&self, shared: &Shared, cases: std::collections::BTreeSet<CaseId>) -> bool {
+        if cases.is_empty() {
             return true;
         }
-        let case_ids: Vec<CaseId> = std::mem::take(&mut self.cases).into_iter().collect();
-        self.last = std::time::Instant::now();
         let what = Disclosed {
             case: None,
-            case_ids,
+            case_ids: cases.into_iter().collect(),
             sections: self.sections.clone(),
             disclosed_to: None,
         };
@@ -241,7 +224,11 @@ impl SubscriptionApi {
         let filters = vec![case.map_or_else(Filter::all_case_events, Filter::case_events)];
         let (tx, rx) = mpsc::channel(256);
         let shared = self.shared.clone();
-        let mut access = StreamAccess::new(grant, caller.person.clone(), event_types);
+        let access = StreamAccess {
+            grant,
+            person: caller.person.clone(),
+            sections: event_types,
+        };
         tokio::spawn(async move {
             let _slot = slot;
             let mut follower = Follower {
@@ -250,34 +237,33 @@ impl SubscriptionApi {
             };
             loop {
                 if *shared.stopping.borrow() {
-                    break;
+                    return;
                 }
                 let batch = follower.next_batch(&shared).await;
                 if batch.is_empty() && !pause(&tx, &shared).await {
-                    break;
+                    return;
                 }
-                for (sequence, v) in batch {
-                    if !types.is_empty() && !types.contains(&v.header.event_type) {
-                        continue;
-                    }
-                    let Some(event) = shared.visible(sequence, &v, &caller.party, None) else {
-                        continue;
-                    };
-                    if let Some(case) = v.header.case_id {
-                        access.cases.insert(case);
-                    }
-                    if tx.send(Ok(pb::SubscribeResponse { event: Some(event) })).await.is_err() {
-                        break;
-                    }
-                }
-                if !access.flush(&shared, false).await {
+                let page: Vec<(Option<CaseId>, pb::OpenedEvent)> = batch
+                    .into_iter()
+                    .filter(|(_, v)| types.is_empty() || types.contains(&v.header.event_type))
+                    .filter_map(|(sequence, v)| {
+                        let event = shared.visible(sequence, &v, &caller.party, None)?;
+                        Some((v.header.case_id, event))
+                    })
+                    .collect();
+                let cases = page.iter().filter_map(|(c, _)| *c).collect();
+                if !access.before_sending(&shared, cases).await {
                     let _ = tx
                         .send(Err(Status::unavailable("the access log cannot be written")))
                         .await;
                     return;
                 }
+                for (_, event) in page {
+                    if tx.send(Ok(pb::SubscribeResponse { event: Some(event) })).await.is_err() {
+                        return;
+                    }
+                }
             }
-            access.flush(&shared, true).await;
         });
         Ok(Response::new(stream_of(rx)))
     }
@@ -371,7 +357,11 @@ impl BreachApi {
         let (tx, rx) = mpsc::channel(256);
         let shared = self.shared.clone();
         let heartbeat = Duration::from_secs(self.shared.breach_heartbeat_s);
-        let mut access = StreamAccess::new(grant, caller.person.clone(), vec!["core".into()]);
+        let access = StreamAccess {
+            grant,
+            person: caller.person.clone(),
+            sections: vec!["core".into()],
+        };
         tokio::spawn(async move {
             let _slot = slot;
             let mut follower = Follower {
@@ -379,9 +369,9 @@ impl BreachApi {
                 filters: vec![Filter::events_of_type(hru_domain::EventType::TagBreach)],
             };
             let mut last_sent = std::time::Instant::now();
-            'stream: loop {
+            loop {
                 if *shared.stopping.borrow() {
-                    break;
+                    return;
                 }
                 let batch = follower.next_batch(&shared).await;
                 if batch.is_empty() {
@@ -393,22 +383,31 @@ impl BreachApi {
                             heartbeat: true,
                         };
                         if tx.send(Ok(beat)).await.is_err() {
-                            break;
+                            return;
                         }
                     }
                     if !pause(&tx, &shared).await {
-                        break;
+                        return;
                     }
                 }
-                for (sequence, v) in batch {
-                    let core = shared
-                        .visible(sequence, &v, &caller.party, Some(&["core".to_owned()]))
-                        .and_then(|e| e.sections.into_iter().find(|s| s.refusal.is_empty()))
-                        .and_then(|s| prost::Message::decode(s.plaintext.as_slice()).ok());
-                    let Some(core) = core else { continue };
-                    if let Some(case) = v.header.case_id {
-                        access.cases.insert(case);
-                    }
+                let page: Vec<(Option<CaseId>, u64, pb::BreachCore)> = batch
+                    .into_iter()
+                    .filter_map(|(sequence, v)| {
+                        let core = shared
+                            .visible(sequence, &v, &caller.party, Some(&["core".to_owned()]))
+                            .and_then(|e| e.sections.into_iter().find(|s| s.refusal.is_empty()))
+                            .and_then(|s| prost::Message::decode(s.plaintext.as_slice()).ok())?;
+                        Some((v.header.case_id, sequence, core))
+                    })
+                    .collect();
+                let cases = page.iter().filter_map(|(c, ..)| *c).collect();
+                if !access.before_sending(&shared, cases).await {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the access log cannot be written")))
+                        .await;
+                    return;
+                }
+                for (_, sequence, core) in page {
                     last_sent = std::time::Instant::now();
                     let message = pb::StreamBreachesResponse {
                         breach: Some(core),
@@ -416,17 +415,10 @@ impl BreachApi {
                         heartbeat: false,
                     };
                     if tx.send(Ok(message)).await.is_err() {
-                        break 'stream;
+                        return;
                     }
                 }
-                if !access.flush(&shared, false).await {
-                    let _ = tx
-                        .send(Err(Status::unavailable("the access log cannot be written")))
-                        .await;
-                    return;
-                }
             }
-            access.flush(&shared, true).await;
         });
         Ok(Response::new(stream_of(rx)))
     }

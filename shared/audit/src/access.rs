@@ -26,6 +26,7 @@ pub struct AccessRecord {
 /// records about one case.
 pub struct AccessReader {
     read: ReadPath,
+    policies: std::sync::Arc<hru_policy::PolicySet>,
     case: CaseId,
     /// Records about the case, in log order.
     pub records: Vec<AccessRecord>,
@@ -34,23 +35,34 @@ pub struct AccessReader {
     /// Messages the read path refused (forged, mis-filed or over-shared): never counted as
     /// access records.
     pub refused: Vec<hru_reader::Refusal>,
+    /// Access records that name a calling party the logging node could not have answered: no
+    /// `[[call]]` rule of the record's agreement version lets that party call that method on
+    /// the logging party's node. Never counted as access records.
+    pub forged: Vec<(u64, ProducerId, String)>,
 }
 
 impl AccessReader {
-    /// A reader for `case` reading through `read` (the reader's key ring and the agreements).
-    pub fn new(read: ReadPath, case: CaseId) -> Self {
+    /// A reader for `case` reading through `read` (the reader's key ring and the agreements),
+    /// judging who may be named in a record by `policies`.
+    pub fn new(read: ReadPath, policies: std::sync::Arc<hru_policy::PolicySet>, case: CaseId) -> Self {
         Self {
             read,
+            policies,
             case,
             records: Vec::new(),
             unreadable: 0,
             refused: Vec::new(),
+            forged: Vec::new(),
         }
     }
 
-    /// The subjects worth reading: grants and access records.
-    pub fn subjects() -> [hru_broker::Filter; 2] {
-        [hru_broker::Filter::all_key_grants(), hru_broker::Filter::all_access()]
+    /// The subjects worth reading: grants, key events and access records.
+    pub fn subjects() -> [hru_broker::Filter; 3] {
+        [
+            hru_broker::Filter::all_key_grants(),
+            hru_broker::Filter::all_control(),
+            hru_broker::Filter::all_access(),
+        ]
     }
 
     /// Take the next log entry, as it arrived on `subject`.
@@ -86,6 +98,27 @@ impl AccessReader {
         let Ok(access) = Access::try_from(wire.clone()) else {
             return;
         };
+        // A node logs its own party's people, and another party's only for a call the
+        // agreement lets that party make on this node.
+        let logged_by = &v.header.producer.party;
+        if wire.party != logged_by.as_str() {
+            let admitted = self
+                .policies
+                .version(&v.header.policy_id, v.header.policy_version)
+                .zip(wire.party.parse::<hru_domain::PartyId>().ok())
+                .is_some_and(|(isa, caller)| isa.may_call(&caller, logged_by, &wire.method, &wire.purpose).is_ok());
+            if !admitted {
+                self.forged.push((
+                    sequence,
+                    v.header.producer.clone(),
+                    format!(
+                        "names {} calling {} on {logged_by}'s node, which no [[call]] rule of {} v{} allows",
+                        wire.party, wire.method, v.header.policy_id, v.header.policy_version
+                    ),
+                ));
+                return;
+            }
+        }
         if v.header.case_id == Some(self.case) || access.case_ids.contains(&self.case.0) {
             self.records.push(AccessRecord {
                 sequence,

@@ -78,6 +78,12 @@ pub struct Store {
     grants: sled::Tree,
 }
 
+/// Meta key of the read path version the store was folded through.
+const READ_PATH_KEY: &str = "__read_path";
+
+/// The read path this build folds through: a store folded by another is rebuilt.
+pub const READ_PATH_VERSION: u32 = 1;
+
 /// Tree of the kept KeyGranted, KeyRotated and KeyRevoked envelopes (sequence → envelope
 /// bytes) and its meta key.
 const GRANTS: &str = "__grants";
@@ -176,6 +182,30 @@ impl Store {
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| err(format!("{e:?}")))
+    }
+
+    /// Wipe every projection in `projections` and the kept grants unless the store was folded
+    /// through read path `version`: what an older reader folded (before its checks existed) is
+    /// not trusted, and key events it did not keep are read again.
+    pub fn require_read_path(&self, version: u32, projections: &[Box<dyn Projection>]) -> Result<(), ProjectionError> {
+        let current = self.meta.get(READ_PATH_KEY).map_err(err)?.and_then(|v| parse_meta(&v));
+        if current.is_some_and(|(v, _)| v == version) {
+            return Ok(());
+        }
+        if self.meta.iter().next().is_some() {
+            tracing::info!(
+                read_path = version,
+                "folded by an older read path; rebuilding every projection"
+            );
+        }
+        for p in projections {
+            self.wipe(p.as_ref())?;
+        }
+        self.grants.clear().map_err(err)?;
+        self.meta.remove(GRANTS).map_err(err)?;
+        self.meta.insert(READ_PATH_KEY, meta_value(version, 0)).map_err(err)?;
+        self.db.flush().map_err(err)?;
+        Ok(())
     }
 
     /// The last sequence applied to `projection` (0: none), after wiping it if its version
@@ -320,6 +350,7 @@ impl Projector {
         projections: Vec<Box<dyn Projection>>,
         mut read: ReadPath,
     ) -> Result<Self, ProjectionError> {
+        store.require_read_path(READ_PATH_VERSION, &projections)?;
         let checkpoints = projections
             .iter()
             .map(|p| store.prepare(p.as_ref()))
