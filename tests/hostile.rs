@@ -427,6 +427,67 @@ async fn forged_access_records(s: &Suite, m: &mut Matrix) {
     }
 }
 
+/// One party opening 1,000 streams on its own node, and a 64 MiB request: refused by limits,
+/// and the node still answers.
+async fn floods(s: &Suite, m: &mut Matrix) {
+    let channel = s.channel("police-hru", "police-hru").await;
+    let mut open = Vec::new();
+    let mut stopped = None;
+    for _ in 0..1_000 {
+        let r = SubscriptionServiceClient::new(channel.clone())
+            .subscribe(request(
+                pb::SubscribeRequest {
+                    case_id: s.case.0.as_bytes().to_vec(),
+                    event_types: Vec::new(),
+                    from_sequence: 0,
+                    purpose: "risk-management".into(),
+                },
+                "flood",
+            ))
+            .await;
+        match r {
+            Ok(stream) => open.push(stream.into_inner()),
+            Err(status) => {
+                stopped = Some(status);
+                break;
+            }
+        }
+    }
+    let opened = open.len();
+    m.row(
+        "police-hru",
+        "1,000 Subscribe streams on its own node",
+        match stopped {
+            Some(st) if st.code() == tonic::Code::ResourceExhausted => {
+                Outcome::Refused(format!("ResourceExhausted after {opened} open streams"))
+            }
+            Some(st) => Outcome::Succeeded(format!("{opened} opened, then {:?} ({})", st.code(), st.message())),
+            None => Outcome::Succeeded("all 1,000 open".into()),
+        },
+    );
+    drop(open);
+
+    let r = CaseServiceClient::new(channel)
+        .record_event(request(
+            pb::RecordEventRequest {
+                draft: Some(referral(CaseId::random(), "x".repeat(64 << 20))),
+                expected_version: 0,
+                purpose: "risk-management".into(),
+            },
+            "DS Morgan",
+        ))
+        .await;
+    m.row(
+        "police-hru",
+        "RecordEvent as a 64 MiB request",
+        match r {
+            // tonic refuses a message over its decoding limit with OUT_OF_RANGE.
+            Err(st) if st.code() == tonic::Code::OutOfRange => Outcome::Refused("OutOfRange before decoding".into()),
+            other => outcome(other, "stored"),
+        },
+    );
+}
+
 /// Every party's people calling every method on every other party's node.
 async fn foreign_calls(s: &Suite, m: &mut Matrix) {
     let case = s.case.0.as_bytes().to_vec();
@@ -737,6 +798,7 @@ fn no_party_gets_anything_the_agreement_does_not_give_it() {
 
         forgeries(&s, &mut m, &genuine).await;
         forged_access_records(&s, &mut m).await;
+        floods(&s, &mut m).await;
         foreign_calls(&s, &mut m).await;
         own_node_abuse(&s, &mut m).await;
 

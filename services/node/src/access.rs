@@ -269,9 +269,10 @@ pub(crate) fn read_sections(events: &[pb::OpenedEvent]) -> Vec<String> {
         .collect()
 }
 
-/// An event as `reader` may see it: the sections this node can open and the agreement version
-/// the event's header names lets the reader have (`only`, when given, narrows to those section
-/// names). Sections the reader may not have are left out, not named; an event with none left
+/// An event as `reader` may see it: the sections this node can open that both the agreement
+/// version the event's header names and the version of that agreement in force now let the
+/// reader have (a producer always has its own); `only`, when given, narrows to those section
+/// names. Sections the reader may not have are left out, not named; an event with none left
 /// is `None`, as are access records and grants.
 pub(crate) fn opened_for(
     read: &ReadPath,
@@ -284,16 +285,22 @@ pub(crate) fn opened_for(
     if matches!(v.header.event_type, EventType::AccessLogged | EventType::KeyGranted) {
         return None;
     }
-    let isa = policies.version(&v.header.policy_id, v.header.policy_version)?;
+    let sealed_under = policies.version(&v.header.policy_id, v.header.policy_version)?;
+    let own = v.header.producer.party == *reader;
+    let now = policies.in_force(&v.header.policy_id, jiff::Timestamp::now().as_millisecond());
+    if now.is_none() && !own {
+        return None; // no agreement in force: nothing of another party's is disclosed
+    }
+    let gives = |isa: &CompiledIsa, section: &str| {
+        isa.audience(&v.header.producer.party, v.header.event_type, section)
+            .is_ok_and(|a| a.contains(reader))
+    };
     let opened = read.open(v);
     let sections: Vec<pb::OpenedSection> = opened
         .sections
         .into_iter()
         .filter(|s| only.is_none_or(|o| o.contains(&s.name)))
-        .filter(|s| {
-            isa.audience(&v.header.producer.party, v.header.event_type, &s.name)
-                .is_ok_and(|a| a.contains(reader))
-        })
+        .filter(|s| gives(sealed_under, &s.name) && (own || now.is_some_and(|isa| gives(isa, &s.name))))
         .map(|s| {
             let (plaintext, refusal) = match s.plaintext {
                 Ok(p) => (p, String::new()),
