@@ -322,3 +322,113 @@ pub(crate) fn opened_for(
         sections,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use hru_domain::{CaseId, ProducerId, split_draft};
+    use hru_envelope::fixture::party_secrets;
+    use hru_envelope::{Directory, KeyRing, Sealer};
+    use hru_policy::CompiledIsa;
+    use hru_reader::{Incoming, Read};
+
+    use super::*;
+
+    const AGREEMENT: &str = include_str!("../../../policies/cheshire-hru.toml");
+    const IDENTITY_RULE: &str = "sections = [\"identity\"]\nto = [\"police-hru\", \"victim-advocacy\"]";
+
+    /// Version 1 in force until June 2026; version 2 from then, taking the referral's identity
+    /// away from victim advocacy.
+    fn versions(directory: &Directory) -> PolicySet {
+        assert!(AGREEMENT.contains(IDENTITY_RULE), "the agreement's identity rule moved");
+        let v1 = AGREEMENT.replace("effective_until = \"2029-01-01\"", "effective_until = \"2026-06-01\"");
+        let v2 = AGREEMENT
+            .replace("version = 1\n", "version = 2\n")
+            .replace("effective_from = \"2026-01-01\"", "effective_from = \"2026-06-01\"")
+            .replace(IDENTITY_RULE, "sections = [\"identity\"]\nto = [\"police-hru\"]");
+        let mut set = PolicySet::default();
+        set.insert(CompiledIsa::compile(&v1, "v1.toml", Some(directory)).unwrap());
+        set.insert(CompiledIsa::compile(&v2, "v2.toml", Some(directory)).unwrap());
+        set
+    }
+
+    #[test]
+    fn a_narrowed_agreement_stops_disclosing_what_an_older_version_shared() {
+        let parties: Vec<String> = CompiledIsa::compile(AGREEMENT, "x", None)
+            .unwrap()
+            .parties
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        let mut directory = Directory::default();
+        for p in &parties {
+            directory.insert_secrets(&party_secrets(p, 1), "fixture");
+        }
+        let set = versions(&directory);
+        let v1 = set.version("cheshire-hru", 1).unwrap();
+        // Police seal a referral in March 2026, under version 1.
+        let march = 1_772_323_200_000; // 2026-03-01
+        let police = party_secrets("police-hru", 1);
+        let sealer = Sealer::new(
+            ProducerId {
+                party: police.party.clone(),
+                instance: "n1".into(),
+            },
+            police.signing.clone(),
+        );
+        let draft = pb::event_draft::Event::ReferralReceived(pb::ReferralReceived {
+            core: Some(pb::ReferralCore {
+                subject_ref: vec![1; 32],
+                behaviours: vec![pb::Behaviour::Stalking as i32],
+                area: "Crewe".into(),
+                received_at_ms: march,
+                out_of_hours: false,
+                crime_reference: String::new(),
+            }),
+            identity: Some(pb::ReferralIdentity::default()),
+            narrative: None,
+        });
+        let (t, sections) = split_draft(draft);
+        let sealed = sealer
+            .prepare_event(
+                CaseId::random(),
+                t,
+                sections,
+                march,
+                march,
+                v1,
+                &directory,
+                &mut rand_core::OsRng,
+            )
+            .unwrap()
+            .envelopes;
+        let set = Arc::new(set);
+        let sees = |party: &str| -> Vec<String> {
+            let mut read = ReadPath::new(directory.clone(), set.clone(), KeyRing::new(&party_secrets(party, 1)));
+            let mut last = None;
+            for (i, e) in sealed.iter().enumerate() {
+                let got = read
+                    .read(&Incoming {
+                        sequence: i as u64 + 1,
+                        subject: e.subject.as_str(),
+                        bytes: &e.bytes,
+                    })
+                    .unwrap();
+                if let Read::Event { envelope, .. } = got {
+                    last = Some(envelope);
+                }
+            }
+            let reader: PartyId = party.parse().unwrap();
+            opened_for(&read, &set, 9, &last.unwrap(), &reader, None)
+                .map(|e| e.sections.into_iter().map(|s| s.name).collect())
+                .unwrap_or_default()
+        };
+        // Version 1 gave advocacy the identity; version 2, in force now, does not.
+        assert_eq!(sees("victim-advocacy"), ["core"]);
+        // The producer keeps its own record whole.
+        assert_eq!(sees("police-hru"), ["core", "identity"]);
+    }
+}
