@@ -233,10 +233,9 @@ struct Service {
 }
 
 /// The engine inputs one event carries, as the read path opened it.
-pub fn input_of(opened: &OpenedEvent) -> Vec<Input> {
-    let v = opened;
+pub fn input_of(v: &OpenedEvent) -> Vec<Input> {
     if v.header.event_type == EventType::PositionBatch {
-        let Some(batch) = opened
+        let Some(batch) = v
             .sections
             .iter()
             .find(|s| s.name == "batch")
@@ -277,7 +276,7 @@ pub fn input_of(opened: &OpenedEvent) -> Vec<Input> {
         });
         return inputs;
     }
-    let readable: Vec<(&str, &[u8])> = opened
+    let readable: Vec<(&str, &[u8])> = v
         .sections
         .iter()
         .filter_map(|s| s.plaintext.as_ref().ok().map(|p| (s.name.as_str(), p.as_slice())))

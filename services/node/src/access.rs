@@ -330,7 +330,7 @@ mod tests {
     use std::sync::Arc;
 
     use hru_domain::{CaseId, ProducerId, split_draft};
-    use hru_envelope::fixture::party_secrets;
+    use hru_envelope::fixture::{directory_of, party_secrets};
     use hru_envelope::{Directory, KeyRing, Sealer};
     use hru_policy::CompiledIsa;
     use hru_reader::{Incoming, Read};
@@ -363,10 +363,7 @@ mod tests {
             .keys()
             .map(ToString::to_string)
             .collect();
-        let mut directory = Directory::default();
-        for p in &parties {
-            directory.insert_secrets(&party_secrets(p, 1), "fixture");
-        }
+        let directory = directory_of(parties.iter().map(String::as_str), 1);
         let set = versions(&directory);
         let v1 = set.version("cheshire-hru", 1).unwrap();
         // Police seal a referral in March 2026, under version 1.

@@ -90,12 +90,7 @@ impl CaseApi {
             expected_version,
             purpose: _,
         } = request.into_inner();
-        if caller.party != self.shared.party {
-            return Err(Status::permission_denied(format!(
-                "this node records events for {} only",
-                self.shared.party
-            )));
-        }
+        self.shared.own_party_only(&caller)?;
         let pb::EventDraft {
             case_id: case_text,
             occurred_at,

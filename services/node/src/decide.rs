@@ -187,26 +187,23 @@ mod tests {
         assert_eq!(acknowledge(&history, id), Ok(Acknowledge { raised_at_ms: 100 }));
     }
 
+    /// A breach raised at sequence 5 and acknowledged by Insp. Ada at sequence 7.
+    fn acknowledged_breach(id: uuid::Uuid) -> Vec<crate::case_service::HistoryEntry> {
+        vec![
+            (5, header(EventType::TagBreach, "geofence", 100), breach(id)),
+            (
+                7,
+                header(EventType::BreachAcknowledged, "police-control", 200),
+                acknowledged(id, "Insp. Ada"),
+            ),
+        ]
+    }
+
     #[test]
     fn given_an_acknowledged_breach_when_acknowledged_again_then_refused_naming_the_first() {
         let id = uuid::Uuid::now_v7();
-        let (h1, e1) = (header(EventType::TagBreach, "geofence", 100), breach(id));
-        let (h2, e2) = (
-            header(EventType::BreachAcknowledged, "police-control", 200),
-            acknowledged(id, "Insp. Ada"),
-        );
-        let history = [
-            Fact {
-                sequence: 5,
-                header: &h1,
-                event: &e1,
-            },
-            Fact {
-                sequence: 7,
-                header: &h2,
-                event: &e2,
-            },
-        ];
+        let entries = acknowledged_breach(id);
+        let history = facts(&entries);
         assert_eq!(
             acknowledge(&history, id),
             Err(Refusal::AlreadyAcknowledged {
@@ -297,23 +294,8 @@ mod tests {
     #[test]
     fn given_an_acknowledged_breach_when_an_acknowledgement_is_recorded_then_refused() {
         let id = uuid::Uuid::now_v7();
-        let (h1, e1) = (header(EventType::TagBreach, "geofence", 100), breach(id));
-        let (h2, e2) = (
-            header(EventType::BreachAcknowledged, "police-control", 200),
-            acknowledged(id, "Insp. Ada"),
-        );
-        let history = [
-            Fact {
-                sequence: 5,
-                header: &h1,
-                event: &e1,
-            },
-            Fact {
-                sequence: 7,
-                header: &h2,
-                event: &e2,
-            },
-        ];
+        let entries = acknowledged_breach(id);
+        let history = facts(&entries);
         assert!(matches!(
             record(&history, &acknowledged(id, "PC 202")),
             Err(Refusal::AlreadyAcknowledged { .. })

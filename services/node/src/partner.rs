@@ -115,12 +115,7 @@ impl PartnerApi {
                 .map_err(|e| Status::invalid_argument(format!("field `partner`: {}", e.problem)))?
         };
         if partner != self.shared.party {
-            if caller.party != self.shared.party {
-                return Err(Status::permission_denied(format!(
-                    "this node forwards requests for {} only",
-                    self.shared.party
-                )));
-            }
+            self.shared.own_party_only(&caller)?;
             return self
                 .forward(&partner, &caller.person, &grant, case, &purpose, sections)
                 .await

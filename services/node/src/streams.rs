@@ -443,12 +443,7 @@ impl BreachApi {
         if action.trim().is_empty() {
             return Err(Status::invalid_argument("field `action` is missing"));
         }
-        if caller.party != self.shared.party {
-            return Err(Status::permission_denied(format!(
-                "this node acknowledges for {} only",
-                self.shared.party
-            )));
-        }
+        self.shared.own_party_only(&caller)?;
         let isa = self.shared.agreement()?;
         isa.audience(&caller.party, EventType::BreachAcknowledged, "core")
             .map_err(|r| Status::permission_denied(r.0))?;

@@ -10,6 +10,15 @@ use crate::primitives::Kem;
 use crate::static_policy::StaticAudiences;
 use crate::{Directory, PartySecrets};
 
+/// A public directory of the deterministic secrets of `parties` (seed `seed`).
+pub fn directory_of<'a>(parties: impl IntoIterator<Item = &'a str>, seed: u8) -> Directory {
+    let mut directory = Directory::default();
+    for party in parties {
+        directory.insert_secrets(&party_secrets(party, seed), "fixture");
+    }
+    directory
+}
+
 /// Deterministic secrets for `party`, derived from its name and `seed`.
 pub fn party_secrets(party: &str, seed: u8) -> PartySecrets {
     let party: PartyId = party.parse().unwrap_or_else(|e| panic!("fixture party {party:?}: {e}"));

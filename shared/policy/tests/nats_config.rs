@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use hru_broker::{AUDITOR, PROVISIONER, nats_config};
-use hru_envelope::Directory;
-use hru_envelope::fixture::party_secrets;
+use hru_envelope::fixture::directory_of;
 use hru_policy::CompiledIsa;
 use hru_testkit::NatsServerBinary;
 
@@ -25,10 +24,7 @@ fn generated() -> String {
         .keys()
         .map(ToString::to_string)
         .collect();
-    let mut directory = Directory::default();
-    for id in parties.iter().map(String::as_str).chain([PROVISIONER, AUDITOR]) {
-        directory.insert_secrets(&party_secrets(id, 1), "fixture");
-    }
+    let directory = directory_of(parties.iter().map(String::as_str).chain([PROVISIONER, AUDITOR]), 1);
     let isa = CompiledIsa::compile(&text, "policies/cheshire-hru.toml", Some(&directory)).unwrap();
     nats_config(&isa.broker_rights(), &isa.broker_accounts(&directory).unwrap())
 }

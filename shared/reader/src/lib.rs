@@ -115,6 +115,16 @@ pub struct Refusal {
     pub detail: String,
 }
 
+/// A refusal of the message at `sequence` whose header names `producer`.
+fn refusal(sequence: u64, producer: &ProducerId, kind: RefusalKind, detail: String) -> Refusal {
+    Refusal {
+        sequence,
+        producer: Some(producer.clone()),
+        kind,
+        detail,
+    }
+}
+
 /// One message of the log as it arrived.
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming<'a> {
@@ -217,17 +227,18 @@ impl ReadPath {
     pub fn check(&self, m: &Incoming<'_>) -> Result<VerifiedEnvelope, Refusal> {
         let v = self.verified(m)?;
         let h = &v.header;
-        let refuse = |kind: RefusalKind, detail: String| Refusal {
-            sequence: m.sequence,
-            producer: Some(h.producer.clone()),
-            kind,
-            detail,
-        };
         let grant_audience = if h.event_type == EventType::KeyGranted {
             let audience = pb::KeyGranted::decode(v.body.as_slice())
                 .ok()
                 .and_then(|g| AudienceId::parse(&g.audience, "audience").ok())
-                .ok_or_else(|| refuse(RefusalKind::BadGrant, "the grant's body names no audience".into()))?;
+                .ok_or_else(|| {
+                    refusal(
+                        m.sequence,
+                        &h.producer,
+                        RefusalKind::BadGrant,
+                        "the grant's body names no audience".into(),
+                    )
+                })?;
             Some(audience)
         } else {
             None
@@ -237,7 +248,9 @@ impl ReadPath {
         let with_batches = (h.event_type == EventType::KeyGranted)
             .then(|| Subject::positions(&h.producer.party, &h.producer.instance));
         if m.subject != expected.as_str() && with_batches.is_none_or(|s| m.subject != s.as_str()) {
-            return Err(refuse(
+            return Err(refusal(
+                m.sequence,
+                &h.producer,
                 RefusalKind::SubjectMismatch,
                 format!("arrived on {}, the header gives {expected}", m.subject),
             ));
@@ -253,20 +266,19 @@ impl ReadPath {
     /// directory; a sectioned event is opened.
     pub fn read(&mut self, m: &Incoming<'_>) -> Result<Read, Refusal> {
         let v = self.check(m)?;
-        let refuse = |kind: RefusalKind, detail: String| Refusal {
-            sequence: m.sequence,
-            producer: Some(v.header.producer.clone()),
-            kind,
-            detail,
-        };
         match v.header.event_type {
             EventType::KeyGranted => match self.ring.ingest_grant(&v) {
                 Ok(outcome) => Ok(Read::Grant { envelope: v, outcome }),
-                Err(e) => Err(refuse(RefusalKind::BadGrant, e.to_string())),
+                Err(e) => Err(refusal(
+                    m.sequence,
+                    &v.header.producer,
+                    RefusalKind::BadGrant,
+                    e.to_string(),
+                )),
             },
             EventType::KeyRotated | EventType::KeyRevoked => match self.keys.apply(&v.header, &v.body) {
                 Ok(()) => Ok(Read::Public(v)),
-                Err(e) => Err(refuse(RefusalKind::BadKeyEvent, e.0)),
+                Err(e) => Err(refusal(m.sequence, &v.header.producer, RefusalKind::BadKeyEvent, e.0)),
             },
             t if t.is_public() => Ok(Read::Public(v)),
             _ => {
@@ -284,22 +296,16 @@ impl ReadPath {
             subject: "",
             bytes,
         })?;
-        let refuse = |kind: RefusalKind, detail: String| Refusal {
-            sequence,
-            producer: Some(v.header.producer.clone()),
-            kind,
-            detail,
-        };
         match v.header.event_type {
             EventType::KeyGranted => self
                 .ring
                 .ingest_grant(&v)
                 .map(|_| ())
-                .map_err(|e| refuse(RefusalKind::BadGrant, e.to_string())),
+                .map_err(|e| refusal(sequence, &v.header.producer, RefusalKind::BadGrant, e.to_string())),
             EventType::KeyRotated | EventType::KeyRevoked => self
                 .keys
                 .apply(&v.header, &v.body)
-                .map_err(|e| refuse(RefusalKind::BadKeyEvent, e.0)),
+                .map_err(|e| refusal(sequence, &v.header.producer, RefusalKind::BadKeyEvent, e.0)),
             _ => Ok(()),
         }
     }
@@ -333,25 +339,23 @@ impl ReadPath {
     }
 
     fn check_audiences(&self, h: &EventHeader, v: &VerifiedEnvelope, sequence: u64) -> Result<(), Refusal> {
-        let refuse = |kind: RefusalKind, detail: String| Refusal {
-            sequence,
-            producer: Some(h.producer.clone()),
-            kind,
-            detail,
-        };
         let Some(Named {
             policy: isa,
             in_force,
             produces,
         }) = self.agreements.named(h)
         else {
-            return Err(refuse(
+            return Err(refusal(
+                sequence,
+                &h.producer,
                 RefusalKind::UnknownAgreement,
                 format!("{} v{}", h.policy_id, h.policy_version),
             ));
         };
         if !in_force {
-            return Err(refuse(
+            return Err(refusal(
+                sequence,
+                &h.producer,
                 RefusalKind::NotPermitted,
                 format!(
                     "{} v{} was not in force when the event was recorded ({} ms)",
@@ -360,7 +364,9 @@ impl ReadPath {
             ));
         }
         if !produces {
-            return Err(refuse(
+            return Err(refusal(
+                sequence,
+                &h.producer,
                 RefusalKind::NotPermitted,
                 format!(
                     "{} v{} has no [[produce]] rule letting {} produce {}",
@@ -370,7 +376,9 @@ impl ReadPath {
         }
         for s in &v.sections {
             let expected = isa.audience(&h.producer.party, h.event_type, &s.name).map_err(|r| {
-                refuse(
+                refusal(
+                    sequence,
+                    &h.producer,
                     RefusalKind::NotPermitted,
                     format!("{}.{}: {}", h.event_type, s.name, r.0),
                 )
@@ -431,7 +439,7 @@ impl ReadPath {
                     ),
                 ),
             };
-            return Err(refuse(kind, detail));
+            return Err(refusal(sequence, &h.producer, kind, detail));
         }
         Ok(())
     }

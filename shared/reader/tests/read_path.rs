@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hru_broker::{AUDITOR, PROVISIONER, Subject};
 use hru_domain::{CaseId, EventType, PartyId, ProducerId, split_draft};
-use hru_envelope::fixture::party_secrets;
+use hru_envelope::fixture::{directory_of, party_secrets};
 use hru_envelope::{AudiencePolicy, Directory, KeyRing, PartySecrets, SealedEnvelope, Sealer, StaticAudiences};
 use hru_policy::{CompiledIsa, PolicySet};
 use hru_reader::{Incoming, Read, ReadPath, RefusalKind};
@@ -31,10 +31,7 @@ fn world() -> World {
         .keys()
         .map(ToString::to_string)
         .collect();
-    let mut directory = Directory::default();
-    for id in parties.iter().map(String::as_str).chain([PROVISIONER, AUDITOR]) {
-        directory.insert_secrets(&party_secrets(id, 1), "fixture");
-    }
+    let directory = directory_of(parties.iter().map(String::as_str).chain([PROVISIONER, AUDITOR]), 1);
     let isa = CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).unwrap();
     let mut set = PolicySet::default();
     set.insert(isa.clone());
