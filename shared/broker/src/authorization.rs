@@ -70,11 +70,23 @@ fn user(out: &mut String, comment: &str, nkey: &str, publish: &[String], subscri
     let _ = writeln!(out, "      }}");
 }
 
-/// The subjects `party` may publish to (its own producer subjects and the JetStream API of its
-/// own view, and of the position stream when it reads positions).
+/// The direct gets of the last message on each of `party`'s own subjects in `HRU_EVENTS`: how a
+/// producer resolves an ambiguous append against the log itself, and nothing more of it.
+pub fn own_last_message_api(rights: &Rights, party: &PartyId) -> Vec<String> {
+    rights
+        .publish_filters(party)
+        .into_iter()
+        .map(|f| format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}.{f}"))
+        .collect()
+}
+
+/// The subjects `party` may publish to (its own producer subjects, the last message on each of
+/// them, and the JetStream API of its own view, and of the position stream when it reads
+/// positions).
 pub fn party_publish(rights: &Rights, party: &PartyId) -> Vec<String> {
     let view = view_stream(party);
     let mut publish: Vec<String> = rights.publish_filters(party).into_iter().map(String::from).collect();
+    publish.extend(own_last_message_api(rights, party));
     publish.extend(read_api(&view));
     publish.extend(message_get_api(&view));
     if rights.reads_positions(party) {

@@ -53,7 +53,8 @@ pub fn events_config(replicas: usize) -> stream::Config {
         duplicate_window: MIN_DUPLICATE_WINDOW,
         deny_delete: true,
         deny_purge: true,
-        allow_direct: false,
+        // A producer resolves an ambiguous append by the last message on its own subject.
+        allow_direct: true,
         allow_atomic_publish: true,
         ..Default::default()
     }
@@ -183,7 +184,17 @@ pub async fn provision(
     replicas: usize,
 ) -> Result<(), BrokerError> {
     let js = jetstream::new(client.clone());
-    open_events(&js, replicas).await?;
+    let mut events = open_events(&js, replicas).await?;
+    let found = events.info().await.map_err(request("stream info"))?.config.clone();
+    if !found.allow_direct {
+        // Logs created before producers resolved appends by direct get.
+        js.update_stream(stream::Config {
+            allow_direct: true,
+            ..found
+        })
+        .await
+        .map_err(request("provision HRU_EVENTS direct gets"))?;
+    }
     let positions = positions_config(positions_max_age, replicas);
     match js.get_stream(POSITIONS_STREAM).await {
         Ok(_) => js.update_stream(positions).await.map(|_| ()),

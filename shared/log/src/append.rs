@@ -7,10 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use hru_broker::stream::EXPECTED_SUBJECT_HEADER;
-use hru_broker::{Filter, Subject, WRONG_LAST_SEQUENCE};
+use hru_broker::{EVENTS_STREAM, Filter, Subject, WRONG_LAST_SEQUENCE};
 use hru_envelope::SealedEnvelope;
-
-use crate::read::Reader;
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
 
@@ -96,18 +94,113 @@ fn stated_last_sequence(answer: &jetstream::Error) -> Option<u64> {
 }
 
 /// The append side of a log handle: publishes to `HRU_EVENTS`, and resolves an ambiguous
-/// answer against what `resolver` reads.
+/// answer against `HRU_EVENTS` itself (never a view, which may lag it).
 #[derive(Clone)]
 pub struct Appender {
     js: jetstream::Context,
-    resolver: Reader,
     atomic: bool,
 }
 
+/// An expected last sequence no subject can have: a probe carrying it is never stored.
+const PROBE_EXPECTATION: u64 = 1 << 62;
+
+/// Probes and look-ups of a resolution before it gives up (each waits a little longer).
+const RESOLVE_ATTEMPTS: u32 = 20;
+
 impl Appender {
     /// An appender through `js`; `atomic` when `HRU_EVENTS` takes atomic batches.
-    pub(crate) fn new(js: jetstream::Context, resolver: Reader, atomic: bool) -> Self {
-        Self { js, resolver, atomic }
+    pub(crate) fn new(js: jetstream::Context, atomic: bool) -> Self {
+        Self { js, atomic }
+    }
+
+    /// The last stream sequence on the subjects `on` (the envelope's own subject, or its case's
+    /// filter) as the stream leader states it, from refusing an empty probe on `subject` that
+    /// expects an impossible last sequence: nothing is stored, and the party needs no right
+    /// beyond publishing on its own subject. Waits out a message in flight on `on`.
+    async fn stated_last(&self, subject: &Subject, on: &str) -> Result<u64, Source> {
+        let probe = jetstream::message::PublishMessage::build()
+            .payload(Bytes::new())
+            .expected_last_subject_sequence(PROBE_EXPECTATION)
+            .header(EXPECTED_SUBJECT_HEADER, on);
+        for attempt in 1..=RESOLVE_ATTEMPTS {
+            let answered = match self.js.send_publish(subject.to_string(), probe.clone()).await {
+                Ok(future) => future.await,
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(ack) => return Err(format!("the probe was stored at {} (it never should be)", ack.sequence).into()),
+                Err(e) => match server_answer(&e).map(|a| (a.error_code().0, stated_last_sequence(a))) {
+                    Some((WRONG_LAST_SEQUENCE, Some(last))) => return Ok(last),
+                    // A message on `on` is being stored: its outcome decides.
+                    Some((WRONG_LAST_SEQUENCE, None)) => {}
+                    Some((code, _)) => return Err(format!("the probe of {on} was refused ({code}): {e}").into()),
+                    None => tracing::debug!(attempt, cause = %e, "probe unanswered; asking again"),
+                },
+            }
+            tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+        }
+        Err(format!("no stated last sequence of {on} after {RESOLVE_ATTEMPTS} probes").into())
+    }
+
+    /// Whether the broker holds `sealed` at a log sequence after `after`, asked of `HRU_EVENTS`
+    /// itself: the leader states the last sequence on the envelope's subject, then the last
+    /// message on that subject (a direct get, waited for until some replica holds that
+    /// sequence) says whose it is. `Err` when the log cannot tell, for instance when another
+    /// writer of the same party has appended on the same subject since.
+    pub async fn stored_after(&self, sealed: &SealedEnvelope, after: u64) -> Result<Option<u64>, Source> {
+        let last = self.stated_last(&sealed.subject, sealed.subject.as_str()).await?;
+        if last <= after {
+            return Ok(None);
+        }
+        let id = sealed.header.event_id.to_string();
+        let get = format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}.{}", sealed.subject);
+        let client = self.js.client();
+        for attempt in 1..=RESOLVE_ATTEMPTS {
+            let answer = tokio::time::timeout(Duration::from_secs(5), client.request(get.clone(), Bytes::new())).await;
+            let message = match answer {
+                Ok(Ok(message)) => message,
+                Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                    return Err(
+                        format!("{EVENTS_STREAM} answers no direct get; `hru log provision` enables them").into(),
+                    );
+                }
+                Ok(Err(e)) => return Err(Box::new(e)),
+                Err(_) => return Err(format!("no answer to {get}").into()),
+            };
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            let sequence = header("Nats-Sequence").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            if sequence == last {
+                if header(async_nats::header::NATS_MESSAGE_ID.as_ref()).as_deref() == Some(id.as_str()) {
+                    return Ok(Some(last));
+                }
+                // Another writer of the party appended on this subject last. Had ours been
+                // stored after `after`, it would be the case's first event after `after`, so
+                // that writer's own condition tells: a case still at `after` means ours is not.
+                let case = sealed.header.case_id.map(Filter::case_events);
+                let expected_on = header(EXPECTED_SUBJECT_HEADER);
+                let expected = header("Nats-Expected-Last-Subject-Sequence").and_then(|v| v.parse::<u64>().ok());
+                if case.is_some_and(|c| expected_on.as_deref() == Some(c.as_str())) && expected == Some(after) {
+                    return Ok(None);
+                }
+                return Err(format!("the last message on {} is another writer's", sealed.subject).into());
+            }
+            if sequence > last {
+                return Err(format!("{} has moved on to {sequence} since {last}", sealed.subject).into());
+            }
+            // The replica that answered has not stored `last` yet.
+            tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+        }
+        Err(format!(
+            "no replica held {last} on {} after {RESOLVE_ATTEMPTS} look-ups",
+            sealed.subject
+        )
+        .into())
     }
 
     /// Append one sealed envelope with `Nats-Msg-Id` = its event id; returns its stream sequence.
@@ -145,21 +238,30 @@ impl Appender {
             let answer = server_answer(&e);
             match answer.map(|a| (a.error_code().0, a.code())) {
                 Some((WRONG_LAST_SEQUENCE, _)) => {
-                    // The server checks the expectation before deduplicating, so a retry of an
-                    // event it already holds lands here: find it first.
-                    let id = sealed.header.event_id.to_string();
-                    if let Ok(Some(sequence)) = self.resolver.find_message_id(&sealed.subject, &id).await {
+                    // The server may check the expectation before deduplicating, so a retry of
+                    // an event it already holds (or is storing) can land here: ask the log.
+                    let after = match expect {
+                        Expect::CaseAt(seq) => seq,
+                        Expect::Any => 0,
+                    };
+                    let undecided = |source: Source| AppendError::Unavailable {
+                        subject: sealed.subject.clone(),
+                        attempts: attempt,
+                        source: format!("could not tell whether the broker stored it: {source}").into(),
+                    };
+                    if let Some(sequence) = self.stored_after(sealed, after).await.map_err(undecided)? {
                         return Ok(Ack {
                             sequence,
                             duplicate: true,
                         });
                     }
                     let case = case.clone().unwrap_or_else(Filter::all_case_events);
-                    // The server states the case's true last sequence; a view may not hold
-                    // every event of the case, so its own last copy can be older.
                     let current = match answer.and_then(stated_last_sequence) {
                         Some(seq) => seq,
-                        None => self.resolver.last_sequence_of(&case).await.unwrap_or(0),
+                        None => self
+                            .stated_last(&sealed.subject, case.as_str())
+                            .await
+                            .map_err(undecided)?,
                     };
                     return Err(AppendError::Conflict { case, current });
                 }

@@ -72,7 +72,7 @@ impl EventLog {
             .is_some_and(|v| v >= hru_broker::server::ATOMIC_BATCH_SERVER);
         let reader = Reader::stored(stream);
         Ok(Self {
-            appender: Appender::new(js, reader.clone(), allows_atomic && server_takes_atomic),
+            appender: Appender::new(js, allows_atomic && server_takes_atomic),
             reader,
             client,
         })
@@ -120,7 +120,7 @@ impl PartyView {
         })?;
         let reader = Reader::sourced(stream);
         Ok(Self {
-            appender: Appender::new(js, reader.clone(), false),
+            appender: Appender::new(js, false),
             reader,
             party: party.clone(),
             client,

@@ -537,13 +537,21 @@ impl Producer {
             };
             let expect = row.expect.map_or(Expect::Any, Expect::CaseAt);
             let already = if recovering {
-                log.reader()
-                    .find_message_id(&envelope.subject, &envelope.header.event_id.to_string())
-                    .await?
-                    .map(|sequence| crate::Ack {
-                        sequence,
-                        duplicate: true,
-                    })
+                // Asked of HRU_EVENTS itself; only when it cannot tell (another writer of the
+                // party on the same subject since), of everything this handle reads.
+                let stored = match log.appender().stored_after(&envelope, row.expect.unwrap_or(0)).await {
+                    Ok(stored) => stored,
+                    Err(cause) => {
+                        tracing::debug!(%cause, "looking the envelope up by id instead");
+                        log.reader()
+                            .find_message_id(&envelope.subject, &envelope.header.event_id.to_string())
+                            .await?
+                    }
+                };
+                stored.map(|sequence| crate::Ack {
+                    sequence,
+                    duplicate: true,
+                })
             } else {
                 None
             };

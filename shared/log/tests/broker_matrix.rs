@@ -673,3 +673,119 @@ async fn a_party_reads_its_view_under_shared_sequences() {
         "replaced to deliver from the start"
     );
 }
+
+/// An append whose first attempt was stored but not acknowledged (a lost answer), retried
+/// while the party's view lags behind `HRU_EVENTS`: the retry is resolved against the log
+/// itself, so the event is acknowledged once, the producer's chain moves on (no fork) and
+/// nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_append_resolves_against_the_log_not_a_lagging_view() {
+    use hru_domain::EventType;
+    use hru_log::{EventLog, Expect, PartyView};
+    let w = world();
+    let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
+        .await
+        .unwrap();
+    let rights = w.isa.broker_rights();
+    hru_broker::provision(&admin.client(), &rights, w.isa.positions_max_age(), 1)
+        .await
+        .unwrap();
+    let police = w.secrets.iter().find(|s| s.party.as_str() == "police-hru").unwrap();
+    let log = PartyView::open(&w.url, Some(&identity(police)), &police.party)
+        .await
+        .unwrap();
+
+    // The view stops sourcing: it lags the log for as long as the test wants.
+    let js = jetstream::new(admin.client());
+    let mut lagging = hru_broker::stream::view_config(&rights, &police.party, 1);
+    for source in lagging.sources.iter_mut().flatten() {
+        source.subject_transforms.truncate(1);
+        source.subject_transforms[0].source = "hru.nothing.here".into();
+    }
+    js.update_stream(lagging).await.expect("the view pauses");
+
+    let case = hru_domain::CaseId::random();
+    let batch = sealed(&w, police, case, EventType::ReferralReceived);
+    let mut sealer = hru_envelope::Sealer::new(
+        hru_domain::ProducerId {
+            party: police.party.clone(),
+            instance: "view-test".into(),
+        },
+        police.signing.clone(),
+    );
+    let (event, grants) = batch.envelopes.split_last().unwrap();
+    for grant in grants {
+        log.appender().append_expecting(grant, Expect::Any).await.unwrap();
+    }
+    // The first attempt: stored by the broker, its acknowledgement lost on the way back.
+    let raw = jetstream::new(log.client());
+    let stored = raw
+        .send_publish(
+            event.subject.to_string(),
+            jetstream::message::PublishMessage::build()
+                .payload(event.bytes.clone().into())
+                .message_id(event.header.event_id.to_string())
+                .expected_last_subject_sequence(0)
+                .header(
+                    hru_broker::stream::EXPECTED_SUBJECT_HEADER,
+                    hru_broker::Filter::case_events(case).as_str(),
+                ),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+
+    // The producer's retry of the same bytes under the same condition.
+    let ack = log
+        .appender()
+        .append_expecting(event, Expect::CaseAt(0))
+        .await
+        .expect("the retry finds its own event in the log, not a conflict");
+    assert_eq!((ack.sequence, ack.duplicate), (stored, true));
+    sealer.commit(&batch, batch.envelopes.len());
+    assert_eq!(
+        sealer.chain().next_seq,
+        event.header.producer_seq + 1,
+        "the chain moves past the stored event: the next envelope cannot reuse its sequence"
+    );
+
+    // Stored once; the view, sourcing again, holds it once.
+    js.update_stream(hru_broker::stream::view_config(&rights, &police.party, 1))
+        .await
+        .expect("the view sources again");
+    let ids = |entries: &[hru_log::LogEntry]| {
+        entries
+            .iter()
+            .filter(|e| e.subject == event.subject)
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>()
+    };
+    let all = admin
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    assert_eq!(ids(&all), vec![stored], "stored exactly once");
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let view = log
+            .reader()
+            .replay(1, &[])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        seen = ids(&view);
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, vec![stored], "the view holds it once");
+}
