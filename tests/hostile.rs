@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use hru_broker::Subject;
 use hru_domain::{CaseId, EventType, PartyId, PlainSection, ProducerId};
 use hru_envelope::{Directory, PartySecrets, SealedEnvelope, Sealer, StaticAudiences};
@@ -704,6 +705,88 @@ async fn own_node_abuse(s: &Suite, m: &mut Matrix) {
     m.row("police-hru", "RecordEvent with a 2 MiB narrative", outcome);
 }
 
+/// Push consumers: each party (and the auditor), with its own nkey, asks for a consumer on a
+/// stream it reads that delivers onto another party's inbox, a victim device's alert subject
+/// and a subject of the shared log. The provisioner listens on each target.
+async fn push_consumers(s: &Suite, m: &mut Matrix) {
+    use async_nats::jetstream::consumer::push;
+    let secrets = |who: &str| s.secrets(who);
+    let watcher = hru_broker::connect(&s.w.nats.url(), Some(&secrets("provisioner").broker_identity()))
+        .await
+        .unwrap();
+    let everyone: Vec<&str> = CHESHIRE_PARTIES.iter().copied().chain(["auditor"]).collect();
+    let mut attempts = Vec::new();
+    for (i, party) in everyone.iter().enumerate() {
+        let other = CHESHIRE_PARTIES[(i + 1) % CHESHIRE_PARTIES.len()];
+        let other_id: PartyId = other.parse().unwrap();
+        let stream = if *party == "auditor" {
+            hru_broker::EVENTS_STREAM.to_owned()
+        } else {
+            hru_broker::view_stream(&party.parse().unwrap())
+        };
+        let targets = [
+            (
+                format!("{other}'s inbox"),
+                format!("{}.push", hru_broker::Filter::inbox_prefix(other)),
+            ),
+            (
+                "a victim device's alert subject".to_owned(),
+                hru_broker::Subject::alert("victim-phone-1").to_string(),
+            ),
+            (
+                format!("{other}'s subject of the shared log"),
+                subject_for(s.case, &other_id, EventType::ReferralReceived).to_string(),
+            ),
+        ];
+        let client = hru_broker::connect(&s.w.nats.url(), Some(&secrets(party).broker_identity()))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        for (what, target) in targets {
+            let (js, watcher, stream) = (js.clone(), watcher.clone(), stream.clone());
+            attempts.push(async move {
+                let attack = format!("push consumer on {stream} delivering onto {what}");
+                let mut listener = watcher.subscribe(target.clone()).await.unwrap();
+                watcher.flush().await.unwrap();
+                let config = push::Config {
+                    deliver_subject: target.clone(),
+                    ..Default::default()
+                };
+                let created = tokio::time::timeout(Duration::from_secs(3), async {
+                    let stream = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+                    stream
+                        .create_consumer(config)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|_| Err("no answer (refused by the broker)".into()));
+                let outcome = match created {
+                    Err(e) => Outcome::Refused(format!("broker: {e}")),
+                    Ok(()) => {
+                        let delivered = tokio::time::timeout(Duration::from_millis(1500), listener.next())
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_some();
+                        Outcome::Succeeded(if delivered {
+                            format!("created; copies delivered onto {target}")
+                        } else {
+                            format!("created onto {target} (nothing to deliver yet)")
+                        })
+                    }
+                };
+                (*party, attack, outcome)
+            });
+        }
+    }
+    // All at once: a refusal is a request the server never answers.
+    for (party, attack, outcome) in futures::future::join_all(attempts).await {
+        m.row(party, attack, outcome);
+    }
+}
+
 #[test]
 fn no_party_gets_anything_the_agreement_does_not_give_it() {
     let w = World::secured("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
@@ -801,6 +884,7 @@ fn no_party_gets_anything_the_agreement_does_not_give_it() {
         floods(&s, &mut m).await;
         foreign_calls(&s, &mut m).await;
         own_node_abuse(&s, &mut m).await;
+        push_consumers(&s, &mut m).await;
 
         // Honest callers are still answered.
         let served = s.served("police-hru", s.case).await;

@@ -316,62 +316,37 @@ async fn fold_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<b
     }
 }
 
-/// Fold through the party's durable consumer from the committed checkpoint on: each batch is
-/// committed to sled, then acknowledged (cumulatively). Returns when told to stop.
+/// Fold the party's view from the committed checkpoint on, a page at a time as the broker
+/// stores it: each page is committed to sled before the next is read. Returns when told to
+/// stop.
 async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
-    use futures::{FutureExt as _, StreamExt as _};
+    use futures::StreamExt as _;
     let resume = shared
         .projector
         .lock()
         .map_err(|_| "projector lock poisoned".to_owned())?
         .resume_from();
-    let mut next = shared
+    let mut pages = shared
         .log
         .reader()
-        .read_position(resume)
+        .follow_pages(resume, None)
         .await
         .map_err(|e| e.to_string())?;
-    let consumer = hru_log::party_consumer(&shared.log.client(), &shared.party, "projection", next)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(FOLD_BATCH)
-        .messages()
-        .await
-        .map_err(|e| format!("consume the view: {e}"))?;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let first = tokio::select! {
+        let page = tokio::select! {
             _ = stop.changed() => return Ok(()),
-            m = messages.next() => m,
+            p = pages.next() => p,
         };
-        let mut batch = vec![first.ok_or("the view's consumer ended")?.map_err(|e| e.to_string())?];
-        while batch.len() < FOLD_BATCH {
-            match messages.next().now_or_never() {
-                Some(Some(m)) => batch.push(m.map_err(|e| e.to_string())?),
-                _ => break,
-            }
-        }
-        let mut entries = Vec::with_capacity(batch.len());
-        let mut pending = 0;
-        for m in &batch {
-            let info = m.info().map_err(|e| e.to_string())?;
-            if info.stream_sequence < next {
-                continue; // redelivered after the fold passed it
-            }
-            if info.stream_sequence > next {
-                return Err(format!("view message {} arrived before {next}", info.stream_sequence));
-            }
-            let source = hru_broker::source_sequence(m.headers.as_ref())
-                .ok_or_else(|| format!("view message {next} names no source sequence"))?;
-            entries.push((source, m.subject.as_str(), m.payload.as_ref()));
-            pending = info.pending;
-            next += 1;
-        }
-        if let Some(&(through, ..)) = entries.last() {
+        let page = page.ok_or("the view's read ended")?.map_err(|e| e.to_string())?;
+        for chunk in page.entries.chunks(FOLD_BATCH) {
+            let entries: Vec<(u64, &str, &[u8])> = chunk
+                .iter()
+                .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref()))
+                .collect();
+            let Some(&(through, ..)) = entries.last() else { continue };
             let refused = shared
                 .projector
                 .lock()
@@ -384,15 +359,6 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
             }
             shared.metrics.folded(entries.len() as u64, through);
         }
-        shared.metrics.pending(pending);
-        if let Some(last) = batch.last() {
-            // Acknowledges everything up to it; a lost ack only means a redelivery skipped above.
-            if let Err(e) = last.ack().await {
-                tracing::debug!(cause = %e, "acknowledgement not sent");
-            }
-        }
-        if *stop.borrow() {
-            return Ok(());
-        }
+        shared.metrics.pending(page.pending);
     }
 }

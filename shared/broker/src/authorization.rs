@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use hru_domain::PartyId;
 
 use crate::rights::Rights;
-use crate::stream::{EVENTS_STREAM, POSITIONS_STREAM, view_stream};
+use crate::stream::{EVENTS_STREAM, POSITIONS_STREAM, direct_get_api, last_message_api, message_get_api, view_stream};
 use crate::subject::Filter;
 
 /// Directory id of the provisioner (creates streams and views; full rights in the account).
@@ -32,30 +32,17 @@ fn list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-/// JetStream API subjects for reading one stream through consumers (nothing that alters it).
+/// JetStream API subjects for reading one stream: its info, and its messages by batched direct
+/// get (any replica) and by message get (the leader). No consumer API: a right to create a
+/// consumer is a right to choose where a push consumer delivers, which the server does not
+/// hold to the creator's publish permissions.
 pub fn read_api(stream: &str) -> Vec<String> {
     vec![
         "$JS.API.INFO".to_owned(),
         format!("$JS.API.STREAM.INFO.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*"),
-        format!("$JS.API.CONSUMER.INFO.{stream}.*"),
-        format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
-        format!("$JS.API.CONSUMER.NAMES.{stream}"),
-        format!("$JS.API.CONSUMER.LIST.{stream}"),
-        format!("$JS.ACK.{stream}.>"),
-        format!("$JS.FC.{stream}.>"),
-    ]
-}
-
-/// JetStream API subjects for reading single messages of one stream (direct and stored get).
-pub fn message_get_api(stream: &str) -> Vec<String> {
-    vec![
-        format!("$JS.API.DIRECT.GET.{stream}"),
-        format!("$JS.API.DIRECT.GET.{stream}.>"),
-        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        direct_get_api(stream),
+        last_message_api(stream, ">"),
+        message_get_api(stream),
     ]
 }
 
@@ -76,7 +63,7 @@ pub fn own_last_message_api(rights: &Rights, party: &PartyId) -> Vec<String> {
     rights
         .publish_filters(party)
         .into_iter()
-        .map(|f| format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}.{f}"))
+        .map(|f| last_message_api(EVENTS_STREAM, f.as_str()))
         .collect()
 }
 
@@ -88,7 +75,6 @@ pub fn party_publish(rights: &Rights, party: &PartyId) -> Vec<String> {
     let mut publish: Vec<String> = rights.publish_filters(party).into_iter().map(String::from).collect();
     publish.extend(own_last_message_api(rights, party));
     publish.extend(read_api(&view));
-    publish.extend(message_get_api(&view));
     if rights.reads_positions(party) {
         for api in read_api(POSITIONS_STREAM) {
             if !publish.contains(&api) {

@@ -24,6 +24,21 @@ pub const SOURCE_HEADER: &str = "Nats-Stream-Source";
 /// Header naming the subject filter of `Nats-Expected-Last-Subject-Sequence`.
 pub const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 
+/// The API subject of a batched direct get on `stream` (answered by any current replica).
+pub fn direct_get_api(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+/// The API subject of a direct get of the last message on `subject` in `stream`.
+pub fn last_message_api(stream: &str, subject: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}.{subject}")
+}
+
+/// The API subject of a message get on `stream` (answered by the stream leader).
+pub fn message_get_api(stream: &str) -> String {
+    format!("$JS.API.STREAM.MSG.GET.{stream}")
+}
+
 /// The view stream of a party.
 pub fn view_stream(party: &PartyId) -> String {
     format!("{VIEW_STREAM_PREFIX}{party}")
@@ -71,6 +86,8 @@ pub fn positions_config(max_age: Duration, replicas: usize) -> stream::Config {
         max_age,
         deny_delete: true,
         deny_purge: true,
+        // Readers page through it with batched direct gets.
+        allow_direct: true,
         ..Default::default()
     }
 }

@@ -153,7 +153,7 @@ impl Appender {
             return Ok(None);
         }
         let id = sealed.header.event_id.to_string();
-        let get = format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}.{}", sealed.subject);
+        let get = hru_broker::stream::last_message_api(EVENTS_STREAM, sealed.subject.as_str());
         let client = self.js.client();
         for attempt in 1..=RESOLVE_ATTEMPTS {
             let answer = tokio::time::timeout(Duration::from_secs(5), client.request(get.clone(), Bytes::new())).await;

@@ -5,17 +5,15 @@
 //! [`read`]; everything NATS-shaped is spelled by `hru-broker`.
 
 pub mod append;
-mod consumer;
 mod positions;
 mod producer;
 pub mod read;
 
 pub use append::{Ack, AppendError, Appender, Expect};
-pub use consumer::party_consumer;
 pub use hru_broker::{BrokerError as LogError, BrokerIdentity, connect};
 pub use positions::PositionLog;
 pub use producer::{EventToSeal, GroupSealer, Producer, SealedGroup, StoreError};
-pub use read::{Entries, Reader};
+pub use read::{Entries, Page, Pages, Reader};
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -70,7 +68,7 @@ impl EventLog {
             .allow_atomic_publish;
         let server_takes_atomic = hru_broker::server::major_minor(&client.server_info().version)
             .is_some_and(|v| v >= hru_broker::server::ATOMIC_BATCH_SERVER);
-        let reader = Reader::stored(stream);
+        let reader = Reader::stored(client.clone(), stream);
         Ok(Self {
             appender: Appender::new(js, allows_atomic && server_takes_atomic),
             reader,
@@ -118,7 +116,7 @@ impl PartyView {
             operation: "open view stream",
             source: format!("{name}: {e}; the provisioner creates it (`hru log provision`)").into(),
         })?;
-        let reader = Reader::sourced(stream);
+        let reader = Reader::sourced(client.clone(), stream);
         Ok(Self {
             appender: Appender::new(js, false),
             reader,

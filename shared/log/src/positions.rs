@@ -28,7 +28,7 @@ impl PositionLog {
         replicas: usize,
     ) -> Result<Self, LogError> {
         let client = connect(url, identity).await?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream: stream::Stream = match js.get_stream(POSITIONS_STREAM).await {
             Ok(s) => s,
             Err(_) => js
@@ -38,7 +38,7 @@ impl PositionLog {
         };
         Ok(Self {
             js,
-            reader: Some(Reader::stored(stream)),
+            reader: Some(Reader::stored(client, stream)),
         })
     }
 
@@ -87,7 +87,7 @@ impl PositionLog {
 
     /// Follow the stream from sequence `from` on, live: each message as it is stored.
     pub async fn follow(&self, from: u64) -> Result<Entries, LogError> {
-        self.reader()?.follow(from, &[]).await
+        self.reader()?.follow(from, None).await
     }
 
     /// The first and last sequence held.

@@ -1,9 +1,13 @@
 //! Reading a stream of the log in order, as a `Stream` of entries fetched in bounded pages by
-//! an ordered consumer (never a whole range in memory), and the single-message look-ups a
-//! reader needs. A party's view reports each copy under the `HRU_EVENTS` sequence it was
+//! batched direct gets (never a whole range in memory, and no consumer: a reader needs no
+//! right to create one, so no right to point one's deliveries anywhere), and the
+//! single-message look-ups a reader needs. A party's view reports each copy under the `HRU_EVENTS` sequence it was
 //! sourced from, so sequences mean the same to every reader.
 
-use async_nats::jetstream::{consumer, stream};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::jetstream::stream;
 use futures::{StreamExt as _, TryStreamExt as _};
 use hru_broker::{BrokerError, Filter, request, source_sequence};
 
@@ -34,22 +38,28 @@ impl Numbering {
 /// party's view (source sequences).
 #[derive(Clone)]
 pub struct Reader {
+    client: async_nats::Client,
     stream: stream::Stream,
+    name: String,
     numbering: Numbering,
 }
 
 impl Reader {
     /// A reader of a stream numbered by its own sequences.
-    pub(crate) fn stored(stream: stream::Stream) -> Self {
+    pub(crate) fn stored(client: async_nats::Client, stream: stream::Stream) -> Self {
         Self {
+            client,
+            name: stream.cached_info().config.name.clone(),
             stream,
             numbering: Numbering::Stored,
         }
     }
 
     /// A reader of a party's view, numbered by `HRU_EVENTS` sequences.
-    pub(crate) fn sourced(stream: stream::Stream) -> Self {
+    pub(crate) fn sourced(client: async_nats::Client, stream: stream::Stream) -> Self {
         Self {
+            client,
+            name: stream.cached_info().config.name.clone(),
             stream,
             numbering: Numbering::Sourced,
         }
@@ -147,126 +157,363 @@ impl Reader {
     /// Every message from log sequence `from` (1 = the start) on subjects matching any of
     /// `filters` (all when empty), in order, up to the end of the log as it was when called.
     pub async fn replay(&self, from: u64, filters: &[Filter]) -> Result<Entries, LogError> {
-        let start_sequence = self.read_position(from).await?;
-        self.read(
-            consumer::DeliverPolicy::ByStartSequence { start_sequence },
-            filters,
-            false,
-        )
-        .await
+        let start = Start::Stored(self.read_position(from).await?);
+        self.read_to_end(start, filters).await
     }
 
     /// Every message stored at or after `since_ms` (Unix ms, the broker's clock) on subjects
     /// matching any of `filters`, in order, up to the end of the log as it was when called.
     pub async fn replay_since(&self, since_ms: i64, filters: &[Filter]) -> Result<Entries, LogError> {
-        let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
             .map_err(request("replay since"))?;
-        self.read(consumer::DeliverPolicy::ByStartTime { start_time }, filters, false)
-            .await
+        let at = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(request("replay since"))?;
+        self.read_to_end(Start::Time(at), filters).await
     }
 
-    /// Follow the stream from log sequence `from` on, live: each message as it is stored.
-    pub async fn follow(&self, from: u64, filters: &[Filter]) -> Result<Entries, LogError> {
-        let start_sequence = self.read_position(from).await?;
-        self.read(
-            consumer::DeliverPolicy::ByStartSequence { start_sequence },
-            filters,
-            true,
-        )
-        .await
+    /// Follow the stream from log sequence `from` on, live, on subjects matching `filter`
+    /// (all when `None`): each message as it is stored, polled page by page.
+    pub async fn follow(&self, from: u64, filter: Option<&Filter>) -> Result<Entries, LogError> {
+        let pages = self.follow_pages(from, filter).await?;
+        Ok(pages
+            .map_ok(|page| futures::stream::iter(page.entries.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed())
+    }
+
+    /// As [`Reader::follow`], a page at a time: each page holds what the broker had from the
+    /// read position on (at most a bounded number of messages and bytes), and how many more
+    /// it held then.
+    pub async fn follow_pages(&self, from: u64, filter: Option<&Filter>) -> Result<Pages, LogError> {
+        let cursor = Cursor {
+            reader: self.clone(),
+            next: Start::Stored(self.read_position(from).await?),
+            filter: filter.map(ToString::to_string),
+            end: None,
+            buffered: VecDeque::new(),
+            done: false,
+        };
+        let pages = futures::stream::try_unfold((cursor, IDLE_FIRST), move |(mut c, mut idle)| async move {
+            loop {
+                let (page, pending) = c.page().await?;
+                if !page.is_empty() {
+                    let entries = page
+                        .into_iter()
+                        .map(|raw| raw.entry(c.reader.numbering))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    return Ok(Some((Page { entries, pending }, (c, IDLE_FIRST))));
+                }
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(IDLE_POLL);
+            }
+        });
+        Ok(pages.boxed())
     }
 
     /// The log sequence of the message with `Nats-Msg-Id` = `id` on exactly `subject`, if this
-    /// reader holds it (reads headers only, page by page).
+    /// reader holds it (reads page by page).
     pub async fn find_message_id(&self, subject: &hru_broker::Subject, id: &str) -> Result<Option<u64>, LogError> {
-        let config = consumer::pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            headers_only: true,
-            ..Default::default()
+        let end = self.state().await?.last_sequence;
+        let mut cursor = Cursor {
+            reader: self.clone(),
+            next: Start::Stored(1),
+            filter: Some(subject.to_string()),
+            end: Some(end),
+            buffered: VecDeque::new(),
+            done: false,
         };
-        let mut consumer = self
-            .stream
-            .create_consumer(config)
+        while let Some(raw) = cursor.next().await? {
+            let same = raw
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .is_some_and(|v| v.as_str() == id);
+            if same {
+                return Ok(Some(raw.entry(self.numbering)?.sequence));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Messages from `start` on, on subjects matching any of `filters` (all when empty), in
+    /// order, up to the stream's last message as it is now: one cursor per filter, merged by
+    /// stored sequence (a message two filters match is read once).
+    async fn read_to_end(&self, start: Start, filters: &[Filter]) -> Result<Entries, LogError> {
+        let end = self.state().await?.last_sequence;
+        let filters: Vec<Option<String>> = if filters.is_empty() {
+            vec![None]
+        } else {
+            filters.iter().map(|f| Some(f.to_string())).collect()
+        };
+        let cursors: Vec<Cursor> = filters
+            .into_iter()
+            .map(|filter| Cursor {
+                reader: self.clone(),
+                next: start.clone(),
+                filter,
+                end: Some(end),
+                buffered: VecDeque::new(),
+                done: false,
+            })
+            .collect();
+        let numbering = self.numbering;
+        let heads: Vec<Option<Raw>> = vec![None; cursors.len()];
+        let merged = futures::stream::try_unfold(
+            (cursors, heads, true),
+            move |(mut cursors, mut heads, first)| async move {
+                if first {
+                    for (cursor, head) in cursors.iter_mut().zip(heads.iter_mut()) {
+                        *head = cursor.next().await?;
+                    }
+                }
+                let Some(least) = heads.iter().flatten().map(|r| r.stored).min() else {
+                    return Ok(None);
+                };
+                let mut taken = None;
+                for (cursor, head) in cursors.iter_mut().zip(heads.iter_mut()) {
+                    if head.as_ref().is_some_and(|r| r.stored == least) {
+                        taken = head.take();
+                        *head = cursor.next().await?;
+                    }
+                }
+                let Some(raw) = taken else {
+                    return Ok(None);
+                };
+                Ok(Some((raw.entry(numbering)?, (cursors, heads, false))))
+            },
+        );
+        Ok(merged.boxed())
+    }
+
+    /// One page of a batched direct get from `start`: the messages (at most [`PAGE_MESSAGES`]
+    /// and about [`PAGE_BYTES`]; none when the replica that answered holds nothing matching
+    /// from there) and how many more matching messages that replica holds.
+    async fn direct_page(&self, start: &Start, filter: Option<&str>) -> Result<(Vec<Raw>, u64, u64), LogError> {
+        let mut body = serde_json::json!({ "batch": PAGE_MESSAGES, "max_bytes": PAGE_BYTES });
+        match start {
+            Start::Stored(seq) => body["seq"] = (*seq).into(),
+            Start::Time(at) => body["start_time"] = at.clone().into(),
+        }
+        if let Some(filter) = filter {
+            body["next_by_subj"] = filter.into();
+        }
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
             .await
-            .map_err(request("create ordered consumer"))?;
-        let info = consumer.info().await.map_err(request("consumer info"))?.clone();
-        let mut found = None;
-        if info.num_pending > 0 {
-            let mut messages = consumer.messages().await.map_err(request("consume"))?;
-            for _ in 0..info.num_pending {
-                let Some(message) = messages.next().await else { break };
-                let message = message.map_err(request("consume"))?;
-                let same = message
+            .map_err(request("direct get"))?;
+        self.client
+            .publish_with_reply(
+                hru_broker::stream::direct_get_api(&self.name),
+                inbox,
+                body.to_string().into(),
+            )
+            .await
+            .map_err(request("direct get"))?;
+        let mut page = Vec::new();
+        loop {
+            let message = tokio::time::timeout(PAGE_WAIT, answers.next())
+                .await
+                .map_err(|_| BrokerError::Request {
+                    operation: "direct get",
+                    source: format!("no answer from {} within {PAGE_WAIT:?}", self.name).into(),
+                })?
+                .ok_or_else(|| BrokerError::Request {
+                    operation: "direct get",
+                    source: "the answer subscription closed".into(),
+                })?;
+            let header = |name: &str| {
+                message
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                    .is_some_and(|v| v.as_str() == id);
-                if same {
-                    let stored = message.info().map_err(request("message info"))?;
-                    found = Some(
-                        self.numbering
-                            .sequence(stored.stream_sequence, message.headers.as_ref())?,
-                    );
-                    break;
+                    .and_then(|h| h.get(name))
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+            };
+            match message.status.map(|s| s.as_u16()) {
+                None | Some(200) => {
+                    let headers = message.headers.clone().unwrap_or_default();
+                    let stored = header("Nats-Sequence").ok_or_else(|| BrokerError::Request {
+                        operation: "direct get",
+                        source: "a message without Nats-Sequence".into(),
+                    })?;
+                    let subject = headers
+                        .get("Nats-Subject")
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default();
+                    page.push(Raw {
+                        stored,
+                        subject,
+                        headers,
+                        payload: message.payload.clone(),
+                    });
+                }
+                // End of batch: how many more match, and the answering replica's last sequence.
+                Some(204) => {
+                    return Ok((
+                        page,
+                        header("Nats-Num-Pending").unwrap_or(0),
+                        header("Nats-Last-Sequence").unwrap_or(0),
+                    ));
+                }
+                Some(404) => return Ok((page, 0, 0)),
+                Some(503) => {
+                    return Err(BrokerError::Request {
+                        operation: "direct get",
+                        source: format!("{} answers no direct get; `hru log provision` enables them", self.name).into(),
+                    });
+                }
+                Some(code) => {
+                    return Err(BrokerError::Request {
+                        operation: "direct get",
+                        source: format!("{} answered {code} {:?}", self.name, message.description).into(),
+                    });
                 }
             }
         }
-        if let Err(e) = self.stream.delete_consumer(&info.name).await {
-            tracing::debug!(consumer = %info.name, cause = %e, "consumer already gone");
-        }
-        Ok(found)
     }
 
-    /// Messages from `deliver_policy` on, on subjects matching any of `filters` (all when
-    /// empty), in order; up to the end as it was when called unless `live`.
-    async fn read(
-        &self,
-        deliver_policy: consumer::DeliverPolicy,
-        filters: &[Filter],
-        live: bool,
-    ) -> Result<Entries, LogError> {
-        let filters: Vec<String> = filters.iter().map(ToString::to_string).collect();
-        let config = consumer::pull::OrderedConfig {
-            filter_subjects: filters.clone(),
-            deliver_policy,
-            ..Default::default()
-        };
-        let mut consumer = self
-            .stream
-            .create_consumer(config)
+    /// The stored sequence of the first message at or after `seq` matching `filter`, as the
+    /// stream leader holds it (the check that a replica's "nothing more" is not lag).
+    async fn leader_next(&self, seq: u64, filter: Option<&str>) -> Result<Option<u64>, LogError> {
+        let body = serde_json::json!({ "seq": seq, "next_by_subj": filter.unwrap_or(">") });
+        let answer = self
+            .client
+            .request(hru_broker::stream::message_get_api(&self.name), body.to_string().into())
             .await
-            .map_err(request("create ordered consumer"))?;
-        let info = consumer.info().await.map_err(request("consumer info"))?;
-        if info.config.filter_subjects.len() != filters.len() {
+            .map_err(request("message get"))?;
+        let value: serde_json::Value = serde_json::from_slice(&answer.payload).map_err(request("message get"))?;
+        if let Some(error) = value.get("error") {
+            if error.get("code").and_then(serde_json::Value::as_u64) == Some(404) {
+                return Ok(None);
+            }
             return Err(BrokerError::Request {
-                operation: "create ordered consumer",
-                source: format!(
-                    "the server kept filters {:?} of {filters:?}",
-                    info.config.filter_subjects
-                )
-                .into(),
+                operation: "message get",
+                source: error.to_string().into(),
             });
         }
-        let pending = usize::try_from(info.num_pending).unwrap_or(usize::MAX);
-        if pending == 0 && !live {
-            return Ok(futures::stream::empty().boxed());
-        }
-        let numbering = self.numbering;
-        let messages = consumer.messages().await.map_err(request("consume"))?;
-        let entries = messages
-            .map_err(request("consume"))
-            .and_then(move |message| async move {
-                let stored = message.info().map_err(request("message info"))?;
-                Ok(LogEntry {
-                    sequence: numbering.sequence(stored.stream_sequence, message.headers.as_ref())?,
-                    subject: hru_broker::Subject::from_wire(message.subject.as_str()),
-                    payload: message.payload.clone(),
-                })
-            });
-        Ok(if live {
-            entries.boxed()
-        } else {
-            entries.take(pending).boxed()
+        Ok(value.pointer("/message/seq").and_then(serde_json::Value::as_u64))
+    }
+}
+
+/// Messages per direct-get page.
+const PAGE_MESSAGES: usize = 256;
+/// Bytes per direct-get page (a page holds at least one message, up to the 1 MiB payload limit).
+const PAGE_BYTES: usize = 4 << 20;
+/// How long a page may take to arrive.
+const PAGE_WAIT: Duration = Duration::from_secs(10);
+/// First wait of a live read that found nothing new.
+const IDLE_FIRST: Duration = Duration::from_millis(5);
+/// Longest wait between polls of a live read that has caught up.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Where a read starts.
+#[derive(Debug, Clone)]
+enum Start {
+    /// At this stored sequence of the read stream.
+    Stored(u64),
+    /// At the first message stored at or after this time (RFC 3339).
+    Time(String),
+}
+
+/// One stored message as a direct get returns it.
+#[derive(Debug, Clone)]
+struct Raw {
+    stored: u64,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+}
+
+impl Raw {
+    fn entry(self, numbering: Numbering) -> Result<LogEntry, LogError> {
+        Ok(LogEntry {
+            sequence: numbering.sequence(self.stored, Some(&self.headers))?,
+            subject: hru_broker::Subject::from_wire(&self.subject),
+            payload: self.payload,
         })
+    }
+}
+
+/// A page of a live read.
+#[derive(Debug)]
+pub struct Page {
+    /// The entries, in order.
+    pub entries: Vec<LogEntry>,
+    /// Messages the broker held beyond this page when it answered.
+    pub pending: u64,
+}
+
+/// Pages of a live read, as they are stored.
+pub type Pages = futures::stream::BoxStream<'static, Result<Page, LogError>>;
+
+/// A read position on one stream and filter, fetching a page at a time; with an `end`, it stops
+/// after that stored sequence.
+#[derive(Clone)]
+struct Cursor {
+    reader: Reader,
+    next: Start,
+    filter: Option<String>,
+    end: Option<u64>,
+    buffered: VecDeque<Raw>,
+    done: bool,
+}
+
+impl Cursor {
+    /// The next page from the read position (empty when nothing new is held yet), and how many
+    /// more messages were held then; moves the position past it.
+    async fn page(&mut self) -> Result<(Vec<Raw>, u64), LogError> {
+        let (page, pending, _) = self.reader.direct_page(&self.next, self.filter.as_deref()).await?;
+        if let Some(last) = page.last() {
+            self.next = Start::Stored(last.stored + 1);
+        }
+        Ok((page, pending))
+    }
+
+    /// The next message up to `end`, or `None` past it.
+    async fn next(&mut self) -> Result<Option<Raw>, LogError> {
+        let end = self.end.unwrap_or(u64::MAX);
+        loop {
+            if let Some(raw) = self.buffered.pop_front() {
+                if raw.stored > end {
+                    self.done = true;
+                    self.buffered.clear();
+                    return Ok(None);
+                }
+                return Ok(Some(raw));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if let Start::Stored(seq) = self.next
+                && seq > end
+            {
+                self.done = true;
+                continue;
+            }
+            let (page, pending, replica_last) = self.reader.direct_page(&self.next, self.filter.as_deref()).await?;
+            if let Some(last) = page.last() {
+                self.next = Start::Stored(last.stored + 1);
+                if pending == 0 && replica_last >= end {
+                    self.done = true;
+                }
+                self.buffered.extend(page);
+                continue;
+            }
+            // Nothing from here on the replica that answered: the end, unless it lags the leader.
+            let from = match &self.next {
+                Start::Stored(seq) => *seq,
+                Start::Time(_) => 1,
+            };
+            match self.reader.leader_next(from, self.filter.as_deref()).await? {
+                Some(seq) if seq <= end => {
+                    if matches!(self.next, Start::Time(_)) {
+                        self.next = Start::Stored(seq);
+                    }
+                    tokio::time::sleep(IDLE_FIRST).await;
+                }
+                _ => self.done = true,
+            }
+        }
     }
 }

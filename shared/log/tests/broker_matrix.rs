@@ -229,12 +229,15 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
     let names: Vec<&str> = vec![
         "publish own event",
         "read own view (exactly its entitlement)",
-        "durable projection consumer on own view",
+        "last message on its own subject of HRU_EVENTS",
         "publish under another party's token",
         "publish an event type it may not produce",
         "consumer on HRU_EVENTS with a filter",
         "consumer on HRU_EVENTS with no filter",
         "consumer on another party's view",
+        "pull consumer on own view",
+        "push consumer on own view onto another's inbox",
+        "last message on another party's subject",
         "direct get on HRU_EVENTS",
         "stream message get on HRU_EVENTS",
         "core subscription to hru.>",
@@ -283,22 +286,19 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let consumer = view
-            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        let reader = hru_log::PartyView::open(&w.url, Some(&identity(s)), p)
             .await
-            .expect("consumer on own view");
-        let mut got = Vec::new();
-        if n > 0 {
-            let mut msgs = consumer.messages().await.unwrap();
-            while got.len() < n as usize {
-                let m = tokio::time::timeout(Duration::from_secs(5), msgs.next())
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .unwrap();
-                got.push(m.subject.to_string());
-            }
-        }
+            .expect("own view");
+        let mut got: Vec<String> = reader
+            .reader()
+            .replay(1, &[])
+            .await
+            .unwrap()
+            .map_ok(|e| e.subject.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(got.len() as u64, n, "{p}: every message of its view, by direct get");
         let mut want_sorted: Vec<String> = want.iter().map(|s| (*s).clone()).collect();
         want_sorted.sort();
         got.sort();
@@ -309,31 +309,18 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
         });
         assert_eq!(got, want_sorted, "{p}'s view holds exactly its entitlement");
 
-        // Allowed: the durable consumer its node folds projections from, config checked.
-        let durable = hru_log::party_consumer(&client, p, "projection", 1).await;
-        let fetched = match durable {
-            Ok(c) => {
-                let mut batch = c
-                    .fetch()
-                    .max_messages(want_sorted.len().max(1))
-                    .expires(Duration::from_secs(2))
-                    .messages()
-                    .await
-                    .unwrap();
-                let mut n = 0;
-                while let Some(m) = batch.next().await {
-                    m.unwrap().ack().await.unwrap();
-                    n += 1;
-                }
-                n
-            }
-            Err(e) => panic!("{p}: durable consumer: {e}"),
-        };
-        row.push(if fetched == want_sorted.len() {
-            Outcome::Allowed
-        } else {
-            Outcome::Refused
-        });
+        // Allowed: the last message on one of its own subjects of the shared log (how an
+        // ambiguous append is resolved).
+        let own = w.isa.produces(p).find(|t| t.has_case()).unwrap();
+        row.push(
+            request(
+                &client,
+                &v,
+                &format!("$JS.API.DIRECT.GET.HRU_EVENTS.{}", case_subject(p, own)),
+                "",
+            )
+            .await,
+        );
 
         // Refused paths.
         let foreign = w.isa.produces(other).find(|t| t.has_case()).expect("other produces");
@@ -372,6 +359,39 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
                 &v,
                 &format!("$JS.API.CONSUMER.CREATE.{}.x{pi}", view_stream(other)),
                 "{}",
+            )
+            .await,
+        );
+        row.push(
+            request(
+                &client,
+                &v,
+                &format!("$JS.API.CONSUMER.CREATE.{}", view_stream(p)),
+                &format!(
+                    r#"{{"stream_name":"{}","config":{{"ack_policy":"none"}}}}"#,
+                    view_stream(p)
+                ),
+            )
+            .await,
+        );
+        row.push(
+            request(
+                &client,
+                &v,
+                &format!("$JS.API.CONSUMER.CREATE.{}", view_stream(p)),
+                &format!(
+                    r#"{{"stream_name":"{}","config":{{"ack_policy":"none","deliver_subject":"_INBOX_{other}.x"}}}}"#,
+                    view_stream(p)
+                ),
+            )
+            .await,
+        );
+        row.push(
+            request(
+                &client,
+                &v,
+                &format!("$JS.API.DIRECT.GET.HRU_EVENTS.{}", case_subject(other, foreign)),
+                "",
             )
             .await,
         );
@@ -427,15 +447,29 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
     // The auditor reads the whole shared log and can change nothing.
     let (client, v) = connect_watched(&w.url, &w.auditor).await;
     let js = jetstream::new(client.clone());
-    let events = js.get_stream("HRU_EVENTS").await.expect("auditor reads stream info");
-    let consumer = events
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+    js.get_stream("HRU_EVENTS").await.expect("auditor reads stream info");
+    let log = hru_log::EventLog::open(&w.url, Some(&identity(&w.auditor)), 1)
         .await
-        .expect("auditor consumer");
-    let first = consumer.messages().await.unwrap().next().await.unwrap().unwrap();
-    assert!(
-        first.subject.as_str().starts_with("hru."),
-        "auditor reads the shared log"
+        .expect("auditor opens the log");
+    let read = log
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    assert_eq!(read.len(), published.len(), "auditor reads the whole shared log");
+    assert_eq!(
+        request(
+            &client,
+            &v,
+            "$JS.API.CONSUMER.CREATE.HRU_EVENTS",
+            r#"{"stream_name":"HRU_EVENTS","config":{"ack_policy":"none","deliver_subject":"hru.alert.x"}}"#
+        )
+        .await,
+        Outcome::Refused,
+        "auditor creates no consumer"
     );
     let p = &w.secrets[0].party;
     let own = w.isa.produces(p).next().unwrap();
@@ -494,8 +528,8 @@ fn sealed(
 }
 
 /// A party's log on its view, under the generated permissions: sequences are `HRU_EVENTS`
-/// sequences, a case version it cannot fully see is corrected by the broker's refusal, and its
-/// durable consumer is kept where it stands and replaced elsewhere.
+/// sequences, a case version it cannot fully see is corrected by the broker's refusal, and a
+/// live read pages through the view and waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_reads_its_view_under_shared_sequences() {
     use hru_domain::EventType;
@@ -646,31 +680,23 @@ async fn a_party_reads_its_view_under_shared_sequences() {
     let (low, high) = probation_log.reader().bounds().await.unwrap();
     assert_eq!((low, high), (mine[0].sequence, own_seq));
 
-    // The durable consumer: kept where everything before it is acknowledged, replaced elsewhere.
-    let client = probation_log.client();
-    let consumer = hru_log::party_consumer(&client, &probation.party, "view-test", 1)
-        .await
-        .unwrap();
-    let mut batch = consumer.fetch().max_messages(2).messages().await.unwrap();
-    let mut last = None;
-    while let Some(m) = batch.next().await {
-        last = Some(m.unwrap());
+    // A live read pages through the same entries, then waits for more.
+    let mut pages = probation_log.reader().follow_pages(1, None).await.unwrap();
+    let mut followed = Vec::new();
+    while followed.len() < mine.len() {
+        let page = tokio::time::timeout(Duration::from_secs(5), pages.next())
+            .await
+            .expect("a page")
+            .unwrap()
+            .unwrap();
+        followed.extend(page.entries.into_iter().map(|e| e.sequence));
     }
-    let last = last.expect("two messages");
-    let view_seq = last.info().unwrap().stream_sequence;
-    last.double_ack().await.unwrap();
-    let mut kept = hru_log::party_consumer(&client, &probation.party, "view-test", view_seq + 1)
-        .await
-        .unwrap();
-    assert_eq!(kept.info().await.unwrap().ack_floor.stream_sequence, view_seq, "kept");
-    let mut replaced = hru_log::party_consumer(&client, &probation.party, "view-test", 1)
-        .await
-        .unwrap();
-    let info = replaced.info().await.unwrap();
-    assert_eq!(
-        (info.ack_floor.stream_sequence, info.num_pending as usize),
-        (0, mine.len()),
-        "replaced to deliver from the start"
+    assert_eq!(followed, mine.iter().map(|e| e.sequence).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), pages.next())
+            .await
+            .is_err(),
+        "nothing more until something is stored"
     );
 }
 
