@@ -80,6 +80,9 @@ struct Suite {
     directory: Directory,
     nodes: Vec<(NodeProcess, u16)>,
     case: CaseId,
+    /// Log sequences of everything the suite published straight to the broker once the honest
+    /// set-up was done: what an honest log would not hold.
+    planted: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Suite {
@@ -145,11 +148,13 @@ impl Suite {
             .publish(subject.to_owned(), bytes.into())
             .await
             .map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(3), ack)
+        let sequence = tokio::time::timeout(Duration::from_secs(3), ack)
             .await
             .map_err(|_| "no acknowledgement (refused by the broker)".to_owned())?
             .map(|a| a.sequence)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.planted.lock().unwrap().push(sequence);
+        Ok(sequence)
     }
 
     /// `party` seals `event_type` with `sections` under a policy that claims the agreement's own
@@ -705,6 +710,79 @@ async fn own_node_abuse(s: &Suite, m: &mut Matrix) {
     m.row("police-hru", "RecordEvent with a 2 MiB narrative", outcome);
 }
 
+/// Bytes no decoder accepts as any request here: tag 1 as a varint, tag 2 as fixed64.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Malformed {
+    #[prost(uint64, tag = "1")]
+    one: u64,
+    #[prost(fixed64, tag = "2")]
+    two: u64,
+}
+
+/// Malformed protobuf: every node's unary methods called by its own party with bytes that
+/// decode as no request, and undecodable bytes published as an envelope on the party's own
+/// subject of the shared log.
+async fn malformed(s: &Suite, m: &mut Matrix) {
+    use tonic::codegen::http::uri::PathAndQuery;
+    for node in NODES {
+        for method in [
+            "CaseService/RecordEvent",
+            "CaseService/GetCase",
+            "CaseService/ListCases",
+            "BreachService/Acknowledge",
+            "AuditService/AccessLog",
+        ] {
+            let mut grpc = tonic::client::Grpc::new(s.channel(node, node).await);
+            grpc.ready().await.unwrap();
+            let path = PathAndQuery::try_from(format!("/hru.v1.{method}")).unwrap();
+            let r: Result<tonic::Response<pb::GetCaseResponse>, tonic::Status> = grpc
+                .unary(
+                    request(Malformed { one: u64::MAX, two: 7 }, "fuzz"),
+                    path,
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            m.row(
+                node,
+                format!("malformed protobuf to its own {method}"),
+                outcome(r, "answered"),
+            );
+        }
+    }
+    let before = s.served("police-hru", s.case).await.len();
+    let refused = || {
+        metric(
+            s.metrics_port("police-hru"),
+            "hru_read_refused_total{reason=\"malformed\"}",
+        )
+    };
+    let counted = refused();
+    let subject = subject_for(s.case, &"police-hru".parse().unwrap(), EventType::ReferralReceived);
+    let stored = s.publish("police-hru", subject.as_str(), b"\x0a\x02no".to_vec()).await;
+    let mut seen = counted;
+    for _ in 0..100 {
+        seen = refused();
+        if seen > counted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = s.served("police-hru", s.case).await.len();
+    m.row(
+        "police-hru",
+        "undecodable bytes published as an envelope on its own subject",
+        match stored {
+            Err(e) => Outcome::Refused(format!("broker: {e}")),
+            Ok(_) if after == before && seen > counted => {
+                Outcome::Refused("stored by the broker, never served by a node (counted as malformed)".into())
+            }
+            Ok(seq) => Outcome::Succeeded(format!(
+                "stored at {seq}; served {before} → {after} events, malformed refusals {counted} → {seen}"
+            )),
+        },
+    );
+}
+
 /// Push consumers: each party (and the auditor), with its own nkey, asks for a consumer on a
 /// stream it reads that delivers onto another party's inbox, a victim device's alert subject
 /// and a subject of the shared log. The provisioner listens on each target.
@@ -814,6 +892,7 @@ fn no_party_gets_anything_the_agreement_does_not_give_it() {
         directory,
         nodes,
         case: CaseId::random(),
+        planted: std::sync::Mutex::new(Vec::new()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -879,12 +958,14 @@ fn no_party_gets_anything_the_agreement_does_not_give_it() {
             }
         }
 
+        s.planted.lock().unwrap().clear();
         forgeries(&s, &mut m, &genuine).await;
         forged_access_records(&s, &mut m).await;
         floods(&s, &mut m).await;
         foreign_calls(&s, &mut m).await;
         own_node_abuse(&s, &mut m).await;
         push_consumers(&s, &mut m).await;
+        malformed(&s, &mut m).await;
 
         // Honest callers are still answered.
         let served = s.served("police-hru", s.case).await;
@@ -925,4 +1006,121 @@ fn no_party_gets_anything_the_agreement_does_not_give_it() {
         refused >= planted,
         "{refused} refusals counted by the nodes for {planted} forged envelopes the broker stored"
     );
+
+    // The offline audit names each forged envelope's kind.
+    let auditor = s.w.keys().join("auditor.secret").display().to_string();
+    let out =
+        s.w.run(&["--identity", &auditor, "audit", "verify", "--format", "json"]);
+    let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(kind) = v.get("kind").and_then(|k| k.as_str()) {
+            *kinds.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+    println!("hru audit verify: findings by kind {kinds:?}");
+    assert_eq!(out.status.code(), Some(1), "the audit reports findings");
+    let named: u64 = [
+        "subject-mismatch",
+        "not-permitted",
+        "unknown-agreement",
+        "over-shared",
+        "under-shared",
+        "audience-mismatch",
+        "malformed",
+    ]
+    .iter()
+    .map(|k| kinds.get(*k).copied().unwrap_or(0))
+    .sum();
+    assert!(
+        named > planted,
+        "{named} audit findings name a forgery's kind for {planted} forged envelopes and one undecodable one"
+    );
+
+    // What police-hru's node folded equals a rebuild over the log without anything planted.
+    let mut s = s;
+    let at = s.nodes.iter().position(|(n, _)| n.party == "police-hru").unwrap();
+    let (mut node, _) = s.nodes.remove(at);
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    let store = s.w.dir.path().join("node-police-hru/projections");
+    let keys = s.w.keys().display().to_string();
+    let out = s.w.run(&[
+        "--identity",
+        &auditor,
+        "project",
+        "--party",
+        "police-hru",
+        "--keys",
+        &keys,
+        "--store",
+        &store.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "project: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let folded: std::collections::BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split('\t').collect();
+            Some((
+                fields.first()?.to_string(),
+                fields.last()?.strip_prefix("digest ")?.to_owned(),
+            ))
+        })
+        .collect();
+    let planted: BTreeSet<u64> = s.planted.lock().unwrap().iter().copied().collect();
+    let honest = rt.block_on(honest_rebuild(&s, &planted));
+    println!(
+        "police-hru's node: {folded:?}; rebuilt without the {} planted messages: {honest:?}",
+        planted.len()
+    );
+    assert!(!folded.is_empty());
+    assert_eq!(folded, honest, "the node folded exactly what the honest log gives");
+}
+
+/// police-hru's projections rebuilt in this process from the log without the `planted`
+/// messages: name → digest.
+async fn honest_rebuild(s: &Suite, planted: &BTreeSet<u64>) -> std::collections::BTreeMap<String, String> {
+    use futures::TryStreamExt as _;
+    use hru_log::SharedLog as _;
+    let auditor = s.secrets("auditor");
+    let log = hru_log::EventLog::open(&s.w.nats.url(), Some(&auditor.broker_identity()), 1)
+        .await
+        .unwrap();
+    let entries: Vec<hru_log::LogEntry> = log
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_filter(|e| std::future::ready(!planted.contains(&e.sequence)))
+        .try_collect()
+        .await
+        .unwrap();
+    let police = s.secrets("police-hru");
+    let deployment = hru_runtime::Deployment::load(&s.w.dir.path().join("policies")).unwrap();
+    let read = hru_reader::ReadPath::new(
+        s.directory.clone(),
+        std::sync::Arc::new(deployment.policies),
+        hru_envelope::KeyRing::new(&police),
+    );
+    let role = s.isa.parties[&police.party].role;
+    let projections = hru_node::View::projections(&hru_node::View::for_role(role));
+    let dir = tempfile::tempdir().unwrap();
+    let store = hru_projection::Store::open(dir.path()).unwrap();
+    let mut projector = hru_projection::Projector::new(store, projections, read).unwrap();
+    for chunk in entries.chunks(256) {
+        let items: Vec<hru_projection::LogItem<'_>> = chunk
+            .iter()
+            .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref()))
+            .collect();
+        projector.feed(&items).unwrap();
+    }
+    projector.store.flush().unwrap();
+    projector
+        .projections()
+        .map(|p| (p.name().to_owned(), hex::encode(projector.store.digest(p).unwrap())))
+        .collect()
 }

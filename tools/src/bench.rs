@@ -447,8 +447,9 @@ pub async fn ingest(events: usize, group: usize, format: Format) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-/// `hru bench replay`: replay + verify + open events/s beside raw ordered-consumer reads and raw
-/// signature verification, for each local server setup.
+/// `hru bench replay`: replay + verify + open events/s beside the raw read (the reader's
+/// batched direct gets, themselves compared with an ordered consumer) and raw signature
+/// verification, for each local server setup.
 pub async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
     let cast = Cast::new()?;
     let policy = one_party_policy(&cast);
@@ -486,6 +487,7 @@ pub async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
     }
     let mut rebuild_line = None;
     let mut view_lines = Vec::new();
+    let mut read_lines = Vec::new();
     for (nodes, sync_always) in SETUPS {
         let BenchLog {
             setup,
@@ -510,6 +512,13 @@ pub async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
         let start = Instant::now();
         let entries: Vec<hru_log::LogEntry> = log.reader().replay(1, &[]).await?.try_collect().await?;
         let raw_read = entries.len() as f64 / start.elapsed().as_secs_f64();
+        let consumer_read = ordered_consumer_rate(&log, entries.len()).await?;
+        read_lines.push((
+            format!("{nodes} node{}", if nodes == 1 { "" } else { "s" }),
+            sync_always,
+            raw_read,
+            consumer_read,
+        ));
         drop(entries);
 
         // Ours: read; key grants first (few, in log order); then verify and open on every core.
@@ -628,6 +637,19 @@ pub async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
             ),
         }
     }
+    for (nodes, sync_always, read, consumer) in read_lines {
+        let sync = if sync_always { "always" } else { "default" };
+        match format {
+            Format::Human => println!(
+                "  {nodes}, {sync}: the reader's batched direct gets {read:.0}/s, {:.2} × an ordered consumer reading the same stream ({consumer:.0}/s)",
+                read / consumer
+            ),
+            Format::Json => println!(
+                "{}",
+                json!({"bench": "read", "setup": format!("{nodes}, {sync}"), "direct_get_per_s": read.round(), "ordered_consumer_per_s": consumer.round()})
+            ),
+        }
+    }
     for (name, sourced, view_read, raw_read) in view_lines {
         match format {
             Format::Human => println!(
@@ -641,6 +663,26 @@ pub async fn replay(events: usize, format: Format) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Messages per second an ordered pull consumer (the server's own streaming read, which no
+/// party may create) delivers from the whole of `HRU_EVENTS`: the building block the reader's
+/// direct-get pages are compared with.
+async fn ordered_consumer_rate(log: &hru_log::EventLog, events: usize) -> anyhow::Result<f64> {
+    use futures::StreamExt as _;
+    let js = async_nats::jetstream::new(log.client());
+    let stream = js.get_stream(hru_broker::EVENTS_STREAM).await?;
+    let start = Instant::now();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut messages = consumer.messages().await?.take(events);
+    let mut n = 0usize;
+    while let Some(m) = messages.next().await {
+        black_box(m?.payload.len());
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// A view of the whole log for police, as the provisioner makes one: (messages sourced by the

@@ -204,6 +204,7 @@ pub async fn run(
     let server = Server::builder()
         .tls_config(tls)
         .map_err(|e| NodeError::Server(e.to_string()))?
+        .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -296,6 +297,24 @@ async fn checkpoint_loop(shared: Arc<Shared>, every: Duration, mut stop: tokio::
             Err(e) => tracing::warn!(cause = %e, "checkpoint not appended; trying again later"),
         }
     }
+}
+
+/// A request that does not decode is the caller's error: `INVALID_ARGUMENT`, with the decoder's
+/// message naming the field it stopped at, rather than tonic's `INTERNAL` (which reads as the
+/// node's fault and which some clients retry).
+fn undecodable_is_invalid_argument(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let undecodable = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode"));
+    if internal && undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    response
 }
 
 /// Log entries folded per committed batch.
