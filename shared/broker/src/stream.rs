@@ -121,7 +121,8 @@ pub fn view_config(rights: &Rights, party: &PartyId, replicas: usize) -> stream:
 
 /// The `HRU_EVENTS` sequence a view's copy was sourced from (its `Nats-Stream-Source` header).
 pub fn source_sequence(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
-    let value = headers?.get(SOURCE_HEADER)?.as_str();
+    // The last value is the one the sourcing server added.
+    let value = headers?.get_last(SOURCE_HEADER)?.as_str();
     let mut fields = value.split_whitespace();
     let stream = fields.next()?;
     let from_events = stream

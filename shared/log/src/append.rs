@@ -65,6 +65,9 @@ pub struct Ack {
     pub duplicate: bool,
 }
 
+/// JetStream error code: a message with the same id is still being stored.
+const DUPLICATE_IN_PROCESS: u64 = 10158;
+
 /// Attempts of an ambiguous publish (timeout, lost connection) before giving up.
 const PUBLISH_ATTEMPTS: u32 = 8;
 
@@ -122,6 +125,7 @@ impl Appender {
             .payload(Bytes::new())
             .expected_last_subject_sequence(PROBE_EXPECTATION)
             .header(EXPECTED_SUBJECT_HEADER, on);
+        let mut last = String::from("none");
         for attempt in 1..=RESOLVE_ATTEMPTS {
             let answered = match self.js.send_publish(subject.to_string(), probe.clone()).await {
                 Ok(future) => future.await,
@@ -133,13 +137,18 @@ impl Appender {
                     Some((WRONG_LAST_SEQUENCE, Some(last))) => return Ok(last),
                     // A message on `on` is being stored: its outcome decides.
                     Some((WRONG_LAST_SEQUENCE, None)) => {}
+                    // 503: the stream is electing a leader or catching up.
+                    Some(_) if server_answer(&e).is_some_and(|a| a.code() == 503) => last = e.to_string(),
                     Some((code, _)) => return Err(format!("the probe of {on} was refused ({code}): {e}").into()),
-                    None => tracing::debug!(attempt, cause = %e, "probe unanswered; asking again"),
+                    None => {
+                        tracing::debug!(attempt, cause = %e, "probe unanswered; asking again");
+                        last = e.to_string();
+                    }
                 },
             }
             tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
         }
-        Err(format!("no stated last sequence of {on} after {RESOLVE_ATTEMPTS} probes").into())
+        Err(format!("no stated last sequence of {on} after {RESOLVE_ATTEMPTS} probes; last: {last}").into())
     }
 
     /// Whether the broker holds `sealed` at a log sequence after `after`, asked of `HRU_EVENTS`
@@ -167,11 +176,12 @@ impl Appender {
                 Ok(Err(e)) => return Err(Box::new(e)),
                 Err(_) => return Err(format!("no answer to {get}").into()),
             };
+            // The server appends its own `Nats-*` headers after the publisher's: take the last.
             let header = |name: &str| {
                 message
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(name))
+                    .and_then(|h| h.get_last(name))
                     .map(|v| v.as_str().to_owned())
             };
             let sequence = header("Nats-Sequence").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -265,9 +275,10 @@ impl Appender {
                     };
                     return Err(AppendError::Conflict { case, current });
                 }
-                // 503: the cluster is electing a leader or catching up; anything else the server
-                // answers is final for these bytes.
-                Some((code, status)) if status != 503 => {
+                // 503: the cluster is electing a leader or catching up; 10158: the same message id
+                // is still being stored (its answer decides); anything else the server answers is
+                // final for these bytes.
+                Some((code, status)) if status != 503 && code != DUPLICATE_IN_PROCESS => {
                     return Err(AppendError::Refused {
                         subject: sealed.subject.clone(),
                         code: Some(code),

@@ -193,6 +193,7 @@ impl Reader {
             end: None,
             buffered: VecDeque::new(),
             done: false,
+            lagging: 0,
         };
         let pages = futures::stream::try_unfold((cursor, IDLE_FIRST), move |(mut c, mut idle)| async move {
             loop {
@@ -222,6 +223,7 @@ impl Reader {
             end: Some(end),
             buffered: VecDeque::new(),
             done: false,
+            lagging: 0,
         };
         while let Some(raw) = cursor.next().await? {
             let same = raw
@@ -254,6 +256,7 @@ impl Reader {
                 end: Some(end),
                 buffered: VecDeque::new(),
                 done: false,
+                lagging: 0,
             })
             .collect();
         let numbering = self.numbering;
@@ -287,7 +290,10 @@ impl Reader {
 
     /// One page of a batched direct get from `start`: the messages (at most [`PAGE_MESSAGES`]
     /// and about [`PAGE_BYTES`]; none when the replica that answered holds nothing matching
-    /// from there) and how many more matching messages that replica holds.
+    /// from there), how many more matching messages that replica holds, and the last sequence
+    /// the batch covered. The server appends its `Nats-*` headers after those stored with the
+    /// message, which a publisher chose: only the last value of each is the server's, and a
+    /// page whose sequences do not rise from `start` is refused.
     async fn direct_page(&self, start: &Start, filter: Option<&str>) -> Result<(Vec<Raw>, u64, u64), LogError> {
         let mut body = serde_json::json!({ "batch": PAGE_MESSAGES, "max_bytes": PAGE_BYTES });
         match start {
@@ -311,13 +317,19 @@ impl Reader {
             )
             .await
             .map_err(request("direct get"))?;
-        let mut page = Vec::new();
+        let mut page: Vec<Raw> = Vec::new();
         loop {
             let message = tokio::time::timeout(PAGE_WAIT, answers.next())
                 .await
                 .map_err(|_| BrokerError::Request {
                     operation: "direct get",
-                    source: format!("no answer from {} within {PAGE_WAIT:?}", self.name).into(),
+                    source: format!(
+                        "no answer from {} within {PAGE_WAIT:?} (a server refusing the request for want of \
+                         permission does not answer: an authorization generated before readers used \
+                         direct gets lacks them; generate it again with `hru policy nats-config`)",
+                        self.name
+                    )
+                    .into(),
                 })?
                 .ok_or_else(|| BrokerError::Request {
                     operation: "direct get",
@@ -327,7 +339,7 @@ impl Reader {
                 message
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(name))
+                    .and_then(|h| h.get_last(name))
                     .and_then(|v| v.as_str().parse::<u64>().ok())
             };
             match message.status.map(|s| s.as_u16()) {
@@ -338,9 +350,24 @@ impl Reader {
                         source: "a message without Nats-Sequence".into(),
                     })?;
                     let subject = headers
-                        .get("Nats-Subject")
+                        .get_last("Nats-Subject")
                         .map(|v| v.as_str().to_owned())
                         .unwrap_or_default();
+                    let floor = match (page.last(), start) {
+                        (Some(previous), _) => previous.stored + 1,
+                        (None, Start::Stored(seq)) => *seq,
+                        (None, Start::Time(_)) => 1,
+                    };
+                    if stored < floor {
+                        return Err(BrokerError::Request {
+                            operation: "direct get",
+                            source: format!(
+                                "{} answered sequence {stored} where {floor} or later was due",
+                                self.name
+                            )
+                            .into(),
+                        });
+                    }
                     page.push(Raw {
                         stored,
                         subject,
@@ -348,7 +375,7 @@ impl Reader {
                         payload: message.payload.clone(),
                     });
                 }
-                // End of batch: how many more match, and the answering replica's last sequence.
+                // End of batch: how many more match, and the last sequence the batch covered.
                 Some(204) => {
                     return Ok((
                         page,
@@ -360,7 +387,12 @@ impl Reader {
                 Some(503) => {
                     return Err(BrokerError::Request {
                         operation: "direct get",
-                        source: format!("{} answers no direct get; `hru log provision` enables them", self.name).into(),
+                        source: format!(
+                            "{} answers no direct get: the stream is missing, no replica is up, or direct gets \
+                             are off (`hru log provision` turns them on)",
+                            self.name
+                        )
+                        .into(),
                     });
                 }
                 Some(code) => {
@@ -373,10 +405,14 @@ impl Reader {
         }
     }
 
-    /// The stored sequence of the first message at or after `seq` matching `filter`, as the
+    /// The stored sequence of the first message at or after `start` matching `filter`, as the
     /// stream leader holds it (the check that a replica's "nothing more" is not lag).
-    async fn leader_next(&self, seq: u64, filter: Option<&str>) -> Result<Option<u64>, LogError> {
-        let body = serde_json::json!({ "seq": seq, "next_by_subj": filter.unwrap_or(">") });
+    async fn leader_next(&self, start: &Start, filter: Option<&str>) -> Result<Option<u64>, LogError> {
+        let mut body = serde_json::json!({ "next_by_subj": filter.unwrap_or(">") });
+        match start {
+            Start::Stored(seq) => body["seq"] = (*seq).into(),
+            Start::Time(at) => body["start_time"] = at.clone().into(),
+        }
         let answer = self
             .client
             .request(hru_broker::stream::message_get_api(&self.name), body.to_string().into())
@@ -404,6 +440,8 @@ const PAGE_BYTES: usize = 4 << 20;
 const PAGE_WAIT: Duration = Duration::from_secs(10);
 /// First wait of a live read that found nothing new.
 const IDLE_FIRST: Duration = Duration::from_millis(5);
+/// Tries of a read that a replica answering direct gets lags behind the leader before it fails.
+const LAGGING_ATTEMPTS: u32 = 100;
 /// Longest wait between polls of a live read that has caught up.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -457,6 +495,8 @@ struct Cursor {
     end: Option<u64>,
     buffered: VecDeque<Raw>,
     done: bool,
+    /// Consecutive tries the answering replica was behind the leader.
+    lagging: u32,
 }
 
 impl Cursor {
@@ -491,26 +531,33 @@ impl Cursor {
                 self.done = true;
                 continue;
             }
-            let (page, pending, replica_last) = self.reader.direct_page(&self.next, self.filter.as_deref()).await?;
+            let (page, pending, covered) = self.reader.direct_page(&self.next, self.filter.as_deref()).await?;
             if let Some(last) = page.last() {
                 self.next = Start::Stored(last.stored + 1);
-                if pending == 0 && replica_last >= end {
+                self.lagging = 0;
+                if pending == 0 && covered >= end {
                     self.done = true;
                 }
                 self.buffered.extend(page);
                 continue;
             }
             // Nothing from here on the replica that answered: the end, unless it lags the leader.
-            let from = match &self.next {
-                Start::Stored(seq) => *seq,
-                Start::Time(_) => 1,
-            };
-            match self.reader.leader_next(from, self.filter.as_deref()).await? {
+            match self.reader.leader_next(&self.next, self.filter.as_deref()).await? {
                 Some(seq) if seq <= end => {
-                    if matches!(self.next, Start::Time(_)) {
-                        self.next = Start::Stored(seq);
+                    self.next = Start::Stored(seq);
+                    self.lagging += 1;
+                    if self.lagging > LAGGING_ATTEMPTS {
+                        return Err(BrokerError::Request {
+                            operation: "direct get",
+                            source: format!(
+                                "the leader of {} holds message {seq} but no replica answering direct gets has it \
+                                 after {LAGGING_ATTEMPTS} tries",
+                                self.reader.name
+                            )
+                            .into(),
+                        });
                     }
-                    tokio::time::sleep(IDLE_FIRST).await;
+                    tokio::time::sleep((IDLE_FIRST * self.lagging).min(IDLE_POLL)).await;
                 }
                 _ => self.done = true,
             }

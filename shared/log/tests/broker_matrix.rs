@@ -815,3 +815,99 @@ async fn an_ambiguous_append_resolves_against_the_log_not_a_lagging_view() {
     }
     assert_eq!(seen, vec![stored], "the view holds it once");
 }
+
+/// A party may put any header on what it publishes, `Nats-Sequence` and `Nats-Subject` included:
+/// readers take the server's own values (the last of each), so a forged one neither stalls nor
+/// skips a read, and files nothing under another subject. A replay from a time after every
+/// message reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_a_publisher_forges_do_not_move_a_reader() {
+    use hru_domain::EventType;
+    use hru_log::{EventLog, Expect, PartyView};
+    let w = world();
+    let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
+        .await
+        .unwrap();
+    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1)
+        .await
+        .unwrap();
+    let police = w.secrets.iter().find(|s| s.party.as_str() == "police-hru").unwrap();
+    let log = PartyView::open(&w.url, Some(&identity(police)), &police.party)
+        .await
+        .unwrap();
+    let case = hru_domain::CaseId::random();
+    for env in &sealed(&w, police, case, EventType::ReferralReceived).envelopes {
+        log.appender().append_expecting(env, Expect::Any).await.unwrap();
+    }
+    let own = format!("hru.evt.{}.police-hru.ReferralReceived", case.0.simple());
+    for forged_sequence in ["1", "18446744073709551615", "999999"] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Sequence", forged_sequence);
+        headers.insert("Nats-Subject", "hru.evt.x.probation.ReferralReceived");
+        jetstream::new(log.client())
+            .publish_with_headers(own.clone(), headers, "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    for env in &sealed(&w, police, case, EventType::ReferralReceived).envelopes {
+        log.appender().append_expecting(env, Expect::Any).await.unwrap();
+    }
+    let stored = admin.reader().last_sequence().await.unwrap();
+
+    let read = |reader: hru_log::Reader| async move {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            reader
+                .replay(1, &[])
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+        })
+        .await
+        .expect("the read ends")
+    };
+    let all = read(admin.reader().clone()).await;
+    let sequences: Vec<u64> = all.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=stored).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    assert!(
+        all.iter().all(|e| !e.subject.as_str().contains("probation")),
+        "nothing filed elsewhere"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = read(log.reader().clone()).await;
+        if seen.last().is_some_and(|e| e.sequence == stored) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let view: Vec<u64> = seen.iter().map(|e| e.sequence).collect();
+    assert!(view.windows(2).all(|p| p[0] < p[1]), "the view in order: {view:?}");
+    assert_eq!(view.last(), Some(&stored), "the view to its end");
+
+    let later = jiff::Timestamp::now().as_millisecond() + 60_000;
+    let none = tokio::time::timeout(Duration::from_secs(10), async {
+        admin
+            .reader()
+            .replay_since(later, &[])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        none.is_empty(),
+        "a replay from after every message reads {} of them",
+        none.len()
+    );
+}
