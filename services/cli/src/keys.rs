@@ -136,9 +136,10 @@ pub(crate) async fn rotate(
         secret_path(keys_dir, &party).display(),
         kept.display()
     );
+    // The directory's own format (base64, as `hru keys generate` prints it), to paste as is.
     println!(
         "[[party.signing_key]]\nkey = \"ed25519:{}\"\nvalid_from = \"{at}\"",
-        hex::encode(public)
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, public)
     );
     Ok(ExitCode::SUCCESS)
 }
