@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use futures::StreamExt as _;
 use hru_domain::{EventType, ProducerId};
-use hru_envelope::{Directory, KeyRing, PartySecrets, verify};
+use hru_envelope::{Directory, KeyRing, verify};
 use hru_gateway::simulate::Simulator;
 use hru_gateway::{Gateway, GatewayConfig};
-use hru_geofence::service::{input_of, logged_id, verify_alert};
-use hru_geofence::{Action, Config, State};
+use hru_geofence::service::{logged_id, verify_alert};
 use hru_log::{EventLog, PositionLog};
 use hru_policy::CompiledIsa;
 use hru_tests::World;
@@ -31,14 +30,6 @@ const SEED: u64 = 11;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn secrets(world: &World, party: &str) -> PartySecrets {
-    PartySecrets::from_toml(
-        &std::fs::read_to_string(world.keys().join(format!("{party}.secret"))).unwrap(),
-        party,
-    )
-    .unwrap()
 }
 
 /// Every breach decision in the log: message id → how many times it was appended.
@@ -64,35 +55,11 @@ fn expected(
     directory: &Directory,
     ring: &mut KeyRing,
 ) -> Vec<String> {
-    let mut merged = Vec::new();
-    for (source, entries) in [(0u8, events), (1u8, positions)] {
-        for e in entries {
-            if let Ok(v) = verify(&e.payload, directory) {
-                merged.push((v.header.recorded_at_ms, source, e.sequence, v));
-            }
-        }
-    }
-    for m in merged.iter().filter(|m| m.3.header.event_type == EventType::KeyGranted) {
-        let _ = ring.ingest_grant(&m.3);
-    }
-    merged.sort_by_key(|(t, s, q, _)| (*t, *s, *q));
-    let mut state = State::new(Config::default());
-    let mut out = Vec::new();
-    for (_, _, _, v) in &merged {
-        if v.header.event_type == EventType::TagBreach {
-            continue;
-        }
-        for input in input_of(&ring.open(v)) {
-            for a in state.apply(&input) {
-                if let Action::Breach(b) = a
-                    && b.case.is_some()
-                {
-                    out.push(b.message_id());
-                }
-            }
-        }
-    }
-    out
+    hru_tests::engine_breaches(events, positions, directory, ring)
+        .into_iter()
+        .filter(|b| b.case.is_some())
+        .map(|b| b.message_id())
+        .collect()
 }
 
 #[test]
@@ -146,7 +113,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
         Some(&directory),
     )
     .unwrap();
-    let vendor = secrets(&world, "em-vendor");
+    let vendor = world.secrets("em-vendor");
     let (positions, nats) = rt.block_on(async {
         let positions = PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1)
             .await
@@ -221,7 +188,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
 
     // A last geofence catches up; the log then holds exactly what the pure engine decides.
     let mut child = start_geofence();
-    let police = secrets(&world, "geofence");
+    let police = world.secrets("geofence");
     let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
     let (events_now, positions_now) = rt.block_on(async {
         (
@@ -275,7 +242,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     assert!(extra.is_empty(), "unexpected: {extra:?}");
 
     // The control room saw TagBreach events it can read; the victims got signed alerts.
-    let control = secrets(&world, "police-control");
+    let control = world.secrets("police-control");
     rt.block_on(async {
         let message = tokio::time::timeout(Duration::from_secs(5), breaches.next())
             .await

@@ -14,61 +14,15 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use hru_domain::{CaseId, EventType, PlainSection, ProducerId};
-use hru_envelope::{Directory, KeyRing, PartySecrets, Sealer, StaticAudiences, verify};
+use hru_envelope::{Directory, KeyRing, Sealer, StaticAudiences, verify};
 use hru_gateway::simulate::Simulator;
 use hru_gateway::{Gateway, GatewayConfig};
-use hru_geofence::service::input_of;
-use hru_geofence::{Action, Config, State};
 use hru_log::SharedLog as _;
 use hru_log::{EventLog, PositionLog};
 use hru_policy::CompiledIsa;
 use hru_tests::{World, free_port, metric};
 use hru_wire::v1 as pb;
 use prost::Message as _;
-
-fn secrets(world: &World, party: &str) -> PartySecrets {
-    PartySecrets::from_toml(
-        &std::fs::read_to_string(world.keys().join(format!("{party}.secret"))).unwrap(),
-        party,
-    )
-    .unwrap()
-}
-
-/// Exclusion breaches an engine raises that believes every verified header (no read path).
-fn believing_engine(
-    events: &[hru_log::LogEntry],
-    positions: &[hru_log::LogEntry],
-    directory: &Directory,
-    ring: &mut KeyRing,
-) -> usize {
-    let mut merged = Vec::new();
-    for (source, entries) in [(0u8, events), (1u8, positions)] {
-        for e in entries {
-            if let Ok(v) = verify(&e.payload, directory) {
-                merged.push((v.header.recorded_at_ms, source, e.sequence, v));
-            }
-        }
-    }
-    for m in merged.iter().filter(|m| m.3.header.event_type == EventType::KeyGranted) {
-        let _ = ring.ingest_grant(&m.3);
-    }
-    merged.sort_by_key(|(t, s, q, _)| (*t, *s, *q));
-    let mut state = State::new(Config::default());
-    let mut exclusions = 0;
-    for (_, _, _, v) in &merged {
-        for input in input_of(&ring.open(v)) {
-            for a in state.apply(&input) {
-                if let Action::Breach(b) = a
-                    && b.case.is_some()
-                    && b.kind == pb::BreachKind::Exclusion
-                {
-                    exclusions += 1;
-                }
-            }
-        }
-    }
-    exclusions
-}
 
 #[test]
 fn a_forged_zone_revocation_leaves_the_zone_in_force() {
@@ -117,7 +71,7 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
     // The vendor's forgery: a ZoneRevoked for the zone, shared exactly as the police's zone
     // events are, under its own genuine key; twice, once under its TagFitted subject and once
     // under the header's own subject.
-    let vendor = secrets(&world, "em-vendor");
+    let vendor = world.secrets("em-vendor");
     let police_id: hru_domain::PartyId = "police-hru".parse().unwrap();
     let readers: Vec<_> = hru_envelope::AudiencePolicy::audience(&isa, &police_id, EventType::ZoneRevoked, "core")
         .unwrap()
@@ -206,7 +160,7 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
         positions.clone(),
         GatewayConfig::default(),
     );
-    let control = secrets(&world, "police-control");
+    let control = world.secrets("police-control");
     let mut breaches = rt
         .block_on(log.client().subscribe("hru.evt.*.geofence.TagBreach"))
         .unwrap();
@@ -264,7 +218,7 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
     geofence.wait().unwrap();
 
     // An engine believing the forged headers would have switched the zone off.
-    let geofence_party = secrets(&world, "geofence");
+    let geofence_party = world.secrets("geofence");
     let (events, stored) = rt.block_on(async {
         (
             log.reader()
@@ -283,7 +237,10 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
                 .unwrap(),
         )
     });
-    let believed = believing_engine(&events, &stored, &directory, &mut KeyRing::new(&geofence_party));
+    let believed = hru_tests::engine_breaches(&events, &stored, &directory, &mut KeyRing::new(&geofence_party))
+        .iter()
+        .filter(|b| b.case.is_some() && b.kind == pb::BreachKind::Exclusion)
+        .count();
     println!("an engine believing the forged headers raises {believed} exclusion breaches");
     assert_eq!(believed, 0, "the forgery would have switched the zone off");
 }

@@ -87,8 +87,7 @@ struct Suite {
 
 impl Suite {
     fn secrets(&self, party: &str) -> PartySecrets {
-        let path = self.w.keys().join(format!("{party}.secret"));
-        PartySecrets::from_toml(&std::fs::read_to_string(&path).unwrap(), &path.display().to_string()).unwrap()
+        self.w.secrets(party)
     }
 
     fn node(&self, party: &str) -> &NodeProcess {

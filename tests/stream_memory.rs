@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use hru_domain::{CaseId, EventType, PlainSection, ProducerId};
-use hru_envelope::{Directory, PartySecrets};
+use hru_envelope::Directory;
 use hru_policy::CompiledIsa;
 use hru_tests::{CHESHIRE_PARTIES, World, free_port, metric, request};
 use hru_wire::v1 as pb;
@@ -56,7 +56,7 @@ fn two_hundred_streams_over_a_100k_event_log_stay_bounded() {
         Some(&directory),
     )
     .unwrap();
-    let police = PartySecrets::from_toml(&read("keys/police-hru.secret"), "police-hru.secret").unwrap();
+    let police = w.secrets("police-hru");
 
     // 100,000 police referrals over 1,000 cases, sealed and appended as police.
     let start = Instant::now();

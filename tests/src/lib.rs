@@ -25,3 +25,42 @@ pub fn hru_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// Every breach update the pure geofence engine raises over logged `events` and `positions`,
+/// opened with `ring`, in the order the geofence service reads them, believing every verified
+/// header (no read path): the reference a test compares the service with.
+pub fn engine_breaches(
+    events: &[hru_log::LogEntry],
+    positions: &[hru_log::LogEntry],
+    directory: &hru_envelope::Directory,
+    ring: &mut hru_envelope::KeyRing,
+) -> Vec<hru_geofence::BreachUpdate> {
+    use hru_domain::EventType;
+    let mut merged = Vec::new();
+    for (source, entries) in [(0u8, events), (1u8, positions)] {
+        for e in entries {
+            if let Ok(v) = hru_envelope::verify(&e.payload, directory) {
+                merged.push((v.header.recorded_at_ms, source, e.sequence, v));
+            }
+        }
+    }
+    for m in merged.iter().filter(|m| m.3.header.event_type == EventType::KeyGranted) {
+        let _ = ring.ingest_grant(&m.3);
+    }
+    merged.sort_by_key(|(t, s, q, _)| (*t, *s, *q));
+    let mut state = hru_geofence::State::new(hru_geofence::Config::default());
+    let mut out = Vec::new();
+    for (_, _, _, v) in &merged {
+        if v.header.event_type == EventType::TagBreach {
+            continue;
+        }
+        for input in hru_geofence::service::input_of(&ring.open(v)) {
+            for a in state.apply(&input) {
+                if let hru_geofence::Action::Breach(b) = a {
+                    out.push(b);
+                }
+            }
+        }
+    }
+    out
+}

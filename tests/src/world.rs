@@ -143,6 +143,13 @@ impl World {
         (out, lines)
     }
 
+    /// `party`'s secret key file, loaded.
+    pub fn secrets(&self, party: &str) -> hru_envelope::PartySecrets {
+        let path = self.keys().join(format!("{party}.secret"));
+        let text = std::fs::read_to_string(&path).expect("read the secret key file");
+        hru_envelope::PartySecrets::from_toml(&text, &path.display().to_string()).expect("a secret key file")
+    }
+
     /// The keys directory.
     pub fn keys(&self) -> PathBuf {
         self.dir.path().join("keys")

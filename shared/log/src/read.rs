@@ -186,15 +186,12 @@ impl Reader {
     /// read position on (at most a bounded number of messages and bytes), and how many more
     /// it held then.
     pub async fn follow_pages(&self, from: u64, filter: Option<&Filter>) -> Result<Pages, LogError> {
-        let cursor = Cursor {
-            reader: self.clone(),
-            next: Start::Stored(self.read_position(from).await?),
-            filter: filter.map(ToString::to_string),
-            end: None,
-            buffered: VecDeque::new(),
-            done: false,
-            lagging: 0,
-        };
+        let cursor = Cursor::new(
+            self.clone(),
+            Start::Stored(self.read_position(from).await?),
+            filter.map(ToString::to_string),
+            None,
+        );
         let pages = futures::stream::try_unfold((cursor, IDLE_FIRST), move |(mut c, mut idle)| async move {
             loop {
                 let (page, pending) = c.page().await?;
@@ -216,15 +213,7 @@ impl Reader {
     /// reader holds it (reads page by page).
     pub async fn find_message_id(&self, subject: &hru_broker::Subject, id: &str) -> Result<Option<u64>, LogError> {
         let end = self.state().await?.last_sequence;
-        let mut cursor = Cursor {
-            reader: self.clone(),
-            next: Start::Stored(1),
-            filter: Some(subject.to_string()),
-            end: Some(end),
-            buffered: VecDeque::new(),
-            done: false,
-            lagging: 0,
-        };
+        let mut cursor = Cursor::new(self.clone(), Start::Stored(1), Some(subject.to_string()), Some(end));
         while let Some(raw) = cursor.next().await? {
             let same = raw
                 .headers
@@ -249,15 +238,7 @@ impl Reader {
         };
         let cursors: Vec<Cursor> = filters
             .into_iter()
-            .map(|filter| Cursor {
-                reader: self.clone(),
-                next: start.clone(),
-                filter,
-                end: Some(end),
-                buffered: VecDeque::new(),
-                done: false,
-                lagging: 0,
-            })
+            .map(|filter| Cursor::new(self.clone(), start.clone(), filter, Some(end)))
             .collect();
         let numbering = self.numbering;
         let heads: Vec<Option<Raw>> = vec![None; cursors.len()];
@@ -296,10 +277,7 @@ impl Reader {
     /// page whose sequences do not rise from `start` is refused.
     async fn direct_page(&self, start: &Start, filter: Option<&str>) -> Result<(Vec<Raw>, u64, u64), LogError> {
         let mut body = serde_json::json!({ "batch": PAGE_MESSAGES, "max_bytes": PAGE_BYTES });
-        match start {
-            Start::Stored(seq) => body["seq"] = (*seq).into(),
-            Start::Time(at) => body["start_time"] = at.clone().into(),
-        }
+        start.ask_from(&mut body);
         if let Some(filter) = filter {
             body["next_by_subj"] = filter.into();
         }
@@ -409,10 +387,7 @@ impl Reader {
     /// stream leader holds it (the check that a replica's "nothing more" is not lag).
     async fn leader_next(&self, start: &Start, filter: Option<&str>) -> Result<Option<u64>, LogError> {
         let mut body = serde_json::json!({ "next_by_subj": filter.unwrap_or(">") });
-        match start {
-            Start::Stored(seq) => body["seq"] = (*seq).into(),
-            Start::Time(at) => body["start_time"] = at.clone().into(),
-        }
+        start.ask_from(&mut body);
         let answer = self
             .client
             .request(hru_broker::stream::message_get_api(&self.name), body.to_string().into())
@@ -452,6 +427,16 @@ enum Start {
     Stored(u64),
     /// At the first message stored at or after this time (RFC 3339).
     Time(String),
+}
+
+impl Start {
+    /// Put this start into a direct or message get request.
+    fn ask_from(&self, body: &mut serde_json::Value) {
+        match self {
+            Self::Stored(seq) => body["seq"] = (*seq).into(),
+            Self::Time(at) => body["start_time"] = at.clone().into(),
+        }
+    }
 }
 
 /// One stored message as a direct get returns it.
@@ -500,6 +485,18 @@ struct Cursor {
 }
 
 impl Cursor {
+    fn new(reader: Reader, next: Start, filter: Option<String>, end: Option<u64>) -> Self {
+        Self {
+            reader,
+            next,
+            filter,
+            end,
+            buffered: VecDeque::new(),
+            done: false,
+            lagging: 0,
+        }
+    }
+
     /// The next page from the read position (empty when nothing new is held yet), and how many
     /// more messages were held then; moves the position past it.
     async fn page(&mut self) -> Result<(Vec<Raw>, u64), LogError> {
