@@ -56,6 +56,7 @@ pub(crate) async fn run(
     repeat: u32,
 ) -> anyhow::Result<ExitCode> {
     let party: PartyId = party.parse().context("--party")?;
+    nats.check_acting_as(&party)?;
     let producer = ProducerId::try_from(pb::Producer {
         party: party.to_string(),
         instance: instance.to_owned(),

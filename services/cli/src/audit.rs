@@ -253,11 +253,16 @@ pub(crate) async fn witness(
     let party: hru_domain::PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
     let mut p = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "witness").await?;
     let mut entries = p.log.reader().replay(1, &[]).await?;
+    let whole = p.log.is_whole();
     let mut known: std::collections::HashSet<(String, String, u64)> = read_witness(out)?
         .into_iter()
         .map(|w| (w.party, w.instance, w.head_seq))
         .collect();
-    // The chain as this witness sees it: only checkpoints that state it are countersigned.
+    // The chain as this witness sees it: only checkpoints that state it are countersigned. A
+    // checkpoint must be the next link after the head it states; on the whole log the witness
+    // must have seen that head; on a view (a producer's envelopes only where they are shared
+    // with the witness) what it saw must not contradict it. The auditor checks the rest of the
+    // chain against the witness's copy (`hru audit verify --witness`).
     let mut heads: std::collections::HashMap<hru_domain::ProducerId, (u64, [u8; 32])> = Default::default();
     let mut found = Vec::new();
     while let Some(e) = entries.try_next().await? {
@@ -266,9 +271,14 @@ pub(crate) async fn witness(
         };
         let h = &v.header;
         if h.event_type == hru_domain::EventType::ChainCheckpoint && h.producer.party != party {
-            let head = heads.get(&h.producer).copied();
+            let consistent = |cp: &hru_wire::v1::ChainCheckpoint| match heads.get(&h.producer) {
+                Some(&(seq, digest)) if seq == cp.head_seq => digest == h.prev_digest.0,
+                Some(&(seq, _)) => !whole && seq < cp.head_seq,
+                None => !whole,
+            };
             if let Ok(cp) = hru_wire::v1::ChainCheckpoint::decode(v.body.as_slice())
-                && head == Some((cp.head_seq, h.prev_digest.0))
+                && h.producer_seq == cp.head_seq.saturating_add(1)
+                && consistent(&cp)
                 && cp.head_digest == h.prev_digest.0
                 && cp.party == h.producer.party.as_str()
                 && cp.instance == h.producer.instance

@@ -793,9 +793,66 @@ impl Broker {
         })
     }
 
-    /// The event log (`HRU_EVENTS`), connecting as the identity when one is set.
-    pub(crate) async fn log(&self) -> anyhow::Result<hru_log::EventLog> {
-        Ok(hru_log::EventLog::open(&self.url, self.identity.as_ref(), 1).await?)
+    /// The log as the identity may read it: a party's key reads its own view (and appends as
+    /// that party); no identity, the provisioner's or the auditor's reads `HRU_EVENTS` itself.
+    pub(crate) async fn log(&self) -> anyhow::Result<CliLog> {
+        match self.party() {
+            Some(party) => Ok(CliLog::View(
+                hru_log::PartyView::open(&self.url, self.identity.as_ref(), &party).await?,
+            )),
+            None => Ok(CliLog::Whole(
+                hru_log::EventLog::open(&self.url, self.identity.as_ref(), 1).await?,
+            )),
+        }
+    }
+
+    /// The party whose key `--identity` is, when it is a party's (not an operator's).
+    fn party(&self) -> Option<hru_domain::PartyId> {
+        let id = &self.identity.as_ref()?.id;
+        if id == hru_broker::PROVISIONER || id == hru_broker::AUDITOR {
+            return None;
+        }
+        id.parse().ok()
+    }
+
+    /// Refuse, before anything is sealed, a command acting as `party` under another party's key.
+    pub(crate) fn check_acting_as(&self, party: &hru_domain::PartyId) -> anyhow::Result<()> {
+        match self.party() {
+            Some(own) if &own != party => {
+                anyhow::bail!("--identity is {own}'s key: it cannot act as {party}; give {party}'s own secret key file")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The log a CLI command reads and appends through.
+pub(crate) enum CliLog {
+    /// `HRU_EVENTS` itself.
+    Whole(hru_log::EventLog),
+    /// A party's view (its own envelopes and what the agreement gives it).
+    View(hru_log::PartyView),
+}
+
+impl CliLog {
+    /// Whether this is the whole log (so every producer's chain is checkable), not a view.
+    pub(crate) fn is_whole(&self) -> bool {
+        matches!(self, Self::Whole(_))
+    }
+}
+
+impl hru_log::SharedLog for CliLog {
+    fn appender(&self) -> &hru_log::Appender {
+        match self {
+            Self::Whole(l) => l.appender(),
+            Self::View(l) => l.appender(),
+        }
+    }
+    fn reader(&self) -> &hru_log::Reader {
+        match self {
+            Self::Whole(l) => l.reader(),
+            Self::View(l) => l.reader(),
+        }
     }
 }
 

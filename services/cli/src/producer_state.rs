@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use hru_domain::ProducerId;
 use hru_envelope::Directory;
-use hru_log::{EventLog, Producer};
+use hru_log::Producer;
+
+use crate::CliLog;
 
 /// The store directory of `producer` in the keys directory.
 pub(crate) fn path(keys_dir: &Path, producer: &ProducerId) -> PathBuf {
@@ -16,7 +18,7 @@ pub(crate) async fn open(
     keys_dir: &Path,
     producer: ProducerId,
     signing: ed25519_dalek::SigningKey,
-    log: &EventLog,
+    log: &CliLog,
     directory: &Directory,
 ) -> anyhow::Result<Producer> {
     let p = path(keys_dir, &producer);
@@ -26,7 +28,7 @@ pub(crate) async fn open(
 /// A party producing from the command line: its log, directory, agreement in force and
 /// durable producer.
 pub(crate) struct PartyProducer {
-    pub(crate) log: EventLog,
+    pub(crate) log: CliLog,
     pub(crate) directory: Directory,
     pub(crate) isa: hru_policy::CompiledIsa,
     pub(crate) producer: Producer,
@@ -45,6 +47,7 @@ impl PartyProducer {
         let directory = crate::policies::directory(policies_dir)?;
         let set = crate::policies::agreements(policies_dir, &directory)?;
         let isa = crate::policies::in_force(&set, jiff::Timestamp::now().as_millisecond())?.clone();
+        nats.check_acting_as(party)?;
         let secrets = crate::keys::load(keys_dir, party)?;
         let id = ProducerId::try_from(hru_wire::v1::Producer {
             party: party.to_string(),

@@ -1,0 +1,124 @@
+//! Least privilege for operators, on a server enforcing the generated authorization: every
+//! party runs the CLI's producing and witnessing commands with its own nkey and nothing more,
+//! and the auditor's read-only key is enough for the log commands.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+use hru_tests::{CHESHIRE_PARTIES, World};
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn each_party_produces_and_witnesses_with_its_own_key() {
+    let w = World::secured("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
+    w.provision();
+    let keys = w.keys().display().to_string();
+    let identity = |party: &str| w.keys().join(format!("{party}.secret")).display().to_string();
+    let case = "5d0c8a3e-1f2b-4c6d-8e9f-0a1b2c3d4e5f";
+
+    // The vendor records a tag fitting with its own key.
+    let fitted = w.event(
+        "fitted.json",
+        &format!(
+            r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"tag-0001","orderId":"AAAAAAAAAAAAAAAAAAAAAA==","victimDeviceId":"vd-0001","atMs":"1795300000000"}}}}}}"#
+        ),
+    );
+    let vendor = identity("em-vendor");
+    let out = w.run(&[
+        "--identity",
+        &vendor,
+        "append",
+        "--party",
+        "em-vendor",
+        "--keys",
+        &keys,
+        &fitted,
+    ]);
+    assert!(ok(&out, "the vendor's TagFitted").contains("TagFitted"));
+
+    // Police records a referral and checkpoints its chain, with its own key.
+    let referral = w.event(
+        "referral.json",
+        &format!(
+            r#"{{"caseId":"{case}","referralReceived":{{"core":{{"subjectRef":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","behaviours":["BEHAVIOUR_STALKING"],"area":"Chester","receivedAtMs":"1795300000000"}}}}}}"#
+        ),
+    );
+    let police = identity("police-hru");
+    ok(
+        &w.run(&[
+            "--identity",
+            &police,
+            "append",
+            "--party",
+            "police-hru",
+            "--keys",
+            &keys,
+            &referral,
+        ]),
+        "police's referral",
+    );
+    ok(
+        &w.run(&[
+            "--identity",
+            &police,
+            "audit",
+            "checkpoint",
+            "--party",
+            "police-hru",
+            "--keys",
+            &keys,
+        ]),
+        "police's checkpoint",
+    );
+
+    // Probation witnesses it with its own key, which reads only probation's view.
+    let witness_file = w.dir.path().join("probation-witness.jsonl").display().to_string();
+    let probation = identity("probation");
+    let witness = |_: ()| {
+        w.run(&[
+            "--identity",
+            &probation,
+            "audit",
+            "witness",
+            "--party",
+            "probation",
+            "--keys",
+            &keys,
+            "--out",
+            &witness_file,
+        ])
+    };
+    assert!(ok(&witness(()), "probation's witness").contains("witnessed 1 checkpoints"));
+    assert!(ok(&witness(()), "witnessing again").contains("witnessed 0 checkpoints"));
+
+    // The auditor's read-only key audits the log, the countersignature and the witness copy.
+    let auditor = identity("auditor");
+    let report = ok(
+        &w.run(&["--identity", &auditor, "audit", "verify", "--witness", &witness_file]),
+        "the auditor's verify",
+    );
+    assert!(report.contains("no findings"), "{report}");
+
+    // A key used for another party's commands is refused before anything is sealed.
+    let out = w.run(&[
+        "--identity",
+        &vendor,
+        "append",
+        "--party",
+        "police-hru",
+        "--keys",
+        &keys,
+        &referral,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--identity") && err.contains("em-vendor"), "{err}");
+}
