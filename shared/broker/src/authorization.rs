@@ -46,12 +46,39 @@ pub fn read_api(stream: &str) -> Vec<String> {
     ]
 }
 
+/// JetStream API subjects that destroy stored messages: deleting or purging any stream or a
+/// message of it, and updating `HRU_EVENTS` (a smaller limit makes the server drop messages
+/// even from a deny-delete stream). No identity may publish them; the provisioner, which
+/// otherwise has the whole account, creates and updates streams and views but destroys none.
+pub fn destroying_api() -> Vec<String> {
+    vec![
+        "$JS.API.STREAM.DELETE.>".to_owned(),
+        "$JS.API.STREAM.PURGE.>".to_owned(),
+        "$JS.API.STREAM.MSG.DELETE.>".to_owned(),
+        format!("$JS.API.STREAM.UPDATE.{EVENTS_STREAM}"),
+        "$JS.API.ACCOUNT.PURGE.>".to_owned(),
+    ]
+}
+
 fn user(out: &mut String, comment: &str, nkey: &str, publish: &[String], subscribe: &[String]) {
+    user_denied(out, comment, nkey, publish, &[], subscribe);
+}
+
+fn user_denied(out: &mut String, comment: &str, nkey: &str, publish: &[String], deny: &[String], subscribe: &[String]) {
     let _ = writeln!(out, "      # {comment}");
     let _ = writeln!(out, "      {{");
     let _ = writeln!(out, "        nkey: \"{nkey}\"");
     let _ = writeln!(out, "        permissions: {{");
-    let _ = writeln!(out, "          publish: {{ allow: {} }}", list(publish));
+    if deny.is_empty() {
+        let _ = writeln!(out, "          publish: {{ allow: {} }}", list(publish));
+    } else {
+        let _ = writeln!(
+            out,
+            "          publish: {{ allow: {}, deny: {} }}",
+            list(publish),
+            list(deny)
+        );
+    }
     let _ = writeln!(out, "          subscribe: {{ allow: {} }}", list(subscribe));
     let _ = writeln!(out, "        }}");
     let _ = writeln!(out, "      }}");
@@ -109,11 +136,12 @@ pub fn nats_config(rights: &Rights, accounts: &Accounts) -> String {
             &[Filter::inbox(AUDITOR).into()],
         );
     }
-    user(
+    user_denied(
         &mut out,
-        "provisioner: creates the streams and views",
+        "provisioner: creates and updates the streams and views, destroys none",
         &accounts.provisioner,
         &[Filter::everything().into()],
+        &destroying_api(),
         &[Filter::everything().into()],
     );
     out.push_str("    ]\n  }\n}\n");

@@ -167,6 +167,24 @@ pub fn check_events_config(found: &stream::Config, replicas: usize) -> Result<()
             "at least 2 min".into(),
         );
     }
+    // Limits make the server drop messages even from a deny-delete stream.
+    let limits = [
+        ("max_messages", found.max_messages),
+        ("max_bytes", found.max_bytes),
+        ("max_messages_per_subject", found.max_messages_per_subject),
+    ];
+    for (field, value) in limits {
+        if value > 0 {
+            return unsafe_field(field, value.to_string(), "unlimited (-1)".into());
+        }
+    }
+    if !found.max_age.is_zero() {
+        return unsafe_field("max_age", format!("{:?}", found.max_age), "unlimited (0)".into());
+    }
+    if !found.allow_direct {
+        // Readers and producers read by direct get (decision 006).
+        return unsafe_field("allow_direct", "false".into(), "true".into());
+    }
     let mut subjects = found.subjects.clone();
     subjects.sort();
     let mut want = strings(event_filters());
@@ -202,17 +220,8 @@ pub async fn provision(
     replicas: usize,
 ) -> Result<(), BrokerError> {
     let js = jetstream::new(client.clone());
-    let mut events = open_events(&js, replicas).await?;
-    let found = events.info().await.map_err(request("stream info"))?.config.clone();
-    if !found.allow_direct {
-        // Logs created before producers resolved appends by direct get.
-        js.update_stream(stream::Config {
-            allow_direct: true,
-            ..found
-        })
-        .await
-        .map_err(request("provision HRU_EVENTS direct gets"))?;
-    }
+    // Created, or checked; never updated (no identity may update it: `destroying_api`).
+    open_events(&js, replicas).await?;
     let positions = positions_config(positions_max_age, replicas);
     match js.get_stream(POSITIONS_STREAM).await {
         Ok(_) => js.update_stream(positions).await.map(|_| ()),
@@ -232,4 +241,64 @@ pub async fn provision(
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_log_that_could_drop_messages_is_refused() {
+        assert!(check_events_config(&events_config(1), 1).is_ok());
+        let cases: [(&str, stream::Config); 6] = [
+            (
+                "max_messages",
+                stream::Config {
+                    max_messages: 1,
+                    ..events_config(1)
+                },
+            ),
+            (
+                "max_bytes",
+                stream::Config {
+                    max_bytes: 1 << 20,
+                    ..events_config(1)
+                },
+            ),
+            (
+                "max_messages_per_subject",
+                stream::Config {
+                    max_messages_per_subject: 5,
+                    ..events_config(1)
+                },
+            ),
+            (
+                "max_age",
+                stream::Config {
+                    max_age: Duration::from_secs(3600),
+                    ..events_config(1)
+                },
+            ),
+            (
+                "deny_delete",
+                stream::Config {
+                    deny_delete: false,
+                    ..events_config(1)
+                },
+            ),
+            (
+                "allow_direct",
+                stream::Config {
+                    allow_direct: false,
+                    ..events_config(1)
+                },
+            ),
+        ];
+        for (field, config) in cases {
+            match check_events_config(&config, 1) {
+                Err(BrokerError::UnsafeStream { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
 }

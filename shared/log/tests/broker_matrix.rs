@@ -483,6 +483,57 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
         Outcome::Refused
     );
     println!("auditor: reads HRU_EVENTS: allowed; publishes: refused; purges: refused");
+
+    // The provisioner creates and updates streams and views, and can destroy none of them:
+    // not by deleting a stream, purging it, deleting a message, or shrinking the log's limits
+    // (the server enforces limits even on a deny-delete stream).
+    let (client, v) = connect_watched(&w.url, &w.provisioner).await;
+    let view = view_stream(&w.secrets[0].party);
+    let shrink = serde_json::to_string(&async_nats::jetstream::stream::Config {
+        max_messages: 1,
+        ..hru_broker::stream::events_config(1)
+    })
+    .unwrap();
+    let mut destroyed = Vec::new();
+    for (attack, subject, body) in [
+        (
+            "shrink HRU_EVENTS to one message",
+            "$JS.API.STREAM.UPDATE.HRU_EVENTS".to_owned(),
+            shrink,
+        ),
+        ("purge a view", format!("$JS.API.STREAM.PURGE.{view}"), "{}".to_owned()),
+        (
+            "delete a view's message",
+            format!("$JS.API.STREAM.MSG.DELETE.{view}"),
+            r#"{"seq":1}"#.to_owned(),
+        ),
+        ("delete a view", format!("$JS.API.STREAM.DELETE.{view}"), String::new()),
+        (
+            "delete HRU_EVENTS",
+            "$JS.API.STREAM.DELETE.HRU_EVENTS".to_owned(),
+            String::new(),
+        ),
+    ] {
+        let outcome = request(&client, &v, &subject, &body).await;
+        println!("provisioner: {attack}: {outcome:?}");
+        if outcome == Outcome::Allowed {
+            destroyed.push(attack);
+        }
+    }
+    assert!(destroyed.is_empty(), "the provisioner could {destroyed:?}");
+    let admin = connect(&w.url, Some(&identity(&w.provisioner))).await.unwrap();
+    hru_broker::provision(&admin, &w.isa.broker_rights(), w.isa.positions_max_age(), 1)
+        .await
+        .expect("the provisioner still provisions");
+    let kept = log
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), published.len(), "HRU_EVENTS keeps everything");
 }
 
 /// Seal one event of `producer` on `case` with every section the agreement gives an audience.
