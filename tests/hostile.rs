@@ -1113,7 +1113,7 @@ async fn honest_rebuild(s: &Suite, planted: &BTreeSet<u64>) -> std::collections:
     for chunk in entries.chunks(256) {
         let items: Vec<hru_projection::LogItem<'_>> = chunk
             .iter()
-            .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref()))
+            .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
             .collect();
         projector.feed(&items).unwrap();
     }

@@ -132,3 +132,26 @@ fn test_support_is_only_ever_a_dev_dependency() {
         offences.join("\n")
     );
 }
+
+/// No secret the project writes can enter a Docker build context: `.dockerignore` excludes
+/// every kind of file that holds one.
+#[test]
+fn the_build_context_holds_no_secret() {
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for needed in [
+        "deploy/generated",
+        "**/keys",
+        "**/*.secret",
+        "**/*.secret.*",
+        "**/*.key",
+        "**/*.cursor",
+        "**/*.producer",
+    ] {
+        assert!(patterns.contains(&needed), ".dockerignore lacks {needed}");
+    }
+}

@@ -96,7 +96,16 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
             &witness_file,
         ])
     };
-    assert!(ok(&witness(()), "probation's witness").contains("witnessed 1 checkpoints"));
+    // Probation's view is sourced from the log: the checkpoint reaches it within moments, and a
+    // witness run before it does witnesses nothing yet (the next scheduled run does).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok(&witness(()), "probation's witness").contains("witnessed 1 checkpoints") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probation never witnessed police's checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert!(ok(&witness(()), "witnessing again").contains("witnessed 0 checkpoints"));
 
     // The auditor's read-only key audits the log, the countersignature and the witness copy.
@@ -106,6 +115,16 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
         "the auditor's verify",
     );
     assert!(report.contains("no findings"), "{report}");
+
+    // What holds secrets or plaintext is its owner's alone.
+    hru_tests::assert_private(&[
+        (w.keys(), 0o700),
+        (w.keys().join("em-vendor.secret"), 0o600),
+        (w.keys().join("em-vendor.cli.producer"), 0o700),
+        (w.keys().join("police-hru.cli.producer"), 0o700),
+        (w.keys().join("probation.witness.producer"), 0o700),
+        (w.dir.path().join("probation-witness.jsonl"), 0o600),
+    ]);
 
     // A key used for another party's commands is refused before anything is sealed.
     let out = w.run(&[

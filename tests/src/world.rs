@@ -154,6 +154,41 @@ impl World {
     pub fn keys(&self) -> PathBuf {
         self.dir.path().join("keys")
     }
+
+    /// Replace `party`'s `[[party]]` block in policies/directory.toml with `block` (what
+    /// `hru keys rotate` prints), as an operator does.
+    pub fn replace_party(&self, party: &str, block: &str) {
+        let file = self.dir.path().join("policies/directory.toml");
+        let text = std::fs::read_to_string(&file).expect("read the directory");
+        let mut out = String::new();
+        for chunk in text.split("[[party]]\n").filter(|c| !c.trim().is_empty()) {
+            if chunk.starts_with(&format!("id = \"{party}\"\n")) {
+                out.push_str(block.trim_end());
+                out.push_str("\n\n");
+            } else {
+                out.push_str("[[party]]\n");
+                out.push_str(chunk);
+            }
+        }
+        std::fs::write(&file, out).expect("write the directory");
+    }
+}
+
+/// Assert each path exists with exactly this permission mode (`0o700`, `0o600`).
+pub fn assert_private(paths: &[(PathBuf, u32)]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let wrong: Vec<String> = paths
+        .iter()
+        .filter_map(|(path, mode)| {
+            let found = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+            match found {
+                Ok(m) if m == *mode => None,
+                Ok(m) => Some(format!("{} is {m:o}, not {mode:o}", path.display())),
+                Err(e) => Some(format!("{}: {e}", path.display())),
+            }
+        })
+        .collect();
+    assert!(wrong.is_empty(), "not private: {wrong:#?}");
 }
 
 /// `base/rel` as a string.

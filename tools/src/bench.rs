@@ -754,7 +754,7 @@ fn rebuild_rate(cast: &Cast, entries: &[hru_log::LogEntry]) -> anyhow::Result<(f
     for chunk in entries.chunks(256) {
         let batch: Vec<hru_projection::LogItem<'_>> = chunk
             .iter()
-            .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref()))
+            .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
             .collect();
         let refused = projector.feed(&batch)?;
         anyhow::ensure!(refused.is_empty(), "the read path refused {refused:?}");
@@ -766,11 +766,7 @@ fn rebuild_rate(cast: &Cast, entries: &[hru_log::LogEntry]) -> anyhow::Result<(f
 
 /// A log entry as the read path takes it.
 fn incoming(e: &hru_log::LogEntry) -> Incoming<'_> {
-    Incoming {
-        sequence: e.sequence,
-        subject: e.subject.as_str(),
-        bytes: e.payload.as_ref(),
-    }
+    Incoming::logged(e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored)
 }
 
 fn sha256_of(bytes: &[u8]) -> [u8; 32] {
@@ -814,7 +810,12 @@ pub fn verify_bench(events: usize, format: Format) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let mut auditor = hru_audit::Auditor::new(&cast.directory, &set);
     for (i, e) in log.iter().enumerate() {
-        auditor.observe(i as u64 + 1, e.subject.as_str(), &e.bytes);
+        auditor.observe(
+            i as u64 + 1,
+            e.subject.as_str(),
+            &e.bytes,
+            hru_reader::StoredAt::Unknown,
+        );
     }
     let report = auditor.finish();
     let ours = log.len() as f64 / start.elapsed().as_secs_f64();

@@ -225,7 +225,10 @@ impl Demo {
 }
 
 /// Fresh keys for every party of the agreement, its directory, a CA and certificates.
-fn deployment(dir: &Path, policies_dir: &Path) -> anyhow::Result<(Directory, CompiledIsa, Vec<PartySecrets>)> {
+fn deployment(
+    dir: &Path,
+    policies_dir: &Path,
+) -> anyhow::Result<(Directory, CompiledIsa, Vec<PartySecrets>, hru_envelope::DeviceSecret)> {
     let policies = dir.join("policies");
     let keys = dir.join("keys");
     std::fs::create_dir_all(&policies)?;
@@ -248,23 +251,28 @@ fn deployment(dir: &Path, policies_dir: &Path) -> anyhow::Result<(Directory, Com
         hru_runtime::deployment::write_private(&keys.join(format!("{p}.secret")), &s.to_toml())?;
         secrets.push(s);
     }
-    // The broker's operator: creates the streams and views (and stands in here for the services
-    // outside the agreement: the victim's alert delivery and the demo's own reads).
+    // The broker's operator: creates the streams and views (and stands in here for the demo's
+    // own reads of the log).
     let provisioner = PartySecrets::generate(hru_broker::PROVISIONER.parse()?, &mut rand::rngs::OsRng);
     directory_text.push_str(&provisioner.directory_entry(hru_broker::PROVISIONER));
     directory_text.push('\n');
     secrets.push(provisioner);
+    // The victim's phone, paired: it reads its own alerts with its own identity.
+    let phone = hru_envelope::DeviceSecret::generate(VICTIM_DEVICE.parse()?, &mut rand::rngs::OsRng);
+    directory_text.push_str(&phone.directory_entry());
+    directory_text.push('\n');
+    hru_runtime::deployment::write_private(&keys.join(format!("device.{VICTIM_DEVICE}.secret")), &phone.to_toml())?;
     std::fs::write(policies.join("directory.toml"), &directory_text)?;
     let directory = Directory::from_toml(&directory_text, "directory.toml")?;
     let isa = CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).map_err(|e| anyhow!("{e}"))?;
     let ca = tls::new_ca("HRU demo CA")?;
     std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
     for (party, ..) in NODES {
-        let cert = tls::issue(&ca, party, &["localhost"])?;
+        let cert = tls::issue(&ca, party, &["localhost"], tls::DEFAULT_CERT_VALIDITY)?;
         std::fs::write(dir.join(format!("{party}.pem")), &cert.cert_pem)?;
         hru_runtime::deployment::write_private(&dir.join(format!("{party}.key")), &cert.key_pem)?;
     }
-    Ok((directory, isa, secrets))
+    Ok((directory, isa, secrets, phone))
 }
 
 /// `hru demo`: play the case (pausing for Enter between steps when `interactive`).
@@ -285,7 +293,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         "HRU Backbone demo: one stalking case, five agencies, a GPS tag (working in {})",
         dir.display()
     );
-    let (directory, isa, secrets) = deployment(dir, policies_dir)?;
+    let (directory, isa, secrets, phone) = deployment(dir, policies_dir)?;
     let secret = |p: &str| secrets.iter().find(|s| s.party.as_str() == p);
     let identity = |p: &str| secret(p).map(PartySecrets::broker_identity);
     // The server enforces the authorization generated from the agreement: every service
@@ -298,6 +306,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     let operator = identity(hru_broker::PROVISIONER).ok_or_else(|| anyhow!("no provisioner keys"))?;
     let provisioner = hru_log::connect(&url, Some(&operator)).await?;
     hru_broker::provision(&provisioner, &isa.broker_rights(), isa.positions_max_age(), 1).await?;
+    hru_broker::provision_devices(&provisioner, &[VICTIM_DEVICE.to_owned()], isa.alerts_max_age(), 1).await?;
     println!(
         "  nats-server {url} enforcing the agreement's broker authorization · keys for {} parties · a deployment CA",
         secrets.len() - 1
@@ -624,10 +633,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     }
 
     demo.heading("The tag heads for the victim's home during curfew");
-    let nats = hru_log::connect(&url, Some(&operator)).await?;
-    let mut alerts = nats
-        .subscribe(hru_broker::Subject::alert(VICTIM_DEVICE).to_string())
-        .await?;
+    let phone = hru_log::DeviceAlerts::open(&url, &phone.nats_seed, VICTIM_DEVICE).await?;
     let mut stream = BreachServiceClient::new(demo.channel("police-control")?)
         .stream_breaches(request(
             pb::StreamBreachesRequest {
@@ -688,7 +694,12 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    while let Ok(Some(alert)) = tokio::time::timeout(Duration::from_millis(300), alerts.next()).await {
+    // The phone, with its own identity, reads every alert its stream holds, in order, once.
+    for alert in phone.after(0).await? {
+        let receipt = format!("{{\"alert_sequence\":{}}}", alert.sequence);
+        phone
+            .receipt(&format!("receipt:{}", alert.sequence), receipt.into())
+            .await?;
         match hru_geofence::service::verify_alert(&alert.payload, &directory) {
             Ok(a) => println!(
                 "    victim's phone ← signed alert: {} at {} m",
@@ -769,7 +780,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     let set = hru_policy::PolicySet::load_dir(&dir.join("policies"), Some(&directory)).map_err(|e| anyhow!("{e}"))?;
     let mut auditor = hru_audit::Auditor::new(&directory, &set);
     while let Some(e) = entries.try_next().await? {
-        auditor.observe(e.sequence, e.subject.as_str(), &e.payload);
+        auditor.observe(e.sequence, e.subject.as_str(), &e.payload, e.stored);
     }
     let report = auditor.finish();
     let police = secret("police-hru").ok_or_else(|| anyhow!("no police-hru"))?;
@@ -782,7 +793,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         .replay(1, &hru_audit::AccessReader::subjects())
         .await?;
     while let Some(e) = entries.try_next().await? {
-        access.observe(e.sequence, e.subject.as_str(), &e.payload);
+        access.observe(e.sequence, e.subject.as_str(), &e.payload, e.stored);
     }
     let mut by_party: std::collections::BTreeMap<String, usize> = Default::default();
     for r in &access.records {

@@ -54,9 +54,15 @@ pub(crate) async fn verify(
     let set = policies::agreements(policies_dir, &directory)?;
     let log = nats.log().await?;
     let (_, last) = log.reader().bounds().await?;
+    let mut auditor = Auditor::new(&directory, &set);
+    // Key events first (public, under the control subjects), so a revocation reaches what was
+    // stored before the revocation event but after its effective time.
+    let mut key_events = log.reader().replay(1, &[hru_broker::Filter::all_control()]).await?;
+    while let Some(e) = key_events.try_next().await? {
+        auditor.learn_key_event(e.sequence, &e.payload);
+    }
     let mut entries = log.reader().replay(from, &[]).await?;
     let bar = indicatif::ProgressBar::new(last.saturating_sub(from.max(1)).saturating_add(1));
-    let mut auditor = Auditor::new(&directory, &set);
     if let Some(path) = &checks.witness {
         for (i, w) in read_witness(path)?.into_iter().enumerate() {
             let at = |e: String| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1);
@@ -85,7 +91,7 @@ pub(crate) async fn verify(
         if to.is_some_and(|t| e.sequence > t) {
             break;
         }
-        auditor.observe(e.sequence, e.subject.as_str(), &e.payload);
+        auditor.observe(e.sequence, e.subject.as_str(), &e.payload, e.stored);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -145,19 +151,22 @@ pub(crate) async fn access(
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     use hru_domain::{CaseId, PartyId};
-    use hru_envelope::KeyRing;
 
     let party: PartyId = party.parse().map_err(|e| anyhow::anyhow!("--party: {e}"))?;
     let case: CaseId = case.parse().map_err(|e| anyhow::anyhow!("--case: {e}"))?;
     let directory = policies::directory(policies_dir)?;
-    let secrets = crate::keys::load(keys_dir, &party)?;
+    crate::keys::load(keys_dir, &party)?; // its own error names the file and how to make it
     let log = nats.log().await?;
     let agreements = std::sync::Arc::new(policies::agreements(policies_dir, &directory)?);
-    let read = hru_reader::ReadPath::new(directory, agreements.clone(), KeyRing::new(&secrets));
+    let read = hru_reader::ReadPath::new(
+        directory,
+        agreements.clone(),
+        hru_runtime::deployment::key_ring(keys_dir, &party)?,
+    );
     let mut reader = hru_audit::AccessReader::new(read, agreements, case);
     let mut entries = log.reader().replay(1, &hru_audit::AccessReader::subjects()).await?;
     while let Some(e) = entries.try_next().await? {
-        reader.observe(e.sequence, e.subject.as_str(), &e.payload);
+        reader.observe(e.sequence, e.subject.as_str(), &e.payload, e.stored);
     }
     for refusal in &reader.refused {
         eprintln!("refused by the read path, not an access record: {refusal}");
@@ -232,7 +241,7 @@ pub(crate) async fn checkpoint(
         head_digest: head.prev_digest.0.to_vec(),
         at_ms: jiff::Timestamp::now().as_millisecond(),
     };
-    let seq = p
+    let (seq, _) = p
         .append_public(hru_domain::EventType::ChainCheckpoint, body.encode_to_vec())
         .await?;
     println!("{seq}\tChainCheckpoint\t{name} at {}", body.head_seq);
@@ -311,9 +320,11 @@ pub(crate) async fn witness(
     }
     if !lines.is_empty() {
         use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(out)
             .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
         f.write_all(lines.as_bytes())?;

@@ -36,7 +36,7 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 pub(crate) fn generate(party: &str, out: &Path, controller: &str) -> anyhow::Result<ExitCode> {
     let party: PartyId = party.parse().context("--party")?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    hru_envelope::create_private_dir(out).with_context(|| format!("creating {}", out.display()))?;
     let path = secret_path(out, &party);
     if path.exists() {
         bail!(
@@ -59,16 +59,22 @@ pub(crate) fn generate(party: &str, out: &Path, controller: &str) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// `hru keys ca`: a development deployment CA.
-pub(crate) fn ca(out: &Path) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(out)?;
+/// `hru keys ca`: a CA: an agency's own (`party`), whose certificate goes into the party's
+/// directory entry as printed, or a development deployment's.
+pub(crate) fn ca(out: &Path, party: Option<&str>) -> anyhow::Result<ExitCode> {
+    let party: Option<PartyId> = party.map(str::parse).transpose().context("--party")?;
+    hru_envelope::create_private_dir(out)?;
     if out.join("ca.key").exists() {
         bail!(
             "{} exists; refusing to overwrite the deployment CA",
             out.join("ca.key").display()
         );
     }
-    let ca = hru_node::tls::new_ca("HRU Backbone deployment CA")?;
+    let name = party.as_ref().map_or_else(
+        || "HRU Backbone deployment CA".to_owned(),
+        |p| format!("HRU Backbone {p} CA"),
+    );
+    let ca = hru_node::tls::new_ca(&name)?;
     std::fs::write(out.join("ca.pem"), &ca.cert_pem)?;
     write_private(&out.join("ca.key"), &ca.key_pem)?;
     eprintln!(
@@ -76,11 +82,18 @@ pub(crate) fn ca(out: &Path) -> anyhow::Result<ExitCode> {
         out.join("ca.pem").display(),
         out.join("ca.key").display()
     );
+    if let Some(party) = party {
+        eprintln!("add this line to {party}'s [[party]] block in directory.toml:");
+        println!("tls_ca = \"\"\"\n{}\"\"\"", ca.cert_pem.trim_end());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `hru keys cert`: a party's TLS certificate from the CA.
-pub(crate) fn cert(ca_dir: &Path, party: &str, hosts: &[String], out: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn cert(ca_dir: &Path, party: &str, hosts: &[String], days: u32, out: &Path) -> anyhow::Result<ExitCode> {
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
     let party: PartyId = party.parse().context("--party")?;
     let ca = hru_node::tls::CertAndKey {
         cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem"))
@@ -88,16 +101,23 @@ pub(crate) fn cert(ca_dir: &Path, party: &str, hosts: &[String], out: &Path) -> 
         key_pem: std::fs::read_to_string(ca_dir.join("ca.key")).context("reading ca.key")?,
     };
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let issued = hru_node::tls::issue(&ca, party.as_str(), &hosts)?;
-    std::fs::create_dir_all(out)?;
+    let valid_for = std::time::Duration::from_secs(u64::from(days) * 86_400);
+    let issued = hru_node::tls::issue(&ca, party.as_str(), &hosts, valid_for)?;
+    hru_envelope::create_private_dir(out)?;
     std::fs::write(out.join(format!("{party}.pem")), &issued.cert_pem)?;
     write_private(&out.join(format!("{party}.key")), &issued.key_pem)?;
-    eprintln!("wrote {party}.pem and {party}.key (mode 0600) in {}", out.display());
+    eprintln!(
+        "wrote {party}.pem and {party}.key (mode 0600) in {}, valid {days} days",
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-/// `hru keys rotate`: a new signing key, announced in a KeyRotated event signed by the old one.
-/// The old secrets are kept beside the new as `<party>.secret.<old key id>`.
+/// `hru keys rotate`: all three keys of a party replaced (signing, X25519, NATS nkey), each
+/// rotation announced on the log by a `KeyRotated` signed by the old signing key. The old
+/// secrets are kept beside the new as `<party>.secret.<old key id>` (grants sealed before the
+/// rotation open with them); the party's directory entry is printed in the directory's own
+/// format, to replace the old one.
 pub(crate) async fn rotate(
     nats: &crate::Broker,
     policies_dir: &Path,
@@ -106,42 +126,100 @@ pub(crate) async fn rotate(
 ) -> anyhow::Result<ExitCode> {
     use prost::Message as _;
     let party: PartyId = party.parse().context("--party")?;
+    let directory = crate::policies::directory(policies_dir)?;
+    let listed = directory
+        .party(&party)
+        .ok_or_else(|| anyhow::anyhow!("{party} is not in {}/directory.toml", policies_dir.display()))?
+        .clone();
     let old = load(keys_dir, &party)?;
-    let new_key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-    let public = new_key.verifying_key().to_bytes();
-    let body = hru_wire::v1::KeyRotated {
-        party: party.to_string(),
-        old_key_id: old.signing_key_id().0.to_vec(),
-        new_key_id: hru_envelope::key_id(&public).0.to_vec(),
-        new_public_key: public.to_vec(),
-        purpose: "signing".into(),
-    };
-    let seq = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "keys")
-        .await?
-        .append_public(hru_domain::EventType::KeyRotated, body.encode_to_vec())
-        .await?;
+    let new = PartySecrets::generate(party.clone(), &mut rand_core::OsRng);
+    // Keep the old secrets before anything is announced: a crash after the log has the
+    // rotation must not lose the keys that open what came before it.
     let kept = keys_dir.join(format!("{party}.secret.{}", old.signing_key_id()));
     write_private(&kept, &old.to_toml())?;
-    let mut new = PartySecrets::from_toml(&old.to_toml(), "rotated")?;
-    new.signing = new_key;
+    let mut producer = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "keys").await?;
+    let encryption = new.encryption_public_bytes();
+    let signing = new.verifying_key().to_bytes();
+    let mut at_ms = 0;
+    for (purpose, old_id, public) in [
+        ("encryption", old.encryption_key_id(), encryption),
+        ("signing", old.signing_key_id(), signing),
+    ] {
+        let body = hru_wire::v1::KeyRotated {
+            party: party.to_string(),
+            old_key_id: old_id.0.to_vec(),
+            new_key_id: hru_envelope::key_id(&public).0.to_vec(),
+            new_public_key: public.to_vec(),
+            purpose: purpose.into(),
+        };
+        let (seq, recorded_at_ms) = producer
+            .append_public(hru_domain::EventType::KeyRotated, body.encode_to_vec())
+            .await?;
+        at_ms = recorded_at_ms;
+        println!(
+            "{seq}\tKeyRotated\t{purpose} {old_id} -> {}",
+            hru_envelope::key_id(&public)
+        );
+    }
+    // The old nkey is dropped with the rest: it stops working when the authorization generated
+    // from the new directory is loaded (`nats-server --signal reload`).
     write_private(&secret_path(keys_dir, &party), &new.to_toml())?;
-    let at = jiff::Timestamp::now();
-    println!(
-        "{seq}\tKeyRotated\t{} -> {}",
-        old.signing_key_id(),
-        new.signing_key_id()
-    );
     eprintln!(
-        "wrote the new key to {} and kept the old one in {}; in directory.toml end the old key with valid_until = \"{at}\" and add:",
+        "wrote the new keys to {} and kept the old ones in {}.\nReplace {party}'s [[party]] block in directory.toml with the block below, then regenerate the broker \
+         authorization (`hru policy nats-config`) and reload nats-server (`nats-server --signal reload`) so the old nkey stops working.",
         secret_path(keys_dir, &party).display(),
         kept.display()
     );
-    // The directory's own format (base64, as `hru keys generate` prints it), to paste as is.
-    println!(
-        "[[party.signing_key]]\nkey = \"ed25519:{}\"\nvalid_from = \"{at}\"",
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, public)
-    );
+    print!("{}", rotated_entry(&party, &listed, &new, old.signing_key_id(), at_ms)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `party`'s directory block after a rotation at `at_ms`: every signing key it had (the
+/// rotated one ending then), the new one from then, and the new X25519 key and nkey.
+fn rotated_entry(
+    party: &PartyId,
+    listed: &hru_envelope::PartyEntry,
+    new: &PartySecrets,
+    rotated: hru_domain::KeyId,
+    at_ms: i64,
+) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let time = |ms: i64| -> anyhow::Result<String> { Ok(jiff::Timestamp::from_millisecond(ms)?.to_string()) };
+    let mut out = format!(
+        "[[party]]\nid = \"{party}\"\ncontroller = \"{}\"\nencryption_key = \"x25519:{}\"\nnats_user = \"{}\"\n",
+        listed.controller,
+        b64(&new.encryption_public_bytes()),
+        new.nats_user()
+    );
+    if let Some(ca) = &listed.tls_ca {
+        out.push_str(&format!("tls_ca = \"\"\"\n{}\"\"\"\n", ca.trim_end()));
+    }
+    // The rotation at `at_ms` is the old key's last signature: it ends just after.
+    let end = at_ms.saturating_add(1);
+    for k in &listed.signing {
+        let until = if k.key_id == rotated {
+            Some(k.valid_until_ms.map_or(end, |u| u.min(end)))
+        } else {
+            k.valid_until_ms
+        };
+        out.push_str(&format!(
+            "\n[[party.signing_key]]\nkey = \"ed25519:{}\"\n",
+            b64(k.key.as_bytes())
+        ));
+        if let Some(from) = k.valid_from_ms {
+            out.push_str(&format!("valid_from = \"{}\"\n", time(from)?));
+        }
+        if let Some(until) = until {
+            out.push_str(&format!("valid_until = \"{}\"\n", time(until)?));
+        }
+    }
+    out.push_str(&format!(
+        "\n[[party.signing_key]]\nkey = \"ed25519:{}\"\nvalid_from = \"{}\"\n",
+        b64(new.verifying_key().as_bytes()),
+        time(at_ms)?
+    ));
+    Ok(out)
 }
 
 /// `hru keys revoke`: a KeyRevoked event for one of the party's keys, effective from `at`.
@@ -176,7 +254,7 @@ pub(crate) async fn revoke(
         revoked_at_ms,
         reason: reason.to_owned(),
     };
-    let seq = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "keys")
+    let (seq, _) = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "keys")
         .await?
         .append_public(hru_domain::EventType::KeyRevoked, body.encode_to_vec())
         .await?;

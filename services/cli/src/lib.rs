@@ -2,6 +2,7 @@
 
 mod append;
 mod audit;
+mod device;
 mod field;
 mod keys;
 mod policies;
@@ -126,6 +127,9 @@ pub enum Command {
     /// Information-sharing agreements.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Victims' paired alert devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Fold the log into a party's projections, resuming from their checkpoints.
     Project {
         /// The reading party.
@@ -264,16 +268,49 @@ pub struct GatewayFlags {
     pub heartbeat_ms: Option<u64>,
 }
 
+/// `hru device` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Give a victim's alert device its own broker identity (mode 0600 secret file) and print
+    /// its `[[device]]` entry for directory.toml.
+    Pair {
+        /// The device id (as in TagFitted and ProximityRuleSet).
+        #[arg(long)]
+        device: String,
+        /// Directory to write `device.<id>.secret` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Receive the device's alerts not yet received, in order, each once; verify each, record
+    /// the device's receipt on the broker, and remember how far it got.
+    Alerts {
+        /// The device id.
+        #[arg(long)]
+        device: String,
+        /// Directory holding `device.<id>.secret` and its cursor.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Keep receiving for this many seconds after catching up.
+        #[arg(long, default_value_t = 0)]
+        wait_s: u64,
+    },
+}
+
 /// `hru keys` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create a deployment CA for development (ca.pem, ca.key; keep the key private).
+    /// Create a CA (ca.pem, ca.key; keep the key private): an agency's own with `--party`
+    /// (prints the `tls_ca` line for its directory entry), else a development deployment's.
     Ca {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// The party whose CA this is.
+        #[arg(long)]
+        party: Option<String>,
     },
-    /// Issue a party's TLS certificate from the CA (its party id is the common name).
+    /// Issue a party's TLS certificate from the CA (the party as a URI subject-alternative
+    /// name, `urn:hru:party:<id>`).
     Cert {
         /// Directory holding ca.pem and ca.key.
         #[arg(long)]
@@ -284,6 +321,9 @@ pub enum KeysCommand {
         /// Host names the certificate serves (repeat).
         #[arg(long)]
         host: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
         /// Output directory (<party>.pem, <party>.key).
         #[arg(long)]
         out: PathBuf,
@@ -300,7 +340,8 @@ pub enum KeysCommand {
         #[arg(long, default_value = "")]
         controller: String,
     },
-    /// Replace a party's signing key: a KeyRotated event signed by the old key.
+    /// Replace all three keys of a party (signing, X25519, nkey): KeyRotated events signed by
+    /// the old key; prints the party's new directory block.
     Rotate {
         /// The party.
         #[arg(long)]
@@ -586,7 +627,11 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     let result = match cli.command {
         Command::Keys(KeysCommand::Generate { party, out, controller }) => keys::generate(&party, &out, &controller),
-        Command::Keys(KeysCommand::Ca { out }) => keys::ca(&out),
+        Command::Keys(KeysCommand::Ca { out, party }) => keys::ca(&out, party.as_deref()),
+        Command::Device(DeviceCommand::Pair { device, out }) => device::pair(&device, &out),
+        Command::Device(DeviceCommand::Alerts { device, keys, wait_s }) => {
+            device::alerts(&cli.nats, &cli.policies, &device, &keys, wait_s).await
+        }
         Command::Keys(KeysCommand::Rotate { party, keys }) => keys::rotate(&broker, &cli.policies, &party, &keys).await,
         Command::Keys(KeysCommand::Revoke {
             party,
@@ -595,7 +640,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             at,
             reason,
         }) => keys::revoke(&broker, &cli.policies, &party, &keys, &key_id, at.as_deref(), &reason).await,
-        Command::Keys(KeysCommand::Cert { ca, party, host, out }) => keys::cert(&ca, &party, &host, &out),
+        Command::Keys(KeysCommand::Cert {
+            ca,
+            party,
+            host,
+            days,
+            out,
+        }) => keys::cert(&ca, &party, &host, days, &out),
         Command::Node(NodeCommand::Run { config }) => node_run(&config).await,
         Command::Geofence(GeofenceCommand::Run { config }) => field::geofence_run(&config).await,
         Command::Demo { non_interactive } => {
@@ -839,6 +890,20 @@ impl CliLog {
     pub(crate) fn is_whole(&self) -> bool {
         matches!(self, Self::Whole(_))
     }
+
+    /// Read the log's key events ahead into `read`: a revocation then reaches what the revoked
+    /// key signed before the revocation reached the log (decision 007).
+    pub(crate) async fn foresee_keys(&self, read: &mut hru_reader::ReadPath) -> anyhow::Result<()> {
+        use futures::TryStreamExt as _;
+        use hru_log::SharedLog as _;
+        let mut foresight = read.key_history().clone();
+        let mut events = self.reader().replay(1, &[hru_broker::Filter::all_control()]).await?;
+        while let Some(e) = events.try_next().await? {
+            foresight.learn(e.sequence, &e.payload);
+        }
+        read.foresee(&foresight);
+        Ok(())
+    }
 }
 
 impl hru_log::SharedLog for CliLog {
@@ -873,9 +938,12 @@ async fn provision(
     };
     let client = hru_log::connect(&nats.url, identity.as_ref()).await?;
     hru_broker::provision(&client, &isa.broker_rights(), isa.positions_max_age(), replicas).await?;
+    let devices: Vec<String> = directory.devices().map(|(d, _)| d.to_string()).collect();
+    hru_broker::provision_devices(&client, &devices, isa.alerts_max_age(), replicas).await?;
     println!(
-        "provisioned HRU_EVENTS, HRU_POSITIONS and {} view streams for {} v{} (replicas {replicas})",
+        "provisioned HRU_EVENTS, HRU_POSITIONS, {} view streams and {} device streams for {} v{} (replicas {replicas})",
         isa.parties.len(),
+        devices.len(),
         isa.id,
         isa.version
     );

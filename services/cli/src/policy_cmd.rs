@@ -256,7 +256,7 @@ pub(crate) async fn adopt(
         digest: isa.digest.to_vec(),
         effective_from_ms: isa.effective_from_ms,
     };
-    let seq = p
+    let (seq, _) = p
         .append_public(hru_domain::EventType::PolicyAdopted, body.encode_to_vec())
         .await?;
     println!(

@@ -64,18 +64,18 @@ impl PartyProducer {
         })
     }
 
-    /// Seal and append one public event now; its stream sequence.
+    /// Seal and append one public event now; its stream sequence and recorded time.
     pub(crate) async fn append_public(
         &mut self,
         event_type: hru_domain::EventType,
         body: Vec<u8>,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<(u64, i64)> {
         let now = jiff::Timestamp::now().as_millisecond();
         let batch = self
             .producer
             .sealer()
             .prepare_public(event_type, body, now, &self.isa)?;
         let sequences = self.producer.append(&self.log, &batch, hru_log::Expect::Any).await?;
-        Ok(sequences.last().copied().unwrap_or_default())
+        Ok((sequences.last().copied().unwrap_or_default(), now))
     }
 }

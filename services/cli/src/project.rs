@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use hru_domain::PartyId;
-use hru_envelope::KeyRing;
 use hru_node::View;
 use hru_projection::{Projection, Projector, Store};
 
@@ -43,7 +42,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let party: PartyId = party.parse().context("--party")?;
     let directory = policies::directory(policies_dir)?;
-    let secrets = keys::load(keys_dir, &party)?;
+    keys::load(keys_dir, &party)?; // its own error names the file and how to make it
     let projections: Vec<Box<dyn Projection>> = role_projections(policies_dir, &directory, &party)?
         .into_iter()
         .filter(|p| only.is_none_or(|n| n == p.name()))
@@ -64,13 +63,14 @@ pub(crate) async fn run(
         }
     }
     let deployment = hru_runtime::Deployment::load(policies_dir)?;
-    let read = hru_reader::ReadPath::new(
+    let mut read = hru_reader::ReadPath::new(
         directory,
         std::sync::Arc::new(deployment.policies),
-        KeyRing::new(&secrets),
+        hru_runtime::deployment::key_ring(keys_dir, &party)?,
     );
-    let mut projector = Projector::new(store, projections, read)?;
     let log = nats.log().await?;
+    log.foresee_keys(&mut read).await?;
+    let mut projector = Projector::new(store, projections, read)?;
     // Grants are read from the start so the key ring is complete; folded events are skipped.
     let (_, last) = log.reader().bounds().await?;
     let mut entries = log.reader().replay(1, &[]).await?;
@@ -89,7 +89,7 @@ pub(crate) async fn run(
         if chunk.len() == BATCH || (done && !chunk.is_empty()) {
             let batch: Vec<hru_projection::LogItem<'_>> = chunk
                 .iter()
-                .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref()))
+                .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
                 .collect();
             for refusal in projector.feed(&batch)? {
                 refused += 1;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use hru_domain::{CaseId, EventType, PartyId, join_sections};
-use hru_envelope::{ChainChecker, KeyRing, OpenError};
+use hru_envelope::{ChainChecker, OpenError};
 use hru_reader::{Incoming, Read, ReadPath};
 use hru_wire::v1 as pb;
 use prost::Message as _;
@@ -49,7 +49,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let party: PartyId = party.parse().context("--party")?;
     let directory = policies::directory(policies_dir)?;
-    let secrets = keys::load(keys_dir, &party)?;
+    keys::load(keys_dir, &party)?; // its own error names the file and how to make it
     let case: Option<CaseId> = case.map(str::parse).transpose().context("--case")?;
     let filters: Vec<Filter> = match case {
         Some(c) => vec![
@@ -62,23 +62,20 @@ pub(crate) async fn run(
     };
     let log = nats.log().await?;
     let agreements = policies::agreements(policies_dir, &directory)?;
-    let mut ring = KeyRing::new(&secrets);
+    let mut ring = hru_runtime::deployment::key_ring(keys_dir, &party)?;
     for isa in agreements.iter() {
         for (.., audience) in isa.audiences() {
             ring.know_audience(audience);
         }
     }
     let mut read = ReadPath::new(directory, std::sync::Arc::new(agreements.clone()), ring);
+    log.foresee_keys(&mut read).await?;
     let mut chains = ChainChecker::new();
     let mut problems = 0u64;
     let mut entries = log.reader().replay(from, &filters).await?;
     while let Some(entry) = entries.try_next().await? {
         // The read path: what it refuses is reported, never shown as content.
-        let incoming = Incoming {
-            sequence: entry.sequence,
-            subject: entry.subject.as_str(),
-            bytes: &entry.payload,
-        };
+        let incoming = Incoming::logged(entry.sequence, entry.subject.as_str(), &entry.payload, entry.stored);
         let (verified, opened) = match read.read(&incoming) {
             Ok(Read::Grant { envelope, .. } | Read::Public(envelope)) => (envelope, None),
             Ok(Read::Event { envelope, opened }) => (envelope, Some(opened)),

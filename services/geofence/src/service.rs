@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use hru_domain::{CaseEvent, DeviceId, EventType, PartyId, ProducerId, TagId, split_draft};
-use hru_envelope::{Directory, KeyRing, OpenedEvent, PartySecrets, VerifiedEnvelope};
+use hru_envelope::{Directory, OpenedEvent, PartySecrets, VerifiedEnvelope};
 use hru_log::{Expect, LogEntry, PartyView, PositionLog, Producer, SharedLog as _};
 use hru_policy::CompiledIsa;
 use hru_reader::{Incoming, Read, ReadPath};
@@ -167,6 +167,17 @@ pub enum GeofenceError {
     /// The producer store failed.
     #[error(transparent)]
     Store(#[from] hru_log::StoreError),
+    /// A local file or directory could not be made.
+    #[error("configuration: key `{key}` ({path}): {source}")]
+    Local {
+        /// The configuration key naming it.
+        key: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Counters the service keeps (read by benchmarks, served as Prometheus metrics).
@@ -176,8 +187,10 @@ pub struct Stats {
     pub fixes: Counter,
     /// TagBreach events appended.
     pub breaches: Counter,
-    /// Victim alerts published.
+    /// Victim alerts stored in their devices' streams.
     pub alerts: Counter,
+    /// Victim alerts the broker did not store (an unpaired device, a broker failure).
+    pub alerts_failed: Counter,
     /// Decisions found already in the log on a restart (not appended again).
     pub already_logged: Counter,
     /// 1 once the state is rebuilt and the service follows the live log.
@@ -202,7 +215,16 @@ impl Stats {
             "Breach updates appended",
             self.breaches.clone(),
         );
-        registry.register("hru_geofence_alerts", "Victim alerts published", self.alerts.clone());
+        registry.register(
+            "hru_geofence_alerts",
+            "Victim alerts stored in their devices' streams",
+            self.alerts.clone(),
+        );
+        registry.register(
+            "hru_geofence_alerts_failed",
+            "Victim alerts the broker did not store (unpaired device, broker failure)",
+            self.alerts_failed.clone(),
+        );
         registry.register(
             "hru_geofence_already_logged",
             "Decisions found already on the log (after a restart)",
@@ -223,7 +245,7 @@ struct Service {
     directory: Directory,
     secrets: PartySecrets,
     log: PartyView,
-    alerts: async_nats::Client,
+    alerts: hru_log::AlertPublisher,
     producer: Producer,
     read: ReadPath,
     state: State,
@@ -388,6 +410,7 @@ impl Service {
             &self.directory,
             &mut rng,
         )?;
+        let alert_of = b.message_id();
         let send_alerts = async {
             for (breach_id, (device, kind, distance)) in &alerts {
                 let alert = pb::VictimAlert {
@@ -397,18 +420,20 @@ impl Service {
                     at_ms: b.observed_at_ms,
                 };
                 let body = sign_alert(&self.secrets, &alert);
-                match self
-                    .alerts
-                    .publish(hru_broker::Subject::alert(device.as_str()).to_string(), body.into())
-                    .await
-                {
-                    Ok(()) => {
+                // One id per breach decision and device: a restarted geofence that decides it
+                // again sends it again, and the device's stream keeps it once.
+                let id = format!("{alert_of}:{device}");
+                match self.alerts.publish(device.as_str(), &id, body.into()).await {
+                    Ok(hru_log::Sent::Stored) => {
                         self.stats.alerts.inc();
                     }
-                    Err(e) => tracing::error!(cause = %e, %device, "victim alert not sent"),
+                    Ok(hru_log::Sent::Duplicate) => tracing::info!(%device, %id, "victim alert already sent"),
+                    Err(e) => {
+                        self.stats.alerts_failed.inc();
+                        tracing::error!(cause = %e, %device, "victim alert not stored");
+                    }
                 }
             }
-            let _ = self.alerts.flush().await;
         };
         let (appended, ()) = tokio::join!(self.producer.append(&self.log, &batch, Expect::Any), send_alerts);
         appended?;
@@ -510,12 +535,12 @@ pub fn verify_alert(bytes: &[u8], directory: &Directory) -> Result<pb::VictimAle
     Ok(alert)
 }
 
-/// A log entry as the read path takes it.
+/// A log entry as the read path takes it: a position batch (or its grant) is numbered by the
+/// position stream, not in `HRU_EVENTS` order.
 fn incoming(e: &LogEntry) -> Incoming<'_> {
     Incoming {
-        sequence: e.sequence,
-        subject: e.subject.as_str(),
-        bytes: e.payload.as_ref(),
+        in_log_order: !e.subject.matches(&hru_broker::Filter::all_positions()),
+        ..Incoming::logged(e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored)
     }
 }
 
@@ -530,12 +555,19 @@ pub async fn run(
     let isa = deployment.in_force_now()?.clone();
     let directory = deployment.directory;
     let secrets = hru_runtime::deployment::secrets(&config.keys_dir, &party)?;
+    let ring = hru_runtime::deployment::key_ring(&config.keys_dir, &party)?;
     // The geofence connects with its party's nkey: it reads its view of the log and the
     // position stream, and publishes its breaches and victim alerts.
     let identity = secrets.broker_identity();
     let log = PartyView::open(&config.nats_url, Some(&identity), &party).await?;
     let positions = PositionLog::open(&config.nats_url, Some(&identity), isa.positions_max_age(), 1).await?;
-    let alerts = log.client();
+    let alerts = hru_log::AlertPublisher::new(log.client());
+    // The data directory holds the producer store's epoch keys.
+    hru_envelope::create_private_dir(&config.data_dir).map_err(|source| GeofenceError::Local {
+        key: "data_dir",
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     let producer = Producer::open(
         &config.data_dir.join("producer"),
         ProducerId {
@@ -550,11 +582,7 @@ pub async fn run(
     let mut service = Service {
         party,
         isa,
-        read: ReadPath::new(
-            directory.clone(),
-            Arc::new(deployment.policies.clone()),
-            KeyRing::new(&secrets),
-        ),
+        read: ReadPath::new(directory.clone(), Arc::new(deployment.policies.clone()), ring),
         secrets,
         directory,
         log,

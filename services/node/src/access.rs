@@ -85,16 +85,29 @@ impl Shared {
             .map_err(|e| Status::failed_precondition(e.to_string()))
     }
 
-    /// The caller's party (from its certificate) and person (from metadata).
-    pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    /// The caller's party (from its certificate's `urn:hru:party:` name, issued by that party's
+    /// own CA) and person (from metadata).
+    pub(crate) fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let certs = request
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let party = certs
+        let leaf = certs
             .first()
-            .and_then(|c| tls::party_of(c.as_ref()))
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let party = tls::party_of(leaf.as_ref())
             .and_then(|p| p.parse::<PartyId>().ok())
-            .ok_or_else(|| Status::unauthenticated("the client certificate names no party"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "the client certificate names no party (a URI subject-alternative name {}<party>)",
+                    tls::PARTY_URI
+                ))
+            })?;
+        let issuers = self.party_cas.get(&party).unwrap_or(&self.deployment_cas);
+        if !issuers.iter().any(|ca| tls::issued_by(leaf.as_ref(), ca)) {
+            return Err(Status::unauthenticated(format!(
+                "the client certificate for {party} was not issued by {party}'s CA"
+            )));
+        }
         let person = request
             .metadata()
             .get(PERSON_HEADER)
@@ -114,7 +127,7 @@ impl Shared {
         method: &str,
         purpose: &str,
     ) -> Result<(Caller, CallGrant), Status> {
-        let caller = Self::caller(request)?;
+        let caller = self.caller(request)?;
         if purpose.trim().is_empty() {
             return Err(Status::invalid_argument("field `purpose` is missing"));
         }
@@ -408,11 +421,12 @@ mod tests {
             let mut last = None;
             for (i, e) in sealed.iter().enumerate() {
                 let got = read
-                    .read(&Incoming {
-                        sequence: i as u64 + 1,
-                        subject: e.subject.as_str(),
-                        bytes: &e.bytes,
-                    })
+                    .read(&Incoming::logged(
+                        i as u64 + 1,
+                        e.subject.as_str(),
+                        &e.bytes,
+                        hru_reader::StoredAt::Unknown,
+                    ))
                     .unwrap();
                 if let Read::Event { envelope, .. } = got {
                     last = Some(envelope);

@@ -112,7 +112,7 @@ impl AuditApi {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
         {
-            auditor.observe(e.sequence, e.subject.as_str(), &e.payload);
+            auditor.observe(e.sequence, e.subject.as_str(), &e.payload, e.stored);
         }
         let report = auditor.finish();
         self.shared.log_access(&grant, &caller.person, whole_log()).await?;
@@ -204,7 +204,7 @@ impl AuditApi {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
         {
-            reader.observe(e.sequence, e.subject.as_str(), &e.payload);
+            reader.observe(e.sequence, e.subject.as_str(), &e.payload, e.stored);
         }
         let sections = vec!["access-log".to_owned()];
         self.shared

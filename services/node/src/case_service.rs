@@ -312,11 +312,12 @@ fn checked(read: &hru_reader::ReadPath, entries: &[hru_log::LogEntry]) -> Vec<(u
     entries
         .iter()
         .filter_map(|e| {
-            read.check(&hru_reader::Incoming {
-                sequence: e.sequence,
-                subject: e.subject.as_str(),
-                bytes: &e.payload,
-            })
+            read.check(&hru_reader::Incoming::logged(
+                e.sequence,
+                e.subject.as_str(),
+                &e.payload,
+                e.stored,
+            ))
             .map_err(|refusal| tracing::debug!(%refusal, "not served"))
             .ok()
             .map(|v| (e.sequence, v))

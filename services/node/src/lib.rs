@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hru_domain::{PartyId, ProducerId};
-use hru_envelope::{KeyRing, PartySecrets};
+use hru_envelope::PartySecrets;
 use hru_log::{PartyView, Producer, SharedLog as _};
 use hru_projection::{Projector, Store};
 use hru_runtime::{Deployment, Tasks};
@@ -77,6 +77,11 @@ pub(crate) struct Shared {
     pub(crate) views: Vec<View>,
     pub(crate) partners: std::collections::BTreeMap<PartyId, String>,
     pub(crate) client_tls: ClientTlsConfig,
+    /// The CA certificates (DER) allowed to issue each party's certificates: its own, as the
+    /// directory lists it, else the deployment CA of `[tls] ca`.
+    pub(crate) party_cas: std::collections::HashMap<PartyId, Vec<Vec<u8>>>,
+    /// The deployment CA's certificates (DER), for parties the directory lists no CA for.
+    pub(crate) deployment_cas: Vec<Vec<u8>>,
     pub(crate) breach_heartbeat_s: u64,
     /// Set when the node is stopping: streams end.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
@@ -105,6 +110,9 @@ pub async fn run(
     // broker permissions allow.
     let identity = secrets.broker_identity();
     let log = PartyView::open(&config.nats_url, Some(&identity), &party).await?;
+    // The data directory holds plaintext (projections) and epoch keys (the producer store).
+    hru_envelope::create_private_dir(&config.data_dir)
+        .map_err(|e| config_err(format!("data_dir {}: {e}", config.data_dir.display())))?;
     let producer_id = ProducerId {
         party: party.clone(),
         instance: config.instance.clone(),
@@ -126,7 +134,7 @@ pub async fn run(
     let read_path = hru_reader::ReadPath::new(
         deployment.directory.clone(),
         Arc::new(deployment.policies.clone()),
-        KeyRing::new(&secrets),
+        hru_runtime::deployment::key_ring(&config.keys_dir, &party).map_err(config_err)?,
     );
     let projector = Projector::new(
         Store::open(&config.data_dir.join("projections"))?,
@@ -134,6 +142,25 @@ pub async fn run(
         read_path,
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Every agency's CA is trusted for the handshake; which CA may issue which party's
+    // certificate is checked per call (`Shared::caller`).
+    let deployment_ca = read(&config.tls.ca)?;
+    let deployment_cas = tls::pem_certificates(&deployment_ca);
+    if deployment_cas.is_empty() {
+        return Err(NodeError::Config(format!(
+            "[tls] ca ({}) holds no PEM certificate",
+            config.tls.ca.display()
+        )));
+    }
+    let mut trust = deployment_ca;
+    let mut party_cas = std::collections::HashMap::new();
+    for (p, entry) in deployment.directory.parties() {
+        if let Some(ca) = &entry.tls_ca {
+            trust.push('\n');
+            trust.push_str(ca);
+            party_cas.insert(p.clone(), tls::pem_certificates(ca));
+        }
+    }
     let shared = Arc::new(Shared {
         stopping: stop_rx.clone(),
         appended: std::sync::atomic::AtomicU64::new(0),
@@ -154,7 +181,9 @@ pub async fn run(
             .collect::<Result<_, NodeError>>()?,
         client_tls: ClientTlsConfig::new()
             .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
-            .ca_certificate(Certificate::from_pem(read(&config.tls.ca)?)),
+            .ca_certificate(Certificate::from_pem(trust.clone())),
+        party_cas,
+        deployment_cas,
         breach_heartbeat_s: config.breach_heartbeat_s,
     });
     // On shutdown, open streams end first, so the server's graceful stop does not wait on them.
@@ -166,7 +195,7 @@ pub async fn run(
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
-        .client_ca_root(Certificate::from_pem(read(&config.tls.ca)?));
+        .client_ca_root(Certificate::from_pem(trust));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     for service in SERVICES {
         health_reporter
@@ -361,9 +390,9 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
         };
         let page = page.ok_or("the view's read ended")?.map_err(|e| e.to_string())?;
         for chunk in page.entries.chunks(FOLD_BATCH) {
-            let entries: Vec<(u64, &str, &[u8])> = chunk
+            let entries: Vec<hru_projection::LogItem<'_>> = chunk
                 .iter()
-                .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref()))
+                .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
                 .collect();
             let Some(&(through, ..)) = entries.last() else { continue };
             let refused = shared

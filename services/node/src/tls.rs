@@ -1,10 +1,23 @@
-//! Mutual TLS between parties: a deployment CA issues each party's certificate (its party id
-//! is the certificate's common name), and a caller's party is read from the certificate it
-//! presented.
+//! Mutual TLS between parties: each agency's CA issues its party's certificates, which name the
+//! party as a URI subject-alternative name (`urn:hru:party:<id>`; the common name is ignored)
+//! and expire; a caller's party is read from that name, and its certificate must have been
+//! issued by that party's own CA as the directory lists it.
+
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
+
+/// The URI prefix of a party's subject-alternative name.
+pub const PARTY_URI: &str = "urn:hru:party:";
+
+/// How long a party certificate is valid unless told otherwise.
+pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
+/// How long a CA is valid.
+pub const CA_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86_400);
 
 /// A PEM certificate and its PEM private key.
 #[derive(Debug, Clone)]
@@ -24,7 +37,12 @@ fn cert_err(e: impl std::fmt::Display) -> CertError {
     CertError(e.to_string())
 }
 
-/// A new deployment CA.
+/// `now + offset` (negative: in the past), for a certificate's validity.
+fn at(offset_s: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_s)
+}
+
+/// A new CA (an agency's, or a development deployment's), valid for [`CA_VALIDITY`].
 pub fn new_ca(name: &str) -> Result<CertAndKey, CertError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
     params.distinguished_name.push(DnType::CommonName, name);
@@ -34,6 +52,8 @@ pub fn new_ca(name: &str) -> Result<CertAndKey, CertError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    params.not_before = at(-300);
+    params.not_after = at(CA_VALIDITY.as_secs() as i64);
     let key = KeyPair::generate().map_err(cert_err)?;
     let cert = params.self_signed(&key).map_err(cert_err)?;
     Ok(CertAndKey {
@@ -42,12 +62,29 @@ pub fn new_ca(name: &str) -> Result<CertAndKey, CertError> {
     })
 }
 
-/// A certificate for `party` (its common name), valid as server for `hosts` and as client.
-pub fn issue(ca: &CertAndKey, party: &str, hosts: &[&str]) -> Result<CertAndKey, CertError> {
+/// A certificate for `party` from `ca`, valid as server for `hosts` and as client, for
+/// `valid_for` from now.
+pub fn issue(ca: &CertAndKey, party: &str, hosts: &[&str], valid_for: Duration) -> Result<CertAndKey, CertError> {
+    issue_between(ca, party, hosts, -300, valid_for.as_secs() as i64)
+}
+
+/// A certificate for `party` valid from `from_s` to `until_s` seconds from now (negative: in
+/// the past); [`issue`] for the usual case.
+pub fn issue_between(
+    ca: &CertAndKey,
+    party: &str,
+    hosts: &[&str],
+    from_s: i64,
+    until_s: i64,
+) -> Result<CertAndKey, CertError> {
     let mut params =
         CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()).map_err(cert_err)?;
+    let uri = format!("{PARTY_URI}{party}").try_into().map_err(cert_err)?;
+    params.subject_alt_names.push(SanType::URI(uri));
     params.distinguished_name.push(DnType::CommonName, party);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = at(from_s);
+    params.not_after = at(until_s);
     let key = KeyPair::generate().map_err(cert_err)?;
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(cert_err)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(cert_err)?;
@@ -58,9 +95,36 @@ pub fn issue(ca: &CertAndKey, party: &str, hosts: &[&str]) -> Result<CertAndKey,
     })
 }
 
-/// The party named by a peer certificate (its common name).
+/// The party a peer certificate names: its one `urn:hru:party:` URI subject-alternative name
+/// (the common name is not read). None when it names none, or more than one.
 pub fn party_of(der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
-    Some(cn)
+    let san = cert.subject_alternative_name().ok()??;
+    let mut parties = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(uri) => uri.strip_prefix(PARTY_URI),
+        _ => None,
+    });
+    let party = parties.next()?.to_owned();
+    parties.next().is_none().then_some(party)
+}
+
+/// Whether the certificate `der` was signed by the CA certificate `ca_der`.
+pub fn issued_by(der: &[u8], ca_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(der),
+        x509_parser::parse_x509_certificate(ca_der),
+    ) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+/// The DER certificates in a PEM text (a CA bundle may hold several).
+pub fn pem_certificates(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect()
 }

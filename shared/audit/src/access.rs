@@ -66,12 +66,8 @@ impl AccessReader {
     }
 
     /// Take the next log entry, as it arrived on `subject`.
-    pub fn observe(&mut self, sequence: u64, subject: &str, bytes: &[u8]) {
-        let (v, opened) = match self.read.read(&Incoming {
-            sequence,
-            subject,
-            bytes,
-        }) {
+    pub fn observe(&mut self, sequence: u64, subject: &str, bytes: &[u8], stored: hru_reader::StoredAt) {
+        let (v, opened) = match self.read.read(&Incoming::logged(sequence, subject, bytes, stored)) {
             Ok(Read::Event { envelope, opened }) if envelope.header.event_type == EventType::AccessLogged => {
                 (envelope, opened)
             }

@@ -67,7 +67,15 @@ pub enum FindingKind {
     RolledBack,
     /// A producer's latest checkpoint is older than allowed: the log may be frozen.
     FrozenLog,
+    /// The recorded time its signer wrote is far from the time the broker stored it: later
+    /// than the store by more than the skew bound, or earlier by more than [`LATE_STORE_MS`]
+    /// (an outbox published late after an outage, or a backdated envelope).
+    RecordedAtSkew,
 }
+
+/// How much earlier than the broker's store time a recorded time may be before it is a
+/// finding (an outbox held through an outage publishes late; a backdated envelope also does).
+pub const LATE_STORE_MS: i64 = 3_600_000;
 
 /// A chain position a witness vouched for: the log must hold exactly this envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +150,8 @@ impl Report {
 pub struct Auditor<'a> {
     /// The directory as the log has amended it (rotations add keys, revocations end them).
     keys: hru_reader::KeyHistory,
+    /// The key events learned in a first pass, before any envelope is observed.
+    foresight: Option<hru_reader::KeyHistory>,
     /// Every verified chain position: producer → sequence → digest.
     positions: HashMap<ProducerId, HashMap<u64, [u8; 32]>>,
     /// The latest checkpoint time of each producer that checkpoints.
@@ -164,6 +174,7 @@ impl<'a> Auditor<'a> {
     pub fn new(directory: &'a Directory, policies: &'a PolicySet) -> Self {
         Self {
             keys: hru_reader::KeyHistory::new(directory.clone()),
+            foresight: None,
             positions: HashMap::new(),
             checkpoints: HashMap::new(),
             witnessed: Vec::new(),
@@ -195,8 +206,22 @@ impl<'a> Auditor<'a> {
         });
     }
 
-    /// Check the next envelope of the log (`subject` as stored).
-    pub fn observe(&mut self, sequence: u64, subject: &str, bytes: &[u8]) {
+    /// Take in the key events of the log before auditing it (feed every `KeyRotated` and
+    /// `KeyRevoked` in log order; anything else is ignored): a revocation then also reaches
+    /// the envelopes the broker stored between its effective time and the revocation event,
+    /// whatever recorded time they claim.
+    pub fn learn_key_event(&mut self, sequence: u64, bytes: &[u8]) {
+        self.foresight
+            .get_or_insert_with(|| self.keys.clone())
+            .learn(sequence, bytes);
+    }
+
+    /// Check the next envelope of the log (`subject` as stored; `stored`, when the broker
+    /// stored it).
+    pub fn observe(&mut self, sequence: u64, subject: &str, bytes: &[u8], stored: hru_reader::StoredAt) {
+        if let Some(foresight) = self.foresight.take() {
+            self.keys.foresee(&foresight);
+        }
         self.report.checked += 1;
         let v = match verify(bytes, self.keys.directory()) {
             Ok(v) => v,
@@ -218,6 +243,30 @@ impl<'a> Auditor<'a> {
             }
         };
         let h = &v.header;
+        if let Err(verdict) = self.keys.judge(h, sequence, true, stored) {
+            let (kind, detail) = match verdict {
+                hru_reader::KeyVerdict::AfterRevocation(d) => (FindingKind::SignedAfterRevocation, d),
+                hru_reader::KeyVerdict::AfterRotation(d) => (FindingKind::KeyNotValid, d),
+            };
+            self.find(sequence, Some(&h.producer), kind, detail);
+            return;
+        }
+        if let hru_reader::StoredAt::Exactly(t) = stored {
+            let ahead = h.recorded_at_ms - t;
+            if ahead > hru_reader::STORED_SKEW_MS || -ahead > LATE_STORE_MS {
+                self.find(
+                    sequence,
+                    Some(&h.producer),
+                    FindingKind::RecordedAtSkew,
+                    format!(
+                        "recorded at {} ms, stored by the broker at {t} ms ({} s {})",
+                        h.recorded_at_ms,
+                        ahead.abs() / 1000,
+                        if ahead > 0 { "in the future" } else { "earlier" }
+                    ),
+                );
+            }
+        }
         if let Err(b) = self.chains.observe(h, &v.digest)
             && !(self.viewer.is_some() && matches!(b, ChainBreak::Gap { .. }))
         {
@@ -242,7 +291,7 @@ impl<'a> Auditor<'a> {
             self.find(sequence, Some(&h.producer), FindingKind::BadCheckpoint, problem);
         }
         if matches!(h.event_type, EventType::KeyRotated | EventType::KeyRevoked)
-            && let Err(problem) = self.key_event(h, &v.body)
+            && let Err(problem) = self.key_event(h, &v.body, sequence)
         {
             self.find(sequence, Some(&h.producer), FindingKind::BadKeyEvent, problem);
         }
@@ -425,8 +474,8 @@ impl<'a> Auditor<'a> {
     }
 
     /// Amend the directory with a verified KeyRotated or KeyRevoked event (the read path's rules).
-    fn key_event(&mut self, h: &hru_domain::EventHeader, body: &[u8]) -> Result<(), String> {
-        self.keys.apply(h, body).map_err(|e| e.0)
+    fn key_event(&mut self, h: &hru_domain::EventHeader, body: &[u8], sequence: u64) -> Result<(), String> {
+        self.keys.apply(h, body, sequence).map_err(|e| e.0)
     }
 
     /// The report: every finding, witnessed checkpoints and checkpoint freshness checked last.

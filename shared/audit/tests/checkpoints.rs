@@ -50,7 +50,7 @@ fn audit(cast: &Cast, log: &[&Entry], prepare: impl FnOnce(&mut Auditor<'_>)) ->
     let mut auditor = Auditor::new(&cast.directory, &policies);
     prepare(&mut auditor);
     for (i, (subject, bytes)) in log.iter().enumerate() {
-        auditor.observe(i as u64 + 1, subject, bytes);
+        auditor.observe(i as u64 + 1, subject, bytes, hru_broker::StoredAt::Unknown);
     }
     auditor.finish().findings.iter().map(|f| f.kind).collect()
 }

@@ -41,7 +41,7 @@ impl Log {
         let policies = PolicySet::default();
         let mut auditor = Auditor::new(&cast.directory, &policies);
         for (i, (subject, bytes)) in self.entries.iter().enumerate() {
-            auditor.observe(i as u64 + 1, subject, bytes);
+            auditor.observe(i as u64 + 1, subject, bytes, hru_broker::StoredAt::Unknown);
         }
         auditor.finish().findings.iter().map(|f| (f.sequence, f.kind)).collect()
     }
@@ -98,6 +98,10 @@ fn rotation_and_revocation_are_honoured_and_late_signatures_found() {
     log.public(&mut desk, EventType::KeyRevoked, revoked.encode_to_vec(), 4_000);
     let mut thief = Sealer::new(producer(&cast, "thief"), new.clone());
     log.note(&mut thief, 5_000);
+    // The thief again, backdating to before the revocation's effective time: the log holds it
+    // after the revocation, so it is refused whatever time it claims.
+    let mut backdater = Sealer::new(producer(&cast, "backdater"), new.clone());
+    log.note(&mut backdater, 3_100);
     // Someone else's key announcing a rotation of police's key, signed by the wrong key.
     let mut forger = Sealer::new(producer(&cast, "forger"), new.clone());
     let other = SigningKey::from_bytes(&[7; 32]);
@@ -110,7 +114,51 @@ fn rotation_and_revocation_are_honoured_and_late_signatures_found() {
         [
             (4, FindingKind::KeyNotValid),
             (6, FindingKind::SignedAfterRevocation),
-            (7, FindingKind::BadKeyEvent),
+            (7, FindingKind::SignedAfterRevocation),
+            (8, FindingKind::SignedAfterRevocation),
         ]
     );
+}
+
+#[test]
+fn the_broker_time_reaches_what_was_stored_before_the_revocation_event() {
+    let cast = Cast::new(22);
+    let key = cast.police.signing.clone();
+    let mut log = Log { entries: Vec::new() };
+    let mut desk = Sealer::new(producer(&cast, "desk"), key.clone());
+    log.note(&mut desk, 1_000);
+    // The key leaks at 4,000; the thief's envelope, claiming 3,100, is stored an hour later;
+    // the party revokes from 4,000 after that.
+    let mut thief = Sealer::new(producer(&cast, "thief"), key.clone());
+    log.note(&mut thief, 3_100);
+    let revoked = pb::KeyRevoked {
+        party: cast.police.party.to_string(),
+        key_id: key_id(&key.verifying_key().to_bytes()).0.to_vec(),
+        revoked_at_ms: 4_000,
+        reason: "key file copied".into(),
+    };
+    log.public(&mut desk, EventType::KeyRevoked, revoked.encode_to_vec(), 3_800_000);
+    let stored = [1_000, 3_700_000, 3_800_000];
+    let policies = PolicySet::default();
+    let audit = |learn: bool| {
+        let mut auditor = Auditor::new(&cast.directory, &policies);
+        if learn {
+            for (i, (_, bytes)) in log.entries.iter().enumerate() {
+                auditor.learn_key_event(i as u64 + 1, bytes);
+            }
+        }
+        for (i, (subject, bytes)) in log.entries.iter().enumerate() {
+            auditor.observe(i as u64 + 1, subject, bytes, hru_broker::StoredAt::Exactly(stored[i]));
+        }
+        auditor
+            .finish()
+            .findings
+            .iter()
+            .map(|f| (f.sequence, f.kind))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(audit(true), [(2, FindingKind::SignedAfterRevocation)]);
+    // Read in one pass, the revocation is not known yet when the thief's envelope passes: only
+    // its recorded time, far from the broker's, is found.
+    assert_eq!(audit(false), [(2, FindingKind::RecordedAtSkew)]);
 }

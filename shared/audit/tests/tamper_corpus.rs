@@ -20,7 +20,12 @@ use hru_wire::v1 as pb;
 use prost::Message as _;
 
 const AGREEMENT: &str = include_str!("../../../tests/data/round-trip.toml");
-const NOW: i64 = 1_795_000_000_000;
+/// The corpus is sealed now: the broker stores it within the skew bound of its recorded time.
+static NOW: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+});
 
 fn agreement(text: &str, cast: &Cast) -> CompiledIsa {
     CompiledIsa::compile(text, "round-trip.toml", Some(&cast.directory)).unwrap()
@@ -32,7 +37,7 @@ fn referral(n: u32) -> pb::event_draft::Event {
             subject_ref: vec![(n % 256) as u8; 32],
             behaviours: vec![1],
             area: format!("area {n}"),
-            received_at_ms: NOW,
+            received_at_ms: *NOW,
             out_of_hours: false,
             crime_reference: String::new(),
         }),
@@ -53,7 +58,7 @@ fn seal_n(sealer: &mut Sealer, cast: &Cast, isa: &CompiledIsa, n: u32, case: Cas
         let (t, s) = split_draft(referral(i));
         out.extend(
             sealer
-                .seal_event(case, t, s, NOW, NOW, isa, &cast.directory, &mut rand_core::OsRng)
+                .seal_event(case, t, s, *NOW, *NOW, isa, &cast.directory, &mut rand_core::OsRng)
                 .unwrap(),
         );
     }
@@ -82,7 +87,7 @@ async fn audit(cast: &Cast, policies: &PolicySet, messages: &[(String, Vec<u8>)]
         .await
         .unwrap()
     {
-        auditor.observe(e.sequence, e.subject.as_str(), &e.payload);
+        auditor.observe(e.sequence, e.subject.as_str(), &e.payload, e.stored);
     }
     let report = auditor.finish();
     (report.checked, report.findings.iter().map(|f| f.kind).collect())
@@ -261,7 +266,7 @@ async fn each_mutation_is_found_with_its_kind() {
             instance: producer.instance.clone(),
             head_seq: head.next_seq - 1,
             head_digest: head.prev_digest.0.to_vec(),
-            at_ms: NOW,
+            at_ms: *NOW,
         }),
         checkpoint_event_id: vec![0; 16],
     };
@@ -276,7 +281,7 @@ async fn each_mutation_is_found_with_its_kind() {
         .prepare_public(
             hru_domain::EventType::CheckpointWitnessed,
             witnessed.encode_to_vec(),
-            NOW,
+            *NOW,
             &isa,
         )
         .unwrap();
@@ -301,7 +306,7 @@ async fn each_mutation_is_found_with_its_kind() {
     let revoked = pb::KeyRevoked {
         party: cast.police.party.to_string(),
         key_id: cast.police.signing_key_id().0.to_vec(),
-        revoked_at_ms: NOW,
+        revoked_at_ms: *NOW,
         reason: "key compromised".into(),
     };
     let keys = Sealer::new(
@@ -312,7 +317,7 @@ async fn each_mutation_is_found_with_its_kind() {
         cast.police.signing.clone(),
     );
     let r = keys
-        .prepare_public(hru_domain::EventType::KeyRevoked, revoked.encode_to_vec(), NOW, &isa)
+        .prepare_public(hru_domain::EventType::KeyRevoked, revoked.encode_to_vec(), *NOW, &isa)
         .unwrap();
     let mut m = base.clone();
     m.insert(last, (r.envelopes[0].subject.to_string(), r.envelopes[0].bytes.clone()));

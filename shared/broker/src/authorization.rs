@@ -8,7 +8,10 @@ use std::fmt::Write as _;
 use hru_domain::PartyId;
 
 use crate::rights::Rights;
-use crate::stream::{EVENTS_STREAM, POSITIONS_STREAM, direct_get_api, last_message_api, message_get_api, view_stream};
+use crate::stream::{
+    EVENTS_STREAM, POSITIONS_STREAM, alert_stream, device_identity, direct_get_api, last_message_api, message_get_api,
+    view_stream,
+};
 use crate::subject::Filter;
 
 /// Directory id of the provisioner (creates streams and views; full rights in the account).
@@ -25,6 +28,8 @@ pub struct Accounts {
     pub provisioner: String,
     /// The auditor's user nkey, if any.
     pub auditor: Option<String>,
+    /// (device id, user nkey) for each paired victim device.
+    pub devices: Vec<(String, String)>,
 }
 
 fn list(items: &[String]) -> String {
@@ -127,12 +132,31 @@ pub fn nats_config(rights: &Rights, accounts: &Accounts) -> String {
         let inbox = Filter::inbox(party.as_str()).into();
         user(&mut out, &comment, nkey, &party_publish(rights, party), &[inbox]);
     }
-    if let Some(auditor) = &accounts.auditor {
+    for (device, nkey) in &accounts.devices {
+        let mut publish = read_api(&alert_stream(device));
+        publish.push(crate::Subject::receipt(device).into());
         user(
             &mut out,
-            "auditor: reads the whole shared log, publishes nothing",
+            &format!("victim device {device}: reads its own alerts, records its receipts"),
+            nkey,
+            &publish,
+            &[Filter::inbox(&device_identity(device)).into()],
+        );
+    }
+    if let Some(auditor) = &accounts.auditor {
+        let mut read = read_api(EVENTS_STREAM);
+        for (device, _) in &accounts.devices {
+            read.extend(
+                read_api(&alert_stream(device))
+                    .into_iter()
+                    .filter(|a| a != "$JS.API.INFO"),
+            );
+        }
+        user(
+            &mut out,
+            "auditor: reads the whole shared log and the devices' alerts and receipts, publishes nothing",
             auditor,
-            &read_api(EVENTS_STREAM),
+            &read,
             &[Filter::inbox(AUDITOR).into()],
         );
     }

@@ -58,6 +58,65 @@ fn strings(filters: Vec<Filter>) -> Vec<String> {
     filters.into_iter().map(String::from).collect()
 }
 
+/// The stream of one paired victim device: its alerts and its receipts of them, which only
+/// that device reads.
+pub fn alert_stream(device: &str) -> String {
+    format!("HRU_ALERTS_{device}")
+}
+
+/// The broker identity of a paired victim device (party ids have no `.`, so no party has it).
+pub fn device_identity(device: &str) -> String {
+    format!("device.{device}")
+}
+
+/// How long a device stream remembers an alert's id: a geofence restarted within this sends no
+/// alert twice for one breach decision.
+pub const ALERT_DUPLICATE_WINDOW: Duration = Duration::from_secs(86_400);
+
+/// A device's stream: `hru.alert.<device>` and `hru.receipt.<device>`, kept `max_age` (the
+/// agreement's retention of breaches), deduplicated by alert id.
+pub fn alerts_config(device: &str, max_age: Duration, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: alert_stream(device),
+        subjects: vec![
+            crate::Subject::alert(device).into(),
+            crate::Subject::receipt(device).into(),
+        ],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: ALERT_DUPLICATE_WINDOW.min(max_age),
+        max_age,
+        deny_delete: true,
+        deny_purge: true,
+        // The device pages through it with batched direct gets.
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Create or update the stream of each paired device (the provisioner's job).
+pub async fn provision_devices(
+    client: &async_nats::Client,
+    devices: &[String],
+    max_age: Duration,
+    replicas: usize,
+) -> Result<(), BrokerError> {
+    let js = jetstream::new(client.clone());
+    for device in devices {
+        let config = alerts_config(device, max_age, replicas);
+        let name = config.name.clone();
+        match js.get_stream(&name).await {
+            Ok(_) => js.update_stream(config).await.map(|_| ()),
+            Err(_) => js.create_stream(config).await.map(|_| ()),
+        }
+        .map_err(|e| BrokerError::Request {
+            operation: "provision device stream",
+            source: format!("{name}: {e}").into(),
+        })?;
+    }
+    Ok(())
+}
+
 /// The configuration the event log requires.
 pub fn events_config(replicas: usize) -> stream::Config {
     stream::Config {

@@ -81,6 +81,11 @@ impl Subject {
         Self(format!("hru.alert.{device}"))
     }
 
+    /// A paired device's receipt of its alerts: `hru.receipt.<device>`.
+    pub fn receipt(device: &str) -> Self {
+        Self(format!("hru.receipt.{device}"))
+    }
+
     /// The subject an envelope with `header` is published under; `grant_audience` is the
     /// audience a `KeyGranted` envelope grants to.
     pub fn of_header(header: &EventHeader, grant_audience: Option<&AudienceId>) -> Self {

@@ -91,6 +91,11 @@ impl PartySecrets {
         key_id(self.verifying_key().as_bytes())
     }
 
+    /// The X25519 public key's 32 bytes (as the directory and a `KeyRotated` carry it).
+    pub fn encryption_public_bytes(&self) -> [u8; 32] {
+        self.encryption_public().to_bytes().into()
+    }
+
     /// Key id of the encryption key.
     pub fn encryption_key_id(&self) -> KeyId {
         key_id(&self.encryption_public().to_bytes())
@@ -150,6 +155,104 @@ impl PartySecrets {
             self.nats_user(),
             B64.encode(self.verifying_key().as_bytes()),
         )
+    }
+}
+
+/// A paired victim device's secret: the nkey it connects to the broker with, to read its own
+/// alerts and record its receipts. A device signs nothing and opens nothing.
+#[derive(Clone)]
+pub struct DeviceSecret {
+    /// The device.
+    pub device: hru_domain::DeviceId,
+    /// NATS user nkey seed (`SU…`).
+    pub nats_seed: String,
+}
+
+impl std::fmt::Debug for DeviceSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSecret")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceSecretFile {
+    device: String,
+    nats: String,
+}
+
+impl DeviceSecret {
+    /// A fresh identity for `device`.
+    pub fn generate(device: hru_domain::DeviceId, rng: &mut (impl CryptoRng + RngCore)) -> Self {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        Self {
+            device,
+            nats_seed: nats_seed_from(&seed),
+        }
+    }
+
+    /// The NATS user public nkey (`U…`).
+    pub fn nats_user(&self) -> String {
+        nkeys::KeyPair::from_seed(&self.nats_seed)
+            .map(|k| k.public_key())
+            .unwrap_or_default()
+    }
+
+    /// The secret file's text (keep it mode 0600, on the device).
+    pub fn to_toml(&self) -> String {
+        format!(
+            "# HRU Backbone alert device {device}. Keep private (mode 0600).\ndevice = \"{device}\"\nnats = \"{}\"\n",
+            self.nats_seed,
+            device = self.device
+        )
+    }
+
+    /// Parse a file written by [`DeviceSecret::to_toml`]; `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, DirectoryError> {
+        let file: DeviceSecretFile = toml::from_str(text).map_err(|e| DirectoryError::from_toml(source, text, &e))?;
+        let at = |field: &str, message: String| DirectoryError {
+            file: source.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("`{field}` {message}"),
+        };
+        let device = hru_domain::DeviceId::parse(&file.device, "device").map_err(|e| at("device", e.problem))?;
+        if nkeys::KeyPair::from_seed(&file.nats).is_err() {
+            return Err(at("nats", "is not a NATS user nkey seed (SU…)".into()));
+        }
+        Ok(Self {
+            device,
+            nats_seed: file.nats,
+        })
+    }
+
+    /// The device's lines for `policies/directory.toml`.
+    pub fn directory_entry(&self) -> String {
+        format!(
+            "[[device]]\nid = \"{}\"\nnats_user = \"{}\"\n",
+            self.device,
+            self.nats_user()
+        )
+    }
+}
+
+/// Create `path` (and any missing parents) so that only its owner can enter it (mode 0700):
+/// how every directory holding secrets or plaintext is made (key directories, producer and
+/// projection stores). An existing directory is left as it is.
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        other => other,
     }
 }
 
@@ -229,6 +332,17 @@ pub struct EncryptionKey {
     pub key: <Kem as hpke::Kem>::PublicKey,
 }
 
+impl EncryptionKey {
+    /// The key of these 32 public bytes, if they are an X25519 public key.
+    pub fn from_bytes(public: &[u8; 32]) -> Option<Self> {
+        let key = <<Kem as hpke::Kem>::PublicKey as hpke::Deserializable>::from_bytes(public).ok()?;
+        Some(Self {
+            key_id: key_id(public),
+            key,
+        })
+    }
+}
+
 /// A party as the directory lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartyEntry {
@@ -240,12 +354,17 @@ pub struct PartyEntry {
     pub encryption: EncryptionKey,
     /// NATS user public nkey (`U…`), when the party connects to the broker.
     pub nats_user: Option<String>,
+    /// The party's own TLS CA (PEM), when listed: a node accepts a certificate naming the
+    /// party only if this CA issued it.
+    pub tls_ca: Option<String>,
 }
 
 /// The public party directory (`policies/directory.toml`): enough to verify any envelope.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directory {
     parties: BTreeMap<PartyId, PartyEntry>,
+    /// Paired victim devices: device id → NATS user public nkey.
+    devices: BTreeMap<hru_domain::DeviceId, String>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +372,15 @@ pub struct Directory {
 struct DirectoryFile {
     #[serde(default)]
     party: Vec<toml::Spanned<PartyRow>>,
+    #[serde(default)]
+    device: Vec<DeviceRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceRow {
+    id: toml::Spanned<String>,
+    nats_user: toml::Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +390,7 @@ struct PartyRow {
     controller: String,
     encryption_key: toml::Spanned<String>,
     nats_user: Option<toml::Spanned<String>>,
+    tls_ca: Option<toml::Spanned<String>>,
     #[serde(default)]
     signing_key: Vec<SigningRow>,
 }
@@ -336,8 +465,22 @@ impl Directory {
                     _ => Err(err(u.span(), "nats_user is not a NATS user public nkey (U…)".into())),
                 })
                 .transpose()?;
+            let tls_ca = row
+                .tls_ca
+                .map(|ca| {
+                    if ca.get_ref().contains("-----BEGIN CERTIFICATE-----") {
+                        Ok(ca.into_inner())
+                    } else {
+                        Err(err(
+                            ca.span(),
+                            format!("tls_ca of {party} is not a PEM certificate; paste the CA certificate `hru keys ca` wrote"),
+                        ))
+                    }
+                })
+                .transpose()?;
             let entry = PartyEntry {
                 nats_user,
+                tls_ca,
                 controller: row.controller,
                 signing,
                 encryption: EncryptionKey {
@@ -349,6 +492,25 @@ impl Directory {
                 return Err(err(
                     row.id.span(),
                     format!("party {party} is listed twice; keep one [[party]] table per party"),
+                ));
+            }
+        }
+        for row in file.device {
+            let id = hru_domain::DeviceId::parse(row.id.get_ref(), "id")
+                .map_err(|e| err(row.id.span(), format!("device id {}", e.problem)))?;
+            let nkey = row.nats_user.get_ref();
+            if !nkey.starts_with('U') || nkeys::KeyPair::from_public_key(nkey).is_err() {
+                return Err(err(
+                    row.nats_user.span(),
+                    format!(
+                        "nats_user of device {id} is not a NATS user public nkey (U…); paste the line `hru device pair` printed"
+                    ),
+                ));
+            }
+            if dir.devices.insert(id.clone(), nkey.clone()).is_some() {
+                return Err(err(
+                    row.id.span(),
+                    format!("device {id} is listed twice; keep one [[device]] table per device"),
                 ));
             }
         }
@@ -368,6 +530,7 @@ impl Directory {
             secrets.party.clone(),
             PartyEntry {
                 nats_user: Some(secrets.nats_user()),
+                tls_ca: None,
                 controller: controller.to_owned(),
                 signing: vec![SigningKeyEntry {
                     key_id: key_id(key.as_bytes()),
@@ -386,6 +549,11 @@ impl Directory {
     /// A party's entry.
     pub fn party(&self, party: &PartyId) -> Option<&PartyEntry> {
         self.parties.get(party)
+    }
+
+    /// Every paired victim device and its NATS user public nkey, sorted by id.
+    pub fn devices(&self) -> impl Iterator<Item = (&hru_domain::DeviceId, &str)> {
+        self.devices.iter().map(|(d, k)| (d, k.as_str()))
     }
 
     /// Every party, sorted by id.

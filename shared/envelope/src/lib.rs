@@ -24,7 +24,10 @@ pub use chain::{ChainBreak, ChainChecker};
 pub use detached::{Detached, DetachedError, sign_detached, verify_detached};
 pub use error::{OpenError, SealError};
 pub use hru_domain::PlainSection;
-pub use keys::{Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry, key_id};
+pub use keys::{
+    DeviceSecret, Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry,
+    create_private_dir, key_id,
+};
 pub use open::{GrantOutcome, KeyRing, OpenedEvent, OpenedSection, VerifiedEnvelope, decode_header, verify};
 pub use primitives::{EpochKey, SIGNATURE_DOMAIN, public_key, verify_strict};
 pub use seal::{AudiencePolicy, ChainHead, EpochState, Refusal, SealedBatch, SealedEnvelope, Sealer};

@@ -155,8 +155,9 @@ type EpochRef = (ProducerId, AudienceId, u32);
 /// A reader's keys: its own secrets and every epoch key granted to it.
 pub struct KeyRing {
     party: PartyId,
-    key_id: KeyId,
-    secret: <crate::primitives::Kem as hpke::Kem>::PrivateKey,
+    /// The party's X25519 secrets by key id: the current one first, then any it rotated out
+    /// (grants made before a rotation are sealed to the old key).
+    secrets: Vec<(KeyId, <crate::primitives::Kem as hpke::Kem>::PrivateKey)>,
     epoch_keys: HashMap<EpochRef, EpochKey>,
     members: HashMap<(ProducerId, AudienceId), BTreeSet<PartyId>>,
     known: HashMap<AudienceId, bool>,
@@ -176,12 +177,21 @@ impl KeyRing {
     pub fn new(secrets: &PartySecrets) -> Self {
         Self {
             party: secrets.party.clone(),
-            key_id: secrets.encryption_key_id(),
-            secret: secrets.encryption.clone(),
+            secrets: vec![(secrets.encryption_key_id(), secrets.encryption.clone())],
             epoch_keys: HashMap::new(),
             members: HashMap::new(),
             known: HashMap::new(),
         }
+    }
+
+    /// Also open grants sealed to an earlier X25519 key of the same party (kept when the key
+    /// was rotated); secrets of another party are ignored.
+    pub fn with_past(mut self, past: &PartySecrets) -> Self {
+        let id = past.encryption_key_id();
+        if past.party == self.party && !self.secrets.iter().any(|(k, _)| *k == id) {
+            self.secrets.push((id, past.encryption.clone()));
+        }
+        self
     }
 
     /// The reader.
@@ -263,17 +273,21 @@ impl KeyRing {
             epoch,
             party: self.party.clone(),
         };
-        if mine.key_id != self.key_id.0 {
+        let Some((key_id, secret)) = self
+            .secrets
+            .iter()
+            .find(|(k, _)| k.0.as_slice() == mine.key_id.as_slice())
+        else {
             return Err(unseal_error());
-        }
+        };
         let slot = GrantSlot {
             producer: &env.header.producer,
             audience: &audience,
             epoch,
             member: &self.party,
-            member_key_id: &self.key_id,
+            member_key_id: key_id,
         };
-        let key = open_epoch_key(&mine.enc, &mine.sealed_epoch_key, &slot, &self.secret).ok_or_else(unseal_error)?;
+        let key = open_epoch_key(&mine.enc, &mine.sealed_epoch_key, &slot, secret).ok_or_else(unseal_error)?;
         self.epoch_keys
             .insert((env.header.producer.clone(), audience, epoch), EpochKey::new(key));
         Ok(GrantOutcome::Opened)

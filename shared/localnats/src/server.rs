@@ -223,6 +223,33 @@ impl NatsServer {
         self.kill()
     }
 
+    /// Replaces the extra configuration (a regenerated authorization, say) and has the running
+    /// server reload its config file (`nats-server --signal reload=PID`): no restart, and
+    /// clients whose credentials the new config no longer lists are disconnected.
+    pub fn reload_with(&mut self, extra: &str) -> Result<(), LocalNatsError> {
+        self.extra_config = format!("{extra}\n");
+        std::fs::write(&self.config_path, self.config()).map_err(LocalNatsError::io("writing nats-server.conf"))?;
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let status = Command::new(&self.bin)
+            .arg("--signal")
+            .arg(format!("reload={pid}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| LocalNatsError::Spawn {
+                bin: self.bin.clone(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(LocalNatsError::io("signalling nats-server to reload")(
+                std::io::Error::other(format!("nats-server --signal reload={pid} exited with {status}")),
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts again on the same client port and store dir (SIGKILLs first if still running) and waits until healthy.
     pub fn restart(&mut self) -> Result<(), LocalNatsError> {
         self.kill()?;

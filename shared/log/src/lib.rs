@@ -4,13 +4,15 @@
 //! `HRU_EVENTS` sequences. Appends live in [`append`], reads (as bounded-page streams) in
 //! [`read`]; everything NATS-shaped is spelled by `hru-broker`.
 
+pub mod alerts;
 pub mod append;
 mod positions;
 mod producer;
 pub mod read;
 
+pub use alerts::{AlertPublisher, DeviceAlerts, Sent};
 pub use append::{Ack, AppendError, Appender, Expect};
-pub use hru_broker::{BrokerError as LogError, BrokerIdentity, connect};
+pub use hru_broker::{BrokerError as LogError, BrokerIdentity, StoredAt, connect};
 pub use positions::PositionLog;
 pub use producer::{EventToSeal, GroupSealer, Producer, SealedGroup, StoreError};
 pub use read::{Entries, Page, Pages, Reader};
@@ -28,6 +30,9 @@ pub struct LogEntry {
     pub subject: Subject,
     /// The envelope bytes.
     pub payload: Bytes,
+    /// When the broker stored it: exactly, when read from the stream it was published to; no
+    /// later than the view's copy, when read from a view.
+    pub stored: hru_broker::StoredAt,
 }
 
 /// What both log handles offer a producer: somewhere to append, and a reader that holds the

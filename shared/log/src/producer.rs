@@ -288,7 +288,30 @@ impl Producer {
             path: name.clone(),
             reason: e.to_string(),
         };
-        let db = sled::open(path).map_err(store_err)?;
+        hru_envelope::create_private_dir(path).map_err(|e| StoreError::Store {
+            path: name.clone(),
+            reason: e.to_string(),
+        })?;
+        let db = match sled::open(path) {
+            Ok(db) => db,
+            // A store killed while sled was first writing it does not open. Everything the log
+            // acknowledged is in the log: move the store aside and rebuild from there (what
+            // its outbox held unacknowledged may be lost, as after any crash before the ack).
+            Err(e @ sled::Error::Corruption { .. }) => {
+                let aside = path.with_extension(format!("broken-{}", std::process::id()));
+                tracing::error!(cause = %e, path = %name, aside = %aside.display(), "producer store does not open; rebuilding it from the log");
+                std::fs::rename(path, &aside).map_err(|e| StoreError::Store {
+                    path: name.clone(),
+                    reason: format!("moving the damaged store aside: {e}"),
+                })?;
+                hru_envelope::create_private_dir(path).map_err(|e| StoreError::Store {
+                    path: name.clone(),
+                    reason: e.to_string(),
+                })?;
+                sled::open(path).map_err(store_err)?
+            }
+            Err(e) => return Err(store_err(e)),
+        };
         let state = db.open_tree("state").map_err(store_err)?;
         let outbox = db.open_tree("outbox").map_err(store_err)?;
         let damaged = |key: &str, reason: String| StoreError::Damaged {

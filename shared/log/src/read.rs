@@ -450,10 +450,22 @@ struct Raw {
 
 impl Raw {
     fn entry(self, numbering: Numbering) -> Result<LogEntry, LogError> {
+        // The server's timestamp is the last value (a publisher may send its own first).
+        let time = self
+            .headers
+            .get_last("Nats-Time-Stamp")
+            .and_then(|v| v.as_str().parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond());
+        let stored = match (numbering, time) {
+            (_, None) => hru_broker::StoredAt::Unknown,
+            (Numbering::Stored, Some(t)) => hru_broker::StoredAt::Exactly(t),
+            (Numbering::Sourced, Some(t)) => hru_broker::StoredAt::NoLaterThan(t),
+        };
         Ok(LogEntry {
             sequence: numbering.sequence(self.stored, Some(&self.headers))?,
             subject: hru_broker::Subject::from_wire(&self.subject),
             payload: self.payload,
+            stored,
         })
     }
 }

@@ -70,7 +70,18 @@ impl CompiledIsa {
             parties,
             provisioner,
             auditor,
+            devices: directory
+                .devices()
+                .map(|(d, k)| (d.to_string(), k.to_owned()))
+                .collect(),
         })
+    }
+
+    /// How long a device stream keeps alerts: the agreement's retention of breaches (an alert
+    /// is part of its breach decision).
+    pub fn alerts_max_age(&self) -> std::time::Duration {
+        let days = self.retention_of(hru_domain::EventType::TagBreach).max_days();
+        std::time::Duration::from_secs(days * 86_400)
     }
 
     /// How long the position stream keeps batches: the agreement's retention of them.

@@ -138,12 +138,14 @@ impl Store {
     /// Open the store at `path`. A corrupt store is not trusted: it is moved aside
     /// and a fresh one is rebuilt from the log.
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
+        hru_envelope::create_private_dir(path).map_err(err)?;
         let db = match open_when_released(path) {
             Ok(db) => db,
             Err(e @ sled::Error::Corruption { .. }) => {
                 tracing::error!(cause = %e, path = %path.display(), "projection store does not open; rebuilding from the log");
                 let aside = path.with_extension(format!("broken-{}", std::process::id()));
                 std::fs::rename(path, &aside).map_err(err)?;
+                hru_envelope::create_private_dir(path).map_err(err)?;
                 sled::open(path).map_err(err)?
             }
             Err(e) => return Err(err(e)),
@@ -339,7 +341,7 @@ pub struct Projector {
 }
 
 /// One log entry to fold: its sequence, the subject it arrived on, its bytes.
-pub type LogItem<'a> = (u64, &'a str, &'a [u8]);
+pub type LogItem<'a> = (u64, &'a str, &'a [u8], hru_reader::StoredAt);
 
 impl Projector {
     /// A projector for `projections` over `store`, reading through `read`, which takes in the
@@ -403,12 +405,8 @@ impl Projector {
         let mut kept = Vec::new();
         let mut refused = Vec::new();
         let mut typed = Vec::with_capacity(entries.len());
-        for &(sequence, subject, bytes) in entries {
-            let read = match self.read.read(&Incoming {
-                sequence,
-                subject,
-                bytes,
-            }) {
+        for &(sequence, subject, bytes, stored) in entries {
+            let read = match self.read.read(&Incoming::logged(sequence, subject, bytes, stored)) {
                 Ok(read) => read,
                 Err(refusal) => {
                     refused.push(refusal);

@@ -140,9 +140,9 @@ fn projector(store: Store, cast: &Cast) -> Projector {
 }
 
 fn feed(p: &mut Projector, entries: &[(u64, String, Vec<u8>)]) {
-    let refs: Vec<(u64, &str, &[u8])> = entries
+    let refs: Vec<hru_projection::LogItem<'_>> = entries
         .iter()
-        .map(|(s, subject, b)| (*s, subject.as_str(), b.as_slice()))
+        .map(|(s, subject, b)| (*s, subject.as_str(), b.as_slice(), hru_reader::StoredAt::Unknown))
         .collect();
     let refused = p.feed(&refs).unwrap();
     assert!(refused.is_empty(), "a genuine log is read whole: {refused:?}");

@@ -22,7 +22,8 @@ use hru_policy::PolicySet;
 use hru_wire::v1 as pb;
 use prost::Message as _;
 
-pub use keys::{KeyEventError, KeyHistory};
+pub use hru_broker::StoredAt;
+pub use keys::{KeyEventError, KeyHistory, KeyVerdict, STORED_SKEW_MS};
 
 /// Why a message was refused: the audit reports the same kinds by the same names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,6 +136,23 @@ pub struct Incoming<'a> {
     pub subject: &'a str,
     /// The envelope bytes.
     pub bytes: &'a [u8],
+    /// When the broker stored it, as far as the reader can tell.
+    pub stored: StoredAt,
+    /// Whether `sequence` is an `HRU_EVENTS` sequence (key events end keys in that order).
+    pub in_log_order: bool,
+}
+
+impl<'a> Incoming<'a> {
+    /// A message of `HRU_EVENTS` (read from the log itself or from a view).
+    pub fn logged(sequence: u64, subject: &'a str, bytes: &'a [u8], stored: StoredAt) -> Self {
+        Self {
+            sequence,
+            subject,
+            bytes,
+            stored,
+            in_log_order: true,
+        }
+    }
 }
 
 /// What a message that passed every check gave the reader.
@@ -218,6 +236,17 @@ impl ReadPath {
         &self.ring
     }
 
+    /// Take the revocations and key ends of a first pass over the log's key events, so what a
+    /// revoked key signed before its revocation reached the log is refused too.
+    pub fn foresee(&mut self, keys: &KeyHistory) {
+        self.keys.foresee(keys);
+    }
+
+    /// The directory as deployed (before the log's key events), for a first pass.
+    pub fn key_history(&self) -> &KeyHistory {
+        &self.keys
+    }
+
     /// The directory with the log's key events applied.
     pub fn directory(&self) -> &Directory {
         self.keys.directory()
@@ -227,6 +256,13 @@ impl ReadPath {
     pub fn check(&self, m: &Incoming<'_>) -> Result<VerifiedEnvelope, Refusal> {
         let v = self.verified(m)?;
         let h = &v.header;
+        if let Err(verdict) = self.keys.judge(h, m.sequence, m.in_log_order, m.stored) {
+            let (kind, detail) = match verdict {
+                KeyVerdict::AfterRevocation(d) => (RefusalKind::SignedAfterRevocation, d),
+                KeyVerdict::AfterRotation(d) => (RefusalKind::KeyNotValid, d),
+            };
+            return Err(refusal(m.sequence, &h.producer, kind, detail));
+        }
         let grant_audience = if h.event_type == EventType::KeyGranted {
             let audience = pb::KeyGranted::decode(v.body.as_slice())
                 .ok()
@@ -276,7 +312,7 @@ impl ReadPath {
                     e.to_string(),
                 )),
             },
-            EventType::KeyRotated | EventType::KeyRevoked => match self.keys.apply(&v.header, &v.body) {
+            EventType::KeyRotated | EventType::KeyRevoked => match self.keys.apply(&v.header, &v.body, m.sequence) {
                 Ok(()) => Ok(Read::Public(v)),
                 Err(e) => Err(refusal(m.sequence, &v.header.producer, RefusalKind::BadKeyEvent, e.0)),
             },
@@ -291,11 +327,7 @@ impl ReadPath {
     /// Take in an envelope this reader checked and kept earlier (a grant or key event kept by
     /// a projection store): its signature is verified again, the rest is not.
     pub fn restore(&mut self, sequence: u64, bytes: &[u8]) -> Result<(), Refusal> {
-        let v = self.verified(&Incoming {
-            sequence,
-            subject: "",
-            bytes,
-        })?;
+        let v = self.verified(&Incoming::logged(sequence, "", bytes, StoredAt::Unknown))?;
         match v.header.event_type {
             EventType::KeyGranted => self
                 .ring
@@ -304,7 +336,7 @@ impl ReadPath {
                 .map_err(|e| refusal(sequence, &v.header.producer, RefusalKind::BadGrant, e.to_string())),
             EventType::KeyRotated | EventType::KeyRevoked => self
                 .keys
-                .apply(&v.header, &v.body)
+                .apply(&v.header, &v.body, sequence)
                 .map_err(|e| refusal(sequence, &v.header.producer, RefusalKind::BadKeyEvent, e.0)),
             _ => Ok(()),
         }

@@ -11,7 +11,7 @@ use hru_domain::{CaseId, EventType, PartyId, ProducerId, split_draft};
 use hru_envelope::fixture::{directory_of, party_secrets};
 use hru_envelope::{AudiencePolicy, Directory, KeyRing, PartySecrets, SealedEnvelope, Sealer, StaticAudiences};
 use hru_policy::{CompiledIsa, PolicySet};
-use hru_reader::{Incoming, Read, ReadPath, RefusalKind};
+use hru_reader::{Incoming, Read, ReadPath, RefusalKind, StoredAt};
 use hru_wire::v1 as pb;
 
 const T: i64 = 1_795_000_000_000; // 2026-11, while cheshire-hru v1 is in force
@@ -81,18 +81,20 @@ fn read_all(
 ) -> Result<Read, hru_reader::Refusal> {
     let (last, grants) = envelopes.split_last().unwrap();
     for (i, g) in grants.iter().enumerate() {
-        r.read(&Incoming {
-            sequence: i as u64 + 1,
-            subject: g.subject.as_str(),
-            bytes: &g.bytes,
-        })
+        r.read(&Incoming::logged(
+            i as u64 + 1,
+            g.subject.as_str(),
+            &g.bytes,
+            StoredAt::Unknown,
+        ))
         .unwrap();
     }
-    r.read(&Incoming {
-        sequence: envelopes.len() as u64,
-        subject: last_subject.unwrap_or(last.subject.as_str()),
-        bytes: &last.bytes,
-    })
+    r.read(&Incoming::logged(
+        envelopes.len() as u64,
+        last_subject.unwrap_or(last.subject.as_str()),
+        &last.bytes,
+        StoredAt::Unknown,
+    ))
 }
 
 fn referral() -> pb::event_draft::Event {

@@ -118,6 +118,32 @@ pub fn secrets(keys_dir: &Path, party: &PartyId) -> Result<PartySecrets, Deploym
     Ok(PartySecrets::from_toml(&read(&path)?, &path.display().to_string())?)
 }
 
+/// The key ring of `party`: its current secrets, and the X25519 secrets of the earlier key
+/// files `hru keys rotate` kept beside them (`<party>.secret.<key id>`), so grants sealed
+/// before a rotation still open.
+pub fn key_ring(keys_dir: &Path, party: &PartyId) -> Result<hru_envelope::KeyRing, DeploymentError> {
+    let mut ring = hru_envelope::KeyRing::new(&secrets(keys_dir, party)?);
+    let prefix = format!("{party}.secret.");
+    let entries = std::fs::read_dir(keys_dir).map_err(|source| DeploymentError::Read {
+        path: keys_dir.to_owned(),
+        source,
+    })?;
+    let mut past: Vec<std::path::PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
+        })
+        .collect();
+    past.sort();
+    for path in past {
+        ring = ring.with_past(&secrets_file(&path)?);
+    }
+    Ok(ring)
+}
+
 /// The secrets in one secret key file.
 pub fn secrets_file(path: &Path) -> Result<PartySecrets, DeploymentError> {
     Ok(PartySecrets::from_toml(&read(path)?, &path.display().to_string())?)

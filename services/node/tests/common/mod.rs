@@ -131,7 +131,7 @@ impl World {
 
     /// Start `party`'s node; `extra` is appended to its TOML config.
     pub async fn node(&self, party: &str, extra: &str) -> Node {
-        let cert = tls::issue(&self.ca, party, &["localhost"]).unwrap();
+        let cert = tls::issue(&self.ca, party, &["localhost"], tls::DEFAULT_CERT_VALIDITY).unwrap();
         let d = self.dir.path();
         std::fs::write(d.join(format!("{party}.pem")), &cert.cert_pem).unwrap();
         std::fs::write(d.join(format!("{party}.key")), &cert.key_pem).unwrap();
@@ -167,7 +167,7 @@ impl World {
             .ca_certificate(Certificate::from_pem(&self.ca.cert_pem))
             .domain_name("localhost");
         if let Some(p) = party {
-            let cert = tls::issue(&self.ca, p, &[]).unwrap();
+            let cert = tls::issue(&self.ca, p, &[], tls::DEFAULT_CERT_VALIDITY).unwrap();
             tls_config = tls_config.identity(Identity::from_pem(cert.cert_pem, cert.key_pem));
         }
         let mut last = None;
