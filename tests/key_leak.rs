@@ -10,27 +10,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hru_domain::{CaseId, ProducerId, split_draft};
 use hru_envelope::{Directory, PartySecrets, Sealer};
 use hru_policy::CompiledIsa;
-use hru_tests::{CHESHIRE_PARTIES, World, free_port, metric};
+use hru_tests::{CHESHIRE_PARTIES, World, free_port, metric, succeeded};
 use hru_wire::v1 as pb;
 
 const CASE: &str = "7c1e9d2a-4b3f-4e5a-8c6d-9e0f1a2b3c4d";
 const TAG: &str = "tag-0042";
-
-fn ok(out: &std::process::Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn referral(area: &str) -> String {
     format!(
@@ -112,22 +101,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
         .map(|(p, port)| w.start_node(p, &format!("metrics_listen = \"127.0.0.1:{port}\"")))
         .collect();
     let geofence_port = free_port();
-    std::fs::write(
-        w.dir.path().join("geofence.toml"),
-        format!(
-            "keys_dir = {keys:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:{geofence_port}\"\n",
-            d("policies"),
-            d("geofence-data")
-        ),
-    )
-    .unwrap();
-    let mut geofence = Command::new(hru_tests::hru_bin())
-        .args(["geofence", "run", "--config", &d("geofence.toml")])
-        .env("HRU_NATS_URL", w.nats.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut geofence = w.start_geofence(geofence_port);
 
     // Before the leak: a tag fitted, an exclusion zone and a referral, each with its own key.
     let zone_id = "AAAAAAAAAAAAAAAAAAAAAQ==";
@@ -143,7 +117,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
         ("police-hru", referral("Chester"), "before"),
     ] {
         let file = w.event(&format!("{name}.json"), &json);
-        ok(
+        succeeded(
             &w.run(&[
                 "--identity",
                 &identity(party),
@@ -162,14 +136,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
     let leaked = w.secrets("police-hru");
     let leaked_key = leaked.signing_key_id().to_string();
     let leaked_at = jiff::Timestamp::now();
-    let directory_text = std::fs::read_to_string(w.dir.path().join("policies/directory.toml")).unwrap();
-    let directory = Directory::from_toml(&directory_text, "directory.toml").unwrap();
-    let isa = CompiledIsa::compile(
-        &std::fs::read_to_string(w.dir.path().join("policies/cheshire-hru.toml")).unwrap(),
-        "cheshire-hru.toml",
-        Some(&directory),
-    )
-    .unwrap();
+    let (directory, isa) = w.deployment();
 
     // At once, before anyone notices, the attacker records a referral as police.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -198,7 +165,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
         "--keys",
         &keys,
     ]);
-    let printed = ok(&out, "keys rotate");
+    let printed = succeeded(&out, "keys rotate");
     let rotations = printed.lines().filter(|l| l.contains("\tKeyRotated\t")).count();
     assert_eq!(rotations, 2, "the encryption and signing keys are announced: {printed}");
     let block = &printed[printed.find("[[party]]").expect("the directory entry is printed")..];
@@ -237,7 +204,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
 
     // The operator pastes the printed entry, regenerates the authorization and reloads.
     w.replace_party("police-hru", block);
-    ok(
+    succeeded(
         &w.run(&["policy", "nats-config", "--out", &d("auth.conf")]),
         "policy nats-config",
     );
@@ -281,11 +248,11 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
         "--reason",
         "secret key file copied",
     ]);
-    ok(&out, "keys revoke");
+    succeeded(&out, "keys revoke");
 
     // Police goes on working with its new keys.
     let after = w.event("after.json", &referral("Crewe"));
-    ok(
+    succeeded(
         &w.run(&[
             "--identity",
             &police,

@@ -4,17 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use hru_tests::{CHESHIRE_PARTIES, World};
+use std::path::Path;
 
-fn ok(out: &std::process::Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use hru_tests::{CHESHIRE_PARTIES, World, succeeded};
 
 #[test]
 fn each_party_produces_and_witnesses_with_its_own_key() {
@@ -42,7 +34,7 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
         &keys,
         &fitted,
     ]);
-    assert!(ok(&out, "the vendor's TagFitted").contains("TagFitted"));
+    assert!(succeeded(&out, "the vendor's TagFitted").contains("TagFitted"));
 
     // Police records a referral and checkpoints its chain, with its own key.
     let referral = w.event(
@@ -52,7 +44,7 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
         ),
     );
     let police = identity("police-hru");
-    ok(
+    succeeded(
         &w.run(&[
             "--identity",
             &police,
@@ -65,7 +57,7 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
         ]),
         "police's referral",
     );
-    ok(
+    succeeded(
         &w.run(&[
             "--identity",
             &police,
@@ -99,18 +91,18 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
     // Probation's view is sourced from the log: the checkpoint reaches it within moments, and a
     // witness run before it does witnesses nothing yet (the next scheduled run does).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !ok(&witness(()), "probation's witness").contains("witnessed 1 checkpoints") {
+    while !succeeded(&witness(()), "probation's witness").contains("witnessed 1 checkpoints") {
         assert!(
             std::time::Instant::now() < deadline,
             "probation never witnessed police's checkpoint"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert!(ok(&witness(()), "witnessing again").contains("witnessed 0 checkpoints"));
+    assert!(succeeded(&witness(()), "witnessing again").contains("witnessed 0 checkpoints"));
 
     // The auditor's read-only key audits the log, the countersignature and the witness copy.
     let auditor = identity("auditor");
-    let report = ok(
+    let report = succeeded(
         &w.run(&["--identity", &auditor, "audit", "verify", "--witness", &witness_file]),
         "the auditor's verify",
     );
@@ -140,4 +132,51 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--identity") && err.contains("em-vendor"), "{err}");
+}
+
+/// A server that takes clients over TLS only: `hru` connects when `HRU_NATS_CA` names the CA,
+/// and is refused without it.
+#[test]
+fn the_cli_connects_over_tls_with_the_ca_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = hru_node::tls::new_ca("NATS test CA").unwrap();
+    let server = hru_node::tls::issue(
+        &ca,
+        "nats",
+        &["localhost", "127.0.0.1"],
+        hru_node::tls::DEFAULT_CERT_VALIDITY,
+    )
+    .unwrap();
+    std::fs::write(d.join("ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(d.join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(d.join("server.key"), &server.key_pem).unwrap();
+    let block = format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  timeout: 5\n}}\n",
+        d.join("server.pem").display().to_string(),
+        d.join("server.key").display().to_string()
+    );
+    let nats = hru_testkit::NatsServer::builder().extra_config(&block).start().unwrap();
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+    let run = |ca: Option<&Path>| {
+        let mut command = std::process::Command::new(hru_tests::hru_bin());
+        command
+            .args(["--nats", &url, "log", "provision"])
+            .env(
+                "HRU_POLICIES",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
+            )
+            .env_remove("HRU_NATS_CA");
+        if let Some(ca) = ca {
+            command.env("HRU_NATS_CA", ca);
+        }
+        command.output().unwrap()
+    };
+    let with = run(Some(&d.join("ca.pem")));
+    succeeded(&with, "provision over TLS with the CA");
+    let without = run(None);
+    assert!(
+        !without.status.success(),
+        "without the CA the server's certificate is not trusted"
+    );
 }

@@ -9,49 +9,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hru_domain::ProducerId;
-use hru_envelope::Directory;
 use hru_gateway::simulate::Simulator;
 use hru_gateway::{Gateway, GatewayConfig};
 use hru_log::PositionLog;
-use hru_policy::CompiledIsa;
-use hru_tests::{CHESHIRE_PARTIES, World, free_port, metric};
-
-fn ok(out: &std::process::Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn geofence(w: &World, metrics_port: u16) -> Child {
-    let d = |rel: &str| hru_tests::path(w.dir.path(), rel);
-    std::fs::write(
-        w.dir.path().join("geofence.toml"),
-        format!(
-            "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
-            d("keys"),
-            d("policies"),
-            d("geofence-data")
-        ),
-    )
-    .unwrap();
-    Command::new(hru_tests::hru_bin())
-        .args(["geofence", "run", "--config", &d("geofence.toml")])
-        .env("HRU_NATS_URL", w.nats.url())
-        .env("RUST_LOG", "info")
-        .stdout(std::fs::File::create(w.dir.path().join("geofence.out")).unwrap())
-        .stderr(std::fs::File::create(w.dir.path().join("geofence.log")).unwrap())
-        .spawn()
-        .unwrap()
-}
+use hru_tests::{CHESHIRE_PARTIES, World, free_port, metric, succeeded};
 
 #[test]
 fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
@@ -64,7 +29,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
 
     // Pair the phone: its entry into the directory, the authorization regenerated and reloaded,
     // its stream provisioned.
-    let entry = ok(
+    let entry = succeeded(
         &w.run(&["device", "pair", "--device", &victim, "--out", &keys]),
         "device pair",
     );
@@ -74,7 +39,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     text.push_str(&entry);
     std::fs::write(&directory_file, &text).unwrap();
     let auth = w.dir.path().join("auth.conf");
-    ok(
+    succeeded(
         &w.run(&["policy", "nats-config", "--out", &auth.display().to_string()]),
         "policy nats-config",
     );
@@ -100,7 +65,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     );
     for (party, json) in [("em-vendor", fitted), ("police-hru", zone), ("police-hru", rule)] {
         let file = w.event(&format!("{party}.json"), &json);
-        ok(
+        succeeded(
             &w.run(&[
                 "--identity",
                 &identity(party),
@@ -116,20 +81,13 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     }
 
     let metrics_port = free_port();
-    let mut service = geofence(&w, metrics_port);
+    let mut service = w.start_geofence(metrics_port);
     let deadline = Instant::now() + Duration::from_secs(60);
     while metric(metrics_port, "hru_geofence_ready") != 1 {
         assert!(Instant::now() < deadline, "the geofence never became ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let text = std::fs::read_to_string(&directory_file).unwrap();
-    let directory = Directory::from_toml(&text, "directory.toml").unwrap();
-    let isa = CompiledIsa::compile(
-        &std::fs::read_to_string(w.dir.path().join("policies/cheshire-hru.toml")).unwrap(),
-        "cheshire-hru.toml",
-        Some(&directory),
-    )
-    .unwrap();
+    let (directory, isa) = w.deployment();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -172,7 +130,6 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
             metric(metrics_port, "hru_geofence_fixes_total"),
             metric(metrics_port, "hru_geofence_breaches_total"),
             std::fs::read_to_string(w.dir.path().join("geofence.log")).unwrap_or_default()
-                + &std::fs::read_to_string(w.dir.path().join("geofence.out")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -181,7 +138,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     // A geofence restart replays the log and sends no alert twice.
     service.kill().unwrap();
     service.wait().unwrap();
-    let mut service = geofence(&w, metrics_port);
+    let mut service = w.start_geofence(metrics_port);
     let deadline = Instant::now() + Duration::from_secs(60);
     while metric(metrics_port, "hru_geofence_ready") != 1 {
         assert!(Instant::now() < deadline, "the restarted geofence never became ready");
@@ -191,7 +148,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     // The phone comes back: every alert, in order, each once, each verified.
     let alerts = |w: &World| {
         let out = w.run(&["device", "alerts", "--device", &victim, "--keys", &keys]);
-        let text = ok(&out, "device alerts");
+        let text = succeeded(&out, "device alerts");
         text.lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .collect::<Vec<_>>()
@@ -248,14 +205,14 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     let lost = hru_envelope::DeviceSecret::from_toml(&lost, "lost phone").unwrap();
     std::fs::remove_file(w.keys().join(format!("device.{victim}.secret"))).unwrap();
     std::fs::remove_file(w.keys().join(format!("device.{victim}.cursor"))).unwrap();
-    let replacement = ok(
+    let replacement = succeeded(
         &w.run(&["device", "pair", "--device", &victim, "--out", &keys]),
         "device pair (replacement)",
     );
     let text = std::fs::read_to_string(&directory_file).unwrap();
     assert!(text.contains(&entry));
     std::fs::write(&directory_file, text.replace(&entry, &replacement)).unwrap();
-    ok(
+    succeeded(
         &w.run(&["policy", "nats-config", "--out", &auth.display().to_string()]),
         "policy nats-config",
     );

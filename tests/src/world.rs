@@ -174,6 +174,63 @@ impl World {
     }
 }
 
+/// The stdout of a run of `hru` that must succeed (`what` names it when it did not).
+pub fn succeeded(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+impl World {
+    /// Start the geofence (`hru geofence run`, with the world's keys and policies, its data
+    /// under geofence-data/, its metrics on `metrics_port`, its log in geofence.log); the
+    /// caller kills it.
+    pub fn start_geofence(&self, metrics_port: u16) -> std::process::Child {
+        let d = |rel: &str| path(self.dir.path(), rel);
+        std::fs::write(
+            self.dir.path().join("geofence.toml"),
+            format!(
+                "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
+                d("keys"),
+                d("policies"),
+                d("geofence-data")
+            ),
+        )
+        .expect("write geofence.toml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("geofence.log"))
+            .expect("open geofence.log");
+        Command::new(crate::hru_bin())
+            .args(["geofence", "run", "--config", &d("geofence.toml")])
+            .env("HRU_NATS_URL", self.nats.url())
+            .stdout(log.try_clone().expect("geofence.log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn hru geofence run")
+    }
+
+    /// The directory and the agreement in force, as the world's policies directory holds them.
+    pub fn deployment(&self) -> (hru_envelope::Directory, hru_policy::CompiledIsa) {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join("policies").join(f)).expect("read policies");
+        let directory =
+            hru_envelope::Directory::from_toml(&read("directory.toml"), "directory.toml").expect("directory");
+        let agreement = std::fs::read_dir(self.dir.path().join("policies"))
+            .expect("policies")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.ends_with(".toml") && n != "directory.toml")
+            .expect("an agreement");
+        let isa = hru_policy::CompiledIsa::compile(&read(&agreement), &agreement, Some(&directory)).expect("agreement");
+        (directory, isa)
+    }
+}
+
 /// Assert each path exists with exactly this permission mode (`0o700`, `0o600`).
 pub fn assert_private(paths: &[(PathBuf, u32)]) {
     use std::os::unix::fs::PermissionsExt as _;

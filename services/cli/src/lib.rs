@@ -489,39 +489,58 @@ pub enum LogCommand {
         #[arg(long, default_value_t = 1)]
         replicas: usize,
     },
-    /// Write a nats-server config: JetStream synced always, optional cluster and authorization.
-    ServerConfig {
-        /// Server name (unique in the cluster).
-        #[arg(long)]
-        name: String,
-        /// JetStream store directory.
-        #[arg(long)]
-        store: String,
-        /// Client listen address.
-        #[arg(long, default_value = "0.0.0.0:4222")]
-        listen: String,
-        /// Monitoring (health) listen address.
-        #[arg(long, default_value = "0.0.0.0:8222")]
-        http: String,
-        /// Cluster name, to make this a cluster node.
-        #[arg(long)]
-        cluster: Option<String>,
-        /// Route listen address of a cluster node.
-        #[arg(long, default_value = "0.0.0.0:6222")]
-        cluster_listen: String,
-        /// Routes to the other nodes (repeat), e.g. nats-route://n2:6222.
-        #[arg(long)]
-        route: Vec<String>,
-        /// Authorization file to include (from `hru policy nats-config`), relative to the config.
-        #[arg(long)]
-        auth: Option<String>,
-        /// Leave the server's default sync interval (acknowledged no longer means on disk).
-        #[arg(long)]
-        sync_default: bool,
-        /// Output file.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// Write a nats-server config: JetStream synced always, optional cluster, authorization
+    /// and TLS.
+    ServerConfig(Box<ServerConfigArgs>),
+}
+
+/// `hru log server-config` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ServerConfigArgs {
+    /// Server name (unique in the cluster).
+    #[arg(long)]
+    name: String,
+    /// JetStream store directory.
+    #[arg(long)]
+    store: String,
+    /// Client listen address.
+    #[arg(long, default_value = "0.0.0.0:4222")]
+    listen: String,
+    /// Monitoring (health) listen address.
+    #[arg(long, default_value = "0.0.0.0:8222")]
+    http: String,
+    /// Cluster name, to make this a cluster node.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Route listen address of a cluster node.
+    #[arg(long, default_value = "0.0.0.0:6222")]
+    cluster_listen: String,
+    /// Routes to the other nodes (repeat), e.g. nats-route://n2:6222.
+    #[arg(long)]
+    route: Vec<String>,
+    /// Authorization file to include (from `hru policy nats-config`), relative to the config.
+    #[arg(long)]
+    auth: Option<String>,
+    /// Leave the server's default sync interval (acknowledged no longer means on disk).
+    #[arg(long)]
+    sync_default: bool,
+    /// This server's certificate (PEM): clients then connect over TLS only, and routes are
+    /// mutual TLS (with --tls-key and --tls-ca).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<String>,
+    /// This server's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<String>,
+    /// The CA (PEM) route peers' certificates, and clients' when --tls-verify-clients, must
+    /// chain to.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<String>,
+    /// Clients must present a certificate from --tls-ca too (their nkey still decides).
+    #[arg(long, requires = "tls_cert")]
+    tls_verify_clients: bool,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// `hru bench` subcommands.
@@ -761,28 +780,44 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Log(LogCommand::Provision { keys, replicas }) => {
             provision(&broker, &cli.policies, keys.as_deref(), replicas).await
         }
-        Command::Log(LogCommand::ServerConfig {
-            name,
-            store,
-            listen,
-            http,
-            cluster,
-            cluster_listen,
-            route,
-            auth,
-            sync_default,
-            out,
-        }) => {
+        Command::Log(LogCommand::ServerConfig(args)) => {
+            let ServerConfigArgs {
+                name,
+                store,
+                listen,
+                http,
+                cluster,
+                cluster_listen,
+                route,
+                auth,
+                sync_default,
+                tls_cert,
+                tls_key,
+                tls_ca,
+                tls_verify_clients,
+                out,
+            } = *args;
+            let tls = match (tls_cert, tls_key, tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(hru_broker::server::ServerTls {
+                    cert,
+                    key,
+                    ca,
+                    verify: tls_verify_clients,
+                }),
+                _ => None,
+            };
             let node = hru_broker::server::NodeConfig {
                 server_name: Some(name),
                 listen,
                 http: Some(http),
                 store_dir: store,
                 sync_always: !sync_default,
+                tls: tls.clone(),
                 cluster: cluster.map(|name| hru_broker::server::ClusterConfig {
                     name,
                     listen: cluster_listen,
                     routes: route,
+                    tls,
                 }),
                 authorization: auth,
                 ..Default::default()

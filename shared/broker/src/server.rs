@@ -39,10 +39,20 @@ impl std::fmt::Debug for BrokerIdentity {
     }
 }
 
+/// The environment variable naming the CA file (PEM) a NATS connection trusts; when it is set,
+/// every connection requires TLS.
+pub const NATS_CA_ENV: &str = "HRU_NATS_CA";
+
 /// Connect to NATS (as `identity`, when given; `url` may list several servers, comma-separated)
 /// and refuse servers older than the floor.
 pub async fn connect(url: &str, identity: Option<&BrokerIdentity>) -> Result<async_nats::Client, BrokerError> {
     let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    // A server with TLS for clients: trust its CA, and require TLS.
+    if let Some(ca) = std::env::var_os(NATS_CA_ENV).filter(|v| !v.is_empty()) {
+        options = options
+            .add_root_certificates(std::path::PathBuf::from(ca))
+            .require_tls(true);
+    }
     if let Some(id) = identity {
         options = options
             .nkey(id.nkey_seed.clone())
@@ -65,6 +75,35 @@ pub async fn connect(url: &str, identity: Option<&BrokerIdentity>) -> Result<asy
     }
 }
 
+/// TLS for a server's client or route connections: its certificate and key, and the CA whose
+/// certificates it accepts from the other side (required: with it, a peer without a
+/// certificate from that CA is refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// Certificate file (PEM).
+    pub cert: String,
+    /// Private key file (PEM).
+    pub key: String,
+    /// CA file (PEM) the peers' certificates must chain to.
+    pub ca: String,
+    /// Whether the peer must present a certificate from `ca` (always for routes).
+    pub verify: bool,
+}
+
+impl ServerTls {
+    fn render(&self, out: &mut String, indent: &str) {
+        let _ = writeln!(out, "{indent}tls {{");
+        let _ = writeln!(out, "{indent}  cert_file: {}", quoted(&self.cert));
+        let _ = writeln!(out, "{indent}  key_file: {}", quoted(&self.key));
+        let _ = writeln!(out, "{indent}  ca_file: {}", quoted(&self.ca));
+        if self.verify {
+            let _ = writeln!(out, "{indent}  verify: true");
+        }
+        let _ = writeln!(out, "{indent}  timeout: 5");
+        let _ = writeln!(out, "{indent}}}");
+    }
+}
+
 /// A cluster a node belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -74,6 +113,8 @@ pub struct ClusterConfig {
     pub listen: String,
     /// Routes to the other nodes, e.g. `nats-route://n2:6222`.
     pub routes: Vec<String>,
+    /// Mutual TLS on routes: only a server with a certificate from the cluster CA joins.
+    pub tls: Option<ServerTls>,
 }
 
 /// One nats-server node.
@@ -93,6 +134,8 @@ pub struct NodeConfig {
     pub sync_always: bool,
     /// Cluster membership.
     pub cluster: Option<ClusterConfig>,
+    /// TLS for client connections (every client must then use TLS).
+    pub tls: Option<ServerTls>,
     /// File with the generated `accounts` block (`hru policy nats-config`), relative to the
     /// config file, included as is.
     pub authorization: Option<String>,
@@ -124,12 +167,28 @@ pub fn render(node: &NodeConfig) -> String {
         let _ = writeln!(out, "  sync_interval: always");
     }
     let _ = writeln!(out, "}}");
+    if let Some(tls) = &node.tls {
+        let _ = writeln!(out, "# Clients connect over TLS only.");
+        tls.render(&mut out, "");
+    }
     if let Some(c) = &node.cluster {
         let routes: Vec<String> = c.routes.iter().map(|r| quoted(r)).collect();
         let _ = writeln!(out, "cluster {{");
         let _ = writeln!(out, "  name: {}", quoted(&c.name));
         let _ = writeln!(out, "  listen: {}", quoted(&c.listen));
         let _ = writeln!(out, "  routes: [{}]", routes.join(", "));
+        if let Some(tls) = &c.tls {
+            let _ = writeln!(
+                out,
+                "  # Routes are mutual TLS: a server without a certificate from the cluster CA"
+            );
+            let _ = writeln!(out, "  # cannot join (and so cannot bypass the account's permissions).");
+            ServerTls {
+                verify: true,
+                ..tls.clone()
+            }
+            .render(&mut out, "  ");
+        }
         let _ = writeln!(out, "}}");
     }
     if let Some(auth) = &node.authorization {
@@ -155,6 +214,7 @@ mod tests {
                 name: "hru".into(),
                 listen: "0.0.0.0:6222".into(),
                 routes: vec!["nats-route://n2:6222".into(), "nats-route://n3:6222".into()],
+                tls: None,
             }),
             authorization: Some("auth.conf".into()),
             ..Default::default()

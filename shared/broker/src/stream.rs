@@ -103,18 +103,26 @@ pub async fn provision_devices(
 ) -> Result<(), BrokerError> {
     let js = jetstream::new(client.clone());
     for device in devices {
-        let config = alerts_config(device, max_age, replicas);
-        let name = config.name.clone();
-        match js.get_stream(&name).await {
-            Ok(_) => js.update_stream(config).await.map(|_| ()),
-            Err(_) => js.create_stream(config).await.map(|_| ()),
-        }
-        .map_err(|e| BrokerError::Request {
-            operation: "provision device stream",
-            source: format!("{name}: {e}").into(),
-        })?;
+        create_or_update(&js, alerts_config(device, max_age, replicas), "provision device stream").await?;
     }
     Ok(())
+}
+
+/// Create the stream of `config`, or update it to `config` when it exists.
+async fn create_or_update(
+    js: &jetstream::Context,
+    config: stream::Config,
+    operation: &'static str,
+) -> Result<(), BrokerError> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(_) => js.update_stream(config).await.map(|_| ()),
+        Err(_) => js.create_stream(config).await.map(|_| ()),
+    }
+    .map_err(|e| BrokerError::Request {
+        operation,
+        source: format!("{name}: {e}").into(),
+    })
 }
 
 /// The configuration the event log requires.
@@ -281,23 +289,14 @@ pub async fn provision(
     let js = jetstream::new(client.clone());
     // Created, or checked; never updated (no identity may update it: `destroying_api`).
     open_events(&js, replicas).await?;
-    let positions = positions_config(positions_max_age, replicas);
-    match js.get_stream(POSITIONS_STREAM).await {
-        Ok(_) => js.update_stream(positions).await.map(|_| ()),
-        Err(_) => js.create_stream(positions).await.map(|_| ()),
-    }
-    .map_err(request("provision HRU_POSITIONS"))?;
+    create_or_update(
+        &js,
+        positions_config(positions_max_age, replicas),
+        "provision HRU_POSITIONS",
+    )
+    .await?;
     for party in rights.parties.keys() {
-        let config = view_config(rights, party, replicas);
-        let name = config.name.clone();
-        match js.get_stream(&name).await {
-            Ok(_) => js.update_stream(config).await.map(|_| ()),
-            Err(_) => js.create_stream(config).await.map(|_| ()),
-        }
-        .map_err(|e| BrokerError::Request {
-            operation: "provision view stream",
-            source: format!("{name}: {e}").into(),
-        })?;
+        create_or_update(&js, view_config(rights, party, replicas), "provision view stream").await?;
     }
     Ok(())
 }

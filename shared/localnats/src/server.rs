@@ -196,16 +196,7 @@ impl NatsServer {
         let Some(pid) = self.pid() else {
             return Ok(());
         };
-        let signalled = Command::new(&self.bin)
-            .arg("--signal")
-            .arg(format!("term={pid}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|source| LocalNatsError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
+        let signalled = self.signal("term", pid)?;
         let deadline = Instant::now() + STOP_TIMEOUT;
         while signalled.success() && Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
@@ -223,6 +214,20 @@ impl NatsServer {
         self.kill()
     }
 
+    /// `nats-server --signal <what>=<pid>`: how the server is told to stop or reload.
+    fn signal(&self, what: &str, pid: u32) -> Result<std::process::ExitStatus, LocalNatsError> {
+        Command::new(&self.bin)
+            .arg("--signal")
+            .arg(format!("{what}={pid}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| LocalNatsError::Spawn {
+                bin: self.bin.clone(),
+                source,
+            })
+    }
+
     /// Replaces the extra configuration (a regenerated authorization, say) and has the running
     /// server reload its config file (`nats-server --signal reload=PID`): no restart, and
     /// clients whose credentials the new config no longer lists are disconnected.
@@ -232,16 +237,7 @@ impl NatsServer {
         let Some(pid) = self.pid() else {
             return Ok(());
         };
-        let status = Command::new(&self.bin)
-            .arg("--signal")
-            .arg(format!("reload={pid}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|source| LocalNatsError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
+        let status = self.signal("reload", pid)?;
         if !status.success() {
             return Err(LocalNatsError::io("signalling nats-server to reload")(
                 std::io::Error::other(format!("nats-server --signal reload={pid} exited with {status}")),
@@ -279,8 +275,10 @@ impl NatsServer {
                     .iter()
                     .map(|port| format!("nats-route://127.0.0.1:{port}"))
                     .collect(),
+                tls: None,
             }),
             authorization: None,
+            tls: None,
             extra: self.extra_config.clone(),
         })
     }
