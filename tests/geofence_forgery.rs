@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -28,7 +27,6 @@ use prost::Message as _;
 fn a_forged_zone_revocation_leaves_the_zone_in_force() {
     let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES);
     world.provision();
-    let d = |rel: &str| hru_tests::path(world.dir.path(), rel);
     let start_ms = jiff::Timestamp::now().as_millisecond();
     let mut simulator = Simulator::new(5, 1, 1.0, start_ms);
     let (tag, victim, home) = simulator.pairs().remove(0);
@@ -129,23 +127,7 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
 
     // The geofence runs; the tag drives to the victim's home.
     let metrics_port = free_port();
-    std::fs::write(
-        world.dir.path().join("geofence.toml"),
-        format!(
-            "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
-            d("keys"),
-            d("policies"),
-            d("geofence-data")
-        ),
-    )
-    .unwrap();
-    let mut geofence = Command::new(hru_tests::hru_bin())
-        .args(["geofence", "run", "--config", &d("geofence.toml")])
-        .env("HRU_NATS_URL", world.nats.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut geofence = world.start_geofence(metrics_port);
     let positions = rt
         .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
         .unwrap();

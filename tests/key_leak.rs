@@ -117,19 +117,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
         ("police-hru", referral("Chester"), "before"),
     ] {
         let file = w.event(&format!("{name}.json"), &json);
-        succeeded(
-            &w.run(&[
-                "--identity",
-                &identity(party),
-                "append",
-                "--party",
-                party,
-                "--keys",
-                &keys,
-                &file,
-            ]),
-            name,
-        );
+        succeeded(&w.append_as(party, &file), name);
     }
 
     // The leak: the attacker holds a copy of police's secret key file.
@@ -204,13 +192,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
 
     // The operator pastes the printed entry, regenerates the authorization and reloads.
     w.replace_party("police-hru", block);
-    succeeded(
-        &w.run(&["policy", "nats-config", "--out", &d("auth.conf")]),
-        "policy nats-config",
-    );
-    let auth = std::fs::read_to_string(w.dir.path().join("auth.conf")).unwrap();
-    let reloaded = Instant::now();
-    w.nats.reload_with(&auth).unwrap();
+    let reloaded = w.reload_authorization();
     let window = rt.block_on(async {
         loop {
             if hru_broker::connect(&url, Some(&leaked.broker_identity()))
@@ -252,19 +234,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
 
     // Police goes on working with its new keys.
     let after = w.event("after.json", &referral("Crewe"));
-    succeeded(
-        &w.run(&[
-            "--identity",
-            &police,
-            "append",
-            "--party",
-            "police-hru",
-            "--keys",
-            &keys,
-            &after,
-        ]),
-        "police appends with its new keys",
-    );
+    succeeded(&w.append_as("police-hru", &after), "police appends with its new keys");
 
     // Every reader refuses what the attacker signed after the rotation: probation and victim
     // advocacy receive the referrals (and the grants sealed with them), the geofence the zone

@@ -24,17 +24,7 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
         ),
     );
     let vendor = identity("em-vendor");
-    let out = w.run(&[
-        "--identity",
-        &vendor,
-        "append",
-        "--party",
-        "em-vendor",
-        "--keys",
-        &keys,
-        &fitted,
-    ]);
-    assert!(succeeded(&out, "the vendor's TagFitted").contains("TagFitted"));
+    assert!(succeeded(&w.append_as("em-vendor", &fitted), "the vendor's TagFitted").contains("TagFitted"));
 
     // Police records a referral and checkpoints its chain, with its own key.
     let referral = w.event(
@@ -44,19 +34,7 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
         ),
     );
     let police = identity("police-hru");
-    succeeded(
-        &w.run(&[
-            "--identity",
-            &police,
-            "append",
-            "--party",
-            "police-hru",
-            "--keys",
-            &keys,
-            &referral,
-        ]),
-        "police's referral",
-    );
+    succeeded(&w.append_as("police-hru", &referral), "police's referral");
     succeeded(
         &w.run(&[
             "--identity",

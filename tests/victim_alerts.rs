@@ -22,7 +22,6 @@ use hru_tests::{CHESHIRE_PARTIES, World, free_port, metric, succeeded};
 fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     let mut w = World::secured("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
     let keys = hru_tests::path(w.dir.path(), "keys");
-    let identity = |party: &str| format!("{keys}/{party}.secret");
     let start_ms = jiff::Timestamp::now().as_millisecond();
     let mut simulator = Simulator::new(11, 1, 1.0, start_ms);
     let (tag, victim, home) = simulator.pairs().remove(0);
@@ -38,12 +37,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     text.push('\n');
     text.push_str(&entry);
     std::fs::write(&directory_file, &text).unwrap();
-    let auth = w.dir.path().join("auth.conf");
-    succeeded(
-        &w.run(&["policy", "nats-config", "--out", &auth.display().to_string()]),
-        "policy nats-config",
-    );
-    w.nats.reload_with(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+    w.reload_authorization();
     w.provision();
 
     // The tag, and a proximity rule around the victim, each recorded with its party's own key.
@@ -65,19 +59,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     );
     for (party, json) in [("em-vendor", fitted), ("police-hru", zone), ("police-hru", rule)] {
         let file = w.event(&format!("{party}.json"), &json);
-        succeeded(
-            &w.run(&[
-                "--identity",
-                &identity(party),
-                "append",
-                "--party",
-                party,
-                "--keys",
-                &keys,
-                &file,
-            ]),
-            party,
-        );
+        succeeded(&w.append_as(party, &file), party);
     }
 
     let metrics_port = free_port();
@@ -212,11 +194,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     let text = std::fs::read_to_string(&directory_file).unwrap();
     assert!(text.contains(&entry));
     std::fs::write(&directory_file, text.replace(&entry, &replacement)).unwrap();
-    succeeded(
-        &w.run(&["policy", "nats-config", "--out", &auth.display().to_string()]),
-        "policy nats-config",
-    );
-    w.nats.reload_with(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+    w.reload_authorization();
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);
         while hru_log::DeviceAlerts::open(&w.nats.url(), &lost.nats_seed, &victim)

@@ -124,6 +124,37 @@ impl World {
         ])
     }
 
+    /// `hru append` as `party`, connecting with the party's own key (`--identity`), as a
+    /// party does on a server enforcing the generated authorization.
+    pub fn append_as(&self, party: &str, event: &str) -> Output {
+        let keys = path(self.dir.path(), "keys");
+        let identity = format!("{keys}/{party}.secret");
+        self.run(&[
+            "--identity",
+            &identity,
+            "append",
+            "--party",
+            party,
+            "--keys",
+            &keys,
+            event,
+        ])
+    }
+
+    /// Regenerate the broker authorization from the policies directory (`hru policy
+    /// nats-config`) and have the running server reload it; when the reload signal was sent.
+    pub fn reload_authorization(&mut self) -> std::time::Instant {
+        let auth = self.dir.path().join("auth.conf");
+        succeeded(
+            &self.run(&["policy", "nats-config", "--out", &auth.display().to_string()]),
+            "policy nats-config",
+        );
+        let text = std::fs::read_to_string(&auth).expect("read the authorization");
+        let sent = std::time::Instant::now();
+        self.nats.reload_with(&text).expect("nats-server reloads");
+        sent
+    }
+
     /// Replay as `party`, one JSON object per line, only the case events.
     /// `hru replay --format json` as `party`: the output and its JSON lines.
     pub fn replay(&self, party: &str) -> (Output, Vec<Value>) {

@@ -538,8 +538,10 @@ pub fn verify_alert(bytes: &[u8], directory: &Directory) -> Result<pb::VictimAle
 /// A log entry as the read path takes it: a position batch (or its grant) is numbered by the
 /// position stream, not in `HRU_EVENTS` order.
 fn incoming(e: &LogEntry) -> Incoming<'_> {
+    static POSITIONS: std::sync::LazyLock<hru_broker::Filter> =
+        std::sync::LazyLock::new(hru_broker::Filter::all_positions);
     Incoming {
-        in_log_order: !e.subject.matches(&hru_broker::Filter::all_positions()),
+        in_log_order: !e.subject.matches(&POSITIONS),
         ..Incoming::logged(e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored)
     }
 }

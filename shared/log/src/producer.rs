@@ -288,10 +288,13 @@ impl Producer {
             path: name.clone(),
             reason: e.to_string(),
         };
-        hru_envelope::create_private_dir(path).map_err(|e| StoreError::Store {
-            path: name.clone(),
-            reason: e.to_string(),
-        })?;
+        let private_dir = || {
+            hru_envelope::create_private_dir(path).map_err(|e| StoreError::Store {
+                path: name.clone(),
+                reason: e.to_string(),
+            })
+        };
+        private_dir()?;
         let db = match sled::open(path) {
             Ok(db) => db,
             // A store killed while sled was first writing it does not open. Everything the log
@@ -304,10 +307,7 @@ impl Producer {
                     path: name.clone(),
                     reason: format!("moving the damaged store aside: {e}"),
                 })?;
-                hru_envelope::create_private_dir(path).map_err(|e| StoreError::Store {
-                    path: name.clone(),
-                    reason: e.to_string(),
-                })?;
+                private_dir()?;
                 sled::open(path).map_err(store_err)?
             }
             Err(e) => return Err(store_err(e)),
