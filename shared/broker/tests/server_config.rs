@@ -225,6 +225,18 @@ fn a_server_without_the_cluster_certificate_cannot_join_and_clients_need_the_ca(
         "stranger",
         &node("stranger", c4, r4, h4, &[r1], Some(tls("intruder", &other))),
     );
+    // Both intruders are up (their monitoring answers) and have had time to try their route.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (name, http) in [("plain", h3), ("stranger", h4)] {
+        while routes(http).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never started: {}",
+                std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         routes(h1),
