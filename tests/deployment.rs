@@ -1,7 +1,10 @@
-//! The compose deployment without Docker: `scripts/deploy-init.sh` generates keys, directory,
-//! broker authorization and certificates; a real nats-server enforces that authorization; the
-//! provisioner, two party nodes, the geofence and the gateway run from the committed config files
-//! in `deploy/` (paths moved from the containers' to a temp dir), each with its own nkey.
+//! The compose deployment without Docker: `scripts/deploy-init.sh` generates keys, directory
+//! (each node party with its own CA), broker authorization, the broker's certificates and a
+//! paired victim device; a real nats-server enforces that authorization over TLS with the
+//! generated certificate; the provisioner, two party nodes, the geofence and the gateway run from
+//! the committed config files in `deploy/` (paths moved from the containers' to a temp dir), each
+//! with its own nkey and the broker's CA; the victim's phone receives its alert with its own
+//! identity.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -9,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use hru_gateway::simulate::Simulator;
 use hru_testkit::NatsServer;
-use hru_tests::{NodeProcess, free_port, metric, request};
+use hru_tests::{NodeProcess, free_port, metric, request, succeeded};
 use hru_wire::v1 as pb;
 use pb::case_service_client::CaseServiceClient;
 
@@ -18,13 +23,19 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `hru` with the deployment's policies against `url`.
-fn hru(url: &str, policies: &Path, args: &[&str]) -> std::process::Output {
+/// The victim device deploy-init pairs, and the simulated fleet's seed: tag 0 is this device's
+/// perpetrator.
+const DEVICE: &str = "vd-0";
+const SEED: u64 = 3;
+
+/// `hru` with the deployment's policies against `url`, trusting the broker's CA `ca`.
+fn hru(url: &str, ca: &Path, policies: &Path, args: &[&str]) -> std::process::Output {
     Command::new(hru_tests::hru_bin())
         .arg("--policies")
         .arg(policies)
         .args(args)
         .env("HRU_NATS_URL", url)
+        .env("HRU_NATS_CA", ca)
         .output()
         .unwrap()
 }
@@ -40,7 +51,7 @@ fn config(file: &str, base: &Path, url: &str, ports: &[(&str, u16)]) -> PathBuf 
             "\"/data\"",
             &format!("{:?}", at(&format!("data-{}", file.replace('/', "-")))),
         )
-        .replace("nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222", url);
+        .replace("tls://nats-1:4222,tls://nats-2:4222,tls://nats-3:4222", url);
     for (from, port) in ports {
         text = text.replace(from, &format!("127.0.0.1:{port}"));
     }
@@ -49,10 +60,11 @@ fn config(file: &str, base: &Path, url: &str, ports: &[(&str, u16)]) -> PathBuf 
     out
 }
 
-fn spawn(args: &[&str], url: &str) -> std::process::Child {
+fn spawn(args: &[&str], url: &str, ca: &Path) -> std::process::Child {
     Command::new(hru_tests::hru_bin())
         .args(args)
         .env("HRU_NATS_URL", url)
+        .env("HRU_NATS_CA", ca)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -75,6 +87,7 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
         .arg(root().join("scripts/deploy-init.sh"))
         .arg(base.join("generated"))
         .env("HRU_BIN", hru_tests::hru_bin())
+        .env("HRU_DEVICES", DEVICE)
         .output()
         .unwrap();
     assert!(
@@ -88,28 +101,71 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
     for from in ["keys", "tls"] {
         for entry in std::fs::read_dir(base.join("generated").join(from)).unwrap() {
             let path = entry.unwrap().path();
-            std::fs::copy(&path, secrets.join(path.file_name().unwrap())).unwrap();
+            if path.is_file() {
+                std::fs::copy(&path, secrets.join(path.file_name().unwrap())).unwrap();
+            }
         }
     }
-    let auth = std::fs::read_to_string(base.join("generated/nats/auth.conf")).unwrap();
-    let nats = NatsServer::builder().extra_config(&auth).start().unwrap();
-    let url = nats.url();
+    // The broker as nats-1 of the generated cluster runs it: the generated authorization, and
+    // clients over TLS only with nats-1's certificate from the broker's CA.
+    let generated = base.join("generated/nats");
+    let auth = std::fs::read_to_string(generated.join("auth.conf")).unwrap();
+    let tls = format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  timeout: 5\n}}\n",
+        generated.join("nats-1.pem"),
+        generated.join("nats-1.key")
+    );
+    let nats = NatsServer::builder()
+        .extra_config(&format!("{auth}\n{tls}"))
+        .start()
+        .unwrap();
+    let url = format!("tls://localhost:{}", nats.port());
+    let ca = secrets.join("nats-ca.pem");
     let policies = base.join("generated/policies");
+    let hru = |args: &[&str]| hru(&url, &ca, &policies, args);
 
     // Anonymous clients are refused; the provisioner's nkey creates the streams and views.
-    let anonymous = hru(&url, &policies, &["log", "provision"]);
+    let anonymous = hru(&["log", "provision"]);
     assert!(!anonymous.status.success(), "a client without an nkey is refused");
-    let provisioned = hru(
-        &url,
-        &policies,
-        &["log", "provision", "--keys", &secrets.display().to_string()],
-    );
-    assert!(
-        provisioned.status.success(),
-        "provision: {}",
-        String::from_utf8_lossy(&provisioned.stderr)
-    );
+    let keys = secrets.display().to_string();
+    succeeded(&hru(&["log", "provision", "--keys", &keys]), "provision");
 
+    // The case: the vendor fits tag 0 (its victim's phone is the paired device), police draw an
+    // exclusion zone round the victim's home, each with its own nkey.
+    let (tag, victim, home) = Simulator::new(SEED, 3, 1.0, 0).pairs().remove(0);
+    assert_eq!(victim, DEVICE);
+    let at = jiff::Timestamp::now().as_millisecond() - 60_000;
+    let b64 = |n: u128| base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::from_u128(n).as_bytes());
+    let case = uuid::Uuid::from_u128(0xde91_0000);
+    let fitted = format!(
+        r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"{tag}","orderId":"{}","victimDeviceId":"{victim}","atMs":"{at}"}}}}}}"#,
+        b64(1)
+    );
+    let zone = format!(
+        r#"{{"caseId":"{case}","zoneDefined":{{"core":{{"zoneId":"{}","version":1,"kind":"ZONE_KIND_EXCLUSION","tagId":"{tag}","geojson":"{{\"type\":\"Point\",\"coordinates\":[{},{}]}}","radiusM":300,"exitBufferM":25,"label":"victim's home"}}}}}}"#,
+        b64(2),
+        home.1,
+        home.0
+    );
+    for (party, json) in [("em-vendor", fitted), ("police-hru", zone)] {
+        let file = base.join(format!("{party}.json"));
+        std::fs::write(&file, json).unwrap();
+        let identity = secrets.join(format!("{party}.secret")).display().to_string();
+        let file = file.display().to_string();
+        succeeded(
+            &hru(&[
+                "--identity",
+                &identity,
+                "append",
+                "--party",
+                party,
+                "--keys",
+                &keys,
+                &file,
+            ]),
+            party,
+        );
+    }
     // Two nodes, the geofence and the gateway, from the committed configs.
     let mut nodes = Vec::new();
     for party in ["police-hru", "probation"] {
@@ -120,7 +176,7 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
             &url,
             &[("0.0.0.0:7443", port), ("0.0.0.0:9464", metrics)],
         );
-        let child = spawn(&["node", "run", "--config", &file.display().to_string()], &url);
+        let child = spawn(&["node", "run", "--config", &file.display().to_string()], &url, &ca);
         nodes.push((
             NodeProcess {
                 party: party.to_owned(),
@@ -132,36 +188,50 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
     }
     let geofence_metrics = free_port();
     let file = config("geofence.toml", base, &url, &[("0.0.0.0:9465", geofence_metrics)]);
-    let mut geofence = spawn(&["geofence", "run", "--config", &file.display().to_string()], &url);
+    let mut geofence = spawn(&["geofence", "run", "--config", &file.display().to_string()], &url, &ca);
     wait_for("the geofence to be ready", || {
         metric(geofence_metrics, "hru_geofence_ready") == 1
     });
     let gateway_config = config("gateway.toml", base, &url, &[]);
-    let gateway = hru(
-        &url,
-        &policies,
-        &[
-            "gateway",
-            "simulate",
-            "--config",
-            &gateway_config.display().to_string(),
-            "--tags",
-            "3",
-            "--rate",
-            "5",
-            "--seconds",
-            "2",
-            "--fast",
-        ],
-    );
+    // An hour of the fleet, one fix per tag every 5 s, tag 0 driving to its victim's home.
+    let gateway = hru(&[
+        "gateway",
+        "simulate",
+        "--config",
+        &gateway_config.display().to_string(),
+        "--tags",
+        "3",
+        "--rate",
+        "0.2",
+        "--seconds",
+        "3600",
+        "--seed",
+        &SEED.to_string(),
+        "--approach",
+        "0",
+        "--fast",
+    ]);
     assert!(
         gateway.status.success(),
         "the gateway publishes under its nkey: {}",
         String::from_utf8_lossy(&gateway.stderr)
     );
-    wait_for("the geofence to evaluate the gateway's fixes", || {
-        metric(geofence_metrics, "hru_geofence_fixes_total") > 0
+    wait_for("the geofence to store the victim's alert", || {
+        metric(geofence_metrics, "hru_geofence_alerts_total") > 0
     });
+    assert_eq!(metric(geofence_metrics, "hru_geofence_alerts_failed_total"), 0);
+
+    // The victim's phone, with the identity deploy-init paired, receives it, verified.
+    let received = succeeded(
+        &hru(&["device", "alerts", "--device", DEVICE, "--keys", &keys]),
+        "device alerts",
+    );
+    let alerts: Vec<serde_json::Value> = received.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    println!("the victim's phone received {alerts:?}");
+    assert!(
+        !alerts.is_empty() && alerts.iter().all(|a| a["kind"] == "BREACH_KIND_EXCLUSION"),
+        "{alerts:?}"
+    );
 
     // Each node answers over mutual TLS, logs the access through its own nkey and folds it
     // back from its view.
@@ -175,7 +245,7 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
         let p = &node.party;
         let channel = rt.block_on(hru_tests::tls_channel(
             node,
-            &tls.join("ca.pem"),
+            &tls.join(format!("{p}-ca.pem")),
             &tls.join(format!("{p}.pem")),
             &tls.join(format!("{p}.key")),
         ));
@@ -206,12 +276,12 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
 
     // The auditor verifies the whole log with its own nkey; without one the server refuses.
     let auditor = base.join("generated/keys/auditor.secret").display().to_string();
-    let verified = hru(&url, &policies, &["--identity", &auditor, "audit", "verify"]);
+    let verified = hru(&["--identity", &auditor, "audit", "verify"]);
     assert!(
         verified.status.success(),
         "audit verify as the auditor: {}{}",
         String::from_utf8_lossy(&verified.stdout),
         String::from_utf8_lossy(&verified.stderr)
     );
-    assert!(!hru(&url, &policies, &["audit", "verify"]).status.success());
+    assert!(!hru(&["audit", "verify"]).status.success());
 }

@@ -89,25 +89,57 @@ pub(crate) fn ca(out: &Path, party: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `hru keys cert`: a party's TLS certificate from the CA.
-pub(crate) fn cert(ca_dir: &Path, party: &str, hosts: &[String], days: u32, out: &Path) -> anyhow::Result<ExitCode> {
+/// Who a certificate from `hru keys cert` is for.
+pub(crate) enum Holder<'a> {
+    /// A party (its node): named by a `urn:hru:party:` URI.
+    Party(&'a str),
+    /// A nats-server of the cluster: named by its common name only.
+    Server(&'a str),
+}
+
+/// `hru keys cert`: a party's or a nats-server's TLS certificate from the CA in `ca_dir`.
+pub(crate) fn cert(
+    ca_dir: &Path,
+    holder: Holder<'_>,
+    hosts: &[String],
+    days: u32,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
     if days == 0 {
         bail!("--days must be at least 1");
     }
-    let party: PartyId = party.parse().context("--party")?;
     let ca = hru_node::tls::CertAndKey {
         cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem"))
-            .context("reading ca.pem (create it with `hru keys ca`)")?,
-        key_pem: std::fs::read_to_string(ca_dir.join("ca.key")).context("reading ca.key")?,
+            .with_context(|| format!("reading {}/ca.pem (create it with `hru keys ca`)", ca_dir.display()))?,
+        key_pem: std::fs::read_to_string(ca_dir.join("ca.key"))
+            .with_context(|| format!("reading {}/ca.key", ca_dir.display()))?,
     };
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let valid_for = std::time::Duration::from_secs(u64::from(days) * 86_400);
-    let issued = hru_node::tls::issue(&ca, party.as_str(), &hosts, valid_for)?;
+    let (name, issued) = match holder {
+        Holder::Party(party) => {
+            let party: PartyId = party.parse().context("--party")?;
+            let issued = hru_node::tls::issue(&ca, party.as_str(), &hosts, valid_for)?;
+            (party.to_string(), issued)
+        }
+        Holder::Server(name) => {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+                bail!("--server {name:?}: use a host-like name (letters, digits, '-', '.')");
+            }
+            if hosts.is_empty() {
+                bail!("--server needs at least one --host the server is reached at");
+            }
+            (
+                name.to_owned(),
+                hru_node::tls::issue_server(&ca, name, &hosts, valid_for)?,
+            )
+        }
+    };
     hru_envelope::create_private_dir(out)?;
-    std::fs::write(out.join(format!("{party}.pem")), &issued.cert_pem)?;
-    write_private(&out.join(format!("{party}.key")), &issued.key_pem)?;
+    std::fs::write(out.join(format!("{name}.pem")), &issued.cert_pem)?;
+    write_private(&out.join(format!("{name}.key")), &issued.key_pem)?;
     eprintln!(
-        "wrote {party}.pem and {party}.key (mode 0600) in {}, valid {days} days",
+        "wrote {name}.pem and {name}.key (mode 0600) in {}, valid {days} days",
         out.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -309,22 +309,25 @@ pub enum KeysCommand {
         #[arg(long)]
         party: Option<String>,
     },
-    /// Issue a party's TLS certificate from the CA (the party as a URI subject-alternative
-    /// name, `urn:hru:party:<id>`).
+    /// Issue a party's TLS certificate from its CA (the party as a URI subject-alternative
+    /// name, `urn:hru:party:<id>`), or a nats-server's from the broker's CA.
     Cert {
         /// Directory holding ca.pem and ca.key.
         #[arg(long)]
         ca: PathBuf,
-        /// The party.
+        /// The party whose node the certificate is for (named by a `urn:hru:party:` URI).
+        #[arg(long, required_unless_present = "server", conflicts_with = "server")]
+        party: Option<String>,
+        /// Or a nats-server of the cluster (its name; the certificate serves clients and routes).
         #[arg(long)]
-        party: String,
+        server: Option<String>,
         /// Host names the certificate serves (repeat).
         #[arg(long)]
         host: Vec<String>,
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u32,
-        /// Output directory (<party>.pem, <party>.key).
+        /// Output directory (<party or server>.pem, .key).
         #[arg(long)]
         out: PathBuf,
     },
@@ -662,10 +665,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Keys(KeysCommand::Cert {
             ca,
             party,
+            server,
             host,
             days,
             out,
-        }) => keys::cert(&ca, &party, &host, days, &out),
+        }) => match (party.as_deref(), server.as_deref()) {
+            (Some(p), _) => keys::cert(&ca, keys::Holder::Party(p), &host, days, &out),
+            (None, Some(s)) => keys::cert(&ca, keys::Holder::Server(s), &host, days, &out),
+            (None, None) => Err(anyhow::anyhow!("give --party or --server")),
+        },
         Command::Node(NodeCommand::Run { config }) => node_run(&config).await,
         Command::Geofence(GeofenceCommand::Run { config }) => field::geofence_run(&config).await,
         Command::Demo { non_interactive } => {

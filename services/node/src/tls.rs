@@ -77,11 +77,31 @@ pub fn issue_between(
     from_s: i64,
     until_s: i64,
 ) -> Result<CertAndKey, CertError> {
+    sign(ca, party, Some(party), hosts, from_s, until_s)
+}
+
+/// A certificate for a server that is no party (a nats-server of the cluster: `name` is its
+/// common name), valid as server and client (cluster routes) for `hosts`, for `valid_for`.
+pub fn issue_server(ca: &CertAndKey, name: &str, hosts: &[&str], valid_for: Duration) -> Result<CertAndKey, CertError> {
+    sign(ca, name, None, hosts, -300, valid_for.as_secs() as i64)
+}
+
+/// A certificate from `ca` named `name`, with `party`'s URI subject-alternative name if given.
+fn sign(
+    ca: &CertAndKey,
+    name: &str,
+    party: Option<&str>,
+    hosts: &[&str],
+    from_s: i64,
+    until_s: i64,
+) -> Result<CertAndKey, CertError> {
     let mut params =
         CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()).map_err(cert_err)?;
-    let uri = format!("{PARTY_URI}{party}").try_into().map_err(cert_err)?;
-    params.subject_alt_names.push(SanType::URI(uri));
-    params.distinguished_name.push(DnType::CommonName, party);
+    if let Some(party) = party {
+        let uri = format!("{PARTY_URI}{party}").try_into().map_err(cert_err)?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
+    params.distinguished_name.push(DnType::CommonName, name);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = at(from_s);
     params.not_after = at(until_s);
