@@ -22,9 +22,7 @@ const CASE: &str = "7c1e9d2a-4b3f-4e5a-8c6d-9e0f1a2b3c4d";
 const TAG: &str = "tag-0042";
 
 fn referral(area: &str) -> String {
-    format!(
-        r#"{{"caseId":"{CASE}","referralReceived":{{"core":{{"subjectRef":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","behaviours":["BEHAVIOUR_STALKING"],"area":"{area}","receivedAtMs":"1795300000000"}},"identity":{{"subject":{{"fullName":"Sam Example"}}}}}}}}"#
-    )
+    hru_tests::referral_json(CASE, area)
 }
 
 /// A draft's case and event, from its JSON form (as `hru append` reads it).

@@ -205,6 +205,14 @@ impl World {
     }
 }
 
+/// A police referral draft for `case` (as `hru append` reads it), its area `area` and its
+/// subject's identity section "Sam Example".
+pub fn referral_json(case: &str, area: &str) -> String {
+    format!(
+        r#"{{"caseId":"{case}","referralReceived":{{"core":{{"subjectRef":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","behaviours":["BEHAVIOUR_STALKING"],"area":"{area}","receivedAtMs":"1795300000000"}},"identity":{{"subject":{{"fullName":"Sam Example"}}}}}}}}"#
+    )
+}
+
 /// The stdout of a run of `hru` that must succeed (`what` names it when it did not).
 pub fn succeeded(out: &Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -980,7 +980,7 @@ async fn provision(
         None => nats.identity.clone(),
     };
     let client = hru_log::connect(&nats.url, identity.as_ref()).await?;
-    hru_broker::provision(&client, &isa.broker_rights(), isa.positions_max_age(), replicas).await?;
+    let retired = hru_broker::provision(&client, &isa.broker_rights(), isa.positions_max_age(), replicas).await?;
     let devices: Vec<String> = directory.devices().map(|(d, _)| d.to_string()).collect();
     hru_broker::provision_devices(&client, &devices, isa.alerts_max_age(), replicas).await?;
     println!(
@@ -990,5 +990,11 @@ async fn provision(
         isa.id,
         isa.version
     );
+    for view in retired {
+        println!(
+            "retired {view}: its party is no party of {} v{}; it copies nothing more from the log",
+            isa.id, isa.version
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

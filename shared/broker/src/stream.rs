@@ -279,13 +279,14 @@ pub async fn open_events(js: &jetstream::Context, replicas: usize) -> Result<str
 }
 
 /// Create or update the shared stream, the position stream (kept `positions_max_age`) and
-/// every party's view stream (the provisioner's job; needs full rights in the account).
+/// every party's view stream, and retire the views of parties `rights` no longer names (the
+/// provisioner's job); the views retired by this call.
 pub async fn provision(
     client: &async_nats::Client,
     rights: &Rights,
     positions_max_age: Duration,
     replicas: usize,
-) -> Result<(), BrokerError> {
+) -> Result<Vec<String>, BrokerError> {
     let js = jetstream::new(client.clone());
     // Created, or checked; never updated (no identity may update it: `destroying_api`).
     open_events(&js, replicas).await?;
@@ -298,7 +299,38 @@ pub async fn provision(
     for party in rights.parties.keys() {
         create_or_update(&js, view_config(rights, party, replicas), "provision view stream").await?;
     }
-    Ok(())
+    retire_views(&js, rights).await
+}
+
+/// Retire the views of parties `rights` no longer names (a party that left the agreement):
+/// each stops sourcing the log and keeps what it already holds (no identity may delete a view;
+/// its messages go as retention says). The views retired now, by name.
+async fn retire_views(js: &jetstream::Context, rights: &Rights) -> Result<Vec<String>, BrokerError> {
+    use futures::TryStreamExt as _;
+    let current: std::collections::HashSet<String> = rights.parties.keys().map(view_stream).collect();
+    let names: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .map_err(request("list the view streams"))?;
+    let mut retired = Vec::new();
+    for name in names {
+        if !name.starts_with(VIEW_STREAM_PREFIX) || current.contains(&name) {
+            continue;
+        }
+        let mut stream = js.get_stream(&name).await.map_err(request("retire a view"))?;
+        let mut config = stream.info().await.map_err(request("retire a view"))?.config.clone();
+        if config.sources.as_ref().is_none_or(Vec::is_empty) {
+            continue;
+        }
+        config.sources = None;
+        js.update_stream(config).await.map_err(|e| BrokerError::Request {
+            operation: "retire a view",
+            source: format!("{name}: {e}").into(),
+        })?;
+        retired.push(name);
+    }
+    Ok(retired)
 }
 
 #[cfg(test)]
