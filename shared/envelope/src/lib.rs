@@ -30,7 +30,7 @@ pub use keys::{
 };
 pub use open::{GrantOutcome, KeyRing, OpenedEvent, OpenedSection, VerifiedEnvelope, decode_header, verify};
 pub use primitives::{EpochKey, SIGNATURE_DOMAIN, public_key, verify_strict};
-pub use seal::{AudiencePolicy, ChainHead, EpochState, Refusal, SealedBatch, SealedEnvelope, Sealer};
+pub use seal::{AudiencePolicy, ChainHead, EpochSlot, EpochState, Refusal, SealedBatch, SealedEnvelope, Sealer};
 pub use static_policy::StaticAudiences;
 
 /// Section schema version this build writes.

@@ -231,6 +231,7 @@ impl KeyRing {
             epoch,
             reason: _,
             month: _,
+            retention: _,
             members,
         } = grant;
         let producer_party = &env.header.producer.party;

@@ -28,7 +28,14 @@ pub trait AudiencePolicy {
     fn policy_version(&self) -> u32;
     /// The exact audience of `section` of `event_type` sealed by `producer`, or why there is none.
     fn audience(&self, producer: &PartyId, event_type: EventType, section: &str) -> Result<&Audience, Refusal>;
+    /// The retention class `event_type` is kept for (e.g. "7y", "90d"): sections of two classes
+    /// never share an epoch key, so one class's keys can be destroyed without the other's.
+    fn retention_class(&self, event_type: EventType) -> String;
 }
+
+/// Where a producer keeps an epoch: its audience and the retention class its sections are
+/// kept for.
+pub type EpochSlot = (AudienceId, String);
 
 /// Where a producer's chain stands: the next sequence number and the digest it must name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +61,8 @@ pub struct EpochState {
     pub epoch: u32,
     /// Month (YYYY-MM, UTC) of the epoch.
     pub month: String,
+    /// The retention class its sections are kept for.
+    pub retention: String,
     /// Agreement version it was made under.
     pub policy_version: u32,
     /// Members and the encryption key ids the key was sealed to.
@@ -67,6 +76,7 @@ impl std::fmt::Debug for EpochState {
         f.debug_struct("EpochState")
             .field("epoch", &self.epoch)
             .field("month", &self.month)
+            .field("retention", &self.retention)
             .field("policy_version", &self.policy_version)
             .field("members", &self.members)
             .finish_non_exhaustive()
@@ -116,7 +126,7 @@ pub struct Sealer {
     signing: SigningKey,
     key_id: KeyId,
     chain: ChainHead,
-    epochs: BTreeMap<AudienceId, EpochState>,
+    epochs: BTreeMap<EpochSlot, EpochState>,
     used_epochs: BTreeMap<AudienceId, u32>,
 }
 
@@ -150,7 +160,7 @@ impl Sealer {
         producer: ProducerId,
         signing: SigningKey,
         chain: ChainHead,
-        epochs: BTreeMap<AudienceId, EpochState>,
+        epochs: BTreeMap<EpochSlot, EpochState>,
     ) -> Self {
         let key_id = key_id(signing.verifying_key().as_bytes());
         Self {
@@ -180,8 +190,8 @@ impl Sealer {
         self.chain
     }
 
-    /// Current epoch per audience.
-    pub fn epochs(&self) -> &BTreeMap<AudienceId, EpochState> {
+    /// Current epoch per audience and retention class.
+    pub fn epochs(&self) -> &BTreeMap<EpochSlot, EpochState> {
         &self.epochs
     }
 
@@ -279,6 +289,7 @@ impl Sealer {
         } = what;
         check_sections(event_type, &sections)?;
         let month = month_of(now_ms)?;
+        let retention = policy.retention_class(event_type);
         let mut audiences = Vec::with_capacity(sections.len());
         for section in &sections {
             let audience = policy
@@ -299,19 +310,31 @@ impl Sealer {
             envelopes: Vec::new(),
             steps: Vec::new(),
         };
-        let mut turned: BTreeMap<AudienceId, EpochState> = BTreeMap::new();
+        let mut turned: BTreeMap<EpochSlot, EpochState> = BTreeMap::new();
         for audience in &audiences {
             let id = audience.id();
-            let current = turned.get(id).or_else(|| self.epochs.get(id));
+            let slot = (id.clone(), retention.clone());
+            let current = turned.get(&slot).or_else(|| self.epochs.get(&slot));
             let Some(reason) = turn_reason(current, audience, &month, policy.policy_version(), directory) else {
                 continue;
             };
             let mut key = [0u8; EPOCH_KEY_LEN];
             rng.fill_bytes(&mut key);
+            // Epoch numbers are unique per audience across its classes: a section names only
+            // (audience, epoch).
             let used = self.used_epochs.get(id).copied().unwrap_or(0);
+            let latest = self
+                .epochs
+                .iter()
+                .chain(turned.iter())
+                .filter(|((a, _), _)| a == id)
+                .map(|(_, e)| e.epoch)
+                .max()
+                .unwrap_or(0);
             let state = EpochState {
-                epoch: current.map_or(0, |e| e.epoch).max(used) + 1,
+                epoch: latest.max(used) + 1,
                 month: month.clone(),
+                retention: retention.clone(),
                 policy_version: policy.policy_version(),
                 members: audience
                     .members()
@@ -337,7 +360,7 @@ impl Sealer {
                 chain_after: chain,
                 epoch: Some((id.clone(), state.clone())),
             });
-            turned.insert(id.clone(), state);
+            turned.insert(slot, state);
         }
         let draft = Draft {
             event_id,
@@ -359,9 +382,10 @@ impl Sealer {
                     .zip(&audiences)
                     .map(|(s, audience)| {
                         let id = audience.id();
+                        let slot = (id.clone(), retention.clone());
                         let e = turned
-                            .get(id)
-                            .or_else(|| self.epochs.get(id))
+                            .get(&slot)
+                            .or_else(|| self.epochs.get(&slot))
                             .unwrap_or_else(|| unreachable!("every audience has an epoch: kept or turned above"));
                         let event = SealedHeader {
                             event_id,
@@ -386,7 +410,7 @@ impl Sealer {
     pub fn apply(&mut self, chain_after: ChainHead, epoch: Option<(AudienceId, EpochState)>) {
         self.chain = chain_after;
         if let Some((id, state)) = epoch {
-            self.epochs.insert(id, state);
+            self.epochs.insert((id, state.retention.clone()), state);
         }
     }
 
@@ -396,7 +420,7 @@ impl Sealer {
         for step in batch.steps.iter().take(upto) {
             self.chain = step.chain_after;
             if let Some((id, state)) = &step.epoch {
-                self.epochs.insert(id.clone(), state.clone());
+                self.epochs.insert((id.clone(), state.retention.clone()), state.clone());
             }
         }
     }
@@ -488,6 +512,7 @@ impl Sealer {
             reason: reason as i32,
             month: state.month.clone(),
             members,
+            retention: state.retention.clone(),
         }
     }
 

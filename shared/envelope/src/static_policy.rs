@@ -107,4 +107,12 @@ impl AudiencePolicy for StaticAudiences {
             .get(&(event_type, section.to_owned()))
             .ok_or_else(|| Refusal(format!("policy {} v{} has no share rule for it", self.id, self.version)))
     }
+
+    /// A static table states no retention: every event type is in the one class it names.
+    fn retention_class(&self, _event_type: EventType) -> String {
+        STATIC_RETENTION_CLASS.to_owned()
+    }
 }
+
+/// The one retention class of a [`StaticAudiences`] table.
+pub const STATIC_RETENTION_CLASS: &str = "unstated";

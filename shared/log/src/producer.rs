@@ -60,6 +60,9 @@ struct EpochRow {
     audience: String,
     epoch: u32,
     month: String,
+    /// Empty in a store written before epochs had retention classes.
+    #[serde(default)]
+    retention: String,
     policy_version: u32,
     members: Vec<(String, String)>,
     key: String,
@@ -147,6 +150,7 @@ fn epoch_row(audience: &AudienceId, e: &EpochState) -> EpochRow {
         audience: audience.to_string(),
         epoch: e.epoch,
         month: e.month.clone(),
+        retention: e.retention.clone(),
         policy_version: e.policy_version,
         members: e.members.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect(),
         key: B64.encode(e.key.bytes()),
@@ -181,6 +185,7 @@ fn parse_epoch(r: &EpochRow) -> Result<(AudienceId, EpochState), String> {
     let state = EpochState {
         epoch: r.epoch,
         month: r.month.clone(),
+        retention: r.retention.clone(),
         policy_version: r.policy_version,
         members,
         key: EpochKey::new(key),
@@ -326,7 +331,7 @@ impl Producer {
                 let epochs = row
                     .epochs
                     .iter()
-                    .map(parse_epoch)
+                    .map(|r| parse_epoch(r).map(|(a, e)| ((a, e.retention.clone()), e)))
                     .collect::<Result<BTreeMap<_, _>, _>>()
                     .map_err(|e| damaged("state", e))?;
                 Sealer::resume(producer, signing, head, epochs)
@@ -360,7 +365,7 @@ impl Producer {
     fn save_state(&self) -> Result<(), StoreError> {
         let row = StateRow {
             head: head_row(self.sealer.chain()),
-            epochs: self.sealer.epochs().iter().map(|(a, e)| epoch_row(a, e)).collect(),
+            epochs: self.sealer.epochs().iter().map(|((a, _), e)| epoch_row(a, e)).collect(),
         };
         let bytes = serde_json::to_vec(&row).map_err(|e| self.store_err(e))?;
         self.state.insert(STATE_KEY, bytes).map_err(|e| self.store_err(e))?;
@@ -497,7 +502,7 @@ impl Producer {
         }
         let state = StateRow {
             head: head_row(self.sealer.chain()),
-            epochs: self.sealer.epochs().iter().map(|(a, e)| epoch_row(a, e)).collect(),
+            epochs: self.sealer.epochs().iter().map(|((a, _), e)| epoch_row(a, e)).collect(),
         };
         let state_bytes = serde_json::to_vec(&state).map_err(|e| self.store_err(e))?;
         let mut remove = sled::Batch::default();
@@ -587,7 +592,7 @@ impl Producer {
                     self.sealer.apply(head_after, epoch);
                     let state = StateRow {
                         head: head_row(self.sealer.chain()),
-                        epochs: self.sealer.epochs().iter().map(|(a, e)| epoch_row(a, e)).collect(),
+                        epochs: self.sealer.epochs().iter().map(|((a, _), e)| epoch_row(a, e)).collect(),
                     };
                     let state_bytes = serde_json::to_vec(&state).map_err(|e| self.store_err(e))?;
                     let mut batch_state = sled::Batch::default();

@@ -34,6 +34,15 @@ impl Retention {
         }
     }
 
+    /// The retention class this names, in the agreement's own notation: "90d", "18m", "7y".
+    pub fn class(self) -> String {
+        match self {
+            Retention::Days(d) => format!("{d}d"),
+            Retention::Months(m) if m % 12 == 0 => format!("{}y", m / 12),
+            Retention::Months(m) => format!("{m}m"),
+        }
+    }
+
     /// An upper bound in days (a month counted as 31 days), for broker max-age settings.
     pub fn max_days(self) -> u64 {
         match self {
@@ -433,6 +442,10 @@ impl AudiencePolicy for CompiledIsa {
                     self.id, self.version
                 ))
             })
+    }
+
+    fn retention_class(&self, event_type: EventType) -> String {
+        self.retention_of(event_type).class()
     }
 }
 
