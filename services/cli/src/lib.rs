@@ -10,6 +10,7 @@ mod policy_cmd;
 mod producer_state;
 mod project;
 mod replay;
+mod retention;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -163,6 +164,9 @@ pub enum Command {
     /// Verify the log without secret keys.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Retention: what expires when, and who has confirmed destroying their keys.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// A party's node.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -413,6 +417,25 @@ pub enum PolicyCommand {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+/// `hru retention` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Every epoch key the log granted: its retention class and month, when its sections
+    /// expire, and which holders have signed its destruction (whole log with an operator's
+    /// key, a party's view with its own).
+    Status {
+        /// Only the epochs this party holds (as producer or member).
+        #[arg(long)]
+        party: Option<String>,
+        /// As of this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
     },
 }
 
@@ -726,6 +749,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::Geofence { fixes, format }) => {
             hru_tools::bench_geo::geofence(&cli.policies, fixes, format.into()).await
         }
+        Command::Retention(RetentionCommand::Status { party, at, format }) => {
+            retention::status(&broker, &cli.policies, party.as_deref(), at.as_deref(), format).await
+        }
         Command::Audit(AuditCommand::Verify {
             from,
             to,
@@ -945,6 +971,30 @@ impl CliLog {
             foresight.learn(e.sequence, &e.payload);
         }
         read.foresee(&foresight);
+        Ok(())
+    }
+}
+
+/// How long a command waits for a party's view to catch up with the log before reading it.
+const VIEW_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl CliLog {
+    /// Wait (up to [`VIEW_CATCH_UP`]) while the server reports a party's view lagging the
+    /// log (a view copies the log a moment behind it; the server learns of a lag only as the
+    /// copies arrive, so an event appended a moment ago may still be missing). Warns when it
+    /// still lags.
+    pub(crate) async fn catch_up(&self) -> anyhow::Result<()> {
+        use hru_log::SharedLog as _;
+        let deadline = std::time::Instant::now() + VIEW_CATCH_UP;
+        while !self.reader().caught_up().await? {
+            if std::time::Instant::now() >= deadline {
+                eprintln!(
+                    "warning: the view still lags the log after {VIEW_CATCH_UP:?}: the newest events may be missing"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         Ok(())
     }
 }

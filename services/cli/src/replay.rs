@@ -61,6 +61,7 @@ pub(crate) async fn run(
         None => Vec::new(),
     };
     let log = nats.log().await?;
+    log.catch_up().await?;
     let agreements = policies::agreements(policies_dir, &directory)?;
     let mut ring = hru_runtime::deployment::key_ring(keys_dir, &party)?;
     for isa in agreements.iter() {

@@ -43,6 +43,24 @@ impl Retention {
         }
     }
 
+    /// When sections of an epoch of `month` ("YYYY-MM", UTC) kept for this retention expire
+    /// (Unix ms): the retention counted from the end of the month, the last moment one of its
+    /// sections can have been recorded. None when `month` is not a month.
+    pub fn expires(self, month: &str) -> Option<i64> {
+        let (year, m) = month.split_once('-')?;
+        let (year, m): (i16, i8) = (year.parse().ok()?, m.parse().ok()?);
+        let start = jiff::civil::Date::new(year, m, 1).ok()?;
+        let end = start.checked_add(jiff::Span::new().months(1)).ok()?;
+        let expires = match self {
+            Retention::Days(d) => end.checked_add(jiff::Span::new().days(i64::from(d))).ok()?,
+            Retention::Months(n) => end.checked_add(jiff::Span::new().months(i64::from(n))).ok()?,
+        };
+        expires
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp().as_millisecond())
+    }
+
     /// An upper bound in days (a month counted as 31 days), for broker max-age settings.
     pub fn max_days(self) -> u64 {
         match self {

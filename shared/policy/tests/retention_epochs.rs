@@ -138,3 +138,22 @@ fn two_retention_classes_never_share_an_epoch_key() {
         "each grant names the class its key serves"
     );
 }
+
+#[test]
+fn an_epoch_expires_its_retention_after_the_end_of_its_month() {
+    use hru_policy::Retention;
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    let seven_years = Retention::parse("7y").unwrap();
+    assert_eq!(seven_years.class(), "7y");
+    assert_eq!(seven_years.expires("2026-12"), Some(at("2034-01-01T00:00:00Z")));
+    let ninety_days = Retention::parse("90d").unwrap();
+    assert_eq!(ninety_days.class(), "90d");
+    assert_eq!(ninety_days.expires("2026-12"), Some(at("2027-04-01T00:00:00Z")));
+    assert_eq!(
+        Retention::parse("18m").unwrap().expires("2026-01"),
+        Some(at("2027-08-01T00:00:00Z"))
+    );
+    assert_eq!(Retention::parse("2w").unwrap().class(), "14d");
+    assert_eq!(seven_years.expires("2026-13"), None);
+    assert_eq!(seven_years.expires("December"), None);
+}

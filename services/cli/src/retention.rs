@@ -1,0 +1,202 @@
+//! `hru retention status`: every epoch key the log granted, when its retention ends, and who
+//! has confirmed destroying their copy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use futures::TryStreamExt as _;
+use hru_broker::Filter;
+use hru_domain::{EventType, PartyId};
+use hru_log::SharedLog as _;
+use hru_policy::Retention;
+use hru_wire::v1 as pb;
+use prost::Message as _;
+use serde_json::json;
+
+use crate::{Format, policies};
+
+/// One epoch key as its grant and the destruction confirmations describe it.
+struct Epoch {
+    producer: PartyId,
+    audience: String,
+    epoch: u32,
+    members: BTreeSet<PartyId>,
+    class: String,
+    month: String,
+    /// When its sections' retention ends (Unix ms); None for a grant that names no class.
+    expires_at: Option<i64>,
+    /// Holders who signed an `EpochKeyDestroyed` for it.
+    destroyed_by: BTreeSet<PartyId>,
+    /// The log sequence of its grant.
+    sequence: u64,
+}
+
+impl Epoch {
+    /// Everyone who held the key: its producer and its members.
+    fn holders(&self) -> BTreeSet<PartyId> {
+        let mut all = self.members.clone();
+        all.insert(self.producer.clone());
+        all
+    }
+
+    fn state(&self, at_ms: i64) -> &'static str {
+        match self.expires_at {
+            None => "unclassified",
+            Some(t) if at_ms < t => "live",
+            Some(_) if self.holders().is_subset(&self.destroyed_by) => "destroyed",
+            Some(_) => "due",
+        }
+    }
+}
+
+fn date(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.strftime("%Y-%m-%d").to_string())
+}
+
+fn names(set: &BTreeSet<PartyId>) -> String {
+    set.iter().map(PartyId::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// `hru retention status`: the log's grants (the whole log with an operator's key, a party's
+/// view with its own), as of `at` (default now), optionally only the epochs `party` holds.
+pub(crate) async fn status(
+    nats: &crate::Broker,
+    policies_dir: &Path,
+    party: Option<&str>,
+    at: Option<&str>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let party: Option<PartyId> = party.map(str::parse).transpose().context("--party")?;
+    let at_ms = match at {
+        Some(t) => t
+            .parse::<jiff::Timestamp>()
+            .map_err(|e| anyhow::anyhow!("--at must be an RFC 3339 time such as 2034-01-01T00:00:00Z: {e}"))?
+            .as_millisecond(),
+        None => jiff::Timestamp::now().as_millisecond(),
+    };
+    let directory = policies::directory(policies_dir)?;
+    let log = nats.log().await?;
+    log.catch_up().await?;
+    let mut epochs: BTreeMap<(PartyId, String, u32), Epoch> = BTreeMap::new();
+    let mut destroyed: Vec<((PartyId, String, u32), PartyId)> = Vec::new();
+    let mut unverified = 0u64;
+    let mut entries = log
+        .reader()
+        .replay(1, &[Filter::all_key_grants(), Filter::all_control()])
+        .await?;
+    while let Some(entry) = entries.try_next().await? {
+        let Ok(v) = hru_envelope::verify(&entry.payload, &directory) else {
+            unverified += 1;
+            continue;
+        };
+        match v.header.event_type {
+            EventType::KeyGranted => {
+                let Ok(g) = pb::KeyGranted::decode(v.body.as_slice()) else {
+                    unverified += 1;
+                    continue;
+                };
+                let members = g.members.iter().filter_map(|m| m.party.parse().ok()).collect();
+                let expires_at = Retention::parse(&g.retention).and_then(|r| r.expires(&g.month));
+                let producer = v.header.producer.party.clone();
+                epochs.insert(
+                    (producer.clone(), g.audience.clone(), g.epoch),
+                    Epoch {
+                        producer,
+                        audience: g.audience,
+                        epoch: g.epoch,
+                        members,
+                        class: g.retention,
+                        month: g.month,
+                        expires_at,
+                        destroyed_by: BTreeSet::new(),
+                        sequence: entry.sequence,
+                    },
+                );
+            }
+            EventType::EpochKeyDestroyed => {
+                if let Ok(d) = pb::EpochKeyDestroyed::decode(v.body.as_slice())
+                    && let Ok(producer) = d.producer.parse::<PartyId>()
+                {
+                    destroyed.push(((producer, d.audience, d.epoch), v.header.producer.party.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, by) in destroyed {
+        if let Some(e) = epochs.get_mut(&key)
+            && e.holders().contains(&by)
+        {
+            e.destroyed_by.insert(by);
+        }
+    }
+    let shown: Vec<&Epoch> = epochs
+        .values()
+        .filter(|e| party.as_ref().is_none_or(|p| e.holders().contains(p)))
+        .collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &shown {
+        *counts.entry(e.state(at_ms)).or_default() += 1;
+    }
+    for e in &shown {
+        let state = e.state(at_ms);
+        let awaiting: BTreeSet<PartyId> = e.holders().difference(&e.destroyed_by).cloned().collect();
+        match format {
+            Format::Json => println!(
+                "{}",
+                json!({
+                    "producer": e.producer.as_str(),
+                    "audience": e.audience,
+                    "epoch": e.epoch,
+                    "members": e.members.iter().map(PartyId::as_str).collect::<Vec<_>>(),
+                    "retention": e.class,
+                    "month": e.month,
+                    "expires_at_ms": e.expires_at,
+                    "state": state,
+                    "destroyed_by": e.destroyed_by.iter().map(PartyId::as_str).collect::<Vec<_>>(),
+                    "awaiting": if state == "due" { awaiting.iter().map(PartyId::as_str).collect::<Vec<_>>() } else { Vec::new() },
+                    "grant_sequence": e.sequence,
+                })
+            ),
+            Format::Human => {
+                let when = e
+                    .expires_at
+                    .map_or_else(|| "no retention class (granted before classes)".to_owned(), date);
+                let tail = match state {
+                    "due" => format!("due: awaiting {}", names(&awaiting)),
+                    "destroyed" => "destroyed by every holder".to_owned(),
+                    other => other.to_owned(),
+                };
+                println!(
+                    "{} #{} [{}] {} {}  expires {when}  {tail}",
+                    e.producer,
+                    e.epoch,
+                    names(&e.members),
+                    if e.class.is_empty() { "-" } else { &e.class },
+                    e.month,
+                );
+            }
+        }
+    }
+    let summary = format!(
+        "{} epochs as of {}: {} live, {} due, {} destroyed, {} unclassified{}",
+        shown.len(),
+        jiff::Timestamp::from_millisecond(at_ms).map_or_else(|_| at_ms.to_string(), |t| t.to_string()),
+        counts.get("live").unwrap_or(&0),
+        counts.get("due").unwrap_or(&0),
+        counts.get("destroyed").unwrap_or(&0),
+        counts.get("unclassified").unwrap_or(&0),
+        if unverified > 0 {
+            format!("; {unverified} key events did not verify (run `hru audit verify`)")
+        } else {
+            String::new()
+        }
+    );
+    match format {
+        Format::Json => eprintln!("{summary}"),
+        Format::Human => println!("{summary}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
