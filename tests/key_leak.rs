@@ -246,7 +246,8 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
         while refused(port) == 0 {
             assert!(
                 Instant::now() < deadline,
-                "{party} refused none of the attacker's envelopes"
+                "{party} refused none of the attacker's envelopes; the geofence's log:\n{}",
+                std::fs::read_to_string(w.dir.path().join("geofence.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -151,6 +151,7 @@ fn the_build_context_holds_no_secret() {
         "**/*.key",
         "**/*.cursor",
         "**/*.producer",
+        "**/*.wrap",
     ] {
         assert!(patterns.contains(&needed), ".dockerignore lacks {needed}");
     }

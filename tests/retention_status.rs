@@ -1,8 +1,10 @@
-//! `hru retention status` on a server enforcing the generated authorization: the auditor sees
-//! every epoch the log granted, its retention class from the agreement (a referral's seven
-//! years, a tag fitting's two), when it expires (the retention counted from the end of its
-//! month), and, as of a time past that, which holders have yet to confirm destroying the key; a
-//! party with its own key sees the epochs it holds.
+//! `hru retention status` and `hru retention destroy` on a server enforcing the generated
+//! authorization: the auditor sees every epoch the log granted, its retention class from the
+//! agreement (a referral's seven years, a tag fitting's two), when it expires (the retention
+//! counted from the end of its month), and, as of a time past that, which holders have yet to
+//! confirm destroying the key; a party with its own key sees the epochs it holds. A producer
+//! destroys its expired keys, each announced by a signed `EpochKeyDestroyed`, once, and never
+//! reuses their numbers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -97,6 +99,71 @@ fn the_auditor_sees_what_expires_when_and_who_holds_it() {
         let holds = r["producer"] == "em-vendor" || r["members"].as_array().unwrap().iter().any(|m| m == "em-vendor");
         assert!(holds, "{r}");
     }
+
+    // The vendor's producer destroys its keys past their retention (as of the same time,
+    // early): each announced on the log, gone from its store for good.
+    let vendor_epochs = of(&between, "em-vendor").len();
+    let destroy = |at: &str| {
+        succeeded(
+            &w.run(&[
+                "--identity",
+                &identity("em-vendor"),
+                "retention",
+                "destroy",
+                "--party",
+                "em-vendor",
+                "--keys",
+                &keys,
+                "--at",
+                at,
+            ]),
+            "retention destroy",
+        )
+    };
+    let out = destroy("2031-06-01T00:00:00Z");
+    assert!(
+        out.contains(&format!("{vendor_epochs} epoch keys destroyed, 0 kept")),
+        "{out}"
+    );
+    assert!(
+        destroy("2031-06-01T00:00:00Z").contains("0 epoch keys destroyed"),
+        "destroyed once"
+    );
+    let after = status(&auditor, &["--at", "2031-06-01T00:00:00Z"]);
+    for r in of(&after, "em-vendor") {
+        assert_eq!(r["destroyed_by"], serde_json::json!(["em-vendor"]), "{r}");
+        let awaiting = r["awaiting"].as_array().unwrap();
+        assert!(
+            !awaiting.iter().any(|p| p == "em-vendor") && !awaiting.is_empty(),
+            "{r}"
+        );
+    }
+    for r in of(&after, "police-hru") {
+        assert_eq!(
+            r["destroyed_by"],
+            serde_json::json!([]),
+            "police destroyed nothing: {r}"
+        );
+    }
+    // The vendor records again: new epochs, numbered above the destroyed ones.
+    let again = w.event(
+        "again.json",
+        &format!(
+            r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"tag-2","orderId":"AAAAAAAAAAAAAAAAAAAAAw==","victimDeviceId":"vd-2","atMs":"1795300000000"}}}}}}"#
+        ),
+    );
+    succeeded(&w.append_as("em-vendor", &again), "the vendor records another fitting");
+    let latest = of(&status(&auditor, &[]), "em-vendor");
+    assert_eq!(latest.len(), 2 * vendor_epochs, "{latest:?}");
+    let mut numbers: Vec<(String, u64)> = latest
+        .iter()
+        .map(|r| (r["audience"].as_str().unwrap().to_owned(), r["epoch"].as_u64().unwrap()))
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers.len(), latest.len(), "no epoch number used twice: {latest:?}");
+
+    succeeded(&w.run(&["--identity", &auditor, "audit", "verify"]), "audit verify");
 
     // A time that is not one is refused with what to give.
     let bad = w.run(&["--identity", &auditor, "retention", "status", "--at", "next year"]);

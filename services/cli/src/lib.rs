@@ -437,6 +437,23 @@ pub enum RetentionCommand {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Destroy a producer's epoch keys whose retention has ended (every CLI producer also does
+    /// this whenever it is used), each announced by a signed EpochKeyDestroyed.
+    Destroy {
+        /// The producing party.
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file and producer stores.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The producer instance whose store to sweep.
+        #[arg(long, default_value = "cli")]
+        instance: String,
+        /// As of this time (RFC 3339) instead of now: keys expiring by then are destroyed
+        /// early (destroying early erases sooner; it never keeps anything longer).
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 /// `hru audit` subcommands.
@@ -752,6 +769,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Retention(RetentionCommand::Status { party, at, format }) => {
             retention::status(&broker, &cli.policies, party.as_deref(), at.as_deref(), format).await
         }
+        Command::Retention(RetentionCommand::Destroy {
+            party,
+            keys,
+            instance,
+            at,
+        }) => retention::destroy(&broker, &cli.policies, &party, &keys, &instance, at.as_deref()).await,
         Command::Audit(AuditCommand::Verify {
             from,
             to,

@@ -56,12 +56,28 @@ impl PartyProducer {
         .context("--instance")?;
         let log = nats.log().await?;
         let producer = open(keys_dir, id, secrets.signing.clone(), &log, &directory).await?;
-        Ok(Self {
+        let mut me = Self {
             log,
             directory,
             isa,
             producer,
-        })
+        };
+        // A store used after its epochs' retention ended destroys them before anything else.
+        me.destroy_expired(jiff::Timestamp::now().as_millisecond()).await?;
+        Ok(me)
+    }
+
+    /// Destroy this producer's epoch keys whose retention has ended by `at_ms`, each announced
+    /// by a signed `EpochKeyDestroyed`; what was destroyed.
+    pub(crate) async fn destroy_expired(&mut self, at_ms: i64) -> anyhow::Result<Vec<(hru_domain::AudienceId, u32)>> {
+        let destroyed = self.producer.destroy_expired(&self.log, at_ms, &self.isa).await?;
+        for (audience, epoch) in &destroyed {
+            eprintln!(
+                "destroyed {} epoch {epoch} of audience {audience}: its retention has ended",
+                self.producer.sealer().producer()
+            );
+        }
+        Ok(destroyed)
     }
 
     /// Seal and append one public event now; its stream sequence and recorded time.

@@ -9,6 +9,7 @@ mod events;
 mod header;
 mod ids;
 mod referral;
+mod retention;
 
 pub mod zone;
 
@@ -21,3 +22,4 @@ pub use events::{
 pub use header::{EventHeader, ProducerId};
 pub use ids::{AudienceId, CaseId, DeviceId, Digest, EventId, KeyId, PartyId, TagId};
 pub use referral::{Referral, ReferralIdentity};
+pub use retention::Retention;

@@ -263,3 +263,31 @@ pub(crate) fn open_epoch_key(
         hpke::single_shot_open::<HpkeAead, Kdf, Kem>(&hpke::OpModeR::Base, secret, &enc, &info, sealed, b"").ok()?;
     key.try_into().ok()
 }
+
+/// Encrypt a 32-byte key for storage at rest under `kek` (XChaCha20-Poly1305, `aad` binding it
+/// to where it is stored): nonce ‖ ciphertext. Destroying `kek` destroys every copy written
+/// under it, wherever a store's history keeps the bytes.
+pub fn wrap_at_rest(kek: &[u8; 32], aad: &[u8], key: &[u8; 32], rng: &mut (impl CryptoRng + RngCore)) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(kek.into());
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let ciphertext = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: key, aad })
+        .unwrap_or_else(|_| unreachable!("XChaCha20-Poly1305 encryption fails only past 256 GiB"));
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ciphertext);
+    out
+}
+
+/// Open what [`wrap_at_rest`] wrote; `None` when it does not authenticate under `kek` and `aad`.
+pub fn unwrap_at_rest(kek: &[u8; 32], aad: &[u8], wrapped: &[u8]) -> Option<[u8; 32]> {
+    if wrapped.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = wrapped.split_at(NONCE_LEN);
+    let cipher = XChaCha20Poly1305::new(kek.into());
+    let plain = cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+        .ok()?;
+    plain.try_into().ok()
+}

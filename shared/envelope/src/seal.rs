@@ -195,6 +195,35 @@ impl Sealer {
         &self.epochs
     }
 
+    /// The highest epoch number used per audience among epochs no longer kept (destroyed, or
+    /// lost with an earlier store), so new epochs are numbered above them.
+    pub fn used_epochs(&self) -> &BTreeMap<AudienceId, u32> {
+        &self.used_epochs
+    }
+
+    /// The kept epochs whose sections' retention has ended by `at_ms`: their retention class
+    /// counted from the end of their month. Epochs that name no class the agreement notation
+    /// reads (made before classes, or under a table stating none) never expire here.
+    pub fn expired(&self, at_ms: i64) -> Vec<EpochSlot> {
+        self.epochs
+            .iter()
+            .filter(|(_, e)| {
+                hru_domain::Retention::parse(&e.retention)
+                    .and_then(|r| r.expires(&e.month))
+                    .is_some_and(|t| t <= at_ms)
+            })
+            .map(|(slot, _)| slot.clone())
+            .collect()
+    }
+
+    /// Destroy the producer's copy of an epoch key: it is no longer kept, and its number is
+    /// never used again for its audience. The caller persists the producer afterwards.
+    pub fn forget(&mut self, slot: &EpochSlot) -> Option<u32> {
+        let state = self.epochs.remove(slot)?;
+        self.note_used_epoch(slot.0.clone(), state.epoch);
+        Some(state.epoch)
+    }
+
     /// Seal one case event and commit it at once: any KeyGranted envelopes its audiences need
     /// first, then the event. On error nothing is sealed and the producer is unchanged.
     #[allow(clippy::too_many_arguments)]

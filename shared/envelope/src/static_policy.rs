@@ -14,6 +14,7 @@ pub struct StaticAudiences {
     id: String,
     version: u32,
     rules: BTreeMap<(EventType, String), Audience>,
+    retention: String,
 }
 
 #[derive(Deserialize)]
@@ -40,7 +41,16 @@ impl StaticAudiences {
             id: id.to_owned(),
             version,
             rules: BTreeMap::new(),
+            retention: STATIC_RETENTION_CLASS.to_owned(),
         }
+    }
+
+    /// Keep every event type for `class` (the agreement notation: "90d", "7y"); by default a
+    /// table states none ([`STATIC_RETENTION_CLASS`]) and its epochs never expire.
+    #[must_use]
+    pub fn with_retention(mut self, class: &str) -> Self {
+        class.clone_into(&mut self.retention);
+        self
     }
 
     /// Share `section` of `event_type` with `parties` (added to any earlier rule).
@@ -108,11 +118,11 @@ impl AudiencePolicy for StaticAudiences {
             .ok_or_else(|| Refusal(format!("policy {} v{} has no share rule for it", self.id, self.version)))
     }
 
-    /// A static table states no retention: every event type is in the one class it names.
+    /// Every event type is in the table's one class.
     fn retention_class(&self, _event_type: EventType) -> String {
-        STATIC_RETENTION_CLASS.to_owned()
+        self.retention.clone()
     }
 }
 
-/// The one retention class of a [`StaticAudiences`] table.
+/// The retention class of a [`StaticAudiences`] table that states none (never expires).
 pub const STATIC_RETENTION_CLASS: &str = "unstated";

@@ -72,6 +72,9 @@ struct EpochRow {
 struct StateRow {
     head: HeadRow,
     epochs: Vec<EpochRow>,
+    /// The highest epoch number per audience among epochs no longer kept (destroyed).
+    #[serde(default)]
+    used: Vec<(String, u32)>,
 }
 
 /// One outbox entry: everything needed to publish an envelope and commit it after a restart.
@@ -145,7 +148,14 @@ fn head_row(c: ChainHead) -> HeadRow {
     }
 }
 
-fn epoch_row(audience: &AudienceId, e: &EpochState) -> EpochRow {
+fn epoch_row(audience: &AudienceId, e: &EpochState, wrap: &WrapKeys) -> EpochRow {
+    let (generation, kek) = &wrap.current;
+    let wrapped = hru_envelope::wrap_at_rest(
+        kek,
+        wrap_aad(audience, e.epoch).as_bytes(),
+        e.key.bytes(),
+        &mut rand_core::OsRng,
+    );
     EpochRow {
         audience: audience.to_string(),
         epoch: e.epoch,
@@ -153,8 +163,115 @@ fn epoch_row(audience: &AudienceId, e: &EpochState) -> EpochRow {
         retention: e.retention.clone(),
         policy_version: e.policy_version,
         members: e.members.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect(),
-        key: B64.encode(e.key.bytes()),
+        key: format!("w{generation}:{}", B64.encode(wrapped)),
     }
+}
+
+/// What binds a wrapped epoch key to its place: its audience and epoch.
+fn wrap_aad(audience: &AudienceId, epoch: u32) -> String {
+    format!("hru epoch key at rest v1|{audience}|{epoch}")
+}
+
+/// The keys that wrap a producer's epoch keys at rest, kept in a small file beside its store
+/// (`<store>.wrap`, mode 0600). The store (sled) keeps overwritten values in its files, so an
+/// epoch key is never written to it in the clear: destroying epochs ends with a new wrapping
+/// key, the kept epochs rewrapped under it, and the old one gone from the file, so whatever
+/// the store's history still holds opens to nothing.
+struct WrapKeys {
+    path: std::path::PathBuf,
+    current: (u64, [u8; 32]),
+    previous: Option<(u64, [u8; 32])>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WrapFile {
+    current: (u64, String),
+    #[serde(default)]
+    previous: Option<(u64, String)>,
+}
+
+impl WrapKeys {
+    fn path_beside(store: &Path) -> std::path::PathBuf {
+        let mut name = store.as_os_str().to_owned();
+        name.push(".wrap");
+        name.into()
+    }
+
+    /// Load the wrapping keys beside `store`, or make the first.
+    fn open(store: &Path) -> Result<Self, String> {
+        let path = Self::path_beside(store);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: WrapFile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                let key = |(g, k): (u64, String)| -> Result<(u64, [u8; 32]), String> {
+                    let k: [u8; 32] = B64
+                        .decode(k)
+                        .ok()
+                        .and_then(|k| k.try_into().ok())
+                        .ok_or("a wrapping key is not base64 of 32 bytes")?;
+                    Ok((g, k))
+                };
+                Ok(Self {
+                    path,
+                    current: key(file.current)?,
+                    previous: file.previous.map(key).transpose()?,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let me = Self {
+                    path,
+                    current: (1, fresh_key()),
+                    previous: None,
+                };
+                me.write()?;
+                Ok(me)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn key(&self, generation: u64) -> Option<&[u8; 32]> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|(g, _)| *g == generation)
+            .map(|(_, k)| k)
+    }
+
+    /// Replace the file atomically (written aside, synced, renamed over, directory synced).
+    fn write(&self) -> Result<(), String> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = WrapFile {
+            current: (self.current.0, B64.encode(self.current.1)),
+            previous: self.previous.map(|(g, k)| (g, B64.encode(k))),
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| e.to_string())?;
+        let mut aside = self.path.as_os_str().to_owned();
+        aside.push(".new");
+        let aside = std::path::PathBuf::from(aside);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&aside)
+            .map_err(|e| format!("{}: {e}", aside.display()))?;
+        f.write_all(&bytes).map_err(|e| e.to_string())?;
+        f.sync_all().map_err(|e| e.to_string())?;
+        std::fs::rename(&aside, &self.path).map_err(|e| e.to_string())?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+fn fresh_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut k);
+    k
 }
 
 fn parse_head(h: &HeadRow) -> Result<ChainHead, String> {
@@ -165,12 +282,25 @@ fn parse_head(h: &HeadRow) -> Result<ChainHead, String> {
     })
 }
 
-fn parse_epoch(r: &EpochRow) -> Result<(AudienceId, EpochState), String> {
-    let key: [u8; 32] = B64
-        .decode(&r.key)
-        .ok()
-        .and_then(|k| k.try_into().ok())
-        .ok_or("key is not a base64 32-byte key")?;
+fn parse_epoch(r: &EpochRow, wrap: &WrapKeys) -> Result<(AudienceId, EpochState), String> {
+    let audience = AudienceId::parse(&r.audience, "audience").map_err(|e| e.to_string())?;
+    let key: [u8; 32] = match r.key.strip_prefix('w').and_then(|k| k.split_once(':')) {
+        Some((generation, wrapped)) => {
+            let generation: u64 = generation.parse().map_err(|_| "key: a bad wrapping generation")?;
+            let kek = wrap.key(generation).ok_or_else(|| {
+                format!("key: wrapping key {generation} is gone (destroyed, or the .wrap file was replaced)")
+            })?;
+            let wrapped = B64.decode(wrapped).map_err(|e| format!("key: {e}"))?;
+            hru_envelope::unwrap_at_rest(kek, wrap_aad(&audience, r.epoch).as_bytes(), &wrapped)
+                .ok_or("key: does not open under its wrapping key")?
+        }
+        // A store written before keys were wrapped: rewrapped when next saved.
+        None => B64
+            .decode(&r.key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or("key is not a base64 32-byte key")?,
+    };
     let members = r
         .members
         .iter()
@@ -190,15 +320,13 @@ fn parse_epoch(r: &EpochRow) -> Result<(AudienceId, EpochState), String> {
         members,
         key: EpochKey::new(key),
     };
-    Ok((
-        AudienceId::parse(&r.audience, "audience").map_err(|e| e.to_string())?,
-        state,
-    ))
+    Ok((audience, state))
 }
 
 /// A producer with a durable outbox in front of the log.
 pub struct Producer {
     sealer: Sealer,
+    wrap: WrapKeys,
     db: sled::Db,
     state: sled::Tree,
     outbox: sled::Tree,
@@ -324,6 +452,7 @@ impl Producer {
             key: key.to_owned(),
             reason,
         };
+        let wrap = WrapKeys::open(path).map_err(|e| damaged("wrap", e))?;
         let sealer = match state.get(STATE_KEY).map_err(store_err)? {
             Some(bytes) => {
                 let row: StateRow = serde_json::from_slice(&bytes).map_err(|e| damaged("state", e.to_string()))?;
@@ -331,15 +460,21 @@ impl Producer {
                 let epochs = row
                     .epochs
                     .iter()
-                    .map(|r| parse_epoch(r).map(|(a, e)| ((a, e.retention.clone()), e)))
+                    .map(|r| parse_epoch(r, &wrap).map(|(a, e)| ((a, e.retention.clone()), e)))
                     .collect::<Result<BTreeMap<_, _>, _>>()
                     .map_err(|e| damaged("state", e))?;
-                Sealer::resume(producer, signing, head, epochs)
+                let mut sealer = Sealer::resume(producer, signing, head, epochs);
+                for (audience, epoch) in &row.used {
+                    let audience = AudienceId::parse(audience, "used").map_err(|e| damaged("state", e.to_string()))?;
+                    sealer.note_used_epoch(audience, *epoch);
+                }
+                sealer
             }
             None => recover(producer, signing, log, directory).await?,
         };
         let mut me = Self {
             sealer,
+            wrap,
             db,
             state,
             outbox,
@@ -347,6 +482,8 @@ impl Producer {
         };
         me.save_state()?;
         me.publish_outbox(log, true).await?;
+        // Whatever an interrupted destruction left readable in the store's history goes now.
+        me.rewrap()?;
         Ok(me)
     }
 
@@ -363,14 +500,96 @@ impl Producer {
     }
 
     fn save_state(&self) -> Result<(), StoreError> {
-        let row = StateRow {
-            head: head_row(self.sealer.chain()),
-            epochs: self.sealer.epochs().iter().map(|((a, _), e)| epoch_row(a, e)).collect(),
-        };
-        let bytes = serde_json::to_vec(&row).map_err(|e| self.store_err(e))?;
+        let bytes = self.state_bytes()?;
         self.state.insert(STATE_KEY, bytes).map_err(|e| self.store_err(e))?;
         self.db.flush().map_err(|e| self.store_err(e))?;
         Ok(())
+    }
+
+    /// The producer's state as stored: chain head, kept epochs, numbers of destroyed ones.
+    fn state_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let row = StateRow {
+            head: head_row(self.sealer.chain()),
+            epochs: self
+                .sealer
+                .epochs()
+                .iter()
+                .map(|((a, _), e)| epoch_row(a, e, &self.wrap))
+                .collect(),
+            used: self
+                .sealer
+                .used_epochs()
+                .iter()
+                .map(|(a, n)| (a.to_string(), *n))
+                .collect(),
+        };
+        serde_json::to_vec(&row).map_err(|e| self.store_err(e))
+    }
+
+    /// Destroy this producer's copies of the epoch keys whose retention has ended by `at_ms`:
+    /// for each, a signed `EpochKeyDestroyed` goes on the log first (sealed at the real time),
+    /// then the key leaves the producer's state. A crash between the two announces it again on
+    /// the next run; nothing is destroyed unannounced. Returns (audience, epoch) destroyed.
+    pub async fn destroy_expired(
+        &mut self,
+        log: &impl SharedLog,
+        at_ms: i64,
+        policy: &dyn hru_envelope::AudiencePolicy,
+    ) -> Result<Vec<(AudienceId, u32)>, StoreError> {
+        self.flush_outbox(log).await?;
+        let mut destroyed = Vec::new();
+        for slot in self.sealer.expired(at_ms) {
+            let Some(state) = self.sealer.epochs().get(&slot) else {
+                continue;
+            };
+            let body = hru_wire::v1::EpochKeyDestroyed {
+                producer: self.sealer.producer().party.to_string(),
+                audience: slot.0.to_string(),
+                epoch: state.epoch,
+            };
+            let now = jiff::Timestamp::now().as_millisecond();
+            let batch = self
+                .sealer
+                .prepare_public(
+                    EventType::EpochKeyDestroyed,
+                    prost::Message::encode_to_vec(&body),
+                    now,
+                    policy,
+                )
+                .map_err(|e| StoreError::Seal(e.to_string()))?;
+            self.append(log, &batch, Expect::Any).await?;
+            if let Some(epoch) = self.sealer.forget(&slot) {
+                self.save_state()?;
+                destroyed.push((slot.0, epoch));
+            }
+        }
+        if !destroyed.is_empty() {
+            self.rewrap()?;
+        }
+        Ok(destroyed)
+    }
+
+    /// A new wrapping key: the kept epochs rewrapped under it, then the old key gone from the
+    /// wrap file, so no copy the store's history keeps of a destroyed epoch key opens. Waits
+    /// (does nothing) while the outbox holds rows wrapped under the current key.
+    fn rewrap(&mut self) -> Result<(), StoreError> {
+        if !self.outbox.is_empty() {
+            return Ok(());
+        }
+        let wrap_err = |e: String| StoreError::Store {
+            path: self.wrap.path.display().to_string(),
+            reason: e,
+        };
+        let next = (self.wrap.current.0 + 1, fresh_key());
+        self.wrap.previous = Some(self.wrap.current);
+        self.wrap.current = next;
+        self.wrap.write().map_err(wrap_err)?;
+        self.save_state()?;
+        self.wrap.previous = None;
+        self.wrap.write().map_err(|e| StoreError::Store {
+            path: self.wrap.path.display().to_string(),
+            reason: e,
+        })
     }
 
     /// Write `batch` to the outbox, publish it, and advance the chain as the log acknowledges
@@ -392,7 +611,7 @@ impl Producer {
                 },
                 bytes: env.bytes.clone(),
                 head_after,
-                epoch: epoch.map(|(a, e)| epoch_row(a, e)),
+                epoch: epoch.map(|(a, e)| epoch_row(a, e, &self.wrap)),
             };
             let bytes = row.encode();
             self.outbox
@@ -465,7 +684,7 @@ impl Producer {
                     expect: None,
                     bytes: env.bytes.clone(),
                     head_after,
-                    epoch: epoch.map(|(a, e)| epoch_row(a, e)),
+                    epoch: epoch.map(|(a, e)| epoch_row(a, e, &self.wrap)),
                 };
                 let key = env.header.producer_seq.to_be_bytes();
                 outbox.insert(&key, row.encode());
@@ -500,11 +719,7 @@ impl Producer {
         for (head_after, epoch) in effects.into_iter().take(acked) {
             self.sealer.apply(head_after, epoch);
         }
-        let state = StateRow {
-            head: head_row(self.sealer.chain()),
-            epochs: self.sealer.epochs().iter().map(|((a, _), e)| epoch_row(a, e)).collect(),
-        };
-        let state_bytes = serde_json::to_vec(&state).map_err(|e| self.store_err(e))?;
+        let state_bytes = self.state_bytes()?;
         let mut remove = sled::Batch::default();
         for key in keys.iter().take(acked) {
             remove.remove(key);
@@ -551,7 +766,12 @@ impl Producer {
             let bytes = row.bytes.clone();
             let header = hru_envelope::decode_header(&bytes).map_err(|e| damaged(e.to_string()))?;
             let head_after = row.head_after;
-            let epoch = row.epoch.as_ref().map(parse_epoch).transpose().map_err(damaged)?;
+            let epoch = row
+                .epoch
+                .as_ref()
+                .map(|r| parse_epoch(r, &self.wrap))
+                .transpose()
+                .map_err(damaged)?;
             if header.producer_seq != self.sealer.chain().next_seq {
                 // Sealed on a chain position that has moved on: it can never land.
                 self.outbox.remove(&key).map_err(|e| self.store_err(e))?;
@@ -590,11 +810,7 @@ impl Producer {
             match result {
                 Ok(ack) => {
                     self.sealer.apply(head_after, epoch);
-                    let state = StateRow {
-                        head: head_row(self.sealer.chain()),
-                        epochs: self.sealer.epochs().iter().map(|((a, _), e)| epoch_row(a, e)).collect(),
-                    };
-                    let state_bytes = serde_json::to_vec(&state).map_err(|e| self.store_err(e))?;
+                    let state_bytes = self.state_bytes()?;
                     let mut batch_state = sled::Batch::default();
                     batch_state.insert(STATE_KEY, state_bytes);
                     let mut batch_outbox = sled::Batch::default();

@@ -13,7 +13,8 @@ mod names;
 mod set;
 
 pub use broker::MissingNkey;
-pub use compile::{CallGrant, CallRefused, Callee, CompiledIsa, Receipt, Retention};
+pub use compile::{CallGrant, CallRefused, Callee, CompiledIsa, Receipt};
 pub use error::{ErrorKind, PolicyError, PolicyErrors};
+pub use hru_domain::Retention;
 pub use model::Role;
 pub use set::PolicySet;
