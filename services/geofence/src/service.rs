@@ -570,7 +570,7 @@ pub async fn run(
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let producer = Producer::open(
+    let mut producer = Producer::open(
         &config.data_dir.join("producer"),
         ProducerId {
             party: party.clone(),
@@ -581,6 +581,8 @@ pub async fn run(
         &directory,
     )
     .await?;
+    // Keys whose retention ended while the service was down go before anything is evaluated.
+    destroy_expired(&mut producer, &log, &isa).await?;
     let mut service = Service {
         party,
         isa,
@@ -676,6 +678,18 @@ pub async fn run(
     followed
 }
 
+/// How often a running geofence looks for epoch keys whose retention has ended.
+const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
+
+/// Destroy the producer's epoch keys whose retention has ended, each announced on the log.
+async fn destroy_expired(producer: &mut Producer, log: &PartyView, isa: &CompiledIsa) -> Result<(), GeofenceError> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    for (audience, epoch) in producer.destroy_expired(log, now, isa).await? {
+        tracing::info!(%audience, epoch, "epoch key destroyed: its retention has ended");
+    }
+    Ok(())
+}
+
 /// Evaluate positions as they are stored and poll the zone, rule and tag events, until
 /// `shutdown`.
 async fn follow(
@@ -688,10 +702,16 @@ async fn follow(
     // Live: positions as they are stored; zone, rule and tag events polled.
     let mut live = positions.follow(next_position).await?;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
+    let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + RETENTION_SWEEP, RETENTION_SWEEP);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = sweep.tick() => {
+                if let Err(e) = destroy_expired(&mut service.producer, &service.log, &service.isa).await {
+                    tracing::warn!(cause = %e, "expired epoch keys not destroyed; trying again later");
+                }
+            }
             entry = live.next() => {
                 let Some(entry) = entry else { break };
                 let entry: LogEntry = entry?;

@@ -117,7 +117,7 @@ pub async fn run(
         party: party.clone(),
         instance: config.instance.clone(),
     };
-    let producer = Producer::open(
+    let mut producer = Producer::open(
         &config.data_dir.join("producer"),
         producer_id,
         secrets.signing.clone(),
@@ -125,6 +125,9 @@ pub async fn run(
         &deployment.directory,
     )
     .await?;
+    // A node that was down when an epoch's retention ended destroys its key before serving.
+    let isa = deployment.in_force_now().map_err(config_err)?;
+    destroy_expired(&mut producer, &log, isa).await?;
     let role = deployment
         .policies
         .iter()
@@ -211,6 +214,7 @@ pub async fn run(
 
     let mut tasks = Tasks::new();
     tasks.spawn(fold_loop(shared.clone(), stop_rx.clone()));
+    tasks.spawn(retention_loop(shared.clone(), stop_rx.clone()));
     if config.checkpoint_every_s > 0 {
         tasks.spawn(checkpoint_loop(
             shared.clone(),
@@ -283,6 +287,37 @@ fn tokio_stream_of(listener: TcpListener) -> impl futures::Stream<Item = std::io
         let next = listener.accept().await.map(|(stream, _)| stream);
         Some((next, listener))
     })
+}
+
+/// How often a running node looks for epoch keys whose retention has ended.
+const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
+
+/// Destroy the producer's epoch keys whose retention has ended, each announced on the log.
+async fn destroy_expired(
+    producer: &mut Producer,
+    log: &PartyView,
+    isa: &hru_policy::CompiledIsa,
+) -> Result<(), NodeError> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    for (audience, epoch) in producer.destroy_expired(log, now, isa).await? {
+        tracing::info!(%audience, epoch, "epoch key destroyed: its retention has ended");
+    }
+    Ok(())
+}
+
+/// Every [`RETENTION_SWEEP`], destroy the epoch keys whose retention has ended since.
+async fn retention_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(RETENTION_SWEEP) => {}
+        }
+        let Ok(isa) = shared.agreement() else { continue };
+        let mut producer = shared.producer.lock().await;
+        if let Err(e) = destroy_expired(&mut producer, &shared.log, isa).await {
+            tracing::warn!(cause = %e, "expired epoch keys not destroyed; trying again later");
+        }
+    }
 }
 
 /// Append a signed checkpoint of this node's chain head every `every`, when it has moved.

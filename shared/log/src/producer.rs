@@ -534,7 +534,7 @@ impl Producer {
         &mut self,
         log: &impl SharedLog,
         at_ms: i64,
-        policy: &dyn hru_envelope::AudiencePolicy,
+        policy: &(dyn hru_envelope::AudiencePolicy + Sync),
     ) -> Result<Vec<(AudienceId, u32)>, StoreError> {
         self.flush_outbox(log).await?;
         let mut destroyed = Vec::new();
