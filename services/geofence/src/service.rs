@@ -195,6 +195,10 @@ pub struct Stats {
     pub already_logged: Counter,
     /// 1 once the state is rebuilt and the service follows the live log.
     pub ready: Gauge,
+    /// Zones the service holds (every zone defined and not revoked that it has read).
+    pub zones: Gauge,
+    /// Tags the service knows of (fitted, as far as it has read).
+    pub tags: Gauge,
     /// Messages the read path refused, by reason (never acted on).
     pub read_refused: hru_runtime::metrics::ReadRefused,
 }
@@ -235,7 +239,21 @@ impl Stats {
             "Whether the state is rebuilt and the live log followed",
             self.ready.clone(),
         );
+        registry.register("hru_geofence_zones", "Zones held", self.zones.clone());
+        registry.register("hru_geofence_tags", "Tags known", self.tags.clone());
         registry
+    }
+}
+
+impl Service {
+    /// Publish how many zones and tags the state holds.
+    fn count_state(&self) {
+        self.stats
+            .zones
+            .set(i64::try_from(self.state.zone_count()).unwrap_or(i64::MAX));
+        self.stats
+            .tags
+            .set(i64::try_from(self.state.tag_count()).unwrap_or(i64::MAX));
     }
 }
 
@@ -656,6 +674,7 @@ pub async fn run(
         "state rebuilt from the log"
     );
     drop(merged);
+    service.count_state();
     service.stats.ready.set(1);
 
     let mut tasks = Tasks::new();
@@ -723,6 +742,7 @@ async fn follow(
                     next_event = e.sequence + 1;
                     service.read(&e).await?;
                 }
+                service.count_state();
             }
         }
     }
