@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use hru_gateway::simulate::Simulator;
 use hru_testkit::NatsServer;
 use hru_tests::{NodeProcess, free_port, metric, request, succeeded};
@@ -60,13 +59,15 @@ fn config(file: &str, base: &Path, url: &str, ports: &[(&str, u16)]) -> PathBuf 
     out
 }
 
-fn spawn(args: &[&str], url: &str, ca: &Path) -> std::process::Child {
+/// Run `hru args` in the background, its output in `log`.
+fn spawn(args: &[&str], url: &str, ca: &Path, log: &Path) -> std::process::Child {
+    let out = std::fs::File::create(log).unwrap();
     Command::new(hru_tests::hru_bin())
         .args(args)
         .env("HRU_NATS_URL", url)
         .env("HRU_NATS_CA", ca)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(out)
         .spawn()
         .unwrap()
 }
@@ -135,18 +136,10 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
     let (tag, victim, home) = Simulator::new(SEED, 3, 1.0, 0).pairs().remove(0);
     assert_eq!(victim, DEVICE);
     let at = jiff::Timestamp::now().as_millisecond() - 60_000;
-    let b64 = |n: u128| base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::from_u128(n).as_bytes());
+    let b64 = hru_tests::uuid_b64;
     let case = uuid::Uuid::from_u128(0xde91_0000);
-    let fitted = format!(
-        r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"{tag}","orderId":"{}","victimDeviceId":"{victim}","atMs":"{at}"}}}}}}"#,
-        b64(1)
-    );
-    let zone = format!(
-        r#"{{"caseId":"{case}","zoneDefined":{{"core":{{"zoneId":"{}","version":1,"kind":"ZONE_KIND_EXCLUSION","tagId":"{tag}","geojson":"{{\"type\":\"Point\",\"coordinates\":[{},{}]}}","radiusM":300,"exitBufferM":25,"label":"victim's home"}}}}}}"#,
-        b64(2),
-        home.1,
-        home.0
-    );
+    let fitted = hru_tests::tag_fitted_json(&case.to_string(), &tag, &b64(1), &victim, at);
+    let zone = hru_tests::home_zone_json(&case.to_string(), &b64(2), &tag, home);
     for (party, json) in [("em-vendor", fitted), ("police-hru", zone)] {
         let file = base.join(format!("{party}.json"));
         std::fs::write(&file, json).unwrap();
@@ -176,7 +169,13 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
             &url,
             &[("0.0.0.0:7443", port), ("0.0.0.0:9464", metrics)],
         );
-        let child = spawn(&["node", "run", "--config", &file.display().to_string()], &url, &ca);
+        let log = base.join(format!("{party}.log"));
+        let child = spawn(
+            &["node", "run", "--config", &file.display().to_string()],
+            &url,
+            &ca,
+            &log,
+        );
         nodes.push((
             NodeProcess {
                 party: party.to_owned(),
@@ -188,9 +187,20 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
     }
     let geofence_metrics = free_port();
     let file = config("geofence.toml", base, &url, &[("0.0.0.0:9465", geofence_metrics)]);
-    let mut geofence = spawn(&["geofence", "run", "--config", &file.display().to_string()], &url, &ca);
+    let geofence_log = base.join("geofence.log");
+    let mut geofence = spawn(
+        &["geofence", "run", "--config", &file.display().to_string()],
+        &url,
+        &ca,
+        &geofence_log,
+    );
     wait_for("the geofence to be ready", || {
         metric(geofence_metrics, "hru_geofence_ready") == 1
+    });
+    // Its view copies the log a moment behind: fixes evaluated before it holds the zone
+    // would raise nothing.
+    wait_for("the geofence to hold the tag and its zone", || {
+        metric(geofence_metrics, "hru_geofence_zones") >= 1 && metric(geofence_metrics, "hru_geofence_tags") >= 1
     });
     let gateway_config = config("gateway.toml", base, &url, &[]);
     // An hour of the fleet, one fix per tag every 5 s, tag 0 driving to its victim's home.
@@ -216,9 +226,19 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
         "the gateway publishes under its nkey: {}",
         String::from_utf8_lossy(&gateway.stderr)
     );
-    wait_for("the geofence to store the victim's alert", || {
-        metric(geofence_metrics, "hru_geofence_alerts_total") > 0
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(geofence_metrics, "hru_geofence_alerts_total") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the geofence stored no alert (failed {}; fixes {}, breaches {}); the gateway: {}; the geofence's log:\n{}",
+            metric(geofence_metrics, "hru_geofence_alerts_failed_total"),
+            metric(geofence_metrics, "hru_geofence_fixes_total"),
+            metric(geofence_metrics, "hru_geofence_breaches_total"),
+            String::from_utf8_lossy(&gateway.stderr),
+            std::fs::read_to_string(&geofence_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(metric(geofence_metrics, "hru_geofence_alerts_failed_total"), 0);
 
     // The victim's phone, with the identity deploy-init paired, receives it, verified.

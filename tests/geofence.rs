@@ -77,16 +77,8 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     for (i, (tag, victim, home)) in simulator.pairs().into_iter().enumerate() {
         let case = uuid::Uuid::from_u128(0xca5e_0000 + i as u128).to_string();
         let id = |n: u128| b64(uuid::Uuid::from_u128((n << 32) + i as u128).as_bytes());
-        let fitted = format!(
-            r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"{tag}","orderId":"{}","victimDeviceId":"{victim}","atMs":"{start_ms}"}}}}}}"#,
-            id(1)
-        );
-        let zone = format!(
-            r#"{{"caseId":"{case}","zoneDefined":{{"core":{{"zoneId":"{}","version":1,"kind":"ZONE_KIND_EXCLUSION","tagId":"{tag}","geojson":"{{\"type\":\"Point\",\"coordinates\":[{},{}]}}","radiusM":300,"exitBufferM":25,"label":"victim's home"}}}}}}"#,
-            id(2),
-            home.1,
-            home.0
-        );
+        let fitted = hru_tests::tag_fitted_json(&case, &tag, &id(1), &victim, start_ms);
+        let zone = hru_tests::home_zone_json(&case, &id(2), &tag, home);
         let rule = format!(
             r#"{{"caseId":"{case}","proximityRuleSet":{{"core":{{"ruleId":"{}","tagId":"{tag}","victimDeviceId":"{victim}","warningM":1500,"breachM":250,"maxVictimFixAgeS":300}}}}}}"#,
             id(3)

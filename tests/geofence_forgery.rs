@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use hru_domain::{CaseId, EventType, PlainSection, ProducerId};
@@ -31,18 +30,10 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
     let mut simulator = Simulator::new(5, 1, 1.0, start_ms);
     let (tag, victim, home) = simulator.pairs().remove(0);
     let case = uuid::Uuid::from_u128(0xf0_0000);
-    let b64 = |n: u128| base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::from_u128(n).as_bytes());
+    let b64 = hru_tests::uuid_b64;
     let zone_id = uuid::Uuid::from_u128(0x2001);
-    let fitted = format!(
-        r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"{tag}","orderId":"{}","victimDeviceId":"{victim}","atMs":"{start_ms}"}}}}}}"#,
-        b64(0x1001)
-    );
-    let zone = format!(
-        r#"{{"caseId":"{case}","zoneDefined":{{"core":{{"zoneId":"{}","version":1,"kind":"ZONE_KIND_EXCLUSION","tagId":"{tag}","geojson":"{{\"type\":\"Point\",\"coordinates\":[{},{}]}}","radiusM":300,"exitBufferM":25,"label":"victim's home"}}}}}}"#,
-        base64::engine::general_purpose::STANDARD.encode(zone_id.as_bytes()),
-        home.1,
-        home.0
-    );
+    let fitted = hru_tests::tag_fitted_json(&case.to_string(), &tag, &b64(0x1001), &victim, start_ms);
+    let zone = hru_tests::home_zone_json(&case.to_string(), &b64(0x2001), &tag, home);
     for (party, json) in [("em-vendor", fitted), ("police-hru", zone)] {
         let out = world.append(party, &world.event(&format!("setup-{party}.json"), &json));
         assert!(out.status.success(), "{json}: {}", String::from_utf8_lossy(&out.stderr));

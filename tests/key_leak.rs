@@ -103,12 +103,8 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
 
     // Before the leak: a tag fitted, an exclusion zone and a referral, each with its own key.
     let zone_id = "AAAAAAAAAAAAAAAAAAAAAQ==";
-    let fitted = format!(
-        r#"{{"caseId":"{CASE}","tagFitted":{{"core":{{"tagId":"{TAG}","orderId":"AAAAAAAAAAAAAAAAAAAAAg==","victimDeviceId":"vd-0042","atMs":"1795300000000"}}}}}}"#
-    );
-    let zone = format!(
-        r#"{{"caseId":"{CASE}","zoneDefined":{{"core":{{"zoneId":"{zone_id}","version":1,"kind":"ZONE_KIND_EXCLUSION","tagId":"{TAG}","geojson":"{{\"type\":\"Point\",\"coordinates\":[-2.89,53.19]}}","radiusM":300,"exitBufferM":25,"label":"victim's home"}}}}}}"#
-    );
+    let fitted = hru_tests::tag_fitted_json(CASE, TAG, "AAAAAAAAAAAAAAAAAAAAAg==", "vd-0042", 1_795_300_000_000);
+    let zone = hru_tests::home_zone_json(CASE, zone_id, TAG, (53.19, -2.89));
     for (party, json, name) in [
         ("em-vendor", fitted, "fitted"),
         ("police-hru", zone, "zone"),

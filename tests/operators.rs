@@ -19,8 +19,12 @@ fn each_party_produces_and_witnesses_with_its_own_key() {
     // The vendor records a tag fitting with its own key.
     let fitted = w.event(
         "fitted.json",
-        &format!(
-            r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"tag-0001","orderId":"AAAAAAAAAAAAAAAAAAAAAA==","victimDeviceId":"vd-0001","atMs":"1795300000000"}}}}}}"#
+        &hru_tests::tag_fitted_json(
+            case,
+            "tag-0001",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "vd-0001",
+            1_795_300_000_000,
         ),
     );
     let vendor = identity("em-vendor");

@@ -22,9 +22,7 @@ fn the_auditor_sees_what_expires_when_and_who_holds_it() {
     succeeded(&w.append_as("police-hru", &referral), "police records a referral");
     let fitted = w.event(
         "fitted.json",
-        &format!(
-            r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"tag-1","orderId":"AAAAAAAAAAAAAAAAAAAAAg==","victimDeviceId":"vd-1","atMs":"1795300000000"}}}}}}"#
-        ),
+        &hru_tests::tag_fitted_json(case, "tag-1", "AAAAAAAAAAAAAAAAAAAAAg==", "vd-1", 1_795_300_000_000),
     );
     succeeded(&w.append_as("em-vendor", &fitted), "the vendor records a fitting");
 
@@ -148,9 +146,7 @@ fn the_auditor_sees_what_expires_when_and_who_holds_it() {
     // The vendor records again: new epochs, numbered above the destroyed ones.
     let again = w.event(
         "again.json",
-        &format!(
-            r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"tag-2","orderId":"AAAAAAAAAAAAAAAAAAAAAw==","victimDeviceId":"vd-2","atMs":"1795300000000"}}}}}}"#
-        ),
+        &hru_tests::tag_fitted_json(case, "tag-2", "AAAAAAAAAAAAAAAAAAAAAw==", "vd-2", 1_795_300_000_000),
     );
     succeeded(&w.append_as("em-vendor", &again), "the vendor records another fitting");
     let latest = of(&status(&auditor, &[]), "em-vendor");

@@ -11,7 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use hru_domain::ProducerId;
 use hru_gateway::simulate::Simulator;
 use hru_gateway::{Gateway, GatewayConfig};
@@ -41,22 +40,14 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
     w.provision();
 
     // The tag, and a proximity rule around the victim, each recorded with its party's own key.
-    let b64 = |n: u128| base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::from_u128(n).as_bytes());
+    let b64 = hru_tests::uuid_b64;
     let case = uuid::Uuid::from_u128(0xa1e7_0000);
-    let fitted = format!(
-        r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"{tag}","orderId":"{}","victimDeviceId":"{victim}","atMs":"{start_ms}"}}}}}}"#,
-        b64(1)
-    );
+    let fitted = hru_tests::tag_fitted_json(&case.to_string(), &tag, &b64(1), &victim, start_ms);
     let rule = format!(
         r#"{{"caseId":"{case}","proximityRuleSet":{{"core":{{"ruleId":"{}","tagId":"{tag}","victimDeviceId":"{victim}","warningM":1500,"breachM":250,"maxVictimFixAgeS":300}}}}}}"#,
         b64(2)
     );
-    let zone = format!(
-        r#"{{"caseId":"{case}","zoneDefined":{{"core":{{"zoneId":"{}","version":1,"kind":"ZONE_KIND_EXCLUSION","tagId":"{tag}","geojson":"{{\"type\":\"Point\",\"coordinates\":[{},{}]}}","radiusM":300,"exitBufferM":25,"label":"victim's home"}}}}}}"#,
-        b64(3),
-        home.1,
-        home.0
-    );
+    let zone = hru_tests::home_zone_json(&case.to_string(), &b64(3), &tag, home);
     for (party, json) in [("em-vendor", fitted), ("police-hru", zone), ("police-hru", rule)] {
         let file = w.event(&format!("{party}.json"), &json);
         succeeded(&w.append_as(party, &file), party);

@@ -213,6 +213,29 @@ pub fn referral_json(case: &str, area: &str) -> String {
     )
 }
 
+/// An id field of an event draft: base64 of the 16 bytes of the UUID `n`.
+pub fn uuid_b64(n: u128) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::from_u128(n).as_bytes())
+}
+
+/// A `TagFitted` draft for `case` (as `hru append` reads it): `tag` fitted under order `order`
+/// (an id, see [`uuid_b64`]), alerts going to `victim`'s phone, at `at_ms`.
+pub fn tag_fitted_json(case: &str, tag: &str, order: &str, victim: &str, at_ms: i64) -> String {
+    format!(
+        r#"{{"caseId":"{case}","tagFitted":{{"core":{{"tagId":"{tag}","orderId":"{order}","victimDeviceId":"{victim}","atMs":"{at_ms}"}}}}}}"#
+    )
+}
+
+/// A `ZoneDefined` draft for `case`: version 1 of exclusion zone `zone` (an id) for `tag`, a
+/// 300 m circle with a 25 m exit buffer round the victim's home at `home` (latitude, longitude).
+pub fn home_zone_json(case: &str, zone: &str, tag: &str, home: (f64, f64)) -> String {
+    let (lat, lon) = home;
+    format!(
+        r#"{{"caseId":"{case}","zoneDefined":{{"core":{{"zoneId":"{zone}","version":1,"kind":"ZONE_KIND_EXCLUSION","tagId":"{tag}","geojson":"{{\"type\":\"Point\",\"coordinates\":[{lon},{lat}]}}","radiusM":300,"exitBufferM":25,"label":"victim's home"}}}}}}"#
+    )
+}
+
 /// The stdout of a run of `hru` that must succeed (`what` names it when it did not).
 pub fn succeeded(out: &Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
