@@ -270,13 +270,7 @@ pub(crate) async fn revoke(
         .ok()
         .filter(|b| b.len() == 8)
         .ok_or_else(|| anyhow::anyhow!("--key-id must be the 16 hex digits of a key id"))?;
-    let revoked_at_ms = match at {
-        Some(t) => t
-            .parse::<jiff::Timestamp>()
-            .map_err(|e| anyhow::anyhow!("--at must be an RFC 3339 time: {e}"))?
-            .as_millisecond(),
-        None => jiff::Timestamp::now().as_millisecond(),
-    };
+    let revoked_at_ms = crate::at_ms(at)?;
     if reason.trim().is_empty() {
         bail!("--reason is required: say why the key is revoked");
     }

@@ -998,6 +998,17 @@ impl CliLog {
     }
 }
 
+/// A command's `--at` as Unix ms (now when absent).
+pub(crate) fn at_ms(at: Option<&str>) -> anyhow::Result<i64> {
+    Ok(match at {
+        Some(t) => t
+            .parse::<jiff::Timestamp>()
+            .map_err(|e| anyhow::anyhow!("--at must be an RFC 3339 time such as 2034-01-01T00:00:00Z: {e}"))?
+            .as_millisecond(),
+        None => jiff::Timestamp::now().as_millisecond(),
+    })
+}
+
 /// How long a command waits for a party's view to catch up with the log before reading it.
 const VIEW_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -51,17 +51,6 @@ impl Epoch {
     }
 }
 
-/// `--at` as Unix ms (now when absent).
-fn at_ms(at: Option<&str>) -> anyhow::Result<i64> {
-    Ok(match at {
-        Some(t) => t
-            .parse::<jiff::Timestamp>()
-            .map_err(|e| anyhow::anyhow!("--at must be an RFC 3339 time such as 2034-01-01T00:00:00Z: {e}"))?
-            .as_millisecond(),
-        None => jiff::Timestamp::now().as_millisecond(),
-    })
-}
-
 /// `hru retention destroy`: `party`'s producer `instance` destroys its epoch keys whose
 /// retention has ended by `at` (default now).
 pub(crate) async fn destroy(
@@ -73,7 +62,7 @@ pub(crate) async fn destroy(
     at: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let party: PartyId = party.parse().context("--party")?;
-    let at_ms = at_ms(at)?;
+    let at_ms = crate::at_ms(at)?;
     let mut producer =
         crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, instance).await?;
     let destroyed = producer.destroy_expired(at_ms).await?;
@@ -104,7 +93,7 @@ pub(crate) async fn status(
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let party: Option<PartyId> = party.map(str::parse).transpose().context("--party")?;
-    let at_ms = at_ms(at)?;
+    let at_ms = crate::at_ms(at)?;
     let directory = policies::directory(policies_dir)?;
     let log = nats.log().await?;
     log.catch_up().await?;
