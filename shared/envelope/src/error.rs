@@ -60,6 +60,18 @@ pub enum OpenError {
         /// Section name.
         section: String,
     },
+    /// The section's retention has passed and the reader's keys for it were destroyed.
+    #[error("section {section} was erased under retention on {on} ({class} of {month})")]
+    Erased {
+        /// Section name.
+        section: String,
+        /// Retention class of its epoch.
+        class: String,
+        /// Month of its epoch.
+        month: String,
+        /// The day its retention ended (YYYY-MM-DD, UTC).
+        on: String,
+    },
     /// A key grant addressed to the reader could not be unsealed with the reader's key.
     #[error("key grant from {producer} for audience {audience} epoch {epoch} does not unseal for {party}")]
     GrantUnseal {
@@ -94,6 +106,7 @@ impl OpenError {
             OpenError::MissingEpochKey { .. } => "missing-epoch-key",
             OpenError::SectionDecrypt { .. } => "section-decrypt",
             OpenError::GrantUnseal { .. } => "grant-unseal",
+            OpenError::Erased { .. } => "erased",
             OpenError::WrongKind { .. } => "wrong-kind",
         }
     }
@@ -125,6 +138,18 @@ pub enum SealError {
     NoEncryptionKey {
         /// The party.
         party: PartyId,
+    },
+    /// An audience member publishes period keys but none for this class and month.
+    #[error(
+        "party {party} has published no period key for retention class {class}, month {month}; its key holder (node, geofence or `hru keys periods`) publishes the coming months"
+    )]
+    NoPeriodKey {
+        /// The party.
+        party: PartyId,
+        /// Retention class.
+        class: String,
+        /// Month, YYYY-MM.
+        month: String,
     },
     /// A section name the event type does not have, or given twice.
     #[error("{0}")]

@@ -365,6 +365,8 @@ pub struct Directory {
     parties: BTreeMap<PartyId, PartyEntry>,
     /// Paired victim devices: device id → NATS user public nkey.
     devices: BTreeMap<hru_domain::DeviceId, String>,
+    /// Period keys each party published on the log: (retention class, month) → key.
+    periods: BTreeMap<PartyId, BTreeMap<(String, String), EncryptionKey>>,
 }
 
 #[derive(Deserialize)]
@@ -549,6 +551,62 @@ impl Directory {
     /// A party's entry.
     pub fn party(&self, party: &PartyId) -> Option<&PartyEntry> {
         self.parties.get(party)
+    }
+
+    /// Take in period public keys `party` published (decision 010); keys it published before
+    /// stay. Refused when the party is not in the directory or a key is not an X25519 key.
+    pub fn add_period_keys(
+        &mut self,
+        party: &PartyId,
+        keys: impl IntoIterator<Item = crate::PeriodPublic>,
+    ) -> Result<usize, String> {
+        if !self.parties.contains_key(party) {
+            return Err(format!("{party} is not in the directory"));
+        }
+        let mut added = 0;
+        for (i, k) in keys.into_iter().enumerate() {
+            if hru_domain::Retention::parse(&k.class).is_none() {
+                return Err(format!("keys[{i}].retention {:?} is not a retention class", k.class));
+            }
+            if crate::period::next_month(&k.month).is_none() {
+                return Err(format!("keys[{i}].month {:?} is not a month YYYY-MM", k.month));
+            }
+            let key = EncryptionKey::from_bytes(&k.public)
+                .ok_or_else(|| format!("keys[{i}].public_key is not an X25519 public key"))?;
+            self.periods
+                .entry(party.clone())
+                .or_default()
+                .insert((k.class, k.month), key);
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Whether `party` has published period keys: grants to it are then sealed only to them.
+    pub fn publishes_periods(&self, party: &PartyId) -> bool {
+        self.periods.get(party).is_some_and(|m| !m.is_empty())
+    }
+
+    /// The period key `party` published for (`class`, `month`).
+    pub fn period_key(&self, party: &PartyId, class: &str, month: &str) -> Option<&EncryptionKey> {
+        self.periods.get(party)?.get(&(class.to_owned(), month.to_owned()))
+    }
+
+    /// The key a grant of `class` for `month` is sealed to for `party`: its period key once it
+    /// publishes them (none for that period is an error naming it), else its long-term key.
+    pub fn member_key(&self, party: &PartyId, class: &str, month: &str) -> Result<&EncryptionKey, crate::SealError> {
+        if self.publishes_periods(party) && hru_domain::Retention::parse(class).is_some() {
+            return self
+                .period_key(party, class, month)
+                .ok_or_else(|| crate::SealError::NoPeriodKey {
+                    party: party.clone(),
+                    class: class.to_owned(),
+                    month: month.to_owned(),
+                });
+        }
+        self.party(party)
+            .map(|e| &e.encryption)
+            .ok_or_else(|| crate::SealError::NoEncryptionKey { party: party.clone() })
     }
 
     /// Every paired victim device and its NATS user public nkey, sorted by id.

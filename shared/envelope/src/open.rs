@@ -159,8 +159,24 @@ pub struct KeyRing {
     /// (grants made before a rotation are sealed to the old key).
     secrets: Vec<(KeyId, <crate::primitives::Kem as hpke::Kem>::PrivateKey)>,
     epoch_keys: HashMap<EpochRef, EpochKey>,
+    /// The retention class and month of each epoch taken in (opened or erased).
+    epoch_periods: HashMap<EpochRef, (String, String)>,
+    /// Epochs whose retention passed and whose keys this ring destroyed or never could open.
+    erased: HashMap<EpochRef, (String, String)>,
+    /// The party's period secrets still derivable, by key id, with their (class, month).
+    periods: HashMap<KeyId, (String, String, <crate::primitives::Kem as hpke::Kem>::PrivateKey)>,
+    /// Per class, the first month the party's period chain can still derive.
+    period_starts: HashMap<String, String>,
     members: HashMap<(ProducerId, AudienceId), BTreeSet<PartyId>>,
     known: HashMap<AudienceId, bool>,
+}
+
+/// The day (UTC) sections of (`class`, `month`) became erasable.
+fn erased_on(class: &str, month: &str) -> String {
+    hru_domain::Retention::parse(class)
+        .and_then(|r| r.expires(month))
+        .and_then(|t| jiff::Timestamp::from_millisecond(t).ok())
+        .map_or_else(|| "an unknown date".to_owned(), |t| t.strftime("%Y-%m-%d").to_string())
 }
 
 /// What a grant meant for this reader.
@@ -170,6 +186,9 @@ pub enum GrantOutcome {
     Opened,
     /// The reader is not a member; the audience's membership is recorded.
     NotAMember,
+    /// The reader is a member, but the period key the grant is sealed to was destroyed when
+    /// its retention ended: the epoch's sections open as erased.
+    Erased,
 }
 
 impl KeyRing {
@@ -179,9 +198,79 @@ impl KeyRing {
             party: secrets.party.clone(),
             secrets: vec![(secrets.encryption_key_id(), secrets.encryption.clone())],
             epoch_keys: HashMap::new(),
+            epoch_periods: HashMap::new(),
+            erased: HashMap::new(),
+            periods: HashMap::new(),
+            period_starts: HashMap::new(),
             members: HashMap::new(),
             known: HashMap::new(),
         }
+    }
+
+    /// Also open grants sealed to the party's period keys (decision 010): every month each
+    /// chain can still derive, through `through` ("YYYY-MM"). Chains of another party are
+    /// ignored.
+    pub fn with_periods(mut self, periods: &crate::PeriodKeys, through: &str) -> Self {
+        self.set_periods(periods, through);
+        self
+    }
+
+    /// Replace the period secrets with what `periods` derives through `through` (after the
+    /// holder's chains moved on, or a new month came).
+    pub fn set_periods(&mut self, periods: &crate::PeriodKeys, through: &str) {
+        if *periods.party() != self.party {
+            return;
+        }
+        self.period_starts = periods
+            .first_months()
+            .map(|(c, m)| (c.to_owned(), m.to_owned()))
+            .collect();
+        let mut derived = HashMap::new();
+        for (class, first) in periods.first_months() {
+            let mut month = first.to_owned();
+            while month.as_str() <= through {
+                if let Some((id, sk)) = periods.secret(class, &month) {
+                    derived.insert(id, (class.to_owned(), month.clone(), sk));
+                }
+                match crate::period::next_month(&month) {
+                    Some(n) => month = n,
+                    None => break,
+                }
+            }
+        }
+        self.periods = derived;
+    }
+
+    /// Destroy every epoch key and period secret whose retention ended by `at_ms`; the epochs
+    /// destroyed (their sections now open as erased).
+    pub fn destroy_expired(&mut self, at_ms: i64) -> Vec<(ProducerId, AudienceId, u32, String, String)> {
+        let expired = |class: &str, month: &str| {
+            hru_domain::Retention::parse(class)
+                .and_then(|r| r.expires(month))
+                .is_some_and(|t| t <= at_ms)
+        };
+        self.periods.retain(|_, (class, month, _)| !expired(class, month));
+        let gone: Vec<EpochRef> = self
+            .epoch_keys
+            .keys()
+            .filter(|e| self.epoch_periods.get(*e).is_some_and(|(c, m)| expired(c, m)))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for e in gone {
+            self.epoch_keys.remove(&e);
+            let (class, month) = self.epoch_periods.get(&e).cloned().unwrap_or_default();
+            self.erased.insert(e.clone(), (class.clone(), month.clone()));
+            out.push((e.0, e.1, e.2, class, month));
+        }
+        out
+    }
+
+    /// The (class, month) of every epoch whose key this ring holds.
+    pub fn held_epochs(&self) -> impl Iterator<Item = (&EpochRef, &(String, String))> {
+        self.epoch_keys
+            .keys()
+            .filter_map(|e| self.epoch_periods.get(e).map(|p| (e, p)))
     }
 
     /// Also open grants sealed to an earlier X25519 key of the same party (kept when the key
@@ -230,8 +319,8 @@ impl KeyRing {
             audience,
             epoch,
             reason: _,
-            month: _,
-            retention: _,
+            month,
+            retention,
             members,
         } = grant;
         let producer_party = &env.header.producer.party;
@@ -274,11 +363,28 @@ impl KeyRing {
             epoch,
             party: self.party.clone(),
         };
-        let Some((key_id, secret)) = self
+        let epoch_ref = (env.header.producer.clone(), audience.clone(), epoch);
+        let period = (retention.clone(), month.clone());
+        let found = self
             .secrets
             .iter()
             .find(|(k, _)| k.0.as_slice() == mine.key_id.as_slice())
-        else {
+            .map(|(k, s)| (k, s))
+            .or_else(|| {
+                self.periods
+                    .iter()
+                    .find(|(k, _)| k.0.as_slice() == mine.key_id.as_slice())
+                    .map(|(k, (_, _, s))| (k, s))
+            });
+        let Some((key_id, secret)) = found else {
+            // A grant to a period key whose month the party's chain has moved past: its
+            // retention ended and the key was destroyed, not a fault.
+            let destroyed = self.period_starts.get(&retention).is_some_and(|first| month < *first);
+            if destroyed {
+                self.epoch_periods.insert(epoch_ref.clone(), period.clone());
+                self.erased.insert(epoch_ref, period);
+                return Ok(GrantOutcome::Erased);
+            }
             return Err(unseal_error());
         };
         let slot = GrantSlot {
@@ -289,8 +395,8 @@ impl KeyRing {
             member_key_id: key_id,
         };
         let key = open_epoch_key(&mine.enc, &mine.sealed_epoch_key, &slot, secret).ok_or_else(unseal_error)?;
-        self.epoch_keys
-            .insert((env.header.producer.clone(), audience, epoch), EpochKey::new(key));
+        self.epoch_periods.insert(epoch_ref.clone(), period);
+        self.epoch_keys.insert(epoch_ref, EpochKey::new(key));
         Ok(GrantOutcome::Opened)
     }
 
@@ -309,6 +415,15 @@ impl KeyRing {
                             section: s.name.clone(),
                         }
                     }),
+                    None if self.erased.contains_key(&(producer.clone(), audience.clone(), s.epoch)) => {
+                        let (class, month) = &self.erased[&(producer.clone(), audience.clone(), s.epoch)];
+                        Err(OpenError::Erased {
+                            section: s.name.clone(),
+                            class: class.clone(),
+                            month: month.clone(),
+                            on: erased_on(class, month),
+                        })
+                    }
                     None => match self.members.get(&(producer.clone(), audience.clone())) {
                         Some(members) if !members.contains(&self.party) => Err(OpenError::NotInAudience {
                             section: s.name.clone(),

@@ -329,8 +329,10 @@ impl Sealer {
                     producer: self.producer.party.clone(),
                     reason,
                 })?;
-            if let Some(missing) = audience.members().iter().find(|p| directory.party(p).is_none()) {
-                return Err(SealError::NoEncryptionKey { party: missing.clone() });
+            // Each member's key for this class and month: its period key once it publishes
+            // them, so the grant dies with the period (decision 010).
+            for member in audience.members() {
+                directory.member_key(member, &retention, &month)?;
             }
             audiences.push(audience);
         }
@@ -344,7 +346,14 @@ impl Sealer {
             let id = audience.id();
             let slot = (id.clone(), retention.clone());
             let current = turned.get(&slot).or_else(|| self.epochs.get(&slot));
-            let Some(reason) = turn_reason(current, audience, &month, policy.policy_version(), directory) else {
+            let Some(reason) = turn_reason(
+                current,
+                audience,
+                &month,
+                &retention,
+                policy.policy_version(),
+                directory,
+            ) else {
                 continue;
             };
             let mut key = [0u8; EPOCH_KEY_LEN];
@@ -368,7 +377,12 @@ impl Sealer {
                 members: audience
                     .members()
                     .iter()
-                    .filter_map(|p| directory.party(p).map(|e| (p.clone(), e.encryption.key_id)))
+                    .filter_map(|p| {
+                        directory
+                            .member_key(p, &retention, &month)
+                            .ok()
+                            .map(|k| (p.clone(), k.key_id))
+                    })
                     .collect(),
                 key: EpochKey::new(key),
             };
@@ -515,9 +529,9 @@ impl Sealer {
             .iter()
             .map(|(party, kid)| {
                 let key = directory
-                    .party(party)
-                    .map(|p| &p.encryption.key)
-                    .unwrap_or_else(|| unreachable!("member_keys checked every member is in the directory"));
+                    .member_key(party, &state.retention, &state.month)
+                    .map(|k| &k.key)
+                    .unwrap_or_else(|_| unreachable!("prepare checked every member's key"));
                 let slot = GrantSlot {
                     producer,
                     audience,
@@ -594,6 +608,7 @@ fn turn_reason(
     current: Option<&EpochState>,
     audience: &Audience,
     month: &str,
+    retention: &str,
     policy_version: u32,
     directory: &Directory,
 ) -> Option<pb::EpochReason> {
@@ -602,7 +617,10 @@ fn turn_reason(
     };
     let same_keys = e.members.len() == audience.members().len()
         && e.members.iter().zip(audience.members()).all(|((party, kid), member)| {
-            party == member && directory.party(member).is_some_and(|d| d.encryption.key_id == *kid)
+            party == member
+                && directory
+                    .member_key(member, retention, month)
+                    .is_ok_and(|k| k.key_id == *kid)
         });
     if e.policy_version != policy_version {
         Some(pb::EpochReason::Policy)
