@@ -47,8 +47,8 @@ fn config(file: &str, base: &Path, url: &str, ports: &[(&str, u16)]) -> PathBuf 
         .replace("/run/secrets", &at("run-secrets"))
         .replace("/etc/hru/policies", &at("generated/policies"))
         .replace(
-            "\"/data\"",
-            &format!("{:?}", at(&format!("data-{}", file.replace('/', "-")))),
+            "\"/data",
+            &format!("\"{}", at(&format!("data-{}", file.replace('/', "-")))),
         )
         .replace("tls://nats-1:4222,tls://nats-2:4222,tls://nats-3:4222", url);
     for (from, port) in ports {

@@ -198,7 +198,9 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
                 .unwrap(),
         )
     });
-    let want = expected(&events_now, &positions_now, &directory, &mut KeyRing::new(&police));
+    // Everything the geofence party keeps: its secret key and the period keys its service holds.
+    let ring = || hru_runtime::deployment::key_ring(&world.keys(), &police.party).unwrap();
+    let want = expected(&events_now, &positions_now, &directory, &mut ring());
     assert!(
         want.iter().any(|id| !id.contains('-') || id.len() == 36),
         "the simulation raises breaches: {want:?}"
@@ -208,7 +210,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
         let events = rt
             .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
             .unwrap();
-        let got = logged(&events, &directory, &mut KeyRing::new(&police));
+        let got = logged(&events, &directory, &mut ring());
         if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
             break got;
         }

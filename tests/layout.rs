@@ -152,6 +152,8 @@ fn the_build_context_holds_no_secret() {
         "**/*.cursor",
         "**/*.producer",
         "**/*.wrap",
+        "**/*.periods.toml",
+        "**/periods.toml",
     ] {
         assert!(patterns.contains(&needed), ".dockerignore lacks {needed}");
     }

@@ -50,7 +50,10 @@ fn sections() -> Vec<PlainSection> {
 pub fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
     let cast = Cast::new()?;
     let four = [&cast.police, &cast.probation, &cast.cwp, &cast.mersey_care].map(|p| p.party.clone());
+    // A retention class, as the agreement gives every event type: epochs per class and month.
+    const CLASS: &str = "6y";
     let policy = StaticAudiences::new("bench", 1)
+        .with_retention(CLASS)
         .share(EventType::ReferralReceived, "core", &four)
         .share(EventType::ReferralReceived, "narrative", &four);
     let producer = ProducerId {
@@ -62,6 +65,20 @@ pub fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
     let case = CaseId::random();
     // A userspace CSPRNG seeded from the OS, as the services use: no syscall per nonce.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    // Every member publishes period keys, as a deployment's holders do: grants go to them.
+    let month = hru_envelope::month_at(now).ok_or_else(|| anyhow::anyhow!("the clock is out of range"))?;
+    let mut directory = cast.directory.clone();
+    let mut probation_periods = None;
+    for member in [&cast.police, &cast.probation, &cast.cwp, &cast.mersey_care] {
+        let mut periods = hru_envelope::PeriodKeys::new(member.party.clone());
+        periods.start(CLASS, &month, &mut rng).map_err(anyhow::Error::msg)?;
+        directory
+            .add_period_keys(&member.party, periods.publication(&month, hru_envelope::PUBLISH_MONTHS))
+            .map_err(anyhow::Error::msg)?;
+        if member.party == cast.probation.party {
+            probation_periods = Some(periods);
+        }
+    }
 
     let digest = [7u8; 32];
     let signature = cast.police.signing.sign(&digest);
@@ -75,6 +92,9 @@ pub fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
 
     // Warm the epochs, then keep a pool of sealed events for the open measurement.
     let mut ring = KeyRing::new(&cast.probation);
+    if let Some(p) = &probation_periods {
+        ring.set_periods(p, &hru_envelope::published_through(now));
+    }
     let mut pool = Vec::new();
     for _ in 0..256 {
         for e in sealer.seal_event(
@@ -84,12 +104,15 @@ pub fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
             now,
             now,
             &policy,
-            &cast.directory,
+            &directory,
             &mut rng,
         )? {
             let v = verify(&e.bytes, &cast.directory)?;
             if v.header.event_type == EventType::KeyGranted {
-                ring.ingest_grant(&v)?;
+                anyhow::ensure!(
+                    ring.ingest_grant(&v)? == hru_envelope::GrantOutcome::Opened,
+                    "probation opens its grant with its period key"
+                );
             } else {
                 pool.push(e.bytes);
             }
@@ -104,7 +127,7 @@ pub fn seal(seconds: f64, format: Format) -> anyhow::Result<ExitCode> {
             now,
             now,
             &policy,
-            &cast.directory,
+            &directory,
             &mut rng,
         ) {
             Ok(e) => {

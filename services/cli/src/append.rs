@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
 use hru_domain::{CaseEvent, CaseId, FieldError, PartyId, ProducerId, split_draft};
-use hru_log::Expect;
+use hru_log::{Expect, SharedLog as _};
 use hru_wire::v1 as pb;
 
 use crate::{keys, policies, producer_state};
@@ -81,6 +81,8 @@ pub(crate) async fn run(
 
     let log = nats.log().await?;
     let mut producer = producer_state::open(keys_dir, producer, secrets.signing.clone(), &log, &directory).await?;
+    // Grants go to the period keys each member last published on the log (decision 010).
+    let sealing = hru_log::periods::directory_with_periods(log.reader(), &directory).await?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
     for _ in 0..repeat {
         let now = jiff::Timestamp::now().as_millisecond();
@@ -91,7 +93,7 @@ pub(crate) async fn run(
             occurred_at_ms.unwrap_or(now),
             now,
             agreement,
-            &directory,
+            &sealing,
             &mut rng,
         )?;
         let sequences = producer.append(&log, &batch, Expect::Any).await?;

@@ -16,6 +16,9 @@ pub(crate) struct Checks {
     pub(crate) witness: Option<std::path::PathBuf>,
     /// Maximum age of a producer's latest checkpoint, seconds.
     pub(crate) max_checkpoint_age_s: Option<u64>,
+    /// Days after an epoch's retention ends by which every holder must have signed its
+    /// destruction.
+    pub(crate) destruction_grace_days: u32,
 }
 
 /// One line of a witness file.
@@ -84,6 +87,10 @@ pub(crate) async fn verify(
             });
         }
     }
+    auditor.require_destruction(
+        jiff::Timestamp::now().as_millisecond(),
+        i64::from(checks.destruction_grace_days) * 86_400_000,
+    );
     if let Some(max) = checks.max_checkpoint_age_s {
         auditor.require_fresh_checkpoints(jiff::Timestamp::now().as_millisecond(), max as i64 * 1000);
     }
@@ -103,7 +110,8 @@ pub(crate) async fn verify(
             }
             println!(
                 "{}",
-                json!({"summary": {"checked": report.checked, "findings": report.findings.len(), "by_kind": report.counts()}})
+                json!({"summary": {"checked": report.checked, "findings": report.findings.len(), "by_kind": report.counts(),
+                                   "erased_sections": report.erased_sections, "erased_epochs": report.erased_epochs}})
             );
         }
         Format::Human => {
@@ -120,6 +128,12 @@ pub(crate) async fn verify(
                 Some(t) => format!("sequences {from}..={t}"),
                 None => format!("from sequence {from}"),
             };
+            if report.erased_epochs > 0 {
+                println!(
+                    "audit: {} sections of {} epochs erased under retention (destruction confirmed by every holder)",
+                    report.erased_sections, report.erased_epochs
+                );
+            }
             if report.findings.is_empty() {
                 println!("audit: {} envelopes checked ({range}), no findings", report.checked);
             } else {

@@ -303,6 +303,20 @@ pub enum DeviceCommand {
 /// `hru keys` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    /// Hold a party's period keys (decision 010) in its keys directory, for a party no node or
+    /// geofence holds them for: start a chain per retention class, destroy the months whose
+    /// retention ended, publish the coming months' public keys. Run it at least monthly.
+    Periods {
+        /// The party.
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file; its period file is kept there.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Take over from another holder whose keys the log holds for this month.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Create a CA (ca.pem, ca.key; keep the key private): an agency's own with `--party`
     /// (prints the `tls_ca` line for its directory entry), else a development deployment's.
     Ca {
@@ -488,6 +502,10 @@ pub enum AuditCommand {
         /// A producer whose latest checkpoint is older than this many seconds is a finding.
         #[arg(long)]
         max_checkpoint_age_s: Option<u64>,
+        /// An epoch whose retention ended more than this many days ago without every holder's
+        /// signed destruction is a finding.
+        #[arg(long, default_value_t = 30)]
+        destruction_grace_days: u32,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
@@ -695,6 +713,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             device::alerts(&cli.nats, &cli.policies, &device, &keys, wait_s).await
         }
         Command::Keys(KeysCommand::Rotate { party, keys }) => keys::rotate(&broker, &cli.policies, &party, &keys).await,
+        Command::Keys(KeysCommand::Periods { party, keys, replace }) => {
+            retention::hold_periods(&broker, &cli.policies, &party, &keys, replace).await
+        }
         Command::Keys(KeysCommand::Revoke {
             party,
             keys,
@@ -780,11 +801,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             to,
             witness,
             max_checkpoint_age_s,
+            destruction_grace_days,
             format,
         }) => {
             let checks = audit::Checks {
                 witness,
                 max_checkpoint_age_s,
+                destruction_grace_days,
             };
             audit::verify(&broker, &cli.policies, from, to, &checks, format).await
         }

@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use futures::TryStreamExt as _;
 use hru_broker::Filter;
 use hru_domain::{EventType, PartyId};
 use hru_log::SharedLog as _;
+use hru_log::periods::{self, PeriodHolder};
 use hru_policy::Retention;
 use hru_wire::v1 as pb;
 use prost::Message as _;
@@ -29,6 +30,9 @@ struct Epoch {
     expires_at: Option<i64>,
     /// Holders who signed an `EpochKeyDestroyed` for it.
     destroyed_by: BTreeSet<PartyId>,
+    /// Members whose copy was sealed to their long-term key, not a period key: nothing they
+    /// destroy erases it while that key exists (decision 010).
+    long_term: BTreeSet<PartyId>,
     /// The log sequence of its grant.
     sequence: u64,
 }
@@ -72,6 +76,85 @@ pub(crate) async fn destroy(
         destroyed.len(),
         producer.producer.sealer().epochs().len()
     );
+    // The party's period chains, where this keys directory holds them.
+    let file = hru_runtime::deployment::periods_path(keys_dir, &party);
+    if file.exists() {
+        let mut holder = PeriodHolder::open(&file, &party)?;
+        for d in holder.destroy_expired(at_ms)? {
+            println!(
+                "{party}: period secrets of {} from {} to before {} destroyed",
+                d.class, d.from, d.to
+            );
+        }
+        let now = jiff::Timestamp::now().as_millisecond();
+        periods::keep(
+            &mut holder,
+            &mut producer.producer,
+            &producer.log,
+            &producer.isa,
+            &producer.directory,
+            now,
+        )
+        .await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hru keys periods`: hold `party`'s period chains in its keys directory (for a party no node
+/// or geofence holds them for): start a chain for each retention class, destroy the months
+/// whose retention ended, publish the coming months. Refuses when the log's keys for this
+/// month are not this file's (another holder publishes for the party), unless `replace`.
+pub(crate) async fn hold_periods(
+    nats: &crate::Broker,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    replace: bool,
+) -> anyhow::Result<ExitCode> {
+    let party: PartyId = party.parse().context("--party")?;
+    let mut producer =
+        crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "keyholder").await?;
+    let file = hru_runtime::deployment::periods_path(keys_dir, &party);
+    let mut holder = PeriodHolder::open(&file, &party)?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let month = hru_envelope::month_at(now).context("the clock")?;
+    let published = periods::directory_with_periods(producer.log.reader(), &producer.directory).await?;
+    let theirs: Vec<String> = periods::classes(&producer.isa)
+        .into_iter()
+        .filter(|class| {
+            published
+                .period_key(&party, class, &month)
+                .is_some_and(|k| holder.keys().public(class, &month).as_ref() != Some(k))
+        })
+        .collect();
+    if !theirs.is_empty() && !replace {
+        bail!(
+            "the log's {month} period keys of {party} ({}) are not those in {}: another holder (its node or geofence) publishes them; run this where that holder keeps its file, or pass --replace to take over (grants already made to the other holder's keys open only there)",
+            theirs.join(", "),
+            file.display()
+        );
+    }
+    let destroyed = periods::keep(
+        &mut holder,
+        &mut producer.producer,
+        &producer.log,
+        &producer.isa,
+        &producer.directory,
+        now,
+    )
+    .await?;
+    for d in &destroyed {
+        println!(
+            "{party}: period secrets of {} from {} to before {} destroyed",
+            d.class, d.from, d.to
+        );
+    }
+    for (class, first) in holder.keys().first_months() {
+        println!(
+            "{party}: {class} keys held from {first}, published through {}",
+            periods::published_through(now)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -116,6 +199,16 @@ pub(crate) async fn status(
                     continue;
                 };
                 let members = g.members.iter().filter_map(|m| m.party.parse().ok()).collect();
+                // Members whose copy is sealed to the long-term key the directory lists.
+                let long_term = g
+                    .members
+                    .iter()
+                    .filter_map(|m| {
+                        let p: PartyId = m.party.parse().ok()?;
+                        let listed = directory.party(&p)?.encryption.key_id;
+                        (listed.0.as_slice() == m.key_id.as_slice()).then_some(p)
+                    })
+                    .collect();
                 let expires_at = Retention::parse(&g.retention).and_then(|r| r.expires(&g.month));
                 let producer = v.header.producer.party.clone();
                 epochs.insert(
@@ -129,6 +222,7 @@ pub(crate) async fn status(
                         month: g.month,
                         expires_at,
                         destroyed_by: BTreeSet::new(),
+                        long_term,
                         sequence: entry.sequence,
                     },
                 );
@@ -175,6 +269,7 @@ pub(crate) async fn status(
                     "state": state,
                     "destroyed_by": e.destroyed_by.iter().map(PartyId::as_str).collect::<Vec<_>>(),
                     "awaiting": if state == "due" { awaiting.iter().map(PartyId::as_str).collect::<Vec<_>>() } else { Vec::new() },
+                    "long_term_keys": e.long_term.iter().map(PartyId::as_str).collect::<Vec<_>>(),
                     "grant_sequence": e.sequence,
                 })
             ),
@@ -182,11 +277,17 @@ pub(crate) async fn status(
                 let when = e
                     .expires_at
                     .map_or_else(|| "no retention class (granted before classes)".to_owned(), date);
-                let tail = match state {
+                let mut tail = match state {
                     "due" => format!("due: awaiting {}", names(&awaiting)),
                     "destroyed" => "destroyed by every holder".to_owned(),
                     other => other.to_owned(),
                 };
+                if !e.long_term.is_empty() {
+                    tail.push_str(&format!(
+                        "; NOT ERASABLE: sealed to the long-term keys of {}",
+                        names(&e.long_term)
+                    ));
+                }
                 println!(
                     "{} #{} [{}] {} {}  expires {when}  {tail}",
                     e.producer,

@@ -78,6 +78,9 @@ pub struct Gateway {
     /// A sealed batch whose publish failed: sent again, byte for byte, before anything else, so
     /// the chain never forks and `Nats-Msg-Id` removes any copy the server already has.
     inflight: Option<Inflight>,
+    /// Where the members' period keys are read again when a month has none (the vendor's view
+    /// of the log), with the deployment's directory they amend.
+    periods: Option<(hru_log::PartyView, Directory)>,
 }
 
 struct Inflight {
@@ -111,7 +114,22 @@ impl Gateway {
             last_flush: Instant::now(),
             rng: <rand::rngs::StdRng as rand::SeedableRng>::from_entropy(),
             inflight: None,
+            periods: None,
         }
+    }
+
+    /// Seal grants to the period keys members publish on the log `view` reads (decision 010):
+    /// read now, and again whenever a member has none for the month. `deployed` is the
+    /// deployment's directory.
+    pub async fn with_period_keys(
+        mut self,
+        view: hru_log::PartyView,
+        deployed: Directory,
+    ) -> Result<Self, hru_log::LogError> {
+        use hru_log::SharedLog as _;
+        self.directory = hru_log::periods::directory_with_periods(view.reader(), &deployed).await?;
+        self.periods = Some((view, deployed));
+        Ok(self)
     }
 
     /// Take one vendor fix.
@@ -157,7 +175,16 @@ impl Gateway {
     pub async fn flush(&mut self, now_ms: i64) -> Result<Flushed, GatewayError> {
         let inflight = match self.inflight.take() {
             Some(i) => i,
-            None => self.seal(now_ms)?,
+            None => match self.seal(now_ms) {
+                Err(GatewayError::Seal(hru_envelope::SealError::NoPeriodKey { .. })) if self.periods.is_some() => {
+                    if let Some((view, deployed)) = &self.periods {
+                        use hru_log::SharedLog as _;
+                        self.directory = hru_log::periods::directory_with_periods(view.reader(), deployed).await?;
+                    }
+                    self.seal(now_ms)?
+                }
+                other => other?,
+            },
         };
         if let Err(e) = self.log.publish(&self.subject, &inflight.envelopes).await {
             self.inflight = Some(inflight);

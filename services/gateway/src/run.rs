@@ -39,17 +39,20 @@ pub async fn open(
     // A gateway only publishes: its broker permissions give it no read of HRU_POSITIONS.
     let log = PositionLog::publisher(nats, Some(&secrets.broker_identity())).await?;
     let instance = format!("gw-{}", uuid::Uuid::now_v7().simple());
-    Ok(Gateway::new(
+    let gateway = Gateway::new(
         ProducerId {
             party: party.clone(),
             instance,
         },
         secrets.signing.clone(),
         isa,
-        deployment.directory,
+        deployment.directory.clone(),
         log,
         config,
-    ))
+    );
+    // Grants go to the period keys the members published, read from the vendor's own view.
+    let view = hru_log::PartyView::open(nats, Some(&secrets.broker_identity()), party).await?;
+    Ok(gateway.with_period_keys(view, deployment.directory).await?)
 }
 
 /// What a feed or a simulation sent.

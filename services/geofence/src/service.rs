@@ -17,6 +17,7 @@ use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use hru_domain::{CaseEvent, DeviceId, EventType, PartyId, ProducerId, TagId, split_draft};
 use hru_envelope::{Directory, OpenedEvent, PartySecrets, VerifiedEnvelope};
+use hru_log::periods::{self, PeriodHolder};
 use hru_log::{Expect, LogEntry, PartyView, PositionLog, Producer, SharedLog as _};
 use hru_policy::CompiledIsa;
 use hru_reader::{Incoming, Read, ReadPath};
@@ -49,6 +50,10 @@ pub struct GeofenceConfig {
     pub policies_dir: PathBuf,
     /// The producer store.
     pub data_dir: PathBuf,
+    /// The party's period chains (decision 010), replaced as periods expire; default
+    /// `<keys_dir>/<party>.periods.toml`. Set it on writable storage when `keys_dir` is not.
+    #[serde(default)]
+    pub periods_file: Option<PathBuf>,
     /// NATS URL(s), comma-separated.
     #[serde(default = "default_nats")]
     pub nats_url: String,
@@ -260,7 +265,13 @@ impl Service {
 struct Service {
     party: PartyId,
     isa: CompiledIsa,
+    /// The directory breaches are sealed with: the deployment's, with the period keys each
+    /// party last published on the log.
     directory: Directory,
+    /// The deployment's directory.
+    deployed: Directory,
+    /// This party's period chains.
+    periods: PeriodHolder,
     secrets: PartySecrets,
     log: PartyView,
     alerts: hru_log::AlertPublisher,
@@ -599,14 +610,28 @@ pub async fn run(
         &directory,
     )
     .await?;
-    // Keys whose retention ended while the service was down go before anything is evaluated.
+    // Keys whose retention ended while the service was down go before anything is evaluated:
+    // the producer's epoch keys, then the period secrets its party was granted under.
     destroy_expired(&mut producer, &log, &isa).await?;
+    let periods_file = config
+        .periods_file
+        .clone()
+        .unwrap_or_else(|| hru_runtime::deployment::periods_path(&config.keys_dir, &party));
+    let mut periods = PeriodHolder::open(&periods_file, &party)?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    for d in periods::keep(&mut periods, &mut producer, &log, &isa, &directory, now).await? {
+        tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
+    }
+    let ring = ring.with_periods(periods.keys(), &periods::published_through(now));
+    let sealing = periods::directory_with_periods(log.reader(), &directory).await?;
     let mut service = Service {
         party,
         isa,
         read: ReadPath::new(directory.clone(), Arc::new(deployment.policies.clone()), ring),
         secrets,
-        directory,
+        directory: sealing,
+        deployed: directory,
+        periods,
         log,
         alerts,
         producer,
@@ -709,6 +734,35 @@ async fn destroy_expired(producer: &mut Producer, log: &PartyView, isa: &Compile
     Ok(())
 }
 
+impl Service {
+    /// One retention sweep: the producer's expired epoch keys, the party's expired period
+    /// secrets and the epoch keys the ring opened under them; then the coming months' keys
+    /// published and every party's publications read again.
+    async fn sweep(&mut self) -> Result<(), GeofenceError> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        destroy_expired(&mut self.producer, &self.log, &self.isa).await?;
+        for d in periods::keep(
+            &mut self.periods,
+            &mut self.producer,
+            &self.log,
+            &self.isa,
+            &self.deployed,
+            now,
+        )
+        .await?
+        {
+            tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
+        }
+        let ring = self.read.ring_mut();
+        ring.set_periods(self.periods.keys(), &periods::published_through(now));
+        for (producer, audience, epoch, class, month) in ring.destroy_expired(now) {
+            tracing::info!(%producer, %audience, epoch, %class, %month, "granted epoch key destroyed: its retention has ended");
+        }
+        self.directory = periods::directory_with_periods(self.log.reader(), &self.deployed).await?;
+        Ok(())
+    }
+}
+
 /// Evaluate positions as they are stored and poll the zone, rule and tag events, until
 /// `shutdown`.
 async fn follow(
@@ -727,8 +781,8 @@ async fn follow(
         tokio::select! {
             () = &mut shutdown => break,
             _ = sweep.tick() => {
-                if let Err(e) = destroy_expired(&mut service.producer, &service.log, &service.isa).await {
-                    tracing::warn!(cause = %e, "expired epoch keys not destroyed; trying again later");
+                if let Err(e) = service.sweep().await {
+                    tracing::warn!(cause = %e, "expired keys not destroyed; trying again later");
                 }
             }
             entry = live.next() => {

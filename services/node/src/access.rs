@@ -79,6 +79,21 @@ impl Disclosed {
 
 impl Shared {
     /// The agreement in force now.
+    /// The directory grants are sealed with (period keys as last read from the log).
+    pub(crate) fn sealing_directory(&self) -> std::sync::Arc<hru_envelope::Directory> {
+        self.sealing
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Read every party's last period-key publication again.
+    pub(crate) async fn refresh_sealing(&self) -> Result<(), crate::NodeError> {
+        let directory = hru_log::periods::directory_with_periods(self.log.reader(), &self.deployment.directory).await?;
+        *self.sealing.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(directory);
+        Ok(())
+    }
+
     pub(crate) fn agreement(&self) -> Result<&CompiledIsa, Status> {
         self.deployment
             .in_force_now()
@@ -193,17 +208,31 @@ impl Shared {
         let now = jiff::Timestamp::now().as_millisecond();
         let mut producer = self.producer.lock().await;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        let batch = match producer.sealer().prepare_event(
-            case,
-            event_type,
-            sections,
-            occurred_at_ms,
-            now,
-            isa,
-            &self.deployment.directory,
-            &mut rng,
-        ) {
+        let seal = |directory: &hru_envelope::Directory, rng: &mut rand::rngs::StdRng| {
+            producer.sealer().prepare_event(
+                case,
+                event_type,
+                sections.clone(),
+                occurred_at_ms,
+                now,
+                isa,
+                directory,
+                rng,
+            )
+        };
+        let batch = match seal(&self.sealing_directory(), &mut rng) {
             Ok(b) => b,
+            // A member published keys for a month this node has not read yet: read the
+            // publications again, once.
+            Err(hru_envelope::SealError::NoPeriodKey { .. }) => {
+                if let Err(e) = self.refresh_sealing().await {
+                    tracing::warn!(cause = %e, "period keys not read again");
+                }
+                match seal(&self.sealing_directory(), &mut rng) {
+                    Ok(b) => b,
+                    Err(e) => return Ok(Err(AppendFailure::Seal(e))),
+                }
+            }
             Err(e) => return Ok(Err(AppendFailure::Seal(e))),
         };
         let sequences = match producer.append(&self.log, &batch, expect).await {

@@ -25,6 +25,10 @@ pub struct NodeConfig {
     pub policies_dir: PathBuf,
     /// Projection and producer stores.
     pub data_dir: PathBuf,
+    /// The party's period chains (decision 010), replaced as periods expire; default
+    /// `<keys_dir>/<party>.periods.toml`. Set it on writable storage when `keys_dir` is not.
+    #[serde(default)]
+    pub periods_file: Option<PathBuf>,
     /// NATS URL(s), comma-separated.
     #[serde(default = "default_nats")]
     pub nats_url: String,

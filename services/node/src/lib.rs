@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use hru_domain::{PartyId, ProducerId};
 use hru_envelope::PartySecrets;
+use hru_log::periods::{self, PeriodHolder};
 use hru_log::{PartyView, Producer, SharedLog as _};
 use hru_projection::{Projector, Store};
 use hru_runtime::{Deployment, Tasks};
@@ -69,6 +70,11 @@ fn config_err(e: impl std::fmt::Display) -> NodeError {
 pub(crate) struct Shared {
     pub(crate) party: PartyId,
     pub(crate) deployment: Deployment,
+    /// The directory grants are sealed with: the deployment's, with the period keys each party
+    /// last published on the log.
+    pub(crate) sealing: std::sync::RwLock<Arc<hru_envelope::Directory>>,
+    /// This party's period chains (decision 010).
+    pub(crate) periods: tokio::sync::Mutex<PeriodHolder>,
     pub(crate) log: PartyView,
     pub(crate) producer: tokio::sync::Mutex<Producer>,
     pub(crate) projector: Mutex<Projector>,
@@ -125,9 +131,20 @@ pub async fn run(
         &deployment.directory,
     )
     .await?;
-    // A node that was down when an epoch's retention ended destroys its key before serving.
+    // A node that was down when an epoch's retention ended destroys its key before serving:
+    // the producer's epoch keys, then the period secrets its party was granted under.
     let isa = deployment.in_force_now().map_err(config_err)?;
     destroy_expired(&mut producer, &log, isa).await?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let periods_file = config
+        .periods_file
+        .clone()
+        .unwrap_or_else(|| hru_runtime::deployment::periods_path(&config.keys_dir, &party));
+    let mut periods = PeriodHolder::open(&periods_file, &party)?;
+    for d in periods::keep(&mut periods, &mut producer, &log, isa, &deployment.directory, now).await? {
+        tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
+    }
+    let sealing = periods::directory_with_periods(log.reader(), &deployment.directory).await?;
     let role = deployment
         .policies
         .iter()
@@ -137,7 +154,9 @@ pub async fn run(
     let read_path = hru_reader::ReadPath::new(
         deployment.directory.clone(),
         Arc::new(deployment.policies.clone()),
-        hru_runtime::deployment::key_ring(&config.keys_dir, &party).map_err(config_err)?,
+        hru_runtime::deployment::key_ring(&config.keys_dir, &party)
+            .map_err(config_err)?
+            .with_periods(periods.keys(), &periods::published_through(now)),
     );
     let projector = Projector::new(
         Store::open(&config.data_dir.join("projections"))?,
@@ -171,6 +190,8 @@ pub async fn run(
         max_streams_per_party: config.max_streams_per_party,
         party,
         deployment,
+        sealing: std::sync::RwLock::new(Arc::new(sealing)),
+        periods: tokio::sync::Mutex::new(periods),
         log,
         producer: tokio::sync::Mutex::new(producer),
         projector: Mutex::new(projector),
@@ -312,12 +333,46 @@ async fn retention_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Recei
             _ = stop.changed() => return,
             () = tokio::time::sleep(RETENTION_SWEEP) => {}
         }
-        let Ok(isa) = shared.agreement() else { continue };
-        let mut producer = shared.producer.lock().await;
-        if let Err(e) = destroy_expired(&mut producer, &shared.log, isa).await {
-            tracing::warn!(cause = %e, "expired epoch keys not destroyed; trying again later");
+        if let Err(e) = sweep(&shared).await {
+            tracing::warn!(cause = %e, "expired keys not destroyed; trying again later");
         }
     }
+}
+
+/// One retention sweep of a running node: the producer's expired epoch keys, the party's
+/// expired period secrets and the epoch keys its ring opened under them; then the coming
+/// months' keys published and every party's publications read again.
+async fn sweep(shared: &Shared) -> Result<(), NodeError> {
+    let isa = shared.deployment.in_force_now().map_err(config_err)?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut producer = shared.producer.lock().await;
+    destroy_expired(&mut producer, &shared.log, isa).await?;
+    let mut periods = shared.periods.lock().await;
+    let destroyed = periods::keep(
+        &mut periods,
+        &mut producer,
+        &shared.log,
+        isa,
+        &shared.deployment.directory,
+        now,
+    )
+    .await?;
+    {
+        let mut projector = shared
+            .projector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ring = projector.read_path_mut().ring_mut();
+        ring.set_periods(periods.keys(), &periods::published_through(now));
+        for (producer, audience, epoch, class, month) in ring.destroy_expired(now) {
+            tracing::info!(%producer, %audience, epoch, %class, %month, "granted epoch key destroyed: its retention has ended");
+        }
+    }
+    for d in destroyed {
+        tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
+    }
+    drop(producer);
+    shared.refresh_sealing().await
 }
 
 /// Append a signed checkpoint of this node's chain head every `every`, when it has moved.

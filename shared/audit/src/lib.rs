@@ -67,6 +67,9 @@ pub enum FindingKind {
     RolledBack,
     /// A producer's latest checkpoint is older than allowed: the log may be frozen.
     FrozenLog,
+    /// An epoch key's retention ended more than the grace period ago and not every holder
+    /// (its producer and each member) has signed its destruction.
+    DestructionUnconfirmed,
     /// The recorded time its signer wrote is far from the time the broker stored it: later
     /// than the store by more than the skew bound, or earlier by more than [`LATE_STORE_MS`]
     /// (an outbox published late after an outage, or a backdated envelope).
@@ -76,6 +79,19 @@ pub enum FindingKind {
 /// How much earlier than the broker's store time a recorded time may be before it is a
 /// finding (an outbox held through an outage publishes late; a backdated envelope also does).
 pub const LATE_STORE_MS: i64 = 3_600_000;
+
+/// How long after an epoch's retention ends every holder has to sign its destruction before
+/// the audit reports it.
+pub const DESTRUCTION_GRACE_MS: i64 = 30 * 86_400_000;
+
+/// What a grant said of its epoch, for the retention check.
+#[derive(Debug, Clone)]
+struct GrantedEpoch {
+    sequence: u64,
+    members: BTreeSet<PartyId>,
+    /// When its sections' retention ends; None for a grant naming no class.
+    expires_at: Option<i64>,
+}
 
 /// A chain position a witness vouched for: the log must hold exactly this envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +149,12 @@ pub struct Report {
     pub checked: u64,
     /// Every finding, in log order.
     pub findings: Vec<Finding>,
+    /// Sections erased under retention (not findings): their epoch's retention has ended and
+    /// its producer and every member signed its destruction. Counted when
+    /// [`Auditor::require_destruction`] is set.
+    pub erased_sections: u64,
+    /// Epochs those sections belong to.
+    pub erased_epochs: u64,
 }
 
 impl Report {
@@ -160,6 +182,15 @@ pub struct Auditor<'a> {
     witnessed: Vec<WitnessedCheckpoint>,
     /// `(now, max age)`: checkpoints older than this are findings.
     freshness: Option<(i64, i64)>,
+    /// `(now, grace)`: epochs whose retention ended more than `grace` before `now` must have
+    /// every holder's destruction on the log.
+    destruction: Option<(i64, i64)>,
+    /// (producer party, audience, epoch) → its grant's sequence, members, class and month.
+    epochs: BTreeMap<(PartyId, AudienceId, u32), GrantedEpoch>,
+    /// (producer party, audience, epoch) → parties that signed its destruction.
+    destroyed: HashMap<(PartyId, AudienceId, u32), BTreeSet<PartyId>>,
+    /// (producer party, audience, epoch) → sections sealed under it.
+    sections: HashMap<(PartyId, AudienceId, u32), u64>,
     policies: &'a PolicySet,
     chains: ChainChecker,
     /// (producer instance, audience, epoch) → members the grant sealed to.
@@ -179,6 +210,10 @@ impl<'a> Auditor<'a> {
             checkpoints: HashMap::new(),
             witnessed: Vec::new(),
             freshness: None,
+            destruction: None,
+            epochs: BTreeMap::new(),
+            destroyed: HashMap::new(),
+            sections: HashMap::new(),
             policies,
             chains: ChainChecker::new(),
             grants: HashMap::new(),
@@ -290,6 +325,18 @@ impl<'a> Auditor<'a> {
         {
             self.find(sequence, Some(&h.producer), FindingKind::BadCheckpoint, problem);
         }
+        if h.event_type == EventType::EpochKeyDestroyed
+            && let Ok(d) = pb::EpochKeyDestroyed::decode(v.body.as_slice())
+            && let (Ok(producer), Ok(audience)) = (
+                d.producer.parse::<PartyId>(),
+                AudienceId::parse(&d.audience, "audience"),
+            )
+        {
+            self.destroyed
+                .entry((producer, audience, d.epoch))
+                .or_default()
+                .insert(h.producer.party.clone());
+        }
         if matches!(h.event_type, EventType::KeyRotated | EventType::KeyRevoked)
             && let Err(problem) = self.key_event(h, &v.body, sequence)
         {
@@ -309,6 +356,15 @@ impl<'a> Auditor<'a> {
                     match (consistent, audience, members) {
                         (true, Some(a), Some(m)) => {
                             grant_audience = Some(a.clone());
+                            self.epochs.insert(
+                                (h.producer.party.clone(), a.clone(), g.epoch),
+                                GrantedEpoch {
+                                    sequence,
+                                    members: m.clone(),
+                                    expires_at: hru_domain::Retention::parse(&g.retention)
+                                        .and_then(|r| r.expires(&g.month)),
+                                },
+                            );
                             self.grants.insert((h.producer.clone(), a, g.epoch), m);
                         }
                         _ => self.find(
@@ -354,6 +410,10 @@ impl<'a> Auditor<'a> {
             let Ok(audience) = AudienceId::parse(&s.audience, "audience") else {
                 continue;
             };
+            *self
+                .sections
+                .entry((h.producer.party.clone(), audience.clone(), s.epoch))
+                .or_default() += 1;
             let Some(granted) = self.grants.get(&(h.producer.clone(), audience, s.epoch)).cloned() else {
                 let outside_view = self.viewer.as_ref().is_some_and(|viewer| {
                     isa.audience(&h.producer.party, h.event_type, &s.name)
@@ -423,6 +483,12 @@ impl<'a> Auditor<'a> {
     /// Chain positions a witness saved outside this log: the log must still hold each exactly.
     pub fn expect(&mut self, checkpoint: WitnessedCheckpoint) {
         self.witnessed.push(checkpoint);
+    }
+
+    /// Make an epoch whose retention ended more than `grace_ms` before `now_ms` a finding
+    /// unless its producer and every member have signed its destruction.
+    pub fn require_destruction(&mut self, now_ms: i64, grace_ms: i64) {
+        self.destruction = Some((now_ms, grace_ms));
     }
 
     /// Make a producer's latest checkpoint older than `max_age_ms` at `now_ms` a finding.
@@ -526,6 +592,44 @@ impl<'a> Auditor<'a> {
                         max_age / 1000
                     ),
                 );
+            }
+        }
+        if let Some((now, grace)) = self.destruction {
+            let mut unconfirmed = Vec::new();
+            for ((producer, audience, epoch), e) in &self.epochs {
+                let Some(expired) = e.expires_at.filter(|t| *t <= now) else {
+                    continue;
+                };
+                let confirmed = self.destroyed.get(&(producer.clone(), audience.clone(), *epoch));
+                let awaiting: Vec<&str> = e
+                    .members
+                    .iter()
+                    .chain(std::iter::once(producer))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .filter(|p| !confirmed.is_some_and(|c| c.contains(*p)))
+                    .map(PartyId::as_str)
+                    .collect();
+                if awaiting.is_empty() {
+                    self.report.erased_epochs += 1;
+                    self.report.erased_sections += self
+                        .sections
+                        .get(&(producer.clone(), audience.clone(), *epoch))
+                        .copied()
+                        .unwrap_or(0);
+                } else if now - expired > grace {
+                    unconfirmed.push((
+                        e.sequence,
+                        format!(
+                            "{producer}'s epoch {epoch} of audience {audience}: retention ended {} days ago; no destruction from {}",
+                            (now - expired) / 86_400_000,
+                            awaiting.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for (sequence, detail) in unconfirmed {
+                self.find(sequence, None, FindingKind::DestructionUnconfirmed, detail);
             }
         }
         self.finish_report()

@@ -365,8 +365,8 @@ pub struct Directory {
     parties: BTreeMap<PartyId, PartyEntry>,
     /// Paired victim devices: device id → NATS user public nkey.
     devices: BTreeMap<hru_domain::DeviceId, String>,
-    /// Period keys each party published on the log: (retention class, month) → key.
-    periods: BTreeMap<PartyId, BTreeMap<(String, String), EncryptionKey>>,
+    /// Period keys each party published on the log: retention class → month → key.
+    periods: BTreeMap<PartyId, BTreeMap<String, BTreeMap<String, EncryptionKey>>>,
 }
 
 #[derive(Deserialize)]
@@ -576,7 +576,9 @@ impl Directory {
             self.periods
                 .entry(party.clone())
                 .or_default()
-                .insert((k.class, k.month), key);
+                .entry(k.class)
+                .or_default()
+                .insert(k.month, key);
             added += 1;
         }
         Ok(added)
@@ -589,7 +591,7 @@ impl Directory {
 
     /// The period key `party` published for (`class`, `month`).
     pub fn period_key(&self, party: &PartyId, class: &str, month: &str) -> Option<&EncryptionKey> {
-        self.periods.get(party)?.get(&(class.to_owned(), month.to_owned()))
+        self.periods.get(party)?.get(class)?.get(month)
     }
 
     /// The key a grant of `class` for `month` is sealed to for `party`: its period key once it

@@ -30,7 +30,7 @@ pub use keys::{
     create_private_dir, key_id,
 };
 pub use open::{GrantOutcome, KeyRing, OpenedEvent, OpenedSection, VerifiedEnvelope, decode_header, verify};
-pub use period::{PeriodKeys, PeriodPublic, PeriodsDestroyed, month_at, next_month};
+pub use period::{PUBLISH_MONTHS, PeriodKeys, PeriodPublic, PeriodsDestroyed, month_at, next_month, published_through};
 pub use primitives::{EpochKey, SIGNATURE_DOMAIN, public_key, unwrap_at_rest, verify_strict, wrap_at_rest};
 pub use seal::{AudiencePolicy, ChainHead, EpochSlot, EpochState, Refusal, SealedBatch, SealedEnvelope, Sealer};
 pub use static_policy::StaticAudiences;

@@ -57,6 +57,21 @@ pub fn month_at(ms: i64) -> Option<String> {
         .map(|t| t.strftime("%Y-%m").to_string())
 }
 
+/// Months a holder publishes ahead, this month included: producers can grant to a party for a
+/// year after its holder last ran (public keys; publishing ahead weakens nothing), so a member
+/// whose node is down does not stop others recording what the agreement shares with it.
+pub const PUBLISH_MONTHS: u32 = 13;
+
+/// The last month a holder publishes at `now_ms` (this month and the next
+/// [`PUBLISH_MONTHS`] − 1): how far a key ring derives its party's period secrets.
+pub fn published_through(now_ms: i64) -> String {
+    let mut month = month_at(now_ms).unwrap_or_else(|| "1970-01".to_owned());
+    for _ in 1..PUBLISH_MONTHS {
+        month = next_month(&month).unwrap_or(month);
+    }
+    month
+}
+
 /// One class's chain: the first month still derivable and its secret.
 #[derive(Clone)]
 struct Chain {

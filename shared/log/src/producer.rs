@@ -239,33 +239,39 @@ impl WrapKeys {
 
     /// Replace the file atomically (written aside, synced, renamed over, directory synced).
     fn write(&self) -> Result<(), String> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         let file = WrapFile {
             current: (self.current.0, B64.encode(self.current.1)),
             previous: self.previous.map(|(g, k)| (g, B64.encode(k))),
         };
         let bytes = serde_json::to_vec(&file).map_err(|e| e.to_string())?;
-        let mut aside = self.path.as_os_str().to_owned();
-        aside.push(".new");
-        let aside = std::path::PathBuf::from(aside);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&aside)
-            .map_err(|e| format!("{}: {e}", aside.display()))?;
-        f.write_all(&bytes).map_err(|e| e.to_string())?;
-        f.sync_all().map_err(|e| e.to_string())?;
-        std::fs::rename(&aside, &self.path).map_err(|e| e.to_string())?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        replace_private_file(&self.path, &bytes)
     }
+}
+
+/// Replace a private file (mode 0600) atomically: written aside, synced, renamed over, its
+/// directory synced. A reader sees the old content or the new, never a mixture.
+pub(crate) fn replace_private_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".new");
+    let aside = std::path::PathBuf::from(aside);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&aside)
+        .map_err(|e| format!("{}: {e}", aside.display()))?;
+    f.write_all(bytes).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    std::fs::rename(&aside, path).map_err(|e| e.to_string())?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn fresh_key() -> [u8; 32] {

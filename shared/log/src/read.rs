@@ -149,6 +149,22 @@ impl Reader {
         }
     }
 
+    /// The last message on subjects matching `filter`, if any.
+    pub async fn last_of(&self, filter: &Filter) -> Result<Option<LogEntry>, LogError> {
+        match self.stream.get_last_raw_message_by_subject(filter.as_str()).await {
+            Ok(m) => Raw {
+                stored: m.sequence,
+                subject: m.subject.to_string(),
+                headers: m.headers,
+                payload: m.payload,
+            }
+            .entry(self.numbering)
+            .map(Some),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(request("last message by subject")(e)),
+        }
+    }
+
     /// The sequence of a case's last event (0 when the case has none): what an append expects.
     pub async fn case_version(&self, case: hru_domain::CaseId) -> Result<u64, LogError> {
         self.last_sequence_of(&Filter::case_events(case)).await

@@ -389,6 +389,11 @@ impl Projector {
         &self.read
     }
 
+    /// The read path, to change its key ring (period secrets, destruction under retention).
+    pub fn read_path_mut(&mut self) -> &mut ReadPath {
+        &mut self.read
+    }
+
     /// The projections.
     pub fn projections(&self) -> impl Iterator<Item = &dyn Projection> {
         self.projections.iter().map(AsRef::as_ref)

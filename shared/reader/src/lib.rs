@@ -231,6 +231,11 @@ impl ReadPath {
         }
     }
 
+    /// The key ring, to change (period secrets, destruction under retention).
+    pub fn ring_mut(&mut self) -> &mut KeyRing {
+        &mut self.ring
+    }
+
     /// The key ring (every grant read so far).
     pub fn ring(&self) -> &KeyRing {
         &self.ring

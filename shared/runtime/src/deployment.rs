@@ -141,7 +141,18 @@ pub fn key_ring(keys_dir: &Path, party: &PartyId) -> Result<hru_envelope::KeyRin
     for path in past {
         ring = ring.with_past(&secrets_file(&path)?);
     }
+    let periods = periods_path(keys_dir, party);
+    if periods.exists() {
+        let keys = hru_envelope::PeriodKeys::from_toml(&read(&periods)?, &periods.display().to_string())?;
+        ring = ring.with_periods(&keys, &hru_envelope::published_through(now_ms()));
+    }
     Ok(ring)
+}
+
+/// Where a party keeps its period chains by default: `<keys_dir>/<party>.periods.toml`, beside
+/// its secret key file (they are its secrets too, changed as periods expire).
+pub fn periods_path(keys_dir: &Path, party: &PartyId) -> std::path::PathBuf {
+    keys_dir.join(format!("{party}.periods.toml"))
 }
 
 /// The secrets in one secret key file.

@@ -1,0 +1,332 @@
+//! Erasure by period keys (decision 010), end to end on a real nats-server: every member of the
+//! referral's core audience has held period keys since January 2018 and published them on the
+//! log; police-hru records a referral that month, and the grant of its core section goes to
+//! each member's January 2018 key (not its long-term key). Before cwp's holder runs, cwp
+//! replays the referral. cwp's node then starts: before it serves it moves its chains past
+//! every month whose retention has ended, confirms the destruction on the log and publishes the
+//! coming months. After that, everything cwp keeps (its secret key file, its period file, a raw
+//! copy of the grant from the broker) opens nothing: replay says the section was erased under
+//! retention, on the day the seven years ended. The audit names the holders that have not
+//! confirmed (the seven years ended long before the 30-day grace), until each has; then it
+//! counts the section as erased, not as a finding.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+use futures::TryStreamExt as _;
+use hru_domain::{CaseId, EventType, ProducerId};
+use hru_log::SharedLog as _;
+use hru_log::periods::{self, PeriodHolder};
+use hru_log::{EventToSeal, PartyView, Producer};
+use hru_tests::{CHESHIRE_PARTIES, World};
+use hru_wire::v1 as pb;
+use prost::Message as _;
+
+/// 2018-01-15.
+const JANUARY_2018: i64 = 1_516_000_000_000;
+
+fn referral_core() -> Vec<hru_domain::PlainSection> {
+    let referral = pb::ReferralReceived {
+        core: Some(pb::ReferralCore {
+            subject_ref: vec![7; 32],
+            behaviours: vec![pb::Behaviour::Stalking as i32],
+            area: "Cheshire West".into(),
+            received_at_ms: JANUARY_2018,
+            ..Default::default()
+        }),
+        identity: None,
+        narrative: None,
+    };
+    hru_domain::split_draft(pb::event_draft::Event::ReferralReceived(referral)).1
+}
+
+/// The referral's core section as cwp's replay reports it.
+fn cwp_core(w: &World) -> serde_json::Value {
+    let keys = w.keys().display().to_string();
+    let identity = format!("{keys}/cwp.secret");
+    let out = w.run(&[
+        "--identity",
+        &identity,
+        "replay",
+        "--party",
+        "cwp",
+        "--keys",
+        &keys,
+        "--format",
+        "json",
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a json line"))
+        .collect();
+    lines
+        .into_iter()
+        .find(|l| l["event_type"] == "ReferralReceived")
+        .unwrap_or_else(|| {
+            panic!(
+                "cwp replays the referral: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// The members of the referral's core audience (policies/cheshire-hru.toml, clauses 3.1 and 8.1).
+const CORE: [&str; 6] = [
+    "police-hru",
+    "probation",
+    "cwp",
+    "mersey-care",
+    "victim-advocacy",
+    "evaluation",
+];
+
+/// `hru` as `party`, with its own key.
+fn as_party(w: &World, party: &str, args: &[&str]) -> std::process::Output {
+    let identity = format!("{}/{party}.secret", w.keys().display());
+    let mut full = vec!["--identity", &identity];
+    full.extend_from_slice(args);
+    w.run(&full)
+}
+
+/// `hru retention destroy` as `party` (its CLI producer store and its period file).
+fn sweep(w: &World, party: &str) {
+    let keys = w.keys().display().to_string();
+    let out = as_party(w, party, &["retention", "destroy", "--party", party, "--keys", &keys]);
+    assert!(
+        out.status.success(),
+        "retention destroy {party}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `hru audit verify --format json` as the auditor: its JSON lines.
+fn audit(w: &World) -> Vec<serde_json::Value> {
+    let out = as_party(w, "auditor", &["audit", "verify", "--format", "json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a json line"))
+        .collect()
+}
+
+/// Who each destruction-unconfirmed finding says has not confirmed.
+fn unconfirmed(w: &World) -> Vec<String> {
+    audit(w)
+        .iter()
+        .filter(|f| f["kind"] == "destruction-unconfirmed")
+        .map(|f| {
+            let detail = f["detail"].as_str().unwrap();
+            detail.rsplit("no destruction from ").next().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// Wait until `log`'s view holds a period-key publication of `party` (a view copies the log
+/// a moment after it is written).
+async fn holds(log: &PartyView, party: &hru_domain::PartyId) {
+    let subject = hru_broker::Subject::control(party, EventType::PeriodKeysPublished);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while log
+        .reader()
+        .last_of(&hru_broker::Filter::exactly(&subject))
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the view copied {subject} within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period() {
+    let w = World::secured("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
+    // The agreement as in force since 2018, so a referral of January 2018 is read under it.
+    let agreement = w.dir.path().join("policies/cheshire-hru.toml");
+    let text = std::fs::read_to_string(&agreement).unwrap();
+    assert!(text.contains("effective_from = \"2026-01-01\""));
+    std::fs::write(
+        &agreement,
+        text.replace("effective_from = \"2026-01-01\"", "effective_from = \"2018-01-01\""),
+    )
+    .unwrap();
+    w.provision();
+    let (directory, isa) = w.deployment();
+    let cwp = w.secrets("cwp");
+    let police = w.secrets("police-hru");
+    let periods_file = hru_runtime::deployment::periods_path(&w.keys(), &cwp.party);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = w.nats.url();
+    let auditor = w.secrets("auditor").broker_identity();
+    let cwp_grant_key = rt.block_on(async {
+        // Each member's chains start in January 2018; each publishes from then.
+        let mut cwp_january = None;
+        for member in CORE {
+            let secrets = w.secrets(member);
+            let log = PartyView::open(&url, Some(&secrets.broker_identity()), &secrets.party)
+                .await
+                .unwrap();
+            let file = hru_runtime::deployment::periods_path(&w.keys(), &secrets.party);
+            let mut holder = PeriodHolder::open(&file, &secrets.party).unwrap();
+            holder.ensure(periods::classes(&isa), "2018-01").unwrap();
+            let mut producer = Producer::open(
+                &w.dir.path().join(format!("{member}-keyholder")),
+                ProducerId {
+                    party: secrets.party.clone(),
+                    instance: "keyholder".into(),
+                },
+                secrets.signing.clone(),
+                &log,
+                &directory,
+            )
+            .await
+            .unwrap();
+            assert!(
+                periods::publish(&mut producer, &log, &isa, &holder, JANUARY_2018)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+            if member == "cwp" {
+                cwp_january = holder.keys().public("7y", "2018-01");
+            }
+        }
+        let january = cwp_january.unwrap();
+        // police-hru records a referral in January 2018 with what the log published.
+        let log = PartyView::open(&url, Some(&police.broker_identity()), &police.party)
+            .await
+            .unwrap();
+        for member in CORE {
+            holds(&log, &member.parse().unwrap()).await;
+        }
+        let sealing = periods::directory_with_periods(log.reader(), &directory).await.unwrap();
+        assert_eq!(sealing.period_key(&cwp.party, "7y", "2018-01"), Some(&january));
+        // The store `hru retention destroy --party police-hru` sweeps (instance "cli").
+        let mut producer = Producer::open(
+            &w.keys().join("police-hru.cli.producer"),
+            ProducerId {
+                party: police.party.clone(),
+                instance: "cli".into(),
+            },
+            police.signing.clone(),
+            &log,
+            &directory,
+        )
+        .await
+        .unwrap();
+        producer
+            .append_many(
+                &log,
+                vec![EventToSeal {
+                    case_id: CaseId::random(),
+                    event_type: EventType::ReferralReceived,
+                    sections: referral_core(),
+                    occurred_at_ms: JANUARY_2018,
+                }],
+                JANUARY_2018,
+                &isa,
+                &sealing,
+                &mut rand_core::OsRng,
+                true,
+            )
+            .await
+            .unwrap();
+        january.key_id
+    });
+
+    // The grant as the broker holds it (read raw, as the auditor) names cwp's period key.
+    let grants = rt.block_on(async {
+        let log = hru_log::EventLog::open(&url, Some(&auditor), 1).await.unwrap();
+        let entries: Vec<_> = log
+            .reader()
+            .replay(1, &[hru_broker::Filter::all_key_grants()])
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        entries
+            .iter()
+            .filter_map(|e| hru_envelope::verify(&e.payload, &directory).ok())
+            .map(|v| pb::KeyGranted::decode(v.body.as_slice()).unwrap())
+            .filter(|g| g.month == "2018-01" && g.retention == "7y")
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(grants.len(), 1, "one grant of the referral's core audience");
+    let to_cwp = grants[0].members.iter().find(|m| m.party == "cwp").unwrap();
+    assert_eq!(
+        to_cwp.key_id,
+        cwp_grant_key.0.to_vec(),
+        "sealed to cwp's January 2018 key"
+    );
+    assert_ne!(
+        to_cwp.key_id,
+        cwp.encryption_key_id().0.to_vec(),
+        "not to its long-term key"
+    );
+
+    // Before cwp's holder runs, cwp reads the referral's core.
+    let before = cwp_core(&w);
+    assert_eq!(before["readable"], serde_json::json!(["core"]), "{before}");
+
+    // cwp's node starts: before it answers, its chains have moved past expired months.
+    let node = w.start_node("cwp", "");
+    drop(rt.block_on(w.channel(&node, "cwp")));
+    let kept =
+        hru_envelope::PeriodKeys::from_toml(&std::fs::read_to_string(&periods_file).unwrap(), "periods").unwrap();
+    assert!(kept.destroyed("7y", "2018-01"), "{kept:?}");
+    assert!(kept.secret("7y", "2018-01").is_none());
+
+    // The audit names every holder that has not confirmed: all but cwp.
+    assert_eq!(
+        unconfirmed(&w),
+        vec!["evaluation, mersey-care, police-hru, probation, victim-advocacy".to_owned()]
+    );
+
+    // Everything cwp keeps opens nothing: replay reports erasure, not a decrypt error.
+    let after = cwp_core(&w);
+    assert_eq!(after["readable"], serde_json::json!([]), "{after}");
+    let refused = &after["refused"][0];
+    assert_eq!(refused["reason"], "erased", "{after}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("erased under retention on 2025-02-01"),
+        "{after}"
+    );
+
+    // The other holders sweep, all but victim-advocacy, which fails to (simulated): the audit
+    // names it alone.
+    for party in ["police-hru", "probation", "mersey-care", "evaluation"] {
+        sweep(&w, party);
+    }
+    assert_eq!(unconfirmed(&w), vec!["victim-advocacy".to_owned()]);
+    sweep(&w, "victim-advocacy");
+    assert!(unconfirmed(&w).is_empty());
+    let summary = audit(&w).pop().unwrap();
+    assert_eq!(summary["summary"]["erased_sections"], 1, "{summary}");
+    assert_eq!(summary["summary"]["erased_epochs"], 1, "{summary}");
+
+    // The node published its coming months, and a producer reading the log now seals to them.
+    let now = jiff::Timestamp::now().as_millisecond();
+    let month = hru_envelope::month_at(now).unwrap();
+    rt.block_on(async {
+        let log = PartyView::open(&url, Some(&police.broker_identity()), &police.party)
+            .await
+            .unwrap();
+        holds(&log, &cwp.party).await;
+        let sealing = periods::directory_with_periods(log.reader(), &directory).await.unwrap();
+        assert_eq!(
+            sealing.period_key(&cwp.party, "7y", &month),
+            kept.public("7y", &month).as_ref(),
+            "the node published this month's key from the chain it keeps"
+        );
+    });
+}
