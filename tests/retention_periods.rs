@@ -6,9 +6,11 @@
 //! every month whose retention has ended, confirms the destruction on the log and publishes the
 //! coming months. After that, everything cwp keeps (its secret key file, its period file, a raw
 //! copy of the grant from the broker) opens nothing: replay says the section was erased under
-//! retention, on the day the seven years ended. The audit names the holders that have not
-//! confirmed (the seven years ended long before the 30-day grace), until each has; then it
-//! counts the section as erased, not as a finding.
+//! retention, on the day the seven years ended. victim-advocacy's projections, folded while
+//! the referral was live, forget the victim's name when its node starts after the expiry
+//! (before it serves), in the store's files too, and a rebuild gives the same digests. The
+//! audit names the holders that have not confirmed (the seven years ended long before the
+//! 30-day grace), until each has; then it counts the sections as erased, not as findings.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -24,7 +26,7 @@ use prost::Message as _;
 /// 2018-01-15.
 const JANUARY_2018: i64 = 1_516_000_000_000;
 
-fn referral_core() -> Vec<hru_domain::PlainSection> {
+fn referral() -> Vec<hru_domain::PlainSection> {
     let referral = pb::ReferralReceived {
         core: Some(pb::ReferralCore {
             subject_ref: vec![7; 32],
@@ -33,10 +35,115 @@ fn referral_core() -> Vec<hru_domain::PlainSection> {
             received_at_ms: JANUARY_2018,
             ..Default::default()
         }),
-        identity: None,
+        identity: Some(pb::ReferralIdentity {
+            subject: Some(pb::PersonIdentity {
+                full_name: "Sam Subject".into(),
+                ..Default::default()
+            }),
+            victim: Some(pb::PersonIdentity {
+                full_name: VICTIM.into(),
+                ..Default::default()
+            }),
+        }),
         narrative: None,
     };
     hru_domain::split_draft(pb::event_draft::Event::ReferralReceived(referral)).1
+}
+
+/// The victim's name in the referral's identity section (police-hru and victim-advocacy).
+const VICTIM: &str = "Vic Tim Twenty-Eighteen";
+
+/// What cwp's key material opens of the referral's core: a key ring from everything cwp keeps
+/// (its secret key file and its period file), with no retention rule applied on top.
+async fn cwp_key_material_opens(
+    w: &World,
+    directory: &hru_envelope::Directory,
+) -> Result<Vec<u8>, hru_envelope::OpenError> {
+    let cwp = w.secrets("cwp");
+    let file = hru_runtime::deployment::periods_path(&w.keys(), &cwp.party);
+    let periods = hru_envelope::PeriodKeys::from_toml(&std::fs::read_to_string(&file).unwrap(), "periods").unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut ring = hru_envelope::KeyRing::new(&cwp).with_periods(&periods, &hru_envelope::published_through(now));
+    let log = PartyView::open(&w.nats.url(), Some(&cwp.broker_identity()), &cwp.party)
+        .await
+        .unwrap();
+    let entries: Vec<_> = log.reader().replay(1, &[]).await.unwrap().try_collect().await.unwrap();
+    let mut core = None;
+    for e in &entries {
+        let v = hru_envelope::verify(&e.payload, directory).unwrap();
+        match v.header.event_type {
+            EventType::KeyGranted => {
+                ring.ingest_grant(&v)?;
+            }
+            EventType::ReferralReceived => core = Some(ring.open(&v).sections.remove(0).plaintext),
+            _ => {}
+        }
+    }
+    core.expect("cwp's view holds the referral")
+}
+
+/// Whether `text` occurs in any file under `dir`.
+fn on_disk(dir: &std::path::Path, text: &str) -> bool {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .unwrap()
+                .windows(text.len())
+                .any(|w| w == text.as_bytes())
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The victim names victim-advocacy's advocacy projection holds in the store at `dir`.
+fn victim_names(dir: &std::path::Path) -> Vec<String> {
+    let store = hru_projection::Store::open(dir).unwrap();
+    store
+        .scan(&hru_projection::Advocacy, b"")
+        .unwrap()
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .filter_map(|row| row["victim_name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The digests `hru project` or `hru rebuild` print for victim-advocacy's store at `dir`.
+fn digests(w: &World, command: &str, dir: &std::path::Path) -> Vec<String> {
+    let keys = w.keys().display().to_string();
+    let store = dir.display().to_string();
+    let out = as_party(
+        w,
+        "victim-advocacy",
+        &[
+            command,
+            "--party",
+            "victim-advocacy",
+            "--keys",
+            &keys,
+            "--store",
+            &store,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split("digest ")
+                .nth(1)
+                .map(|d| format!("{} {d}", l.split('\t').next().unwrap_or("")))
+        })
+        .collect()
 }
 
 /// The referral's core section as cwp's replay reports it.
@@ -226,7 +333,7 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
                 vec![EventToSeal {
                     case_id: CaseId::random(),
                     event_type: EventType::ReferralReceived,
-                    sections: referral_core(),
+                    sections: referral(),
                     occurred_at_ms: JANUARY_2018,
                 }],
                 JANUARY_2018,
@@ -258,8 +365,15 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
             .filter(|g| g.month == "2018-01" && g.retention == "7y")
             .collect::<Vec<_>>()
     });
-    assert_eq!(grants.len(), 1, "one grant of the referral's core audience");
-    let to_cwp = grants[0].members.iter().find(|m| m.party == "cwp").unwrap();
+    assert_eq!(
+        grants.len(),
+        2,
+        "one grant each for the referral's core and identity audiences"
+    );
+    let to_cwp = grants
+        .iter()
+        .find_map(|g| g.members.iter().find(|m| m.party == "cwp"))
+        .unwrap();
     assert_eq!(
         to_cwp.key_id,
         cwp_grant_key.0.to_vec(),
@@ -271,9 +385,45 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
         "not to its long-term key"
     );
 
-    // Before cwp's holder runs, cwp reads the referral's core.
+    // Before cwp's holder runs, what cwp keeps still opens the referral's core (replay shows
+    // nothing past its retention, but the key exists until the holder destroys it).
+    assert!(rt.block_on(cwp_key_material_opens(&w, &directory)).is_ok());
     let before = cwp_core(&w);
-    assert_eq!(before["readable"], serde_json::json!(["core"]), "{before}");
+    assert_eq!(before["refused"][0]["reason"], "erased", "{before}");
+
+    // victim-advocacy's projections as they stood before the seven years ended (folded with
+    // retention judged in February 2018): the advocacy board names the victim.
+    let advocacy_store = w.dir.path().join("node-victim-advocacy/projections");
+    std::fs::create_dir_all(advocacy_store.parent().unwrap()).unwrap();
+    let keys = w.keys().display().to_string();
+    let store = advocacy_store.display().to_string();
+    let out = as_party(
+        &w,
+        "victim-advocacy",
+        &[
+            "project",
+            "--party",
+            "victim-advocacy",
+            "--keys",
+            &keys,
+            "--store",
+            &store,
+            "--at",
+            "2018-02-01T00:00:00Z",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "project: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        victim_names(&advocacy_store),
+        vec![VICTIM.to_owned()],
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // cwp's node starts: before it answers, its chains have moved past expired months.
     let node = w.start_node("cwp", "");
@@ -283,11 +433,37 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
     assert!(kept.destroyed("7y", "2018-01"), "{kept:?}");
     assert!(kept.secret("7y", "2018-01").is_none());
 
-    // The audit names every holder that has not confirmed: all but cwp.
+    // The audit names every holder that has not confirmed: all but cwp for the core, both
+    // holders of the identity section.
     assert_eq!(
         unconfirmed(&w),
-        vec!["evaluation, mersey-care, police-hru, probation, victim-advocacy".to_owned()]
+        vec![
+            "evaluation, mersey-care, police-hru, probation, victim-advocacy".to_owned(),
+            "police-hru, victim-advocacy".to_owned()
+        ]
     );
+
+    // Everything cwp keeps opens nothing now.
+    assert!(matches!(
+        rt.block_on(cwp_key_material_opens(&w, &directory)),
+        Err(hru_envelope::OpenError::Erased { .. })
+    ));
+
+    // victim-advocacy's node, stopped across the expiry, forgets before it serves: the
+    // advocacy board no longer names the victim, no file of its store holds the name, and a
+    // rebuild from the log gives the same digests as the live store.
+    let node = w.start_node("victim-advocacy", "");
+    drop(rt.block_on(w.channel(&node, "victim-advocacy")));
+    drop(node);
+    assert!(victim_names(&advocacy_store).is_empty());
+    assert!(
+        !on_disk(&advocacy_store, VICTIM),
+        "the name is gone from the store's files"
+    );
+    let live = digests(&w, "project", &advocacy_store);
+    let rebuilt = digests(&w, "rebuild", &w.dir.path().join("rebuilt"));
+    assert!(!live.is_empty());
+    assert_eq!(live, rebuilt, "a rebuild gives the live store's digests");
 
     // Everything cwp keeps opens nothing: replay reports erasure, not a decrypt error.
     let after = cwp_core(&w);
@@ -302,17 +478,17 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
         "{after}"
     );
 
-    // The other holders sweep, all but victim-advocacy, which fails to (simulated): the audit
-    // names it alone.
-    for party in ["police-hru", "probation", "mersey-care", "evaluation"] {
+    // The other holders sweep, all but evaluation, which fails to (simulated): the audit names
+    // it alone (the identity epoch's holders, police-hru and victim-advocacy, have confirmed).
+    for party in ["police-hru", "probation", "mersey-care"] {
         sweep(&w, party);
     }
-    assert_eq!(unconfirmed(&w), vec!["victim-advocacy".to_owned()]);
-    sweep(&w, "victim-advocacy");
+    assert_eq!(unconfirmed(&w), vec!["evaluation".to_owned()]);
+    sweep(&w, "evaluation");
     assert!(unconfirmed(&w).is_empty());
     let summary = audit(&w).pop().unwrap();
-    assert_eq!(summary["summary"]["erased_sections"], 1, "{summary}");
-    assert_eq!(summary["summary"]["erased_epochs"], 1, "{summary}");
+    assert_eq!(summary["summary"]["erased_sections"], 2, "{summary}");
+    assert_eq!(summary["summary"]["erased_epochs"], 2, "{summary}");
 
     // The node published its coming months, and a producer reading the log now seals to them.
     let now = jiff::Timestamp::now().as_millisecond();

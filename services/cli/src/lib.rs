@@ -145,6 +145,10 @@ pub enum Command {
         /// Only this projection.
         #[arg(long)]
         projection: Option<String>,
+        /// Judge retention as of this time (RFC 3339) instead of now: what expired by then is
+        /// not folded, and what the store folded from it is forgotten.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Wipe a party's projections and replay the log from sequence 1; prints their digests.
     Rebuild {
@@ -160,6 +164,10 @@ pub enum Command {
         /// Only this projection.
         #[arg(long)]
         projection: Option<String>,
+        /// Judge retention as of this time (RFC 3339) instead of now: what expired by then is
+        /// not folded, and what the store folded from it is forgotten.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Verify the log without secret keys.
     #[command(subcommand)]
@@ -828,6 +836,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             keys,
             store,
             projection,
+            at,
         } => {
             project::run(
                 &broker,
@@ -837,6 +846,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 &store,
                 projection.as_deref(),
                 false,
+                at.as_deref(),
             )
             .await
         }
@@ -845,6 +855,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             keys,
             store,
             projection,
+            at,
         } => {
             project::run(
                 &broker,
@@ -854,6 +865,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 &store,
                 projection.as_deref(),
                 true,
+                at.as_deref(),
             )
             .await
         }

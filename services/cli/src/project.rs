@@ -30,7 +30,9 @@ fn role_projections(
     Ok(View::projections(&View::for_role(role)))
 }
 
-/// Fold the log into the store at `store_dir` as `party`; `wipe` rebuilds from sequence 1.
+/// Fold the log into the store at `store_dir` as `party`; `wipe` rebuilds from sequence 1;
+/// retention is judged as of `at` (default now).
+#[allow(clippy::too_many_arguments)] // one per command-line option
 pub(crate) async fn run(
     nats: &crate::Broker,
     policies_dir: &Path,
@@ -39,7 +41,10 @@ pub(crate) async fn run(
     store_dir: &Path,
     only: Option<&str>,
     wipe: bool,
+    at: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
+    // Retention is judged as of `at` (default now): what expired by then is not folded.
+    let at_ms = crate::at_ms(at)?;
     let party: PartyId = party.parse().context("--party")?;
     let directory = policies::directory(policies_dir)?;
     keys::load(keys_dir, &party)?; // its own error names the file and how to make it
@@ -71,6 +76,9 @@ pub(crate) async fn run(
     let log = nats.log().await?;
     log.foresee_keys(&mut read).await?;
     let mut projector = Projector::new(store, projections, read)?;
+    if projector.forget_expired(at_ms)? {
+        eprintln!("projections wiped to forget sections erased under retention; folding again");
+    }
     // Grants are read from the start so the key ring is complete; folded events are skipped.
     let (_, last) = log.reader().bounds().await?;
     let mut entries = log.reader().replay(1, &[]).await?;

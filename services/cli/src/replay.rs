@@ -64,6 +64,8 @@ pub(crate) async fn run(
     log.catch_up().await?;
     let agreements = policies::agreements(policies_dir, &directory)?;
     let mut ring = hru_runtime::deployment::key_ring(keys_dir, &party)?;
+    // Nothing past its retention is shown, whichever key its grant is sealed to.
+    ring.destroy_expired(jiff::Timestamp::now().as_millisecond());
     for isa in agreements.iter() {
         for (.., audience) in isa.audiences() {
             ring.know_audience(audience);

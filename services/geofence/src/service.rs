@@ -622,7 +622,9 @@ pub async fn run(
     for d in periods::keep(&mut periods, &mut producer, &log, &isa, &directory, now).await? {
         tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
     }
-    let ring = ring.with_periods(periods.keys(), &periods::published_through(now));
+    let mut ring = ring.with_periods(periods.keys(), &periods::published_through(now));
+    // Nothing past its retention is evaluated, whichever key its grant is sealed to.
+    ring.destroy_expired(now);
     let sealing = periods::directory_with_periods(log.reader(), &directory).await?;
     let mut service = Service {
         party,

@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) sealing: std::sync::RwLock<Arc<hru_envelope::Directory>>,
     /// This party's period chains (decision 010).
     pub(crate) periods: tokio::sync::Mutex<PeriodHolder>,
+    /// Set when a retention sweep wiped the projections: the fold follows again from the start.
+    pub(crate) refold: std::sync::atomic::AtomicBool,
     pub(crate) log: PartyView,
     pub(crate) producer: tokio::sync::Mutex<Producer>,
     pub(crate) projector: Mutex<Projector>,
@@ -151,18 +153,34 @@ pub async fn run(
         .find_map(|isa| isa.parties.get(&party).map(|p| p.role))
         .ok_or_else(|| NodeError::Config(format!("key `party`: {party} is not a party of any agreement")))?;
     let views = View::for_role(role);
-    let read_path = hru_reader::ReadPath::new(
-        deployment.directory.clone(),
-        Arc::new(deployment.policies.clone()),
-        hru_runtime::deployment::key_ring(&config.keys_dir, &party)
-            .map_err(config_err)?
-            .with_periods(periods.keys(), &periods::published_through(now)),
-    );
-    let projector = Projector::new(
-        Store::open(&config.data_dir.join("projections"))?,
-        View::projections(&views),
-        read_path,
-    )?;
+    let read_path = || -> Result<hru_reader::ReadPath, NodeError> {
+        Ok(hru_reader::ReadPath::new(
+            deployment.directory.clone(),
+            Arc::new(deployment.policies.clone()),
+            hru_runtime::deployment::key_ring(&config.keys_dir, &party)
+                .map_err(config_err)?
+                .with_periods(periods.keys(), &periods::published_through(now)),
+        ))
+    };
+    let store_dir = config.data_dir.join("projections");
+    let aside = config.data_dir.join("projections.forgotten");
+    if aside.exists() {
+        // A start that stopped while forgetting: the store set aside goes now.
+        std::fs::remove_dir_all(&aside).map_err(|e| config_err(format!("{}: {e}", aside.display())))?;
+    }
+    let mut projector = Projector::new(Store::open(&store_dir)?, View::projections(&views), read_path()?)?;
+    // What its projections derived from sections whose retention ended while the node was
+    // down is forgotten before it serves: the store's files are removed (sled keeps old values
+    // in them) and the projections folded again from the log without those sections.
+    if projector.forget_expired(now)? {
+        drop(projector);
+        std::fs::rename(&store_dir, &aside).map_err(|e| config_err(format!("{}: {e}", store_dir.display())))?;
+        std::fs::remove_dir_all(&aside).map_err(|e| config_err(format!("{}: {e}", aside.display())))?;
+        projector = Projector::new(Store::open(&store_dir)?, View::projections(&views), read_path()?)?;
+        projector.forget_expired(now)?;
+        fold_to_end(&mut projector, &log).await?;
+        tracing::info!("projections folded again without the sections erased under retention");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Every agency's CA is trusted for the handshake; which CA may issue which party's
     // certificate is checked per call (`Shared::caller`).
@@ -192,6 +210,7 @@ pub async fn run(
         deployment,
         sealing: std::sync::RwLock::new(Arc::new(sealing)),
         periods: tokio::sync::Mutex::new(periods),
+        refold: std::sync::atomic::AtomicBool::new(false),
         log,
         producer: tokio::sync::Mutex::new(producer),
         projector: Mutex::new(projector),
@@ -362,10 +381,13 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
             .projector
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ring = projector.read_path_mut().ring_mut();
-        ring.set_periods(periods.keys(), &periods::published_through(now));
-        for (producer, audience, epoch, class, month) in ring.destroy_expired(now) {
-            tracing::info!(%producer, %audience, epoch, %class, %month, "granted epoch key destroyed: its retention has ended");
+        projector
+            .read_path_mut()
+            .ring_mut()
+            .set_periods(periods.keys(), &periods::published_through(now));
+        if projector.forget_expired(now)? {
+            tracing::info!("projections wiped to forget the sections erased under retention; folding again");
+            shared.refold.store(true, std::sync::atomic::Ordering::Release);
         }
     }
     for d in destroyed {
@@ -498,5 +520,34 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
             shared.metrics.folded(entries.len() as u64, through);
         }
         shared.metrics.pending(page.pending);
+        // A retention sweep wiped the projections: follow again from their new checkpoint.
+        if shared.refold.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return Err("the projections were wiped to forget erased sections; folding again from the start".into());
+        }
+    }
+}
+
+/// Fold the view from the projector's checkpoint to its current end (before the node serves).
+async fn fold_to_end(projector: &mut Projector, log: &PartyView) -> Result<(), NodeError> {
+    use futures::TryStreamExt as _;
+    let mut entries = log.reader().replay(projector.resume_from(), &[]).await?;
+    let mut chunk = Vec::with_capacity(FOLD_BATCH);
+    loop {
+        let next = entries.try_next().await?;
+        let done = next.is_none();
+        chunk.extend(next);
+        if chunk.len() == FOLD_BATCH || (done && !chunk.is_empty()) {
+            let items: Vec<hru_projection::LogItem<'_>> = chunk
+                .iter()
+                .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
+                .collect();
+            for refusal in projector.feed(&items)? {
+                tracing::warn!(%refusal, "refused by the read path; not folded");
+            }
+            chunk.clear();
+        }
+        if done {
+            return Ok(());
+        }
     }
 }

@@ -167,8 +167,16 @@ pub struct KeyRing {
     periods: HashMap<KeyId, (String, String, <crate::primitives::Kem as hpke::Kem>::PrivateKey)>,
     /// Per class, the first month the party's period chain can still derive.
     period_starts: HashMap<String, String>,
+    /// Epochs whose retention ended by this time (Unix ms) are erased: destroyed if held, and
+    /// never opened again, whichever key their grant is sealed to.
+    expired_at: i64,
     members: HashMap<(ProducerId, AudienceId), BTreeSet<PartyId>>,
     known: HashMap<AudienceId, bool>,
+}
+
+/// When sections of an epoch of (`class`, `month`) expire (Unix ms), if the class is one.
+fn expires(class: &str, month: &str) -> Option<i64> {
+    hru_domain::Retention::parse(class).and_then(|r| r.expires(month))
 }
 
 /// The day (UTC) sections of (`class`, `month`) became erasable.
@@ -202,6 +210,7 @@ impl KeyRing {
             erased: HashMap::new(),
             periods: HashMap::new(),
             period_starts: HashMap::new(),
+            expired_at: i64::MIN,
             members: HashMap::new(),
             known: HashMap::new(),
         }
@@ -244,11 +253,8 @@ impl KeyRing {
     /// Destroy every epoch key and period secret whose retention ended by `at_ms`; the epochs
     /// destroyed (their sections now open as erased).
     pub fn destroy_expired(&mut self, at_ms: i64) -> Vec<(ProducerId, AudienceId, u32, String, String)> {
-        let expired = |class: &str, month: &str| {
-            hru_domain::Retention::parse(class)
-                .and_then(|r| r.expires(month))
-                .is_some_and(|t| t <= at_ms)
-        };
+        self.expired_at = self.expired_at.max(at_ms);
+        let expired = |class: &str, month: &str| expires(class, month).is_some_and(|t| t <= at_ms);
         self.periods.retain(|_, (class, month, _)| !expired(class, month));
         let gone: Vec<EpochRef> = self
             .epoch_keys
@@ -264,6 +270,14 @@ impl KeyRing {
             out.push((e.0, e.1, e.2, class, month));
         }
         out
+    }
+
+    /// Whether an epoch the ring took in (opened or erased) has its retention end after
+    /// `after_ms` and by `through_ms`: what was derived from it must now be forgotten.
+    pub fn expiring_between(&self, after_ms: i64, through_ms: i64) -> bool {
+        self.epoch_periods
+            .values()
+            .any(|(c, m)| expires(c, m).is_some_and(|t| t > after_ms && t <= through_ms))
     }
 
     /// The (class, month) of every epoch whose key this ring holds.
@@ -365,6 +379,14 @@ impl KeyRing {
         };
         let epoch_ref = (env.header.producer.clone(), audience.clone(), epoch);
         let period = (retention.clone(), month.clone());
+        // Past its retention (as of the ring's last sweep) nothing is opened, even where the
+        // grant is sealed to a key that still exists.
+        if expires(&retention, &month).is_some_and(|t| t <= self.expired_at) {
+            self.epoch_periods.insert(epoch_ref.clone(), period.clone());
+            self.epoch_keys.remove(&epoch_ref);
+            self.erased.insert(epoch_ref, period);
+            return Ok(GrantOutcome::Erased);
+        }
         let found = self
             .secrets
             .iter()

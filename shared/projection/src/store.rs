@@ -87,6 +87,9 @@ pub const READ_PATH_VERSION: u32 = 1;
 /// Tree of the kept KeyGranted, KeyRotated and KeyRevoked envelopes (sequence → envelope
 /// bytes) and its meta key.
 const GRANTS: &str = "__grants";
+/// Meta key: the time (Unix ms, big-endian i64) through which the projections have forgotten
+/// what expired under retention.
+const FORGOTTEN_KEY: &str = "__forgotten_through";
 
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -230,15 +233,37 @@ impl Store {
         }
     }
 
-    /// Remove a projection's state and checkpoint.
+    /// Remove a projection's state and checkpoint. The checkpoint goes first (made durable),
+    /// so a crash between the two leaves a projection that is folded again from the start,
+    /// never rows without the events that made them.
     pub fn wipe(&self, projection: &dyn Projection) -> Result<(), ProjectionError> {
+        self.meta
+            .insert(projection.name(), meta_value(projection.version(), 0))
+            .map_err(err)?;
+        self.db.flush().map_err(err)?;
         self.db
             .open_tree(projection.name())
             .map_err(err)?
             .clear()
             .map_err(err)?;
+        self.db.flush().map_err(err)?;
+        Ok(())
+    }
+
+    /// The time through which the projections have forgotten what expired (None: never swept).
+    pub fn forgotten_through(&self) -> Result<Option<i64>, ProjectionError> {
+        Ok(self
+            .meta
+            .get(FORGOTTEN_KEY)
+            .map_err(err)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// Record that the projections have forgotten what expired by `at_ms` (made durable).
+    pub fn set_forgotten_through(&self, at_ms: i64) -> Result<(), ProjectionError> {
         self.meta
-            .insert(projection.name(), meta_value(projection.version(), 0))
+            .insert(FORGOTTEN_KEY, at_ms.to_be_bytes().as_slice())
             .map_err(err)?;
         self.db.flush().map_err(err)?;
         Ok(())
@@ -382,6 +407,27 @@ impl Projector {
             .min()
             .unwrap_or(0)
             + 1
+    }
+
+    /// Forget what expired under retention by `now_ms` (decision 010): the key ring destroys
+    /// the expired epoch keys and opens them no more, and when an epoch the projections may
+    /// have folded expired since the last sweep, every projection is wiped and folded again
+    /// from the start, so no row or field derived from an erased section remains (a rebuild
+    /// gives the same digest). Whether the projections were wiped: the caller folds the log
+    /// again from [`Projector::resume_from`].
+    pub fn forget_expired(&mut self, now_ms: i64) -> Result<bool, ProjectionError> {
+        self.read.ring_mut().destroy_expired(now_ms);
+        let since = self.store.forgotten_through()?.unwrap_or(i64::MIN);
+        let folded = self.checkpoints.iter().any(|c| *c > 0);
+        let due = folded && self.read.ring().expiring_between(since, now_ms);
+        if due {
+            for (i, projection) in self.projections.iter().enumerate() {
+                self.store.wipe(projection.as_ref())?;
+                self.checkpoints[i] = 0;
+            }
+        }
+        self.store.set_forgotten_through(now_ms.max(since))?;
+        Ok(due)
     }
 
     /// The read path (its key ring holds every grant fed so far).
