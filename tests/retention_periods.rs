@@ -177,6 +177,23 @@ fn cwp_core(w: &World) -> serde_json::Value {
         })
 }
 
+/// `secrets`' producer `instance` with its store at `store`.
+async fn open_producer(
+    store: &std::path::Path,
+    secrets: &hru_envelope::PartySecrets,
+    instance: &str,
+    log: &PartyView,
+    directory: &hru_envelope::Directory,
+) -> Producer {
+    let id = ProducerId {
+        party: secrets.party.clone(),
+        instance: instance.into(),
+    };
+    Producer::open(store, id, secrets.signing.clone(), log, directory)
+        .await
+        .unwrap()
+}
+
 /// The members of the referral's core audience (policies/cheshire-hru.toml, clauses 3.1 and 8.1).
 const CORE: [&str; 6] = [
     "police-hru",
@@ -282,18 +299,8 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
             let file = hru_runtime::deployment::periods_path(&w.keys(), &secrets.party);
             let mut holder = PeriodHolder::open(&file, &secrets.party).unwrap();
             holder.ensure(periods::classes(&isa), "2018-01").unwrap();
-            let mut producer = Producer::open(
-                &w.dir.path().join(format!("{member}-keyholder")),
-                ProducerId {
-                    party: secrets.party.clone(),
-                    instance: "keyholder".into(),
-                },
-                secrets.signing.clone(),
-                &log,
-                &directory,
-            )
-            .await
-            .unwrap();
+            let store = w.dir.path().join(format!("{member}-keyholder"));
+            let mut producer = open_producer(&store, &secrets, "keyholder", &log, &directory).await;
             assert!(
                 periods::publish(&mut producer, &log, &isa, &holder, JANUARY_2018)
                     .await
@@ -315,18 +322,8 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
         let sealing = periods::directory_with_periods(log.reader(), &directory).await.unwrap();
         assert_eq!(sealing.period_key(&cwp.party, "7y", "2018-01"), Some(&january));
         // The store `hru retention destroy --party police-hru` sweeps (instance "cli").
-        let mut producer = Producer::open(
-            &w.keys().join("police-hru.cli.producer"),
-            ProducerId {
-                party: police.party.clone(),
-                instance: "cli".into(),
-            },
-            police.signing.clone(),
-            &log,
-            &directory,
-        )
-        .await
-        .unwrap();
+        let store = w.keys().join("police-hru.cli.producer");
+        let mut producer = open_producer(&store, &police, "cli", &log, &directory).await;
         producer
             .append_many(
                 &log,

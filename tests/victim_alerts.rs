@@ -60,6 +60,15 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
         assert!(Instant::now() < deadline, "the geofence never became ready");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Its view copies the log a moment behind: fixes evaluated before it holds the tag and its
+    // zone would raise nothing.
+    while metric(metrics_port, "hru_geofence_zones") < 1 || metric(metrics_port, "hru_geofence_tags") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the geofence never held the tag and its zone"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (directory, isa) = w.deployment();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

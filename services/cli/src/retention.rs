@@ -80,24 +80,40 @@ pub(crate) async fn destroy(
     let file = hru_runtime::deployment::periods_path(keys_dir, &party);
     if file.exists() {
         let mut holder = PeriodHolder::open(&file, &party)?;
-        for d in holder.destroy_expired(at_ms)? {
-            println!(
-                "{party}: period secrets of {} from {} to before {} destroyed",
-                d.class, d.from, d.to
-            );
-        }
-        let now = jiff::Timestamp::now().as_millisecond();
-        periods::keep(
-            &mut holder,
-            &mut producer.producer,
-            &producer.log,
-            &producer.isa,
-            &producer.directory,
-            now,
-        )
-        .await?;
+        print_destroyed(&party, &holder.destroy_expired(at_ms)?);
+        keep(&mut producer, &mut holder, &party).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Report each period range a holder destroyed.
+fn print_destroyed(party: &PartyId, destroyed: &[hru_envelope::PeriodsDestroyed]) {
+    for d in destroyed {
+        println!(
+            "{party}: period secrets of {} from {} to before {} destroyed",
+            d.class, d.from, d.to
+        );
+    }
+}
+
+/// A holder's round now (destroy, confirm, start chains, publish), reported.
+async fn keep(
+    producer: &mut crate::producer_state::PartyProducer,
+    holder: &mut PeriodHolder,
+    party: &PartyId,
+) -> anyhow::Result<()> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let destroyed = periods::keep(
+        holder,
+        &mut producer.producer,
+        &producer.log,
+        &producer.isa,
+        &producer.directory,
+        now,
+    )
+    .await?;
+    print_destroyed(party, &destroyed);
+    Ok(())
 }
 
 /// `hru keys periods`: hold `party`'s period chains in its keys directory (for a party no node
@@ -134,21 +150,7 @@ pub(crate) async fn hold_periods(
             file.display()
         );
     }
-    let destroyed = periods::keep(
-        &mut holder,
-        &mut producer.producer,
-        &producer.log,
-        &producer.isa,
-        &producer.directory,
-        now,
-    )
-    .await?;
-    for d in &destroyed {
-        println!(
-            "{party}: period secrets of {} from {} to before {} destroyed",
-            d.class, d.from, d.to
-        );
-    }
+    keep(&mut producer, &mut holder, &party).await?;
     for (class, first) in holder.keys().first_months() {
         println!(
             "{party}: {class} keys held from {first}, published through {}",
