@@ -17,7 +17,7 @@
 use futures::TryStreamExt as _;
 use hru_domain::{CaseId, EventType, ProducerId};
 use hru_log::SharedLog as _;
-use hru_log::periods::{self, PeriodHolder};
+use hru_log::periods;
 use hru_log::{EventToSeal, PartyView, Producer};
 use hru_tests::{CHESHIRE_PARTIES, World};
 use hru_wire::v1 as pb;
@@ -268,14 +268,7 @@ async fn holds(log: &PartyView, party: &hru_domain::PartyId) {
 fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period() {
     let w = World::secured("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
     // The agreement as in force since 2018, so a referral of January 2018 is read under it.
-    let agreement = w.dir.path().join("policies/cheshire-hru.toml");
-    let text = std::fs::read_to_string(&agreement).unwrap();
-    assert!(text.contains("effective_from = \"2026-01-01\""));
-    std::fs::write(
-        &agreement,
-        text.replace("effective_from = \"2026-01-01\"", "effective_from = \"2018-01-01\""),
-    )
-    .unwrap();
+    w.agreement_in_force_from("2018-01-01");
     w.provision();
     let (directory, isa) = w.deployment();
     let cwp = w.secrets("cwp");
@@ -292,21 +285,7 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
         // Each member's chains start in January 2018; each publishes from then.
         let mut cwp_january = None;
         for member in CORE {
-            let secrets = w.secrets(member);
-            let log = PartyView::open(&url, Some(&secrets.broker_identity()), &secrets.party)
-                .await
-                .unwrap();
-            let file = hru_runtime::deployment::periods_path(&w.keys(), &secrets.party);
-            let mut holder = PeriodHolder::open(&file, &secrets.party).unwrap();
-            holder.ensure(periods::classes(&isa), "2018-01").unwrap();
-            let store = w.dir.path().join(format!("{member}-keyholder"));
-            let mut producer = open_producer(&store, &secrets, "keyholder", &log, &directory).await;
-            assert!(
-                periods::publish(&mut producer, &log, &isa, &holder, JANUARY_2018)
-                    .await
-                    .unwrap()
-                    .is_some()
-            );
+            let holder = w.hold_periods_since(member, "2018-01", JANUARY_2018).await;
             if member == "cwp" {
                 cwp_january = holder.keys().public("7y", "2018-01");
             }

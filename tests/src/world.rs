@@ -186,6 +186,48 @@ impl World {
         self.dir.path().join("keys")
     }
 
+    /// Put the Cheshire agreement in force from `date` (YYYY-MM-DD) instead of 2026-01-01, so
+    /// events of an earlier time are read under it (before [`World::provision`]).
+    pub fn agreement_in_force_from(&self, date: &str) {
+        let agreement = self.dir.path().join("policies/cheshire-hru.toml");
+        let text = std::fs::read_to_string(&agreement).expect("read the agreement");
+        let from = "effective_from = \"2026-01-01\"";
+        assert!(text.contains(from), "the agreement is in force from 2026-01-01");
+        std::fs::write(&agreement, text.replace(from, &format!("effective_from = \"{date}\"")))
+            .expect("write the agreement");
+    }
+
+    /// `party` has held period keys since `month`: its chains start then, in its keys directory
+    /// (where its node or geofence keeps them), and it published them on the log as of `at_ms`.
+    pub async fn hold_periods_since(&self, party: &str, month: &str, at_ms: i64) -> hru_log::periods::PeriodHolder {
+        use hru_log::periods::{self, PeriodHolder};
+        let secrets = self.secrets(party);
+        let (directory, isa) = self.deployment();
+        let log = hru_log::PartyView::open(&self.nats.url(), Some(&secrets.broker_identity()), &secrets.party)
+            .await
+            .expect("the party's view");
+        let file = hru_runtime::deployment::periods_path(&self.keys(), &secrets.party);
+        let mut holder = PeriodHolder::open(&file, &secrets.party).expect("the period file");
+        holder.ensure(periods::classes(&isa), month).expect("chains start");
+        let mut producer = hru_log::Producer::open(
+            &self.dir.path().join(format!("{party}-keyholder")),
+            hru_domain::ProducerId {
+                party: secrets.party.clone(),
+                instance: "keyholder".into(),
+            },
+            secrets.signing.clone(),
+            &log,
+            &directory,
+        )
+        .await
+        .expect("the holder's producer");
+        let published = periods::publish(&mut producer, &log, &isa, &holder, at_ms)
+            .await
+            .expect("published");
+        assert!(published.is_some(), "{party} published its period keys");
+        holder
+    }
+
     /// Replace `party`'s `[[party]]` block in policies/directory.toml with `block` (what
     /// `hru keys rotate` prints), as an operator does.
     pub fn replace_party(&self, party: &str, block: &str) {
