@@ -419,6 +419,32 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
         ]
     );
 
+    // Operators see each holder's publications: cwp's node published a year ahead; police-hru
+    // last published in 2018 (its holder has not run since), police-control never did.
+    let out = as_party(&w, "auditor", &["retention", "status", "--format", "json"]);
+    let holders: std::collections::BTreeMap<String, (serde_json::Value, serde_json::Value)> =
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|r| {
+                let h = r["holder"].as_str()?.to_owned();
+                Some((h, (r["period_keys_through"].clone(), r["period_keys"].clone())))
+            })
+            .collect();
+    let through = hru_envelope::published_through(jiff::Timestamp::now().as_millisecond());
+    assert_eq!(
+        holders["cwp"],
+        (serde_json::json!(through), serde_json::json!("published"))
+    );
+    assert!(
+        holders["police-hru"].1.as_str().unwrap().starts_with("RENEW"),
+        "{holders:?}"
+    );
+    assert!(
+        holders["police-control"].1.as_str().unwrap().starts_with("none"),
+        "{holders:?}"
+    );
+
     // Everything cwp keeps opens nothing now.
     assert!(matches!(
         rt.block_on(cwp_key_material_opens(&w, &directory)),

@@ -29,9 +29,11 @@ fn the_auditor_sees_what_expires_when_and_who_holds_it() {
     let status = |who: &str, extra: &[&str]| -> Vec<Value> {
         let mut args = vec!["--identity", who, "retention", "status", "--format", "json"];
         args.extend_from_slice(extra);
+        // One line per epoch key (`kind` "epoch"); each holder's period keys follow.
         succeeded(&w.run(&args), "retention status")
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["kind"] == "epoch")
             .collect()
     };
     let auditor = identity("auditor");

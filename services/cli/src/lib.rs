@@ -447,7 +447,8 @@ pub enum PolicyCommand {
 pub enum RetentionCommand {
     /// Every epoch key the log granted: its retention class and month, when its sections
     /// expire, and which holders have signed its destruction (whole log with an operator's
-    /// key, a party's view with its own).
+    /// key, a party's view with its own); then how far each party's period keys are published
+    /// (`kind` "epoch" and "holder" lines in JSON).
     Status {
         /// Only the epochs this party holds (as producer or member).
         #[arg(long)]

@@ -261,6 +261,7 @@ pub(crate) async fn status(
             Format::Json => println!(
                 "{}",
                 json!({
+                    "kind": "epoch",
                     "producer": e.producer.as_str(),
                     "audience": e.audience,
                     "epoch": e.epoch,
@@ -299,6 +300,31 @@ pub(crate) async fn status(
                     e.month,
                 );
             }
+        }
+    }
+    // Each party's period keys as the log last published them: a holder that stops running
+    // leaves producers unable to grant to it once its last month is reached.
+    let published = periods::directory_with_periods(log.reader(), &directory).await?;
+    let at_month = hru_envelope::month_at(at_ms).context("--at")?;
+    let soon = (0..2).try_fold(at_month.clone(), |m, _| hru_envelope::next_month(&m));
+    for (p, _) in directory.parties() {
+        if party.as_ref().is_some_and(|only| only != p) {
+            continue;
+        }
+        let through = published.periods_published_through(p);
+        let state = match through {
+            None => "none: grants to it are sealed to its long-term key (not erasable)",
+            Some(t) if soon.as_deref().is_some_and(|s| t < s) => {
+                "RENEW: its key holder (node, geofence or `hru keys periods`) has not published ahead"
+            }
+            Some(_) => "published",
+        };
+        match format {
+            Format::Json => println!(
+                "{}",
+                json!({"kind": "holder", "holder": p.as_str(), "period_keys_through": through, "period_keys": state})
+            ),
+            Format::Human => println!("{p}: period keys through {}: {state}", through.unwrap_or("-")),
         }
     }
     let summary = format!(

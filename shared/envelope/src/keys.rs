@@ -589,6 +589,17 @@ impl Directory {
         self.periods.get(party).is_some_and(|m| !m.is_empty())
     }
 
+    /// The last month for which `party` has published a period key in every class it
+    /// publishes (None when it publishes none).
+    pub fn periods_published_through(&self, party: &PartyId) -> Option<&str> {
+        self.periods
+            .get(party)?
+            .values()
+            .filter_map(|months| months.keys().next_back())
+            .min()
+            .map(String::as_str)
+    }
+
     /// The period key `party` published for (`class`, `month`).
     pub fn period_key(&self, party: &PartyId, class: &str, month: &str) -> Option<&EncryptionKey> {
         self.periods.get(party)?.get(class)?.get(month)
