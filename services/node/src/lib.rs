@@ -75,8 +75,13 @@ pub(crate) struct Shared {
     pub(crate) sealing: std::sync::RwLock<Arc<hru_envelope::Directory>>,
     /// This party's period chains (decision 010).
     pub(crate) periods: tokio::sync::Mutex<PeriodHolder>,
-    /// Set when a retention sweep wiped the projections: the fold follows again from the start.
+    /// Set when a retention sweep swapped in a new projection store: the fold follows again
+    /// from its checkpoint.
     pub(crate) refold: std::sync::atomic::AtomicBool,
+    /// Where the projection stores live.
+    pub(crate) stores: Stores,
+    /// The party's secret key files (read again to build a new key ring).
+    pub(crate) keys_dir: std::path::PathBuf,
     pub(crate) log: PartyView,
     pub(crate) producer: tokio::sync::Mutex<Producer>,
     pub(crate) projector: Mutex<Projector>,
@@ -153,32 +158,30 @@ pub async fn run(
         .find_map(|isa| isa.parties.get(&party).map(|p| p.role))
         .ok_or_else(|| NodeError::Config(format!("key `party`: {party} is not a party of any agreement")))?;
     let views = View::for_role(role);
-    let read_path = || -> Result<hru_reader::ReadPath, NodeError> {
-        Ok(hru_reader::ReadPath::new(
+    let stores = Stores::open(&config.data_dir)?;
+    let ring = || -> Result<hru_envelope::KeyRing, NodeError> {
+        hru_runtime::deployment::key_ring(&config.keys_dir, &party).map_err(config_err)
+    };
+    let read_path = |ring: hru_envelope::KeyRing| {
+        hru_reader::ReadPath::new(
             deployment.directory.clone(),
             Arc::new(deployment.policies.clone()),
-            hru_runtime::deployment::key_ring(&config.keys_dir, &party)
-                .map_err(config_err)?
-                .with_periods(periods.keys(), &periods::published_through(now)),
-        ))
+            ring.with_periods(periods.keys(), &periods::published_through(now)),
+        )
     };
-    let store_dir = config.data_dir.join("projections");
-    let aside = config.data_dir.join("projections.forgotten");
-    if aside.exists() {
-        // A start that stopped while forgetting: the store set aside goes now.
-        std::fs::remove_dir_all(&aside).map_err(|e| config_err(format!("{}: {e}", aside.display())))?;
-    }
-    let mut projector = Projector::new(Store::open(&store_dir)?, View::projections(&views), read_path()?)?;
+    let mut projector = Projector::new(
+        Store::open(&stores.current())?,
+        View::projections(&views),
+        read_path(ring()?),
+    )?;
     // What its projections derived from sections whose retention ended while the node was
-    // down is forgotten before it serves: the store's files are removed (sled keeps old values
-    // in them) and the projections folded again from the log without those sections.
+    // down is forgotten before it serves: they are folded again from the log into a new store
+    // without those sections, and the old store's files are removed (sled keeps old values in
+    // them).
     if projector.forget_expired(now)? {
         drop(projector);
-        std::fs::rename(&store_dir, &aside).map_err(|e| config_err(format!("{}: {e}", store_dir.display())))?;
-        std::fs::remove_dir_all(&aside).map_err(|e| config_err(format!("{}: {e}", aside.display())))?;
-        projector = Projector::new(Store::open(&store_dir)?, View::projections(&views), read_path()?)?;
-        projector.forget_expired(now)?;
-        fold_to_end(&mut projector, &log).await?;
+        projector = fresh_projector(&stores, &views, read_path(ring()?), &log, now).await?;
+        stores.switch()?;
         tracing::info!("projections folded again without the sections erased under retention");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -211,6 +214,8 @@ pub async fn run(
         sealing: std::sync::RwLock::new(Arc::new(sealing)),
         periods: tokio::sync::Mutex::new(periods),
         refold: std::sync::atomic::AtomicBool::new(false),
+        stores,
+        keys_dir: config.keys_dir.clone(),
         log,
         producer: tokio::sync::Mutex::new(producer),
         projector: Mutex::new(projector),
@@ -376,19 +381,46 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
         now,
     )
     .await?;
-    {
+    let due = {
         let mut projector = shared
             .projector
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        projector
-            .read_path_mut()
-            .ring_mut()
-            .set_periods(periods.keys(), &periods::published_through(now));
-        if projector.forget_expired(now)? {
-            tracing::info!("projections wiped to forget the sections erased under retention; folding again");
-            shared.refold.store(true, std::sync::atomic::Ordering::Release);
-        }
+        let ring = projector.read_path_mut().ring_mut();
+        ring.set_periods(periods.keys(), &periods::published_through(now));
+        ring.destroy_expired(now);
+        projector.forgetting_due(now)?
+    };
+    if due {
+        // A new store is folded from the log without the erased sections while the node keeps
+        // answering from the old one; then the two are swapped at once and the old removed.
+        let ring = hru_runtime::deployment::key_ring(&shared.keys_dir, &shared.party)
+            .map_err(config_err)?
+            .with_periods(periods.keys(), &periods::published_through(now));
+        let read = hru_reader::ReadPath::new(
+            shared.deployment.directory.clone(),
+            Arc::new(shared.deployment.policies.clone()),
+            ring,
+        );
+        let fresh = fresh_projector(&shared.stores, &shared.views, read, &shared.log, now).await?;
+        let old = std::mem::replace(
+            &mut *shared
+                .projector
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            fresh,
+        );
+        // The fold follows on from the new store's checkpoint.
+        shared.refold.store(true, std::sync::atomic::Ordering::Release);
+        drop(old);
+        shared.stores.switch()?;
+        tracing::info!("projections folded again without the sections erased under retention");
+    } else {
+        shared
+            .projector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .forget_expired(now)?;
     }
     for d in destroyed {
         tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
@@ -522,9 +554,106 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
         shared.metrics.pending(page.pending);
         // A retention sweep wiped the projections: follow again from their new checkpoint.
         if shared.refold.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            return Err("the projections were wiped to forget erased sections; folding again from the start".into());
+            return Err("a new projection store was swapped in; folding on from its checkpoint".into());
         }
     }
+}
+
+/// The two projection store directories a node alternates between when it forgets what
+/// expired, and the file naming the one in use (replaced atomically).
+pub(crate) struct Stores {
+    data_dir: std::path::PathBuf,
+    current: Mutex<&'static str>,
+}
+
+const STORE_NAMES: [&str; 2] = ["projections", "projections.b"];
+const STORE_POINTER: &str = "projections.current";
+
+impl Stores {
+    /// The stores of `data_dir`: the one the pointer names (the first when none), the other
+    /// removed (left by a swap that did not finish, or the old store of one that did).
+    fn open(data_dir: &std::path::Path) -> Result<Self, NodeError> {
+        let named = std::fs::read_to_string(data_dir.join(STORE_POINTER)).unwrap_or_default();
+        let current = STORE_NAMES
+            .into_iter()
+            .find(|n| *n == named.trim())
+            .unwrap_or(STORE_NAMES[0]);
+        let me = Self {
+            data_dir: data_dir.to_owned(),
+            current: Mutex::new(current),
+        };
+        me.remove(me.other())?;
+        Ok(me)
+    }
+
+    fn name(&self) -> &'static str {
+        *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn other(&self) -> &'static str {
+        if self.name() == STORE_NAMES[0] {
+            STORE_NAMES[1]
+        } else {
+            STORE_NAMES[0]
+        }
+    }
+
+    /// The store in use.
+    fn current(&self) -> std::path::PathBuf {
+        self.data_dir.join(self.name())
+    }
+
+    /// The store a new fold goes into.
+    fn next(&self) -> std::path::PathBuf {
+        self.data_dir.join(self.other())
+    }
+
+    fn remove(&self, name: &str) -> Result<(), NodeError> {
+        let dir = self.data_dir.join(name);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(config_err(format!("removing {}: {e}", dir.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Make the other store the one in use (the pointer replaced atomically), then remove the
+    /// old one's files.
+    fn switch(&self) -> Result<(), NodeError> {
+        use std::io::Write as _;
+        let (old, new) = (self.name(), self.other());
+        let pointer = self.data_dir.join(STORE_POINTER);
+        let aside = self.data_dir.join(format!("{STORE_POINTER}.new"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&aside)?;
+            f.write_all(new.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&aside, &pointer)?;
+            std::fs::File::open(&self.data_dir)?.sync_all()
+        };
+        write().map_err(|e| config_err(format!("{}: {e}", pointer.display())))?;
+        *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+        self.remove(old)
+    }
+}
+
+/// A projector over a new, empty store (the one not in use), folded from the start of the
+/// view to its end with retention judged at `now_ms`.
+async fn fresh_projector(
+    stores: &Stores,
+    views: &[View],
+    read: hru_reader::ReadPath,
+    log: &PartyView,
+    now_ms: i64,
+) -> Result<Projector, NodeError> {
+    let dir = stores.next();
+    stores.remove(stores.other())?;
+    let mut projector = Projector::new(Store::open(&dir)?, View::projections(views), read)?;
+    projector.forget_expired(now_ms)?;
+    fold_to_end(&mut projector, log).await?;
+    projector.store.flush()?;
+    Ok(projector)
 }
 
 /// Fold the view from the projector's checkpoint to its current end (before the node serves).

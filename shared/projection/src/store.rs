@@ -418,8 +418,7 @@ impl Projector {
     pub fn forget_expired(&mut self, now_ms: i64) -> Result<bool, ProjectionError> {
         self.read.ring_mut().destroy_expired(now_ms);
         let since = self.store.forgotten_through()?.unwrap_or(i64::MIN);
-        let folded = self.checkpoints.iter().any(|c| *c > 0);
-        let due = folded && self.read.ring().expiring_between(since, now_ms);
+        let due = self.forgetting_due(now_ms)?;
         if due {
             for (i, projection) in self.projections.iter().enumerate() {
                 self.store.wipe(projection.as_ref())?;
@@ -428,6 +427,14 @@ impl Projector {
         }
         self.store.set_forgotten_through(now_ms.max(since))?;
         Ok(due)
+    }
+
+    /// Whether an epoch the projections may have folded has expired since they last forgot
+    /// (what [`Projector::forget_expired`] would wipe them for), without changing anything.
+    pub fn forgetting_due(&self, now_ms: i64) -> Result<bool, ProjectionError> {
+        let since = self.store.forgotten_through()?.unwrap_or(i64::MIN);
+        let folded = self.checkpoints.iter().any(|c| *c > 0);
+        Ok(folded && self.read.ring().expiring_between(since, now_ms))
     }
 
     /// The read path (its key ring holds every grant fed so far).
