@@ -403,15 +403,16 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
             ring,
         );
         let fresh = fresh_projector(&shared.stores, &shared.views, read, &shared.log, now).await?;
-        let old = std::mem::replace(
-            &mut *shared
+        let old = {
+            let mut projector = shared
                 .projector
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            fresh,
-        );
-        // The fold follows on from the new store's checkpoint.
-        shared.refold.store(true, std::sync::atomic::Ordering::Release);
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Under the same lock the fold feeds by: it follows on from the new checkpoint and
+            // never feeds the new store what it read for the old one.
+            shared.refold.store(true, std::sync::atomic::Ordering::Release);
+            std::mem::replace(&mut *projector, fresh)
+        };
         drop(old);
         shared.stores.switch()?;
         tracing::info!("projections folded again without the sections erased under retention");
@@ -539,12 +540,18 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
                 .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
                 .collect();
             let Some(&(through, ..)) = entries.last() else { continue };
-            let refused = shared
-                .projector
-                .lock()
-                .map_err(|_| "projector lock poisoned".to_owned())?
-                .feed(&entries)
-                .map_err(|e| e.to_string())?;
+            let refused = {
+                let mut projector = shared
+                    .projector
+                    .lock()
+                    .map_err(|_| "projector lock poisoned".to_owned())?;
+                // A retention sweep swapped in a new store (under this lock): nothing read for
+                // the old one goes into it; the fold follows on from the new checkpoint.
+                if shared.refold.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    return Err("a new projection store was swapped in; folding on from its checkpoint".into());
+                }
+                projector.feed(&entries).map_err(|e| e.to_string())?
+            };
             for refusal in &refused {
                 tracing::warn!(%refusal, "refused by the read path; not folded");
                 shared.metrics.read_refused(refusal.kind);
@@ -552,10 +559,6 @@ async fn fold_view(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool
             shared.metrics.folded(entries.len() as u64, through);
         }
         shared.metrics.pending(page.pending);
-        // A retention sweep wiped the projections: follow again from their new checkpoint.
-        if shared.refold.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            return Err("a new projection store was swapped in; folding on from its checkpoint".into());
-        }
     }
 }
 
