@@ -108,6 +108,7 @@ fn a_node_destroys_expired_epoch_keys_before_it_serves() {
                 producer: "police-hru".into(),
                 audience,
                 epoch,
+                instance: "node-1".into(),
             }
         )],
         "the node announced the destruction of its expired key"

@@ -49,7 +49,7 @@ impl Epoch {
         match self.expires_at {
             None => "unclassified",
             Some(t) if at_ms < t => "live",
-            Some(_) if self.holders().is_subset(&self.destroyed_by) => "destroyed",
+            Some(_) if self.long_term.is_empty() && self.holders().is_subset(&self.destroyed_by) => "destroyed",
             Some(_) => "due",
         }
     }
@@ -150,6 +150,10 @@ pub(crate) async fn hold_periods(
             file.display()
         );
     }
+    if replace {
+        // Start the chains here, so the round below takes over from the log's keys.
+        holder.ensure(periods::classes(&producer.isa), &month)?;
+    }
     keep(&mut producer, &mut holder, &party).await?;
     for (class, first) in holder.keys().first_months() {
         println!(
@@ -182,8 +186,9 @@ pub(crate) async fn status(
     let directory = policies::directory(policies_dir)?;
     let log = nats.log().await?;
     log.catch_up().await?;
-    let mut epochs: BTreeMap<(PartyId, String, u32), Epoch> = BTreeMap::new();
-    let mut destroyed: Vec<((PartyId, String, u32), PartyId)> = Vec::new();
+    // Keyed by producer party, instance, audience and epoch: epoch numbers are per instance.
+    let mut epochs: BTreeMap<(PartyId, String, String, u32), Epoch> = BTreeMap::new();
+    let mut destroyed: Vec<((PartyId, String, String, u32), PartyId)> = Vec::new();
     let mut unverified = 0u64;
     let mut entries = log
         .reader()
@@ -214,7 +219,12 @@ pub(crate) async fn status(
                 let expires_at = Retention::parse(&g.retention).and_then(|r| r.expires(&g.month));
                 let producer = v.header.producer.party.clone();
                 epochs.insert(
-                    (producer.clone(), g.audience.clone(), g.epoch),
+                    (
+                        producer.clone(),
+                        v.header.producer.instance.clone(),
+                        g.audience.clone(),
+                        g.epoch,
+                    ),
                     Epoch {
                         producer,
                         audience: g.audience,
@@ -233,17 +243,26 @@ pub(crate) async fn status(
                 if let Ok(d) = pb::EpochKeyDestroyed::decode(v.body.as_slice())
                     && let Ok(producer) = d.producer.parse::<PartyId>()
                 {
-                    destroyed.push(((producer, d.audience, d.epoch), v.header.producer.party.clone()));
+                    destroyed.push((
+                        (producer, d.instance, d.audience, d.epoch),
+                        v.header.producer.party.clone(),
+                    ));
                 }
             }
             _ => {}
         }
     }
-    for (key, by) in destroyed {
-        if let Some(e) = epochs.get_mut(&key)
-            && e.holders().contains(&by)
-        {
-            e.destroyed_by.insert(by);
+    for ((producer, instance, audience, epoch), by) in destroyed {
+        // A confirmation that names no instance (signed before they were named) counts for any.
+        for ((p, i, a, n), e) in &mut epochs {
+            if *p == producer
+                && *a == audience
+                && *n == epoch
+                && (instance.is_empty() || *i == instance)
+                && e.holders().contains(&by)
+            {
+                e.destroyed_by.insert(by.clone());
+            }
         }
     }
     let shown: Vec<&Epoch> = epochs

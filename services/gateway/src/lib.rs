@@ -61,6 +61,9 @@ pub struct Flushed {
     pub envelopes: usize,
 }
 
+/// How often a running gateway reads the members' period keys again.
+pub const PERIOD_KEYS_REFRESH: Duration = Duration::from_secs(3600);
+
 /// Turns vendor fixes into sealed position batches.
 pub struct Gateway {
     sealer: Sealer,
@@ -80,7 +83,7 @@ pub struct Gateway {
     inflight: Option<Inflight>,
     /// Where the members' period keys are read again when a month has none (the vendor's view
     /// of the log), with the deployment's directory they amend.
-    periods: Option<(hru_log::PartyView, Directory)>,
+    periods: Option<(hru_log::PartyView, Directory, Instant)>,
 }
 
 struct Inflight {
@@ -118,9 +121,28 @@ impl Gateway {
         }
     }
 
+    /// Read the members' period keys again when [`PERIOD_KEYS_REFRESH`] has passed (a failed
+    /// read is logged and tried again at the next flush; grants meanwhile use what was read).
+    async fn refresh_period_keys(&mut self) {
+        use hru_log::SharedLog as _;
+        let Some((view, deployed, read_at)) = &mut self.periods else {
+            return;
+        };
+        if read_at.elapsed() < PERIOD_KEYS_REFRESH {
+            return;
+        }
+        match hru_log::periods::directory_with_periods(view.reader(), deployed).await {
+            Ok(d) => {
+                self.directory = d;
+                *read_at = Instant::now();
+            }
+            Err(e) => tracing::warn!(cause = %e, "members' period keys not read again; trying at the next flush"),
+        }
+    }
+
     /// Seal grants to the period keys members publish on the log `view` reads (decision 010):
-    /// read now, and again whenever a member has none for the month. `deployed` is the
-    /// deployment's directory.
+    /// read now, and again every [`PERIOD_KEYS_REFRESH`]. `deployed` is the deployment's
+    /// directory.
     pub async fn with_period_keys(
         mut self,
         view: hru_log::PartyView,
@@ -128,7 +150,7 @@ impl Gateway {
     ) -> Result<Self, hru_log::LogError> {
         use hru_log::SharedLog as _;
         self.directory = hru_log::periods::directory_with_periods(view.reader(), &deployed).await?;
-        self.periods = Some((view, deployed));
+        self.periods = Some((view, deployed, Instant::now()));
         Ok(self)
     }
 
@@ -175,16 +197,10 @@ impl Gateway {
     pub async fn flush(&mut self, now_ms: i64) -> Result<Flushed, GatewayError> {
         let inflight = match self.inflight.take() {
             Some(i) => i,
-            None => match self.seal(now_ms) {
-                Err(GatewayError::Seal(hru_envelope::SealError::NoPeriodKey { .. })) if self.periods.is_some() => {
-                    if let Some((view, deployed)) = &self.periods {
-                        use hru_log::SharedLog as _;
-                        self.directory = hru_log::periods::directory_with_periods(view.reader(), deployed).await?;
-                    }
-                    self.seal(now_ms)?
-                }
-                other => other?,
-            },
+            None => {
+                self.refresh_period_keys().await;
+                self.seal(now_ms)?
+            }
         };
         if let Err(e) = self.log.publish(&self.subject, &inflight.envelopes).await {
             self.inflight = Some(inflight);

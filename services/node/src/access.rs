@@ -79,6 +79,17 @@ impl Disclosed {
 
 impl Shared {
     /// The agreement in force now.
+    /// A key ring for a one-off read (the access log): the party's secrets with its period
+    /// keys, opening nothing past its retention.
+    pub(crate) async fn access_ring(&self) -> hru_envelope::KeyRing {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let periods = self.periods.lock().await;
+        let mut ring = hru_envelope::KeyRing::new(&self.secrets)
+            .with_periods(periods.keys(), &hru_envelope::published_through(now));
+        ring.destroy_expired(now);
+        ring
+    }
+
     /// The directory grants are sealed with (period keys as last read from the log).
     pub(crate) fn sealing_directory(&self) -> std::sync::Arc<hru_envelope::Directory> {
         self.sealing
@@ -208,31 +219,17 @@ impl Shared {
         let now = jiff::Timestamp::now().as_millisecond();
         let mut producer = self.producer.lock().await;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        let seal = |directory: &hru_envelope::Directory, rng: &mut rand::rngs::StdRng| {
-            producer.sealer().prepare_event(
-                case,
-                event_type,
-                sections.clone(),
-                occurred_at_ms,
-                now,
-                isa,
-                directory,
-                rng,
-            )
-        };
-        let batch = match seal(&self.sealing_directory(), &mut rng) {
+        let batch = match producer.sealer().prepare_event(
+            case,
+            event_type,
+            sections,
+            occurred_at_ms,
+            now,
+            isa,
+            &self.sealing_directory(),
+            &mut rng,
+        ) {
             Ok(b) => b,
-            // A member published keys for a month this node has not read yet: read the
-            // publications again, once.
-            Err(hru_envelope::SealError::NoPeriodKey { .. }) => {
-                if let Err(e) = self.refresh_sealing().await {
-                    tracing::warn!(cause = %e, "period keys not read again");
-                }
-                match seal(&self.sealing_directory(), &mut rng) {
-                    Ok(b) => b,
-                    Err(e) => return Ok(Err(AppendFailure::Seal(e))),
-                }
-            }
             Err(e) => return Ok(Err(AppendFailure::Seal(e))),
         };
         let sequences = match producer.append(&self.log, &batch, expect).await {

@@ -5,7 +5,6 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use std::sync::Arc;
 
 use hru_audit::{AccessReader, Auditor};
-use hru_envelope::KeyRing;
 use hru_log::SharedLog as _;
 use hru_wire::v1 as pb;
 use prost::Message as _;
@@ -194,7 +193,7 @@ impl AuditApi {
             hru_reader::ReadPath::new(
                 self.shared.deployment.directory.clone(),
                 policies.clone(),
-                KeyRing::new(&self.shared.secrets),
+                self.shared.access_ring().await,
             ),
             policies,
             case,

@@ -178,11 +178,16 @@ pub async fn run(
     // down is forgotten before it serves: they are folded again from the log into a new store
     // without those sections, and the old store's files are removed (sled keeps old values in
     // them).
-    if projector.forget_expired(now)? {
+    // Nothing is changed in the old store first: a crash before the switch leaves it as it was,
+    // and the next start forgets again.
+    projector.read_path_mut().ring_mut().destroy_expired(now);
+    if projector.forgetting_due(now)? {
         drop(projector);
         projector = fresh_projector(&stores, &views, read_path(ring()?), &log, now).await?;
         stores.switch()?;
         tracing::info!("projections folded again without the sections erased under retention");
+    } else {
+        projector.forget_expired(now)?;
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Every agency's CA is trusted for the handshake; which CA may issue which party's
@@ -381,22 +386,34 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
         now,
     )
     .await?;
+    for d in destroyed {
+        tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
+    }
+    // Appends wait for neither the refold nor the reading of publications below.
+    let keys = periods.keys().clone();
+    drop(periods);
+    drop(producer);
     let due = {
         let mut projector = shared
             .projector
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ring = projector.read_path_mut().ring_mut();
-        ring.set_periods(periods.keys(), &periods::published_through(now));
+        ring.set_periods(&keys, &periods::published_through(now));
         ring.destroy_expired(now);
-        projector.forgetting_due(now)?
+        let due = projector.forgetting_due(now)?;
+        if !due {
+            // Checked and recorded under one lock: nothing the fold feeds in between is missed.
+            projector.forget_expired(now)?;
+        }
+        due
     };
     if due {
         // A new store is folded from the log without the erased sections while the node keeps
         // answering from the old one; then the two are swapped at once and the old removed.
         let ring = hru_runtime::deployment::key_ring(&shared.keys_dir, &shared.party)
             .map_err(config_err)?
-            .with_periods(periods.keys(), &periods::published_through(now));
+            .with_periods(&keys, &periods::published_through(now));
         let read = hru_reader::ReadPath::new(
             shared.deployment.directory.clone(),
             Arc::new(shared.deployment.policies.clone()),
@@ -416,17 +433,7 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
         drop(old);
         shared.stores.switch()?;
         tracing::info!("projections folded again without the sections erased under retention");
-    } else {
-        shared
-            .projector
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .forget_expired(now)?;
     }
-    for d in destroyed {
-        tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
-    }
-    drop(producer);
     shared.refresh_sealing().await
 }
 

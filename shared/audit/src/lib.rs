@@ -89,9 +89,14 @@ pub const DESTRUCTION_GRACE_MS: i64 = 30 * 86_400_000;
 struct GrantedEpoch {
     sequence: u64,
     members: BTreeSet<PartyId>,
+    /// Members whose copy is sealed to their long-term key: no destruction of theirs erases it.
+    long_term: BTreeSet<PartyId>,
     /// When its sections' retention ends; None for a grant naming no class.
     expires_at: Option<i64>,
 }
+
+/// An epoch as the audit keys it: producer party, instance, audience, epoch number.
+type EpochAt = (PartyId, String, AudienceId, u32);
 
 /// A chain position a witness vouched for: the log must hold exactly this envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,12 +190,13 @@ pub struct Auditor<'a> {
     /// `(now, grace)`: epochs whose retention ended more than `grace` before `now` must have
     /// every holder's destruction on the log.
     destruction: Option<(i64, i64)>,
-    /// (producer party, audience, epoch) → its grant's sequence, members, class and month.
-    epochs: BTreeMap<(PartyId, AudienceId, u32), GrantedEpoch>,
-    /// (producer party, audience, epoch) → parties that signed its destruction.
-    destroyed: HashMap<(PartyId, AudienceId, u32), BTreeSet<PartyId>>,
-    /// (producer party, audience, epoch) → sections sealed under it.
-    sections: HashMap<(PartyId, AudienceId, u32), u64>,
+    /// (producer party, instance, audience, epoch) → its grant's sequence, members, class and
+    /// month (epoch numbers are per producer instance).
+    epochs: BTreeMap<EpochAt, GrantedEpoch>,
+    /// (producer party, instance, audience, epoch) → parties that signed its destruction.
+    destroyed: HashMap<EpochAt, BTreeSet<PartyId>>,
+    /// (producer party, instance, audience, epoch) → sections sealed under it.
+    sections: HashMap<EpochAt, u64>,
     policies: &'a PolicySet,
     chains: ChainChecker,
     /// (producer instance, audience, epoch) → members the grant sealed to.
@@ -333,7 +339,7 @@ impl<'a> Auditor<'a> {
             )
         {
             self.destroyed
-                .entry((producer, audience, d.epoch))
+                .entry((producer, d.instance, audience, d.epoch))
                 .or_default()
                 .insert(h.producer.party.clone());
         }
@@ -357,10 +363,24 @@ impl<'a> Auditor<'a> {
                         (true, Some(a), Some(m)) => {
                             grant_audience = Some(a.clone());
                             self.epochs.insert(
-                                (h.producer.party.clone(), a.clone(), g.epoch),
+                                (
+                                    h.producer.party.clone(),
+                                    h.producer.instance.clone(),
+                                    a.clone(),
+                                    g.epoch,
+                                ),
                                 GrantedEpoch {
                                     sequence,
                                     members: m.clone(),
+                                    long_term: g
+                                        .members
+                                        .iter()
+                                        .filter_map(|gm| {
+                                            let p: PartyId = gm.party.parse().ok()?;
+                                            let listed = self.keys.directory().party(&p)?.encryption.key_id;
+                                            (listed.0.as_slice() == gm.key_id.as_slice()).then_some(p)
+                                        })
+                                        .collect(),
                                     expires_at: hru_domain::Retention::parse(&g.retention)
                                         .and_then(|r| r.expires(&g.month)),
                                 },
@@ -412,7 +432,12 @@ impl<'a> Auditor<'a> {
             };
             *self
                 .sections
-                .entry((h.producer.party.clone(), audience.clone(), s.epoch))
+                .entry((
+                    h.producer.party.clone(),
+                    h.producer.instance.clone(),
+                    audience.clone(),
+                    s.epoch,
+                ))
                 .or_default() += 1;
             let Some(granted) = self.grants.get(&(h.producer.clone(), audience, s.epoch)).cloned() else {
                 let outside_view = self.viewer.as_ref().is_some_and(|viewer| {
@@ -596,34 +621,46 @@ impl<'a> Auditor<'a> {
         }
         if let Some((now, grace)) = self.destruction {
             let mut unconfirmed = Vec::new();
-            for ((producer, audience, epoch), e) in &self.epochs {
+            for ((producer, instance, audience, epoch), e) in &self.epochs {
+                let key = (producer.clone(), instance.clone(), audience.clone(), *epoch);
                 let Some(expired) = e.expires_at.filter(|t| *t <= now) else {
                     continue;
                 };
-                let confirmed = self.destroyed.get(&(producer.clone(), audience.clone(), *epoch));
+                // A confirmation of the producer's own epoch names its instance; one signed
+                // before instances were named counts for any.
+                let any = (producer.clone(), String::new(), audience.clone(), *epoch);
+                let confirmed: BTreeSet<&PartyId> = self
+                    .destroyed
+                    .get(&key)
+                    .into_iter()
+                    .chain(self.destroyed.get(&any))
+                    .flatten()
+                    .collect();
                 let awaiting: Vec<&str> = e
                     .members
                     .iter()
                     .chain(std::iter::once(producer))
                     .collect::<BTreeSet<_>>()
                     .into_iter()
-                    .filter(|p| !confirmed.is_some_and(|c| c.contains(*p)))
+                    .filter(|p| !confirmed.contains(*p) || e.long_term.contains(*p))
                     .map(PartyId::as_str)
                     .collect();
+                let long_term: Vec<&str> = e.long_term.iter().map(PartyId::as_str).collect();
                 if awaiting.is_empty() {
                     self.report.erased_epochs += 1;
-                    self.report.erased_sections += self
-                        .sections
-                        .get(&(producer.clone(), audience.clone(), *epoch))
-                        .copied()
-                        .unwrap_or(0);
+                    self.report.erased_sections += self.sections.get(&key).copied().unwrap_or(0);
                 } else if now - expired > grace {
                     unconfirmed.push((
                         e.sequence,
                         format!(
-                            "{producer}'s epoch {epoch} of audience {audience}: retention ended {} days ago; no destruction from {}",
+                            "{producer}/{instance}'s epoch {epoch} of audience {audience}: retention ended {} days ago; no destruction from {}{}",
                             (now - expired) / 86_400_000,
-                            awaiting.join(", ")
+                            awaiting.join(", "),
+                            if long_term.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (sealed to the long-term key of {}: not erasable)", long_term.join(", "))
+                            }
                         ),
                     ));
                 }

@@ -139,18 +139,6 @@ pub enum SealError {
         /// The party.
         party: PartyId,
     },
-    /// An audience member publishes period keys but none for this class and month.
-    #[error(
-        "party {party} has published no period key for retention class {class}, month {month}; its key holder (node, geofence or `hru keys periods`) publishes the coming months"
-    )]
-    NoPeriodKey {
-        /// The party.
-        party: PartyId,
-        /// Retention class.
-        class: String,
-        /// Month, YYYY-MM.
-        month: String,
-    },
     /// A section name the event type does not have, or given twice.
     #[error("{0}")]
     Field(FieldError),

@@ -605,17 +605,15 @@ impl Directory {
         self.periods.get(party)?.get(class)?.get(month)
     }
 
-    /// The key a grant of `class` for `month` is sealed to for `party`: its period key once it
-    /// publishes them (none for that period is an error naming it), else its long-term key.
+    /// The key a grant of `class` for `month` is sealed to for `party`: its period key when it
+    /// has published one, else its long-term key. A member that has not published (or whose
+    /// holder has not run ahead) never stops a producer recording: its copy is then not
+    /// erasable, which `hru retention status` and the audit report.
     pub fn member_key(&self, party: &PartyId, class: &str, month: &str) -> Result<&EncryptionKey, crate::SealError> {
-        if self.publishes_periods(party) && hru_domain::Retention::parse(class).is_some() {
-            return self
-                .period_key(party, class, month)
-                .ok_or_else(|| crate::SealError::NoPeriodKey {
-                    party: party.clone(),
-                    class: class.to_owned(),
-                    month: month.to_owned(),
-                });
+        if hru_domain::Retention::parse(class).is_some()
+            && let Some(key) = self.period_key(party, class, month)
+        {
+            return Ok(key);
         }
         self.party(party)
             .map(|e| &e.encryption)

@@ -30,7 +30,7 @@ const KEY_INFO: &[u8] = b"hru/v1 period key";
 /// A month as "YYYY-MM" (UTC), as epochs and grants name it.
 fn parse_month(m: &str) -> Option<(i32, u32)> {
     let (y, mo) = m.split_once('-')?;
-    if y.len() != 4 || mo.len() != 2 {
+    if y.len() != 4 || mo.len() != 2 || !(y.bytes().chain(mo.bytes())).all(|b| b.is_ascii_digit()) {
         return None;
     }
     let (y, mo): (i32, u32) = (y.parse().ok()?, mo.parse().ok()?);
@@ -148,6 +148,8 @@ pub struct PeriodsDestroyed {
 pub struct PeriodKeys {
     party: PartyId,
     chains: BTreeMap<String, Chain>,
+    /// Key ids of the months destroyed (public: what the holder may confirm destroyed).
+    destroyed: std::collections::BTreeSet<KeyId>,
 }
 
 impl std::fmt::Debug for PeriodKeys {
@@ -167,6 +169,8 @@ impl std::fmt::Debug for PeriodKeys {
 struct PeriodFile {
     party: String,
     #[serde(default)]
+    destroyed: Vec<String>,
+    #[serde(default)]
     chain: Vec<ChainRow>,
 }
 
@@ -184,7 +188,14 @@ impl PeriodKeys {
         Self {
             party,
             chains: BTreeMap::new(),
+            destroyed: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Whether `key_id` is the key of a month this holder's chains destroyed: a grant sealed to
+    /// it opens nowhere any more.
+    pub fn destroyed_key(&self, key_id: &KeyId) -> bool {
+        self.destroyed.contains(key_id)
     }
 
     /// The party.
@@ -307,6 +318,8 @@ impl PeriodKeys {
             let mut moved = 0;
             while moved < MAX_STEPS && retention.expires(&chain.month).is_some_and(|t| t <= at_ms) {
                 let Some(next) = next_month(&chain.month) else { break };
+                let (_, public) = key_pair(&self.party, class, &chain.month, &chain.secret);
+                self.destroyed.insert(key_id(&public.to_bytes()));
                 chain.secret = step(&chain.secret);
                 chain.month = next;
                 moved += 1;
@@ -328,6 +341,13 @@ impl PeriodKeys {
             "# HRU Backbone period secrets of {}: each chain's first month still derivable.\n# Keep private (mode 0600); replaced on every destruction.\nparty = \"{}\"\n",
             self.party, self.party
         );
+        // Before the first table: the ids (public) of every month destroyed.
+        let ids: Vec<String> = self
+            .destroyed
+            .iter()
+            .map(|k| format!("\"{}\"", hex::encode(k.0)))
+            .collect();
+        out.push_str(&format!("destroyed = [{}]\n", ids.join(", ")));
         for (class, chain) in &self.chains {
             out.push_str(&format!(
                 "\n[[chain]]\nclass = \"{class}\"\nmonth = \"{}\"\nsecret = \"{}\"\n",
@@ -349,6 +369,13 @@ impl PeriodKeys {
         };
         let party = PartyId::parse(&file.party, "party").map_err(|e| at(format!("`party` {}", e.problem)))?;
         let mut keys = Self::new(party);
+        for (i, id) in file.destroyed.iter().enumerate() {
+            let raw: [u8; 8] = hex::decode(id)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| at(format!("destroyed[{i}] is not 8 hex bytes")))?;
+            keys.destroyed.insert(KeyId(raw));
+        }
         for (i, row) in file.chain.into_iter().enumerate() {
             if Retention::parse(&row.class).is_none() {
                 return Err(at(format!("chain[{i}].class {:?} is not a retention class", row.class)));
@@ -396,6 +423,7 @@ mod tests {
     fn months_walk_over_years() {
         assert_eq!(next_month("2026-12").as_deref(), Some("2027-01"));
         assert_eq!(next_month("2026-13"), None);
+        assert_eq!(next_month("2026-+1"), None);
         assert_eq!(month_at(0).as_deref(), Some("1970-01"));
     }
 
@@ -418,6 +446,11 @@ mod tests {
         assert!(jan_secret.is_some());
         assert!(k.secret("90d", "2026-01").is_none(), "January's key is gone");
         assert!(k.destroyed("90d", "2026-01"));
+        assert!(
+            jan_secret.is_some_and(|id| k.destroyed_key(&id)),
+            "January's key id is recorded"
+        );
+        assert!(!k.destroyed_key(&k.public("90d", "2026-03").map(|p| p.key_id).unwrap_or(KeyId([0; 8]))));
         assert_eq!(
             k.public("90d", "2026-03"),
             Some(march),
@@ -427,6 +460,10 @@ mod tests {
         let again = PeriodKeys::from_toml(&k.to_toml(), "t").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.public("90d", "2026-03"), k.public("90d", "2026-03"));
         assert!(again.secret("90d", "2026-01").is_none());
+        assert!(
+            jan_secret.is_some_and(|id| again.destroyed_key(&id)),
+            "kept across the file"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Erasure by period keys (decision 010): a member that kept a grant, its long-term secrets and
 //! its key file can no longer open a section once its chain has moved past the section's
-//! period; later periods and other classes still open; a producer refuses a member that
-//! publishes period keys but none for the period.
+//! period; later periods and other classes still open; a month a member has not published is
+//! granted on its long-term key rather than refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 use hru_domain::{CaseId, split_draft};
@@ -125,13 +125,14 @@ fn a_kept_grant_opens_nothing_once_the_members_chain_moved_past_its_period() {
     // A later month still seals and opens under the same chain.
     let later = seal(&cast, &directory, ms("2027-01-10T00:00:00Z")).expect("January is published");
     assert!(core_as(&cast, &cast.cwp, Some(&kept), &later).is_ok());
-    // A month nobody published is refused, naming the member, class and month.
-    match seal(&cast, &directory, ms("2027-06-10T00:00:00Z")) {
-        Err(SealError::NoPeriodKey { class, month, .. }) => {
-            assert_eq!((class.as_str(), month.as_str()), ("90d", "2027-06"))
-        }
-        other => panic!("expected a refusal, got {:?}", other.map(|e| e.len())),
-    }
+    // A month nobody published never stops the producer: the grant goes to each member's
+    // long-term key (not erasable; `hru retention status` names it), and still opens.
+    let unpublished = seal(&cast, &directory, ms("2027-06-10T00:00:00Z")).expect("seals");
+    let grant = verify(&unpublished[0].bytes, &cast.directory).unwrap();
+    let body: pb::KeyGranted = prost::Message::decode(grant.body.as_slice()).unwrap();
+    let to_cwp = body.members.iter().find(|m| m.party == "cwp").unwrap();
+    assert_eq!(to_cwp.key_id, cast.cwp.encryption_key_id().0.to_vec());
+    assert!(core_as(&cast, &cast.cwp, None, &unpublished).is_ok());
 }
 
 #[test]

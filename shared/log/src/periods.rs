@@ -197,6 +197,21 @@ pub async fn keep(
     directory: &Directory,
     now_ms: i64,
 ) -> Result<Vec<PeriodsDestroyed>, StoreError> {
+    let party = producer.sealer().producer().party.clone();
+    if holder.keys().first_months().next().is_none()
+        && let Some(last) = log.reader().last_of(&Filter::exactly(&subject(&party))).await?
+    {
+        // A holder without chains while the log holds the party's keys: its file was lost or
+        // this is a second holder. New chains would fork the party's keys (grants already
+        // made open only with the old file), so nothing starts until an operator decides.
+        return Err(StoreError::Store {
+            path: holder.path.display().to_string(),
+            reason: format!(
+                "holds no period keys, but the log holds {party}'s keys (published at sequence {}): restore this file from where its holder kept it, or start new chains deliberately with `hru keys periods --party {party} --keys DIR --replace` and point this holder at that file",
+                last.sequence
+            ),
+        });
+    }
     let destroyed = holder.destroy_expired(now_ms)?;
     confirm_destroyed(holder, producer, log, policy, directory, now_ms).await?;
     let month = hru_envelope::month_at(now_ms).ok_or_else(|| StoreError::Seal(format!("{now_ms} ms is no month")))?;
@@ -229,7 +244,7 @@ pub async fn confirm_destroyed(
             && v.header.producer.party == party
             && let Ok(d) = pb::EpochKeyDestroyed::decode(v.body.as_slice())
         {
-            confirmed.insert((d.producer, d.audience, d.epoch));
+            confirmed.insert((d.producer, d.instance, d.audience, d.epoch));
         }
     }
     let mut due = Vec::new();
@@ -241,20 +256,33 @@ pub async fn confirm_destroyed(
         let Ok(g) = pb::KeyGranted::decode(v.body.as_slice()) else {
             continue;
         };
+        // Only a grant consistent with its signer (the producer it names, the audience its
+        // members make), and only when it is sealed to a key this holder's chains destroyed:
+        // never a month the chains never had, nor a long-term key, which still opens it.
+        let members: Option<Vec<PartyId>> = g.members.iter().map(|m| m.party.parse().ok()).collect();
+        let consistent = v.header.producer.party.as_str() == g.producer
+            && members
+                .and_then(hru_envelope::Audience::new)
+                .is_some_and(|a| a.id().as_str() == g.audience && a.members().len() == g.members.len());
         let to_me = g.members.iter().find(|m| m.party == party.as_str());
-        let erased = to_me.is_some_and(|m| m.key_id.as_slice() != long_term.0.as_slice())
-            && holder.keys().destroyed(&g.retention, &g.month);
-        let key = (g.producer, g.audience, g.epoch);
+        let erased = consistent
+            && to_me.is_some_and(|m| {
+                m.key_id.as_slice() != long_term.0.as_slice()
+                    && <[u8; 8]>::try_from(m.key_id.as_slice())
+                        .is_ok_and(|id| holder.keys().destroyed_key(&hru_domain::KeyId(id)))
+            });
+        let key = (g.producer, v.header.producer.instance.clone(), g.audience, g.epoch);
         if erased && !confirmed.contains(&key) {
             confirmed.insert(key.clone());
             due.push(key);
         }
     }
-    for (producer_party, audience, epoch) in &due {
+    for (producer_party, instance, audience, epoch) in &due {
         let body = pb::EpochKeyDestroyed {
             producer: producer_party.clone(),
             audience: audience.clone(),
             epoch: *epoch,
+            instance: instance.clone(),
         };
         let batch = producer
             .sealer()

@@ -552,6 +552,7 @@ impl Producer {
                 producer: self.sealer.producer().party.to_string(),
                 audience: slot.0.to_string(),
                 epoch: state.epoch,
+                instance: self.sealer.producer().instance.clone(),
             };
             let now = jiff::Timestamp::now().as_millisecond();
             let batch = self

@@ -170,6 +170,7 @@ async fn a_destroyed_epoch_key_cannot_be_had_from_the_producers_store() {
             producer: cast.police.party.to_string(),
             audience: audience.to_string(),
             epoch,
+            instance: "node-1".into(),
         }]
     );
 
