@@ -182,6 +182,27 @@ fn cwp_core(w: &World) -> serde_json::Value {
         })
 }
 
+/// A referral naming `victim`, recorded by `producer` at `at_ms` with `sealing`'s keys.
+async fn record_referral(
+    producer: &mut Producer,
+    log: &PartyView,
+    isa: &hru_policy::CompiledIsa,
+    sealing: &hru_envelope::Directory,
+    victim: &str,
+    at_ms: i64,
+) {
+    let event = EventToSeal {
+        case_id: CaseId::random(),
+        event_type: EventType::ReferralReceived,
+        sections: referral(victim),
+        occurred_at_ms: at_ms,
+    };
+    producer
+        .append_many(log, vec![event], at_ms, isa, sealing, &mut rand_core::OsRng, true)
+        .await
+        .unwrap();
+}
+
 /// `secrets`' producer `instance` with its store at `store`.
 async fn open_producer(
     store: &std::path::Path,
@@ -308,45 +329,14 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
         // The store `hru retention destroy --party police-hru` sweeps (instance "cli").
         let store = w.keys().join("police-hru.cli.producer");
         let mut producer = open_producer(&store, &police, "cli", &log, &directory).await;
-        producer
-            .append_many(
-                &log,
-                vec![EventToSeal {
-                    case_id: CaseId::random(),
-                    event_type: EventType::ReferralReceived,
-                    sections: referral(VICTIM),
-                    occurred_at_ms: JANUARY_2018,
-                }],
-                JANUARY_2018,
-                &isa,
-                &sealing,
-                &mut rand_core::OsRng,
-                true,
-            )
-            .await
-            .unwrap();
+        record_referral(&mut producer, &log, &isa, &sealing, VICTIM, JANUARY_2018).await;
         // Another instance of police-hru records a referral now: its epochs of the same
         // audiences are numbered from 1 too, and live. The audit must not take them for the
         // expired ones (nor the expired ones' confirmations for them).
         let store = w.dir.path().join("police-node-1");
         let mut live = open_producer(&store, &police, "node-1", &log, &directory).await;
         let now = jiff::Timestamp::now().as_millisecond();
-        live.append_many(
-            &log,
-            vec![EventToSeal {
-                case_id: CaseId::random(),
-                event_type: EventType::ReferralReceived,
-                sections: referral(LIVE_VICTIM),
-                occurred_at_ms: now,
-            }],
-            now,
-            &isa,
-            &sealing,
-            &mut rand_core::OsRng,
-            true,
-        )
-        .await
-        .unwrap();
+        record_referral(&mut live, &log, &isa, &sealing, LIVE_VICTIM, now).await;
         january.key_id
     });
 

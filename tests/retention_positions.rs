@@ -41,6 +41,34 @@ async fn send(gateway: &mut Gateway, n: usize, at_ms: i64) {
     gateway.flush(at_ms).await.unwrap();
 }
 
+/// The vendor's gateway `instance`, reading the members' period keys from its own view.
+async fn gateway(w: &World, instance: &str) -> Gateway {
+    let (directory, isa) = w.deployment();
+    let vendor = w.secrets("em-vendor");
+    let url = w.nats.url();
+    let view = PartyView::open(&url, Some(&vendor.broker_identity()), &vendor.party)
+        .await
+        .unwrap();
+    let publisher = PositionLog::publisher(&url, Some(&vendor.broker_identity()))
+        .await
+        .unwrap();
+    let producer = ProducerId {
+        party: vendor.party.clone(),
+        instance: instance.into(),
+    };
+    Gateway::new(
+        producer,
+        vendor.signing.clone(),
+        isa,
+        directory.clone(),
+        publisher,
+        GatewayConfig::default(),
+    )
+    .with_period_keys(view, directory)
+    .await
+    .unwrap()
+}
+
 /// What the geofence's key material (its secret key file and its period file) opens of the
 /// position batches: one result per batch.
 async fn geofence_opens(w: &World, log: &PositionLog) -> Vec<Result<Vec<u8>, hru_envelope::OpenError>> {
@@ -120,23 +148,8 @@ fn positions_of_a_period_open_nothing_once_the_geofence_moved_past_it() {
             assert!(Instant::now() < deadline, "the vendor's view copied {subject}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let publisher = PositionLog::publisher(&url, Some(&vendor.broker_identity()))
-            .await
-            .unwrap();
-        let mut gateway = Gateway::new(
-            ProducerId {
-                party: vendor.party.clone(),
-                instance: "gw-2018".into(),
-            },
-            vendor.signing.clone(),
-            isa.clone(),
-            directory.clone(),
-            publisher,
-            GatewayConfig::default(),
-        )
-        .with_period_keys(view, directory.clone())
-        .await
-        .unwrap();
+        drop(view);
+        let mut gateway = gateway(&w, "gw-2018").await;
         send(&mut gateway, 30, JANUARY_2018).await;
         (positions, january)
     });
@@ -183,26 +196,7 @@ fn positions_of_a_period_open_nothing_once_the_geofence_moved_past_it() {
 
     // A batch of this month is evaluated: the geofence is reading.
     rt.block_on(async {
-        let view = PartyView::open(&url, Some(&vendor.broker_identity()), &vendor.party)
-            .await
-            .unwrap();
-        let publisher = PositionLog::publisher(&url, Some(&vendor.broker_identity()))
-            .await
-            .unwrap();
-        let mut gateway = Gateway::new(
-            ProducerId {
-                party: vendor.party.clone(),
-                instance: "gw-now".into(),
-            },
-            vendor.signing.clone(),
-            isa.clone(),
-            directory.clone(),
-            publisher,
-            GatewayConfig::default(),
-        )
-        .with_period_keys(view, directory.clone())
-        .await
-        .unwrap();
+        let mut gateway = gateway(&w, "gw-now").await;
         send(&mut gateway, 30, jiff::Timestamp::now().as_millisecond()).await;
     });
     while metric(metrics_port, "hru_geofence_fixes_total") < 30 {
