@@ -418,6 +418,31 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A store `hru project` keeps, folded the same way: it names the victim on disk.
+    let cli_store = w.dir.path().join("cli-advocacy");
+    let cli = cli_store.display().to_string();
+    let out = as_party(
+        &w,
+        "victim-advocacy",
+        &[
+            "project",
+            "--party",
+            "victim-advocacy",
+            "--keys",
+            &keys,
+            "--store",
+            &cli,
+            "--at",
+            "2018-02-01T00:00:00Z",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "project: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(on_disk(&cli_store, VICTIM));
+
     // cwp's node starts: before it answers, its chains have moved past expired months.
     let node = w.start_node("cwp", "");
     drop(rt.block_on(w.channel(&node, "cwp")));
@@ -493,6 +518,14 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
     let rebuilt = digests(&w, "rebuild", &w.dir.path().join("rebuilt"));
     assert!(!live.is_empty());
     assert_eq!(live, rebuilt, "a rebuild gives the live store's digests");
+
+    // A store `hru project` keeps (folded as of February 2018, above) forgets the same way
+    // when next used: no file of it names the victim, and its digests are the node's.
+    assert_eq!(digests(&w, "project", &cli_store), live);
+    assert!(
+        !on_disk(&cli_store, VICTIM),
+        "the name is gone from the CLI store's files"
+    );
 
     // Everything cwp keeps opens nothing: replay reports erasure, not a decrypt error.
     let after = cwp_core(&w);

@@ -61,24 +61,38 @@ pub(crate) async fn run(
             names.join(", ")
         );
     }
+    let deployment = hru_runtime::Deployment::load(policies_dir)?;
+    let log = nats.log().await?;
+    let read_path = async || -> anyhow::Result<hru_reader::ReadPath> {
+        let mut read = hru_reader::ReadPath::new(
+            directory.clone(),
+            std::sync::Arc::new(deployment.policies.clone()),
+            hru_runtime::deployment::key_ring(keys_dir, &party)?,
+        );
+        log.foresee_keys(&mut read).await?;
+        Ok(read)
+    };
     let store = Store::open(store_dir)?;
     if wipe {
         for p in &projections {
             store.wipe(p.as_ref())?;
         }
     }
-    let deployment = hru_runtime::Deployment::load(policies_dir)?;
-    let mut read = hru_reader::ReadPath::new(
-        directory,
-        std::sync::Arc::new(deployment.policies),
-        hru_runtime::deployment::key_ring(keys_dir, &party)?,
-    );
-    let log = nats.log().await?;
-    log.foresee_keys(&mut read).await?;
-    let mut projector = Projector::new(store, projections, read)?;
-    if projector.forget_expired(at_ms)? {
-        eprintln!("projections wiped to forget sections erased under retention; folding again");
+    let mut projector = Projector::new(store, projections, read_path().await?)?;
+    projector.read_path_mut().ring_mut().destroy_expired(at_ms);
+    if projector.forgetting_due(at_ms)? {
+        // What the store folded from sections now past their retention: its files are removed
+        // (sled keeps old values in them) and the projections folded again from the log.
+        eprintln!("projections folded again to forget sections erased under retention");
+        drop(projector);
+        std::fs::remove_dir_all(store_dir).with_context(|| format!("removing {}", store_dir.display()))?;
+        let projections = role_projections(policies_dir, &directory, &party)?
+            .into_iter()
+            .filter(|p| only.is_none_or(|n| n == p.name()))
+            .collect();
+        projector = Projector::new(Store::open(store_dir)?, projections, read_path().await?)?;
     }
+    projector.forget_expired(at_ms)?;
     // Grants are read from the start so the key ring is complete; folded events are skipped.
     let (_, last) = log.reader().bounds().await?;
     let mut entries = log.reader().replay(1, &[]).await?;
