@@ -153,19 +153,32 @@ fn digests(w: &World, command: &str, dir: &std::path::Path) -> Vec<String> {
 
 /// The referral's core section as cwp's replay reports it.
 fn cwp_core(w: &World) -> serde_json::Value {
+    referral_as(w, "cwp", None, None)
+}
+
+/// The first referral `party`'s replay reports (of `case`, when given), retention judged at
+/// `at` (RFC 3339; now when `None`).
+fn referral_as(w: &World, party: &str, case: Option<CaseId>, at: Option<&str>) -> serde_json::Value {
+    replayed_referral(w, party, case, at).unwrap_or_else(|out| panic!("{party} replays the referral: {out}"))
+}
+
+/// The first referral `party`'s replay reports, or what the replay printed instead.
+fn replayed_referral(
+    w: &World,
+    party: &str,
+    case: Option<CaseId>,
+    at: Option<&str>,
+) -> Result<serde_json::Value, String> {
     let keys = w.keys().display().to_string();
-    let identity = format!("{keys}/cwp.secret");
-    let out = w.run(&[
-        "--identity",
-        &identity,
-        "replay",
-        "--party",
-        "cwp",
-        "--keys",
-        &keys,
-        "--format",
-        "json",
-    ]);
+    let case = case.map(|c| c.to_string());
+    let mut args = vec!["replay", "--party", party, "--keys", &keys, "--format", "json"];
+    if let Some(case) = &case {
+        args.extend(["--case", case]);
+    }
+    if let Some(at) = at {
+        args.extend(["--at", at]);
+    }
+    let out = as_party(w, party, &args);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a json line"))
@@ -173,9 +186,9 @@ fn cwp_core(w: &World) -> serde_json::Value {
     lines
         .into_iter()
         .find(|l| l["event_type"] == "ReferralReceived")
-        .unwrap_or_else(|| {
-            panic!(
-                "cwp replays the referral: {}\n{}",
+        .ok_or_else(|| {
+            format!(
+                "{}\n{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             )
@@ -190,9 +203,10 @@ async fn record_referral(
     sealing: &hru_envelope::Directory,
     victim: &str,
     at_ms: i64,
-) {
+) -> CaseId {
+    let case_id = CaseId::random();
     let event = EventToSeal {
-        case_id: CaseId::random(),
+        case_id,
         event_type: EventType::ReferralReceived,
         sections: referral(victim),
         occurred_at_ms: at_ms,
@@ -201,6 +215,7 @@ async fn record_referral(
         .append_many(log, vec![event], at_ms, isa, sealing, &mut rand_core::OsRng, true)
         .await
         .unwrap();
+    case_id
 }
 
 /// `secrets`' producer `instance` with its store at `store`.
@@ -240,8 +255,17 @@ fn as_party(w: &World, party: &str, args: &[&str]) -> std::process::Output {
 
 /// `hru retention destroy` as `party` (its CLI producer store and its period file).
 fn sweep(w: &World, party: &str) {
+    sweep_at(w, party, None);
+}
+
+/// `hru retention destroy` as `party`, as of `at` (RFC 3339; now when `None`).
+fn sweep_at(w: &World, party: &str, at: Option<&str>) {
     let keys = w.keys().display().to_string();
-    let out = as_party(w, party, &["retention", "destroy", "--party", party, "--keys", &keys]);
+    let mut args = vec!["retention", "destroy", "--party", party, "--keys", &keys];
+    if let Some(at) = at {
+        args.extend(["--at", at]);
+    }
+    let out = as_party(w, party, &args);
     assert!(
         out.status.success(),
         "retention destroy {party}: {}",
@@ -567,4 +591,270 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
             "the node published this month's key from the chain it keeps"
         );
     });
+}
+
+/// The held grants on the log (read raw, as the auditor): (hold, hold-key month, sections).
+fn held_grants(
+    w: &World,
+    rt: &tokio::runtime::Runtime,
+    directory: &hru_envelope::Directory,
+) -> Vec<(String, String, usize)> {
+    let auditor = w.secrets("auditor").broker_identity();
+    rt.block_on(async {
+        let log = hru_log::EventLog::open(&w.nats.url(), Some(&auditor), 1).await.unwrap();
+        let entries: Vec<_> = log
+            .reader()
+            .replay(1, &[hru_broker::Filter::all_key_grants()])
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        entries
+            .iter()
+            .filter_map(|e| hru_envelope::verify(&e.payload, directory).ok())
+            .map(|v| pb::KeyGranted::decode(v.body.as_slice()).unwrap())
+            .filter_map(|g| g.held.map(|h| (h.hold, g.month, h.sections.len())))
+            .collect()
+    })
+}
+
+/// The sections of `line` (a replay line) kept readable by a legal hold.
+fn held_sections(line: &serde_json::Value) -> Vec<String> {
+    line["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["section"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
+    let w = World::secured("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
+    w.agreement_in_force_from("2018-01-01");
+    w.provision();
+    let (directory, isa) = w.deployment();
+    let police = w.secrets("police-hru");
+    let keys = w.keys().display().to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = w.nats.url();
+    // Two referrals of January 2018 under the same epochs: one case will be held.
+    let (held_case, other_case) = rt.block_on(async {
+        for member in CORE {
+            w.hold_periods_since(member, "2018-01", JANUARY_2018).await;
+        }
+        let log = PartyView::open(&url, Some(&police.broker_identity()), &police.party)
+            .await
+            .unwrap();
+        for member in CORE {
+            holds(&log, &member.parse().unwrap()).await;
+        }
+        let sealing = periods::directory_with_periods(log.reader(), &directory).await.unwrap();
+        let store = w.keys().join("police-hru.cli.producer");
+        let mut producer = open_producer(&store, &police, "cli", &log, &directory).await;
+        let held = record_referral(&mut producer, &log, &isa, &sealing, VICTIM, JANUARY_2018).await;
+        let other = record_referral(&mut producer, &log, &isa, &sealing, LIVE_VICTIM, JANUARY_2018).await;
+        (held, other)
+    });
+    // Every member's holder runs now: the seven years of January 2018 have ended, so each
+    // destroys its January 2018 secrets, and each publishes this month's keys (the one-month
+    // class of hold keys among them).
+    for member in CORE {
+        let out = as_party(&w, member, &["keys", "periods", "--party", member, "--keys", &keys]);
+        assert!(
+            out.status.success(),
+            "keys periods {member}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A hold whose review date has passed is refused, naming the flag; nothing is signed.
+    let held = held_case.to_string();
+    let place = |review: &str| {
+        as_party(
+            &w,
+            "police-hru",
+            &[
+                "retention",
+                "hold",
+                "--party",
+                "police-hru",
+                "--keys",
+                &keys,
+                "--case",
+                &held,
+                "--reason",
+                "Crown Court proceedings R v Subject",
+                "--authority",
+                "CPS Cheshire, reviewing lawyer",
+                "--review",
+                review,
+            ],
+        )
+    };
+    let out = place("2020-01-01");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--review"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(held_grants(&w, &rt, &directory).is_empty());
+
+    // police-hru places the hold; its producer, whose January 2018 epochs have expired, keeps
+    // the held case's section keys and grants them under this month's hold keys, then
+    // destroys the epochs.
+    let out = place("2099-06-30");
+    assert!(out.status.success(), "hold: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let hold = stdout.split_whitespace().nth(1).unwrap().to_owned();
+    let month = hru_envelope::month_at(jiff::Timestamp::now().as_millisecond()).unwrap();
+    let mut grants = held_grants(&w, &rt, &directory);
+    grants.sort();
+    assert_eq!(
+        grants,
+        vec![(hold.clone(), month.clone(), 1), (hold.clone(), month.clone(), 1)],
+        "one grant per audience (core, identity), each of the held referral's one section"
+    );
+
+    // The held case opens for exactly the parties given it: cwp its core, victim-advocacy its
+    // core and identity; the other case of the same epochs is erased for both; police-control,
+    // never given the referral, still is not.
+    let cwp_held = referral_as(&w, "cwp", Some(held_case), None);
+    assert_eq!(cwp_held["readable"], serde_json::json!(["core"]), "{cwp_held}");
+    assert_eq!(held_sections(&cwp_held), vec!["core"]);
+    let advocacy_held = referral_as(&w, "victim-advocacy", Some(held_case), None);
+    assert_eq!(
+        advocacy_held["readable"],
+        serde_json::json!(["core", "identity"]),
+        "{advocacy_held}"
+    );
+    assert!(advocacy_held.to_string().contains(VICTIM));
+    for party in ["cwp", "victim-advocacy"] {
+        let other = referral_as(&w, party, Some(other_case), None);
+        assert_eq!(other["readable"], serde_json::json!([]), "{party}: {other}");
+        let core = other["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["section"] == "core")
+            .cloned();
+        assert_eq!(core.unwrap()["reason"], "erased", "{other}");
+    }
+    let control = replayed_referral(&w, "police-control", Some(held_case), None);
+    assert!(control.is_err(), "police-control is not sent the referral: {control:?}");
+
+    // The audit counts the held sections apart from the erased ones, with no finding about
+    // the hold; retention status lists it.
+    let lines = audit(&w);
+    assert!(lines.iter().all(|f| f["kind"] != "bad-hold"), "{lines:?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["summary"]["held_sections"], 2, "{summary}");
+    assert_eq!(summary["summary"]["holds_standing"], 1, "{summary}");
+    assert_eq!(summary["summary"]["erased_sections"], 2, "{summary}");
+    let out = as_party(&w, "auditor", &["retention", "status", "--format", "json"]);
+    let status: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["kind"] == "hold")
+        .collect();
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(status[0]["hold"], hold.as_str());
+    assert_eq!(status[0]["state"], "standing");
+    assert_eq!(status[0]["held_sections"], 2);
+
+    // victim-advocacy's node, started now, folds the held referral's victim and not the
+    // other's; a rebuild from the log gives the same digests.
+    let node = w.start_node("victim-advocacy", "");
+    drop(rt.block_on(w.channel(&node, "victim-advocacy")));
+    drop(node);
+    let data_dir = w.dir.path().join("node-victim-advocacy");
+    let current = std::fs::read_to_string(data_dir.join("projections.current")).unwrap();
+    let live_store = data_dir.join(current.trim());
+    assert_eq!(victim_names(&live_store), vec![VICTIM.to_owned()]);
+    assert!(
+        !on_disk(&data_dir, LIVE_VICTIM),
+        "the unheld referral's victim is in no file"
+    );
+    let live = digests(&w, "project", &live_store);
+    assert!(!live.is_empty());
+    assert_eq!(live, digests(&w, "rebuild", &w.dir.path().join("rebuilt")));
+
+    // Only the placer releases: cwp's attempt is refused, naming who placed it.
+    let release = |party: &str| {
+        as_party(
+            &w,
+            party,
+            &[
+                "retention",
+                "release",
+                "--party",
+                party,
+                "--keys",
+                &keys,
+                "--hold",
+                &hold,
+                "--reason",
+                "proceedings concluded",
+            ],
+        )
+    };
+    let out = release("cwp");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("placed by police-hru"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // While the hold stands the producer renews its grant each month: next month's sweep
+    // grants again, so the case still opens after this month's hold keys have died.
+    let next = hru_envelope::next_month(&month).unwrap();
+    let after_next = hru_envelope::next_month(&next).unwrap();
+    let third = hru_envelope::next_month(&after_next).unwrap();
+    sweep_at(&w, "police-hru", Some(&format!("{next}-10T00:00:00Z")));
+    assert_eq!(
+        held_grants(&w, &rt, &directory).iter().filter(|g| g.1 == next).count(),
+        2
+    );
+    let in_after_next = format!("{after_next}-15T00:00:00Z");
+    let renewed = referral_as(&w, "cwp", Some(held_case), Some(&in_after_next));
+    assert_eq!(renewed["readable"], serde_json::json!(["core"]), "{renewed}");
+
+    // Released, the producer grants no more: the last grant dies with its month, and then
+    // nothing of the case opens for anyone.
+    let out = release("police-hru");
+    assert!(
+        out.status.success(),
+        "release: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sweep_at(&w, "police-hru", Some(&format!("{after_next}-10T00:00:00Z")));
+    assert_eq!(
+        held_grants(&w, &rt, &directory)
+            .iter()
+            .filter(|g| g.1 == after_next)
+            .count(),
+        0
+    );
+    let in_third = format!("{third}-15T00:00:00Z");
+    for party in ["cwp", "victim-advocacy"] {
+        let gone = referral_as(&w, party, Some(held_case), Some(&in_third));
+        assert_eq!(gone["readable"], serde_json::json!([]), "{party}: {gone}");
+        assert!(held_sections(&gone).is_empty());
+    }
+    // cwp's holder, swept then, can no longer derive the hold keys of those months.
+    sweep_at(&w, "cwp", Some(&in_third));
+    let file = hru_runtime::deployment::periods_path(&w.keys(), &"cwp".parse().unwrap());
+    let kept = hru_envelope::PeriodKeys::from_toml(&std::fs::read_to_string(&file).unwrap(), "periods").unwrap();
+    for m in [&month, &next] {
+        assert!(kept.secret(hru_envelope::HOLD_CLASS, m).is_none(), "{m}");
+    }
+    let out = as_party(&w, "auditor", &["retention", "status", "--format", "json"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"state\":\"released\""));
 }

@@ -111,7 +111,8 @@ pub(crate) async fn verify(
             println!(
                 "{}",
                 json!({"summary": {"checked": report.checked, "findings": report.findings.len(), "by_kind": report.counts(),
-                                   "erased_sections": report.erased_sections, "erased_epochs": report.erased_epochs}})
+                                   "erased_sections": report.erased_sections, "erased_epochs": report.erased_epochs,
+                                   "held_sections": report.held_sections, "holds_standing": report.holds_standing}})
             );
         }
         Format::Human => {
@@ -132,6 +133,12 @@ pub(crate) async fn verify(
                 println!(
                     "audit: {} sections of {} epochs erased under retention (destruction confirmed by every holder)",
                     report.erased_sections, report.erased_epochs
+                );
+            }
+            if report.held_sections > 0 || report.holds_standing > 0 {
+                println!(
+                    "audit: {} sections past their retention kept readable under legal holds; {} holds standing (`hru retention status` lists them)",
+                    report.held_sections, report.holds_standing
                 );
             }
             if report.findings.is_empty() {

@@ -121,6 +121,10 @@ pub enum Command {
         /// From this stream sequence.
         #[arg(long, default_value_t = 1)]
         from: u64,
+        /// Judge retention as of this time (RFC 3339) instead of now: what expired by then is
+        /// shown as erased.
+        #[arg(long)]
+        at: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
@@ -477,6 +481,49 @@ pub enum RetentionCommand {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Place a legal hold on a case: its sections stay readable past their retention by the
+    /// parties already given them, until the hold is released.
+    Hold {
+        /// The party placing the hold (it signs it).
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file and producer stores.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The producer instance that signs it and keeps its own held keys.
+        #[arg(long, default_value = "cli")]
+        instance: String,
+        /// The case to hold.
+        #[arg(long)]
+        case: String,
+        /// Why the case is held (proceedings, inquiry, complaint).
+        #[arg(long)]
+        reason: String,
+        /// Who ordered or authorised the hold.
+        #[arg(long)]
+        authority: String,
+        /// When the hold must be reviewed, YYYY-MM-DD.
+        #[arg(long)]
+        review: String,
+    },
+    /// Release a legal hold the party placed.
+    Release {
+        /// The party that placed it.
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file and producer stores.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The producer instance that signs the release and drops its own held keys.
+        #[arg(long, default_value = "cli")]
+        instance: String,
+        /// The hold id (`hru retention status` lists them).
+        #[arg(long)]
+        hold: String,
+        /// Why it is released.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `hru audit` subcommands.
@@ -790,8 +837,21 @@ pub async fn run(cli: Cli) -> ExitCode {
             keys,
             case,
             from,
+            at,
             format,
-        } => replay::run(&broker, &cli.policies, &party, &keys, case.as_deref(), from, format).await,
+        } => {
+            replay::run(
+                &broker,
+                &cli.policies,
+                &party,
+                &keys,
+                case.as_deref(),
+                from,
+                at.as_deref(),
+                format,
+            )
+            .await
+        }
         Command::Bench(BenchCommand::Seal { seconds, format }) => hru_tools::bench::seal(seconds, format.into()),
         Command::Bench(BenchCommand::Geofence { fixes, format }) => {
             hru_tools::bench_geo::geofence(&cli.policies, fixes, format.into()).await
@@ -805,6 +865,30 @@ pub async fn run(cli: Cli) -> ExitCode {
             instance,
             at,
         }) => retention::destroy(&broker, &cli.policies, &party, &keys, &instance, at.as_deref()).await,
+        Command::Retention(RetentionCommand::Hold {
+            party,
+            keys,
+            instance,
+            case,
+            reason,
+            authority,
+            review,
+        }) => {
+            let placement = retention::Placement {
+                case,
+                reason,
+                authority,
+                review_date: review,
+            };
+            retention::hold(&broker, &cli.policies, &party, &keys, &instance, placement).await
+        }
+        Command::Retention(RetentionCommand::Release {
+            party,
+            keys,
+            instance,
+            hold,
+            reason,
+        }) => retention::release(&broker, &cli.policies, &party, &keys, &instance, &hold, &reason).await,
         Command::Audit(AuditCommand::Verify {
             from,
             to,
@@ -1020,7 +1104,8 @@ impl CliLog {
     }
 
     /// Read the log's key events ahead into `read`: a revocation then reaches what the revoked
-    /// key signed before the revocation reached the log (decision 007).
+    /// key signed before the revocation reached the log (decision 007). Then the legal holds'
+    /// grants, which follow the events they open (decision 010).
     pub(crate) async fn foresee_keys(&self, read: &mut hru_reader::ReadPath) -> anyhow::Result<()> {
         use futures::TryStreamExt as _;
         use hru_log::SharedLog as _;
@@ -1030,6 +1115,12 @@ impl CliLog {
             foresight.learn(e.sequence, &e.payload);
         }
         read.foresee(&foresight);
+        for e in hru_log::holds::held_grants(self.reader()).await? {
+            let incoming = hru_reader::Incoming::logged(e.sequence, e.subject.as_str(), &e.payload, e.stored);
+            if let Err(refusal) = read.read(&incoming) {
+                eprintln!("a legal hold's grant refused: {refusal}");
+            }
+        }
         Ok(())
     }
 }

@@ -35,8 +35,23 @@ pub(crate) struct PartyProducer {
 }
 
 impl PartyProducer {
-    /// Connect as `party`'s producer `instance`, under the agreement in force now.
+    /// Connect as `party`'s producer `instance`, under the agreement in force now, and destroy
+    /// its epoch keys whose retention has ended.
     pub(crate) async fn open(
+        nats: &crate::Broker,
+        policies_dir: &Path,
+        keys_dir: &Path,
+        party: &hru_domain::PartyId,
+        instance: &str,
+    ) -> anyhow::Result<Self> {
+        let mut me = Self::open_unswept(nats, policies_dir, keys_dir, party, instance).await?;
+        me.destroy_expired(jiff::Timestamp::now().as_millisecond()).await?;
+        Ok(me)
+    }
+
+    /// Connect as `party`'s producer `instance`, under the agreement in force now, destroying
+    /// nothing yet (a legal hold is placed before the producer's expired keys go).
+    pub(crate) async fn open_unswept(
         nats: &crate::Broker,
         policies_dir: &Path,
         keys_dir: &Path,
@@ -56,21 +71,21 @@ impl PartyProducer {
         .context("--instance")?;
         let log = nats.log().await?;
         let producer = open(keys_dir, id, secrets.signing.clone(), &log, &directory).await?;
-        let mut me = Self {
+        Ok(Self {
             log,
             directory,
             isa,
             producer,
-        };
-        // A store used after its epochs' retention ended destroys them before anything else.
-        me.destroy_expired(jiff::Timestamp::now().as_millisecond()).await?;
-        Ok(me)
+        })
     }
 
     /// Destroy this producer's epoch keys whose retention has ended by `at_ms`, each announced
     /// by a signed `EpochKeyDestroyed`; what was destroyed.
     pub(crate) async fn destroy_expired(&mut self, at_ms: i64) -> anyhow::Result<Vec<(hru_domain::AudienceId, u32)>> {
-        let destroyed = self.producer.destroy_expired(&self.log, at_ms, &self.isa).await?;
+        let destroyed = self
+            .producer
+            .destroy_expired(&self.log, at_ms, &self.isa, &self.directory)
+            .await?;
         for (audience, epoch) in &destroyed {
             eprintln!(
                 "destroyed {} epoch {epoch} of audience {audience}: its retention has ended",

@@ -80,7 +80,14 @@ pub(crate) async fn run(
     }
     let mut projector = Projector::new(store, projections, read_path().await?)?;
     projector.read_path_mut().ring_mut().destroy_expired(at_ms);
-    if projector.forgetting_due(at_ms)? {
+    // Legal holds' grants follow the events they open: a store folded before one was granted
+    // is folded again with it.
+    let held = hru_log::holds::held_grants(log.reader()).await?;
+    let held_items: Vec<hru_projection::LogItem<'_>> = held
+        .iter()
+        .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
+        .collect();
+    if projector.forgetting_due(at_ms)? || projector.holds_due(held.last().map(|e| e.sequence))? {
         // What the store folded from sections now past their retention: its files are removed
         // (sled keeps old values in them) and the projections folded again from the log.
         eprintln!("projections folded again to forget sections erased under retention");
@@ -92,6 +99,7 @@ pub(crate) async fn run(
             .collect();
         projector = Projector::new(Store::open(store_dir)?, projections, read_path().await?)?;
     }
+    projector.take_holds_ahead(&held_items)?;
     projector.forget_expired(at_ms)?;
     // Grants are read from the start so the key ring is complete; folded events are skipped.
     let (_, last) = log.reader().bounds().await?;

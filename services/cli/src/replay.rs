@@ -38,6 +38,7 @@ fn event_json(event: pb::event_draft::Event) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     nats: &crate::Broker,
     policies_dir: &Path,
@@ -45,8 +46,10 @@ pub(crate) async fn run(
     keys_dir: &Path,
     case: Option<&str>,
     from: u64,
+    at: Option<&str>,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
+    let at_ms = crate::at_ms(at)?;
     let party: PartyId = party.parse().context("--party")?;
     let directory = policies::directory(policies_dir)?;
     keys::load(keys_dir, &party)?; // its own error names the file and how to make it
@@ -65,7 +68,7 @@ pub(crate) async fn run(
     let agreements = policies::agreements(policies_dir, &directory)?;
     let mut ring = hru_runtime::deployment::key_ring(keys_dir, &party)?;
     // Nothing past its retention is shown, whichever key its grant is sealed to.
-    ring.destroy_expired(jiff::Timestamp::now().as_millisecond());
+    ring.destroy_expired(at_ms);
     for isa in agreements.iter() {
         for (.., audience) in isa.audiences() {
             ring.know_audience(audience);
@@ -163,6 +166,7 @@ pub(crate) async fn run(
                 "producer": h.producer.to_string(),
                 "producer_seq": h.producer_seq,
                 "readable": readable.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                "held": opened.sections.iter().filter_map(|s| s.held.as_ref().map(|h| json!({"section": s.name, "hold": h}))).collect::<Vec<_>>(),
                 "refused": refused.iter().map(|(n, e)| json!({"section": n, "reason": e.kind(), "detail": e.to_string()})).collect::<Vec<_>>(),
                 "content": content,
             }),
@@ -173,7 +177,12 @@ pub(crate) async fn run(
                 );
                 for s in &opened.sections {
                     match &s.plaintext {
-                        Ok(_) => line.push_str(&format!("\n    {}: {}", s.name, content[&s.name])),
+                        Ok(_) => {
+                            line.push_str(&format!("\n    {}: {}", s.name, content[&s.name]));
+                            if let Some(h) = &s.held {
+                                line.push_str(&format!(" (past its retention, kept by legal hold {h})"));
+                            }
+                        }
                         Err(e) => line.push_str(&format!("\n    {}: {} ({e})", s.name, e.kind())),
                     }
                 }

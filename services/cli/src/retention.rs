@@ -86,6 +86,85 @@ pub(crate) async fn destroy(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A hold as given on the command line.
+pub(crate) struct Placement {
+    pub(crate) case: String,
+    pub(crate) reason: String,
+    pub(crate) authority: String,
+    pub(crate) review_date: String,
+}
+
+/// `hru retention hold`: `party` places a legal hold on `case`, signed, then its producer
+/// `instance` keeps the case's section keys of any of its epochs whose retention has ended.
+pub(crate) async fn hold(
+    nats: &crate::Broker,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    instance: &str,
+    given: Placement,
+) -> anyhow::Result<ExitCode> {
+    let party: PartyId = party.parse().context("--party")?;
+    let placement = &hru_log::holds::Placement {
+        case: given
+            .case
+            .parse()
+            .map_err(|e: hru_domain::FieldError| anyhow::anyhow!("--case: {}", e.problem))?,
+        reason: given.reason,
+        authority: given.authority,
+        review_date: given.review_date,
+    };
+    let now = jiff::Timestamp::now().as_millisecond();
+    if let Err(e) = placement.check(now) {
+        let flag = if e.field == "review_date" {
+            "review"
+        } else {
+            e.field.as_str()
+        };
+        bail!("--{flag}: {}", e.problem);
+    }
+    let mut producer =
+        crate::producer_state::PartyProducer::open_unswept(nats, policies_dir, keys_dir, &party, instance).await?;
+    let (id, sequence) =
+        hru_log::holds::place(&mut producer.producer, &producer.log, &producer.isa, placement, now).await?;
+    println!(
+        "hold {id} placed on case {} by {party} at log sequence {sequence}; review by {}",
+        placement.case, placement.review_date
+    );
+    producer.destroy_expired(now).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hru retention release`: `party` releases a hold it placed; its producer `instance` drops
+/// the held section keys it kept (the grants already made die with their month).
+pub(crate) async fn release(
+    nats: &crate::Broker,
+    policies_dir: &Path,
+    party: &str,
+    keys_dir: &Path,
+    instance: &str,
+    hold: &str,
+    reason: &str,
+) -> anyhow::Result<ExitCode> {
+    let party: PartyId = party.parse().context("--party")?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut producer =
+        crate::producer_state::PartyProducer::open_unswept(nats, policies_dir, keys_dir, &party, instance).await?;
+    let sequence = hru_log::holds::release(
+        &mut producer.producer,
+        &producer.log,
+        &producer.isa,
+        &producer.directory,
+        hold,
+        reason,
+        now,
+    )
+    .await?;
+    println!("hold {hold} released by {party} at log sequence {sequence}");
+    producer.destroy_expired(now).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Report each period range a holder destroyed.
 fn print_destroyed(party: &PartyId, destroyed: &[hru_envelope::PeriodsDestroyed]) {
     for d in destroyed {
@@ -164,6 +243,68 @@ pub(crate) async fn hold_periods(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a hold's grants keep: sections per (producer, audience, epoch), and the last month
+/// granted.
+type HeldGrants = (BTreeMap<(hru_domain::ProducerId, String, u32), usize>, Option<String>);
+
+/// Each legal hold (those `party` placed, when given): standing or released, whether its
+/// review is due, and what its grants keep readable until when.
+fn print_holds(
+    holds: &[hru_log::holds::Hold],
+    held: &BTreeMap<String, HeldGrants>,
+    party: Option<&PartyId>,
+    at_ms: i64,
+    format: Format,
+) {
+    let today = date(at_ms);
+    for h in holds.iter().filter(|h| party.is_none_or(|p| *p == h.placed_by)) {
+        let (sections, last) = held
+            .get(&h.id)
+            .map(|(s, m)| (s.values().sum::<usize>(), m.clone()))
+            .unwrap_or_default();
+        // Held section keys open through the month after the last one granted.
+        let readable_until = last
+            .as_deref()
+            .and_then(|m| Retention::parse(hru_envelope::HOLD_CLASS).and_then(|r| r.expires(m)))
+            .map(date);
+        let state = match &h.released {
+            Some(_) => "released",
+            None if h.review_date <= today => "standing, REVIEW DUE",
+            None => "standing",
+        };
+        match format {
+            Format::Json => println!(
+                "{}",
+                json!({
+                    "kind": "hold",
+                    "hold": h.id,
+                    "case": h.case.to_string(),
+                    "placed_by": h.placed_by.as_str(),
+                    "reason": h.reason,
+                    "authority": h.authority,
+                    "review_date": h.review_date,
+                    "placed_sequence": h.sequence,
+                    "state": state,
+                    "released_sequence": h.released.as_ref().map(|r| r.sequence),
+                    "held_sections": sections,
+                    "last_granted_month": last,
+                    "readable_until": readable_until,
+                })
+            ),
+            Format::Human => println!(
+                "hold {} on case {} by {} ({}; authority: {}; review {}): {state}; {sections} sections held{}",
+                h.id,
+                h.case,
+                h.placed_by,
+                h.reason,
+                h.authority,
+                h.review_date,
+                readable_until.map_or_else(String::new, |d| format!(", readable until {d}")),
+            ),
+        }
+    }
+}
+
 fn date(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.strftime("%Y-%m-%d").to_string())
 }
@@ -190,6 +331,7 @@ pub(crate) async fn status(
     let mut epochs: BTreeMap<(PartyId, String, String, u32), Epoch> = BTreeMap::new();
     let mut destroyed: Vec<((PartyId, String, String, u32), PartyId)> = Vec::new();
     let mut unverified = 0u64;
+    let mut held: BTreeMap<String, HeldGrants> = BTreeMap::new();
     let mut entries = log
         .reader()
         .replay(1, &[Filter::all_key_grants(), Filter::all_control()])
@@ -205,6 +347,16 @@ pub(crate) async fn status(
                     unverified += 1;
                     continue;
                 };
+                if let Some(h) = &g.held {
+                    // A legal hold's grant: its sections, not a new epoch.
+                    let entry = held.entry(h.hold.clone()).or_default();
+                    entry.0.insert(
+                        (v.header.producer.clone(), g.audience.clone(), g.epoch),
+                        h.sections.len(),
+                    );
+                    entry.1 = entry.1.clone().max(Some(g.month.clone()));
+                    continue;
+                }
                 let members = g.members.iter().filter_map(|m| m.party.parse().ok()).collect();
                 // Members whose copy is sealed to the long-term key the directory lists.
                 let long_term = g
@@ -321,6 +473,13 @@ pub(crate) async fn status(
             }
         }
     }
+    print_holds(
+        &hru_log::holds::read(log.reader(), &directory).await?,
+        &held,
+        party.as_ref(),
+        at_ms,
+        format,
+    );
     // Each party's period keys as the log last published them: a holder that stops running
     // leaves producers unable to grant to it once its last month is reached.
     let published = periods::directory_with_periods(log.reader(), &directory).await?;

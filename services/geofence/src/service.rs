@@ -612,7 +612,7 @@ pub async fn run(
     .await?;
     // Keys whose retention ended while the service was down go before anything is evaluated:
     // the producer's epoch keys, then the period secrets its party was granted under.
-    destroy_expired(&mut producer, &log, &isa).await?;
+    destroy_expired(&mut producer, &log, &isa, &directory).await?;
     let periods_file = config
         .periods_file
         .clone()
@@ -728,9 +728,14 @@ pub async fn run(
 const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
 
 /// Destroy the producer's epoch keys whose retention has ended, each announced on the log.
-async fn destroy_expired(producer: &mut Producer, log: &PartyView, isa: &CompiledIsa) -> Result<(), GeofenceError> {
+async fn destroy_expired(
+    producer: &mut Producer,
+    log: &PartyView,
+    isa: &CompiledIsa,
+    directory: &hru_envelope::Directory,
+) -> Result<(), GeofenceError> {
     let now = jiff::Timestamp::now().as_millisecond();
-    for (audience, epoch) in producer.destroy_expired(log, now, isa).await? {
+    for (audience, epoch) in producer.destroy_expired(log, now, isa, directory).await? {
         tracing::info!(%audience, epoch, "epoch key destroyed: its retention has ended");
     }
     Ok(())
@@ -742,7 +747,7 @@ impl Service {
     /// published and every party's publications read again.
     async fn sweep(&mut self) -> Result<(), GeofenceError> {
         let now = jiff::Timestamp::now().as_millisecond();
-        destroy_expired(&mut self.producer, &self.log, &self.isa).await?;
+        destroy_expired(&mut self.producer, &self.log, &self.isa, &self.deployed).await?;
         for d in periods::keep(
             &mut self.periods,
             &mut self.producer,

@@ -141,7 +141,7 @@ pub async fn run(
     // A node that was down when an epoch's retention ended destroys its key before serving:
     // the producer's epoch keys, then the period secrets its party was granted under.
     let isa = deployment.in_force_now().map_err(config_err)?;
-    destroy_expired(&mut producer, &log, isa).await?;
+    destroy_expired(&mut producer, &log, isa, &deployment.directory).await?;
     let now = jiff::Timestamp::now().as_millisecond();
     let periods_file = config
         .periods_file
@@ -181,11 +181,18 @@ pub async fn run(
     // Nothing is changed in the old store first: a crash before the switch leaves it as it was,
     // and the next start forgets again.
     projector.read_path_mut().ring_mut().destroy_expired(now);
-    if projector.forgetting_due(now)? {
+    // A legal hold granted after the store folded the events it opens: folded again with it.
+    let latest_hold = hru_log::holds::held_grants(log.reader())
+        .await?
+        .last()
+        .map(|e| e.sequence);
+    if projector.forgetting_due(now)? || projector.holds_due(latest_hold)? {
         drop(projector);
         projector = fresh_projector(&stores, &views, read_path(ring()?), &log, now).await?;
         stores.switch()?;
-        tracing::info!("projections folded again without the sections erased under retention");
+        tracing::info!(
+            "projections folded again: without the sections erased under retention, with those legal holds keep"
+        );
     } else {
         projector.forget_expired(now)?;
     }
@@ -347,9 +354,10 @@ async fn destroy_expired(
     producer: &mut Producer,
     log: &PartyView,
     isa: &hru_policy::CompiledIsa,
+    directory: &hru_envelope::Directory,
 ) -> Result<(), NodeError> {
     let now = jiff::Timestamp::now().as_millisecond();
-    for (audience, epoch) in producer.destroy_expired(log, now, isa).await? {
+    for (audience, epoch) in producer.destroy_expired(log, now, isa, directory).await? {
         tracing::info!(%audience, epoch, "epoch key destroyed: its retention has ended");
     }
     Ok(())
@@ -375,7 +383,7 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
     let isa = shared.deployment.in_force_now().map_err(config_err)?;
     let now = jiff::Timestamp::now().as_millisecond();
     let mut producer = shared.producer.lock().await;
-    destroy_expired(&mut producer, &shared.log, isa).await?;
+    destroy_expired(&mut producer, &shared.log, isa, &shared.deployment.directory).await?;
     let mut periods = shared.periods.lock().await;
     let destroyed = periods::keep(
         &mut periods,
@@ -432,7 +440,9 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
         };
         drop(old);
         shared.stores.switch()?;
-        tracing::info!("projections folded again without the sections erased under retention");
+        tracing::info!(
+            "projections folded again: without the sections erased under retention, with those legal holds keep"
+        );
     }
     shared.refresh_sealing().await
 }
@@ -661,6 +671,13 @@ async fn fresh_projector(
     stores.remove(stores.other())?;
     let mut projector = Projector::new(Store::open(&dir)?, View::projections(views), read)?;
     projector.forget_expired(now_ms)?;
+    // Legal holds' grants follow the events they open: taken in before the fold.
+    let held = hru_log::holds::held_grants(log.reader()).await?;
+    let items: Vec<hru_projection::LogItem<'_>> = held
+        .iter()
+        .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
+        .collect();
+    projector.take_holds_ahead(&items)?;
     fold_to_end(&mut projector, log).await?;
     projector.store.flush()?;
     Ok(projector)

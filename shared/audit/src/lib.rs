@@ -74,6 +74,10 @@ pub enum FindingKind {
     /// than the store by more than the skew bound, or earlier by more than [`LATE_STORE_MS`]
     /// (an outbox published late after an outage, or a backdated envelope).
     RecordedAtSkew,
+    /// A grant keeps section keys past their retention for a legal hold that is not standing
+    /// (never placed, or released before the grant), or for parties the epoch was not granted
+    /// to, or a hold event that is inconsistent (a release by another party than the placer).
+    BadHold,
 }
 
 /// How much earlier than the broker's store time a recorded time may be before it is a
@@ -160,6 +164,11 @@ pub struct Report {
     pub erased_sections: u64,
     /// Epochs those sections belong to.
     pub erased_epochs: u64,
+    /// Sections of those epochs kept readable past their retention by a standing legal hold's
+    /// grant (not counted as erased, not findings).
+    pub held_sections: u64,
+    /// Legal holds standing at the end of the log.
+    pub holds_standing: u64,
 }
 
 impl Report {
@@ -201,6 +210,10 @@ pub struct Auditor<'a> {
     chains: ChainChecker,
     /// (producer instance, audience, epoch) → members the grant sealed to.
     grants: HashMap<(ProducerId, AudienceId, u32), BTreeSet<PartyId>>,
+    /// Hold id → (placing party, standing).
+    holds: HashMap<String, (PartyId, bool)>,
+    /// Epoch → held sections (event id, name) → when the last hold key granting it expires.
+    held: HashMap<EpochAt, HashMap<(Vec<u8>, String), i64>>,
     /// The party whose view is audited, when it is not the whole log.
     viewer: Option<PartyId>,
     report: Report,
@@ -223,6 +236,8 @@ impl<'a> Auditor<'a> {
             policies,
             chains: ChainChecker::new(),
             grants: HashMap::new(),
+            holds: HashMap::new(),
+            held: HashMap::new(),
             viewer: None,
             report: Report::default(),
         }
@@ -348,9 +363,13 @@ impl<'a> Auditor<'a> {
         {
             self.find(sequence, Some(&h.producer), FindingKind::BadKeyEvent, problem);
         }
+        if matches!(h.event_type, EventType::LegalHoldPlaced | EventType::LegalHoldReleased) {
+            self.hold_event(sequence, h, &v.body);
+        }
         let mut grant_audience = None;
         if h.event_type == EventType::KeyGranted {
             match pb::KeyGranted::decode(v.body.as_slice()) {
+                Ok(g) if g.held.is_some() => grant_audience = self.held_grant(sequence, h, &g),
                 Ok(g) => {
                     let members: Option<BTreeSet<PartyId>> = g.members.iter().map(|m| m.party.parse().ok()).collect();
                     let audience = AudienceId::parse(&g.audience, "audience").ok();
@@ -569,6 +588,102 @@ impl<'a> Auditor<'a> {
         self.keys.apply(h, body, sequence).map_err(|e| e.0)
     }
 
+    /// A hold placed or released: recorded, or a finding when inconsistent.
+    fn hold_event(&mut self, sequence: u64, h: &hru_domain::EventHeader, body: &[u8]) {
+        let signer = h.producer.party.clone();
+        if h.event_type == EventType::LegalHoldPlaced {
+            match pb::LegalHoldPlaced::decode(body) {
+                Ok(p) if p.case_id.parse::<hru_domain::CaseId>().is_ok() && !self.holds.contains_key(&p.hold) => {
+                    self.holds.insert(p.hold, (signer, true));
+                }
+                _ => self.find(
+                    sequence,
+                    Some(&h.producer),
+                    FindingKind::BadHold,
+                    "a LegalHoldPlaced that does not decode, names no case, or reuses a hold id".into(),
+                ),
+            }
+            return;
+        }
+        let Ok(r) = pb::LegalHoldReleased::decode(body) else {
+            self.find(
+                sequence,
+                Some(&h.producer),
+                FindingKind::BadHold,
+                "a LegalHoldReleased that does not decode".into(),
+            );
+            return;
+        };
+        match self.holds.get_mut(&r.hold) {
+            Some((placer, standing)) if *placer == signer => *standing = false,
+            Some((placer, _)) => {
+                let detail = format!("{signer} released hold {}, placed by {placer}", r.hold);
+                self.find(sequence, Some(&h.producer), FindingKind::BadHold, detail);
+            }
+            None => self.find(
+                sequence,
+                Some(&h.producer),
+                FindingKind::BadHold,
+                format!("release of hold {}, never placed", r.hold),
+            ),
+        }
+    }
+
+    /// A legal hold's grant: its sections recorded as held until its hold key expires, when the
+    /// hold stands and its members were given the epoch; the audience it is published under.
+    fn held_grant(&mut self, sequence: u64, h: &hru_domain::EventHeader, g: &pb::KeyGranted) -> Option<AudienceId> {
+        let held = g.held.as_ref()?;
+        let audience = AudienceId::parse(&g.audience, "audience").ok();
+        let Some(audience) = audience.filter(|_| g.producer == h.producer.party.as_str()) else {
+            let detail = format!(
+                "hold {}'s grant names audience {} of {}",
+                held.hold, g.audience, g.producer
+            );
+            self.find(sequence, Some(&h.producer), FindingKind::BadGrant, detail);
+            return None;
+        };
+        let standing = self.holds.get(&held.hold).is_some_and(|(_, s)| *s);
+        let given = self.grants.get(&(h.producer.clone(), audience.clone(), g.epoch));
+        let outside: Vec<&str> = g
+            .members
+            .iter()
+            .filter(|m| given.is_none_or(|given| !given.iter().any(|p| p.as_str() == m.party)))
+            .map(|m| m.party.as_str())
+            .collect();
+        if !standing || !outside.is_empty() {
+            let detail = if standing {
+                format!(
+                    "hold {}'s grant of epoch {} of audience {audience} reaches {}, not given that epoch",
+                    held.hold,
+                    g.epoch,
+                    outside.join(", ")
+                )
+            } else {
+                format!(
+                    "a grant keeps epoch {} of audience {audience} for hold {}, which does not stand",
+                    g.epoch, held.hold
+                )
+            };
+            self.find(sequence, Some(&h.producer), FindingKind::BadHold, detail);
+            return Some(audience);
+        }
+        let expires = hru_domain::Retention::parse(&g.retention)
+            .and_then(|r| r.expires(&g.month))
+            .unwrap_or(i64::MAX);
+        let at = (
+            h.producer.party.clone(),
+            h.producer.instance.clone(),
+            audience.clone(),
+            g.epoch,
+        );
+        let sections = self.held.entry(at).or_default();
+        for s in &held.sections {
+            let until = sections.entry((s.event_id.clone(), s.name.clone())).or_insert(expires);
+            *until = (*until).max(expires);
+        }
+        Some(audience)
+    }
+
     /// The report: every finding, witnessed checkpoints and checkpoint freshness checked last.
     pub fn finish(mut self) -> Report {
         for w in std::mem::take(&mut self.witnessed) {
@@ -647,8 +762,13 @@ impl<'a> Auditor<'a> {
                     .collect();
                 let long_term: Vec<&str> = e.long_term.iter().map(PartyId::as_str).collect();
                 if awaiting.is_empty() {
+                    let held = self
+                        .held
+                        .get(&key)
+                        .map_or(0, |s| s.values().filter(|until| **until > now).count() as u64);
                     self.report.erased_epochs += 1;
-                    self.report.erased_sections += self.sections.get(&key).copied().unwrap_or(0);
+                    self.report.held_sections += held;
+                    self.report.erased_sections += self.sections.get(&key).copied().unwrap_or(0).saturating_sub(held);
                 } else if now - expired > grace {
                     unconfirmed.push((
                         e.sequence,
@@ -672,7 +792,8 @@ impl<'a> Auditor<'a> {
         self.finish_report()
     }
 
-    fn finish_report(self) -> Report {
+    fn finish_report(mut self) -> Report {
+        self.report.holds_standing = self.holds.values().filter(|(_, standing)| *standing).count() as u64;
         self.report
     }
 }

@@ -207,6 +207,11 @@ impl Filter {
         Self(format!("hru.key.{producer}.*"))
     }
 
+    /// One type of control event from any producer: `hru.ctl.*.<EventType>`.
+    pub fn control_of_type(event_type: EventType) -> Self {
+        Self(format!("hru.ctl.*.{event_type}"))
+    }
+
     /// One producer's control events: `hru.ctl.<producer>.*`.
     pub fn producer_control(producer: &PartyId) -> Self {
         Self(format!("hru.ctl.{producer}.*"))

@@ -8,6 +8,7 @@ mod audience;
 mod chain;
 mod detached;
 mod error;
+mod hold;
 mod keys;
 mod open;
 mod period;
@@ -24,6 +25,7 @@ pub use audience::Audience;
 pub use chain::{ChainBreak, ChainChecker};
 pub use detached::{Detached, DetachedError, sign_detached, verify_detached};
 pub use error::{OpenError, SealError};
+pub use hold::{HOLD_CLASS, HeldEpoch, HeldKey};
 pub use hru_domain::PlainSection;
 pub use keys::{
     DeviceSecret, Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry,

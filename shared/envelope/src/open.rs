@@ -1,13 +1,15 @@
 //! The reader side: verify an envelope with the directory alone, then open the sections the
 //! reader's key ring holds epoch keys for.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use hru_domain::{AudienceId, Digest, EventHeader, EventType, FieldError, KeyId, PartyId, ProducerId};
+use hru_domain::{AudienceId, Digest, EventHeader, EventId, EventType, FieldError, KeyId, PartyId, ProducerId};
 use hru_wire::v1 as pb;
 use prost::Message;
 
-use crate::primitives::{GrantSlot, NONCE_LEN, envelope_digest, header_digest, open_epoch_key, open_section};
+use crate::primitives::{
+    GrantSlot, NONCE_LEN, envelope_digest, header_digest, open_epoch_key, open_section, open_section_with,
+};
 use crate::{Audience, Directory, EpochKey, OpenError, PartySecrets};
 
 /// An envelope whose encoding, header and signature have been checked.
@@ -139,6 +141,8 @@ pub struct OpenedSection {
     pub name: String,
     /// The encoded section message, or why the reader cannot have it.
     pub plaintext: Result<Vec<u8>, OpenError>,
+    /// The legal hold it was opened under, when its epoch's retention has passed.
+    pub held: Option<String>,
 }
 
 /// An event as a reader sees it.
@@ -151,6 +155,13 @@ pub struct OpenedEvent {
 }
 
 type EpochRef = (ProducerId, AudienceId, u32);
+
+/// A section key kept under a legal hold, and the hold key's period it dies with.
+struct HeldSection {
+    key: chacha20poly1305::Key,
+    hold: String,
+    month: String,
+}
 
 /// A reader's keys: its own secrets and every epoch key granted to it.
 pub struct KeyRing {
@@ -172,6 +183,8 @@ pub struct KeyRing {
     expired_at: i64,
     members: HashMap<(ProducerId, AudienceId), BTreeSet<PartyId>>,
     known: HashMap<AudienceId, bool>,
+    /// Section keys kept under legal holds, by epoch, event and section name.
+    held: HashMap<(EpochRef, EventId, String), HeldSection>,
 }
 
 /// When sections of an epoch of (`class`, `month`) expire (Unix ms), if the class is one.
@@ -197,6 +210,12 @@ pub enum GrantOutcome {
     /// The reader is a member, but the period key the grant is sealed to was destroyed when
     /// its retention ended: the epoch's sections open as erased.
     Erased,
+    /// The grant keeps a legal hold's sections and gave the reader section keys it did not
+    /// hold (what it folded before may now open more).
+    Held,
+    /// The grant keeps a legal hold's sections whose keys the reader already held (a monthly
+    /// renewal, or a grant taken in ahead of the events).
+    HeldKnown,
 }
 
 impl KeyRing {
@@ -213,6 +232,7 @@ impl KeyRing {
             expired_at: i64::MIN,
             members: HashMap::new(),
             known: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -256,6 +276,7 @@ impl KeyRing {
         self.expired_at = self.expired_at.max(at_ms);
         let expired = |class: &str, month: &str| expires(class, month).is_some_and(|t| t <= at_ms);
         self.periods.retain(|_, (class, month, _)| !expired(class, month));
+        self.held.retain(|_, h| !expired(crate::HOLD_CLASS, &h.month));
         let gone: Vec<EpochRef> = self
             .epoch_keys
             .keys()
@@ -275,9 +296,18 @@ impl KeyRing {
     /// Whether an epoch the ring took in (opened or erased) has its retention end after
     /// `after_ms` and by `through_ms`: what was derived from it must now be forgotten.
     pub fn expiring_between(&self, after_ms: i64, through_ms: i64) -> bool {
-        self.epoch_periods
-            .values()
-            .any(|(c, m)| expires(c, m).is_some_and(|t| t > after_ms && t <= through_ms))
+        let between = |c: &str, m: &str| expires(c, m).is_some_and(|t| t > after_ms && t <= through_ms);
+        self.epoch_periods.values().any(|(c, m)| between(c, m))
+            || self.held.values().any(|h| between(crate::HOLD_CLASS, &h.month))
+    }
+
+    /// The legal holds whose section keys this ring holds, with how many sections each keeps.
+    pub fn holds(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for h in self.held.values() {
+            *out.entry(h.hold.clone()).or_default() += 1;
+        }
+        out
     }
 
     /// The (class, month) of every epoch whose key this ring holds.
@@ -336,6 +366,7 @@ impl KeyRing {
             month,
             retention,
             members,
+            held,
         } = grant;
         let producer_party = &env.header.producer.party;
         if producer != producer_party.as_str() {
@@ -378,6 +409,9 @@ impl KeyRing {
             party: self.party.clone(),
         };
         let epoch_ref = (env.header.producer.clone(), audience.clone(), epoch);
+        if let Some(held) = held {
+            return self.ingest_held(env, &held, &epoch_ref, mine, &month, &retention);
+        }
         let period = (retention.clone(), month.clone());
         // Past its retention (as of the ring's last sweep) nothing is opened, even where the
         // grant is sealed to a key that still exists.
@@ -387,18 +421,7 @@ impl KeyRing {
             self.erased.insert(epoch_ref, period);
             return Ok(GrantOutcome::Erased);
         }
-        let found = self
-            .secrets
-            .iter()
-            .find(|(k, _)| k.0.as_slice() == mine.key_id.as_slice())
-            .map(|(k, s)| (k, s))
-            .or_else(|| {
-                self.periods
-                    .iter()
-                    .find(|(k, _)| k.0.as_slice() == mine.key_id.as_slice())
-                    .map(|(k, (_, _, s))| (k, s))
-            });
-        let Some((key_id, secret)) = found else {
+        let Some((key_id, secret)) = self.secret_for(&mine.key_id) else {
             // A grant to a period key whose month the party's chain has moved past: its
             // retention ended and the key was destroyed, not a fault.
             let destroyed = self.period_starts.get(&retention).is_some_and(|first| month < *first);
@@ -415,11 +438,98 @@ impl KeyRing {
             epoch,
             member: &self.party,
             member_key_id: key_id,
+            hold: None,
         };
         let key = open_epoch_key(&mine.enc, &mine.sealed_epoch_key, &slot, secret).ok_or_else(unseal_error)?;
         self.epoch_periods.insert(epoch_ref.clone(), period);
         self.epoch_keys.insert(epoch_ref, EpochKey::new(key));
         Ok(GrantOutcome::Opened)
+    }
+
+    /// The reader's secret whose key id is `key_id`: a long-term key or a period key.
+    fn secret_for(&self, key_id: &[u8]) -> Option<(&KeyId, &<crate::primitives::Kem as hpke::Kem>::PrivateKey)> {
+        self.secrets
+            .iter()
+            .find(|(k, _)| k.0.as_slice() == key_id)
+            .map(|(k, s)| (k, s))
+            .or_else(|| {
+                self.periods
+                    .iter()
+                    .find(|(k, _)| k.0.as_slice() == key_id)
+                    .map(|(k, (_, _, s))| (k, s))
+            })
+    }
+
+    /// Take in a legal hold's grant addressed to the reader: its section keys, until the hold
+    /// key's period ends.
+    fn ingest_held(
+        &mut self,
+        env: &VerifiedEnvelope,
+        held: &pb::HeldSections,
+        epoch_ref: &EpochRef,
+        mine: &pb::GrantMember,
+        month: &str,
+        retention: &str,
+    ) -> Result<GrantOutcome, OpenError> {
+        if retention != crate::HOLD_CLASS {
+            return Err(FieldError::new(
+                "body.retention",
+                format!("a hold's grant is of class {}, not {retention:?}", crate::HOLD_CLASS),
+            )
+            .into());
+        }
+        if expires(retention, month).is_some_and(|t| t <= self.expired_at) {
+            return Ok(GrantOutcome::Erased);
+        }
+        let unseal_error = || OpenError::GrantUnseal {
+            producer: env.header.producer.party.clone(),
+            audience: epoch_ref.1.clone(),
+            epoch: epoch_ref.2,
+            party: self.party.clone(),
+        };
+        let Some((key_id, secret)) = self.secret_for(&mine.key_id) else {
+            let destroyed = self
+                .period_starts
+                .get(retention)
+                .is_some_and(|first| month < first.as_str());
+            return if destroyed {
+                Ok(GrantOutcome::Erased)
+            } else {
+                Err(unseal_error())
+            };
+        };
+        let keys = crate::hold::open_held(
+            epoch_ref.2,
+            held,
+            &env.header.producer,
+            &epoch_ref.1,
+            mine,
+            &self.party,
+            key_id,
+            secret,
+        )
+        .ok_or_else(unseal_error)?;
+        let mut added = false;
+        for k in keys {
+            let at = (epoch_ref.clone(), k.event_id, k.name);
+            added |= !self.held.contains_key(&at);
+            let newer = self.held.get(&at).is_none_or(|h| h.month.as_str() <= month);
+            if newer {
+                self.held.insert(
+                    at,
+                    HeldSection {
+                        key: k.key.into(),
+                        hold: held.hold.clone(),
+                        month: month.to_owned(),
+                    },
+                );
+            }
+        }
+        Ok(if added {
+            GrantOutcome::Held
+        } else {
+            GrantOutcome::HeldKnown
+        })
     }
 
     /// Open every section of a verified event that the reader holds a key for.
@@ -431,6 +541,21 @@ impl KeyRing {
             .map(|s| {
                 let audience = AudienceId::parse(&s.audience, "audience")
                     .unwrap_or_else(|_| unreachable!("verify checked every section's audience"));
+                let at = (producer.clone(), audience.clone(), s.epoch);
+                let held = (!self.epoch_keys.contains_key(&at))
+                    .then(|| self.held.get(&(at, env.header.event_id, s.name.clone())))
+                    .flatten();
+                if let Some(h) = held {
+                    return OpenedSection {
+                        name: s.name.clone(),
+                        plaintext: open_section_with(&h.key, &env.header_digest, s).ok_or_else(|| {
+                            OpenError::SectionDecrypt {
+                                section: s.name.clone(),
+                            }
+                        }),
+                        held: Some(h.hold.clone()),
+                    };
+                }
                 let plaintext = match self.epoch_keys.get(&(producer.clone(), audience.clone(), s.epoch)) {
                     Some(key) => open_section(key, &env.header.event_id, &env.header_digest, s).ok_or_else(|| {
                         OpenError::SectionDecrypt {
@@ -468,6 +593,7 @@ impl KeyRing {
                 OpenedSection {
                     name: s.name.clone(),
                     plaintext,
+                    held: None,
                 }
             })
             .collect();

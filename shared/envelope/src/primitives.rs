@@ -35,6 +35,8 @@ const HEADER_DOMAIN: &[u8] = b"hru.v1.header\0";
 const SECTION_KEY_SALT: &[u8] = b"hru.v1.section-key";
 const SECTION_AAD_DOMAIN: &[u8] = b"hru.v1.section\0";
 const GRANT_INFO_DOMAIN: &[u8] = b"hru.v1.epoch-key\0";
+const HOLD_INFO_DOMAIN: &[u8] = b"hru.v1.hold-key\0";
+const HELD_SECTION_DOMAIN: &str = "hru.v1.held-section";
 
 /// Lends a caller's rand_core 0.6 generator to hpke, which speaks rand_core 0.9.
 pub(crate) struct HpkeRng<'a, R>(pub(crate) &'a mut R);
@@ -120,7 +122,7 @@ impl PartialEq for EpochKey {
 impl Eq for EpochKey {}
 
 /// The section key: HKDF-SHA256(epoch key; event id ‖ section name).
-fn section_key(epoch_key: &EpochKey, event_id: &EventId, name: &str) -> chacha20poly1305::Key {
+pub(crate) fn section_key(epoch_key: &EpochKey, event_id: &EventId, name: &str) -> chacha20poly1305::Key {
     let mut okm = chacha20poly1305::Key::default();
     epoch_key
         .prk
@@ -187,7 +189,16 @@ pub(crate) fn open_section(
     header_digest: &Digest,
     section: &pb::Section,
 ) -> Option<Vec<u8>> {
-    let cipher = XChaCha20Poly1305::new(&section_key(epoch_key, event_id, &section.name));
+    open_section_with(&section_key(epoch_key, event_id, &section.name), header_digest, section)
+}
+
+/// Open a section with its section key itself (one kept under a legal hold).
+pub(crate) fn open_section_with(
+    key: &chacha20poly1305::Key,
+    header_digest: &Digest,
+    section: &pb::Section,
+) -> Option<Vec<u8>> {
+    let cipher = XChaCha20Poly1305::new(key);
     let aad = section_aad(header_digest, &section.name, &section.audience, section.epoch);
     cipher
         .decrypt(
@@ -208,11 +219,21 @@ pub(crate) struct GrantSlot<'a> {
     pub(crate) epoch: u32,
     pub(crate) member: &'a PartyId,
     pub(crate) member_key_id: &'a KeyId,
+    /// The legal hold a hold key is sealed for; `None` for an epoch key.
+    pub(crate) hold: Option<&'a str>,
 }
 
 impl GrantSlot<'_> {
     fn info(&self) -> Vec<u8> {
-        let mut info = GRANT_INFO_DOMAIN.to_vec();
+        let mut info = match self.hold {
+            None => GRANT_INFO_DOMAIN.to_vec(),
+            Some(hold) => {
+                let mut info = HOLD_INFO_DOMAIN.to_vec();
+                info.extend_from_slice(&(hold.len() as u32).to_be_bytes());
+                info.extend_from_slice(hold.as_bytes());
+                info
+            }
+        };
         for part in [
             self.producer.party.as_str(),
             self.producer.instance.as_str(),
@@ -262,6 +283,30 @@ pub(crate) fn open_epoch_key(
     let key =
         hpke::single_shot_open::<HpkeAead, Kdf, Kem>(&hpke::OpModeR::Base, secret, &enc, &info, sealed, b"").ok()?;
     key.try_into().ok()
+}
+
+/// What binds a held section key, wrapped under a hold key, to its place: the producer, the
+/// audience and epoch of its section, the event and the section name.
+pub(crate) fn held_section_aad(
+    producer: &ProducerId,
+    audience: &AudienceId,
+    epoch: u32,
+    event_id: &EventId,
+    name: &str,
+) -> Vec<u8> {
+    let mut aad = HELD_SECTION_DOMAIN.as_bytes().to_vec();
+    for part in [
+        producer.party.as_str(),
+        producer.instance.as_str(),
+        audience.as_str(),
+        name,
+    ] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    aad.extend_from_slice(&epoch.to_be_bytes());
+    aad.extend_from_slice(event_id.0.as_bytes());
+    aad
 }
 
 /// Encrypt a 32-byte key for storage at rest under `kek` (XChaCha20-Poly1305, `aad` binding it

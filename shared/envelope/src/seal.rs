@@ -85,9 +85,9 @@ impl std::fmt::Debug for EpochState {
 
 /// What committing one envelope of a batch changes in its producer.
 #[derive(Debug, Clone)]
-struct Step {
-    chain_after: ChainHead,
-    epoch: Option<(AudienceId, EpochState)>,
+pub(crate) struct Step {
+    pub(crate) chain_after: ChainHead,
+    pub(crate) epoch: Option<(AudienceId, EpochState)>,
 }
 
 /// Envelopes sealed together (grants, then the event), not yet committed to the producer.
@@ -95,7 +95,7 @@ struct Step {
 pub struct SealedBatch {
     /// The envelopes, in publishing order.
     pub envelopes: Vec<SealedEnvelope>,
-    steps: Vec<Step>,
+    pub(crate) steps: Vec<Step>,
 }
 
 impl SealedBatch {
@@ -139,14 +139,14 @@ struct EventDraftRef {
     now_ms: i64,
 }
 
-struct Draft<'a> {
-    event_id: Option<EventId>,
-    event_type: EventType,
-    case_id: Option<CaseId>,
-    occurred_at_ms: i64,
-    recorded_at_ms: i64,
-    policy_id: &'a str,
-    policy_version: u32,
+pub(crate) struct Draft<'a> {
+    pub(crate) event_id: Option<EventId>,
+    pub(crate) event_type: EventType,
+    pub(crate) case_id: Option<CaseId>,
+    pub(crate) occurred_at_ms: i64,
+    pub(crate) recorded_at_ms: i64,
+    pub(crate) policy_id: &'a str,
+    pub(crate) policy_version: u32,
 }
 
 impl Sealer {
@@ -538,6 +538,7 @@ impl Sealer {
                     epoch: state.epoch,
                     member: party,
                     member_key_id: kid,
+                    hold: None,
                 };
                 let (enc, sealed) = seal_epoch_key(state.key.bytes(), &slot, key, rng);
                 pb::GrantMember {
@@ -556,10 +557,11 @@ impl Sealer {
             month: state.month.clone(),
             members,
             retention: state.retention.clone(),
+            held: None,
         }
     }
 
-    fn finish(
+    pub(crate) fn finish(
         &self,
         chain: &mut ChainHead,
         draft: &Draft<'_>,

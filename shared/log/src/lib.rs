@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod append;
+pub mod holds;
 pub mod periods;
 mod positions;
 mod producer;

@@ -80,9 +80,13 @@ impl PeriodHolder {
     }
 }
 
-/// Every retention class `policy` gives an event type.
+/// Every retention class `policy` gives an event type, and the class of legal holds' keys.
 pub fn classes(policy: &dyn AudiencePolicy) -> std::collections::BTreeSet<String> {
-    EventType::ALL.iter().map(|t| policy.retention_class(*t)).collect()
+    EventType::ALL
+        .iter()
+        .map(|t| policy.retention_class(*t))
+        .chain(std::iter::once(hru_envelope::HOLD_CLASS.to_owned()))
+        .collect()
 }
 
 /// The subject of a party's period-key publications.

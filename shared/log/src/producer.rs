@@ -75,6 +75,108 @@ struct StateRow {
     /// The highest epoch number per audience among epochs no longer kept (destroyed).
     #[serde(default)]
     used: Vec<(String, u32)>,
+    /// Section keys kept for legal holds after their epochs were destroyed.
+    #[serde(default)]
+    held: Vec<HeldRow>,
+}
+
+/// Section keys a producer keeps for a legal hold after destroying their epoch's key: granted
+/// again each month under a one-month hold key while the hold stands, dropped when it is
+/// released.
+#[derive(Debug, Clone)]
+struct HeldEpochKeys {
+    hold: String,
+    case: String,
+    audience: AudienceId,
+    epoch: u32,
+    epoch_retention: String,
+    epoch_month: String,
+    members: Vec<PartyId>,
+    /// The hold-key month last granted, if any.
+    granted: Option<String>,
+    keys: Vec<hru_envelope::HeldKey>,
+}
+
+/// [`HeldEpochKeys`] as stored: each section key wrapped like an epoch key.
+#[derive(Serialize, Deserialize)]
+struct HeldRow {
+    hold: String,
+    case: String,
+    audience: String,
+    epoch: u32,
+    epoch_retention: String,
+    epoch_month: String,
+    members: Vec<String>,
+    granted: Option<String>,
+    /// (event id, section name, wrapped key).
+    keys: Vec<(String, String, String)>,
+}
+
+/// What binds a held section key at rest to its place.
+fn held_aad(hold: &str, audience: &AudienceId, epoch: u32, event: &hru_domain::EventId, name: &str) -> String {
+    format!(
+        "hru held section key at rest v1|{hold}|{audience}|{epoch}|{}|{name}",
+        event.0
+    )
+}
+
+fn held_row(h: &HeldEpochKeys, wrap: &WrapKeys) -> HeldRow {
+    HeldRow {
+        hold: h.hold.clone(),
+        case: h.case.clone(),
+        audience: h.audience.to_string(),
+        epoch: h.epoch,
+        epoch_retention: h.epoch_retention.clone(),
+        epoch_month: h.epoch_month.clone(),
+        members: h.members.iter().map(ToString::to_string).collect(),
+        granted: h.granted.clone(),
+        keys: h
+            .keys
+            .iter()
+            .map(|k| {
+                let aad = held_aad(&h.hold, &h.audience, h.epoch, &k.event_id, &k.name);
+                (
+                    k.event_id.0.to_string(),
+                    k.name.clone(),
+                    wrap_stored(wrap, &aad, &k.key),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn parse_held(r: &HeldRow, wrap: &WrapKeys) -> Result<HeldEpochKeys, String> {
+    let audience = AudienceId::parse(&r.audience, "held.audience").map_err(|e| e.to_string())?;
+    let members = r
+        .members
+        .iter()
+        .map(|p| PartyId::parse(p, "held.members").map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let keys = r
+        .keys
+        .iter()
+        .map(|(event, name, key)| {
+            let event_id = hru_domain::EventId(uuid::Uuid::parse_str(event).map_err(|e| format!("held.keys: {e}"))?);
+            let aad = held_aad(&r.hold, &audience, r.epoch, &event_id, name);
+            let key = unwrap_stored(wrap, &aad, key)?.ok_or("held.keys: a key is not wrapped")?;
+            Ok(hru_envelope::HeldKey {
+                event_id,
+                name: name.clone(),
+                key,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(HeldEpochKeys {
+        hold: r.hold.clone(),
+        case: r.case.clone(),
+        audience,
+        epoch: r.epoch,
+        epoch_retention: r.epoch_retention.clone(),
+        epoch_month: r.epoch_month.clone(),
+        members,
+        granted: r.granted.clone(),
+        keys,
+    })
 }
 
 /// One outbox entry: everything needed to publish an envelope and commit it after a restart.
@@ -148,14 +250,29 @@ fn head_row(c: ChainHead) -> HeadRow {
     }
 }
 
-fn epoch_row(audience: &AudienceId, e: &EpochState, wrap: &WrapKeys) -> EpochRow {
+/// `key` wrapped under the current wrapping key, bound to `aad`: "w<generation>:<base64>".
+fn wrap_stored(wrap: &WrapKeys, aad: &str, key: &[u8; 32]) -> String {
     let (generation, kek) = &wrap.current;
-    let wrapped = hru_envelope::wrap_at_rest(
-        kek,
-        wrap_aad(audience, e.epoch).as_bytes(),
-        e.key.bytes(),
-        &mut rand_core::OsRng,
-    );
+    let wrapped = hru_envelope::wrap_at_rest(kek, aad.as_bytes(), key, &mut rand_core::OsRng);
+    format!("w{generation}:{}", B64.encode(wrapped))
+}
+
+/// What [`wrap_stored`] wrote, opened; `None` for a value that is not wrapped.
+fn unwrap_stored(wrap: &WrapKeys, aad: &str, stored: &str) -> Result<Option<[u8; 32]>, String> {
+    let Some((generation, wrapped)) = stored.strip_prefix('w').and_then(|k| k.split_once(':')) else {
+        return Ok(None);
+    };
+    let generation: u64 = generation.parse().map_err(|_| "key: a bad wrapping generation")?;
+    let kek = wrap
+        .key(generation)
+        .ok_or_else(|| format!("key: wrapping key {generation} is gone (destroyed, or the .wrap file was replaced)"))?;
+    let wrapped = B64.decode(wrapped).map_err(|e| format!("key: {e}"))?;
+    hru_envelope::unwrap_at_rest(kek, aad.as_bytes(), &wrapped)
+        .map(Some)
+        .ok_or_else(|| "key: does not open under its wrapping key".to_owned())
+}
+
+fn epoch_row(audience: &AudienceId, e: &EpochState, wrap: &WrapKeys) -> EpochRow {
     EpochRow {
         audience: audience.to_string(),
         epoch: e.epoch,
@@ -163,7 +280,7 @@ fn epoch_row(audience: &AudienceId, e: &EpochState, wrap: &WrapKeys) -> EpochRow
         retention: e.retention.clone(),
         policy_version: e.policy_version,
         members: e.members.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect(),
-        key: format!("w{generation}:{}", B64.encode(wrapped)),
+        key: wrap_stored(wrap, &wrap_aad(audience, e.epoch), e.key.bytes()),
     }
 }
 
@@ -290,16 +407,8 @@ fn parse_head(h: &HeadRow) -> Result<ChainHead, String> {
 
 fn parse_epoch(r: &EpochRow, wrap: &WrapKeys) -> Result<(AudienceId, EpochState), String> {
     let audience = AudienceId::parse(&r.audience, "audience").map_err(|e| e.to_string())?;
-    let key: [u8; 32] = match r.key.strip_prefix('w').and_then(|k| k.split_once(':')) {
-        Some((generation, wrapped)) => {
-            let generation: u64 = generation.parse().map_err(|_| "key: a bad wrapping generation")?;
-            let kek = wrap.key(generation).ok_or_else(|| {
-                format!("key: wrapping key {generation} is gone (destroyed, or the .wrap file was replaced)")
-            })?;
-            let wrapped = B64.decode(wrapped).map_err(|e| format!("key: {e}"))?;
-            hru_envelope::unwrap_at_rest(kek, wrap_aad(&audience, r.epoch).as_bytes(), &wrapped)
-                .ok_or("key: does not open under its wrapping key")?
-        }
+    let key: [u8; 32] = match unwrap_stored(wrap, &wrap_aad(&audience, r.epoch), &r.key)? {
+        Some(key) => key,
         // A store written before keys were wrapped: rewrapped when next saved.
         None => B64
             .decode(&r.key)
@@ -332,6 +441,8 @@ fn parse_epoch(r: &EpochRow, wrap: &WrapKeys) -> Result<(AudienceId, EpochState)
 /// A producer with a durable outbox in front of the log.
 pub struct Producer {
     sealer: Sealer,
+    /// Section keys kept for legal holds.
+    held: Vec<HeldEpochKeys>,
     wrap: WrapKeys,
     db: sled::Db,
     state: sled::Tree,
@@ -459,6 +570,7 @@ impl Producer {
             reason,
         };
         let wrap = WrapKeys::open(path).map_err(|e| damaged("wrap", e))?;
+        let mut held = Vec::new();
         let sealer = match state.get(STATE_KEY).map_err(store_err)? {
             Some(bytes) => {
                 let row: StateRow = serde_json::from_slice(&bytes).map_err(|e| damaged("state", e.to_string()))?;
@@ -474,12 +586,19 @@ impl Producer {
                     let audience = AudienceId::parse(audience, "used").map_err(|e| damaged("state", e.to_string()))?;
                     sealer.note_used_epoch(audience, *epoch);
                 }
+                held = row
+                    .held
+                    .iter()
+                    .map(|r| parse_held(r, &wrap))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| damaged("state", e))?;
                 sealer
             }
             None => recover(producer, signing, log, directory).await?,
         };
         let mut me = Self {
             sealer,
+            held,
             wrap,
             db,
             state,
@@ -528,6 +647,7 @@ impl Producer {
                 .iter()
                 .map(|(a, n)| (a.to_string(), *n))
                 .collect(),
+            held: self.held.iter().map(|h| held_row(h, &self.wrap)).collect(),
         };
         serde_json::to_vec(&row).map_err(|e| self.store_err(e))
     }
@@ -535,19 +655,32 @@ impl Producer {
     /// Destroy this producer's copies of the epoch keys whose retention has ended by `at_ms`:
     /// for each, a signed `EpochKeyDestroyed` goes on the log first (sealed at the real time),
     /// then the key leaves the producer's state. A crash between the two announces it again on
-    /// the next run; nothing is destroyed unannounced. Returns (audience, epoch) destroyed.
+    /// the next run; nothing is destroyed unannounced. Before an epoch is destroyed, the section
+    /// keys of this producer's events under it in each case under a standing legal hold are
+    /// kept (wrapped in the store); kept keys are granted to the epoch's members under a hold
+    /// key for the month of `at_ms` unless already granted for it, and dropped once their hold
+    /// is released (decision 010). `directory` is the deployment's; the members' published
+    /// period keys are read from the log. Returns (audience, epoch) destroyed.
     pub async fn destroy_expired(
         &mut self,
         log: &impl SharedLog,
         at_ms: i64,
         policy: &(dyn hru_envelope::AudiencePolicy + Sync),
+        directory: &Directory,
     ) -> Result<Vec<(AudienceId, u32)>, StoreError> {
         self.flush_outbox(log).await?;
+        let expired = self.sealer.expired(at_ms);
+        let holds = if expired.is_empty() && self.held.is_empty() {
+            Vec::new()
+        } else {
+            crate::holds::read(log.reader(), directory).await?
+        };
         let mut destroyed = Vec::new();
-        for slot in self.sealer.expired(at_ms) {
-            let Some(state) = self.sealer.epochs().get(&slot) else {
+        for slot in expired {
+            let Some(state) = self.sealer.epochs().get(&slot).cloned() else {
                 continue;
             };
+            self.keep_held(log, &slot.0, &state, &holds, directory).await?;
             let body = hru_wire::v1::EpochKeyDestroyed {
                 producer: self.sealer.producer().party.to_string(),
                 audience: slot.0.to_string(),
@@ -570,10 +703,115 @@ impl Producer {
                 destroyed.push((slot.0, epoch));
             }
         }
-        if !destroyed.is_empty() {
+        let released = self.grant_held(log, &holds, at_ms, policy, directory).await?;
+        if !destroyed.is_empty() || released {
             self.rewrap()?;
         }
         Ok(destroyed)
+    }
+
+    /// Keep the section keys of this producer's events under `audience`'s epoch `state` in each
+    /// case under a standing hold, saved before the epoch key is destroyed.
+    async fn keep_held(
+        &mut self,
+        log: &impl SharedLog,
+        audience: &AudienceId,
+        state: &EpochState,
+        holds: &[crate::holds::Hold],
+        directory: &Directory,
+    ) -> Result<(), StoreError> {
+        let mut changed = false;
+        for hold in holds.iter().filter(|h| h.stands()) {
+            let kept = self
+                .held
+                .iter()
+                .any(|h| h.hold == hold.id && h.audience == *audience && h.epoch == state.epoch);
+            if kept {
+                continue;
+            }
+            let mut keys = Vec::new();
+            let mut events = log.reader().replay(1, &[Filter::case_events(hold.case)]).await?;
+            while let Some(e) = events.try_next().await? {
+                if let Ok(v) = verify(&e.payload, directory) {
+                    keys.extend(self.sealer.held_keys(audience, state, &v));
+                }
+            }
+            if keys.is_empty() {
+                continue;
+            }
+            tracing::info!(hold = %hold.id, case = %hold.case, %audience, epoch = state.epoch, sections = keys.len(), "section keys kept under a legal hold");
+            self.held.push(HeldEpochKeys {
+                hold: hold.id.clone(),
+                case: hold.case.to_string(),
+                audience: audience.clone(),
+                epoch: state.epoch,
+                epoch_retention: state.retention.clone(),
+                epoch_month: state.month.clone(),
+                members: state.members.iter().map(|(p, _)| p.clone()).collect(),
+                granted: None,
+                keys,
+            });
+            changed = true;
+        }
+        if changed {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    /// Drop the kept section keys of released holds; grant the others for the month of `at_ms`
+    /// where not yet granted for it. Whether any were dropped.
+    async fn grant_held(
+        &mut self,
+        log: &impl SharedLog,
+        holds: &[crate::holds::Hold],
+        at_ms: i64,
+        policy: &(dyn hru_envelope::AudiencePolicy + Sync),
+        directory: &Directory,
+    ) -> Result<bool, StoreError> {
+        if self.held.is_empty() {
+            return Ok(false);
+        }
+        let before = self.held.len();
+        self.held
+            .retain(|h| holds.iter().any(|hold| hold.id == h.hold && hold.stands()));
+        let released = self.held.len() < before;
+        if released {
+            tracing::info!(
+                dropped = before - self.held.len(),
+                "section keys of released legal holds destroyed"
+            );
+            self.save_state()?;
+        }
+        let month = hru_envelope::month_at(at_ms).ok_or_else(|| StoreError::Seal(format!("{at_ms} ms is no month")))?;
+        if self.held.iter().all(|h| h.granted.as_deref() == Some(month.as_str())) {
+            return Ok(released);
+        }
+        let sealing = crate::periods::directory_with_periods(log.reader(), directory).await?;
+        for i in 0..self.held.len() {
+            if self.held[i].granted.as_deref() == Some(month.as_str()) {
+                continue;
+            }
+            let h = &self.held[i];
+            let held = hru_envelope::HeldEpoch {
+                hold: &h.hold,
+                case: &h.case,
+                audience: &h.audience,
+                epoch: h.epoch,
+                epoch_retention: &h.epoch_retention,
+                epoch_month: &h.epoch_month,
+                members: &h.members,
+            };
+            let now = jiff::Timestamp::now().as_millisecond();
+            let batch = self
+                .sealer
+                .prepare_held(&held, &h.keys, &month, &sealing, now, policy, &mut rand_core::OsRng)
+                .map_err(|e| StoreError::Seal(e.to_string()))?;
+            self.append(log, &batch, Expect::Any).await?;
+            self.held[i].granted = Some(month.clone());
+            self.save_state()?;
+        }
+        Ok(released)
     }
 
     /// A new wrapping key: the kept epochs rewrapped under it, then the old key gone from the

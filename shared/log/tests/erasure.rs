@@ -134,12 +134,15 @@ async fn a_destroyed_epoch_key_cannot_be_had_from_the_producers_store() {
     // Before its retention ends nothing is destroyed; after, it is, once.
     assert!(
         producer
-            .destroy_expired(&log, JUNE_2026, &policy)
+            .destroy_expired(&log, JUNE_2026, &policy, &cast.directory)
             .await
             .unwrap()
             .is_empty()
     );
-    let destroyed = producer.destroy_expired(&log, JUNE_2030, &policy).await.unwrap();
+    let destroyed = producer
+        .destroy_expired(&log, JUNE_2030, &policy, &cast.directory)
+        .await
+        .unwrap();
     assert_eq!(destroyed, vec![(audience.clone(), epoch)]);
     drop(producer);
     let mut producer = open().await.unwrap();
@@ -149,7 +152,7 @@ async fn a_destroyed_epoch_key_cannot_be_had_from_the_producers_store() {
     );
     assert!(
         producer
-            .destroy_expired(&log, JUNE_2030, &policy)
+            .destroy_expired(&log, JUNE_2030, &policy, &cast.directory)
             .await
             .unwrap()
             .is_empty()

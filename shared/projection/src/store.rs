@@ -90,6 +90,8 @@ const GRANTS: &str = "__grants";
 /// Meta key: the time (Unix ms, big-endian i64) through which the projections have forgotten
 /// what expired under retention.
 const FORGOTTEN_KEY: &str = "__forgotten_through";
+/// Meta key: the last log sequence of a legal hold's grant the projections were folded with.
+const HOLDS_KEY: &str = "__holds_folded";
 
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -260,6 +262,26 @@ impl Store {
             .map(i64::from_be_bytes))
     }
 
+    /// The last log sequence of a legal hold's grant taken in before the projections were
+    /// folded (0: none).
+    pub fn holds_folded(&self) -> Result<u64, ProjectionError> {
+        Ok(self
+            .meta
+            .get(HOLDS_KEY)
+            .map_err(err)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Record that the projections are folded with every hold's grant through `sequence`.
+    pub fn set_holds_folded(&self, sequence: u64) -> Result<(), ProjectionError> {
+        self.meta
+            .insert(HOLDS_KEY, sequence.to_be_bytes().as_slice())
+            .map_err(err)?;
+        self.db.flush().map_err(err)?;
+        Ok(())
+    }
+
     /// Record that the projections have forgotten what expired by `at_ms` (made durable).
     pub fn set_forgotten_through(&self, at_ms: i64) -> Result<(), ProjectionError> {
         self.meta
@@ -363,6 +385,9 @@ pub struct Projector {
     /// The last sequence whose key grants and key events are kept in the store.
     grants_through: u64,
     read: ReadPath,
+    /// A legal hold's grant gave section keys after the events they open were folded: the
+    /// projections must be folded again (as when they forget).
+    held_unfolded: bool,
 }
 
 /// One log entry to fold: its sequence, the subject it arrived on, its bytes.
@@ -395,7 +420,28 @@ impl Projector {
             checkpoints,
             grants_through,
             read,
+            held_unfolded: false,
         })
+    }
+
+    /// Take in legal holds' grants (`entries`, read from the log ahead of the fold: they follow
+    /// the events they open) before folding a new store; recorded as folded with.
+    pub fn take_holds_ahead(&mut self, entries: &[LogItem<'_>]) -> Result<(), ProjectionError> {
+        let mut through = self.store.holds_folded()?;
+        for &(sequence, subject, bytes, stored) in entries {
+            match self.read.read(&Incoming::logged(sequence, subject, bytes, stored)) {
+                Ok(Read::Grant { .. }) => through = through.max(sequence),
+                Ok(_) => {}
+                Err(refusal) => tracing::warn!(%refusal, "a legal hold's grant refused"),
+            }
+        }
+        self.store.set_holds_folded(through)
+    }
+
+    /// Whether the log holds a legal hold's grant (`latest`: the last one's sequence) after
+    /// those the projections were folded with: they must be folded again to show what it opens.
+    pub fn holds_due(&self, latest: Option<u64>) -> Result<bool, ProjectionError> {
+        Ok(self.held_unfolded || latest.is_some_and(|l| l > 0) && latest > Some(self.store.holds_folded()?))
     }
 
     /// The lowest checkpoint: where the log must be read from (plus one).
@@ -434,7 +480,7 @@ impl Projector {
     pub fn forgetting_due(&self, now_ms: i64) -> Result<bool, ProjectionError> {
         let since = self.store.forgotten_through()?.unwrap_or(i64::MIN);
         let folded = self.checkpoints.iter().any(|c| *c > 0);
-        Ok(folded && self.read.ring().expiring_between(since, now_ms))
+        Ok(folded && (self.held_unfolded || self.read.ring().expiring_between(since, now_ms)))
     }
 
     /// The read path (its key ring holds every grant fed so far).
@@ -472,10 +518,12 @@ impl Projector {
                 }
             };
             match read {
-                Read::Grant { .. } => {
+                Read::Grant { outcome, .. } => {
                     if sequence > self.grants_through {
                         kept.push((sequence, bytes));
                     }
+                    // Keys for sections folded before (as erased) arrived with a legal hold.
+                    self.held_unfolded |= outcome == hru_envelope::GrantOutcome::Held;
                 }
                 Read::Public(v) => {
                     if matches!(v.header.event_type, EventType::KeyRotated | EventType::KeyRevoked)
