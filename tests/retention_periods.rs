@@ -593,6 +593,10 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
     });
 }
 
+fn ms(date: &str) -> i64 {
+    date.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+}
+
 /// The held grants on the log (read raw, as the auditor): (hold, hold-key month, sections).
 fn held_grants(
     w: &World,
@@ -706,6 +710,35 @@ fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
     );
     assert!(held_grants(&w, &rt, &directory).is_empty());
 
+    // probation holds the other case: a hold keeps only its placer's own sections, so it
+    // keeps nothing of police-hru's referral.
+    let other = other_case.to_string();
+    let out = as_party(
+        &w,
+        "probation",
+        &[
+            "retention",
+            "hold",
+            "--party",
+            "probation",
+            "--keys",
+            &keys,
+            "--case",
+            &other,
+            "--reason",
+            "complaint",
+            "--authority",
+            "probation legal team",
+            "--review",
+            "2099-01-01",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "probation's hold: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // police-hru places the hold; its producer, whose January 2018 epochs have expired, keeps
     // the held case's section keys and grants them under this month's hold keys, then
     // destroys the epochs.
@@ -755,7 +788,7 @@ fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
     assert!(lines.iter().all(|f| f["kind"] != "bad-hold"), "{lines:?}");
     let summary = lines.last().unwrap();
     assert_eq!(summary["summary"]["held_sections"], 2, "{summary}");
-    assert_eq!(summary["summary"]["holds_standing"], 1, "{summary}");
+    assert_eq!(summary["summary"]["holds_standing"], 2, "{summary}");
     assert_eq!(summary["summary"]["erased_sections"], 2, "{summary}");
     let out = as_party(&w, "auditor", &["retention", "status", "--format", "json"]);
     let status: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
@@ -763,10 +796,15 @@ fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|l: &serde_json::Value| l["kind"] == "hold")
         .collect();
-    assert_eq!(status.len(), 1, "{status:?}");
-    assert_eq!(status[0]["hold"], hold.as_str());
-    assert_eq!(status[0]["state"], "standing");
-    assert_eq!(status[0]["held_sections"], 2);
+    assert_eq!(status.len(), 2, "{status:?}");
+    let police_hold = status.iter().find(|h| h["hold"] == hold.as_str()).unwrap();
+    assert_eq!(police_hold["state"], "standing");
+    assert_eq!(police_hold["held_sections"], 2);
+    let probation_hold = status.iter().find(|h| h["placed_by"] == "probation").unwrap();
+    assert_eq!(
+        probation_hold["held_sections"], 0,
+        "probation holds none of police-hru's sections"
+    );
 
     // victim-advocacy's node, started now, folds the held referral's victim and not the
     // other's; a rebuild from the log gives the same digests.
@@ -812,12 +850,32 @@ fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // While the hold stands the producer renews its grant each month: next month's sweep
-    // grants again, so the case still opens after this month's hold keys have died.
+    // A second hold by police-hru on the same case is refused, naming the first.
+    let out = place("2099-07-31");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&hold),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // While the hold stands the producer renews its grant each month (its clock set to the
+    // next month here): the case still opens after this month's hold keys have died.
     let next = hru_envelope::next_month(&month).unwrap();
     let after_next = hru_envelope::next_month(&next).unwrap();
     let third = hru_envelope::next_month(&after_next).unwrap();
-    sweep_at(&w, "police-hru", Some(&format!("{next}-10T00:00:00Z")));
+    let police_sweep_at = |month: &str| {
+        let at = ms(&format!("{month}-10T00:00:00Z"));
+        rt.block_on(async {
+            let log = PartyView::open(&url, Some(&police.broker_identity()), &police.party)
+                .await
+                .unwrap();
+            let store = w.keys().join("police-hru.cli.producer");
+            let mut producer = open_producer(&store, &police, "cli", &log, &directory).await;
+            producer.destroy_expired(&log, at, at, &isa, &directory).await.unwrap();
+        });
+    };
+    police_sweep_at(&next);
     assert_eq!(
         held_grants(&w, &rt, &directory).iter().filter(|g| g.1 == next).count(),
         2
@@ -834,7 +892,7 @@ fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
         "release: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    sweep_at(&w, "police-hru", Some(&format!("{after_next}-10T00:00:00Z")));
+    police_sweep_at(&after_next);
     assert_eq!(
         held_grants(&w, &rt, &directory)
             .iter()

@@ -84,7 +84,13 @@ impl PartyProducer {
     pub(crate) async fn destroy_expired(&mut self, at_ms: i64) -> anyhow::Result<Vec<(hru_domain::AudienceId, u32)>> {
         let destroyed = self
             .producer
-            .destroy_expired(&self.log, at_ms, &self.isa, &self.directory)
+            .destroy_expired(
+                &self.log,
+                at_ms,
+                jiff::Timestamp::now().as_millisecond(),
+                &self.isa,
+                &self.directory,
+            )
             .await?;
         for (audience, epoch) in &destroyed {
             eprintln!(

@@ -125,6 +125,18 @@ pub(crate) async fn hold(
     }
     let mut producer =
         crate::producer_state::PartyProducer::open_unswept(nats, policies_dir, keys_dir, &party, instance).await?;
+    let standing = hru_log::holds::read(producer.log.reader(), &producer.directory).await?;
+    if let Some(h) = standing
+        .iter()
+        .find(|h| h.stands() && h.placed_by == party && h.case == placement.case)
+    {
+        bail!(
+            "--case: {party}'s hold {} already stands on case {} (review {}); release it first to place another",
+            h.id,
+            h.case,
+            h.review_date
+        );
+    }
     let (id, sequence) =
         hru_log::holds::place(&mut producer.producer, &producer.log, &producer.isa, placement, now).await?;
     println!(
@@ -147,6 +159,11 @@ pub(crate) async fn release(
     reason: &str,
 ) -> anyhow::Result<ExitCode> {
     let party: PartyId = party.parse().context("--party")?;
+    let hold = &uuid::Uuid::parse_str(hold)
+        .map_err(|e| {
+            anyhow::anyhow!("--hold: {hold:?} is not a hold id (a UUID; `hru retention status` lists them): {e}")
+        })?
+        .to_string();
     let now = jiff::Timestamp::now().as_millisecond();
     let mut producer =
         crate::producer_state::PartyProducer::open_unswept(nats, policies_dir, keys_dir, &party, instance).await?;

@@ -357,7 +357,7 @@ async fn destroy_expired(
     directory: &hru_envelope::Directory,
 ) -> Result<(), NodeError> {
     let now = jiff::Timestamp::now().as_millisecond();
-    for (audience, epoch) in producer.destroy_expired(log, now, isa, directory).await? {
+    for (audience, epoch) in producer.destroy_expired(log, now, now, isa, directory).await? {
         tracing::info!(%audience, epoch, "epoch key destroyed: its retention has ended");
     }
     Ok(())

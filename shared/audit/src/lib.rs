@@ -78,6 +78,9 @@ pub enum FindingKind {
     /// (never placed, or released before the grant), or for parties the epoch was not granted
     /// to, or a hold event that is inconsistent (a release by another party than the placer).
     BadHold,
+    /// A legal hold still stands past its review date: whoever placed it must review it (and
+    /// release it, or place it again with a new date).
+    HoldReviewOverdue,
 }
 
 /// How much earlier than the broker's store time a recorded time may be before it is a
@@ -210,8 +213,8 @@ pub struct Auditor<'a> {
     chains: ChainChecker,
     /// (producer instance, audience, epoch) → members the grant sealed to.
     grants: HashMap<(ProducerId, AudienceId, u32), BTreeSet<PartyId>>,
-    /// Hold id → (placing party, standing).
-    holds: HashMap<String, (PartyId, bool)>,
+    /// Hold id → (placing party, standing, review date, placement sequence).
+    holds: HashMap<String, (PartyId, bool, String, u64)>,
     /// Epoch → held sections (event id, name) → when the last hold key granting it expires.
     held: HashMap<EpochAt, HashMap<(Vec<u8>, String), i64>>,
     /// The party whose view is audited, when it is not the whole log.
@@ -593,14 +596,18 @@ impl<'a> Auditor<'a> {
         let signer = h.producer.party.clone();
         if h.event_type == EventType::LegalHoldPlaced {
             match pb::LegalHoldPlaced::decode(body) {
-                Ok(p) if p.case_id.parse::<hru_domain::CaseId>().is_ok() && !self.holds.contains_key(&p.hold) => {
-                    self.holds.insert(p.hold, (signer, true));
+                Ok(p)
+                    if p.case_id.parse::<hru_domain::CaseId>().is_ok()
+                        && uuid::Uuid::parse_str(&p.hold).is_ok_and(|u| u.to_string() == p.hold)
+                        && !self.holds.contains_key(&p.hold) =>
+                {
+                    self.holds.insert(p.hold, (signer, true, p.review_date, sequence));
                 }
                 _ => self.find(
                     sequence,
                     Some(&h.producer),
                     FindingKind::BadHold,
-                    "a LegalHoldPlaced that does not decode, names no case, or reuses a hold id".into(),
+                    "a LegalHoldPlaced that does not decode, names no case, has no canonical id, or reuses one".into(),
                 ),
             }
             return;
@@ -615,8 +622,8 @@ impl<'a> Auditor<'a> {
             return;
         };
         match self.holds.get_mut(&r.hold) {
-            Some((placer, standing)) if *placer == signer => *standing = false,
-            Some((placer, _)) => {
+            Some((placer, standing, ..)) if *placer == signer => *standing = false,
+            Some((placer, ..)) => {
                 let detail = format!("{signer} released hold {}, placed by {placer}", r.hold);
                 self.find(sequence, Some(&h.producer), FindingKind::BadHold, detail);
             }
@@ -642,7 +649,21 @@ impl<'a> Auditor<'a> {
             self.find(sequence, Some(&h.producer), FindingKind::BadGrant, detail);
             return None;
         };
-        let standing = self.holds.get(&held.hold).is_some_and(|(_, s)| *s);
+        let standing = self.holds.get(&held.hold).is_some_and(|(_, s, ..)| *s);
+        // A hold's key is of the one-month class and for the month it is granted in.
+        let month_ok = g.retention == hru_envelope::HOLD_CLASS
+            && jiff::Timestamp::from_millisecond(h.recorded_at_ms)
+                .is_ok_and(|t| t.strftime("%Y-%m").to_string() == g.month);
+        if !month_ok {
+            let detail = format!(
+                "hold {}'s grant is of class {:?} for {:?}, not {} for the month it is recorded in",
+                held.hold,
+                g.retention,
+                g.month,
+                hru_envelope::HOLD_CLASS
+            );
+            self.find(sequence, Some(&h.producer), FindingKind::BadHold, detail);
+        }
         let given = self.grants.get(&(h.producer.clone(), audience.clone(), g.epoch));
         let outside: Vec<&str> = g
             .members
@@ -788,12 +809,30 @@ impl<'a> Auditor<'a> {
             for (sequence, detail) in unconfirmed {
                 self.find(sequence, None, FindingKind::DestructionUnconfirmed, detail);
             }
+            let today = jiff::Timestamp::from_millisecond(now)
+                .map(|t| t.strftime("%Y-%m-%d").to_string())
+                .unwrap_or_default();
+            let mut overdue: Vec<(u64, String)> = self
+                .holds
+                .iter()
+                .filter(|(_, (_, standing, review, _))| *standing && review.as_str() < today.as_str())
+                .map(|(id, (placer, _, review, sequence))| {
+                    (
+                        *sequence,
+                        format!("hold {id} placed by {placer} was due for review on {review}"),
+                    )
+                })
+                .collect();
+            overdue.sort();
+            for (sequence, detail) in overdue {
+                self.find(sequence, None, FindingKind::HoldReviewOverdue, detail);
+            }
         }
         self.finish_report()
     }
 
     fn finish_report(mut self) -> Report {
-        self.report.holds_standing = self.holds.values().filter(|(_, standing)| *standing).count() as u64;
+        self.report.holds_standing = self.holds.values().filter(|(_, standing, ..)| *standing).count() as u64;
         self.report
     }
 }

@@ -34,19 +34,20 @@ fn public(sealer: &mut Sealer, t: EventType, body: Vec<u8>) -> Entry {
     take(sealer, batch).remove(0)
 }
 
-/// Bad-hold findings of the audit over `log`.
-fn bad_holds(cast: &Cast, log: &[Entry]) -> usize {
+/// Findings of `kind` in the audit over `log`, as of `now` (retention and reviews judged then).
+fn findings(cast: &Cast, log: &[Entry], kind: FindingKind, now: i64) -> usize {
     let policies = PolicySet::default();
     let mut auditor = Auditor::new(&cast.directory, &policies);
+    auditor.require_destruction(now, hru_audit::DESTRUCTION_GRACE_MS);
     for (i, (subject, bytes)) in log.iter().enumerate() {
         auditor.observe(i as u64 + 1, subject, bytes, hru_broker::StoredAt::Unknown);
     }
-    auditor
-        .finish()
-        .findings
-        .iter()
-        .filter(|f| f.kind == FindingKind::BadHold)
-        .count()
+    auditor.finish().findings.iter().filter(|f| f.kind == kind).count()
+}
+
+/// Bad-hold findings of the audit over `log`.
+fn bad_holds(cast: &Cast, log: &[Entry]) -> usize {
+    findings(cast, log, FindingKind::BadHold, T)
 }
 
 #[test]
@@ -87,6 +88,23 @@ fn a_hold_grant_needs_a_standing_hold_and_the_epochs_members() {
         .unwrap();
     let keys = police.held_keys(&slot.0, &state, &event);
     let case_text = case.to_string();
+    // Every party publishes a hold key for the month: holds' grants go only to those.
+    let mut sealing = cast.directory.clone();
+    let month = hru_envelope::month_at(T).unwrap();
+    for party in [
+        &cast.police,
+        &cast.probation,
+        &cast.cwp,
+        &cast.mersey_care,
+        &cast.em_vendor,
+    ] {
+        let mut keys = hru_envelope::PeriodKeys::new(party.party.clone());
+        keys.start(hru_envelope::HOLD_CLASS, &month, &mut rand_core::OsRng)
+            .unwrap();
+        sealing
+            .add_period_keys(&party.party, keys.publication(&month, 1))
+            .unwrap();
+    }
     let given: Vec<PartyId> = state.members.iter().map(|(p, _)| p.clone()).collect();
     let held_grant = |sealer: &mut Sealer, members: &[PartyId]| {
         let hold = HeldEpoch {
@@ -98,16 +116,8 @@ fn a_hold_grant_needs_a_standing_hold_and_the_epochs_members() {
             epoch_month: &state.month,
             members,
         };
-        let batch = sealer
-            .prepare_held(
-                &hold,
-                &keys,
-                "2027-02",
-                &cast.directory,
-                T,
-                &policy,
-                &mut rand_core::OsRng,
-            )
+        let (batch, _) = sealer
+            .prepare_held(&hold, &keys, &sealing, T, &policy, &mut rand_core::OsRng)
             .unwrap();
         take(sealer, batch).remove(0)
     };
@@ -155,4 +165,23 @@ fn a_hold_grant_needs_a_standing_hold_and_the_epochs_members() {
         2,
         "the foreign release and the grant after release"
     );
+
+    // A hold id that is not a canonical UUID is refused.
+    let shouting = pb::LegalHoldPlaced {
+        hold: HOLD.to_uppercase(),
+        ..placed.clone()
+    };
+    let upper = public(&mut police, EventType::LegalHoldPlaced, shouting.encode_to_vec());
+    assert_eq!(bad_holds(&cast, &[upper]), 1);
+
+    // A standing hold past its review date is a finding; released, it is not.
+    let review_passed = T + 200 * 86_400_000;
+    let standing = vec![after[1].clone()];
+    assert_eq!(
+        findings(&cast, &standing, FindingKind::HoldReviewOverdue, review_passed),
+        1
+    );
+    assert_eq!(findings(&cast, &standing, FindingKind::HoldReviewOverdue, T), 0);
+    let done = vec![after[1].clone(), after[4].clone()];
+    assert_eq!(findings(&cast, &done, FindingKind::HoldReviewOverdue, review_passed), 0);
 }

@@ -72,34 +72,46 @@ impl Sealer {
             .collect()
     }
 
-    /// Seal a grant keeping `keys` readable for `held.members` through `month` and the month
-    /// after: a fresh hold key sealed to each member's key of [`HOLD_CLASS`] and `month`, each
-    /// section key wrapped under it. Commit it once acknowledged.
+    /// Seal a grant keeping `keys` readable for `held.members` through the month of `now_ms`
+    /// and the month after: a fresh hold key sealed to each member's published key of
+    /// [`HOLD_CLASS`] for that month, each section key wrapped under it. A member with no such
+    /// key is left out, never sealed to its long-term key (a hold's copy must die with its
+    /// month); those left out are the second value. Commit it once acknowledged.
     #[allow(clippy::too_many_arguments)]
     pub fn prepare_held(
         &self,
         held: &HeldEpoch<'_>,
         keys: &[HeldKey],
-        month: &str,
         directory: &Directory,
         now_ms: i64,
         policy: &dyn AudiencePolicy,
         rng: &mut (impl CryptoRng + RngCore),
-    ) -> Result<SealedBatch, SealError> {
+    ) -> Result<(SealedBatch, Vec<PartyId>), SealError> {
         if keys.is_empty() {
             return Err(SealError::Field(FieldError::new(
                 "sections",
                 "a hold keeps at least one section",
             )));
         }
+        let month = crate::month_at(now_ms)
+            .ok_or_else(|| SealError::Field(FieldError::new("recorded_at_ms", format!("{now_ms} ms is no month"))))?;
         let mut hold_key = [0u8; EPOCH_KEY_LEN];
         rng.fill_bytes(&mut hold_key);
         let producer = self.producer().clone();
-        let members = held
+        let (with_key, left_out): (Vec<&PartyId>, Vec<&PartyId>) = held
             .members
             .iter()
-            .map(|party| {
-                let key = directory.member_key(party, HOLD_CLASS, month)?;
+            .partition(|p| directory.period_key(p, HOLD_CLASS, &month).is_some());
+        if with_key.is_empty() {
+            return Err(SealError::Field(FieldError::new(
+                "members",
+                format!("no member has published a {HOLD_CLASS} period key for {month}"),
+            )));
+        }
+        let members = with_key
+            .into_iter()
+            .filter_map(|party| {
+                let key = directory.period_key(party, HOLD_CLASS, &month)?;
                 let slot = GrantSlot {
                     producer: &producer,
                     audience: held.audience,
@@ -109,14 +121,14 @@ impl Sealer {
                     hold: Some(held.hold),
                 };
                 let (enc, sealed) = seal_epoch_key(&hold_key, &slot, &key.key, rng);
-                Ok(pb::GrantMember {
+                Some(pb::GrantMember {
                     party: party.to_string(),
                     key_id: key.key_id.0.to_vec(),
                     enc,
                     sealed_epoch_key: sealed,
                 })
             })
-            .collect::<Result<Vec<_>, SealError>>()?;
+            .collect();
         let sections = keys
             .iter()
             .map(|k| pb::HeldSectionKey {
@@ -135,7 +147,7 @@ impl Sealer {
             audience: held.audience.to_string(),
             epoch: held.epoch,
             reason: pb::EpochReason::Unspecified as i32,
-            month: month.to_owned(),
+            month,
             members,
             retention: HOLD_CLASS.to_owned(),
             held: Some(pb::HeldSections {
@@ -163,13 +175,14 @@ impl Sealer {
             |_, _| Vec::new(),
             Some(held.audience),
         );
-        Ok(SealedBatch {
+        let batch = SealedBatch {
             envelopes: vec![sealed],
             steps: vec![Step {
                 chain_after: chain,
                 epoch: None,
             }],
-        })
+        };
+        Ok((batch, left_out.into_iter().cloned().collect()))
     }
 }
 

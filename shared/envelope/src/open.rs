@@ -160,6 +160,7 @@ type EpochRef = (ProducerId, AudienceId, u32);
 struct HeldSection {
     key: chacha20poly1305::Key,
     hold: String,
+    case: hru_domain::CaseId,
     month: String,
 }
 
@@ -478,6 +479,18 @@ impl KeyRing {
             )
             .into());
         }
+        // A hold's key is for the month it was granted in, no later: it dies with that month.
+        if crate::month_at(env.header.recorded_at_ms).as_deref() != Some(month) {
+            return Err(FieldError::new(
+                "body.month",
+                format!("a hold's grant is for the month it is recorded in, not {month:?}"),
+            )
+            .into());
+        }
+        let case: hru_domain::CaseId = held
+            .case_id
+            .parse()
+            .map_err(|e: FieldError| FieldError::new("body.held.case_id", e.problem))?;
         if expires(retention, month).is_some_and(|t| t <= self.expired_at) {
             return Ok(GrantOutcome::Erased);
         }
@@ -520,6 +533,7 @@ impl KeyRing {
                     HeldSection {
                         key: k.key.into(),
                         hold: held.hold.clone(),
+                        case,
                         month: month.to_owned(),
                     },
                 );
@@ -544,7 +558,9 @@ impl KeyRing {
                 let at = (producer.clone(), audience.clone(), s.epoch);
                 let held = (!self.epoch_keys.contains_key(&at))
                     .then(|| self.held.get(&(at, env.header.event_id, s.name.clone())))
-                    .flatten();
+                    .flatten()
+                    // Only in the held case: a key never opens an event of another.
+                    .filter(|h| env.header.case_id == Some(h.case));
                 if let Some(h) = held {
                     return OpenedSection {
                         name: s.name.clone(),

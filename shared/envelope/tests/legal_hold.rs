@@ -137,14 +137,14 @@ fn a_held_grant_opens_the_held_event_alone_until_its_month_ends() {
         .prepare_held(
             &hold,
             &keys,
-            "2027-02",
             &w.directory,
             ms("2027-02-20T00:00:00Z"),
             &w.policy,
             &mut rand_core::OsRng,
         )
         .unwrap();
-    let grant = w.verified(&grant.envelopes[0]);
+    assert!(grant.1.is_empty(), "every member published a February hold key");
+    let grant = w.verified(&grant.0.envelopes[0]);
     assert_eq!(grant.header.event_type, EventType::KeyGranted);
 
     // cwp, its chains moved past November 2026 in March 2027: the epoch's grant is erased, the
@@ -181,6 +181,30 @@ fn a_held_grant_opens_the_held_event_alone_until_its_month_ends() {
     late.ingest_grant(&w.verified(&held[0])).unwrap();
     assert_eq!(late.ingest_grant(&grant).unwrap(), GrantOutcome::Erased);
     assert!(late.holds().is_empty());
+
+    // A member with no hold key for the month is left out, never sealed to its long-term key.
+    let mut sparse = w.cast.directory.clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let mut police = PeriodKeys::new(w.cast.police.party.clone());
+    police.start(HOLD_CLASS, "2027-02", &mut rng).unwrap();
+    sparse
+        .add_period_keys(&w.cast.police.party, police.publication("2027-02", 1))
+        .unwrap();
+    let (only_police, left_out) = w
+        .sealer
+        .prepare_held(
+            &hold,
+            &keys,
+            &sparse,
+            ms("2027-02-20T00:00:00Z"),
+            &w.policy,
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+    assert_eq!(left_out.len(), members.len() - 1);
+    let body: pb::KeyGranted = prost::Message::decode(w.verified(&only_police.envelopes[0]).body.as_slice()).unwrap();
+    assert_eq!(body.members.len(), 1);
+    assert_eq!(body.members[0].party, "police-hru");
 
     // A party never given the epoch is not in the held grant either.
     let mut vendor = KeyRing::new(&w.cast.em_vendor);

@@ -52,29 +52,50 @@ impl Hold {
     }
 }
 
-/// The subjects of holds and releases, from any party.
-fn filters() -> [Filter; 2] {
+/// The subjects of holds, releases and the key events that judge their signers.
+fn filters() -> [Filter; 4] {
     [
         Filter::control_of_type(EventType::LegalHoldPlaced),
         Filter::control_of_type(EventType::LegalHoldReleased),
+        Filter::control_of_type(EventType::KeyRotated),
+        Filter::control_of_type(EventType::KeyRevoked),
     ]
 }
 
-/// Every hold the log `reader` reads, in the order placed. A placement or release that does
-/// not verify, whose body does not decode, or a release not signed by the hold's placer (or of
-/// a hold never placed) is skipped and logged: it changes nothing.
+/// A hold id as placed: a UUID in its canonical (lowercase, hyphenated) form.
+pub fn canonical_id(id: &str) -> Option<String> {
+    uuid::Uuid::parse_str(id)
+        .ok()
+        .map(|u| u.to_string())
+        .filter(|c| c == id)
+}
+
+/// Every hold the log `reader` reads, in the order placed. Signers are judged as every reader
+/// judges them (the log's rotations and revocations read ahead: decision 007). A placement or
+/// release that does not verify, is signed by a key revoked or rotated out, whose body does not
+/// decode or whose id is not canonical, or a release not signed by the hold's placer (or of a
+/// hold never placed) is skipped and logged: it changes nothing.
 pub async fn read(reader: &Reader, directory: &Directory) -> Result<Vec<Hold>, LogError> {
+    use futures::TryStreamExt as _;
+    let entries: Vec<crate::LogEntry> = reader.replay(1, &filters()).await?.try_collect().await?;
+    let mut keys = hru_reader::KeyHistory::new(directory.clone());
+    for e in &entries {
+        keys.learn(e.sequence, &e.payload);
+    }
     let mut holds: Vec<Hold> = Vec::new();
-    let mut entries = reader.replay(1, &filters()).await?;
-    while let Some(e) = futures::TryStreamExt::try_next(&mut entries).await? {
+    for e in &entries {
         let skip = |cause: String| tracing::warn!(sequence = e.sequence, %cause, "legal hold event not taken");
-        let v = match hru_envelope::verify(&e.payload, directory) {
+        let v = match hru_envelope::verify(&e.payload, keys.directory()) {
             Ok(v) => v,
             Err(err) => {
                 skip(err.to_string());
                 continue;
             }
         };
+        if let Err(verdict) = keys.judge(&v.header, e.sequence, true, e.stored) {
+            skip(format!("{verdict:?}"));
+            continue;
+        }
         let signer = v.header.producer.party.clone();
         match v.header.event_type {
             EventType::LegalHoldPlaced => match placed(&v.body) {
@@ -121,9 +142,7 @@ pub async fn read(reader: &Reader, directory: &Directory) -> Result<Vec<Hold>, L
 /// A placement's hold id, case and body, checked.
 fn placed(body: &[u8]) -> Result<(String, CaseId, pb::LegalHoldPlaced), String> {
     let body = pb::LegalHoldPlaced::decode(body).map_err(|e| format!("the body does not decode: {e}"))?;
-    let id = uuid::Uuid::parse_str(&body.hold)
-        .map_err(|e| format!("hold {:?} is not a UUID ({e})", body.hold))?
-        .to_string();
+    let id = canonical_id(&body.hold).ok_or_else(|| format!("hold {:?} is not a canonical UUID", body.hold))?;
     let case: CaseId = body
         .case_id
         .parse()

@@ -653,27 +653,36 @@ impl Producer {
     }
 
     /// Destroy this producer's copies of the epoch keys whose retention has ended by `at_ms`:
-    /// for each, a signed `EpochKeyDestroyed` goes on the log first (sealed at the real time),
-    /// then the key leaves the producer's state. A crash between the two announces it again on
-    /// the next run; nothing is destroyed unannounced. Before an epoch is destroyed, the section
-    /// keys of this producer's events under it in each case under a standing legal hold are
-    /// kept (wrapped in the store); kept keys are granted to the epoch's members under a hold
-    /// key for the month of `at_ms` unless already granted for it, and dropped once their hold
-    /// is released (decision 010). `directory` is the deployment's; the members' published
-    /// period keys are read from the log. Returns (audience, epoch) destroyed.
+    /// for each, a signed `EpochKeyDestroyed` goes on the log first (sealed at `now_ms`, the
+    /// real time), then the key leaves the producer's state. A crash between the two announces
+    /// it again on the next run; nothing is destroyed unannounced. Before an epoch is destroyed,
+    /// the section keys of this producer's events under it in each case under a standing legal
+    /// hold its own party placed are kept (wrapped in the store); kept keys are granted to the
+    /// epoch's members under a hold key for the month of `now_ms` unless already granted for
+    /// it, and dropped once their hold is released (decision 010). `directory` is the
+    /// deployment's; the members' published period keys are read from the log. A hold's grant
+    /// that fails is logged and tried again on the next sweep; it never stops destruction.
+    /// Returns (audience, epoch) destroyed.
     pub async fn destroy_expired(
         &mut self,
         log: &impl SharedLog,
         at_ms: i64,
+        now_ms: i64,
         policy: &(dyn hru_envelope::AudiencePolicy + Sync),
         directory: &Directory,
     ) -> Result<Vec<(AudienceId, u32)>, StoreError> {
         self.flush_outbox(log).await?;
         let expired = self.sealer.expired(at_ms);
-        let holds = if expired.is_empty() && self.held.is_empty() {
+        let party = self.sealer.producer().party.clone();
+        // Only holds this producer's own party placed: each agency decides for its own data.
+        let holds: Vec<crate::holds::Hold> = if expired.is_empty() && self.held.is_empty() {
             Vec::new()
         } else {
-            crate::holds::read(log.reader(), directory).await?
+            crate::holds::read(log.reader(), directory)
+                .await?
+                .into_iter()
+                .filter(|h| h.placed_by == party)
+                .collect()
         };
         let mut destroyed = Vec::new();
         for slot in expired {
@@ -687,13 +696,12 @@ impl Producer {
                 epoch: state.epoch,
                 instance: self.sealer.producer().instance.clone(),
             };
-            let now = jiff::Timestamp::now().as_millisecond();
             let batch = self
                 .sealer
                 .prepare_public(
                     EventType::EpochKeyDestroyed,
                     prost::Message::encode_to_vec(&body),
-                    now,
+                    now_ms,
                     policy,
                 )
                 .map_err(|e| StoreError::Seal(e.to_string()))?;
@@ -703,7 +711,7 @@ impl Producer {
                 destroyed.push((slot.0, epoch));
             }
         }
-        let released = self.grant_held(log, &holds, at_ms, policy, directory).await?;
+        let released = self.grant_held(log, &holds, now_ms, policy, directory).await?;
         if !destroyed.is_empty() || released {
             self.rewrap()?;
         }
@@ -759,13 +767,13 @@ impl Producer {
         Ok(())
     }
 
-    /// Drop the kept section keys of released holds; grant the others for the month of `at_ms`
-    /// where not yet granted for it. Whether any were dropped.
+    /// Drop the kept section keys of released holds; grant the others for the month of
+    /// `now_ms` where not yet granted for it. Whether any were dropped.
     async fn grant_held(
         &mut self,
         log: &impl SharedLog,
         holds: &[crate::holds::Hold],
-        at_ms: i64,
+        now_ms: i64,
         policy: &(dyn hru_envelope::AudiencePolicy + Sync),
         directory: &Directory,
     ) -> Result<bool, StoreError> {
@@ -783,7 +791,8 @@ impl Producer {
             );
             self.save_state()?;
         }
-        let month = hru_envelope::month_at(at_ms).ok_or_else(|| StoreError::Seal(format!("{at_ms} ms is no month")))?;
+        let month =
+            hru_envelope::month_at(now_ms).ok_or_else(|| StoreError::Seal(format!("{now_ms} ms is no month")))?;
         if self.held.iter().all(|h| h.granted.as_deref() == Some(month.as_str())) {
             return Ok(released);
         }
@@ -802,11 +811,24 @@ impl Producer {
                 epoch_month: &h.epoch_month,
                 members: &h.members,
             };
-            let now = jiff::Timestamp::now().as_millisecond();
-            let batch = self
-                .sealer
-                .prepare_held(&held, &h.keys, &month, &sealing, now, policy, &mut rand_core::OsRng)
-                .map_err(|e| StoreError::Seal(e.to_string()))?;
+            let (batch, left_out) = match self.sealer.prepare_held(
+                &held,
+                &h.keys,
+                &sealing,
+                now_ms,
+                policy,
+                &mut rand_core::OsRng,
+            ) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    tracing::warn!(hold = %h.hold, audience = %h.audience, epoch = h.epoch, cause = %e, "a legal hold's keys not granted this month; trying again on the next sweep");
+                    continue;
+                }
+            };
+            if !left_out.is_empty() {
+                let names: Vec<String> = left_out.iter().map(ToString::to_string).collect();
+                tracing::warn!(hold = %h.hold, left_out = %names.join(", "), %month, "members with no one-month period key left out of a legal hold's grant");
+            }
             self.append(log, &batch, Expect::Any).await?;
             self.held[i].granted = Some(month.clone());
             self.save_state()?;

@@ -134,13 +134,25 @@ async fn a_destroyed_epoch_key_cannot_be_had_from_the_producers_store() {
     // Before its retention ends nothing is destroyed; after, it is, once.
     assert!(
         producer
-            .destroy_expired(&log, JUNE_2026, &policy, &cast.directory)
+            .destroy_expired(
+                &log,
+                JUNE_2026,
+                jiff::Timestamp::now().as_millisecond(),
+                &policy,
+                &cast.directory
+            )
             .await
             .unwrap()
             .is_empty()
     );
     let destroyed = producer
-        .destroy_expired(&log, JUNE_2030, &policy, &cast.directory)
+        .destroy_expired(
+            &log,
+            JUNE_2030,
+            jiff::Timestamp::now().as_millisecond(),
+            &policy,
+            &cast.directory,
+        )
         .await
         .unwrap();
     assert_eq!(destroyed, vec![(audience.clone(), epoch)]);
@@ -152,7 +164,13 @@ async fn a_destroyed_epoch_key_cannot_be_had_from_the_producers_store() {
     );
     assert!(
         producer
-            .destroy_expired(&log, JUNE_2030, &policy, &cast.directory)
+            .destroy_expired(
+                &log,
+                JUNE_2030,
+                jiff::Timestamp::now().as_millisecond(),
+                &policy,
+                &cast.directory
+            )
             .await
             .unwrap()
             .is_empty()

@@ -429,10 +429,10 @@ impl Projector {
     pub fn take_holds_ahead(&mut self, entries: &[LogItem<'_>]) -> Result<(), ProjectionError> {
         let mut through = self.store.holds_folded()?;
         for &(sequence, subject, bytes, stored) in entries {
-            match self.read.read(&Incoming::logged(sequence, subject, bytes, stored)) {
-                Ok(Read::Grant { .. }) => through = through.max(sequence),
-                Ok(_) => {}
-                Err(refusal) => tracing::warn!(%refusal, "a legal hold's grant refused"),
+            // A refused grant opens nothing: folding again for it would change nothing.
+            through = through.max(sequence);
+            if let Err(refusal) = self.read.read(&Incoming::logged(sequence, subject, bytes, stored)) {
+                tracing::warn!(%refusal, "a legal hold's grant refused");
             }
         }
         self.store.set_holds_folded(through)
@@ -509,6 +509,7 @@ impl Projector {
         let mut kept = Vec::new();
         let mut refused = Vec::new();
         let mut typed = Vec::with_capacity(entries.len());
+        let mut holds_through = 0;
         for &(sequence, subject, bytes, stored) in entries {
             let read = match self.read.read(&Incoming::logged(sequence, subject, bytes, stored)) {
                 Ok(read) => read,
@@ -524,6 +525,10 @@ impl Projector {
                     }
                     // Keys for sections folded before (as erased) arrived with a legal hold.
                     self.held_unfolded |= outcome == hru_envelope::GrantOutcome::Held;
+                    if !self.held_unfolded {
+                        // Folded with every hold's grant so far (renewals add nothing).
+                        holds_through = sequence;
+                    }
                 }
                 Read::Public(v) => {
                     if matches!(v.header.event_type, EventType::KeyRotated | EventType::KeyRevoked)
@@ -542,6 +547,9 @@ impl Projector {
         if through > self.grants_through {
             self.store.keep_grants(&kept, through)?;
             self.grants_through = through;
+        }
+        if holds_through > 0 && !self.held_unfolded && holds_through > self.store.holds_folded()? {
+            self.store.set_holds_folded(holds_through)?;
         }
         for (i, projection) in self.projections.iter().enumerate() {
             let after = self.checkpoints[i];
