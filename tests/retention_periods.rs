@@ -677,6 +677,17 @@ fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
         );
     }
 
+    // victim-advocacy's node runs from before the hold, sweeping every second.
+    let node = w.start_node("victim-advocacy", "retention_sweep_s = 1");
+    drop(rt.block_on(w.channel(&node, "victim-advocacy")));
+    let data_dir = w.dir.path().join("node-victim-advocacy");
+    let advocacy_store = || {
+        let current =
+            std::fs::read_to_string(data_dir.join("projections.current")).unwrap_or_else(|_| "projections".into());
+        data_dir.join(current.trim())
+    };
+    let before_hold = advocacy_store();
+
     // A hold whose review date has passed is refused, naming the flag; nothing is signed.
     let held = held_case.to_string();
     let place = |review: &str| {
@@ -806,14 +817,20 @@ fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
         "probation holds none of police-hru's sections"
     );
 
-    // victim-advocacy's node, started now, folds the held referral's victim and not the
-    // other's; a rebuild from the log gives the same digests.
-    let node = w.start_node("victim-advocacy", "");
-    drop(rt.block_on(w.channel(&node, "victim-advocacy")));
+    // victim-advocacy's node, running since before the hold, takes the hold's grant in as it
+    // follows the log and, on its next sweep, folds a new store with the held referral and
+    // swaps it in: the held victim is named, the other is not, and a rebuild from the log
+    // gives the same digests.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while advocacy_store() == before_hold {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node swapped in a new store within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     drop(node);
-    let data_dir = w.dir.path().join("node-victim-advocacy");
-    let current = std::fs::read_to_string(data_dir.join("projections.current")).unwrap();
-    let live_store = data_dir.join(current.trim());
+    let live_store = advocacy_store();
     assert_eq!(victim_names(&live_store), vec![VICTIM.to_owned()]);
     assert!(
         !on_disk(&data_dir, LIVE_VICTIM),

@@ -53,6 +53,10 @@ pub struct NodeConfig {
     /// is answered RESOURCE_EXHAUSTED.
     #[serde(default = "default_streams")]
     pub max_streams_per_party: usize,
+    /// Seconds between retention sweeps: expired keys destroyed, the party's period keys kept,
+    /// projections folded again when an epoch expired or a legal hold's keys arrived.
+    #[serde(default = "default_sweep")]
+    pub retention_sweep_s: u64,
 }
 
 /// Mutual TLS files (PEM).
@@ -75,6 +79,9 @@ fn default_streams() -> usize {
 }
 fn default_checkpoint() -> u64 {
     300
+}
+fn default_sweep() -> u64 {
+    3600
 }
 fn default_instance() -> String {
     "node-1".into()
@@ -111,6 +118,9 @@ impl hru_runtime::Settings for NodeConfig {
         }
         if self.max_streams_per_party == 0 {
             return Err(key("max_streams_per_party", "must be at least 1".into()));
+        }
+        if self.retention_sweep_s == 0 {
+            return Err(key("retention_sweep_s", "must be at least 1".into()));
         }
         if self.breach_heartbeat_s == 0 {
             return Err(key("breach_heartbeat_s", "must be at least 1".into()));

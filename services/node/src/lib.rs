@@ -271,7 +271,11 @@ pub async fn run(
 
     let mut tasks = Tasks::new();
     tasks.spawn(fold_loop(shared.clone(), stop_rx.clone()));
-    tasks.spawn(retention_loop(shared.clone(), stop_rx.clone()));
+    tasks.spawn(retention_loop(
+        shared.clone(),
+        Duration::from_secs(config.retention_sweep_s),
+        stop_rx.clone(),
+    ));
     if config.checkpoint_every_s > 0 {
         tasks.spawn(checkpoint_loop(
             shared.clone(),
@@ -346,9 +350,6 @@ fn tokio_stream_of(listener: TcpListener) -> impl futures::Stream<Item = std::io
     })
 }
 
-/// How often a running node looks for epoch keys whose retention has ended.
-const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
-
 /// Destroy the producer's epoch keys whose retention has ended, each announced on the log.
 async fn destroy_expired(
     producer: &mut Producer,
@@ -363,12 +364,12 @@ async fn destroy_expired(
     Ok(())
 }
 
-/// Every [`RETENTION_SWEEP`], destroy the epoch keys whose retention has ended since.
-async fn retention_loop(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Every `every` (`retention_sweep_s`), destroy the epoch keys whose retention has ended since.
+async fn retention_loop(shared: Arc<Shared>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            () = tokio::time::sleep(RETENTION_SWEEP) => {}
+            () = tokio::time::sleep(every) => {}
         }
         if let Err(e) = sweep(&shared).await {
             tracing::warn!(cause = %e, "expired keys not destroyed; trying again later");

@@ -556,12 +556,18 @@ impl KeyRing {
                 let audience = AudienceId::parse(&s.audience, "audience")
                     .unwrap_or_else(|_| unreachable!("verify checked every section's audience"));
                 let at = (producer.clone(), audience.clone(), s.epoch);
-                let held = (!self.epoch_keys.contains_key(&at))
-                    .then(|| self.held.get(&(at, env.header.event_id, s.name.clone())))
-                    .flatten()
-                    // Only in the held case: a key never opens an event of another.
-                    .filter(|h| env.header.case_id == Some(h.case));
-                if let Some(h) = held {
+                let plaintext = if let Some(key) = self.epoch_keys.get(&at) {
+                    open_section(key, &env.header.event_id, &env.header_digest, s).ok_or_else(|| {
+                        OpenError::SectionDecrypt {
+                            section: s.name.clone(),
+                        }
+                    })
+                } else if let Some(h) = self
+                    .held
+                    .get(&(at.clone(), env.header.event_id, s.name.clone()))
+                    // A legal hold's key, only in the held case: it never opens another's event.
+                    .filter(|h| env.header.case_id == Some(h.case))
+                {
                     return OpenedSection {
                         name: s.name.clone(),
                         plaintext: open_section_with(&h.key, &env.header_digest, s).ok_or_else(|| {
@@ -571,23 +577,15 @@ impl KeyRing {
                         }),
                         held: Some(h.hold.clone()),
                     };
-                }
-                let plaintext = match self.epoch_keys.get(&(producer.clone(), audience.clone(), s.epoch)) {
-                    Some(key) => open_section(key, &env.header.event_id, &env.header_digest, s).ok_or_else(|| {
-                        OpenError::SectionDecrypt {
-                            section: s.name.clone(),
-                        }
-                    }),
-                    None if self.erased.contains_key(&(producer.clone(), audience.clone(), s.epoch)) => {
-                        let (class, month) = &self.erased[&(producer.clone(), audience.clone(), s.epoch)];
-                        Err(OpenError::Erased {
-                            section: s.name.clone(),
-                            class: class.clone(),
-                            month: month.clone(),
-                            on: erased_on(class, month),
-                        })
-                    }
-                    None => match self.members.get(&(producer.clone(), audience.clone())) {
+                } else if let Some((class, month)) = self.erased.get(&at) {
+                    Err(OpenError::Erased {
+                        section: s.name.clone(),
+                        class: class.clone(),
+                        month: month.clone(),
+                        on: erased_on(class, month),
+                    })
+                } else {
+                    match self.members.get(&(producer.clone(), audience.clone())) {
                         Some(members) if !members.contains(&self.party) => Err(OpenError::NotInAudience {
                             section: s.name.clone(),
                             audience,
@@ -604,7 +602,7 @@ impl KeyRing {
                             audience,
                             epoch: s.epoch,
                         }),
-                    },
+                    }
                 };
                 OpenedSection {
                     name: s.name.clone(),
