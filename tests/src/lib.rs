@@ -49,12 +49,18 @@ pub fn engine_breaches(
     }
     merged.sort_by_key(|(t, s, q, _)| (*t, *s, *q));
     let mut state = hru_geofence::State::new(hru_geofence::Config::default());
+    let mut inputs = hru_geofence::Inputs::new();
     let mut out = Vec::new();
     for (_, _, _, v) in &merged {
         if v.header.event_type == EventType::TagBreach {
             continue;
         }
-        for input in hru_geofence::service::input_of(&ring.open(v)) {
+        let told = if v.header.event_type.is_public() {
+            inputs.public(v)
+        } else {
+            inputs.of(&ring.open(v))
+        };
+        for input in told {
             for a in state.apply(&input) {
                 if let hru_geofence::Action::Breach(b) = a {
                     out.push(b);

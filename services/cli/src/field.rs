@@ -61,6 +61,9 @@ pub(crate) async fn gateway(
     if let Some(h) = flags.heartbeat_ms {
         overrides.push(("heartbeat_ms", h.to_string()));
     }
+    if let Some(g) = &flags.gateway_id {
+        overrides.push(("gateway_id", g.clone()));
+    }
     let settings = GatewaySettings::load(&text, &source, |k| std::env::var(k).ok(), &overrides)?;
     let party = settings.party_id()?;
     let keys_dir = settings.keys_dir.clone().unwrap_or_default();
@@ -71,7 +74,40 @@ pub(crate) async fn gateway(
         &keys_dir,
         settings.batching(),
     )
-    .await?)
+    .await?
+    .named(&settings.gateway_id))
+}
+
+/// `hru gateway retire`: `party` signs that its gateway `gateway` is gone for good.
+pub(crate) async fn retire(
+    nats: &crate::Broker,
+    policies_dir: &std::path::Path,
+    party: &str,
+    keys_dir: &std::path::Path,
+    gateway: &str,
+    reason: &str,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let party: hru_domain::PartyId = party.parse().context("--party")?;
+    if gateway.trim().is_empty() {
+        anyhow::bail!("--gateway: give the gateway's identity (`gateway_id` in its configuration)");
+    }
+    if reason.trim().is_empty() {
+        anyhow::bail!("--reason: say why the gateway is retired");
+    }
+    let mut producer = crate::producer_state::PartyProducer::open(nats, policies_dir, keys_dir, &party, "cli").await?;
+    let body = hru_wire::v1::GatewayRetired {
+        gateway: gateway.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (sequence, _) = producer
+        .append_public(
+            hru_domain::EventType::GatewayRetired,
+            prost::Message::encode_to_vec(&body),
+        )
+        .await?;
+    println!("gateway {gateway} of {party} retired at log sequence {sequence}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `hru gateway run`: vendor fixes as JSON lines of `hru.v1.DeviceFixes` on standard input,

@@ -259,6 +259,23 @@ pub enum GatewayCommand {
         #[arg(long)]
         fast: bool,
     },
+    /// Retire a gateway that is gone for good, signed by its party: the geofence stops waiting
+    /// for its heartbeats (a silent gateway holds event time, and every no-communication
+    /// alert, back).
+    Retire {
+        /// The gateway's party (default em-vendor).
+        #[arg(long, default_value = "em-vendor")]
+        party: String,
+        /// Directory with the party's secret key file and producer stores.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The gateway's identity (`gateway_id` in its configuration).
+        #[arg(long)]
+        gateway: String,
+        /// Why it is retired.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// The gateway's flags; each given one overrides the configuration file and environment.
@@ -282,6 +299,9 @@ pub struct GatewayFlags {
     /// Milliseconds without fixes before a heartbeat batch (default 1000).
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
+    /// The gateway's stable identity across restarts (default: the host name).
+    #[arg(long)]
+    pub gateway_id: Option<String>,
 }
 
 /// `hru device` subcommands.
@@ -803,6 +823,12 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Gateway(GatewayCommand::Retire {
+            party,
+            keys,
+            gateway,
+            reason,
+        }) => field::retire(&broker, &cli.policies, &party, &keys, &gateway, &reason).await,
         Command::Gateway(GatewayCommand::Simulate {
             settings,
             tags,

@@ -72,6 +72,9 @@ pub struct Gateway {
     log: PositionLog,
     subject: hru_broker::Subject,
     config: GatewayConfig,
+    /// The gateway's stable identity, named in every batch (its producer instance changes
+    /// each run; this does not).
+    name: String,
     devices: Vec<pb::DeviceFixes>,
     index: HashMap<String, usize>,
     pending: usize,
@@ -104,6 +107,7 @@ impl Gateway {
     ) -> Self {
         let subject = hru_broker::Subject::positions(&producer.party, &producer.instance);
         Self {
+            name: producer.instance.clone(),
             sealer: Sealer::new(producer, signing),
             isa,
             directory,
@@ -119,6 +123,18 @@ impl Gateway {
             inflight: None,
             periods: None,
         }
+    }
+
+    /// Name the gateway `name` in its batches: its stable identity across restarts (each run
+    /// seals as a new producer instance, so its chain never forks). Without it, the instance.
+    pub fn named(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.name);
+        self
+    }
+
+    /// The gateway's stable identity.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Read the members' period keys again when [`PERIOD_KEYS_REFRESH`] has passed (a failed
@@ -218,6 +234,7 @@ impl Gateway {
         let batch = pb::PositionBatch {
             devices: std::mem::take(&mut self.devices),
             heartbeat_at_ms: now_ms,
+            gateway: self.name.clone(),
         };
         let sealed = self.sealer.prepare_event(
             CaseId(uuid::Uuid::nil()),

@@ -35,6 +35,21 @@ pub struct GatewaySettings {
     /// Milliseconds without fixes after which an empty batch (a heartbeat) goes out.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_ms: u64,
+    /// The gateway's stable identity: the same across restarts, one per gateway process (the
+    /// geofence waits for each gateway's heartbeats; a retired one with `hru gateway retire`).
+    /// Default: this machine's host name.
+    #[serde(default = "default_gateway_id")]
+    pub gateway_id: String,
+}
+
+/// This machine's host name, or "gateway" where it cannot be read.
+fn default_gateway_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into())
 }
 
 fn default_party() -> String {
@@ -65,11 +80,27 @@ impl hru_runtime::Settings for GatewaySettings {
         ("HRU_POLICIES", "policies_dir"),
         ("HRU_GATEWAY_PARTY", "party"),
         ("HRU_GATEWAY_KEYS", "keys_dir"),
+        ("HRU_GATEWAY_ID", "gateway_id"),
     ];
 
     fn validate(&self) -> Result<(), ConfigError> {
         let key = |k: &str, message: String| ConfigError::key("", k, message);
         PartyId::parse(&self.party, "party").map_err(|e| key("party", e.problem))?;
+        let id_ok = !self.gateway_id.is_empty()
+            && self.gateway_id.len() <= 64
+            && self
+                .gateway_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !id_ok {
+            return Err(key(
+                "gateway_id",
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                    self.gateway_id
+                ),
+            ));
+        }
         if self.keys_dir.is_none() {
             return Err(key(
                 "keys_dir",

@@ -3,7 +3,9 @@
 //! and appends the breaches it finds (`service`).
 
 pub mod engine;
+pub mod inputs;
 pub mod service;
 
 pub use engine::{Action, BreachUpdate, Config, Device, Evidence, Fix, Input, Proximity, State, evaluate};
 pub use hru_domain::zone::{Frame, Shape, Window, Zone, ZoneError, distance_m};
+pub use inputs::Inputs;

@@ -8,14 +8,14 @@
 //! duplicate window; and on start the service reads back the TagBreach events it has already
 //! appended, so replaying its inputs appends only the decisions a crash cut off.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
-use hru_domain::{CaseEvent, DeviceId, EventType, PartyId, ProducerId, TagId, split_draft};
+use hru_domain::{DeviceId, EventType, PartyId, ProducerId, split_draft};
 use hru_envelope::{Directory, OpenedEvent, PartySecrets, VerifiedEnvelope};
 use hru_log::periods::{self, PeriodHolder};
 use hru_log::{Expect, LogEntry, PartyView, PositionLog, Producer, SharedLog as _};
@@ -28,8 +28,8 @@ use prometheus_client::registry::Registry;
 use prost::Message as _;
 use serde::Deserialize;
 
-use crate::engine::{Action, BreachUpdate, Config, Device, Fix, Input, Proximity, State};
-use hru_domain::zone::Zone;
+use crate::engine::{Action, BreachUpdate, Config, Input, State};
+use crate::inputs::Inputs;
 
 /// Domain separation of a victim alert's signature.
 pub const ALERT_DOMAIN: &[u8] = b"hru.v1.VictimAlert\0";
@@ -279,82 +279,9 @@ struct Service {
     read: ReadPath,
     state: State,
     logged: HashSet<String>,
-    heartbeats: BTreeMap<String, i64>,
+    /// What each event tells the engine, and each gateway's latest heartbeat.
+    inputs: Inputs,
     stats: Arc<Stats>,
-}
-
-/// The engine inputs one event carries, as the read path opened it.
-pub fn input_of(v: &OpenedEvent) -> Vec<Input> {
-    if v.header.event_type == EventType::PositionBatch {
-        let Some(batch) = v
-            .sections
-            .iter()
-            .find(|s| s.name == "batch")
-            .and_then(|s| s.plaintext.as_ref().ok())
-            .and_then(|p| pb::PositionBatch::decode(p.as_slice()).ok())
-        else {
-            return Vec::new();
-        };
-        let mut inputs: Vec<Input> = batch
-            .devices
-            .iter()
-            .filter_map(|d| {
-                let device = if d.victim_device {
-                    DeviceId::parse(&d.device_id, "device_id").map(Device::Victim)
-                } else {
-                    TagId::parse(&d.device_id, "device_id").map(Device::Tag)
-                };
-                match device {
-                    Ok(device) => Some(Input::Fixes {
-                        device,
-                        fixes: d.fixes.iter().map(Fix::from_wire).collect(),
-                    }),
-                    Err(e) => {
-                        tracing::warn!(
-                            device = d.device_id.as_str(),
-                            batch = %v.header.event_id,
-                            producer = %v.header.producer,
-                            cause = %e,
-                            "device id not usable; its fixes ignored"
-                        );
-                        None
-                    }
-                }
-            })
-            .collect();
-        inputs.push(Input::Watermark {
-            at_ms: batch.heartbeat_at_ms,
-        });
-        return inputs;
-    }
-    let readable: Vec<(&str, &[u8])> = v
-        .sections
-        .iter()
-        .filter_map(|s| s.plaintext.as_ref().ok().map(|p| (s.name.as_str(), p.as_slice())))
-        .collect();
-    let Ok(event) = hru_domain::join_sections(v.header.event_type, &readable).and_then(CaseEvent::try_from) else {
-        return Vec::new();
-    };
-    let case = v.header.case_id;
-    match event {
-        CaseEvent::ZoneDefined { core: Some(z) } => match Zone::parse(&z, case) {
-            Ok(zone) => vec![Input::Zone(Box::new(zone))],
-            Err(e) => {
-                tracing::warn!(cause = %e, "zone not usable; ignored");
-                Vec::new()
-            }
-        },
-        CaseEvent::ZoneRevoked { core: Some(r) } => vec![Input::ZoneRevoked {
-            zone: r.zone_id,
-            at_ms: v.header.occurred_at_ms,
-        }],
-        CaseEvent::ProximityRuleSet { core: Some(rule) } => {
-            vec![Input::Proximity(Box::new(Proximity { rule, case, version: 1 }))]
-        }
-        CaseEvent::TagFitted { core: Some(tag) } => vec![Input::TagFitted { case, tag }],
-        CaseEvent::TagRemoved { core: Some(tag) } => vec![Input::TagRemoved { tag: tag.tag_id }],
-        _ => Vec::new(),
-    }
 }
 
 /// The message id of a TagBreach in the log (as `BreachUpdate::message_id`), as opened.
@@ -470,21 +397,15 @@ impl Service {
         Ok(())
     }
 
-    /// The watermark: the oldest heartbeat among the gateways heard from.
-    fn watermark(&mut self, v: &OpenedEvent, inputs: &mut [Input]) {
-        for i in inputs.iter_mut() {
-            if let Input::Watermark { at_ms } = i {
-                self.heartbeats.insert(v.header.producer.to_string(), *at_ms);
-                *at_ms = self.heartbeats.values().copied().min().unwrap_or(*at_ms);
-            }
-        }
-    }
-
     /// Take one message through the read path: a refusal is counted and logged, a grant or
     /// key event taken in, an event fed to the engine.
     async fn read(&mut self, e: &LogEntry) -> Result<(), GeofenceError> {
         match self.read.read(&incoming(e)) {
             Ok(Read::Event { opened, .. }) => self.feed(&opened).await,
+            Ok(Read::Public(v)) => {
+                let inputs = self.inputs.public(&v);
+                self.apply(&inputs).await
+            }
             Ok(_) => Ok(()),
             Err(refusal) => {
                 self.refused(&refusal);
@@ -505,9 +426,12 @@ impl Service {
             }
             return Ok(());
         }
-        let mut inputs = input_of(v);
-        self.watermark(v, &mut inputs);
-        for input in &inputs {
+        let inputs = self.inputs.of(v);
+        self.apply(&inputs).await
+    }
+
+    async fn apply(&mut self, inputs: &[Input]) -> Result<(), GeofenceError> {
+        for input in inputs {
             if let Input::Fixes { fixes, .. } = input {
                 self.stats.fixes.inc_by(fixes.len() as u64);
             }
@@ -639,7 +563,7 @@ pub async fn run(
         producer,
         state: State::new(config.engine.config()),
         logged: HashSet::new(),
-        heartbeats: BTreeMap::new(),
+        inputs: Inputs::new(),
         stats,
     };
 
@@ -687,10 +611,15 @@ pub async fn run(
     for (.., v) in merged.iter().filter(|m| {
         let h = &m.3.header;
         let own_breach = h.event_type == EventType::TagBreach && h.producer.party == own;
-        !(h.event_type.is_public() || own_breach)
+        !own_breach
     }) {
-        let opened = service.read.open(v);
-        service.feed(&opened).await?;
+        if v.header.event_type.is_public() {
+            let inputs = service.inputs.public(v);
+            service.apply(&inputs).await?;
+        } else {
+            let opened = service.read.open(v);
+            service.feed(&opened).await?;
+        }
     }
     tracing::info!(
         events = events.len(),

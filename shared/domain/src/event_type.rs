@@ -126,7 +126,7 @@ event_types! {
         CaseClosed => [core],
         AccessLogged => [core],
     }
-    public { PolicyAdopted, KeyGranted, KeyRotated, KeyRevoked, EpochKeyDestroyed, PeriodKeysPublished, LegalHoldPlaced, LegalHoldReleased, ChainCheckpoint, CheckpointWitnessed }
+    public { PolicyAdopted, KeyGranted, KeyRotated, KeyRevoked, EpochKeyDestroyed, PeriodKeysPublished, LegalHoldPlaced, LegalHoldReleased, GatewayRetired, ChainCheckpoint, CheckpointWitnessed }
 }
 
 impl EventType {

@@ -1,0 +1,273 @@
+//! Event time across gateway restarts (issue 17), on a real nats-server with the geofence
+//! running: a restarted gateway (a new producer instance, the same configured identity) is the
+//! same gateway, so its heartbeats move event time on and a tag that fell silent raises its
+//! no-communication alert; a gateway gone for good holds event time back until its party
+//! retires it with a signed `GatewayRetired`. Every breach decision is logged exactly once, as
+//! the pure engine decides over the logged inputs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt as _;
+use hru_domain::{EventType, ProducerId};
+use hru_envelope::{Directory, KeyRing, verify};
+use hru_gateway::{Gateway, GatewayConfig};
+use hru_log::{EventLog, PositionLog, SharedLog as _};
+use hru_tests::{CHESHIRE_PARTIES, World, free_port};
+use hru_wire::v1 as pb;
+use prost::Message as _;
+
+const MINUTE: i64 = 60_000;
+const TAG_T: &str = "tag-t";
+const TAG_U: &str = "tag-u";
+
+fn fix(seq: u64, at_ms: i64) -> pb::PositionFix {
+    pb::PositionFix {
+        fix_seq: seq,
+        device_time_ms: at_ms,
+        received_at_ms: at_ms,
+        position: Some(pb::LatLon { lat: 53.19, lon: -2.89 }),
+        accuracy_m: 5.0,
+        source: pb::FixSource::Gps as i32,
+        battery_percent: 80,
+        strap: pb::StrapState::Intact as i32,
+    }
+}
+
+/// Every breach decision on the log: (tag, kind) of each opening, and message id → count.
+fn breaches(log: &EventLog, rt: &tokio::runtime::Runtime, world: &World, directory: &Directory) -> Decisions {
+    let events: Vec<hru_log::LogEntry> = rt
+        .block_on(async { log.reader().replay(1, &[]).await?.try_collect().await })
+        .unwrap();
+    let mut ring = hru_runtime::deployment::key_ring(&world.keys(), &"geofence".parse().unwrap()).unwrap();
+    let mut d = Decisions::default();
+    for e in &events {
+        let Ok(v) = verify(&e.payload, directory) else { continue };
+        if v.header.event_type == EventType::KeyGranted {
+            let _ = ring.ingest_grant(&v);
+            continue;
+        }
+        if v.header.event_type != EventType::TagBreach {
+            continue;
+        }
+        let opened = ring.open(&v);
+        let Some(Ok(core)) = opened.sections.first().map(|s| s.plaintext.as_ref()) else {
+            continue;
+        };
+        let core = pb::BreachCore::decode(core.as_slice()).unwrap();
+        if core.state == pb::BreachState::Opened as i32 {
+            d.opened.push((core.tag_id.clone(), core.kind()));
+        }
+        if let Some(id) = hru_geofence::service::logged_id(&opened) {
+            *d.logged.entry(id).or_default() += 1;
+        }
+    }
+    d
+}
+
+#[derive(Default)]
+struct Decisions {
+    opened: Vec<(String, pb::BreachKind)>,
+    logged: BTreeMap<String, usize>,
+}
+
+impl Decisions {
+    fn raised(&self, tag: &str, kind: pb::BreachKind) -> bool {
+        self.opened.iter().any(|(t, k)| t == tag && *k == kind)
+    }
+}
+
+/// Wait up to 20 s for `tag`'s `kind` breach on the log.
+fn wait_for(
+    log: &EventLog,
+    rt: &tokio::runtime::Runtime,
+    world: &World,
+    directory: &Directory,
+    tag: &str,
+    kind: pb::BreachKind,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !breaches(log, rt, world, directory).raised(tag, kind) {
+        assert!(
+            Instant::now() < deadline,
+            "{tag}'s {} was raised within 20 s (geofence log: {})",
+            kind.as_str_name(),
+            std::fs::read_to_string(world.dir.path().join("geofence.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_restarted_gateway_keeps_event_time_moving_and_a_retired_one_stops_holding_it_back() {
+    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
+    world.provision();
+    let fitted_at = jiff::Timestamp::now().as_millisecond();
+    for (i, tag) in [TAG_T, TAG_U].into_iter().enumerate() {
+        let case = uuid::Uuid::from_u128(0xc0fe_0000 + i as u128).to_string();
+        let order = base64_of(uuid::Uuid::from_u128(0x0de0_0000 + i as u128));
+        let fitted = hru_tests::tag_fitted_json(&case, tag, &order, &format!("victim-{tag}"), fitted_at);
+        let out = world.append("em-vendor", &world.event(&format!("fitted-{tag}.json"), &fitted));
+        assert!(
+            out.status.success(),
+            "{fitted}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (directory, isa) = world.deployment();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let vendor = world.secrets("em-vendor");
+    let positions = rt
+        .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
+        .unwrap();
+    let run = |instance: &str, name: &str| {
+        Gateway::new(
+            ProducerId {
+                party: vendor.party.clone(),
+                instance: instance.into(),
+            },
+            vendor.signing.clone(),
+            isa.clone(),
+            directory.clone(),
+            positions.clone(),
+            GatewayConfig::default(),
+        )
+        .named(name)
+    };
+    let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
+    let mut geofence = world.start_geofence(free_port());
+    // Gateways' clocks run ahead of the wall clock here (simulated minutes pass in moments);
+    // whatever else is recorded is recorded in the same order on that clock, as it would be
+    // in service, so the pure engine over the logged inputs (in recorded order) decides alike.
+    let t0 = jiff::Timestamp::now().as_millisecond() + MINUTE;
+
+    // The gateway's first run hears both tags; it restarts (a new instance, the same identity)
+    // and hears only U for twenty minutes: T has been silent for more than fifteen.
+    let mut first = run("gw-run-1", "vendor-gw-1");
+    rt.block_on(async {
+        first.push(TAG_T, false, fix(1, t0));
+        first.push(TAG_U, false, fix(1, t0));
+        first.flush(t0).await.unwrap();
+    });
+    let mut restarted = run("gw-run-2", "vendor-gw-1");
+    rt.block_on(async {
+        for m in 1..=20 {
+            restarted.push(TAG_U, false, fix(1 + m as u64, t0 + m * MINUTE));
+            restarted.flush(t0 + m * MINUTE).await.unwrap();
+        }
+    });
+    wait_for(&log, &rt, &world, &directory, TAG_T, pb::BreachKind::NoCommunication);
+
+    // A second gateway hears U once and goes for good; the first carries on with heartbeats
+    // alone. Event time waits for the silent one: U, silent for twenty minutes by the first
+    // gateway's clock, raises nothing...
+    let t1 = t0 + 21 * MINUTE;
+    let mut other = run("gw-run-3", "vendor-gw-2");
+    rt.block_on(async {
+        other.push(TAG_U, false, fix(100, t1));
+        other.flush(t1).await.unwrap();
+        for m in 1..=20 {
+            restarted.flush(t1 + m * MINUTE).await.unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !breaches(&log, &rt, &world, &directory).raised(TAG_U, pb::BreachKind::NoCommunication),
+        "a gateway heard from and not retired holds event time back"
+    );
+    // ... until the vendor retires the silent gateway (signed on the gateways' clock): event
+    // time moves on at once.
+    rt.block_on(async {
+        let store = world.dir.path().join("vendor-desk");
+        let producer_id = ProducerId {
+            party: vendor.party.clone(),
+            instance: "desk".into(),
+        };
+        let mut desk = hru_log::Producer::open(&store, producer_id, vendor.signing.clone(), &log, &directory)
+            .await
+            .unwrap();
+        let body = pb::GatewayRetired {
+            gateway: "vendor-gw-2".into(),
+            reason: "decommissioned".into(),
+        };
+        let batch = desk
+            .sealer()
+            .prepare_public(EventType::GatewayRetired, body.encode_to_vec(), t1 + 21 * MINUTE, &isa)
+            .unwrap();
+        desk.append(&log, &batch, hru_log::Expect::Any).await.unwrap();
+    });
+    wait_for(&log, &rt, &world, &directory, TAG_U, pb::BreachKind::NoCommunication);
+
+    // The operator's command signs the same event; its bad input is named.
+    let keys = world.keys().display().to_string();
+    let retire = |reason: &str| {
+        world.run(&[
+            "gateway",
+            "retire",
+            "--party",
+            "em-vendor",
+            "--keys",
+            &keys,
+            "--gateway",
+            "vendor-gw-9",
+            "--reason",
+            reason,
+        ])
+    };
+    let out = retire(" ");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--reason"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = retire("never deployed");
+    assert!(out.status.success(), "retire: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Every decision on the log exactly once, as the pure engine decides over the logged inputs.
+    let (events, stored) = rt.block_on(async {
+        (
+            log.reader()
+                .replay(1, &[])
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap(),
+            positions
+                .replay(1)
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap(),
+        )
+    });
+    let mut ring: KeyRing = hru_runtime::deployment::key_ring(&world.keys(), &"geofence".parse().unwrap()).unwrap();
+    let want: Vec<String> = hru_tests::engine_breaches(&events, &stored, &directory, &mut ring)
+        .into_iter()
+        .filter(|b| b.case.is_some())
+        .map(|b| b.message_id())
+        .collect();
+    let got = breaches(&log, &rt, &world, &directory).logged;
+    geofence.kill().unwrap();
+    geofence.wait().unwrap();
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "logged twice: {twice:?}");
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    want_sorted.dedup();
+    assert_eq!(want_sorted.len(), want.len(), "the engine decides each once");
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), want_sorted);
+}
+
+fn base64_of(id: uuid::Uuid) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(id.as_bytes())
+}
