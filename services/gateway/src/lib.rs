@@ -61,6 +61,10 @@ pub struct Flushed {
     pub envelopes: usize,
 }
 
+/// Batches' worth of fixes a gateway keeps while the broker is unreachable; beyond that it takes
+/// no more from its feed (the vendor's side waits) until some go out.
+pub const BACKLOG_BATCHES: usize = 100;
+
 /// How often a running gateway reads the members' period keys again.
 pub const PERIOD_KEYS_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -188,6 +192,17 @@ impl Gateway {
     /// Fixes waiting for a batch.
     pub fn pending(&self) -> usize {
         self.pending
+    }
+
+    /// Whether a sealed batch is waiting to be published again (its last publish failed).
+    pub fn has_inflight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// Whether as many fixes wait as the gateway keeps while it cannot publish
+    /// ([`BACKLOG_BATCHES`] batches): take no more until some go out.
+    pub fn backlog_full(&self) -> bool {
+        self.pending >= self.config.batch_size.saturating_mul(BACKLOG_BATCHES)
     }
 
     /// Whether a batch (or a heartbeat) is due at `now`.

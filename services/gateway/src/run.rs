@@ -65,11 +65,15 @@ pub struct Sent {
 }
 
 async fn flush_due(gw: &mut Gateway) -> Result<usize, GatewayError> {
-    if gw.due(Instant::now()) {
+    if gw.due(Instant::now()) || gw.has_inflight() {
         return Ok(gw.flush(now_ms()).await?.fixes);
     }
     Ok(0)
 }
+
+/// How long a gateway waits before publishing again after the broker refused or did not
+/// answer.
+pub const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -140,18 +144,27 @@ pub fn check_device(d: &pb::DeviceFixes) -> Result<(), String> {
 }
 
 /// Batch and publish the vendor feed's `lines` (numbered from 1) until they end or
-/// `shutdown`; what is pending then is flushed.
+/// `shutdown`; what is pending then is flushed. While the broker cannot be reached the gateway
+/// keeps what it has (the batch that failed, sent again byte for byte, and the fixes since,
+/// up to [`BACKLOG_BATCHES`](crate::BACKLOG_BATCHES) batches, beyond which the feed waits)
+/// and tries again every [`RETRY_AFTER`]; when the lines end it keeps trying until everything
+/// is out, or `shutdown`. A batch that cannot be sealed (the agreement shares no positions) is
+/// an error.
 pub async fn feed(
     gw: &mut Gateway,
     mut lines: tokio::sync::mpsc::Receiver<(usize, String)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Sent, GatewayError> {
     let mut sent = Sent::default();
+    let mut retry_at: Option<Instant> = None;
+    let mut stopped = false;
     tokio::pin!(shutdown);
     loop {
-        let wait = gw.next_due(Instant::now());
+        let now = Instant::now();
+        let wait = retry_at.map_or_else(|| gw.next_due(now), |t| t.saturating_duration_since(now));
+        let room = !gw.backlog_full();
         tokio::select! {
-            line = lines.recv() => {
+            line = lines.recv(), if room => {
                 let Some((n, line)) = line else { break };
                 if line.trim().is_empty() {
                     continue;
@@ -169,12 +182,40 @@ pub async fn feed(
                 }
             }
             () = tokio::time::sleep(wait) => {}
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                stopped = true;
+                break;
+            }
         }
-        sent.fixes += flush_due(gw).await?;
+        if retry_at.is_some_and(|t| Instant::now() < t) {
+            continue;
+        }
+        match flush_due(gw).await {
+            Ok(n) => {
+                sent.fixes += n;
+                retry_at = None;
+            }
+            Err(GatewayError::Log(e)) => {
+                tracing::warn!(cause = %e, pending = gw.pending(), "broker unreachable; fixes kept and sent again");
+                retry_at = Some(Instant::now() + RETRY_AFTER);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    if gw.pending() > 0 {
-        sent.fixes += gw.flush(now_ms()).await?.fixes;
+    // Everything taken goes out before the gateway ends, however long the broker takes to
+    // return; a shutdown gets one last attempt.
+    while gw.pending() > 0 || gw.has_inflight() {
+        match gw.flush(now_ms()).await {
+            Ok(f) => sent.fixes += f.fixes,
+            Err(GatewayError::Log(e)) if !stopped => {
+                tracing::warn!(cause = %e, pending = gw.pending(), "broker unreachable; fixes kept and sent again");
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_AFTER) => {}
+                    () = &mut shutdown => stopped = true,
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(sent)
 }
