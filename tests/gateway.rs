@@ -80,29 +80,37 @@ fn gateway(world: &World, positions: &PositionLog, config: GatewayConfig) -> Gat
     .named("vendor-gw-1")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// The world provisioned, a runtime, the position stream and the vendor's gateway batching
+/// `batch_size` fixes, lingering `linger_ms` and beating every `heartbeat_ms`.
+fn setup(
+    world: &World,
+    batch_size: usize,
+    linger_ms: u64,
+    heartbeat_ms: u64,
+) -> (tokio::runtime::Runtime, PositionLog, Gateway) {
+    world.provision();
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap()
-}
-
-#[test]
-fn batches_follow_count_linger_and_heartbeat_and_a_bad_line_is_named_and_skipped() {
-    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
-    world.provision();
-    let rt = runtime();
+        .unwrap();
     let (_, isa) = world.deployment();
     let positions = rt
         .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
         .unwrap();
     let config = GatewayConfig {
-        batch_size: 5,
-        linger: Duration::from_millis(200),
-        heartbeat: Duration::from_millis(300),
+        batch_size,
+        linger: Duration::from_millis(linger_ms),
+        heartbeat: Duration::from_millis(heartbeat_ms),
     };
-    let mut gw = gateway(&world, &positions, config);
+    let gw = gateway(world, &positions, config);
+    (rt, positions, gw)
+}
+
+#[test]
+fn batches_follow_count_linger_and_heartbeat_and_a_bad_line_is_named_and_skipped() {
+    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
+    let (rt, positions, mut gw) = setup(&world, 5, 200, 300);
 
     // A full batch is due at once.
     let fix = |seq: u64| {
@@ -175,18 +183,7 @@ fn batches_follow_count_linger_and_heartbeat_and_a_bad_line_is_named_and_skipped
 #[test]
 fn fixes_received_while_the_broker_is_down_reach_it_exactly_once_when_it_returns() {
     let mut world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
-    world.provision();
-    let rt = runtime();
-    let (_, isa) = world.deployment();
-    let positions = rt
-        .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
-        .unwrap();
-    let config = GatewayConfig {
-        batch_size: 50,
-        linger: Duration::from_millis(20),
-        heartbeat: Duration::from_millis(200),
-    };
-    let mut gw = gateway(&world, &positions, config);
+    let (rt, positions, mut gw) = setup(&world, 50, 20, 200);
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let feeding = rt.spawn(async move {
         let sent = feed(&mut gw, rx, std::future::pending()).await;

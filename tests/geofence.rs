@@ -180,24 +180,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     let mut child = start_geofence();
     let police = world.secrets("geofence");
     let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
-    let (events_now, positions_now) = rt.block_on(async {
-        (
-            log.reader()
-                .replay(1, &[])
-                .await
-                .unwrap()
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap(),
-            positions
-                .replay(1)
-                .await
-                .unwrap()
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap(),
-        )
-    });
+    let (events_now, positions_now) = hru_tests::logged_inputs(&rt, &log, &positions);
     // Everything the geofence party keeps: its secret key and the period keys its service holds.
     let ring = || hru_runtime::deployment::key_ring(&world.keys(), &police.party).unwrap();
     let want = expected(&events_now, &positions_now, &directory, &mut ring());

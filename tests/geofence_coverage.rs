@@ -231,24 +231,7 @@ fn a_restarted_gateway_keeps_event_time_moving_and_a_retired_one_stops_holding_i
     assert!(out.status.success(), "retire: {}", String::from_utf8_lossy(&out.stderr));
 
     // Every decision on the log exactly once, as the pure engine decides over the logged inputs.
-    let (events, stored) = rt.block_on(async {
-        (
-            log.reader()
-                .replay(1, &[])
-                .await
-                .unwrap()
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap(),
-            positions
-                .replay(1)
-                .await
-                .unwrap()
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap(),
-        )
-    });
+    let (events, stored) = hru_tests::logged_inputs(&rt, &log, &positions);
     let mut ring: KeyRing = hru_runtime::deployment::key_ring(&world.keys(), &"geofence".parse().unwrap()).unwrap();
     let want: Vec<String> = hru_tests::engine_breaches(&events, &stored, &directory, &mut ring)
         .into_iter()

@@ -192,24 +192,7 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
 
     // An engine believing the forged headers would have switched the zone off.
     let geofence_party = world.secrets("geofence");
-    let (events, stored) = rt.block_on(async {
-        (
-            log.reader()
-                .replay(1, &[])
-                .await
-                .unwrap()
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap(),
-            positions
-                .replay(1)
-                .await
-                .unwrap()
-                .try_collect::<Vec<_>>()
-                .await
-                .unwrap(),
-        )
-    });
+    let (events, stored) = hru_tests::logged_inputs(&rt, &log, &positions);
     let believed = hru_tests::engine_breaches(&events, &stored, &directory, &mut KeyRing::new(&geofence_party))
         .iter()
         .filter(|b| b.case.is_some() && b.kind == pb::BreachKind::Exclusion)

@@ -330,7 +330,6 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
         .build()
         .unwrap();
     let url = w.nats.url();
-    let auditor = w.secrets("auditor").broker_identity();
     let cwp_grant_key = rt.block_on(async {
         // Each member's chains start in January 2018; each publishes from then.
         let mut cwp_january = None;
@@ -365,23 +364,10 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
     });
 
     // The grant as the broker holds it (read raw, as the auditor) names cwp's period key.
-    let grants = rt.block_on(async {
-        let log = hru_log::EventLog::open(&url, Some(&auditor), 1).await.unwrap();
-        let entries: Vec<_> = log
-            .reader()
-            .replay(1, &[hru_broker::Filter::all_key_grants()])
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        entries
-            .iter()
-            .filter_map(|e| hru_envelope::verify(&e.payload, &directory).ok())
-            .map(|v| pb::KeyGranted::decode(v.body.as_slice()).unwrap())
-            .filter(|g| g.month == "2018-01" && g.retention == "7y")
-            .collect::<Vec<_>>()
-    });
+    let grants: Vec<pb::KeyGranted> = all_grants(&w, &rt, &directory)
+        .into_iter()
+        .filter(|g| g.month == "2018-01" && g.retention == "7y")
+        .collect();
     assert_eq!(
         grants.len(),
         2,
@@ -597,12 +583,8 @@ fn ms(date: &str) -> i64 {
     date.parse::<jiff::Timestamp>().unwrap().as_millisecond()
 }
 
-/// The held grants on the log (read raw, as the auditor): (hold, hold-key month, sections).
-fn held_grants(
-    w: &World,
-    rt: &tokio::runtime::Runtime,
-    directory: &hru_envelope::Directory,
-) -> Vec<(String, String, usize)> {
+/// Every key grant on the log, read raw as the auditor reads it.
+fn all_grants(w: &World, rt: &tokio::runtime::Runtime, directory: &hru_envelope::Directory) -> Vec<pb::KeyGranted> {
     let auditor = w.secrets("auditor").broker_identity();
     rt.block_on(async {
         let log = hru_log::EventLog::open(&w.nats.url(), Some(&auditor), 1).await.unwrap();
@@ -618,9 +600,20 @@ fn held_grants(
             .iter()
             .filter_map(|e| hru_envelope::verify(&e.payload, directory).ok())
             .map(|v| pb::KeyGranted::decode(v.body.as_slice()).unwrap())
-            .filter_map(|g| g.held.map(|h| (h.hold, g.month, h.sections.len())))
             .collect()
     })
+}
+
+/// The held grants on the log: (hold, hold-key month, sections).
+fn held_grants(
+    w: &World,
+    rt: &tokio::runtime::Runtime,
+    directory: &hru_envelope::Directory,
+) -> Vec<(String, String, usize)> {
+    all_grants(w, rt, directory)
+        .into_iter()
+        .filter_map(|g| g.held.map(|h| (h.hold, g.month, h.sections.len())))
+        .collect()
 }
 
 /// The sections of `line` (a replay line) kept readable by a legal hold.

@@ -26,6 +26,23 @@ pub fn hru_bin() -> std::path::PathBuf {
     bin
 }
 
+/// Everything on the event log and the position stream now: the geofence's inputs (and its
+/// breaches), for comparing it with the pure engine.
+pub fn logged_inputs(
+    rt: &tokio::runtime::Runtime,
+    log: &hru_log::EventLog,
+    positions: &hru_log::PositionLog,
+) -> (Vec<hru_log::LogEntry>, Vec<hru_log::LogEntry>) {
+    use futures::TryStreamExt as _;
+    use hru_log::SharedLog as _;
+    rt.block_on(async {
+        let events = log.reader().replay(1, &[]).await?.try_collect().await?;
+        let stored = positions.replay(1).await?.try_collect().await?;
+        Ok::<_, hru_log::LogError>((events, stored))
+    })
+    .expect("the log and the position stream read")
+}
+
 /// Every breach update the pure geofence engine raises over logged `events` and `positions`,
 /// opened with `ring`, in the order the geofence service reads them, believing every verified
 /// header (no read path): the reference a test compares the service with.

@@ -158,15 +158,7 @@ impl Sealer {
                 sections,
             }),
         };
-        let draft = Draft {
-            event_id: None,
-            event_type: EventType::KeyGranted,
-            case_id: None,
-            occurred_at_ms: now_ms,
-            recorded_at_ms: now_ms,
-            policy_id: policy.policy_id(),
-            policy_version: policy.policy_version(),
-        };
+        let draft = Draft::control(EventType::KeyGranted, now_ms, policy);
         let mut chain = self.chain();
         let sealed = self.finish(
             &mut chain,

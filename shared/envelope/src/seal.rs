@@ -149,6 +149,21 @@ pub(crate) struct Draft<'a> {
     pub(crate) policy_version: u32,
 }
 
+impl<'a> Draft<'a> {
+    /// An envelope of no case (a grant or a public control event) recorded at `now_ms`.
+    pub(crate) fn control(event_type: EventType, now_ms: i64, policy: &'a dyn AudiencePolicy) -> Self {
+        Self {
+            event_id: None,
+            event_type,
+            case_id: None,
+            occurred_at_ms: now_ms,
+            recorded_at_ms: now_ms,
+            policy_id: policy.policy_id(),
+            policy_version: policy.policy_version(),
+        }
+    }
+}
+
 impl Sealer {
     /// A producer with an empty chain and no epochs.
     pub fn new(producer: ProducerId, signing: SigningKey) -> Self {
@@ -387,15 +402,7 @@ impl Sealer {
                 key: EpochKey::new(key),
             };
             let grant = self.grant(id, &state, reason, directory, rng);
-            let draft = Draft {
-                event_id: None,
-                event_type: EventType::KeyGranted,
-                case_id: None,
-                occurred_at_ms: now_ms,
-                recorded_at_ms: now_ms,
-                policy_id: policy.policy_id(),
-                policy_version: policy.policy_version(),
-            };
+            let draft = Draft::control(EventType::KeyGranted, now_ms, policy);
             batch
                 .envelopes
                 .push(self.finish(&mut chain, &draft, grant.encode_to_vec(), |_, _| Vec::new(), Some(id)));
@@ -495,15 +502,7 @@ impl Sealer {
                 format!("{event_type} is not a public event sealed on its own"),
             )));
         }
-        let draft = Draft {
-            event_id: None,
-            event_type,
-            case_id: None,
-            occurred_at_ms: now_ms,
-            recorded_at_ms: now_ms,
-            policy_id: policy.policy_id(),
-            policy_version: policy.policy_version(),
-        };
+        let draft = Draft::control(event_type, now_ms, policy);
         let mut chain = self.chain;
         let sealed = self.finish(&mut chain, &draft, body, |_, _| Vec::new(), None);
         Ok(SealedBatch {
