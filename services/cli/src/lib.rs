@@ -487,15 +487,9 @@ pub enum RetentionCommand {
     /// Destroy a producer's epoch keys whose retention has ended (every CLI producer also does
     /// this whenever it is used), each announced by a signed EpochKeyDestroyed.
     Destroy {
-        /// The producing party.
-        #[arg(long)]
-        party: String,
-        /// Directory with the party's secret key file and producer stores.
-        #[arg(long)]
-        keys: PathBuf,
-        /// The producer instance whose store to sweep.
-        #[arg(long, default_value = "cli")]
-        instance: String,
+        /// The producer whose store to sweep.
+        #[command(flatten)]
+        producer: ProducerFlags,
         /// As of this time (RFC 3339) instead of now: keys expiring by then are destroyed
         /// early (destroying early erases sooner; it never keeps anything longer).
         #[arg(long)]
@@ -504,15 +498,9 @@ pub enum RetentionCommand {
     /// Place a legal hold on a case: its sections stay readable past their retention by the
     /// parties already given them, until the hold is released.
     Hold {
-        /// The party placing the hold (it signs it).
-        #[arg(long)]
-        party: String,
-        /// Directory with the party's secret key file and producer stores.
-        #[arg(long)]
-        keys: PathBuf,
-        /// The producer instance that signs it and keeps its own held keys.
-        #[arg(long, default_value = "cli")]
-        instance: String,
+        /// The producer placing the hold (it signs it and keeps its own held keys).
+        #[command(flatten)]
+        producer: ProducerFlags,
         /// The case to hold.
         #[arg(long)]
         case: String,
@@ -528,15 +516,10 @@ pub enum RetentionCommand {
     },
     /// Release a legal hold the party placed.
     Release {
-        /// The party that placed it.
-        #[arg(long)]
-        party: String,
-        /// Directory with the party's secret key file and producer stores.
-        #[arg(long)]
-        keys: PathBuf,
-        /// The producer instance that signs the release and drops its own held keys.
-        #[arg(long, default_value = "cli")]
-        instance: String,
+        /// The producer of the party that placed it (it signs the release and drops its own
+        /// held keys).
+        #[command(flatten)]
+        producer: ProducerFlags,
         /// The hold id (`hru retention status` lists them).
         #[arg(long)]
         hold: String,
@@ -544,6 +527,20 @@ pub enum RetentionCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+/// A CLI producer: its party, the directory of its keys and stores, its instance.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProducerFlags {
+    /// The producing party.
+    #[arg(long)]
+    pub party: String,
+    /// Directory with the party's secret key file and producer stores.
+    #[arg(long)]
+    pub keys: PathBuf,
+    /// The producer instance.
+    #[arg(long, default_value = "cli")]
+    pub instance: String,
 }
 
 /// `hru audit` subcommands.
@@ -885,16 +882,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Retention(RetentionCommand::Status { party, at, format }) => {
             retention::status(&broker, &cli.policies, party.as_deref(), at.as_deref(), format).await
         }
-        Command::Retention(RetentionCommand::Destroy {
-            party,
-            keys,
-            instance,
-            at,
-        }) => retention::destroy(&broker, &cli.policies, &party, &keys, &instance, at.as_deref()).await,
+        Command::Retention(RetentionCommand::Destroy { producer: p, at }) => {
+            retention::destroy(&broker, &cli.policies, &p.party, &p.keys, &p.instance, at.as_deref()).await
+        }
         Command::Retention(RetentionCommand::Hold {
-            party,
-            keys,
-            instance,
+            producer: p,
             case,
             reason,
             authority,
@@ -906,15 +898,13 @@ pub async fn run(cli: Cli) -> ExitCode {
                 authority,
                 review_date: review,
             };
-            retention::hold(&broker, &cli.policies, &party, &keys, &instance, placement).await
+            retention::hold(&broker, &cli.policies, &p.party, &p.keys, &p.instance, placement).await
         }
         Command::Retention(RetentionCommand::Release {
-            party,
-            keys,
-            instance,
+            producer: p,
             hold,
             reason,
-        }) => retention::release(&broker, &cli.policies, &party, &keys, &instance, &hold, &reason).await,
+        }) => retention::release(&broker, &cli.policies, &p.party, &p.keys, &p.instance, &hold, &reason).await,
         Command::Audit(AuditCommand::Verify {
             from,
             to,
