@@ -15,7 +15,7 @@ use hru_domain::{EventType, ProducerId};
 use hru_envelope::{Directory, KeyRing, verify};
 use hru_gateway::{Gateway, GatewayConfig};
 use hru_log::{EventLog, PositionLog, SharedLog as _};
-use hru_tests::{CHESHIRE_PARTIES, World, free_port};
+use hru_tests::{CHESHIRE_PARTIES, World, free_port, metric};
 use hru_wire::v1 as pb;
 use prost::Message as _;
 
@@ -141,7 +141,8 @@ fn a_restarted_gateway_keeps_event_time_moving_and_a_retired_one_stops_holding_i
         .named(name)
     };
     let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
-    let mut geofence = world.start_geofence(free_port());
+    let metrics = free_port();
+    let mut geofence = world.start_geofence(metrics);
     // Gateways' clocks run ahead of the wall clock here (simulated minutes pass in moments);
     // whatever else is recorded is recorded in the same order on that clock, as it would be
     // in service, so the pure engine over the logged inputs (in recorded order) decides alike.
@@ -181,6 +182,9 @@ fn a_restarted_gateway_keeps_event_time_moving_and_a_retired_one_stops_holding_i
         !breaches(&log, &rt, &world, &directory).raised(TAG_U, pb::BreachKind::NoCommunication),
         "a gateway heard from and not retired holds event time back"
     );
+    // Operators see it: two gateways, event time at the silent one's last heartbeat.
+    assert_eq!(metric(metrics, "hru_geofence_gateways"), 2);
+    assert_eq!(metric(metrics, "hru_geofence_event_time_ms"), t1 as u64);
     // ... until the vendor retires the silent gateway (signed on the gateways' clock): event
     // time moves on at once.
     rt.block_on(async {
@@ -203,6 +207,12 @@ fn a_restarted_gateway_keeps_event_time_moving_and_a_retired_one_stops_holding_i
         desk.append(&log, &batch, hru_log::Expect::Any).await.unwrap();
     });
     wait_for(&log, &rt, &world, &directory, TAG_U, pb::BreachKind::NoCommunication);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(metrics, "hru_geofence_gateways") != 1 {
+        assert!(Instant::now() < deadline, "the retired gateway is no longer counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(metrics, "hru_geofence_event_time_ms"), (t1 + 20 * MINUTE) as u64);
 
     // The operator's command signs the same event; its bad input is named.
     let keys = world.keys().display().to_string();

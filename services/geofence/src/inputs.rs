@@ -37,7 +37,7 @@ impl Inputs {
     }
 
     /// Event time: the oldest latest heartbeat among the gateways heard from.
-    fn watermark(&self) -> Option<i64> {
+    pub fn event_time(&self) -> Option<i64> {
         self.heard.values().copied().min()
     }
 
@@ -86,7 +86,7 @@ impl Inputs {
             tracing::warn!(event = %v.header.event_id, "GatewayRetired body does not decode; ignored");
             return Vec::new();
         };
-        let before = self.watermark();
+        let before = self.event_time();
         if self
             .heard
             .remove(&(v.header.producer.party.clone(), retired.gateway.clone()))
@@ -95,7 +95,7 @@ impl Inputs {
             return Vec::new();
         }
         tracing::info!(party = %v.header.producer.party, gateway = %retired.gateway, reason = %retired.reason, "gateway retired: event time no longer waits for it");
-        match self.watermark() {
+        match self.event_time() {
             Some(at_ms) if Some(at_ms) > before => vec![Input::Watermark { at_ms }],
             _ => Vec::new(),
         }
@@ -150,7 +150,7 @@ impl Inputs {
             .entry((v.header.producer.party.clone(), gateway))
             .or_insert(i64::MIN);
         *latest = (*latest).max(batch.heartbeat_at_ms);
-        if let Some(at_ms) = self.watermark() {
+        if let Some(at_ms) = self.event_time() {
             inputs.push(Input::Watermark { at_ms });
         }
         inputs

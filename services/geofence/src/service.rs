@@ -204,6 +204,10 @@ pub struct Stats {
     pub zones: Gauge,
     /// Tags the service knows of (fitted, as far as it has read).
     pub tags: Gauge,
+    /// Gateways heard from and not retired: each holds event time back until it is heard again.
+    pub gateways: Gauge,
+    /// Event time (Unix ms): the oldest latest heartbeat among those gateways; 0 before any.
+    pub event_time_ms: Gauge,
     /// Messages the read path refused, by reason (never acted on).
     pub read_refused: hru_runtime::metrics::ReadRefused,
 }
@@ -246,12 +250,22 @@ impl Stats {
         );
         registry.register("hru_geofence_zones", "Zones held", self.zones.clone());
         registry.register("hru_geofence_tags", "Tags known", self.tags.clone());
+        registry.register(
+            "hru_geofence_gateways",
+            "Gateways heard from and not retired (each holds event time back until heard again)",
+            self.gateways.clone(),
+        );
+        registry.register(
+            "hru_geofence_event_time_ms",
+            "Event time, Unix ms: the oldest latest heartbeat among those gateways (0 before any)",
+            self.event_time_ms.clone(),
+        );
         registry
     }
 }
 
 impl Service {
-    /// Publish how many zones and tags the state holds.
+    /// Publish how many zones and tags the state holds, the gateways heard and event time.
     fn count_state(&self) {
         self.stats
             .zones
@@ -259,6 +273,10 @@ impl Service {
         self.stats
             .tags
             .set(i64::try_from(self.state.tag_count()).unwrap_or(i64::MAX));
+        self.stats
+            .gateways
+            .set(i64::try_from(self.inputs.gateways().count()).unwrap_or(i64::MAX));
+        self.stats.event_time_ms.set(self.inputs.event_time().unwrap_or(0));
     }
 }
 
