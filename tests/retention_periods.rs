@@ -151,6 +151,31 @@ fn digests(w: &World, command: &str, dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// `hru project` of victim-advocacy's store at `dir`, retention judged in February 2018 (the
+/// referral of January 2018 still live); it must succeed.
+fn project_in_february_2018(w: &World, dir: &std::path::Path) -> std::process::Output {
+    let keys = w.keys().display().to_string();
+    let store = dir.display().to_string();
+    let args = [
+        "project",
+        "--party",
+        "victim-advocacy",
+        "--keys",
+        &keys,
+        "--store",
+        &store,
+        "--at",
+        "2018-02-01T00:00:00Z",
+    ];
+    let out = as_party(w, "victim-advocacy", &args);
+    assert!(
+        out.status.success(),
+        "project: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The referral's core section as cwp's replay reports it.
 fn cwp_core(w: &World) -> serde_json::Value {
     referral_as(w, "cwp", None, None)
@@ -398,28 +423,7 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
     // retention judged in February 2018): the advocacy board names the victim.
     let advocacy_store = w.dir.path().join("node-victim-advocacy/projections");
     std::fs::create_dir_all(advocacy_store.parent().unwrap()).unwrap();
-    let keys = w.keys().display().to_string();
-    let store = advocacy_store.display().to_string();
-    let out = as_party(
-        &w,
-        "victim-advocacy",
-        &[
-            "project",
-            "--party",
-            "victim-advocacy",
-            "--keys",
-            &keys,
-            "--store",
-            &store,
-            "--at",
-            "2018-02-01T00:00:00Z",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "project: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = project_in_february_2018(&w, &advocacy_store);
     assert_eq!(
         victim_names(&advocacy_store),
         vec![LIVE_VICTIM.to_owned(), VICTIM.to_owned()],
@@ -430,27 +434,7 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
 
     // A store `hru project` keeps, folded the same way: it names the victim on disk.
     let cli_store = w.dir.path().join("cli-advocacy");
-    let cli = cli_store.display().to_string();
-    let out = as_party(
-        &w,
-        "victim-advocacy",
-        &[
-            "project",
-            "--party",
-            "victim-advocacy",
-            "--keys",
-            &keys,
-            "--store",
-            &cli,
-            "--at",
-            "2018-02-01T00:00:00Z",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "project: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    project_in_february_2018(&w, &cli_store);
     assert!(on_disk(&cli_store, VICTIM));
 
     // cwp's node starts: before it answers, its chains have moved past expired months.

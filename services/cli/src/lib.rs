@@ -1122,7 +1122,7 @@ impl CliLog {
     /// Read the log's key events ahead into `read`: a revocation then reaches what the revoked
     /// key signed before the revocation reached the log (decision 007). Then the legal holds'
     /// grants, which follow the events they open (decision 010).
-    pub(crate) async fn foresee_keys(&self, read: &mut hru_reader::ReadPath) -> anyhow::Result<()> {
+    pub(crate) async fn foresee_keys(&self, read: &mut hru_reader::ReadPath) -> anyhow::Result<Vec<hru_log::LogEntry>> {
         use futures::TryStreamExt as _;
         use hru_log::SharedLog as _;
         let mut foresight = read.key_history().clone();
@@ -1131,13 +1131,14 @@ impl CliLog {
             foresight.learn(e.sequence, &e.payload);
         }
         read.foresee(&foresight);
-        for e in hru_log::holds::held_grants(self.reader()).await? {
+        let held = hru_log::holds::held_grants(self.reader()).await?;
+        for e in &held {
             let incoming = hru_reader::Incoming::logged(e.sequence, e.subject.as_str(), &e.payload, e.stored);
             if let Err(refusal) = read.read(&incoming) {
                 eprintln!("a legal hold's grant refused: {refusal}");
             }
         }
-        Ok(())
+        Ok(held)
     }
 }
 

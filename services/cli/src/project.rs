@@ -63,14 +63,16 @@ pub(crate) async fn run(
     }
     let deployment = hru_runtime::Deployment::load(policies_dir)?;
     let log = nats.log().await?;
-    let read_path = async || -> anyhow::Result<hru_reader::ReadPath> {
+    // The read path, with the log's key events and legal holds' grants read ahead (those
+    // grants are returned too: they follow the events they open).
+    let read_path = async || -> anyhow::Result<(hru_reader::ReadPath, Vec<hru_log::LogEntry>)> {
         let mut read = hru_reader::ReadPath::new(
             directory.clone(),
             std::sync::Arc::new(deployment.policies.clone()),
             hru_runtime::deployment::key_ring(keys_dir, &party)?,
         );
-        log.foresee_keys(&mut read).await?;
-        Ok(read)
+        let held = log.foresee_keys(&mut read).await?;
+        Ok((read, held))
     };
     let store = Store::open(store_dir)?;
     if wipe {
@@ -78,11 +80,10 @@ pub(crate) async fn run(
             store.wipe(p.as_ref())?;
         }
     }
-    let mut projector = Projector::new(store, projections, read_path().await?)?;
+    let (read, held) = read_path().await?;
+    let mut projector = Projector::new(store, projections, read)?;
     projector.read_path_mut().ring_mut().destroy_expired(at_ms);
-    // Legal holds' grants follow the events they open: a store folded before one was granted
-    // is folded again with it.
-    let held = hru_log::holds::held_grants(log.reader()).await?;
+    // A store folded before a legal hold's grant is folded again with it.
     let held_items: Vec<hru_projection::LogItem<'_>> = held
         .iter()
         .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
@@ -97,7 +98,7 @@ pub(crate) async fn run(
             .into_iter()
             .filter(|p| only.is_none_or(|n| n == p.name()))
             .collect();
-        projector = Projector::new(Store::open(store_dir)?, projections, read_path().await?)?;
+        projector = Projector::new(Store::open(store_dir)?, projections, read_path().await?.0)?;
     }
     projector.take_holds_ahead(&held_items)?;
     projector.forget_expired(at_ms)?;

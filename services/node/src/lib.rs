@@ -182,13 +182,10 @@ pub async fn run(
     // and the next start forgets again.
     projector.read_path_mut().ring_mut().destroy_expired(now);
     // A legal hold granted after the store folded the events it opens: folded again with it.
-    let latest_hold = hru_log::holds::held_grants(log.reader())
-        .await?
-        .last()
-        .map(|e| e.sequence);
-    if projector.forgetting_due(now)? || projector.holds_due(latest_hold)? {
+    let held = hru_log::holds::held_grants(log.reader()).await?;
+    if projector.forgetting_due(now)? || projector.holds_due(held.last().map(|e| e.sequence))? {
         drop(projector);
-        projector = fresh_projector(&stores, &views, read_path(ring()?), &log, now).await?;
+        projector = fresh_projector(&stores, &views, read_path(ring()?), &log, &held, now).await?;
         stores.switch()?;
         tracing::info!(
             "projections folded again: without the sections erased under retention, with those legal holds keep"
@@ -428,7 +425,8 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
             Arc::new(shared.deployment.policies.clone()),
             ring,
         );
-        let fresh = fresh_projector(&shared.stores, &shared.views, read, &shared.log, now).await?;
+        let held = hru_log::holds::held_grants(shared.log.reader()).await?;
+        let fresh = fresh_projector(&shared.stores, &shared.views, read, &shared.log, &held, now).await?;
         let old = {
             let mut projector = shared
                 .projector
@@ -660,20 +658,20 @@ impl Stores {
 }
 
 /// A projector over a new, empty store (the one not in use), folded from the start of the
-/// view to its end with retention judged at `now_ms`.
+/// view to its end with retention judged at `now_ms`, the legal holds' grants `held` (they
+/// follow the events they open) taken in first.
 async fn fresh_projector(
     stores: &Stores,
     views: &[View],
     read: hru_reader::ReadPath,
     log: &PartyView,
+    held: &[hru_log::LogEntry],
     now_ms: i64,
 ) -> Result<Projector, NodeError> {
     let dir = stores.next();
     stores.remove(stores.other())?;
     let mut projector = Projector::new(Store::open(&dir)?, View::projections(views), read)?;
     projector.forget_expired(now_ms)?;
-    // Legal holds' grants follow the events they open: taken in before the fold.
-    let held = hru_log::holds::held_grants(log.reader()).await?;
     let items: Vec<hru_projection::LogItem<'_>> = held
         .iter()
         .map(|e| (e.sequence, e.subject.as_str(), e.payload.as_ref(), e.stored))
