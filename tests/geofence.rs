@@ -1,6 +1,7 @@
 //! The geofence on a real nats-server: simulated fixes through the gateway reach a control-room
 //! subscriber as TagBreach events and the victim as signed alerts. The geofence process is
-//! killed with SIGKILL and restarted 20 times while fixes flow; afterwards the log holds each
+//! killed with SIGKILL and restarted 20 times while fixes flow, snapshotting its state every
+//! 200 ms (so restarts load a snapshot and replay the tail); afterwards the log holds each
 //! breach decision exactly once — none duplicated, none missed — compared with the pure engine
 //! run over the same logged inputs.
 
@@ -9,7 +10,6 @@
 use futures::TryStreamExt as _;
 use hru_log::SharedLog as _;
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -62,145 +62,130 @@ fn expected(
         .collect()
 }
 
-#[test]
-fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_victim() {
-    let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES);
-    world.provision();
-    let d = |rel: &str| hru_tests::path(world.dir.path(), rel);
-    // Simulated time runs from now, faster than the wall clock; the gateway stamps batches with
-    // the wall clock, as a real one would.
-    let start_ms = jiff::Timestamp::now().as_millisecond();
-    let simulator = Simulator::new(SEED, TAGS, 1.0, start_ms);
+/// A world with the geofence's inputs set up: for each of `TAGS` tags, fitted, an exclusion
+/// zone at its victim's home and a proximity rule; tags 0-2 drive to their victims' homes.
+struct Scene {
+    world: World,
+    rt: tokio::runtime::Runtime,
+    directory: Directory,
+    isa: CompiledIsa,
+    positions: PositionLog,
+    nats: async_nats::Client,
+    gateway: Gateway,
+    simulator: Simulator,
+}
 
-    // Police and the vendor set up each tag: fitted, an exclusion zone at the victim's home, a
-    // proximity rule.
-    for (i, (tag, victim, home)) in simulator.pairs().into_iter().enumerate() {
-        let case = uuid::Uuid::from_u128(0xca5e_0000 + i as u128).to_string();
-        let id = |n: u128| b64(uuid::Uuid::from_u128((n << 32) + i as u128).as_bytes());
-        let fitted = hru_tests::tag_fitted_json(&case, &tag, &id(1), &victim, start_ms);
-        let zone = hru_tests::home_zone_json(&case, &id(2), &tag, home);
-        let rule = format!(
-            r#"{{"caseId":"{case}","proximityRuleSet":{{"core":{{"ruleId":"{}","tagId":"{tag}","victimDeviceId":"{victim}","warningM":1500,"breachM":250,"maxVictimFixAgeS":300}}}}}}"#,
-            id(3)
+impl Scene {
+    fn new() -> Self {
+        let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES);
+        world.provision();
+        // Simulated time runs from now, faster than the wall clock; the gateway stamps batches
+        // with the wall clock, as a real one would.
+        let start_ms = jiff::Timestamp::now().as_millisecond();
+        let mut simulator = Simulator::new(SEED, TAGS, 1.0, start_ms);
+        for (i, (tag, victim, home)) in simulator.pairs().into_iter().enumerate() {
+            let case = uuid::Uuid::from_u128(0xca5e_0000 + i as u128).to_string();
+            let id = |n: u128| b64(uuid::Uuid::from_u128((n << 32) + i as u128).as_bytes());
+            let fitted = hru_tests::tag_fitted_json(&case, &tag, &id(1), &victim, start_ms);
+            let zone = hru_tests::home_zone_json(&case, &id(2), &tag, home);
+            let rule = format!(
+                r#"{{"caseId":"{case}","proximityRuleSet":{{"core":{{"ruleId":"{}","tagId":"{tag}","victimDeviceId":"{victim}","warningM":1500,"breachM":250,"maxVictimFixAgeS":300}}}}}}"#,
+                id(3)
+            );
+            for (party, json) in [("em-vendor", fitted), ("police-hru", zone), ("police-hru", rule)] {
+                let out = world.append(party, &world.event(&format!("setup-{i}-{party}.json"), &json));
+                assert!(out.status.success(), "{json}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        for i in 0..3 {
+            simulator.approach(i);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (directory, isa) = world.deployment();
+        let vendor = world.secrets("em-vendor");
+        let (positions, nats) = rt.block_on(async {
+            let positions = PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1)
+                .await
+                .unwrap();
+            let nats = async_nats::connect(world.nats.url()).await.unwrap();
+            (positions, nats)
+        });
+        // Each victim's phone has its stream.
+        let victims: Vec<String> = simulator.pairs().into_iter().map(|(_, v, _)| v).collect();
+        rt.block_on(hru_broker::provision_devices(&nats, &victims, isa.alerts_max_age(), 1))
+            .unwrap();
+        let gateway = Gateway::new(
+            ProducerId {
+                party: vendor.party.clone(),
+                instance: "gw-test".into(),
+            },
+            vendor.signing.clone(),
+            isa.clone(),
+            directory.clone(),
+            positions.clone(),
+            GatewayConfig::default(),
         );
-        for (party, json) in [("em-vendor", fitted), ("police-hru", zone), ("police-hru", rule)] {
-            let out = world.append(party, &world.event(&format!("setup-{i}-{party}.json"), &json));
-            assert!(out.status.success(), "{json}: {}", String::from_utf8_lossy(&out.stderr));
+        Self {
+            world,
+            rt,
+            directory,
+            isa,
+            positions,
+            nats,
+            gateway,
+            simulator,
         }
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let directory = Directory::from_toml(
-        &std::fs::read_to_string(world.dir.path().join("policies/directory.toml")).unwrap(),
-        "directory.toml",
-    )
-    .unwrap();
-    let isa = CompiledIsa::compile(
-        &std::fs::read_to_string(world.dir.path().join("policies/cheshire-hru.toml")).unwrap(),
-        "cheshire-hru.toml",
-        Some(&directory),
-    )
-    .unwrap();
-    let vendor = world.secrets("em-vendor");
-    let (positions, nats) = rt.block_on(async {
-        let positions = PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1)
-            .await
-            .unwrap();
-        let nats = async_nats::connect(world.nats.url()).await.unwrap();
-        (positions, nats)
-    });
-    // The control room listens for breaches; each victim's phone has its stream.
-    let victims: Vec<String> = simulator.pairs().into_iter().map(|(_, v, _)| v).collect();
-    rt.block_on(hru_broker::provision_devices(&nats, &victims, isa.alerts_max_age(), 1))
-        .unwrap();
-    let mut breaches = rt.block_on(nats.subscribe("hru.evt.*.geofence.TagBreach")).unwrap();
-    let mut gateway = Gateway::new(
-        ProducerId {
-            party: vendor.party.clone(),
-            instance: "gw-test".into(),
-        },
-        vendor.signing.clone(),
-        isa.clone(),
-        directory.clone(),
-        positions.clone(),
-        GatewayConfig::default(),
-    );
-
-    std::fs::write(
-        world.dir.path().join("geofence.toml"),
-        format!(
-            "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\n",
-            d("keys"),
-            d("policies"),
-            d("geofence-data")
-        ),
-    )
-    .unwrap();
-    let start_geofence = || {
-        Command::new(hru_tests::hru_bin())
-            .args(["geofence", "run", "--config", &d("geofence.toml")])
-            .env("HRU_NATS_URL", world.nats.url())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-
-    // 20 minutes of fixes in 40 chunks of 30 s; tags 0-2 drive to their victims' homes. The
-    // geofence is killed mid-stream 20 times.
-    let mut simulator = simulator;
-    for i in 0..3 {
-        simulator.approach(i);
-    }
-    let mut rng = rand::thread_rng();
-    let mut publish_chunk = |simulator: &mut Simulator| {
-        let fixes = simulator.step(30_000);
-        rt.block_on(async {
+    /// 30 s of the fleet's fixes, published through the gateway.
+    fn publish_chunk(&mut self) {
+        let fixes = self.simulator.step(30_000);
+        let gateway = &mut self.gateway;
+        self.rt.block_on(async {
             for f in fixes {
                 gateway.push(&f.device, f.victim, f.fix);
             }
             gateway.flush(jiff::Timestamp::now().as_millisecond()).await.unwrap();
         });
-    };
-    for _ in 0..20 {
-        let mut child = start_geofence();
-        publish_chunk(&mut simulator);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
-        publish_chunk(&mut simulator);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
-        child.kill().unwrap();
-        child.wait().unwrap();
     }
 
-    // A last geofence catches up; the log then holds exactly what the pure engine decides.
-    let mut child = start_geofence();
-    let police = world.secrets("geofence");
-    let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
-    let (events_now, positions_now) = hru_tests::logged_inputs(&rt, &log, &positions);
-    // Everything the geofence party keeps: its secret key and the period keys its service holds.
-    let ring = || hru_runtime::deployment::key_ring(&world.keys(), &police.party).unwrap();
-    let want = expected(&events_now, &positions_now, &directory, &mut ring());
-    assert!(
-        want.iter().any(|id| !id.contains('-') || id.len() == 36),
-        "the simulation raises breaches: {want:?}"
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let got = loop {
-        let events = rt
-            .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
-            .unwrap();
-        let got = logged(&events, &directory, &mut ring());
-        if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
-            break got;
+    /// The geofence party's key ring: its secret key and the period keys its service holds.
+    fn ring(&self) -> KeyRing {
+        hru_runtime::deployment::key_ring(&self.world.keys(), &"geofence".parse().unwrap()).unwrap()
+    }
+
+    /// What the pure engine decides over the logged inputs, and the logged position messages.
+    fn expected(&self, log: &EventLog) -> (Vec<String>, usize) {
+        let (events, positions) = hru_tests::logged_inputs(&self.rt, log, &self.positions);
+        (
+            expected(&events, &positions, &self.directory, &mut self.ring()),
+            positions.len(),
+        )
+    }
+
+    /// Wait up to 60 s for every decision in `want` on the log; what the log then holds.
+    fn logged_when_caught_up(&self, log: &EventLog, want: &[String]) -> BTreeMap<String, usize> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = self
+                .rt
+                .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
+                .unwrap();
+            let got = logged(&events, &self.directory, &mut self.ring());
+            if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    }
+}
+
+/// The decisions logged twice, missed and unexpected, compared with `want`.
+fn compare(want: &[String], got: &BTreeMap<String, usize>) {
     let duplicated: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
     let missed: Vec<_> = want.iter().filter(|id| !got.contains_key(*id)).collect();
     let extra: Vec<_> = got.keys().filter(|id| !want.contains(id)).collect();
@@ -215,15 +200,66 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
     assert!(missed.is_empty(), "missed: {missed:?}");
     assert!(extra.is_empty(), "unexpected: {extra:?}");
+}
+
+#[test]
+fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_victim() {
+    let mut scene = Scene::new();
+    // The control room listens for breaches.
+    let mut breaches = scene
+        .rt
+        .block_on(scene.nats.subscribe("hru.evt.*.geofence.TagBreach"))
+        .unwrap();
+    // Snapshots every 200 ms (and one after each start): most restarts load one and replay
+    // the tail; kills land mid-write too.
+    let metrics = hru_tests::free_port();
+
+    // 20 minutes of fixes in 40 chunks of 30 s. The geofence is killed mid-stream 20 times.
+    let mut rng = rand::thread_rng();
+    for _ in 0..20 {
+        let mut child = scene.world.start_geofence_with(metrics, "snapshot_every_s = 0.2");
+        scene.publish_chunk();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
+        scene.publish_chunk();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    // A last geofence catches up; the log then holds exactly what the pure engine decides.
+    let mut child = scene.world.start_geofence_with(metrics, "snapshot_every_s = 0.2");
+    let log = scene.rt.block_on(EventLog::connect(&scene.world.nats.url())).unwrap();
+    let (want, positions_now) = scene.expected(&log);
+    assert!(
+        want.iter().any(|id| !id.contains('-') || id.len() == 36),
+        "the simulation raises breaches: {want:?}"
+    );
+    let got = scene.logged_when_caught_up(&log, &want);
+    let restored = hru_tests::metric(metrics, "hru_geofence_restored");
+    let replayed = hru_tests::metric(metrics, "hru_geofence_replayed_positions");
+    let rejected = hru_tests::metric(metrics, "hru_geofence_snapshots_rejected_total");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    println!(
+        "last start: restored from a snapshot {restored}, {replayed} of {positions_now} position messages replayed, {rejected} snapshots passed over"
+    );
+    assert_eq!(restored, 1, "the last start loaded a snapshot");
+    assert!(
+        (replayed as usize) < positions_now,
+        "it replayed only the tail: {replayed} of {positions_now}"
+    );
+    compare(&want, &got);
 
     // The control room saw TagBreach events it can read; the victims got signed alerts.
+    let (world, rt, directory, nats) = (&scene.world, &scene.rt, &scene.directory, &scene.nats);
+    let victims: Vec<String> = scene.simulator.pairs().into_iter().map(|(_, v, _)| v).collect();
     let control = world.secrets("police-control");
     rt.block_on(async {
         let message = tokio::time::timeout(Duration::from_secs(5), breaches.next())
             .await
             .unwrap()
             .unwrap();
-        let v = verify(&message.payload, &directory).unwrap();
+        let v = verify(&message.payload, directory).unwrap();
         let mut ring = KeyRing::new(&control);
         for e in log
             .reader()
@@ -234,7 +270,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
             .await
             .unwrap()
         {
-            if let Ok(g) = verify(&e.payload, &directory) {
+            if let Ok(g) = verify(&e.payload, directory) {
                 let _ = ring.ingest_grant(&g);
             }
         }
@@ -252,7 +288,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
             let mut decisions = std::collections::BTreeSet::new();
             for seq in 1..=last {
                 let message = stream.get_raw_message(seq).await.unwrap();
-                let alert = verify_alert(&message.payload, &directory).unwrap();
+                let alert = verify_alert(&message.payload, directory).unwrap();
                 assert!(
                     decisions.insert((alert.breach_id.clone(), alert.kind, alert.at_ms)),
                     "{victim}'s phone got one alert twice: {alert:?}"
@@ -262,7 +298,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
         }
         println!("victims' streams: {} alerts, none twice", stored.len());
         let alert = stored.first().expect("an alert reached a victim's phone");
-        let body = verify_alert(alert, &directory).unwrap();
+        let body = verify_alert(alert, directory).unwrap();
         assert!(
             matches!(
                 body.kind(),
@@ -275,8 +311,168 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
         forged.alert.push(0);
         let forged = prost::Message::encode_to_vec(&forged);
         assert!(
-            verify_alert(&forged, &directory).is_err(),
+            verify_alert(&forged, directory).is_err(),
             "a changed alert does not verify"
         );
     });
+}
+
+/// Stop a child process cleanly (SIGINT, as Ctrl-C): the geofence writes a last snapshot.
+fn stop(child: &mut std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -INT");
+    child.wait().unwrap();
+}
+
+/// Wait up to 60 s for the geofence serving metrics on `port` to be ready; the metric `name`.
+fn when_ready(port: u16, name: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hru_tests::metric(port, "hru_geofence_ready") != 1 {
+        assert!(Instant::now() < deadline, "the geofence was ready within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hru_tests::metric(port, name)
+}
+
+#[test]
+fn a_restart_loads_the_newest_good_snapshot_falls_back_past_bad_ones_and_decides_exactly_once() {
+    let mut scene = Scene::new();
+    let metrics = hru_tests::free_port();
+    let start = |scene: &Scene| scene.world.start_geofence_with(metrics, "snapshot_every_s = 0.3");
+    let log = scene.rt.block_on(EventLog::connect(&scene.world.nats.url())).unwrap();
+    let snapshots = scene
+        .rt
+        .block_on(hru_log::SnapshotLog::open(
+            &scene.world.nats.url(),
+            None,
+            scene.isa.positions_max_age(),
+            1,
+        ))
+        .unwrap();
+    let geofence: hru_domain::PartyId = "geofence".parse().unwrap();
+    let manifests = |scene: &Scene| -> Vec<(u64, pb::SignedManifest, pb::SnapshotManifest)> {
+        let filter = hru_broker::Filter::snapshot_manifests(&geofence, "geofence-1");
+        let mut all: Vec<_> = scene
+            .rt
+            .block_on(snapshots.list(&filter))
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let signed = <pb::SignedManifest as prost::Message>::decode(e.payload.as_ref()).unwrap();
+                let m = <pb::SnapshotManifest as prost::Message>::decode(signed.manifest.as_slice()).unwrap();
+                (e.sequence, signed, m)
+            })
+            .collect();
+        all.sort_by_key(|(seq, _, m)| std::cmp::Reverse((m.taken_at_ms, *seq)));
+        all
+    };
+
+    // 1. A first run from nothing: a full replay, then snapshots as fixes arrive; a clean stop
+    //    writes one more.
+    let mut child = start(&scene);
+    assert_eq!(
+        when_ready(metrics, "hru_geofence_restored"),
+        0,
+        "nothing to restore at first"
+    );
+    for _ in 0..5 {
+        scene.publish_chunk();
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    stop(&mut child);
+    assert!(
+        hru_tests::metric(metrics, "hru_geofence_snapshots_total") == 0,
+        "the stopped geofence serves nothing"
+    );
+    let written = manifests(&scene);
+    assert_eq!(written.len(), 3, "three slots are written in turn");
+
+    // 2. Restarted with nothing new: the newest snapshot covers everything.
+    let mut child = start(&scene);
+    assert_eq!(
+        when_ready(metrics, "hru_geofence_restored"),
+        1,
+        "restored from a snapshot"
+    );
+    assert_eq!(
+        hru_tests::metric(metrics, "hru_geofence_replayed_positions"),
+        0,
+        "nothing after the cut"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // 3. Fixes arrive while it is down; the newest snapshot's first chunk is then overwritten
+    //    (a torn write): the restart passes over it, loads the one before and replays from its
+    //    cut.
+    for _ in 0..2 {
+        scene.publish_chunk();
+    }
+    let (_, _, newest) = manifests(&scene).remove(0);
+    let nats = &scene.nats;
+    let js = {
+        let _runtime = scene.rt.enter();
+        async_nats::jetstream::new(nats.clone())
+    };
+    let subject = hru_broker::Subject::snapshot(&geofence, "geofence-1", newest.slot, "0");
+    scene
+        .rt
+        .block_on(async { js.publish(subject.to_string(), "torn".into()).await?.await })
+        .unwrap();
+    let mut child = start(&scene);
+    assert_eq!(
+        when_ready(metrics, "hru_geofence_restored"),
+        1,
+        "restored from an older snapshot"
+    );
+    let rejected = hru_tests::metric(metrics, "hru_geofence_snapshots_rejected_total");
+    let replayed = hru_tests::metric(metrics, "hru_geofence_replayed_positions");
+    assert!(rejected >= 1, "the torn snapshot was passed over ({rejected})");
+    assert!(replayed > 0, "the tail after the older cut was replayed");
+    let (want, total) = scene.expected(&log);
+    assert!((replayed as usize) < total, "only the tail: {replayed} of {total}");
+    compare(&want, &scene.logged_when_caught_up(&log, &want));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // 4. Every manifest replaced by one signed with another party's key (a forgery): none is
+    //    believed, and the restart replays every input.
+    let police = scene.world.secrets("police-hru");
+    for (_, signed, m) in manifests(&scene) {
+        let detached = hru_envelope::sign_detached(&police, hru_geofence::snapshots::MANIFEST_DOMAIN, &signed.manifest);
+        let forged = pb::SignedManifest {
+            manifest: signed.manifest.clone(),
+            key_id: detached.key_id,
+            signature: detached.signature,
+        };
+        let subject = hru_broker::Subject::snapshot(&geofence, "geofence-1", m.slot, "m");
+        scene
+            .rt
+            .block_on(async {
+                js.publish(subject.to_string(), prost::Message::encode_to_vec(&forged).into())
+                    .await?
+                    .await
+            })
+            .unwrap();
+    }
+    scene.publish_chunk();
+    let mut child = start(&scene);
+    assert_eq!(
+        when_ready(metrics, "hru_geofence_restored"),
+        0,
+        "no forged snapshot is used"
+    );
+    let (want, total) = scene.expected(&log);
+    assert_eq!(
+        hru_tests::metric(metrics, "hru_geofence_replayed_positions") as usize,
+        total,
+        "every position message replayed"
+    );
+    assert!(hru_tests::metric(metrics, "hru_geofence_snapshots_rejected_total") >= 3);
+    compare(&want, &scene.logged_when_caught_up(&log, &want));
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -294,11 +294,17 @@ impl World {
     /// under geofence-data/, its metrics on `metrics_port`, its log in geofence.log); the
     /// caller kills it.
     pub fn start_geofence(&self, metrics_port: u16) -> std::process::Child {
+        self.start_geofence_with(metrics_port, "")
+    }
+
+    /// Start the geofence as a child process serving metrics on `metrics_port`, with `extra`
+    /// appended to its config; its output goes to `geofence.log`.
+    pub fn start_geofence_with(&self, metrics_port: u16, extra: &str) -> std::process::Child {
         let d = |rel: &str| path(self.dir.path(), rel);
         std::fs::write(
             self.dir.path().join("geofence.toml"),
             format!(
-                "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
+                "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{extra}\n",
                 d("keys"),
                 d("policies"),
                 d("geofence-data")

@@ -11,17 +11,24 @@ use hru_gateway::{Gateway, GatewaySettings};
 
 use crate::{GatewayFlags, GivenGlobals};
 
-/// `hru geofence run --config FILE` until Ctrl-C.
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what a container runtime sends to stop a service).
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { term.as_mut()?.recv().await } => {}
+    }
+}
+
+/// `hru geofence run --config FILE` until Ctrl-C or SIGTERM (a clean stop writes a last
+/// snapshot).
 pub(crate) async fn geofence_run(path: &Path) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let config =
         hru_geofence::service::GeofenceConfig::load(&text, &path.display().to_string(), |k| std::env::var(k).ok())?;
     eprintln!("hru geofence {} following {}", config.instance, config.nats_url);
     let stats = Arc::new(hru_geofence::service::Stats::default());
-    hru_geofence::service::run(config, stats, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    hru_geofence::service::run(config, stats, stop_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

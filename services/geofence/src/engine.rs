@@ -28,6 +28,9 @@ use sha2::{Digest as _, Sha256};
 
 use hru_domain::zone::{Zone, distance_m};
 
+mod snapshot;
+pub use snapshot::{StateError, config_digest};
+
 /// Tunable thresholds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -458,6 +461,11 @@ impl State {
         }
     }
 
+    /// The thresholds it evaluates under.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Zones known.
     pub fn zone_count(&self) -> usize {
         self.zones.len()
@@ -699,6 +707,11 @@ impl State {
             {
                 readings.push(self.zone_reading(z, f, lat, lon));
             }
+        }
+        // In zone order, not the index's: a state read back from a snapshot (its index built
+        // afresh) reports in the same order as the one that wrote it.
+        if readings.len() > first + 1 {
+            readings[first..].sort_by_key(|r| r.rule_id);
         }
         if let Some(state) = self.tags.get(tag) {
             for key in state.open.keys().chain(state.possible.keys()) {

@@ -36,6 +36,31 @@ impl Inputs {
         self.heard.iter().map(|((p, g), at)| (p, g.as_str(), *at))
     }
 
+    /// Each gateway heard from and not retired, as a snapshot keeps them.
+    pub fn to_snapshot(&self) -> Vec<pb::HeardGateway> {
+        self.heard
+            .iter()
+            .map(|((party, gateway), at)| pb::HeardGateway {
+                party: party.to_string(),
+                gateway: gateway.clone(),
+                heartbeat_at_ms: *at,
+            })
+            .collect()
+    }
+
+    /// The gateways a snapshot kept; an error names the first whose party is not a party id.
+    pub fn from_snapshot(heard: &[pb::HeardGateway]) -> Result<Self, hru_domain::FieldError> {
+        let heard = heard
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let party = PartyId::parse(&g.party, &format!("gateways[{i}].party"))?;
+                Ok(((party, g.gateway.clone()), g.heartbeat_at_ms))
+            })
+            .collect::<Result<_, hru_domain::FieldError>>()?;
+        Ok(Self { heard })
+    }
+
     /// Event time: the oldest latest heartbeat among the gateways heard from.
     pub fn event_time(&self) -> Option<i64> {
         self.heard.values().copied().min()

@@ -30,6 +30,7 @@ use serde::Deserialize;
 
 use crate::engine::{Action, BreachUpdate, Config, Input, State};
 use crate::inputs::Inputs;
+use crate::snapshots::Snapshots;
 
 /// Domain separation of a victim alert's signature.
 pub const ALERT_DOMAIN: &[u8] = b"hru.v1.VictimAlert\0";
@@ -63,6 +64,10 @@ pub struct GeofenceConfig {
     /// Engine thresholds.
     #[serde(default)]
     pub engine: EngineSettings,
+    /// Seconds between state snapshots (and one on a clean stop); 0: none are written, and a
+    /// restart replays every input.
+    #[serde(default = "default_snapshot_every_s")]
+    pub snapshot_every_s: f64,
 }
 
 /// Engine thresholds as configured (each optional; defaults from `Config::default`).
@@ -99,6 +104,9 @@ impl EngineSettings {
     }
 }
 
+fn default_snapshot_every_s() -> f64 {
+    300.0
+}
 fn default_party() -> String {
     "geofence".into()
 }
@@ -122,6 +130,12 @@ impl hru_runtime::Settings for GeofenceConfig {
             && m.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(key("metrics_listen", format!("{m:?} is not host:port")));
+        }
+        if !(self.snapshot_every_s.is_finite() && self.snapshot_every_s >= 0.0) {
+            return Err(key(
+                "snapshot_every_s",
+                "must be 0 (no snapshots) or a number of seconds".into(),
+            ));
         }
         let e = self.engine.config();
         if e.exit_fixes == 0 {
@@ -210,6 +224,17 @@ pub struct Stats {
     pub event_time_ms: Gauge,
     /// Messages the read path refused, by reason (never acted on).
     pub read_refused: hru_runtime::metrics::ReadRefused,
+    /// State snapshots written.
+    pub snapshots: Counter,
+    /// State snapshots that could not be written.
+    pub snapshots_failed: Counter,
+    /// Snapshots passed over on start (torn, corrupt, unopenable or taken under other
+    /// thresholds).
+    pub snapshots_rejected: Counter,
+    /// 1 when the state was restored from a snapshot on start, 0 when it was replayed in full.
+    pub restored: Gauge,
+    /// Position-stream messages replayed on start (after the snapshot's cut, if one was used).
+    pub replayed_positions: Gauge,
 }
 
 impl Stats {
@@ -249,6 +274,31 @@ impl Stats {
             self.ready.clone(),
         );
         registry.register("hru_geofence_zones", "Zones held", self.zones.clone());
+        registry.register(
+            "hru_geofence_snapshots",
+            "State snapshots written",
+            self.snapshots.clone(),
+        );
+        registry.register(
+            "hru_geofence_snapshots_failed",
+            "State snapshots that could not be written",
+            self.snapshots_failed.clone(),
+        );
+        registry.register(
+            "hru_geofence_snapshots_rejected",
+            "Snapshots passed over on start (torn, corrupt, unopenable, other thresholds)",
+            self.snapshots_rejected.clone(),
+        );
+        registry.register(
+            "hru_geofence_restored",
+            "1 when the state was restored from a snapshot on start, 0 when replayed in full",
+            self.restored.clone(),
+        );
+        registry.register(
+            "hru_geofence_replayed_positions",
+            "Position-stream messages replayed on start (after the snapshot's cut, if any)",
+            self.replayed_positions.clone(),
+        );
         registry.register("hru_geofence_tags", "Tags known", self.tags.clone());
         registry.register(
             "hru_geofence_gateways",
@@ -300,6 +350,20 @@ struct Service {
     /// What each event tells the engine, and each gateway's latest heartbeat.
     inputs: Inputs,
     stats: Arc<Stats>,
+    /// Where state snapshots go.
+    snapshots: Snapshots,
+    /// The engine thresholds' digest (a snapshot taken under others is not used).
+    config_digest: [u8; 32],
+    /// The cut of inputs the state covers: the next view and position-stream sequences.
+    next_event: u64,
+    next_position: u64,
+    /// The cut the last snapshot written covers.
+    snapshot_cut: (u64, u64),
+    /// Key events read from the position stream, kept for snapshots (the read path needs them
+    /// to open the tail after a restart).
+    position_keys: Vec<pb::LoggedMessage>,
+    /// How long positions are kept: older ones are forgotten by the engine too.
+    positions_max_age: Duration,
 }
 
 /// The message id of a TagBreach in the log (as `BreachUpdate::message_id`), as opened.
@@ -568,8 +632,11 @@ pub async fn run(
     // Nothing past its retention is evaluated, whichever key its grant is sealed to.
     ring.destroy_expired(now);
     let sealing = periods::directory_with_periods(log.reader(), &directory).await?;
+    let positions_max_age = isa.positions_max_age();
+    let class = hru_envelope::AudiencePolicy::retention_class(&isa, EventType::PositionBatch);
+    let snapshot_log = hru_log::SnapshotLog::open(&config.nats_url, Some(&identity), positions_max_age, 1).await?;
+    let engine = config.engine.config();
     let mut service = Service {
-        party,
         isa,
         read: ReadPath::new(directory.clone(), Arc::new(deployment.policies.clone()), ring),
         secrets,
@@ -579,75 +646,20 @@ pub async fn run(
         log,
         alerts,
         producer,
-        state: State::new(config.engine.config()),
+        config_digest: crate::engine::config_digest(&engine),
+        state: State::new(engine),
         logged: HashSet::new(),
         inputs: Inputs::new(),
         stats,
+        snapshots: Snapshots::new(snapshot_log, party.clone(), config.instance.clone(), class),
+        party,
+        next_event: 1,
+        next_position: 1,
+        snapshot_cut: (0, 0),
+        position_keys: Vec::new(),
+        positions_max_age,
     };
-
-    // Rebuild: what this service already appended, then every input in recorded order.
-    let events: Vec<LogEntry> = service.log.reader().replay(1, &[]).await?.try_collect().await?;
-    let stored: Vec<LogEntry> = positions.replay(1).await?.try_collect().await?;
-    let next_event = events.last().map_or(1, |e| e.sequence + 1);
-    let next_position = stored.last().map_or(1, |e| e.sequence + 1);
-    // Grants and key events first, in log order, through the read path: every other envelope is
-    // then checked against the directory as the log's own key events amend it.
-    let is_key_material = |e: &LogEntry| {
-        hru_envelope::decode_header(&e.payload).is_ok_and(|h| {
-            matches!(
-                h.event_type,
-                EventType::KeyGranted | EventType::KeyRotated | EventType::KeyRevoked
-            )
-        })
-    };
-    for e in events.iter().chain(stored.iter()).filter(|e| is_key_material(e)) {
-        if let Err(refusal) = service.read.read(&incoming(e)) {
-            service.refused(&refusal);
-        }
-    }
-    let mut merged: Vec<(i64, u8, u64, VerifiedEnvelope)> = Vec::with_capacity(events.len() + stored.len());
-    for (source, entries) in [(0u8, &events), (1u8, &stored)] {
-        for e in entries.iter().filter(|e| !is_key_material(e)) {
-            match service.read.check(&incoming(e)) {
-                Ok(v) => merged.push((v.header.recorded_at_ms, source, e.sequence, v)),
-                Err(refusal) => service.refused(&refusal),
-            }
-        }
-    }
-    // The breaches already logged are read first: the replay must know them before deciding.
-    for (.., v) in &merged {
-        if v.header.event_type == EventType::TagBreach
-            && v.header.producer.party == service.party
-            && let Some(id) = logged_id(&service.read.open(v))
-        {
-            service.logged.insert(id);
-        }
-    }
-    merged.sort_by_key(|(t, source, seq, _)| (*t, *source, *seq));
-    // Grants and this service's own breaches were taken in above; the rest are inputs.
-    let own = service.party.clone();
-    for (.., v) in merged.iter().filter(|m| {
-        let h = &m.3.header;
-        let own_breach = h.event_type == EventType::TagBreach && h.producer.party == own;
-        !own_breach
-    }) {
-        if v.header.event_type.is_public() {
-            let inputs = service.inputs.public(v);
-            service.apply(&inputs).await?;
-        } else {
-            let opened = service.read.open(v);
-            service.feed(&opened).await?;
-        }
-    }
-    tracing::info!(
-        events = events.len(),
-        positions = stored.len(),
-        zones = service.state.zone_count(),
-        tags = service.state.tag_count(),
-        open = service.state.open_episodes(),
-        "state rebuilt from the log"
-    );
-    drop(merged);
+    service.start(&positions).await?;
     service.count_state();
     service.stats.ready.set(1);
 
@@ -666,7 +678,12 @@ pub async fn run(
             }
         });
     }
-    let followed = follow(&mut service, &positions, next_position, next_event, shutdown).await;
+    let snapshot_every = (config.snapshot_every_s > 0.0).then(|| Duration::from_secs_f64(config.snapshot_every_s));
+    if snapshot_every.is_some() {
+        // What a full or long replay reached is kept at once.
+        service.snapshot().await;
+    }
+    let followed = follow(&mut service, &positions, snapshot_every, shutdown).await;
     tasks.stop().await;
     followed
 }
@@ -713,23 +730,265 @@ impl Service {
             tracing::info!(%producer, %audience, epoch, %class, %month, "granted epoch key destroyed: its retention has ended");
         }
         self.directory = periods::directory_with_periods(self.log.reader(), &self.deployed).await?;
+        self.forget_expired_positions();
         Ok(())
     }
 }
 
-/// Evaluate positions as they are stored and poll the zone, rule and tag events, until
-/// `shutdown`.
+/// Whether a logged message is key material (a grant, a rotation or a revocation).
+fn is_key_material(e: &LogEntry) -> bool {
+    hru_envelope::decode_header(&e.payload).is_ok_and(|h| {
+        matches!(
+            h.event_type,
+            EventType::KeyGranted | EventType::KeyRotated | EventType::KeyRevoked
+        )
+    })
+}
+
+impl Service {
+    /// Reach the state the log implies before anything live is evaluated: from the newest
+    /// usable snapshot and the inputs after its cut, or from every input when there is none.
+    /// The whole view is read (grants, key events and the breaches already logged); of the
+    /// position stream only what follows the cut.
+    async fn start(&mut self, positions: &PositionLog) -> Result<(), GeofenceError> {
+        let events: Vec<LogEntry> = self.log.reader().replay(1, &[]).await?.try_collect().await?;
+        let next_event = events.last().map_or(1, |e| e.sequence + 1);
+        // Grants and key events first, in log order, through the read path: every other
+        // envelope is then checked against the directory as the log's own key events amend it.
+        for e in events.iter().filter(|e| is_key_material(e)) {
+            if let Err(refusal) = self.read.read(&incoming(e)) {
+                self.refused(&refusal);
+            }
+        }
+        let (_, last_position) = positions.bounds().await?;
+        let cut = self.restore(next_event, last_position + 1).await;
+        let (from_event, from_position) = cut.unwrap_or((1, 1));
+        self.stats.restored.set(i64::from(cut.is_some()));
+        let stored: Vec<LogEntry> = positions.replay(from_position).await?.try_collect().await?;
+        self.stats
+            .replayed_positions
+            .set(i64::try_from(stored.len()).unwrap_or(i64::MAX));
+        for e in stored.iter().filter(|e| is_key_material(e)) {
+            self.keep_position_keys(e);
+            if let Err(refusal) = self.read.read(&incoming(e)) {
+                self.refused(&refusal);
+            }
+        }
+        // The breaches already logged are known before anything is decided.
+        for e in &events {
+            if let Ok(h) = hru_envelope::decode_header(&e.payload)
+                && h.event_type == EventType::TagBreach
+                && h.producer.party == self.party
+            {
+                match self.read.check(&incoming(e)) {
+                    Ok(v) => {
+                        if let Some(id) = logged_id(&self.read.open(&v)) {
+                            self.logged.insert(id);
+                        }
+                    }
+                    Err(refusal) => self.refused(&refusal),
+                }
+            }
+        }
+        // The inputs after the cut, in recorded order (this service's own breaches are not).
+        let tail = events.iter().filter(|e| e.sequence >= from_event);
+        let mut merged: Vec<(i64, u8, u64, VerifiedEnvelope)> = Vec::new();
+        for (source, entries) in [(0u8, tail.collect::<Vec<_>>()), (1u8, stored.iter().collect())] {
+            for e in entries.into_iter().filter(|e| !is_key_material(e)) {
+                match self.read.check(&incoming(e)) {
+                    Ok(v) => {
+                        let h = &v.header;
+                        if !(h.event_type == EventType::TagBreach && h.producer.party == self.party) {
+                            merged.push((v.header.recorded_at_ms, source, e.sequence, v));
+                        }
+                    }
+                    Err(refusal) => self.refused(&refusal),
+                }
+            }
+        }
+        merged.sort_by_key(|(t, source, seq, _)| (*t, *source, *seq));
+        for (.., v) in &merged {
+            if v.header.event_type.is_public() {
+                let inputs = self.inputs.public(v);
+                self.apply(&inputs).await?;
+            } else {
+                let opened = self.read.open(v);
+                self.feed(&opened).await?;
+            }
+        }
+        self.next_event = next_event;
+        self.next_position = stored.last().map_or(from_position, |e| e.sequence + 1);
+        self.forget_expired_positions();
+        tracing::info!(
+            events = events.len(),
+            positions = stored.len(),
+            from_snapshot = cut.is_some(),
+            zones = self.state.zone_count(),
+            tags = self.state.tag_count(),
+            open = self.state.open_episodes(),
+            "state rebuilt from the log"
+        );
+        Ok(())
+    }
+
+    /// Take in the newest usable snapshot whose cut lies within the log as it is now (`next_event`
+    /// and `next_position` one past each stream's end): the cut it covers, or `None` when the
+    /// service must replay everything.
+    async fn restore(&mut self, next_event: u64, next_position: u64) -> Option<(u64, u64)> {
+        let loaded = match self
+            .snapshots
+            .load(self.periods.keys(), self.read.directory(), &self.config_digest)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(cause = %e, "snapshots not read; replaying every input");
+                return None;
+            }
+        };
+        for r in &loaded.rejected {
+            self.stats.snapshots_rejected.inc();
+            tracing::warn!(manifest = r.sequence, reason = %r.reason, "snapshot passed over");
+        }
+        let snapshot = loaded.snapshot?;
+        if snapshot.next_event > next_event || snapshot.next_position > next_position {
+            self.stats.snapshots_rejected.inc();
+            tracing::warn!(
+                snapshot_event = snapshot.next_event,
+                snapshot_position = snapshot.next_position,
+                next_event,
+                next_position,
+                "snapshot covers more than the log holds (another broker?); replaying every input"
+            );
+            return None;
+        }
+        let engine = snapshot.engine.unwrap_or_default();
+        let restored = State::from_snapshot(self.state.config().clone(), &engine)
+            .map_err(|e| e.to_string())
+            .and_then(|state| {
+                Ok((
+                    state,
+                    Inputs::from_snapshot(&snapshot.gateways).map_err(|e| e.to_string())?,
+                ))
+            });
+        let (state, inputs) = match restored {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.snapshots_rejected.inc();
+                tracing::warn!(cause = %e, "snapshot state not usable; replaying every input");
+                return None;
+            }
+        };
+        self.state = state;
+        self.inputs = inputs;
+        for m in snapshot.position_key_events {
+            let entry = LogEntry {
+                sequence: m.sequence,
+                subject: hru_broker::Subject::from_wire(m.subject),
+                payload: m.payload.into(),
+                stored: hru_broker::StoredAt::Exactly(m.stored_ms),
+            };
+            self.keep_position_keys(&entry);
+            if let Err(refusal) = self.read.read(&incoming(&entry)) {
+                self.refused(&refusal);
+            }
+        }
+        self.snapshot_cut = (snapshot.next_event, snapshot.next_position);
+        tracing::info!(
+            slot = loaded.slot,
+            next_event = snapshot.next_event,
+            next_position = snapshot.next_position,
+            taken_at_ms = snapshot.taken_at_ms,
+            "state restored from a snapshot"
+        );
+        Some(self.snapshot_cut)
+    }
+
+    /// Keep a key event read from the position stream, for the snapshots.
+    fn keep_position_keys(&mut self, e: &LogEntry) {
+        if !is_key_material(e) || self.position_keys.iter().any(|k| k.sequence == e.sequence) {
+            return;
+        }
+        let stored_ms = match e.stored {
+            hru_broker::StoredAt::Exactly(ms) => ms,
+            _ => jiff::Timestamp::now().as_millisecond(),
+        };
+        self.position_keys.push(pb::LoggedMessage {
+            sequence: e.sequence,
+            subject: e.subject.to_string(),
+            payload: e.payload.to_vec(),
+            stored_ms,
+        });
+    }
+
+    /// Forget positions past their retention: the engine's latest fixes, and the position
+    /// stream's key events kept for snapshots.
+    fn forget_expired_positions(&mut self) {
+        let max_age = i64::try_from(self.positions_max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = jiff::Timestamp::now().as_millisecond().saturating_sub(max_age);
+        let forgotten = self.state.forget_positions_before(cutoff);
+        self.position_keys.retain(|k| k.stored_ms >= cutoff);
+        if forgotten > 0 {
+            tracing::info!(forgotten, "positions past their retention forgotten");
+        }
+    }
+
+    /// Write a snapshot of the state, if it has read anything since the last one.
+    async fn snapshot(&mut self) {
+        let cut = (self.next_event, self.next_position);
+        if cut == self.snapshot_cut {
+            return;
+        }
+        let snapshot = pb::GeofenceSnapshot {
+            format: crate::snapshots::FORMAT,
+            config_digest: self.config_digest.to_vec(),
+            next_event: cut.0,
+            next_position: cut.1,
+            taken_at_ms: jiff::Timestamp::now().as_millisecond(),
+            engine: Some(self.state.to_snapshot()),
+            gateways: self.inputs.to_snapshot(),
+            position_key_events: self.position_keys.clone(),
+        };
+        match self
+            .snapshots
+            .write(&snapshot, self.periods.keys(), &self.secrets)
+            .await
+        {
+            Ok(w) => {
+                self.stats.snapshots.inc();
+                self.snapshot_cut = cut;
+                tracing::debug!(
+                    slot = w.slot,
+                    bytes = w.bytes,
+                    chunks = w.chunks,
+                    next_event = cut.0,
+                    next_position = cut.1,
+                    "snapshot written"
+                );
+            }
+            Err(e) => {
+                self.stats.snapshots_failed.inc();
+                tracing::warn!(cause = %e, "snapshot not written; the next restart replays more");
+            }
+        }
+    }
+}
+
+/// Evaluate positions as they are stored and poll the zone, rule and tag events, snapshotting
+/// the state every `snapshot_every` (and once more on a clean stop), until `shutdown`.
 async fn follow(
     service: &mut Service,
     positions: &PositionLog,
-    next_position: u64,
-    mut next_event: u64,
+    snapshot_every: Option<Duration>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), GeofenceError> {
     // Live: positions as they are stored; zone, rule and tag events polled.
-    let mut live = positions.follow(next_position).await?;
+    let mut live = positions.follow(service.next_position).await?;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + RETENTION_SWEEP, RETENTION_SWEEP);
+    let every = snapshot_every.unwrap_or(Duration::from_secs(3600));
+    let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -739,20 +998,26 @@ async fn follow(
                     tracing::warn!(cause = %e, "expired keys not destroyed; trying again later");
                 }
             }
+            _ = snapshot.tick(), if snapshot_every.is_some() => service.snapshot().await,
             entry = live.next() => {
                 let Some(entry) = entry else { break };
                 let entry: LogEntry = entry?;
+                service.keep_position_keys(&entry);
                 service.read(&entry).await?;
+                service.next_position = entry.sequence + 1;
             }
             _ = poll.tick() => {
-                let mut entries = service.log.reader().replay(next_event, &[]).await?;
+                let mut entries = service.log.reader().replay(service.next_event, &[]).await?;
                 while let Some(e) = entries.try_next().await? {
-                    next_event = e.sequence + 1;
                     service.read(&e).await?;
+                    service.next_event = e.sequence + 1;
                 }
                 service.count_state();
             }
         }
+    }
+    if snapshot_every.is_some() {
+        service.snapshot().await;
     }
     Ok(())
 }

@@ -30,8 +30,8 @@ pub struct PartyRights {
     pub produces: BTreeSet<EventType>,
     /// What it receives from other producers.
     pub receives: BTreeSet<Receipt>,
-    /// Whether it publishes victim alerts (the geofence).
-    pub publishes_alerts: bool,
+    /// Whether it is the geofence: it publishes victim alerts and keeps its state snapshots.
+    pub geofence: bool,
 }
 
 /// Every party's rights under one agreement version.
@@ -91,7 +91,7 @@ impl Rights {
             // Position batches and their key grants, one subject per gateway instance.
             filters.push(Filter::vendor_positions(party));
         }
-        if rights.publishes_alerts {
+        if rights.geofence {
             filters.push(Filter::all_alerts());
         }
         filters

@@ -15,6 +15,8 @@ use crate::subject::Filter;
 pub const EVENTS_STREAM: &str = "HRU_EVENTS";
 /// Name of the position stream.
 pub const POSITIONS_STREAM: &str = "HRU_POSITIONS";
+/// Name of the geofence's state-snapshot stream.
+pub const SNAPSHOTS_STREAM: &str = "HRU_SNAPSHOTS";
 /// Prefix of each party's view stream.
 pub const VIEW_STREAM_PREFIX: &str = "HRU_VIEW_";
 /// Shortest duplicate window accepted for exactly-once publish on retry.
@@ -159,6 +161,24 @@ pub fn positions_config(max_age: Duration, replicas: usize) -> stream::Config {
     }
 }
 
+/// The geofence's snapshot stream: one message per subject (a snapshot written to a slot
+/// replaces the one there before), kept at most `max_age` (the retention of position batches:
+/// a snapshot holds positions). No identity deletes from it; a slot is overwritten.
+pub fn snapshots_config(max_age: Duration, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: SNAPSHOTS_STREAM.to_owned(),
+        subjects: vec![Filter::all_snapshots().into()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        max_messages_per_subject: 1,
+        max_age,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
 /// The view stream of one party: the subjects of `HRU_EVENTS` it is entitled to, sourced by
 /// the server.
 pub fn view_config(rights: &Rights, party: &PartyId, replicas: usize) -> stream::Config {
@@ -278,7 +298,8 @@ pub async fn open_events(js: &jetstream::Context, replicas: usize) -> Result<str
     }
 }
 
-/// Create or update the shared stream, the position stream (kept `positions_max_age`) and
+/// Create or update the shared stream, the position stream and the geofence's snapshot stream
+/// (both kept `positions_max_age`) and
 /// every party's view stream, and retire the views of parties `rights` no longer names (the
 /// provisioner's job); the views retired by this call.
 pub async fn provision(
@@ -294,6 +315,12 @@ pub async fn provision(
         &js,
         positions_config(positions_max_age, replicas),
         "provision HRU_POSITIONS",
+    )
+    .await?;
+    create_or_update(
+        &js,
+        snapshots_config(positions_max_age, replicas),
+        "provision HRU_SNAPSHOTS",
     )
     .await?;
     for party in rights.parties.keys() {

@@ -76,6 +76,12 @@ impl Subject {
         Self(format!("hru.pos.{vendor}.{instance}"))
     }
 
+    /// One chunk (`part` a number) or the manifest (`part` = `m`) of a geofence state snapshot
+    /// in `slot`: `hru.snap.<party>.<instance>.<slot>.<part>`.
+    pub fn snapshot(party: &PartyId, instance: &str, slot: u32, part: &str) -> Self {
+        Self(format!("hru.snap.{party}.{instance}.{slot}.{part}"))
+    }
+
     /// A victim device's alerts: `hru.alert.<device>`.
     pub fn alert(device: &str) -> Self {
         Self(format!("hru.alert.{device}"))
@@ -160,6 +166,21 @@ impl Filter {
     /// Every position batch: `hru.pos.>`.
     pub fn all_positions() -> Self {
         Self("hru.pos.>".to_owned())
+    }
+
+    /// Every geofence state snapshot: `hru.snap.>`.
+    pub fn all_snapshots() -> Self {
+        Self("hru.snap.>".to_owned())
+    }
+
+    /// A party's snapshots: `hru.snap.<party>.>`.
+    pub fn party_snapshots(party: &PartyId) -> Self {
+        Self(format!("hru.snap.{party}.>"))
+    }
+
+    /// The manifests of one instance's snapshots: `hru.snap.<party>.<instance>.*.m`.
+    pub fn snapshot_manifests(party: &PartyId, instance: &str) -> Self {
+        Self(format!("hru.snap.{party}.{instance}.*.m"))
     }
 
     /// Every alert to any victim device: `hru.alert.*`.

@@ -767,6 +767,43 @@ impl TryFrom<pb::VictimIdentity> for VictimIdentity {
     }
 }
 
+impl From<&Zone> for pb::ZoneCore {
+    fn from(z: &Zone) -> Self {
+        Self {
+            zone_id: z.zone_id.as_bytes().to_vec(),
+            version: z.version,
+            kind: z.kind as i32,
+            tag_id: z.tag_id.to_string(),
+            geojson: z.geojson.clone(),
+            radius_m: z.radius_m,
+            schedule: z
+                .schedule
+                .iter()
+                .map(|w| pb::WeeklyWindow {
+                    day: w.day as i32,
+                    start_minute: w.start_minute,
+                    duration_minutes: w.duration_minutes,
+                })
+                .collect(),
+            exit_buffer_m: z.exit_buffer_m,
+            label: z.label.clone(),
+        }
+    }
+}
+
+impl From<&ProximityRule> for pb::ProximityCore {
+    fn from(r: &ProximityRule) -> Self {
+        Self {
+            rule_id: r.rule_id.as_bytes().to_vec(),
+            tag_id: r.tag_id.to_string(),
+            victim_device_id: r.victim_device_id.to_string(),
+            warning_m: r.warning_m,
+            breach_m: r.breach_m,
+            max_victim_fix_age_s: r.max_victim_fix_age_s,
+        }
+    }
+}
+
 /// A zone's revocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZoneRevocation {

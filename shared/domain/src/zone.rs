@@ -95,6 +95,8 @@ pub struct Zone {
     pub exit_buffer_m: f64,
     /// Bounding box `[lon, lat]`, degrees.
     pub bbox: AABB<[f64; 2]>,
+    /// The definition it was parsed from (what a snapshot keeps to parse it again).
+    pub definition: crate::Zone,
 }
 
 /// Why a zone definition cannot be used.
@@ -203,6 +205,7 @@ impl Zone {
             windows,
             exit_buffer_m: z.exit_buffer_m,
             bbox,
+            definition: z.clone(),
         })
     }
 

@@ -244,6 +244,39 @@ impl PeriodKeys {
         Some((key_id(&public.to_bytes()), secret))
     }
 
+    /// Seal `plaintext` at rest to this holder's own key of (`class`, `month`), bound to
+    /// `aad`: (enc, ciphertext), or `None` when that key does not exist. Destroying the month
+    /// destroys every copy sealed so, wherever it is kept.
+    pub fn seal_own(
+        &self,
+        class: &str,
+        month: &str,
+        aad: &[u8],
+        plaintext: &[u8],
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Option<(Vec<u8>, Vec<u8>)> {
+        let (_, public) = self.pair(class, month)?;
+        let info = self.own_info(class, month);
+        Some(crate::primitives::seal_bytes(&public, &info, aad, plaintext, rng))
+    }
+
+    /// Open what [`PeriodKeys::seal_own`] sealed; `None` when the month's key is gone or the
+    /// bytes do not open under it.
+    pub fn open_own(&self, class: &str, month: &str, aad: &[u8], enc: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
+        let (secret, _) = self.pair(class, month)?;
+        let info = self.own_info(class, month);
+        crate::primitives::open_bytes(&secret, enc, &info, aad, ciphertext)
+    }
+
+    fn own_info(&self, class: &str, month: &str) -> Vec<u8> {
+        let mut info = b"hru.v1.period-at-rest\0".to_vec();
+        for part in [self.party.as_str(), class, month] {
+            info.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            info.extend_from_slice(part.as_bytes());
+        }
+        info
+    }
+
     fn pair(
         &self,
         class: &str,

@@ -270,6 +270,41 @@ pub(crate) fn seal_epoch_key(
     (enc.to_bytes().to_vec(), ct)
 }
 
+/// Seal `plaintext` of any length to `key` (HPKE base mode), bound to `info` and `aad`:
+/// returns (enc, ciphertext).
+pub(crate) fn seal_bytes(
+    key: &<Kem as hpke::Kem>::PublicKey,
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+    rng: &mut (impl CryptoRng + RngCore),
+) -> (Vec<u8>, Vec<u8>) {
+    use hpke::Serializable as _;
+    let (enc, ct) = hpke::single_shot_seal::<HpkeAead, Kdf, Kem, _>(
+        &hpke::OpModeS::Base,
+        key,
+        info,
+        plaintext,
+        aad,
+        &mut HpkeRng(rng),
+    )
+    .unwrap_or_else(|e| unreachable!("HPKE base-mode seal fails only past 256 GiB: {e}"));
+    (enc.to_bytes().to_vec(), ct)
+}
+
+/// Open what [`seal_bytes`] sealed; `None` when it does not open under `secret`, `info` and `aad`.
+pub(crate) fn open_bytes(
+    secret: &<Kem as hpke::Kem>::PrivateKey,
+    enc: &[u8],
+    info: &[u8],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Option<Vec<u8>> {
+    use hpke::Deserializable as _;
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).ok()?;
+    hpke::single_shot_open::<HpkeAead, Kdf, Kem>(&hpke::OpModeR::Base, secret, &enc, info, ciphertext, aad).ok()
+}
+
 /// Unseal an epoch key sealed to this member; `None` when it does not open.
 pub(crate) fn open_epoch_key(
     enc: &[u8],

@@ -11,6 +11,7 @@ pub mod periods;
 mod positions;
 mod producer;
 pub mod read;
+mod snapshots;
 
 pub use alerts::{AlertPublisher, DeviceAlerts, Sent};
 pub use append::{Ack, AppendError, Appender, Expect};
@@ -18,6 +19,7 @@ pub use hru_broker::{BrokerError as LogError, BrokerIdentity, StoredAt, connect}
 pub use positions::PositionLog;
 pub use producer::{EventToSeal, GroupSealer, Producer, SealedGroup, StoreError};
 pub use read::{Entries, Page, Pages, Reader};
+pub use snapshots::SnapshotLog;
 
 use async_nats::jetstream;
 use bytes::Bytes;

@@ -24,7 +24,7 @@ impl CompiledIsa {
                     description: format!("{} ({})", info.role.name(), info.controller),
                     produces: self.produces(party).collect(),
                     receives: Default::default(),
-                    publishes_alerts: info.role == crate::Role::Geofence,
+                    geofence: info.role == crate::Role::Geofence,
                 };
                 (party.clone(), rights)
             })
