@@ -23,14 +23,14 @@ use serde_json::json;
 use crate::Format;
 
 /// A throwaway deployment: fresh keys for every party of the agreements in `policies_dir`.
-struct Deployment {
-    dir: tempfile::TempDir,
-    directory: Directory,
-    isa: CompiledIsa,
-    secrets: HashMap<String, PartySecrets>,
+pub(crate) struct Deployment {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) directory: Directory,
+    pub(crate) isa: CompiledIsa,
+    pub(crate) secrets: HashMap<String, PartySecrets>,
 }
 
-fn deployment(policies_dir: &Path) -> anyhow::Result<Deployment> {
+pub(crate) fn deployment(policies_dir: &Path) -> anyhow::Result<Deployment> {
     let dir = tempfile::tempdir()?;
     let policies = dir.path().join("policies");
     let keys = dir.path().join("keys");
@@ -72,21 +72,21 @@ fn deployment(policies_dir: &Path) -> anyhow::Result<Deployment> {
     })
 }
 
-fn party<'a>(d: &'a Deployment, p: &str) -> anyhow::Result<&'a PartySecrets> {
+pub(crate) fn party<'a>(d: &'a Deployment, p: &str) -> anyhow::Result<&'a PartySecrets> {
     d.secrets
         .get(p)
         .with_context(|| format!("the agreement has no party {p}"))
 }
 
-/// Seal and append one setup event.
-async fn setup_event(
+/// Seal and append one setup event, occurring and recorded at `now` (Unix ms).
+pub(crate) async fn setup_event(
     log: &EventLog,
     sealer: &mut Sealer,
     d: &Deployment,
     case: CaseId,
     event: pb::event_draft::Event,
+    now: i64,
 ) -> anyhow::Result<()> {
-    let now = jiff::Timestamp::now().as_millisecond();
     let (t, sections) = split_draft(event);
     let batch = sealer.prepare_event(
         case,
@@ -162,7 +162,7 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
                 reason: String::new(),
             }),
         });
-        setup_event(&log, &mut vendor_sealer, &d, case, fitted).await?;
+        setup_event(&log, &mut vendor_sealer, &d, case, fitted, now).await?;
         let ring: Vec<String> = match &z.shape {
             hru_geofence::Shape::Area { .. } => zones.polygons[i]
                 .exterior()
@@ -185,7 +185,7 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
                 label: "bench".into(),
             }),
         });
-        setup_event(&log, &mut police_sealer, &d, case, zone).await?;
+        setup_event(&log, &mut police_sealer, &d, case, zone, now).await?;
     }
 
     let config_text = format!(

@@ -12,12 +12,18 @@ use hru_gateway::{Gateway, GatewaySettings};
 use crate::{GatewayFlags, GivenGlobals};
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM (what a container runtime sends to stop a service).
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        Some(()) = async { term.as_mut()?.recv().await } => {}
-    }
+/// Both are caught from the moment this is called, not from the first poll: a stop asked for
+/// while the service is still starting ends it cleanly once started.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 /// `hru geofence run --config FILE` until Ctrl-C or SIGTERM (a clean stop writes a last
@@ -28,7 +34,7 @@ pub(crate) async fn geofence_run(path: &Path) -> anyhow::Result<ExitCode> {
         hru_geofence::service::GeofenceConfig::load(&text, &path.display().to_string(), |k| std::env::var(k).ok())?;
     eprintln!("hru geofence {} following {}", config.instance, config.nats_url);
     let stats = Arc::new(hru_geofence::service::Stats::default());
-    hru_geofence::service::run(config, stats, stop_signal()).await?;
+    hru_geofence::service::run(config, stats, stop_signal()?).await?;
     Ok(ExitCode::SUCCESS)
 }
 

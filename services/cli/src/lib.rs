@@ -719,6 +719,22 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Geofence restart after a long run for a large fleet: ready time and peak memory from a
+    /// snapshot beside a full replay, both real processes.
+    GeofenceRestart {
+        /// Tags in the fleet (one fix every 30 s each).
+        #[arg(long, default_value_t = 10_000)]
+        tags: usize,
+        /// Fixes before the first start.
+        #[arg(long, default_value_t = 20_000_000)]
+        fixes: usize,
+        /// Fixes published while the geofence is down, before the restart from the snapshot.
+        #[arg(long, default_value_t = 200_000)]
+        tail: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Seal and open rates of a 1 KiB, two-section event beside raw ed25519 sign and verify.
     Seal {
         /// Seconds to run each measurement.
@@ -876,6 +892,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
         }
         Command::Bench(BenchCommand::Seal { seconds, format }) => hru_tools::bench::seal(seconds, format.into()),
+        Command::Bench(BenchCommand::GeofenceRestart {
+            tags,
+            fixes,
+            tail,
+            format,
+        }) => hru_tools::bench_restart::geofence_restart(&cli.policies, tags, fixes, tail, format.into()).await,
         Command::Bench(BenchCommand::Geofence { fixes, format }) => {
             hru_tools::bench_geo::geofence(&cli.policies, fixes, format.into()).await
         }
