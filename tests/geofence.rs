@@ -345,11 +345,10 @@ fn a_restart_loads_the_newest_good_snapshot_falls_back_past_bad_ones_and_decides
     let log = scene.rt.block_on(EventLog::connect(&scene.world.nats.url())).unwrap();
     let snapshots = scene
         .rt
-        .block_on(hru_log::SnapshotLog::open(
+        .block_on(hru_log::KeptStream::open(
             &scene.world.nats.url(),
             None,
-            scene.isa.positions_max_age(),
-            1,
+            hru_broker::stream::snapshots_config(scene.isa.positions_max_age(), 1),
         ))
         .unwrap();
     let geofence: hru_domain::PartyId = "geofence".parse().unwrap();

@@ -340,7 +340,7 @@ struct Service {
     deployed: Directory,
     /// This party's period chains.
     periods: PeriodHolder,
-    secrets: PartySecrets,
+    secrets: Arc<PartySecrets>,
     log: PartyView,
     alerts: hru_log::AlertPublisher,
     producer: Producer,
@@ -350,8 +350,17 @@ struct Service {
     /// What each event tells the engine, and each gateway's latest heartbeat.
     inputs: Inputs,
     stats: Arc<Stats>,
-    /// Where state snapshots go.
-    snapshots: Snapshots,
+    /// Where state snapshots go (none: not written, every start replays everything); taken
+    /// out while a write is under way.
+    snapshots: Option<Snapshots>,
+    /// The snapshot being written, off the loop that evaluates fixes.
+    writing: Option<tokio::task::JoinHandle<Writing>>,
+    /// Whether positions were forgotten since the last snapshot (it must be written again).
+    forgotten: bool,
+    /// The last view and position-stream messages read before the cut (sequence, bytes): a
+    /// snapshot names their digests, so one taken on other streams is not used.
+    last_event: Option<Seen>,
+    last_position: Option<Seen>,
     /// The engine thresholds' digest (a snapshot taken under others is not used).
     config_digest: [u8; 32],
     /// The cut of inputs the state covers: the next view and position-stream sequences.
@@ -634,12 +643,30 @@ pub async fn run(
     let sealing = periods::directory_with_periods(log.reader(), &directory).await?;
     let positions_max_age = isa.positions_max_age();
     let class = hru_envelope::AudiencePolicy::retention_class(&isa, EventType::PositionBatch);
-    let snapshot_log = hru_log::SnapshotLog::open(&config.nats_url, Some(&identity), positions_max_age, 1).await?;
+    // Without the snapshot stream (not provisioned yet) the service runs as before: every
+    // start replays every input.
+    let snapshots = if config.snapshot_every_s > 0.0 {
+        match hru_log::KeptStream::open(
+            &config.nats_url,
+            Some(&identity),
+            hru_broker::stream::snapshots_config(positions_max_age, 1),
+        )
+        .await
+        {
+            Ok(stream) => Some(Snapshots::new(stream, party.clone(), config.instance.clone(), class)),
+            Err(e) => {
+                tracing::warn!(cause = %e, "HRU_SNAPSHOTS not usable (run `hru log provision`); no snapshots: every start replays every input");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let engine = config.engine.config();
     let mut service = Service {
         isa,
         read: ReadPath::new(directory.clone(), Arc::new(deployment.policies.clone()), ring),
-        secrets,
+        secrets: Arc::new(secrets),
         directory: sealing,
         deployed: directory,
         periods,
@@ -651,7 +678,11 @@ pub async fn run(
         logged: HashSet::new(),
         inputs: Inputs::new(),
         stats,
-        snapshots: Snapshots::new(snapshot_log, party.clone(), config.instance.clone(), class),
+        snapshots,
+        writing: None,
+        forgotten: false,
+        last_event: None,
+        last_position: None,
         party,
         next_event: 1,
         next_position: 1,
@@ -679,10 +710,8 @@ pub async fn run(
         });
     }
     let snapshot_every = (config.snapshot_every_s > 0.0).then(|| Duration::from_secs_f64(config.snapshot_every_s));
-    if snapshot_every.is_some() {
-        // What a full or long replay reached is kept at once.
-        service.snapshot().await;
-    }
+    // What a full or long replay reached is kept at once.
+    service.snapshot().await;
     let followed = follow(&mut service, &positions, snapshot_every, shutdown).await;
     tasks.stop().await;
     followed
@@ -735,6 +764,18 @@ impl Service {
     }
 }
 
+/// A snapshot write's outcome: the writer back, what happened, and the cut it covers.
+type Writing = (
+    Snapshots,
+    Result<crate::snapshots::Written, crate::snapshots::WriteError>,
+    (u64, u64),
+);
+
+fn digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
 /// Whether a logged message is key material (a grant, a rotation or a revocation).
 fn is_key_material(e: &LogEntry) -> bool {
     hru_envelope::decode_header(&e.payload).is_ok_and(|h| {
@@ -751,17 +792,12 @@ impl Service {
     /// The whole view is read (grants, key events and the breaches already logged); of the
     /// position stream only what follows the cut.
     async fn start(&mut self, positions: &PositionLog) -> Result<(), GeofenceError> {
-        let events: Vec<LogEntry> = self.log.reader().replay(1, &[]).await?.try_collect().await?;
-        let next_event = events.last().map_or(1, |e| e.sequence + 1);
+        let mut events: Vec<LogEntry> = self.log.reader().replay(1, &[]).await?.try_collect().await?;
         // Grants and key events first, in log order, through the read path: every other
         // envelope is then checked against the directory as the log's own key events amend it.
-        for e in events.iter().filter(|e| is_key_material(e)) {
-            if let Err(refusal) = self.read.read(&incoming(e)) {
-                self.refused(&refusal);
-            }
-        }
-        let (_, last_position) = positions.bounds().await?;
-        let cut = self.restore(next_event, last_position + 1).await;
+        self.read_key_material(&events);
+        let cut = self.restore(&mut events, positions).await?;
+        let next_event = events.last().map_or(1, |e| e.sequence + 1);
         let (from_event, from_position) = cut.unwrap_or((1, 1));
         self.stats.restored.set(i64::from(cut.is_some()));
         let stored: Vec<LogEntry> = positions.replay(from_position).await?.try_collect().await?;
@@ -817,7 +853,13 @@ impl Service {
             }
         }
         self.next_event = next_event;
+        if let Some(e) = events.last() {
+            self.last_event = Some(Seen::of(e));
+        }
         self.next_position = stored.last().map_or(from_position, |e| e.sequence + 1);
+        if let Some(e) = stored.last() {
+            self.last_position = Some(Seen::of(e));
+        }
         self.forget_expired_positions();
         tracing::info!(
             events = events.len(),
@@ -831,61 +873,122 @@ impl Service {
         Ok(())
     }
 
-    /// Take in the newest usable snapshot whose cut lies within the log as it is now (`next_event`
-    /// and `next_position` one past each stream's end): the cut it covers, or `None` when the
-    /// service must replay everything.
-    async fn restore(&mut self, next_event: u64, next_position: u64) -> Option<(u64, u64)> {
-        let loaded = match self
-            .snapshots
-            .load(self.periods.keys(), self.read.directory(), &self.config_digest)
-            .await
-        {
+    /// Take key material (grants, rotations, revocations) in through the read path.
+    fn read_key_material(&mut self, entries: &[LogEntry]) {
+        for e in entries.iter().filter(|e| is_key_material(e)) {
+            if let Err(refusal) = self.read.read(&incoming(e)) {
+                self.refused(&refusal);
+            }
+        }
+    }
+
+    /// Take in the newest usable snapshot: its cut, or `None` when the service must replay
+    /// everything. `events` is the whole view as read; when the snapshot's cut lies past it
+    /// (the view lags the log, as after a broker restart) the view is read on for up to 30 s.
+    /// A snapshot whose last messages before the cut are not the ones these streams hold there
+    /// was taken on other streams and is not used.
+    async fn restore(
+        &mut self,
+        events: &mut Vec<LogEntry>,
+        positions: &PositionLog,
+    ) -> Result<Option<(u64, u64)>, GeofenceError> {
+        let (first_position, last_position) = positions.bounds().await?;
+        let config = self.state.config().clone();
+        let Some(snapshots) = self.snapshots.as_mut() else {
+            return Ok(None);
+        };
+        let loaded = snapshots
+            .load(self.periods.keys(), self.read.directory(), &self.config_digest, |s| {
+                if s.next_position > last_position + 1 {
+                    return Err(format!(
+                        "its cut (position {}) is past the end of HRU_POSITIONS ({last_position})",
+                        s.next_position
+                    ));
+                }
+                let state = State::from_snapshot(config.clone(), &s.engine.clone().unwrap_or_default())
+                    .map_err(|e| e.to_string())?;
+                let inputs = Inputs::from_snapshot(&s.gateways).map_err(|e| e.to_string())?;
+                Ok((s, state, inputs))
+            })
+            .await;
+        let loaded = match loaded {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(cause = %e, "snapshots not read; replaying every input");
-                return None;
+                return Ok(None);
             }
         };
         for r in &loaded.rejected {
             self.stats.snapshots_rejected.inc();
             tracing::warn!(manifest = r.sequence, reason = %r.reason, "snapshot passed over");
         }
-        let snapshot = loaded.snapshot?;
-        if snapshot.next_event > next_event || snapshot.next_position > next_position {
-            self.stats.snapshots_rejected.inc();
-            tracing::warn!(
-                snapshot_event = snapshot.next_event,
-                snapshot_position = snapshot.next_position,
-                next_event,
-                next_position,
-                "snapshot covers more than the log holds (another broker?); replaying every input"
-            );
-            return None;
-        }
-        let engine = snapshot.engine.unwrap_or_default();
-        let restored = State::from_snapshot(self.state.config().clone(), &engine)
-            .map_err(|e| e.to_string())
-            .and_then(|state| {
-                Ok((
-                    state,
-                    Inputs::from_snapshot(&snapshot.gateways).map_err(|e| e.to_string())?,
-                ))
-            });
-        let (state, inputs) = match restored {
-            Ok(r) => r,
-            Err(e) => {
-                self.stats.snapshots_rejected.inc();
-                tracing::warn!(cause = %e, "snapshot state not usable; replaying every input");
-                return None;
-            }
+        let Some((snapshot, state, inputs)) = loaded.snapshot else {
+            return Ok(None);
         };
+        let refuse = |service: &mut Self, why: String| {
+            service.stats.snapshots_rejected.inc();
+            tracing::warn!(reason = %why, "snapshot not used; replaying every input");
+            Ok(None)
+        };
+        // The view reaches the cut, and holds there what the snapshot saw.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let reached = |events: &Vec<LogEntry>| events.last().map_or(0, |e| e.sequence) >= snapshot.last_event_sequence;
+        while !reached(events) {
+            if tokio::time::Instant::now() > deadline {
+                return refuse(
+                    self,
+                    format!(
+                        "its cut (event {}) is past this view's end after 30 s",
+                        snapshot.next_event
+                    ),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let from = events.last().map_or(1, |e| e.sequence + 1);
+            let more: Vec<LogEntry> = self.log.reader().replay(from, &[]).await?.try_collect().await?;
+            self.read_key_material(&more);
+            events.extend(more);
+        }
+        if snapshot.last_event_sequence > 0 {
+            let seen = events
+                .binary_search_by_key(&snapshot.last_event_sequence, |e| e.sequence)
+                .ok()
+                .map(|i| digest(&events[i].payload));
+            if seen.as_deref() != Some(snapshot.last_event_digest.as_slice()) {
+                return refuse(
+                    self,
+                    format!(
+                        "the view does not hold at event {} what it saw",
+                        snapshot.last_event_sequence
+                    ),
+                );
+            }
+        }
+        // The position stream holds there what it saw (unless that has expired since).
+        if snapshot.last_position_sequence >= first_position.max(1) {
+            let mut at = positions.replay(snapshot.last_position_sequence).await?;
+            let seen = at
+                .try_next()
+                .await?
+                .filter(|e| e.sequence == snapshot.last_position_sequence)
+                .map(|e| digest(&e.payload));
+            if seen.as_deref() != Some(snapshot.last_position_digest.as_slice()) {
+                return refuse(
+                    self,
+                    format!(
+                        "HRU_POSITIONS does not hold at {} what it saw",
+                        snapshot.last_position_sequence
+                    ),
+                );
+            }
+        }
         self.state = state;
         self.inputs = inputs;
-        for m in snapshot.position_key_events {
+        for m in &snapshot.position_key_events {
             let entry = LogEntry {
                 sequence: m.sequence,
-                subject: hru_broker::Subject::from_wire(m.subject),
-                payload: m.payload.into(),
+                subject: hru_broker::Subject::from_wire(m.subject.clone()),
+                payload: m.payload.clone().into(),
                 stored: hru_broker::StoredAt::Exactly(m.stored_ms),
             };
             self.keep_position_keys(&entry);
@@ -893,6 +996,10 @@ impl Service {
                 self.refused(&refusal);
             }
         }
+        self.last_event = (snapshot.last_event_sequence > 0)
+            .then(|| Seen::digested(snapshot.last_event_sequence, snapshot.last_event_digest.clone()));
+        self.last_position = (snapshot.last_position_sequence > 0)
+            .then(|| Seen::digested(snapshot.last_position_sequence, snapshot.last_position_digest.clone()));
         self.snapshot_cut = (snapshot.next_event, snapshot.next_position);
         tracing::info!(
             slot = loaded.slot,
@@ -901,7 +1008,7 @@ impl Service {
             taken_at_ms = snapshot.taken_at_ms,
             "state restored from a snapshot"
         );
-        Some(self.snapshot_cut)
+        Ok(Some(self.snapshot_cut))
     }
 
     /// Keep a key event read from the position stream, for the snapshots.
@@ -922,23 +1029,50 @@ impl Service {
     }
 
     /// Forget positions past their retention: the engine's latest fixes, and the position
-    /// stream's key events kept for snapshots.
+    /// stream's key events kept for snapshots. A state that forgot something is snapshotted
+    /// again even if it read nothing new.
     fn forget_expired_positions(&mut self) {
-        let max_age = i64::try_from(self.positions_max_age.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = jiff::Timestamp::now().as_millisecond().saturating_sub(max_age);
+        let cutoff = self.retention_start();
         let forgotten = self.state.forget_positions_before(cutoff);
+        let kept = self.position_keys.len();
         self.position_keys.retain(|k| k.stored_ms >= cutoff);
-        if forgotten > 0 {
+        if forgotten > 0 || kept != self.position_keys.len() {
+            self.forgotten = true;
             tracing::info!(forgotten, "positions past their retention forgotten");
         }
     }
 
-    /// Write a snapshot of the state, if it has read anything since the last one.
+    /// The oldest time a position may be from and still be kept, Unix ms.
+    fn retention_start(&self) -> i64 {
+        let max_age = i64::try_from(self.positions_max_age.as_millis()).unwrap_or(i64::MAX);
+        jiff::Timestamp::now().as_millisecond().saturating_sub(max_age)
+    }
+
+    /// Start writing a snapshot of the state, off the loop that evaluates fixes, if it has read
+    /// anything (or forgotten positions) since the last one and no write is under way. The
+    /// snapshot is sealed to the period key of the oldest month a kept position may be from.
     async fn snapshot(&mut self) {
-        let cut = (self.next_event, self.next_position);
-        if cut == self.snapshot_cut {
+        self.reap(false).await;
+        if self.writing.is_some() {
             return;
         }
+        self.forget_expired_positions();
+        let cut = (self.next_event, self.next_position);
+        if cut == self.snapshot_cut && !self.forgotten {
+            return;
+        }
+        let Some(mut snapshots) = self.snapshots.take() else {
+            return;
+        };
+        let Some(month) = snapshots.seal_month(self.periods.keys(), self.retention_start()) else {
+            self.stats.snapshots_failed.inc();
+            tracing::warn!("no period key of the positions' class to seal a snapshot to; not written");
+            self.snapshots = Some(snapshots);
+            return;
+        };
+        let (last_event_sequence, last_event_digest) = self.last_event.as_ref().map(Seen::parts).unwrap_or_default();
+        let (last_position_sequence, last_position_digest) =
+            self.last_position.as_ref().map(Seen::parts).unwrap_or_default();
         let snapshot = pb::GeofenceSnapshot {
             format: crate::snapshots::FORMAT,
             config_digest: self.config_digest.to_vec(),
@@ -948,28 +1082,78 @@ impl Service {
             engine: Some(self.state.to_snapshot()),
             gateways: self.inputs.to_snapshot(),
             position_key_events: self.position_keys.clone(),
+            last_event_sequence,
+            last_event_digest,
+            last_position_sequence,
+            last_position_digest,
         };
-        match self
-            .snapshots
-            .write(&snapshot, self.periods.keys(), &self.secrets)
-            .await
-        {
-            Ok(w) => {
-                self.stats.snapshots.inc();
-                self.snapshot_cut = cut;
-                tracing::debug!(
-                    slot = w.slot,
-                    bytes = w.bytes,
-                    chunks = w.chunks,
-                    next_event = cut.0,
-                    next_position = cut.1,
-                    "snapshot written"
-                );
+        let (periods, secrets) = (self.periods.keys().clone(), self.secrets.clone());
+        self.forgotten = false;
+        self.writing = Some(tokio::spawn(async move {
+            let written = snapshots.write(&snapshot, month, &periods, &secrets).await;
+            (snapshots, written, cut)
+        }));
+    }
+
+    /// Collect a snapshot write that has finished (with `wait`, wait for it).
+    async fn reap(&mut self, wait: bool) {
+        let Some(handle) = self.writing.take() else { return };
+        if !wait && !handle.is_finished() {
+            self.writing = Some(handle);
+            return;
+        }
+        match handle.await {
+            Ok((snapshots, written, cut)) => {
+                self.snapshots = Some(snapshots);
+                match written {
+                    Ok(w) => {
+                        self.stats.snapshots.inc();
+                        self.snapshot_cut = cut;
+                        tracing::debug!(
+                            slot = w.slot,
+                            bytes = w.bytes,
+                            chunks = w.chunks,
+                            next_event = cut.0,
+                            next_position = cut.1,
+                            "snapshot written"
+                        );
+                    }
+                    Err(e) => {
+                        self.stats.snapshots_failed.inc();
+                        self.forgotten = true;
+                        tracing::warn!(cause = %e, "snapshot not written; the next restart replays more");
+                    }
+                }
             }
             Err(e) => {
                 self.stats.snapshots_failed.inc();
-                tracing::warn!(cause = %e, "snapshot not written; the next restart replays more");
+                tracing::error!(cause = %e, "the snapshot writer failed; no more snapshots until restart");
             }
+        }
+    }
+}
+
+/// The last message read from a stream before the cut: its bytes, hashed when a snapshot
+/// names it, or the digest a restored snapshot named.
+enum Seen {
+    Bytes(u64, bytes::Bytes),
+    Digest(u64, Vec<u8>),
+}
+
+impl Seen {
+    fn of(e: &LogEntry) -> Self {
+        Self::Bytes(e.sequence, e.payload.clone())
+    }
+
+    fn digested(sequence: u64, digest: Vec<u8>) -> Self {
+        Self::Digest(sequence, digest)
+    }
+
+    /// (sequence, SHA-256 of the bytes).
+    fn parts(&self) -> (u64, Vec<u8>) {
+        match self {
+            Self::Bytes(seq, bytes) => (*seq, digest(bytes)),
+            Self::Digest(seq, d) => (*seq, d.clone()),
         }
     }
 }
@@ -1005,19 +1189,22 @@ async fn follow(
                 service.keep_position_keys(&entry);
                 service.read(&entry).await?;
                 service.next_position = entry.sequence + 1;
+                service.last_position = Some(Seen::of(&entry));
             }
             _ = poll.tick() => {
                 let mut entries = service.log.reader().replay(service.next_event, &[]).await?;
                 while let Some(e) = entries.try_next().await? {
                     service.read(&e).await?;
                     service.next_event = e.sequence + 1;
+                    service.last_event = Some(Seen::of(&e));
                 }
                 service.count_state();
             }
         }
     }
-    if snapshot_every.is_some() {
-        service.snapshot().await;
-    }
+    // A clean stop: the write under way, then one of the state as it is.
+    service.reap(true).await;
+    service.snapshot().await;
+    service.reap(true).await;
     Ok(())
 }

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use hru_domain::PartyId;
 use hru_envelope::{Directory, PartySecrets, PeriodKeys};
-use hru_log::{LogError, SnapshotLog};
+use hru_log::{KeptStream, LogError};
 use hru_wire::v1 as pb;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -62,11 +62,12 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// What loading found: the snapshot used, if any, and those passed over (newest first).
-#[derive(Debug, Default)]
-pub struct Loaded {
+/// What loading found: the snapshot used (as the caller accepted it), if any, and those
+/// passed over (newest first).
+#[derive(Debug)]
+pub struct Loaded<T> {
     /// The newest usable snapshot.
-    pub snapshot: Option<pb::GeofenceSnapshot>,
+    pub snapshot: Option<T>,
     /// The slot it was read from.
     pub slot: Option<u32>,
     /// Newer snapshots that could not be used.
@@ -75,7 +76,7 @@ pub struct Loaded {
 
 /// One geofence instance's snapshots.
 pub struct Snapshots {
-    log: SnapshotLog,
+    log: KeptStream,
     party: PartyId,
     instance: String,
     class: String,
@@ -97,7 +98,7 @@ fn aad(m: &pb::SnapshotManifest) -> Vec<u8> {
 
 impl Snapshots {
     /// The snapshots of `party`'s `instance`, sealed under retention `class`.
-    pub fn new(log: SnapshotLog, party: PartyId, instance: String, class: String) -> Self {
+    pub fn new(log: KeptStream, party: PartyId, instance: String, class: String) -> Self {
         Self {
             log,
             party,
@@ -107,15 +108,28 @@ impl Snapshots {
         }
     }
 
-    /// Seal `snapshot` to this party's own period key for the month it was taken, write it to
-    /// the next slot, chunks first, then its signed manifest.
+    /// The month whose period key seals a snapshot taken at `taken_at_ms` that holds positions
+    /// back to `oldest_ms`: the month of the oldest position, so the snapshot is put beyond use
+    /// when that position's retention ends, not a retention later; or the first month the
+    /// party's chain holds, when it started after that.
+    pub fn seal_month(&self, periods: &PeriodKeys, oldest_ms: i64) -> Option<String> {
+        let oldest = hru_envelope::month_at(oldest_ms)?;
+        let first = periods
+            .first_months()
+            .find(|(class, _)| *class == self.class)
+            .map(|(_, month)| month.to_owned())?;
+        Some(oldest.max(first))
+    }
+
+    /// Seal `snapshot` to this party's own period key for `month` (see [`Snapshots::seal_month`]),
+    /// write it to the next slot, chunks first, then its signed manifest.
     pub async fn write(
         &mut self,
         snapshot: &pb::GeofenceSnapshot,
+        month: String,
         periods: &PeriodKeys,
         secrets: &PartySecrets,
     ) -> Result<Written, WriteError> {
-        let month = hru_envelope::month_at(snapshot.taken_at_ms).unwrap_or_default();
         let slot = self.next_slot;
         let mut manifest = pb::SnapshotManifest {
             party: self.party.to_string(),
@@ -168,19 +182,31 @@ impl Snapshots {
         })
     }
 
-    /// The newest snapshot that verifies under `directory`, opens with `periods` and was taken
-    /// under thresholds with `config_digest`; the next write goes to the slot after it.
-    pub async fn load(
+    /// The newest snapshot that verifies under `directory` (signed by a key of this party valid
+    /// when the broker stored its manifest), opens with `periods`, was taken under thresholds
+    /// with `config_digest`, and that `accept` takes (it checks the cut against the log and
+    /// parses the state); every newer one is passed over with its reason. The next write goes
+    /// to the slot after the newest manifest.
+    pub async fn load<T>(
         &mut self,
         periods: &PeriodKeys,
         directory: &Directory,
         config_digest: &[u8],
-    ) -> Result<Loaded, LogError> {
+        mut accept: impl FnMut(pb::GeofenceSnapshot) -> Result<T, String>,
+    ) -> Result<Loaded<T>, LogError> {
         let filter = hru_broker::Filter::snapshot_manifests(&self.party, &self.instance);
         let mut manifests = Vec::new();
-        let mut loaded = Loaded::default();
+        let mut loaded = Loaded {
+            snapshot: None,
+            slot: None,
+            rejected: Vec::new(),
+        };
         for entry in self.log.list(&filter).await? {
-            match self.manifest(&entry.subject, &entry.payload, directory) {
+            let stored_ms = match entry.stored {
+                hru_broker::StoredAt::Exactly(ms) => Some(ms),
+                _ => None,
+            };
+            match self.manifest(&entry.subject, &entry.payload, stored_ms, directory) {
                 Ok(m) => manifests.push((entry.sequence, m)),
                 Err(reason) => loaded.rejected.push(Rejected {
                     sequence: entry.sequence,
@@ -193,7 +219,11 @@ impl Snapshots {
             self.next_slot = (newest.slot + 1) % SLOTS;
         }
         for (sequence, m) in manifests {
-            match self.open(&m, periods, config_digest).await? {
+            let opened = match self.open(&m, periods, config_digest).await {
+                Ok(opened) => opened,
+                Err(e) => Err(format!("chunks not read: {e}")),
+            };
+            match opened.and_then(&mut accept) {
                 Ok(snapshot) => {
                     loaded.snapshot = Some(snapshot);
                     loaded.slot = Some(m.slot);
@@ -205,11 +235,14 @@ impl Snapshots {
         Ok(loaded)
     }
 
-    /// A manifest that verifies as this party's, for this instance, in the slot it names.
+    /// A manifest that verifies as this party's, for this instance, in the slot it names, under
+    /// a key valid when the broker stored it (`stored_ms`; else when it says it was taken): a
+    /// revoked key cannot sign a snapshot that is believed.
     fn manifest(
         &self,
         subject: &hru_broker::Subject,
         payload: &[u8],
+        stored_ms: Option<i64>,
         directory: &Directory,
     ) -> Result<pb::SnapshotManifest, String> {
         let signed = pb::SignedManifest::decode(payload).map_err(|e| format!("not a SignedManifest: {e}"))?;
@@ -222,7 +255,7 @@ impl Snapshots {
         hru_envelope::verify_detached(
             directory,
             &self.party,
-            m.taken_at_ms,
+            stored_ms.unwrap_or(m.taken_at_ms),
             MANIFEST_DOMAIN,
             &signed.manifest,
             &detached,

@@ -17,6 +17,10 @@ pub const EVENTS_STREAM: &str = "HRU_EVENTS";
 pub const POSITIONS_STREAM: &str = "HRU_POSITIONS";
 /// Name of the geofence's state-snapshot stream.
 pub const SNAPSHOTS_STREAM: &str = "HRU_SNAPSHOTS";
+/// Most bytes `HRU_SNAPSHOTS` holds (the oldest go first beyond it).
+pub const SNAPSHOTS_MAX_BYTES: i64 = 2 << 30;
+/// Largest message `HRU_SNAPSHOTS` takes (snapshots are written in 512 KiB chunks).
+pub const SNAPSHOTS_MAX_MESSAGE: i32 = 1 << 20;
 /// Prefix of each party's view stream.
 pub const VIEW_STREAM_PREFIX: &str = "HRU_VIEW_";
 /// Shortest duplicate window accepted for exactly-once publish on retry.
@@ -172,6 +176,9 @@ pub fn snapshots_config(max_age: Duration, replicas: usize) -> stream::Config {
         num_replicas: replicas,
         max_messages_per_subject: 1,
         max_age,
+        // Bounds a misbehaving writer: nobody may delete, so the stream bounds itself.
+        max_bytes: SNAPSHOTS_MAX_BYTES,
+        max_message_size: SNAPSHOTS_MAX_MESSAGE,
         deny_delete: true,
         deny_purge: true,
         allow_direct: true,

@@ -7,19 +7,19 @@
 pub mod alerts;
 pub mod append;
 pub mod holds;
+mod kept;
 pub mod periods;
 mod positions;
 mod producer;
 pub mod read;
-mod snapshots;
 
 pub use alerts::{AlertPublisher, DeviceAlerts, Sent};
 pub use append::{Ack, AppendError, Appender, Expect};
 pub use hru_broker::{BrokerError as LogError, BrokerIdentity, StoredAt, connect};
+pub use kept::KeptStream;
 pub use positions::PositionLog;
 pub use producer::{EventToSeal, GroupSealer, Producer, SealedGroup, StoreError};
 pub use read::{Entries, Page, Pages, Reader};
-pub use snapshots::SnapshotLog;
 
 use async_nats::jetstream;
 use bytes::Bytes;

@@ -103,9 +103,15 @@ fn read_id_list(list: &pb::IdList, at: &str) -> Result<Vec<uuid::Uuid>, StateErr
         .collect()
 }
 
-/// SHA-256 of the thresholds: a snapshot computed under others is not used.
+/// The engine's decision logic, as far as snapshots are concerned: raise it with any change
+/// that would decide an input differently, so a state computed by the older logic is replayed
+/// rather than continued.
+pub const ENGINE_LOGIC: u32 = 1;
+
+/// SHA-256 of the thresholds and the decision logic: a snapshot computed under others is not
+/// used.
 pub fn config_digest(config: &Config) -> [u8; 32] {
-    Sha256::digest(format!("hru.geofence.config.v1\0{config:?}")).into()
+    Sha256::digest(format!("hru.geofence.config.v1\0{ENGINE_LOGIC}\0{config:?}")).into()
 }
 
 impl State {

@@ -1,41 +1,40 @@
-//! The geofence's snapshot stream `HRU_SNAPSHOTS`: sealed state snapshots in chunks, each under
-//! its own subject in a slot, with a signed manifest per slot. One message per subject: a
-//! snapshot written to a slot replaces the one before it there, so nothing is ever deleted.
-
-use std::time::Duration;
+//! Streams that keep the latest message per subject: the geofence's state snapshots
+//! (`HRU_SNAPSHOTS`: sealed chunks and a signed manifest per slot) and the geofence's heartbeats
+//! (`HRU_HEARTBEATS`). A message written to a subject replaces the one before it there, so
+//! nothing is ever deleted by anyone.
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures::TryStreamExt as _;
-use hru_broker::{Filter, SNAPSHOTS_STREAM, Subject, request};
+use hru_broker::{Filter, Subject, request};
 
 use crate::{BrokerIdentity, LogEntry, LogError, Reader, connect};
 
-/// A handle on `HRU_SNAPSHOTS`.
+/// A handle on a stream that keeps the latest message per subject.
 #[derive(Clone)]
-pub struct SnapshotLog {
+pub struct KeptStream {
     js: jetstream::Context,
     stream: stream::Stream,
     reader: Reader,
 }
 
-impl SnapshotLog {
-    /// Connect and open the snapshot stream, creating it (kept `max_age`) when it does not
-    /// exist and this identity may.
-    pub async fn open(
-        url: &str,
-        identity: Option<&BrokerIdentity>,
-        max_age: Duration,
-        replicas: usize,
-    ) -> Result<Self, LogError> {
+impl KeptStream {
+    /// Connect and open the stream `config` names, creating it when it does not exist and this
+    /// identity may (the provisioner creates it where parties may not).
+    pub async fn open(url: &str, identity: Option<&BrokerIdentity>, config: stream::Config) -> Result<Self, LogError> {
         let client = connect(url, identity).await?;
+        Self::on(client, config).await
+    }
+
+    /// As [`KeptStream::open`], on an existing connection.
+    pub async fn on(client: async_nats::Client, config: stream::Config) -> Result<Self, LogError> {
         let js = jetstream::new(client.clone());
-        let stream: stream::Stream = match js.get_stream(SNAPSHOTS_STREAM).await {
+        let stream: stream::Stream = match js.get_stream(&config.name).await {
             Ok(s) => s,
             Err(_) => js
-                .create_stream(hru_broker::stream::snapshots_config(max_age, replicas))
+                .create_stream(config)
                 .await
-                .map_err(request("create stream HRU_SNAPSHOTS"))?,
+                .map_err(request("create a kept stream"))?,
         };
         Ok(Self {
             js,
@@ -50,9 +49,9 @@ impl SnapshotLog {
             .js
             .publish(subject.to_string(), bytes)
             .await
-            .map_err(request("publish snapshot"))?
+            .map_err(request("publish to a kept stream"))?
             .await
-            .map_err(request("snapshot ack"))?;
+            .map_err(request("kept stream ack"))?;
         Ok(ack.sequence)
     }
 
@@ -70,7 +69,7 @@ impl SnapshotLog {
         match self.stream.direct_get(sequence).await {
             Ok(m) => Ok(Some((Subject::from_wire(m.subject.as_str()), m.payload))),
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(request("read snapshot chunk")(e)),
+            Err(e) => Err(request("read a kept message")(e)),
         }
     }
 }
