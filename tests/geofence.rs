@@ -39,10 +39,14 @@ fn logged(events: &[hru_log::LogEntry], directory: &Directory, ring: &mut KeyRin
         let Ok(v) = verify(&e.payload, directory) else { continue };
         if v.header.event_type == EventType::KeyGranted {
             let _ = ring.ingest_grant(&v);
-        } else if v.header.event_type == EventType::TagBreach
-            && let Some(id) = logged_id(&ring.open(&v))
-        {
-            *out.entry(id).or_default() += 1;
+        } else if v.header.event_type == EventType::TagBreach {
+            let opened = ring.open(&v);
+            // Coverage is the service's live observation, not a decision over logged inputs.
+            let coverage = hru_geofence::service::logged_breach(&opened)
+                .is_some_and(|b| b.kind == pb::BreachKind::MonitoringLapsed);
+            if let Some(id) = logged_id(&opened).filter(|_| !coverage) {
+                *out.entry(id).or_default() += 1;
+            }
         }
     }
     out

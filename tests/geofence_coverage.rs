@@ -57,6 +57,10 @@ fn breaches(log: &EventLog, rt: &tokio::runtime::Runtime, world: &World, directo
             continue;
         };
         let core = pb::BreachCore::decode(core.as_slice()).unwrap();
+        if core.kind() == pb::BreachKind::MonitoringLapsed {
+            // Coverage is the service's live observation, not a decision over logged inputs.
+            continue;
+        }
         if core.state == pb::BreachState::Opened as i32 {
             d.opened.push((core.tag_id.clone(), core.kind()));
         }
@@ -263,4 +267,197 @@ fn a_restarted_gateway_keeps_event_time_moving_and_a_retired_one_stops_holding_i
 fn base64_of(id: uuid::Uuid) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(id.as_bytes())
+}
+
+/// What the control room's breach stream carried, with when it arrived.
+type Heard = std::sync::mpsc::Receiver<(Instant, pb::StreamBreachesResponse)>;
+
+/// Wait until `deadline` for a message `want` accepts; it, with when it arrived.
+fn heard(
+    rx: &Heard,
+    deadline: Instant,
+    what: &str,
+    want: impl Fn(&pb::StreamBreachesResponse) -> bool,
+) -> (Instant, pb::StreamBreachesResponse) {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((at, m)) if want(&m) => return (at, m),
+            Ok(_) => {}
+            Err(_) => panic!("the control room's stream carried {what} in time"),
+        }
+    }
+}
+
+fn lapse(m: &pb::StreamBreachesResponse, state: pb::BreachState) -> Option<Vec<u8>> {
+    let b = m.breach.as_ref()?;
+    (b.tag_id == TAG_T && b.kind() == pb::BreachKind::MonitoringLapsed && b.state() == state)
+        .then(|| b.breach_id.clone())
+}
+
+#[test]
+fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silent_geofence_is_reported() {
+    const LAPSE_S: u64 = 3;
+    const SILENT_S: u64 = 3;
+    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
+    world.provision();
+    let case = uuid::Uuid::from_u128(0xc0fe_1000).to_string();
+    let fitted = hru_tests::tag_fitted_json(
+        &case,
+        TAG_T,
+        &base64_of(uuid::Uuid::from_u128(0x0de0_1000)),
+        "victim-t",
+        jiff::Timestamp::now().as_millisecond(),
+    );
+    let out = world.append("em-vendor", &world.event("fitted.json", &fitted));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (directory, isa) = world.deployment();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let positions = rt
+        .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
+        .unwrap();
+
+    // The control room's node, and the geofence, with short limits.
+    let node_metrics = free_port();
+    let node = world.start_node(
+        "police-control",
+        &format!("geofence_silent_after_s = {SILENT_S}\nmetrics_listen = \"127.0.0.1:{node_metrics}\""),
+    );
+    let metrics = free_port();
+    let limits = format!("lapse_after_s = {LAPSE_S}\nheartbeat_s = 0.5");
+    let mut geofence = world.start_geofence_with(metrics, &limits);
+    let ready = Instant::now() + Duration::from_secs(30);
+    while metric(metrics, "hru_geofence_ready") != 1 {
+        assert!(Instant::now() < ready, "the geofence was ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The control room watches its breach stream.
+    let purpose = isa
+        .calls
+        .iter()
+        .find(|g| g.party.as_str() == "police-control" && g.method == "BreachService/StreamBreaches")
+        .map(|g| g.purpose.clone())
+        .expect("the agreement lets the control room stream breaches");
+    let channel = rt.block_on(world.channel(&node, "police-control"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let mut stream = hru_wire::v1::breach_service_client::BreachServiceClient::new(channel)
+            .stream_breaches(hru_tests::request(
+                pb::StreamBreachesRequest {
+                    resume_token: String::new(),
+                    purpose,
+                },
+                "duty-inspector",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        while let Ok(Some(m)) = stream.message().await {
+            if tx.send((Instant::now(), m)).is_err() {
+                return;
+            }
+        }
+    });
+    let geofence_heard = |m: &pb::StreamBreachesResponse| m.geofence.as_ref().is_some_and(|g| !g.silent);
+    heard(
+        &rx,
+        Instant::now() + Duration::from_secs(15),
+        "the geofence heard",
+        geofence_heard,
+    );
+
+    // The vendor's gateway sends a fix every 300 ms while `feeding`.
+    let feeding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let vendor = world.secrets("em-vendor");
+    let feed = |run: &str| {
+        feeding.store(true, std::sync::atomic::Ordering::SeqCst);
+        let feeding = feeding.clone();
+        let mut gateway = Gateway::new(
+            ProducerId {
+                party: vendor.party.clone(),
+                instance: run.into(),
+            },
+            vendor.signing.clone(),
+            isa.clone(),
+            directory.clone(),
+            positions.clone(),
+            GatewayConfig::default(),
+        )
+        .named("vendor-gw-1");
+        rt.spawn(async move {
+            let mut seq = 0;
+            while feeding.load(std::sync::atomic::Ordering::SeqCst) {
+                seq += 1;
+                let now = jiff::Timestamp::now().as_millisecond();
+                gateway.push(TAG_T, false, fix(seq, now));
+                gateway.flush(now).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let stop_feeding = |task: tokio::task::JoinHandle<()>| {
+        feeding.store(false, std::sync::atomic::Ordering::SeqCst);
+        rt.block_on(task).unwrap();
+        Instant::now()
+    };
+    let limit = |s: u64| Duration::from_secs(s + 5);
+
+    // 1. Fixes flow: monitored, nothing lapses.
+    let task = feed("gw-run-1");
+    std::thread::sleep(Duration::from_secs(LAPSE_S + 1));
+    assert!(
+        rx.try_iter().all(|(_, m)| lapse(&m, pb::BreachState::Opened).is_none()),
+        "a tag heard from does not lapse"
+    );
+    // 2. The gateway stops: the tag's monitoring lapses at the control room within T + 5 s.
+    let stopped = stop_feeding(task);
+    let (at, m) = heard(&rx, stopped + limit(LAPSE_S), "a lapse", |m| {
+        lapse(m, pb::BreachState::Opened).is_some()
+    });
+    let first = lapse(&m, pb::BreachState::Opened).unwrap();
+    println!(
+        "gateway stopped → lapse at the control room in {:.1} s",
+        (at - stopped).as_secs_f64()
+    );
+    // 3. It comes back: restored. It stops again: a new lapse.
+    let task = feed("gw-run-2");
+    heard(&rx, Instant::now() + Duration::from_secs(10), "the restoration", |m| {
+        lapse(m, pb::BreachState::Closed).as_ref() == Some(&first)
+    });
+    let stopped = stop_feeding(task);
+    let (at, m) = heard(&rx, stopped + limit(LAPSE_S), "a second lapse", |m| {
+        lapse(m, pb::BreachState::Opened).is_some()
+    });
+    assert_ne!(lapse(&m, pb::BreachState::Opened).unwrap(), first, "a new episode");
+    println!("gateway stopped again → lapse in {:.1} s", (at - stopped).as_secs_f64());
+
+    // 4. The geofence stops: the control room's node says so within T + 5 s, and in its
+    //    metrics; restarted, it is heard again.
+    geofence.kill().unwrap();
+    geofence.wait().unwrap();
+    let killed = Instant::now();
+    let (at, _) = heard(&rx, killed + limit(SILENT_S), "\"geofence silent\"", |m| {
+        m.geofence.as_ref().is_some_and(|g| g.silent)
+    });
+    println!(
+        "geofence killed → \"geofence silent\" in {:.1} s",
+        (at - killed).as_secs_f64()
+    );
+    assert_eq!(metric(node_metrics, "hru_node_geofence_silent"), 1);
+    let mut geofence = world.start_geofence_with(metrics, &limits);
+    heard(
+        &rx,
+        Instant::now() + Duration::from_secs(30),
+        "the geofence heard again",
+        geofence_heard,
+    );
+    assert_eq!(metric(node_metrics, "hru_node_geofence_silent"), 0);
+    assert!(metric(node_metrics, "hru_node_geofence_heartbeat_ms") > 0);
+    geofence.kill().unwrap();
+    geofence.wait().unwrap();
 }

@@ -413,7 +413,7 @@ fn episode_id(tag: &str, rule: RuleKey, first_fix: u64, at_ms: i64) -> uuid::Uui
 }
 
 /// A stable id for a device condition of a tag (the rule id of device breaches).
-fn device_rule_id(tag: &str, kind: pb::BreachKind) -> uuid::Uuid {
+pub(crate) fn device_rule_id(tag: &str, kind: pb::BreachKind) -> uuid::Uuid {
     let digest = Sha256::digest(format!("hru.device-rule.v1\0{tag}\0{}", kind.as_str_name()));
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
@@ -469,6 +469,11 @@ impl State {
     /// Zones known.
     pub fn zone_count(&self) -> usize {
         self.zones.len()
+    }
+
+    /// The tags fitted (not removed), with their cases.
+    pub fn fitted_tags(&self) -> impl Iterator<Item = (&TagId, Option<CaseId>)> {
+        self.tags.iter().filter(|(_, t)| t.fitted).map(|(tag, t)| (tag, t.case))
     }
 
     /// Tags known.

@@ -2,6 +2,7 @@
 //! device alerts (`engine`), zone geometry (`zone`), and the service that feeds it from the log
 //! and appends the breaches it finds (`service`), snapshotting its state (`snapshots`).
 
+pub mod coverage;
 pub mod engine;
 pub mod inputs;
 pub mod service;

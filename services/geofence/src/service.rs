@@ -68,6 +68,13 @@ pub struct GeofenceConfig {
     /// restart replays every input.
     #[serde(default = "default_snapshot_every_s")]
     pub snapshot_every_s: f64,
+    /// Seconds after which a fitted tag none of whose messages has been read, by the
+    /// geofence's own clock, has lapsed monitoring (a MONITORING_LAPSED breach).
+    #[serde(default = "default_lapse_after_s")]
+    pub lapse_after_s: f64,
+    /// Seconds between the geofence's signed heartbeats (in `HRU_HEARTBEATS`).
+    #[serde(default = "default_heartbeat_s")]
+    pub heartbeat_s: f64,
 }
 
 /// Engine thresholds as configured (each optional; defaults from `Config::default`).
@@ -107,6 +114,12 @@ impl EngineSettings {
 fn default_snapshot_every_s() -> f64 {
     300.0
 }
+fn default_lapse_after_s() -> f64 {
+    60.0
+}
+fn default_heartbeat_s() -> f64 {
+    5.0
+}
 fn default_party() -> String {
     "geofence".into()
 }
@@ -136,6 +149,11 @@ impl hru_runtime::Settings for GeofenceConfig {
                 "snapshot_every_s",
                 "must be 0 (no snapshots) or a number of seconds".into(),
             ));
+        }
+        for (name, value) in [("lapse_after_s", self.lapse_after_s), ("heartbeat_s", self.heartbeat_s)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(key(name, "must be a number of seconds above 0".into()));
+            }
         }
         let e = self.engine.config();
         if e.exit_fixes == 0 {
@@ -235,6 +253,12 @@ pub struct Stats {
     pub restored: Gauge,
     /// Position-stream messages replayed on start (after the snapshot's cut, if one was used).
     pub replayed_positions: Gauge,
+    /// Fitted tags whose monitoring has lapsed (nothing read from them for the lapse time).
+    pub lapsed: Gauge,
+    /// Heartbeats stored in `HRU_HEARTBEATS`.
+    pub heartbeats: Counter,
+    /// Heartbeats the broker did not store.
+    pub heartbeats_failed: Counter,
 }
 
 impl Stats {
@@ -295,6 +319,21 @@ impl Stats {
             self.restored.clone(),
         );
         registry.register(
+            "hru_geofence_lapsed",
+            "Fitted tags whose monitoring has lapsed (nothing read from them for the lapse time)",
+            self.lapsed.clone(),
+        );
+        registry.register(
+            "hru_geofence_heartbeats",
+            "Heartbeats stored in HRU_HEARTBEATS",
+            self.heartbeats.clone(),
+        );
+        registry.register(
+            "hru_geofence_heartbeats_failed",
+            "Heartbeats the broker did not store",
+            self.heartbeats_failed.clone(),
+        );
+        registry.register(
             "hru_geofence_replayed_positions",
             "Position-stream messages replayed on start (after the snapshot's cut, if any)",
             self.replayed_positions.clone(),
@@ -327,6 +366,9 @@ impl Service {
             .gateways
             .set(i64::try_from(self.inputs.gateways().count()).unwrap_or(i64::MAX));
         self.stats.event_time_ms.set(self.inputs.event_time().unwrap_or(0));
+        self.stats
+            .lapsed
+            .set(i64::try_from(self.coverage.lapsed()).unwrap_or(i64::MAX));
     }
 }
 
@@ -361,6 +403,16 @@ struct Service {
     /// snapshot names their digests, so one taken on other streams is not used.
     last_event: Option<Seen>,
     last_position: Option<Seen>,
+    /// Each fitted tag's coverage, by this service's clock (once it follows the live log).
+    coverage: crate::coverage::Coverage,
+    /// Whether the state is rebuilt and live inputs are being read.
+    live: bool,
+    /// When a position batch was last read, by this service's clock.
+    batch_read_ms: Option<i64>,
+    /// Where heartbeats go (none: the stream is not usable).
+    heartbeats: Option<hru_log::KeptStream>,
+    /// This instance's name.
+    instance: String,
     /// The engine thresholds' digest (a snapshot taken under others is not used).
     config_digest: [u8; 32],
     /// The cut of inputs the state covers: the next view and position-stream sequences.
@@ -375,8 +427,8 @@ struct Service {
     positions_max_age: Duration,
 }
 
-/// The message id of a TagBreach in the log (as `BreachUpdate::message_id`), as opened.
-pub fn logged_id(opened: &OpenedEvent) -> Option<String> {
+/// A TagBreach in the log, as opened: its breach, if its core section opens and decodes.
+pub fn logged_breach(opened: &OpenedEvent) -> Option<hru_domain::Breach> {
     let core = opened
         .sections
         .iter()
@@ -385,7 +437,12 @@ pub fn logged_id(opened: &OpenedEvent) -> Option<String> {
         .as_ref()
         .ok()?;
     let core = pb::BreachCore::decode(core.as_slice()).ok()?;
-    let breach = hru_domain::Breach::try_from(core).ok()?;
+    hru_domain::Breach::try_from(core).ok()
+}
+
+/// The message id of a TagBreach in the log (as `BreachUpdate::message_id`), as opened.
+pub fn logged_id(opened: &OpenedEvent) -> Option<String> {
+    let breach = logged_breach(opened)?;
     Some(match breach.state {
         pb::BreachState::Opened => breach.breach_id.to_string(),
         other => format!("{}-{}-{}", breach.breach_id, other.as_str_name(), breach.observed_at_ms),
@@ -530,8 +587,90 @@ impl Service {
             if !actions.is_empty() {
                 self.handle(actions).await?;
             }
+            if self.live {
+                self.cover(input).await?;
+            }
         }
         Ok(())
+    }
+
+    /// What a live input tells coverage: a tag fitted is watched from now, a tag removed is
+    /// not, a tag heard from is monitored again.
+    async fn cover(&mut self, input: &Input) -> Result<(), GeofenceError> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let update = match input {
+            Input::TagFitted { case, tag } => {
+                self.coverage.watch(&tag.tag_id, *case, now);
+                None
+            }
+            Input::TagRemoved { tag } => self.coverage.unwatch(tag, now),
+            Input::Fixes {
+                device: crate::engine::Device::Tag(tag),
+                ..
+            } => self.coverage.heard(tag, now),
+            _ => None,
+        };
+        if let Some(b) = update {
+            self.handle(vec![Action::Breach(b)]).await?;
+        }
+        Ok(())
+    }
+
+    /// The clock moved on: tags unheard for the lapse time lapse.
+    async fn tick(&mut self) -> Result<(), GeofenceError> {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let lapses = self.coverage.tick(now, self.batch_read_ms);
+        if !lapses.is_empty() {
+            for b in &lapses {
+                tracing::warn!(tag = %b.tag, since_ms = b.opened_at_ms, why = %b.evidence.hysteresis, "monitoring lapsed");
+            }
+            self.handle(lapses.into_iter().map(Action::Breach).collect()).await?;
+        }
+        Ok(())
+    }
+
+    /// Publish a signed heartbeat (off the loop): this instance is running, how far it has
+    /// evaluated, and how much is waiting.
+    fn beat(&self, positions: &PositionLog, every: Duration) {
+        let Some(stream) = self.heartbeats.clone() else { return };
+        let heartbeat = pb::GeofenceHeartbeat {
+            party: self.party.to_string(),
+            instance: self.instance.clone(),
+            at_ms: jiff::Timestamp::now().as_millisecond(),
+            event_time_ms: self.inputs.event_time().unwrap_or(0),
+            evaluated_through: self.next_position.saturating_sub(1),
+            pending: 0,
+            interval_ms: u32::try_from(every.as_millis()).unwrap_or(u32::MAX),
+            tags: u32::try_from(self.coverage.watched()).unwrap_or(u32::MAX),
+            tags_lapsed: u32::try_from(self.coverage.lapsed()).unwrap_or(u32::MAX),
+        };
+        let (positions, secrets, stats) = (positions.clone(), self.secrets.clone(), self.stats.clone());
+        let subject = hru_broker::Subject::heartbeat(&self.party, &self.instance);
+        tokio::spawn(async move {
+            let mut heartbeat = heartbeat;
+            let sent = tokio::time::timeout(every.max(Duration::from_secs(1)), async {
+                if let Ok((_, last)) = positions.bounds().await {
+                    heartbeat.pending = last.saturating_sub(heartbeat.evaluated_through);
+                }
+                stream
+                    .put(&subject, hru_log::heartbeats::sign(&secrets, &heartbeat).into())
+                    .await
+            })
+            .await;
+            match sent {
+                Ok(Ok(_)) => {
+                    stats.heartbeats.inc();
+                }
+                Ok(Err(e)) => {
+                    stats.heartbeats_failed.inc();
+                    tracing::warn!(cause = %e, "heartbeat not stored");
+                }
+                Err(_) => {
+                    stats.heartbeats_failed.inc();
+                    tracing::warn!("heartbeat not stored in time");
+                }
+            }
+        });
     }
 }
 
@@ -662,6 +801,19 @@ pub async fn run(
     } else {
         None
     };
+    let heartbeats = match hru_log::KeptStream::open(
+        &config.nats_url,
+        Some(&identity),
+        hru_broker::stream::heartbeats_config(1),
+    )
+    .await
+    {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            tracing::warn!(cause = %e, "HRU_HEARTBEATS not usable (run `hru log provision`); no heartbeats: the control room will see the geofence as silent");
+            None
+        }
+    };
     let engine = config.engine.config();
     let mut service = Service {
         isa,
@@ -683,6 +835,11 @@ pub async fn run(
         forgotten: false,
         last_event: None,
         last_position: None,
+        coverage: crate::coverage::Coverage::new((config.lapse_after_s * 1000.0) as i64),
+        live: false,
+        batch_read_ms: None,
+        heartbeats,
+        instance: config.instance.clone(),
         party,
         next_event: 1,
         next_position: 1,
@@ -712,7 +869,8 @@ pub async fn run(
     let snapshot_every = (config.snapshot_every_s > 0.0).then(|| Duration::from_secs_f64(config.snapshot_every_s));
     // What a full or long replay reached is kept at once.
     service.snapshot().await;
-    let followed = follow(&mut service, &positions, snapshot_every, shutdown).await;
+    let heartbeat_every = Duration::from_secs_f64(config.heartbeat_s);
+    let followed = follow(&mut service, &positions, snapshot_every, heartbeat_every, shutdown).await;
     tasks.stop().await;
     followed
 }
@@ -810,7 +968,9 @@ impl Service {
                 self.refused(&refusal);
             }
         }
-        // The breaches already logged are known before anything is decided.
+        // The breaches already logged are known before anything is decided, and the
+        // monitoring lapses still open.
+        let now = jiff::Timestamp::now().as_millisecond();
         for e in &events {
             if let Ok(h) = hru_envelope::decode_header(&e.payload)
                 && h.event_type == EventType::TagBreach
@@ -818,8 +978,23 @@ impl Service {
             {
                 match self.read.check(&incoming(e)) {
                     Ok(v) => {
-                        if let Some(id) = logged_id(&self.read.open(&v)) {
+                        let opened = self.read.open(&v);
+                        if let Some(id) = logged_id(&opened) {
                             self.logged.insert(id);
+                        }
+                        if let Some(b) = logged_breach(&opened)
+                            && b.kind == pb::BreachKind::MonitoringLapsed
+                        {
+                            match b.state {
+                                pb::BreachState::Opened => self.coverage.lapsed_before(
+                                    &b.tag_id,
+                                    v.header.case_id,
+                                    b.breach_id,
+                                    b.opened_at_ms,
+                                    now,
+                                ),
+                                _ => self.coverage.restored_before(&b.tag_id, b.breach_id),
+                            }
                         }
                     }
                     Err(refusal) => self.refused(&refusal),
@@ -861,6 +1036,13 @@ impl Service {
             self.last_position = Some(Seen::of(e));
         }
         self.forget_expired_positions();
+        // Coverage is watched from now on: each fitted tag has the lapse time to be heard.
+        let now = jiff::Timestamp::now().as_millisecond();
+        let fitted: Vec<_> = self.state.fitted_tags().map(|(t, c)| (t.clone(), c)).collect();
+        for (tag, case) in fitted {
+            self.coverage.watch(&tag, case, now);
+        }
+        self.live = true;
         tracing::info!(
             events = events.len(),
             positions = stored.len(),
@@ -1164,6 +1346,7 @@ async fn follow(
     service: &mut Service,
     positions: &PositionLog,
     snapshot_every: Option<Duration>,
+    heartbeat_every: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), GeofenceError> {
     // Live: positions as they are stored; zone, rule and tag events polled.
@@ -1173,6 +1356,10 @@ async fn follow(
     let every = snapshot_every.unwrap_or(Duration::from_secs(3600));
     let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = tokio::time::interval(Duration::from_secs(1));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -1183,10 +1370,16 @@ async fn follow(
                 }
             }
             _ = snapshot.tick(), if snapshot_every.is_some() => service.snapshot().await,
+            _ = heartbeat.tick() => service.beat(positions, heartbeat_every),
+            _ = clock.tick() => {
+                service.tick().await?;
+                service.count_state();
+            }
             entry = live.next() => {
                 let Some(entry) = entry else { break };
                 let entry: LogEntry = entry?;
                 service.keep_position_keys(&entry);
+                service.batch_read_ms = Some(jiff::Timestamp::now().as_millisecond());
                 service.read(&entry).await?;
                 service.next_position = entry.sequence + 1;
                 service.last_position = Some(Seen::of(&entry));

@@ -57,6 +57,10 @@ pub struct NodeConfig {
     /// projections folded again when an epoch expired or a legal hold's keys arrived.
     #[serde(default = "default_sweep")]
     pub retention_sweep_s: u64,
+    /// Seconds without a geofence heartbeat after which a node whose party receives breaches
+    /// reports the geofence silent (on its breach streams and metrics).
+    #[serde(default = "default_geofence_silent")]
+    pub geofence_silent_after_s: u64,
 }
 
 /// Mutual TLS files (PEM).
@@ -82,6 +86,9 @@ fn default_checkpoint() -> u64 {
 }
 fn default_sweep() -> u64 {
     3600
+}
+fn default_geofence_silent() -> u64 {
+    15
 }
 fn default_instance() -> String {
     "node-1".into()
@@ -121,6 +128,9 @@ impl hru_runtime::Settings for NodeConfig {
         }
         if self.retention_sweep_s == 0 {
             return Err(key("retention_sweep_s", "must be at least 1".into()));
+        }
+        if self.geofence_silent_after_s == 0 {
+            return Err(key("geofence_silent_after_s", "must be at least 1".into()));
         }
         if self.breach_heartbeat_s == 0 {
             return Err(key("breach_heartbeat_s", "must be at least 1".into()));

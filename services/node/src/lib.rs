@@ -9,6 +9,7 @@ mod audit_service;
 mod case_service;
 pub mod config;
 mod decide;
+mod geofence_watch;
 pub mod metrics;
 pub mod partner;
 mod streams;
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     /// The deployment CA's certificates (DER), for parties the directory lists no CA for.
     pub(crate) deployment_cas: Vec<Vec<u8>>,
     pub(crate) breach_heartbeat_s: u64,
+    /// Whether the geofence is watching, as this node judges from its heartbeats.
+    pub(crate) geofence: geofence_watch::Watch,
     /// Set when the node is stopping: streams end.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     /// The log sequence of this node's latest append: reads wait until the view holds it.
@@ -213,6 +216,7 @@ pub async fn run(
             party_cas.insert(p.clone(), tls::pem_certificates(ca));
         }
     }
+    let metrics = Arc::new(metrics::Metrics::default());
     let shared = Arc::new(Shared {
         stopping: stop_rx.clone(),
         appended: std::sync::atomic::AtomicU64::new(0),
@@ -228,7 +232,7 @@ pub async fn run(
         log,
         producer: tokio::sync::Mutex::new(producer),
         projector: Mutex::new(projector),
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics: metrics.clone(),
         secrets,
         views,
         partners: config
@@ -242,6 +246,7 @@ pub async fn run(
         party_cas,
         deployment_cas,
         breach_heartbeat_s: config.breach_heartbeat_s,
+        geofence: geofence_watch::Watch::new(metrics.geofence_silent.clone(), metrics.geofence_heartbeat_ms.clone()),
     });
     // On shutdown, open streams end first, so the server's graceful stop does not wait on them.
     let stop_streams = stop_tx.clone();
@@ -273,6 +278,25 @@ pub async fn run(
         Duration::from_secs(config.retention_sweep_s),
         stop_rx.clone(),
     ));
+    // The control room (any party that receives breaches) watches the geofence's heartbeats.
+    let receives_breaches = shared.deployment.in_force_now().is_ok_and(|isa| {
+        isa.broker_rights().parties.get(&shared.party).is_some_and(|r| {
+            r.receives
+                .iter()
+                .any(|x| x.event_type == hru_domain::EventType::TagBreach)
+        })
+    });
+    if receives_breaches {
+        shared
+            .geofence
+            .watching
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tasks.spawn(geofence_watch::watch_loop(
+            shared.clone(),
+            Duration::from_secs(config.geofence_silent_after_s),
+            stop_rx.clone(),
+        ));
+    }
     if config.checkpoint_every_s > 0 {
         tasks.spawn(checkpoint_loop(
             shared.clone(),

@@ -38,6 +38,10 @@ pub struct Metrics {
     requests: Family<Call, Counter>,
     latency: Family<Method, Histogram, fn() -> Histogram>,
     read_refused: hru_runtime::metrics::ReadRefused,
+    /// 1 while the geofence is silent (nodes whose party receives breaches).
+    pub(crate) geofence_silent: Gauge,
+    /// Store time of the geofence's latest heartbeat, Unix ms (0: none heard).
+    pub(crate) geofence_heartbeat_ms: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,7 +74,20 @@ impl Default for Metrics {
         let read_refused =
             hru_runtime::metrics::ReadRefused::new(hru_reader::RefusalKind::ALL.iter().map(|k| k.name()));
         read_refused.register(&mut registry);
+        let (geofence_silent, geofence_heartbeat_ms) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "hru_node_geofence_silent",
+            "1 while no geofence heartbeat has been stored within the limit (nodes that receive breaches)",
+            geofence_silent.clone(),
+        );
+        registry.register(
+            "hru_node_geofence_heartbeat_ms",
+            "Store time of the geofence's latest heartbeat, Unix ms (0: none heard)",
+            geofence_heartbeat_ms.clone(),
+        );
         Self {
+            geofence_silent,
+            geofence_heartbeat_ms,
             read_refused,
             registry: Arc::new(registry),
             events_folded,

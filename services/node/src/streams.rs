@@ -369,9 +369,25 @@ impl BreachApi {
                 filters: vec![Filter::events_of_type(hru_domain::EventType::TagBreach)],
             };
             let mut last_sent = std::time::Instant::now();
+            // The geofence's state: now, then whenever it changes (where this node watches it).
+            let watching = shared.geofence.watching.load(std::sync::atomic::Ordering::Relaxed);
+            let mut geofence = shared.geofence.status.subscribe();
+            geofence.mark_changed();
             loop {
                 if *shared.stopping.borrow() {
                     return;
+                }
+                if watching && geofence.has_changed().unwrap_or(false) {
+                    let status = geofence.borrow_and_update().clone();
+                    let message = pb::StreamBreachesResponse {
+                        breach: None,
+                        resume_token: token(follower.next - 1),
+                        heartbeat: false,
+                        geofence: Some(status),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
                 }
                 let batch = follower.next_batch(&shared).await;
                 if batch.is_empty() {
@@ -381,6 +397,7 @@ impl BreachApi {
                             breach: None,
                             resume_token: token(follower.next - 1),
                             heartbeat: true,
+                            geofence: None,
                         };
                         if tx.send(Ok(beat)).await.is_err() {
                             return;
@@ -413,6 +430,7 @@ impl BreachApi {
                         breach: Some(core),
                         resume_token: token(sequence),
                         heartbeat: false,
+                        geofence: None,
                     };
                     if tx.send(Ok(message)).await.is_err() {
                         return;

@@ -9,8 +9,8 @@ use hru_domain::PartyId;
 
 use crate::rights::Rights;
 use crate::stream::{
-    EVENTS_STREAM, POSITIONS_STREAM, SNAPSHOTS_STREAM, alert_stream, device_identity, direct_get_api, last_message_api,
-    message_get_api, view_stream,
+    EVENTS_STREAM, HEARTBEATS_STREAM, POSITIONS_STREAM, SNAPSHOTS_STREAM, alert_stream, device_identity,
+    direct_get_api, last_message_api, message_get_api, view_stream,
 };
 use crate::subject::Filter;
 
@@ -101,24 +101,32 @@ pub fn own_last_message_api(rights: &Rights, party: &PartyId) -> Vec<String> {
 
 /// The subjects `party` may publish to (its own producer subjects, the last message on each of
 /// them, and the JetStream API of its own view, of the position stream when it reads
-/// positions, and of the snapshot stream when it is the geofence).
+/// positions, of the snapshot stream when it is the geofence, and of the heartbeat stream when
+/// it receives breaches).
 pub fn party_publish(rights: &Rights, party: &PartyId) -> Vec<String> {
     let view = view_stream(party);
     let mut publish: Vec<String> = rights.publish_filters(party).into_iter().map(String::from).collect();
     publish.extend(own_last_message_api(rights, party));
     publish.extend(read_api(&view));
     let geofence = rights.parties.get(party).is_some_and(|r| r.geofence);
+    if geofence {
+        // Its state snapshots and heartbeats (no direct get of them in HRU_EVENTS: they are
+        // not there).
+        let at = rights.publish_filters(party).len();
+        publish.insert(at, Filter::party_heartbeats(party).into());
+        publish.insert(at, Filter::party_snapshots(party).into());
+    }
+    // Whoever receives breaches watches the geofence's heartbeats.
+    let receives_breaches = rights.parties.get(party).is_some_and(|r| {
+        r.receives
+            .iter()
+            .any(|x| x.event_type == hru_domain::EventType::TagBreach)
+    });
     let streams = [
         (rights.reads_positions(party), POSITIONS_STREAM),
         (geofence, SNAPSHOTS_STREAM),
+        (receives_breaches, HEARTBEATS_STREAM),
     ];
-    if geofence {
-        // Its state snapshots (no direct get of them in HRU_EVENTS: they are not there).
-        publish.insert(
-            rights.publish_filters(party).len(),
-            Filter::party_snapshots(party).into(),
-        );
-    }
     for (_, stream) in streams.into_iter().filter(|(reads, _)| *reads) {
         for api in read_api(stream) {
             if !publish.contains(&api) {

@@ -17,8 +17,8 @@ pub use error::{BrokerError, jetstream_code, request};
 pub use rights::{PartyRights, Receipt, Rights};
 pub use server::{BrokerIdentity, MIN_SERVER, connect};
 pub use stream::{
-    EVENTS_STREAM, POSITIONS_STREAM, SNAPSHOTS_STREAM, alert_stream, device_identity, provision, provision_devices,
-    source_sequence, view_stream,
+    EVENTS_STREAM, HEARTBEATS_STREAM, POSITIONS_STREAM, SNAPSHOTS_STREAM, alert_stream, device_identity, provision,
+    provision_devices, source_sequence, view_stream,
 };
 pub use subject::{Filter, Subject};
 

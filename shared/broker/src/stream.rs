@@ -17,6 +17,8 @@ pub const EVENTS_STREAM: &str = "HRU_EVENTS";
 pub const POSITIONS_STREAM: &str = "HRU_POSITIONS";
 /// Name of the geofence's state-snapshot stream.
 pub const SNAPSHOTS_STREAM: &str = "HRU_SNAPSHOTS";
+/// Name of the geofence's heartbeat stream.
+pub const HEARTBEATS_STREAM: &str = "HRU_HEARTBEATS";
 /// Most bytes `HRU_SNAPSHOTS` holds (the oldest go first beyond it).
 pub const SNAPSHOTS_MAX_BYTES: i64 = 2 << 30;
 /// Largest message `HRU_SNAPSHOTS` takes (snapshots are written in 512 KiB chunks).
@@ -186,6 +188,25 @@ pub fn snapshots_config(max_age: Duration, replicas: usize) -> stream::Config {
     }
 }
 
+/// The geofence's heartbeat stream: the latest heartbeat of each instance (one message per
+/// subject), kept a day, bounded.
+pub fn heartbeats_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: HEARTBEATS_STREAM.to_owned(),
+        subjects: vec![Filter::all_heartbeats().into()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(24 * 3600),
+        max_bytes: 64 << 20,
+        max_message_size: 4096,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
 /// The view stream of one party: the subjects of `HRU_EVENTS` it is entitled to, sourced by
 /// the server.
 pub fn view_config(rights: &Rights, party: &PartyId, replicas: usize) -> stream::Config {
@@ -306,7 +327,7 @@ pub async fn open_events(js: &jetstream::Context, replicas: usize) -> Result<str
 }
 
 /// Create or update the shared stream, the position stream and the geofence's snapshot stream
-/// (both kept `positions_max_age`) and
+/// (both kept `positions_max_age`), the geofence's heartbeat stream, and
 /// every party's view stream, and retire the views of parties `rights` no longer names (the
 /// provisioner's job); the views retired by this call.
 pub async fn provision(
@@ -330,6 +351,7 @@ pub async fn provision(
         "provision HRU_SNAPSHOTS",
     )
     .await?;
+    create_or_update(&js, heartbeats_config(replicas), "provision HRU_HEARTBEATS").await?;
     for party in rights.parties.keys() {
         create_or_update(&js, view_config(rights, party, replicas), "provision view stream").await?;
     }

@@ -82,6 +82,11 @@ impl Subject {
         Self(format!("hru.snap.{party}.{instance}.{slot}.{part}"))
     }
 
+    /// A geofence instance's heartbeat: `hru.hb.<party>.<instance>`.
+    pub fn heartbeat(party: &PartyId, instance: &str) -> Self {
+        Self(format!("hru.hb.{party}.{instance}"))
+    }
+
     /// A victim device's alerts: `hru.alert.<device>`.
     pub fn alert(device: &str) -> Self {
         Self(format!("hru.alert.{device}"))
@@ -181,6 +186,16 @@ impl Filter {
     /// The manifests of one instance's snapshots: `hru.snap.<party>.<instance>.*.m`.
     pub fn snapshot_manifests(party: &PartyId, instance: &str) -> Self {
         Self(format!("hru.snap.{party}.{instance}.*.m"))
+    }
+
+    /// Every geofence heartbeat: `hru.hb.>`.
+    pub fn all_heartbeats() -> Self {
+        Self("hru.hb.>".to_owned())
+    }
+
+    /// A party's heartbeats: `hru.hb.<party>.*`.
+    pub fn party_heartbeats(party: &PartyId) -> Self {
+        Self(format!("hru.hb.{party}.*"))
     }
 
     /// Every alert to any victim device: `hru.alert.*`.

@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod append;
+pub mod heartbeats;
 pub mod holds;
 mod kept;
 pub mod periods;
