@@ -476,6 +476,34 @@ fn a_restart_loads_the_newest_good_snapshot_falls_back_past_bad_ones_and_decides
     );
     assert!(hru_tests::metric(metrics, "hru_geofence_snapshots_rejected_total") >= 3);
     compare(&want, &scene.logged_when_caught_up(&log, &want));
+    stop(&mut child);
+
+    // 5. HRU_POSITIONS is deleted and created again (restored from elsewhere, say) and grows
+    //    past the snapshot's cut: the snapshot names a last position the new stream does not
+    //    hold, so it is not used.
+    let (_, _, newest) = manifests(&scene).remove(0);
+    scene
+        .rt
+        .block_on(async { js.delete_stream(hru_broker::POSITIONS_STREAM).await })
+        .unwrap();
+    scene.positions = scene
+        .rt
+        .block_on(PositionLog::open(
+            &scene.world.nats.url(),
+            None,
+            scene.isa.positions_max_age(),
+            1,
+        ))
+        .unwrap();
+    while scene.rt.block_on(scene.positions.bounds()).unwrap().1 < newest.next_position {
+        scene.publish_chunk();
+    }
+    let mut child = start(&scene);
+    assert_eq!(
+        when_ready(metrics, "hru_geofence_restored"),
+        0,
+        "a snapshot of another position stream is not used"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

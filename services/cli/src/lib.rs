@@ -731,6 +731,10 @@ pub enum BenchCommand {
         /// Fixes published while the geofence is down, before the restart from the snapshot.
         #[arg(long, default_value_t = 200_000)]
         tail: usize,
+        /// The geofence follows the fixes as they are published instead of replaying them all
+        /// on a first start (for runs too large to replay in memory, e.g. a week: 201.6M fixes).
+        #[arg(long)]
+        live: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
@@ -896,8 +900,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             tags,
             fixes,
             tail,
+            live,
             format,
-        }) => hru_tools::bench_restart::geofence_restart(&cli.policies, tags, fixes, tail, format.into()).await,
+        }) => hru_tools::bench_restart::geofence_restart(&cli.policies, tags, fixes, tail, live, format.into()).await,
         Command::Bench(BenchCommand::Geofence { fixes, format }) => {
             hru_tools::bench_geo::geofence(&cli.policies, fixes, format.into()).await
         }

@@ -1,7 +1,7 @@
 //! "Geofence silent": a node whose party receives breaches (the control room) watches the
 //! geofence's signed heartbeats in `HRU_HEARTBEATS` and judges, by its own clock, whether the
-//! geofence is still watching. No heartbeat stored for longer than the limit (or none at all
-//! once the node has run that long) is silence: `StreamBreaches` says so, and so do the
+//! geofence is still watching. No heartbeat stored for longer than the limit (or none at all)
+//! is silence: `StreamBreaches` says so, and so do the
 //! node's metrics, so a quiet breach board is never mistaken for a quiet night.
 
 use std::sync::Arc;
@@ -70,13 +70,12 @@ async fn newest(
 }
 
 /// Judge the geofence every second until `stop`: silent when no believed heartbeat was stored
-/// within `silent_after` (or none at all once the node has run that long).
+/// within `silent_after`, or none at all.
 pub(crate) async fn watch_loop(
     shared: Arc<Shared>,
     silent_after: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let started = jiff::Timestamp::now().as_millisecond();
     shared.geofence.silent.set(1);
     let limit = i64::try_from(silent_after.as_millis()).unwrap_or(i64::MAX);
     let geofences: Vec<hru_domain::PartyId> = shared
@@ -114,10 +113,8 @@ pub(crate) async fn watch_loop(
             None => None,
         };
         let now = jiff::Timestamp::now().as_millisecond();
-        let silent = match &heard {
-            Some((at, _)) => now - at > limit,
-            None => now - started > limit,
-        };
+        // Never heard is silent: nothing says the geofence is watching.
+        let silent = heard.as_ref().is_none_or(|(at, _)| now - at > limit);
         let status = match heard {
             Some((at, h)) => pb::GeofenceStatus {
                 silent,
