@@ -36,6 +36,42 @@ fn fix(seq: u64, at_ms: i64) -> pb::PositionFix {
     }
 }
 
+/// The world's deployment, a runtime and the position stream.
+fn connected(world: &World) -> (Directory, hru_policy::CompiledIsa, tokio::runtime::Runtime, PositionLog) {
+    let (directory, isa) = world.deployment();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let positions = rt
+        .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
+        .unwrap();
+    (directory, isa, rt, positions)
+}
+
+/// The vendor's gateway running as producer `instance`, known as `name`.
+fn gateway(
+    world: &World,
+    (isa, directory, positions): (&hru_policy::CompiledIsa, &Directory, &PositionLog),
+    instance: &str,
+    name: &str,
+) -> Gateway {
+    let vendor = world.secrets("em-vendor");
+    Gateway::new(
+        ProducerId {
+            party: vendor.party.clone(),
+            instance: instance.into(),
+        },
+        vendor.signing.clone(),
+        isa.clone(),
+        directory.clone(),
+        positions.clone(),
+        GatewayConfig::default(),
+    )
+    .named(name)
+}
+
 /// Every breach decision on the log: (tag, kind) of each opening, and message id → count.
 fn breaches(log: &EventLog, rt: &tokio::runtime::Runtime, world: &World, directory: &Directory) -> Decisions {
     let events: Vec<hru_log::LogEntry> = rt
@@ -120,30 +156,9 @@ fn a_restarted_gateway_keeps_event_time_moving_and_a_retired_one_stops_holding_i
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let (directory, isa) = world.deployment();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (directory, isa, rt, positions) = connected(&world);
     let vendor = world.secrets("em-vendor");
-    let positions = rt
-        .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
-        .unwrap();
-    let run = |instance: &str, name: &str| {
-        Gateway::new(
-            ProducerId {
-                party: vendor.party.clone(),
-                instance: instance.into(),
-            },
-            vendor.signing.clone(),
-            isa.clone(),
-            directory.clone(),
-            positions.clone(),
-            GatewayConfig::default(),
-        )
-        .named(name)
-    };
+    let run = |instance: &str, name: &str| gateway(&world, (&isa, &directory, &positions), instance, name);
     let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
     let metrics = free_port();
     let mut geofence = world.start_geofence(metrics);
@@ -311,15 +326,7 @@ fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silen
     );
     let out = world.append("em-vendor", &world.event("fitted.json", &fitted));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (directory, isa) = world.deployment();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let positions = rt
-        .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
-        .unwrap();
+    let (directory, isa, rt, positions) = connected(&world);
 
     // The control room's node, and the geofence, with short limits.
     let node_metrics = free_port();
@@ -373,22 +380,10 @@ fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silen
 
     // The vendor's gateway sends a fix every 300 ms while `feeding`.
     let feeding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let vendor = world.secrets("em-vendor");
     let feed = |run: &str| {
         feeding.store(true, std::sync::atomic::Ordering::SeqCst);
         let feeding = feeding.clone();
-        let mut gateway = Gateway::new(
-            ProducerId {
-                party: vendor.party.clone(),
-                instance: run.into(),
-            },
-            vendor.signing.clone(),
-            isa.clone(),
-            directory.clone(),
-            positions.clone(),
-            GatewayConfig::default(),
-        )
-        .named("vendor-gw-1");
+        let mut gateway = gateway(&world, (&isa, &directory, &positions), run, "vendor-gw-1");
         rt.spawn(async move {
             let mut seq = 0;
             while feeding.load(std::sync::atomic::Ordering::SeqCst) {

@@ -95,12 +95,25 @@ fn id_lists<K: ToString>(map: &super::FastMap<K, Vec<uuid::Uuid>>) -> Vec<pb::Id
     lists
 }
 
-fn read_id_list(list: &pb::IdList, at: &str) -> Result<Vec<uuid::Uuid>, StateError> {
-    list.ids
-        .iter()
-        .enumerate()
-        .map(|(i, b)| id(b, &format!("{at}.ids[{i}]")))
-        .collect()
+/// Lists keyed by a tag or device id (`parse` reads the key), named `name` in errors.
+fn read_id_lists<K: std::hash::Hash + Eq>(
+    lists: &[pb::IdList],
+    name: &str,
+    parse: fn(&str, &str) -> Result<K, FieldError>,
+) -> Result<super::FastMap<K, Vec<uuid::Uuid>>, StateError> {
+    let mut out = super::FastMap::default();
+    for (i, list) in lists.iter().enumerate() {
+        let at = format!("{name}[{i}]");
+        let key = parse(&list.key, "key").map_err(field(&at))?;
+        let ids = list
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(j, b)| id(b, &format!("{at}.ids[{j}]")))
+            .collect::<Result<_, _>>()?;
+        out.insert(key, ids);
+    }
+    Ok(out)
 }
 
 /// The engine's decision logic, as far as snapshots are concerned: raise it with any change
@@ -175,21 +188,9 @@ impl State {
             }
             state.zones.insert(zone.id, zone);
         }
-        for (i, list) in s.inclusion_by_tag.iter().enumerate() {
-            let at = format!("inclusion_by_tag[{i}]");
-            let tag = TagId::parse(&list.key, "key").map_err(field(&at))?;
-            state.inclusion_by_tag.insert(tag, read_id_list(list, &at)?);
-        }
-        for (i, list) in s.proximity_by_tag.iter().enumerate() {
-            let at = format!("proximity_by_tag[{i}]");
-            let tag = TagId::parse(&list.key, "key").map_err(field(&at))?;
-            state.proximity_by_tag.insert(tag, read_id_list(list, &at)?);
-        }
-        for (i, list) in s.proximity_by_victim.iter().enumerate() {
-            let at = format!("proximity_by_victim[{i}]");
-            let device = DeviceId::parse(&list.key, "key").map_err(field(&at))?;
-            state.proximity_by_victim.insert(device, read_id_list(list, &at)?);
-        }
+        state.inclusion_by_tag = read_id_lists(&s.inclusion_by_tag, "inclusion_by_tag", TagId::parse)?;
+        state.proximity_by_tag = read_id_lists(&s.proximity_by_tag, "proximity_by_tag", TagId::parse)?;
+        state.proximity_by_victim = read_id_lists(&s.proximity_by_victim, "proximity_by_victim", DeviceId::parse)?;
         for (i, r) in s.rules.iter().enumerate() {
             let at = format!("rules[{i}]");
             let core = r.core.clone().ok_or_else(|| fail(format!("{at}.core"), "is missing"))?;
