@@ -385,6 +385,12 @@ fn a_restart_loads_the_newest_good_snapshot_falls_back_past_bad_ones_and_decides
         scene.publish_chunk();
         std::thread::sleep(Duration::from_millis(600));
     }
+    // Its metrics count the snapshots written (within a second of each write).
+    let counted = Instant::now() + Duration::from_secs(5);
+    while hru_tests::metric(metrics, "hru_geofence_snapshots_total") < 3 {
+        assert!(Instant::now() < counted, "the snapshots written are counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop(&mut child);
     assert!(
         hru_tests::metric(metrics, "hru_geofence_snapshots_total") == 0,

@@ -370,13 +370,6 @@ fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silen
             }
         }
     });
-    let geofence_heard = |m: &pb::StreamBreachesResponse| m.geofence.as_ref().is_some_and(|g| !g.silent);
-    heard(
-        &rx,
-        Instant::now() + Duration::from_secs(15),
-        "the geofence heard",
-        geofence_heard,
-    );
 
     // The vendor's gateway sends a fix every 300 ms while `feeding`.
     let feeding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -402,8 +395,15 @@ fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silen
     };
     let limit = |s: u64| Duration::from_secs(s + 5);
 
-    // 1. Fixes flow: monitored, nothing lapses.
+    // 1. Fixes flow: monitored, nothing lapses; the control room hears the geofence.
     let task = feed("gw-run-1");
+    let geofence_heard = |m: &pb::StreamBreachesResponse| m.geofence.as_ref().is_some_and(|g| !g.silent);
+    heard(
+        &rx,
+        Instant::now() + Duration::from_secs(15),
+        "the geofence heard",
+        geofence_heard,
+    );
     std::thread::sleep(Duration::from_secs(LAPSE_S + 1));
     assert!(
         rx.try_iter().all(|(_, m)| lapse(&m, pb::BreachState::Opened).is_none()),
@@ -428,7 +428,8 @@ fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silen
     let (at, m) = heard(&rx, stopped + limit(LAPSE_S), "a second lapse", |m| {
         lapse(m, pb::BreachState::Opened).is_some()
     });
-    assert_ne!(lapse(&m, pb::BreachState::Opened).unwrap(), first, "a new episode");
+    let second = lapse(&m, pb::BreachState::Opened).unwrap();
+    assert_ne!(second, first, "a new episode");
     println!("gateway stopped again → lapse in {:.1} s", (at - stopped).as_secs_f64());
 
     // 4. The geofence stops: the control room's node says so within T + 5 s, and in its
@@ -453,6 +454,22 @@ fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silen
     );
     assert_eq!(metric(node_metrics, "hru_node_geofence_silent"), 0);
     assert!(metric(node_metrics, "hru_node_geofence_heartbeat_ms") > 0);
+
+    // 5. The lapse open before the restart was read back from the log: the silent tag is not
+    //    raised again, and its lapse closes when it is heard.
+    std::thread::sleep(Duration::from_secs(LAPSE_S + 2));
+    assert!(
+        rx.try_iter().all(|(_, m)| lapse(&m, pb::BreachState::Opened).is_none()),
+        "an open lapse is not raised again after a restart"
+    );
+    let task = feed("gw-run-3");
+    heard(
+        &rx,
+        Instant::now() + Duration::from_secs(10),
+        "the earlier lapse closed",
+        |m| lapse(m, pb::BreachState::Closed).as_ref() == Some(&second),
+    );
+    stop_feeding(task);
     geofence.kill().unwrap();
     geofence.wait().unwrap();
 }

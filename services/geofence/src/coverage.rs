@@ -49,13 +49,24 @@ impl Coverage {
         }
     }
 
-    /// Watch `tag` (of `case`) from `now_ms`, unless it is watched already.
+    /// Watch `tag` (of `case`) from `now_ms`, unless it is watched already; either way its
+    /// lapses are of `case` from now on (a tag fitted again may be fitted for another case).
     pub fn watch(&mut self, tag: &TagId, case: Option<CaseId>, now_ms: i64) {
-        self.tags.entry(tag.clone()).or_insert(Watch {
-            case,
-            heard_ms: now_ms,
-            lapsed: None,
-        });
+        self.tags
+            .entry(tag.clone())
+            .or_insert(Watch {
+                case,
+                heard_ms: now_ms,
+                lapsed: None,
+            })
+            .case = case;
+    }
+
+    /// The tags watched that `fitted` does not name (removed while nobody watched): each
+    /// stops being watched, and its open lapse closes.
+    pub fn keep_only(&mut self, fitted: &std::collections::HashSet<TagId>, now_ms: i64) -> Vec<BreachUpdate> {
+        let gone: Vec<TagId> = self.tags.keys().filter(|t| !fitted.contains(*t)).cloned().collect();
+        gone.iter().filter_map(|t| self.unwatch(t, now_ms)).collect()
     }
 
     /// A lapse opened before a restart (read back from the log): it stays open, and closes when

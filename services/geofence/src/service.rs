@@ -606,8 +606,8 @@ impl Service {
             Input::TagRemoved { tag } => self.coverage.unwatch(tag, now),
             Input::Fixes {
                 device: crate::engine::Device::Tag(tag),
-                ..
-            } => self.coverage.heard(tag, now),
+                fixes,
+            } if !fixes.is_empty() => self.coverage.heard(tag, now),
             _ => None,
         };
         if let Some(b) = update {
@@ -1039,10 +1039,16 @@ impl Service {
         // Coverage is watched from now on: each fitted tag has the lapse time to be heard.
         let now = jiff::Timestamp::now().as_millisecond();
         let fitted: Vec<_> = self.state.fitted_tags().map(|(t, c)| (t.clone(), c)).collect();
+        // A lapse left open by a tag removed while the service was down closes now.
+        let names = fitted.iter().map(|(t, _)| t.clone()).collect();
+        let closed = self.coverage.keep_only(&names, now);
         for (tag, case) in fitted {
             self.coverage.watch(&tag, case, now);
         }
         self.live = true;
+        if !closed.is_empty() {
+            self.handle(closed.into_iter().map(Action::Breach).collect()).await?;
+        }
         tracing::info!(
             events = events.len(),
             positions = stored.len(),
@@ -1373,6 +1379,7 @@ async fn follow(
             _ = heartbeat.tick() => service.beat(positions, heartbeat_every),
             _ = clock.tick() => {
                 service.tick().await?;
+                service.reap(false).await;
                 service.count_state();
             }
             entry = live.next() => {

@@ -45,6 +45,7 @@ async fn newest(
     stream: &hru_log::KeptStream,
     directory: &hru_envelope::Directory,
     geofences: &[hru_domain::PartyId],
+    tolerance_ms: i64,
 ) -> Result<Option<(i64, pb::GeofenceHeartbeat)>, String> {
     let entries = stream
         .list(&hru_broker::Filter::all_heartbeats())
@@ -56,7 +57,7 @@ async fn newest(
             hru_broker::StoredAt::Exactly(ms) => ms,
             _ => continue,
         };
-        match hru_log::heartbeats::verify(e, directory) {
+        match hru_log::heartbeats::verify(e, directory, tolerance_ms) {
             Ok(h) if geofences.iter().any(|g| g.as_str() == h.party) => {
                 if newest.as_ref().is_none_or(|(at, _)| stored > *at) {
                     newest = Some((stored, h));
@@ -103,7 +104,7 @@ pub(crate) async fn watch_loop(
             }
         }
         let heard = match &stream {
-            Some(s) => match newest(s, &shared.deployment.directory, &geofences).await {
+            Some(s) => match newest(s, &shared.deployment.directory, &geofences, limit).await {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(cause = %e, "heartbeats not read");

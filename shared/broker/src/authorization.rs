@@ -116,7 +116,7 @@ pub fn party_publish(rights: &Rights, party: &PartyId) -> Vec<String> {
         publish.insert(at, Filter::party_heartbeats(party).into());
         publish.insert(at, Filter::party_snapshots(party).into());
     }
-    // Whoever receives breaches watches the geofence's heartbeats.
+    // Whoever receives breaches watches the geofence's heartbeats; the geofence writes them.
     let receives_breaches = rights.parties.get(party).is_some_and(|r| {
         r.receives
             .iter()
@@ -125,7 +125,7 @@ pub fn party_publish(rights: &Rights, party: &PartyId) -> Vec<String> {
     let streams = [
         (rights.reads_positions(party), POSITIONS_STREAM),
         (geofence, SNAPSHOTS_STREAM),
-        (receives_breaches, HEARTBEATS_STREAM),
+        (receives_breaches || geofence, HEARTBEATS_STREAM),
     ];
     for (_, stream) in streams.into_iter().filter(|(reads, _)| *reads) {
         for api in read_api(stream) {
