@@ -88,6 +88,7 @@ impl Workload {
                     accuracy_m: rng.gen_range(4.0..20.0),
                     battery: 80,
                     tampered: false,
+                    batch: uuid::Uuid::nil(),
                 }],
             });
         }

@@ -3,6 +3,7 @@
 mod append;
 mod audit;
 mod device;
+mod explain;
 mod field;
 mod keys;
 mod policies;
@@ -221,6 +222,25 @@ pub enum GeofenceCommand {
         /// The service's TOML configuration.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Replay one breach's logged decisions from the evidence each carries, through the pure
+    /// engine, and tell them in plain words; exit 1 if a replay does not give the update logged.
+    Explain {
+        /// The reading party (one that receives breaches, e.g. police-hru or police-control).
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The breach's case.
+        #[arg(long)]
+        case: String,
+        /// The breach (episode) id.
+        #[arg(long)]
+        breach: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
     },
 }
 
@@ -830,6 +850,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
         Command::Node(NodeCommand::Run { config }) => node_run(&config).await,
         Command::Geofence(GeofenceCommand::Run { config }) => field::geofence_run(&config).await,
+        Command::Geofence(GeofenceCommand::Explain {
+            party,
+            keys,
+            case,
+            breach,
+            format,
+        }) => explain::run(&broker, &cli.policies, &party, &keys, &case, &breach, format).await,
         Command::Demo { non_interactive } => {
             let interactive = !non_interactive && std::io::IsTerminal::is_terminal(&std::io::stdin());
             hru_tools::demo::run(&cli.policies, interactive).await

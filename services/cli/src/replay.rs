@@ -38,6 +38,56 @@ fn event_json(event: pb::event_draft::Event) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// What one party reads the log with: the log, its read path (keys as of a time, the log's
+/// key events read ahead) and the agreements.
+pub(crate) struct Reader {
+    /// The log.
+    pub log: crate::CliLog,
+    /// The party's read path.
+    pub read: ReadPath,
+    /// Every agreement version.
+    pub agreements: hru_policy::PolicySet,
+}
+
+impl Reader {
+    /// `party`'s reader, with nothing past its retention at `at_ms` readable.
+    pub async fn open(
+        nats: &crate::Broker,
+        policies_dir: &Path,
+        party: &str,
+        keys_dir: &Path,
+        at_ms: i64,
+    ) -> anyhow::Result<Self> {
+        let party: PartyId = party.parse().context("--party")?;
+        let directory = policies::directory(policies_dir)?;
+        keys::load(keys_dir, &party)?; // its own error names the file and how to make it
+        let log = nats.log().await?;
+        log.catch_up().await?;
+        let agreements = policies::agreements(policies_dir, &directory)?;
+        let mut ring = hru_runtime::deployment::key_ring(keys_dir, &party)?;
+        // Nothing past its retention is shown, whichever key its grant is sealed to.
+        ring.destroy_expired(at_ms);
+        for isa in agreements.iter() {
+            for (.., audience) in isa.audiences() {
+                ring.know_audience(audience);
+            }
+        }
+        let mut read = ReadPath::new(directory, std::sync::Arc::new(agreements.clone()), ring);
+        log.foresee_keys(&mut read).await?;
+        Ok(Self { log, read, agreements })
+    }
+}
+
+/// The log filters for one case: its events, its access records, key grants and control events.
+pub(crate) fn case_filters(c: CaseId) -> Vec<Filter> {
+    vec![
+        Filter::case_events(c),
+        Filter::case_access(c),
+        Filter::all_key_grants(),
+        Filter::all_control(),
+    ]
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     nats: &crate::Broker,
@@ -50,32 +100,16 @@ pub(crate) async fn run(
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let at_ms = crate::at_ms(at)?;
-    let party: PartyId = party.parse().context("--party")?;
-    let directory = policies::directory(policies_dir)?;
-    keys::load(keys_dir, &party)?; // its own error names the file and how to make it
     let case: Option<CaseId> = case.map(str::parse).transpose().context("--case")?;
     let filters: Vec<Filter> = match case {
-        Some(c) => vec![
-            Filter::case_events(c),
-            Filter::case_access(c),
-            Filter::all_key_grants(),
-            Filter::all_control(),
-        ],
+        Some(c) => case_filters(c),
         None => Vec::new(),
     };
-    let log = nats.log().await?;
-    log.catch_up().await?;
-    let agreements = policies::agreements(policies_dir, &directory)?;
-    let mut ring = hru_runtime::deployment::key_ring(keys_dir, &party)?;
-    // Nothing past its retention is shown, whichever key its grant is sealed to.
-    ring.destroy_expired(at_ms);
-    for isa in agreements.iter() {
-        for (.., audience) in isa.audiences() {
-            ring.know_audience(audience);
-        }
-    }
-    let mut read = ReadPath::new(directory, std::sync::Arc::new(agreements.clone()), ring);
-    log.foresee_keys(&mut read).await?;
+    let Reader {
+        log,
+        mut read,
+        agreements,
+    } = Reader::open(nats, policies_dir, party, keys_dir, at_ms).await?;
     let mut chains = ChainChecker::new();
     let mut problems = 0u64;
     let mut entries = log.reader().replay(from, &filters).await?;

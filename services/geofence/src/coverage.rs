@@ -201,11 +201,13 @@ fn update(
         accuracy_m: 0.0,
         distance_m: 0.0,
         late: false,
-        evidence: Evidence {
-            fix_seqs: Vec::new(),
+        evidence: Box::new(Evidence {
+            thresholds: None,
             rule_version: 1,
             hysteresis: why.to_owned(),
-        },
+            prior: crate::engine::Prior::default(),
+            cause: crate::engine::Cause::Clock(now_ms),
+        }),
     }
 }
 

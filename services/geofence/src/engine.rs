@@ -28,11 +28,13 @@ use sha2::{Digest as _, Sha256};
 
 use hru_domain::zone::{Zone, distance_m};
 
+mod evidence;
 mod snapshot;
+pub use evidence::{EvidenceError, Recorded, ReplayError, find, replay};
 pub use snapshot::{StateError, config_digest};
 
 /// Tunable thresholds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
     /// Consecutive clear fixes that close a breach.
     pub exit_fixes: u32,
@@ -68,7 +70,7 @@ impl Default for Config {
 }
 
 /// One position fix of a device.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fix {
     /// Device-assigned sequence.
     pub seq: u64,
@@ -84,11 +86,28 @@ pub struct Fix {
     pub battery: u32,
     /// Strap tampered.
     pub tampered: bool,
+    /// The PositionBatch event that carried it (nil if not known).
+    pub batch: uuid::Uuid,
+}
+
+/// A device's latest fix with a position, as the engine keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seen {
+    /// Device sequence.
+    pub seq: u64,
+    /// Device time, Unix ms.
+    pub device_ms: i64,
+    /// `(lat, lon)`.
+    pub position: (f64, f64),
+    /// Accuracy radius, metres.
+    pub accuracy_m: f64,
+    /// The PositionBatch event that carried it (nil if not known).
+    pub batch: uuid::Uuid,
 }
 
 impl Fix {
-    /// A fix from its wire form.
-    pub fn from_wire(f: &pb::PositionFix) -> Self {
+    /// A fix from its wire form, carried by the batch event `batch` (nil if not known).
+    pub fn from_wire(f: &pb::PositionFix, batch: uuid::Uuid) -> Self {
         Self {
             seq: f.fix_seq,
             device_ms: f.device_time_ms,
@@ -97,7 +116,19 @@ impl Fix {
             accuracy_m: f.accuracy_m.max(0.0),
             battery: f.battery_percent,
             tampered: f.strap == pb::StrapState::Tampered as i32,
+            batch,
         }
+    }
+
+    /// What the engine keeps of it, when it has a position.
+    fn seen(&self) -> Option<Seen> {
+        self.position.map(|position| Seen {
+            seq: self.seq,
+            device_ms: self.device_ms,
+            position,
+            accuracy_m: self.accuracy_m,
+            batch: self.batch,
+        })
     }
 }
 
@@ -199,15 +230,71 @@ pub enum Action {
     },
 }
 
-/// Why a breach decision was made: enough to replay it to the same answer.
+/// Why a breach decision was made: enough to replay it to the same answer — the thresholds,
+/// the tag's state before the input that decided it, and that input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evidence {
-    /// The fixes behind the decision: the episode's first, then the latest.
-    pub fix_seqs: Vec<u64>,
-    /// Zone or rule version.
+    /// The engine thresholds it was decided under (none for coverage, not an engine decision).
+    pub thresholds: Option<Config>,
+    /// Zone or rule version in force at the decision (proximity: how many times it was set).
     pub rule_version: u32,
-    /// Hysteresis state, e.g. "clear 2/3 fixes, 40/60 s".
+    /// The decision in words, e.g. "closed: clear by the exit buffer for 3 fixes, 40 s".
     pub hysteresis: String,
+    /// The tag's state before the input.
+    pub prior: Prior,
+    /// The input that decided it.
+    pub cause: Cause,
+}
+
+/// A tag's state before the input that decided a breach update (the hysteresis state).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Prior {
+    /// Latest device time evaluated, Unix ms.
+    pub last_device_ms: i64,
+    /// Latest message, device time, Unix ms.
+    pub last_comm_ms: i64,
+    /// Latest GPS fix, device time, Unix ms.
+    pub last_gps_ms: i64,
+    /// The tag's latest fix with a position.
+    pub tag_fix: Option<Seen>,
+    /// The victim device's latest fix (proximity rules).
+    pub victim_fix: Option<Seen>,
+    /// The episode as it stood (none when the input opened it).
+    pub episode: Option<OpenEpisode>,
+}
+
+/// An open episode as it stood before a decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenEpisode {
+    /// First fix, device time, Unix ms.
+    pub opened_ms: i64,
+    /// First fix's sequence.
+    pub first_fix: u64,
+    /// Last report, device time, Unix ms.
+    pub last_report_ms: i64,
+    /// Consecutive clear fixes.
+    pub clear_fixes: u32,
+    /// Clear since, device time, Unix ms.
+    pub clear_since_ms: Option<i64>,
+    /// Found late.
+    pub late: bool,
+    /// Zone or rule version it opened under.
+    pub rule_version: u32,
+}
+
+/// The input that decided a breach update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cause {
+    /// A fix of the tag.
+    TagFix(Fix),
+    /// A fix of the victim's device.
+    VictimFix(Fix),
+    /// Event time reached here, Unix ms.
+    Watermark(i64),
+    /// The zone was revoked then, Unix ms.
+    ZoneRevoked(i64),
+    /// The geofence's own clock read then (coverage, not an engine decision), Unix ms.
+    Clock(i64),
 }
 
 /// One TagBreach to append.
@@ -237,8 +324,8 @@ pub struct BreachUpdate {
     pub distance_m: f64,
     /// Found late (store and forward, or out of order).
     pub late: bool,
-    /// Inputs behind it.
-    pub evidence: Evidence,
+    /// What it rests on (boxed: it is most of the update's size).
+    pub evidence: Box<Evidence>,
 }
 
 impl BreachUpdate {
@@ -265,6 +352,7 @@ impl BreachUpdate {
             accuracy_m: self.accuracy_m,
             distance_m: self.distance_m,
             late: self.late,
+            evidence: Some(self.evidence.to_wire()),
         }
     }
 }
@@ -304,6 +392,19 @@ struct Opening {
 }
 
 impl Episode {
+    /// As it stands, for evidence.
+    fn as_open(&self) -> OpenEpisode {
+        OpenEpisode {
+            opened_ms: self.opened_ms,
+            first_fix: self.first_fix,
+            last_report_ms: self.last_report_ms,
+            clear_fixes: self.clear_fixes,
+            clear_since_ms: self.clear_since_ms,
+            late: self.late,
+            rule_version: self.rule_version,
+        }
+    }
+
     /// A new episode of `tag`; its id derives from (tag, rule, first fix).
     fn open(tag: &TagId, o: Opening) -> Self {
         Self {
@@ -330,7 +431,7 @@ struct TagState {
     last_device_ms: i64,
     last_comm_ms: i64,
     last_gps_ms: i64,
-    last_fix: Option<(u64, i64, (f64, f64), f64)>,
+    last_fix: Option<Seen>,
     open: BTreeMap<RuleKey, Episode>,
     possible: BTreeMap<RuleKey, u64>,
     /// Closed episodes: (rule, opened, closed), the latest few per tag.
@@ -339,6 +440,60 @@ struct TagState {
 }
 
 const HISTORY: usize = 64;
+
+impl TagState {
+    /// What evidence records of it before an input.
+    fn before(&self) -> Before {
+        Before {
+            last_device_ms: self.last_device_ms,
+            last_comm_ms: self.last_comm_ms,
+            last_gps_ms: self.last_gps_ms,
+            last_fix: self.last_fix,
+        }
+    }
+}
+
+/// A tag's times and latest fix before an input.
+#[derive(Debug, Clone, Copy, Default)]
+struct Before {
+    last_device_ms: i64,
+    last_comm_ms: i64,
+    last_gps_ms: i64,
+    last_fix: Option<Seen>,
+}
+
+/// What the decisions an input leads to rest on: the tag's state before it, the victim's
+/// latest fix before it (when the input is the victim's own fix), and the input.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    before: Before,
+    victim_before: Option<Option<Seen>>,
+    cause: Cause,
+}
+
+impl Ctx {
+    /// The prior state evidence records, with the victim's fix and the episode as they stood.
+    fn prior(&self, victim_fix: Option<Seen>, episode: Option<OpenEpisode>) -> Prior {
+        Prior {
+            last_device_ms: self.before.last_device_ms,
+            last_comm_ms: self.before.last_comm_ms,
+            last_gps_ms: self.before.last_gps_ms,
+            tag_fix: self.before.last_fix,
+            victim_fix,
+            episode,
+        }
+    }
+}
+
+/// Why an update is reported: in words, and what it rests on.
+struct Why {
+    words: String,
+    prior: Prior,
+    cause: Cause,
+    thresholds: Config,
+    /// The zone or rule version in force at the decision.
+    rule_version: u32,
+}
 
 /// A fast, non-cryptographic hasher for the engine's maps (keys are tag ids and zone ids from
 /// authenticated inputs, so flooding is not a concern): multiply-rotate per 8 bytes.
@@ -386,7 +541,7 @@ pub struct State {
     proximity_by_victim: FastMap<DeviceId, Vec<uuid::Uuid>>,
     rules: FastMap<uuid::Uuid, Proximity>,
     tags: FastMap<TagId, TagState>,
-    victims: FastMap<DeviceId, (i64, (f64, f64), f64)>,
+    victims: FastMap<DeviceId, Seen>,
     watermark_ms: i64,
     scratch: Vec<Reading>,
 }
@@ -570,9 +725,15 @@ impl State {
             return;
         };
         self.unindex(&zone);
+        let thresholds = self.config;
         if let Some(t) = self.tags.get_mut(&zone.tag)
             && let Some(e) = t.open.remove(&RuleKey::Zone(id))
         {
+            let ctx = Ctx {
+                before: t.before(),
+                victim_before: None,
+                cause: Cause::ZoneRevoked(at_ms),
+            };
             t.history.push((RuleKey::Zone(id), e.opened_ms, at_ms));
             out.push(Action::Breach(close(
                 &zone.tag,
@@ -582,7 +743,13 @@ impl State {
                 None,
                 0.0,
                 0.0,
-                "zone revoked",
+                Why {
+                    words: "closed: zone revoked".into(),
+                    prior: ctx.prior(None, Some(e.as_open())),
+                    cause: ctx.cause,
+                    thresholds,
+                    rule_version: zone.version,
+                },
             )));
         }
     }
@@ -607,15 +774,15 @@ impl State {
     }
 
     fn victim_fix(&mut self, device: &DeviceId, f: &Fix, out: &mut Vec<Action>) {
-        let Some(position) = f.position else { return };
-        let latest = (f.device_ms, position, f.accuracy_m);
-        match self.victims.get_mut(device) {
-            Some(known) if f.device_ms < known.0 => return,
-            Some(known) => *known = latest,
+        let Some(latest) = f.seen() else { return };
+        let victim_before = match self.victims.get_mut(device) {
+            Some(known) if f.device_ms < known.device_ms => return,
+            Some(known) => Some(std::mem::replace(known, latest)),
             None => {
                 self.victims.insert(device.clone(), latest);
+                None
             }
-        }
+        };
         // The victim moved: judge each rule against the tag's latest fix.
         let rules = self.proximity_by_victim.get(device).cloned().unwrap_or_default();
         for id in rules {
@@ -623,38 +790,48 @@ impl State {
                 continue;
             };
             let tag = &rule.rule.tag_id;
-            let Some((seq, at, pos, acc)) = self.tags.get(tag).and_then(|t| t.last_fix) else {
-                continue;
-            };
+            let Some(t) = self.tags.get(tag) else { continue };
+            let Some(last) = t.last_fix else { continue };
             // Only a tag fix about as fresh as the victim's counts.
-            if (f.device_ms - at).abs() > i64::from(rule.rule.max_victim_fix_age_s) * 1000 {
+            if (f.device_ms - last.device_ms).abs() > i64::from(rule.rule.max_victim_fix_age_s) * 1000 {
                 continue;
             }
+            let ctx = Ctx {
+                before: t.before(),
+                victim_before: Some(victim_before),
+                cause: Cause::VictimFix(*f),
+            };
             let fix = Fix {
-                seq,
-                device_ms: f.device_ms.max(at),
+                seq: last.seq,
+                device_ms: f.device_ms.max(last.device_ms),
                 received_ms: f.received_ms,
-                position: Some(pos),
-                accuracy_m: acc,
+                position: Some(last.position),
+                accuracy_m: last.accuracy_m,
                 battery: 100,
                 tampered: false,
+                batch: last.batch,
             };
             for reading in self.proximity_readings(&rule, &fix, out) {
-                self.judge(tag, &fix, reading, out);
+                self.judge(tag, &fix, reading, &ctx, out);
             }
         }
     }
 
     fn tag_fix(&mut self, tag: &TagId, f: &Fix, out: &mut Vec<Action>) {
-        let config = self.config.clone();
+        let config = self.config;
         if !self.tags.contains_key(tag) {
             self.tags.insert(tag.clone(), TagState::default());
         }
         let Some(t) = self.tags.get_mut(tag) else { return };
+        let ctx = Ctx {
+            before: t.before(),
+            victim_before: None,
+            cause: Cause::TagFix(*f),
+        };
         let out_of_order = f.device_ms < t.last_device_ms;
         t.last_comm_ms = t.last_comm_ms.max(f.device_ms);
         if out_of_order {
-            self.late_fix(tag, f, out);
+            self.late_fix(tag, f, &ctx, out);
             return;
         }
         t.last_device_ms = f.device_ms;
@@ -674,16 +851,16 @@ impl State {
                 position.is_some(),
             ),
         ];
-        if let Some(p) = position {
+        if position.is_some() {
             t.last_gps_ms = f.device_ms;
-            t.last_fix = Some((f.seq, f.device_ms, p, f.accuracy_m));
+            t.last_fix = f.seen();
         }
         let changes = device.map(|(kind, raise, clear)| {
             let open = t.open.contains_key(&RuleKey::Device(kind));
             ((raise && !open) || (clear && open)).then_some((kind, raise, clear))
         });
         for (kind, raise, clear) in changes.into_iter().flatten() {
-            self.device_condition(tag, kind, raise, clear, f.device_ms, Some(f), out);
+            self.device_condition(tag, kind, raise, clear, f.device_ms, Some(f), &ctx, out);
         }
         if position.is_none() {
             return;
@@ -691,7 +868,7 @@ impl State {
         let mut readings = std::mem::take(&mut self.scratch);
         self.readings(tag, f, out, &mut readings);
         for reading in readings.drain(..) {
-            self.judge(tag, f, reading, out);
+            self.judge(tag, f, reading, &ctx, out);
         }
         self.scratch = readings;
     }
@@ -778,12 +955,17 @@ impl State {
         let rule = &p.rule;
         let victim = self.victims.get(&rule.victim_device_id);
         let max_age = i64::from(rule.max_victim_fix_age_s) * 1000;
-        let fresh = victim.filter(|(t, ..)| f.device_ms - *t <= max_age);
-        let Some((_, victim_pos, victim_acc)) = fresh else {
+        let fresh = victim.filter(|v| f.device_ms - v.device_ms <= max_age);
+        let Some(Seen {
+            position: victim_pos,
+            accuracy_m: victim_acc,
+            ..
+        }) = fresh
+        else {
             out.push(Action::StaleVictimFix {
                 tag: rule.tag_id.clone(),
                 rule: rule.rule_id,
-                age_ms: victim.map(|(t, ..)| f.device_ms - t),
+                age_ms: victim.map(|v| f.device_ms - v.device_ms),
             });
             return Vec::new();
         };
@@ -829,8 +1011,8 @@ impl State {
     }
 
     /// Hysteresis: open on a certain breach, count clear fixes to close.
-    fn judge(&mut self, tag: &TagId, f: &Fix, r: Reading, out: &mut Vec<Action>) {
-        let config = self.config.clone();
+    fn judge(&mut self, tag: &TagId, f: &Fix, r: Reading, ctx: &Ctx, out: &mut Vec<Action>) {
+        let config = self.config;
         let key = Self::key(&r);
         if r.verdict != Verdict::Breach
             && r.verdict != Verdict::Possible
@@ -842,6 +1024,23 @@ impl State {
             // Clear of a rule it is not in breach of: nothing to do (the common case).
             return;
         }
+        // The victim's fix the reading rests on, as it stood before the input.
+        let victim_fix = match r.kind {
+            pb::BreachKind::ProximityWarning | pb::BreachKind::Proximity => ctx.victim_before.unwrap_or_else(|| {
+                self.rules
+                    .get(&r.rule_id)
+                    .and_then(|p| self.victims.get(&p.rule.victim_device_id))
+                    .copied()
+            }),
+            _ => None,
+        };
+        let why = |words: String, episode: Option<OpenEpisode>| Why {
+            words,
+            prior: ctx.prior(victim_fix, episode),
+            cause: ctx.cause,
+            thresholds: config,
+            rule_version: r.version,
+        };
         let Some(t) = self.tags.get_mut(tag) else { return };
         let late = f.received_ms - f.device_ms > config.late_after_ms;
         let case = self
@@ -872,7 +1071,7 @@ impl State {
                     pb::BreachState::Opened,
                     f,
                     r.distance_m,
-                    "opened: accuracy circle in breach".into(),
+                    why("opened: accuracy circle in breach".into(), None),
                 );
                 // The rule's victim device, else the one paired with the tag.
                 let victim_device = self
@@ -907,6 +1106,7 @@ impl State {
                 t.possible.remove(&key);
             }
             (Some(e), Verdict::ClearBeyondBuffer) => {
+                let was = e.as_open();
                 e.clear_fixes += 1;
                 let since = *e.clear_since_ms.get_or_insert(f.device_ms);
                 let clear_for = f.device_ms - since;
@@ -916,7 +1116,7 @@ impl State {
                     if t.history.len() > HISTORY {
                         t.history.remove(0);
                     }
-                    let why = format!(
+                    let words = format!(
                         "closed: clear by the exit buffer for {} fixes, {} s",
                         e.clear_fixes,
                         clear_for / 1000
@@ -929,11 +1129,12 @@ impl State {
                         f.position,
                         f.accuracy_m,
                         r.distance_m,
-                        &why,
+                        why(words, Some(was)),
                     )));
                 }
             }
             (Some(e), verdict) => {
+                let was = e.as_open();
                 e.clear_fixes = 0;
                 e.clear_since_ms = None;
                 if verdict == Verdict::Breach && f.device_ms - e.last_report_ms >= config.update_every_ms {
@@ -945,7 +1146,7 @@ impl State {
                         pb::BreachState::Updated,
                         f,
                         r.distance_m,
-                        "still in breach".into(),
+                        why("still in breach".into(), Some(was)),
                     );
                     out.push(Action::Breach(update));
                 }
@@ -955,15 +1156,38 @@ impl State {
 
     /// A fix older than one already evaluated: checked on its own; a breach it shows that no
     /// episode covered is raised late, opened and closed at once.
-    fn late_fix(&mut self, tag: &TagId, f: &Fix, out: &mut Vec<Action>) {
+    fn late_fix(&mut self, tag: &TagId, f: &Fix, ctx: &Ctx, out: &mut Vec<Action>) {
         if f.position.is_none() {
             return;
         }
         let mut scratch = Vec::new();
         let mut readings = Vec::new();
         self.readings(tag, f, &mut scratch, &mut readings);
+        let victims: Vec<Option<Seen>> = readings
+            .iter()
+            .map(|r| match r.kind {
+                pb::BreachKind::ProximityWarning | pb::BreachKind::Proximity => self
+                    .rules
+                    .get(&r.rule_id)
+                    .and_then(|p| self.victims.get(&p.rule.victim_device_id))
+                    .copied(),
+                _ => None,
+            })
+            .collect();
+        let thresholds = self.config;
         let Some(t) = self.tags.get_mut(tag) else { return };
-        for r in readings.into_iter().filter(|r| r.verdict == Verdict::Breach) {
+        for (r, victim_fix) in readings
+            .into_iter()
+            .zip(victims)
+            .filter(|(r, _)| r.verdict == Verdict::Breach)
+        {
+            let why = |words: &str| Why {
+                words: words.to_owned(),
+                prior: ctx.prior(victim_fix, None),
+                cause: ctx.cause,
+                thresholds,
+                rule_version: r.version,
+            };
             let key = Self::key(&r);
             let covered = t
                 .history
@@ -993,7 +1217,7 @@ impl State {
                 pb::BreachState::Opened,
                 f,
                 r.distance_m,
-                "opened late: an out-of-order fix".into(),
+                why("opened late: an out-of-order fix"),
             )));
             out.push(Action::Breach(close(
                 tag,
@@ -1003,7 +1227,7 @@ impl State {
                 f.position,
                 f.accuracy_m,
                 r.distance_m,
-                "closed: a single out-of-order fix",
+                why("closed: a single out-of-order fix"),
             )));
             t.history.push((key, f.device_ms, f.device_ms));
         }
@@ -1019,8 +1243,10 @@ impl State {
         clear: bool,
         at_ms: i64,
         fix: Option<&Fix>,
+        ctx: &Ctx,
         out: &mut Vec<Action>,
     ) {
+        let thresholds = self.config;
         let config_late = self.config.late_after_ms;
         let Some(t) = self.tags.get_mut(tag) else { return };
         let key = RuleKey::Device(kind);
@@ -1034,6 +1260,14 @@ impl State {
             accuracy_m: f.map_or(0.0, |f| f.accuracy_m),
             battery: 0,
             tampered: false,
+            batch: f.map_or(uuid::Uuid::nil(), |f| f.batch),
+        };
+        let why = |words: String, episode: Option<OpenEpisode>| Why {
+            words,
+            prior: ctx.prior(None, episode),
+            cause: ctx.cause,
+            thresholds,
+            rule_version: 1,
         };
         match t.open.get(&key) {
             None if raise => {
@@ -1056,13 +1290,14 @@ impl State {
                     pb::BreachState::Opened,
                     &at(fix),
                     0.0,
-                    format!("opened: {}", kind.as_str_name()),
+                    why(format!("opened: {}", kind.as_str_name()), None),
                 )));
                 t.open.insert(key, e);
             }
             Some(_) if clear => {
                 let e = t.open.remove(&key).unwrap_or_else(|| unreachable!("matched above"));
                 t.history.push((key, e.opened_ms, at_ms));
+                let was = e.as_open();
                 let f = at(fix);
                 out.push(Action::Breach(close(
                     tag,
@@ -1072,7 +1307,7 @@ impl State {
                     f.position,
                     f.accuracy_m,
                     0.0,
-                    "closed: condition cleared",
+                    why("closed: condition cleared".into(), Some(was)),
                 )));
             }
             _ => {}
@@ -1104,7 +1339,15 @@ impl State {
             .collect();
         due.sort();
         for (tag, kind) in due {
-            self.device_condition(&tag, kind, true, false, at_ms, None, out);
+            let Some(before) = self.tags.get(&tag).map(TagState::before) else {
+                continue;
+            };
+            let ctx = Ctx {
+                before,
+                victim_before: None,
+                cause: Cause::Watermark(at_ms),
+            };
+            self.device_condition(&tag, kind, true, false, at_ms, None, &ctx, out);
         }
     }
 }
@@ -1116,7 +1359,7 @@ fn report(
     state: pb::BreachState,
     f: &Fix,
     distance_m: f64,
-    hysteresis: String,
+    why: Why,
 ) -> BreachUpdate {
     BreachUpdate {
         breach_id: e.breach_id,
@@ -1131,15 +1374,13 @@ fn report(
         accuracy_m: f.accuracy_m,
         distance_m,
         late: e.late,
-        evidence: Evidence {
-            fix_seqs: if e.first_fix == f.seq {
-                vec![f.seq]
-            } else {
-                vec![e.first_fix, f.seq]
-            },
-            rule_version: e.rule_version,
-            hysteresis,
-        },
+        evidence: Box::new(Evidence {
+            thresholds: Some(why.thresholds),
+            rule_version: why.rule_version,
+            hysteresis: why.words,
+            prior: why.prior,
+            cause: why.cause,
+        }),
     }
 }
 
@@ -1153,7 +1394,7 @@ fn close(
     position: Option<(f64, f64)>,
     accuracy_m: f64,
     distance_m: f64,
-    why: &str,
+    why: Why,
 ) -> BreachUpdate {
     let at = Fix {
         seq: e.first_fix,
@@ -1163,6 +1404,7 @@ fn close(
         accuracy_m,
         battery: 0,
         tampered: false,
+        batch: uuid::Uuid::nil(),
     };
-    report(tag, case, e, pb::BreachState::Closed, &at, distance_m, why.to_owned())
+    report(tag, case, e, pb::BreachState::Closed, &at, distance_m, why)
 }

@@ -148,7 +148,7 @@ impl Inputs {
                 match device {
                     Ok(device) => Some(Input::Fixes {
                         device,
-                        fixes: d.fixes.iter().map(Fix::from_wire).collect(),
+                        fixes: d.fixes.iter().map(|f| Fix::from_wire(f, v.header.event_id.0)).collect(),
                     }),
                     Err(e) => {
                         tracing::warn!(

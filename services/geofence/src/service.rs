@@ -1081,7 +1081,7 @@ impl Service {
         positions: &PositionLog,
     ) -> Result<Option<(u64, u64)>, GeofenceError> {
         let (first_position, last_position) = positions.bounds().await?;
-        let config = self.state.config().clone();
+        let config = *self.state.config();
         let Some(snapshots) = self.snapshots.as_mut() else {
             return Ok(None);
         };
@@ -1093,8 +1093,8 @@ impl Service {
                         s.next_position
                     ));
                 }
-                let state = State::from_snapshot(config.clone(), &s.engine.clone().unwrap_or_default())
-                    .map_err(|e| e.to_string())?;
+                let state =
+                    State::from_snapshot(config, &s.engine.clone().unwrap_or_default()).map_err(|e| e.to_string())?;
                 let inputs = Inputs::from_snapshot(&s.gateways).map_err(|e| e.to_string())?;
                 Ok((s, state, inputs))
             })

@@ -98,6 +98,7 @@ impl Given {
                 accuracy_m,
                 battery: 80,
                 tampered: false,
+                batch: uuid::Uuid::nil(),
             }],
         });
     }
@@ -130,7 +131,11 @@ fn an_exclusion_breach_opens_inside_and_closes_after_three_clear_fixes() {
     g.fix_at(T0 + 2_000, Some(north(0.0)), 10.0, 500);
     assert_eq!(g.states(pb::BreachKind::Exclusion), [pb::BreachState::Opened]);
     let opened = g.breaches()[0].clone();
-    assert_eq!(opened.evidence.fix_seqs, [2]);
+    assert!(
+        matches!(opened.evidence.cause, hru_geofence::engine::Cause::TagFix(f) if f.seq == 2),
+        "{:?}",
+        opened.evidence
+    );
     assert_eq!(opened.evidence.rule_version, 1);
     assert!(!opened.late);
     assert!(
@@ -313,6 +318,7 @@ fn a_late_batch_after_thirty_minutes_of_signal_loss_reveals_a_past_breach_report
             accuracy_m: 8.0,
             battery: 70,
             tampered: false,
+            batch: uuid::Uuid::nil(),
         });
     }
     fixes.reverse(); // forwarded newest first: the engine orders them by device time
@@ -368,6 +374,7 @@ fn victim_at(g: &mut Given, at: i64, position: (f64, f64)) {
             accuracy_m: 10.0,
             battery: 90,
             tampered: false,
+            batch: uuid::Uuid::nil(),
         }],
     });
 }
@@ -455,6 +462,7 @@ fn strap_tamper_and_low_battery() {
             accuracy_m: 5.0,
             battery: 9,
             tampered: true,
+            batch: uuid::Uuid::nil(),
         }],
     });
     assert_eq!(g.states(pb::BreachKind::Tamper), [pb::BreachState::Opened]);

@@ -160,6 +160,7 @@ mod tests {
                 accuracy_m: 5.0,
                 distance_m: 0.0,
                 late: false,
+                evidence: None,
             }),
         }
     }

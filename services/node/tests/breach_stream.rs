@@ -28,6 +28,7 @@ fn breach(n: u128) -> pb::event_draft::Event {
             accuracy_m: 5.0,
             distance_m: 40.0,
             late: false,
+            evidence: None,
         }),
     })
 }

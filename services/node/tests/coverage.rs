@@ -45,6 +45,7 @@ async fn every_rpc_leaves_exactly_one_access_record() {
             accuracy_m: 6.0,
             distance_m: 20.0,
             late: false,
+            evidence: None,
         }),
     });
     let head = w.record(&mut geofence, case, breach).await;

@@ -409,6 +409,8 @@ pub struct Breach {
     pub distance_m: f64,
     /// Found late.
     pub late: bool,
+    /// What the decision rests on (the geofence reads and replays it).
+    pub evidence: Option<pb::BreachEvidence>,
 }
 
 impl TryFrom<pb::BreachCore> for Breach {
@@ -426,6 +428,7 @@ impl TryFrom<pb::BreachCore> for Breach {
             accuracy_m,
             distance_m,
             late,
+            evidence,
         } = w;
         let opened_at_ms = time(opened_at_ms, "opened_at_ms")?;
         if observed_at_ms < opened_at_ms {
@@ -458,6 +461,7 @@ impl TryFrom<pb::BreachCore> for Breach {
                 return Err(FieldError::new("distance_m", "must be finite"));
             },
             late,
+            evidence,
         })
     }
 }

@@ -355,6 +355,7 @@ mod tests {
                 accuracy_m: 5.0,
                 distance_m: 90.0,
                 late: false,
+                evidence: None,
             }),
         };
         let r = row(&[

@@ -154,6 +154,7 @@ mod tests {
                 accuracy_m: 8.0,
                 distance_m: 30.0,
                 late: false,
+                evidence: None,
             }),
         };
         let mem = fold(

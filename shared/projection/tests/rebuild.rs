@@ -100,6 +100,7 @@ fn log_of(cast: &Cast, n: usize) -> Vec<(u64, String, Vec<u8>)> {
                     accuracy_m: 5.0,
                     distance_m: 12.0,
                     late: false,
+                    evidence: None,
                 }),
             }),
             _ => pb::event_draft::Event::CaseClosed(pb::CaseClosed {

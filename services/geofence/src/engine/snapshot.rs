@@ -8,7 +8,7 @@ use hru_domain::{CaseId, DeviceId, FieldError, TagId};
 use hru_wire::v1 as pb;
 use sha2::{Digest as _, Sha256};
 
-use super::{Config, Episode, Proximity, RuleKey, State, TagState, ZoneBox};
+use super::{Config, Episode, Proximity, RuleKey, Seen, State, TagState, ZoneBox};
 
 /// Why a snapshot's engine state cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -72,13 +72,42 @@ fn key_from_wire(key: Option<&pb::SnapshotRuleKey>, at: &str) -> Result<RuleKey,
     })
 }
 
-fn fix_to_wire(seq: u64, device_ms: i64, (lat, lon): (f64, f64), accuracy_m: f64) -> pb::SnapshotFix {
+fn fix_to_wire(f: &Seen) -> pb::SnapshotFix {
     pb::SnapshotFix {
-        seq,
-        device_ms,
-        lat,
-        lon,
-        accuracy_m,
+        seq: f.seq,
+        device_ms: f.device_ms,
+        lat: f.position.0,
+        lon: f.position.1,
+        accuracy_m: f.accuracy_m,
+        batch_event_id: batch_bytes(f.batch),
+    }
+}
+
+fn fix_from_wire(f: &pb::SnapshotFix, at: &str) -> Result<Seen, StateError> {
+    Ok(Seen {
+        seq: f.seq,
+        device_ms: f.device_ms,
+        position: (f.lat, f.lon),
+        accuracy_m: f.accuracy_m,
+        batch: batch_id(&f.batch_event_id, &format!("{at}.batch_event_id"))?,
+    })
+}
+
+/// A batch event id's bytes: empty when not known.
+pub(crate) fn batch_bytes(batch: uuid::Uuid) -> Vec<u8> {
+    if batch.is_nil() {
+        Vec::new()
+    } else {
+        batch.as_bytes().to_vec()
+    }
+}
+
+/// A batch event id from its bytes: nil when empty.
+pub(crate) fn batch_id(bytes: &[u8], at: &str) -> Result<uuid::Uuid, StateError> {
+    if bytes.is_empty() {
+        Ok(uuid::Uuid::nil())
+    } else {
+        id(bytes, at)
     }
 }
 
@@ -119,7 +148,7 @@ fn read_id_lists<K: std::hash::Hash + Eq>(
 /// The engine's decision logic, as far as snapshots are concerned: raise it with any change
 /// that would decide an input differently, so a state computed by the older logic is replayed
 /// rather than continued.
-pub const ENGINE_LOGIC: u32 = 1;
+pub const ENGINE_LOGIC: u32 = 2;
 
 /// SHA-256 of the thresholds and the decision logic: a snapshot computed under others is not
 /// used.
@@ -160,9 +189,9 @@ impl State {
             tags: tags.into_iter().map(|(tag, t)| tag_to_wire(tag, t)).collect(),
             victims: victims
                 .into_iter()
-                .map(|(device, (at, position, accuracy))| pb::SnapshotVictim {
+                .map(|(device, fix)| pb::SnapshotVictim {
                     device: device.to_string(),
-                    fix: Some(fix_to_wire(0, *at, *position, *accuracy)),
+                    fix: Some(fix_to_wire(fix)),
                 })
                 .collect(),
             watermark_ms: self.watermark_ms,
@@ -214,9 +243,7 @@ impl State {
             let at = format!("victims[{i}]");
             let device = DeviceId::parse(&v.device, "device").map_err(field(&at))?;
             let fix = v.fix.as_ref().ok_or_else(|| fail(format!("{at}.fix"), "is missing"))?;
-            state
-                .victims
-                .insert(device, (fix.device_ms, (fix.lat, fix.lon), fix.accuracy_m));
+            state.victims.insert(device, fix_from_wire(fix, &format!("{at}.fix"))?);
         }
         Ok(state)
     }
@@ -226,13 +253,13 @@ impl State {
     pub fn forget_positions_before(&mut self, cutoff_ms: i64) -> usize {
         let mut forgotten = 0;
         for t in self.tags.values_mut() {
-            if t.last_fix.is_some_and(|(_, at, ..)| at < cutoff_ms) {
+            if t.last_fix.is_some_and(|f| f.device_ms < cutoff_ms) {
                 t.last_fix = None;
                 forgotten += 1;
             }
         }
         let before = self.victims.len();
-        self.victims.retain(|_, (at, ..)| *at >= cutoff_ms);
+        self.victims.retain(|_, f| f.device_ms >= cutoff_ms);
         forgotten + (before - self.victims.len())
     }
 }
@@ -246,9 +273,7 @@ fn tag_to_wire(tag: &TagId, t: &TagState) -> pb::SnapshotTag {
         last_device_ms: t.last_device_ms,
         last_comm_ms: t.last_comm_ms,
         last_gps_ms: t.last_gps_ms,
-        last_fix: t
-            .last_fix
-            .map(|(seq, at, position, accuracy)| fix_to_wire(seq, at, position, accuracy)),
+        last_fix: t.last_fix.as_ref().map(fix_to_wire),
         open: t
             .open
             .iter()
@@ -310,7 +335,8 @@ fn tag_from_wire(t: &pb::SnapshotTag, at: &str) -> Result<TagState, StateError> 
         last_fix: t
             .last_fix
             .as_ref()
-            .map(|f| (f.seq, f.device_ms, (f.lat, f.lon), f.accuracy_m)),
+            .map(|f| fix_from_wire(f, &format!("{at}.last_fix")))
+            .transpose()?,
         ..TagState::default()
     };
     for (i, e) in t.open.iter().enumerate() {
