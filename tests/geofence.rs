@@ -334,8 +334,9 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
     );
     assert_eq!(updates, want.len(), "every decision was explained");
 
-    // A breach the evidence does not support — the geofence's own key signing an opening
-    // whose fix is 5 km away — is told apart: explain exits 1 naming it.
+    // Updates the evidence does not support, signed with the geofence's own key, are told
+    // apart: explain exits 1 naming each. One opening's fix moved 5 km; one naming the clock
+    // (which only decides coverage lapses) as its cause.
     let opened_by_a_fix = |c: &pb::BreachCore| {
         c.state == pb::BreachState::Opened as i32
             && matches!(
@@ -347,31 +348,36 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
         .iter()
         .find(|(_, c)| opened_by_a_fix(c))
         .expect("a breach opened by a tag's fix");
-    let mut forged = core.clone();
-    if let Some(pb::breach_evidence::Cause::TagFix(f)) = forged.evidence.as_mut().and_then(|e| e.cause.as_mut()) {
+    let mut moved = core.clone();
+    if let Some(pb::breach_evidence::Cause::TagFix(f)) = moved.evidence.as_mut().and_then(|e| e.cause.as_mut()) {
         f.position.as_mut().unwrap().lat += 0.045;
     }
-    let draft = pb::EventDraft {
-        case_id: case.clone(),
-        occurred_at: String::new(),
-        event: Some(pb::event_draft::Event::TagBreach(pb::TagBreach { core: Some(forged) })),
-    };
-    let desc = hru_wire::descriptor_pool()
-        .get_message_by_name("hru.v1.EventDraft")
-        .unwrap();
-    let mut dynamic = prost_reflect::DynamicMessage::new(desc);
-    dynamic.transcode_from(&draft).unwrap();
-    let json = serde_json::to_string(&dynamic).unwrap();
-    let out = scene
-        .world
-        .append("geofence", &scene.world.event("forged-breach.json", &json));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut by_the_clock = core.clone();
+    by_the_clock.evidence.as_mut().unwrap().cause = Some(pb::breach_evidence::Cause::ClockMs(core.observed_at_ms));
+    for (i, forged) in [moved, by_the_clock].into_iter().enumerate() {
+        let draft = pb::EventDraft {
+            case_id: case.clone(),
+            occurred_at: String::new(),
+            event: Some(pb::event_draft::Event::TagBreach(pb::TagBreach { core: Some(forged) })),
+        };
+        let desc = hru_wire::descriptor_pool()
+            .get_message_by_name("hru.v1.EventDraft")
+            .unwrap();
+        let mut dynamic = prost_reflect::DynamicMessage::new(desc);
+        dynamic.transcode_from(&draft).unwrap();
+        let json = serde_json::to_string(&dynamic).unwrap();
+        let out = scene.world.append(
+            "geofence",
+            &scene.world.event(&format!("forged-breach-{i}.json"), &json),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     let (out, verdicts) = scene.explain(case, breach);
     assert_eq!(out.status.code(), Some(1), "{verdicts:?}");
     assert_eq!(
         verdicts.iter().filter(|v| *v == "disagrees").count(),
-        1,
-        "the forged update, and only it: {verdicts:?}"
+        2,
+        "the forged updates, and only they: {verdicts:?}"
     );
     let keys = scene.world.keys().display().to_string();
     let human = scene.world.run(&[

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
-use hru_domain::{CaseId, EventType, TagId};
-use hru_geofence::engine::{Cause, OpenEpisode, Recorded, Seen, find, replay};
+use hru_domain::{CaseId, EventType};
+use hru_geofence::engine::{Cause, OpenEpisode, Recorded, Seen, find, replay, rule_digest, zone_digest};
 use hru_geofence::{BreachUpdate, Fix, Input, Inputs, Proximity};
 use hru_log::SharedLog as _;
 use hru_reader::{Incoming, Read};
@@ -25,14 +25,23 @@ use crate::replay::{Reader, case_filters};
 /// What the case's log says that a breach's replay needs, in log order.
 #[derive(Default)]
 struct CaseLog {
-    /// Zone definitions by zone id: (sequence, the input).
-    zones: BTreeMap<uuid::Uuid, Vec<(u64, Input)>>,
-    /// Proximity rules by rule id, each setting in order.
-    rules: BTreeMap<uuid::Uuid, Vec<(u64, Proximity)>>,
-    /// Each tag's fittings: (sequence, the input).
-    fittings: BTreeMap<TagId, Vec<(u64, Input)>>,
+    /// Zone and proximity-rule definitions by the digest of their definition: the first
+    /// logged, (sequence, the input).
+    definitions: BTreeMap<[u8; 32], (u64, Input)>,
+    /// Each zone's or rule's definitions in log order: (sequence, digest, version).
+    history: BTreeMap<uuid::Uuid, Vec<(u64, [u8; 32], u32)>>,
     /// The breach's updates: (sequence, the core as logged).
     updates: Vec<(u64, pb::BreachCore)>,
+    /// The case's TagBreach events the read path refused (an update of the breach among them
+    /// cannot be explained).
+    refused: u64,
+}
+
+impl CaseLog {
+    fn define(&mut self, sequence: u64, id: uuid::Uuid, digest: [u8; 32], version: u32, input: Input) {
+        self.definitions.entry(digest).or_insert((sequence, input));
+        self.history.entry(id).or_default().push((sequence, digest, version));
+    }
 }
 
 /// `hru geofence explain --party P --keys DIR --case C --breach ID`.
@@ -56,8 +65,16 @@ pub(crate) async fn run(
     let mut entries = log.reader().replay(1, &case_filters(case)).await?;
     while let Some(entry) = entries.try_next().await? {
         let incoming = Incoming::logged(entry.sequence, entry.subject.as_str(), &entry.payload, entry.stored);
-        let Ok(Read::Event { envelope, opened }) = read.read(&incoming) else {
-            continue;
+        let (envelope, opened) = match read.read(&incoming) {
+            Ok(Read::Event { envelope, opened }) => (envelope, opened),
+            Ok(_) => continue,
+            Err(_) => {
+                let subject = entry.subject.as_str();
+                if subject.starts_with(&format!("hru.evt.{}.", case.token())) && subject.ends_with(".TagBreach") {
+                    found.refused += 1;
+                }
+                continue;
+            }
         };
         if envelope.header.case_id != Some(case) {
             continue;
@@ -76,24 +93,24 @@ pub(crate) async fn run(
         }
         for input in inputs.of(&opened) {
             match &input {
-                Input::Zone(z) => found.zones.entry(z.id).or_default().push((entry.sequence, input)),
-                Input::Proximity(p) => {
-                    found
-                        .rules
-                        .entry(p.rule.rule_id)
-                        .or_default()
-                        .push((entry.sequence, (**p).clone()));
+                Input::Zone(z) => {
+                    let (id, digest, version) = (z.id, zone_digest(z), z.version);
+                    found.define(entry.sequence, id, digest, version, input);
                 }
-                Input::TagFitted { tag, .. } => {
-                    found
-                        .fittings
-                        .entry(tag.tag_id.clone())
-                        .or_default()
-                        .push((entry.sequence, input));
+                Input::Proximity(p) => {
+                    let (id, digest) = (p.rule.rule_id, rule_digest(&p.rule));
+                    let version = found.history.get(&id).map_or(0, Vec::len) as u32 + 1;
+                    found.define(entry.sequence, id, digest, version, input);
                 }
                 _ => {}
             }
         }
+    }
+    if found.refused > 0 {
+        eprintln!(
+            "warning: {} of case {case}'s breach updates could not be read by {party} (refused by the read path); any of this breach among them is not explained",
+            found.refused
+        );
     }
     if found.updates.is_empty() {
         anyhow::bail!(
@@ -193,24 +210,25 @@ fn explain_one(found: &CaseLog, sequence: u64, case: Option<CaseId>, core: &pb::
         }
     };
     let e = &recorded.evidence;
-    let zone = found.zones.get(&recorded.rule_id).and_then(|defs| {
-        defs.iter()
-            .rev()
-            .find(|(seq, i)| *seq < sequence && matches!(i, Input::Zone(z) if z.version == e.rule_version))
-            .map(|(_, i)| i)
-    });
-    let rule = found
-        .rules
-        .get(&recorded.rule_id)
-        .and_then(|sets| {
-            sets.iter()
-                .filter(|(seq, _)| *seq < sequence)
-                .nth(e.rule_version.saturating_sub(1) as usize)
-        })
-        .map(|(_, p)| Proximity {
-            version: e.rule_version,
-            ..p.clone()
+    // The definition the evidence names, logged before the update, of the update's rule.
+    let definition = e
+        .rule_digest
+        .and_then(|d| found.definitions.get(&d))
+        .filter(|(seq, _)| *seq < sequence)
+        .map(|(_, input)| input)
+        .filter(|input| match input {
+            Input::Zone(z) => z.id == recorded.rule_id,
+            Input::Proximity(p) => p.rule.rule_id == recorded.rule_id,
+            _ => false,
         });
+    let zone = definition.filter(|i| matches!(i, Input::Zone(_)));
+    let rule = definition.and_then(|i| match i {
+        Input::Proximity(p) => Some(Proximity {
+            version: e.rule_version,
+            ..(**p).clone()
+        }),
+        _ => None,
+    });
     let mut lines = vec![format!(
         "#{sequence} {} {} of tag {}{}: {}",
         recorded.state.as_str_name().trim_start_matches("BREACH_STATE_"),
@@ -223,10 +241,23 @@ fn explain_one(found: &CaseLog, sequence: u64, case: Option<CaseId>, core: &pb::
         if recorded.late { " (late)" } else { "" },
         rule_words(&recorded, zone, rule.as_ref()),
     )];
+    // A newer definition logged before the update: the geofence may not have read it yet.
+    if let Some(d) = e.rule_digest
+        && let Some((used, _)) = found.definitions.get(&d)
+        && let Some((seq, _, version)) = found
+            .history
+            .get(&recorded.rule_id)
+            .and_then(|h| h.iter().rev().find(|(seq, digest, _)| *seq < sequence && *digest != d))
+        && used < seq
+    {
+        lines.push(format!(
+            "  note: a newer definition (v{version}, #{seq}) was logged before this update; the geofence decided under the one above"
+        ));
+    }
     lines.extend(prior_words(&recorded));
     lines.push(format!("  {}", cause_words(&recorded)));
     lines.push(format!("  → {}", e.hysteresis));
-    let outcome = match decide(found, sequence, &recorded, zone, rule) {
+    let outcome = match decide(&recorded, definition.is_some(), zone, rule) {
         Ok(o) => o,
         Err(why) => Outcome::Unreplayable(why),
     };
@@ -235,36 +266,42 @@ fn explain_one(found: &CaseLog, sequence: u64, case: Option<CaseId>, core: &pb::
 
 /// Replay the update and compare.
 fn decide(
-    found: &CaseLog,
-    sequence: u64,
     recorded: &BreachUpdate,
+    found_definition: bool,
     zone: Option<&Input>,
     rule: Option<Proximity>,
 ) -> Result<Outcome, String> {
-    if matches!(recorded.evidence.cause, Cause::Clock(_)) {
-        return Ok(Outcome::NotEngine);
+    // Only a coverage lapse is decided by the clock; anything else claiming it is not believed.
+    let lapse = recorded.kind == pb::BreachKind::MonitoringLapsed;
+    match (lapse, &recorded.evidence.cause) {
+        (true, Cause::Clock(_)) => return Ok(Outcome::NotEngine),
+        (true, _) => {
+            return Ok(Outcome::Disagrees(
+                "a monitoring lapse is decided by the geofence's clock, not by an engine input".into(),
+            ));
+        }
+        (false, Cause::Clock(_)) => {
+            return Ok(Outcome::Disagrees(format!(
+                "a {} breach is decided by the engine, but its evidence names the clock",
+                recorded.kind.as_str_name()
+            )));
+        }
+        (false, _) => {}
     }
-    let fitting = found
-        .fittings
-        .get(&recorded.tag)
-        .and_then(|f| f.iter().rev().find(|(seq, _)| *seq < sequence))
-        .map(|(_, i)| i.clone())
-        .ok_or_else(|| format!("no TagFitted of {} before it in the case's log", recorded.tag))?;
-    let mut setup = vec![fitting];
+    let missing = || match recorded.evidence.rule_digest {
+        None => format!("the evidence names no definition of {}", recorded.rule_id),
+        Some(d) if !found_definition => format!(
+            "the definition of {} with digest {} is not in the case's log before this update as the party reads it (expired, or the party does not receive zones and rules)",
+            recorded.rule_id,
+            hex::encode(&d[..8])
+        ),
+        Some(_) => format!("{} is not a definition of this kind", recorded.rule_id),
+    };
+    let mut setup = Vec::new();
     match recorded.kind {
-        pb::BreachKind::Exclusion | pb::BreachKind::Curfew => setup.push(zone.cloned().ok_or_else(|| {
-            format!(
-                "zone {} version {} is not in the case's log before it",
-                recorded.rule_id, recorded.evidence.rule_version
-            )
-        })?),
+        pb::BreachKind::Exclusion | pb::BreachKind::Curfew => setup.push(zone.cloned().ok_or_else(missing)?),
         pb::BreachKind::Proximity | pb::BreachKind::ProximityWarning => {
-            setup.push(Input::Proximity(Box::new(rule.ok_or_else(|| {
-                format!(
-                    "proximity rule {} was not set {} times before it in the case's log",
-                    recorded.rule_id, recorded.evidence.rule_version
-                )
-            })?)))
+            setup.push(Input::Proximity(Box::new(rule.ok_or_else(missing)?)))
         }
         _ => {}
     }

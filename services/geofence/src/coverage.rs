@@ -207,6 +207,8 @@ fn update(
             hysteresis: why.to_owned(),
             prior: crate::engine::Prior::default(),
             cause: crate::engine::Cause::Clock(now_ms),
+            rule_digest: None,
+            engine_logic: crate::engine::ENGINE_LOGIC,
         }),
     }
 }

@@ -31,7 +31,7 @@ use hru_domain::zone::{Zone, distance_m};
 mod evidence;
 mod snapshot;
 pub use evidence::{EvidenceError, Recorded, ReplayError, find, replay};
-pub use snapshot::{StateError, config_digest};
+pub use snapshot::{ENGINE_LOGIC, StateError, config_digest};
 
 /// Tunable thresholds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -244,6 +244,10 @@ pub struct Evidence {
     pub prior: Prior,
     /// The input that decided it.
     pub cause: Cause,
+    /// SHA-256 of the zone's or rule's definition in force (none for device conditions).
+    pub rule_digest: Option<[u8; 32]>,
+    /// The decision logic it was decided under ([`ENGINE_LOGIC`]).
+    pub engine_logic: u32,
 }
 
 /// A tag's state before the input that decided a breach update (the hysteresis state).
@@ -493,6 +497,20 @@ struct Why {
     thresholds: Config,
     /// The zone or rule version in force at the decision.
     rule_version: u32,
+    /// Its definition's digest.
+    rule_digest: Option<[u8; 32]>,
+}
+
+/// SHA-256 of a zone's definition, as logged (its `ZoneCore`).
+pub fn zone_digest(zone: &Zone) -> [u8; 32] {
+    use prost::Message as _;
+    Sha256::digest(pb::ZoneCore::from(&zone.definition).encode_to_vec()).into()
+}
+
+/// SHA-256 of a proximity rule's definition, as logged (its `ProximityCore`).
+pub fn rule_digest(rule: &hru_domain::ProximityRule) -> [u8; 32] {
+    use prost::Message as _;
+    Sha256::digest(pb::ProximityCore::from(rule).encode_to_vec()).into()
 }
 
 /// A fast, non-cryptographic hasher for the engine's maps (keys are tag ids and zone ids from
@@ -550,6 +568,18 @@ pub struct State {
 pub fn evaluate(mut state: State, input: &Input) -> (State, Vec<Action>) {
     let actions = state.apply(input);
     (state, actions)
+}
+
+/// The digest of the zone or proximity rule `id`, if it is one.
+fn definition_digest(
+    zones: &FastMap<uuid::Uuid, Zone>,
+    rules: &FastMap<uuid::Uuid, Proximity>,
+    id: uuid::Uuid,
+) -> Option<[u8; 32]> {
+    zones
+        .get(&id)
+        .map(zone_digest)
+        .or_else(|| rules.get(&id).map(|p| rule_digest(&p.rule)))
 }
 
 /// The id of an episode: (tag, rule, first fix).
@@ -749,6 +779,7 @@ impl State {
                     cause: ctx.cause,
                     thresholds,
                     rule_version: zone.version,
+                    rule_digest: Some(zone_digest(&zone)),
                 },
             )));
         }
@@ -1034,12 +1065,14 @@ impl State {
             }),
             _ => None,
         };
+        let (zones, rules) = (&self.zones, &self.rules);
         let why = |words: String, episode: Option<OpenEpisode>| Why {
             words,
             prior: ctx.prior(victim_fix, episode),
             cause: ctx.cause,
             thresholds: config,
             rule_version: r.version,
+            rule_digest: definition_digest(zones, rules, r.rule_id),
         };
         let Some(t) = self.tags.get_mut(tag) else { return };
         let late = f.received_ms - f.device_ms > config.late_after_ms;
@@ -1175,11 +1208,20 @@ impl State {
             })
             .collect();
         let thresholds = self.config;
+        let digests: Vec<Option<[u8; 32]>> = readings
+            .iter()
+            .map(|r| {
+                (r.verdict == Verdict::Breach)
+                    .then(|| definition_digest(&self.zones, &self.rules, r.rule_id))
+                    .flatten()
+            })
+            .collect();
         let Some(t) = self.tags.get_mut(tag) else { return };
-        for (r, victim_fix) in readings
+        for ((r, victim_fix), rule_digest) in readings
             .into_iter()
             .zip(victims)
-            .filter(|(r, _)| r.verdict == Verdict::Breach)
+            .zip(digests)
+            .filter(|((r, _), _)| r.verdict == Verdict::Breach)
         {
             let why = |words: &str| Why {
                 words: words.to_owned(),
@@ -1187,6 +1229,7 @@ impl State {
                 cause: ctx.cause,
                 thresholds,
                 rule_version: r.version,
+                rule_digest,
             };
             let key = Self::key(&r);
             let covered = t
@@ -1268,6 +1311,7 @@ impl State {
             cause: ctx.cause,
             thresholds,
             rule_version: 1,
+            rule_digest: None,
         };
         match t.open.get(&key) {
             None if raise => {
@@ -1380,6 +1424,8 @@ fn report(
             hysteresis: why.words,
             prior: why.prior,
             cause: why.cause,
+            rule_digest: why.rule_digest,
+            engine_logic: snapshot::ENGINE_LOGIC,
         }),
     }
 }

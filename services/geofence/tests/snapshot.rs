@@ -269,17 +269,17 @@ fn positions_past_retention_are_forgotten() {
 }
 
 /// Over the same random mix, every breach update replays from its own evidence — a fresh
-/// engine told only the zone or rule in force, the tag's fitting, the recorded state before
-/// the deciding input and that input — to exactly the update recorded, evidence included.
+/// engine told only the zone or rule definition its evidence names by digest, the recorded
+/// state before the deciding input and that input — to exactly the update recorded, evidence
+/// included. An update moved to another episode (its id changed) does not.
 #[test]
 fn every_breach_decision_replays_from_its_evidence() {
     for seed in 0..4u64 {
         let inputs = inputs(seed, 1_500);
         let mut state = State::new(Config::default());
-        let mut zones: HashMap<uuid::Uuid, Input> = HashMap::new();
-        let mut rules: HashMap<uuid::Uuid, Proximity> = HashMap::new();
-        let mut fitted: HashMap<String, Input> = HashMap::new();
-        let mut replayed = 0;
+        // Every definition ever told, by digest, as `hru geofence explain` finds them in a log.
+        let mut definitions: HashMap<[u8; 32], Input> = HashMap::new();
+        let (mut replayed, mut moved) = (0, 0);
         for input in &inputs {
             let actions = state.apply(input);
             for a in &actions {
@@ -288,15 +288,18 @@ fn every_breach_decision_replays_from_its_evidence() {
                     !matches!(u.evidence.cause, Cause::Clock(_)),
                     "the engine never decides by the clock"
                 );
-                let mut setup = vec![fitted[u.tag.as_str()].clone()];
-                if let Some(z) = zones.get(&u.rule_id) {
-                    setup.push(z.clone());
-                }
-                if let Some(p) = rules.get(&u.rule_id) {
-                    let mut p = p.clone();
-                    p.version = u.evidence.rule_version;
-                    setup.push(Input::Proximity(Box::new(p)));
-                }
+                let setup: Vec<Input> = u
+                    .evidence
+                    .rule_digest
+                    .map(|d| match definitions[&d].clone() {
+                        Input::Proximity(mut p) => {
+                            p.version = u.evidence.rule_version;
+                            Input::Proximity(p)
+                        }
+                        zone => zone,
+                    })
+                    .into_iter()
+                    .collect();
                 let recorded = Recorded {
                     tag: &u.tag,
                     case: u.case,
@@ -317,27 +320,41 @@ fn every_breach_decision_replays_from_its_evidence() {
                 let wire = hru_geofence::Evidence::from_wire(&u.evidence.to_wire()).unwrap();
                 assert_eq!(wire, *u.evidence, "seed {seed}: evidence through its wire form");
                 replayed += 1;
+                if u.evidence.prior.episode.is_some() {
+                    let other = uuid::Uuid::from_u128(u.breach_id.as_u128() ^ 1);
+                    let forged = hru_geofence::BreachUpdate {
+                        breach_id: other,
+                        ..u.clone()
+                    };
+                    let again = replay(
+                        &setup,
+                        &Recorded {
+                            breach_id: other,
+                            ..recorded
+                        },
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        find(&again, &forged),
+                        None,
+                        "seed {seed}: an update moved to episode {other}"
+                    );
+                    moved += 1;
+                }
             }
             match input {
                 Input::Zone(z) => {
-                    zones.insert(z.id, input.clone());
+                    definitions.insert(hru_geofence::engine::zone_digest(z), input.clone());
                 }
                 Input::Proximity(p) => {
-                    let version = rules.get(&p.rule.rule_id).map_or(p.version, |old| old.version + 1);
-                    rules.insert(
-                        p.rule.rule_id,
-                        Proximity {
-                            version,
-                            ..(**p).clone()
-                        },
-                    );
-                }
-                Input::TagFitted { tag, .. } => {
-                    fitted.insert(tag.tag_id.to_string(), input.clone());
+                    definitions.insert(hru_geofence::engine::rule_digest(&p.rule), input.clone());
                 }
                 _ => {}
             }
         }
-        assert!(replayed > 20, "seed {seed}: decisions to replay ({replayed})");
+        assert!(
+            replayed > 20 && moved > 10,
+            "seed {seed}: decisions to replay ({replayed}, {moved} of open episodes)"
+        );
     }
 }

@@ -409,8 +409,8 @@ pub struct Breach {
     pub distance_m: f64,
     /// Found late.
     pub late: bool,
-    /// What the decision rests on (the geofence reads and replays it).
-    pub evidence: Option<pb::BreachEvidence>,
+    /// What the decision rests on (the geofence reads and replays it; boxed: it is large).
+    pub evidence: Option<Box<pb::BreachEvidence>>,
 }
 
 impl TryFrom<pb::BreachCore> for Breach {
@@ -461,7 +461,7 @@ impl TryFrom<pb::BreachCore> for Breach {
                 return Err(FieldError::new("distance_m", "must be finite"));
             },
             late,
-            evidence,
+            evidence: evidence.map(Box::new),
         })
     }
 }

@@ -6,9 +6,11 @@
 use hru_domain::{CaseId, TagId};
 use hru_wire::v1 as pb;
 
+use super::snapshot::ENGINE_LOGIC;
 use super::snapshot::{batch_bytes, batch_id};
 use super::{
     Action, BreachUpdate, Cause, Config, Episode, Evidence, Fix, Input, OpenEpisode, Prior, RuleKey, Seen, State,
+    episode_id,
 };
 
 /// Why recorded evidence cannot be read.
@@ -129,6 +131,8 @@ impl Evidence {
                 Cause::ZoneRevoked(at) => pb::breach_evidence::Cause::ZoneRevokedMs(*at),
                 Cause::Clock(at) => pb::breach_evidence::Cause::ClockMs(*at),
             }),
+            rule_digest: self.rule_digest.map(|d| d.to_vec()).unwrap_or_default(),
+            engine_logic: self.engine_logic,
         }
     }
 
@@ -170,6 +174,16 @@ impl Evidence {
                 }),
             },
             cause,
+            rule_digest: match w.rule_digest.len() {
+                0 => None,
+                32 => {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&w.rule_digest);
+                    Some(d)
+                }
+                n => return Err(fail("rule_digest", format!("is {n} bytes; a SHA-256 is 32"))),
+            },
+            engine_logic: w.engine_logic,
         })
     }
 }
@@ -210,9 +224,17 @@ pub enum ReplayError {
     /// Evidence without thresholds.
     #[error("the evidence names no engine thresholds")]
     NoThresholds,
-    /// The tag was not told to the engine.
-    #[error("the setup does not fit tag {0}")]
-    NoTag(String),
+    /// Decided under other decision logic than this engine's.
+    #[error("decided under engine logic {recorded}; this engine's is {current}: replay it with a build of that logic")]
+    OtherLogic {
+        /// The logic recorded.
+        recorded: u32,
+        /// This engine's.
+        current: u32,
+    },
+    /// A victim's fix, but no proximity rule in the setup names its device.
+    #[error("a victim device's fix decided it, but the setup holds no proximity rule {0}")]
+    NoRule(uuid::Uuid),
 }
 
 /// Replay one recorded update: a fresh engine under the recorded thresholds, told `setup`
@@ -225,25 +247,34 @@ pub fn replay(setup: &[Input], r: &Recorded<'_>) -> Result<Vec<Action>, ReplayEr
         (_, None) => return Err(ReplayError::NoThresholds),
         (_, Some(t)) => t,
     };
+    if r.evidence.engine_logic != ENGINE_LOGIC {
+        return Err(ReplayError::OtherLogic {
+            recorded: r.evidence.engine_logic,
+            current: ENGINE_LOGIC,
+        });
+    }
     let mut state = State::new(thresholds);
     for input in setup {
         state.apply(input);
     }
     let prior = &r.evidence.prior;
-    let t = state
-        .tags
-        .get_mut(r.tag)
-        .ok_or_else(|| ReplayError::NoTag(r.tag.to_string()))?;
+    // The tag as the decision found it: fitted (a watermark decides only for fitted tags), in
+    // the update's case. Its fitting event is not needed, so a breach outlives it.
+    let t = state.tags.entry(r.tag.clone()).or_default();
+    t.fitted = true;
     t.case = t.case.or(r.case);
     t.last_device_ms = prior.last_device_ms;
     t.last_comm_ms = prior.last_comm_ms;
     t.last_gps_ms = prior.last_gps_ms;
     t.last_fix = prior.tag_fix;
     if let Some(e) = prior.episode {
+        let key = rule_key(r.kind, r.rule_id);
         t.open.insert(
-            rule_key(r.kind, r.rule_id),
+            key,
             Episode {
-                breach_id: r.breach_id,
+                // Derived afresh, never taken from the record: an update claiming another
+                // episode's id does not match what the replay decides.
+                breach_id: episode_id(r.tag.as_str(), key, e.first_fix, e.opened_ms),
                 kind: r.kind,
                 rule_id: r.rule_id,
                 rule_version: e.rule_version,
@@ -277,7 +308,7 @@ pub fn replay(setup: &[Input], r: &Recorded<'_>) -> Result<Vec<Action>, ReplayEr
                     device: super::Device::Victim(device),
                     fixes: vec![f],
                 },
-                None => return Ok(Vec::new()),
+                None => return Err(ReplayError::NoRule(r.rule_id)),
             }
         }
         Cause::Watermark(at_ms) => Input::Watermark { at_ms },
