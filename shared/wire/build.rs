@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files: Vec<PathBuf> = ["envelope", "events", "positions", "services", "geofence"]
+    let files: Vec<PathBuf> = ["envelope", "events", "positions", "services", "geofence", "audit"]
         .iter()
         .map(|name| root.join(format!("hru/v1/{name}.proto")))
         .collect();

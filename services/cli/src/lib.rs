@@ -2,6 +2,7 @@
 
 mod append;
 mod audit;
+mod bundle;
 mod device;
 mod explain;
 mod field;
@@ -615,6 +616,28 @@ pub enum AuditCommand {
         #[arg(long, default_value = "cli")]
         instance: String,
     },
+    /// One case's evidence in one file: its envelopes, the grants, control events and chains
+    /// that check them, the directory and every agreement (run as the auditor).
+    Bundle {
+        /// The case.
+        #[arg(long)]
+        case: String,
+        /// The bundle file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an evidence bundle with nothing else (no broker, no secret key); exit 0 clean,
+    /// 1 with findings.
+    VerifyBundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// Also a finding: a case envelope not yet under a checkpoint a witness vouched for.
+        #[arg(long)]
+        require_witnessed: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Countersign every checkpoint of other parties the log holds consistently, and keep a copy.
     Witness {
         /// The witnessing party.
@@ -980,6 +1003,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit(AuditCommand::Witness { party, keys, out }) => {
             audit::witness(&broker, &cli.policies, &party, &keys, &out).await
         }
+        Command::Audit(AuditCommand::Bundle { case, out }) => bundle::make(&broker, &cli.policies, &case, &out).await,
+        Command::Audit(AuditCommand::VerifyBundle {
+            file,
+            require_witnessed,
+            format,
+        }) => bundle::verify(&file, require_witnessed, format),
         Command::Audit(AuditCommand::Access {
             case,
             party,

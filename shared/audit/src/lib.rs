@@ -219,6 +219,9 @@ pub struct Auditor<'a> {
     held: HashMap<EpochAt, HashMap<(Vec<u8>, String), i64>>,
     /// The party whose view is audited, when it is not the whole log.
     viewer: Option<PartyId>,
+    /// An extract of the log (an evidence bundle): chains have gaps where other envelopes
+    /// were left out, and witnessed checkpoints of chains it does not hold are not findings.
+    extract: bool,
     report: Report,
 }
 
@@ -242,8 +245,30 @@ impl<'a> Auditor<'a> {
             holds: HashMap::new(),
             held: HashMap::new(),
             viewer: None,
+            extract: false,
             report: Report::default(),
         }
+    }
+
+    /// An auditor of an extract of the whole log (an evidence bundle): everything is checked
+    /// as for the whole log, except that chains may skip what the extract left out and a
+    /// witnessed checkpoint of a chain position it does not hold is not a finding (one it
+    /// holds with a different envelope still is).
+    pub fn for_extract(directory: &'a Directory, policies: &'a PolicySet) -> Self {
+        Self {
+            extract: true,
+            ..Self::new(directory, policies)
+        }
+    }
+
+    /// The digest of the envelope verified at `producer`'s chain position `seq`, if observed.
+    pub fn position(&self, producer: &ProducerId, seq: u64) -> Option<[u8; 32]> {
+        self.positions.get(producer)?.get(&seq).copied()
+    }
+
+    /// The chain positions witnesses vouched for, so far (from the log and from files).
+    pub fn witnessed(&self) -> &[WitnessedCheckpoint] {
+        &self.witnessed
     }
 
     /// An auditor of one party's view of the log: what the agreement lets `party` read. Chains
@@ -327,7 +352,7 @@ impl<'a> Auditor<'a> {
             }
         }
         if let Err(b) = self.chains.observe(h, &v.digest)
-            && !(self.viewer.is_some() && matches!(b, ChainBreak::Gap { .. }))
+            && !((self.viewer.is_some() || self.extract) && matches!(b, ChainBreak::Gap { .. }))
         {
             let kind = match b {
                 ChainBreak::Gap { .. } => FindingKind::ChainGap,
@@ -720,6 +745,7 @@ impl<'a> Auditor<'a> {
                         w.witness, w.producer, w.head_seq
                     ),
                 ),
+                None if self.extract => {}
                 None => {
                     let held = chain.and_then(|c| c.keys().max().copied()).unwrap_or(0);
                     self.find(
