@@ -1,8 +1,10 @@
 //! One case's evidence bundle on a real server, verified with nothing else: `hru audit bundle`
 //! cuts it from the log (the case's envelopes, their grants, the control events, the chains
 //! to a witnessed checkpoint, the directory and the agreements), and `hru audit verify-bundle`
-//! checks it with no broker and no secret key. A changed envelope, a chain position taken out
-//! and an agreement text that is not the one adopted are each found.
+//! checks it with no broker and no secret key, anchored by what the verifier trusts (their
+//! copy of the policies, their witness's file). A changed envelope, chain positions taken
+//! out, an agreement text that is not the one adopted (or not adopted at all), another
+//! directory and a file cut short are each found.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -40,9 +42,18 @@ fn verify(file: &std::path::Path, extra: &[&str]) -> (Output, String) {
     (out, text)
 }
 
+/// The bundle at `from` changed by `change`, its trailer made to match (as a forger would).
 fn rewrite(from: &std::path::Path, to: &std::path::Path, change: impl FnOnce(&mut pb::AuditBundle)) {
     let mut b = pb::AuditBundle::decode(std::fs::read(from).unwrap().as_slice()).unwrap();
     change(&mut b);
+    b.message_count = b.messages.len() as u64;
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    for m in &b.messages {
+        let bytes = m.encode_to_vec();
+        sha2::Digest::update(&mut h, (bytes.len() as u64).to_be_bytes());
+        sha2::Digest::update(&mut h, &bytes);
+    }
+    b.messages_digest = sha2::Digest::finalize(h).to_vec();
     std::fs::write(to, b.encode_to_vec()).unwrap();
 }
 
@@ -111,9 +122,20 @@ fn a_case_bundle_verifies_offline_and_tampering_is_found() {
         "{text}"
     );
     assert!(text.contains("vouched for by probation"), "{text}");
+    assert!(text.contains("NOT ANCHORED"), "{text}");
     // Required to be witnessed, the last is not yet.
     let (out, text) = verify(&file, &["--require-witnessed"]);
     assert_eq!(out.status.code(), Some(1), "{text}");
+    // Anchored by the verifier's own copies: the policies they hold, their witness's file.
+    let policies = hru_tests::path(world.dir.path(), "policies");
+    let anchors = ["--case", CASE, "--trust", &policies, "--witness", &witness_file];
+    let (out, text) = verify(&file, &anchors);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("compared with --trust"), "{text}");
+    assert!(text.contains("(witness file)"), "{text}");
+    let (out, text) = verify(&file, &["--case", OTHER]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("other-case"), "{text}");
 
     // A byte of a case envelope's ciphertext changed: its signature fails.
     let changed = world.dir.path().join("changed.bundle");
@@ -139,7 +161,22 @@ fn a_case_bundle_verifies_offline_and_tampering_is_found() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("chain-incomplete"), "{text}");
 
-    // The agreement's text is not the one adopted: found, naming the version.
+    // The witnessed head itself (a case envelope) taken out: its chain is no longer whole.
+    let headless = world.dir.path().join("headless.bundle");
+    rewrite(&file, &headless, |b| {
+        b.messages.retain(|m| {
+            hru_envelope::decode_header(&m.payload)
+                .map(|h| !(h.producer.party.as_str() == "police-hru" && h.producer_seq == 6))
+                .unwrap_or(true)
+        })
+    });
+    let (out, text) = verify(&headless, &[]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("chain-incomplete"), "{text}");
+
+    // The agreement's text is not the one adopted: found, naming the version; with the
+    // adoption taken out too, the text is anchored to nothing; against the verifier's copy,
+    // it differs.
     let edited = world.dir.path().join("edited.bundle");
     rewrite(&file, &edited, |b| {
         b.agreements[0].text.push_str("\n# amended after the fact\n")
@@ -147,6 +184,32 @@ fn a_case_bundle_verifies_offline_and_tampering_is_found() {
     let (out, text) = verify(&edited, &[]);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("agreement-text-differs"), "{text}");
+    let unadopted = world.dir.path().join("unadopted.bundle");
+    rewrite(&edited, &unadopted, |b| {
+        b.messages.retain(|m| !m.subject.ends_with(".PolicyAdopted"))
+    });
+    let (out, text) = verify(&unadopted, &[]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("agreement-unanchored"), "{text}");
+    let (out, text) = verify(&unadopted, &["--trust", &policies]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("agreement-differs"), "{text}");
+
+    // Another directory than the verifier's (a forger's own keys): found against --trust.
+    let other_directory = world.dir.path().join("directory.bundle");
+    rewrite(&file, &other_directory, |b| b.directory_toml.push_str("\n# another\n"));
+    let (out, text) = verify(&other_directory, &["--trust", &policies]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("directory-differs"), "{text}");
+
+    // A file cut short at a message boundary (its trailer left as written): refused.
+    let short = world.dir.path().join("short.bundle");
+    let mut b = pb::AuditBundle::decode(std::fs::read(&file).unwrap().as_slice()).unwrap();
+    b.messages.pop();
+    std::fs::write(&short, b.encode_to_vec()).unwrap();
+    let (out, text) = verify(&short, &[]);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("cut short"), "{text}");
 
     // A party's key cannot cut a bundle (it reads only its own view).
     let refused = world.run(&[

@@ -45,6 +45,33 @@ fn read_witness(path: &Path) -> anyhow::Result<Vec<WitnessLine>> {
         .collect()
 }
 
+/// The checkpoints a witness file vouches for; an error names the line.
+pub(crate) fn witnessed_checkpoints(path: &Path) -> anyhow::Result<Vec<hru_audit::WitnessedCheckpoint>> {
+    read_witness(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let at = |e: String| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1);
+            let producer = hru_domain::ProducerId::try_from(hru_wire::v1::Producer {
+                party: w.party,
+                instance: w.instance,
+            })
+            .map_err(|e| at(e.to_string()))?;
+            let head_digest: [u8; 32] = hex::decode(&w.head_digest)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| at("head_digest must be 64 hex digits".into()))?;
+            Ok(hru_audit::WitnessedCheckpoint {
+                producer,
+                head_seq: w.head_seq,
+                head_digest,
+                witness: format!("{} (witness file)", w.witnessed_by),
+                sequence: 0,
+            })
+        })
+        .collect()
+}
+
 pub(crate) async fn verify(
     nats: &crate::Broker,
     policies_dir: &Path,
@@ -67,24 +94,8 @@ pub(crate) async fn verify(
     let mut entries = log.reader().replay(from, &[]).await?;
     let bar = indicatif::ProgressBar::new(last.saturating_sub(from.max(1)).saturating_add(1));
     if let Some(path) = &checks.witness {
-        for (i, w) in read_witness(path)?.into_iter().enumerate() {
-            let at = |e: String| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1);
-            let producer = hru_domain::ProducerId::try_from(hru_wire::v1::Producer {
-                party: w.party,
-                instance: w.instance,
-            })
-            .map_err(|e| at(e.to_string()))?;
-            let head_digest: [u8; 32] = hex::decode(&w.head_digest)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| at("head_digest must be 64 hex digits".into()))?;
-            auditor.expect(hru_audit::WitnessedCheckpoint {
-                producer,
-                head_seq: w.head_seq,
-                head_digest,
-                witness: format!("{} (witness file)", w.witnessed_by),
-                sequence: 0,
-            });
+        for w in witnessed_checkpoints(path)? {
+            auditor.expect(w);
         }
     }
     auditor.require_destruction(

@@ -5,12 +5,17 @@
 //! The bundle holds the case's envelopes and access records as the log stored them; the key
 //! grants of every epoch their sections name (so each section's audience is checked against
 //! the agreement version it was sealed under); the public control events (key rotations and
-//! revocations, adopted agreements, checkpoints and their witnesses, destructions, holds); each
-//! producer's chain from its first envelope in the case to the first checkpoint a witness
-//! vouched for after its last (so the envelopes are shown to sit, unchanged, in a history
-//! another party countersigned); the directory; and every agreement file.
+//! revocations, adopted agreements, checkpoints and their witnesses, destructions) and the
+//! case's own legal holds; each producer's chain from its first envelope in the case to the
+//! first checkpoint another party vouched for after its last (so the envelopes are shown to
+//! sit, unchanged and without a gap, in a history another party countersigned); the directory;
+//! and every agreement file.
+//!
+//! A file verifies only against itself unless the verifier anchors it: `--trust DIR` (the
+//! directory and agreements they hold), `--witness FILE` (checkpoints their own witness kept)
+//! and `--case C`. Without anchors the report says so.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -23,6 +28,7 @@ use hru_policy::{CompiledIsa, PolicySet};
 use hru_wire::v1 as pb;
 use prost::Message as _;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 use crate::{Format, policies};
 
@@ -39,15 +45,32 @@ fn control(t: EventType) -> bool {
             | EventType::ChainCheckpoint
             | EventType::CheckpointWitnessed
             | EventType::EpochKeyDestroyed
-            | EventType::LegalHoldPlaced
-            | EventType::LegalHoldReleased
     )
 }
 
-/// Whether `subject` is one of `case`'s events or access records.
+/// SHA-256 over messages, each length-prefixed, in order: the bundle's trailer.
+fn messages_digest(messages: &[pb::LoggedMessage]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for m in messages {
+        let bytes = m.encode_to_vec();
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&bytes);
+    }
+    h.finalize().to_vec()
+}
+
+/// Whether `subject` is one of `case`'s events or access records (for what does not decode).
 fn of_case(subject: &str, case: &CaseId) -> bool {
     let token = case.token();
     subject.starts_with(&format!("hru.evt.{token}.")) || subject.starts_with(&format!("hru.acc.{token}."))
+}
+
+/// Whether a message is `case`'s: by its header, or by its subject when it does not decode.
+fn in_case(subject: &str, v: Option<&Seen>, case: &CaseId) -> bool {
+    match v {
+        Some(v) => v.header.case_id.as_ref() == Some(case),
+        None => of_case(subject, case),
+    }
 }
 
 /// What one envelope says, without any key.
@@ -121,11 +144,21 @@ pub(crate) async fn make(
     // The case's envelopes, each producer's span of them, and the heads witnesses vouched for.
     let mut spans: HashMap<ProducerId, (u64, u64)> = HashMap::new();
     let mut heads: HashMap<ProducerId, Vec<u64>> = HashMap::new();
-    let mut in_case = 0usize;
+    let mut case_messages = 0usize;
+    // The case's legal holds (other cases' holds name their reasons and authorities).
+    let mut holds: HashSet<String> = HashSet::new();
     for (e, v) in entries.iter().zip(&views) {
+        if in_case(e.subject.as_str(), v.as_ref(), &case) {
+            case_messages += 1;
+        }
         let Some(v) = v else { continue };
-        if of_case(e.subject.as_str(), &case) {
-            in_case += 1;
+        if v.header.event_type == EventType::LegalHoldPlaced
+            && let Ok(p) = pb::LegalHoldPlaced::decode(v.envelope.body.as_slice())
+            && p.case_id == case.to_string()
+        {
+            holds.insert(p.hold);
+        }
+        if v.header.case_id.as_ref() == Some(&case) {
             let span = spans
                 .entry(v.header.producer.clone())
                 .or_insert((v.header.producer_seq, v.header.producer_seq));
@@ -143,7 +176,7 @@ pub(crate) async fn make(
             heads.entry(producer).or_default().push(cp.head_seq);
         }
     }
-    if in_case == 0 {
+    if case_messages == 0 {
         bail!("--case {case}: the log holds no event of this case");
     }
     // Each producer's chain from its first envelope in the case to the witnessed position that
@@ -164,7 +197,7 @@ pub(crate) async fn make(
     let mut epochs: HashSet<(ProducerId, String, u32)> = HashSet::new();
     for (e, v) in entries.iter().zip(&views) {
         let Some(v) = v else { continue };
-        if of_case(e.subject.as_str(), &case) || in_segment(v) {
+        if in_case(e.subject.as_str(), Some(v), &case) || in_segment(v) {
             for s in &v.envelope.sections {
                 epochs.insert((v.header.producer.clone(), s.audience.clone(), s.epoch));
             }
@@ -176,9 +209,21 @@ pub(crate) async fn make(
         let why = match v {
             None if of_case(e.subject.as_str(), &case) => Some("case (undecodable)"),
             None => None,
-            Some(_) if of_case(e.subject.as_str(), &case) => Some("case"),
+            Some(v) if v.header.case_id.as_ref() == Some(&case) => Some("case"),
             Some(v) if in_segment(v) => Some("chain"),
             Some(v) if control(v.header.event_type) => Some("control"),
+            Some(v) if v.header.event_type == EventType::LegalHoldPlaced => {
+                pb::LegalHoldPlaced::decode(v.envelope.body.as_slice())
+                    .ok()
+                    .filter(|p| holds.contains(&p.hold))
+                    .map(|_| "hold")
+            }
+            Some(v) if v.header.event_type == EventType::LegalHoldReleased => {
+                pb::LegalHoldReleased::decode(v.envelope.body.as_slice())
+                    .ok()
+                    .filter(|r| holds.contains(&r.hold))
+                    .map(|_| "hold")
+            }
             Some(v) if v.header.event_type == EventType::KeyGranted => {
                 pb::KeyGranted::decode(v.envelope.body.as_slice())
                     .ok()
@@ -206,12 +251,11 @@ pub(crate) async fn make(
         made_at_ms: jiff::Timestamp::now().as_millisecond(),
         directory_toml,
         agreements,
+        message_count: messages.len() as u64,
+        messages_digest: messages_digest(&messages),
         messages,
     };
-    // Written whole or not at all.
-    let tmp = out.with_extension("partial");
-    std::fs::write(&tmp, bundle.encode_to_vec()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    write_whole(out, &bundle.encode_to_vec())?;
     let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     println!(
         "bundle of case {case}: {} messages ({}), {} producers, {} agreement files; written to {}",
@@ -224,23 +268,39 @@ pub(crate) async fn make(
     Ok(ExitCode::SUCCESS)
 }
 
-/// How one case envelope stands against the witnesses.
-enum Cover {
-    /// Its chain runs unbroken in the bundle to a position a witness vouched for.
-    Witnessed { witness: String, head_seq: u64 },
-    /// A witness vouched for a later position, but the bundle lacks part of the chain to it.
-    Broken { head_seq: u64, missing: u64 },
-    /// No witness vouched for a position at or after it (yet).
-    Unwitnessed,
+/// Write `bytes` to `out` whole or not at all: a hidden file beside it, synced, then renamed.
+fn write_whole(out: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let name = out
+        .file_name()
+        .with_context(|| format!("--out {}: name a file", out.display()))?;
+    let tmp = out.with_file_name(format!(".{}.{}.partial", name.to_string_lossy(), std::process::id()));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+}
+
+/// What the verifier trusts beyond the file.
+pub(crate) struct Anchors<'a> {
+    /// The case they asked for.
+    pub case: Option<&'a str>,
+    /// A policies directory they hold: its directory.toml and agreements.
+    pub trust: Option<&'a Path>,
+    /// A witness file their own witness kept.
+    pub witness: Option<&'a Path>,
+    /// Every case envelope must lie under a witnessed checkpoint.
+    pub require_witnessed: bool,
 }
 
 /// `hru audit verify-bundle FILE`: exit 0 when everything verifies (and, with
 /// `require_witnessed`, every case envelope lies under a witnessed checkpoint), 1 otherwise.
-pub(crate) fn verify(file: &Path, require_witnessed: bool, format: Format) -> anyhow::Result<ExitCode> {
+pub(crate) fn verify(file: &Path, anchors: &Anchors<'_>, format: Format) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let bundle = pb::AuditBundle::decode(bytes.as_slice()).with_context(|| {
         format!(
-            "{}: not an evidence bundle (hru audit bundle writes them)",
+            "{}: does not decode as an evidence bundle (cut short or not one: hru audit bundle writes them)",
             file.display()
         )
     })?;
@@ -251,115 +311,207 @@ pub(crate) fn verify(file: &Path, require_witnessed: bool, format: Format) -> an
             bundle.format
         );
     }
+    if bundle.message_count != bundle.messages.len() as u64
+        || bundle.messages_digest != messages_digest(&bundle.messages)
+    {
+        bail!(
+            "{}: holds {} messages but its trailer says {} (or their digest differs): the file is cut short or altered",
+            file.display(),
+            bundle.messages.len(),
+            bundle.message_count
+        );
+    }
     let case: CaseId = bundle
         .case_id
         .parse()
         .with_context(|| format!("{}: case_id", file.display()))?;
+    let mut extra: Vec<(u64, &str, String)> = Vec::new();
+    if let Some(asked) = anchors.case {
+        let asked: CaseId = asked.parse().context("--case")?;
+        if asked != case {
+            extra.push((0, "other-case", format!("the bundle is of case {case}, not {asked}")));
+        }
+    }
     let directory = hru_envelope::Directory::from_toml(&bundle.directory_toml, "bundle: directory.toml")?;
     let mut set = PolicySet::default();
-    let mut texts: HashMap<(String, u32), [u8; 32]> = HashMap::new();
     for a in &bundle.agreements {
         let isa = CompiledIsa::compile(&a.text, &format!("bundle: {}", a.name), Some(&directory))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        texts.insert((isa.id.clone(), isa.version), isa.digest);
         set.insert(isa);
     }
+    // The verifier's own copies: the bundle's directory and agreements must be theirs.
+    let trusted = match anchors.trust {
+        Some(dir) => {
+            let path = dir.join(policies::DIRECTORY_FILE);
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("--trust: reading {}", path.display()))?;
+            if Sha256::digest(text.as_bytes()) != Sha256::digest(bundle.directory_toml.as_bytes()) {
+                extra.push((
+                    0,
+                    "directory-differs",
+                    format!("the bundle's directory is not {}", path.display()),
+                ));
+            }
+            let trusted_directory = policies::directory(dir)?;
+            Some(policies::agreements(dir, &trusted_directory)?)
+        }
+        None => None,
+    };
     let mut auditor = Auditor::for_extract(&directory, &set);
+    let trusted_witnesses = match anchors.witness {
+        Some(path) => {
+            let w = crate::audit::witnessed_checkpoints(path)?;
+            for c in &w {
+                auditor.expect(c.clone());
+            }
+            true
+        }
+        None => false,
+    };
     for m in &bundle.messages {
         auditor.learn_key_event(m.sequence, &m.payload);
     }
-    let mut extra = Vec::new();
     let mut case_envelopes = Vec::new();
+    let mut used: BTreeSet<(String, u32)> = BTreeSet::new();
+    let mut adopted: HashMap<(String, u32), Vec<u8>> = HashMap::new();
+    let mut previous = 0u64;
     for m in &bundle.messages {
-        let stored = if m.stored_ms == 0 {
-            hru_broker::StoredAt::Unknown
-        } else {
-            hru_broker::StoredAt::Exactly(m.stored_ms)
-        };
-        auditor.observe(m.sequence, &m.subject, &m.payload, stored);
-        let Some(v) = seen(&m.payload) else { continue };
-        if of_case(&m.subject, &case) {
-            case_envelopes.push((m.sequence, v.header.producer.clone(), v.header.producer_seq));
+        if m.sequence <= previous {
+            extra.push((
+                m.sequence,
+                "out-of-order",
+                format!("sequence {} follows {previous}: a bundle is in log order", m.sequence),
+            ));
         }
-        // The agreement text in the bundle is the one adopted, byte for byte.
-        if v.header.event_type == EventType::PolicyAdopted
-            && hru_envelope::verify(&m.payload, &directory).is_ok()
-            && let Ok(adopted) = pb::PolicyAdopted::decode(v.envelope.body.as_slice())
+        previous = previous.max(m.sequence);
+        if m.stored_ms <= 0 {
+            extra.push((
+                m.sequence,
+                "no-store-time",
+                "the broker's store time is missing (revocations and skew cannot be judged)".into(),
+            ));
+        }
+        auditor.observe(
+            m.sequence,
+            &m.subject,
+            &m.payload,
+            hru_broker::StoredAt::Exactly(m.stored_ms),
+        );
+        let v = seen(&m.payload);
+        if in_case(&m.subject, v.as_ref(), &case)
+            && let Some(v) = &v
         {
-            match texts.get(&(adopted.policy_id.clone(), adopted.version)) {
-                Some(d) if d.as_slice() == adopted.digest.as_slice() => {}
-                Some(_) => extra.push((
-                    m.sequence,
-                    "agreement-text-differs",
-                    format!(
-                        "{} v{} was adopted with sha256 {}; the bundle's file differs",
-                        adopted.policy_id,
-                        adopted.version,
-                        hex::encode(&adopted.digest)
-                    ),
-                )),
-                None => extra.push((
-                    m.sequence,
-                    "agreement-missing",
-                    format!(
-                        "{} v{} was adopted; the bundle has no file of it",
-                        adopted.policy_id, adopted.version
-                    ),
-                )),
+            case_envelopes.push((m.sequence, v.header.producer.clone(), v.header.producer_seq));
+            if !v.header.event_type.is_public() {
+                used.insert((v.header.policy_id.clone(), v.header.policy_version));
+            }
+        }
+        if let Some(v) = &v
+            && v.header.event_type == EventType::PolicyAdopted
+            && hru_envelope::verify(&m.payload, &directory).is_ok()
+            && let Ok(a) = pb::PolicyAdopted::decode(v.envelope.body.as_slice())
+        {
+            adopted.insert((a.policy_id, a.version), a.digest);
+        }
+    }
+    // Each agreement version the case's envelopes were sealed under: the verifier's own copy,
+    // or the one adopted on the log, byte for byte.
+    let mut anchored_agreements = true;
+    for (id, version) in &used {
+        let Some(isa) = set.version(id, *version) else {
+            continue; // the auditor reports unknown-agreement
+        };
+        let by_trust = trusted.as_ref().map(|t| t.version(id, *version).map(|i| i.digest));
+        let by_adoption = adopted.get(&(id.clone(), *version));
+        match (by_trust, by_adoption) {
+            (Some(Some(d)), _) if d == isa.digest => {}
+            (Some(_), _) => extra.push((
+                0,
+                "agreement-differs",
+                format!("{id} v{version} in the bundle is not the trusted copy"),
+            )),
+            (None, Some(d)) if d.as_slice() == isa.digest.as_slice() => {}
+            (None, Some(d)) => extra.push((
+                0,
+                "agreement-text-differs",
+                format!(
+                    "{id} v{version} was adopted with sha256 {}; the bundle's file differs",
+                    hex::encode(d)
+                ),
+            )),
+            (None, None) => {
+                anchored_agreements = false;
+                extra.push((
+                    0,
+                    "agreement-unanchored",
+                    format!("{id} v{version}: not adopted in the bundle and no --trust copy to compare"),
+                ));
             }
         }
     }
-    let covers: Vec<(u64, ProducerId, u64, Cover)> = case_envelopes
-        .into_iter()
-        .map(|(sequence, producer, pseq)| {
-            let mut best: Option<Cover> = None;
-            for w in auditor
-                .witnessed()
-                .iter()
-                .filter(|w| w.producer == producer && w.head_seq >= pseq)
-            {
-                let missing = (pseq..=w.head_seq)
-                    .filter(|s| auditor.position(&producer, *s).is_none())
-                    .count() as u64;
-                let holds = auditor.position(&producer, w.head_seq) == Some(w.head_digest);
-                let cover = if missing == 0 && holds {
-                    Cover::Witnessed {
-                        witness: w.witness.clone(),
-                        head_seq: w.head_seq,
-                    }
-                } else {
-                    Cover::Broken {
-                        head_seq: w.head_seq,
-                        missing,
-                    }
-                };
-                best = match (best, cover) {
-                    (Some(Cover::Witnessed { witness, head_seq }), _) => Some(Cover::Witnessed { witness, head_seq }),
-                    (_, c) => Some(c),
-                };
-            }
-            (sequence, producer, pseq, best.unwrap_or(Cover::Unwitnessed))
-        })
-        .collect();
-    let report = auditor.finish();
-    for (sequence, producer, pseq, cover) in &covers {
-        if let Cover::Broken { head_seq, missing } = cover {
+    // Per producer: the chain from its first case envelope to the nearest witnessed position
+    // after its last (else the furthest after its first) must be whole in the bundle.
+    let mut by_producer: BTreeMap<ProducerId, Vec<(u64, u64)>> = BTreeMap::new();
+    for (sequence, producer, pseq) in &case_envelopes {
+        by_producer
+            .entry(producer.clone())
+            .or_default()
+            .push((*pseq, *sequence));
+    }
+    let mut covered: Vec<(u64, String, u64, String, u64)> = Vec::new();
+    let mut unwitnessed: Vec<String> = Vec::new();
+    for (producer, envs) in &by_producer {
+        let first = envs.iter().map(|e| e.0).min().unwrap_or(0);
+        let last = envs.iter().map(|e| e.0).max().unwrap_or(0);
+        let heads: Vec<&hru_audit::WitnessedCheckpoint> = auditor
+            .witnessed()
+            .iter()
+            .filter(|w| &w.producer == producer && w.head_seq >= first)
+            .filter(|w| !trusted_witnesses || w.sequence == 0)
+            .collect();
+        let end = heads
+            .iter()
+            .filter(|w| w.head_seq >= last)
+            .min_by_key(|w| w.head_seq)
+            .or_else(|| heads.iter().max_by_key(|w| w.head_seq))
+            .copied();
+        let Some(end) = end else {
+            unwitnessed.extend(envs.iter().map(|(p, s)| format!("#{s} ({producer} seq {p})")));
+            continue;
+        };
+        let missing: Vec<u64> = (first..=end.head_seq)
+            .filter(|s| auditor.position(producer, *s).is_none())
+            .collect();
+        if !missing.is_empty() {
             extra.push((
-                *sequence,
+                0,
                 "chain-incomplete",
                 format!(
-                    "{producer} seq {pseq} is vouched for by a witness at {head_seq}, but the bundle lacks {missing} of the chain positions between"
+                    "{producer}'s chain from its first case envelope (seq {first}) to the position {} vouched for ({}) lacks {} positions, from seq {}",
+                    end.witness,
+                    end.head_seq,
+                    missing.len(),
+                    missing[0]
                 ),
             ));
         }
+        for (pseq, sequence) in envs {
+            if *pseq <= end.head_seq && missing.is_empty() {
+                covered.push((
+                    *sequence,
+                    producer.to_string(),
+                    *pseq,
+                    end.witness.clone(),
+                    end.head_seq,
+                ));
+            } else if *pseq > end.head_seq {
+                unwitnessed.push(format!("#{sequence} ({producer} seq {pseq})"));
+            }
+        }
     }
-    let witnessed = covers.iter().filter(|c| matches!(c.3, Cover::Witnessed { .. })).count();
-    let unwitnessed: Vec<String> = covers
-        .iter()
-        .filter(|c| matches!(c.3, Cover::Unwitnessed))
-        .map(|(sequence, producer, pseq, _)| format!("#{sequence} ({producer} seq {pseq})"))
-        .collect();
+    let report = auditor.finish();
     let findings = report.findings.len() + extra.len();
+    let anchored = json!({"directory": anchors.trust.is_some(), "agreements": anchored_agreements, "witnesses": trusted_witnesses, "case": anchors.case.is_some()});
     match format {
         Format::Json => {
             for f in &report.findings {
@@ -371,8 +523,9 @@ pub(crate) fn verify(file: &Path, require_witnessed: bool, format: Format) -> an
             println!(
                 "{}",
                 json!({"summary": {"case": case.to_string(), "messages": bundle.messages.len(), "checked": report.checked,
-                                   "findings": findings, "case_envelopes": covers.len(), "witnessed": witnessed,
-                                   "unwitnessed": unwitnessed}})
+                                   "findings": findings, "case_envelopes": case_envelopes.len(), "witnessed": covered.len(),
+                                   "unwitnessed": unwitnessed, "anchored": anchored,
+                                   "directory_sha256": hex::encode(Sha256::digest(bundle.directory_toml.as_bytes()))}})
             );
         }
         Format::Human => {
@@ -388,26 +541,39 @@ pub(crate) fn verify(file: &Path, require_witnessed: bool, format: Format) -> an
             for (sequence, kind, detail) in &extra {
                 println!("#{sequence} {kind}: {detail}");
             }
-            for (sequence, producer, pseq, cover) in &covers {
-                if let Cover::Witnessed { witness, head_seq } = cover {
-                    println!(
-                        "#{sequence} {producer} seq {pseq}: under the checkpoint at {head_seq} vouched for by {witness}"
-                    );
-                }
+            for (sequence, producer, pseq, witness, head) in &covered {
+                println!("#{sequence} {producer} seq {pseq}: under the checkpoint at {head} vouched for by {witness}");
             }
             if !unwitnessed.is_empty() {
                 println!("not yet under a witnessed checkpoint: {}", unwitnessed.join(", "));
             }
             println!(
-                "verify-bundle: case {case}: {} messages checked, {} case envelopes ({witnessed} under a witnessed checkpoint), {findings} findings",
+                "directory sha256 {}{}",
+                hex::encode(Sha256::digest(bundle.directory_toml.as_bytes())),
+                if anchors.trust.is_some() {
+                    " (compared with --trust)"
+                } else {
+                    " (NOT ANCHORED: compare it with the parties' published directory, or pass --trust DIR)"
+                }
+            );
+            if !trusted_witnesses {
+                println!(
+                    "witnesses: those the bundle itself holds (pass --witness FILE to rely on your own witness's copy)"
+                );
+            }
+            println!(
+                "verify-bundle: case {case}: {} messages checked, {} case envelopes ({} under a witnessed checkpoint), {findings} findings",
                 report.checked,
-                covers.len()
+                case_envelopes.len(),
+                covered.len()
             );
         }
     }
-    Ok(if findings > 0 || (require_witnessed && !unwitnessed.is_empty()) {
-        ExitCode::from(crate::EXIT_FINDINGS)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if findings > 0 || (anchors.require_witnessed && !unwitnessed.is_empty()) {
+            ExitCode::from(crate::EXIT_FINDINGS)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }

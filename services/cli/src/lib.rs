@@ -631,6 +631,17 @@ pub enum AuditCommand {
     VerifyBundle {
         /// The bundle file.
         file: PathBuf,
+        /// The case it must be of.
+        #[arg(long)]
+        case: Option<String>,
+        /// A policies directory you trust (directory.toml and agreements): the bundle's must be
+        /// the same.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        /// A witness file your own witness kept (`hru audit witness --out`): only its
+        /// checkpoints count as witnessed, and the bundle must agree with each it holds.
+        #[arg(long)]
+        witness: Option<PathBuf>,
         /// Also a finding: a case envelope not yet under a checkpoint a witness vouched for.
         #[arg(long)]
         require_witnessed: bool,
@@ -1006,9 +1017,21 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit(AuditCommand::Bundle { case, out }) => bundle::make(&broker, &cli.policies, &case, &out).await,
         Command::Audit(AuditCommand::VerifyBundle {
             file,
+            case,
+            trust,
+            witness,
             require_witnessed,
             format,
-        }) => bundle::verify(&file, require_witnessed, format),
+        }) => bundle::verify(
+            &file,
+            &bundle::Anchors {
+                case: case.as_deref(),
+                trust: trust.as_deref(),
+                witness: witness.as_deref(),
+                require_witnessed,
+            },
+            format,
+        ),
         Command::Audit(AuditCommand::Access {
             case,
             party,

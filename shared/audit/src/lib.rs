@@ -589,6 +589,12 @@ impl<'a> Auditor<'a> {
             .try_into()
             .map_err(|_| "head_digest must be 32 bytes".to_owned())?;
         if witness {
+            if producer.party == h.producer.party {
+                return Err(format!(
+                    "{} witnesses its own party's chain ({producer}): a witness must be another party",
+                    h.producer
+                ));
+            }
             self.witnessed.push(WitnessedCheckpoint {
                 producer,
                 head_seq: cp.head_seq,

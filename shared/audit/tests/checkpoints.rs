@@ -140,3 +140,41 @@ fn truncation_rollback_and_a_frozen_log_are_found() {
         [FindingKind::BadCheckpoint]
     );
 }
+
+#[test]
+fn a_party_cannot_witness_its_own_chain() {
+    let cast = Cast::new(32);
+    let desk = ProducerId {
+        party: cast.police.party.clone(),
+        instance: "desk".into(),
+    };
+    let mut police = Sealer::new(desk, cast.police.signing.clone());
+    // Another instance of the same party: a fork of police's history could be vouched for by
+    // police itself.
+    let mut own = Sealer::new(
+        ProducerId {
+            party: cast.police.party.clone(),
+            instance: "second-desk".into(),
+        },
+        cast.police.signing.clone(),
+    );
+    let e1 = note(&mut police, T, 1);
+    let checkpoint = checkpoint_of(&police, T + 1);
+    let cp = seal(
+        &mut police,
+        EventType::ChainCheckpoint,
+        checkpoint.encode_to_vec(),
+        T + 1,
+    );
+    let witnessed = pb::CheckpointWitnessed {
+        checkpoint: Some(checkpoint),
+        checkpoint_event_id: vec![0; 16],
+    };
+    let w = seal(
+        &mut own,
+        EventType::CheckpointWitnessed,
+        witnessed.encode_to_vec(),
+        T + 2,
+    );
+    assert_eq!(audit(&cast, &[&e1, &cp, &w], |_| {}), [FindingKind::BadCheckpoint]);
+}
