@@ -201,11 +201,10 @@ impl Scene {
         out
     }
 
-    /// `hru geofence explain` as police-hru, one JSON object per update: the exit status and
-    /// the updates' replay verdicts.
-    fn explain(&self, case: &str, breach: &str) -> (std::process::Output, Vec<String>) {
+    /// `hru geofence explain` of one breach as police-hru, with `extra` flags.
+    fn explain_as_police(&self, case: &str, breach: &str, extra: &[&str]) -> std::process::Output {
         let keys = self.world.keys().display().to_string();
-        let out = self.world.run(&[
+        let mut args = vec![
             "geofence",
             "explain",
             "--party",
@@ -216,9 +215,15 @@ impl Scene {
             case,
             "--breach",
             breach,
-            "--format",
-            "json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        self.world.run(&args)
+    }
+
+    /// `hru geofence explain` as police-hru, one JSON object per update: the exit status and
+    /// the updates' replay verdicts.
+    fn explain(&self, case: &str, breach: &str) -> (std::process::Output, Vec<String>) {
+        let out = self.explain_as_police(case, breach, &["--format", "json"]);
         let verdicts = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| {
@@ -379,19 +384,7 @@ fn breaches_survive_twenty_kills_exactly_once_and_reach_the_control_room_and_vic
         2,
         "the forged updates, and only they: {verdicts:?}"
     );
-    let keys = scene.world.keys().display().to_string();
-    let human = scene.world.run(&[
-        "geofence",
-        "explain",
-        "--party",
-        "police-hru",
-        "--keys",
-        &keys,
-        "--case",
-        case,
-        "--breach",
-        breach,
-    ]);
+    let human = scene.explain_as_police(case, breach, &[]);
     println!("{}", String::from_utf8_lossy(&human.stdout));
 
     // The control room saw TagBreach events it can read; the victims got signed alerts.

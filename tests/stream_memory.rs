@@ -67,9 +67,15 @@ fn two_hundred_streams_over_a_100k_event_log_stay_bounded() {
             party: police.party.clone(),
             instance: "load".into(),
         };
-        let mut producer = hru_log::Producer::open(store.path(), producer_id, police.signing.clone(), &log, &directory)
-            .await
-            .unwrap();
+        let mut producer = hru_log::Producer::open(
+            &store.path().join("producer"),
+            producer_id,
+            police.signing.clone(),
+            &log,
+            &directory,
+        )
+        .await
+        .unwrap();
         let atomic = hru_log::SharedLog::appender(&log).atomic_batches();
         let cases: Vec<CaseId> = (0..CASES).map(|_| CaseId::random()).collect();
         let mut rng = rand::thread_rng();

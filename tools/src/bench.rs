@@ -217,7 +217,7 @@ impl BenchLog {
             instance: "bench".into(),
         };
         let producer = hru_log::Producer::open(
-            store.path(),
+            &store.path().join("producer"),
             producer_id,
             cast.police.signing.clone(),
             &log,

@@ -72,6 +72,17 @@ pub(crate) fn witnessed_checkpoints(path: &Path) -> anyhow::Result<Vec<hru_audit
         .collect()
 }
 
+/// One finding, as a human reads it.
+pub(crate) fn print_finding(f: &hru_audit::Finding) {
+    println!(
+        "#{} {} {}: {}",
+        f.sequence,
+        f.producer.as_deref().unwrap_or("?"),
+        f.kind.name(),
+        f.detail
+    );
+}
+
 pub(crate) async fn verify(
     nats: &crate::Broker,
     policies_dir: &Path,
@@ -128,13 +139,7 @@ pub(crate) async fn verify(
         }
         Format::Human => {
             for f in &report.findings {
-                println!(
-                    "#{} {} {}: {}",
-                    f.sequence,
-                    f.producer.as_deref().unwrap_or("?"),
-                    f.kind.name(),
-                    f.detail
-                );
+                print_finding(f);
             }
             let range = match to {
                 Some(t) => format!("sequences {from}..={t}"),

@@ -530,13 +530,7 @@ pub(crate) fn verify(file: &Path, anchors: &Anchors<'_>, format: Format) -> anyh
         }
         Format::Human => {
             for f in &report.findings {
-                println!(
-                    "#{} {} {}: {}",
-                    f.sequence,
-                    f.producer.as_deref().unwrap_or("?"),
-                    f.kind.name(),
-                    f.detail
-                );
+                crate::audit::print_finding(f);
             }
             for (sequence, kind, detail) in &extra {
                 println!("#{sequence} {kind}: {detail}");

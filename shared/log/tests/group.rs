@@ -46,7 +46,7 @@ async fn group_appends_land_in_order_once_with_intact_chains() {
         instance: "node-1".into(),
     };
     let mut producer = Producer::open(
-        store.path(),
+        &store.path().join("producer"),
         producer_id,
         cast.police.signing.clone(),
         &log,
