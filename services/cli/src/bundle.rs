@@ -61,8 +61,7 @@ fn messages_digest(messages: &[pb::LoggedMessage]) -> Vec<u8> {
 
 /// Whether `subject` is one of `case`'s events or access records (for what does not decode).
 fn of_case(subject: &str, case: &CaseId) -> bool {
-    let token = case.token();
-    subject.starts_with(&format!("hru.evt.{token}.")) || subject.starts_with(&format!("hru.acc.{token}."))
+    hru_broker::Filter::case_events(*case).admits(subject) || hru_broker::Filter::case_access(*case).admits(subject)
 }
 
 /// Whether a message is `case`'s: by its header, or by its subject when it does not decode.

@@ -69,8 +69,10 @@ pub(crate) async fn run(
             Ok(Read::Event { envelope, opened }) => (envelope, opened),
             Ok(_) => continue,
             Err(_) => {
-                let subject = entry.subject.as_str();
-                if subject.starts_with(&format!("hru.evt.{}.", case.token())) && subject.ends_with(".TagBreach") {
+                if entry
+                    .subject
+                    .matches(&hru_broker::Filter::case_events_of_type(case, EventType::TagBreach))
+                {
                     found.refused += 1;
                 }
                 continue;

@@ -143,6 +143,11 @@ impl PartialEq<&str> for Subject {
 }
 
 impl Filter {
+    /// Whether a subject as stored (its text) is one this filter matches.
+    pub fn admits(&self, subject: &str) -> bool {
+        Subject(subject.to_owned()).matches(self)
+    }
+
     /// Everything (`>`).
     pub fn everything() -> Self {
         Self(">".to_owned())
