@@ -65,6 +65,7 @@ fn a_node_destroys_expired_epoch_keys_before_it_serves() {
                         .filter(|s: &PlainSection| s.name == "core")
                         .collect(),
                     occurred_at_ms: JANUARY_2018,
+                    event_id: None,
                 }],
                 JANUARY_2018,
                 &isa,

@@ -235,6 +235,7 @@ async fn record_referral(
         event_type: EventType::ReferralReceived,
         sections: referral(victim),
         occurred_at_ms: at_ms,
+        event_id: None,
     };
     producer
         .append_many(log, vec![event], at_ms, isa, sealing, &mut rand_core::OsRng, true)

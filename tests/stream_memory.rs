@@ -101,6 +101,7 @@ fn two_hundred_streams_over_a_100k_event_log_stay_bounded() {
                             bytes: core.encode_to_vec(),
                         }],
                         occurred_at_ms: now,
+                        event_id: None,
                     }
                 })
                 .collect();

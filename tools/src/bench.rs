@@ -261,6 +261,7 @@ fn small_event(case: CaseId) -> hru_log::EventToSeal {
             bytes: referral_core(),
         }],
         occurred_at_ms: jiff::Timestamp::now().as_millisecond(),
+        event_id: None,
     }
 }
 

@@ -624,8 +624,52 @@ impl Service {
             for b in &lapses {
                 tracing::warn!(tag = %b.tag, since_ms = b.opened_at_ms, why = %b.evidence.hysteresis, "monitoring lapsed");
             }
-            self.handle(lapses.into_iter().map(Action::Breach).collect()).await?;
+            self.append_group(lapses).await?;
         }
+        Ok(())
+    }
+
+    /// Append breach updates that carry no victim alert (coverage lapses) as one pipelined
+    /// group: a gateway that dies with thousands of tags lapses them all at once, and one
+    /// synced append each would hold the evaluation loop for as many round trips.
+    async fn append_group(&mut self, updates: Vec<BreachUpdate>) -> Result<(), GeofenceError> {
+        let mut events = Vec::with_capacity(updates.len());
+        let mut ids = Vec::with_capacity(updates.len());
+        for b in updates {
+            let id = b.message_id();
+            if self.logged.contains(&id) {
+                self.stats.already_logged.inc();
+                continue;
+            }
+            let Some(case) = b.case else {
+                tracing::warn!(tag = %b.tag, kind = b.kind.as_str_name(), "breach of a tag with no case (no TagFitted); not appended");
+                continue;
+            };
+            let (event_type, sections) = split_draft(pb::event_draft::Event::TagBreach(pb::TagBreach {
+                core: Some(b.core()),
+            }));
+            events.push(hru_log::EventToSeal {
+                case_id: case,
+                event_type,
+                sections,
+                occurred_at_ms: b.observed_at_ms,
+                // As a single append would: the same decision is the same event.
+                event_id: Some(hru_domain::EventId::derived_v7(b.observed_at_ms, id.as_bytes())),
+            });
+            ids.push(id);
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let now = jiff::Timestamp::now().as_millisecond();
+        let group = self
+            .producer
+            .ahead()
+            .seal(events, now, &self.isa, &self.directory, &mut rng)?;
+        let appended = self.producer.publish_group(&self.log, &group, false).await?;
+        self.stats.breaches.inc_by(appended.len() as u64);
+        self.logged.extend(ids);
         Ok(())
     }
 

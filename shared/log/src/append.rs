@@ -312,11 +312,15 @@ impl Appender {
     /// acknowledgements in order; stops at the first failure. Returns the acknowledgements of
     /// the prefix that landed and the failure, if any.
     pub async fn append_pipelined(&self, envelopes: &[&SealedEnvelope]) -> (Vec<Ack>, Option<AppendError>) {
-        let unavailable = |env: &SealedEnvelope, e: Source| AppendError::Unavailable {
-            subject: env.subject.clone(),
-            attempts: 1,
-            source: e,
-        };
+        // A function, not a closure held across the awaits below: the future stays `Send` for
+        // any lifetime (a service spawns it).
+        fn unavailable(env: &SealedEnvelope, e: Source) -> AppendError {
+            AppendError::Unavailable {
+                subject: env.subject.clone(),
+                attempts: 1,
+                source: e,
+            }
+        }
         let mut pending = Vec::with_capacity(envelopes.len());
         for env in envelopes {
             let publish = jetstream::message::PublishMessage::build()
@@ -353,13 +357,17 @@ impl Appender {
             return Ok(Vec::new());
         };
         let batch_id = format!("b{}", last.header.event_id.0.simple());
-        let messages = envelopes.iter().map(|env| {
-            (
-                env.subject.clone(),
-                env.header.event_id.to_string(),
-                Bytes::copy_from_slice(&env.bytes),
-            )
-        });
+        // Collected before the await, so the future holds no closure over borrowed envelopes.
+        let messages: Vec<_> = envelopes
+            .iter()
+            .map(|env| {
+                (
+                    env.subject.clone(),
+                    env.header.event_id.to_string(),
+                    Bytes::copy_from_slice(&env.bytes),
+                )
+            })
+            .collect();
         atomic_publish(&self.js.client(), &batch_id, messages, envelopes.len()).await
     }
 

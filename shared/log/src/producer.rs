@@ -490,9 +490,9 @@ impl GroupSealer {
     ) -> Result<SealedGroup, StoreError> {
         let mut batches = Vec::with_capacity(events.len());
         for e in events {
-            let batch = self
-                .sealer
-                .prepare_event(
+            let batch = match e.event_id {
+                Some(id) => self.sealer.prepare_event_with_id(
+                    id,
                     e.case_id,
                     e.event_type,
                     e.sections,
@@ -501,8 +501,19 @@ impl GroupSealer {
                     policy,
                     directory,
                     rng,
-                )
-                .map_err(|err| StoreError::Seal(err.to_string()))?;
+                ),
+                None => self.sealer.prepare_event(
+                    e.case_id,
+                    e.event_type,
+                    e.sections,
+                    e.occurred_at_ms,
+                    now_ms,
+                    policy,
+                    directory,
+                    rng,
+                ),
+            }
+            .map_err(|err| StoreError::Seal(err.to_string()))?;
             self.sealer.commit(&batch, batch.envelopes.len());
             batches.push(batch);
         }
@@ -521,6 +532,9 @@ pub struct EventToSeal {
     pub sections: Vec<hru_domain::PlainSection>,
     /// When it happened, Unix ms.
     pub occurred_at_ms: i64,
+    /// Its id, when the caller derives it (so a decision taken again is the same event and the
+    /// log keeps it once); none for a fresh one.
+    pub event_id: Option<hru_domain::EventId>,
 }
 
 impl Producer {
@@ -907,7 +921,7 @@ impl Producer {
         log: &impl SharedLog,
         events: Vec<EventToSeal>,
         now_ms: i64,
-        policy: &dyn hru_envelope::AudiencePolicy,
+        policy: &(dyn hru_envelope::AudiencePolicy + Sync),
         directory: &Directory,
         rng: &mut (impl rand_core::CryptoRng + rand_core::RngCore),
         atomic: bool,

@@ -114,6 +114,7 @@ async fn a_destroyed_epoch_key_cannot_be_had_from_the_producers_store() {
             bytes: b"referral facts".to_vec(),
         }],
         occurred_at_ms: JUNE_2026,
+        event_id: None,
     };
     producer
         .append_many(

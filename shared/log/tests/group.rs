@@ -22,6 +22,7 @@ fn events(n: usize) -> Vec<EventToSeal> {
                 bytes: (i as u64).to_be_bytes().to_vec(),
             }],
             occurred_at_ms: 1_795_000_000_000,
+            event_id: None,
         })
         .collect()
 }
