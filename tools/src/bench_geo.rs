@@ -206,14 +206,7 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
     }
 
     // Background fixes: tags 0..tags, outside their zones (3-5 km away).
-    let centres: Vec<(f64, f64)> = zones
-        .zones
-        .iter()
-        .map(|z| {
-            let b = z.bbox;
-            ((b.lower()[1] + b.upper()[1]) / 2.0, (b.lower()[0] + b.upper()[0]) / 2.0)
-        })
-        .collect();
+    let centres = zones.centres();
     let background = |n: usize, at: i64| {
         let i = n % tags;
         let c = centres[i];

@@ -183,14 +183,7 @@ pub async fn geofence_restart(
     // The run's fixes, then (while the geofence is down) the tail: each tag every 30 s, 3 to
     // 5 km from its zone.
     let vendor = party(&d, "em-vendor")?;
-    let centres: Vec<(f64, f64)> = workload
-        .zones
-        .iter()
-        .map(|z| {
-            let b = z.bbox;
-            ((b.lower()[1] + b.upper()[1]) / 2.0, (b.lower()[0] + b.upper()[0]) / 2.0)
-        })
-        .collect();
+    let centres = workload.centres();
     let mut gateway = Gateway::new(
         ProducerId {
             party: vendor.party.clone(),

@@ -39,6 +39,17 @@ fn octagon(centre: (f64, f64), radius_m: f64) -> Vec<(f64, f64)> {
 }
 
 impl Workload {
+    /// Each zone's centre, `(lat, lon)`, in zone order.
+    pub fn centres(&self) -> Vec<(f64, f64)> {
+        self.zones
+            .iter()
+            .map(|z| {
+                let b = z.bbox;
+                ((b.lower()[1] + b.upper()[1]) / 2.0, (b.lower()[0] + b.upper()[0]) / 2.0)
+            })
+            .collect()
+    }
+
     /// `tags` tags (and zones) and `fixes` fixes, deterministic for `seed`.
     pub fn new(seed: u64, tags: usize, fixes: usize) -> Result<Self, String> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

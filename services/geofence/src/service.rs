@@ -449,6 +449,32 @@ pub fn logged_id(opened: &OpenedEvent) -> Option<String> {
     })
 }
 
+/// What a breach update is sealed as: in its case, with an id derived from the decision (the
+/// same decision taken again is the same event, stored once); none for a tag with no case.
+fn breach_event(b: &BreachUpdate) -> Option<hru_log::EventToSeal> {
+    let Some(case) = b.case else {
+        tracing::warn!(
+            tag = %b.tag,
+            kind = b.kind.as_str_name(),
+            "breach of a tag with no case (no TagFitted); not appended"
+        );
+        return None;
+    };
+    let (event_type, sections) = split_draft(pb::event_draft::Event::TagBreach(pb::TagBreach {
+        core: Some(b.core()),
+    }));
+    Some(hru_log::EventToSeal {
+        case_id: case,
+        event_type,
+        sections,
+        occurred_at_ms: b.observed_at_ms,
+        event_id: Some(hru_domain::EventId::derived_v7(
+            b.observed_at_ms,
+            b.message_id().as_bytes(),
+        )),
+    })
+}
+
 impl Service {
     async fn handle(&mut self, actions: Vec<Action>) -> Result<(), GeofenceError> {
         let mut alerts = Vec::new();
@@ -490,25 +516,15 @@ impl Service {
         b: &BreachUpdate,
         alerts: Vec<(uuid::Uuid, (DeviceId, pb::BreachKind, f64))>,
     ) -> Result<(), GeofenceError> {
-        let Some(case) = b.case else {
-            tracing::warn!(
-                tag = %b.tag,
-                kind = b.kind.as_str_name(),
-                "breach of a tag with no case (no TagFitted); not appended"
-            );
-            return Ok(());
-        };
-        let (event_type, sections) = split_draft(pb::event_draft::Event::TagBreach(pb::TagBreach {
-            core: Some(b.core()),
-        }));
+        let Some(e) = breach_event(b) else { return Ok(()) };
         let now = jiff::Timestamp::now().as_millisecond();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let batch = self.producer.sealer().prepare_event_with_id(
-            hru_domain::EventId::derived_v7(b.observed_at_ms, b.message_id().as_bytes()),
-            case,
-            event_type,
-            sections,
-            b.observed_at_ms,
+            e.event_id,
+            e.case_id,
+            e.event_type,
+            e.sections,
+            e.occurred_at_ms,
             now,
             &self.isa,
             &self.directory,
@@ -641,21 +657,8 @@ impl Service {
                 self.stats.already_logged.inc();
                 continue;
             }
-            let Some(case) = b.case else {
-                tracing::warn!(tag = %b.tag, kind = b.kind.as_str_name(), "breach of a tag with no case (no TagFitted); not appended");
-                continue;
-            };
-            let (event_type, sections) = split_draft(pb::event_draft::Event::TagBreach(pb::TagBreach {
-                core: Some(b.core()),
-            }));
-            events.push(hru_log::EventToSeal {
-                case_id: case,
-                event_type,
-                sections,
-                occurred_at_ms: b.observed_at_ms,
-                // As a single append would: the same decision is the same event.
-                event_id: Some(hru_domain::EventId::derived_v7(b.observed_at_ms, id.as_bytes())),
-            });
+            let Some(e) = breach_event(&b) else { continue };
+            events.push(e);
             ids.push(id);
         }
         if events.is_empty() {

@@ -291,12 +291,13 @@ impl Sealer {
         self.prepare(draft, sections, policy, directory, rng)
     }
 
-    /// As `prepare_event`, with a given event id (a UUIDv7 derived from what the event is, so a
-    /// retried append carries the same `Nats-Msg-Id` and is stored once).
+    /// As `prepare_event`, with the event id given when there is one (a UUIDv7 derived from what
+    /// the event is, so a retried append carries the same `Nats-Msg-Id` and is stored once);
+    /// none, a fresh one.
     #[allow(clippy::too_many_arguments)]
     pub fn prepare_event_with_id(
         &self,
-        event_id: EventId,
+        event_id: Option<EventId>,
         case_id: CaseId,
         event_type: EventType,
         sections: Vec<PlainSection>,
@@ -307,7 +308,7 @@ impl Sealer {
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<SealedBatch, SealError> {
         let draft = EventDraftRef {
-            event_id: Some(event_id),
+            event_id,
             case_id,
             event_type,
             occurred_at_ms,

@@ -490,9 +490,10 @@ impl GroupSealer {
     ) -> Result<SealedGroup, StoreError> {
         let mut batches = Vec::with_capacity(events.len());
         for e in events {
-            let batch = match e.event_id {
-                Some(id) => self.sealer.prepare_event_with_id(
-                    id,
+            let batch = self
+                .sealer
+                .prepare_event_with_id(
+                    e.event_id,
                     e.case_id,
                     e.event_type,
                     e.sections,
@@ -501,19 +502,8 @@ impl GroupSealer {
                     policy,
                     directory,
                     rng,
-                ),
-                None => self.sealer.prepare_event(
-                    e.case_id,
-                    e.event_type,
-                    e.sections,
-                    e.occurred_at_ms,
-                    now_ms,
-                    policy,
-                    directory,
-                    rng,
-                ),
-            }
-            .map_err(|err| StoreError::Seal(err.to_string()))?;
+                )
+                .map_err(|err| StoreError::Seal(err.to_string()))?;
             self.sealer.commit(&batch, batch.envelopes.len());
             batches.push(batch);
         }
