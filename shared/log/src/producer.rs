@@ -923,7 +923,10 @@ impl Producer {
 
     /// Publish a group sealed by [`Producer::ahead`]: outbox, publish, one commit. The group
     /// must start at the acknowledged head (seal groups in order; after a failure, take a new
-    /// [`Producer::ahead`]).
+    /// [`Producer::ahead`]). An event whose id another producer may also derive (a decision
+    /// two instances can both take) goes through [`Producer::append`], which leaves the chain
+    /// where it is when the log holds the other producer's copy; in a group the envelopes after
+    /// it would link to a copy the log never stored.
     pub async fn publish_group(
         &mut self,
         log: &impl SharedLog,
@@ -1078,6 +1081,24 @@ impl Producer {
                 Some(ack) => Ok(ack),
                 None => log.appender().append_expecting(&envelope, expect).await,
             };
+            let result = match result {
+                // A duplicate says only that a message with this id is stored: another producer
+                // of the party may have appended the same decision (its id derives from the
+                // decision). Then this envelope was never stored, and the chain stays where it is.
+                Ok(ack) if ack.duplicate && !holds_ours(log, &envelope, ack.sequence).await? => {
+                    tracing::info!(
+                        event = %envelope.header.event_id,
+                        sequence = ack.sequence,
+                        producer_seq = envelope.header.producer_seq,
+                        "the log holds this event from another producer; this copy is dropped and the chain stays"
+                    );
+                    self.outbox.remove(&key).map_err(|e| self.store_err(e))?;
+                    self.db.flush().map_err(|e| self.store_err(e))?;
+                    acked.push(ack.sequence);
+                    continue;
+                }
+                other => other,
+            };
             match result {
                 Ok(ack) => {
                     self.sealer.apply(head_after, epoch);
@@ -1151,4 +1172,36 @@ async fn recover(
         sealer.note_used_epoch(audience, epoch);
     }
     Ok(sealer)
+}
+
+/// How long a duplicate's owner is looked for in a reader that lags the log (a party's view).
+const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the message `log` holds at `sequence` is `envelope` itself (byte for byte) rather
+/// than another producer's envelope under the same event id. A reader that does not hold the
+/// sequence after [`OWNER_WAIT`] (a view that never receives this subject) cannot tell: the
+/// envelope is then taken as stored, as the broker's answer says.
+async fn holds_ours(log: &impl SharedLog, envelope: &SealedEnvelope, sequence: u64) -> Result<bool, StoreError> {
+    let filter = [Filter::exactly(&envelope.subject)];
+    let deadline = tokio::time::Instant::now() + OWNER_WAIT;
+    loop {
+        let mut entries = log.reader().replay(sequence, &filter).await?;
+        while let Some(e) = entries.try_next().await? {
+            if e.sequence == sequence {
+                return Ok(e.payload.as_ref() == envelope.bytes.as_slice());
+            }
+            if e.sequence > sequence {
+                break;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                event = %envelope.header.event_id,
+                sequence,
+                "a duplicate's stored copy is not readable here; taken as this producer's"
+            );
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
