@@ -490,7 +490,7 @@ fn a_restart_loads_the_newest_good_snapshot_falls_back_past_bad_ones_and_decides
         .unwrap();
     let geofence: hru_domain::PartyId = "geofence".parse().unwrap();
     let manifests = |scene: &Scene| -> Vec<(u64, pb::SignedManifest, pb::SnapshotManifest)> {
-        let filter = hru_broker::Filter::snapshot_manifests(&geofence, "geofence-1");
+        let filter = hru_broker::Filter::snapshot_manifests(&geofence, &hru_geofence::service::partition_name(0));
         let mut all: Vec<_> = scene
             .rt
             .block_on(snapshots.list(&filter))
@@ -559,7 +559,7 @@ fn a_restart_loads_the_newest_good_snapshot_falls_back_past_bad_ones_and_decides
         let _runtime = scene.rt.enter();
         async_nats::jetstream::new(nats.clone())
     };
-    let subject = hru_broker::Subject::snapshot(&geofence, "geofence-1", newest.slot, "0");
+    let subject = hru_broker::Subject::snapshot(&geofence, &hru_geofence::service::partition_name(0), newest.slot, "0");
     scene
         .rt
         .block_on(async { js.publish(subject.to_string(), "torn".into()).await?.await })
@@ -590,7 +590,7 @@ fn a_restart_loads_the_newest_good_snapshot_falls_back_past_bad_ones_and_decides
             key_id: detached.key_id,
             signature: detached.signature,
         };
-        let subject = hru_broker::Subject::snapshot(&geofence, "geofence-1", m.slot, "m");
+        let subject = hru_broker::Subject::snapshot(&geofence, &hru_geofence::service::partition_name(0), m.slot, "m");
         scene
             .rt
             .block_on(async {

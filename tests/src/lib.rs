@@ -37,7 +37,13 @@ pub fn logged_inputs(
     use hru_log::SharedLog as _;
     rt.block_on(async {
         let events = log.reader().replay(1, &[]).await?.try_collect().await?;
-        let stored = positions.replay(1).await?.try_collect().await?;
+        // A geofence's claim on an idle partition is no input.
+        let stored = positions
+            .replay(1)
+            .await?
+            .try_filter(|e| futures::future::ready(!e.subject.is_position_claim()))
+            .try_collect()
+            .await?;
         Ok::<_, hru_log::LogError>((events, stored))
     })
     .expect("the log and the position stream read")

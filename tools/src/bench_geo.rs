@@ -123,7 +123,7 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
     let url = server.url();
     let d = deployment(policies_dir)?;
     let log = EventLog::connect(&url).await?;
-    hru_broker::provision(&log.client(), &d.isa.broker_rights(), d.isa.positions_max_age(), 1).await?;
+    hru_broker::provision(&log.client(), &d.isa.broker_rights(), d.isa.positions_max_age(), 1, 1).await?;
     let positions = PositionLog::open(&url, None, d.isa.positions_max_age(), 1).await?;
     let vendor = party(&d, "em-vendor")?;
     let police = party(&d, "police-hru")?;

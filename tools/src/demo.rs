@@ -305,7 +305,7 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     let url = server.url();
     let operator = identity(hru_broker::PROVISIONER).ok_or_else(|| anyhow!("no provisioner keys"))?;
     let provisioner = hru_log::connect(&url, Some(&operator)).await?;
-    hru_broker::provision(&provisioner, &isa.broker_rights(), isa.positions_max_age(), 1).await?;
+    hru_broker::provision(&provisioner, &isa.broker_rights(), isa.positions_max_age(), 1, 1).await?;
     hru_broker::provision_devices(&provisioner, &[VICTIM_DEVICE.to_owned()], isa.alerts_max_age(), 1).await?;
     println!(
         "  nats-server {url} enforcing the agreement's broker authorization · keys for {} parties · a deployment CA",

@@ -676,6 +676,10 @@ pub enum LogCommand {
         /// Replicas of each stream (3 on a cluster).
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// Partitions of the position stream (geofence instances share them; chosen once,
+        /// with the stream).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
     },
     /// Write a nats-server config: JetStream synced always, optional cluster, authorization
     /// and TLS.
@@ -1076,9 +1080,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
-        Command::Log(LogCommand::Provision { keys, replicas }) => {
-            provision(&broker, &cli.policies, keys.as_deref(), replicas).await
-        }
+        Command::Log(LogCommand::Provision {
+            keys,
+            replicas,
+            partitions,
+        }) => provision(&broker, &cli.policies, keys.as_deref(), replicas, partitions).await,
         Command::Log(LogCommand::ServerConfig(args)) => {
             let ServerConfigArgs {
                 name,
@@ -1305,6 +1311,7 @@ async fn provision(
     policies: &std::path::Path,
     keys: Option<&std::path::Path>,
     replicas: usize,
+    partitions: u32,
 ) -> anyhow::Result<ExitCode> {
     let directory = policies::directory(policies)?;
     let set = policies::agreements(policies, &directory)?;
@@ -1314,11 +1321,18 @@ async fn provision(
         None => nats.identity.clone(),
     };
     let client = hru_log::connect(&nats.url, identity.as_ref()).await?;
-    let retired = hru_broker::provision(&client, &isa.broker_rights(), isa.positions_max_age(), replicas).await?;
+    let retired = hru_broker::provision(
+        &client,
+        &isa.broker_rights(),
+        isa.positions_max_age(),
+        replicas,
+        partitions,
+    )
+    .await?;
     let devices: Vec<String> = directory.devices().map(|(d, _)| d.to_string()).collect();
     hru_broker::provision_devices(&client, &devices, isa.alerts_max_age(), replicas).await?;
     println!(
-        "provisioned HRU_EVENTS, HRU_POSITIONS, {} view streams and {} device streams for {} v{} (replicas {replicas})",
+        "provisioned HRU_EVENTS, HRU_POSITIONS ({partitions} partitions), {} view streams and {} device streams for {} v{} (replicas {replicas})",
         isa.parties.len(),
         devices.len(),
         isa.id,

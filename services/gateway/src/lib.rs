@@ -70,11 +70,19 @@ pub const PERIOD_KEYS_REFRESH: Duration = Duration::from_secs(3600);
 
 /// Turns vendor fixes into sealed position batches.
 pub struct Gateway {
-    sealer: Sealer,
+    /// One sealer per partition: each partition's batches form their own producer chain with
+    /// their own epoch keys, granted on that partition's subject, so a geofence reading one
+    /// partition holds every key and every link it needs.
+    sealers: Vec<Sealer>,
+    producer: ProducerId,
+    signing: ed25519_dalek::SigningKey,
     isa: CompiledIsa,
     directory: Directory,
     log: PositionLog,
-    subject: hru_broker::Subject,
+    /// How many partitions the position stream is divided into.
+    partitions: u32,
+    /// The batches of the current flush not yet sealed, one per partition.
+    queue: std::collections::VecDeque<pb::PositionBatch>,
     config: GatewayConfig,
     /// The gateway's stable identity, named in every batch (its producer instance changes
     /// each run; this does not).
@@ -96,6 +104,8 @@ pub struct Gateway {
 struct Inflight {
     sealed: hru_envelope::SealedBatch,
     envelopes: Vec<(String, Bytes)>,
+    subject: hru_broker::Subject,
+    partition: u32,
     fixes: usize,
 }
 
@@ -109,14 +119,16 @@ impl Gateway {
         log: PositionLog,
         config: GatewayConfig,
     ) -> Self {
-        let subject = hru_broker::Subject::positions(&producer.party, &producer.instance);
         Self {
             name: producer.instance.clone(),
-            sealer: Sealer::new(producer, signing),
+            sealers: vec![Sealer::new(producer.clone(), signing.clone())],
+            producer,
+            signing,
             isa,
             directory,
             log,
-            subject,
+            partitions: 1,
+            queue: std::collections::VecDeque::new(),
             config,
             devices: Vec::new(),
             index: HashMap::new(),
@@ -133,6 +145,27 @@ impl Gateway {
     /// seals as a new producer instance, so its chain never forks). Without it, the instance.
     pub fn named(mut self, name: &str) -> Self {
         name.clone_into(&mut self.name);
+        self
+    }
+
+    /// Divide every flush among `partitions` of the position stream (as many as the stream's
+    /// metadata names): each tag's fixes go to its partition, every victim device's to all.
+    pub fn partitioned(mut self, partitions: u32) -> Self {
+        self.partitions = partitions.max(1);
+        // One partition keeps the run's instance; several, one producer instance each.
+        self.sealers = if self.partitions == 1 {
+            vec![Sealer::new(self.producer.clone(), self.signing.clone())]
+        } else {
+            (0..self.partitions)
+                .map(|p| {
+                    let producer = ProducerId {
+                        party: self.producer.party.clone(),
+                        instance: format!("{}-p{p}", self.producer.instance),
+                    };
+                    Sealer::new(producer, self.signing.clone())
+                })
+                .collect()
+        };
         self
     }
 
@@ -224,34 +257,75 @@ impl Gateway {
     }
 
     /// Seal what is pending (possibly nothing: a heartbeat) with heartbeat time `now_ms` and
-    /// publish it. A batch whose publish fails is kept and sent again first on the next flush.
+    /// publish it, one batch per partition. A batch whose publish fails is kept and sent again
+    /// first on the next flush, then the partitions' batches still waiting.
     pub async fn flush(&mut self, now_ms: i64) -> Result<Flushed, GatewayError> {
-        let inflight = match self.inflight.take() {
-            Some(i) => i,
-            None => {
-                self.refresh_period_keys().await;
-                self.seal(now_ms)?
-            }
-        };
-        if let Err(e) = self.log.publish(&self.subject, &inflight.envelopes).await {
-            self.inflight = Some(inflight);
-            return Err(e.into());
+        if self.inflight.is_none() && self.queue.is_empty() {
+            self.refresh_period_keys().await;
+            self.queue = self.divide(now_ms).into();
         }
-        self.sealer.commit(&inflight.sealed, inflight.sealed.envelopes.len());
+        let mut flushed = Flushed::default();
+        loop {
+            let inflight = match self.inflight.take() {
+                Some(i) => i,
+                None => match self.queue.pop_front() {
+                    Some(batch) => self.seal(batch, now_ms)?,
+                    None => break,
+                },
+            };
+            if let Err(e) = self.log.publish(&inflight.subject, &inflight.envelopes).await {
+                self.inflight = Some(inflight);
+                return Err(e.into());
+            }
+            self.sealers[inflight.partition as usize].commit(&inflight.sealed, inflight.sealed.envelopes.len());
+            flushed.fixes += inflight.fixes;
+            flushed.envelopes += inflight.envelopes.len();
+        }
         self.last_flush = Instant::now();
-        Ok(Flushed {
-            fixes: inflight.fixes,
-            envelopes: inflight.envelopes.len(),
-        })
+        Ok(flushed)
     }
 
-    fn seal(&mut self, now_ms: i64) -> Result<Inflight, GatewayError> {
-        let batch = pb::PositionBatch {
-            devices: std::mem::take(&mut self.devices),
-            heartbeat_at_ms: now_ms,
-            gateway: self.name.clone(),
-        };
-        let sealed = self.sealer.prepare_event(
+    /// What is pending as one batch per partition: each tag's fixes in its partition's, every
+    /// victim device's in each (its paired tag may be in any), all with heartbeat `now_ms`.
+    fn divide(&mut self, now_ms: i64) -> Vec<pb::PositionBatch> {
+        let devices = std::mem::take(&mut self.devices);
+        self.index.clear();
+        self.pending = 0;
+        self.oldest = None;
+        let mut batches: Vec<pb::PositionBatch> = (0..self.partitions)
+            .map(|partition| pb::PositionBatch {
+                devices: Vec::new(),
+                heartbeat_at_ms: now_ms,
+                gateway: self.name.clone(),
+                partition,
+                partitions: self.partitions,
+            })
+            .collect();
+        for d in devices {
+            if d.victim_device {
+                for b in &mut batches {
+                    b.devices.push(d.clone());
+                }
+            } else {
+                let p = hru_broker::stream::partition_of(&d.device_id, self.partitions);
+                batches[p as usize].devices.push(d);
+            }
+        }
+        batches
+    }
+
+    fn seal(&mut self, batch: pb::PositionBatch, now_ms: i64) -> Result<Inflight, GatewayError> {
+        let partition = batch.partition;
+        let sealer = &self.sealers[partition as usize];
+        let subject = hru_broker::Subject::positions(&sealer.producer().party, &sealer.producer().instance, partition);
+        // Victims' fixes are counted once, with the first partition's batch.
+        let fixes = batch
+            .devices
+            .iter()
+            .filter(|d| !d.victim_device || batch.partition == 0)
+            .map(|d| d.fixes.len())
+            .sum();
+        let sealed = sealer.prepare_event(
             CaseId(uuid::Uuid::nil()),
             EventType::PositionBatch,
             vec![PlainSection {
@@ -267,7 +341,7 @@ impl Gateway {
         let sealed = match sealed {
             Ok(s) => s,
             Err(e) => {
-                self.devices = batch.devices;
+                self.queue.push_front(batch);
                 return Err(e.into());
             }
         };
@@ -276,13 +350,11 @@ impl Gateway {
             .iter()
             .map(|e| (e.header.event_id.0.to_string(), Bytes::from(e.bytes.clone())))
             .collect();
-        let fixes = self.pending;
-        self.index.clear();
-        self.pending = 0;
-        self.oldest = None;
         Ok(Inflight {
             sealed,
             envelopes,
+            subject,
+            partition,
             fixes,
         })
     }

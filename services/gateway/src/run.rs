@@ -36,8 +36,10 @@ pub async fn open(
     let deployment = hru_runtime::Deployment::load(policies_dir)?;
     let isa = deployment.in_force_now()?.clone();
     let secrets = hru_runtime::deployment::secrets(keys_dir, party)?;
-    // A gateway only publishes: its broker permissions give it no read of HRU_POSITIONS.
+    // A gateway only publishes: its broker permissions give it no read of HRU_POSITIONS, only
+    // of the stream's configuration, which names its partitions.
     let log = PositionLog::publisher(nats, Some(&secrets.broker_identity())).await?;
+    let partitions = log.partitions().await?;
     let instance = format!("gw-{}", uuid::Uuid::now_v7().simple());
     let gateway = Gateway::new(
         ProducerId {
@@ -49,7 +51,8 @@ pub async fn open(
         deployment.directory.clone(),
         log,
         config,
-    );
+    )
+    .partitioned(partitions);
     // Grants go to the period keys the members published, read from the vendor's own view.
     let view = hru_log::PartyView::open(nats, Some(&secrets.broker_identity()), party).await?;
     Ok(gateway.with_period_keys(view, deployment.directory).await?)

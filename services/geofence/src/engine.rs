@@ -31,7 +31,7 @@ use hru_domain::zone::{Zone, distance_m};
 mod evidence;
 mod snapshot;
 pub use evidence::{EvidenceError, Recorded, ReplayError, find, replay};
-pub use snapshot::{ENGINE_LOGIC, StateError, config_digest};
+pub use snapshot::{ENGINE_LOGIC, StateError, config_digest, partitioned_config_digest};
 
 /// Tunable thresholds.
 #[derive(Debug, Clone, Copy, PartialEq)]

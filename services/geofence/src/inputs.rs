@@ -23,12 +23,29 @@ use crate::engine::{Device, Fix, Input, Proximity};
 pub struct Inputs {
     /// (gateway's party, gateway identity) → its latest heartbeat, Unix ms.
     heard: BTreeMap<(PartyId, String), i64>,
+    /// The partition of the position stream whose tags this engine judges (partition, of how
+    /// many); every tag when none.
+    owns: Option<(u32, u32)>,
 }
 
 impl Inputs {
     /// No gateway heard from yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Judge only the tags of `partition` of `partitions`: another partition's tags, zones,
+    /// rules and fixes are not this engine's (a batch routed to the wrong partition decides
+    /// nothing here). Victim devices' fixes are every partition's.
+    pub fn owning(mut self, partition: u32, partitions: u32) -> Self {
+        self.owns = (partitions > 1).then_some((partition, partitions));
+        self
+    }
+
+    /// Whether this engine judges `tag`.
+    pub fn owns(&self, tag: &str) -> bool {
+        self.owns
+            .is_none_or(|(partition, partitions)| hru_broker::stream::partition_of(tag, partitions) == partition)
     }
 
     /// The gateways heard from and not retired, with their latest heartbeats.
@@ -58,7 +75,7 @@ impl Inputs {
                 Ok(((party, g.gateway.clone()), g.heartbeat_at_ms))
             })
             .collect::<Result<_, hru_domain::FieldError>>()?;
-        Ok(Self { heard })
+        Ok(Self { heard, owns: None })
     }
 
     /// Event time: the oldest latest heartbeat among the gateways heard from.
@@ -81,6 +98,10 @@ impl Inputs {
         };
         let case = v.header.case_id;
         match event {
+            CaseEvent::ZoneDefined { core: Some(z) } if !self.owns(z.tag_id.as_str()) => Vec::new(),
+            CaseEvent::ProximityRuleSet { core: Some(r) } if !self.owns(r.tag_id.as_str()) => Vec::new(),
+            CaseEvent::TagFitted { core: Some(t) } if !self.owns(t.tag_id.as_str()) => Vec::new(),
+            CaseEvent::TagRemoved { core: Some(t) } if !self.owns(t.tag_id.as_str()) => Vec::new(),
             CaseEvent::ZoneDefined { core: Some(z) } => match Zone::parse(&z, case) {
                 Ok(zone) => vec![Input::Zone(Box::new(zone))],
                 Err(e) => {
@@ -136,9 +157,21 @@ impl Inputs {
         else {
             return Vec::new();
         };
+        if let Some((_, partitions)) = self.owns
+            && batch.partitions != partitions
+        {
+            tracing::warn!(
+                batch = %v.header.event_id,
+                producer = %v.header.producer,
+                divided_into = batch.partitions,
+                partitions,
+                "a batch divided among another number of partitions: only this partition's tags in it are judged"
+            );
+        }
         let mut inputs: Vec<Input> = batch
             .devices
             .iter()
+            .filter(|d| d.victim_device || self.owns(&d.device_id))
             .filter_map(|d| {
                 let device = if d.victim_device {
                     DeviceId::parse(&d.device_id, "device_id").map(Device::Victim)

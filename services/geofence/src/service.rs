@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use hru_domain::{DeviceId, EventType, PartyId, ProducerId, split_draft};
 use hru_envelope::{Directory, OpenedEvent, PartySecrets, VerifiedEnvelope};
@@ -75,6 +74,14 @@ pub struct GeofenceConfig {
     /// Seconds between the geofence's signed heartbeats (in `HRU_HEARTBEATS`).
     #[serde(default = "default_heartbeat_s")]
     pub heartbeat_s: f64,
+    /// The partitions of the position stream this instance takes as soon as nobody holds them;
+    /// the others it takes only once they have gone unheld (their instance stopped) for
+    /// `takeover_after_s`. Default: every partition.
+    #[serde(default)]
+    pub prefer_partitions: Option<Vec<u32>>,
+    /// Seconds a partition this instance does not prefer must go unheld before it takes it.
+    #[serde(default = "default_takeover_after_s")]
+    pub takeover_after_s: f64,
 }
 
 /// Engine thresholds as configured (each optional; defaults from `Config::default`).
@@ -120,6 +127,9 @@ fn default_lapse_after_s() -> f64 {
 fn default_heartbeat_s() -> f64 {
     5.0
 }
+fn default_takeover_after_s() -> f64 {
+    1.0
+}
 fn default_party() -> String {
     "geofence".into()
 }
@@ -149,6 +159,17 @@ impl hru_runtime::Settings for GeofenceConfig {
                 "snapshot_every_s",
                 "must be 0 (no snapshots) or a number of seconds".into(),
             ));
+        }
+        if let Some(prefer) = &self.prefer_partitions
+            && let Some(p) = prefer.iter().find(|p| **p >= hru_broker::stream::MAX_PARTITIONS)
+        {
+            return Err(key(
+                "prefer_partitions",
+                format!("{p} is no partition: they are numbered from 0 to the stream's partitions less one"),
+            ));
+        }
+        if !(self.takeover_after_s.is_finite() && self.takeover_after_s >= 0.0) {
+            return Err(key("takeover_after_s", "must be 0 or a number of seconds".into()));
         }
         for (name, value) in [("lapse_after_s", self.lapse_after_s), ("heartbeat_s", self.heartbeat_s)] {
             if !(value.is_finite() && value > 0.0) {
@@ -230,8 +251,11 @@ pub struct Stats {
     pub alerts_failed: Counter,
     /// Decisions found already in the log on a restart (not appended again).
     pub already_logged: Counter,
-    /// 1 once the state is rebuilt and the service follows the live log.
+    /// 1 once every partition this instance prefers is settled: rebuilt here and evaluated,
+    /// or held by another instance (a standby is ready).
     pub ready: Gauge,
+    /// Partitions of the position stream this instance holds and evaluates.
+    pub partitions_held: Gauge,
     /// Zones the service holds (every zone defined and not revoked that it has read).
     pub zones: Gauge,
     /// Tags the service knows of (fitted, as far as it has read).
@@ -294,10 +318,15 @@ impl Stats {
         );
         registry.register(
             "hru_geofence_ready",
-            "Whether the state is rebuilt and the live log followed",
+            "Whether every partition this instance prefers is rebuilt here or held by another instance",
             self.ready.clone(),
         );
         registry.register("hru_geofence_zones", "Zones held", self.zones.clone());
+        registry.register(
+            "hru_geofence_partitions_held",
+            "Partitions of the position stream this instance holds and evaluates",
+            self.partitions_held.clone(),
+        );
         registry.register(
             "hru_geofence_snapshots",
             "State snapshots written",
@@ -353,22 +382,37 @@ impl Stats {
     }
 }
 
+/// What one partition's service last added to the process's gauges.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counted {
+    tags: i64,
+    lapsed: i64,
+}
+
 impl Service {
-    /// Publish how many zones and tags the state holds, the gateways heard and event time.
-    fn count_state(&self) {
-        self.stats
-            .zones
-            .set(i64::try_from(self.state.zone_count()).unwrap_or(i64::MAX));
-        self.stats
-            .tags
-            .set(i64::try_from(self.state.tag_count()).unwrap_or(i64::MAX));
+    /// Publish how many zones and tags the state holds, the gateways heard and event time
+    /// (tags and lapses summed over the partitions this process holds).
+    fn count_state(&mut self) {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.stats.zones.set(as_i64(self.state.zone_count()));
+        let now = Counted {
+            tags: as_i64(self.state.tag_count()),
+            lapsed: as_i64(self.coverage.lapsed()),
+        };
+        self.stats.tags.inc_by(now.tags - self.counted.tags);
+        self.stats.lapsed.inc_by(now.lapsed - self.counted.lapsed);
+        self.counted = now;
         self.stats
             .gateways
             .set(i64::try_from(self.inputs.gateways().count()).unwrap_or(i64::MAX));
         self.stats.event_time_ms.set(self.inputs.event_time().unwrap_or(0));
-        self.stats
-            .lapsed
-            .set(i64::try_from(self.coverage.lapsed()).unwrap_or(i64::MAX));
+    }
+
+    /// Take this partition's share off the process's gauges (its state is being dropped).
+    fn uncount(&mut self) {
+        self.stats.tags.dec_by(self.counted.tags);
+        self.stats.lapsed.dec_by(self.counted.lapsed);
+        self.counted = Counted::default();
     }
 }
 
@@ -380,8 +424,8 @@ struct Service {
     directory: Directory,
     /// The deployment's directory.
     deployed: Directory,
-    /// This party's period chains.
-    periods: PeriodHolder,
+    /// This party's period chains (shared by the process's partitions).
+    periods: Arc<tokio::sync::Mutex<PeriodHolder>>,
     secrets: Arc<PartySecrets>,
     log: PartyView,
     alerts: hru_log::AlertPublisher,
@@ -392,6 +436,8 @@ struct Service {
     /// What each event tells the engine, and each gateway's latest heartbeat.
     inputs: Inputs,
     stats: Arc<Stats>,
+    /// What this partition added to the process's gauges (taken off when it is dropped).
+    counted: Counted,
     /// Where state snapshots go (none: not written, every start replays everything); taken
     /// out while a write is under way.
     snapshots: Option<Snapshots>,
@@ -411,8 +457,16 @@ struct Service {
     batch_read_ms: Option<i64>,
     /// Where heartbeats go (none: the stream is not usable).
     heartbeats: Option<hru_log::KeptStream>,
+    /// How often heartbeats go out, and snapshots are written (none: never).
+    heartbeat_every: Duration,
+    snapshot_every: Option<Duration>,
     /// This instance's name.
     instance: String,
+    /// The partition of the position stream this service evaluates, of how many.
+    partition: u32,
+    partitions: u32,
+    /// Messages of the partition stored but not yet delivered, as the last delivery said.
+    pending: u64,
     /// The engine thresholds' digest (a snapshot taken under others is not used).
     config_digest: [u8; 32],
     /// The cut of inputs the state covers: the next view and position-stream sequences.
@@ -676,33 +730,31 @@ impl Service {
         Ok(())
     }
 
-    /// Publish a signed heartbeat (off the loop): this instance is running, how far it has
-    /// evaluated, and how much is waiting.
-    fn beat(&self, positions: &PositionLog, every: Duration) {
+    /// Publish a signed heartbeat (off the loop): this instance holds this partition, how far
+    /// it has evaluated it, and how much is waiting.
+    fn beat(&self) {
         let Some(stream) = self.heartbeats.clone() else { return };
+        let every = self.heartbeat_every;
         let heartbeat = pb::GeofenceHeartbeat {
             party: self.party.to_string(),
             instance: self.instance.clone(),
             at_ms: jiff::Timestamp::now().as_millisecond(),
             event_time_ms: self.inputs.event_time().unwrap_or(0),
             evaluated_through: self.next_position.saturating_sub(1),
-            pending: 0,
+            pending: self.pending,
             interval_ms: u32::try_from(every.as_millis()).unwrap_or(u32::MAX),
             tags: u32::try_from(self.coverage.watched()).unwrap_or(u32::MAX),
             tags_lapsed: u32::try_from(self.coverage.lapsed()).unwrap_or(u32::MAX),
+            partition: self.partition,
+            partitions: self.partitions,
         };
-        let (positions, secrets, stats) = (positions.clone(), self.secrets.clone(), self.stats.clone());
-        let subject = hru_broker::Subject::heartbeat(&self.party, &self.instance);
+        let (secrets, stats) = (self.secrets.clone(), self.stats.clone());
+        let subject = hru_broker::Subject::heartbeat(&self.party, &partition_name(self.partition));
         tokio::spawn(async move {
-            let mut heartbeat = heartbeat;
-            let sent = tokio::time::timeout(every.max(Duration::from_secs(1)), async {
-                if let Ok((_, last)) = positions.bounds().await {
-                    heartbeat.pending = last.saturating_sub(heartbeat.evaluated_through);
-                }
-                stream
-                    .put(&subject, hru_log::heartbeats::sign(&secrets, &heartbeat).into())
-                    .await
-            })
+            let sent = tokio::time::timeout(
+                every.max(Duration::from_secs(1)),
+                stream.put(&subject, hru_log::heartbeats::sign(&secrets, &heartbeat).into()),
+            )
             .await;
             match sent {
                 Ok(Ok(_)) => {
@@ -776,7 +828,45 @@ fn incoming(e: &LogEntry) -> Incoming<'_> {
     }
 }
 
-/// Run the geofence until `shutdown` resolves; `stats` counts its work.
+/// What every partition's service of one geofence process shares: the deployment, keys,
+/// connections and the party's period chains.
+struct Common {
+    config: GeofenceConfig,
+    party: PartyId,
+    deployment: Deployment,
+    isa: CompiledIsa,
+    secrets: Arc<PartySecrets>,
+    log: PartyView,
+    positions: PositionLog,
+    alerts: hru_log::AlertPublisher,
+    /// The party's period chains: one file, kept by whichever partition sweeps.
+    periods: Arc<tokio::sync::Mutex<PeriodHolder>>,
+    snapshots: Option<hru_log::KeptStream>,
+    heartbeats: Option<hru_log::KeptStream>,
+    stats: Arc<Stats>,
+    /// How many partitions the position stream is divided into.
+    partitions: u32,
+    /// Per partition: whether it is settled (rebuilt here and evaluated, or watched by another
+    /// instance, or not preferred here); the process is ready when every one is.
+    settled: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl Common {
+    /// Mark `partition` settled or not, and publish whether the process is ready.
+    fn settle(&self, partition: u32, settled: bool) {
+        use std::sync::atomic::Ordering;
+        if let Some(s) = self.settled.get(partition as usize) {
+            s.store(settled, Ordering::SeqCst);
+        }
+        let ready = self.settled.iter().all(|s| s.load(Ordering::SeqCst));
+        self.stats.ready.set(i64::from(ready));
+    }
+}
+
+/// Run the geofence until `shutdown` resolves; `stats` counts its work. The process pulls
+/// every partition of the position stream in the geofence's priority group: it evaluates the
+/// partitions whose pin the server gives it, and stands by for the others, taking one over
+/// when the instance holding it stops pulling.
 pub async fn run(
     config: GeofenceConfig,
     stats: Arc<Stats>,
@@ -785,50 +875,26 @@ pub async fn run(
     let party: PartyId = config.party.parse().map_err(GeofenceError::Party)?;
     let deployment = Deployment::load(&config.policies_dir)?;
     let isa = deployment.in_force_now()?.clone();
-    let directory = deployment.directory;
     let secrets = hru_runtime::deployment::secrets(&config.keys_dir, &party)?;
-    let ring = hru_runtime::deployment::key_ring(&config.keys_dir, &party)?;
     // The geofence connects with its party's nkey: it reads its view of the log and the
     // position stream, and publishes its breaches and victim alerts.
     let identity = secrets.broker_identity();
     let log = PartyView::open(&config.nats_url, Some(&identity), &party).await?;
     let positions = PositionLog::open(&config.nats_url, Some(&identity), isa.positions_max_age(), 1).await?;
+    let partitions = positions.partitions().await?;
     let alerts = hru_log::AlertPublisher::new(log.client());
-    // The data directory holds the producer store's epoch keys.
+    // The data directory holds the producer stores' epoch keys.
     hru_envelope::create_private_dir(&config.data_dir).map_err(|source| GeofenceError::Local {
         key: "data_dir",
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let mut producer = Producer::open(
-        &config.data_dir.join("producer"),
-        ProducerId {
-            party: party.clone(),
-            instance: config.instance.clone(),
-        },
-        secrets.signing.clone(),
-        &log,
-        &directory,
-    )
-    .await?;
-    // Keys whose retention ended while the service was down go before anything is evaluated:
-    // the producer's epoch keys, then the period secrets its party was granted under.
-    destroy_expired(&mut producer, &log, &isa, &directory).await?;
     let periods_file = config
         .periods_file
         .clone()
         .unwrap_or_else(|| hru_runtime::deployment::periods_path(&config.keys_dir, &party));
-    let mut periods = PeriodHolder::open(&periods_file, &party)?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    for d in periods::keep(&mut periods, &mut producer, &log, &isa, &directory, now).await? {
-        tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
-    }
-    let mut ring = ring.with_periods(periods.keys(), &periods::published_through(now));
-    // Nothing past its retention is evaluated, whichever key its grant is sealed to.
-    ring.destroy_expired(now);
-    let sealing = periods::directory_with_periods(log.reader(), &directory).await?;
+    let periods = PeriodHolder::open(&periods_file, &party)?;
     let positions_max_age = isa.positions_max_age();
-    let class = hru_envelope::AudiencePolicy::retention_class(&isa, EventType::PositionBatch);
     // Without the snapshot stream (not provisioned yet) the service runs as before: every
     // start replays every input.
     let snapshots = if config.snapshot_every_s > 0.0 {
@@ -839,7 +905,7 @@ pub async fn run(
         )
         .await
         {
-            Ok(stream) => Some(Snapshots::new(stream, party.clone(), config.instance.clone(), class)),
+            Ok(stream) => Some(stream),
             Err(e) => {
                 tracing::warn!(cause = %e, "HRU_SNAPSHOTS not usable (run `hru log provision`); no snapshots: every start replays every input");
                 None
@@ -861,65 +927,320 @@ pub async fn run(
             None
         }
     };
-    let engine = config.engine.config();
-    let mut service = Service {
-        isa,
-        read: ReadPath::new(directory.clone(), Arc::new(deployment.policies.clone()), ring),
-        secrets: Arc::new(secrets),
-        directory: sealing,
-        deployed: directory,
-        periods,
-        log,
-        alerts,
-        producer,
-        config_digest: crate::engine::config_digest(&engine),
-        state: State::new(engine),
-        logged: HashSet::new(),
-        inputs: Inputs::new(),
-        stats,
-        snapshots,
-        writing: None,
-        forgotten: false,
-        last_event: None,
-        last_position: None,
-        coverage: crate::coverage::Coverage::new((config.lapse_after_s * 1000.0) as i64),
-        live: false,
-        batch_read_ms: None,
-        heartbeats,
-        instance: config.instance.clone(),
+    let common = Arc::new(Common {
         party,
-        next_event: 1,
-        next_position: 1,
-        snapshot_cut: (0, 0),
-        position_keys: Vec::new(),
-        positions_max_age,
-    };
-    service.start(&positions).await?;
-    service.count_state();
-    service.stats.ready.set(1);
-
+        deployment,
+        isa,
+        secrets: Arc::new(secrets),
+        log,
+        positions,
+        alerts,
+        periods: Arc::new(tokio::sync::Mutex::new(periods)),
+        snapshots,
+        heartbeats,
+        settled: (0..partitions)
+            .map(|p| {
+                // A partition this instance does not prefer is never waited for.
+                std::sync::atomic::AtomicBool::new(config.prefer_partitions.as_ref().is_some_and(|pr| !pr.contains(&p)))
+            })
+            .collect(),
+        config,
+        stats,
+        partitions,
+    });
     let mut tasks = Tasks::new();
-    if let Some(addr) = &config.metrics_listen {
+    if let Some(addr) = &common.config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| GeofenceError::MetricsListen {
                 addr: addr.clone(),
                 source,
             })?;
-        let (registry, shutdown) = (Arc::new(service.stats.registry()), tasks.shutdown());
+        let (registry, shutdown) = (Arc::new(common.stats.registry()), tasks.shutdown());
         tasks.spawn(async move {
             if let Err(e) = hru_runtime::metrics::serve(listener, registry, shutdown).await {
                 tracing::error!(cause = %e, "metrics endpoint stopped");
             }
         });
     }
-    let snapshot_every = (config.snapshot_every_s > 0.0).then(|| Duration::from_secs_f64(config.snapshot_every_s));
-    // What a full or long replay reached is kept at once.
-    service.snapshot().await;
-    let heartbeat_every = Duration::from_secs_f64(config.heartbeat_s);
-    let followed = follow(&mut service, &positions, snapshot_every, heartbeat_every, shutdown).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    for partition in 0..partitions {
+        workers.spawn(serve_partition(common.clone(), partition, stopped.clone()));
+    }
+    common.settle(0, common.settled[0].load(std::sync::atomic::Ordering::SeqCst));
+    tracing::info!(partitions, instance = %common.config.instance, "pulling every partition of the position stream");
+    tokio::pin!(shutdown);
+    let mut failed = None;
+    tokio::select! {
+        () = &mut shutdown => {}
+        Some(done) = workers.join_next() => {
+            failed = Some(done);
+        }
+    }
+    let _ = stop.send(true);
+    while let Some(done) = workers.join_next().await {
+        if failed.is_none() || matches!(done, Ok(Err(_))) {
+            failed = Some(done);
+        }
+    }
     tasks.stop().await;
-    followed
+    match failed {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => {
+            tracing::error!(cause = %e, "a partition's worker panicked");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How a partition's service stopped following.
+enum Followed {
+    /// The process is stopping.
+    Stopped,
+    /// Another instance was delivered this partition's messages: the state here is stale.
+    Lost,
+}
+
+/// Watch a partition this instance does not prefer until it has gone unheld for
+/// `takeover_after_s` (its instance stopped): true then, false on `stop`.
+async fn wait_unheld(common: &Common, partition: u32, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    let after = Duration::from_secs_f64(common.config.takeover_after_s);
+    let mut since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return false,
+            _ = tick.tick() => {}
+        }
+        match hru_log::partition_unheld(&common.positions, &common.party, partition).await {
+            Ok(true) => {
+                let first = *since.get_or_insert_with(tokio::time::Instant::now);
+                if first.elapsed() >= after {
+                    tracing::info!(
+                        partition,
+                        "a partition this instance does not prefer is unheld: taking it"
+                    );
+                    return true;
+                }
+            }
+            Ok(false) => since = None,
+            Err(e) => tracing::debug!(partition, cause = %e, "partition not watched"),
+        }
+    }
+}
+
+/// Serve one partition until `stop`: stand by until the server pins this instance, then
+/// reach the state the log implies (from the partition's newest snapshot and the tail after
+/// it) while keeping the pin, and evaluate what is delivered; when another instance takes the
+/// partition, drop the state and stand by again.
+async fn serve_partition(
+    common: Arc<Common>,
+    partition: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), GeofenceError> {
+    let preferred = common
+        .config
+        .prefer_partitions
+        .as_ref()
+        .is_none_or(|p| p.contains(&partition));
+    loop {
+        if !preferred && !wait_unheld(&common, partition, &mut stop).await {
+            return Ok(());
+        }
+        let mut feed = match hru_log::PartitionFeed::open(&common.positions, &common.party, partition).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(partition, cause = %e, "partition not pulled; trying again");
+                tokio::select! {
+                    _ = stop.changed() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        // Standby until something is delivered: this instance holds the pin. A partition no
+        // instance holds and nothing is delivered from is claimed, so its tags are watched
+        // even while no gateway sends.
+        let mut claim = tokio::time::interval(Duration::from_millis(500));
+        claim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Held by another instance since: a pin held longer than its timeout is renewed, so
+        // its holder is alive (a killed one's pin outlives it by up to the timeout).
+        let mut held_since: Option<tokio::time::Instant> = None;
+        let first = loop {
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                d = feed.next() => break d,
+                _ = claim.tick() => match feed.claim_if_unheld(&common.party).await {
+                    Ok(hru_log::Claim::Claimed) => {
+                        held_since = None;
+                        tracing::info!(partition, "partition unheld and idle: claimed");
+                    }
+                    // Another instance watches it: this one stands by.
+                    Ok(hru_log::Claim::Held) => {
+                        let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() > hru_broker::stream::PARTITION_PIN_TIMEOUT + Duration::from_millis(500) {
+                            common.settle(partition, true);
+                        }
+                    }
+                    Ok(hru_log::Claim::Pending) => held_since = None,
+                    Err(e) => tracing::debug!(partition, cause = %e, "partition not claimed"),
+                },
+            }
+        };
+        let first = match first {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                tracing::warn!(partition, cause = %e, "partition pull failed; standing by again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            None => continue,
+        };
+        common.settle(partition, false);
+        let acquired = std::time::Instant::now();
+        tracing::info!(
+            partition,
+            sequence = first.entry.sequence,
+            "partition taken: rebuilding its state"
+        );
+        let mut service = Service::open(&common, partition).await?;
+        // Rebuild while pulling on, so the pin is renewed; what arrives meanwhile waits.
+        let mut waiting = vec![first];
+        {
+            let start = service.start(&common.positions);
+            tokio::pin!(start);
+            loop {
+                tokio::select! {
+                    r = &mut start => { r?; break }
+                    d = feed.next() => match d {
+                        Some(Ok(d)) => waiting.push(d),
+                        Some(Err(e)) => tracing::warn!(partition, cause = %e, "partition pull failed while rebuilding"),
+                        None => break,
+                    },
+                }
+            }
+        }
+        service.count_state();
+        common.stats.partitions_held.inc();
+        common.settle(partition, true);
+        tracing::info!(
+            partition,
+            ms = acquired.elapsed().as_millis() as u64,
+            "partition state rebuilt; evaluating"
+        );
+        // What a full or long replay reached is kept at once.
+        service.snapshot().await;
+        let followed = follow(&mut service, &mut feed, waiting, &mut stop).await;
+        common.stats.partitions_held.dec();
+        match followed? {
+            Followed::Stopped => {
+                if let Err(e) = feed.release().await {
+                    tracing::warn!(partition, cause = %e, "partition pin not released; a standby takes it after the pin timeout");
+                }
+                service.uncount();
+                return Ok(());
+            }
+            Followed::Lost => {
+                tracing::warn!(
+                    partition,
+                    "another instance took the partition; its state here is dropped"
+                );
+                service.uncount();
+            }
+        }
+    }
+}
+
+pub use hru_broker::stream::partition_name;
+
+impl Service {
+    /// A partition's service, its state empty: its own producer (one chain per instance and
+    /// partition, so two instances never fork one), its keys with expired ones destroyed.
+    async fn open(common: &Common, partition: u32) -> Result<Self, GeofenceError> {
+        let config = &common.config;
+        let (party, isa) = (&common.party, &common.isa);
+        let directory = common.deployment.directory.clone();
+        let (instance, store) = if common.partitions == 1 {
+            (config.instance.clone(), config.data_dir.join("producer"))
+        } else {
+            (
+                format!("{}-p{partition}", config.instance),
+                config.data_dir.join(format!("producer-p{partition}")),
+            )
+        };
+        let mut producer = Producer::open(
+            &store,
+            ProducerId {
+                party: party.clone(),
+                instance: instance.clone(),
+            },
+            common.secrets.signing.clone(),
+            &common.log,
+            &directory,
+        )
+        .await?;
+        // Keys whose retention ended while the service was down go before anything is
+        // evaluated: the producer's epoch keys, then the period secrets its party was granted
+        // under.
+        destroy_expired(&mut producer, &common.log, isa, &directory).await?;
+        let now = jiff::Timestamp::now().as_millisecond();
+        let ring = hru_runtime::deployment::key_ring(&config.keys_dir, party)?;
+        let mut ring = {
+            let mut periods = common.periods.lock().await;
+            for d in periods::keep(&mut periods, &mut producer, &common.log, isa, &directory, now).await? {
+                tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
+            }
+            ring.with_periods(periods.keys(), &periods::published_through(now))
+        };
+        // Nothing past its retention is evaluated, whichever key its grant is sealed to.
+        ring.destroy_expired(now);
+        let sealing = periods::directory_with_periods(common.log.reader(), &directory).await?;
+        let class = hru_envelope::AudiencePolicy::retention_class(isa, EventType::PositionBatch);
+        let snapshots = common
+            .snapshots
+            .clone()
+            .map(|stream| Snapshots::new(stream, party.clone(), partition_name(partition), class));
+        let engine = config.engine.config();
+        Ok(Service {
+            isa: isa.clone(),
+            read: ReadPath::new(directory.clone(), Arc::new(common.deployment.policies.clone()), ring),
+            secrets: common.secrets.clone(),
+            directory: sealing,
+            deployed: directory,
+            periods: common.periods.clone(),
+            log: common.log.clone(),
+            alerts: common.alerts.clone(),
+            producer,
+            config_digest: crate::engine::partitioned_config_digest(&engine, partition, common.partitions),
+            state: State::new(engine),
+            logged: HashSet::new(),
+            inputs: Inputs::new().owning(partition, common.partitions),
+            stats: common.stats.clone(),
+            counted: Counted::default(),
+            snapshots,
+            writing: None,
+            forgotten: false,
+            last_event: None,
+            last_position: None,
+            coverage: crate::coverage::Coverage::new((config.lapse_after_s * 1000.0) as i64),
+            live: false,
+            batch_read_ms: None,
+            heartbeats: common.heartbeats.clone(),
+            heartbeat_every: Duration::from_secs_f64(config.heartbeat_s),
+            snapshot_every: (config.snapshot_every_s > 0.0).then(|| Duration::from_secs_f64(config.snapshot_every_s)),
+            instance: config.instance.clone(),
+            party: party.clone(),
+            partition,
+            partitions: common.partitions,
+            pending: 0,
+            next_event: 1,
+            next_position: 1,
+            snapshot_cut: (0, 0),
+            position_keys: Vec::new(),
+            positions_max_age: isa.positions_max_age(),
+        })
+    }
 }
 
 /// How often a running geofence looks for epoch keys whose retention has ended.
@@ -946,8 +1267,9 @@ impl Service {
     async fn sweep(&mut self) -> Result<(), GeofenceError> {
         let now = jiff::Timestamp::now().as_millisecond();
         destroy_expired(&mut self.producer, &self.log, &self.isa, &self.deployed).await?;
+        let mut periods = self.periods.lock().await;
         for d in periods::keep(
-            &mut self.periods,
+            &mut periods,
             &mut self.producer,
             &self.log,
             &self.isa,
@@ -959,7 +1281,8 @@ impl Service {
             tracing::info!(class = %d.class, from = %d.from, to = %d.to, "period secrets destroyed: their retention has ended");
         }
         let ring = self.read.ring_mut();
-        ring.set_periods(self.periods.keys(), &periods::published_through(now));
+        ring.set_periods(periods.keys(), &periods::published_through(now));
+        drop(periods);
         for (producer, audience, epoch, class, month) in ring.destroy_expired(now) {
             tracing::info!(%producer, %audience, epoch, %class, %month, "granted epoch key destroyed: its retention has ended");
         }
@@ -1005,7 +1328,12 @@ impl Service {
         let next_event = events.last().map_or(1, |e| e.sequence + 1);
         let (from_event, from_position) = cut.unwrap_or((1, 1));
         self.stats.restored.set(i64::from(cut.is_some()));
-        let stored: Vec<LogEntry> = positions.replay(from_position).await?.try_collect().await?;
+        let stored: Vec<LogEntry> = positions
+            .replay_partition(from_position, self.partition)
+            .await?
+            .try_filter(|e| futures::future::ready(!e.subject.is_position_claim()))
+            .try_collect()
+            .await?;
         self.stats
             .replayed_positions
             .set(i64::try_from(stored.len()).unwrap_or(i64::MAX));
@@ -1129,11 +1457,12 @@ impl Service {
     ) -> Result<Option<(u64, u64)>, GeofenceError> {
         let (first_position, last_position) = positions.bounds().await?;
         let config = *self.state.config();
+        let periods = self.periods.lock().await.keys().clone();
         let Some(snapshots) = self.snapshots.as_mut() else {
             return Ok(None);
         };
         let loaded = snapshots
-            .load(self.periods.keys(), self.read.directory(), &self.config_digest, |s| {
+            .load(&periods, self.read.directory(), &self.config_digest, |s| {
                 if s.next_position > last_position + 1 {
                     return Err(format!(
                         "its cut (position {}) is past the end of HRU_POSITIONS ({last_position})",
@@ -1299,7 +1628,8 @@ impl Service {
         let Some(mut snapshots) = self.snapshots.take() else {
             return;
         };
-        let Some(month) = snapshots.seal_month(self.periods.keys(), self.retention_start()) else {
+        let periods = self.periods.lock().await.keys().clone();
+        let Some(month) = snapshots.seal_month(&periods, self.retention_start()) else {
             self.stats.snapshots_failed.inc();
             tracing::warn!("no period key of the positions' class to seal a snapshot to; not written");
             self.snapshots = Some(snapshots);
@@ -1322,7 +1652,7 @@ impl Service {
             last_position_sequence,
             last_position_digest,
         };
-        let (periods, secrets) = (self.periods.keys().clone(), self.secrets.clone());
+        let secrets = self.secrets.clone();
         self.forgotten = false;
         self.writing = Some(tokio::spawn(async move {
             let written = snapshots.write(&snapshot, month, &periods, &secrets).await;
@@ -1393,50 +1723,69 @@ impl Seen {
     }
 }
 
-/// Evaluate positions as they are stored and poll the zone, rule and tag events, snapshotting
-/// the state every `snapshot_every` (and once more on a clean stop), until `shutdown`.
+/// Evaluate what the partition's consumer delivers (first `waiting`, delivered while the state
+/// was rebuilt), acknowledging each once its effects are stored, and poll the zone, rule and
+/// tag events, snapshotting the state every `snapshot_every` (and once more on a clean stop),
+/// until `stop`, or until another instance is found to hold the partition.
 async fn follow(
     service: &mut Service,
-    positions: &PositionLog,
-    snapshot_every: Option<Duration>,
-    heartbeat_every: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), GeofenceError> {
-    // Live: positions as they are stored; zone, rule and tag events polled.
-    let mut live = positions.follow(service.next_position).await?;
+    feed: &mut hru_log::PartitionFeed,
+    waiting: Vec<hru_log::Delivered>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Followed, GeofenceError> {
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + RETENTION_SWEEP, RETENTION_SWEEP);
-    let every = snapshot_every.unwrap_or(Duration::from_secs(3600));
+    let every = service.snapshot_every.unwrap_or(Duration::from_secs(3600));
     let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    let mut heartbeat = tokio::time::interval(service.heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
+    let mut held = Held::default();
+    for d in waiting {
+        if !held.delivered(&d) {
+            return Ok(Followed::Lost);
+        }
+        service.evaluate(&d).await?;
+    }
+    let followed = loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            _ = stop.changed() => break Followed::Stopped,
             _ = sweep.tick() => {
                 if let Err(e) = service.sweep().await {
                     tracing::warn!(cause = %e, "expired keys not destroyed; trying again later");
                 }
             }
-            _ = snapshot.tick(), if snapshot_every.is_some() => service.snapshot().await,
-            _ = heartbeat.tick() => service.beat(positions, heartbeat_every),
+            _ = snapshot.tick(), if service.snapshot_every.is_some() => service.snapshot().await,
+            _ = heartbeat.tick() => service.beat(),
             _ = clock.tick() => {
+                // Lapses are raised only while this instance still holds the partition: a
+                // standby's stale state must not speak for tags another instance watches.
+                if let Some(pin) = &held.pin {
+                    match feed.holds(pin).await {
+                        Ok(true) => {}
+                        Ok(false) => break Followed::Lost,
+                        Err(e) => tracing::warn!(partition = service.partition, cause = %e, "partition pin not checked"),
+                    }
+                }
                 service.tick().await?;
                 service.reap(false).await;
                 service.count_state();
             }
-            entry = live.next() => {
-                let Some(entry) = entry else { break };
-                let entry: LogEntry = entry?;
-                service.keep_position_keys(&entry);
-                service.batch_read_ms = Some(jiff::Timestamp::now().as_millisecond());
-                service.read(&entry).await?;
-                service.next_position = entry.sequence + 1;
-                service.last_position = Some(Seen::of(&entry));
+            d = feed.next() => {
+                let d = match d {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        tracing::warn!(partition = service.partition, cause = %e, "partition pull failed; pulling on");
+                        continue;
+                    }
+                    None => break Followed::Lost,
+                };
+                if !held.delivered(&d) {
+                    break Followed::Lost;
+                }
+                service.evaluate(&d).await?;
             }
             _ = poll.tick() => {
                 let mut entries = service.log.reader().replay(service.next_event, &[]).await?;
@@ -1448,10 +1797,55 @@ async fn follow(
                 service.count_state();
             }
         }
+    };
+    if matches!(followed, Followed::Stopped) {
+        // A clean stop: the write under way, then one of the state as it is.
+        service.reap(true).await;
+        service.snapshot().await;
     }
-    // A clean stop: the write under way, then one of the state as it is.
     service.reap(true).await;
-    service.snapshot().await;
-    service.reap(true).await;
-    Ok(())
+    Ok(followed)
+}
+
+/// What this instance was delivered of its partition: the consumer's deliveries run on without
+/// a gap while no other instance is delivered any.
+#[derive(Default)]
+struct Held {
+    delivery: Option<u64>,
+    pin: Option<String>,
+}
+
+impl Held {
+    /// Take in a delivery; false when another instance was delivered something since the last.
+    fn delivered(&mut self, d: &hru_log::Delivered) -> bool {
+        if self.delivery.is_some_and(|last| d.delivery != last + 1) {
+            return false;
+        }
+        self.delivery = Some(d.delivery);
+        if d.pin.is_some() {
+            self.pin.clone_from(&d.pin);
+        }
+        true
+    }
+}
+
+impl Service {
+    /// Evaluate one delivered position message (one the state already covers is passed over)
+    /// and acknowledge it.
+    async fn evaluate(&mut self, d: &hru_log::Delivered) -> Result<(), GeofenceError> {
+        let entry = &d.entry;
+        self.pending = d.pending;
+        if entry.sequence >= self.next_position && !entry.subject.is_position_claim() {
+            self.keep_position_keys(entry);
+            self.batch_read_ms = Some(jiff::Timestamp::now().as_millisecond());
+            self.read(entry).await?;
+            self.next_position = entry.sequence + 1;
+            self.last_position = Some(Seen::of(entry));
+        }
+        if let Err(e) = d.ack().await {
+            // Not acknowledged: delivered again, and passed over then.
+            tracing::warn!(partition = self.partition, sequence = entry.sequence, cause = %e, "position message not acknowledged");
+        }
+        Ok(())
+    }
 }

@@ -40,34 +40,73 @@ impl Watch {
     }
 }
 
-/// The newest believed heartbeat among those stored: (store time, heartbeat).
-async fn newest(
+/// Every believed heartbeat among those stored: (store time, heartbeat).
+async fn believed(
     stream: &hru_log::KeptStream,
     directory: &hru_envelope::Directory,
     geofences: &[hru_domain::PartyId],
     tolerance_ms: i64,
-) -> Result<Option<(i64, pb::GeofenceHeartbeat)>, String> {
+) -> Result<Vec<(i64, pb::GeofenceHeartbeat)>, String> {
     let entries = stream
         .list(&hru_broker::Filter::all_heartbeats())
         .await
         .map_err(|e| e.to_string())?;
-    let mut newest: Option<(i64, pb::GeofenceHeartbeat)> = None;
+    let mut believed = Vec::new();
     for e in &entries {
         let stored = match e.stored {
             hru_broker::StoredAt::Exactly(ms) => ms,
             _ => continue,
         };
         match hru_log::heartbeats::verify(e, directory, tolerance_ms) {
-            Ok(h) if geofences.iter().any(|g| g.as_str() == h.party) => {
-                if newest.as_ref().is_none_or(|(at, _)| stored > *at) {
-                    newest = Some((stored, h));
-                }
-            }
+            Ok(h) if geofences.iter().any(|g| g.as_str() == h.party) => believed.push((stored, h)),
             Ok(h) => tracing::warn!(party = %h.party, "a heartbeat from a party that is not a geofence; ignored"),
             Err(why) => tracing::warn!(%why, subject = %e.subject, "a heartbeat not believed; ignored"),
         }
     }
-    Ok(newest)
+    Ok(believed)
+}
+
+/// The geofence's status at `now_ms` from the believed heartbeats: each partition of the
+/// position stream (as many as the newest heartbeat names) must have been beaten for within
+/// `limit_ms` by whichever instance holds it; one never beaten for, or not lately, is silent.
+fn judge(believed: &[(i64, pb::GeofenceHeartbeat)], now_ms: i64, limit_ms: i64) -> pb::GeofenceStatus {
+    let Some((at, newest)) = believed.iter().max_by_key(|(at, _)| *at) else {
+        return pb::GeofenceStatus {
+            silent: true,
+            silent_partitions: vec![0],
+            partitions: 1,
+            ..Default::default()
+        };
+    };
+    let partitions = newest.partitions.max(1);
+    let mut latest: Vec<Option<&(i64, pb::GeofenceHeartbeat)>> = vec![None; partitions as usize];
+    for b in believed {
+        // A heartbeat from before partitions speaks for the whole stream: partition 0 of 1.
+        let (partition, of) = (b.1.partition, b.1.partitions.max(1));
+        if of != partitions || partition >= partitions {
+            continue;
+        }
+        let slot = &mut latest[partition as usize];
+        if slot.is_none_or(|l| b.0 > l.0) {
+            *slot = Some(b);
+        }
+    }
+    let fresh = |l: &Option<&(i64, pb::GeofenceHeartbeat)>| l.is_some_and(|(at, _)| now_ms - at <= limit_ms);
+    let silent_partitions: Vec<u32> = (0..partitions).filter(|p| !fresh(&latest[*p as usize])).collect();
+    let held = latest.iter().filter(|l| fresh(l)).flatten();
+    let (pending, tags_lapsed) = held.fold((0u64, 0u32), |(p, t), (_, h)| {
+        (p.saturating_add(h.pending), t.saturating_add(h.tags_lapsed))
+    });
+    pb::GeofenceStatus {
+        silent: !silent_partitions.is_empty(),
+        last_heartbeat_ms: *at,
+        instance: newest.instance.clone(),
+        pending,
+        event_time_ms: newest.event_time_ms,
+        tags_lapsed,
+        silent_partitions,
+        partitions,
+    }
 }
 
 /// Judge the geofence every second until `stop`: silent when no believed heartbeat was stored
@@ -104,41 +143,29 @@ pub(crate) async fn watch_loop(
             }
         }
         let heard = match &stream {
-            Some(s) => match newest(s, &shared.deployment.directory, &geofences, limit).await {
+            Some(s) => match believed(s, &shared.deployment.directory, &geofences, limit).await {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(cause = %e, "heartbeats not read");
-                    None
+                    Vec::new()
                 }
             },
-            None => None,
+            None => Vec::new(),
         };
         let now = jiff::Timestamp::now().as_millisecond();
         // Never heard is silent: nothing says the geofence is watching.
-        let silent = heard.as_ref().is_none_or(|(at, _)| now - at > limit);
-        let status = match heard {
-            Some((at, h)) => pb::GeofenceStatus {
-                silent,
-                last_heartbeat_ms: at,
-                instance: h.instance,
-                pending: h.pending,
-                event_time_ms: h.event_time_ms,
-                tags_lapsed: h.tags_lapsed,
-            },
-            None => pb::GeofenceStatus {
-                silent,
-                ..Default::default()
-            },
-        };
+        let status = judge(&heard, now, limit);
+        let silent = status.silent;
         let watch = &shared.geofence;
         watch.silent.set(i64::from(silent));
         watch.heard_ms.set(status.last_heartbeat_ms);
         watch.status.send_if_modified(|old| {
-            let flipped = old.silent != status.silent;
+            let flipped = old.silent != status.silent || old.silent_partitions != status.silent_partitions;
             if flipped {
                 if silent {
                     tracing::warn!(
                         last_heartbeat_ms = status.last_heartbeat_ms,
+                        partitions = ?status.silent_partitions,
                         "the geofence is silent: breaches may go unseen"
                     );
                 } else {

@@ -51,6 +51,17 @@ pub fn read_api(stream: &str) -> Vec<String> {
     ]
 }
 
+/// JetStream API subjects of the partition consumers on `HRU_POSITIONS`: pull, acknowledge,
+/// read a consumer's state and release its pin.
+pub fn partition_consumer_api() -> Vec<String> {
+    vec![
+        format!("$JS.API.CONSUMER.MSG.NEXT.{POSITIONS_STREAM}.*"),
+        format!("$JS.API.CONSUMER.INFO.{POSITIONS_STREAM}.*"),
+        format!("$JS.API.CONSUMER.UNPIN.{POSITIONS_STREAM}.*"),
+        format!("$JS.ACK.{POSITIONS_STREAM}.>"),
+    ]
+}
+
 /// JetStream API subjects that destroy stored messages: deleting or purging any stream or a
 /// message of it, and updating `HRU_EVENTS` (a smaller limit makes the server drop messages
 /// even from a deny-delete stream). No identity may publish them; the provisioner, which
@@ -115,6 +126,22 @@ pub fn party_publish(rights: &Rights, party: &PartyId) -> Vec<String> {
         let at = rights.publish_filters(party).len();
         publish.insert(at, Filter::party_heartbeats(party).into());
         publish.insert(at, Filter::party_snapshots(party).into());
+        // Its instances share the position stream's partitions through the consumers the
+        // provisioner made: they pull, acknowledge, read a consumer's pin and release it; they
+        // create none (see `read_api`). Only geofences' consumers exist on that stream.
+        publish.extend(partition_consumer_api());
+        publish.push(Filter::party_position_claims(party).into());
+    }
+    // A gateway reads how many partitions the position stream has (its info, no messages).
+    if rights
+        .parties
+        .get(party)
+        .is_some_and(|r| r.produces.contains(&hru_domain::EventType::PositionBatch))
+    {
+        let info = format!("$JS.API.STREAM.INFO.{POSITIONS_STREAM}");
+        if !publish.contains(&info) {
+            publish.push(info);
+        }
     }
     // Whoever receives breaches watches the geofence's heartbeats; the geofence writes them.
     let receives_breaches = rights.parties.get(party).is_some_and(|r| {

@@ -150,8 +150,9 @@ pub fn events_config(replicas: usize) -> stream::Config {
     }
 }
 
-/// The position stream, kept for `max_age` (the agreement's retention of position batches).
-pub fn positions_config(max_age: Duration, replicas: usize) -> stream::Config {
+/// The position stream, kept for `max_age` (the agreement's retention of position batches),
+/// divided into `partitions` (named in its metadata, where gateways and geofences read it).
+pub fn positions_config(max_age: Duration, replicas: usize, partitions: u32) -> stream::Config {
     stream::Config {
         name: POSITIONS_STREAM.to_owned(),
         subjects: vec![Filter::all_positions().into()],
@@ -163,8 +164,104 @@ pub fn positions_config(max_age: Duration, replicas: usize) -> stream::Config {
         deny_purge: true,
         // Readers page through it with batched direct gets.
         allow_direct: true,
+        metadata: [(PARTITIONS_METADATA.to_owned(), partitions.max(1).to_string())].into(),
         ..Default::default()
     }
+}
+
+/// Metadata key of `HRU_POSITIONS` naming how many partitions it is divided into (absent: 1).
+pub const PARTITIONS_METADATA: &str = "hru.partitions";
+/// Most partitions the position stream may be divided into.
+pub const MAX_PARTITIONS: u32 = 64;
+/// The priority group of every partition's consumer: the geofence instances pulling it.
+pub const PARTITION_GROUP: &str = "geofence";
+/// How long the instance holding a partition may go without pulling before a standby takes it.
+pub const PARTITION_PIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The partitions a position stream's metadata names: 1 when it names none; an error when the
+/// value is not a number from 1 to [`MAX_PARTITIONS`].
+pub fn partitions_of(metadata: &std::collections::HashMap<String, String>) -> Result<u32, String> {
+    match metadata.get(PARTITIONS_METADATA) {
+        None => Ok(1),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=MAX_PARTITIONS).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{POSITIONS_STREAM} metadata `{PARTITIONS_METADATA}` is {v:?}, not a number from 1 to {MAX_PARTITIONS}"
+            )),
+        },
+    }
+}
+
+/// The partition a tag's positions go to: FNV-1a (32 bits) of its id, modulo `partitions`
+/// (the hash nats-server's `partition(n, …)` subject mapping uses). A victim device's fixes go
+/// to every partition, so each tag's paired device is always beside it.
+pub fn partition_of(tag: &str, partitions: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in tag.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % partitions.max(1)
+}
+
+/// The name a partition's geofence snapshots and heartbeats go under, `p<partition>`: the same
+/// whichever instance holds it, so the one that takes it over finds what the last holder kept.
+pub fn partition_name(partition: u32) -> String {
+    format!("p{partition}")
+}
+
+/// The durable consumer through which `party`'s geofence instances share `partition`.
+pub fn partition_consumer(party: &PartyId, partition: u32) -> String {
+    format!("{party}-p{partition}")
+}
+
+/// The consumer of one partition for `party`'s geofence: explicit acknowledgements, and one
+/// pinned instance of the group at a time; a standby takes the pin when the holder has not
+/// pulled for [`PARTITION_PIN_TIMEOUT`].
+pub fn partition_consumer_config(party: &PartyId, partition: u32) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: Some(partition_consumer(party, partition)),
+        description: Some(format!(
+            "partition {partition} of the position stream, for {party}'s geofence"
+        )),
+        filter_subjects: Filter::partition_positions(partition)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![PARTITION_GROUP.to_owned()],
+        priority_timeout: PARTITION_PIN_TIMEOUT,
+        ..Default::default()
+    }
+}
+
+/// Create each partition's consumer for every geofence party of `rights` (an existing one is
+/// left as it is: it holds how far the partition is evaluated).
+async fn provision_partitions(
+    stream: &jetstream::stream::Stream,
+    rights: &Rights,
+    partitions: u32,
+) -> Result<(), BrokerError> {
+    for (party, r) in &rights.parties {
+        if !r.geofence {
+            continue;
+        }
+        for partition in 0..partitions {
+            let config = partition_consumer_config(party, partition);
+            stream
+                .get_or_create_consumer(&partition_consumer(party, partition), config)
+                .await
+                .map_err(|e| BrokerError::Request {
+                    operation: "provision a partition consumer",
+                    source: format!("{}: {e}", partition_consumer(party, partition)).into(),
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// The geofence's snapshot stream: one message per subject (a snapshot written to a slot
@@ -335,16 +432,47 @@ pub async fn provision(
     rights: &Rights,
     positions_max_age: Duration,
     replicas: usize,
+    partitions: u32,
 ) -> Result<Vec<String>, BrokerError> {
     let js = jetstream::new(client.clone());
     // Created, or checked; never updated (no identity may update it: `destroying_api`).
     open_events(&js, replicas).await?;
+    if !(1..=MAX_PARTITIONS).contains(&partitions) {
+        return Err(BrokerError::Request {
+            operation: "provision HRU_POSITIONS",
+            source: format!("partitions is {partitions}: give a number from 1 to {MAX_PARTITIONS}").into(),
+        });
+    }
+    // A tag's partition depends on their number: it is chosen once, with the stream.
+    if let Ok(mut existing) = js.get_stream(POSITIONS_STREAM).await {
+        let info = existing.info().await.map_err(request("provision HRU_POSITIONS"))?;
+        let had = partitions_of(&info.config.metadata).map_err(|e| BrokerError::Request {
+            operation: "provision HRU_POSITIONS",
+            source: e.into(),
+        })?;
+        // A stream made before partitions (no metadata) holds one.
+        if had != partitions && !(info.config.metadata.is_empty() && partitions == 1) {
+            return Err(BrokerError::Request {
+                operation: "provision HRU_POSITIONS",
+                source: format!(
+                    "it is divided into {had} partitions, not {partitions}: a tag's partition depends on their \
+                     number, so it is kept; provision with --partitions {had}"
+                )
+                .into(),
+            });
+        }
+    }
     create_or_update(
         &js,
-        positions_config(positions_max_age, replicas),
+        positions_config(positions_max_age, replicas, partitions),
         "provision HRU_POSITIONS",
     )
     .await?;
+    let positions = js
+        .get_stream(POSITIONS_STREAM)
+        .await
+        .map_err(request("provision HRU_POSITIONS"))?;
+    provision_partitions(&positions, rights, partitions).await?;
     create_or_update(
         &js,
         snapshots_config(positions_max_age, replicas),

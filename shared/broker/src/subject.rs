@@ -6,7 +6,7 @@
 //! | access records | `hru.acc.<case>.<producer>` (kept off `hru.evt` so reads never move a case's version) |
 //! | key grants | `hru.key.<producer>.<audience>` |
 //! | public control events | `hru.ctl.<producer>.<EventType>` |
-//! | position batches | `hru.pos.<vendor>.<instance>` |
+//! | position batches | `hru.pos.<vendor>.<instance>.<partition>` (`hru.pos.<vendor>.<instance>` before partitions) |
 //! | victim alerts | `hru.alert.<device>` |
 //! | replies | `_INBOX_<identity>.…` |
 
@@ -50,6 +50,9 @@ macro_rules! text_type {
 text_type!(Subject);
 text_type!(Filter);
 
+/// The token in place of a vendor in a partition claim's subject (no party id starts with `_`).
+const CLAIM_TOKEN: &str = "_claim";
+
 impl Subject {
     /// A case event: `hru.evt.<case>.<producer>.<EventType>`.
     pub fn event(case: CaseId, producer: &PartyId, event_type: EventType) -> Self {
@@ -71,9 +74,40 @@ impl Subject {
         Self(format!("hru.ctl.{producer}.{event_type}"))
     }
 
-    /// A position batch of one gateway instance: `hru.pos.<vendor>.<instance>`.
-    pub fn positions(vendor: &PartyId, instance: &str) -> Self {
-        Self(format!("hru.pos.{vendor}.{instance}"))
+    /// A position batch of one gateway instance for one partition of the position stream:
+    /// `hru.pos.<vendor>.<instance>.<partition>`.
+    pub fn positions(vendor: &PartyId, instance: &str, partition: u32) -> Self {
+        Self(format!("hru.pos.{vendor}.{instance}.{partition}"))
+    }
+
+    /// A geofence instance's claim on an idle partition of the position stream (one no instance
+    /// holds and nothing is delivered from): `hru.pos._claim.<party>.<partition>`. Stored in
+    /// the partition like a batch, it gets the partition's consumer a pinned instance; it
+    /// carries nothing else.
+    pub fn position_claim(party: &PartyId, partition: u32) -> Self {
+        Self(format!("hru.pos.{CLAIM_TOKEN}.{party}.{partition}"))
+    }
+
+    /// Whether this is a partition claim (see [`Subject::position_claim`]), not a batch.
+    pub fn is_position_claim(&self) -> bool {
+        self.0.starts_with(&format!("hru.pos.{CLAIM_TOKEN}."))
+    }
+
+    /// Whether this is a position subject of `vendor`'s gateway `instance`: with a partition
+    /// token (`Some(partition)`), or without one as gateways published before partitions
+    /// (`Some(0)`); `None` when it is not.
+    pub fn position_partition(&self, vendor: &PartyId, instance: &str) -> Option<u32> {
+        let rest = self.0.strip_prefix("hru.pos.")?;
+        let rest = rest.strip_prefix(vendor.as_str())?.strip_prefix('.')?;
+        let rest = rest.strip_prefix(instance)?;
+        if rest.is_empty() {
+            return Some(0);
+        }
+        let token = rest.strip_prefix('.')?;
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_digit()) || token.len() > 9 {
+            return None;
+        }
+        token.parse().ok()
     }
 
     /// One chunk (`part` a number) or the manifest (`part` = `m`) of a geofence state snapshot
@@ -98,12 +132,12 @@ impl Subject {
     }
 
     /// The subject an envelope with `header` is published under; `grant_audience` is the
-    /// audience a `KeyGranted` envelope grants to.
+    /// audience a `KeyGranted` envelope grants to. A position batch (and the grants published
+    /// with it) carries its partition in the subject only: see [`Subject::position_partition`].
     pub fn of_header(header: &EventHeader, grant_audience: Option<&AudienceId>) -> Self {
         let party = &header.producer.party;
         match (header.event_type, header.case_id, grant_audience) {
             (EventType::KeyGranted, _, Some(audience)) => Self::key_grant(party, audience),
-            (EventType::PositionBatch, _, _) => Self::positions(party, &header.producer.instance),
             (EventType::AccessLogged, Some(case), _) => Self::access(case, party),
             (t, Some(case), _) => Self::event(case, party, t),
             (t, None, _) => Self::control(party, t),
@@ -258,9 +292,25 @@ impl Filter {
         Self(format!("hru.ctl.{producer}.*"))
     }
 
-    /// One vendor's position batches from any instance: `hru.pos.<vendor>.*`.
+    /// One vendor's position batches from any instance, in any partition: `hru.pos.<vendor>.>`.
     pub fn vendor_positions(vendor: &PartyId) -> Self {
-        Self(format!("hru.pos.{vendor}.*"))
+        Self(format!("hru.pos.{vendor}.>"))
+    }
+
+    /// One geofence party's partition claims: `hru.pos._claim.<party>.*`.
+    pub fn party_position_claims(party: &PartyId) -> Self {
+        Self(format!("hru.pos.{CLAIM_TOKEN}.{party}.*"))
+    }
+
+    /// The position batches of one partition, from every vendor and gateway instance:
+    /// `hru.pos.*.*.<partition>`, with, for partition 0, the batches published before
+    /// partitions (`hru.pos.*.*`).
+    pub fn partition_positions(partition: u32) -> Vec<Self> {
+        let mut filters = vec![Self(format!("hru.pos.*.*.{partition}"))];
+        if partition == 0 {
+            filters.push(Self("hru.pos.*.*".to_owned()));
+        }
+        filters
     }
 
     /// Exactly one subject.
@@ -312,6 +362,26 @@ mod tests {
         );
         assert!(access.matches(&Filter::case_access(case)));
         assert!(access.matches(&Filter::producer_access(&police)));
+        let batch = Subject::positions(&police, "gw-1", 2);
+        assert_eq!(batch.position_partition(&police, "gw-1"), Some(2));
+        assert_eq!(batch.position_partition(&police, "gw"), None);
+        assert_eq!(
+            Subject::from_wire("hru.pos.police-hru.gw-1").position_partition(&police, "gw-1"),
+            Some(0)
+        );
+        assert_eq!(
+            Subject::from_wire("hru.pos.police-hru.gw-1.x").position_partition(&police, "gw-1"),
+            None
+        );
+        assert!(batch.matches(&Filter::vendor_positions(&police)));
+        assert!(batch.matches(&Filter::partition_positions(2)[0]));
+        assert!(!batch.matches(&Filter::partition_positions(1)[0]));
+        assert!(Subject::from_wire("hru.pos.police-hru.gw-1").matches(&Filter::partition_positions(0)[1]));
+        let claim = Subject::position_claim(&police, 2);
+        assert!(claim.is_position_claim() && !batch.is_position_claim());
+        assert!(claim.matches(&Filter::partition_positions(2)[0]));
+        assert!(claim.matches(&Filter::party_position_claims(&police)));
+        assert!(!claim.matches(&Filter::vendor_positions(&police)));
         assert!(Subject::alert("dev-1").matches(&Filter::all_alerts()));
         assert!(!Subject::alert("dev-1").matches(&Filter::producer_control(&police)));
     }

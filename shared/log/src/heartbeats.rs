@@ -37,12 +37,22 @@ pub fn verify(entry: &LogEntry, directory: &Directory, tolerance_ms: i64) -> Res
         .party
         .parse()
         .map_err(|e: hru_domain::FieldError| format!("field `party`: {}", e.problem))?;
-    let expected = hru_broker::Subject::heartbeat(&party, &heartbeat.instance);
+    // A heartbeat speaks for a partition of the position stream (whichever instance holds
+    // it); one from before partitions, for its instance.
+    let (name, named) = if heartbeat.partitions > 0 {
+        (
+            hru_broker::stream::partition_name(heartbeat.partition),
+            format!("partition {} of {}", heartbeat.partition, heartbeat.partitions),
+        )
+    } else {
+        (heartbeat.instance.clone(), heartbeat.instance.clone())
+    };
+    if heartbeat.partitions > 0 && heartbeat.partition >= heartbeat.partitions {
+        return Err(format!("names {named}, which is no partition"));
+    }
+    let expected = hru_broker::Subject::heartbeat(&party, &name);
     if entry.subject != expected {
-        return Err(format!(
-            "names {party}/{} but is stored under {}",
-            heartbeat.instance, entry.subject
-        ));
+        return Err(format!("names {party}/{named} but is stored under {}", entry.subject));
     }
     let hru_broker::StoredAt::Exactly(at) = entry.stored else {
         return Err("its store time is not known".into());

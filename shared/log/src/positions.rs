@@ -32,7 +32,7 @@ impl PositionLog {
         let stream: stream::Stream = match js.get_stream(POSITIONS_STREAM).await {
             Ok(s) => s,
             Err(_) => js
-                .create_stream(hru_broker::stream::positions_config(max_age, replicas))
+                .create_stream(hru_broker::stream::positions_config(max_age, replicas, 1))
                 .await
                 .map_err(request("create stream HRU_POSITIONS"))?,
         };
@@ -50,6 +50,35 @@ impl PositionLog {
             js: jetstream::new(client),
             reader: None,
         })
+    }
+
+    /// The JetStream context this handle uses.
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// How many partitions the stream is divided into (its metadata; 1 when it names none).
+    pub async fn partitions(&self) -> Result<u32, LogError> {
+        let mut stream = self
+            .js
+            .get_stream(POSITIONS_STREAM)
+            .await
+            .map_err(request("read HRU_POSITIONS's configuration"))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(request("read HRU_POSITIONS's configuration"))?;
+        hru_broker::stream::partitions_of(&info.config.metadata).map_err(|e| LogError::Request {
+            operation: "read HRU_POSITIONS's configuration",
+            source: e.into(),
+        })
+    }
+
+    /// Every message of `partition` from sequence `from` to the end as it is now.
+    pub async fn replay_partition(&self, from: u64, partition: u32) -> Result<Entries, LogError> {
+        self.reader()?
+            .replay(from, &hru_broker::Filter::partition_positions(partition))
+            .await
     }
 
     /// The reader of the stream (an error for a publish-only handle).

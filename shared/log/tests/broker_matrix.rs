@@ -192,7 +192,7 @@ async fn js_publish(client: &async_nats::Client, v: &Violations, subject: &str) 
 async fn every_party_is_held_to_the_agreement_by_the_broker() {
     let w = world();
     let admin = connect(&w.url, Some(&identity(&w.provisioner))).await.unwrap();
-    hru_broker::provision(&admin, &w.isa.broker_rights(), w.isa.positions_max_age(), 1)
+    hru_broker::provision(&admin, &w.isa.broker_rights(), w.isa.positions_max_age(), 1, 1)
         .await
         .expect("provisioner creates HRU_EVENTS and the views");
 
@@ -522,7 +522,7 @@ async fn every_party_is_held_to_the_agreement_by_the_broker() {
     }
     assert!(destroyed.is_empty(), "the provisioner could {destroyed:?}");
     let admin = connect(&w.url, Some(&identity(&w.provisioner))).await.unwrap();
-    hru_broker::provision(&admin, &w.isa.broker_rights(), w.isa.positions_max_age(), 1)
+    hru_broker::provision(&admin, &w.isa.broker_rights(), w.isa.positions_max_age(), 1, 1)
         .await
         .expect("the provisioner still provisions");
     let kept = log
@@ -589,7 +589,7 @@ async fn a_party_reads_its_view_under_shared_sequences() {
     let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
         .await
         .unwrap();
-    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1)
+    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1, 1)
         .await
         .unwrap();
     let party = |name: &str| w.secrets.iter().find(|s| s.party.as_str() == name).unwrap();
@@ -764,7 +764,7 @@ async fn an_ambiguous_append_resolves_against_the_log_not_a_lagging_view() {
         .await
         .unwrap();
     let rights = w.isa.broker_rights();
-    hru_broker::provision(&admin.client(), &rights, w.isa.positions_max_age(), 1)
+    hru_broker::provision(&admin.client(), &rights, w.isa.positions_max_age(), 1, 1)
         .await
         .unwrap();
     let police = w.secrets.iter().find(|s| s.party.as_str() == "police-hru").unwrap();
@@ -879,7 +879,7 @@ async fn headers_a_publisher_forges_do_not_move_a_reader() {
     let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
         .await
         .unwrap();
-    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1)
+    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1, 1)
         .await
         .unwrap();
     let police = w.secrets.iter().find(|s| s.party.as_str() == "police-hru").unwrap();

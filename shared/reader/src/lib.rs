@@ -285,10 +285,19 @@ impl ReadPath {
             None
         };
         let expected = Subject::of_header(h, grant_audience.as_ref());
-        // A gateway publishes its grants with its batches, on its own position subject.
-        let with_batches = (h.event_type == EventType::KeyGranted)
-            .then(|| Subject::positions(&h.producer.party, &h.producer.instance));
-        if m.subject != expected.as_str() && with_batches.is_none_or(|s| m.subject != s.as_str()) {
+        // A gateway publishes its batches, and its grants with them, on its own position
+        // subjects, one per partition: the partition is routing, checked against the batch's
+        // signed content by the geofence that reads it.
+        let on_positions = matches!(h.event_type, EventType::PositionBatch | EventType::KeyGranted)
+            && Subject::from_wire(m.subject)
+                .position_partition(&h.producer.party, &h.producer.instance)
+                .is_some();
+        let expected = if h.event_type == EventType::PositionBatch {
+            Subject::positions(&h.producer.party, &h.producer.instance, 0)
+        } else {
+            expected
+        };
+        if m.subject != expected.as_str() && !on_positions {
             return Err(refusal(
                 m.sequence,
                 &h.producer,

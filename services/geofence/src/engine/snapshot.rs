@@ -156,6 +156,20 @@ pub fn config_digest(config: &Config) -> [u8; 32] {
     Sha256::digest(format!("hru.geofence.config.v1\0{ENGINE_LOGIC}\0{config:?}")).into()
 }
 
+/// The digest of the thresholds and of the partition the state judges (`partition` of
+/// `partitions`): a snapshot of another partition's tags, or taken under another number of
+/// partitions, is not used. One partition is the whole stream: its digest is
+/// [`config_digest`]'s.
+pub fn partitioned_config_digest(config: &Config, partition: u32, partitions: u32) -> [u8; 32] {
+    if partitions <= 1 {
+        return config_digest(config);
+    }
+    Sha256::digest(format!(
+        "hru.geofence.config.v1\0{ENGINE_LOGIC}\0{config:?}\0partition {partition} of {partitions}"
+    ))
+    .into()
+}
+
 impl State {
     /// The state's wire form.
     pub fn to_snapshot(&self) -> pb::EngineState {

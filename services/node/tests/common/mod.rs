@@ -88,7 +88,7 @@ pub async fn world() -> World {
         .unwrap();
     let identity = hru_envelope::PartySecrets::broker_identity(&provisioner);
     let log = EventLog::open(&nats.url(), Some(&identity), 1).await.unwrap();
-    hru_broker::provision(&log.client(), &isa.broker_rights(), isa.positions_max_age(), 1)
+    hru_broker::provision(&log.client(), &isa.broker_rights(), isa.positions_max_age(), 1, 1)
         .await
         .unwrap();
     World {
