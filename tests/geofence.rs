@@ -12,7 +12,6 @@ use hru_log::SharedLog as _;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures::StreamExt as _;
 use hru_domain::{EventType, ProducerId};
 use hru_envelope::{Directory, KeyRing, verify};
@@ -27,10 +26,6 @@ use rand::Rng as _;
 
 const TAGS: usize = 6;
 const SEED: u64 = 11;
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 /// Every breach decision in the log: message id → how many times it was appended.
 fn logged(events: &[hru_log::LogEntry], directory: &Directory, ring: &mut KeyRing) -> BTreeMap<String, usize> {
@@ -86,21 +81,7 @@ impl Scene {
         // Simulated time runs from now, faster than the wall clock; the gateway stamps batches
         // with the wall clock, as a real one would.
         let start_ms = jiff::Timestamp::now().as_millisecond();
-        let mut simulator = Simulator::new(SEED, TAGS, 1.0, start_ms);
-        for (i, (tag, victim, home)) in simulator.pairs().into_iter().enumerate() {
-            let case = uuid::Uuid::from_u128(0xca5e_0000 + i as u128).to_string();
-            let id = |n: u128| b64(uuid::Uuid::from_u128((n << 32) + i as u128).as_bytes());
-            let fitted = hru_tests::tag_fitted_json(&case, &tag, &id(1), &victim, start_ms);
-            let zone = hru_tests::home_zone_json(&case, &id(2), &tag, home);
-            let rule = format!(
-                r#"{{"caseId":"{case}","proximityRuleSet":{{"core":{{"ruleId":"{}","tagId":"{tag}","victimDeviceId":"{victim}","warningM":1500,"breachM":250,"maxVictimFixAgeS":300}}}}}}"#,
-                id(3)
-            );
-            for (party, json) in [("em-vendor", fitted), ("police-hru", zone), ("police-hru", rule)] {
-                let out = world.append(party, &world.event(&format!("setup-{i}-{party}.json"), &json));
-                assert!(out.status.success(), "{json}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        }
+        let mut simulator = hru_tests::fleet(&world, TAGS, SEED, start_ms);
         for i in 0..3 {
             simulator.approach(i);
         }

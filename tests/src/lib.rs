@@ -58,6 +58,36 @@ pub fn engine_breaches(
     directory: &hru_envelope::Directory,
     ring: &mut hru_envelope::KeyRing,
 ) -> Vec<hru_geofence::BreachUpdate> {
+    judge(events, positions, directory, ring, hru_geofence::Inputs::new())
+}
+
+/// [`engine_breaches`] for one partition of the position stream, as the instance holding it
+/// decides: over the partition's own position messages, judging only its tags.
+pub fn partition_breaches(
+    events: &[hru_log::LogEntry],
+    positions: &[hru_log::LogEntry],
+    directory: &hru_envelope::Directory,
+    ring: &mut hru_envelope::KeyRing,
+    partition: u32,
+    partitions: u32,
+) -> Vec<hru_geofence::BreachUpdate> {
+    let filters = hru_broker::Filter::partition_positions(partition);
+    let own: Vec<hru_log::LogEntry> = positions
+        .iter()
+        .filter(|e| filters.iter().any(|f| e.subject.matches(f)) && !e.subject.is_position_claim())
+        .cloned()
+        .collect();
+    let inputs = hru_geofence::Inputs::new().owning(partition, partitions);
+    judge(events, &own, directory, ring, inputs)
+}
+
+fn judge(
+    events: &[hru_log::LogEntry],
+    positions: &[hru_log::LogEntry],
+    directory: &hru_envelope::Directory,
+    ring: &mut hru_envelope::KeyRing,
+    mut inputs: hru_geofence::Inputs,
+) -> Vec<hru_geofence::BreachUpdate> {
     use hru_domain::EventType;
     let mut merged = Vec::new();
     for (source, entries) in [(0u8, events), (1u8, positions)] {
@@ -72,7 +102,6 @@ pub fn engine_breaches(
     }
     merged.sort_by_key(|(t, s, q, _)| (*t, *s, *q));
     let mut state = hru_geofence::State::new(hru_geofence::Config::default());
-    let mut inputs = hru_geofence::Inputs::new();
     let mut out = Vec::new();
     for (_, _, _, v) in &merged {
         if v.header.event_type == EventType::TagBreach {
@@ -92,4 +121,29 @@ pub fn engine_breaches(
         }
     }
     out
+}
+
+/// A fleet of `tags` simulated tags (seeded with `seed`, time from `start_ms`), each fitted in
+/// its own case with an exclusion zone at its victim's home and a proximity rule, appended to
+/// `world`'s log; the simulator that moves them.
+pub fn fleet(world: &World, tags: usize, seed: u64, start_ms: i64) -> hru_gateway::simulate::Simulator {
+    use base64::Engine as _;
+    let simulator = hru_gateway::simulate::Simulator::new(seed, tags, 1.0, start_ms);
+    for (i, (tag, victim, home)) in simulator.pairs().into_iter().enumerate() {
+        let case = uuid::Uuid::from_u128(0xca5e_0000 + i as u128).to_string();
+        let id = |n: u128| {
+            base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::from_u128((n << 32) + i as u128).as_bytes())
+        };
+        let fitted = tag_fitted_json(&case, &tag, &id(1), &victim, start_ms);
+        let zone = home_zone_json(&case, &id(2), &tag, home);
+        let rule = format!(
+            r#"{{"caseId":"{case}","proximityRuleSet":{{"core":{{"ruleId":"{}","tagId":"{tag}","victimDeviceId":"{victim}","warningM":1500,"breachM":250,"maxVictimFixAgeS":300}}}}}}"#,
+            id(3)
+        );
+        for (party, json) in [("em-vendor", fitted), ("police-hru", zone), ("police-hru", rule)] {
+            let out = world.append(party, &world.event(&format!("setup-{i}-{party}.json"), &json));
+            assert!(out.status.success(), "{json}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    simulator
 }

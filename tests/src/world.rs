@@ -26,6 +26,8 @@ pub struct World {
     pub nats: NatsServer,
     /// The working directory.
     pub dir: tempfile::TempDir,
+    /// The broker the world's commands and services use instead of `nats` (a cluster's URLs).
+    pub broker: Option<String>,
 }
 
 impl World {
@@ -51,7 +53,23 @@ impl World {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(agreement);
         let name = source.file_name().expect("a file").to_owned();
         std::fs::copy(&source, dir.path().join("policies").join(name)).expect("copy the agreement");
-        Self { nats, dir }
+        Self {
+            nats,
+            dir,
+            broker: None,
+        }
+    }
+
+    /// The same world with its commands and services on `url` (for example a cluster's
+    /// comma-separated URLs) instead of its own server.
+    pub fn on_broker(mut self, url: String) -> Self {
+        self.broker = Some(url);
+        self
+    }
+
+    /// The broker URL(s) the world's commands and services use.
+    pub fn url(&self) -> String {
+        self.broker.clone().unwrap_or_else(|| self.nats.url())
     }
 
     /// Like [`World::new`] with keys for the provisioner and the auditor too, and a server
@@ -95,14 +113,18 @@ impl World {
             .extra_config(&auth)
             .start()
             .expect("nats-server starts");
-        Self { nats, dir }
+        Self {
+            nats,
+            dir,
+            broker: None,
+        }
     }
 
     /// Run `hru` with the world's policies and server.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut full = vec!["--policies".to_owned(), path(self.dir.path(), "policies")];
         full.extend(args.iter().map(|s| (*s).to_owned()));
-        hru(&self.nats, &full.iter().map(String::as_str).collect::<Vec<_>>())
+        hru_at(&self.url(), &full.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Write an event draft as JSON to a file; its path.
@@ -203,7 +225,7 @@ impl World {
         use hru_log::periods::{self, PeriodHolder};
         let secrets = self.secrets(party);
         let (directory, isa) = self.deployment();
-        let log = hru_log::PartyView::open(&self.nats.url(), Some(&secrets.broker_identity()), &secrets.party)
+        let log = hru_log::PartyView::open(&self.url(), Some(&secrets.broker_identity()), &secrets.party)
             .await
             .expect("the party's view");
         let file = hru_runtime::deployment::periods_path(&self.keys(), &secrets.party);
@@ -300,26 +322,34 @@ impl World {
     /// Start the geofence as a child process serving metrics on `metrics_port`, with `extra`
     /// appended to its config; its output goes to `geofence.log`.
     pub fn start_geofence_with(&self, metrics_port: u16, extra: &str) -> std::process::Child {
+        self.start_geofence_named("geofence", metrics_port, extra)
+    }
+
+    /// Start a geofence instance `name` (its config `<name>.toml`, its data under
+    /// `<name>-data/`, its output in `<name>.log`) serving metrics on `metrics_port`, with
+    /// `extra` appended to its config.
+    pub fn start_geofence_named(&self, name: &str, metrics_port: u16, extra: &str) -> std::process::Child {
         let d = |rel: &str| path(self.dir.path(), rel);
+        let config = format!("{name}.toml");
         std::fs::write(
-            self.dir.path().join("geofence.toml"),
+            self.dir.path().join(&config),
             format!(
                 "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{extra}\n",
                 d("keys"),
                 d("policies"),
-                d("geofence-data")
+                d(&format!("{name}-data"))
             ),
         )
-        .expect("write geofence.toml");
+        .expect("write the geofence's config");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("geofence.log"))
-            .expect("open geofence.log");
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("open the geofence's log");
         Command::new(crate::hru_bin())
-            .args(["geofence", "run", "--config", &d("geofence.toml")])
-            .env("HRU_NATS_URL", self.nats.url())
-            .stdout(log.try_clone().expect("geofence.log"))
+            .args(["geofence", "run", "--config", &d(&config)])
+            .env("HRU_NATS_URL", self.url())
+            .stdout(log.try_clone().expect("the geofence's log"))
             .stderr(log)
             .spawn()
             .expect("spawn hru geofence run")
@@ -365,9 +395,14 @@ pub fn path(base: &Path, rel: &str) -> String {
 
 /// Run `hru` against `nats`.
 pub fn hru(nats: &NatsServer, args: &[&str]) -> Output {
+    hru_at(&nats.url(), args)
+}
+
+/// Run `hru` with `args` against the broker at `url`.
+pub fn hru_at(url: &str, args: &[&str]) -> Output {
     Command::new(crate::hru_bin())
         .args(args)
-        .env("HRU_NATS_URL", nats.url())
+        .env("HRU_NATS_URL", url)
         .output()
         .expect("runs hru")
 }
@@ -458,7 +493,7 @@ impl World {
         std::fs::write(&file, config).expect("write node config");
         let child = Command::new(crate::hru_bin())
             .args(["node", "run", "--config", &file.display().to_string()])
-            .env("HRU_NATS_URL", self.nats.url())
+            .env("HRU_NATS_URL", self.url())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

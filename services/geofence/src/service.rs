@@ -894,6 +894,20 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| hru_runtime::deployment::periods_path(&config.keys_dir, &party));
     let periods = PeriodHolder::open(&periods_file, &party)?;
+    // Instances sharing the partitions must hold one set of period chains (as they hold one
+    // secret key): several starting chains of their own at once would fork the party's keys.
+    if partitions > 1 && periods.keys().first_months().next().is_none() {
+        return Err(GeofenceError::Local {
+            key: "periods_file",
+            path: periods_file.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "holds no period chains, and HRU_POSITIONS has {partitions} partitions, shared by several instances: make the chains once with `hru keys periods --party {party} --keys DIR` and give every instance that file, as its secret key"
+                ),
+            ),
+        });
+    }
     let positions_max_age = isa.positions_max_age();
     // Without the snapshot stream (not provisioned yet) the service runs as before: every
     // start replays every input.

@@ -177,3 +177,47 @@ pub(crate) async fn watch_loop(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(partition: u32, partitions: u32, instance: &str) -> pb::GeofenceHeartbeat {
+        pb::GeofenceHeartbeat {
+            party: "geofence".into(),
+            instance: instance.into(),
+            partition,
+            partitions,
+            tags_lapsed: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_partition_nobody_beats_for_is_silent_though_others_are_heard() {
+        let now = 1_000_000;
+        let limit = 15_000;
+        // Partitions 0 and 2 heard lately; partition 1's holder stopped 20 s ago.
+        let heard = vec![
+            (now - 1_000, beat(0, 3, "a")),
+            (now - 20_000, beat(1, 3, "b")),
+            (now - 2_000, beat(2, 3, "c")),
+        ];
+        let status = judge(&heard, now, limit);
+        assert!(status.silent);
+        assert_eq!(status.silent_partitions, vec![1]);
+        assert_eq!(status.partitions, 3);
+        assert_eq!(status.tags_lapsed, 2, "lapses as the partitions' holders said");
+        // Another instance takes partition 1 and beats for it: heard again.
+        let mut heard = heard;
+        heard.push((now - 500, beat(1, 3, "a")));
+        let status = judge(&heard, now, limit);
+        assert!(!status.silent && status.silent_partitions.is_empty());
+        // A heartbeat from before partitions speaks for the whole stream.
+        let status = judge(&[(now - 100, beat(0, 0, "old"))], now, limit);
+        assert!(!status.silent);
+        assert_eq!(status.partitions, 1);
+        // Nothing heard: silent.
+        assert!(judge(&[], now, limit).silent);
+    }
+}
