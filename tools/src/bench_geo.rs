@@ -102,7 +102,74 @@ pub(crate) async fn setup_event(
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// Fit tag `tag-<i>` in case `i` with an exclusion zone of `zones` (zone `i`) for every zone,
+/// as the vendor and police would; each case's tag number.
+pub(crate) async fn fit_tags_in_zones(
+    log: &EventLog,
+    d: &Deployment,
+    zones: &Workload,
+) -> anyhow::Result<HashMap<CaseId, usize>> {
+    let vendor = party(d, "em-vendor")?;
+    let police = party(d, "police-hru")?;
+    let mut vendor_sealer = Sealer::new(
+        ProducerId {
+            party: vendor.party.clone(),
+            instance: "setup".into(),
+        },
+        vendor.signing.clone(),
+    );
+    let mut police_sealer = Sealer::new(
+        ProducerId {
+            party: police.party.clone(),
+            instance: "setup".into(),
+        },
+        police.signing.clone(),
+    );
+    let mut tag_of_case = HashMap::new();
+    for (i, z) in zones.zones.iter().enumerate() {
+        let case = CaseId(uuid::Uuid::from_u128(0xbe0c_0000_0000 + i as u128));
+        let tag = format!("tag-{i}");
+        tag_of_case.insert(case, i);
+        let now = jiff::Timestamp::now().as_millisecond();
+        let fitted = pb::event_draft::Event::TagFitted(pb::TagFitted {
+            core: Some(pb::TagCore {
+                tag_id: tag.clone(),
+                order_id: uuid::Uuid::now_v7().as_bytes().to_vec(),
+                victim_device_id: format!("vd-{i}"),
+                at_ms: now,
+                reason: String::new(),
+            }),
+        });
+        setup_event(log, &mut vendor_sealer, d, case, fitted, now).await?;
+        let ring: Vec<String> = match &z.shape {
+            hru_geofence::Shape::Area { .. } => zones.polygons[i]
+                .exterior()
+                .0
+                .iter()
+                .map(|c| format!("[{},{}]", c.x, c.y))
+                .collect(),
+            hru_geofence::Shape::Circle { .. } => Vec::new(),
+        };
+        let zone = pb::event_draft::Event::ZoneDefined(pb::ZoneDefined {
+            core: Some(pb::ZoneCore {
+                zone_id: z.id.as_bytes().to_vec(),
+                version: 1,
+                kind: pb::ZoneKind::Exclusion as i32,
+                tag_id: tag,
+                geojson: format!(r#"{{"type":"Polygon","coordinates":[[{}]]}}"#, ring.join(",")),
+                radius_m: 0.0,
+                schedule: vec![],
+                exit_buffer_m: 20.0,
+                label: "bench".into(),
+            }),
+        });
+        setup_event(log, &mut police_sealer, d, case, zone, now).await?;
+    }
+
+    Ok(tag_of_case)
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -126,67 +193,11 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
     hru_broker::provision(&log.client(), &d.isa.broker_rights(), d.isa.positions_max_age(), 1, 1).await?;
     let positions = PositionLog::open(&url, None, d.isa.positions_max_age(), 1).await?;
     let vendor = party(&d, "em-vendor")?;
-    let police = party(&d, "police-hru")?;
     let control = party(&d, "police-control")?;
     let tags = 1_000usize;
     let probes = 200usize;
     let zones = Workload::new(2, tags + probes, 0).map_err(anyhow::Error::msg)?;
-    let mut vendor_sealer = Sealer::new(
-        ProducerId {
-            party: vendor.party.clone(),
-            instance: "setup".into(),
-        },
-        vendor.signing.clone(),
-    );
-    let mut police_sealer = Sealer::new(
-        ProducerId {
-            party: police.party.clone(),
-            instance: "setup".into(),
-        },
-        police.signing.clone(),
-    );
-    let mut case_of_tag = HashMap::new();
-    let mut tag_of_case = HashMap::new();
-    for (i, z) in zones.zones.iter().enumerate() {
-        let case = CaseId(uuid::Uuid::from_u128(0xbe0c_0000_0000 + i as u128));
-        let tag = format!("tag-{i}");
-        case_of_tag.insert(tag.clone(), case);
-        tag_of_case.insert(case, i);
-        let now = jiff::Timestamp::now().as_millisecond();
-        let fitted = pb::event_draft::Event::TagFitted(pb::TagFitted {
-            core: Some(pb::TagCore {
-                tag_id: tag.clone(),
-                order_id: uuid::Uuid::now_v7().as_bytes().to_vec(),
-                victim_device_id: format!("vd-{i}"),
-                at_ms: now,
-                reason: String::new(),
-            }),
-        });
-        setup_event(&log, &mut vendor_sealer, &d, case, fitted, now).await?;
-        let ring: Vec<String> = match &z.shape {
-            hru_geofence::Shape::Area { .. } => zones.polygons[i]
-                .exterior()
-                .0
-                .iter()
-                .map(|c| format!("[{},{}]", c.x, c.y))
-                .collect(),
-            hru_geofence::Shape::Circle { .. } => Vec::new(),
-        };
-        let zone = pb::event_draft::Event::ZoneDefined(pb::ZoneDefined {
-            core: Some(pb::ZoneCore {
-                zone_id: z.id.as_bytes().to_vec(),
-                version: 1,
-                kind: pb::ZoneKind::Exclusion as i32,
-                tag_id: tag,
-                geojson: format!(r#"{{"type":"Polygon","coordinates":[[{}]]}}"#, ring.join(",")),
-                radius_m: 0.0,
-                schedule: vec![],
-                exit_buffer_m: 20.0,
-                label: "bench".into(),
-            }),
-        });
-        setup_event(&log, &mut police_sealer, &d, case, zone, now).await?;
-    }
+    let tag_of_case = fit_tags_in_zones(&log, &d, &zones).await?;
 
     let config_text = format!(
         "keys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nnats_url = {url:?}\n",
@@ -349,7 +360,7 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
     }
     let _ = stop_tx.send(());
     let _ = service.await;
-    let _ = (control, case_of_tag);
+    let _ = control;
 
     match format {
         Format::Json => println!(

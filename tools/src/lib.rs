@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_geo;
+pub mod bench_partitions;
 pub mod bench_restart;
 mod cast;
 pub mod demo;

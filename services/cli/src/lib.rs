@@ -777,6 +777,16 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Geofence instances sharing the position stream's partitions: fixes/s end to end with
+    /// 1, 2 and 3 instances beside the gateway's publish rate, and the handover when one dies.
+    GeofencePartitions {
+        /// Fixes for each throughput measurement.
+        #[arg(long, default_value_t = 500_000)]
+        fixes: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Geofence restart after a long run for a large fleet: ready time and peak memory from a
     /// snapshot beside a full replay, both real processes.
     GeofenceRestart {
@@ -968,6 +978,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             live,
             format,
         }) => hru_tools::bench_restart::geofence_restart(&cli.policies, tags, fixes, tail, live, format.into()).await,
+        Command::Bench(BenchCommand::GeofencePartitions { fixes, format }) => {
+            hru_tools::bench_partitions::geofence_partitions(&cli.policies, fixes, format.into()).await
+        }
         Command::Bench(BenchCommand::Geofence { fixes, format }) => {
             hru_tools::bench_geo::geofence(&cli.policies, fixes, format.into()).await
         }
