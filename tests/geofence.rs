@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use hru_domain::{EventType, ProducerId};
+use hru_domain::EventType;
 use hru_envelope::{Directory, KeyRing, verify};
+use hru_gateway::Gateway;
 use hru_gateway::simulate::Simulator;
-use hru_gateway::{Gateway, GatewayConfig};
-use hru_geofence::service::{logged_id, verify_alert};
+use hru_geofence::service::verify_alert;
 use hru_log::{EventLog, PositionLog};
 use hru_policy::CompiledIsa;
 use hru_tests::World;
@@ -26,26 +26,6 @@ use rand::Rng as _;
 
 const TAGS: usize = 6;
 const SEED: u64 = 11;
-
-/// Every breach decision in the log: message id → how many times it was appended.
-fn logged(events: &[hru_log::LogEntry], directory: &Directory, ring: &mut KeyRing) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for e in events {
-        let Ok(v) = verify(&e.payload, directory) else { continue };
-        if v.header.event_type == EventType::KeyGranted {
-            let _ = ring.ingest_grant(&v);
-        } else if v.header.event_type == EventType::TagBreach {
-            let opened = ring.open(&v);
-            // Coverage is the service's live observation, not a decision over logged inputs.
-            let coverage = hru_geofence::service::logged_breach(&opened)
-                .is_some_and(|b| b.kind == pb::BreachKind::MonitoringLapsed);
-            if let Some(id) = logged_id(&opened).filter(|_| !coverage) {
-                *out.entry(id).or_default() += 1;
-            }
-        }
-    }
-    out
-}
 
 /// The pure engine over the logged inputs, in the order the service reads them.
 fn expected(
@@ -91,7 +71,6 @@ impl Scene {
             .build()
             .unwrap();
         let (directory, isa) = world.deployment();
-        let vendor = world.secrets("em-vendor");
         let (positions, nats) = rt.block_on(async {
             let positions = PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1)
                 .await
@@ -103,17 +82,7 @@ impl Scene {
         let victims: Vec<String> = simulator.pairs().into_iter().map(|(_, v, _)| v).collect();
         rt.block_on(hru_broker::provision_devices(&nats, &victims, isa.alerts_max_age(), 1))
             .unwrap();
-        let gateway = Gateway::new(
-            ProducerId {
-                party: vendor.party.clone(),
-                instance: "gw-test".into(),
-            },
-            vendor.signing.clone(),
-            isa.clone(),
-            directory.clone(),
-            positions.clone(),
-            GatewayConfig::default(),
-        );
+        let gateway = hru_tests::vendor_gateway(&world, &isa, &directory, &positions);
         Self {
             world,
             rt,
@@ -225,7 +194,7 @@ impl Scene {
                 .rt
                 .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
                 .unwrap();
-            let got = logged(&events, &self.directory, &mut self.ring());
+            let got = hru_tests::logged_decisions(&events, &self.directory, &mut self.ring());
             if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
                 return got;
             }

@@ -14,7 +14,6 @@ use futures::TryStreamExt as _;
 use hru_domain::{CaseId, EventType, PlainSection, ProducerId};
 use hru_envelope::{Directory, KeyRing, Sealer, StaticAudiences, verify};
 use hru_gateway::simulate::Simulator;
-use hru_gateway::{Gateway, GatewayConfig};
 use hru_log::SharedLog as _;
 use hru_log::{EventLog, PositionLog};
 use hru_policy::CompiledIsa;
@@ -122,17 +121,7 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
     let positions = rt
         .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
         .unwrap();
-    let mut gateway = Gateway::new(
-        ProducerId {
-            party: vendor.party.clone(),
-            instance: "gw-test".into(),
-        },
-        vendor.signing.clone(),
-        isa.clone(),
-        directory.clone(),
-        positions.clone(),
-        GatewayConfig::default(),
-    );
+    let mut gateway = hru_tests::vendor_gateway(&world, &isa, &directory, &positions);
     let control = world.secrets("police-control");
     let mut breaches = rt
         .block_on(log.client().subscribe("hru.evt.*.geofence.TagBreach"))

@@ -5,13 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
-use hru_domain::{EventType, ProducerId};
-use hru_envelope::{Directory, KeyRing, verify};
-use hru_gateway::{Gateway, GatewayConfig};
 use hru_log::SharedLog as _;
 use hru_log::{EventLog, PositionLog};
 use hru_testkit::NatsCluster;
@@ -21,26 +17,21 @@ const TAGS: usize = 9;
 const SEED: u64 = 23;
 const PARTITIONS: u32 = 3;
 const INSTANCES: [&str; 3] = ["geofence-a", "geofence-b", "geofence-c"];
+/// Seconds without a message from a tag before its monitoring lapses.
+const LAPSE_S: u64 = 4;
 
-/// Each breach decision on the log (coverage lapses aside), with how many times it is there.
-fn logged(events: &[hru_log::LogEntry], directory: &Directory, ring: &mut KeyRing) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for e in events {
-        let Ok(v) = verify(&e.payload, directory) else { continue };
-        if v.header.event_type == EventType::KeyGranted {
-            let _ = ring.ingest_grant(&v);
-        } else if v.header.event_type == EventType::TagBreach {
-            let opened = ring.open(&v);
-            let lapse = hru_geofence::service::logged_breach(&opened)
-                .is_some_and(|b| b.kind == hru_wire::v1::BreachKind::MonitoringLapsed);
-            if let Some(id) = hru_geofence::service::logged_id(&opened)
-                && !lapse
-            {
-                *out.entry(id).or_insert(0) += 1;
-            }
-        }
+/// A fix far from every zone.
+fn far_fix(seq: u64, at: i64) -> hru_wire::v1::PositionFix {
+    hru_wire::v1::PositionFix {
+        fix_seq: seq,
+        device_time_ms: at,
+        received_at_ms: at,
+        position: Some(hru_wire::v1::LatLon { lat: 53.0, lon: -2.0 }),
+        accuracy_m: 5.0,
+        source: hru_wire::v1::FixSource::Gps as i32,
+        battery_percent: 80,
+        strap: hru_wire::v1::StrapState::Intact as i32,
     }
-    out
 }
 
 /// The instance whose newest heartbeat speaks for `partition`, and when it was stored.
@@ -66,19 +57,21 @@ fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decis
     let cluster = NatsCluster::start(3).unwrap();
     let url = cluster.urls().join(",");
     let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES).on_broker(url.clone());
-    let out = world.run(&[
-        "log",
-        "provision",
-        "--replicas",
-        "3",
-        "--partitions",
-        &PARTITIONS.to_string(),
-    ]);
-    assert!(
-        out.status.success(),
-        "provision: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The cluster may still be forming (a peer not yet known): provisioning is tried again.
+    let forming = Instant::now() + Duration::from_secs(30);
+    let partitions = PARTITIONS.to_string();
+    loop {
+        let out = world.run(&["log", "provision", "--replicas", "3", "--partitions", &partitions]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < forming,
+            "provision: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let start_ms = jiff::Timestamp::now().as_millisecond();
     let mut simulator = hru_tests::fleet(&world, TAGS, SEED, start_ms);
     for i in 0..TAGS {
@@ -103,24 +96,24 @@ fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decis
     let victims: Vec<String> = simulator.pairs().into_iter().map(|(_, v, _)| v).collect();
     rt.block_on(hru_broker::provision_devices(&nats, &victims, isa.alerts_max_age(), 3))
         .unwrap();
-    let vendor = world.secrets("em-vendor");
-    let mut gateway = Gateway::new(
-        ProducerId {
-            party: vendor.party.clone(),
-            instance: "gw-test".into(),
-        },
-        vendor.signing.clone(),
-        isa.clone(),
-        directory.clone(),
-        positions.clone(),
-        GatewayConfig::default(),
-    )
-    .partitioned(PARTITIONS);
+    let mut gateway = hru_tests::vendor_gateway(&world, &isa, &directory, &positions).partitioned(PARTITIONS);
+    // A tag fitted later, in another partition than 1, sending from then on.
+    let late = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|t| hru_broker::stream::partition_of(t, PARTITIONS) != 1)
+        .unwrap();
+    let late_sending = std::cell::Cell::new(false);
+    let mut late_seq = 0;
     let mut publish = |seconds: i64| {
         let fixes = simulator.step(seconds * 1000);
         rt.block_on(async {
             for f in fixes {
                 gateway.push(&f.device, f.victim, f.fix);
+            }
+            if late_sending.get() {
+                late_seq += 1;
+                let now = jiff::Timestamp::now().as_millisecond();
+                gateway.push(&late, false, far_fix(late_seq, now));
             }
             gateway.flush(jiff::Timestamp::now().as_millisecond()).await.unwrap();
         });
@@ -146,7 +139,7 @@ fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decis
                 name,
                 *port,
                 &format!(
-                    "instance = \"{name}\"\nprefer_partitions = [{i}]\nsnapshot_every_s = 0.5\nheartbeat_s = 0.25"
+                    "instance = \"{name}\"\nprefer_partitions = [{i}]\nsnapshot_every_s = 0.5\nheartbeat_s = 0.25\nlapse_after_s = {LAPSE_S}"
                 ),
             ))
         })
@@ -186,6 +179,18 @@ fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decis
     b.wait().unwrap();
     let killed = Instant::now();
     let killed_ms = jiff::Timestamp::now().as_millisecond();
+    // A tag is fitted now, after the dead instance's last snapshot of partition 1: the instance
+    // taking partition 1 over reads it in the view's tail, and must leave it to its own
+    // partition's holder (watching it would lapse a tag that is sending).
+    let case = uuid::Uuid::from_u128(0x1a7e_0001).to_string();
+    let order = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        uuid::Uuid::from_u128(0x1a7e_0002).as_bytes(),
+    );
+    let fitted = hru_tests::tag_fitted_json(&case, &late, &order, "victim-late", killed_ms);
+    let out = world.append("em-vendor", &world.event("late.json", &fitted));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    late_sending.set(true);
     let mut moved = None;
     while moved.is_none() {
         assert!(
@@ -201,18 +206,62 @@ fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decis
         "geofence-b killed → partition 1 evaluated by {to} after {:.1} s",
         (at - killed_ms) as f64 / 1000.0
     );
-    for _ in 0..8 {
-        publish(30);
-        std::thread::sleep(Duration::from_millis(250));
+    // geofence-c is paused (SIGSTOP) until partition 2 moves, then resumed: it finds the
+    // partition gone and drops it, deciding nothing more there.
+    let c = children[2].as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill").args([sig, &c]).status().unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let paused_ms = jiff::Timestamp::now().as_millisecond();
+    let paused = Instant::now();
+    loop {
+        assert!(
+            paused.elapsed() < Duration::from_secs(30),
+            "partition 2 moved within 30 s"
+        );
+        publish(5);
+        std::thread::sleep(Duration::from_millis(100));
+        if holder(&rt, &heartbeats, 2).is_some_and(|(who, at)| who != "geofence-c" && at > paused_ms) {
+            break;
+        }
     }
-    let held: u64 = [0, 2]
+    println!(
+        "geofence-c paused → partition 2 evaluated elsewhere after {:.1} s",
+        paused.elapsed().as_secs_f64()
+    );
+    signal("-CONT");
+    // Fixes flow on for longer than the lapse time: no tag that sends lapses.
+    let until = Instant::now() + Duration::from_secs(LAPSE_S + 4);
+    while Instant::now() < until {
+        publish(5);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = rt.block_on(EventLog::connect(&url)).unwrap();
+    let lapsed = {
+        let events = rt
+            .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
+            .unwrap();
+        let mut ring = hru_runtime::deployment::key_ring(&world.keys(), &"geofence".parse().unwrap()).unwrap();
+        hru_tests::logged_lapses(&events, &directory, &mut ring)
+    };
+    if !lapsed.is_empty() {
+        logs();
+    }
+    assert!(lapsed.is_empty(), "tags that send lapsed: {lapsed:?}");
+    let held: u64 = [0, 1, 2]
         .iter()
         .map(|i| metric(ports[*i], "hru_geofence_partitions_held"))
         .sum();
-    assert_eq!(held, 3, "the two instances left hold every partition");
+    assert_eq!(held, 3, "every partition is held once");
+    assert_eq!(
+        metric(ports[2], "hru_geofence_partitions_held"),
+        0,
+        "the resumed instance dropped what it lost"
+    );
 
     // Every decision on the log exactly once, as the pure engine decides each partition.
-    let log = rt.block_on(EventLog::connect(&url)).unwrap();
     let (events, stored) = hru_tests::logged_inputs(&rt, &log, &positions);
     let ring = || hru_runtime::deployment::key_ring(&world.keys(), &"geofence".parse().unwrap()).unwrap();
     let decided: Vec<(u32, hru_geofence::BreachUpdate)> = (0..PARTITIONS)
@@ -240,7 +289,7 @@ fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decis
         let events = rt
             .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
             .unwrap();
-        let got = logged(&events, &directory, &mut ring());
+        let got = hru_tests::logged_decisions(&events, &directory, &mut ring());
         if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
             break got;
         }
@@ -264,6 +313,28 @@ fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decis
     let unexpected: Vec<_> = got.keys().filter(|id| want.binary_search(id).is_err()).collect();
     assert!(unexpected.is_empty(), "not the engine's: {unexpected:?}");
     println!("{} decisions, each logged once", want.len());
+    // Each victim's phone holds each alert once, across the handover.
+    let alerts = rt.block_on(async {
+        let js = async_nats::jetstream::new(nats.clone());
+        let mut alerts = 0;
+        for victim in &victims {
+            let mut stream = js.get_stream(hru_broker::alert_stream(victim)).await.unwrap();
+            let last = stream.info().await.unwrap().state.last_sequence;
+            let mut decisions = std::collections::BTreeSet::new();
+            for seq in 1..=last {
+                let message = stream.get_raw_message(seq).await.unwrap();
+                let alert = hru_geofence::service::verify_alert(&message.payload, &directory).unwrap();
+                assert!(
+                    decisions.insert((alert.breach_id.clone(), alert.kind, alert.at_ms)),
+                    "{victim}'s phone got one alert twice: {alert:?}"
+                );
+                alerts += 1;
+            }
+        }
+        alerts
+    });
+    assert!(alerts > 0, "alerts reached the victims' phones");
+    println!("victims' streams: {alerts} alerts, none twice");
     // Every producer chain intact: a decision two instances both appended is the first one's,
     // and the second's chain does not count it.
     let verified = world.run(&["audit", "verify"]);

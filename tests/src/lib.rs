@@ -147,3 +147,76 @@ pub fn fleet(world: &World, tags: usize, seed: u64, start_ms: i64) -> hru_gatewa
     }
     simulator
 }
+
+/// Every breach decision on the log (coverage lapses aside: they are the service's live
+/// observations, not decisions over logged inputs), with how many times it was appended.
+pub fn logged_decisions(
+    events: &[hru_log::LogEntry],
+    directory: &hru_envelope::Directory,
+    ring: &mut hru_envelope::KeyRing,
+) -> std::collections::BTreeMap<String, usize> {
+    use hru_domain::EventType;
+    let mut out = std::collections::BTreeMap::new();
+    for e in events {
+        let Ok(v) = hru_envelope::verify(&e.payload, directory) else {
+            continue;
+        };
+        if v.header.event_type == EventType::KeyGranted {
+            let _ = ring.ingest_grant(&v);
+        } else if v.header.event_type == EventType::TagBreach {
+            let opened = ring.open(&v);
+            let lapse = hru_geofence::service::logged_breach(&opened)
+                .is_some_and(|b| b.kind == hru_wire::v1::BreachKind::MonitoringLapsed);
+            if let Some(id) = hru_geofence::service::logged_id(&opened).filter(|_| !lapse) {
+                *out.entry(id).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The EM vendor's gateway of `world` (instance `gw-test`), publishing to `positions`.
+pub fn vendor_gateway(
+    world: &World,
+    isa: &hru_policy::CompiledIsa,
+    directory: &hru_envelope::Directory,
+    positions: &hru_log::PositionLog,
+) -> hru_gateway::Gateway {
+    let vendor = world.secrets("em-vendor");
+    hru_gateway::Gateway::new(
+        hru_domain::ProducerId {
+            party: vendor.party.clone(),
+            instance: "gw-test".into(),
+        },
+        vendor.signing.clone(),
+        isa.clone(),
+        directory.clone(),
+        positions.clone(),
+        hru_gateway::GatewayConfig::default(),
+    )
+}
+
+/// The coverage lapses opened on the log: (tag, breach id).
+pub fn logged_lapses(
+    events: &[hru_log::LogEntry],
+    directory: &hru_envelope::Directory,
+    ring: &mut hru_envelope::KeyRing,
+) -> Vec<(String, String)> {
+    use hru_domain::EventType;
+    let mut out = Vec::new();
+    for e in events {
+        let Ok(v) = hru_envelope::verify(&e.payload, directory) else {
+            continue;
+        };
+        if v.header.event_type == EventType::KeyGranted {
+            let _ = ring.ingest_grant(&v);
+        } else if v.header.event_type == EventType::TagBreach
+            && let Some(b) = hru_geofence::service::logged_breach(&ring.open(&v))
+            && b.kind == hru_wire::v1::BreachKind::MonitoringLapsed
+            && b.state == hru_wire::v1::BreachState::Opened
+        {
+            out.push((b.tag_id.to_string(), b.breach_id.to_string()));
+        }
+    }
+    out
+}

@@ -1561,7 +1561,8 @@ impl Service {
             }
         }
         self.state = state;
-        self.inputs = inputs;
+        // The restored inputs judge this partition's tags only, as the ones they replace did.
+        self.inputs = inputs.owning(self.partition, self.partitions);
         for m in &snapshot.position_key_events {
             let entry = LogEntry {
                 sequence: m.sequence,
