@@ -225,6 +225,9 @@ pub enum GeofenceError {
     /// The producer store failed.
     #[error(transparent)]
     Store(#[from] hru_log::StoreError),
+    /// A partition's worker failed unexpectedly (it panicked).
+    #[error("a partition's worker failed: {0}")]
+    Worker(String),
     /// A local file or directory could not be made.
     #[error("configuration: key `{key}` ({path}): {source}")]
     Local {
@@ -882,6 +885,14 @@ pub async fn run(
     let log = PartyView::open(&config.nats_url, Some(&identity), &party).await?;
     let positions = PositionLog::open(&config.nats_url, Some(&identity), isa.positions_max_age(), 1).await?;
     let partitions = positions.partitions().await?;
+    if let Some(p) = config.prefer_partitions.iter().flatten().find(|p| **p >= partitions) {
+        return Err(hru_runtime::ConfigError::key(
+            "",
+            "prefer_partitions",
+            format!("{p} is no partition: HRU_POSITIONS has {partitions}, numbered from 0"),
+        )
+        .into());
+    }
     let alerts = hru_log::AlertPublisher::new(log.client());
     // The data directory holds the producer stores' epoch keys.
     hru_envelope::create_private_dir(&config.data_dir).map_err(|source| GeofenceError::Local {
@@ -1001,10 +1012,7 @@ pub async fn run(
     tasks.stop().await;
     match failed {
         Some(Ok(Err(e))) => Err(e),
-        Some(Err(e)) => {
-            tracing::error!(cause = %e, "a partition's worker panicked");
-            Ok(())
-        }
+        Some(Err(e)) => Err(GeofenceError::Worker(e.to_string())),
         _ => Ok(()),
     }
 }
@@ -1758,13 +1766,18 @@ async fn follow(
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut held = Held::default();
+    let mut lost = false;
     for d in waiting {
         if !held.delivered(&d) {
-            return Ok(Followed::Lost);
+            lost = true;
+            break;
         }
         service.evaluate(&d).await?;
     }
     let followed = loop {
+        if lost {
+            break Followed::Lost;
+        }
         tokio::select! {
             _ = stop.changed() => break Followed::Stopped,
             _ = sweep.tick() => {
@@ -1779,10 +1792,13 @@ async fn follow(
                 // standby's stale state must not speak for tags another instance watches.
                 if let Some(pin) = &held.pin {
                     match feed.holds(pin).await {
-                        Ok(true) => {}
+                        Ok(true) => held.confirmed = Some(std::time::Instant::now()),
                         Ok(false) => break Followed::Lost,
                         Err(e) => tracing::warn!(partition = service.partition, cause = %e, "partition pin not checked"),
                     }
+                }
+                if !held.still(feed).await {
+                    break Followed::Lost;
                 }
                 service.tick().await?;
                 service.reap(false).await;
@@ -1797,7 +1813,7 @@ async fn follow(
                     }
                     None => break Followed::Lost,
                 };
-                if !held.delivered(&d) {
+                if !held.delivered(&d) || !held.still(feed).await {
                     break Followed::Lost;
                 }
                 service.evaluate(&d).await?;
@@ -1828,9 +1844,36 @@ async fn follow(
 struct Held {
     delivery: Option<u64>,
     pin: Option<String>,
+    /// When the consumer last named this instance's pin as its own.
+    confirmed: Option<std::time::Instant>,
 }
 
 impl Held {
+    /// Whether this instance may still act for the partition: its pin was confirmed within the
+    /// pin timeout, or is confirmed now. After a pause (a frozen host, SIGSTOP) the pin may
+    /// have moved, and what was delivered before must not be acted on: a failed check counts
+    /// as lost.
+    async fn still(&mut self, feed: &hru_log::PartitionFeed) -> bool {
+        let fresh = self
+            .confirmed
+            .is_some_and(|t| t.elapsed() < hru_broker::stream::PARTITION_PIN_TIMEOUT);
+        if fresh {
+            return true;
+        }
+        let Some(pin) = self.pin.clone() else { return true };
+        match feed.holds(&pin).await {
+            Ok(true) => {
+                self.confirmed = Some(std::time::Instant::now());
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(partition = feed.partition, cause = %e, "partition pin not confirmed after a pause; dropping the partition");
+                false
+            }
+        }
+    }
+
     /// Take in a delivery; false when another instance was delivered something since the last.
     fn delivered(&mut self, d: &hru_log::Delivered) -> bool {
         if self.delivery.is_some_and(|last| d.delivery != last + 1) {

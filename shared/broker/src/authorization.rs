@@ -51,15 +51,20 @@ pub fn read_api(stream: &str) -> Vec<String> {
     ]
 }
 
-/// JetStream API subjects of the partition consumers on `HRU_POSITIONS`: pull, acknowledge,
-/// read a consumer's state and release its pin.
-pub fn partition_consumer_api() -> Vec<String> {
-    vec![
-        format!("$JS.API.CONSUMER.MSG.NEXT.{POSITIONS_STREAM}.*"),
-        format!("$JS.API.CONSUMER.INFO.{POSITIONS_STREAM}.*"),
-        format!("$JS.API.CONSUMER.UNPIN.{POSITIONS_STREAM}.*"),
-        format!("$JS.ACK.{POSITIONS_STREAM}.>"),
-    ]
+/// JetStream API subjects of `party`'s partition consumers on `HRU_POSITIONS` (each named, so
+/// no party reaches another's): pull, acknowledge, read a consumer's state, release its pin.
+pub fn partition_consumer_api(party: &PartyId) -> Vec<String> {
+    (0..crate::stream::MAX_PARTITIONS)
+        .flat_map(|p| {
+            let consumer = crate::stream::partition_consumer(party, p);
+            [
+                format!("$JS.API.CONSUMER.MSG.NEXT.{POSITIONS_STREAM}.{consumer}"),
+                format!("$JS.API.CONSUMER.INFO.{POSITIONS_STREAM}.{consumer}"),
+                format!("$JS.API.CONSUMER.UNPIN.{POSITIONS_STREAM}.{consumer}"),
+                format!("$JS.ACK.{POSITIONS_STREAM}.{consumer}.>"),
+            ]
+        })
+        .collect()
 }
 
 /// JetStream API subjects that destroy stored messages: deleting or purging any stream or a
@@ -129,7 +134,7 @@ pub fn party_publish(rights: &Rights, party: &PartyId) -> Vec<String> {
         // Its instances share the position stream's partitions through the consumers the
         // provisioner made: they pull, acknowledge, read a consumer's pin and release it; they
         // create none (see `read_api`). Only geofences' consumers exist on that stream.
-        publish.extend(partition_consumer_api());
+        publish.extend(partition_consumer_api(party));
         publish.push(Filter::party_position_claims(party).into());
     }
     // A gateway reads how many partitions the position stream has (its info, no messages).

@@ -172,7 +172,7 @@ pub fn positions_config(max_age: Duration, replicas: usize, partitions: u32) -> 
 /// Metadata key of `HRU_POSITIONS` naming how many partitions it is divided into (absent: 1).
 pub const PARTITIONS_METADATA: &str = "hru.partitions";
 /// Most partitions the position stream may be divided into.
-pub const MAX_PARTITIONS: u32 = 64;
+pub const MAX_PARTITIONS: u32 = 16;
 /// The priority group of every partition's consumer: the geofence instances pulling it.
 pub const PARTITION_GROUP: &str = "geofence";
 /// How long the instance holding a partition may go without pulling before a standby takes it.
@@ -229,8 +229,11 @@ pub fn partition_consumer_config(party: &PartyId, partition: u32) -> jetstream::
             .map(String::from)
             .collect(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        max_ack_pending: 10_000,
+        // Redelivery matters only to the holder, whose rebuild covers what it was delivered
+        // before: long, so a slow rebuild is not handed its backlog twice.
+        ack_wait: Duration::from_secs(120),
+        // What one instance may hold delivered and not yet evaluated (its memory bound).
+        max_ack_pending: 1_024,
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
         priority_groups: vec![PARTITION_GROUP.to_owned()],

@@ -71,14 +71,24 @@ pub enum Claim {
     Claimed,
 }
 
-/// One partition's consumer, pulled in the geofence's priority group.
+/// One partition's consumer, pulled in the geofence's priority group. A task of its own pulls
+/// whatever the service is doing (a rebuild, a long append), so the pin is renewed while this
+/// instance is alive; what it was delivered waits here (the consumer's `max_ack_pending`
+/// bounds how much).
 pub struct PartitionFeed {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     name: String,
     /// The partition.
     pub partition: u32,
-    messages: pull::Stream,
+    delivered: tokio::sync::mpsc::UnboundedReceiver<Result<Delivered, LogError>>,
+    puller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PartitionFeed {
+    fn drop(&mut self) {
+        self.puller.abort();
+    }
 }
 
 impl PartitionFeed {
@@ -101,7 +111,7 @@ impl PartitionFeed {
                     source: format!("{name}: {e} (run `hru log provision` with the stream's partitions)").into(),
                 })?,
         };
-        let messages = consumer
+        let mut messages = consumer
             .stream()
             .group(PARTITION_GROUP)
             .expires(PULL_EXPIRES)
@@ -113,28 +123,35 @@ impl PartitionFeed {
                 operation: "pull a partition",
                 source: format!("{name}: {e}").into(),
             })?;
+        let (tx, delivered) = tokio::sync::mpsc::unbounded_channel();
+        let pulled = name.clone();
+        let puller = tokio::spawn(async move {
+            while let Some(m) = messages.next().await {
+                let d = m
+                    .map_err(|e| LogError::Request {
+                        operation: "pull a partition",
+                        source: format!("{pulled}: {e}").into(),
+                    })
+                    .and_then(delivered_message);
+                if tx.send(d).is_err() {
+                    return;
+                }
+            }
+        });
         Ok(Self {
             js: positions.js().clone(),
             stream,
             name,
             partition,
-            messages,
+            delivered,
+            puller,
         })
     }
 
     /// The next message delivered to this instance (it holds the pin while these come); `None`
     /// when the pull stream ended.
     pub async fn next(&mut self) -> Option<Result<Delivered, LogError>> {
-        let message = match self.messages.next().await? {
-            Ok(m) => m,
-            Err(e) => {
-                return Some(Err(LogError::Request {
-                    operation: "pull a partition",
-                    source: format!("{}: {e}", self.name).into(),
-                }));
-            }
-        };
-        Some(delivered(message))
+        self.delivered.recv().await
     }
 
     /// Whether the consumer's pin is `pin` now (this instance still holds the partition).
@@ -190,7 +207,7 @@ impl PartitionFeed {
     }
 }
 
-fn delivered(message: jetstream::Message) -> Result<Delivered, LogError> {
+fn delivered_message(message: jetstream::Message) -> Result<Delivered, LogError> {
     let bad = |why: String| LogError::Request {
         operation: "read a partition message",
         source: why.into(),

@@ -1175,12 +1175,12 @@ async fn recover(
 }
 
 /// How long a duplicate's owner is looked for in a reader that lags the log (a party's view).
-const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether the message `log` holds at `sequence` is `envelope` itself (byte for byte) rather
 /// than another producer's envelope under the same event id. A reader that does not hold the
-/// sequence after [`OWNER_WAIT`] (a view that never receives this subject) cannot tell: the
-/// envelope is then taken as stored, as the broker's answer says.
+/// sequence after [`OWNER_WAIT`] cannot tell: an error, and the envelope stays in the outbox
+/// (assuming either way could break the chain).
 async fn holds_ours(log: &impl SharedLog, envelope: &SealedEnvelope, sequence: u64) -> Result<bool, StoreError> {
     let filter = [Filter::exactly(&envelope.subject)];
     let deadline = tokio::time::Instant::now() + OWNER_WAIT;
@@ -1195,12 +1195,15 @@ async fn holds_ours(log: &impl SharedLog, envelope: &SealedEnvelope, sequence: u
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                event = %envelope.header.event_id,
-                sequence,
-                "a duplicate's stored copy is not readable here; taken as this producer's"
-            );
-            return Ok(true);
+            return Err(LogError::Request {
+                operation: "tell whose copy of a duplicate the log holds",
+                source: format!(
+                    "event {} is stored at {sequence}, which this reader has not held within {OWNER_WAIT:?}; the envelope stays in the outbox",
+                    envelope.header.event_id
+                )
+                .into(),
+            }
+            .into());
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -286,8 +286,8 @@ impl ReadPath {
         };
         let expected = Subject::of_header(h, grant_audience.as_ref());
         // A gateway publishes its batches, and its grants with them, on its own position
-        // subjects, one per partition: the partition is routing, checked against the batch's
-        // signed content by the geofence that reads it.
+        // subjects, one per partition: the partition token is routing only (the geofence
+        // judges just its own partition's tags in whatever batch it reads).
         let on_positions = matches!(h.event_type, EventType::PositionBatch | EventType::KeyGranted)
             && Subject::from_wire(m.subject)
                 .position_partition(&h.producer.party, &h.producer.instance)
