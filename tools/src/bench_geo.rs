@@ -102,6 +102,45 @@ pub(crate) async fn setup_event(
     Ok(())
 }
 
+/// A local nats-server with a throwaway deployment's streams provisioned, the position
+/// stream divided into `partitions`.
+pub(crate) struct LocalBed {
+    /// The server (stopped when dropped).
+    pub(crate) server: hru_local_nats::NatsServer,
+    /// Its URL.
+    pub(crate) url: String,
+    /// The deployment.
+    pub(crate) d: Deployment,
+    /// The shared log.
+    pub(crate) log: EventLog,
+    /// The position stream.
+    pub(crate) positions: PositionLog,
+}
+
+/// Start a [`LocalBed`] for the agreements in `policies_dir`.
+pub(crate) async fn local_bed(policies_dir: &Path, partitions: u32) -> anyhow::Result<LocalBed> {
+    let server = hru_local_nats::NatsServer::start()?;
+    let url = server.url();
+    let d = deployment(policies_dir)?;
+    let log = EventLog::connect(&url).await?;
+    hru_broker::provision(
+        &log.client(),
+        &d.isa.broker_rights(),
+        d.isa.positions_max_age(),
+        1,
+        partitions,
+    )
+    .await?;
+    let positions = PositionLog::open(&url, None, d.isa.positions_max_age(), 1).await?;
+    Ok(LocalBed {
+        server,
+        url,
+        d,
+        log,
+        positions,
+    })
+}
+
 /// Fit tag `tag-<i>` in case `i` with an exclusion zone of `zones` (zone `i`) for every zone,
 /// as the vendor and police would; each case's tag number.
 pub(crate) async fn fit_tags_in_zones(
@@ -186,12 +225,13 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
     let memory = state_memory(100_000).map_err(anyhow::Error::msg)?;
 
     // 3. End to end on a local server.
-    let server = hru_local_nats::NatsServer::start()?;
-    let url = server.url();
-    let d = deployment(policies_dir)?;
-    let log = EventLog::connect(&url).await?;
-    hru_broker::provision(&log.client(), &d.isa.broker_rights(), d.isa.positions_max_age(), 1, 1).await?;
-    let positions = PositionLog::open(&url, None, d.isa.positions_max_age(), 1).await?;
+    let LocalBed {
+        server: _server,
+        url,
+        d,
+        log,
+        positions,
+    } = local_bed(policies_dir, 1).await?;
     let vendor = party(&d, "em-vendor")?;
     let control = party(&d, "police-control")?;
     let tags = 1_000usize;

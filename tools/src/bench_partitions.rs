@@ -15,12 +15,12 @@ use futures::StreamExt as _;
 use hru_domain::{CaseId, EventType, ProducerId};
 use hru_gateway::{Gateway, GatewayConfig};
 use hru_geofence::service::{GeofenceConfig, GeofenceError, Stats};
-use hru_log::{EventLog, PositionLog};
+use hru_log::PositionLog;
 use hru_wire::v1 as pb;
 use serde_json::json;
 
 use crate::Format;
-use crate::bench_geo::{Deployment, deployment, fit_tags_in_zones, party, percentile};
+use crate::bench_geo::{Deployment, LocalBed, fit_tags_in_zones, local_bed, party, percentile};
 use crate::geofence_workload::Workload;
 
 const PARTITIONS: u32 = 3;
@@ -41,19 +41,13 @@ struct Bed {
 
 impl Bed {
     async fn new(policies_dir: &Path) -> anyhow::Result<Self> {
-        let server = hru_local_nats::NatsServer::start()?;
-        let url = server.url();
-        let d = deployment(policies_dir)?;
-        let log = EventLog::connect(&url).await?;
-        hru_broker::provision(
-            &log.client(),
-            &d.isa.broker_rights(),
-            d.isa.positions_max_age(),
-            1,
-            PARTITIONS,
-        )
-        .await?;
-        let positions = PositionLog::open(&url, None, d.isa.positions_max_age(), 1).await?;
+        let LocalBed {
+            server,
+            url,
+            d,
+            log,
+            positions,
+        } = local_bed(policies_dir, PARTITIONS).await?;
         let zones = Workload::new(2, TAGS + PROBES, 0).map_err(anyhow::Error::msg)?;
         let tag_of_case = fit_tags_in_zones(&log, &d, &zones).await?;
         // The geofence's period chains, made once for every instance (as `hru keys periods`).

@@ -12,12 +12,11 @@ use anyhow::Context as _;
 use hru_domain::{CaseId, ProducerId};
 use hru_envelope::Sealer;
 use hru_gateway::{Gateway, GatewayConfig};
-use hru_log::{EventLog, PositionLog};
 use hru_wire::v1 as pb;
 use serde_json::json;
 
 use crate::Format;
-use crate::bench_geo::{deployment, party, setup_event};
+use crate::bench_geo::{LocalBed, local_bed, party, setup_event};
 use crate::geofence_workload::Workload;
 
 /// Seconds between a tag's fixes.
@@ -136,12 +135,13 @@ pub async fn geofence_restart(
     live: bool,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let server = hru_local_nats::NatsServer::start()?;
-    let url = server.url();
-    let d = deployment(policies_dir)?;
-    let log = EventLog::connect(&url).await?;
-    hru_broker::provision(&log.client(), &d.isa.broker_rights(), d.isa.positions_max_age(), 1, 1).await?;
-    let positions = PositionLog::open(&url, None, d.isa.positions_max_age(), 1).await?;
+    let LocalBed {
+        server: _server,
+        url,
+        d,
+        log,
+        positions,
+    } = local_bed(policies_dir, 1).await?;
 
     // The fleet: each tag fitted, with an exclusion zone.
     let workload = Workload::new(3, tags, 0).map_err(anyhow::Error::msg)?;
