@@ -1747,7 +1747,7 @@ impl Seen {
 }
 
 /// Evaluate what the partition's consumer delivers (first `waiting`, delivered while the state
-/// was rebuilt), acknowledging each once its effects are stored, and poll the zone, rule and
+/// was rebuilt), and poll the zone, rule and
 /// tag events, snapshotting the state every `snapshot_every` (and once more on a clean stop),
 /// until `stop`, or until another instance is found to hold the partition.
 async fn follow(
@@ -1888,8 +1888,7 @@ impl Held {
 }
 
 impl Service {
-    /// Evaluate one delivered position message (one the state already covers is passed over)
-    /// and acknowledge it.
+    /// Evaluate one delivered position message (one the state already covers is passed over).
     async fn evaluate(&mut self, d: &hru_log::Delivered) -> Result<(), GeofenceError> {
         let entry = &d.entry;
         self.pending = d.pending;
@@ -1899,10 +1898,6 @@ impl Service {
             self.read(entry).await?;
             self.next_position = entry.sequence + 1;
             self.last_position = Some(Seen::of(entry));
-        }
-        if let Err(e) = d.ack().await {
-            // Not acknowledged: delivered again, and passed over then.
-            tracing::warn!(partition = self.partition, sequence = entry.sequence, cause = %e, "position message not acknowledged");
         }
         Ok(())
     }

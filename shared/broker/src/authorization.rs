@@ -52,7 +52,7 @@ pub fn read_api(stream: &str) -> Vec<String> {
 }
 
 /// JetStream API subjects of `party`'s partition consumers on `HRU_POSITIONS` (each named, so
-/// no party reaches another's): pull, acknowledge, read a consumer's state, release its pin.
+/// no party reaches another's): pull, read a consumer's state, release its pin.
 pub fn partition_consumer_api(party: &PartyId) -> Vec<String> {
     (0..crate::stream::MAX_PARTITIONS)
         .flat_map(|p| {
@@ -61,7 +61,6 @@ pub fn partition_consumer_api(party: &PartyId) -> Vec<String> {
                 format!("$JS.API.CONSUMER.MSG.NEXT.{POSITIONS_STREAM}.{consumer}"),
                 format!("$JS.API.CONSUMER.INFO.{POSITIONS_STREAM}.{consumer}"),
                 format!("$JS.API.CONSUMER.UNPIN.{POSITIONS_STREAM}.{consumer}"),
-                format!("$JS.ACK.{POSITIONS_STREAM}.{consumer}.>"),
             ]
         })
         .collect()
@@ -132,8 +131,8 @@ pub fn party_publish(rights: &Rights, party: &PartyId) -> Vec<String> {
         publish.insert(at, Filter::party_heartbeats(party).into());
         publish.insert(at, Filter::party_snapshots(party).into());
         // Its instances share the position stream's partitions through the consumers the
-        // provisioner made: they pull, acknowledge, read a consumer's pin and release it; they
-        // create none (see `read_api`). Only geofences' consumers exist on that stream.
+        // provisioner made: they pull, read a consumer's pin and release it; they create none
+        // (see `read_api`).
         publish.extend(partition_consumer_api(party));
         publish.push(Filter::party_position_claims(party).into());
     }

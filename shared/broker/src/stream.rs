@@ -215,9 +215,9 @@ pub fn partition_consumer(party: &PartyId, partition: u32) -> String {
     format!("{party}-p{partition}")
 }
 
-/// The consumer of one partition for `party`'s geofence: explicit acknowledgements, and one
-/// pinned instance of the group at a time; a standby takes the pin when the holder has not
-/// pulled for [`PARTITION_PIN_TIMEOUT`].
+/// The consumer of one partition for `party`'s geofence: one pinned instance of the group at
+/// a time, no acknowledgements; a standby takes the pin when the holder has not pulled for
+/// [`PARTITION_PIN_TIMEOUT`].
 pub fn partition_consumer_config(party: &PartyId, partition: u32) -> jetstream::consumer::pull::Config {
     jetstream::consumer::pull::Config {
         durable_name: Some(partition_consumer(party, partition)),
@@ -228,12 +228,13 @@ pub fn partition_consumer_config(party: &PartyId, partition: u32) -> jetstream::
             .into_iter()
             .map(String::from)
             .collect(),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        // Redelivery matters only to the holder, whose rebuild covers what it was delivered
-        // before: long, so a slow rebuild is not handed its backlog twice.
-        ack_wait: Duration::from_secs(120),
-        // What one instance may hold delivered and not yet evaluated (its memory bound).
-        max_ack_pending: 1_024,
+        // No acknowledgements: the consumer only carries live messages and the pin. What an
+        // instance evaluated is kept by its snapshots and its logged decisions, and whoever
+        // takes a partition rebuilds from the newest snapshot through the stream's end, so a
+        // message delivered to an instance that died is evaluated again by the next. Acks
+        // would only add redeliveries, and a dead holder's unacknowledged backlog would stall
+        // the next one until they were redelivered.
+        ack_policy: jetstream::consumer::AckPolicy::None,
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
         priority_groups: vec![PARTITION_GROUP.to_owned()],

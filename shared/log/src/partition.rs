@@ -1,6 +1,5 @@
 //! One partition of the position stream as a geofence instance takes it: the messages its
-//! durable consumer delivers while this instance holds the consumer's pin, each acknowledged
-//! once evaluated. The server pins one pulling instance of the group at a time and moves the pin
+//! durable consumer delivers while this instance holds the consumer's pin. The server pins one pulling instance of the group at a time and moves the pin
 //! to a standby when the holder stops pulling for `PARTITION_PIN_TIMEOUT`; a pin is a lease, not
 //! a lock (a paused holder may still act on what it was delivered), so what an instance does
 //! with a message must be safe to do twice: the geofence's decisions derive their event ids.
@@ -18,6 +17,9 @@ use crate::{LogEntry, LogError, PositionLog};
 /// alive renews its pin several times over before a standby may take it.
 const PULL_EXPIRES: Duration = Duration::from_millis(400);
 
+/// Messages delivered and not yet taken by the service that an instance keeps.
+pub const WAITING: usize = 512;
+
 /// A message delivered from a partition.
 pub struct Delivered {
     /// The position-stream message.
@@ -29,17 +31,6 @@ pub struct Delivered {
     pub pin: Option<String>,
     /// Messages of the partition stored and not yet delivered when this one was.
     pub pending: u64,
-    message: jetstream::Message,
-}
-
-impl Delivered {
-    /// Acknowledge it: evaluated, its effects stored.
-    pub async fn ack(&self) -> Result<(), LogError> {
-        self.message.ack().await.map_err(|e| LogError::Request {
-            operation: "acknowledge a position message",
-            source: e,
-        })
-    }
 }
 
 /// Whether no instance of `party`'s geofence holds `partition` now (its consumer has no pinned
@@ -73,15 +64,16 @@ pub enum Claim {
 
 /// One partition's consumer, pulled in the geofence's priority group. A task of its own pulls
 /// whatever the service is doing (a rebuild, a long append), so the pin is renewed while this
-/// instance is alive; what it was delivered waits here (the consumer's `max_ack_pending`
-/// bounds how much).
+/// instance is alive; what it was delivered waits here, up to [`WAITING`] messages. An
+/// instance that falls that far behind stops pulling, and after the pin timeout another takes
+/// the partition.
 pub struct PartitionFeed {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     name: String,
     /// The partition.
     pub partition: u32,
-    delivered: tokio::sync::mpsc::UnboundedReceiver<Result<Delivered, LogError>>,
+    delivered: tokio::sync::mpsc::Receiver<Result<Delivered, LogError>>,
     puller: tokio::task::JoinHandle<()>,
 }
 
@@ -123,7 +115,7 @@ impl PartitionFeed {
                 operation: "pull a partition",
                 source: format!("{name}: {e}").into(),
             })?;
-        let (tx, delivered) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, delivered) = tokio::sync::mpsc::channel(WAITING);
         let pulled = name.clone();
         let puller = tokio::spawn(async move {
             while let Some(m) = messages.next().await {
@@ -133,7 +125,7 @@ impl PartitionFeed {
                         source: format!("{pulled}: {e}").into(),
                     })
                     .and_then(delivered_message);
-                if tx.send(d).is_err() {
+                if tx.send(d).await.is_err() {
                     return;
                 }
             }
@@ -198,8 +190,10 @@ impl PartitionFeed {
     }
 
     /// Release the pin (a clean stop): a standby takes the partition at once rather than after
-    /// the pin timeout.
-    pub async fn release(&self) -> Result<(), LogError> {
+    /// the pin timeout. The pulling stops first, or its next pull could take the pin again.
+    pub async fn release(mut self) -> Result<(), LogError> {
+        self.puller.abort();
+        let _ = (&mut self.puller).await;
         self.stream
             .unpin_consumer(&self.name, PARTITION_GROUP)
             .await
@@ -230,6 +224,5 @@ fn delivered_message(message: jetstream::Message) -> Result<Delivered, LogError>
         delivery,
         pin,
         pending,
-        message,
     })
 }
