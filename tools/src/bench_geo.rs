@@ -208,6 +208,21 @@ pub(crate) async fn fit_tags_in_zones(
     Ok(tag_of_case)
 }
 
+/// A GPS fix `seq` at `at` (device and receive time, Unix ms) at (latitude, longitude), with
+/// `accuracy_m`, a healthy battery and an intact strap.
+pub(crate) fn gps_fix(seq: u64, at: i64, (lat, lon): (f64, f64), accuracy_m: f64) -> pb::PositionFix {
+    pb::PositionFix {
+        fix_seq: seq,
+        device_time_ms: at,
+        received_at_ms: at,
+        position: Some(pb::LatLon { lat, lon }),
+        accuracy_m,
+        source: pb::FixSource::Gps as i32,
+        battery_percent: 80,
+        strap: pb::StrapState::Intact as i32,
+    }
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -259,21 +274,8 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
     // Background fixes: tags 0..tags, outside their zones (3-5 km away).
     let centres = zones.centres();
     let background = |n: usize, at: i64| {
-        let i = n % tags;
-        let c = centres[i];
-        pb::PositionFix {
-            fix_seq: n as u64,
-            device_time_ms: at,
-            received_at_ms: at,
-            position: Some(pb::LatLon {
-                lat: c.0 + 0.03 + (n % 7) as f64 * 0.001,
-                lon: c.1,
-            }),
-            accuracy_m: 10.0,
-            source: pb::FixSource::Gps as i32,
-            battery_percent: 80,
-            strap: pb::StrapState::Intact as i32,
-        }
+        let c = centres[n % tags];
+        gps_fix(n as u64, at, (c.0 + 0.03 + (n % 7) as f64 * 0.001, c.1), 10.0)
     };
     let new_gateway = |config: GatewayConfig| {
         Gateway::new(
@@ -348,16 +350,7 @@ pub async fn geofence(policies_dir: &Path, fixes: usize, format: Format) -> anyh
             }
             if ms % 40 == 20 && probe < tags + probes {
                 let c = centres[probe];
-                let fix = pb::PositionFix {
-                    fix_seq: 1,
-                    device_time_ms: at,
-                    received_at_ms: at,
-                    position: Some(pb::LatLon { lat: c.0, lon: c.1 }),
-                    accuracy_m: 5.0,
-                    source: pb::FixSource::Gps as i32,
-                    battery_percent: 80,
-                    strap: pb::StrapState::Intact as i32,
-                };
+                let fix = gps_fix(1, at, c, 5.0);
                 gw.push(&format!("tag-{probe}"), false, fix);
                 sent_at.insert(probe, Instant::now());
                 probe += 1;

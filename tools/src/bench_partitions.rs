@@ -20,7 +20,7 @@ use hru_wire::v1 as pb;
 use serde_json::json;
 
 use crate::Format;
-use crate::bench_geo::{Deployment, LocalBed, fit_tags_in_zones, local_bed, party, percentile};
+use crate::bench_geo::{Deployment, LocalBed, fit_tags_in_zones, gps_fix, local_bed, party, percentile};
 use crate::geofence_workload::Workload;
 
 const PARTITIONS: u32 = 3;
@@ -96,7 +96,7 @@ impl Bed {
         let c = self.centres[i];
         (
             format!("tag-{i}"),
-            fix(n as u64, at, c.0 + 0.03 + (n % 7) as f64 * 0.001, c.1),
+            gps_fix(n as u64, at, (c.0 + 0.03 + (n % 7) as f64 * 0.001, c.1), 5.0),
         )
     }
 
@@ -126,19 +126,6 @@ impl Bed {
             stop: Some(stop),
             task,
         })
-    }
-}
-
-fn fix(seq: u64, at: i64, lat: f64, lon: f64) -> pb::PositionFix {
-    pb::PositionFix {
-        fix_seq: seq,
-        device_time_ms: at,
-        received_at_ms: at,
-        position: Some(pb::LatLon { lat, lon }),
-        accuracy_m: 5.0,
-        source: pb::FixSource::Gps as i32,
-        battery_percent: 80,
-        strap: pb::StrapState::Intact as i32,
     }
 }
 
@@ -289,7 +276,7 @@ async fn handover(policies_dir: &Path) -> anyhow::Result<Handover> {
             && let Some(&p) = next_probe.next()
         {
             let c = bed.centres[p];
-            gw.push(&format!("tag-{p}"), false, fix(1, at, c.0, c.1));
+            gw.push(&format!("tag-{p}"), false, gps_fix(1, at, c, 5.0));
             sent_at.insert(p, Instant::now());
         }
         if gw.due(Instant::now()) {

@@ -16,7 +16,7 @@ use hru_wire::v1 as pb;
 use serde_json::json;
 
 use crate::Format;
-use crate::bench_geo::{LocalBed, local_bed, party, setup_event};
+use crate::bench_geo::{LocalBed, gps_fix, local_bed, party, setup_event};
 use crate::geofence_workload::Workload;
 
 /// Seconds between a tag's fixes.
@@ -211,17 +211,8 @@ pub async fn geofence_restart(
                 &format!("tag-{i}"),
                 false,
                 pb::PositionFix {
-                    fix_seq: k as u64,
-                    device_time_ms: at,
                     received_at_ms: at + 500,
-                    position: Some(pb::LatLon {
-                        lat: c.0 + 0.03 + (k % 7) as f64 * 0.003,
-                        lon: c.1,
-                    }),
-                    accuracy_m: 8.0,
-                    source: pb::FixSource::Gps as i32,
-                    battery_percent: 80,
-                    strap: pb::StrapState::Intact as i32,
+                    ..gps_fix(k as u64, at, (c.0 + 0.03 + (k % 7) as f64 * 0.003, c.1), 8.0)
                 },
             );
             sent += 1;

@@ -38,17 +38,26 @@ pub struct Delivered {
 pub async fn partition_unheld(positions: &PositionLog, party: &PartyId, partition: u32) -> Result<bool, LogError> {
     let stream = positions
         .js()
-        .get_stream(POSITIONS_STREAM)
+        .get_stream_no_info(POSITIONS_STREAM)
         .await
         .map_err(hru_broker::request("open HRU_POSITIONS"))?;
+    let (pin, _) = pinned(&stream, &partition_consumer(party, partition)).await?;
+    Ok(pin.is_none())
+}
+
+/// The pin of `consumer`'s group (none while no instance holds it) and how many messages wait
+/// to be delivered.
+async fn pinned<I>(stream: &jetstream::stream::Stream<I>, consumer: &str) -> Result<(Option<String>, u64), LogError> {
     let info = stream
-        .consumer_info(partition_consumer(party, partition))
+        .consumer_info(consumer)
         .await
         .map_err(hru_broker::request("read a partition consumer"))?;
-    Ok(!info
+    let pin = info
         .priority_groups
         .iter()
-        .any(|g| g.group == PARTITION_GROUP && g.pinned_client_id.is_some()))
+        .find(|g| g.group == PARTITION_GROUP)
+        .and_then(|g| g.pinned_client_id.clone());
+    Ok((pin, info.num_pending))
 }
 
 /// What a standby found when it looked at a partition nothing was delivered from.
@@ -148,15 +157,7 @@ impl PartitionFeed {
 
     /// Whether the consumer's pin is `pin` now (this instance still holds the partition).
     pub async fn holds(&self, pin: &str) -> Result<bool, LogError> {
-        let info = self
-            .stream
-            .consumer_info(&self.name)
-            .await
-            .map_err(hru_broker::request("read a partition consumer"))?;
-        Ok(info
-            .priority_groups
-            .iter()
-            .any(|g| g.group == PARTITION_GROUP && g.pinned_client_id.as_deref() == Some(pin)))
+        Ok(pinned(&self.stream, &self.name).await?.0.as_deref() == Some(pin))
     }
 
     /// Claim the partition if no instance holds it: an idle partition (nothing stored to
@@ -164,20 +165,10 @@ impl PartitionFeed {
     /// watching its tags. The claim, stored in the partition, is delivered to one waiting
     /// instance, which then holds it.
     pub async fn claim_if_unheld(&self, party: &PartyId) -> Result<Claim, LogError> {
-        let info = self
-            .stream
-            .consumer_info(&self.name)
-            .await
-            .map_err(hru_broker::request("read a partition consumer"))?;
-        let held = info
-            .priority_groups
-            .iter()
-            .any(|g| g.group == PARTITION_GROUP && g.pinned_client_id.is_some());
-        if held {
-            return Ok(Claim::Held);
-        }
-        if info.num_pending > 0 {
-            return Ok(Claim::Pending);
+        match pinned(&self.stream, &self.name).await? {
+            (Some(_), _) => return Ok(Claim::Held),
+            (None, pending) if pending > 0 => return Ok(Claim::Pending),
+            (None, _) => {}
         }
         let subject = hru_broker::Subject::position_claim(party, self.partition);
         self.js
