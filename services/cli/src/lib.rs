@@ -773,6 +773,10 @@ pub enum BenchCommand {
         /// Fixes for the engine and throughput measurements.
         #[arg(long, default_value_t = 1_000_000)]
         fixes: usize,
+        /// Only the engine beside the raw building block: no broker, so it runs under
+        /// `valgrind --tool=callgrind --toggle-collect='*engine_pass*' --toggle-collect='*raw_pass*'`.
+        #[arg(long)]
+        engine_only: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
@@ -981,9 +985,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::GeofencePartitions { fixes, format }) => {
             hru_tools::bench_partitions::geofence_partitions(&cli.policies, fixes, format.into()).await
         }
-        Command::Bench(BenchCommand::Geofence { fixes, format }) => {
-            hru_tools::bench_geo::geofence(&cli.policies, fixes, format.into()).await
-        }
+        Command::Bench(BenchCommand::Geofence {
+            fixes,
+            engine_only,
+            format,
+        }) => hru_tools::bench_geo::geofence(&cli.policies, fixes, engine_only, format.into()).await,
         Command::Retention(RetentionCommand::Status { party, at, format }) => {
             retention::status(&broker, &cli.policies, party.as_deref(), at.as_deref(), format).await
         }

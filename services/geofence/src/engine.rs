@@ -548,16 +548,82 @@ impl RTreeObject for ZoneBox {
     }
 }
 
+/// Beyond this many exclusion zones on one tag, its zones are searched through an R-tree
+/// rather than scanned.
+const SCAN_ZONES: usize = 32;
+
+/// One tag's exclusion zones. A zone binds only its own tag, so a fix is judged against its
+/// tag's few zones rather than searched for among every tag's: the boxes in zone-id order
+/// (the order readings are reported in), and an R-tree of them once there are many.
+#[derive(Debug, Clone, Default)]
+struct TagZones {
+    boxes: Vec<ZoneBox>,
+    tree: Option<RTree<ZoneBox>>,
+}
+
+impl TagZones {
+    fn insert(&mut self, b: ZoneBox) {
+        let at = self.boxes.partition_point(|x| x.zone < b.zone);
+        self.boxes.insert(at, b);
+        self.reindex();
+    }
+
+    fn remove(&mut self, zone: uuid::Uuid) {
+        self.boxes.retain(|b| b.zone != zone);
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.tree = (self.boxes.len() > SCAN_ZONES).then(|| RTree::bulk_load(self.boxes.clone()));
+    }
+
+    /// Each zone whose box meets the box of `reach` degrees of latitude (and the same distance
+    /// in longitude) around `(lat, lon)`, in zone-id order.
+    fn meeting(&self, (lat, lon): (f64, f64), reach: f64, mut each: impl FnMut(uuid::Uuid)) {
+        // Degrees of longitude per degree of latitude's distance; computed only for a zone in
+        // the fix's band of latitude (most of a tag's fixes are nowhere near its zones).
+        let lon_reach = || reach / lat.to_radians().cos().max(1e-6);
+        match &self.tree {
+            None => {
+                let mut dlon = None;
+                for b in &self.boxes {
+                    let ([west, south], [east, north]) = (b.bbox.lower(), b.bbox.upper());
+                    if south > lat + reach || lat - reach > north {
+                        continue;
+                    }
+                    let d = *dlon.get_or_insert_with(lon_reach);
+                    if west <= lon + d && lon - d <= east {
+                        each(b.zone);
+                    }
+                }
+            }
+            Some(tree) => {
+                let d = lon_reach();
+                let envelope = AABB::from_corners([lon - d, lat - reach], [lon + d, lat + reach]);
+                let mut near: Vec<uuid::Uuid> = tree
+                    .locate_in_envelope_intersecting(&envelope)
+                    .map(|b| b.zone)
+                    .collect();
+                near.sort_unstable();
+                near.into_iter().for_each(each);
+            }
+        }
+    }
+}
+
 /// Everything the engine knows.
 #[derive(Debug, Clone)]
 pub struct State {
     config: Config,
     zones: FastMap<uuid::Uuid, Zone>,
-    exclusion_index: RTree<ZoneBox>,
+    exclusion_by_tag: FastMap<TagId, TagZones>,
     inclusion_by_tag: FastMap<TagId, Vec<uuid::Uuid>>,
     proximity_by_tag: FastMap<TagId, Vec<uuid::Uuid>>,
     proximity_by_victim: FastMap<DeviceId, Vec<uuid::Uuid>>,
     rules: FastMap<uuid::Uuid, Proximity>,
+    /// SHA-256 of each zone's and rule's definition in force (what evidence records), computed
+    /// once when it is defined.
+    digests: FastMap<uuid::Uuid, [u8; 32]>,
     tags: FastMap<TagId, TagState>,
     victims: FastMap<DeviceId, Seen>,
     watermark_ms: i64,
@@ -568,18 +634,6 @@ pub struct State {
 pub fn evaluate(mut state: State, input: &Input) -> (State, Vec<Action>) {
     let actions = state.apply(input);
     (state, actions)
-}
-
-/// The digest of the zone or proximity rule `id`, if it is one.
-fn definition_digest(
-    zones: &FastMap<uuid::Uuid, Zone>,
-    rules: &FastMap<uuid::Uuid, Proximity>,
-    id: uuid::Uuid,
-) -> Option<[u8; 32]> {
-    zones
-        .get(&id)
-        .map(zone_digest)
-        .or_else(|| rules.get(&id).map(|p| rule_digest(&p.rule)))
 }
 
 /// The id of an episode: (tag, rule, first fix).
@@ -634,11 +688,12 @@ impl State {
         Self {
             config,
             zones: FastMap::default(),
-            exclusion_index: RTree::new(),
+            exclusion_by_tag: FastMap::default(),
             inclusion_by_tag: FastMap::default(),
             proximity_by_tag: FastMap::default(),
             proximity_by_victim: FastMap::default(),
             rules: FastMap::default(),
+            digests: FastMap::default(),
             tags: FastMap::default(),
             victims: FastMap::default(),
             watermark_ms: 0,
@@ -724,13 +779,18 @@ impl State {
         }
         match zone.kind {
             pb::ZoneKind::Inclusion => self.inclusion_by_tag.entry(zone.tag.clone()).or_default().push(zone.id),
-            _ => self.exclusion_index.insert(ZoneBox {
-                bbox: zone.bbox,
-                zone: zone.id,
-            }),
+            _ => self
+                .exclusion_by_tag
+                .entry(zone.tag.clone())
+                .or_default()
+                .insert(ZoneBox {
+                    bbox: zone.bbox,
+                    zone: zone.id,
+                }),
         }
         // A moved zone is re-judged at the tag's next fix; an open episode keeps its id.
         let _ = out;
+        self.digests.insert(zone.id, zone_digest(&zone));
         self.zones.insert(zone.id, zone);
     }
 
@@ -742,10 +802,12 @@ impl State {
                 }
             }
             _ => {
-                self.exclusion_index.remove(&ZoneBox {
-                    bbox: zone.bbox,
-                    zone: zone.id,
-                });
+                if let Some(zones) = self.exclusion_by_tag.get_mut(&zone.tag) {
+                    zones.remove(zone.id);
+                    if zones.boxes.is_empty() {
+                        self.exclusion_by_tag.remove(&zone.tag);
+                    }
+                }
             }
         }
     }
@@ -754,6 +816,7 @@ impl State {
         let Some(zone) = self.zones.remove(&id) else {
             return;
         };
+        self.digests.remove(&id);
         self.unindex(&zone);
         let thresholds = self.config;
         if let Some(t) = self.tags.get_mut(&zone.tag)
@@ -801,6 +864,7 @@ impl State {
             .entry(p.rule.victim_device_id.clone())
             .or_default()
             .push(id);
+        self.digests.insert(id, rule_digest(&p.rule));
         self.rules.insert(id, p);
     }
 
@@ -850,10 +914,10 @@ impl State {
 
     fn tag_fix(&mut self, tag: &TagId, f: &Fix, out: &mut Vec<Action>) {
         let config = self.config;
-        if !self.tags.contains_key(tag) {
-            self.tags.insert(tag.clone(), TagState::default());
-        }
-        let Some(t) = self.tags.get_mut(tag) else { return };
+        let t = match self.tags.get_mut(tag) {
+            Some(t) => t,
+            None => self.tags.entry(tag.clone()).or_default(),
+        };
         let ctx = Ctx {
             before: t.before(),
             victim_before: None,
@@ -886,8 +950,10 @@ impl State {
             t.last_gps_ms = f.device_ms;
             t.last_fix = f.seen();
         }
+        let none_open = t.open.is_empty();
+        let holds = !none_open || !t.possible.is_empty();
         let changes = device.map(|(kind, raise, clear)| {
-            let open = t.open.contains_key(&RuleKey::Device(kind));
+            let open = !none_open && t.open.contains_key(&RuleKey::Device(kind));
             ((raise && !open) || (clear && open)).then_some((kind, raise, clear))
         });
         for (kind, raise, clear) in changes.into_iter().flatten() {
@@ -897,7 +963,7 @@ impl State {
             return;
         }
         let mut readings = std::mem::take(&mut self.scratch);
-        self.readings(tag, f, out, &mut readings);
+        self.readings(tag, f, holds, out, &mut readings);
         for reading in readings.drain(..) {
             self.judge(tag, f, reading, &ctx, out);
         }
@@ -905,28 +971,23 @@ impl State {
     }
 
     /// Every rule reading for a tag's fix: zones near it, its curfews, its proximity rules, and
-    /// any zone it has an open episode in.
-    fn readings(&self, tag: &TagId, f: &Fix, out: &mut Vec<Action>, readings: &mut Vec<Reading>) {
+    /// any zone it has an open or possible episode in (`holds`: it may have one).
+    fn readings(&self, tag: &TagId, f: &Fix, holds: bool, out: &mut Vec<Action>, readings: &mut Vec<Reading>) {
         let Some((lat, lon)) = f.position else {
             return;
         };
         let reach = (f.accuracy_m + 1.0) / 111_000.0;
-        let scale = lat.to_radians().cos().max(1e-6);
-        let envelope = AABB::from_corners([lon - reach / scale, lat - reach], [lon + reach / scale, lat + reach]);
         let first = readings.len();
-        for b in self.exclusion_index.locate_in_envelope_intersecting(&envelope) {
-            if let Some(z) = self.zones.get(&b.zone)
-                && z.tag == *tag
-            {
-                readings.push(self.zone_reading(z, f, lat, lon));
-            }
-        }
-        // In zone order, not the index's: a state read back from a snapshot (its index built
+        // In zone order, not an index's: a state read back from a snapshot (its index built
         // afresh) reports in the same order as the one that wrote it.
-        if readings.len() > first + 1 {
-            readings[first..].sort_by_key(|r| r.rule_id);
+        if let Some(zones) = self.exclusion_by_tag.get(tag) {
+            zones.meeting((lat, lon), reach, |id| {
+                if let Some(z) = self.zones.get(&id) {
+                    readings.push(self.zone_reading(z, f, lat, lon));
+                }
+            });
         }
-        if let Some(state) = self.tags.get(tag) {
+        if let Some(state) = self.tags.get(tag).filter(|_| holds) {
             for key in state.open.keys().chain(state.possible.keys()) {
                 if let RuleKey::Zone(id) = key
                     && !readings[first..].iter().any(|r| r.rule_id == *id)
@@ -1065,14 +1126,14 @@ impl State {
             }),
             _ => None,
         };
-        let (zones, rules) = (&self.zones, &self.rules);
+        let digests = &self.digests;
         let why = |words: String, episode: Option<OpenEpisode>| Why {
             words,
             prior: ctx.prior(victim_fix, episode),
             cause: ctx.cause,
             thresholds: config,
             rule_version: r.version,
-            rule_digest: definition_digest(zones, rules, r.rule_id),
+            rule_digest: digests.get(&r.rule_id).copied(),
         };
         let Some(t) = self.tags.get_mut(tag) else { return };
         let late = f.received_ms - f.device_ms > config.late_after_ms;
@@ -1195,7 +1256,7 @@ impl State {
         }
         let mut scratch = Vec::new();
         let mut readings = Vec::new();
-        self.readings(tag, f, &mut scratch, &mut readings);
+        self.readings(tag, f, true, &mut scratch, &mut readings);
         let victims: Vec<Option<Seen>> = readings
             .iter()
             .map(|r| match r.kind {
@@ -1212,7 +1273,7 @@ impl State {
             .iter()
             .map(|r| {
                 (r.verdict == Verdict::Breach)
-                    .then(|| definition_digest(&self.zones, &self.rules, r.rule_id))
+                    .then(|| self.digests.get(&r.rule_id).copied())
                     .flatten()
             })
             .collect();

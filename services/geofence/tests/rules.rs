@@ -514,3 +514,59 @@ fn bad_zones_are_refused_naming_the_field() {
     assert!(bad(r#"{"type":"Point","coordinates":[53.2,-200.0]}"#, 10.0).contains("RFC 7946"));
     assert!(bad(r#"{"type":"LineString","coordinates":[[-2.9,53.2],[-2.8,53.2]]}"#, 0.0).contains("LineString"));
 }
+
+#[test]
+fn a_tag_with_many_zones_is_judged_against_each_and_never_against_another_tags() {
+    let mut g = Given::new();
+    // 40 exclusion zones 1 km apart (more than a scan of one tag's zones covers, so they are
+    // searched through an index), defined out of id order; and a zone of another tag over
+    // the first of them.
+    let centre = |k: u128| (HOME.0 + (k as f64) * 1_000.0 * M, HOME.1);
+    for k in (0..40u128).rev() {
+        let z = zone(
+            100 + k,
+            pb::ZoneKind::Exclusion,
+            square_around(centre(k), 50.0),
+            0.0,
+            vec![],
+        );
+        g.input(Input::Zone(Box::new(z)));
+    }
+    let mut other = zone(
+        99,
+        pb::ZoneKind::Exclusion,
+        square_around(north(600.0), 50.0),
+        0.0,
+        vec![],
+    );
+    other.tag = "tag-2".parse().unwrap();
+    other.definition.tag_id = other.tag.clone();
+    g.input(Input::Zone(Box::new(other)));
+    g.fix_at(T0 + 1_000, Some(north(600.0)), 5.0, 0);
+    assert!(g.breaches().is_empty(), "another tag's zone binds only that tag");
+    let mut at = T0 + 2_000;
+    let opened = |g: &Given| -> Vec<uuid::Uuid> {
+        g.breaches()
+            .iter()
+            .filter(|b| b.state == pb::BreachState::Opened)
+            .map(|b| b.rule_id)
+            .collect()
+    };
+    for k in [39u128, 0, 17, 25] {
+        g.fix_at(at, Some(centre(k)), 5.0, 0);
+        at += 1_000;
+        assert_eq!(opened(&g).last(), Some(&uuid::Uuid::from_u128(100 + k)), "zone {k}");
+    }
+    assert_eq!(opened(&g).len(), 4);
+    // Revoking all but two of them leaves a scan; the remaining ones still apply.
+    for k in 2..40u128 {
+        g.input(Input::ZoneRevoked {
+            zone: uuid::Uuid::from_u128(100 + k),
+            at_ms: at,
+        });
+    }
+    g.fix_at(at + 1_000, Some(centre(1)), 5.0, 0);
+    assert_eq!(opened(&g).last(), Some(&uuid::Uuid::from_u128(101)));
+    g.fix_at(at + 2_000, Some(centre(30)), 5.0, 0);
+    assert_eq!(opened(&g).len(), 5, "a revoked zone no longer applies");
+}

@@ -224,11 +224,16 @@ impl State {
             let zone = Zone::parse(&definition, case(&z.case_id, &format!("{at}.case_id"))?)
                 .map_err(|e| fail(format!("{at}.core.{}", e.field), e.problem))?;
             if zone.kind != pb::ZoneKind::Inclusion {
-                state.exclusion_index.insert(ZoneBox {
-                    bbox: zone.bbox,
-                    zone: zone.id,
-                });
+                state
+                    .exclusion_by_tag
+                    .entry(zone.tag.clone())
+                    .or_default()
+                    .insert(ZoneBox {
+                        bbox: zone.bbox,
+                        zone: zone.id,
+                    });
             }
+            state.digests.insert(zone.id, super::zone_digest(&zone));
             state.zones.insert(zone.id, zone);
         }
         state.inclusion_by_tag = read_id_lists(&s.inclusion_by_tag, "inclusion_by_tag", TagId::parse)?;
@@ -239,6 +244,7 @@ impl State {
             let core = r.core.clone().ok_or_else(|| fail(format!("{at}.core"), "is missing"))?;
             let rule = hru_domain::ProximityRule::try_from(core).map_err(field(&format!("{at}.core")))?;
             let case = case(&r.case_id, &format!("{at}.case_id"))?;
+            state.digests.insert(rule.rule_id, super::rule_digest(&rule));
             state.rules.insert(
                 rule.rule_id,
                 Proximity {
