@@ -334,6 +334,46 @@ fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silen
         "police-control",
         &format!("geofence_silent_after_s = {SILENT_S}\nmetrics_listen = \"127.0.0.1:{node_metrics}\""),
     );
+    // The police HRU's node, whose coverage view says how each tag is watched.
+    let hru_node = world.start_node("police-hru", "");
+    let hru_channel = rt.block_on(world.channel(&hru_node, "police-hru"));
+    let watch_of_t = || -> Option<(String, i64)> {
+        let rows = rt
+            .block_on(
+                pb::case_service_client::CaseServiceClient::new(hru_channel.clone()).list_cases(hru_tests::request(
+                    pb::ListCasesRequest {
+                        view: "coverage".into(),
+                        purpose: "risk-management".into(),
+                    },
+                    "DS 4410",
+                )),
+            )
+            .ok()?
+            .into_inner()
+            .rows;
+        rows.iter()
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.json).ok())
+            .find(|v| v["tag_id"] == TAG_T)
+            .map(|v| {
+                (
+                    v["watch"].as_str().unwrap_or_default().to_owned(),
+                    v["since_ms"].as_i64().unwrap_or_default(),
+                )
+            })
+    };
+    let watched = |want: &str| {
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            match watch_of_t() {
+                Some((watch, since)) if watch == want => return since,
+                found => assert!(
+                    Instant::now() < until,
+                    "coverage view shows {TAG_T} {want}; found {found:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     let metrics = free_port();
     let limits = format!("lapse_after_s = {LAPSE_S}\nheartbeat_s = 0.5");
     let mut geofence = world.start_geofence_with(metrics, &limits);
@@ -419,11 +459,21 @@ fn blind_is_told_apart_from_quiet_a_silent_gateway_lapses_monitoring_and_a_silen
         "gateway stopped → lapse at the control room in {:.1} s",
         (at - stopped).as_secs_f64()
     );
+    let blind_since = watched("BLIND");
+    assert_eq!(
+        Some(blind_since),
+        m.breach.as_ref().map(|b| b.opened_at_ms),
+        "blind since the tag was last heard"
+    );
     // 3. It comes back: restored. It stops again: a new lapse.
     let task = feed("gw-run-2");
     heard(&rx, Instant::now() + Duration::from_secs(10), "the restoration", |m| {
         lapse(m, pb::BreachState::Closed).as_ref() == Some(&first)
     });
+    assert!(
+        watched("MONITORED") > blind_since,
+        "monitored again, since it was heard"
+    );
     let stopped = stop_feeding(task);
     let (at, m) = heard(&rx, stopped + limit(LAPSE_S), "a second lapse", |m| {
         lapse(m, pb::BreachState::Opened).is_some()

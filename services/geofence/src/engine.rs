@@ -558,7 +558,7 @@ const SCAN_ZONES: usize = 32;
 #[derive(Debug, Clone, Default)]
 struct TagZones {
     boxes: Vec<ZoneBox>,
-    tree: Option<RTree<ZoneBox>>,
+    tree: Option<Box<RTree<ZoneBox>>>,
 }
 
 impl TagZones {
@@ -574,7 +574,7 @@ impl TagZones {
     }
 
     fn reindex(&mut self) {
-        self.tree = (self.boxes.len() > SCAN_ZONES).then(|| RTree::bulk_load(self.boxes.clone()));
+        self.tree = (self.boxes.len() > SCAN_ZONES).then(|| Box::new(RTree::bulk_load(self.boxes.clone())));
     }
 
     /// Each zone whose box meets the box of `reach` degrees of latitude (and the same distance

@@ -25,11 +25,13 @@ pub enum View {
     Outcomes,
     /// Breach episodes and their acknowledgements.
     BreachBoard,
+    /// Each fitted tag: monitored, degraded or blind, and since when.
+    Coverage,
 }
 
 impl View {
     /// Every view, with its name and the roles that hold it.
-    pub const ALL: [(View, &'static str, &'static [Role]); 7] = [
+    pub const ALL: [(View, &'static str, &'static [Role]); 8] = [
         (View::CaseBoard, "case-board", &[Role::Police]),
         (View::ScreeningQueue, "screening-queue", &[Role::Police]),
         (
@@ -41,6 +43,7 @@ impl View {
         (View::ProbationCaseload, "probation-caseload", &[Role::Probation]),
         (View::Outcomes, "outcomes", &[Role::Evaluation]),
         (View::BreachBoard, "breach-board", &[Role::Police, Role::ControlRoom]),
+        (View::Coverage, "coverage", &[Role::Police, Role::ControlRoom]),
     ];
 
     /// The view's name in `ListCasesRequest.view`.
@@ -72,7 +75,7 @@ impl View {
             View::Advocacy => Box::new(Advocacy),
             View::ProbationCaseload => Box::new(ProbationCaseload),
             View::Outcomes => Box::new(Evaluation),
-            View::BreachBoard => Box::new(BreachBoard),
+            View::BreachBoard | View::Coverage => Box::new(BreachBoard),
         }
     }
 
@@ -121,6 +124,7 @@ impl View {
             View::ProbationCaseload => rows(hru_projection::probation_caseload(store)?, |r| &r.case_id),
             View::Outcomes => rows(hru_projection::outcome_rows(store, now_ms)?, |r| &r.case_id),
             View::BreachBoard => rows(hru_projection::breach_board(store)?, |r| &r.case_id),
+            View::Coverage => rows(hru_projection::coverage_rows(store)?, |r| &r.case_id),
         })
     }
 }

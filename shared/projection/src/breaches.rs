@@ -1,5 +1,6 @@
 //! The control room's breach board: every breach episode with its latest state and whether and
-//! how fast it was acknowledged.
+//! how fast it was acknowledged; and each fitted tag's coverage — monitored, degraded or blind,
+//! and since when — so a quiet board is never mistaken for a watched one.
 
 use hru_domain::{Breach, CaseEvent};
 use hru_wire::v1 as pb;
@@ -34,10 +35,81 @@ pub struct BreachRow {
     pub response_time_ms: Option<i64>,
 }
 
+/// How well a fitted tag is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Watch {
+    /// Heard, with positions to judge.
+    Monitored,
+    /// Heard, but its positions cannot be fully relied on: no GPS fix for the no-fix time, the
+    /// strap tampered with, or the battery low.
+    Degraded,
+    /// Not heard: the geofence has read nothing from it for the lapse time (monitoring
+    /// lapsed) or event time has passed the no-communication time without a message.
+    Blind,
+}
+
+impl Watch {
+    /// What an open condition of `kind` makes of a tag's coverage (none: not a coverage matter).
+    pub fn of(kind: pb::BreachKind) -> Option<Watch> {
+        match kind {
+            pb::BreachKind::MonitoringLapsed | pb::BreachKind::NoCommunication => Some(Watch::Blind),
+            pb::BreachKind::NoFix | pb::BreachKind::Tamper | pb::BreachKind::BatteryLow => Some(Watch::Degraded),
+            _ => None,
+        }
+    }
+}
+
+/// One fitted tag's coverage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoverageRow {
+    /// Tag.
+    pub tag_id: String,
+    /// The case it is fitted for.
+    pub case_id: String,
+    /// Monitored, degraded or blind.
+    pub watch: Watch,
+    /// Since when, Unix ms: the earliest open condition of that level, or when the last one
+    /// closed (or the tag was fitted).
+    pub since_ms: i64,
+    /// The open conditions: kind, episode id (hex) and when it opened, Unix ms.
+    pub conditions: Vec<(String, String, i64)>,
+}
+
+impl CoverageRow {
+    /// Recompute `watch` and `since_ms` after the conditions changed at `at_ms`.
+    fn settle(&mut self, at_ms: i64) {
+        let level = |kind: &str| pb::BreachKind::from_str_name(kind).and_then(Watch::of);
+        let watch = self
+            .conditions
+            .iter()
+            .filter_map(|(kind, ..)| level(kind))
+            .max()
+            .unwrap_or(Watch::Monitored);
+        let since = self
+            .conditions
+            .iter()
+            .filter(|(kind, ..)| level(kind) == Some(watch))
+            .map(|(.., opened)| *opened)
+            .min();
+        match since {
+            Some(since) => self.since_ms = since,
+            None if watch != self.watch => self.since_ms = at_ms,
+            None => {}
+        }
+        self.watch = watch;
+    }
+}
+
 /// The breach board projection.
 pub struct BreachBoard;
 
 const PREFIX: &[u8] = b"breach/";
+const COVER: &[u8] = b"cover/";
+
+fn cover_key(tag: &str) -> Vec<u8> {
+    [COVER, tag.as_bytes()].concat()
+}
 
 fn key(id: &uuid::Uuid) -> Vec<u8> {
     [PREFIX, hex::encode(id.as_bytes()).as_bytes()].concat()
@@ -49,10 +121,60 @@ impl Projection for BreachBoard {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
+        let mut writes = coverage(state, e);
+        writes.extend(self.episode(state, e));
+        writes
+    }
+}
+
+/// A tag's coverage after `e`: fitted → monitored; a coverage condition opened or closed →
+/// re-judged; removed → gone.
+fn coverage(state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
+    let at = e.header.recorded_at_ms;
+    match e.event {
+        CaseEvent::TagFitted { core: Some(t) } => {
+            let key = cover_key(t.tag_id.as_str());
+            let mut row = read_json::<CoverageRow>(state, &key).unwrap_or_else(|| CoverageRow {
+                tag_id: t.tag_id.to_string(),
+                case_id: String::new(),
+                watch: Watch::Monitored,
+                since_ms: t.at_ms,
+                conditions: Vec::new(),
+            });
+            row.case_id = e.header.case_id.map(|c| c.to_string()).unwrap_or_default();
+            vec![put_json(key, &row)]
+        }
+        CaseEvent::TagRemoved { core: Some(t) } => vec![Write::Delete(cover_key(t.tag_id.as_str()))],
+        CaseEvent::TagBreach { core: Some(b) } if Watch::of(b.kind).is_some() => {
+            let key = cover_key(b.tag_id.as_str());
+            // Conditions of a tag not fitted (or already removed) are not coverage.
+            let Some(mut row) = read_json::<CoverageRow>(state, &key) else {
+                return Vec::new();
+            };
+            let id = hex::encode(b.breach_id.as_bytes());
+            row.conditions.retain(|(_, c, _)| *c != id);
+            if b.state != pb::BreachState::Closed {
+                row.conditions
+                    .push((b.kind.as_str_name().to_owned(), id, b.opened_at_ms));
+            }
+            row.settle(if b.state == pb::BreachState::Closed {
+                b.observed_at_ms
+            } else {
+                at
+            });
+            vec![put_json(key, &row)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+impl BreachBoard {
+    /// The episode row after `e`.
+    fn episode(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
         let get = |id: &uuid::Uuid| read_json::<BreachRow>(state, &key(id));
         let row = match e.event {
             CaseEvent::TagBreach {
@@ -102,6 +224,20 @@ impl Projection for BreachBoard {
         let id = uuid::Uuid::from_slice(&hex::decode(&row.breach_id).unwrap_or_default()).unwrap_or_default();
         vec![put_json(key(&id), &row)]
     }
+}
+
+/// Each fitted tag's coverage, blind first, then degraded, then monitored; the longest
+/// standing first within each.
+pub fn coverage_rows(store: &Store) -> Result<Vec<CoverageRow>, crate::ProjectionError> {
+    let mut rows: Vec<CoverageRow> = store
+        .scan(&BreachBoard, COVER)?
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+        .collect();
+    rows.sort_by(|a, b| {
+        (std::cmp::Reverse(a.watch), a.since_ms, &a.tag_id).cmp(&(std::cmp::Reverse(b.watch), b.since_ms, &b.tag_id))
+    });
+    Ok(rows)
 }
 
 /// One breach episode by id.
@@ -191,5 +327,89 @@ mod tests {
         assert_eq!(row.state, "BREACH_STATE_CLOSED");
         assert_eq!(row.acknowledged_by.as_deref(), Some("PC 101"));
         assert_eq!(row.response_time_ms, Some(150));
+    }
+
+    #[test]
+    fn a_tags_coverage_is_monitored_degraded_or_blind_and_says_since_when() {
+        let case = CaseId::random();
+        let tag = || hru_domain::Tag {
+            tag_id: "t9".parse().unwrap(),
+            order_id: uuid::Uuid::from_u128(3),
+            victim_device_id: None,
+            at_ms: 50,
+            reason: None,
+        };
+        let condition = |id: u128, kind, state, opened, observed| {
+            (
+                header(case, EventType::TagBreach, observed + 5),
+                CaseEvent::TagBreach {
+                    core: Some(Breach {
+                        breach_id: uuid::Uuid::from_u128(id),
+                        tag_id: "t9".parse().unwrap(),
+                        kind,
+                        state,
+                        rule_id: uuid::Uuid::from_u128(1),
+                        opened_at_ms: opened,
+                        observed_at_ms: observed,
+                        position: None,
+                        accuracy_m: 0.0,
+                        distance_m: 0.0,
+                        late: false,
+                        evidence: None,
+                    }),
+                },
+            )
+        };
+        let fitted = (
+            header(case, EventType::TagFitted, 50),
+            CaseEvent::TagFitted { core: Some(tag()) },
+        );
+        let (open, closed) = (pb::BreachState::Opened, pb::BreachState::Closed);
+        let watch = |events: &[(hru_domain::EventHeader, CaseEvent)]| {
+            let mem = fold(&BreachBoard, events);
+            let rows: Vec<CoverageRow> = mem
+                .0
+                .iter()
+                .filter(|(k, _)| k.starts_with(COVER))
+                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                .collect();
+            rows.first()
+                .map(|r| (r.watch, r.since_ms, r.conditions.len(), r.case_id == case.to_string()))
+        };
+        let mut events = vec![fitted];
+        assert_eq!(watch(&events), Some((Watch::Monitored, 50, 0, true)));
+        events.push(condition(1, pb::BreachKind::NoFix, open, 100, 100));
+        assert_eq!(
+            watch(&events),
+            Some((Watch::Degraded, 100, 1, true)),
+            "no GPS: degraded"
+        );
+        events.push(condition(2, pb::BreachKind::MonitoringLapsed, open, 200, 200));
+        assert_eq!(watch(&events), Some((Watch::Blind, 200, 2, true)), "not heard: blind");
+        events.push(condition(9, pb::BreachKind::Exclusion, open, 250, 250));
+        assert_eq!(
+            watch(&events),
+            Some((Watch::Blind, 200, 2, true)),
+            "a breach is not coverage"
+        );
+        events.push(condition(2, pb::BreachKind::MonitoringLapsed, closed, 200, 300));
+        assert_eq!(
+            watch(&events),
+            Some((Watch::Degraded, 100, 1, true)),
+            "heard again, still no GPS"
+        );
+        events.push(condition(1, pb::BreachKind::NoFix, closed, 100, 400));
+        assert_eq!(
+            watch(&events),
+            Some((Watch::Monitored, 400, 0, true)),
+            "monitored since the fix"
+        );
+        events.push((
+            header(case, EventType::TagRemoved, 500),
+            CaseEvent::TagRemoved { core: Some(tag()) },
+        ));
+        assert_eq!(watch(&events), None, "a removed tag is not watched");
+        events.push(condition(3, pb::BreachKind::NoCommunication, open, 600, 600));
+        assert_eq!(watch(&events), None, "nor raised again by a late condition");
     }
 }

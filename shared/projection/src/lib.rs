@@ -15,7 +15,7 @@ mod reviews;
 mod store;
 
 pub use advocacy::{Advocacy, AdvocacyRow, ContactDue, PlanSummary, VictimAlert, advocacy_rows, working_days_after};
-pub use breaches::{BreachBoard, BreachRow, breach, breach_board};
+pub use breaches::{BreachBoard, BreachRow, CoverageRow, Watch, breach, breach_board, coverage_rows};
 pub use case_board::{CaseBoard, CaseRow, ScreeningItem, screening_queue};
 pub use evaluation::{Evaluation, OutcomeRow, outcome_rows};
 pub use probation::{ProbationCaseload, ProbationRow, RiskChange, probation_caseload};
