@@ -61,6 +61,10 @@ pub struct Flushed {
     pub envelopes: usize,
 }
 
+/// A batch's fixes take at most this many bytes encoded (well under the server's 1 MiB
+/// payload limit, with room for sealing), whatever `batch_size` says.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 /// Batches' worth of fixes a gateway keeps while the broker is unreachable; beyond that it takes
 /// no more from its feed (the vendor's side waits) until some go out.
 pub const BACKLOG_BATCHES: usize = 100;
@@ -285,8 +289,10 @@ impl Gateway {
         Ok(flushed)
     }
 
-    /// What is pending as one batch per partition: each tag's fixes in its partition's, every
-    /// victim device's in each (its paired tag may be in any), all with heartbeat `now_ms`.
+    /// What is pending as batches per partition (at least one each, a heartbeat if empty; more
+    /// when a backlog exceeds `batch_size` fixes or [`MAX_BATCH_BYTES`]): each tag's fixes in
+    /// its partition's, in order, every victim device's in each (its paired tag may be in
+    /// any), all with heartbeat `now_ms`.
     fn divide(&mut self, now_ms: i64) -> Vec<pb::PositionBatch> {
         let devices = std::mem::take(&mut self.devices);
         self.index.clear();
@@ -311,7 +317,11 @@ impl Gateway {
                 batches[p as usize].devices.push(d);
             }
         }
+        let max_fixes = self.config.batch_size.max(1);
         batches
+            .into_iter()
+            .flat_map(|b| split(b, max_fixes, MAX_BATCH_BYTES))
+            .collect()
     }
 
     fn seal(&mut self, batch: pb::PositionBatch, now_ms: i64) -> Result<Inflight, GatewayError> {
@@ -358,4 +368,45 @@ impl Gateway {
             fixes,
         })
     }
+}
+
+/// `batch` as consecutive batches of at most `max_fixes` fixes and about `max_bytes` encoded
+/// (a device's fixes split across them in order); at least one, empty for a heartbeat.
+fn split(batch: pb::PositionBatch, max_fixes: usize, max_bytes: usize) -> Vec<pb::PositionBatch> {
+    if batch.devices.iter().map(|d| d.fixes.len()).sum::<usize>() <= max_fixes && batch.encoded_len() <= max_bytes {
+        return vec![batch];
+    }
+    let empty = || pb::PositionBatch {
+        devices: Vec::new(),
+        ..batch.clone()
+    };
+    let mut out = Vec::new();
+    let mut current = empty();
+    let (mut fixes, mut bytes) = (0usize, 0usize);
+    for device in &batch.devices {
+        let part = |fixes: Vec<pb::PositionFix>| pb::DeviceFixes {
+            device_id: device.device_id.clone(),
+            victim_device: device.victim_device,
+            fixes,
+        };
+        let mut taken = Vec::new();
+        for fix in &device.fixes {
+            let size = fix.encoded_len() + 8;
+            if fixes > 0 && (fixes == max_fixes || bytes + size > max_bytes) {
+                if !taken.is_empty() {
+                    current.devices.push(part(std::mem::take(&mut taken)));
+                }
+                out.push(std::mem::replace(&mut current, empty()));
+                (fixes, bytes) = (0, 0);
+            }
+            taken.push(*fix);
+            fixes += 1;
+            bytes += size + device.device_id.len();
+        }
+        if !taken.is_empty() {
+            current.devices.push(part(taken));
+        }
+    }
+    out.push(current);
+    out
 }
