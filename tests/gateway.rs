@@ -249,7 +249,7 @@ fn a_backlog_goes_out_in_batches_of_at_most_batch_size_never_one_the_server_refu
         .fixes
         .remove(0);
     for seq in 1..=30_000u64 {
-        let mut f = fix.clone();
+        let mut f = fix;
         f.fix_seq = seq;
         f.device_time_ms += i64::try_from(seq).unwrap() * 1_000;
         gw.push(&format!("tag-{}", seq % 300), false, f);
