@@ -32,8 +32,8 @@ fn line(device: &str, first: u64, n: u64) -> String {
 }
 
 /// What the position stream holds, as the geofence opens it: per batch (producer seq,
-/// gateway, fixes per device).
-type Batch = (u64, String, BTreeMap<String, Vec<u64>>);
+/// gateway, fixes per device, heartbeat time).
+type Batch = (u64, String, BTreeMap<String, Vec<u64>>, i64);
 
 fn batches(world: &World, positions: &PositionLog, rt: &tokio::runtime::Runtime) -> Vec<Batch> {
     let (directory, _) = world.deployment();
@@ -55,7 +55,7 @@ fn batches(world: &World, positions: &PositionLog, rt: &tokio::runtime::Runtime)
             .iter()
             .map(|d| (d.device_id.clone(), d.fixes.iter().map(|f| f.fix_seq).collect()))
             .collect();
-        out.push((v.header.producer_seq, batch.gateway, devices));
+        out.push((v.header.producer_seq, batch.gateway, devices, batch.heartbeat_at_ms));
     }
     out
 }
@@ -160,7 +160,7 @@ fn batches_follow_count_linger_and_heartbeat_and_a_bad_line_is_named_and_skipped
     let got = batches(&world, &positions, &rt);
     let shape: Vec<Shape<'_>> = got
         .iter()
-        .map(|(seq, gateway, devices)| {
+        .map(|(seq, gateway, devices, _)| {
             (
                 *seq,
                 gateway.as_str(),
@@ -220,7 +220,7 @@ fn fixes_received_while_the_broker_is_down_reach_it_exactly_once_when_it_returns
     // Every fix exactly once, in batches whose chain has no gap.
     let got = batches(&world, &positions, &rt);
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-    for (_, _, devices) in &got {
+    for (_, _, devices, _) in &got {
         for seqs in devices.values() {
             for s in seqs {
                 *seen.entry(*s).or_default() += 1;
@@ -254,20 +254,29 @@ fn a_backlog_goes_out_in_batches_of_at_most_batch_size_never_one_the_server_refu
         f.device_time_ms += i64::try_from(seq).unwrap() * 1_000;
         gw.push(&format!("tag-{}", seq % 300), false, f);
     }
-    let flushed = rt
-        .block_on(gw.flush(jiff::Timestamp::now().as_millisecond()))
-        .expect("the backlog goes out");
-    assert_eq!(flushed.fixes, 30_000);
+    // A fix taken before all the others, received last.
+    let mut early = fix;
+    early.fix_seq = 0;
+    gw.push("tag-7", false, early);
+    let now = jiff::Timestamp::now().as_millisecond();
+    let flushed = rt.block_on(gw.flush(now)).expect("the backlog goes out");
+    assert_eq!(flushed.fixes, 30_001);
     let got = batches(&world, &positions, &rt);
-    let sizes: Vec<usize> = got.iter().map(|(_, _, d)| d.values().map(Vec::len).sum()).collect();
-    assert_eq!(sizes.iter().sum::<usize>(), 30_000, "every fix once");
+    let sizes: Vec<usize> = got.iter().map(|(_, _, d, _)| d.values().map(Vec::len).sum()).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 30_001, "every fix once");
     assert!(
         sizes.iter().all(|n| *n <= 2_000),
         "batches of at most batch_size: {sizes:?}"
     );
-    // Each tag's fixes in order across the batches.
+    // Only the last batch says event time has reached now: a tag whose fixes are in a later
+    // batch is not passed by the clock before they are judged.
+    let beats: Vec<i64> = got.iter().map(|(.., h)| *h).collect();
+    assert!(beats.len() >= 15, "{beats:?}");
+    assert_eq!(beats.last(), Some(&now));
+    assert!(beats[..beats.len() - 1].iter().all(|h| *h < now), "{beats:?}");
+    // Each tag's fixes in the order the engine judges them (device time), across the batches.
     let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for (_, _, devices) in &got {
+    for (_, _, devices, _) in &got {
         for (d, f) in devices {
             seen.entry(d.clone()).or_default().extend(f);
         }

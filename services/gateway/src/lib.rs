@@ -96,6 +96,8 @@ pub struct Gateway {
     pending: usize,
     oldest: Option<Instant>,
     last_flush: Instant,
+    /// The heartbeat time the last flush went out with (0: none yet).
+    heartbeat_ms: i64,
     rng: rand::rngs::StdRng,
     /// A sealed batch whose publish failed: sent again, byte for byte, before anything else, so
     /// the chain never forks and `Nats-Msg-Id` removes any copy the server already has.
@@ -139,6 +141,7 @@ impl Gateway {
             pending: 0,
             oldest: None,
             last_flush: Instant::now(),
+            heartbeat_ms: 0,
             rng: <rand::rngs::StdRng as rand::SeedableRng>::from_entropy(),
             inflight: None,
             periods: None,
@@ -318,9 +321,10 @@ impl Gateway {
             }
         }
         let max_fixes = self.config.batch_size.max(1);
+        let previous = std::mem::replace(&mut self.heartbeat_ms, now_ms);
         batches
             .into_iter()
-            .flat_map(|b| split(b, max_fixes, MAX_BATCH_BYTES))
+            .flat_map(|b| split(b, max_fixes, MAX_BATCH_BYTES, previous))
             .collect()
     }
 
@@ -370,14 +374,26 @@ impl Gateway {
     }
 }
 
-/// `batch` as consecutive batches of at most `max_fixes` fixes and about `max_bytes` encoded
-/// (a device's fixes split across them in order); at least one, empty for a heartbeat.
-fn split(batch: pb::PositionBatch, max_fixes: usize, max_bytes: usize) -> Vec<pb::PositionBatch> {
+/// `batch` as consecutive batches of at most `max_fixes` fixes and about `max_bytes` encoded;
+/// at least one, empty for a heartbeat. Split, a device's fixes go in the order the engine
+/// judges them (device time, then sequence), so none is judged late for landing in a later
+/// batch; and only the last batch carries the new heartbeat (the earlier ones
+/// `previous_heartbeat_ms`), so event time does not pass a tag whose fixes are still to come.
+fn split(
+    mut batch: pb::PositionBatch,
+    max_fixes: usize,
+    max_bytes: usize,
+    previous_heartbeat_ms: i64,
+) -> Vec<pb::PositionBatch> {
     if batch.devices.iter().map(|d| d.fixes.len()).sum::<usize>() <= max_fixes && batch.encoded_len() <= max_bytes {
         return vec![batch];
     }
+    for d in &mut batch.devices {
+        d.fixes.sort_by_key(|f| (f.device_time_ms, f.fix_seq));
+    }
     let empty = || pb::PositionBatch {
         devices: Vec::new(),
+        heartbeat_at_ms: previous_heartbeat_ms,
         ..batch.clone()
     };
     let mut out = Vec::new();
@@ -391,7 +407,8 @@ fn split(batch: pb::PositionBatch, max_fixes: usize, max_bytes: usize) -> Vec<pb
         };
         let mut taken = Vec::new();
         for fix in &device.fixes {
-            let size = fix.encoded_len() + 8;
+            // The fix, its field tags and lengths, and (at worst) its device's entry again.
+            let size = fix.encoded_len() + 8 + device.device_id.len();
             if fixes > 0 && (fixes == max_fixes || bytes + size > max_bytes) {
                 if !taken.is_empty() {
                     current.devices.push(part(std::mem::take(&mut taken)));
@@ -401,12 +418,13 @@ fn split(batch: pb::PositionBatch, max_fixes: usize, max_bytes: usize) -> Vec<pb
             }
             taken.push(*fix);
             fixes += 1;
-            bytes += size + device.device_id.len();
+            bytes += size;
         }
         if !taken.is_empty() {
             current.devices.push(part(taken));
         }
     }
+    current.heartbeat_at_ms = batch.heartbeat_at_ms;
     out.push(current);
     out
 }

@@ -588,7 +588,7 @@ impl TagZones {
                 let mut dlon = None;
                 for b in &self.boxes {
                     let ([west, south], [east, north]) = (b.bbox.lower(), b.bbox.upper());
-                    if south > lat + reach || lat - reach > north {
+                    if !(south <= lat + reach && lat - reach <= north) {
                         continue;
                     }
                     let d = *dlon.get_or_insert_with(lon_reach);
@@ -779,19 +779,23 @@ impl State {
         }
         match zone.kind {
             pb::ZoneKind::Inclusion => self.inclusion_by_tag.entry(zone.tag.clone()).or_default().push(zone.id),
-            _ => self
-                .exclusion_by_tag
-                .entry(zone.tag.clone())
-                .or_default()
-                .insert(ZoneBox {
-                    bbox: zone.bbox,
-                    zone: zone.id,
-                }),
+            _ => self.index_exclusion(&zone),
         }
         // A moved zone is re-judged at the tag's next fix; an open episode keeps its id.
         let _ = out;
         self.digests.insert(zone.id, zone_digest(&zone));
         self.zones.insert(zone.id, zone);
+    }
+
+    /// Index an exclusion zone under its tag.
+    fn index_exclusion(&mut self, zone: &Zone) {
+        self.exclusion_by_tag
+            .entry(zone.tag.clone())
+            .or_default()
+            .insert(ZoneBox {
+                bbox: zone.bbox,
+                zone: zone.id,
+            });
     }
 
     fn unindex(&mut self, zone: &Zone) {

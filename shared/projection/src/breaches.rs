@@ -74,6 +74,9 @@ pub struct CoverageRow {
     pub since_ms: i64,
     /// The open conditions: kind, episode id (hex) and when it opened, Unix ms.
     pub conditions: Vec<(String, String, i64)>,
+    /// Fitted now (a removed tag's row keeps its open conditions, as the geofence keeps them,
+    /// for when it is fitted again; it is not listed).
+    pub fitted: bool,
 }
 
 impl CoverageRow {
@@ -144,11 +147,25 @@ fn coverage(state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
                 watch: Watch::Monitored,
                 since_ms: t.at_ms,
                 conditions: Vec::new(),
+                fitted: true,
             });
+            if !row.fitted {
+                row.fitted = true;
+                row.since_ms = row.since_ms.max(t.at_ms);
+            }
             row.case_id = e.header.case_id.map(|c| c.to_string()).unwrap_or_default();
             vec![put_json(key, &row)]
         }
-        CaseEvent::TagRemoved { core: Some(t) } => vec![Write::Delete(cover_key(t.tag_id.as_str()))],
+        CaseEvent::TagRemoved { core: Some(t) } => {
+            let key = cover_key(t.tag_id.as_str());
+            match read_json::<CoverageRow>(state, &key) {
+                Some(mut row) => {
+                    row.fitted = false;
+                    vec![put_json(key, &row)]
+                }
+                None => Vec::new(),
+            }
+        }
         CaseEvent::TagBreach { core: Some(b) } if Watch::of(b.kind).is_some() => {
             let key = cover_key(b.tag_id.as_str());
             // Conditions of a tag not fitted (or already removed) are not coverage.
@@ -156,8 +173,11 @@ fn coverage(state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
                 return Vec::new();
             };
             let id = hex::encode(b.breach_id.as_bytes());
+            // A closed episode stays closed if an older update arrives after it.
+            let closed = read_json::<BreachRow>(state, &self::key(&b.breach_id))
+                .is_some_and(|r| r.state == pb::BreachState::Closed.as_str_name());
             row.conditions.retain(|(_, c, _)| *c != id);
-            if b.state != pb::BreachState::Closed {
+            if b.state != pb::BreachState::Closed && !closed {
                 row.conditions
                     .push((b.kind.as_str_name().to_owned(), id, b.opened_at_ms));
             }
@@ -232,7 +252,8 @@ pub fn coverage_rows(store: &Store) -> Result<Vec<CoverageRow>, crate::Projectio
     let mut rows: Vec<CoverageRow> = store
         .scan(&BreachBoard, COVER)?
         .iter()
-        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+        .filter_map(|(_, v)| serde_json::from_slice::<CoverageRow>(v).ok())
+        .filter(|r| r.fitted)
         .collect();
     rows.sort_by(|a, b| {
         (std::cmp::Reverse(a.watch), a.since_ms, &a.tag_id).cmp(&(std::cmp::Reverse(b.watch), b.since_ms, &b.tag_id))
@@ -376,6 +397,21 @@ mod tests {
             rows.first()
                 .map(|r| (r.watch, r.since_ms, r.conditions.len(), r.case_id == case.to_string()))
         };
+        let listed = |events: &[(hru_domain::EventHeader, CaseEvent)]| {
+            let mem = fold(&BreachBoard, events);
+            mem.0
+                .iter()
+                .filter(|(k, _)| k.starts_with(COVER))
+                .filter_map(|(_, v)| serde_json::from_slice::<CoverageRow>(v).ok())
+                .filter(|r| r.fitted)
+                .count()
+        };
+        let fitted_again = || {
+            (
+                header(case, EventType::TagFitted, 600),
+                CaseEvent::TagFitted { core: Some(tag()) },
+            )
+        };
         let mut events = vec![fitted];
         assert_eq!(watch(&events), Some((Watch::Monitored, 50, 0, true)));
         events.push(condition(1, pb::BreachKind::NoFix, open, 100, 100));
@@ -404,12 +440,23 @@ mod tests {
             Some((Watch::Monitored, 400, 0, true)),
             "monitored since the fix"
         );
+        events.push(condition(1, pb::BreachKind::NoFix, open, 100, 450));
+        assert_eq!(
+            watch(&events),
+            Some((Watch::Monitored, 400, 0, true)),
+            "a closed condition stays closed when an older update arrives after it"
+        );
+        events.push(condition(4, pb::BreachKind::Tamper, open, 480, 480));
         events.push((
             header(case, EventType::TagRemoved, 500),
             CaseEvent::TagRemoved { core: Some(tag()) },
         ));
-        assert_eq!(watch(&events), None, "a removed tag is not watched");
-        events.push(condition(3, pb::BreachKind::NoCommunication, open, 600, 600));
-        assert_eq!(watch(&events), None, "nor raised again by a late condition");
+        assert_eq!(listed(&events), 0, "a removed tag is not listed");
+        events.push(fitted_again());
+        assert_eq!(
+            watch(&events),
+            Some((Watch::Degraded, 480, 1, true)),
+            "fitted again, the condition the geofence still holds open still shows"
+        );
     }
 }

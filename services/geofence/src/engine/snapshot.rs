@@ -8,7 +8,7 @@ use hru_domain::{CaseId, DeviceId, FieldError, TagId};
 use hru_wire::v1 as pb;
 use sha2::{Digest as _, Sha256};
 
-use super::{Config, Episode, Proximity, RuleKey, Seen, State, TagState, ZoneBox};
+use super::{Config, Episode, Proximity, RuleKey, Seen, State, TagState};
 
 /// Why a snapshot's engine state cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -224,14 +224,7 @@ impl State {
             let zone = Zone::parse(&definition, case(&z.case_id, &format!("{at}.case_id"))?)
                 .map_err(|e| fail(format!("{at}.core.{}", e.field), e.problem))?;
             if zone.kind != pb::ZoneKind::Inclusion {
-                state
-                    .exclusion_by_tag
-                    .entry(zone.tag.clone())
-                    .or_default()
-                    .insert(ZoneBox {
-                        bbox: zone.bbox,
-                        zone: zone.id,
-                    });
+                state.index_exclusion(&zone);
             }
             state.digests.insert(zone.id, super::zone_digest(&zone));
             state.zones.insert(zone.id, zone);
