@@ -181,6 +181,7 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
                 party: party.to_owned(),
                 port,
                 child,
+                log: Some(log),
             },
             metrics,
         ));

@@ -418,6 +418,8 @@ pub struct NodeProcess {
     pub port: u16,
     /// The process.
     pub child: std::process::Child,
+    /// Where its standard error goes (named when it does not answer).
+    pub log: Option<PathBuf>,
 }
 
 impl Drop for NodeProcess {
@@ -491,17 +493,19 @@ impl World {
         self.provision();
         let file = self.dir.path().join(format!("{party}.toml"));
         std::fs::write(&file, config).expect("write node config");
+        let log = self.dir.path().join(format!("node-{party}.log"));
         let child = Command::new(crate::hru_bin())
             .args(["node", "run", "--config", &file.display().to_string()])
             .env("HRU_NATS_URL", self.url())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("node log"))
             .spawn()
             .expect("spawn hru node run");
         NodeProcess {
             party: party.to_owned(),
             port,
             child,
+            log: Some(log),
         }
     }
 
@@ -536,7 +540,25 @@ pub async fn tls_channel(node: &NodeProcess, ca: &Path, cert: &Path, key: &Path)
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    panic!("{}'s node does not answer on port {}", node.party, node.port);
+    let tail = node
+        .log
+        .as_ref()
+        .and_then(|l| std::fs::read_to_string(l).ok())
+        .map(|t| {
+            t.lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    panic!(
+        "{}'s node does not answer on port {} after 20 s; its log ends:\n{tail}",
+        node.party, node.port
+    );
 }
 
 /// A request naming the person acting.
