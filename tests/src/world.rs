@@ -545,14 +545,8 @@ pub async fn tls_channel(node: &NodeProcess, ca: &Path, cert: &Path, key: &Path)
         .as_ref()
         .and_then(|l| std::fs::read_to_string(l).ok())
         .map(|t| {
-            t.lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n")
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
         })
         .unwrap_or_default();
     panic!(

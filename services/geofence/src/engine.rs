@@ -954,10 +954,9 @@ impl State {
             t.last_gps_ms = f.device_ms;
             t.last_fix = f.seen();
         }
-        let none_open = t.open.is_empty();
-        let holds = !none_open || !t.possible.is_empty();
+        let holds = !t.open.is_empty() || !t.possible.is_empty();
         let changes = device.map(|(kind, raise, clear)| {
-            let open = !none_open && t.open.contains_key(&RuleKey::Device(kind));
+            let open = t.open.contains_key(&RuleKey::Device(kind));
             ((raise && !open) || (clear && open)).then_some((kind, raise, clear))
         });
         for (kind, raise, clear) in changes.into_iter().flatten() {

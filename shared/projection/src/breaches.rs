@@ -140,8 +140,8 @@ fn coverage(state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
     let at = e.header.recorded_at_ms;
     match e.event {
         CaseEvent::TagFitted { core: Some(t) } => {
-            let key = cover_key(t.tag_id.as_str());
-            let mut row = read_json::<CoverageRow>(state, &key).unwrap_or_else(|| CoverageRow {
+            let slot = cover_key(t.tag_id.as_str());
+            let mut row = read_json::<CoverageRow>(state, &slot).unwrap_or_else(|| CoverageRow {
                 tag_id: t.tag_id.to_string(),
                 case_id: String::new(),
                 watch: Watch::Monitored,
@@ -154,27 +154,27 @@ fn coverage(state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
                 row.since_ms = row.since_ms.max(t.at_ms);
             }
             row.case_id = e.header.case_id.map(|c| c.to_string()).unwrap_or_default();
-            vec![put_json(key, &row)]
+            vec![put_json(slot, &row)]
         }
         CaseEvent::TagRemoved { core: Some(t) } => {
-            let key = cover_key(t.tag_id.as_str());
-            match read_json::<CoverageRow>(state, &key) {
+            let slot = cover_key(t.tag_id.as_str());
+            match read_json::<CoverageRow>(state, &slot) {
                 Some(mut row) => {
                     row.fitted = false;
-                    vec![put_json(key, &row)]
+                    vec![put_json(slot, &row)]
                 }
                 None => Vec::new(),
             }
         }
         CaseEvent::TagBreach { core: Some(b) } if Watch::of(b.kind).is_some() => {
-            let key = cover_key(b.tag_id.as_str());
+            let slot = cover_key(b.tag_id.as_str());
             // Conditions of a tag not fitted (or already removed) are not coverage.
-            let Some(mut row) = read_json::<CoverageRow>(state, &key) else {
+            let Some(mut row) = read_json::<CoverageRow>(state, &slot) else {
                 return Vec::new();
             };
             let id = hex::encode(b.breach_id.as_bytes());
             // A closed episode stays closed if an older update arrives after it.
-            let closed = read_json::<BreachRow>(state, &self::key(&b.breach_id))
+            let closed = read_json::<BreachRow>(state, &key(&b.breach_id))
                 .is_some_and(|r| r.state == pb::BreachState::Closed.as_str_name());
             row.conditions.retain(|(_, c, _)| *c != id);
             if b.state != pb::BreachState::Closed && !closed {
@@ -186,7 +186,7 @@ fn coverage(state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
             } else {
                 at
             });
-            vec![put_json(key, &row)]
+            vec![put_json(slot, &row)]
         }
         _ => Vec::new(),
     }
