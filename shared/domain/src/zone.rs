@@ -35,6 +35,11 @@ impl Frame {
             (lat - self.lat0) * M_PER_DEG,
         )
     }
+
+    /// The position `(lat, lon)` of the point `(x, y)` metres east and north of the origin.
+    pub fn unproject(&self, x: f64, y: f64) -> (f64, f64) {
+        (self.lat0 + y / M_PER_DEG, self.lon0 + x / (self.cos_lat0 * M_PER_DEG))
+    }
 }
 
 /// Distance in metres between two positions (equirectangular; exact enough below ~50 km).

@@ -33,6 +33,21 @@ pub struct BreachRow {
     pub acknowledged_by: Option<String>,
     /// Response time, ms.
     pub response_time_ms: Option<i64>,
+    /// The action the operator recorded with the acknowledgement.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// The zone or proximity rule (hex; all zeros for device conditions).
+    #[serde(default)]
+    pub rule_id: String,
+    /// The latest fix's position `(lat, lon)`, when it had one.
+    #[serde(default)]
+    pub position: Option<(f64, f64)>,
+    /// The latest fix's accuracy radius, metres.
+    #[serde(default)]
+    pub accuracy_m: f64,
+    /// The latest distance to the boundary or the victim, metres.
+    #[serde(default)]
+    pub distance_m: f64,
 }
 
 /// How well a fitted tag is watched.
@@ -124,7 +139,7 @@ impl Projection for BreachBoard {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
@@ -207,6 +222,10 @@ impl BreachBoard {
                         opened_at_ms,
                         observed_at_ms,
                         late,
+                        rule_id,
+                        position,
+                        accuracy_m,
+                        distance_m,
                         ..
                     }),
             } => {
@@ -222,10 +241,23 @@ impl BreachBoard {
                     late: *late,
                     acknowledged_by: None,
                     response_time_ms: None,
+                    action: None,
+                    rule_id: hex::encode(rule_id.as_bytes()),
+                    position: *position,
+                    accuracy_m: *accuracy_m,
+                    distance_m: *distance_m,
                 });
                 // A closed episode stays closed if an older update arrives after it.
                 if row.state != pb::BreachState::Closed.as_str_name() {
                     row.state = breach_state.as_str_name().to_owned();
+                }
+                // Where the tag is: the latest fix's, never an older update's arriving late.
+                if *observed_at_ms >= row.observed_at_ms {
+                    if position.is_some() {
+                        row.position = *position;
+                        row.accuracy_m = *accuracy_m;
+                    }
+                    row.distance_m = *distance_m;
                 }
                 row.observed_at_ms = row.observed_at_ms.max(*observed_at_ms);
                 row.late |= *late;
@@ -237,6 +269,7 @@ impl BreachBoard {
                 };
                 row.acknowledged_by = Some(a.operator.clone());
                 row.response_time_ms = Some(a.response_time_ms);
+                row.action = Some(a.action.clone());
                 row
             }
             _ => return Vec::new(),
@@ -348,6 +381,48 @@ mod tests {
         assert_eq!(row.state, "BREACH_STATE_CLOSED");
         assert_eq!(row.acknowledged_by.as_deref(), Some("PC 101"));
         assert_eq!(row.response_time_ms, Some(150));
+        assert_eq!(row.action.as_deref(), Some("unit dispatched"));
+        assert_eq!(row.position, Some((53.2, -2.9)));
+        assert_eq!((row.accuracy_m, row.distance_m), (8.0, 30.0));
+    }
+
+    #[test]
+    fn an_episode_shows_its_latest_fix_and_an_older_update_arriving_late_does_not_move_it() {
+        let case = CaseId::random();
+        let id = uuid::Uuid::from_u128(43);
+        let update = |observed, lat, distance| {
+            (
+                header(case, EventType::TagBreach, observed),
+                CaseEvent::TagBreach {
+                    core: Some(Breach {
+                        breach_id: id,
+                        tag_id: "t9".parse().unwrap(),
+                        kind: pb::BreachKind::Exclusion,
+                        state: pb::BreachState::Updated,
+                        rule_id: uuid::Uuid::from_u128(7),
+                        opened_at_ms: 100,
+                        observed_at_ms: observed,
+                        position: Some((lat, -2.9)),
+                        accuracy_m: 5.0,
+                        distance_m: distance,
+                        late: false,
+                        evidence: None,
+                    }),
+                },
+            )
+        };
+        let mem = fold(
+            &BreachBoard,
+            &[
+                update(100, 53.1, 10.0),
+                update(300, 53.3, 40.0),
+                update(200, 53.2, 20.0),
+            ],
+        );
+        let row: BreachRow = serde_json::from_slice(mem.0.values().next().expect("row")).expect("json");
+        assert_eq!(row.position, Some((53.3, -2.9)));
+        assert_eq!(row.distance_m, 40.0);
+        assert_eq!(row.rule_id, hex::encode(uuid::Uuid::from_u128(7).as_bytes()));
     }
 
     #[test]
