@@ -61,6 +61,49 @@ pub struct NodeConfig {
     /// reports the geofence silent (on its breach streams and metrics).
     #[serde(default = "default_geofence_silent")]
     pub geofence_silent_after_s: u64,
+    /// The people's page (the control room's live breach board), served over HTTPS with the
+    /// node's certificate to people who sign in with OpenID Connect; none: no page.
+    #[serde(default)]
+    pub page: Option<PageConfig>,
+}
+
+/// The people's page: where it listens, the identity provider people sign in with, and
+/// whose people it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageConfig {
+    /// HTTPS listen address.
+    pub listen: String,
+    /// Where browsers reach the page (`https://host:port`); the identity provider sends people
+    /// back to `<public_url>/auth/callback`.
+    pub public_url: String,
+    /// The OpenID Connect issuer (its discovery document is `<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// This page's client id at the issuer.
+    pub client_id: String,
+    /// A file holding the client secret; none: a public client (PKCE alone).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// PEM certificates to trust for the issuer's HTTPS besides the system's.
+    #[serde(default)]
+    pub issuer_ca: Option<PathBuf>,
+    /// The ID token claim naming the person's party; a person whose claim is not this node's
+    /// party is refused.
+    #[serde(default = "default_party_claim")]
+    pub party_claim: String,
+    /// The purpose the page's reads and acknowledgements are made for (the agreement's
+    /// `[[call]]` rule for this party must allow it).
+    pub purpose: String,
+    /// Seconds a sign-in lasts (then the person signs in again).
+    #[serde(default = "default_session")]
+    pub session_s: u64,
+}
+
+fn default_party_claim() -> String {
+    "hru_party".into()
+}
+fn default_session() -> u64 {
+    12 * 3600
 }
 
 /// Mutual TLS files (PEM).
@@ -134,6 +177,55 @@ impl hru_runtime::Settings for NodeConfig {
         }
         if self.breach_heartbeat_s == 0 {
             return Err(key("breach_heartbeat_s", "must be at least 1".into()));
+        }
+        if let Some(page) = &self.page {
+            if page.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(key("page.listen", format!("{:?} is not host:port", page.listen)));
+            }
+            for (k, url) in [("page.public_url", &page.public_url), ("page.issuer", &page.issuer)] {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(key(k, format!("{url:?} is not an http(s):// URL")));
+                }
+            }
+            if !page.public_url.starts_with("https://") {
+                return Err(key(
+                    "page.public_url",
+                    format!("{:?} must be https:// (the page is served over TLS)", page.public_url),
+                ));
+            }
+            // Plain HTTP to an identity provider only on this machine (a local test provider).
+            let local = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
+            if page.issuer.starts_with("http://") && !local.iter().any(|l| page.issuer.starts_with(l)) {
+                return Err(key(
+                    "page.issuer",
+                    format!(
+                        "{:?}: an identity provider off this machine must be https://",
+                        page.issuer
+                    ),
+                ));
+            }
+            for (k, v) in [
+                ("page.client_id", &page.client_id),
+                ("page.purpose", &page.purpose),
+                ("page.party_claim", &page.party_claim),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(key(k, "must not be empty".into()));
+                }
+            }
+            if page.session_s == 0 {
+                return Err(key("page.session_s", "must be at least 1".into()));
+            }
+            for (k, path) in [
+                ("page.client_secret_file", &page.client_secret_file),
+                ("page.issuer_ca", &page.issuer_ca),
+            ] {
+                if let Some(path) = path
+                    && !path.exists()
+                {
+                    return Err(key(k, format!("{} does not exist", path.display())));
+                }
+            }
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(key("listen", format!("{:?} is not host:port", self.listen)));

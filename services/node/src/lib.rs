@@ -11,6 +11,7 @@ pub mod config;
 mod decide;
 mod geofence_watch;
 pub mod metrics;
+mod page;
 pub mod partner;
 mod streams;
 pub mod tls;
@@ -314,6 +315,20 @@ pub async fn run(
                 tracing::error!(cause = %e, "metrics endpoint stopped");
             }
         });
+    }
+    if let Some(page_config) = config.page.clone() {
+        let page_listener = TcpListener::bind(&page_config.listen)
+            .await
+            .map_err(|e| NodeError::Config(format!("key `page.listen` ({}): {e}", page_config.listen)))?;
+        let acceptor = page::acceptor(&read(&config.tls.cert)?, &read(&config.tls.key)?).map_err(NodeError::Config)?;
+        tracing::info!(url = %page_config.public_url, "serving the people's page");
+        tasks.spawn(page::serve(
+            shared.clone(),
+            page_config,
+            page_listener,
+            acceptor,
+            stop_rx.clone(),
+        ));
     }
     let incoming = tokio_stream_of(listener);
     let server = Server::builder()

@@ -462,13 +462,33 @@ impl BreachApi {
             return Err(Status::invalid_argument("field `action` is missing"));
         }
         self.shared.own_party_only(&caller)?;
-        let isa = self.shared.agreement()?;
+        let decided = self
+            .shared
+            .acknowledge_breach(&grant, &caller, id, &operator, &action)
+            .await?;
+        Ok(Response::new(decided))
+    }
+}
+
+impl Shared {
+    /// Acknowledge breach `id` for `caller` under `grant`, naming `operator` and the `action`
+    /// taken: the breach board names the case, the case's own events decide (once per
+    /// episode), and the acknowledgement is appended under the case's version, so of two
+    /// operators only one wins and the other is told who did.
+    pub(crate) async fn acknowledge_breach(
+        &self,
+        grant: &hru_policy::CallGrant,
+        caller: &crate::access::Caller,
+        id: uuid::Uuid,
+        operator: &str,
+        action: &str,
+    ) -> Result<pb::AcknowledgeResponse, Status> {
+        let isa = self.agreement()?;
         isa.audience(&caller.party, EventType::BreachAcknowledged, "core")
             .map_err(|r| Status::permission_denied(r.0))?;
         // The breach board says which case the breach belongs to; the case's own events decide.
         let lookup = || -> Result<Option<hru_projection::BreachRow>, Status> {
             let projector = self
-                .shared
                 .projector
                 .lock()
                 .map_err(|_| Status::internal("projector unavailable"))?;
@@ -479,13 +499,12 @@ impl BreachApi {
             None => {
                 // The breach may be in the log but not folded yet.
                 let (_, last) = self
-                    .shared
                     .log
                     .reader()
                     .bounds()
                     .await
                     .map_err(|e| Status::unavailable(e.to_string()))?;
-                self.shared.wait_folded(last).await;
+                self.wait_folded(last).await;
                 lookup()?
             }
         }
@@ -499,15 +518,14 @@ impl BreachApi {
             .case_id
             .parse()
             .map_err(|_| Status::internal("breach row names no case"))?;
-        self.shared
-            .log_access(&grant, &caller.person, Disclosed::case(case, vec!["core".into()]))
+        self.log_access(grant, &caller.person, Disclosed::case(case, vec!["core".into()]))
             .await?;
         // Decide on the case's events and append under the case's version: when another
         // operator's acknowledgement lands first, the case is read again and the decision
         // names them.
         let mut at_least = 0;
         for _ in 0..DECIDE_ATTEMPTS {
-            let (history, version) = self.shared.case_history(case, at_least).await?;
+            let (history, version) = self.case_history(case, at_least).await?;
             let facts = decide::facts(&history);
             let decided = decide::acknowledge(&facts, id).map_err(decide::refusal_status)?;
             let now = jiff::Timestamp::now().as_millisecond();
@@ -516,21 +534,20 @@ impl BreachApi {
                 split_draft(pb::event_draft::Event::BreachAcknowledged(pb::BreachAcknowledged {
                     core: Some(pb::AcknowledgementCore {
                         breach_id: id.as_bytes().to_vec(),
-                        operator: operator.clone(),
-                        action: action.clone(),
+                        operator: operator.to_owned(),
+                        action: action.to_owned(),
                         response_time_ms,
                     }),
                 }));
             match self
-                .shared
                 .append_event(case, event_type, sections, now, Expect::CaseAt(version))
                 .await?
             {
                 Ok((event_id, _)) => {
-                    return Ok(Response::new(pb::AcknowledgeResponse {
+                    return Ok(pb::AcknowledgeResponse {
                         event_id,
                         response_time_ms,
-                    }));
+                    });
                 }
                 Err(failure) => match failure.conflict() {
                     Some(current) => at_least = current,
