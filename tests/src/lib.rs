@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support fails by panicking
 
+pub mod browser;
 mod world;
 
 pub use world::*;
