@@ -15,6 +15,8 @@ cargo build --release --quiet -p hru-cli
 HRU="${CARGO_TARGET_DIR:-$ROOT/target}/release/hru"
 
 export NATS_SERVER_BIN="$NATS_SERVER"
+# The control room's page and the local identity provider its operators sign in at.
+export HRU_WEB_TOOLS="$ROOT/tools/web" HRU_NODE_BIN="$ROOT/.tools/venv/bin/node"
 # Five party nodes, the geofence and the gateway on a throwaway local nats-server; pass
 # --non-interactive to run straight through (Ctrl-C stops everything).
 exec "$HRU" --policies "$ROOT/policies" demo "$@"

@@ -225,6 +225,93 @@ impl Demo {
 }
 
 /// Fresh keys for every party of the agreement, its directory, a CA and certificates.
+/// The control room's page and the local OpenID Connect provider its operators sign in at
+/// (`tools/web/idp.mjs`, found through `HRU_WEB_TOOLS` and `HRU_NODE_BIN` as `scripts/demo.sh`
+/// sets them); the provider is stopped when this is dropped.
+struct ControlRoomPage {
+    url: String,
+    listen: String,
+    issuer: String,
+    provider: std::process::Child,
+}
+
+impl ControlRoomPage {
+    /// The page's address: `HRU_DEMO_PAGE_PORT` (default 8443) when free, else any free port.
+    fn start(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let (Some(tools), Some(node)) = (std::env::var_os("HRU_WEB_TOOLS"), std::env::var_os("HRU_NODE_BIN")) else {
+            println!(
+                "  (no control room page: run the demo with scripts/demo.sh, which installs its identity provider)"
+            );
+            return Ok(None);
+        };
+        let free = |port: u16| {
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        };
+        let wanted = std::env::var("HRU_DEMO_PAGE_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(8443);
+        let page_port = free(wanted).or_else(|_| free(0))?;
+        let idp_port = free(0)?;
+        let url = format!("https://127.0.0.1:{page_port}");
+        let config = serde_json::json!({
+            "port": idp_port,
+            "clients": [{"client_id": "control-room", "redirect_uris": [format!("{url}/auth/callback")]}],
+            "accounts": {
+                "pc4512": {"name": "PC 4512", "email": "pc4512@cheshire.police.example", "hru_party": "police-control"},
+                "insp-hart": {"name": "Insp. Hart", "email": "hart@cheshire.police.example", "hru_party": "police-control"},
+                "ds-morgan": {"name": "DS Morgan", "email": "morgan@cheshire.police.example", "hru_party": "police-hru"},
+            },
+        });
+        let file = dir.join("idp.json");
+        std::fs::write(&file, config.to_string())?;
+        let mut provider = std::process::Command::new(node)
+            .arg(Path::new(&tools).join("idp.mjs"))
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the local identity provider (tools/web/idp.mjs)")?;
+        let mut line = String::new();
+        let stdout = provider
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("the identity provider's output"))?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let issuer = line
+            .trim()
+            .strip_prefix("listening ")
+            .ok_or_else(|| anyhow!("the identity provider did not start: {line:?}"))?
+            .to_owned();
+        println!("  control room page {url}  (your browser will question the demo CA's certificate)");
+        println!("    sign in at the local identity provider as pc4512 or insp-hart (police-control; any password);");
+        println!("    ds-morgan (police-hru) is refused: the page serves the control centre's people only");
+        Ok(Some(Self {
+            url,
+            listen: format!("127.0.0.1:{page_port}"),
+            issuer,
+            provider,
+        }))
+    }
+
+    /// The node's `[page]` table.
+    fn config(&self) -> String {
+        format!(
+            "\n[page]\nlisten = \"{}\"\npublic_url = \"{}\"\nissuer = \"{}\"\nclient_id = \"control-room\"\npurpose = \"breach-response\"\n",
+            self.listen, self.url, self.issuer
+        )
+    }
+}
+
+impl Drop for ControlRoomPage {
+    fn drop(&mut self) {
+        let _ = self.provider.kill();
+        let _ = self.provider.wait();
+    }
+}
+
 fn deployment(
     dir: &Path,
     policies_dir: &Path,
@@ -312,6 +399,9 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         secrets.len() - 1
     );
 
+    // The control room's page, with a local identity provider its operators sign in at.
+    let page = ControlRoomPage::start(dir)?;
+
     // The party nodes, the geofence and the gateway.
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
@@ -319,13 +409,17 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
     let ca = std::fs::read_to_string(dir.join("ca.pem"))?;
     for (party, ..) in NODES {
         let config = format!(
-            "party = \"{party}\"\nkeys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nnats_url = {url:?}\nbreach_heartbeat_s = 1\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            "party = \"{party}\"\nkeys_dir = {:?}\npolicies_dir = {:?}\ndata_dir = {:?}\nnats_url = {url:?}\nbreach_heartbeat_s = 1\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n{}",
             dir.join("keys").display().to_string(),
             dir.join("policies").display().to_string(),
             dir.join(format!("data-{party}")).display().to_string(),
             dir.join("ca.pem").display().to_string(),
             dir.join(format!("{party}.pem")).display().to_string(),
             dir.join(format!("{party}.key")).display().to_string(),
+            page.as_ref()
+                .filter(|_| party == "police-control")
+                .map(ControlRoomPage::config)
+                .unwrap_or_default(),
         );
         let config = hru_node::NodeConfig::load(&config, party, |_| None)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -821,6 +915,14 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         );
     }
 
+    if let Some(page) = &page {
+        println!("\n  The control room's page is still served at {}", page.url);
+        if interactive {
+            eprint!("  (press Enter to stop the demo) ");
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        }
+    }
     for stop in stops {
         let _ = stop.send(());
     }
