@@ -362,10 +362,11 @@ fn deployment(
     Ok((directory, isa, secrets, phone))
 }
 
-/// `hru demo`: play the case (pausing for Enter between steps when `interactive`).
-pub async fn run(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode> {
+/// `hru demo`: play the case (pausing for Enter between steps when `interactive`; at the end,
+/// with every service still running, until a line on standard input when `hold`).
+pub async fn run(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Result<ExitCode> {
     tokio::select! {
-        r = play(policies_dir, interactive) => r,
+        r = play(policies_dir, interactive, hold) => r,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("\nstopped: every service and the nats-server were shut down");
             Ok(ExitCode::from(130))
@@ -373,7 +374,7 @@ pub async fn run(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitC
     }
 }
 
-async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode> {
+async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Result<ExitCode> {
     let work = tempfile::tempdir()?;
     let dir = work.path();
     println!(
@@ -915,13 +916,16 @@ async fn play(policies_dir: &Path, interactive: bool) -> anyhow::Result<ExitCode
         );
     }
 
-    if let Some(page) = &page {
-        println!("\n  The control room's page is still served at {}", page.url);
-        if interactive {
-            eprint!("  (press Enter to stop the demo) ");
+    if hold {
+        if let Some(page) = &page {
+            println!("\n  The control room's page is still served at {}", page.url);
+        }
+        println!("  Every service is still running: press Enter to stop the demo.");
+        let _ = tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
-        }
+        })
+        .await;
     }
     for stop in stops {
         let _ = stop.send(());

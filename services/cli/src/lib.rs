@@ -189,6 +189,10 @@ pub enum Command {
         /// Run straight through instead of pausing between steps.
         #[arg(long)]
         non_interactive: bool,
+        /// After the case, keep every service and the control room's page running until a
+        /// line (or the end) on standard input.
+        #[arg(long)]
+        hold: bool,
     },
     /// The streaming geofence.
     #[command(subcommand)]
@@ -909,9 +913,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             breach,
             format,
         }) => explain::run(&broker, &cli.policies, &party, &keys, &case, &breach, format).await,
-        Command::Demo { non_interactive } => {
+        Command::Demo { non_interactive, hold } => {
             let interactive = !non_interactive && std::io::IsTerminal::is_terminal(&std::io::stdin());
-            hru_tools::demo::run(&cli.policies, interactive).await
+            hru_tools::demo::run(&cli.policies, interactive, hold || interactive).await
         }
         Command::Gateway(GatewayCommand::Run { settings }) => {
             match field::gateway(&settings, &cli.nats, &cli.policies, cli.given).await {

@@ -17,6 +17,8 @@ pub(crate) const HEIGHT: f64 = 440.0;
 const TRAIL_MS: i64 = 2 * 3600 * 1000;
 /// Most trail points drawn (the latest).
 const TRAIL_POINTS: usize = 200;
+/// Zones within this of the breach are framed with it, metres.
+const NEAR_M: f64 = 3_000.0;
 /// A victim fix older than this at the breach's latest fix is not fresh, unless the case's
 /// proximity rule says otherwise.
 const VICTIM_FRESH_DEFAULT_S: i64 = 300;
@@ -30,8 +32,11 @@ pub(crate) struct MapData {
     pub(crate) tag: String,
     /// The breach's latest fix: position, accuracy (m) and device time.
     pub(crate) fix: Option<((f64, f64), f64, i64)>,
-    /// The tag's zones in force: (label, exclusion or curfew, shape).
+    /// The tag's zones in force: (label, exclusion or curfew, shape), the breach's own first.
     pub(crate) zones: Vec<(String, pb::ZoneKind, Shape)>,
+    /// How many of `zones` the map must show whole: the breach's own zone, and those near the
+    /// fix (others are drawn where they fall in the view).
+    pub(crate) framed: usize,
     /// The tag's recent fixes, oldest first: (device time, position).
     pub(crate) trail: Vec<(i64, (f64, f64))>,
     /// The victim's last fresh position and its device time (proximity breaches).
@@ -72,12 +77,33 @@ impl MapData {
                 _ => {}
             }
         }
+        // The breach's own zone first, then those near where it happened; the rest need not fit.
+        let near_of = latest.position.or_else(|| {
+            zones
+                .iter()
+                .find(|(zid, _)| *zid == latest.rule_id)
+                .and_then(|(_, z)| hru_domain::zone::Zone::parse(z, None).ok())
+                .map(|z| shape_centre(&z.shape))
+        });
+        let mut zones: Vec<(u8, String, pb::ZoneKind, Shape)> = zones
+            .into_iter()
+            .filter_map(|(zid, z)| {
+                let shape = hru_domain::zone::Zone::parse(z, None).ok()?.shape;
+                let rank = if zid == latest.rule_id {
+                    0
+                } else if near_of.is_some_and(|p| hru_domain::zone::distance_m(p, shape_centre(&shape)) <= NEAR_M) {
+                    1
+                } else {
+                    2
+                };
+                Some((rank, z.label.clone(), z.kind, shape))
+            })
+            .collect();
+        zones.sort_by_key(|(rank, ..)| *rank);
+        let framed = zones.iter().filter(|(rank, ..)| *rank < 2).count();
         let zones = zones
             .into_iter()
-            .filter_map(|(_, z)| {
-                let parsed = hru_domain::zone::Zone::parse(z, None).ok()?;
-                Some((z.label.clone(), z.kind, parsed.shape))
-            })
+            .map(|(_, label, kind, shape)| (label, kind, shape))
             .collect();
         // The trail: every position of this tag the case's breaches carry, near the breach.
         let end = latest.observed_at_ms;
@@ -122,6 +148,7 @@ impl MapData {
             tag,
             fix: latest.position.map(|p| (p, latest.accuracy_m, latest.observed_at_ms)),
             zones,
+            framed,
             trail,
             victim,
         })
@@ -195,6 +222,11 @@ impl MapData {
                     top
                 }
             };
+            // A zone off the drawing (one not framed, far away) gets no label or marker.
+            let inside = |(x, y): (f64, f64)| (0.0..=WIDTH).contains(&x) && (0.0..=HEIGHT - 40.0).contains(&y);
+            if !inside(anchor) && !inside(view.xy(shape_centre(shape))) {
+                continue;
+            }
             if *kind == pb::ZoneKind::Inclusion {
                 let (x, y) = view.xy(shape_centre(shape));
                 let _ = write!(
@@ -209,11 +241,18 @@ impl MapData {
                     y - 4.0
                 );
             }
+            // Labels stay inside the drawing: anchored at whichever end keeps them in.
+            let (x, align) = if anchor.0 < 150.0 {
+                (anchor.0.max(4.0), "start")
+            } else if anchor.0 > WIDTH - 150.0 {
+                (anchor.0.min(WIDTH - 4.0), "end")
+            } else {
+                (anchor.0, "middle")
+            };
             let _ = write!(
                 out,
-                r##"<text x="{:.1}" y="{:.1}" fill="{stroke}" font-size="12" text-anchor="middle">{}</text>"##,
-                anchor.0,
-                (anchor.1 - 6.0).max(14.0),
+                r##"<text x="{x:.1}" y="{:.1}" fill="{stroke}" font-size="12" text-anchor="{align}">{}</text>"##,
+                (anchor.1 - 6.0).clamp(14.0, HEIGHT - 48.0),
                 escape(&name)
             );
         }
@@ -244,9 +283,10 @@ impl MapData {
             let (x, y) = view.xy(p);
             let _ = write!(
                 out,
-                r##"<g id="victim-marker"><circle cx="{x:.1}" cy="{y:.1}" r="7" fill="#27ae60" stroke="#fff" stroke-width="2"/><text x="{:.1}" y="{:.1}" fill="#1e8449" font-size="12">victim (fix {})</text></g>"##,
-                x + 10.0,
+                r##"<g id="victim-marker"><circle cx="{x:.1}" cy="{y:.1}" r="7" fill="#27ae60" stroke="#fff" stroke-width="2"/><text x="{:.1}" y="{:.1}" fill="#1e8449" font-size="12" text-anchor="{}">victim (fix {})</text></g>"##,
+                beside(x).0,
                 y + 4.0,
+                beside(x).1,
                 clock(at)
             );
         }
@@ -256,10 +296,11 @@ impl MapData {
                 let r = (accuracy * view.scale).max(1.0);
                 let _ = write!(
                     out,
-                    r##"<g id="breach-marker" data-breach="{}"><circle class="accuracy" cx="{x:.1}" cy="{y:.1}" r="{r:.1}" fill="#e67e22" fill-opacity="0.25" stroke="#d35400"/><circle class="fix" cx="{x:.1}" cy="{y:.1}" r="6" fill="#d35400" stroke="#fff" stroke-width="2"/><text x="{:.1}" y="{:.1}" fill="#a04000" font-size="12">{} {} at {} (±{accuracy:.0} m)</text></g>"##,
+                    r##"<g id="breach-marker" data-breach="{}"><circle class="accuracy" cx="{x:.1}" cy="{y:.1}" r="{r:.1}" fill="#e67e22" fill-opacity="0.25" stroke="#d35400"/><circle class="fix" cx="{x:.1}" cy="{y:.1}" r="6" fill="#d35400" stroke="#fff" stroke-width="2"/><text x="{:.1}" y="{:.1}" fill="#a04000" font-size="12" text-anchor="{}">{} {} at {} (±{accuracy:.0} m)</text></g>"##,
                     self.breach_id,
-                    x + 10.0,
+                    beside(x).0,
                     y - 8.0,
+                    beside(x).1,
                     escape(&self.tag),
                     escape(&kind_label(&self.kind)),
                     clock(at)
@@ -291,7 +332,7 @@ impl MapData {
         if let Some((p, _)) = self.victim {
             points.push((p, 0.0));
         }
-        for (_, _, shape) in &self.zones {
+        for (_, _, shape) in self.zones.iter().take(self.framed) {
             match shape {
                 Shape::Circle { centre, radius_m } => points.push((*centre, *radius_m)),
                 Shape::Area { frame, polygons } => {
@@ -316,6 +357,16 @@ fn victim_fix(ev: &pb::BreachEvidence) -> Option<&pb::EvidenceFix> {
     match &ev.cause {
         Some(pb::breach_evidence::Cause::VictimFix(f)) => Some(f),
         _ => None,
+    }
+}
+
+/// Where a marker's label goes beside a marker at `x`: to its right, or to its left near the
+/// right edge; and its text anchor.
+fn beside(x: f64) -> (f64, &'static str) {
+    if x > WIDTH - 260.0 {
+        (x - 10.0, "end")
+    } else {
+        (x + 10.0, "start")
     }
 }
 
@@ -518,13 +569,36 @@ mod tests {
                 },
             ),
         ];
+        let mut events = events;
+        // The subject's curfew address 30 km away is on the map's list but does not shrink it.
+        events.insert(
+            0,
+            zone(4, 1, pb::ZoneKind::Inclusion, &circle((53.0979, -2.4416)), 50.0, "far"),
+        );
         let map = MapData::of(uuid::Uuid::from_u128(9), &events).unwrap();
         assert_eq!(
             map.zones.len(),
-            2,
+            3,
             "the revoked zone is gone and the old version replaced"
         );
-        assert!(matches!(map.zones[0].2, Shape::Circle { radius_m, .. } if radius_m == 500.0));
+        assert_eq!(map.framed, 2, "the far zone is not framed");
+        assert_eq!(map.zones[2].0, "far");
+        assert!(
+            !map.svg().contains("curfew address: far"),
+            "a zone off the drawing is not labelled"
+        );
+        let fitted = View::fit(map.fix.unwrap().0, &map.points_to_fit());
+        assert!(
+            WIDTH / fitted.scale < 5_000.0,
+            "the view is {} m across",
+            WIDTH / fitted.scale
+        );
+        assert!(
+            map.zones
+                .iter()
+                .any(|z| matches!(z.2, Shape::Circle { radius_m, .. } if radius_m == 500.0)),
+            "the zone's latest version"
+        );
         assert_eq!(map.trail.len(), 2, "the fix before and the fix itself: {:?}", map.trail);
         assert_eq!(map.victim, None, "an exclusion breach shows no victim");
         let svg = map.svg();
