@@ -34,6 +34,7 @@ struct Scene {
     home: (f64, f64),
     seq: u64,
     node: NodeProcess,
+    page_port: u16,
     page_url: String,
     idp: IdentityProvider,
     _geofence: ChildGuard,
@@ -47,6 +48,14 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The police-control node's `[page]` table.
+fn page_config(port: u16, issuer: &str, session_s: u64) -> String {
+    format!(
+        "[page]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://127.0.0.1:{port}\"\nissuer = \"{issuer}\"\n\
+         client_id = \"control-room\"\npurpose = \"breach-response\"\nsession_s = {session_s}\n"
+    )
 }
 
 fn now_ms() -> i64 {
@@ -100,14 +109,7 @@ impl Scene {
                 },
             ],
         );
-        let node = world.start_node(
-            "police-control",
-            &format!(
-                "[page]\nlisten = \"127.0.0.1:{page_port}\"\npublic_url = \"{page_url}\"\n\
-                 issuer = \"{}\"\nclient_id = \"control-room\"\npurpose = \"breach-response\"\n",
-                idp.issuer
-            ),
-        );
+        let node = world.start_node("police-control", &page_config(page_port, &idp.issuer, 43_200));
         // The node answers gRPC once it serves; the page is served from then too.
         rt.block_on(world.channel(&node, "police-control"));
         let mut scene = Self {
@@ -119,6 +121,7 @@ impl Scene {
             home,
             seq: 1_000_000,
             node,
+            page_port,
             page_url,
             idp,
             _geofence: geofence,
@@ -386,6 +389,33 @@ fn operators_sign_in_see_a_breach_on_the_board_and_map_within_two_seconds_and_ac
 
     // Fix → breach visible in the browser, over many breaches: the tag leaves (three clear
     // fixes close the episode) and comes back, each return a new breach.
+    // Beside it, the same breaches as the control room's systems get them: `StreamBreaches`.
+    let channel = scene.rt.block_on(scene.world.channel(&scene.node, "police-control"));
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, i64>::new()));
+    let heard = arrivals.clone();
+    scene.rt.spawn(async move {
+        let mut stream = pb::breach_service_client::BreachServiceClient::new(channel)
+            .stream_breaches(hru_tests::request(
+                pb::StreamBreachesRequest {
+                    resume_token: String::new(),
+                    purpose: "breach-response".into(),
+                },
+                "control-room system",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        while let Ok(Some(m)) = stream.message().await {
+            if let Some(b) = m.breach {
+                heard
+                    .lock()
+                    .unwrap()
+                    .entry(hex::encode(&b.breach_id))
+                    .or_insert_with(now_ms);
+            }
+        }
+    });
+    let mut grpc = Vec::new();
     let breaches: usize = std::env::var("HRU_PAGE_BREACHES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -407,10 +437,27 @@ fn operators_sign_in_see_a_breach_on_the_board_and_map_within_two_seconds_and_ac
         let (row, marker) = shown(&mut browser, "bob", &id);
         rows.push(row.unwrap() - fix_ms);
         markers.push(marker.unwrap() - fix_ms);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            if let Some(at) = arrivals.lock().unwrap().get(&id).copied() {
+                break at;
+            }
+            assert!(Instant::now() < deadline, "breach {id} reached StreamBreaches");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        grpc.push(got - fix_ms);
         known.push(id);
     }
     rows.sort_unstable();
     markers.sort_unstable();
+    grpc.sort_unstable();
+    println!(
+        "fix → StreamBreaches (gRPC) over the same breaches: p50 {} ms, p99 {} ms; the page's row × gRPC: p50 {:.2}, p99 {:.2}",
+        percentile(&grpc, 0.5),
+        percentile(&grpc, 0.99),
+        percentile(&rows, 0.5) as f64 / percentile(&grpc, 0.5).max(1) as f64,
+        percentile(&rows, 0.99) as f64 / percentile(&grpc, 0.99).max(1) as f64
+    );
     println!(
         "fix → breach row in the browser over {breaches} breaches: p50 {} ms, p99 {} ms, max {} ms; \
          → map marker: p50 {} ms, p99 {} ms, max {} ms",
@@ -450,4 +497,24 @@ fn operators_sign_in_see_a_breach_on_the_board_and_map_within_two_seconds_and_ac
     assert_eq!(live, 401, "her stream is refused once she has signed out");
     let back = browser.eval("alice", "fetch('/', {redirect: 'manual'}).then(r => r.type)");
     assert_eq!(back, "opaqueredirect", "the page sends her to sign in again");
+    drop(browser);
+
+    // A sign-in lasts `session_s`: the node restarted with 4-second sessions (a restart signs
+    // everyone out). An open page says the session has ended; its stream is refused.
+    scene.node = scene
+        .world
+        .start_node("police-control", &page_config(scene.page_port, &scene.idp.issuer, 4));
+    scene.rt.block_on(scene.world.channel(&scene.node, "police-control"));
+    let cert = scene.world.dir.path().join("certs/police-control.pem");
+    let mut browser = Browser::start(&[hru_tests::browser::spki_pin(&cert)]);
+    scene.sign_in(&mut browser, "brief", "bob");
+    browser
+        .wait_for("brief", "#last-update:not(:empty)", 5_000)
+        .expect("live");
+    browser
+        .wait_for("brief", "#connection:has-text('Your session has ended')", 10_000)
+        .expect("the page says the session has ended");
+    browser.screenshot("brief", "control-room-session-ended");
+    let live = browser.eval("brief", "fetch('/live').then(r => r.status)");
+    assert_eq!(live, 401, "the ended session's stream is refused");
 }
