@@ -250,3 +250,79 @@ impl NodeConfig {
         hru_runtime::load(text, source_name, env, &[])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A node config whose files exist, with `page` as its `[page]` table.
+    fn load(page: &str) -> Result<NodeConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, "x").unwrap();
+            p.display().to_string()
+        };
+        let text = format!(
+            "party = \"police-control\"\nkeys_dir = \"k\"\npolicies_dir = \"p\"\ndata_dir = \"d\"\n\
+             [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n{page}",
+            file("ca.pem"),
+            file("c.pem"),
+            file("c.key")
+        );
+        NodeConfig::load(&text, "node.toml", |_| None).map_err(|e| e.to_string())
+    }
+
+    const PAGE: &str = "[page]\nlisten = \"127.0.0.1:8443\"\npublic_url = \"https://127.0.0.1:8443\"\n\
+                        issuer = \"https://login.example\"\nclient_id = \"ops\"\npurpose = \"breach-response\"\n";
+
+    #[test]
+    fn a_page_is_configured_in_full_or_refused_naming_the_key() {
+        let page = load(PAGE).unwrap().page.unwrap();
+        assert_eq!((page.party_claim.as_str(), page.session_s), ("hru_party", 43_200));
+        assert!(load("").unwrap().page.is_none(), "no [page]: no page");
+        for (change, key) in [
+            (("listen = \"127.0.0.1:8443\"", "listen = \"8443\""), "page.listen"),
+            (
+                (
+                    "public_url = \"https://127.0.0.1:8443\"",
+                    "public_url = \"http://127.0.0.1:8443\"",
+                ),
+                "page.public_url",
+            ),
+            (
+                (
+                    "issuer = \"https://login.example\"",
+                    "issuer = \"http://login.example\"",
+                ),
+                "page.issuer",
+            ),
+            (("client_id = \"ops\"", "client_id = \" \""), "page.client_id"),
+            (
+                (
+                    "purpose = \"breach-response\"\n",
+                    "purpose = \"breach-response\"\nsession_s = 0\n",
+                ),
+                "page.session_s",
+            ),
+            (
+                (
+                    "client_id = \"ops\"",
+                    "client_id = \"ops\"\nclient_secret_file = \"/nowhere\"",
+                ),
+                "page.client_secret_file",
+            ),
+        ] {
+            let err = load(&PAGE.replace(change.0, change.1)).unwrap_err();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        // A provider on this machine may speak plain HTTP (a local test provider); a typo'd key is named.
+        assert!(load(&PAGE.replace("https://login.example", "http://127.0.0.1:9000")).is_ok());
+        let err = load(&PAGE.replace("purpose", "purpse")).unwrap_err();
+        assert!(err.contains("purpse"), "{err}");
+        let err = load(&PAGE.replace("client_id = \"ops\"\n", "")).unwrap_err();
+        assert!(err.contains("client_id"), "{err}");
+    }
+}
