@@ -90,7 +90,7 @@ impl Scene {
         let idp = IdentityProvider::start(
             world.dir.path(),
             "control-room",
-            &format!("{page_url}/auth/callback"),
+            &page_url,
             &[
                 Account {
                     login: "alice",
@@ -488,8 +488,13 @@ fn operators_sign_in_see_a_breach_on_the_board_and_map_within_two_seconds_and_ac
         assert!(elsewhere.is_empty(), "{name}'s page asked other hosts: {elsewhere:?}");
     }
 
-    // Signing out ends the session: the page and its stream are refused until she signs in again.
+    // Signing out ends the session, at the node and at the provider (the workstation is
+    // shared): the page and its stream are refused, and signing in again asks for her login.
     browser.call("click", json!({"page": "alice", "selector": "#sign-out"}));
+    browser
+        .wait_for("alice", "button[name=logout]", 5_000)
+        .expect("the provider asks to confirm signing out");
+    browser.call("click", json!({"page": "alice", "selector": "button[name=logout]"}));
     browser
         .wait_for("alice", "#notice:has-text('signed out')", 5_000)
         .expect("signed out");
@@ -497,6 +502,10 @@ fn operators_sign_in_see_a_breach_on_the_board_and_map_within_two_seconds_and_ac
     assert_eq!(live, 401, "her stream is refused once she has signed out");
     let back = browser.eval("alice", "fetch('/', {redirect: 'manual'}).then(r => r.type)");
     assert_eq!(back, "opaqueredirect", "the page sends her to sign in again");
+    browser.call("goto", json!({"page": "alice", "url": format!("{}/", scene.page_url)}));
+    browser
+        .wait_for("alice", "input[name=login]", 5_000)
+        .expect("the provider asks who she is again");
     drop(browser);
 
     // A sign-in lasts `session_s`: the node restarted with 4-second sessions (a restart signs

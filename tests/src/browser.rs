@@ -173,13 +173,18 @@ pub struct IdentityProvider {
 }
 
 impl IdentityProvider {
-    /// Start it on a free port for client `client_id` returning to `redirect_uri`, knowing
+    /// Start it on a free port for client `client_id`, the page at `page_url` (people return
+    /// to its `/auth/callback`, and to its `/signed-out` after signing out), knowing
     /// `accounts`; `dir` holds its configuration.
-    pub fn start(dir: &Path, client_id: &str, redirect_uri: &str, accounts: &[Account<'_>]) -> Self {
+    pub fn start(dir: &Path, client_id: &str, page_url: &str, accounts: &[Account<'_>]) -> Self {
         let port = crate::free_port();
         let config = json!({
             "port": port,
-            "clients": [{"client_id": client_id, "redirect_uris": [redirect_uri]}],
+            "clients": [{
+                "client_id": client_id,
+                "redirect_uris": [format!("{page_url}/auth/callback")],
+                "post_logout_redirect_uris": [format!("{page_url}/signed-out")],
+            }],
             "accounts": accounts.iter().map(|a| (a.login.to_owned(), json!({
                 "name": a.name,
                 "email": format!("{}@example.org", a.login),

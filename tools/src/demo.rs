@@ -258,7 +258,11 @@ impl ControlRoomPage {
         let url = format!("https://127.0.0.1:{page_port}");
         let config = serde_json::json!({
             "port": idp_port,
-            "clients": [{"client_id": "control-room", "redirect_uris": [format!("{url}/auth/callback")]}],
+            "clients": [{
+                "client_id": "control-room",
+                "redirect_uris": [format!("{url}/auth/callback")],
+                "post_logout_redirect_uris": [format!("{url}/signed-out")],
+            }],
             "accounts": {
                 "pc4512": {"name": "PC 4512", "email": "pc4512@cheshire.police.example", "hru_party": "police-control"},
                 "insp-hart": {"name": "Insp. Hart", "email": "hart@cheshire.police.example", "hru_party": "police-control"},

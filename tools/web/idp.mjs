@@ -4,7 +4,7 @@
 //
 //   node idp.mjs CONFIG.json
 //
-// CONFIG: {"port": N, "clients": [{"client_id", "redirect_uris": [...]}],
+// CONFIG: {"port": N, "clients": [{"client_id", "redirect_uris": [...], "post_logout_redirect_uris": [...]}],
 //          "accounts": {"<login>": {"name", "email", "hru_party"}}}
 // Prints "listening <issuer>" once it serves. A login not in `accounts` gets no token (the
 // provider's development login pages check no password: this provider is for tests and the demo,
@@ -20,6 +20,7 @@ const provider = new Provider(issuer, {
     client_id: c.client_id,
     token_endpoint_auth_method: 'none',
     redirect_uris: c.redirect_uris,
+    post_logout_redirect_uris: c.post_logout_redirect_uris || [],
     grant_types: ['authorization_code'],
     response_types: ['code'],
   })),

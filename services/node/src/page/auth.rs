@@ -9,14 +9,16 @@ use std::sync::Mutex;
 
 use hru_domain::PartyId;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey,
-    CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken,
-    CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreRevocableToken,
+    CoreRevocationErrorResponse, CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AdditionalClaims, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope, StandardErrorResponse, StandardTokenResponse, TokenResponse as _,
+    AdditionalClaims, AdditionalProviderMetadata, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
+    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, IssuerUrl, Nonce,
+    PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse as _,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +30,31 @@ use crate::config::PageConfig;
 pub(crate) struct OtherClaims(HashMap<String, serde_json::Value>);
 
 impl AdditionalClaims for OtherClaims {}
+
+/// What discovery says beyond the core: where people sign out of the provider (RP-initiated
+/// logout), when it offers it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LogoutMetadata {
+    #[serde(default)]
+    end_session_endpoint: Option<String>,
+}
+
+impl AdditionalProviderMetadata for LogoutMetadata {}
+
+type Metadata = ProviderMetadata<
+    LogoutMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 type Fields = IdTokenFields<
     OtherClaims,
@@ -93,6 +120,8 @@ pub(crate) struct Session {
     pub(crate) person: Person,
     pub(crate) csrf: String,
     pub(crate) expires_ms: i64,
+    /// The ID token the person signed in with: the hint that signs them out of the provider.
+    pub(crate) id_token: String,
 }
 
 /// Why a sign-in failed.
@@ -121,7 +150,7 @@ pub(crate) struct Auth {
     config: PageConfig,
     party: PartyId,
     http: reqwest::Client,
-    client: tokio::sync::Mutex<Option<OidcClient>>,
+    client: tokio::sync::Mutex<Option<(OidcClient, Option<String>)>>,
     pending: Mutex<HashMap<String, Pending>>,
     sessions: Mutex<HashMap<String, Session>>,
 }
@@ -162,14 +191,15 @@ impl Auth {
         })
     }
 
-    /// The provider's client, discovered once (again after a failure).
-    async fn client(&self) -> Result<OidcClient, SignInError> {
+    /// The provider's client and its end-session endpoint, discovered once (again after a
+    /// failure).
+    async fn client(&self) -> Result<(OidcClient, Option<String>), SignInError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| SignInError::Provider(e.to_string()))?;
-        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
+        let metadata = Metadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| SignInError::Provider(format!("discovery at {}: {e}", self.config.issuer)))?;
         let secret = match &self.config.client_secret_file {
@@ -186,16 +216,17 @@ impl Auth {
             self.config.public_url.trim_end_matches('/')
         ))
         .map_err(|e| SignInError::Provider(e.to_string()))?;
+        let end_session = metadata.additional_metadata().end_session_endpoint.clone();
         let client = OidcClient::from_provider_metadata(metadata, ClientId::new(self.config.client_id.clone()), secret)
             .set_redirect_uri(redirect);
-        *slot = Some(client.clone());
-        Ok(client)
+        *slot = Some((client.clone(), end_session.clone()));
+        Ok((client, end_session))
     }
 
     /// Start a sign-in: the provider's URL to send the browser to, and the state that must
     /// come back with it (kept in a cookie too, so the answer is bound to this browser).
     pub(crate) async fn start(&self, now_ms: i64) -> Result<(String, String), SignInError> {
-        let client = self.client().await?;
+        let (client, _) = self.client().await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let (url, state, nonce) = client
             .authorize_url(
@@ -239,7 +270,7 @@ impl Auth {
             .remove(state)
             .filter(|p| now_ms - p.started_ms < PENDING_MS)
             .ok_or(SignInError::UnknownState)?;
-        let client = self.client().await?;
+        let (client, _) = self.client().await?;
         let tokens = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| SignInError::Provider(e.to_string()))?
@@ -289,6 +320,7 @@ impl Auth {
             },
             csrf: token(),
             expires_ms: now_ms + i64::try_from(self.config.session_s).unwrap_or(i64::MAX / 4) * 1000,
+            id_token: id_token.to_string(),
         };
         let id = token();
         self.sessions
@@ -311,6 +343,22 @@ impl Auth {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id)
+    }
+
+    /// Where to send the browser of someone who signed out of `session` so that the provider
+    /// signs them out too, then back to `<public_url>/signed-out`: the provider's end-session
+    /// endpoint, when it has one.
+    pub(crate) async fn provider_sign_out(&self, session: &Session) -> Option<String> {
+        let (_, endpoint) = self.client().await.ok()?;
+        let mut url = reqwest::Url::parse(&endpoint?).ok()?;
+        url.query_pairs_mut()
+            .append_pair("id_token_hint", &session.id_token)
+            .append_pair("client_id", &self.config.client_id)
+            .append_pair(
+                "post_logout_redirect_uri",
+                &format!("{}/signed-out", self.config.public_url.trim_end_matches('/')),
+            );
+        Some(url.to_string())
     }
 }
 
@@ -348,6 +396,7 @@ mod tests {
                 },
                 csrf: token(),
                 expires_ms: now_ms + i64::try_from(auth.config.session_s).unwrap() * 1000,
+                id_token: String::new(),
             },
         );
         id

@@ -360,8 +360,18 @@ async fn logout(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
     }
     page.auth.sign_out(&id);
     tracing::info!(person = %session.person.recorded(), "signed out of the page");
+    // Out of the provider too (a control room's workstations are shared), when it offers it.
+    let next = page
+        .auth
+        .provider_sign_out(&session)
+        .await
+        .unwrap_or_else(|| "/signed-out".into());
     let (k, v) = set_cookie(SESSION_COOKIE, "", 0, "Lax");
-    ([(k, v)], axum::Json(serde_json::json!({ "signed_out": true }))).into_response()
+    (
+        [(k, v)],
+        axum::Json(serde_json::json!({ "signed_out": true, "next": next })),
+    )
+        .into_response()
 }
 
 /// Whether this browser is signed in, as whom and until when.

@@ -314,11 +314,12 @@ window.hruAcknowledge = function (id, action) {
 };
 
 $('sign-out').addEventListener('click', () => {
-  fetch('/logout', { method: 'POST', headers: { 'x-hru-csrf': csrf } }).finally(() => {
-    page.ended = true;
-    if (page.source) page.source.close();
-    window.location.assign('/signed-out');
-  });
+  page.ended = true;
+  if (page.source) page.source.close();
+  fetch('/logout', { method: 'POST', headers: { 'x-hru-csrf': csrf } })
+    .then((r) => r.json())
+    .then((body) => window.location.assign(body.next || '/signed-out'))
+    .catch(() => window.location.assign('/signed-out'));
 });
 
 connect();
