@@ -433,7 +433,14 @@ fn operators_sign_in_see_a_breach_on_the_board_and_map_within_two_seconds_and_ac
             .expect("each return is a new breach on the board");
         browser
             .wait_for("bob", &format!("#breach-marker[data-breach='{id}']"), 5_000)
-            .expect("and on the map");
+            .unwrap_or_else(|e| {
+                let state = browser.eval(
+                    "bob",
+                    "[document.getElementById('map').innerHTML.slice(0, 300), document.body.innerText.slice(0, 600)]",
+                );
+                let console = browser.call("console", json!({"page": "bob"}));
+                panic!("breach {id} on the map: {e}\n{state}\n{console}")
+            });
         let (row, marker) = shown(&mut browser, "bob", &id);
         rows.push(row.unwrap() - fix_ms);
         markers.push(marker.unwrap() - fix_ms);

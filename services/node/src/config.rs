@@ -194,8 +194,13 @@ impl hru_runtime::Settings for NodeConfig {
                 ));
             }
             // Plain HTTP to an identity provider only on this machine (a local test provider).
-            let local = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
-            if page.issuer.starts_with("http://") && !local.iter().any(|l| page.issuer.starts_with(l)) {
+            let host = reqwest::Url::parse(&page.issuer)
+                .map_err(|e| key("page.issuer", format!("{:?} is not a URL: {e}", page.issuer)))?
+                .host_str()
+                .unwrap_or_default()
+                .to_owned();
+            let local = ["127.0.0.1", "localhost", "[::1]"].contains(&host.as_str());
+            if page.issuer.starts_with("http://") && !local {
                 return Err(key(
                     "page.issuer",
                     format!(
@@ -213,8 +218,8 @@ impl hru_runtime::Settings for NodeConfig {
                     return Err(key(k, "must not be empty".into()));
                 }
             }
-            if page.session_s == 0 {
-                return Err(key("page.session_s", "must be at least 1".into()));
+            if !(1..=7 * 24 * 3600).contains(&page.session_s) {
+                return Err(key("page.session_s", "must be from 1 s to 7 days".into()));
             }
             for (k, path) in [
                 ("page.client_secret_file", &page.client_secret_file),
@@ -320,6 +325,10 @@ mod tests {
         }
         // A provider on this machine may speak plain HTTP (a local test provider); a typo'd key is named.
         assert!(load(&PAGE.replace("https://login.example", "http://127.0.0.1:9000")).is_ok());
+        for lookalike in ["http://localhost.evil.example", "http://127.0.0.1.nip.io:9000"] {
+            let err = load(&PAGE.replace("https://login.example", lookalike)).unwrap_err();
+            assert!(err.contains("page.issuer"), "{lookalike}: {err}");
+        }
         let err = load(&PAGE.replace("purpose", "purpse")).unwrap_err();
         assert!(err.contains("purpse"), "{err}");
         let err = load(&PAGE.replace("client_id = \"ops\"\n", "")).unwrap_err();

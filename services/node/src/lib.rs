@@ -321,10 +321,12 @@ pub async fn run(
             .await
             .map_err(|e| NodeError::Config(format!("key `page.listen` ({}): {e}", page_config.listen)))?;
         let acceptor = page::acceptor(&read(&config.tls.cert)?, &read(&config.tls.key)?).map_err(NodeError::Config)?;
+        let auth = page::prepare(&shared, &page_config).map_err(NodeError::Config)?;
         tracing::info!(url = %page_config.public_url, "serving the people's page");
         tasks.spawn(page::serve(
             shared.clone(),
             page_config,
+            auth,
             page_listener,
             acceptor,
             stop_rx.clone(),

@@ -153,6 +153,9 @@ async fn pause<T>(tx: &mpsc::Sender<T>, shared: &Shared) -> bool {
     }
 }
 
+/// Longest action an acknowledgement may record, characters.
+pub(crate) const MAX_ACTION_CHARS: usize = 1_000;
+
 /// How often a command decided on a case is decided again after another writer moved the case.
 const DECIDE_ATTEMPTS: usize = 5;
 
@@ -483,6 +486,12 @@ impl Shared {
         operator: &str,
         action: &str,
     ) -> Result<pb::AcknowledgeResponse, Status> {
+        let chars = action.chars().count();
+        if chars > MAX_ACTION_CHARS {
+            return Err(Status::invalid_argument(format!(
+                "field `action` is {chars} characters; say what was done in at most {MAX_ACTION_CHARS}"
+            )));
+        }
         let isa = self.agreement()?;
         isa.audience(&caller.party, EventType::BreachAcknowledged, "core")
             .map_err(|r| Status::permission_denied(r.0))?;

@@ -102,8 +102,29 @@ impl Person {
     /// How access records and acknowledgements name them: the name, with the provider's
     /// subject (names are not unique; the subject is).
     pub(crate) fn recorded(&self) -> String {
-        format!("{} [oidc {} at {}]", self.name, self.subject, self.issuer)
+        format!(
+            "{} [oidc {} at {}]",
+            plain(&self.name),
+            plain(&self.subject),
+            plain(&self.issuer)
+        )
     }
+}
+
+/// Text a person or provider chose, made safe to stand in a record beside what the node
+/// vouches for: no brackets (the record's own), no control or invisible formatting characters
+/// (line breaks, bidirectional overrides), runs of spaces made one.
+pub(crate) fn plain(text: &str) -> String {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+    };
+    text.chars()
+        .map(|c| if invisible(c) || c == '[' || c == ']' { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A sign-in that was started and not yet finished.
@@ -141,6 +162,10 @@ pub(crate) enum SignInError {
     OtherParty(String),
 }
 
+/// How long after a failed discovery sign-ins are refused without asking the provider again.
+const DISCOVERY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most sign-ins under way at once.
+const MAX_PENDING: usize = 10_000;
 /// How long a started sign-in may take, ms.
 const PENDING_MS: i64 = 10 * 60 * 1000;
 
@@ -151,6 +176,9 @@ pub(crate) struct Auth {
     party: PartyId,
     http: reqwest::Client,
     client: tokio::sync::Mutex<Option<(OidcClient, Option<String>)>>,
+    /// When discovery last failed: sign-ins are refused at once for a while after, rather than
+    /// each asking an unreachable provider again.
+    failed_at: Mutex<Option<std::time::Instant>>,
     pending: Mutex<HashMap<String, Pending>>,
     sessions: Mutex<HashMap<String, Session>>,
 }
@@ -186,6 +214,7 @@ impl Auth {
             party,
             http,
             client: tokio::sync::Mutex::new(None),
+            failed_at: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
         })
@@ -198,10 +227,29 @@ impl Auth {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
+        let recently = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < DISCOVERY_BACKOFF);
+        if recently {
+            return Err(SignInError::Provider(format!(
+                "{} did not answer just now; try again in a few seconds",
+                self.config.issuer
+            )));
+        }
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| SignInError::Provider(e.to_string()))?;
-        let metadata = Metadata::discover_async(issuer, &self.http)
-            .await
-            .map_err(|e| SignInError::Provider(format!("discovery at {}: {e}", self.config.issuer)))?;
+        let metadata = match Metadata::discover_async(issuer, &self.http).await {
+            Ok(m) => m,
+            Err(e) => {
+                *self.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::time::Instant::now());
+                return Err(SignInError::Provider(format!(
+                    "discovery at {}: {e}",
+                    self.config.issuer
+                )));
+            }
+        };
         let secret = match &self.config.client_secret_file {
             Some(f) => Some(ClientSecret::new(
                 std::fs::read_to_string(f)
@@ -238,17 +286,29 @@ impl Auth {
             .add_scope(Scope::new("email".into()))
             .set_pkce_challenge(challenge)
             .url();
+        self.remember(state.secret().clone(), verifier, nonce, now_ms);
+        Ok((url.to_string(), state.secret().clone()))
+    }
+
+    /// Keep a sign-in under way until its answer comes back.
+    fn remember(&self, state: String, verifier: PkceCodeVerifier, nonce: Nonce, now_ms: i64) {
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         pending.retain(|_, p| now_ms - p.started_ms < PENDING_MS);
+        // A flood of sign-ins started and never finished pushes out the oldest, not memory.
+        while pending.len() >= MAX_PENDING {
+            let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.started_ms).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            pending.remove(&oldest);
+        }
         pending.insert(
-            state.secret().clone(),
+            state,
             Pending {
                 verifier,
                 nonce,
                 started_ms: now_ms,
             },
         );
-        Ok((url.to_string(), state.secret().clone()))
     }
 
     /// Finish a sign-in: exchange `code` for tokens, check the ID token and the person's
@@ -281,9 +341,17 @@ impl Auth {
         let id_token = tokens
             .id_token()
             .ok_or_else(|| SignInError::Token("the provider returned no ID token".into()))?;
-        let claims = id_token
-            .claims(&client.id_token_verifier(), &pending.nonce)
-            .map_err(|e| SignInError::Token(e.to_string()))?;
+        let verified = match id_token.claims(&client.id_token_verifier(), &pending.nonce) {
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(_)) => {
+                // The provider may have rotated its signing keys since discovery: once more
+                // with the keys it publishes now.
+                *self.client.lock().await = None;
+                let (fresh, _) = self.client().await?;
+                id_token.claims(&fresh.id_token_verifier(), &pending.nonce)
+            }
+            other => other,
+        };
+        let claims = verified.map_err(|e| SignInError::Token(e.to_string()))?;
         let subject = claims.subject().as_str().to_owned();
         let name = claims
             .name()
@@ -292,6 +360,7 @@ impl Auth {
             .or_else(|| claims.preferred_username().map(|u| u.as_str().to_owned()))
             .or_else(|| claims.email().map(|e| e.as_str().to_owned()))
             .unwrap_or_else(|| subject.clone());
+        let name = plain(&name);
         let claim = &self.config.party_claim;
         let party = claims
             .additional_claims()
@@ -319,7 +388,7 @@ impl Auth {
                 party: self.party.clone(),
             },
             csrf: token(),
-            expires_ms: now_ms + i64::try_from(self.config.session_s).unwrap_or(i64::MAX / 4) * 1000,
+            expires_ms: now_ms.saturating_add(i64::try_from(self.config.session_s).unwrap_or(0).saturating_mul(1000)),
             id_token: id_token.to_string(),
         };
         let id = token();
@@ -400,6 +469,49 @@ mod tests {
             },
         );
         id
+    }
+
+    #[test]
+    fn a_name_the_person_chose_cannot_pass_for_another_persons_record() {
+        let person = |name: &str, subject: &str| Person {
+            name: name.into(),
+            subject: subject.into(),
+            issuer: "https://idp".into(),
+            party: "police-control".parse().unwrap(),
+        };
+        let alice = person("Insp. Alice Hart", "alice").recorded();
+        // Mallory edits her display name at the provider to read as Alice's record.
+        for name in [
+            "Insp. Alice Hart [oidc alice at https://idp]",
+            "Insp. Alice Hart [oidc alice at https://idp]\u{202e}",
+            "Insp. Alice Hart\n[oidc alice at https://idp]",
+        ] {
+            let mallory = person(name, "mallory").recorded();
+            assert!(!mallory.starts_with(&alice), "{mallory:?} passes for {alice:?}");
+            assert!(mallory.ends_with("[oidc mallory at https://idp]"), "{mallory:?}");
+            assert_eq!(mallory.matches('[').count(), 1, "{mallory:?}");
+        }
+    }
+
+    #[test]
+    fn sign_ins_under_way_are_bounded() {
+        let auth = auth(60);
+        for i in 0..(MAX_PENDING + 500) {
+            auth.remember(
+                format!("s{i}"),
+                PkceCodeVerifier::new("v".repeat(43)),
+                Nonce::new("n".into()),
+                1_000,
+            );
+        }
+        assert!(auth.pending.lock().unwrap().len() <= MAX_PENDING);
+        assert!(
+            auth.pending
+                .lock()
+                .unwrap()
+                .contains_key(&format!("s{}", MAX_PENDING + 499)),
+            "the newest kept"
+        );
     }
 
     #[test]

@@ -45,8 +45,8 @@ pub(crate) struct MapData {
 
 impl MapData {
     /// The map of breach `id` from its case's events (as this party may read them, in log
-    /// order); `None` when the case holds no such breach.
-    pub(crate) fn of(id: uuid::Uuid, events: &[CaseEvent]) -> Option<Self> {
+    /// order), looked at `now_ms`; `None` when the case holds no such breach.
+    pub(crate) fn of(id: uuid::Uuid, events: &[CaseEvent], now_ms: i64) -> Option<Self> {
         let breaches: Vec<&Breach> = events
             .iter()
             .filter_map(|e| match e {
@@ -62,6 +62,7 @@ impl MapData {
         // Zones of this tag in force: the latest definition of each, less those revoked.
         let mut zones: Vec<(uuid::Uuid, &hru_domain::Zone)> = Vec::new();
         let mut max_victim_age_s = VICTIM_FRESH_DEFAULT_S;
+        let rule = latest.rule_id;
         for e in events {
             match e {
                 CaseEvent::ZoneDefined { core: Some(z) } if z.tag_id.as_str() == tag => {
@@ -71,7 +72,8 @@ impl MapData {
                     }
                 }
                 CaseEvent::ZoneRevoked { core: Some(r) } => zones.retain(|(zid, _)| *zid != r.zone_id),
-                CaseEvent::ProximityRuleSet { core: Some(r) } if r.tag_id.as_str() == tag => {
+                // The freshness of the rule the breach is about (a tag may have several victims).
+                CaseEvent::ProximityRuleSet { core: Some(r) } if r.rule_id == rule => {
                     max_victim_age_s = i64::from(r.max_victim_fix_age_s);
                 }
                 _ => {}
@@ -141,7 +143,12 @@ impl MapData {
             .filter(|_| proximity)
             .and_then(|ev| victim_fix(ev).or(ev.victim_last_fix.as_ref()))
             .and_then(|f| Some(((f.position.as_ref()?.lat, f.position.as_ref()?.lon), f.device_time_ms)))
-            .filter(|(_, at)| end - at <= max_victim_age_s * 1000);
+            .filter(|(_, at)| {
+                // Fresh beside the breach's fix, and still fresh now: an old breach's map does not
+                // show where the victim was.
+                let limit = max_victim_age_s * 1000;
+                (end - at).abs() <= limit && now_ms - at <= limit
+            });
         Some(Self {
             breach_id: hex::encode(id.as_bytes()),
             kind: latest.kind.as_str_name().to_owned(),
@@ -328,7 +335,12 @@ impl MapData {
         if let Some((p, accuracy, _)) = self.fix {
             points.push((p, accuracy));
         }
-        points.extend(self.trail.iter().map(|(_, p)| (*p, 0.0)));
+        // The trail near the breach: a tag that travelled far does not shrink the breach to a dot.
+        let near = |p: &(f64, f64)| {
+            self.fix
+                .is_none_or(|(f, ..)| hru_domain::zone::distance_m(f, *p) <= NEAR_M)
+        };
+        points.extend(self.trail.iter().filter(|(_, p)| near(p)).map(|(_, p)| (*p, 0.0)));
         if let Some((p, _)) = self.victim {
             points.push((p, 0.0));
         }
@@ -575,7 +587,7 @@ mod tests {
             0,
             zone(4, 1, pb::ZoneKind::Inclusion, &circle((53.0979, -2.4416)), 50.0, "far"),
         );
-        let map = MapData::of(uuid::Uuid::from_u128(9), &events).unwrap();
+        let map = MapData::of(uuid::Uuid::from_u128(9), &events, t).unwrap();
         assert_eq!(
             map.zones.len(),
             3,
@@ -651,13 +663,16 @@ mod tests {
             )
         };
         let id = uuid::Uuid::from_u128(7);
-        let fresh = MapData::of(id, &[rule(300), proximity(t - 120_000)]).unwrap();
+        // Looked at an hour later, the victim's fix of then is not shown: it is not where she is.
+        let later = MapData::of(id, &[rule(300), proximity(t - 120_000)], t + 3_600_000).unwrap();
+        assert_eq!(later.victim, None, "a victim's fix an hour old is not shown");
+        let fresh = MapData::of(id, &[rule(300), proximity(t - 120_000)], t).unwrap();
         assert_eq!(fresh.victim, Some(((53.1920, -2.8900), t - 120_000)));
         assert!(fresh.svg().contains(r#"id="victim-marker""#));
-        let stale = MapData::of(id, &[rule(60), proximity(t - 120_000)]).unwrap();
+        let stale = MapData::of(id, &[rule(60), proximity(t - 120_000)], t).unwrap();
         assert_eq!(stale.victim, None, "older than the rule's freshness");
         assert!(!stale.svg().contains("victim-marker"));
-        assert!(MapData::of(uuid::Uuid::from_u128(8), &[proximity(t)]).is_none());
+        assert!(MapData::of(uuid::Uuid::from_u128(8), &[proximity(t)], t).is_none());
     }
 
     #[test]

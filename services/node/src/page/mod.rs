@@ -35,10 +35,12 @@ const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/page.js");
 const STYLE: &str = include_str!("assets/page.css");
 
-/// The session cookie.
-const SESSION_COOKIE: &str = "hru_session";
-/// The cookie binding a sign-in's answer to the browser that started it.
-const STATE_COOKIE: &str = "hru_signin";
+/// The session cookie (`__Host-`: only this origin over HTTPS may set it, so no neighbouring
+/// host can plant one).
+const SESSION_COOKIE: &str = "__Host-hru_session";
+/// The cookies binding a sign-in's answer to the browser that started it, one per sign-in
+/// under way (two tabs may sign in at once), named by its state.
+const STATE_COOKIE: &str = "__Host-hru_signin_";
 /// How often an idle live stream says it is alive (the page shows "connection lost" after
 /// three missed).
 const BEAT: Duration = Duration::from_secs(2);
@@ -53,27 +55,100 @@ struct Page {
     shared: Arc<Shared>,
     auth: Auth,
     purpose: String,
+    streams: Arc<Streams>,
+}
+
+/// The page's live streams: a pool of its own (the party's gRPC streams are not taken by
+/// browser tabs), at most [`STREAMS_PER_SESSION`] per signed-in person.
+struct Streams {
+    open: std::sync::Mutex<HashMap<String, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+/// One open live stream, counted until dropped.
+struct StreamSlot {
+    streams: Arc<Streams>,
+    session: String,
+}
+
+impl Streams {
+    fn slot(self: &Arc<Self>, session: &str) -> Result<StreamSlot, String> {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+        let mine = open.entry(session.to_owned()).or_default();
+        if *mine >= STREAMS_PER_SESSION {
+            return Err(format!(
+                "this sign-in already has {STREAMS_PER_SESSION} live pages open; close one first"
+            ));
+        }
+        if total >= self.limit {
+            return Err(format!("the page already serves {total} live streams, the most it may"));
+        }
+        *mine += 1;
+        self.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(StreamSlot {
+            streams: self.clone(),
+            session: session.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.session) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.session);
+            }
+        }
+        self.streams.total.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Most connections the page holds open at once; one more is closed at once.
+const MAX_CONNECTIONS: usize = 512;
+/// How long a connection may take over its TLS handshake, and a request over its headers.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+const HEADERS: Duration = Duration::from_secs(10);
+/// Live streams one signed-in person (session) may hold open.
+const STREAMS_PER_SESSION: usize = 4;
+/// How long a live stream waits for a browser that has stopped reading before it ends.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// A fold that has not moved this long while the log holds more is "stale" on the page.
+const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// The page's sign-in state, checked before the node serves anything (a page that cannot work
+/// is a configuration error, not a log line).
+pub(crate) fn prepare(shared: &Shared, config: &PageConfig) -> Result<Auth, String> {
+    Auth::new(config.clone(), shared.party.clone())
 }
 
 /// Serve the page on `listener` with the node's certificate until `stop` fires.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     config: PageConfig,
+    auth: Auth,
     listener: TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let page = match Auth::new(config.clone(), shared.party.clone()) {
-        Ok(auth) => Arc::new(Page {
-            shared,
-            auth,
-            purpose: config.purpose.clone(),
-        }),
-        Err(e) => {
-            tracing::error!(cause = %e, "the page is not served");
-            return;
-        }
+    let streams = Streams {
+        open: std::sync::Mutex::new(HashMap::new()),
+        total: std::sync::atomic::AtomicUsize::new(0),
+        limit: shared.max_streams_per_party,
     };
+    let page = Arc::new(Page {
+        shared,
+        auth,
+        purpose: config.purpose.clone(),
+        streams: Arc::new(streams),
+    });
     let app = axum::Router::new()
         .route("/", get(index))
         .route("/login", get(login))
@@ -95,6 +170,7 @@ pub(crate) async fn serve(
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(page);
     let mut connections = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.changed() => break,
@@ -107,9 +183,17 @@ pub(crate) async fn serve(
                 }
             },
         };
+        // Bounded: a flood of idle connections cannot take the node's descriptors (and with
+        // them its gRPC service and broker connections).
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "the page holds {MAX_CONNECTIONS} connections; one more closed");
+            drop(tcp);
+            continue;
+        };
         let (tls, app) = (tls.clone(), app.clone());
         connections.spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(HANDSHAKE, tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, cause = %e, "a page connection's TLS handshake failed");
@@ -119,6 +203,8 @@ pub(crate) async fn serve(
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADERS)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await
             {
@@ -274,9 +360,9 @@ async fn index(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
 async fn login(State(page): State<Arc<Page>>) -> Response {
     match page.auth.start(now_ms()).await {
         Ok((url, state)) => {
-            // Sent back on the identity provider's return (another site's redirect after its own
-            // form): it binds the answer to this browser and carries nothing else.
-            let (k, v) = set_cookie(STATE_COOKIE, &state, 600, "None");
+            // Sent back on the identity provider's return (a top-level GET): it binds the
+            // answer to this browser.
+            let (k, v) = set_cookie(&format!("{STATE_COOKIE}{state}"), "1", 600, "Lax");
             (StatusCode::SEE_OTHER, [(header::LOCATION, url), (k, v)]).into_response()
         }
         Err(e) => {
@@ -292,12 +378,18 @@ struct CallbackParams {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
 }
 
 async fn callback(State(page): State<Arc<Page>>, headers: HeaderMap, Query(q): Query<CallbackParams>) -> Response {
     if let Some(error) = q.error {
-        let text = format!("{error}: {}", q.error_description.unwrap_or_default());
+        // Only the error's code, as OAuth defines them: the description is anyone's text on
+        // this node's origin.
+        let code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_lowercase() || *c == '_')
+            .take(64)
+            .collect();
+        let text = format!("the identity provider answered `{code}`; sign in again or ask your administrator");
         return notice(
             StatusCode::UNAUTHORIZED,
             "Sign-in refused by the identity provider",
@@ -311,13 +403,18 @@ async fn callback(State(page): State<Arc<Page>>, headers: HeaderMap, Query(q): Q
             "the answer carries no code or state",
         );
     };
-    let cookie_state = cookie(&headers, STATE_COOKIE);
-    match page.auth.finish(&state, cookie_state.as_deref(), &code, now_ms()).await {
+    let state_cookie = format!("{STATE_COOKIE}{state}");
+    let cookie_state = cookie(&headers, &state_cookie).map(|_| state.as_str());
+    match page.auth.finish(&state, cookie_state, &code, now_ms()).await {
         Ok((id, session)) => {
             tracing::info!(person = %session.person.recorded(), "signed in to the page");
+            // A session this browser already had ends: one browser, one person.
+            if let Some(old) = cookie(&headers, SESSION_COOKIE) {
+                page.auth.sign_out(&old);
+            }
             let max_age = (session.expires_ms - now_ms()) / 1000;
             let (k1, v1) = set_cookie(SESSION_COOKIE, &id, max_age, "Lax");
-            let (k2, v2) = set_cookie(STATE_COOKIE, "", 0, "None");
+            let (k2, v2) = set_cookie(&state_cookie, "", 0, "Lax");
             // Appended, not inserted: both cookies must reach the browser.
             (
                 StatusCode::SEE_OTHER,
@@ -409,22 +506,49 @@ struct GeofenceState {
     tags_lapsed: u32,
 }
 
+/// Whether the agreement in force still gives this party `event_type`'s core section (rows
+/// folded under an older version are not shown once it no longer does).
+fn still_given(shared: &Shared, event_type: EventType) -> bool {
+    shared.agreement().is_ok_and(|isa| {
+        isa.audiences()
+            .any(|(_, t, section, a)| t == event_type && section == "core" && a.members().contains(&shared.party))
+    })
+}
+
 fn board(shared: &Shared, geofence: Option<&hru_wire::v1::GeofenceStatus>) -> Result<Board, String> {
+    let (breaches_given, tags_given) = (
+        still_given(shared, EventType::TagBreach),
+        still_given(shared, EventType::TagFitted),
+    );
     let projector = shared
         .projector
         .lock()
         .map_err(|_| "projector unavailable".to_owned())?;
     let closed = hru_wire::v1::BreachState::Closed.as_str_name();
-    // Open episodes, and closed ones nobody has acknowledged yet: newest first.
-    let mut breaches: Vec<_> = hru_projection::breach_board(&projector.store)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|r| r.state != closed || r.acknowledged_by.is_none())
-        .collect();
-    breaches.sort_by_key(|r| std::cmp::Reverse((r.opened_at_ms, r.raised_at_ms)));
+    // Open episodes, and closed ones nobody has acknowledged yet: those nobody has acknowledged
+    // first, each group newest raised first (a breach found late is raised late: it is on top).
+    let mut breaches: Vec<_> = if breaches_given {
+        hru_projection::breach_board(&projector.store)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| r.state != closed || r.acknowledged_by.is_none())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    breaches.sort_by_key(|r| {
+        (
+            r.acknowledged_by.is_some(),
+            std::cmp::Reverse((r.raised_at_ms, r.opened_at_ms)),
+        )
+    });
     let more = breaches.len().saturating_sub(MAX_ROWS);
     breaches.truncate(MAX_ROWS);
-    let coverage = hru_projection::coverage_rows(&projector.store).map_err(|e| e.to_string())?;
+    let coverage = if breaches_given && tags_given {
+        hru_projection::coverage_rows(&projector.store).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
     Ok(Board {
         breaches,
         more,
@@ -437,7 +561,17 @@ fn board(shared: &Shared, geofence: Option<&hru_wire::v1::GeofenceStatus>) -> Re
     })
 }
 
+/// A request another site made the browser send (it would write an access record in the
+/// operator's name): refused.
+fn cross_site(headers: &HeaderMap) -> Option<Response> {
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())?;
+    (site != "same-origin").then(|| refused(StatusCode::FORBIDDEN, "only this page may ask for this"))
+}
+
 async fn live(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
+    if let Some(r) = cross_site(&headers) {
+        return r;
+    }
     let Some((id, session)) = page.session(&headers) else {
         return refused(StatusCode::UNAUTHORIZED, "not signed in (or the session has ended)");
     };
@@ -445,9 +579,9 @@ async fn live(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
         Ok(g) => g,
         Err(s) => return refused(status_of(&s), s.message()),
     };
-    let slot = match page.shared.stream_slot(&page.shared.party) {
+    let slot = match page.streams.slot(&id) {
         Ok(slot) => slot,
-        Err(s) => return refused(status_of(&s), s.message()),
+        Err(e) => return refused(StatusCode::TOO_MANY_REQUESTS, e),
     };
     let opened = Disclosed {
         case: None,
@@ -461,7 +595,7 @@ async fn live(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
     tokio::spawn(async move {
         let _slot = slot;
-        follow(page, id, session, grant, tx).await;
+        follow(page, id, session, tx).await;
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
@@ -471,15 +605,50 @@ async fn live(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-/// Send the board whenever what it shows changes (each change access-logged first, naming its
-/// cases) and a beat every [`BEAT`], until the browser goes, the session ends or the node stops.
-async fn follow(
-    page: Arc<Page>,
-    session_id: String,
-    session: Session,
-    grant: CallGrant,
-    tx: tokio::sync::mpsc::Sender<Event>,
-) {
+/// Send `event` to the browser; false when it has gone or has stopped reading for
+/// [`SEND_TIMEOUT`] (the stream ends and its slot is freed).
+async fn send(tx: &tokio::sync::mpsc::Sender<Event>, event: Event) -> bool {
+    tx.send_timeout(event, SEND_TIMEOUT).await.is_ok()
+}
+
+/// The cases of `board`'s rows that are new or changed since `shown` (which is brought up to
+/// date).
+fn changed_cases(board: &Board, shown: &mut HashMap<String, String>) -> Vec<CaseId> {
+    let mut cases: Vec<CaseId> = Vec::new();
+    let rows = board
+        .breaches
+        .iter()
+        .map(|r| {
+            (
+                format!("b{}", r.breach_id),
+                serde_json::to_string(r),
+                r.case_id.as_str(),
+            )
+        })
+        .chain(
+            board
+                .coverage
+                .iter()
+                .map(|r| (format!("c{}", r.tag_id), serde_json::to_string(r), r.case_id.as_str())),
+        );
+    for (key, json, case) in rows {
+        let json = json.unwrap_or_default();
+        if shown.get(&key) != Some(&json) {
+            if let Ok(c) = case.parse::<CaseId>()
+                && !cases.contains(&c)
+            {
+                cases.push(c);
+            }
+            shown.insert(key, json);
+        }
+    }
+    cases
+}
+
+/// Send the board whenever what it shows changes (the grant checked again and each change
+/// access-logged first, naming its cases) and a beat every [`BEAT`] saying whether the node's
+/// fold is keeping up, until the browser goes, the session ends or the node stops.
+async fn follow(page: Arc<Page>, session_id: String, session: Session, tx: tokio::sync::mpsc::Sender<Event>) {
     let shared = &page.shared;
     let person = session.person.recorded();
     let watching = shared.geofence.watching.load(std::sync::atomic::Ordering::Relaxed);
@@ -489,92 +658,79 @@ async fn follow(
     let mut last: Option<Board> = None;
     let mut head = u64::MAX;
     let mut beat = tokio::time::Instant::now();
+    let mut moved = tokio::time::Instant::now();
     loop {
         if *stopping.borrow() {
             return;
         }
         if page.auth.session(&session_id, now_ms()).is_none() {
-            let _ = tx
-                .send(
-                    Event::default()
-                        .event("expired")
-                        .data("the session has ended; sign in again"),
-                )
-                .await;
+            let _ = send(
+                &tx,
+                Event::default()
+                    .event("expired")
+                    .data("the session has ended; sign in again"),
+            )
+            .await;
             return;
         }
         let folded = shared.folded_through();
         if folded != head || geofence.has_changed().unwrap_or(false) {
-            head = folded;
             let status = watching.then(|| geofence.borrow_and_update().clone());
             match board(shared, status.as_ref()) {
-                Ok(now) if last.as_ref() != Some(&now) => {
-                    // The cases whose rows are new or changed since this browser last saw them.
-                    let mut cases: Vec<CaseId> = Vec::new();
-                    let mut rows: Vec<(String, String, &str)> = now
-                        .breaches
-                        .iter()
-                        .map(|r| {
-                            (
-                                format!("b{}", r.breach_id),
-                                serde_json::to_string(r).unwrap_or_default(),
-                                r.case_id.as_str(),
-                            )
-                        })
-                        .collect();
-                    rows.extend(now.coverage.iter().map(|r| {
-                        (
-                            format!("c{}", r.tag_id),
-                            serde_json::to_string(r).unwrap_or_default(),
-                            r.case_id.as_str(),
-                        )
-                    }));
-                    for (key, json, case) in rows {
-                        if shown.get(&key) != Some(&json) {
-                            if let Ok(c) = case.parse::<CaseId>()
-                                && !cases.contains(&c)
-                            {
-                                cases.push(c);
-                            }
-                            shown.insert(key, json);
-                        }
+                Ok(now) => {
+                    if folded != head {
+                        moved = tokio::time::Instant::now();
                     }
-                    if !cases.is_empty() {
-                        let what = Disclosed {
-                            case: None,
-                            case_ids: cases,
-                            sections: vec!["breach-board".into(), "coverage".into()],
-                            disclosed_to: None,
+                    head = folded;
+                    if last.as_ref() != Some(&now) {
+                        // Still allowed now (the agreement may have changed since the page opened).
+                        let grant = match page.grant("BreachService/StreamBreaches") {
+                            Ok(g) => g,
+                            Err(s) => {
+                                let _ = send(&tx, Event::default().event("failed").data(s.message())).await;
+                                return;
+                            }
                         };
-                        if let Err(s) = shared.log_access(&grant, &person, what).await {
-                            tracing::warn!(cause = %s.message(), "the page's access record was not written; its stream ends");
-                            let _ = tx.send(Event::default().event("failed").data(s.message())).await;
+                        let cases = changed_cases(&now, &mut shown);
+                        if !cases.is_empty() {
+                            let what = Disclosed {
+                                case: None,
+                                case_ids: cases,
+                                sections: vec!["breach-board".into(), "coverage".into()],
+                                disclosed_to: None,
+                            };
+                            if let Err(s) = shared.log_access(&grant, &person, what).await {
+                                tracing::warn!(cause = %s.message(), "the page's access record was not written; its stream ends");
+                                let _ = send(&tx, Event::default().event("failed").data(s.message())).await;
+                                return;
+                            }
+                        }
+                        let message = serde_json::json!({ "at_ms": now_ms(), "board": &now });
+                        if !send(&tx, Event::default().event("board").data(message.to_string())).await {
                             return;
                         }
+                        beat = tokio::time::Instant::now();
+                        last = Some(now);
                     }
-                    let message = serde_json::json!({ "at_ms": now_ms(), "board": &now });
-                    if tx
-                        .send(Event::default().event("board").data(message.to_string()))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    beat = tokio::time::Instant::now();
-                    last = Some(now);
                 }
-                Ok(_) => {}
+                // Read again on the next turn; the beats say the board is not being kept.
                 Err(e) => tracing::warn!(cause = %e, "the board could not be read"),
             }
         }
         if beat.elapsed() >= BEAT {
             beat = tokio::time::Instant::now();
-            let message = serde_json::json!({ "at_ms": now_ms(), "folded": head });
-            if tx
-                .send(Event::default().event("beat").data(message.to_string()))
-                .await
-                .is_err()
-            {
+            // A fold that has stopped while the log moves on is a board nobody is keeping.
+            let behind = match hru_log::SharedLog::reader(&shared.log).last_sequence().await {
+                Ok(last_seq) => last_seq > head || head == u64::MAX,
+                Err(_) => true,
+            };
+            let stale_s = if behind && moved.elapsed() >= STALE_AFTER {
+                moved.elapsed().as_secs()
+            } else {
+                0
+            };
+            let message = serde_json::json!({ "at_ms": now_ms(), "folded": head, "stale_s": stale_s });
+            if !send(&tx, Event::default().event("beat").data(message.to_string())).await {
                 return;
             }
         }
@@ -637,7 +793,7 @@ async fn acknowledge(State(page): State<Arc<Page>>, headers: HeaderMap, body: ax
         .timed(
             "Page/Acknowledge",
             page.shared
-                .acknowledge_breach(&grant, &caller, id, &session.person.name, form.action.trim()),
+                .acknowledge_breach(&grant, &caller, id, &caller.person, form.action.trim()),
         )
         .await
     {
@@ -652,6 +808,9 @@ async fn acknowledge(State(page): State<Arc<Page>>, headers: HeaderMap, body: ax
 }
 
 async fn breach_map(State(page): State<Arc<Page>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = cross_site(&headers) {
+        return r;
+    }
     let Some((_, session)) = page.session(&headers) else {
         return refused(StatusCode::UNAUTHORIZED, "not signed in (or the session has ended)");
     };
@@ -676,7 +835,10 @@ async fn breach_map(State(page): State<Arc<Page>>, headers: HeaderMap, Path(id):
         Ok(e) => e,
         Err(s) => return refused(status_of(&s), s.message()),
     };
-    let read = Disclosed::case(case, read_sections(&events));
+    let mut sections = read_sections(&events);
+    sections.sort();
+    sections.dedup();
+    let read = Disclosed::case(case, sections);
     if let Err(s) = shared.log_access(&grant, &session.person.recorded(), read).await {
         return refused(status_of(&s), s.message());
     }
@@ -693,7 +855,7 @@ async fn breach_map(State(page): State<Arc<Page>>, headers: HeaderMap, Path(id):
             CaseEvent::try_from(hru_domain::join_sections(event_type, &sections).ok()?).ok()
         })
         .collect();
-    match map::MapData::of(id, &typed) {
+    match map::MapData::of(id, &typed, now_ms()) {
         Some(m) => ([(header::CONTENT_TYPE, "image/svg+xml")], m.svg()).into_response(),
         None => refused(StatusCode::NOT_FOUND, "the case holds no such breach"),
     }

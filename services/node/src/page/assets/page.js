@@ -49,11 +49,13 @@ function show(id, text) {
   e.hidden = !text;
 }
 
+// Say the connection is lost (keeping the last reason given when none is).
 function lost(reason) {
   page.lost = true;
+  if (reason !== undefined) page.lostReason = reason;
   document.body.classList.add('disconnected');
   const ago = page.lastUpdate ? ' (' + duration(Date.now() - page.lastUpdate) + ' ago)' : '';
-  show('connection', 'Connection to the node lost' + (reason ? ': ' + reason : '') +
+  show('connection', 'Connection to the node lost' + (page.lostReason ? ': ' + page.lostReason : '') +
     ' — reconnecting. Last update ' + clock(page.lastUpdate) + ago + '. What you see may be out of date.');
 }
 
@@ -63,6 +65,7 @@ function alive() {
   $('last-update').textContent = clock(page.lastUpdate);
   if (page.lost) {
     page.lost = false;
+    page.lostReason = '';
     document.body.classList.remove('disconnected');
     show('connection', '');
   }
@@ -88,12 +91,26 @@ function connect() {
   page.lastMessage = Date.now();
   const source = new EventSource('/live');
   page.source = source;
-  source.addEventListener('board', (e) => { alive(); render(JSON.parse(e.data)); });
-  source.addEventListener('beat', () => alive());
+  source.addEventListener('board', (e) => {
+    try {
+      render(JSON.parse(e.data));
+      alive();
+    } catch (err) {
+      lost('the page could not show an update (' + err + ')');
+    }
+  });
+  source.addEventListener('beat', (e) => {
+    alive();
+    const beat = JSON.parse(e.data);
+    show('stale', beat.stale_s
+      ? 'The node has not read the log for ' + duration(beat.stale_s * 1000) + ': new breaches may not be shown.'
+      : '');
+  });
   source.addEventListener('expired', () => end('Your session has ended.'));
   source.addEventListener('failed', (e) => lost('the node could not record this view (' + e.data + ')'));
   source.onerror = () => {
-    if (page.ended) return;
+    // An older stream's error must not close its newer replacement.
+    if (page.ended || page.source !== source) return;
     lost('');
     if (source.readyState === EventSource.CLOSED) {
       // Refused rather than cut: find out whether the session is still good.
@@ -111,13 +128,13 @@ function connect() {
 setInterval(() => {
   if (page.ended) return;
   if (Date.now() - page.lastMessage > LOST_AFTER_MS) {
-    lost('');
+    lost();
     connect();
   }
   for (const [, row] of page.rows) {
     row.cells.open.textContent = duration(Date.now() - row.data.opened_at_ms);
   }
-  if (page.lost) lost('');
+  if (page.lost) lost();
 }, 1000);
 
 function coverageText(cover) {
@@ -130,7 +147,8 @@ function alarm(row) {
   page.alarmFor = row.breach_id;
   show('alarm', 'New breach: ' + kindLabel(row.kind) + ', tag ' + row.tag_id + ', opened ' + clock(row.opened_at_ms));
   try {
-    const audio = new AudioContext();
+    page.audio = page.audio || new AudioContext();
+    const audio = page.audio;
     const tone = audio.createOscillator();
     tone.frequency.value = 880;
     tone.connect(audio.destination);
@@ -271,18 +289,32 @@ function renderCoverage(coverage) {
   }
 }
 
+// The selected breach's map: fetched when the selection changes, and again as its fixes come
+// in at most every MAP_REFRESH_MS (each fetch is an access record in the operator's name).
+const MAP_REFRESH_MS = 10000;
 function select(id) {
   const row = page.rows.get(id);
   for (const [, r] of page.rows) r.tr.classList.toggle('selected', r.data.breach_id === id);
   if (!row) return;
   if (page.selected === id && page.selectedSeen === row.data.observed_at_ms) return;
+  clearTimeout(page.mapTimer);
+  if (page.selected === id && Date.now() - page.mapFetched < MAP_REFRESH_MS) {
+    // Refreshed later, if it is still the one selected then.
+    page.mapTimer = setTimeout(() => {
+      if (page.selected === id) select(id);
+    }, MAP_REFRESH_MS - (Date.now() - page.mapFetched));
+    return;
+  }
   page.selected = id;
   page.selectedSeen = row.data.observed_at_ms;
+  page.mapFetched = Date.now();
+  const ticket = (page.mapTicket = (page.mapTicket || 0) + 1);
   $('map-title').textContent = kindLabel(row.data.kind) + ' · ' + row.data.tag_id;
   fetch('/map/' + id, { cache: 'no-store' })
     .then((r) => (r.ok ? r.text() : Promise.reject(new Error('map: HTTP ' + r.status))))
     .then((text) => {
-      if (page.selected !== id) return;
+      // Only the answer to the latest request is drawn (answers may come out of order).
+      if (page.selected !== id || ticket !== page.mapTicket) return;
       const svg = new DOMParser().parseFromString(text, 'image/svg+xml').documentElement;
       const map = $('map');
       map.textContent = '';
@@ -300,7 +332,7 @@ window.hruAcknowledge = function (id, action) {
     method: 'POST',
     headers: { 'content-type': 'application/json', 'x-hru-csrf': csrf },
     body: JSON.stringify({ breach_id: id, action: action }),
-  }).then((r) => r.json().then((body) => {
+  }).then((r) => r.json().catch(() => ({ error: 'HTTP ' + r.status })).then((body) => {
     if (r.ok) {
       show('message', 'Acknowledged: ' + action);
       $('message').className = 'banner';
