@@ -28,9 +28,11 @@ struct Scene {
     rt: tokio::runtime::Runtime,
     gateway: Gateway,
     simulator: hru_gateway::simulate::Simulator,
-    /// The driven tag, its victim's home (the centre of its exclusion zone) and its next fix
-    /// sequence.
+    /// The driven tag, its victim's phone (kept silent: the test drives exclusion breaches,
+    /// not proximity ones), its victim's home (the centre of its exclusion zone) and its next
+    /// fix sequence.
     tag: String,
+    victim: String,
     home: (f64, f64),
     seq: u64,
     node: NodeProcess,
@@ -73,7 +75,7 @@ impl Scene {
         world.provision();
         let start_ms = now_ms();
         let simulator = hru_tests::fleet(&world, FLEET, SEED, start_ms);
-        let (tag, _, home) = simulator.pairs()[DRIVEN].clone();
+        let (tag, victim, home) = simulator.pairs()[DRIVEN].clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -118,6 +120,7 @@ impl Scene {
             gateway,
             simulator,
             tag,
+            victim,
             home,
             seq: 1_000_000,
             node,
@@ -132,14 +135,14 @@ impl Scene {
         scene
     }
 
-    /// The simulated fleet's fixes since the last call (the driven tag's aside), published.
+    /// The simulated fleet's fixes since the last call (the driven pair's aside), published.
     fn fleet_moves(&mut self) {
-        let driven = self.tag.clone();
+        let driven = [self.tag.clone(), self.victim.clone()];
         let elapsed = (now_ms() - self.simulator.now_ms()).max(0);
         let fixes = self.simulator.step(elapsed);
         let gateway = &mut self.gateway;
         self.rt.block_on(async {
-            for f in fixes.into_iter().filter(|f| f.device != driven) {
+            for f in fixes.into_iter().filter(|f| !driven.contains(&f.device)) {
                 gateway.push(&f.device, f.victim, f.fix);
             }
             gateway.flush(now_ms()).await.unwrap();
@@ -182,22 +185,23 @@ impl Scene {
         );
     }
 
-    /// The breach rows page `name` shows: (breach id, tag).
-    fn rows(browser: &mut Browser, name: &str) -> Vec<(String, String)> {
+    /// The breach rows page `name` shows: (breach id, tag, kind).
+    fn rows(browser: &mut Browser, name: &str) -> Vec<(String, String, String)> {
         let rows = browser.eval(
             name,
-            "[...document.querySelectorAll('#breaches tr.breach')].map(r => [r.dataset.breach, r.querySelector('td.tag').textContent])",
+            "[...document.querySelectorAll('#breaches tr.breach')].map(r => \
+             [r.dataset.breach, r.querySelector('td.tag').textContent, r.querySelector('td.kind').textContent])",
         );
         serde_json::from_value(rows).unwrap()
     }
 
-    /// Wait up to `limit` for a breach row of the driven tag not among `known`: its id.
+    /// Wait up to `limit` for an exclusion breach row of the driven tag not among `known`: its id.
     fn new_breach(&self, browser: &mut Browser, name: &str, known: &[String], limit: Duration) -> Option<String> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some((id, _)) = Self::rows(browser, name)
+            if let Some((id, ..)) = Self::rows(browser, name)
                 .into_iter()
-                .find(|(id, tag)| *tag == self.tag && !known.contains(id))
+                .find(|(id, tag, kind)| *tag == self.tag && kind == "exclusion" && !known.contains(id))
             {
                 return Some(id);
             }
