@@ -13,7 +13,7 @@ use serde::Serialize;
 pub enum View {
     /// The police case board.
     CaseBoard,
-    /// Stalking referrals of the last 24 h awaiting screening.
+    /// Stalking referrals awaiting screening, those past 24 h overdue and first.
     ScreeningQueue,
     /// The clinical review schedule.
     ReviewSchedule,

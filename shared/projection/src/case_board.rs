@@ -48,6 +48,9 @@ pub struct ScreeningItem {
     pub received_at_ms: i64,
     /// Out of hours: screened first.
     pub out_of_hours: bool,
+    /// Not screened within 24 hours of arriving (judged when the queue is read).
+    #[serde(default)]
+    pub overdue: bool,
 }
 
 /// The police case board projection (case rows and the screening queue).
@@ -97,6 +100,7 @@ impl Projection for CaseBoard {
                         case_id: case.clone(),
                         received_at_ms: r.received_at_ms,
                         out_of_hours: r.out_of_hours,
+                        overdue: false,
                     };
                     writes.push(put_json(key(QUEUE_PREFIX, &case), &item));
                 }
@@ -142,17 +146,31 @@ impl CaseBoard {
     }
 }
 
-/// The screening queue at `now_ms`: stalking referrals of the last 24 hours awaiting screening,
-/// out-of-hours ones first, then oldest first.
+/// The screening queue at `now_ms`: stalking referrals awaiting screening (the unit screens
+/// every recorded stalking crime within 24 hours), overdue ones first, then out-of-hours ones,
+/// then oldest first.
 pub fn screening_queue(store: &Store, now_ms: i64) -> Result<Vec<ScreeningItem>, crate::ProjectionError> {
-    let mut items: Vec<ScreeningItem> = store
+    let items: Vec<ScreeningItem> = store
         .scan(&CaseBoard, QUEUE_PREFIX)?
         .iter()
         .filter_map(|(_, v)| serde_json::from_slice::<ScreeningItem>(v).ok())
-        .filter(|i| i.received_at_ms > now_ms - DAY_MS)
         .collect();
-    items.sort_by_key(|i| (!i.out_of_hours, i.received_at_ms));
-    Ok(items)
+    Ok(queue_at(items, now_ms))
+}
+
+/// The queue of `items` as it stands at `now_ms`: a referral not screened within 24 hours
+/// stays, marked overdue, ahead of the rest until it is screened; then out-of-hours ones; then
+/// oldest first.
+fn queue_at(items: Vec<ScreeningItem>, now_ms: i64) -> Vec<ScreeningItem> {
+    let mut items: Vec<ScreeningItem> = items
+        .into_iter()
+        .map(|mut i| {
+            i.overdue = now_ms - i.received_at_ms >= DAY_MS;
+            i
+        })
+        .collect();
+    items.sort_by_key(|i| (!i.overdue, !i.out_of_hours, i.received_at_ms));
+    items
 }
 
 #[cfg(test)]
@@ -212,6 +230,52 @@ mod tests {
         let row: CaseRow = serde_json::from_slice(&state.0[&key(CASE_PREFIX, &case.to_string())]).unwrap_or_default();
         assert!(row.screened && row.primacy_taken == Some(true));
         assert_eq!(row.last_activity_ms, 2_000);
+    }
+
+    #[test]
+    fn an_unscreened_referral_stays_on_the_queue_past_a_day_as_overdue_and_first_until_screened() {
+        let (late, recent) = (CaseId::random(), CaseId::random());
+        let mut events = vec![
+            (
+                header(late, EventType::ReferralReceived, 1_000),
+                referral(true, false, 1_000),
+            ),
+            (
+                header(recent, EventType::ReferralReceived, 20 * 3_600_000),
+                referral(true, true, 20 * 3_600_000),
+            ),
+        ];
+        let queue = |events: &[(hru_domain::EventHeader, CaseEvent)], now: i64| {
+            let items = fold(events)
+                .0
+                .iter()
+                .filter(|(k, _)| k.starts_with(QUEUE_PREFIX))
+                .filter_map(|(_, v)| serde_json::from_slice::<ScreeningItem>(v).ok())
+                .collect();
+            queue_at(items, now)
+                .into_iter()
+                .map(|i| (i.case_id, i.overdue))
+                .collect::<Vec<_>>()
+        };
+        // A day and a bit after the first arrived: it is overdue, and ahead of the out-of-hours one.
+        let now = 1_000 + DAY_MS + 3_600_000;
+        assert_eq!(
+            queue(&events, now),
+            [(late.to_string(), true), (recent.to_string(), false)],
+            "an unscreened referral does not leave the queue when its 24 hours are up"
+        );
+        // Screened: off the queue, however late.
+        events.push((
+            header(late, EventType::ScreeningCompleted, now),
+            CaseEvent::ScreeningCompleted {
+                core: Some(Screening {
+                    primacy_taken: false,
+                    criteria: vec![],
+                    rationale: "screened late".into(),
+                }),
+            },
+        ));
+        assert_eq!(queue(&events, now), [(recent.to_string(), false)]);
     }
 
     #[test]

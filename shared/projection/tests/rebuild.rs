@@ -194,7 +194,7 @@ fn live_folding_across_restarts_equals_a_clean_rebuild() {
 }
 
 #[test]
-fn the_screening_queue_holds_unscreened_stalking_referrals_of_the_last_day() {
+fn the_screening_queue_holds_unscreened_stalking_referrals_and_marks_them_overdue_after_a_day() {
     let cast = Cast::new(72);
     let log = log_of(&cast, 500); // referrals only (the first 500 events)
     let dir = tempfile::tempdir().unwrap();
@@ -209,8 +209,7 @@ fn the_screening_queue_holds_unscreened_stalking_referrals_of_the_last_day() {
         queue[..first_in_hours].iter().all(|q| q.out_of_hours),
         "out-of-hours referrals first"
     );
-    assert!(
-        screening_queue(&p.store, now + 2 * 86_400_000).unwrap().is_empty(),
-        "older than 24 h: off the queue"
-    );
+    let later = screening_queue(&p.store, now + 2 * 86_400_000).unwrap();
+    assert_eq!(later.len(), stalking, "not screened in 24 h: still on the queue");
+    assert!(later.iter().all(|q| q.overdue), "and overdue");
 }
