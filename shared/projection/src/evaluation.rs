@@ -1,5 +1,7 @@
 //! Evaluation outcomes: one pseudonymous row per case (referral, charging decision, time to
-//! resolve, interventions completed, reoffending within 6 and 12 months of the referral).
+//! resolve, interventions completed, reoffending within 6 and 12 months of the completed
+//! therapeutic intervention — the unit's evaluation question — or, for a case without one, of
+//! the referral).
 //!
 //! Rows are keyed by the random case id and the keyed subject reference; no identity, narrative,
 //! clinical or location fact ever reaches this projection (the agreement does not grant them).
@@ -20,6 +22,8 @@ struct CaseFacts {
     area: Option<String>,
     charge_decision: Option<String>,
     interventions_completed: Vec<String>,
+    #[serde(default)]
+    therapeutic_completed_at_ms: Option<i64>,
     closed_at_ms: Option<i64>,
 }
 
@@ -42,9 +46,12 @@ pub struct OutcomeRow {
     pub time_to_resolve_ms: Option<i64>,
     /// Kinds of intervention completed.
     pub interventions_completed: Vec<String>,
-    /// Reoffended within 6 months of the referral (none until known: 6 months have not passed).
+    /// When the first therapeutic (health) intervention was completed.
+    pub therapeutic_completed_at_ms: Option<i64>,
+    /// Reoffended within 6 months of the completed therapeutic intervention, or of the referral
+    /// when there was none (none until known: the window has not closed and nothing happened).
     pub reoffence_within_6m: Option<bool>,
-    /// Reoffended within 12 months of the referral (none until known).
+    /// The same within 12 months.
     pub reoffence_within_12m: Option<bool>,
 }
 
@@ -64,7 +71,7 @@ impl Projection for Evaluation {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
@@ -98,7 +105,11 @@ impl Projection for Evaluation {
                 facts.charge_decision = Some(c.decision.as_str_name().to_owned())
             }
             CaseEvent::InterventionCompleted { core: Some(i) } => {
-                facts.interventions_completed.push(i.kind.as_str_name().to_owned())
+                facts.interventions_completed.push(i.kind.as_str_name().to_owned());
+                if i.kind == hru_wire::v1::InterventionKind::Therapeutic {
+                    facts.therapeutic_completed_at_ms =
+                        Some(facts.therapeutic_completed_at_ms.map_or(i.at_ms, |t| t.min(i.at_ms)));
+                }
             }
             CaseEvent::CaseClosed { core: Some(c) } => facts.closed_at_ms = Some(c.closed_at_ms),
             _ => return Vec::new(),
@@ -157,8 +168,9 @@ fn outcome(f: CaseFacts, reoffences: &std::collections::BTreeMap<String, Vec<i64
         .and_then(|s| reoffences.get(s))
         .map_or(&[][..], Vec::as_slice);
     OutcomeRow {
-        reoffence_within_6m: within(f.referral_at_ms, 6, times, now_ms),
-        reoffence_within_12m: within(f.referral_at_ms, 12, times, now_ms),
+        therapeutic_completed_at_ms: f.therapeutic_completed_at_ms,
+        reoffence_within_6m: within(f.therapeutic_completed_at_ms.or(f.referral_at_ms), 6, times, now_ms),
+        reoffence_within_12m: within(f.therapeutic_completed_at_ms.or(f.referral_at_ms), 12, times, now_ms),
         time_to_resolve_ms: f.closed_at_ms.zip(f.referral_at_ms).map(|(c, r)| c - r),
         case_id: f.case_id,
         subject_ref: f.subject_ref,
@@ -265,5 +277,80 @@ mod tests {
         let early = &rows(&events[..3], JAN_2027 + 200 * DAY)[0];
         assert_eq!(early.reoffence_within_6m, Some(false));
         assert_eq!(early.reoffence_within_12m, None);
+    }
+
+    fn completed(case: CaseId, kind: pb::InterventionKind, at: i64) -> (hru_domain::EventHeader, CaseEvent) {
+        (
+            header(case, EventType::InterventionCompleted, at),
+            CaseEvent::InterventionCompleted {
+                core: Some(hru_domain::Intervention {
+                    intervention_id: uuid::Uuid::from_u128(at as u128),
+                    kind,
+                    at_ms: at,
+                    outcome: Some("completed".into()),
+                }),
+            },
+        )
+    }
+
+    fn reoffence(case: CaseId, subject: u8, at: i64) -> (hru_domain::EventHeader, CaseEvent) {
+        (
+            header(case, EventType::ReoffenceRecorded, at),
+            CaseEvent::ReoffenceRecorded {
+                core: Some(Reoffence {
+                    subject_ref: [subject; 32],
+                    offence: "stalking".into(),
+                    occurred_at_ms: at,
+                }),
+            },
+        )
+    }
+
+    /// The evaluation's headline figure is reoffending after a *completed health intervention*:
+    /// the windows run from its completion, not from the referral.
+    #[test]
+    fn reoffending_is_followed_from_a_completed_therapeutic_intervention_when_there_is_one() {
+        let (treated, untreated, legal) = (CaseId::random(), CaseId::random(), CaseId::random());
+        let events = [
+            (
+                header(treated, EventType::ReferralReceived, JAN_2027),
+                referral(1, JAN_2027),
+            ),
+            completed(treated, pb::InterventionKind::Therapeutic, JAN_2027 + 90 * DAY),
+            // Eight months after the referral, five after the intervention.
+            reoffence(treated, 1, JAN_2027 + 240 * DAY),
+            (
+                header(untreated, EventType::ReferralReceived, JAN_2027),
+                referral(2, JAN_2027),
+            ),
+            reoffence(untreated, 2, JAN_2027 + 240 * DAY),
+            // A legal intervention is not a health intervention: followed from the referral.
+            (
+                header(legal, EventType::ReferralReceived, JAN_2027),
+                referral(3, JAN_2027),
+            ),
+            completed(legal, pb::InterventionKind::Legal, JAN_2027 + 90 * DAY),
+            reoffence(legal, 3, JAN_2027 + 240 * DAY),
+        ];
+        let now = JAN_2027 + 600 * DAY;
+        let all = rows(&events, now);
+        let row = |case: CaseId| all.iter().find(|r| r.case_id == case.to_string()).unwrap();
+        let t = row(treated);
+        assert_eq!(
+            (t.reoffence_within_6m, t.reoffence_within_12m),
+            (Some(true), Some(true)),
+            "a reoffence five months after the completed intervention is within its 6 months"
+        );
+        assert_eq!(t.therapeutic_completed_at_ms, Some(JAN_2027 + 90 * DAY));
+        for r in [row(untreated), row(legal)] {
+            assert_eq!(r.therapeutic_completed_at_ms, None);
+            assert_eq!(
+                (r.reoffence_within_6m, r.reoffence_within_12m),
+                (Some(false), Some(true))
+            );
+        }
+        // Four months after the intervention, nothing yet: its 6-month window is still open.
+        let early = rows(&events[..2], JAN_2027 + 210 * DAY);
+        assert_eq!(early[0].reoffence_within_6m, None);
     }
 }
