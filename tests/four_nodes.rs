@@ -59,7 +59,11 @@ fn referral(case: &str, subject: u8, with_identity: bool) -> pb::EventDraft {
 fn a_referral_reaches_four_nodes_with_exactly_what_each_may_see() {
     let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES);
     let police = world.start_node("police-hru", "");
-    let partners = format!("[partners]\npolice-hru = \"https://localhost:{}\"\n", police.port);
+    let partners = format!(
+        "[partners]\npolice-hru = \"https://localhost:{}\"\n[delivery_units]\nNorth = [\"Warrington\", \"Halton\"]\n\
+         East = [\"Cheshire East\", \"Macclesfield\", \"Crewe\"]\nWest = [\"Cheshire West and Chester\", \"Chester\"]\n",
+        police.port
+    );
     let nodes = [
         world.start_node("probation", &partners),
         world.start_node("cwp", ""),
@@ -208,6 +212,11 @@ fn a_referral_reaches_four_nodes_with_exactly_what_each_may_see() {
         assert!(advocacy.json.contains("Vic Tim"), "{}", advocacy.json);
         let caseload = mine(list("probation", "probation-caseload").await).expect("on probation's caseload");
         assert!(!caseload.json.contains("Sam Subject"), "{}", caseload.json);
+        assert!(
+            caseload.json.contains(r#""delivery_unit":"East""#),
+            "a Macclesfield referral is the East delivery unit's: {}",
+            caseload.json
+        );
 
         // Probation asks police for identity fields: refused, naming no producer, event or section
         // of the case it was not shown.

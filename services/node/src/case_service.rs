@@ -186,8 +186,12 @@ impl CaseApi {
                 .projector
                 .lock()
                 .map_err(|_| Status::internal("projector unavailable"))?;
-            view.rows(&projector.store, jiff::Timestamp::now().as_millisecond())
-                .map_err(|e| Status::internal(e.to_string()))?
+            view.rows(
+                &projector.store,
+                jiff::Timestamp::now().as_millisecond(),
+                &self.shared.delivery_units,
+            )
+            .map_err(|e| Status::internal(e.to_string()))?
         };
         let mut case_ids: Vec<CaseId> = rows.iter().map(|(c, _)| *c).collect();
         case_ids.dedup();

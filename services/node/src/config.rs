@@ -65,6 +65,10 @@ pub struct NodeConfig {
     /// node's certificate to people who sign in with OpenID Connect; none: no page.
     #[serde(default)]
     pub page: Option<PageConfig>,
+    /// Probation's delivery units: unit name → the referral areas it covers (the caseload
+    /// view groups by them; an area none lists is "unassigned").
+    #[serde(default)]
+    pub delivery_units: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The people's page: where it listens, the identity provider people sign in with, and
@@ -232,6 +236,23 @@ impl hru_runtime::Settings for NodeConfig {
                 }
             }
         }
+        let mut seen: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+        for (unit, areas) in &self.delivery_units {
+            if unit.trim().is_empty() || areas.is_empty() {
+                return Err(key(
+                    &format!("delivery_units.{unit}"),
+                    "give a unit name and the areas it covers".into(),
+                ));
+            }
+            for area in areas {
+                if let Some(other) = seen.insert(area.trim().to_lowercase(), unit) {
+                    return Err(key(
+                        &format!("delivery_units.{unit}"),
+                        format!("area {area:?} is already covered by {other:?}; an area belongs to one unit"),
+                    ));
+                }
+            }
+        }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(key("listen", format!("{:?} is not host:port", self.listen)));
         }
@@ -282,6 +303,17 @@ mod tests {
 
     const PAGE: &str = "[page]\nlisten = \"127.0.0.1:8443\"\npublic_url = \"https://127.0.0.1:8443\"\n\
                         issuer = \"https://login.example\"\nclient_id = \"ops\"\npurpose = \"breach-response\"\n";
+
+    #[test]
+    fn delivery_units_cover_each_area_once() {
+        let units = "[delivery_units]\nNorth = [\"Warrington\", \"Halton\"]\nEast = [\"Cheshire East\"]\n";
+        let config = load(units).unwrap();
+        assert_eq!(config.delivery_units["North"], ["Warrington", "Halton"]);
+        let err = load(&format!("{units}West = [\"halton\"]\n")).unwrap_err();
+        assert!(err.contains("delivery_units.West") && err.contains("North"), "{err}");
+        let err = load("[delivery_units]\nNorth = []\n").unwrap_err();
+        assert!(err.contains("delivery_units.North"), "{err}");
+    }
 
     #[test]
     fn a_page_is_configured_in_full_or_refused_naming_the_key() {

@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     /// Open streams per calling party, and how many one party may hold.
     pub(crate) streams: Arc<Mutex<std::collections::HashMap<PartyId, usize>>>,
     pub(crate) max_streams_per_party: usize,
+    /// Probation's delivery units (`delivery_units`): unit → areas.
+    pub(crate) delivery_units: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 fn read(path: &std::path::Path) -> Result<String, NodeError> {
@@ -223,6 +225,7 @@ pub async fn run(
         appended: std::sync::atomic::AtomicU64::new(0),
         streams: Arc::new(Mutex::new(std::collections::HashMap::new())),
         max_streams_per_party: config.max_streams_per_party,
+        delivery_units: config.delivery_units.clone(),
         party,
         deployment,
         sealing: std::sync::RwLock::new(Arc::new(sealing)),

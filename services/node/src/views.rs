@@ -91,8 +91,13 @@ impl View {
         out
     }
 
-    /// The view's rows at `now_ms`: (case, JSON).
-    pub fn rows(self, store: &Store, now_ms: i64) -> Result<Vec<(CaseId, String)>, ProjectionError> {
+    /// The view's rows at `now_ms`: (case, JSON); `delivery_units` groups probation's caseload.
+    pub fn rows(
+        self,
+        store: &Store,
+        now_ms: i64,
+        delivery_units: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Result<Vec<(CaseId, String)>, ProjectionError> {
         fn rows<T: Serialize>(items: Vec<T>, case: impl Fn(&T) -> &str) -> Vec<(CaseId, String)> {
             items
                 .iter()
@@ -121,10 +126,90 @@ impl View {
                     .collect();
                 rows(with_overdue, |v| v["case_id"].as_str().unwrap_or_default())
             }
-            View::ProbationCaseload => rows(hru_projection::probation_caseload(store)?, |r| &r.case_id),
+            View::ProbationCaseload => {
+                let by_unit: Vec<serde_json::Value> = grouped_by_unit(
+                    hru_projection::probation_caseload(store)?,
+                    delivery_units,
+                )
+                .into_iter()
+                .map(|(unit, r)| serde_json::json!({"case_id": r.case_id.clone(), "delivery_unit": unit, "row": &r}))
+                .collect();
+                rows(by_unit, |v| v["case_id"].as_str().unwrap_or_default())
+            }
             View::Outcomes => rows(hru_projection::outcome_rows(store, now_ms)?, |r| &r.case_id),
             View::BreachBoard => rows(hru_projection::breach_board(store)?, |r| &r.case_id),
             View::Coverage => rows(hru_projection::coverage_rows(store)?, |r| &r.case_id),
         })
+    }
+}
+
+/// Probation's caseload by delivery unit: each row with the unit its referral's area belongs to
+/// (`unassigned` when no unit lists the area), units in name order and unassigned last, the
+/// caseload's own order within each.
+pub fn grouped_by_unit(
+    caseload: Vec<hru_projection::ProbationRow>,
+    delivery_units: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<(String, hru_projection::ProbationRow)> {
+    let unit_of = |area: Option<&str>| {
+        let area = area?.trim().to_lowercase();
+        delivery_units
+            .iter()
+            .find(|(_, areas)| areas.iter().any(|a| a.trim().to_lowercase() == area))
+            .map(|(unit, _)| unit.clone())
+    };
+    let mut rows: Vec<(Option<String>, usize, hru_projection::ProbationRow)> = caseload
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (unit_of(r.area.as_deref()), i, r))
+        .collect();
+    rows.sort_by(|a, b| (a.0.is_none(), &a.0, a.1).cmp(&(b.0.is_none(), &b.0, b.1)));
+    rows.into_iter()
+        .map(|(unit, _, r)| (unit.unwrap_or_else(|| "unassigned".into()), r))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn probations_caseload_is_grouped_by_delivery_unit() {
+        let row = |case: &str, area: Option<&str>| hru_projection::ProbationRow {
+            case_id: case.into(),
+            area: area.map(Into::into),
+            ..Default::default()
+        };
+        let units = std::collections::BTreeMap::from([
+            ("North".to_owned(), vec!["Warrington".to_owned(), "Halton".to_owned()]),
+            ("East".to_owned(), vec!["Cheshire East".to_owned()]),
+            ("West".to_owned(), vec!["Cheshire West and Chester".to_owned()]),
+        ]);
+        let caseload = vec![
+            row("c1", Some("Halton")),
+            row("c2", Some("Chester Zoo")),
+            row("c3", Some("cheshire east")),
+            row("c4", Some("Warrington")),
+            row("c5", None),
+            row("c6", Some("Cheshire West and Chester")),
+        ];
+        let grouped: Vec<(String, String)> = grouped_by_unit(caseload, &units)
+            .into_iter()
+            .map(|(u, r)| (u, r.case_id))
+            .collect();
+        let expected = [
+            ("East", "c3"),
+            ("North", "c1"),
+            ("North", "c4"),
+            ("West", "c6"),
+            ("unassigned", "c2"),
+            ("unassigned", "c5"),
+        ];
+        assert_eq!(
+            grouped,
+            expected.map(|(u, c)| (u.to_owned(), c.to_owned())),
+            "units in order, the caseload's order within each, unknown areas last"
+        );
     }
 }

@@ -31,6 +31,9 @@ pub struct ProbationRow {
     pub case_id: String,
     /// Pseudonymous subject reference (hex).
     pub subject_ref: Option<String>,
+    /// The area the referral named (probation's delivery unit follows from it).
+    #[serde(default)]
+    pub area: Option<String>,
     /// Whether Probation has recorded anything in this case.
     pub recorded_here: bool,
     /// Current overall risk.
@@ -65,7 +68,7 @@ impl Projection for ProbationCaseload {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
@@ -83,7 +86,10 @@ impl Projection for ProbationCaseload {
         });
         let mut writes = Vec::new();
         match e.event {
-            CaseEvent::ReferralReceived { core: Some(r), .. } => row.subject_ref = Some(hex::encode(r.subject_ref)),
+            CaseEvent::ReferralReceived { core: Some(r), .. } => {
+                row.subject_ref = Some(hex::encode(r.subject_ref));
+                row.area = Some(r.area.clone());
+            }
             CaseEvent::RiskAssessed { summary: Some(r), .. } => {
                 let to = r.overall.as_str_name().to_owned();
                 if row.risk_level.as_ref() != Some(&to) {
