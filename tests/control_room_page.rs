@@ -76,11 +76,7 @@ impl Scene {
         let start_ms = now_ms();
         let simulator = hru_tests::fleet(&world, FLEET, SEED, start_ms);
         let (tag, victim, home) = simulator.pairs()[DRIVEN].clone();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = hru_tests::runtime();
         let (directory, isa) = world.deployment();
         let positions = rt
             .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))

@@ -256,11 +256,7 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
 
     // Each node answers over mutual TLS, logs the access through its own nkey and folds it
     // back from its view.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let tls = base.join("generated/tls");
     for (node, metrics) in &nodes {
         let p = &node.party;

@@ -79,11 +79,7 @@ fn a_referral_reaches_four_nodes_with_exactly_what_each_may_see() {
         )
     };
     let (isa, directory) = isa;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let case = rt.block_on(async {
         let by_party = |p: &str| {
             std::iter::once(&police)

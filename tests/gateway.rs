@@ -89,11 +89,7 @@ fn setup(
     heartbeat_ms: u64,
 ) -> (tokio::runtime::Runtime, PositionLog, Gateway) {
     world.provision();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let (_, isa) = world.deployment();
     let positions = rt
         .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))

@@ -65,11 +65,7 @@ impl Scene {
         for i in 0..3 {
             simulator.approach(i);
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = hru_tests::runtime();
         let (directory, isa) = world.deployment();
         let (positions, nats) = rt.block_on(async {
             let positions = PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1)

@@ -39,11 +39,7 @@ fn fix(seq: u64, at_ms: i64) -> pb::PositionFix {
 /// The world's deployment, a runtime and the position stream.
 fn connected(world: &World) -> (Directory, hru_policy::CompiledIsa, tokio::runtime::Runtime, PositionLog) {
     let (directory, isa) = world.deployment();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let positions = rt
         .block_on(PositionLog::open(&world.nats.url(), None, isa.positions_max_age(), 1))
         .unwrap();

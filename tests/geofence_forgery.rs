@@ -49,11 +49,7 @@ fn a_forged_zone_revocation_leaves_the_zone_in_force() {
         Some(&directory),
     )
     .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let log = rt.block_on(EventLog::connect(&world.nats.url())).unwrap();
 
     // The vendor's forgery: a ZoneRevoked for the zone, shared exactly as the police's zone

@@ -77,11 +77,7 @@ fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decis
     for i in 0..TAGS {
         simulator.approach(i);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let (directory, isa) = world.deployment();
     let (positions, nats, heartbeats) = rt.block_on(async {
         let positions = PositionLog::open(&url, None, isa.positions_max_age(), 3).await.unwrap();

@@ -893,11 +893,7 @@ fn no_party_gets_anything_the_agreement_does_not_give_it() {
         case: CaseId::random(),
         planted: std::sync::Mutex::new(Vec::new()),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let mut m = Matrix::default();
     rt.block_on(async {
         // Honest work: police-hru's referral on the case, through its node.

@@ -121,11 +121,7 @@ fn a_leaked_key_is_rotated_revoked_and_refused_everywhere_without_a_restart() {
     let (directory, isa) = w.deployment();
 
     // At once, before anyone notices, the attacker records a referral as police.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let url = w.nats.url();
     let mut forged = rt.block_on(forge(
         &url,

@@ -134,11 +134,7 @@ fn a_node_process_serves_and_its_access_records_answer_who_saw_a_case() {
         .spawn()
         .unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let rows = rt.block_on(async {
         let ca = std::fs::read_to_string(d("ca/ca.pem")).unwrap();
         let cert = std::fs::read_to_string(d("certs/police-hru.pem")).unwrap();

@@ -23,11 +23,7 @@ fn a_node_destroys_expired_epoch_keys_before_it_serves() {
     let police = w.secrets("police-hru");
     let store = w.dir.path().join("node-police-hru/producer");
     std::fs::create_dir_all(store.parent().unwrap()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let url = w.nats.url();
     let (audience, epoch) = rt.block_on(async {
         let log = PartyView::open(&url, Some(&police.broker_identity()), &police.party)

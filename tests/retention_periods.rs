@@ -350,11 +350,7 @@ fn a_grant_to_a_period_key_opens_nothing_once_its_holder_moved_past_the_period()
     let cwp = w.secrets("cwp");
     let police = w.secrets("police-hru");
     let periods_file = hru_runtime::deployment::periods_path(&w.keys(), &cwp.party);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let url = w.nats.url();
     let cwp_grant_key = rt.block_on(async {
         // Each member's chains start in January 2018; each publishes from then.
@@ -619,11 +615,7 @@ fn a_legal_hold_keeps_one_case_readable_past_its_retention_until_released() {
     let (directory, isa) = w.deployment();
     let police = w.secrets("police-hru");
     let keys = w.keys().display().to_string();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let url = w.nats.url();
     // Two referrals of January 2018 under the same epochs: one case will be held.
     let (held_case, other_case) = rt.block_on(async {

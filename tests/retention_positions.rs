@@ -102,11 +102,7 @@ fn positions_of_a_period_open_nothing_once_the_geofence_moved_past_it() {
     w.provision();
     let (directory, isa) = w.deployment();
     assert_eq!(isa.retention_of(EventType::PositionBatch).class(), "90d");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let url = w.nats.url();
     let geofence = w.secrets("geofence");
     let vendor = w.secrets("em-vendor");

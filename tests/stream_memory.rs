@@ -43,11 +43,7 @@ fn memory(pid: u32) -> (u64, u64) {
 fn two_hundred_streams_over_a_100k_event_log_stay_bounded() {
     let w = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
     w.provision();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let read = |rel: &str| std::fs::read_to_string(w.dir.path().join(rel)).unwrap();
     let directory = Directory::from_toml(&read("policies/directory.toml"), "directory.toml").unwrap();
     let isa = CompiledIsa::compile(

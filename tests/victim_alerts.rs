@@ -70,11 +70,7 @@ fn the_victims_phone_receives_every_alert_once_with_its_own_identity() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (directory, isa) = w.deployment();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = hru_tests::runtime();
     let vendor = w.secrets("em-vendor");
     let positions = rt
         .block_on(PositionLog::publisher(&w.nats.url(), Some(&vendor.broker_identity())))

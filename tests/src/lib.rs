@@ -9,6 +9,15 @@ mod world;
 
 pub use world::*;
 
+/// A two-worker runtime for a test's async work (the machines have two cores).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// The `hru` binary under test (the package's `hru-e2e` target: the `hru` binary's own code,
 /// built by cargo beside the test executables).
 pub fn hru_bin() -> std::path::PathBuf {
