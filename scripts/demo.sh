@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Sets up what is missing (the pinned nats-server), builds `hru`, and plays one stalking case
-# end to end with `hru demo`: referral, screening, risk assessment, an order with a GPS tag,
-# breaches reaching the control room and the victim, reviews, and a final audit. Everything
-# lives in a temporary directory and is removed at the end.
+# Sets up what is missing (the pinned nats-server, Node.js with the local identity provider,
+# chromium), builds `hru`, and plays one stalking case end to end with `hru demo`: referral,
+# screening, risk assessment, an order with a GPS tag, breaches reaching the control room and
+# the victim, reviews, and a final audit, while serving the control room's live page (sign in
+# at the local identity provider). Everything lives in a temporary directory and is removed at
+# the end.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
