@@ -21,7 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/deploy/generated}"
 AGREEMENT="$ROOT/policies/cheshire-hru.toml"
 # Parties running a node with a TLS certificate (the host name is the compose service name).
-NODES=(police-hru police-control victim-advocacy probation cwp)
+NODES=(police-hru police-control victim-advocacy probation mersey-care cwp evaluation)
 NATS_NODES=3
 HRU_UID="${HRU_UID:-10001}"
 read -r -a DEVICES <<< "${HRU_DEVICES:-}"

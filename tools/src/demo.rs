@@ -23,12 +23,21 @@ use pb::breach_service_client::BreachServiceClient;
 use pb::case_service_client::CaseServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-const NODES: [(&str, &str, &str); 5] = [
+/// The parties running a node, the purpose their people act for, and the person acting (the
+/// HRU's staff as the seeds give them: the consultant forensic psychologist is Mersey Care's,
+/// the clinical practitioners CWP's).
+const NODES: [(&str, &str, &str); 7] = [
     ("police-hru", "risk-management", "DS Morgan"),
     ("police-control", "breach-response", "PC 4512"),
     ("victim-advocacy", "victim-safety", "Advocate Shah"),
     ("probation", "offender-management", "PO Singh"),
-    ("cwp", "clinical-care", "Dr Okafor (forensic psychologist)"),
+    (
+        "mersey-care",
+        "clinical-care",
+        "Dr Okafor (consultant forensic psychologist)",
+    ),
+    ("cwp", "clinical-care", "RMN Hughes (senior psychiatric nurse)"),
+    ("evaluation", "evaluation", "Evaluation analyst"),
 ];
 /// The victim's home in Chester and the subject's in Crewe (lat, lon).
 const VICTIM_HOME: (f64, f64) = (53.1905, -2.8910);
@@ -224,7 +233,6 @@ impl Demo {
     }
 }
 
-/// Fresh keys for every party of the agreement, its directory, a CA and certificates.
 /// The control room's page and the local OpenID Connect provider its operators sign in at
 /// (`tools/web/idp.mjs`, found through `HRU_WEB_TOOLS` and `HRU_NODE_BIN` as `scripts/demo.sh`
 /// sets them); the provider is stopped when this is dropped.
@@ -316,6 +324,7 @@ impl Drop for ControlRoomPage {
     }
 }
 
+/// Fresh keys for every party of the agreement, its directory, a CA and certificates.
 fn deployment(
     dir: &Path,
     policies_dir: &Path,
@@ -382,7 +391,7 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
     let work = tempfile::tempdir()?;
     let dir = work.path();
     println!(
-        "HRU Backbone demo: one stalking case, five agencies, a GPS tag (working in {})",
+        "HRU Backbone demo: one stalking case, the unit's agencies, a GPS tag (working in {})",
         dir.display()
     );
     let (directory, isa, secrets, phone) = deployment(dir, policies_dir)?;
@@ -558,10 +567,10 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
         demo.show(party, EventType::ScreeningCompleted).await?;
     }
 
-    demo.heading("Risk assessment by the forensic psychologist");
+    demo.heading("Risk assessment by Mersey Care's consultant forensic psychologist");
     let level = pb::RiskLevel::High as i32;
     demo.record(
-        "cwp",
+        "mersey-care",
         pb::event_draft::Event::RiskAssessed(pb::RiskAssessed {
             summary: Some(pb::RiskSummary {
                 tool: "SRP".into(),
@@ -579,7 +588,7 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
         }),
     )
     .await?;
-    for party in ["cwp", "police-hru", "probation", "victim-advocacy"] {
+    for party in ["mersey-care", "cwp", "police-hru", "probation", "victim-advocacy"] {
         demo.show(party, EventType::RiskAssessed).await?;
     }
 
@@ -863,6 +872,21 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
             "  cwp review {} due {due}: {}",
             v["review"]["review_number"],
             v["status"].as_str().unwrap_or("?")
+        );
+    }
+    // The evaluators' view: pseudonymous, followed from the completed intervention.
+    for row in demo.list("evaluation", "outcomes").await? {
+        let v: serde_json::Value = serde_json::from_str(&row)?;
+        let window = |w: &serde_json::Value| match w.as_bool() {
+            Some(true) => "reoffended",
+            Some(false) => "no reoffence",
+            None => "window still open",
+        };
+        println!(
+            "  evaluation (pseudonymous): interventions {}, 6 months after the intervention: {}, 12 months: {}",
+            v["interventions_completed"],
+            window(&v["reoffence_within_6m"]),
+            window(&v["reoffence_within_12m"])
         );
     }
     for row in demo.list("victim-advocacy", "advocacy").await? {

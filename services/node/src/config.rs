@@ -305,6 +305,37 @@ mod tests {
                         issuer = \"https://login.example\"\nclient_id = \"ops\"\npurpose = \"breach-response\"\n";
 
     #[test]
+    fn every_node_config_the_deployment_ships_is_a_node_config() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nodes");
+        let mut parties = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config: NodeConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                path.file_stem().unwrap().to_str().unwrap(),
+                config.party,
+                "{} is named for its party",
+                path.display()
+            );
+            parties.push(config.party);
+        }
+        parties.sort();
+        assert_eq!(
+            parties,
+            [
+                "cwp",
+                "evaluation",
+                "mersey-care",
+                "police-control",
+                "police-hru",
+                "probation",
+                "victim-advocacy"
+            ]
+        );
+    }
+
+    #[test]
     fn delivery_units_cover_each_area_once() {
         let units = "[delivery_units]\nNorth = [\"Warrington\", \"Halton\"]\nEast = [\"Cheshire East\"]\n";
         let config = load(units).unwrap();
