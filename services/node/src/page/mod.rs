@@ -404,8 +404,8 @@ async fn callback(State(page): State<Arc<Page>>, headers: HeaderMap, Query(q): Q
         );
     };
     let state_cookie = format!("{STATE_COOKIE}{state}");
-    let cookie_state = cookie(&headers, &state_cookie).map(|_| state.as_str());
-    match page.auth.finish(&state, cookie_state, &code, now_ms()).await {
+    let bound = cookie(&headers, &state_cookie).is_some();
+    match page.auth.finish(&state, bound, &code, now_ms()).await {
         Ok((id, session)) => {
             tracing::info!(person = %session.person.recorded(), "signed in to the page");
             // A session this browser already had ends: one browser, one person.
@@ -438,22 +438,31 @@ async fn callback(State(page): State<Arc<Page>>, headers: HeaderMap, Query(q): Q
 /// The CSRF token must come back in this header with every change.
 const CSRF_HEADER: &str = "x-hru-csrf";
 
-fn csrf_ok(headers: &HeaderMap, session: &Session) -> bool {
-    headers
+/// The refusal of a change that does not carry `session`'s CSRF token, if it does not.
+fn csrf_refusal(headers: &HeaderMap, session: &Session) -> Option<Response> {
+    let ok = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == session.csrf)
+        .is_some_and(|v| v == session.csrf);
+    (!ok).then(|| {
+        refused(
+            StatusCode::FORBIDDEN,
+            format!("header `{CSRF_HEADER}` is missing or wrong"),
+        )
+    })
+}
+
+/// The refusal of a request without a live session.
+fn not_signed_in() -> Response {
+    refused(StatusCode::UNAUTHORIZED, "not signed in (or the session has ended)")
 }
 
 async fn logout(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
     let Some((id, session)) = page.session(&headers) else {
-        return refused(StatusCode::UNAUTHORIZED, "not signed in");
+        return not_signed_in();
     };
-    if !csrf_ok(&headers, &session) {
-        return refused(
-            StatusCode::FORBIDDEN,
-            format!("header `{CSRF_HEADER}` is missing or wrong"),
-        );
+    if let Some(r) = csrf_refusal(&headers, &session) {
+        return r;
     }
     page.auth.sign_out(&id);
     tracing::info!(person = %session.person.recorded(), "signed out of the page");
@@ -477,7 +486,7 @@ async fn session_state(State(page): State<Arc<Page>>, headers: HeaderMap) -> Res
         Some((_, s)) => {
             axum::Json(serde_json::json!({ "person": s.person.name, "expires_ms": s.expires_ms })).into_response()
         }
-        None => refused(StatusCode::UNAUTHORIZED, "not signed in (or the session has ended)"),
+        None => not_signed_in(),
     }
 }
 
@@ -573,7 +582,7 @@ async fn live(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
         return r;
     }
     let Some((id, session)) = page.session(&headers) else {
-        return refused(StatusCode::UNAUTHORIZED, "not signed in (or the session has ended)");
+        return not_signed_in();
     };
     let grant = match page.grant("BreachService/StreamBreaches") {
         Ok(g) => g,
@@ -760,13 +769,10 @@ fn bad_breach_id() -> Response {
 
 async fn acknowledge(State(page): State<Arc<Page>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let Some((_, session)) = page.session(&headers) else {
-        return refused(StatusCode::UNAUTHORIZED, "not signed in (or the session has ended)");
+        return not_signed_in();
     };
-    if !csrf_ok(&headers, &session) {
-        return refused(
-            StatusCode::FORBIDDEN,
-            format!("header `{CSRF_HEADER}` is missing or wrong"),
-        );
+    if let Some(r) = csrf_refusal(&headers, &session) {
+        return r;
     }
     let form: AckForm = match serde_json::from_slice(&body) {
         Ok(f) => f,
@@ -812,7 +818,7 @@ async fn breach_map(State(page): State<Arc<Page>>, headers: HeaderMap, Path(id):
         return r;
     }
     let Some((_, session)) = page.session(&headers) else {
-        return refused(StatusCode::UNAUTHORIZED, "not signed in (or the session has ended)");
+        return not_signed_in();
     };
     let Some(id) = breach_id(id.trim_end_matches(".svg")) else {
         return bad_breach_id();
