@@ -560,6 +560,7 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
                 criteria: vec!["FOUR: fixated, obsessive, unwanted, repeated".into()],
                 rationale: "Escalating contact; victim in fear.".into(),
             }),
+            figures: None,
         }),
     )
     .await?;
@@ -733,6 +734,7 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
                 }),
                 victim_device_id: VICTIM_DEVICE.into(),
             }),
+            figures: None,
         }),
     )
     .await?;

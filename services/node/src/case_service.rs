@@ -118,7 +118,8 @@ impl CaseApi {
                 .map_err(|e| Status::invalid_argument(format!("field `draft.occurred_at` is not RFC 3339 ({e})")))?
                 .as_millisecond()
         };
-        let (event_type, sections) = split_draft(event);
+        crate::figures::refuse_supplied(&event)?;
+        let (event_type, sections) = split_draft(event.clone());
         let size: usize = sections.iter().map(|s| s.bytes.len()).sum();
         if size > MAX_EVENT_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -127,10 +128,9 @@ impl CaseApi {
                  and record a reference"
             )));
         }
-        let names: Vec<String> = sections.iter().map(|s| s.name.to_owned()).collect();
         let isa = self.shared.agreement()?;
-        for s in &names {
-            isa.audience(&caller.party, event_type, s)
+        for s in &sections {
+            isa.audience(&caller.party, event_type, s.name)
                 .map_err(|r| Status::permission_denied(r.0))?;
         }
         // Decide on the case as the caller saw it: the history up to its expected version.
@@ -142,6 +142,17 @@ impl CaseApi {
         }
         let facts = crate::decide::facts(&history);
         crate::decide::record(&facts, &typed).map_err(crate::decide::refusal_status)?;
+        // What the node itself writes: out of hours by the agreement's hours, and the figures.
+        let mut event = event;
+        crate::figures::derive(isa, &caller.party, &mut event, occurred, || {
+            self.shared
+                .projector
+                .lock()
+                .map(|p| crate::figures::contacts_discharged(&p.store, case, occurred))
+                .unwrap_or((0, 0))
+        });
+        let (event_type, sections) = split_draft(event);
+        let names: Vec<String> = sections.iter().map(|s| s.name.to_owned()).collect();
         self.shared
             .log_access(&grant, &caller.person, Disclosed::case(case, names))
             .await?;

@@ -40,6 +40,8 @@ pub(crate) enum Refusal {
 pub(crate) struct Acknowledge {
     /// When the breach was first recorded in the log (ms).
     pub raised_at_ms: i64,
+    /// The breach's kind.
+    pub kind: hru_wire::v1::BreachKind,
 }
 
 /// The facts of a case's history as the node read it.
@@ -72,13 +74,13 @@ pub(crate) fn refusal_status(refusal: Refusal) -> tonic::Status {
 
 /// Decide an acknowledgement of `breach`: allowed once per breach episode the case holds.
 pub(crate) fn acknowledge(history: &[Fact<'_>], breach: uuid::Uuid) -> Result<Acknowledge, Refusal> {
-    let mut raised_at_ms = None;
+    let mut raised = None;
     for fact in history {
         match fact.event {
             CaseEvent::TagBreach { core: Some(b) } if b.breach_id == breach => {
-                raised_at_ms.get_or_insert(fact.header.recorded_at_ms);
+                raised.get_or_insert((fact.header.recorded_at_ms, b.kind));
             }
-            CaseEvent::BreachAcknowledged { core: Some(a) } if a.breach_id == breach => {
+            CaseEvent::BreachAcknowledged { core: Some(a), .. } if a.breach_id == breach => {
                 return Err(Refusal::AlreadyAcknowledged {
                     by: a.operator.clone(),
                     sequence: fact.sequence,
@@ -87,8 +89,8 @@ pub(crate) fn acknowledge(history: &[Fact<'_>], breach: uuid::Uuid) -> Result<Ac
             _ => {}
         }
     }
-    raised_at_ms
-        .map(|raised_at_ms| Acknowledge { raised_at_ms })
+    raised
+        .map(|(raised_at_ms, kind)| Acknowledge { raised_at_ms, kind })
         .ok_or(Refusal::UnknownBreach)
 }
 
@@ -97,7 +99,7 @@ pub(crate) fn acknowledge(history: &[Fact<'_>], breach: uuid::Uuid) -> Result<Ac
 /// every other event the agreement lets its producer record is allowed.
 pub(crate) fn record(history: &[Fact<'_>], event: &CaseEvent) -> Result<(), Refusal> {
     match event {
-        CaseEvent::BreachAcknowledged { core: Some(a) } => acknowledge(history, a.breach_id).map(|_| ()),
+        CaseEvent::BreachAcknowledged { core: Some(a), .. } => acknowledge(history, a.breach_id).map(|_| ()),
         CaseEvent::ZoneRevoked { core: Some(r) } => {
             let mut defined = false;
             for fact in history {
@@ -173,6 +175,7 @@ mod tests {
                 action: "units sent".into(),
                 response_time_ms: 10,
             }),
+            figures: None,
         }
     }
 
@@ -185,7 +188,13 @@ mod tests {
             header: &h,
             event: &e,
         }];
-        assert_eq!(acknowledge(&history, id), Ok(Acknowledge { raised_at_ms: 100 }));
+        assert_eq!(
+            acknowledge(&history, id),
+            Ok(Acknowledge {
+                raised_at_ms: 100,
+                kind: pb::BreachKind::Exclusion
+            })
+        );
     }
 
     /// A breach raised at sequence 5 and acknowledged by Insp. Ada at sequence 7.

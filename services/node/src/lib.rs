@@ -9,6 +9,7 @@ mod audit_service;
 mod case_service;
 pub mod config;
 mod decide;
+mod figures;
 mod geofence_watch;
 pub mod metrics;
 mod page;

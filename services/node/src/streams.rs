@@ -539,6 +539,14 @@ impl Shared {
             let decided = decide::acknowledge(&facts, id).map_err(decide::refusal_status)?;
             let now = jiff::Timestamp::now().as_millisecond();
             let response_time_ms = (now - decided.raised_at_ms).max(0);
+            // The figures an evaluation counts, where the agreement in force shares them.
+            let figures = isa
+                .audience(&caller.party, EventType::BreachAcknowledged, "figures")
+                .is_ok()
+                .then(|| pb::AcknowledgementFigures {
+                    kind: decided.kind.into(),
+                    response_time_ms,
+                });
             let (event_type, sections) =
                 split_draft(pb::event_draft::Event::BreachAcknowledged(pb::BreachAcknowledged {
                     core: Some(pb::AcknowledgementCore {
@@ -547,6 +555,7 @@ impl Shared {
                         action: action.to_owned(),
                         response_time_ms,
                     }),
+                    figures,
                 }));
             match self
                 .append_event(case, event_type, sections, now, Expect::CaseAt(version))

@@ -108,6 +108,7 @@ async fn every_rpc_leaves_exactly_one_access_record() {
                             criteria: vec!["FOUR".into()],
                             rationale: "fixated".into(),
                         }),
+                        figures: None,
                     })),
                 };
                 let version = w.log.reader().case_version(case).await.unwrap();

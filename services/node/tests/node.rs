@@ -94,6 +94,7 @@ async fn the_node_answers_its_parties_and_logs_every_access() {
                 criteria: vec!["FOUR".into()],
                 rationale: "fixated, repeated".into(),
             }),
+            figures: None,
         })),
     };
     let stale = police_client

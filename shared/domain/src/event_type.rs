@@ -107,7 +107,7 @@ macro_rules! event_types {
 event_types! {
     sectioned {
         ReferralReceived => [core, identity, narrative],
-        ScreeningCompleted => [core],
+        ScreeningCompleted => [core, figures],
         RiskAssessed => [summary, clinical],
         InterventionStarted => [core],
         InterventionCompleted => [core],
@@ -118,9 +118,9 @@ event_types! {
         ZoneRevoked => [core],
         ProximityRuleSet => [core],
         TagBreach => [core],
-        BreachAcknowledged => [core],
-        SafetyPlanUpdated => [victim, identity],
-        ReviewRecorded => [summary, clinical],
+        BreachAcknowledged => [core, figures],
+        SafetyPlanUpdated => [victim, identity, figures],
+        ReviewRecorded => [summary, clinical, figures],
         ChargeDecided => [core],
         ReoffenceRecorded => [core],
         CaseClosed => [core],

@@ -88,6 +88,155 @@ impl TryFrom<pb::ScreeningCore> for Screening {
     }
 }
 
+/// A screening decision as numbers (section `figures`, written by the node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScreeningFigures {
+    /// Whether the HRU takes primacy.
+    pub primacy_taken: bool,
+    /// How many criteria were met.
+    pub criteria_met: u32,
+    /// When it was recorded, Unix ms.
+    pub screened_at_ms: i64,
+}
+
+impl TryFrom<pb::ScreeningFigures> for ScreeningFigures {
+    type Error = FieldError;
+    fn try_from(w: pb::ScreeningFigures) -> Result<Self, FieldError> {
+        let pb::ScreeningFigures {
+            primacy_taken,
+            criteria_met,
+            screened_at_ms,
+        } = w;
+        Ok(Self {
+            primacy_taken,
+            criteria_met,
+            screened_at_ms: time(screened_at_ms, "screened_at_ms")?,
+        })
+    }
+}
+
+impl From<ScreeningFigures> for pb::ScreeningFigures {
+    fn from(f: ScreeningFigures) -> Self {
+        Self {
+            primacy_taken: f.primacy_taken,
+            criteria_met: f.criteria_met,
+            screened_at_ms: f.screened_at_ms,
+        }
+    }
+}
+
+/// A review's number and dates (section `figures`, written by the node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewFigures {
+    /// Review number after intervention.
+    pub review_number: u32,
+    /// When it was due, Unix ms.
+    pub due_at_ms: i64,
+    /// When it was held, Unix ms.
+    pub held_at_ms: i64,
+}
+
+impl TryFrom<pb::ReviewFigures> for ReviewFigures {
+    type Error = FieldError;
+    fn try_from(w: pb::ReviewFigures) -> Result<Self, FieldError> {
+        let pb::ReviewFigures {
+            review_number,
+            due_at_ms,
+            held_at_ms,
+        } = w;
+        Ok(Self {
+            review_number,
+            due_at_ms: time(due_at_ms, "due_at_ms")?,
+            held_at_ms: time(held_at_ms, "held_at_ms")?,
+        })
+    }
+}
+
+impl From<ReviewFigures> for pb::ReviewFigures {
+    fn from(f: ReviewFigures) -> Self {
+        Self {
+            review_number: f.review_number,
+            due_at_ms: f.due_at_ms,
+            held_at_ms: f.held_at_ms,
+        }
+    }
+}
+
+/// How fast a breach was acknowledged (section `figures`, written by the node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcknowledgementFigures {
+    /// Kind of the breach.
+    pub kind: pb::BreachKind,
+    /// Breach to acknowledgement, ms.
+    pub response_time_ms: i64,
+}
+
+impl TryFrom<pb::AcknowledgementFigures> for AcknowledgementFigures {
+    type Error = FieldError;
+    fn try_from(w: pb::AcknowledgementFigures) -> Result<Self, FieldError> {
+        let pb::AcknowledgementFigures { kind, response_time_ms } = w;
+        if response_time_ms < 0 {
+            return Err(FieldError::new("response_time_ms", "must not be negative"));
+        }
+        Ok(Self {
+            kind: known(kind, "kind")?,
+            response_time_ms,
+        })
+    }
+}
+
+impl From<AcknowledgementFigures> for pb::AcknowledgementFigures {
+    fn from(f: AcknowledgementFigures) -> Self {
+        Self {
+            kind: f.kind.into(),
+            response_time_ms: f.response_time_ms,
+        }
+    }
+}
+
+/// The Victims' Code contacts one contact discharged (section `figures`, written by the node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactFigures {
+    /// When the victim was contacted, Unix ms.
+    pub contacted_at_ms: i64,
+    /// Contacts due that it discharged.
+    pub discharged: u32,
+    /// Of those, how many were late.
+    pub late: u32,
+}
+
+impl TryFrom<pb::ContactFigures> for ContactFigures {
+    type Error = FieldError;
+    fn try_from(w: pb::ContactFigures) -> Result<Self, FieldError> {
+        let pb::ContactFigures {
+            contacted_at_ms,
+            discharged,
+            late,
+        } = w;
+        if late > discharged {
+            return Err(FieldError::new(
+                "late",
+                format!("{late} is more than the {discharged} discharged"),
+            ));
+        }
+        Ok(Self {
+            contacted_at_ms: time(contacted_at_ms, "contacted_at_ms")?,
+            discharged,
+            late,
+        })
+    }
+}
+
+impl From<ContactFigures> for pb::ContactFigures {
+    fn from(f: ContactFigures) -> Self {
+        Self {
+            contacted_at_ms: f.contacted_at_ms,
+            discharged: f.discharged,
+            late: f.late,
+        }
+    }
+}
+
 /// Risk levels of a structured assessment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RiskSummary {
@@ -834,7 +983,7 @@ case_events! {
         identity: pb::ReferralIdentity => ReferralIdentity,
         narrative: pb::ReferralNarrative => Narrative,
     },
-    ScreeningCompleted { core: pb::ScreeningCore => Screening },
+    ScreeningCompleted { core: pb::ScreeningCore => Screening, figures: pb::ScreeningFigures => ScreeningFigures },
     RiskAssessed { summary: pb::RiskSummary => RiskSummary, clinical: pb::ClinicalNotes => Narrative },
     InterventionStarted { core: pb::InterventionCore => Intervention },
     InterventionCompleted { core: pb::InterventionCore => Intervention },
@@ -845,9 +994,9 @@ case_events! {
     ZoneRevoked { core: pb::ZoneRevokedCore => ZoneRevocation },
     ProximityRuleSet { core: pb::ProximityCore => ProximityRule },
     TagBreach { core: pb::BreachCore => Breach },
-    BreachAcknowledged { core: pb::AcknowledgementCore => Acknowledgement },
-    SafetyPlanUpdated { victim: pb::SafetyPlan => SafetyPlan, identity: pb::VictimIdentity => VictimIdentity },
-    ReviewRecorded { summary: pb::ReviewSummary => Review, clinical: pb::ClinicalNotes => Narrative },
+    BreachAcknowledged { core: pb::AcknowledgementCore => Acknowledgement, figures: pb::AcknowledgementFigures => AcknowledgementFigures },
+    SafetyPlanUpdated { victim: pb::SafetyPlan => SafetyPlan, identity: pb::VictimIdentity => VictimIdentity, figures: pb::ContactFigures => ContactFigures },
+    ReviewRecorded { summary: pb::ReviewSummary => Review, clinical: pb::ClinicalNotes => Narrative, figures: pb::ReviewFigures => ReviewFigures },
     ChargeDecided { core: pb::ChargeCore => Charge },
     ReoffenceRecorded { core: pb::ReoffenceCore => Reoffence },
     CaseClosed { core: pb::CaseClosedCore => Closure },

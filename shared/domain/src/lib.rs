@@ -16,8 +16,9 @@ pub mod zone;
 pub use error::FieldError;
 pub use event_type::{EventType, PlainSection, join_sections, split_draft};
 pub use events::{
-    Access, Acknowledgement, Breach, CaseEvent, Charge, Closure, Intervention, Narrative, Order, ProximityRule,
-    Reoffence, Review, RiskSummary, SafetyPlan, Screening, Tag, VictimIdentity, WeeklyWindow, Zone, ZoneRevocation,
+    Access, Acknowledgement, AcknowledgementFigures, Breach, CaseEvent, Charge, Closure, ContactFigures, Intervention,
+    Narrative, Order, ProximityRule, Reoffence, Review, ReviewFigures, RiskSummary, SafetyPlan, Screening,
+    ScreeningFigures, Tag, VictimIdentity, WeeklyWindow, Zone, ZoneRevocation,
 };
 pub use header::{EventHeader, ProducerId};
 pub use ids::{AudienceId, CaseId, DeviceId, Digest, EventId, KeyId, PartyId, TagId};

@@ -141,6 +141,8 @@ pub struct CompiledIsa {
     pub default_retention: Retention,
     /// Sections some producer may seal that no rule shares (they can never be sealed).
     pub warnings: Vec<PolicyError>,
+    /// The unit's working hours, when the agreement states them.
+    pub hours: Option<crate::Hours>,
 }
 
 /// Every gRPC method of the wire contract, as `Service/Method`.
@@ -410,6 +412,7 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
         never,
         retention,
         call,
+        hours,
     } = raw;
     let agreement = agreement.into_inner();
 
@@ -865,6 +868,17 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
     calls.sort();
     calls.dedup();
 
+    // [hours]
+    let hours = hours.and_then(|h| match crate::hours::Hours::compile(h, until_ms) {
+        Ok(h) => Some(h),
+        Err(problems) => {
+            for (span, kind, message, hint) in problems {
+                c.push(span, kind, message, hint);
+            }
+            None
+        }
+    });
+
     CompiledIsa {
         id: agreement.id.into_inner(),
         version: version.unwrap_or(0),
@@ -882,5 +896,6 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
         retention: retention_map,
         default_retention: default_retention.unwrap_or(Retention::Months(72)),
         warnings,
+        hours,
     }
 }

@@ -8,6 +8,7 @@
 mod broker;
 mod compile;
 mod error;
+mod hours;
 mod model;
 mod names;
 mod set;
@@ -15,6 +16,7 @@ mod set;
 pub use broker::MissingNkey;
 pub use compile::{CallGrant, CallRefused, Callee, CompiledIsa, Receipt};
 pub use error::{ErrorKind, PolicyError, PolicyErrors};
+pub use hours::Hours;
 pub use hru_domain::Retention;
 pub use model::Role;
 pub use set::PolicySet;

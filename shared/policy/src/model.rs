@@ -69,6 +69,8 @@ pub(crate) struct RawIsa {
     pub(crate) retention: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     pub(crate) call: Vec<Spanned<RawCall>>,
+    #[serde(default)]
+    pub(crate) hours: Option<crate::hours::RawHours>,
 }
 
 #[derive(Deserialize)]

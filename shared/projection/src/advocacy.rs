@@ -163,7 +163,7 @@ impl Projection for Advocacy {
             CaseEvent::CaseClosed { core: Some(c) } => {
                 owe(&mut row, "tell the victim the case is closed", c.closed_at_ms, 1)
             }
-            CaseEvent::SafetyPlanUpdated { victim, identity } => {
+            CaseEvent::SafetyPlanUpdated { victim, identity, .. } => {
                 if let Some(id) = identity {
                     row.victim_name = Some(id.victim.full_name.clone());
                     if let Some(device) = &id.victim_device_id {
@@ -209,7 +209,7 @@ impl Projection for Advocacy {
                     });
                 }
             }
-            CaseEvent::BreachAcknowledged { core: Some(a) } => {
+            CaseEvent::BreachAcknowledged { core: Some(a), .. } => {
                 let id = hex::encode(a.breach_id.as_bytes());
                 for alert in row.alerts.iter_mut().filter(|x| x.breach_id == id) {
                     alert.acknowledged = true;
@@ -220,6 +220,16 @@ impl Projection for Advocacy {
         row.contacts_due.sort_by_key(|c| (c.due_at_ms, c.reason.clone()));
         vec![put_json(key, &row)]
     }
+}
+
+/// One case as advocacy holds it, if it holds it.
+pub fn advocacy_row(store: &Store, case: &str) -> Result<Option<AdvocacyRow>, crate::ProjectionError> {
+    let key = [PREFIX, case.as_bytes()].concat();
+    Ok(store
+        .scan(&Advocacy, &key)?
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| serde_json::from_slice(&v).ok()))
 }
 
 /// Every case advocacy holds, the soonest contact due first.
@@ -321,6 +331,7 @@ mod tests {
                 next_contact_due_ms: FRI_2027_01_15_0800 + 14 * DAY,
             }),
             identity: None,
+            figures: None,
         };
         let r = row(&[
             (
@@ -390,6 +401,7 @@ mod tests {
                         action: "units sent".into(),
                         response_time_ms: 40_000,
                     }),
+                    figures: None,
                 },
             ),
         ]);

@@ -263,7 +263,7 @@ impl BreachBoard {
                 row.late |= *late;
                 row
             }
-            CaseEvent::BreachAcknowledged { core: Some(a) } => {
+            CaseEvent::BreachAcknowledged { core: Some(a), .. } => {
                 let Some(mut row) = get(&a.breach_id) else {
                     return Vec::new();
                 };
@@ -367,6 +367,7 @@ mod tests {
                             action: "unit dispatched".into(),
                             response_time_ms: 150,
                         }),
+                        figures: None,
                     },
                 ),
                 (

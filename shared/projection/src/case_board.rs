@@ -105,7 +105,7 @@ impl Projection for CaseBoard {
                     writes.push(put_json(key(QUEUE_PREFIX, &case), &item));
                 }
             }
-            CaseEvent::ScreeningCompleted { core: Some(s) } => {
+            CaseEvent::ScreeningCompleted { core: Some(s), .. } => {
                 row.screened = true;
                 row.primacy_taken = Some(s.primacy_taken);
                 writes.push(Write::Delete(key(QUEUE_PREFIX, &case)));
@@ -219,6 +219,7 @@ mod tests {
                 criteria: vec![],
                 rationale: "FOUR".into(),
             }),
+            figures: None,
         };
         let mut events = given;
         events.push((header(case, EventType::ScreeningCompleted, 2_000), screened));
@@ -273,6 +274,7 @@ mod tests {
                     criteria: vec![],
                     rationale: "screened late".into(),
                 }),
+                figures: None,
             },
         ));
         assert_eq!(queue(&events, now), [(recent.to_string(), false)]);

@@ -5,7 +5,9 @@
 //!
 //! Rows are keyed by the random case id and the keyed subject reference; no identity, narrative,
 //! clinical or location fact ever reaches this projection (the agreement does not grant them).
-//! Reoffences are recorded per subject, whichever case they were recorded in.
+//! Reoffences are recorded per subject, whichever case they were recorded in. Under version 2
+//! of the agreement the rows also carry the `figures` the nodes write: screening, reviews held,
+//! Victims' Code contacts and breach acknowledgement times.
 
 use hru_domain::CaseEvent;
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,49 @@ struct CaseFacts {
     #[serde(default)]
     therapeutic_completed_at_ms: Option<i64>,
     closed_at_ms: Option<i64>,
+    #[serde(default)]
+    out_of_hours: bool,
+    #[serde(default)]
+    screening: Option<Screened>,
+    #[serde(default)]
+    charge_decided_at_ms: Option<i64>,
+    #[serde(default)]
+    reviews_held: Vec<ReviewHeld>,
+    #[serde(default)]
+    contacts_discharged: u32,
+    #[serde(default)]
+    contacts_late: u32,
+    #[serde(default)]
+    acknowledgements: Vec<Acknowledged>,
+}
+
+/// A screening as its figures give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Screened {
+    /// When screened, Unix ms.
+    pub at_ms: i64,
+    /// Whether the HRU took primacy.
+    pub primacy_taken: bool,
+}
+
+/// A review held, as its figures give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewHeld {
+    /// Review number.
+    pub number: u32,
+    /// When it was due, Unix ms.
+    pub due_at_ms: i64,
+    /// When it was held, Unix ms.
+    pub held_at_ms: i64,
+}
+
+/// A breach acknowledgement, as its figures give it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acknowledged {
+    /// Breach kind.
+    pub kind: String,
+    /// Breach to acknowledgement, ms.
+    pub response_time_ms: i64,
 }
 
 /// One pseudonymous outcome row.
@@ -53,6 +98,30 @@ pub struct OutcomeRow {
     pub reoffence_within_6m: Option<bool>,
     /// The same within 12 months.
     pub reoffence_within_12m: Option<bool>,
+    /// Whether the referral arrived out of the unit's hours.
+    #[serde(default)]
+    pub out_of_hours: bool,
+    /// The screening, when its figures were shared.
+    #[serde(default)]
+    pub screening: Option<Screened>,
+    /// When the charging decision was made, Unix ms.
+    #[serde(default)]
+    pub charge_decided_at_ms: Option<i64>,
+    /// When the case closed, Unix ms.
+    #[serde(default)]
+    pub closed_at_ms: Option<i64>,
+    /// Reviews held.
+    #[serde(default)]
+    pub reviews_held: Vec<ReviewHeld>,
+    /// Victims' Code contacts discharged.
+    #[serde(default)]
+    pub contacts_discharged: u32,
+    /// Of those, how many late.
+    #[serde(default)]
+    pub contacts_late: u32,
+    /// Breach acknowledgements.
+    #[serde(default)]
+    pub acknowledgements: Vec<Acknowledged>,
 }
 
 /// The evaluation projection.
@@ -71,7 +140,7 @@ impl Projection for Evaluation {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
@@ -100,10 +169,36 @@ impl Projection for Evaluation {
                 facts.referral_at_ms = Some(r.received_at_ms);
                 facts.behaviours = r.behaviours.iter().map(|b| b.as_str_name().to_owned()).collect();
                 facts.area = Some(r.area.clone());
+                facts.out_of_hours = r.out_of_hours;
             }
             CaseEvent::ChargeDecided { core: Some(c) } => {
-                facts.charge_decision = Some(c.decision.as_str_name().to_owned())
+                facts.charge_decision = Some(c.decision.as_str_name().to_owned());
+                facts.charge_decided_at_ms = Some(c.decided_at_ms);
             }
+            CaseEvent::ScreeningCompleted { figures: Some(f), .. } => {
+                facts.screening.get_or_insert(Screened {
+                    at_ms: f.screened_at_ms,
+                    primacy_taken: f.primacy_taken,
+                });
+            }
+            CaseEvent::ReviewRecorded { figures: Some(f), .. } => {
+                if !facts.reviews_held.iter().any(|r| r.number == f.review_number) {
+                    facts.reviews_held.push(ReviewHeld {
+                        number: f.review_number,
+                        due_at_ms: f.due_at_ms,
+                        held_at_ms: f.held_at_ms,
+                    });
+                    facts.reviews_held.sort_by_key(|r| r.number);
+                }
+            }
+            CaseEvent::SafetyPlanUpdated { figures: Some(f), .. } => {
+                facts.contacts_discharged = facts.contacts_discharged.saturating_add(f.discharged);
+                facts.contacts_late = facts.contacts_late.saturating_add(f.late);
+            }
+            CaseEvent::BreachAcknowledged { figures: Some(f), .. } => facts.acknowledgements.push(Acknowledged {
+                kind: f.kind.as_str_name().to_owned(),
+                response_time_ms: f.response_time_ms,
+            }),
             CaseEvent::InterventionCompleted { core: Some(i) } => {
                 facts.interventions_completed.push(i.kind.as_str_name().to_owned());
                 if i.kind == hru_wire::v1::InterventionKind::Therapeutic {
@@ -172,6 +267,14 @@ fn outcome(f: CaseFacts, reoffences: &std::collections::BTreeMap<String, Vec<i64
         reoffence_within_6m: within(f.therapeutic_completed_at_ms.or(f.referral_at_ms), 6, times, now_ms),
         reoffence_within_12m: within(f.therapeutic_completed_at_ms.or(f.referral_at_ms), 12, times, now_ms),
         time_to_resolve_ms: f.closed_at_ms.zip(f.referral_at_ms).map(|(c, r)| c - r),
+        out_of_hours: f.out_of_hours,
+        screening: f.screening,
+        charge_decided_at_ms: f.charge_decided_at_ms,
+        closed_at_ms: f.closed_at_ms,
+        reviews_held: f.reviews_held,
+        contacts_discharged: f.contacts_discharged,
+        contacts_late: f.contacts_late,
+        acknowledgements: f.acknowledgements,
         case_id: f.case_id,
         subject_ref: f.subject_ref,
         referral_at_ms: f.referral_at_ms,

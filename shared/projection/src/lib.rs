@@ -14,10 +14,12 @@ mod probation;
 mod reviews;
 mod store;
 
-pub use advocacy::{Advocacy, AdvocacyRow, ContactDue, PlanSummary, VictimAlert, advocacy_rows, working_days_after};
+pub use advocacy::{
+    Advocacy, AdvocacyRow, ContactDue, PlanSummary, VictimAlert, advocacy_row, advocacy_rows, working_days_after,
+};
 pub use breaches::{BreachBoard, BreachRow, CoverageRow, Watch, breach, breach_board, coverage_rows};
 pub use case_board::{CaseBoard, CaseRow, ScreeningItem, screening_queue};
-pub use evaluation::{Evaluation, OutcomeRow, outcome_rows};
+pub use evaluation::{Acknowledged, Evaluation, OutcomeRow, ReviewHeld, Screened, outcome_rows};
 pub use probation::{ProbationCaseload, ProbationRow, RiskChange, probation_caseload};
 pub use reviews::{DUE_WINDOW_MS, REVIEWS, ReviewSchedule, ReviewStatus, ScheduledReview, review_schedule};
 pub use store::{

@@ -186,6 +186,7 @@ mod tests {
                 outcome: "stable".into(),
             }),
             clinical: None,
+            figures: None,
         };
         let reviews = fold(&[
             (

@@ -63,6 +63,7 @@ fn log_of(cast: &Cast, n: usize) -> Vec<(u64, String, Vec<u8>)> {
                     criteria: vec!["FOUR".into()],
                     rationale: "fixated".into(),
                 }),
+                figures: None,
             }),
             2 => pb::event_draft::Event::RiskAssessed(pb::RiskAssessed {
                 summary: Some(pb::RiskSummary {
