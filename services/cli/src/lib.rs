@@ -12,6 +12,7 @@ mod policy_cmd;
 mod producer_state;
 mod project;
 mod replay;
+mod report;
 mod retention;
 
 use std::path::PathBuf;
@@ -206,6 +207,36 @@ pub enum Command {
     /// The log's servers.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Reports from a party's own view.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+/// `hru report` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// The unit's evaluation: HTML with SVG charts, a CSV per table (small numbers suppressed)
+    /// and the pseudonymised extract, from the evaluation party's own view of the log.
+    Evaluation {
+        /// The reading party (it must receive facts for the evaluation purpose).
+        #[arg(long)]
+        party: String,
+        /// Directory with the party's secret key file.
+        #[arg(long)]
+        keys: PathBuf,
+        /// First day of referrals included (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day of referrals included (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        to: Option<String>,
+        /// Figures as of this time (RFC 3339; default now): windows not closed by then are open.
+        #[arg(long)]
+        at: Option<String>,
+        /// Directory to write (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `hru node` subcommands.
@@ -1065,6 +1096,28 @@ pub async fn run(cli: Cli) -> ExitCode {
             keys,
             format,
         }) => audit::access(&broker, &cli.policies, &party, &keys, &case, format).await,
+        Command::Report(ReportCommand::Evaluation {
+            party,
+            keys,
+            from,
+            to,
+            at,
+            out,
+        }) => {
+            report::evaluation(
+                &broker,
+                report::EvaluationArgs {
+                    policies: &cli.policies,
+                    party: &party,
+                    keys: &keys,
+                    from: from.as_deref(),
+                    to: to.as_deref(),
+                    out: &out,
+                    at: at.as_deref(),
+                },
+            )
+            .await
+        }
         Command::Project {
             party,
             keys,

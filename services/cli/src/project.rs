@@ -61,6 +61,62 @@ pub(crate) async fn run(
             names.join(", ")
         );
     }
+    let Folded {
+        projector,
+        last,
+        read,
+        refused,
+        resume,
+    } = fold(nats, policies_dir, &party, keys_dir, store_dir, only, wipe, at_ms).await?;
+    for p in projector.projections() {
+        println!(
+            "{}\tv{}\tthrough {last}\tdigest {}",
+            p.name(),
+            p.version(),
+            hex::encode(projector.store.digest(p)?)
+        );
+    }
+    eprintln!(
+        "{} events read ({refused} refused by the read path), folding resumed after sequence {}",
+        read,
+        resume.saturating_sub(1)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a fold did.
+pub(crate) struct Folded {
+    /// The projector, its store flushed.
+    pub projector: Projector,
+    /// The last sequence read.
+    pub last: u64,
+    /// Entries read.
+    pub read: usize,
+    /// Entries the read path refused.
+    pub refused: usize,
+    /// Where folding resumed.
+    pub resume: u64,
+}
+
+/// Fold the log into `party`'s projections (only `only`, if given) in the store at
+/// `store_dir`, as of `at_ms`; `wipe` folds from sequence 1.
+#[allow(clippy::too_many_arguments)] // one per command-line option
+pub(crate) async fn fold(
+    nats: &crate::Broker,
+    policies_dir: &Path,
+    party: &PartyId,
+    keys_dir: &Path,
+    store_dir: &Path,
+    only: Option<&str>,
+    wipe: bool,
+    at_ms: i64,
+) -> anyhow::Result<Folded> {
+    let party = party.clone();
+    let directory = policies::directory(policies_dir)?;
+    let projections: Vec<Box<dyn Projection>> = role_projections(policies_dir, &directory, &party)?
+        .into_iter()
+        .filter(|p| only.is_none_or(|n| n == p.name()))
+        .collect();
     let deployment = hru_runtime::Deployment::load(policies_dir)?;
     let log = nats.log().await?;
     // The read path, with the log's key events and legal holds' grants read ahead (those
@@ -137,18 +193,11 @@ pub(crate) async fn run(
     }
     bar.finish_and_clear();
     projector.store.flush()?;
-    for p in projector.projections() {
-        println!(
-            "{}\tv{}\tthrough {last}\tdigest {}",
-            p.name(),
-            p.version(),
-            hex::encode(projector.store.digest(p)?)
-        );
-    }
-    eprintln!(
-        "{} events read ({refused} refused by the read path), folding resumed after sequence {}",
+    Ok(Folded {
+        projector,
+        last,
         read,
-        resume.saturating_sub(1)
-    );
-    Ok(ExitCode::SUCCESS)
+        refused,
+        resume,
+    })
 }

@@ -45,7 +45,7 @@ fn weekend(d: Date) -> bool {
 
 fn england_and_wales(y: i16) -> BTreeSet<Date> {
     let mut days = BTreeSet::new();
-    let mut fixed = |d: Date, days: &mut BTreeSet<Date>| {
+    let fixed = |d: Date, days: &mut BTreeSet<Date>| {
         let mut at = d;
         while weekend(at) || days.contains(&at) {
             at = at.tomorrow().unwrap();
