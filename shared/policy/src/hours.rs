@@ -19,6 +19,7 @@ pub(crate) struct RawHours {
     pub(crate) open: Spanned<String>,
     pub(crate) close: Spanned<String>,
     pub(crate) bank_holidays_source: Spanned<String>,
+    pub(crate) bank_holidays_from: Spanned<String>,
     pub(crate) bank_holidays_through: Spanned<String>,
     #[serde(default)]
     pub(crate) bank_holidays: Vec<Spanned<String>>,
@@ -40,6 +41,8 @@ pub struct Hours {
     pub bank_holidays: BTreeSet<Date>,
     /// Where the bank holiday list comes from.
     pub bank_holidays_source: String,
+    /// The first day the list covers.
+    pub bank_holidays_from: Date,
     /// The last day the list covers.
     pub bank_holidays_through: Date,
 }
@@ -124,6 +127,17 @@ impl Hours {
                 "name where the list comes from, e.g. https://www.gov.uk/bank-holidays (England and Wales)",
             ));
         }
+        let from = raw.bank_holidays_from.get_ref().parse::<Date>().ok();
+        if from.is_none() {
+            problems.push(bad(
+                &raw.bank_holidays_from,
+                format!(
+                    "hours.bank_holidays_from `{}` is not a date",
+                    raw.bank_holidays_from.get_ref()
+                ),
+                "write dates as YYYY-MM-DD",
+            ));
+        }
         let through = raw.bank_holidays_through.get_ref().parse::<Date>().ok();
         if through.is_none() {
             problems.push(bad(
@@ -142,6 +156,11 @@ impl Hours {
                     h,
                     format!("bank holiday {d} is after bank_holidays_through"),
                     "raise bank_holidays_through to cover every listed day",
+                )),
+                Ok(d) if from.is_some_and(|f| d < f) => problems.push(bad(
+                    h,
+                    format!("bank holiday {d} is before bank_holidays_from"),
+                    "lower bank_holidays_from to cover every listed day",
                 )),
                 Ok(d) if !bank_holidays.insert(d) => problems.push((
                     h.span(),
@@ -175,8 +194,8 @@ impl Hours {
                 Some(_) => {}
             }
         }
-        match (tz, open, close, through) {
-            (Ok(tz), Some(open), Some(close), Some(through)) if problems.is_empty() => Ok(Hours {
+        match (tz, open, close, from, through) {
+            (Ok(tz), Some(open), Some(close), Some(from), Some(through)) if problems.is_empty() => Ok(Hours {
                 time_zone: raw.time_zone.into_inner(),
                 tz,
                 days,
@@ -184,10 +203,16 @@ impl Hours {
                 close,
                 bank_holidays,
                 bank_holidays_source: raw.bank_holidays_source.into_inner(),
+                bank_holidays_from: from,
                 bank_holidays_through: through,
             }),
             _ => Err(problems),
         }
+    }
+
+    /// Whether the bank holiday list covers `date` (outside it, only days and times decide).
+    pub fn covers(&self, date: Date) -> bool {
+        date >= self.bank_holidays_from && date <= self.bank_holidays_through
     }
 
     /// Whether `date` is a working day: a working weekday that is not a bank holiday.
@@ -232,7 +257,7 @@ mod tests {
     fn hours(extra: &str) -> Result<Hours, Vec<HoursProblem>> {
         let text = format!(
             "time_zone = \"Europe/London\"\ndays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\nopen = \"08:00\"\n\
-             close = \"16:00\"\nbank_holidays_source = \"gov.uk\"\nbank_holidays_through = \"2028-12-31\"\n{extra}"
+             close = \"16:00\"\nbank_holidays_source = \"gov.uk\"\nbank_holidays_from = \"2025-01-01\"\nbank_holidays_through = \"2028-12-31\"\n{extra}"
         );
         let raw: RawHours = toml::from_str(&text).unwrap();
         Hours::compile(raw, Some(ms("2029-01-01T00:00:00Z")))
@@ -277,7 +302,7 @@ mod tests {
         assert!(why("bank_holidays = [\"25/12/2026\"]").contains("is not a date"));
         let raw: RawHours = toml::from_str(
             "time_zone = \"Europe/Lundun\"\ndays = [\"mon\", \"fry\"]\nopen = \"16:00\"\nclose = \"08:00\"\n\
-             bank_holidays_source = \"\"\nbank_holidays_through = \"2027-12-31\"",
+             bank_holidays_source = \"\"\nbank_holidays_from = \"2025-01-01\"\nbank_holidays_through = \"2027-12-31\"",
         )
         .unwrap();
         let all: Vec<String> = Hours::compile(raw, Some(ms("2029-01-01T00:00:00Z")))

@@ -36,8 +36,11 @@ pub fn charts(f: &Figures) -> Result<Vec<(&'static str, &'static str, String)>, 
     Ok(out)
 }
 
-/// Bars with labels under them and, where given, a whisker from low to high.
-fn bars(svg: &mut String, bars: &[(String, f64, Option<(f64, f64)>)], y_desc: &str) -> Drawn {
+/// One bar: its label, its height and, where given, a whisker from low to high.
+type Bar = (String, f64, Option<(f64, f64)>);
+
+/// Bars with labels under them and their whiskers.
+fn bars(svg: &mut String, bars: &[Bar], y_desc: &str) -> Drawn {
     let root = SVGBackend::with_string(svg, (W, H)).into_drawing_area();
     root.fill(&WHITE)?;
     let n = u32::try_from(bars.len()).unwrap_or(u32::MAX).max(1);

@@ -236,7 +236,8 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
     // Time from referral to screening, charge decision and closure.
     let mut time_rows = Vec::new();
     let mut times = Vec::new();
-    let stages: [(&str, fn(&OutcomeRow) -> Option<i64>); 3] = [
+    type Stage = (&'static str, fn(&OutcomeRow) -> Option<i64>);
+    let stages: [Stage; 3] = [
         ("screening", |r| r.screening.map(|s| s.at_ms)),
         ("charge decision", |r| r.charge_decided_at_ms),
         ("case closure", |r| r.closed_at_ms),
