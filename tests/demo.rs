@@ -1,6 +1,7 @@
 //! `hru demo --non-interactive --hold` plays the whole case, prints what each party sees, and
 //! keeps the control room's page served: an operator signs in at the demo's identity provider
-//! in Debian's chromium and sees the case's breaches on the board and the map.
+//! in Debian's chromium and sees the case's breaches on the board and the map; the demo ends
+//! by writing the evaluation report for its case load.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -83,7 +84,7 @@ fn the_demo_plays_the_case_to_a_clean_audit_and_serves_the_control_rooms_page() 
         "probation        sees ReferralReceived: core; cannot see identity, narrative (not shared with probation)",
         "mersey-care      sees RiskAssessed: summary, clinical",
         "cwp              sees RiskAssessed: summary, clinical",
-        "evaluation       refused: cheshire-hru v1 has no [[call]] rule letting evaluation call CaseService/GetCase",
+        "evaluation       refused: cheshire-hru v2 has no [[call]] rule letting evaluation call CaseService/GetCase",
         "evaluation (pseudonymous): interventions [\"INTERVENTION_KIND_THERAPEUTIC\"], 6 months after the intervention: window still open",
         "police-hru       sees RiskAssessed: summary; cannot see clinical (not shared with police-hru)",
         "control room ← BREACH_KIND_PROXIMITY_WARNING BREACH_STATE_OPENED",
@@ -96,4 +97,23 @@ fn the_demo_plays_the_case_to_a_clean_audit_and_serves_the_control_rooms_page() 
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+    // The demo ends by writing the evaluation report for its case load, and says where.
+    let index = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("evaluation report: "))
+        .unwrap_or_else(|| panic!("the demo prints where the report is:\n{text}"));
+    let index = std::path::Path::new(index);
+    let dir = index.parent().unwrap();
+    for file in [
+        "index.html",
+        "reoffending.csv",
+        "referrals_summary.csv",
+        "extract.csv",
+        "reoffending.svg",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} in {}", dir.display());
+    }
+    let summary = std::fs::read_to_string(dir.join("referrals_summary.csv")).unwrap();
+    assert!(summary.contains("referrals,<5"), "one referral, suppressed: {summary}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -333,9 +333,12 @@ fn deployment(
     let keys = dir.join("keys");
     std::fs::create_dir_all(&policies)?;
     std::fs::create_dir_all(&keys)?;
+    // Both versions of the agreement: version 2 is in force, version 1 stays for what it sealed.
     let source = policies_dir.join("cheshire-hru.toml");
     let text = std::fs::read_to_string(&source).with_context(|| format!("{}", source.display()))?;
     std::fs::write(policies.join("cheshire-hru.toml"), &text)?;
+    let v2 = policies_dir.join("cheshire-hru-v2.toml");
+    std::fs::copy(&v2, policies.join("cheshire-hru-v2.toml")).with_context(|| format!("{}", v2.display()))?;
     let parties: Vec<PartyId> = CompiledIsa::compile(&text, "cheshire-hru.toml", None)
         .map_err(|e| anyhow!("{e}"))?
         .parties
@@ -364,7 +367,11 @@ fn deployment(
     hru_runtime::deployment::write_private(&keys.join(format!("device.{VICTIM_DEVICE}.secret")), &phone.to_toml())?;
     std::fs::write(policies.join("directory.toml"), &directory_text)?;
     let directory = Directory::from_toml(&directory_text, "directory.toml")?;
-    let isa = CompiledIsa::compile(&text, "cheshire-hru.toml", Some(&directory)).map_err(|e| anyhow!("{e}"))?;
+    let isa = hru_policy::PolicySet::load_dir(&policies, Some(&directory))
+        .map_err(|e| anyhow!("{e}"))?
+        .in_force("cheshire-hru", jiff::Timestamp::now().as_millisecond())
+        .cloned()
+        .ok_or_else(|| anyhow!("no version of the agreement is in force today"))?;
     let ca = tls::new_ca("HRU demo CA")?;
     std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
     for (party, ..) in NODES {
@@ -945,6 +952,32 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
             report.findings.len()
         );
     }
+
+    demo.heading("The evaluation report, from the evaluators' own node");
+    let rows: Vec<hru_projection::OutcomeRow> = demo
+        .list("evaluation", "outcomes")
+        .await?
+        .iter()
+        .map(|row| serde_json::from_str(row))
+        .collect::<Result<_, _>>()?;
+    let now = jiff::Timestamp::now();
+    let out = std::env::temp_dir().join(format!("hru-demo-report-{}", now.strftime("%Y%m%dT%H%M%SZ")));
+    let written = hru_report::write(
+        &rows,
+        &hru_report::Heading {
+            period: "the demo's case load",
+            at_ms: now.as_millisecond(),
+            party: "evaluation",
+        },
+        &out,
+    )?;
+    println!(
+        "  {} referral(s): {} tables as CSV (small numbers shown as <5), {} charts, the pseudonymised extract",
+        rows.len(),
+        written.tables,
+        written.charts
+    );
+    println!("  evaluation report: {}", written.index.display());
 
     if hold {
         if let Some(page) = &page {

@@ -82,3 +82,106 @@ pub(crate) fn derive(
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const V1: &str = include_str!("../../../policies/cheshire-hru.toml");
+    const V2: &str = include_str!("../../../policies/cheshire-hru-v2.toml");
+
+    fn referral(received_at_ms: i64, out_of_hours: bool) -> Event {
+        Event::ReferralReceived(pb::ReferralReceived {
+            core: Some(pb::ReferralCore {
+                subject_ref: vec![1; 32],
+                behaviours: vec![pb::Behaviour::Stalking as i32],
+                area: "Crewe".into(),
+                received_at_ms,
+                out_of_hours,
+                crime_reference: String::new(),
+            }),
+            identity: None,
+            narrative: None,
+        })
+    }
+
+    fn screening() -> Event {
+        Event::ScreeningCompleted(pb::ScreeningCompleted {
+            core: Some(pb::ScreeningCore {
+                primacy_taken: true,
+                criteria: vec!["fixated".into(), "repeated".into()],
+                rationale: "names the victim".into(),
+            }),
+            figures: None,
+        })
+    }
+
+    fn ms(s: &str) -> i64 {
+        s.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn the_node_decides_out_of_hours_by_the_agreements_hours_whatever_the_caller_says() {
+        let v2 = CompiledIsa::compile(V2, "v2", None).unwrap();
+        let police: PartyId = "police-hru".parse().unwrap();
+        let out_of_hours = |at: &str, said: bool| {
+            let mut e = referral(ms(at), said);
+            derive(&v2, &police, &mut e, ms(at), || (0, 0));
+            match e {
+                Event::ReferralReceived(r) => r.core.unwrap().out_of_hours,
+                _ => unreachable!(),
+            }
+        };
+        // Thursday 10:00 in London, said out of hours: in hours.
+        assert!(!out_of_hours("2026-12-03T10:00:00Z", true));
+        // Saturday, Christmas Day 2025, a weekday evening, said in hours: out of hours.
+        assert!(out_of_hours("2026-12-05T10:00:00Z", false));
+        assert!(out_of_hours("2025-12-25T10:00:00Z", false));
+        assert!(out_of_hours("2026-12-03T17:30:00Z", false));
+        // Version 1 states no hours: what the caller says is kept.
+        let v1 = CompiledIsa::compile(V1, "v1", None).unwrap();
+        let mut e = referral(ms("2026-12-05T10:00:00Z"), false);
+        derive(&v1, &police, &mut e, 0, || (0, 0));
+        assert!(matches!(e, Event::ReferralReceived(r) if r.core.as_ref().is_some_and(|c| !c.out_of_hours)));
+    }
+
+    #[test]
+    fn figures_are_written_only_where_the_agreement_shares_them_and_never_taken_from_the_caller() {
+        let police: PartyId = "police-hru".parse().unwrap();
+        let v2 = CompiledIsa::compile(V2, "v2", None).unwrap();
+        let mut e = screening();
+        derive(&v2, &police, &mut e, 1_800_000_000_000, || (0, 0));
+        let Event::ScreeningCompleted(s) = &e else {
+            unreachable!()
+        };
+        assert_eq!(
+            s.figures,
+            Some(pb::ScreeningFigures {
+                primacy_taken: true,
+                criteria_met: 2,
+                screened_at_ms: 1_800_000_000_000
+            })
+        );
+        let v1 = CompiledIsa::compile(V1, "v1", None).unwrap();
+        let mut e = screening();
+        derive(&v1, &police, &mut e, 1_800_000_000_000, || (0, 0));
+        assert!(
+            matches!(e, Event::ScreeningCompleted(s) if s.figures.is_none()),
+            "v1 cannot seal figures"
+        );
+        // A caller's own figures are refused, naming the field.
+        let mut forged = screening();
+        if let Event::ScreeningCompleted(s) = &mut forged {
+            s.figures = Some(pb::ScreeningFigures::default());
+        }
+        let refused = refuse_supplied(&forged).unwrap_err();
+        assert!(
+            refused.message().contains("draft.ScreeningCompleted.figures"),
+            "{}",
+            refused.message()
+        );
+        assert!(refuse_supplied(&screening()).is_ok());
+    }
+}

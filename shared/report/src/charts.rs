@@ -3,7 +3,7 @@
 
 use plotters::prelude::*;
 
-use super::figures::Figures;
+use crate::figures::Figures;
 
 const W: u32 = 760;
 const H: u32 = 360;
