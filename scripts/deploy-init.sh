@@ -37,7 +37,9 @@ fi
 
 mkdir -p "$OUT/keys" "$OUT/policies" "$OUT/nats" "$OUT/tls"
 chmod 700 "$OUT/keys" "$OUT/tls" "$OUT/nats"
-cp "$AGREEMENT" "$OUT/policies/"
+# Every version of the agreement: the newest in force governs what is sealed from now on, the
+# older ones what they sealed.
+cp "$ROOT"/policies/cheshire-hru*.toml "$OUT/policies/"
 
 # Every party of the agreement, then the broker's operators. A node party's block also lists
 # its own CA, which alone may issue certificates naming that party.
