@@ -88,7 +88,7 @@ fn month(ms: i64) -> String {
 #[derive(Debug, Clone)]
 struct Case {
     id: uuid::Uuid,
-    subject: [u8; 32],
+    subject: pb::PersonIdentity,
     area: &'static str,
     behaviours: Vec<usize>,
     received: i64,
@@ -213,8 +213,17 @@ fn generate() -> Vec<Case> {
             } else {
                 None
             };
-            let mut subject = [0u8; 32];
-            rng.fill(&mut subject);
+            // A person by name and date of birth, or (one in five) by PNC number.
+            let subject = pb::PersonIdentity {
+                full_name: format!("Subject {i}"),
+                date_of_birth: format!("19{}-0{}-1{}", 60 + i % 40, 1 + i % 9, i % 10),
+                pnc_number: if i % 5 == 0 {
+                    format!("{:02}/{}A", i % 100, 100_000 + i)
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            };
             Case {
                 id: uuid::Uuid::from_u128(0x0e7a_0000_0000_4000_8000_0000_0000_0000 | i as u128),
                 subject,
@@ -243,7 +252,8 @@ fn facts(c: &Case) -> Vec<(&'static str, i64, pb::event_draft::Event)> {
         c.received,
         E::ReferralReceived(pb::ReferralReceived {
             core: Some(pb::ReferralCore {
-                subject_ref: c.subject.to_vec(),
+                // The node derives it from the identity (clause 3.6).
+                subject_ref: Vec::new(),
                 behaviours: c
                     .behaviours
                     .iter()
@@ -256,10 +266,7 @@ fn facts(c: &Case) -> Vec<(&'static str, i64, pb::event_draft::Event)> {
                 crime_reference: String::new(),
             }),
             identity: Some(pb::ReferralIdentity {
-                subject: Some(pb::PersonIdentity {
-                    full_name: format!("Subject {}", c.id),
-                    ..Default::default()
-                }),
+                subject: Some(c.subject.clone()),
                 victim: None,
             }),
             narrative: None,
@@ -345,7 +352,8 @@ fn facts(c: &Case) -> Vec<(&'static str, i64, pb::event_draft::Event)> {
             t,
             E::ReoffenceRecorded(pb::ReoffenceRecorded {
                 core: Some(pb::ReoffenceCore {
-                    subject_ref: c.subject.to_vec(),
+                    // The node takes the case's subject reference.
+                    subject_ref: Vec::new(),
                     offence: "harassment".into(),
                     occurred_at_ms: t,
                 }),
@@ -698,6 +706,20 @@ fn the_evaluation_report_from_a_synthetic_two_year_caseload_matches_the_generato
     )
     .unwrap();
     let cases = generate();
+    let keys = path(world.dir.path(), "keys");
+    succeeded(
+        &world.run(&[
+            "keys",
+            "linkage",
+            "--party",
+            "police-hru",
+            "--keys",
+            &keys,
+            "--reason",
+            "first key",
+        ]),
+        "grant the linkage key",
+    );
     let recorders = ["police-hru", "cwp", "victim-advocacy", "police-control"];
     let nodes: Vec<NodeProcess> = recorders.iter().map(|p| world.start_node(p, "")).collect();
     let rt = hru_tests::runtime();
@@ -761,7 +783,6 @@ fn the_evaluation_report_from_a_synthetic_two_year_caseload_matches_the_generato
 
     // The report, as the evaluation party.
     let out = world.dir.path().join("report");
-    let keys = path(world.dir.path(), "keys");
     let report = world.run(&[
         "report",
         "evaluation",
@@ -788,9 +809,28 @@ fn the_evaluation_report_from_a_synthetic_two_year_caseload_matches_the_generato
     assert_eq!(extract.len(), CASES, "one extract row per case");
     let all = std::fs::read_to_string(out.join("extract.csv")).unwrap();
     assert!(!all.contains("Subject "), "no identity in the extract");
+    let key = rt.block_on(async {
+        let log = hru_log::EventLog::open(&world.url(), None, 1).await.unwrap();
+        let (directory, _) = world.deployment();
+        let grants = hru_log::linkage::grants(
+            hru_log::SharedLog::reader(&log),
+            &directory,
+            "cheshire-hru",
+            &"police-hru".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("police-hru")).unwrap()
+    });
     for c in &cases {
         let row = extract.iter().find(|r| r[0] == c.id.to_string()).unwrap();
-        assert_eq!(row[1], hex::encode(c.subject), "{}", c.id);
+        let reference = key.reference(&hru_envelope::subject_identifier(&c.subject).unwrap());
+        assert_eq!(
+            row[1],
+            hex::encode(reference),
+            "the node derived the subject reference: {}",
+            c.id
+        );
         assert_eq!(
             row[5],
             if c.out_of_hours { "yes" } else { "no" },

@@ -420,6 +420,43 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
         secrets.len() - 1
     );
 
+    // The police HRU, custodian of the agreement's subject-linkage key, grants it to its holders.
+    if let Some(linkage) = &isa.linkage {
+        let police = secret(linkage.custodian.as_str()).ok_or_else(|| anyhow!("no keys for the linkage custodian"))?;
+        let police_log = PartyView::open(&url, Some(&police.broker_identity()), &police.party).await?;
+        let mut police_producer = Producer::open(
+            &dir.join("data-linkage"),
+            ProducerId {
+                party: police.party.clone(),
+                instance: "linkage".into(),
+            },
+            police.signing.clone(),
+            &police_log,
+            &directory,
+        )
+        .await?;
+        let holders: Vec<_> = linkage
+            .holders
+            .iter()
+            .filter_map(|h| directory.party(h).map(|e| (h.clone(), e.encryption.clone())))
+            .collect();
+        let (_, generation) = hru_log::linkage::grant_next(
+            &mut police_producer,
+            &police_log,
+            &directory,
+            &isa.id,
+            &holders,
+            "first key",
+            &isa,
+        )
+        .await?;
+        println!(
+            "  linkage key generation {generation} granted by {} to {}",
+            linkage.custodian,
+            holders.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+
     // The control room's page, with a local identity provider its operators sign in at.
     let page = ControlRoomPage::start(dir)?;
 
@@ -529,7 +566,8 @@ async fn play(policies_dir: &Path, interactive: bool, hold: bool) -> anyhow::Res
         "police-hru",
         pb::event_draft::Event::ReferralReceived(pb::ReferralReceived {
             core: Some(pb::ReferralCore {
-                subject_ref: vec![0x5a; 32],
+                // Left empty: the node derives it from the subject's identity (clause 3.6).
+                subject_ref: Vec::new(),
                 behaviours: vec![pb::Behaviour::Stalking as i32, pb::Behaviour::Online as i32],
                 area: "Cheshire West".into(),
                 received_at_ms: jiff::Timestamp::now().as_millisecond(),

@@ -7,6 +7,7 @@ mod device;
 mod explain;
 mod field;
 mod keys;
+mod linkage;
 mod policies;
 mod policy_cmd;
 mod producer_state;
@@ -448,6 +449,19 @@ pub enum KeysCommand {
         /// The party's data controller, for the directory entry.
         #[arg(long, default_value = "")]
         controller: String,
+    },
+    /// Grant the agreement's subject-linkage key to its holders (as its custodian), or the next
+    /// generation to rotate it: a signed LinkageKeyGranted event (decision 020).
+    Linkage {
+        /// The custodian party.
+        #[arg(long)]
+        party: String,
+        /// Directory with `<party>.secret`.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Why: "first key", or what a rotation answers.
+        #[arg(long)]
+        reason: String,
     },
     /// Replace all three keys of a party (signing, X25519, nkey): KeyRotated events signed by
     /// the old key; prints the party's new directory block.
@@ -913,6 +927,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             device::alerts(&cli.nats, &cli.policies, &device, &keys, wait_s).await
         }
         Command::Keys(KeysCommand::Rotate { party, keys }) => keys::rotate(&broker, &cli.policies, &party, &keys).await,
+        Command::Keys(KeysCommand::Linkage { party, keys, reason }) => {
+            linkage::grant(&broker, &cli.policies, &party, &keys, &reason).await
+        }
         Command::Keys(KeysCommand::Periods { party, keys, replace }) => {
             retention::hold_periods(&broker, &cli.policies, &party, &keys, replace).await
         }

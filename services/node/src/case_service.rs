@@ -99,16 +99,14 @@ impl CaseApi {
         let case: CaseId = case_text
             .parse()
             .map_err(|e: hru_domain::FieldError| Status::invalid_argument(format!("draft.{e}")))?;
-        let event = event.ok_or_else(|| Status::invalid_argument("field `draft.event` is missing"))?;
+        let mut event = event.ok_or_else(|| Status::invalid_argument("field `draft.event` is missing"))?;
         if let Some(by) = machinery_only(&event) {
             return Err(Status::invalid_argument(format!("field `draft.event`: {by}")));
         }
-        let typed = CaseEvent::try_from(event.clone()).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?;
-        // A zone's geometry is checked at the door, as the geofence will read it.
-        if let CaseEvent::ZoneDefined { core: Some(zone) } = &typed {
-            hru_domain::zone::Zone::parse(zone, None)
-                .map_err(|e| Status::invalid_argument(format!("draft.ZoneDefined.core.{}: {}", e.field, e.problem)))?;
-        }
+        crate::figures::refuse_supplied(&event)?;
+        let isa = self.shared.agreement()?;
+        // A referral's subject reference is the node's to derive (decision 020).
+        self.shared.link_referral(isa, &mut event).await?;
         let now = jiff::Timestamp::now().as_millisecond();
         let occurred = if occurred_at.is_empty() {
             now
@@ -118,7 +116,6 @@ impl CaseApi {
                 .map_err(|e| Status::invalid_argument(format!("field `draft.occurred_at` is not RFC 3339 ({e})")))?
                 .as_millisecond()
         };
-        crate::figures::refuse_supplied(&event)?;
         let (event_type, sections) = split_draft(event.clone());
         let size: usize = sections.iter().map(|s| s.bytes.len()).sum();
         if size > MAX_EVENT_BYTES {
@@ -128,7 +125,6 @@ impl CaseApi {
                  and record a reference"
             )));
         }
-        let isa = self.shared.agreement()?;
         for s in &sections {
             isa.audience(&caller.party, event_type, s.name)
                 .map_err(|r| Status::permission_denied(r.0))?;
@@ -140,10 +136,17 @@ impl CaseApi {
                 "the case is at version {version}, not {expected_version}; re-read it and try again"
             )));
         }
+        // A reoffence takes its case's subject reference (decision 020).
+        crate::linkage::link_reoffence(isa, &history, &mut event)?;
+        let typed = CaseEvent::try_from(event.clone()).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?;
+        // A zone's geometry is checked at the door, as the geofence will read it.
+        if let CaseEvent::ZoneDefined { core: Some(zone) } = &typed {
+            hru_domain::zone::Zone::parse(zone, None)
+                .map_err(|e| Status::invalid_argument(format!("draft.ZoneDefined.core.{}: {}", e.field, e.problem)))?;
+        }
         let facts = crate::decide::facts(&history);
         crate::decide::record(&facts, &typed).map_err(crate::decide::refusal_status)?;
         // What the node itself writes: out of hours by the agreement's hours, and the figures.
-        let mut event = event;
         crate::figures::derive(isa, &caller.party, &mut event, occurred, || {
             self.shared
                 .projector

@@ -11,6 +11,7 @@ pub mod config;
 mod decide;
 mod figures;
 mod geofence_watch;
+mod linkage;
 pub mod metrics;
 mod page;
 pub mod partner;
@@ -90,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) projector: Mutex<Projector>,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) secrets: PartySecrets,
+    /// The newest subject-linkage key this party holds, and when it was read (decision 020).
+    pub(crate) linkage: tokio::sync::Mutex<Option<(hru_envelope::LinkageKey, std::time::Instant)>>,
     pub(crate) views: Vec<View>,
     pub(crate) partners: std::collections::BTreeMap<PartyId, String>,
     pub(crate) client_tls: ClientTlsConfig,
@@ -239,6 +242,7 @@ pub async fn run(
         projector: Mutex::new(projector),
         metrics: metrics.clone(),
         secrets,
+        linkage: tokio::sync::Mutex::new(None),
         views,
         partners: config
             .partners

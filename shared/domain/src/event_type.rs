@@ -126,7 +126,7 @@ event_types! {
         CaseClosed => [core],
         AccessLogged => [core],
     }
-    public { PolicyAdopted, KeyGranted, KeyRotated, KeyRevoked, EpochKeyDestroyed, PeriodKeysPublished, LegalHoldPlaced, LegalHoldReleased, GatewayRetired, ChainCheckpoint, CheckpointWitnessed }
+    public { PolicyAdopted, KeyGranted, KeyRotated, KeyRevoked, EpochKeyDestroyed, PeriodKeysPublished, LegalHoldPlaced, LegalHoldReleased, GatewayRetired, ChainCheckpoint, CheckpointWitnessed, LinkageKeyGranted }
 }
 
 impl EventType {

@@ -10,6 +10,7 @@ mod detached;
 mod error;
 mod hold;
 mod keys;
+mod linkage;
 mod open;
 mod period;
 mod primitives;
@@ -31,6 +32,7 @@ pub use keys::{
     DeviceSecret, Directory, DirectoryError, EncryptionKey, PartyEntry, PartySecrets, SigningKeyEntry,
     create_private_dir, key_id,
 };
+pub use linkage::{LinkageKey, identifier as subject_identifier};
 pub use open::{GrantOutcome, KeyRing, OpenedEvent, OpenedSection, VerifiedEnvelope, decode_header, verify};
 pub use period::{PUBLISH_MONTHS, PeriodKeys, PeriodPublic, PeriodsDestroyed, month_at, next_month, published_through};
 pub use primitives::{EpochKey, SIGNATURE_DOMAIN, public_key, unwrap_at_rest, verify_strict, wrap_at_rest};

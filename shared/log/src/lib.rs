@@ -9,6 +9,7 @@ pub mod append;
 pub mod heartbeats;
 pub mod holds;
 mod kept;
+pub mod linkage;
 mod partition;
 pub mod periods;
 mod positions;

@@ -143,6 +143,19 @@ pub struct CompiledIsa {
     pub warnings: Vec<PolicyError>,
     /// The unit's working hours, when the agreement states them.
     pub hours: Option<crate::Hours>,
+    /// Who holds the subject-linkage key, when the agreement has one (decision 020).
+    pub linkage: Option<Linkage>,
+}
+
+/// The agreement's subject-linkage key: who grants and rotates it, and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linkage {
+    /// The party that grants and rotates the key.
+    pub custodian: PartyId,
+    /// The parties the key is sealed to (the custodian among them).
+    pub holders: BTreeSet<PartyId>,
+    /// The clause relied on.
+    pub clause: String,
 }
 
 /// Every gRPC method of the wire contract, as `Service/Method`.
@@ -413,6 +426,7 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
         retention,
         call,
         hours,
+        linkage,
     } = raw;
     let agreement = agreement.into_inner();
 
@@ -879,6 +893,47 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
         }
     });
 
+    // [linkage]
+    let linkage = linkage.and_then(|l| {
+        let custodian = c.party(&l.custodian, &parties);
+        let mut holders = BTreeSet::new();
+        for h in &l.holders {
+            if let Some(p) = c.party(h, &parties) {
+                let role = parties.get(&p).map(|i| i.role);
+                if matches!(
+                    role,
+                    Some(Role::Evaluation | Role::EmVendor | Role::Geofence | Role::ControlRoom)
+                ) {
+                    c.push(
+                        h.span(),
+                        ErrorKind::Contradiction,
+                        format!(
+                            "{p} ({}) may not hold the linkage key: with it, a guess at who a subject reference is can be tested",
+                            role.map_or("?", Role::name)
+                        ),
+                        "hold the key only where identities are recorded anyway (police, probation, health, advocacy)",
+                    );
+                }
+                holders.insert(p);
+            }
+        }
+        let clause_ok = c.clause(&l.clause, &clauses);
+        let custodian = custodian?;
+        if !holders.contains(&custodian) {
+            c.push(
+                l.custodian.span(),
+                ErrorKind::BadValue,
+                format!("the custodian {custodian} is not among the holders"),
+                "list the custodian in holders: it derives references too",
+            );
+        }
+        clause_ok.then(|| Linkage {
+            custodian,
+            holders,
+            clause: l.clause.into_inner(),
+        })
+    });
+
     CompiledIsa {
         id: agreement.id.into_inner(),
         version: version.unwrap_or(0),
@@ -897,5 +952,6 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
         default_retention: default_retention.unwrap_or(Retention::Months(72)),
         warnings,
         hours,
+        linkage,
     }
 }

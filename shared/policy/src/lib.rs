@@ -14,7 +14,7 @@ mod names;
 mod set;
 
 pub use broker::MissingNkey;
-pub use compile::{CallGrant, CallRefused, Callee, CompiledIsa, Receipt};
+pub use compile::{CallGrant, CallRefused, Callee, CompiledIsa, Linkage, Receipt};
 pub use error::{ErrorKind, PolicyError, PolicyErrors};
 pub use hours::Hours;
 pub use hru_domain::Retention;

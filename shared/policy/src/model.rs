@@ -71,6 +71,16 @@ pub(crate) struct RawIsa {
     pub(crate) call: Vec<Spanned<RawCall>>,
     #[serde(default)]
     pub(crate) hours: Option<crate::hours::RawHours>,
+    #[serde(default)]
+    pub(crate) linkage: Option<RawLinkage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLinkage {
+    pub(crate) custodian: Spanned<String>,
+    pub(crate) holders: Vec<Spanned<String>>,
+    pub(crate) clause: Spanned<String>,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,122 @@
+//! Subject references derived by the node (decision 020): under an agreement with `[linkage]`,
+//! a referral's subject reference is the keyed HMAC of the subject's normalised identifier under
+//! the newest generation of the linkage key this party holds, and a reoffence takes the
+//! reference of its case's referral. The caller never supplies one.
+
+use hru_domain::CaseEvent;
+use hru_envelope::LinkageKey;
+use hru_log::SharedLog as _;
+use hru_policy::CompiledIsa;
+use hru_wire::v1 as pb;
+use pb::event_draft::Event;
+use tonic::Status;
+
+use crate::Shared;
+use crate::case_service::HistoryEntry;
+
+/// How long a node keeps the newest key it read before looking at the log again (a rotation
+/// reaches every holder within this time).
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn supplied(field: &str) -> Status {
+    Status::invalid_argument(format!(
+        "field `draft.{field}` is derived by the node from the subject's identity under the agreement's linkage key \
+         (clause 3.6); leave it empty"
+    ))
+}
+
+impl Shared {
+    /// The newest linkage key this party holds under `isa`, read from the log at most every
+    /// [`REFRESH`].
+    async fn linkage_key(&self, isa: &CompiledIsa) -> Result<LinkageKey, Status> {
+        let Some(linkage) = &isa.linkage else {
+            return Err(Status::failed_precondition("the agreement in force has no linkage key"));
+        };
+        if !linkage.holders.contains(&self.party) {
+            return Err(Status::permission_denied(format!(
+                "{} v{} does not let {} hold the linkage key (clause {}), so it cannot record a subject",
+                isa.id, isa.version, self.party, linkage.clause
+            )));
+        }
+        let mut cached = self.linkage.lock().await;
+        if let Some((key, at)) = cached.as_ref()
+            && at.elapsed() < REFRESH
+        {
+            return Ok(key.clone());
+        }
+        let grants = hru_log::linkage::grants(
+            self.log.reader(),
+            &self.deployment.directory,
+            &isa.id,
+            &linkage.custodian,
+        )
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        let key = hru_log::linkage::newest_key(&grants, &isa.id, &self.secrets).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "no linkage key has been granted to {} yet: the custodian runs `hru keys linkage --party {}`",
+                self.party, linkage.custodian
+            ))
+        })?;
+        *cached = Some((key.clone(), std::time::Instant::now()));
+        Ok(key)
+    }
+
+    /// Derive the referral's subject reference from its identity section, where the agreement
+    /// in force has a linkage key.
+    pub(crate) async fn link_referral(&self, isa: &CompiledIsa, event: &mut Event) -> Result<(), Status> {
+        let Event::ReferralReceived(r) = event else {
+            return Ok(());
+        };
+        if isa.linkage.is_none() {
+            return Ok(());
+        }
+        let Some(core) = r.core.as_mut() else {
+            return Ok(());
+        };
+        if !core.subject_ref.is_empty() {
+            return Err(supplied("ReferralReceived.core.subject_ref"));
+        }
+        let subject = r.identity.as_ref().and_then(|i| i.subject.as_ref()).ok_or_else(|| {
+            Status::invalid_argument(
+                "field `draft.ReferralReceived.identity.subject` is missing: the node derives the subject reference \
+                     from the PNC number, or the full name and date of birth",
+            )
+        })?;
+        let identifier = hru_envelope::subject_identifier(subject)
+            .map_err(|e| Status::invalid_argument(e.within("draft.ReferralReceived.identity.subject").to_string()))?;
+        let key = self.linkage_key(isa).await?;
+        core.subject_ref = key.reference(&identifier).to_vec();
+        Ok(())
+    }
+}
+
+/// A reoffence takes the subject reference of its case's referral, where the agreement in force
+/// has a linkage key.
+pub(crate) fn link_reoffence(isa: &CompiledIsa, history: &[HistoryEntry], event: &mut Event) -> Result<(), Status> {
+    let Event::ReoffenceRecorded(r) = event else {
+        return Ok(());
+    };
+    if isa.linkage.is_none() {
+        return Ok(());
+    }
+    let Some(core) = r.core.as_mut() else {
+        return Ok(());
+    };
+    if !core.subject_ref.is_empty() {
+        return Err(supplied("ReoffenceRecorded.core.subject_ref"));
+    }
+    let subject = history.iter().find_map(|(_, _, e)| match e {
+        CaseEvent::ReferralReceived { core: Some(r), .. } => Some(r.subject_ref),
+        _ => None,
+    });
+    core.subject_ref = subject
+        .ok_or_else(|| {
+            Status::failed_precondition(
+                "the case holds no referral this node can read: a reoffence is recorded on the subject's case, \
+                 whose referral gives its subject reference",
+            )
+        })?
+        .to_vec();
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! Subject references that link (issue 19, item 4; decision 020), on a real nats-server with
+//! real nodes under agreement version 2: the police HRU grants the linkage key to its holders;
+//! the police and CWP record the same person independently, written differently, and get the
+//! same reference; a reoffence the police record links to CWP's case in the evaluators' view;
+//! a reference supplied by the caller is refused; the evaluators hold no key and see no
+//! identity; a rotation grants generation 2 and new references use it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hru_tests::{CHESHIRE_PARTIES, World, path, request, succeeded};
+use hru_wire::v1 as pb;
+use pb::case_service_client::CaseServiceClient;
+use pb::event_draft::Event;
+
+const DAY: i64 = 86_400_000;
+
+fn person(name: &str, dob: &str, pnc: &str) -> pb::PersonIdentity {
+    pb::PersonIdentity {
+        full_name: name.into(),
+        date_of_birth: dob.into(),
+        pnc_number: pnc.into(),
+        ..Default::default()
+    }
+}
+
+fn referral(subject: pb::PersonIdentity, subject_ref: Vec<u8>, received_at_ms: i64) -> Event {
+    Event::ReferralReceived(pb::ReferralReceived {
+        core: Some(pb::ReferralCore {
+            subject_ref,
+            behaviours: vec![pb::Behaviour::Stalking as i32],
+            area: "Cheshire East".into(),
+            received_at_ms,
+            out_of_hours: false,
+            crime_reference: String::new(),
+        }),
+        identity: Some(pb::ReferralIdentity {
+            subject: Some(subject),
+            victim: None,
+        }),
+        narrative: None,
+    })
+}
+
+async fn record(
+    channel: &tonic::transport::Channel,
+    case: uuid::Uuid,
+    version: u64,
+    purpose: &str,
+    event: Event,
+) -> Result<u64, tonic::Status> {
+    CaseServiceClient::new(channel.clone())
+        .record_event(request(
+            pb::RecordEventRequest {
+                draft: Some(pb::EventDraft {
+                    case_id: case.to_string(),
+                    occurred_at: String::new(),
+                    event: Some(event),
+                }),
+                expected_version: version,
+                purpose: purpose.into(),
+            },
+            "caseworker",
+        ))
+        .await
+        .map(|r| r.into_inner().sequence)
+}
+
+#[test]
+fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_without_key_or_identity() {
+    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/cheshire-hru-v2.toml"),
+        world.dir.path().join("policies/cheshire-hru-v2.toml"),
+    )
+    .unwrap();
+    let keys = path(world.dir.path(), "keys");
+    let police_node = world.start_node("police-hru", "");
+    let cwp_node = world.start_node("cwp", "");
+    let evaluation_node = world.start_node("evaluation", "");
+    let rt = hru_tests::runtime();
+    let police = rt.block_on(world.channel(&police_node, "police-hru"));
+    let cwp = rt.block_on(world.channel(&cwp_node, "cwp"));
+    let evaluation = rt.block_on(world.channel(&evaluation_node, "evaluation"));
+    let now = jiff::Timestamp::now().as_millisecond();
+    let (case_a, case_b, case_c) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let sam = || person("Sam O'Neill", "1990-02-03", "");
+
+    // No key granted yet: the node cannot derive a reference, and says who grants it.
+    let refused = rt
+        .block_on(record(
+            &police,
+            case_a,
+            0,
+            "risk-management",
+            referral(sam(), Vec::new(), now - 60 * DAY),
+        ))
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{}", refused.message());
+    assert!(
+        refused.message().contains("hru keys linkage --party police-hru"),
+        "{}",
+        refused.message()
+    );
+
+    // Only the custodian grants it.
+    let not_custodian = world.run(&[
+        "keys",
+        "linkage",
+        "--party",
+        "cwp",
+        "--keys",
+        &keys,
+        "--reason",
+        "first key",
+    ]);
+    assert_eq!(not_custodian.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&not_custodian.stderr).contains("police-hru grants and rotates it"));
+    let granted = succeeded(
+        &world.run(&[
+            "keys",
+            "linkage",
+            "--party",
+            "police-hru",
+            "--keys",
+            &keys,
+            "--reason",
+            "first key",
+        ]),
+        "keys linkage",
+    );
+    assert!(
+        granted.contains("generation 1\tto cwp, mersey-care, police-hru, probation, victim-advocacy"),
+        "{granted}"
+    );
+
+    // A reference supplied by the caller is refused (before this, any 32 bytes were taken).
+    let forged = rt
+        .block_on(record(
+            &police,
+            case_a,
+            0,
+            "risk-management",
+            referral(sam(), vec![7; 32], now - 60 * DAY),
+        ))
+        .unwrap_err();
+    assert_eq!(forged.code(), tonic::Code::InvalidArgument);
+    assert!(
+        forged.message().contains("draft.ReferralReceived.core.subject_ref"),
+        "{}",
+        forged.message()
+    );
+    // An identity the reference cannot be derived from names the field.
+    let no_dob = rt
+        .block_on(record(
+            &police,
+            case_a,
+            0,
+            "risk-management",
+            referral(person("Sam O'Neill", "", ""), Vec::new(), now),
+        ))
+        .unwrap_err();
+    assert_eq!(no_dob.code(), tonic::Code::InvalidArgument);
+    assert!(
+        no_dob.message().contains("identity.subject.date_of_birth"),
+        "{}",
+        no_dob.message()
+    );
+
+    // The police and CWP record the same person, written differently; the police another person.
+    let a = rt
+        .block_on(record(
+            &police,
+            case_a,
+            0,
+            "risk-management",
+            referral(sam(), Vec::new(), now - 60 * DAY),
+        ))
+        .unwrap();
+    rt.block_on(record(
+        &cwp,
+        case_b,
+        0,
+        "clinical-care",
+        referral(person("  SÁM  ONEILL ", "1990-02-03", ""), Vec::new(), now - 50 * DAY),
+    ))
+    .unwrap();
+    rt.block_on(record(
+        &police,
+        case_c,
+        0,
+        "risk-management",
+        referral(
+            person("Sam O'Neill", "1990-02-04", "90/1234X"),
+            Vec::new(),
+            now - 40 * DAY,
+        ),
+    ))
+    .unwrap();
+    // A reoffence recorded on the police case takes its subject's reference.
+    let forged_reoffence = Event::ReoffenceRecorded(pb::ReoffenceRecorded {
+        core: Some(pb::ReoffenceCore {
+            subject_ref: vec![9; 32],
+            offence: "harassment".into(),
+            occurred_at_ms: now - 10 * DAY,
+        }),
+    });
+    let refused = rt
+        .block_on(record(&police, case_a, a, "risk-management", forged_reoffence))
+        .unwrap_err();
+    assert!(
+        refused.message().contains("draft.ReoffenceRecorded.core.subject_ref"),
+        "{}",
+        refused.message()
+    );
+    rt.block_on(record(
+        &police,
+        case_a,
+        a,
+        "risk-management",
+        Event::ReoffenceRecorded(pb::ReoffenceRecorded {
+            core: Some(pb::ReoffenceCore {
+                subject_ref: Vec::new(),
+                offence: "harassment".into(),
+                occurred_at_ms: now - 10 * DAY,
+            }),
+        }),
+    ))
+    .unwrap();
+
+    // The evaluators' node: one reference for A and B, another for C; B's reoffence linked.
+    let list = || {
+        rt.block_on(CaseServiceClient::new(evaluation.clone()).list_cases(request(
+            pb::ListCasesRequest {
+                view: "outcomes".into(),
+                purpose: "evaluation".into(),
+            },
+            "evaluation analyst",
+        )))
+        .unwrap()
+        .into_inner()
+        .rows
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = list();
+        let by_case = |c: uuid::Uuid| {
+            rows.iter()
+                .find(|r| r.case_id == c.as_bytes().to_vec())
+                .map(|r| serde_json::from_str::<serde_json::Value>(&r.json).unwrap())
+        };
+        if let (Some(a), Some(b), Some(c)) = (by_case(case_a), by_case(case_b), by_case(case_c))
+            && b["reoffence_within_6m"] == true
+        {
+            break (a, b, c, rows);
+        }
+        assert!(Instant::now() < deadline, "the evaluators' rows within 20 s: {rows:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (row_a, row_b, row_c, all) = rows;
+    assert_eq!(row_a["subject_ref"], row_b["subject_ref"], "one person, one reference");
+    assert_ne!(
+        row_a["subject_ref"], row_c["subject_ref"],
+        "another date of birth and a PNC number: another person"
+    );
+    assert_eq!(row_a["subject_ref"].as_str().unwrap().len(), 64);
+    let text = format!("{all:?}");
+    for identity in ["Sam", "SÁM", "ONEILL", "1990-02-03", "90/1234X"] {
+        assert!(
+            !text.contains(identity),
+            "no identity reaches the evaluators ({identity})"
+        );
+    }
+
+    // The evaluators hold no key: the grant on the log has no copy for them, nor one that opens.
+    let grants = rt.block_on(async {
+        let log = hru_log::EventLog::open(&world.url(), None, 1).await.unwrap();
+        let (directory, _) = world.deployment();
+        hru_log::linkage::grants(
+            hru_log::SharedLog::reader(&log),
+            &directory,
+            "cheshire-hru",
+            &"police-hru".parse().unwrap(),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(grants.len(), 1);
+    assert!(grants[0].body.members.iter().all(|m| m.party != "evaluation"));
+    assert!(hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("evaluation")).is_none());
+    let police_key = hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("police-hru")).unwrap();
+    let cwp_key = hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("cwp")).unwrap();
+    assert_eq!(police_key, cwp_key, "every holder opens the same key");
+    assert_eq!(
+        row_a["subject_ref"].as_str().unwrap(),
+        hex::encode(police_key.reference("name-dob:sam oneill|1990-02-03")),
+        "the reference is the documented HMAC of the documented identifier"
+    );
+
+    // A rotation: generation 2 on the log; references derived after it use it.
+    let rotated = succeeded(
+        &world.run(&[
+            "keys",
+            "linkage",
+            "--party",
+            "police-hru",
+            "--keys",
+            &keys,
+            "--reason",
+            "rotation: a holder's copy exposed",
+        ]),
+        "keys linkage (rotation)",
+    );
+    assert!(rotated.contains("generation 2"), "{rotated}");
+    std::thread::sleep(Duration::from_millis(5_500)); // nodes read the log again within 5 s
+    let case_d = uuid::Uuid::new_v4();
+    rt.block_on(record(
+        &police,
+        case_d,
+        0,
+        "risk-management",
+        referral(sam(), Vec::new(), now),
+    ))
+    .unwrap();
+    let grants = rt.block_on(async {
+        let log = hru_log::EventLog::open(&world.url(), None, 1).await.unwrap();
+        let (directory, _) = world.deployment();
+        hru_log::linkage::grants(
+            hru_log::SharedLog::reader(&log),
+            &directory,
+            "cheshire-hru",
+            &"police-hru".parse().unwrap(),
+        )
+        .await
+        .unwrap()
+    });
+    let second = hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("police-hru")).unwrap();
+    assert_eq!(second.generation, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = list();
+        if let Some(d) = rows.iter().find(|r| r.case_id == case_d.as_bytes().to_vec()) {
+            let d: serde_json::Value = serde_json::from_str(&d.json).unwrap();
+            assert_eq!(
+                d["subject_ref"].as_str().unwrap(),
+                hex::encode(second.reference("name-dob:sam oneill|1990-02-03"))
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "case D's row within 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The whole log still verifies without a secret key.
+    let audit = world.run(&["audit", "verify"]);
+    assert!(
+        audit.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&audit.stdout),
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    drop((police_node, cwp_node, evaluation_node));
+}
