@@ -108,7 +108,7 @@ fn the_demo_plays_the_case_to_a_clean_audit_and_serves_the_control_rooms_page() 
         "index.html",
         "reoffending.csv",
         "referrals_summary.csv",
-        "extract.csv",
+        "restricted/extract.csv",
         "reoffending.svg",
     ] {
         assert!(dir.join(file).is_file(), "{file} in {}", dir.display());

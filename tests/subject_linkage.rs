@@ -289,9 +289,11 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
     });
     assert_eq!(grants.len(), 1);
     assert!(grants[0].body.members.iter().all(|m| m.party != "evaluation"));
-    assert!(hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("evaluation")).is_none());
-    let police_key = hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("police-hru")).unwrap();
-    let cwp_key = hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("cwp")).unwrap();
+    let holders = world.deployment().1.linkage.unwrap().holders;
+    assert!(hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("evaluation")).is_err());
+    let police_key =
+        hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("police-hru")).unwrap();
+    let cwp_key = hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("cwp")).unwrap();
     assert_eq!(police_key, cwp_key, "every holder opens the same key");
     assert_eq!(
         row_a["subject_ref"].as_str().unwrap(),
@@ -336,7 +338,7 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
         .await
         .unwrap()
     });
-    let second = hru_log::linkage::newest_key(&grants, "cheshire-hru", &world.secrets("police-hru")).unwrap();
+    let second = hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("police-hru")).unwrap();
     assert_eq!(second.generation, 2);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -355,18 +355,21 @@ impl World {
             .expect("spawn hru geofence run")
     }
 
-    /// The directory and the agreement in force, as the world's policies directory holds them.
+    /// The directory and the agreement in force, as the world's policies directory holds them
+    /// (the newest version in force now, where it holds several).
     pub fn deployment(&self) -> (hru_envelope::Directory, hru_policy::CompiledIsa) {
-        let read = |f: &str| std::fs::read_to_string(self.dir.path().join("policies").join(f)).expect("read policies");
-        let directory =
-            hru_envelope::Directory::from_toml(&read("directory.toml"), "directory.toml").expect("directory");
-        let agreement = std::fs::read_dir(self.dir.path().join("policies"))
-            .expect("policies")
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|n| n.ends_with(".toml") && n != "directory.toml")
-            .expect("an agreement");
-        let isa = hru_policy::CompiledIsa::compile(&read(&agreement), &agreement, Some(&directory)).expect("agreement");
+        let policies = self.dir.path().join("policies");
+        let text = std::fs::read_to_string(policies.join("directory.toml")).expect("read policies");
+        let directory = hru_envelope::Directory::from_toml(&text, "directory.toml").expect("directory");
+        let set = hru_policy::PolicySet::load_dir(&policies, Some(&directory)).expect("agreements");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let isa = set
+            .iter()
+            .max_by_key(|i| (i.in_force_at(now), i.version))
+            .expect("an agreement")
+            .clone();
         (directory, isa)
     }
 }

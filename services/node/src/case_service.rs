@@ -116,6 +116,27 @@ impl CaseApi {
                 .map_err(|e| Status::invalid_argument(format!("field `draft.occurred_at` is not RFC 3339 ({e})")))?
                 .as_millisecond()
         };
+        if occurred <= 0 {
+            return Err(Status::invalid_argument(
+                "field `draft.occurred_at` must be after 1970-01-01T00:00:00Z",
+            ));
+        }
+        // Every field is checked before the case is read (a reoffence's subject reference, which
+        // the node takes from the case, stands in as zeros here).
+        let mut checked = event.clone();
+        if isa.linkage.is_some()
+            && let pb::event_draft::Event::ReoffenceRecorded(r) = &mut checked
+            && let Some(core) = r.core.as_mut()
+            && core.subject_ref.is_empty()
+        {
+            core.subject_ref = vec![0; 32];
+        }
+        let typed = CaseEvent::try_from(checked).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?;
+        // A zone's geometry is checked at the door, as the geofence will read it.
+        if let CaseEvent::ZoneDefined { core: Some(zone) } = &typed {
+            hru_domain::zone::Zone::parse(zone, None)
+                .map_err(|e| Status::invalid_argument(format!("draft.ZoneDefined.core.{}: {}", e.field, e.problem)))?;
+        }
         let (event_type, sections) = split_draft(event.clone());
         let size: usize = sections.iter().map(|s| s.bytes.len()).sum();
         if size > MAX_EVENT_BYTES {
@@ -138,12 +159,11 @@ impl CaseApi {
         }
         // A reoffence takes its case's subject reference (decision 020).
         crate::linkage::link_reoffence(isa, &history, &mut event)?;
-        let typed = CaseEvent::try_from(event.clone()).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?;
-        // A zone's geometry is checked at the door, as the geofence will read it.
-        if let CaseEvent::ZoneDefined { core: Some(zone) } = &typed {
-            hru_domain::zone::Zone::parse(zone, None)
-                .map_err(|e| Status::invalid_argument(format!("draft.ZoneDefined.core.{}: {}", e.field, e.problem)))?;
-        }
+        let typed = if matches!(event, pb::event_draft::Event::ReoffenceRecorded(_)) {
+            CaseEvent::try_from(event.clone()).map_err(|e| Status::invalid_argument(format!("draft.{e}")))?
+        } else {
+            typed
+        };
         let facts = crate::decide::facts(&history);
         crate::decide::record(&facts, &typed).map_err(crate::decide::refusal_status)?;
         // What the node itself writes: out of hours by the agreement's hours, and the figures.

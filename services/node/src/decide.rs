@@ -26,6 +26,11 @@ pub(crate) enum Refusal {
         /// The log sequence of that revocation.
         sequence: u64,
     },
+    /// The case holds a referral already.
+    AlreadyReferred {
+        /// The log sequence of that referral.
+        sequence: u64,
+    },
     /// Someone acknowledged the breach first.
     AlreadyAcknowledged {
         /// Who (the operator the acknowledgement names).
@@ -66,6 +71,9 @@ pub(crate) fn refusal_status(refusal: Refusal) -> tonic::Status {
         Refusal::ZoneAlreadyRevoked { sequence } => {
             Status::failed_precondition(format!("the zone was revoked already (log sequence {sequence})"))
         }
+        Refusal::AlreadyReferred { sequence } => Status::failed_precondition(format!(
+            "the case already holds a referral (log sequence {sequence}); a new referral opens a new case"
+        )),
         Refusal::AlreadyAcknowledged { by, sequence } => Status::failed_precondition(format!(
             "the breach was already acknowledged by {by} (log sequence {sequence})"
         )),
@@ -94,11 +102,19 @@ pub(crate) fn acknowledge(history: &[Fact<'_>], breach: uuid::Uuid) -> Result<Ac
         .ok_or(Refusal::UnknownBreach)
 }
 
-/// Decide whether `event` may be recorded on the case as it stands: an acknowledgement
-/// follows the acknowledgement rule, a zone revocation needs a zone of the case still in force;
-/// every other event the agreement lets its producer record is allowed.
+/// Decide whether `event` may be recorded on the case as it stands: a case holds one referral
+/// (a second would point it at another subject), an acknowledgement follows the
+/// acknowledgement rule, a zone revocation needs a zone of the case still in force; every other
+/// event the agreement lets its producer record is allowed.
 pub(crate) fn record(history: &[Fact<'_>], event: &CaseEvent) -> Result<(), Refusal> {
     match event {
+        CaseEvent::ReferralReceived { .. } => match history
+            .iter()
+            .find(|f| f.header.event_type == hru_domain::EventType::ReferralReceived)
+        {
+            Some(f) => Err(Refusal::AlreadyReferred { sequence: f.sequence }),
+            None => Ok(()),
+        },
         CaseEvent::BreachAcknowledged { core: Some(a), .. } => acknowledge(history, a.breach_id).map(|_| ()),
         CaseEvent::ZoneRevoked { core: Some(r) } => {
             let mut defined = false;
@@ -269,6 +285,41 @@ mod tests {
                 reason: "order varied".into(),
             }),
         }
+    }
+
+    fn referral(subject: u8) -> CaseEvent {
+        CaseEvent::ReferralReceived {
+            core: Some(hru_domain::Referral {
+                subject_ref: [subject; 32],
+                behaviours: vec![pb::Behaviour::Stalking],
+                area: "Crewe".into(),
+                received_at_ms: 100,
+                out_of_hours: false,
+                crime_reference: None,
+            }),
+            identity: None,
+            narrative: None,
+        }
+    }
+
+    #[test]
+    fn given_a_referral_when_another_is_recorded_on_the_case_then_refused() {
+        // A second referral would point the case at another person's subject reference.
+        let (h, first) = (header(EventType::ReferralReceived, "police-hru", 100), referral(1));
+        let history = [Fact {
+            sequence: 3,
+            header: &h,
+            event: &first,
+        }];
+        let refused = record(&history, &referral(2));
+        assert!(
+            refused.is_err(),
+            "a second referral on the case is refused: {refused:?}"
+        );
+        let status = refusal_status(refused.unwrap_err());
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("log sequence 3"), "{}", status.message());
+        assert_eq!(record(&[], &referral(2)), Ok(()));
     }
 
     #[test]

@@ -52,9 +52,9 @@ impl Shared {
         )
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
-        let key = hru_log::linkage::newest_key(&grants, &isa.id, &self.secrets).ok_or_else(|| {
+        let key = hru_log::linkage::newest_key(&grants, &isa.id, &linkage.holders, &self.secrets).map_err(|why| {
             Status::failed_precondition(format!(
-                "no linkage key has been granted to {} yet: the custodian runs `hru keys linkage --party {}`",
+                "{why} for {}: the custodian runs `hru keys linkage --party {}`",
                 self.party, linkage.custodian
             ))
         })?;

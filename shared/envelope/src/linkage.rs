@@ -119,8 +119,9 @@ fn pnc(raw: &str) -> Result<String, String> {
     let (year, rest) = compact
         .split_once('/')
         .ok_or_else(|| format!("`{raw}` is not a PNC number (YY/NNNNNNNL)"))?;
-    let letter = rest.chars().last().filter(char::is_ascii_uppercase);
-    let serial = &rest[..rest.len().saturating_sub(1)];
+    let mut chars: Vec<char> = rest.chars().collect();
+    let letter = chars.pop().filter(char::is_ascii_uppercase);
+    let serial: String = chars.into_iter().collect();
     match letter {
         Some(l)
             if year.len() == 2
@@ -230,6 +231,10 @@ mod tests {
         assert!(err(person("", "1990-02-03", "")).contains("full_name"));
         assert!(err(person("Sam", "03/02/1990", "")).contains("date_of_birth"));
         assert!(err(person("Sam", "1990-02-03", "1234")).contains("pnc_number"));
+        // Not ASCII: refused, never a panic on a character boundary.
+        assert!(err(person("Sam", "1990-02-03", "90/1234É")).contains("pnc_number"));
+        assert!(err(person("Sam", "1990-02-03", "90/١٢٣٤X")).contains("pnc_number"));
+        assert!(err(person("Sam", "1990-02-03", "É/")).contains("pnc_number"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The subject-linkage key on the log (decision 020): the custodian's signed
 //! `LinkageKeyGranted` events, read and verified; a holder opens its copy of the newest.
 
+use std::collections::BTreeSet;
+
 use futures::TryStreamExt as _;
 use hru_broker::Filter;
 use hru_domain::{EventType, PartyId};
@@ -63,12 +65,39 @@ pub async fn grants(
     Ok(out)
 }
 
-/// The newest generation among `grants` that `secrets` can open.
-pub fn newest_key(grants: &[LinkageGrant], agreement: &str, secrets: &PartySecrets) -> Option<LinkageKey> {
-    grants
+/// The newest generation among `grants` sealed to exactly `holders`, opened with `secrets`; an
+/// error saying why when there is none, or when this party cannot open the newest (it is then
+/// not left deriving under an older generation, which may have been rotated away for a cause).
+pub fn newest_key(
+    grants: &[LinkageGrant],
+    agreement: &str,
+    holders: &BTreeSet<PartyId>,
+    secrets: &PartySecrets,
+) -> Result<LinkageKey, String> {
+    let newest = grants
         .iter()
-        .filter_map(|g| LinkageKey::open(agreement, g.body.generation, &g.body.members, secrets))
-        .max_by_key(|k| k.generation)
+        .filter(|g| {
+            let members: BTreeSet<&str> = g.body.members.iter().map(|m| m.party.as_str()).collect();
+            let exact = members == holders.iter().map(PartyId::as_str).collect::<BTreeSet<_>>()
+                && members.len() == g.body.members.len();
+            if !exact {
+                tracing::warn!(
+                    sequence = g.sequence,
+                    generation = g.body.generation,
+                    "a linkage grant not sealed to exactly the agreement's holders is not taken"
+                );
+            }
+            exact
+        })
+        .max_by_key(|g| g.body.generation)
+        .ok_or_else(|| "no linkage key has been granted".to_owned())?;
+    LinkageKey::open(agreement, newest.body.generation, &newest.body.members, secrets).ok_or_else(|| {
+        format!(
+            "generation {} of the linkage key (log sequence {}) does not open for {} under its current key: the \
+             custodian grants the key again",
+            newest.body.generation, newest.sequence, secrets.party
+        )
+    })
 }
 
 /// Grant the next generation of `agreement`'s linkage key, as its custodian `producer`, to

@@ -902,7 +902,7 @@ fn compile_raw(raw: RawIsa, text: &str, directory: Option<&Directory>, c: &mut C
                 let role = parties.get(&p).map(|i| i.role);
                 if matches!(
                     role,
-                    Some(Role::Evaluation | Role::EmVendor | Role::Geofence | Role::ControlRoom)
+                    Some(Role::Evaluation | Role::EmVendor | Role::Geofence | Role::ControlRoom | Role::Audit)
                 ) {
                     c.push(
                         h.span(),

@@ -164,6 +164,9 @@ impl Projection for Evaluation {
             ..CaseFacts::default()
         });
         match e.event {
+            // A case has one referral; another (only an operator's `hru append` can make one) is
+            // not taken, so the case cannot be pointed at another subject.
+            CaseEvent::ReferralReceived { core: Some(_), .. } if facts.referral_at_ms.is_some() => return Vec::new(),
             CaseEvent::ReferralReceived { core: Some(r), .. } => {
                 facts.subject_ref = Some(hex::encode(r.subject_ref));
                 facts.referral_at_ms = Some(r.received_at_ms);

@@ -1,17 +1,21 @@
 //! The evaluation's figures from the pseudonymous outcome rows: every table as rows of cells,
 //! with small numbers suppressed as official statistics do.
 //!
-//! Suppression: a count from 1 to 4 is shown as `<5`; a share, rate, confidence interval or
-//! time whose numerator or denominator is 1 to 4 (or that rests on fewer than 5 cases) is shown
-//! as `[c]`. Zeros are shown.
+//! Suppression: a count from 1 to 4 is shown as `<5`. A count whose complement in a published
+//! total is 1 to 4 is shown as `[c]` (else the total would give the hidden one away), and where a
+//! published total is split into parts and one part is hidden, the next smallest part is hidden
+//! too. A share, rate, confidence interval or time resting on any hidden count, or on fewer than
+//! 5 cases, is shown as `[c]`. Zeros are shown.
 
 use std::collections::BTreeMap;
 
 use hru_projection::OutcomeRow;
 
 /// The rule stated in the report.
-pub const SUPPRESSION_RULE: &str = "Counts from 1 to 4 are shown as <5. A share, rate, confidence interval or time \
-     that rests on a count from 1 to 4, or on fewer than 5 cases, is shown as [c]. Zeros are shown.";
+pub const SUPPRESSION_RULE: &str = "Counts from 1 to 4 are shown as <5. A count that would reveal one of them by \
+     subtraction from a published total (its complement is 1 to 4, or it is the next smallest part of a total with one \
+     part hidden) is shown as [c]. A share, rate, confidence interval or time that rests on a hidden count, or on \
+     fewer than 5 cases, is shown as [c]. Zeros are shown.";
 
 /// The smallest count shown as it is.
 const SMALL: usize = 5;
@@ -33,11 +37,54 @@ fn withheld(counts: &[usize]) -> bool {
     counts.iter().any(|n| (1..SMALL).contains(n))
 }
 
-/// A share of `n` in `d`, as a percentage with one decimal, or `[c]`.
+/// Whether `n` of a published `total` is withheld: it is small, or its complement is.
+fn part_withheld(n: usize, total: usize) -> bool {
+    withheld(&[n, total.saturating_sub(n)])
+}
+
+/// A count `n` of a published `total`: `<5` when small, `[c]` when its complement is.
+pub fn part(n: usize, total: usize) -> String {
+    if withheld(&[n]) {
+        "<5".into()
+    } else if part_withheld(n, total) {
+        "[c]".into()
+    } else {
+        n.to_string()
+    }
+}
+
+/// The parts of a published total: small ones `<5`; where exactly one is hidden, the next
+/// smallest non-zero part `[c]` as well, so no part is recovered by subtraction. Also which
+/// parts are hidden.
+pub fn parts(counts: &[usize]) -> (Vec<String>, Vec<bool>) {
+    let mut hidden: Vec<bool> = counts.iter().map(|c| withheld(&[*c])).collect();
+    if hidden.iter().filter(|h| **h).count() == 1
+        && let Some((i, _)) = counts
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !hidden[*i] && **c > 0)
+            .min_by_key(|(i, c)| (**c, *i))
+    {
+        hidden[i] = true;
+    }
+    let shown = counts
+        .iter()
+        .zip(&hidden)
+        .map(|(c, h)| match (*h, withheld(&[*c])) {
+            (true, true) => "<5".to_owned(),
+            (true, false) => "[c]".to_owned(),
+            _ => c.to_string(),
+        })
+        .collect();
+    (shown, hidden)
+}
+
+/// A share of `n` in `d`, as a percentage with one decimal, or `[c]` when it rests on a hidden
+/// count (`n`, `d` or `d − n`).
 pub fn share(n: usize, d: usize) -> String {
     if d == 0 {
         "–".into()
-    } else if withheld(&[n, d]) {
+    } else if withheld(&[n, d, d.saturating_sub(n)]) {
         "[c]".into()
     } else {
         format!("{:.1}", 100.0 * n as f64 / d as f64)
@@ -71,6 +118,7 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 /// A time in days with one decimal, or `[c]` when it rests on fewer than 5 cases.
 fn days(v: Option<f64>, cases: usize) -> String {
     match v {
+        _ if cases == 0 => "–".into(),
         _ if cases < SMALL => "[c]".into(),
         Some(d) => format!("{d:.1}"),
         None => "–".into(),
@@ -99,10 +147,16 @@ impl Table {
             cells
                 .iter()
                 .map(|c| {
-                    if c.contains([',', '"', '\n']) {
-                        format!("\"{}\"", c.replace('"', "\"\""))
+                    // A cell a spreadsheet would take for a formula is made text.
+                    let c = if c.starts_with(['=', '+', '-', '@']) {
+                        format!("'{c}")
                     } else {
                         c.clone()
+                    };
+                    if c.contains([',', '"', '\n', '\r']) {
+                        format!("\"{}\"", c.replace('"', "\"\""))
+                    } else {
+                        c
                     }
                 })
                 .collect::<Vec<_>>()
@@ -187,9 +241,22 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
         name: "referrals_by_month_area",
         title: "Referrals per month by area",
         header: vec!["month", "area", "referrals"],
-        rows: by_area
-            .iter()
-            .map(|((m, a), c)| vec![m.clone(), a.clone(), count(*c)])
+        rows: monthly
+            .keys()
+            .flat_map(|m| {
+                // A month's areas are parts of the month's total (drawn in the chart).
+                let cells: Vec<(&String, usize)> = by_area
+                    .iter()
+                    .filter(|((bm, _), _)| bm == m)
+                    .map(|((_, a), c)| (a, *c))
+                    .collect();
+                let (shown, _) = parts(&cells.iter().map(|(_, c)| *c).collect::<Vec<_>>());
+                cells
+                    .into_iter()
+                    .zip(shown)
+                    .map(|((a, _), s)| vec![m.clone(), a.clone(), s])
+                    .collect::<Vec<_>>()
+            })
             .collect(),
         note: "Month of the referral's received time (UTC).".into(),
     });
@@ -214,17 +281,17 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
         header: vec!["measure", "count", "of", "percent"],
         rows: vec![
             vec!["referrals".into(), count(n), String::new(), String::new()],
-            vec!["received out of hours".into(), count(ooh), count(n), share(ooh, n)],
+            vec!["received out of hours".into(), part(ooh, n), count(n), share(ooh, n)],
             vec![
                 "screened".into(),
-                count(screened.len()),
+                part(screened.len(), n),
                 count(n),
                 share(screened.len(), n),
             ],
             vec![
                 "primacy taken (of those screened)".into(),
-                count(primacy),
-                count(screened.len()),
+                part(primacy, screened.len()),
+                part(screened.len(), n),
                 share(primacy, screened.len()),
             ],
         ],
@@ -275,35 +342,34 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
     let charged = decided.iter().filter(|d| **d == "CHARGE_DECISION_CHARGED").count();
     let ci = |x: usize, d: usize| -> (String, String) {
         match wilson(x, d) {
-            Some((lo, hi)) if !withheld(&[x, d]) => (format!("{:.1}", 100.0 * lo), format!("{:.1}", 100.0 * hi)),
+            Some((lo, hi)) if !withheld(&[x, d, d.saturating_sub(x)]) => {
+                (format!("{:.1}", 100.0 * lo), format!("{:.1}", 100.0 * hi))
+            }
             Some(_) => ("[c]".into(), "[c]".into()),
             None => ("–".into(), "–".into()),
         }
     };
-    let (lo, hi) = ci(charged, decided.len());
-    let mut decisions: BTreeMap<String, usize> = BTreeMap::new();
-    for d in &decided {
-        *decisions.entry(plain(d)).or_default() += 1;
+    // The decisions are parts of the cases decided: charged first, then the others by name.
+    let mut others: BTreeMap<String, usize> = BTreeMap::new();
+    for d in decided.iter().filter(|d| **d != "CHARGE_DECISION_CHARGED") {
+        *others.entry(plain(d)).or_default() += 1;
     }
-    let mut charge_rows = vec![vec![
-        "charged".into(),
-        count(charged),
-        count(decided.len()),
-        share(charged, decided.len()),
-        lo,
-        hi,
-    ]];
-    for (d, c) in &decisions {
-        if d != "charged" {
-            charge_rows.push(vec![
-                d.clone(),
-                count(*c),
-                count(decided.len()),
-                share(*c, decided.len()),
-                String::new(),
-                String::new(),
-            ]);
-        }
+    let order: Vec<(String, usize)> = std::iter::once(("charged".to_owned(), charged)).chain(others).collect();
+    let (shown, hidden) = parts(&order.iter().map(|(_, c)| *c).collect::<Vec<_>>());
+    let mut charge_rows = Vec::new();
+    for (i, ((d, c), s)) in order.iter().zip(shown).enumerate() {
+        let (pct, lo, hi) = if hidden[i] {
+            ("[c]".to_owned(), "[c]".to_owned(), "[c]".to_owned())
+        } else {
+            let (lo, hi) = ci(*c, decided.len());
+            (share(*c, decided.len()), lo, hi)
+        };
+        let (lo, hi) = if i == 0 {
+            (lo, hi)
+        } else {
+            (String::new(), String::new())
+        };
+        charge_rows.push(vec![d.clone(), s, count(decided.len()), pct, lo, hi]);
     }
     tables.push(Table {
         name: "charge_rate",
@@ -331,31 +397,61 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
             .iter()
             .filter(|r| r.therapeutic_completed_at_ms.is_some() == with)
             .collect();
-        for (window, months) in [("6 months", 6), ("12 months", 12)] {
-            let known: Vec<bool> = members
-                .iter()
-                .filter_map(|r| {
-                    if months == 6 {
-                        r.reoffence_within_6m
-                    } else {
-                        r.reoffence_within_12m
-                    }
-                })
-                .collect();
+        // The windows' open counts and denominators are parts of the group: where either open
+        // count is hidden, both are, with both denominators.
+        let windows: Vec<(&str, Vec<bool>)> = [("6 months", 6), ("12 months", 12)]
+            .into_iter()
+            .map(|(window, months)| {
+                let known = members
+                    .iter()
+                    .filter_map(|r| {
+                        if months == 6 {
+                            r.reoffence_within_6m
+                        } else {
+                            r.reoffence_within_12m
+                        }
+                    })
+                    .collect();
+                (window, known)
+            })
+            .collect();
+        let open_hidden = windows
+            .iter()
+            .any(|(_, k)| part_withheld(members.len() - k.len(), members.len()));
+        let hide = |n: usize| {
+            if withheld(&[n]) {
+                "<5".to_owned()
+            } else {
+                "[c]".to_owned()
+            }
+        };
+        for (window, known) in &windows {
             let open = members.len() - known.len();
             let x = known.iter().filter(|k| **k).count();
             let (lo, hi) = ci(x, known.len());
+            let (open_shown, denominator) = if open_hidden {
+                (hide(open), hide(known.len()))
+            } else {
+                (count(open), count(known.len()))
+            };
+            let (pct, lo, hi) = if open_hidden {
+                ("[c]".to_owned(), "[c]".to_owned(), "[c]".to_owned())
+            } else {
+                (share(x, known.len()), lo, hi)
+            };
             reoffending_rows.push(vec![
                 group.to_owned(),
-                window.to_owned(),
-                count(x),
-                count(known.len()),
-                share(x, known.len()),
+                (*window).to_owned(),
+                part(x, known.len()),
+                denominator,
+                pct,
                 lo,
                 hi,
-                count(open),
+                open_shown,
             ]);
-            if let Some((l, h)) = wilson(x, known.len()).filter(|_| !withheld(&[x, known.len()])) {
+            if let Some((l, h)) =
+                wilson(x, known.len()).filter(|_| !open_hidden && !withheld(&[x, known.len(), known.len() - x]))
+            {
                 reoffending.push((
                     format!("{} – {window}", if with { "completed" } else { "without" }),
                     x as f64 / known.len() as f64,
@@ -410,7 +506,6 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
     let (mut due, mut held, mut overdue, mut held_late) = (0usize, 0usize, 0usize, 0usize);
     for r in rows {
         let Some(done) = r.therapeutic_completed_at_ms else {
-            held += r.reviews_held.len();
             continue;
         };
         for (i, m) in REVIEW_MONTHS.iter().enumerate() {
@@ -419,7 +514,7 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
             let was_held = r.reviews_held.iter().find(|h| h.number == number);
             if let Some(h) = was_held {
                 held += 1;
-                if h.held_at_ms > h.due_at_ms {
+                if h.held_at_ms > due_at {
                     held_late += 1;
                 }
             }
@@ -456,11 +551,16 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
             vec!["contacts made".into(), count(discharged), String::new(), String::new()],
             vec![
                 "on time".into(),
-                count(on_time),
+                part(on_time, discharged),
                 count(discharged),
                 share(on_time, discharged),
             ],
-            vec!["late".into(), count(late), count(discharged), share(late, discharged)],
+            vec![
+                "late".into(),
+                part(late, discharged),
+                count(discharged),
+                share(late, discharged),
+            ],
         ],
         note: "Contacts the Victims' Code made due (needs assessment within two working days of the referral; \
                news of an order, a charging decision or closure within one working day; safety plan reviews) \
@@ -474,30 +574,51 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
         for a in &r.acknowledgements {
             let s = a.response_time_ms as f64 / 1000.0;
             acks.entry(plain(&a.kind)).or_default().push(s);
-            acks.entry("all".into()).or_default().push(s);
         }
     }
     let secs = |v: Option<f64>, cases: usize| match v {
+        _ if cases == 0 => "–".to_owned(),
         _ if cases < SMALL => "[c]".to_owned(),
         Some(s) => format!("{s:.1}"),
         None => "–".into(),
     };
+    // The kinds are parts of all acknowledgements: "all" last, the kinds by name.
+    let mut kinds: Vec<(String, Vec<f64>)> = acks.into_iter().filter(|(k, _)| k != "all").collect();
+    for (_, v) in &mut kinds {
+        v.sort_by(f64::total_cmp);
+    }
+    let (shown, hidden) = parts(&kinds.iter().map(|(_, v)| v.len()).collect::<Vec<_>>());
+    let mut ack_rows: Vec<Vec<String>> = kinds
+        .iter()
+        .zip(shown)
+        .zip(&hidden)
+        .map(|(((k, v), s), h)| {
+            let cases = if *h { 0 } else { v.len() };
+            let time = |q: f64| {
+                if *h {
+                    "[c]".to_owned()
+                } else {
+                    secs(quantile(v, q), cases)
+                }
+            };
+            vec![k.clone(), s, time(0.5), time(0.9)]
+        })
+        .collect();
+    let mut all: Vec<f64> = kinds.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    all.sort_by(f64::total_cmp);
+    if !all.is_empty() {
+        ack_rows.push(vec![
+            "all".into(),
+            count(all.len()),
+            secs(quantile(&all, 0.5), all.len()),
+            secs(quantile(&all, 0.9), all.len()),
+        ]);
+    }
     tables.push(Table {
         name: "breach_acknowledgements",
         title: "Breach acknowledgement times (seconds)",
         header: vec!["breach kind", "acknowledged", "median", "90th percentile"],
-        rows: acks
-            .iter_mut()
-            .map(|(k, v)| {
-                v.sort_by(f64::total_cmp);
-                vec![
-                    k.clone(),
-                    count(v.len()),
-                    secs(quantile(v, 0.5), v.len()),
-                    secs(quantile(v, 0.9), v.len()),
-                ]
-            })
-            .collect(),
+        rows: ack_rows,
         note: "From the breach's first record in the log to the control room's acknowledgement.".into(),
     });
 
@@ -599,6 +720,53 @@ mod tests {
         assert_eq!(share(10, 4), "[c]");
         assert_eq!(share(10, 40), "25.0");
         assert_eq!(share(0, 40), "0.0");
+    }
+
+    fn rows(n: usize, f: impl Fn(usize) -> String) -> Vec<OutcomeRow> {
+        (0..n)
+            .map(|i| {
+                let json = format!(
+                    r#"{{"case_id":"c{i}","subject_ref":null,"referral_at_ms":1800000000000,"behaviours":[],"area":"Crewe","charge_decision":null,"time_to_resolve_ms":null,"interventions_completed":[],"therapeutic_completed_at_ms":null,"reoffence_within_6m":null,"reoffence_within_12m":null{}}}"#,
+                    f(i)
+                );
+                serde_json::from_str(&json).unwrap()
+            })
+            .collect()
+    }
+
+    fn cell(f: &Figures, table: &str, row: &str, column: usize) -> String {
+        let t = f.tables.iter().find(|t| t.name == table).unwrap();
+        t.rows.iter().find(|r| r[0] == row).unwrap()[column].clone()
+    }
+
+    #[test]
+    fn no_hidden_count_is_recovered_by_subtraction_from_a_published_total() {
+        // 40 contacts made, 3 late: "on time" would give the late count away.
+        let f = figures(
+            &rows(40, |i| {
+                format!(r#","contacts_discharged":1,"contacts_late":{}"#, u32::from(i < 3))
+            }),
+            1_900_000_000_000,
+        );
+        assert_eq!(cell(&f, "victims_code", "contacts made", 1), "40");
+        assert_eq!(cell(&f, "victims_code", "late", 1), "<5");
+        assert_eq!(cell(&f, "victims_code", "on time", 1), "[c]");
+        assert_eq!(cell(&f, "victims_code", "on time", 3), "[c]");
+        // 20 referrals, 18 out of hours: the 2 in hours are the complement.
+        let f = figures(
+            &rows(20, |i| format!(r#","out_of_hours":{}"#, i >= 2)),
+            1_900_000_000_000,
+        );
+        assert_eq!(cell(&f, "referrals_summary", "received out of hours", 1), "[c]");
+    }
+
+    #[test]
+    fn parts_of_a_total_hide_the_next_smallest_with_a_small_one() {
+        assert_eq!(parts(&[20, 3, 9]).0, ["20", "<5", "[c]"]);
+        assert_eq!(parts(&[20, 3, 2]).0, ["20", "<5", "<5"]);
+        assert_eq!(parts(&[20, 0, 9]).0, ["20", "0", "9"]);
+        assert_eq!(part(38, 40), "[c]");
+        assert_eq!(share(38, 40), "[c]");
     }
 
     #[test]

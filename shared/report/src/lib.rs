@@ -72,9 +72,12 @@ pub fn write(rows: &[OutcomeRow], heading: &Heading<'_>, out: &Path) -> Result<W
         .map_err(io(format!("writing in {}", parent.display())))?;
     let put =
         |name: &str, text: &str| std::fs::write(staging.path().join(name), text).map_err(io(format!("writing {name}")));
-    for t in figures.tables.iter().chain(std::iter::once(&extract)) {
+    for t in &figures.tables {
         put(&format!("{}.csv", t.name), &t.csv())?;
     }
+    // The row-level extract is not for publication: it goes apart, unlinked from the page.
+    std::fs::create_dir(staging.path().join("restricted")).map_err(io("creating restricted/"))?;
+    put("restricted/extract.csv", &extract.csv())?;
     for (file, _, svg) in &charts {
         put(file, svg)?;
     }
@@ -85,8 +88,9 @@ pub fn write(rows: &[OutcomeRow], heading: &Heading<'_>, out: &Path) -> Result<W
     if out.exists() {
         std::fs::remove_dir(out).map_err(io(format!("{} exists and is not empty", out.display())))?;
     }
-    let staged = staging.keep();
-    std::fs::rename(&staged, out).map_err(io(format!("moving the report to {}", out.display())))?;
+    // Moved into place, then released: on any failure the staging directory is removed.
+    std::fs::rename(staging.path(), out).map_err(io(format!("moving the report to {}", out.display())))?;
+    let _ = staging.keep();
     Ok(Written {
         index: out.join("index.html"),
         tables: figures.tables.len() + 1,
@@ -138,13 +142,12 @@ fn html(
         .unwrap_or_default();
     let mut body = String::new();
     body.push_str(&format!(
-        "<h1>Harm Reduction Unit evaluation</h1>\n<p>Referrals received from {}; figures as of {}; {} referrals \
-         (shown as {}). Made from the pseudonymous view of party <code>{}</code> under the agreement's \
+        "<h1>Harm Reduction Unit evaluation</h1>\n<p>Referrals received from {}; figures as of {}; {} referrals. \
+         Made from the pseudonymous view of party <code>{}</code> under the agreement's \
          evaluation purpose: no identity, narrative, clinical, victim or location information.</p>\n\
          <p class=\"rule\"><strong>Small numbers.</strong> {}</p>\n",
         escape(heading.period),
         escape(&at),
-        referrals,
         figures::count(referrals),
         escape(heading.party),
         escape(figures::SUPPRESSION_RULE)
@@ -170,10 +173,10 @@ fn html(
         body.push_str(&table_html(t));
     }
     body.push_str(&format!(
-        "<h2 id=\"extract\">{}</h2>\n<p class=\"note\">{} {} cases: <a href=\"extract.csv\">extract.csv</a>.</p>\n",
+        "<h2 id=\"extract\">{}</h2>\n<p class=\"note\">{} It is written apart, in <code>restricted/extract.csv</code>, \
+         and not linked from this page.</p>\n",
         escape(extract.title),
         escape(&extract.note),
-        extract.rows.len()
     ));
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
