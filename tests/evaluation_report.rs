@@ -883,20 +883,7 @@ fn the_evaluation_report_from_a_synthetic_two_year_caseload_matches_the_generato
     assert_eq!(extract.len(), CASES, "one extract row per case");
     let all = std::fs::read_to_string(out.join("restricted/extract.csv")).unwrap();
     assert!(!all.contains("Subject "), "no identity in the extract");
-    let key = rt.block_on(async {
-        let log = hru_log::EventLog::open(&world.url(), None, 1).await.unwrap();
-        let (directory, _) = world.deployment();
-        let grants = hru_log::linkage::grants(
-            hru_log::SharedLog::reader(&log),
-            &directory,
-            "cheshire-hru",
-            &"police-hru".parse().unwrap(),
-        )
-        .await
-        .unwrap();
-        let holders = world.deployment().1.linkage.unwrap().holders;
-        hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("police-hru")).unwrap()
-    });
+    let key = world.linkage_key(&world.linkage_grants(), "police-hru").unwrap();
     for c in &cases {
         let row = extract.iter().find(|r| r[0] == c.id.to_string()).unwrap();
         let reference = key.reference(&hru_envelope::subject_identifier(&c.subject).unwrap());

@@ -275,25 +275,12 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
     }
 
     // The evaluators hold no key: the grant on the log has no copy for them, nor one that opens.
-    let grants = rt.block_on(async {
-        let log = hru_log::EventLog::open(&world.url(), None, 1).await.unwrap();
-        let (directory, _) = world.deployment();
-        hru_log::linkage::grants(
-            hru_log::SharedLog::reader(&log),
-            &directory,
-            "cheshire-hru",
-            &"police-hru".parse().unwrap(),
-        )
-        .await
-        .unwrap()
-    });
+    let grants = world.linkage_grants();
     assert_eq!(grants.len(), 1);
     assert!(grants[0].body.members.iter().all(|m| m.party != "evaluation"));
-    let holders = world.deployment().1.linkage.unwrap().holders;
-    assert!(hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("evaluation")).is_err());
-    let police_key =
-        hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("police-hru")).unwrap();
-    let cwp_key = hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("cwp")).unwrap();
+    assert!(world.linkage_key(&grants, "evaluation").is_err());
+    let police_key = world.linkage_key(&grants, "police-hru").unwrap();
+    let cwp_key = world.linkage_key(&grants, "cwp").unwrap();
     assert_eq!(police_key, cwp_key, "every holder opens the same key");
     assert_eq!(
         row_a["subject_ref"].as_str().unwrap(),
@@ -326,19 +313,8 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
         referral(sam(), Vec::new(), now),
     ))
     .unwrap();
-    let grants = rt.block_on(async {
-        let log = hru_log::EventLog::open(&world.url(), None, 1).await.unwrap();
-        let (directory, _) = world.deployment();
-        hru_log::linkage::grants(
-            hru_log::SharedLog::reader(&log),
-            &directory,
-            "cheshire-hru",
-            &"police-hru".parse().unwrap(),
-        )
-        .await
-        .unwrap()
-    });
-    let second = hru_log::linkage::newest_key(&grants, "cheshire-hru", &holders, &world.secrets("police-hru")).unwrap();
+    let grants = world.linkage_grants();
+    let second = world.linkage_key(&grants, "police-hru").unwrap();
     assert_eq!(second.generation, 2);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -355,6 +355,37 @@ impl World {
             .expect("spawn hru geofence run")
     }
 
+    /// The subject-linkage grants on the world's log, as verified for the agreement in force
+    /// (decision 020). Call it outside any runtime.
+    pub fn linkage_grants(&self) -> Vec<hru_log::linkage::LinkageGrant> {
+        let (directory, isa) = self.deployment();
+        let linkage = isa.linkage.expect("the agreement in force has [linkage]");
+        crate::runtime().block_on(async {
+            let log = hru_log::EventLog::open(&self.url(), None, 1)
+                .await
+                .expect("open the log");
+            hru_log::linkage::grants(
+                hru_log::SharedLog::reader(&log),
+                &directory,
+                &isa.id,
+                &linkage.custodian,
+            )
+            .await
+            .expect("read the linkage grants")
+        })
+    }
+
+    /// The newest linkage key `party` can open from `grants`, as a node would take it.
+    pub fn linkage_key(
+        &self,
+        grants: &[hru_log::linkage::LinkageGrant],
+        party: &str,
+    ) -> Result<hru_envelope::LinkageKey, String> {
+        let (_, isa) = self.deployment();
+        let linkage = isa.linkage.expect("the agreement in force has [linkage]");
+        hru_log::linkage::newest_key(grants, &isa.id, &linkage.holders, &self.secrets(party))
+    }
+
     /// The directory and the agreement in force, as the world's policies directory holds them
     /// (the newest version in force now, where it holds several).
     pub fn deployment(&self) -> (hru_envelope::Directory, hru_policy::CompiledIsa) {

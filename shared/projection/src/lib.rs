@@ -21,7 +21,9 @@ pub use breaches::{BreachBoard, BreachRow, CoverageRow, Watch, breach, breach_bo
 pub use case_board::{CaseBoard, CaseRow, ScreeningItem, screening_queue};
 pub use evaluation::{Acknowledged, Evaluation, OutcomeRow, ReviewHeld, Screened, outcome_rows};
 pub use probation::{ProbationCaseload, ProbationRow, RiskChange, probation_caseload};
-pub use reviews::{DUE_WINDOW_MS, REVIEWS, ReviewSchedule, ReviewStatus, ScheduledReview, review_schedule};
+pub use reviews::{
+    DUE_WINDOW_MS, REVIEWS, ReviewSchedule, ReviewStatus, ScheduledReview, review_due_at_ms, review_schedule,
+};
 pub use store::{
     Applied, LogItem, Projection, ProjectionError, Projector, Reader, Store, Write, open_typed, put_json, read_json,
 };

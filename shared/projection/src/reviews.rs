@@ -59,6 +59,12 @@ fn months_after(ms: i64, months: i64) -> i64 {
         .map_or(ms + months * 30 * DAY_MS, |z| z.timestamp().as_millisecond())
 }
 
+/// When review `n` (1 to [`REVIEWS`]) falls due after a therapeutic intervention completed at
+/// `completed_ms`: every quarter, Unix ms.
+pub fn review_due_at_ms(completed_ms: i64, n: u32) -> i64 {
+    months_after(completed_ms, 3 * i64::from(n))
+}
+
 impl Projection for ReviewSchedule {
     fn name(&self) -> &'static str {
         "clinical-review-schedule"
@@ -80,7 +86,7 @@ impl Projection for ReviewSchedule {
                     let review = ScheduledReview {
                         case_id: case.clone(),
                         review_number: n,
-                        due_at_ms: months_after(i.at_ms, 3 * i64::from(n)),
+                        due_at_ms: review_due_at_ms(i.at_ms, n),
                         held_at_ms: None,
                     };
                     put_json(key(&case, n), &review)

@@ -203,20 +203,6 @@ pub struct Figures {
     pub interventions: Vec<(String, usize)>,
 }
 
-/// Reviews fall due quarterly for a year after a completed therapeutic intervention.
-const REVIEW_MONTHS: [i64; 4] = [3, 6, 9, 12];
-
-fn months_after(ms: i64, months: i64) -> i64 {
-    jiff::Timestamp::from_millisecond(ms)
-        .ok()
-        .and_then(|t| {
-            t.to_zoned(jiff::tz::TimeZone::UTC)
-                .checked_add(jiff::Span::new().months(months))
-                .ok()
-        })
-        .map_or(i64::MAX, |z| z.timestamp().as_millisecond())
-}
-
 /// Compute every table from `rows` (referrals in the period) as of `now_ms`.
 #[allow(clippy::too_many_lines)] // one block per table, in report order
 pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
@@ -508,9 +494,8 @@ pub fn figures(rows: &[OutcomeRow], now_ms: i64) -> Figures {
         let Some(done) = r.therapeutic_completed_at_ms else {
             continue;
         };
-        for (i, m) in REVIEW_MONTHS.iter().enumerate() {
-            let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            let due_at = months_after(done, *m);
+        for number in 1..=hru_projection::REVIEWS {
+            let due_at = hru_projection::review_due_at_ms(done, number);
             let was_held = r.reviews_held.iter().find(|h| h.number == number);
             if let Some(h) = was_held {
                 held += 1;
