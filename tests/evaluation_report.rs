@@ -767,13 +767,9 @@ async fn record_case(channels: &BTreeMap<&'static str, tonic::transport::Channel
 
 #[test]
 fn the_evaluation_report_from_a_synthetic_two_year_caseload_matches_the_generators_counts() {
-    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
-    // Version 2 is the agreement in force: the unit's hours and the evaluators' figures.
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/cheshire-hru-v2.toml"),
-        world.dir.path().join("policies/cheshire-hru-v2.toml"),
-    )
-    .unwrap();
+    // Version 2 is the agreement in force: hours, figures and the linkage key.
+    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES)
+        .with_agreement("../policies/cheshire-hru-v2.toml");
     let cases = generate();
     let keys = path(world.dir.path(), "keys");
     succeeded(

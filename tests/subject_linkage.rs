@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hru_tests::{CHESHIRE_PARTIES, World, path, request, succeeded};
@@ -70,12 +69,9 @@ async fn record(
 
 #[test]
 fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_without_key_or_identity() {
-    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES);
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/cheshire-hru-v2.toml"),
-        world.dir.path().join("policies/cheshire-hru-v2.toml"),
-    )
-    .unwrap();
+    // Version 2 is the agreement in force: hours, figures and the linkage key.
+    let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES)
+        .with_agreement("../policies/cheshire-hru-v2.toml");
     let keys = path(world.dir.path(), "keys");
     let police_node = world.start_node("police-hru", "");
     let cwp_node = world.start_node("cwp", "");

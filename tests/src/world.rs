@@ -60,6 +60,15 @@ impl World {
         }
     }
 
+    /// The same world with another version of the agreement (`agreement`, relative to the
+    /// crate) beside the first; the newest version in force governs what is sealed.
+    pub fn with_agreement(self, agreement: &str) -> Self {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(agreement);
+        let name = source.file_name().expect("a file").to_owned();
+        std::fs::copy(&source, self.dir.path().join("policies").join(name)).expect("copy the agreement");
+        self
+    }
+
     /// The same world with its commands and services on `url` (for example a cluster's
     /// comma-separated URLs) instead of its own server.
     pub fn on_broker(mut self, url: String) -> Self {
