@@ -43,6 +43,16 @@ type Bar = (String, f64, Option<(f64, f64)>);
 fn bars(svg: &mut String, bars: &[Bar], y_desc: &str) -> Drawn {
     let root = SVGBackend::with_string(svg, (W, H)).into_drawing_area();
     root.fill(&WHITE)?;
+    if bars.is_empty() {
+        // No axes over nothing: say why the chart is empty.
+        root.draw(&Text::new(
+            "Nothing to draw: every figure is absent or suppressed (fewer than 5).",
+            (40, i32::try_from(H / 2).unwrap_or(180)),
+            ("sans-serif", 18).into_font().color(&GREY),
+        ))?;
+        root.present()?;
+        return Ok(());
+    }
     let n = u32::try_from(bars.len()).unwrap_or(u32::MAX).max(1);
     let top = bars
         .iter()
@@ -87,6 +97,9 @@ fn bars(svg: &mut String, bars: &[Bar], y_desc: &str) -> Drawn {
 }
 
 fn monthly(svg: &mut String, f: &Figures) -> Drawn {
+    if f.monthly.iter().all(|(_, c)| c.is_none()) {
+        return bars(svg, &[], "referrals");
+    }
     let b: Vec<_> = f
         .monthly
         .iter()
@@ -142,5 +155,17 @@ mod tests {
         }
         assert!(drawn[0].2.contains("2026-01"), "month labels drawn");
         assert!(drawn[2].2.contains("completed – 6 months"), "group labels drawn");
+        let empty = charts(&Figures {
+            tables: Vec::new(),
+            monthly: vec![("2026-01".into(), None)],
+            reoffending: Vec::new(),
+            times: Vec::new(),
+            interventions: Vec::new(),
+        })
+        .unwrap();
+        assert!(
+            empty.iter().all(|(_, _, svg)| svg.contains("Nothing to draw")),
+            "an empty chart says why"
+        );
     }
 }
