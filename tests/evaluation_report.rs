@@ -16,7 +16,6 @@ use hru_tests::{CHESHIRE_PARTIES, NodeProcess, World, path, request, succeeded, 
 use hru_wire::v1 as pb;
 use jiff::civil::{Date, date};
 use pb::breach_service_client::BreachServiceClient;
-use pb::case_service_client::CaseServiceClient;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
 const SEED: u64 = 19;
@@ -740,28 +739,22 @@ fn read_csv(file: &Path) -> Vec<Vec<String>> {
 async fn record_case(channels: &BTreeMap<&'static str, tonic::transport::Channel>, c: &Case) {
     let mut version = 0;
     for (party, at, event) in facts(c) {
-        let occurred = jiff::Timestamp::from_millisecond(at).unwrap().to_string();
-        let answer = CaseServiceClient::new(channels[party].clone())
-            .record_event(request(
-                pb::RecordEventRequest {
-                    draft: Some(pb::EventDraft {
-                        case_id: c.id.to_string(),
-                        occurred_at: occurred,
-                        event: Some(event),
-                    }),
-                    expected_version: version,
-                    purpose: match party {
-                        "police-hru" => "risk-management",
-                        "cwp" => "clinical-care",
-                        _ => "victim-safety",
-                    }
-                    .into(),
-                },
-                &format!("{party} caseworker"),
-            ))
-            .await
-            .unwrap_or_else(|s| panic!("{party} records on case {}: {}", c.id, s.message()));
-        version = answer.into_inner().sequence;
+        let purpose = match party {
+            "police-hru" => "risk-management",
+            "cwp" => "clinical-care",
+            _ => "victim-safety",
+        };
+        version = hru_tests::record_event(
+            &channels[party],
+            c.id,
+            version,
+            Some(at),
+            purpose,
+            &format!("{party} caseworker"),
+            event,
+        )
+        .await
+        .unwrap_or_else(|s| panic!("{party} records on case {}: {}", c.id, s.message()));
     }
 }
 

@@ -50,21 +50,7 @@ async fn record(
     purpose: &str,
     event: Event,
 ) -> Result<u64, tonic::Status> {
-    CaseServiceClient::new(channel.clone())
-        .record_event(request(
-            pb::RecordEventRequest {
-                draft: Some(pb::EventDraft {
-                    case_id: case.to_string(),
-                    occurred_at: String::new(),
-                    event: Some(event),
-                }),
-                expected_version: version,
-                purpose: purpose.into(),
-            },
-            "caseworker",
-        ))
-        .await
-        .map(|r| r.into_inner().sequence)
+    hru_tests::record_event(channel, case, version, None, purpose, "caseworker", event).await
 }
 
 #[test]

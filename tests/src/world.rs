@@ -602,3 +602,38 @@ pub async fn tls_channel(node: &NodeProcess, ca: &Path, cert: &Path, key: &Path)
 pub fn request<T>(message: T, person: &str) -> tonic::Request<T> {
     hru_wire::request_as(message, person).expect("an ASCII person")
 }
+
+/// `CaseService/RecordEvent` of `event` on `case` at its `version`, as `person` for `purpose`,
+/// occurring at `occurred_ms` (the node's now when `None`): the case's new version.
+pub async fn record_event(
+    channel: &tonic::transport::Channel,
+    case: uuid::Uuid,
+    version: u64,
+    occurred_ms: Option<i64>,
+    purpose: &str,
+    person: &str,
+    event: hru_wire::v1::event_draft::Event,
+) -> Result<u64, tonic::Status> {
+    let occurred_at = occurred_ms
+        .map(|ms| {
+            jiff::Timestamp::from_millisecond(ms)
+                .expect("a time jiff can hold")
+                .to_string()
+        })
+        .unwrap_or_default();
+    hru_wire::v1::case_service_client::CaseServiceClient::new(channel.clone())
+        .record_event(request(
+            hru_wire::v1::RecordEventRequest {
+                draft: Some(hru_wire::v1::EventDraft {
+                    case_id: case.to_string(),
+                    occurred_at,
+                    event: Some(event),
+                }),
+                expected_version: version,
+                purpose: purpose.into(),
+            },
+            person,
+        ))
+        .await
+        .map(|r| r.into_inner().sequence)
+}

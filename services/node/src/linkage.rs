@@ -25,6 +25,16 @@ fn supplied(field: &str) -> Status {
     ))
 }
 
+/// Whether the node derives this subject reference: the agreement in force has a linkage key.
+/// One the caller filled in is refused, naming `field`.
+fn derives(isa: &CompiledIsa, supplied_ref: &[u8], field: &str) -> Result<bool, Status> {
+    match (&isa.linkage, supplied_ref.is_empty()) {
+        (None, _) => Ok(false),
+        (Some(_), true) => Ok(true),
+        (Some(_), false) => Err(supplied(field)),
+    }
+}
+
 impl Shared {
     /// The newest linkage key this party holds under `isa`, read from the log at most every
     /// [`REFRESH`].
@@ -68,14 +78,11 @@ impl Shared {
         let Event::ReferralReceived(r) = event else {
             return Ok(());
         };
-        if isa.linkage.is_none() {
-            return Ok(());
-        }
         let Some(core) = r.core.as_mut() else {
             return Ok(());
         };
-        if !core.subject_ref.is_empty() {
-            return Err(supplied("ReferralReceived.core.subject_ref"));
+        if !derives(isa, &core.subject_ref, "ReferralReceived.core.subject_ref")? {
+            return Ok(());
         }
         let subject = r.identity.as_ref().and_then(|i| i.subject.as_ref()).ok_or_else(|| {
             Status::invalid_argument(
@@ -97,14 +104,11 @@ pub(crate) fn link_reoffence(isa: &CompiledIsa, history: &[HistoryEntry], event:
     let Event::ReoffenceRecorded(r) = event else {
         return Ok(());
     };
-    if isa.linkage.is_none() {
-        return Ok(());
-    }
     let Some(core) = r.core.as_mut() else {
         return Ok(());
     };
-    if !core.subject_ref.is_empty() {
-        return Err(supplied("ReoffenceRecorded.core.subject_ref"));
+    if !derives(isa, &core.subject_ref, "ReoffenceRecorded.core.subject_ref")? {
+        return Ok(());
     }
     let subject = history.iter().find_map(|(_, _, e)| match e {
         CaseEvent::ReferralReceived { core: Some(r), .. } => Some(r.subject_ref),

@@ -210,11 +210,6 @@ impl Hours {
         }
     }
 
-    /// Whether the bank holiday list covers `date` (outside it, only days and times decide).
-    pub fn covers(&self, date: Date) -> bool {
-        date >= self.bank_holidays_from && date <= self.bank_holidays_through
-    }
-
     /// Whether `date` is a working day: a working weekday that is not a bank holiday.
     pub fn is_working_day(&self, date: Date) -> bool {
         self.days.contains(&(date.weekday().to_monday_zero_offset() as u8)) && !self.bank_holidays.contains(&date)
