@@ -740,6 +740,10 @@ impl State {
                 t.fitted = true;
                 t.last_comm_ms = t.last_comm_ms.max(tag.at_ms);
                 t.last_gps_ms = t.last_gps_ms.max(tag.at_ms);
+                // The party's view may bring a fitting after the gateways' later batches:
+                // event time may be past the tag's silence limits already, judged now rather
+                // than at the next heartbeat.
+                self.judge_silence(Some(&tag.tag_id), self.watermark_ms, &mut out);
             }
             Input::TagRemoved { tag } => {
                 if let Some(t) = self.tags.get_mut(tag) {
@@ -1427,11 +1431,20 @@ impl State {
             return;
         }
         self.watermark_ms = at_ms;
+        self.judge_silence(None, at_ms, out);
+    }
+
+    /// Raise no-fix and no-communication for fitted tags (`only` one, or every one) silent
+    /// past their limits at event time `at_ms`; nothing before any gateway is heard.
+    fn judge_silence(&mut self, only: Option<&TagId>, at_ms: i64, out: &mut Vec<Action>) {
+        if at_ms <= 0 {
+            return;
+        }
         let (no_fix, no_comm) = (self.config.no_fix_after_ms, self.config.no_comm_after_ms);
         let mut due: Vec<(TagId, pb::BreachKind)> = self
             .tags
             .iter()
-            .filter(|(_, t)| t.fitted)
+            .filter(|(tag, t)| t.fitted && only.is_none_or(|o| o == *tag))
             .flat_map(|(tag, t)| {
                 let mut v = Vec::new();
                 if at_ms - t.last_comm_ms > no_comm

@@ -1265,6 +1265,9 @@ impl Service {
     }
 }
 
+/// How long a starting geofence waits for its party's view to catch up with the log.
+const VIEW_CATCH_UP: Duration = Duration::from_secs(5);
+
 /// How often a running geofence looks for epoch keys whose retention has ended.
 const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
 
@@ -1342,6 +1345,16 @@ impl Service {
     /// The whole view is read (grants, key events and the breaches already logged); of the
     /// position stream only what follows the cut.
     async fn start(&mut self, positions: &PositionLog) -> Result<(), GeofenceError> {
+        // The view first holds what the log held: a fitting or zone it has not yet copied would
+        // otherwise be read after the positions stored later, and judged against them late.
+        let deadline = std::time::Instant::now() + VIEW_CATCH_UP;
+        while !self.log.reader().caught_up().await? {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(after = ?VIEW_CATCH_UP, "the party's view still lags the log; rebuilding from what it holds");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut events: Vec<LogEntry> = self.log.reader().replay(1, &[]).await?.try_collect().await?;
         // Grants and key events first, in log order, through the read path: every other
         // envelope is then checked against the directory as the log's own key events amend it.

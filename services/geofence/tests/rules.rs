@@ -450,6 +450,42 @@ fn a_tag_with_no_fixes_for_t_raises_no_fix_then_no_communication() {
 }
 
 #[test]
+fn a_fitting_read_after_event_time_passed_its_limits_is_judged_at_once() {
+    // The party's view can bring a tag's fitting after the gateways' later batches: the tag
+    // was heard once, then event time ran twenty minutes on before the fitting arrived. The
+    // silence is judged when the fitting is read, not left until the next heartbeat.
+    let config = Config::default();
+    let mut g = Given {
+        state: State::new(config),
+        actions: Vec::new(),
+        seq: 0,
+    };
+    g.fix_at(T0, Some(north(3_000.0)), 10.0, 0);
+    g.input(Input::Watermark {
+        at_ms: T0 + config.no_comm_after_ms + 60_000,
+    });
+    assert!(g.breaches().is_empty(), "an unfitted tag is not judged");
+    g.input(Input::TagFitted {
+        case: Some(CaseId(uuid::Uuid::from_u128(7))),
+        tag: Tag {
+            tag_id: TAG.parse().unwrap(),
+            order_id: uuid::Uuid::from_u128(3),
+            victim_device_id: None,
+            at_ms: T0 - 60_000,
+            reason: None,
+        },
+    });
+    assert_eq!(g.states(pb::BreachKind::NoCommunication), [pb::BreachState::Opened]);
+    assert_eq!(g.states(pb::BreachKind::NoFix), [pb::BreachState::Opened]);
+    // The next heartbeat raises nothing again.
+    g.input(Input::Watermark {
+        at_ms: T0 + config.no_comm_after_ms + 120_000,
+    });
+    assert_eq!(g.states(pb::BreachKind::NoCommunication), [pb::BreachState::Opened]);
+    assert_eq!(g.states(pb::BreachKind::NoFix), [pb::BreachState::Opened]);
+}
+
+#[test]
 fn strap_tamper_and_low_battery() {
     let mut g = Given::new();
     g.input(Input::Fixes {

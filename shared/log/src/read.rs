@@ -107,16 +107,17 @@ impl Reader {
     }
 
     /// Whether the stream holds everything its source had when asked: always for
-    /// `HRU_EVENTS` itself; for a view, when the server reports no sourcing lag. Events of the
-    /// log a party is not entitled to never reach its view, so "the view's last copy" cannot
-    /// say this; the sourcing lag can.
+    /// `HRU_EVENTS` itself; for a view, when the server has set up its sourcing (a view just
+    /// provisioned, or on a server just restarted, copies nothing for a moment and reports no
+    /// lag meanwhile) and reports no sourcing lag. Events of the log a party is not entitled
+    /// to never reach its view, so "the view's last copy" cannot say this; the sourcing can.
     pub async fn caught_up(&self) -> Result<bool, LogError> {
         if self.numbering == Numbering::Stored {
             return Ok(true);
         }
         let mut stream = self.stream.clone();
         let info = stream.info().await.map_err(request("stream info"))?;
-        Ok(info.sources.iter().all(|s| s.lag == 0))
+        Ok(info.sources.iter().all(|s| s.active.is_some() && s.lag == 0))
     }
 
     /// The first and last log sequence this reader still holds (retention may have removed older).

@@ -962,3 +962,44 @@ async fn headers_a_publisher_forges_do_not_move_a_reader() {
         none.len()
     );
 }
+
+/// A view just provisioned (or whose server just restarted) copies nothing until the server
+/// has set up its source; until then it is not caught up, whatever lag it reports, and once it
+/// says it is caught up it holds what was appended before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_whose_source_is_not_set_up_is_not_caught_up() {
+    use hru_domain::EventType;
+    use hru_log::{EventLog, Expect, PartyView};
+    let w = world();
+    let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
+        .await
+        .unwrap();
+    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1, 1)
+        .await
+        .unwrap();
+    let police = w.secrets.iter().find(|s| s.party.as_str() == "police-hru").unwrap();
+    let log = PartyView::open(&w.url, Some(&identity(police)), &police.party)
+        .await
+        .unwrap();
+    let batch = sealed(&w, police, hru_domain::CaseId::random(), EventType::ReferralReceived);
+    let mut appended = Vec::new();
+    for envelope in &batch.envelopes {
+        let ack = log.appender().append_expecting(envelope, Expect::Any).await.unwrap();
+        appended.push(ack.sequence);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !log.reader().caught_up().await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the view catches up within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let view: Vec<u64> = log
+        .reader()
+        .replay(1, &[])
+        .await
+        .unwrap()
+        .map_ok(|e| e.sequence)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(view, appended, "caught up, the view holds what was appended before");
+}
