@@ -3,7 +3,8 @@
 //! the police and CWP record the same person independently, written differently, and get the
 //! same reference; a reoffence the police record links to CWP's case in the evaluators' view;
 //! a reference supplied by the caller is refused; the evaluators hold no key and see no
-//! identity; a rotation grants generation 2 and new references use it.
+//! identity; a rotation grants generation 2, the custodian re-keys every case under it, new
+//! references use it, and reoffences recorded under generation 1 still count.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -270,46 +271,143 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
         "the reference is the documented HMAC of the documented identifier"
     );
 
-    // A rotation: generation 2 on the log; references derived after it use it.
-    let rotated = succeeded(
-        &world.run(&[
-            "keys",
-            "linkage",
-            "--party",
-            "police-hru",
-            "--keys",
-            &keys,
-            "--reason",
-            "rotation: a holder's copy exposed",
-        ]),
-        "keys linkage (rotation)",
-    );
+    // A rotation: generation 2 on the log, then every case re-keyed under it by the custodian.
+    let rotation = world.run(&[
+        "keys",
+        "linkage",
+        "--party",
+        "police-hru",
+        "--keys",
+        &keys,
+        "--reason",
+        "rotation: a holder's copy exposed",
+    ]);
+    let rotated = succeeded(&rotation, "keys linkage (rotation)");
+    let told = String::from_utf8_lossy(&rotation.stderr);
     assert!(rotated.contains("generation 2"), "{rotated}");
-    std::thread::sleep(Duration::from_millis(5_500)); // nodes read the log again within 5 s
-    let case_d = uuid::Uuid::new_v4();
-    rt.block_on(record(
-        &police,
-        case_d,
-        0,
-        "risk-management",
-        referral(sam(), Vec::new(), now),
-    ))
-    .unwrap();
+    for case in [case_a, case_b, case_c] {
+        assert!(
+            rotated.contains(&format!("SubjectRekeyed\t{case}\tgeneration 2")),
+            "{case} re-keyed: {rotated}"
+        );
+    }
+    assert!(told.contains("re-keyed 3 case(s) to generation 2"), "{told}");
     let grants = world.linkage_grants();
     let second = world.linkage_key(&grants, "police-hru").unwrap();
     assert_eq!(second.generation, 2);
+    let sam_now = hex::encode(second.reference("name-dob:sam oneill|1990-02-03"));
+    let other_now = hex::encode(
+        second.reference(&hru_envelope::subject_identifier(&person("Sam O'Neill", "1990-02-04", "90/1234X")).unwrap()),
+    );
+    // The rotation waited for the nodes to take generation 2: a referral now is derived under it.
+    let case_d = uuid::Uuid::new_v4();
+    let d = rt
+        .block_on(record(
+            &police,
+            case_d,
+            0,
+            "risk-management",
+            referral(sam(), Vec::new(), now - 5 * DAY),
+        ))
+        .unwrap();
+    // A re-keying is the custodian's, derived from the identity; no caller records one.
+    let forged = Event::SubjectRekeyed(pb::SubjectRekeyed {
+        core: Some(pb::SubjectRekeyedCore {
+            previous_ref: vec![1; 32],
+            subject_ref: vec![2; 32],
+            generation: 3,
+        }),
+    });
+    let refused = rt
+        .block_on(record(&police, case_d, d, "risk-management", forged))
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("draft.SubjectRekeyed"),
+        "{}",
+        refused.message()
+    );
+    let not_custodian = world.run(&["keys", "linkage", "--party", "cwp", "--keys", &keys, "--rekey"]);
+    assert_eq!(not_custodian.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&not_custodian.stderr).contains("police-hru grants and rotates it"),
+        "{}",
+        String::from_utf8_lossy(&not_custodian.stderr)
+    );
+    // A reoffence recorded on A after the rotation takes A's reference under generation 2.
+    let case_of = |case: uuid::Uuid| {
+        rt.block_on(CaseServiceClient::new(police.clone()).get_case(request(
+            pb::GetCaseRequest {
+                case_id: case.as_bytes().to_vec(),
+                purpose: "risk-management".into(),
+            },
+            "caseworker",
+        )))
+        .unwrap()
+        .into_inner()
+    };
+    rt.block_on(record(
+        &police,
+        case_a,
+        case_of(case_a).version,
+        "risk-management",
+        Event::ReoffenceRecorded(pb::ReoffenceRecorded {
+            core: Some(pb::ReoffenceCore {
+                subject_ref: Vec::new(),
+                offence: "breach of a stalking protection order".into(),
+                occurred_at_ms: now - DAY,
+            }),
+        }),
+    ))
+    .unwrap();
+    let reoffences: Vec<String> = case_of(case_a)
+        .events
+        .iter()
+        .filter(|e| e.header.as_ref().is_some_and(|h| h.event_type == "ReoffenceRecorded"))
+        .filter_map(|e| e.sections.iter().find(|s| s.name == "core"))
+        .map(|s| {
+            hex::encode(
+                <pb::ReoffenceCore as prost::Message>::decode(s.plaintext.as_slice())
+                    .unwrap()
+                    .subject_ref,
+            )
+        })
+        .collect();
+    assert_eq!(reoffences.len(), 2, "{reoffences:?}");
+    assert_eq!(reoffences[1], sam_now, "taken from the case's re-keying");
+    assert_ne!(reoffences[0], sam_now, "the earlier one stays as recorded");
+    // Run again, nothing is left to re-key.
+    let again = world.run(&["keys", "linkage", "--party", "police-hru", "--keys", &keys, "--rekey"]);
+    succeeded(&again, "keys linkage --rekey");
+    let again = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.contains("re-keyed 0 case(s) to generation 2; 4 already under it"),
+        "{again}"
+    );
+
+    // The evaluators see every case under generation 2; the reoffence recorded on A under
+    // generation 1 still counts for B, and A, B and D are one person.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let rows = list();
-        if let Some(d) = rows.iter().find(|r| r.case_id == case_d.as_bytes().to_vec()) {
-            let d: serde_json::Value = serde_json::from_str(&d.json).unwrap();
-            assert_eq!(
-                d["subject_ref"].as_str().unwrap(),
-                hex::encode(second.reference("name-dob:sam oneill|1990-02-03"))
-            );
+        let by_case = |c: uuid::Uuid| {
+            rows.iter()
+                .find(|r| r.case_id == c.as_bytes().to_vec())
+                .map(|r| serde_json::from_str::<serde_json::Value>(&r.json).unwrap())
+        };
+        let refs: Vec<Option<String>> = [case_a, case_b, case_c, case_d]
+            .into_iter()
+            .map(|c| by_case(c).and_then(|r| r["subject_ref"].as_str().map(str::to_owned)))
+            .collect();
+        let want = [&sam_now, &sam_now, &other_now, &sam_now].map(|r| Some(r.clone()));
+        if refs == want {
+            assert_eq!(by_case(case_b).unwrap()["reoffence_within_6m"], true);
             break;
         }
-        assert!(Instant::now() < deadline, "case D's row within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "every case under generation 2 within 20 s: {refs:?}, want {want:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 

@@ -460,8 +460,12 @@ pub enum KeysCommand {
         #[arg(long)]
         keys: PathBuf,
         /// Why: "first key", or what a rotation answers.
-        #[arg(long)]
-        reason: String,
+        #[arg(long, required_unless_present = "rekey")]
+        reason: Option<String>,
+        /// Grant nothing: re-key every case to the newest generation (after an interrupted
+        /// rotation, or to take in referrals recorded under the old generation since).
+        #[arg(long, conflicts_with = "reason")]
+        rekey: bool,
     },
     /// Replace all three keys of a party (signing, X25519, nkey): KeyRotated events signed by
     /// the old key; prints the party's new directory block.
@@ -927,9 +931,17 @@ pub async fn run(cli: Cli) -> ExitCode {
             device::alerts(&cli.nats, &cli.policies, &device, &keys, wait_s).await
         }
         Command::Keys(KeysCommand::Rotate { party, keys }) => keys::rotate(&broker, &cli.policies, &party, &keys).await,
-        Command::Keys(KeysCommand::Linkage { party, keys, reason }) => {
-            linkage::grant(&broker, &cli.policies, &party, &keys, &reason).await
-        }
+        Command::Keys(KeysCommand::Linkage {
+            party,
+            keys,
+            reason,
+            rekey,
+        }) => match (rekey, reason) {
+            (true, _) => linkage::rekey(&broker, &cli.policies, &party, &keys).await,
+            (false, reason) => {
+                linkage::grant(&broker, &cli.policies, &party, &keys, reason.as_deref().unwrap_or("")).await
+            }
+        },
         Command::Keys(KeysCommand::Periods { party, keys, replace }) => {
             retention::hold_periods(&broker, &cli.policies, &party, &keys, replace).await
         }

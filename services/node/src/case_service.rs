@@ -106,6 +106,7 @@ impl CaseApi {
         crate::figures::refuse_supplied(&event)?;
         let isa = self.shared.agreement()?;
         // A referral's subject reference is the node's to derive (decision 020).
+        crate::linkage::refuse_rekeying(&event)?;
         self.shared.link_referral(isa, &mut event).await?;
         let now = jiff::Timestamp::now().as_millisecond();
         let occurred = if occurred_at.is_empty() {

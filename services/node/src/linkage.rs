@@ -98,8 +98,40 @@ impl Shared {
     }
 }
 
-/// A reoffence takes the subject reference of its case's referral, where the agreement in force
-/// has a linkage key.
+/// A case's re-keying is derived by the custodian's `hru keys linkage --rekey` from the
+/// referral's identity under the newest key; a node's caller never records one.
+pub(crate) fn refuse_rekeying(event: &Event) -> Result<(), Status> {
+    match event {
+        Event::SubjectRekeyed(_) => Err(Status::invalid_argument(
+            "field `draft.SubjectRekeyed`: a case's subject reference is derived again under a rotated linkage key              by the custodian (`hru keys linkage --rekey`), from the referral's identity; it is not recorded              through a node",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The subject reference a case carries now: its referral's, or that of the newest re-keying
+/// that continues it.
+pub(crate) fn case_reference(history: &[HistoryEntry]) -> Option<[u8; 32]> {
+    let mut reference: Option<([u8; 32], u32)> = None;
+    for (_, _, e) in history {
+        match e {
+            CaseEvent::ReferralReceived { core: Some(r), .. } if reference.is_none() => {
+                reference = Some((r.subject_ref, 1));
+            }
+            // A re-keying continues the reference the case carries, to a newer generation.
+            CaseEvent::SubjectRekeyed { core: Some(k) }
+                if reference.is_some_and(|(r, g)| r == k.previous_ref && k.generation > g) =>
+            {
+                reference = Some((k.subject_ref, k.generation));
+            }
+            _ => {}
+        }
+    }
+    reference.map(|(r, _)| r)
+}
+
+/// A reoffence takes the subject reference its case carries (its referral's, or the newest
+/// re-keying's), where the agreement in force has a linkage key.
 pub(crate) fn link_reoffence(isa: &CompiledIsa, history: &[HistoryEntry], event: &mut Event) -> Result<(), Status> {
     let Event::ReoffenceRecorded(r) = event else {
         return Ok(());
@@ -110,11 +142,7 @@ pub(crate) fn link_reoffence(isa: &CompiledIsa, history: &[HistoryEntry], event:
     if !derives(isa, &core.subject_ref, "ReoffenceRecorded.core.subject_ref")? {
         return Ok(());
     }
-    let subject = history.iter().find_map(|(_, _, e)| match e {
-        CaseEvent::ReferralReceived { core: Some(r), .. } => Some(r.subject_ref),
-        _ => None,
-    });
-    core.subject_ref = subject
+    core.subject_ref = case_reference(history)
         .ok_or_else(|| {
             Status::failed_precondition(
                 "the case holds no referral this node can read: a reoffence is recorded on the subject's case, \

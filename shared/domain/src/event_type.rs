@@ -125,6 +125,7 @@ event_types! {
         ReoffenceRecorded => [core],
         CaseClosed => [core],
         AccessLogged => [core],
+        SubjectRekeyed => [core],
     }
     public { PolicyAdopted, KeyGranted, KeyRotated, KeyRevoked, EpochKeyDestroyed, PeriodKeysPublished, LegalHoldPlaced, LegalHoldReleased, GatewayRetired, ChainCheckpoint, CheckpointWitnessed, LinkageKeyGranted }
 }

@@ -771,6 +771,45 @@ impl TryFrom<pb::ReoffenceCore> for Reoffence {
     }
 }
 
+/// A case's subject reference derived again under a newer linkage key generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rekeying {
+    /// The reference the case carried until now.
+    pub previous_ref: [u8; 32],
+    /// The reference under `generation`.
+    pub subject_ref: [u8; 32],
+    /// The linkage key generation (2 or later: the first is granted, not re-keyed to).
+    pub generation: u32,
+}
+
+impl TryFrom<pb::SubjectRekeyedCore> for Rekeying {
+    type Error = FieldError;
+    fn try_from(w: pb::SubjectRekeyedCore) -> Result<Self, FieldError> {
+        let pb::SubjectRekeyedCore {
+            previous_ref,
+            subject_ref,
+            generation,
+        } = w;
+        let reference = |bytes: Vec<u8>, field: &str| -> Result<[u8; 32], FieldError> {
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| FieldError::new(field, format!("must be 32 bytes, got {}", bytes.len())))
+        };
+        if generation < 2 {
+            return Err(FieldError::new(
+                "generation",
+                format!("is {generation}: a re-keying is to generation 2 or later"),
+            ));
+        }
+        Ok(Self {
+            previous_ref: reference(previous_ref, "previous_ref")?,
+            subject_ref: reference(subject_ref, "subject_ref")?,
+            generation,
+        })
+    }
+}
+
 /// A case closure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closure {
@@ -1001,6 +1040,7 @@ case_events! {
     ReoffenceRecorded { core: pb::ReoffenceCore => Reoffence },
     CaseClosed { core: pb::CaseClosedCore => Closure },
     AccessLogged { core: pb::AccessCore => Access },
+    SubjectRekeyed { core: pb::SubjectRekeyedCore => Rekeying },
 }
 
 #[cfg(test)]

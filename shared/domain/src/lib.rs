@@ -17,7 +17,7 @@ pub use error::FieldError;
 pub use event_type::{EventType, PlainSection, join_sections, split_draft};
 pub use events::{
     Access, Acknowledgement, AcknowledgementFigures, Breach, CaseEvent, Charge, Closure, ContactFigures, Intervention,
-    Narrative, Order, ProximityRule, Reoffence, Review, ReviewFigures, RiskSummary, SafetyPlan, Screening,
+    Narrative, Order, ProximityRule, Rekeying, Reoffence, Review, ReviewFigures, RiskSummary, SafetyPlan, Screening,
     ScreeningFigures, Tag, VictimIdentity, WeeklyWindow, Zone, ZoneRevocation,
 };
 pub use header::{EventHeader, ProducerId};

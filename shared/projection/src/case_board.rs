@@ -70,7 +70,7 @@ impl Projection for CaseBoard {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
@@ -126,6 +126,10 @@ impl Projection for CaseBoard {
             CaseEvent::CaseClosed { core: Some(_) } => {
                 row.closed = true;
                 writes.push(Write::Delete(key(QUEUE_PREFIX, &case)));
+            }
+            // The case's reference under a rotated linkage key.
+            CaseEvent::SubjectRekeyed { core: Some(k) } if row.subject_ref == Some(hex::encode(k.previous_ref)) => {
+                row.subject_ref = Some(hex::encode(k.subject_ref));
             }
             _ => {}
         }

@@ -5,7 +5,10 @@
 //!
 //! Rows are keyed by the random case id and the keyed subject reference; no identity, narrative,
 //! clinical or location fact ever reaches this projection (the agreement does not grant them).
-//! Reoffences are recorded per subject, whichever case they were recorded in. Under version 2
+//! Reoffences are recorded per subject, whichever case they were recorded in. When the linkage
+//! key is rotated, each case's re-keying gives its reference under the new generation and keeps
+//! the old reference as an alias of it, so a reoffence recorded under the old reference still
+//! counts for the subject. Under version 2
 //! of the agreement the rows also carry the `figures` the nodes write: screening, reviews held,
 //! Victims' Code contacts and breach acknowledgement times.
 
@@ -19,6 +22,9 @@ use crate::{Applied, Projection, Reader, Store, Write, put_json, read_json};
 struct CaseFacts {
     case_id: String,
     subject_ref: Option<String>,
+    /// The linkage key generation of `subject_ref` (0 before any re-keying).
+    #[serde(default)]
+    generation: u32,
     referral_at_ms: Option<i64>,
     behaviours: Vec<String>,
     area: Option<String>,
@@ -129,6 +135,8 @@ pub struct Evaluation;
 
 const CASE_PREFIX: &[u8] = b"case/";
 const REOFFENCE_PREFIX: &[u8] = b"reoffence/";
+/// An older reference → the reference a re-keying gave in its place.
+const ALIAS_PREFIX: &[u8] = b"alias/";
 
 fn key(prefix: &[u8], id: &str) -> Vec<u8> {
     [prefix, id.as_bytes()].concat()
@@ -140,7 +148,7 @@ impl Projection for Evaluation {
     }
 
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
@@ -210,6 +218,15 @@ impl Projection for Evaluation {
                 }
             }
             CaseEvent::CaseClosed { core: Some(c) } => facts.closed_at_ms = Some(c.closed_at_ms),
+            // A re-keying continues the reference the case carries, to a newer generation.
+            CaseEvent::SubjectRekeyed { core: Some(r) }
+                if facts.subject_ref == Some(hex::encode(r.previous_ref)) && r.generation > facts.generation =>
+            {
+                let (previous, next) = (hex::encode(r.previous_ref), hex::encode(r.subject_ref));
+                facts.subject_ref = Some(next.clone());
+                facts.generation = r.generation;
+                return vec![put_json(key(ALIAS_PREFIX, &previous), &next), put_json(k, &facts)];
+            }
             _ => return Vec::new(),
         }
         vec![put_json(k, &facts)]
@@ -239,24 +256,62 @@ fn within(from: Option<i64>, months: i64, reoffences: &[i64], now_ms: i64) -> Op
     }
 }
 
+/// The reference `subject` is known by now: followed through its re-keyings.
+fn current<'a>(aliases: &'a std::collections::BTreeMap<String, String>, mut subject: &'a str) -> &'a str {
+    // Each re-keying is to a newer generation, so a chain ends; the bound guards a forged loop.
+    for _ in 0..=aliases.len() {
+        match aliases.get(subject) {
+            Some(next) => subject = next,
+            None => break,
+        }
+    }
+    subject
+}
+
 /// Every outcome row as of `now_ms`, oldest referral first.
 pub fn outcome_rows(store: &Store, now_ms: i64) -> Result<Vec<OutcomeRow>, crate::ProjectionError> {
-    let reoffences: std::collections::BTreeMap<String, Vec<i64>> = store
-        .scan(&Evaluation, REOFFENCE_PREFIX)?
+    Ok(rows_of(
+        store.scan(&Evaluation, CASE_PREFIX)?,
+        store.scan(&Evaluation, REOFFENCE_PREFIX)?,
+        store.scan(&Evaluation, ALIAS_PREFIX)?,
+        now_ms,
+    ))
+}
+
+/// The outcome rows the fold's case, reoffence and alias entries give at `now_ms`, oldest
+/// referral first. A reference since re-keyed is shown, and its reoffences counted, under the
+/// reference it is known by now.
+fn rows_of(
+    cases: Vec<(Vec<u8>, Vec<u8>)>,
+    reoffence_entries: Vec<(Vec<u8>, Vec<u8>)>,
+    alias_entries: Vec<(Vec<u8>, Vec<u8>)>,
+    now_ms: i64,
+) -> Vec<OutcomeRow> {
+    let suffix = |k: &[u8], prefix: &[u8]| String::from_utf8(k.get(prefix.len()..)?.to_vec()).ok();
+    let aliases: std::collections::BTreeMap<String, String> = alias_entries
         .into_iter()
-        .filter_map(|(k, v)| {
-            let subject = String::from_utf8(k[REOFFENCE_PREFIX.len()..].to_vec()).ok()?;
-            Some((subject, serde_json::from_slice(&v).ok()?))
-        })
+        .filter_map(|(k, v)| Some((suffix(&k, ALIAS_PREFIX)?, serde_json::from_slice(&v).ok()?)))
         .collect();
-    let mut rows: Vec<OutcomeRow> = store
-        .scan(&Evaluation, CASE_PREFIX)?
+    let mut reoffences: std::collections::BTreeMap<String, Vec<i64>> = std::collections::BTreeMap::new();
+    for (k, v) in reoffence_entries {
+        let (Some(subject), Ok(times)) = (suffix(&k, REOFFENCE_PREFIX), serde_json::from_slice::<Vec<i64>>(&v)) else {
+            continue;
+        };
+        let all = reoffences.entry(current(&aliases, &subject).to_owned()).or_default();
+        all.extend(times);
+        all.sort_unstable();
+        all.dedup();
+    }
+    let mut rows: Vec<OutcomeRow> = cases
         .iter()
         .filter_map(|(_, v)| serde_json::from_slice::<CaseFacts>(v).ok())
-        .map(|f| outcome(f, &reoffences, now_ms))
+        .map(|mut f| {
+            f.subject_ref = f.subject_ref.map(|s| current(&aliases, &s).to_owned());
+            outcome(f, &reoffences, now_ms)
+        })
         .collect();
     rows.sort_by_key(|r| (r.referral_at_ms, r.case_id.clone()));
-    Ok(rows)
+    rows
 }
 
 fn outcome(f: CaseFacts, reoffences: &std::collections::BTreeMap<String, Vec<i64>>, now_ms: i64) -> OutcomeRow {
@@ -316,22 +371,14 @@ mod tests {
 
     fn rows(events: &[(hru_domain::EventHeader, CaseEvent)], now: i64) -> Vec<OutcomeRow> {
         let mem = fold(&Evaluation, events);
-        let reoffences = mem
-            .0
-            .iter()
-            .filter(|(k, _)| k.starts_with(REOFFENCE_PREFIX))
-            .map(|(k, v)| {
-                (
-                    String::from_utf8(k[REOFFENCE_PREFIX.len()..].to_vec()).expect("utf8"),
-                    serde_json::from_slice(v).expect("json"),
-                )
-            })
-            .collect();
-        mem.0
-            .iter()
-            .filter(|(k, _)| k.starts_with(CASE_PREFIX))
-            .map(|(_, v)| outcome(serde_json::from_slice(v).expect("json"), &reoffences, now))
-            .collect()
+        let under = |prefix: &[u8]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            mem.0
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        rows_of(under(CASE_PREFIX), under(REOFFENCE_PREFIX), under(ALIAS_PREFIX), now)
     }
 
     #[test]
@@ -410,6 +457,61 @@ mod tests {
                 }),
             },
         )
+    }
+
+    fn rekeyed(case: CaseId, from: u8, to: u8, generation: u32, at: i64) -> (hru_domain::EventHeader, CaseEvent) {
+        (
+            header(case, EventType::SubjectRekeyed, at),
+            CaseEvent::SubjectRekeyed {
+                core: Some(hru_domain::Rekeying {
+                    previous_ref: [from; 32],
+                    subject_ref: [to; 32],
+                    generation,
+                }),
+            },
+        )
+    }
+
+    /// A rotation of the linkage key re-keys each case: rows show the reference under the
+    /// newest generation, and a reoffence recorded under the old one still counts, whether
+    /// its own case was re-keyed or not; a re-keying that does not continue the case's
+    /// reference, or goes back a generation, is not taken.
+    #[test]
+    fn a_rekeyed_subject_keeps_its_reoffences_and_links_with_cases_after_the_rotation() {
+        let (before, other, after) = (CaseId::random(), CaseId::random(), CaseId::random());
+        let events = [
+            (
+                header(before, EventType::ReferralReceived, JAN_2027),
+                referral(1, JAN_2027),
+            ),
+            (
+                header(other, EventType::ReferralReceived, JAN_2027),
+                referral(1, JAN_2027),
+            ),
+            // Reoffence recorded under generation 1 on a case never re-keyed afterwards.
+            reoffence(other, 1, JAN_2027 + 100 * DAY),
+            rekeyed(before, 1, 2, 2, JAN_2027 + 120 * DAY),
+            // Not this case's reference, and an older generation: neither taken.
+            rekeyed(before, 9, 8, 3, JAN_2027 + 121 * DAY),
+            rekeyed(before, 2, 7, 1, JAN_2027 + 122 * DAY),
+            // The same person referred again after the rotation: the new reference.
+            (
+                header(after, EventType::ReferralReceived, JAN_2027 + 130 * DAY),
+                referral(2, JAN_2027 + 130 * DAY),
+            ),
+            reoffence(after, 2, JAN_2027 + 150 * DAY),
+        ];
+        let now = JAN_2027 + 800 * DAY;
+        let rows = rows(&events, now);
+        let row = |c: CaseId| rows.iter().find(|r| r.case_id == c.to_string()).expect("row");
+        let two = Some(hex::encode([2u8; 32]));
+        assert_eq!(row(before).subject_ref, two, "re-keyed");
+        assert_eq!(row(other).subject_ref, two, "its old reference is an alias of the new");
+        assert_eq!(row(after).subject_ref, two);
+        // Both reoffences count for the subject, from each case's referral.
+        assert_eq!(row(before).reoffence_within_6m, Some(true));
+        assert_eq!(row(other).reoffence_within_6m, Some(true));
+        assert_eq!(row(after).reoffence_within_6m, Some(true));
     }
 
     /// The evaluation's headline figure is reoffending after a *completed health intervention*:

@@ -68,7 +68,7 @@ impl Projection for ProbationCaseload {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
@@ -109,6 +109,15 @@ impl Projection for ProbationCaseload {
             }
             CaseEvent::TagRemoved { core: Some(t) } => row.tags.retain(|x| x != t.tag_id.as_str()),
             CaseEvent::ReoffenceRecorded { core: Some(r) } => row.reoffences.push(r.occurred_at_ms),
+            // The case's reference under a rotated linkage key; a subject under supervision
+            // stays so under its new reference.
+            CaseEvent::SubjectRekeyed { core: Some(k) } if row.subject_ref == Some(hex::encode(k.previous_ref)) => {
+                let (previous, next) = (hex::encode(k.previous_ref), hex::encode(k.subject_ref));
+                if state.get(&key(SUBJECT_PREFIX, &previous)).is_some() {
+                    writes.push(Write::Put(key(SUBJECT_PREFIX, &next), b"supervised".to_vec()));
+                }
+                row.subject_ref = Some(next);
+            }
             CaseEvent::CaseClosed { core: Some(_) } => row.closed = true,
             _ => {}
         }
@@ -209,6 +218,47 @@ mod tests {
                         .is_some_and(|s| supervised.contains(&s.as_bytes()))
             })
             .collect()
+    }
+
+    fn rekeyed(from: u8, to: u8) -> CaseEvent {
+        CaseEvent::SubjectRekeyed {
+            core: Some(hru_domain::Rekeying {
+                previous_ref: [from; 32],
+                subject_ref: [to; 32],
+                generation: 2,
+            }),
+        }
+    }
+
+    /// A rotation of the linkage key re-keys the police's case before probation's: the subject
+    /// stays under supervision, under the new reference, whichever case is re-keyed first.
+    #[test]
+    fn a_supervised_subject_stays_supervised_across_a_rotation_of_the_linkage_key() {
+        let (supervised, other, later) = (CaseId::random(), CaseId::random(), CaseId::random());
+        let rows = caseload(&[
+            (
+                by("probation", header(supervised, EventType::ReferralReceived, 1)),
+                referral(1),
+            ),
+            (
+                by("police-hru", header(other, EventType::ReferralReceived, 2)),
+                referral(1),
+            ),
+            (
+                by("police-hru", header(other, EventType::SubjectRekeyed, 3)),
+                rekeyed(1, 5),
+            ),
+            (
+                by("police-hru", header(supervised, EventType::SubjectRekeyed, 4)),
+                rekeyed(1, 5),
+            ),
+            (
+                by("police-hru", header(later, EventType::ReferralReceived, 5)),
+                referral(5),
+            ),
+        ]);
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert!(rows.iter().all(|r| r.subject_ref == Some(hex::encode([5u8; 32]))));
     }
 
     #[test]
