@@ -27,7 +27,10 @@ fn role_projections(
         .iter()
         .find_map(|isa| isa.parties.get(party).map(|p| p.role))
         .with_context(|| format!("--party: {party} is not a party of any agreement"))?;
-    Ok(View::projections(&View::for_role(role)))
+    let calendar = policies::in_force(&set, jiff::Timestamp::now().as_millisecond())
+        .ok()
+        .and_then(|isa| isa.hours.as_ref());
+    Ok(View::projections(&View::for_role(role), calendar))
 }
 
 /// Fold the log into the store at `store_dir` as `party`; `wipe` rebuilds from sequence 1;

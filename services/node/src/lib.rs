@@ -179,9 +179,10 @@ pub async fn run(
             ring.with_periods(periods.keys(), &periods::published_through(now)),
         )
     };
+    let calendar = isa.hours.clone();
     let mut projector = Projector::new(
         Store::open(&stores.current())?,
-        View::projections(&views),
+        View::projections(&views, calendar.as_ref()),
         read_path(ring()?),
     )?;
     // What its projections derived from sections whose retention ended while the node was
@@ -195,7 +196,15 @@ pub async fn run(
     let held = hru_log::holds::held_grants(log.reader()).await?;
     if projector.forgetting_due(now)? || projector.holds_due(held.last().map(|e| e.sequence))? {
         drop(projector);
-        projector = fresh_projector(&stores, &views, read_path(ring()?), &log, &held, now).await?;
+        projector = fresh_projector(
+            &stores,
+            (&views, calendar.as_ref()),
+            read_path(ring()?),
+            &log,
+            &held,
+            now,
+        )
+        .await?;
         stores.switch()?;
         tracing::info!(
             "projections folded again: without the sections erased under retention, with those legal holds keep"
@@ -475,7 +484,16 @@ async fn sweep(shared: &Shared) -> Result<(), NodeError> {
             ring,
         );
         let held = hru_log::holds::held_grants(shared.log.reader()).await?;
-        let fresh = fresh_projector(&shared.stores, &shared.views, read, &shared.log, &held, now).await?;
+        let calendar = shared.deployment.in_force_now().ok().and_then(|isa| isa.hours.clone());
+        let fresh = fresh_projector(
+            &shared.stores,
+            (&shared.views, calendar.as_ref()),
+            read,
+            &shared.log,
+            &held,
+            now,
+        )
+        .await?;
         let old = {
             let mut projector = shared
                 .projector
@@ -711,7 +729,7 @@ impl Stores {
 /// follow the events they open) taken in first.
 async fn fresh_projector(
     stores: &Stores,
-    views: &[View],
+    (views, calendar): (&[View], Option<&hru_policy::Hours>),
     read: hru_reader::ReadPath,
     log: &PartyView,
     held: &[hru_log::LogEntry],
@@ -719,7 +737,7 @@ async fn fresh_projector(
 ) -> Result<Projector, NodeError> {
     let dir = stores.next();
     stores.remove(stores.other())?;
-    let mut projector = Projector::new(Store::open(&dir)?, View::projections(views), read)?;
+    let mut projector = Projector::new(Store::open(&dir)?, View::projections(views, calendar), read)?;
     projector.forget_expired(now_ms)?;
     let items: Vec<hru_projection::LogItem<'_>> = held
         .iter()

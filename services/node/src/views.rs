@@ -68,22 +68,23 @@ impl View {
         })
     }
 
-    fn projection(self) -> Box<dyn Projection> {
+    fn projection(self, calendar: Option<&hru_policy::Hours>) -> Box<dyn Projection> {
         match self {
             View::CaseBoard | View::ScreeningQueue => Box::new(CaseBoard),
             View::ReviewSchedule => Box::new(ReviewSchedule),
-            View::Advocacy => Box::new(Advocacy),
+            View::Advocacy => Box::new(Advocacy::with_calendar(calendar)),
             View::ProbationCaseload => Box::new(ProbationCaseload),
             View::Outcomes => Box::new(Evaluation),
             View::BreachBoard | View::Coverage => Box::new(BreachBoard),
         }
     }
 
-    /// The projections behind `views`, each once.
-    pub fn projections(views: &[View]) -> Vec<Box<dyn Projection>> {
+    /// The projections behind `views`, each once; working days (the Victims' Code's) counted by
+    /// `calendar`, the agreement's `[hours]`.
+    pub fn projections(views: &[View], calendar: Option<&hru_policy::Hours>) -> Vec<Box<dyn Projection>> {
         let mut out: Vec<Box<dyn Projection>> = Vec::new();
         for v in views {
-            let p = v.projection();
+            let p = v.projection(calendar);
             if !out.iter().any(|q| q.name() == p.name()) {
                 out.push(p);
             }

@@ -5,7 +5,9 @@
 //! a charging decision, an order or the closing of the case within one working day, and are
 //! contacted for a needs assessment within two working days of the referral. A safety-plan
 //! update by the advocate is a contact: it discharges every obligation raised before it.
-//! Working days skip Saturdays and Sundays in Europe/London (bank holidays are not modelled).
+//! Working days are those of the agreement's `[hours]` (Monday to Friday in Europe/London, less
+//! the England and Wales bank holidays it lists); under an agreement without `[hours]`, Monday to
+//! Friday in Europe/London.
 
 use hru_domain::{Breach, CaseEvent};
 use hru_wire::v1 as pb;
@@ -76,8 +78,29 @@ impl AdvocacyRow {
     }
 }
 
-/// The victim advocacy projection.
-pub struct Advocacy;
+/// The victim advocacy projection, counting working days by a calendar.
+#[derive(Debug, Clone, Default)]
+pub struct Advocacy {
+    calendar: Option<std::sync::Arc<hru_policy::Hours>>,
+}
+
+impl Advocacy {
+    /// Count working days by the agreement's `hours` (its days and bank holidays), or Monday to
+    /// Friday in Europe/London without them.
+    pub fn with_calendar(hours: Option<&hru_policy::Hours>) -> Self {
+        Self {
+            calendar: hours.cloned().map(std::sync::Arc::new),
+        }
+    }
+
+    /// `n` working days after `ms` by this projection's calendar, at the same wall-clock time.
+    pub fn working_days_after(&self, ms: i64, n: u32) -> i64 {
+        match &self.calendar {
+            Some(hours) => hours.working_days_after(ms, n),
+            None => working_days_after(ms, n),
+        }
+    }
+}
 
 const PREFIX: &[u8] = b"advocacy/";
 
@@ -106,11 +129,11 @@ pub fn working_days_after(ms: i64, n: u32) -> i64 {
     at.timestamp().as_millisecond()
 }
 
-fn owe(row: &mut AdvocacyRow, reason: &str, raised_at_ms: i64, working_days: u32) {
+fn owe(calendar: &Advocacy, row: &mut AdvocacyRow, reason: &str, raised_at_ms: i64, working_days: u32) {
     row.contacts_due.push(ContactDue {
         reason: reason.to_owned(),
         raised_at_ms,
-        due_at_ms: working_days_after(raised_at_ms, working_days),
+        due_at_ms: calendar.working_days_after(raised_at_ms, working_days),
     });
 }
 
@@ -120,7 +143,7 @@ impl Projection for Advocacy {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn apply(&self, state: &dyn Reader, e: &Applied<'_>) -> Vec<Write> {
@@ -140,18 +163,20 @@ impl Projection for Advocacy {
                     row.victim_name = Some(victim.full_name.clone());
                 }
                 let received = core.as_ref().map_or(at, |c| c.received_at_ms);
-                owe(&mut row, "needs assessment and referral to support", received, 2);
+                owe(self, &mut row, "needs assessment and referral to support", received, 2);
             }
             CaseEvent::RiskAssessed { summary: Some(r), .. } => {
                 row.risk_level = Some(r.overall.as_str_name().to_owned())
             }
             CaseEvent::OrderIssued { core: Some(o) } => owe(
+                self,
                 &mut row,
                 &format!("tell the victim of the order ({})", o.kind.as_str_name()),
                 o.issued_at_ms,
                 1,
             ),
             CaseEvent::ChargeDecided { core: Some(c) } => owe(
+                self,
                 &mut row,
                 &format!(
                     "tell the victim of the charging decision ({})",
@@ -161,7 +186,7 @@ impl Projection for Advocacy {
                 1,
             ),
             CaseEvent::CaseClosed { core: Some(c) } => {
-                owe(&mut row, "tell the victim the case is closed", c.closed_at_ms, 1)
+                owe(self, &mut row, "tell the victim the case is closed", c.closed_at_ms, 1)
             }
             CaseEvent::SafetyPlanUpdated { victim, identity, .. } => {
                 if let Some(id) = identity {
@@ -226,7 +251,7 @@ impl Projection for Advocacy {
 pub fn advocacy_row(store: &Store, case: &str) -> Result<Option<AdvocacyRow>, crate::ProjectionError> {
     let key = [PREFIX, case.as_bytes()].concat();
     Ok(store
-        .scan(&Advocacy, &key)?
+        .scan(&Advocacy::default(), &key)?
         .into_iter()
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| serde_json::from_slice(&v).ok()))
@@ -235,7 +260,7 @@ pub fn advocacy_row(store: &Store, case: &str) -> Result<Option<AdvocacyRow>, cr
 /// Every case advocacy holds, the soonest contact due first.
 pub fn advocacy_rows(store: &Store) -> Result<Vec<AdvocacyRow>, crate::ProjectionError> {
     let mut rows: Vec<AdvocacyRow> = store
-        .scan(&Advocacy, PREFIX)?
+        .scan(&Advocacy::default(), PREFIX)?
         .iter()
         .filter_map(|(_, v)| serde_json::from_slice(v).ok())
         .collect();
@@ -261,7 +286,7 @@ mod tests {
     const DAY: i64 = 86_400_000;
 
     fn row(events: &[(hru_domain::EventHeader, CaseEvent)]) -> AdvocacyRow {
-        let mem = fold(&Advocacy, events);
+        let mem = fold(&Advocacy::default(), events);
         let (_, v) = mem.0.iter().next().expect("a row");
         serde_json::from_slice(v).expect("json")
     }
@@ -310,6 +335,40 @@ mod tests {
             .timestamp()
             .as_millisecond();
         assert_eq!(working_days_after(fri, 1), fri + 3 * DAY - 3_600_000);
+    }
+
+    /// Under the agreement's calendar the Code's working days skip the bank holidays it lists:
+    /// a referral on Christmas Eve 2026 owes its needs assessment by Wednesday 30 December
+    /// (Christmas Day, the weekend and Monday 28th, the substitute for Boxing Day, are not
+    /// working days), not by Monday 28th as weekends alone would have it.
+    #[test]
+    fn working_days_skip_the_bank_holidays_the_agreement_lists() {
+        let isa = hru_policy::CompiledIsa::compile(
+            include_str!("../../../policies/cheshire-hru-v2.toml"),
+            "cheshire-hru-v2.toml",
+            None,
+        )
+        .expect("version 2 compiles");
+        let london = |d: i8, h: i8| {
+            jiff::civil::date(2026, 12, d)
+                .at(h, 0, 0, 0)
+                .in_tz("Europe/London")
+                .expect("tz")
+                .timestamp()
+                .as_millisecond()
+        };
+        let case = CaseId::random();
+        let given = [(
+            header(case, EventType::ReferralReceived, london(24, 10)),
+            referral(london(24, 10)),
+        )];
+        let due = |projection: &Advocacy| -> i64 {
+            let mem = fold(projection, &given);
+            let row: AdvocacyRow = serde_json::from_slice(mem.0.values().next().expect("a row")).expect("json");
+            row.contacts_due[0].due_at_ms
+        };
+        assert_eq!(due(&Advocacy::with_calendar(isa.hours.as_ref())), london(30, 10));
+        assert_eq!(due(&Advocacy::default()), london(28, 10), "weekends alone");
     }
 
     #[test]
