@@ -766,16 +766,7 @@ fn the_evaluation_report_from_a_synthetic_two_year_caseload_matches_the_generato
     let cases = generate();
     let keys = path(world.dir.path(), "keys");
     succeeded(
-        &world.run(&[
-            "keys",
-            "linkage",
-            "--party",
-            "police-hru",
-            "--keys",
-            &keys,
-            "--reason",
-            "first key",
-        ]),
+        &world.keys_linkage("police-hru", &["--reason", "first key"]),
         "grant the linkage key",
     );
     let recorders = ["police-hru", "cwp", "victim-advocacy", "police-control"];

@@ -1102,7 +1102,7 @@ async fn honest_rebuild(s: &Suite, planted: &BTreeSet<u64>) -> std::collections:
         hru_envelope::KeyRing::new(&police),
     );
     let role = s.isa.parties[&police.party].role;
-    let projections = hru_node::View::projections(&hru_node::View::for_role(role));
+    let projections = hru_node::View::projections(&hru_node::View::for_role(role), s.isa.hours.as_ref());
     let dir = tempfile::tempdir().unwrap();
     let store = hru_projection::Store::open(dir.path()).unwrap();
     let mut projector = hru_projection::Projector::new(store, projections, read).unwrap();

@@ -109,7 +109,7 @@ fn on_disk(dir: &std::path::Path, text: &str) -> bool {
 fn victim_names(dir: &std::path::Path) -> Vec<String> {
     let store = hru_projection::Store::open(dir).unwrap();
     store
-        .scan(&hru_projection::Advocacy, b"")
+        .scan(&hru_projection::Advocacy::default(), b"")
         .unwrap()
         .iter()
         .filter_map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).ok())

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use hru_tests::{CHESHIRE_PARTIES, World, path, request, succeeded};
+use hru_tests::{CHESHIRE_PARTIES, World, request, succeeded};
 use hru_wire::v1 as pb;
 use pb::case_service_client::CaseServiceClient;
 use pb::event_draft::Event;
@@ -59,7 +59,6 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
     // Version 2 is the agreement in force: hours, figures and the linkage key.
     let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES)
         .with_agreement("../policies/cheshire-hru-v2.toml");
-    let keys = path(world.dir.path(), "keys");
     let police_node = world.start_node("police-hru", "");
     let cwp_node = world.start_node("cwp", "");
     let evaluation_node = world.start_node("evaluation", "");
@@ -89,29 +88,11 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
     );
 
     // Only the custodian grants it.
-    let not_custodian = world.run(&[
-        "keys",
-        "linkage",
-        "--party",
-        "cwp",
-        "--keys",
-        &keys,
-        "--reason",
-        "first key",
-    ]);
+    let not_custodian = world.keys_linkage("cwp", &["--reason", "first key"]);
     assert_eq!(not_custodian.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&not_custodian.stderr).contains("police-hru grants and rotates it"));
     let granted = succeeded(
-        &world.run(&[
-            "keys",
-            "linkage",
-            "--party",
-            "police-hru",
-            "--keys",
-            &keys,
-            "--reason",
-            "first key",
-        ]),
+        &world.keys_linkage("police-hru", &["--reason", "first key"]),
         "keys linkage",
     );
     assert!(
@@ -272,16 +253,7 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
     );
 
     // A rotation: generation 2 on the log, then every case re-keyed under it by the custodian.
-    let rotation = world.run(&[
-        "keys",
-        "linkage",
-        "--party",
-        "police-hru",
-        "--keys",
-        &keys,
-        "--reason",
-        "rotation: a holder's copy exposed",
-    ]);
+    let rotation = world.keys_linkage("police-hru", &["--reason", "rotation: a holder's copy exposed"]);
     let rotated = succeeded(&rotation, "keys linkage (rotation)");
     let told = String::from_utf8_lossy(&rotation.stderr);
     assert!(rotated.contains("generation 2"), "{rotated}");
@@ -327,7 +299,7 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
         "{}",
         refused.message()
     );
-    let not_custodian = world.run(&["keys", "linkage", "--party", "cwp", "--keys", &keys, "--rekey"]);
+    let not_custodian = world.keys_linkage("cwp", &["--rekey"]);
     assert_eq!(not_custodian.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&not_custodian.stderr).contains("police-hru grants and rotates it"),
@@ -377,7 +349,7 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
     assert_eq!(reoffences[1], sam_now, "taken from the case's re-keying");
     assert_ne!(reoffences[0], sam_now, "the earlier one stays as recorded");
     // Run again, nothing is left to re-key.
-    let again = world.run(&["keys", "linkage", "--party", "police-hru", "--keys", &keys, "--rekey"]);
+    let again = world.keys_linkage("police-hru", &["--rekey"]);
     succeeded(&again, "keys linkage --rekey");
     let again = String::from_utf8_lossy(&again.stderr);
     assert!(

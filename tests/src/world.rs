@@ -384,6 +384,15 @@ impl World {
         })
     }
 
+    /// Run `hru keys linkage --party <party> --keys <the world's keys>` with `args` (`--reason
+    /// TEXT` to grant, `--rekey` to re-key).
+    pub fn keys_linkage(&self, party: &str, args: &[&str]) -> Output {
+        let keys = path(self.dir.path(), "keys");
+        let mut all = vec!["keys", "linkage", "--party", party, "--keys", &keys];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
     /// The newest linkage key `party` can open from `grants`, as a node would take it.
     pub fn linkage_key(
         &self,

@@ -867,6 +867,22 @@ async fn an_ambiguous_append_resolves_against_the_log_not_a_lagging_view() {
     assert_eq!(seen, vec![stored], "the view holds it once");
 }
 
+/// The log provisioned on `w`'s server: the provisioner's handle, the police HRU's secrets, and
+/// its view.
+async fn police_view(w: &World) -> (hru_log::EventLog, &PartySecrets, hru_log::PartyView) {
+    let admin = hru_log::EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
+        .await
+        .unwrap();
+    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1, 1)
+        .await
+        .unwrap();
+    let police = w.secrets.iter().find(|s| s.party.as_str() == "police-hru").unwrap();
+    let log = hru_log::PartyView::open(&w.url, Some(&identity(police)), &police.party)
+        .await
+        .unwrap();
+    (admin, police, log)
+}
+
 /// A party may put any header on what it publishes, `Nats-Sequence` and `Nats-Subject` included:
 /// readers take the server's own values (the last of each), so a forged one neither stalls nor
 /// skips a read, and files nothing under another subject. A replay from a time after every
@@ -874,18 +890,9 @@ async fn an_ambiguous_append_resolves_against_the_log_not_a_lagging_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_a_publisher_forges_do_not_move_a_reader() {
     use hru_domain::EventType;
-    use hru_log::{EventLog, Expect, PartyView};
+    use hru_log::Expect;
     let w = world();
-    let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
-        .await
-        .unwrap();
-    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1, 1)
-        .await
-        .unwrap();
-    let police = w.secrets.iter().find(|s| s.party.as_str() == "police-hru").unwrap();
-    let log = PartyView::open(&w.url, Some(&identity(police)), &police.party)
-        .await
-        .unwrap();
+    let (admin, police, log) = police_view(&w).await;
     let case = hru_domain::CaseId::random();
     for env in &sealed(&w, police, case, EventType::ReferralReceived).envelopes {
         log.appender().append_expecting(env, Expect::Any).await.unwrap();
@@ -969,18 +976,9 @@ async fn headers_a_publisher_forges_do_not_move_a_reader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_whose_source_is_not_set_up_is_not_caught_up() {
     use hru_domain::EventType;
-    use hru_log::{EventLog, Expect, PartyView};
+    use hru_log::Expect;
     let w = world();
-    let admin = EventLog::open(&w.url, Some(&identity(&w.provisioner)), 1)
-        .await
-        .unwrap();
-    hru_broker::provision(&admin.client(), &w.isa.broker_rights(), w.isa.positions_max_age(), 1, 1)
-        .await
-        .unwrap();
-    let police = w.secrets.iter().find(|s| s.party.as_str() == "police-hru").unwrap();
-    let log = PartyView::open(&w.url, Some(&identity(police)), &police.party)
-        .await
-        .unwrap();
+    let (_admin, police, log) = police_view(&w).await;
     let batch = sealed(&w, police, hru_domain::CaseId::random(), EventType::ReferralReceived);
     let mut appended = Vec::new();
     for envelope in &batch.envelopes {
