@@ -141,6 +141,7 @@ fn a_truncated_or_rewritten_log_is_caught_against_a_witness_copy() {
         nats: rewritten,
         dir: tempfile::tempdir().unwrap(),
         broker: None,
+        replicas: 1,
     };
     std::fs::create_dir_all(rewriter.dir.path().join("keys")).unwrap();
     std::fs::copy(

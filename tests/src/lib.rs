@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support fails by panicking
 
 pub mod browser;
+pub mod chaos;
 mod world;
 
 pub use world::*;
@@ -22,12 +23,15 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// built by cargo beside the test executables).
 pub fn hru_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/hru-e2e
-    let dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("a target directory");
-    let bin = dir.join(format!("hru-e2e{}", std::env::consts::EXE_SUFFIX));
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/hru-e2e; a binary of this
+    // package (hru-chaos) is beside it in target/<profile>.
+    let name = format!("hru-e2e{}", std::env::consts::EXE_SUFFIX);
+    let beside = exe.parent().expect("a target directory");
+    let bin = if beside.join(&name).exists() {
+        beside.join(&name)
+    } else {
+        beside.parent().expect("a target directory").join(&name)
+    };
     assert!(
         bin.exists(),
         "{} is missing: run the tests with `cargo test -p hru-tests` (cargo builds it)",

@@ -28,6 +28,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     /// The broker the world's commands and services use instead of `nats` (a cluster's URLs).
     pub broker: Option<String>,
+    /// How many copies of each stream provisioning asks for (a cluster's size; 1 by default).
+    pub replicas: usize,
 }
 
 impl World {
@@ -57,6 +59,7 @@ impl World {
             nats,
             dir,
             broker: None,
+            replicas: 1,
         }
     }
 
@@ -73,6 +76,12 @@ impl World {
     /// comma-separated URLs) instead of its own server.
     pub fn on_broker(mut self, url: String) -> Self {
         self.broker = Some(url);
+        self
+    }
+
+    /// The same world provisioning `replicas` copies of each stream (on a cluster of as many).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
         self
     }
 
@@ -126,6 +135,7 @@ impl World {
             nats,
             dir,
             broker: None,
+            replicas: 1,
         }
     }
 
@@ -474,6 +484,35 @@ pub struct NodeProcess {
     pub log: Option<PathBuf>,
 }
 
+/// `hru node run` with the config file `config` on the broker at `url`, its standard error
+/// appended to `log`.
+fn spawn_node(config: &Path, url: &str, log: &Path) -> std::process::Child {
+    let errors = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("node log");
+    Command::new(crate::hru_bin())
+        .args(["node", "run", "--config", &config.display().to_string()])
+        .env("HRU_NATS_URL", url)
+        .stdout(std::process::Stdio::null())
+        .stderr(errors)
+        .spawn()
+        .expect("spawn hru node run")
+}
+
+impl NodeProcess {
+    /// Kill the node (if running) and start it again on the same config, port and data, on the
+    /// broker at `url`.
+    pub fn restart(&mut self, url: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.log.clone().expect("a node started by the world logs");
+        let config = log.with_file_name(format!("{}.toml", self.party));
+        self.child = spawn_node(&config, url, &log);
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -516,10 +555,11 @@ impl World {
     /// (with its nkey when the world has its keys).
     pub fn provision(&self) {
         let keys = path(self.dir.path(), "keys");
+        let replicas = self.replicas.to_string();
         let out = if self.keys().join("provisioner.secret").exists() {
-            self.run(&["log", "provision", "--keys", &keys])
+            self.run(&["log", "provision", "--replicas", &replicas, "--keys", &keys])
         } else {
-            self.run(&["log", "provision"])
+            self.run(&["log", "provision", "--replicas", &replicas])
         };
         assert!(
             out.status.success(),
@@ -530,6 +570,12 @@ impl World {
 
     /// Start `party`'s node as a child process; `extra` is appended to its config.
     pub fn start_node(&self, party: &str, extra: &str) -> NodeProcess {
+        self.start_node_on(party, extra, &self.url())
+    }
+
+    /// Start `party`'s node as a child process on the broker at `url` (comma-separated URLs);
+    /// `extra` is appended to its config.
+    pub fn start_node_on(&self, party: &str, extra: &str, url: &str) -> NodeProcess {
         let d = |rel: &str| path(self.dir.path(), rel);
         self.certificate(party);
         let port = free_port();
@@ -546,17 +592,11 @@ impl World {
         let file = self.dir.path().join(format!("{party}.toml"));
         std::fs::write(&file, config).expect("write node config");
         let log = self.dir.path().join(format!("node-{party}.log"));
-        let child = Command::new(crate::hru_bin())
-            .args(["node", "run", "--config", &file.display().to_string()])
-            .env("HRU_NATS_URL", self.url())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("node log"))
-            .spawn()
-            .expect("spawn hru node run");
+        let _ = std::fs::remove_file(&log);
         NodeProcess {
             party: party.to_owned(),
             port,
-            child,
+            child: spawn_node(&file, url, &log),
             log: Some(log),
         }
     }

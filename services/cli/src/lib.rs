@@ -1228,6 +1228,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                     listen: cluster_listen,
                     routes: route,
                     tls,
+                    advertise: None,
+                    no_advertise: false,
                 }),
                 authorization: auth,
                 ..Default::default()

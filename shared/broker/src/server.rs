@@ -115,6 +115,12 @@ pub struct ClusterConfig {
     pub routes: Vec<String>,
     /// Mutual TLS on routes: only a server with a certificate from the cluster CA joins.
     pub tls: Option<ServerTls>,
+    /// The route address the node tells its peers to reach it at, when not its listen address
+    /// (behind a proxy or a NAT).
+    pub advertise: Option<String>,
+    /// Do not tell clients of the cluster's other servers (a client uses only the URLs it is
+    /// given).
+    pub no_advertise: bool,
 }
 
 /// One nats-server node.
@@ -177,6 +183,12 @@ pub fn render(node: &NodeConfig) -> String {
         let _ = writeln!(out, "  name: {}", quoted(&c.name));
         let _ = writeln!(out, "  listen: {}", quoted(&c.listen));
         let _ = writeln!(out, "  routes: [{}]", routes.join(", "));
+        if let Some(advertise) = &c.advertise {
+            let _ = writeln!(out, "  advertise: {}", quoted(advertise));
+        }
+        if c.no_advertise {
+            let _ = writeln!(out, "  no_advertise: true");
+        }
         if let Some(tls) = &c.tls {
             let _ = writeln!(
                 out,
@@ -215,6 +227,8 @@ mod tests {
                 listen: "0.0.0.0:6222".into(),
                 routes: vec!["nats-route://n2:6222".into(), "nats-route://n3:6222".into()],
                 tls: None,
+                advertise: None,
+                no_advertise: false,
             }),
             authorization: Some("auth.conf".into()),
             ..Default::default()

@@ -62,6 +62,8 @@ fn single_node_and_cluster_configs_are_valid() {
             listen: "127.0.0.1:6222".into(),
             routes,
             tls: None,
+            advertise: None,
+            no_advertise: false,
         };
         accepted(
             dir.path(),
@@ -178,6 +180,8 @@ fn a_server_without_the_cluster_certificate_cannot_join_and_clients_need_the_ca(
             listen: format!("127.0.0.1:{route}"),
             routes: to.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect(),
             tls,
+            advertise: None,
+            no_advertise: false,
         }),
         ..Default::default()
     };

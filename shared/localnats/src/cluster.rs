@@ -41,14 +41,39 @@ impl NatsCluster {
     }
 
     fn try_start(bin: &NatsServerBinary, n: usize, sync_always: bool) -> Result<Self, LocalNatsError> {
-        let ports = free_ports(2 * n)?;
-        let (client_ports, route_ports) = ports.split_at(n);
+        let ports = ClusterPorts::pick(n)?;
+        Self::start_on(bin, &ports, None, sync_always)
+    }
+
+    /// Starts `ports.client.len()` nodes on `ports`, peers reaching node `i`'s routes at
+    /// `reach[i]` (a loopback port forwarding to `ports.route[i]`, such as a fault-injecting
+    /// proxy), which the node advertises; clients are told of no server but the one they
+    /// dial. Waits until every node is healthy.
+    pub fn start_reached(ports: &ClusterPorts, reach: &[u16], sync_always: bool) -> Result<Self, LocalNatsError> {
+        if ports.client.is_empty() || reach.len() != ports.client.len() || ports.route.len() != ports.client.len() {
+            return Err(LocalNatsError::Invalid(
+                "a cluster needs at least one node, and one client, route and reached port per node".into(),
+            ));
+        }
+        Self::start_on(&NatsServerBinary::find()?, ports, Some(reach), sync_always)
+    }
+
+    fn start_on(
+        bin: &NatsServerBinary,
+        ports: &ClusterPorts,
+        reach: Option<&[u16]>,
+        sync_always: bool,
+    ) -> Result<Self, LocalNatsError> {
+        let (client_ports, route_ports) = (&ports.client, &ports.route);
+        let n = client_ports.len();
+        let dialled: Vec<u16> = reach.map_or_else(|| route_ports.clone(), <[u16]>::to_vec);
         let mut nodes = Vec::with_capacity(n);
         for (i, (&client, &route)) in client_ports.iter().zip(route_ports).enumerate() {
             let spec = ClusterSpec {
                 name: CLUSTER_NAME.to_owned(),
                 listen: route,
-                routes: route_ports.iter().copied().filter(|&p| p != route).collect(),
+                routes: (0..n).filter(|&j| j != i).map(|j| dialled[j]).collect(),
+                reached_at: reach.map(|r| r[i]),
             };
             nodes.push(NatsServer::new(
                 bin.path.clone(),
@@ -97,6 +122,17 @@ impl NatsCluster {
         (0..self.nodes.len()).find(|&i| node_name(i) == leader)
     }
 
+    /// Index of the JetStream meta leader as node `i` sees it, if it answers and knows one.
+    pub fn meta_leader_seen_by(&self, i: usize) -> Option<usize> {
+        let (status, body) = probe::http_get(self.nodes.get(i)?.monitoring_port()?, "/jsz").ok()?;
+        if status != 200 {
+            return None;
+        }
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let leader = jsz.get("meta_cluster")?.get("leader")?.as_str()?.to_owned();
+        (0..self.nodes.len()).find(|&j| node_name(j) == leader)
+    }
+
     /// SIGKILLs node `i` (panics if out of range).
     pub fn kill(&mut self, i: usize) -> Result<(), LocalNatsError> {
         self.nodes[i].kill()
@@ -112,8 +148,26 @@ impl NatsCluster {
 }
 
 /// `server_name` of node `i`.
-fn node_name(i: usize) -> String {
+pub fn node_name(i: usize) -> String {
     format!("n{i}")
+}
+
+/// The loopback ports of a cluster's nodes, picked free before it starts.
+#[derive(Debug, Clone)]
+pub struct ClusterPorts {
+    /// Each node's client port.
+    pub client: Vec<u16>,
+    /// Each node's route port.
+    pub route: Vec<u16>,
+}
+
+impl ClusterPorts {
+    /// Free client and route ports for `n` nodes.
+    pub fn pick(n: usize) -> Result<Self, LocalNatsError> {
+        let mut ports = free_ports(2 * n)?;
+        let route = ports.split_off(n);
+        Ok(Self { client: ports, route })
+    }
 }
 
 /// `count` distinct free loopback ports: bind them all at once, read them, release them.

@@ -14,6 +14,6 @@ mod probe;
 mod server;
 
 pub use binary::{MIN_VERSION, NatsServerBinary};
-pub use cluster::NatsCluster;
+pub use cluster::{ClusterPorts, NatsCluster, node_name};
 pub use error::LocalNatsError;
 pub use server::{NatsServer, NatsServerBuilder};

@@ -29,8 +29,11 @@ pub(crate) struct ClusterSpec {
     pub name: String,
     /// This node's route listen port.
     pub listen: u16,
-    /// The other nodes' route ports.
+    /// The ports the other nodes' routes are reached at.
     pub routes: Vec<u16>,
+    /// The port peers reach this node's routes at, when not `listen` (a forwarding proxy); the
+    /// node then advertises it, and tells clients of no other server.
+    pub reached_at: Option<u16>,
 }
 
 /// Configures a single-node server before starting it.
@@ -276,6 +279,8 @@ impl NatsServer {
                     .map(|port| format!("nats-route://127.0.0.1:{port}"))
                     .collect(),
                 tls: None,
+                advertise: c.reached_at.map(|port| format!("127.0.0.1:{port}")),
+                no_advertise: c.reached_at.is_some(),
             }),
             authorization: None,
             tls: None,

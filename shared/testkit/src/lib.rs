@@ -1,8 +1,12 @@
 //! Dev-only test support: the local nats-server processes of `hru-local-nats` under the names
-//! the tests use, free loopback ports and reading a served metric. Only ever a dev-dependency (a layout test checks it).
+//! the tests use, free loopback ports, reading a served metric, and a network whose links a
+//! test cuts ([`faults`]). Only ever a dev-dependency (a layout test checks it).
+
+pub mod faults;
 
 pub use hru_local_nats::{
-    LocalNatsError as TestkitError, MIN_VERSION, NatsCluster, NatsServer, NatsServerBinary, NatsServerBuilder,
+    ClusterPorts, LocalNatsError as TestkitError, MIN_VERSION, NatsCluster, NatsServer, NatsServerBinary,
+    NatsServerBuilder, node_name,
 };
 
 /// A free loopback TCP port.

@@ -1,0 +1,886 @@
+//! Faults as a test you can run for an hour (issue 20). A 3-node JetStream cluster whose routes,
+//! and the nodes' connections to it, pass through a network that fails on command
+//! ([`hru_testkit::faults`]); the police HRU's and CWP's nodes take conditional appends from
+//! writers the whole time; each episode injects one fault chosen from a seeded generator
+//! (a server isolated, one route cut, a node cut off from one server or from all, a server or a
+//! node paused with SIGSTOP, a server or a node killed with SIGKILL and restarted), holds it,
+//! heals it and waits for the system to make progress again. Every operation's invocation and
+//! outcome is recorded, and the history is checked against the log once the faults have
+//! healed:
+//! - every acknowledged write is in `HRU_EVENTS` exactly once, at the sequence it was
+//!   acknowledged with;
+//! - no write is there twice, and none the node refused is there at all (an unknown outcome
+//!   may be absent, never doubled);
+//! - per case, every write on the log follows the version its writer expected: conditional
+//!   appends are linearizable, each expected version has at most one winner;
+//! - every producer's chain is intact and `hru audit verify` is clean.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt as _;
+use hru_domain::EventType;
+use hru_log::SharedLog as _;
+use hru_testkit::faults::{End, FaultyNet};
+use hru_testkit::{ClusterPorts, NatsCluster};
+use hru_wire::v1 as pb;
+use prost::Message as _;
+use rand::{Rng as _, SeedableRng as _};
+
+use crate::{CHESHIRE_PARTIES, NodeProcess, World};
+
+/// Servers in the cluster.
+const SERVERS: usize = 3;
+/// The nodes written through: (party, the purpose its people record under).
+const WRITERS: [(&str, &str); 2] = [("police-hru", "risk-management"), ("cwp", "clinical-care")];
+/// Cases each writer keeps.
+const CASES_PER_WRITER: usize = 4;
+/// How long a call may take before its outcome is taken as unknown.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the system has to make progress again after a fault heals.
+const SETTLE: Duration = Duration::from_secs(45);
+
+/// What a run is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Episodes: one fault each.
+    pub episodes: u32,
+    /// Seed of the fault schedule (and of the writers' choices).
+    pub seed: u64,
+    /// `sync_interval: always` on every server (the backbone's setting); false: the default.
+    pub sync_always: bool,
+}
+
+/// The kinds of fault an episode injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// One server cut off from both others (a minority of one against a majority of two).
+    IsolateServer,
+    /// One route between two servers cut (the third still reaches both: a bridge).
+    CutRoute,
+    /// A node cut off from every server.
+    IsolateNode,
+    /// A node cut off from one server.
+    NodeFromServer,
+    /// A server stopped with SIGSTOP, then continued.
+    PauseServer,
+    /// A node stopped with SIGSTOP, then continued.
+    PauseNode,
+    /// A server killed with SIGKILL and restarted on its store.
+    KillServer,
+    /// A node killed with SIGKILL and restarted on its data.
+    KillNode,
+}
+
+impl Fault {
+    /// Every kind, in the order they are counted.
+    pub const ALL: [Fault; 8] = [
+        Fault::IsolateServer,
+        Fault::CutRoute,
+        Fault::IsolateNode,
+        Fault::NodeFromServer,
+        Fault::PauseServer,
+        Fault::PauseNode,
+        Fault::KillServer,
+        Fault::KillNode,
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::IsolateServer => "isolate-server",
+            Fault::CutRoute => "cut-route",
+            Fault::IsolateNode => "isolate-node",
+            Fault::NodeFromServer => "node-from-server",
+            Fault::PauseServer => "pause-server",
+            Fault::PauseNode => "pause-node",
+            Fault::KillServer => "kill-server",
+            Fault::KillNode => "kill-node",
+        }
+    }
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged at this log sequence.
+    Ok(u64),
+    /// Refused by the node: nothing was written.
+    Refused(String),
+    /// Not known: written at most once, or not at all.
+    Unknown(String),
+}
+
+/// One operation of the history: a conditional append of an `InterventionStarted` whose
+/// intervention id is the operation's id.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// Operation (and intervention) id.
+    pub id: uuid::Uuid,
+    /// Which writer (index into the writers).
+    pub writer: usize,
+    /// The case.
+    pub case: uuid::Uuid,
+    /// The case version the writer expected.
+    pub expected: u64,
+    /// When invoked and when it ended, ms since the run began.
+    pub span_ms: (u64, u64),
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl Op {
+    fn line(&self) -> String {
+        let outcome = match &self.outcome {
+            Outcome::Ok(seq) => format!("ok {seq}"),
+            Outcome::Refused(why) => format!("refused {why:?}"),
+            Outcome::Unknown(why) => format!("unknown {why:?}"),
+        };
+        format!(
+            "{} writer {} case {} expected {} at {}..{} ms: {outcome}",
+            self.id, self.writer, self.case, self.expected, self.span_ms.0, self.span_ms.1
+        )
+    }
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Acknowledged writes not on the log.
+    pub lost: Vec<String>,
+    /// Writes on the log more than once.
+    pub duplicated: Vec<String>,
+    /// Acknowledged writes on the log at another sequence than acknowledged.
+    pub misplaced: Vec<String>,
+    /// Writes the node refused that are on the log all the same.
+    pub refused_but_written: Vec<String>,
+    /// Writes on the log that do not follow the version their writer expected.
+    pub not_linearizable: Vec<String>,
+    /// Producer chain breaks, and envelopes that do not verify.
+    pub chain_breaks: Vec<String>,
+    /// `hru audit verify`'s complaint, if any.
+    pub audit: Option<String>,
+    /// Episodes after which some writer made no progress within the settle time.
+    pub stuck: Vec<String>,
+}
+
+impl Verdict {
+    /// Whether every safety check holds (a stuck episode is reported, not a safety failure).
+    pub fn safe(&self) -> bool {
+        self.lost.is_empty()
+            && self.duplicated.is_empty()
+            && self.misplaced.is_empty()
+            && self.refused_but_written.is_empty()
+            && self.not_linearizable.is_empty()
+            && self.chain_breaks.is_empty()
+            && self.audit.is_none()
+    }
+}
+
+/// A run's counts and verdict.
+#[derive(Debug)]
+pub struct Report {
+    /// The options it ran with.
+    pub options: Options,
+    /// Episodes per fault kind.
+    pub faults: BTreeMap<Fault, u32>,
+    /// Operations acknowledged, refused and of unknown outcome.
+    pub acknowledged: usize,
+    /// Refused by a node.
+    pub refused: usize,
+    /// Outcome unknown.
+    pub unknown: usize,
+    /// Unknown-outcome writes found on the log.
+    pub unknown_written: usize,
+    /// Events in `HRU_EVENTS` at the end.
+    pub events: usize,
+    /// How long the run took.
+    pub elapsed: Duration,
+    /// What the checker found.
+    pub verdict: Verdict,
+    /// Where the history was written.
+    pub history: std::path::PathBuf,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = &self.options;
+        writeln!(
+            f,
+            "chaos: {} episodes, seed {}, sync_interval {}, {:.0} s",
+            o.episodes,
+            o.seed,
+            if o.sync_always { "always" } else { "default" },
+            self.elapsed.as_secs_f64()
+        )?;
+        for kind in Fault::ALL {
+            writeln!(
+                f,
+                "  {:<18}{}",
+                kind.name(),
+                self.faults.get(&kind).copied().unwrap_or(0)
+            )?;
+        }
+        writeln!(
+            f,
+            "  operations: {} acknowledged, {} refused, {} unknown ({} of them written); {} events in HRU_EVENTS",
+            self.acknowledged, self.refused, self.unknown, self.unknown_written, self.events
+        )?;
+        let v = &self.verdict;
+        writeln!(
+            f,
+            "  lost {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · audit {} · stuck {}",
+            v.lost.len(),
+            v.duplicated.len(),
+            v.misplaced.len(),
+            v.refused_but_written.len(),
+            v.not_linearizable.len(),
+            v.chain_breaks.len(),
+            v.audit.as_deref().map_or("clean", |_| "FAILED"),
+            v.stuck.len()
+        )?;
+        for (what, list) in [
+            ("lost", &v.lost),
+            ("duplicated", &v.duplicated),
+            ("misplaced", &v.misplaced),
+            ("refused but written", &v.refused_but_written),
+            ("not linearizable", &v.not_linearizable),
+            ("chain break", &v.chain_breaks),
+            ("stuck", &v.stuck),
+        ] {
+            for item in list.iter().take(10) {
+                writeln!(f, "  {what}: {item}")?;
+            }
+        }
+        if let Some(audit) = &v.audit {
+            writeln!(f, "  audit: {audit}")?;
+        }
+        write!(
+            f,
+            "  verdict: {} (history: {}; reproduce the schedule with --seed {})",
+            if v.safe() { "SAFE" } else { "UNSAFE" },
+            self.history.display(),
+            o.seed
+        )
+    }
+}
+
+/// The cluster, its network, the world and the nodes written through.
+struct System {
+    /// The nodes (dropped first).
+    nodes: Vec<NodeProcess>,
+    /// Each node's broker URLs, through its proxies.
+    node_urls: Vec<String>,
+    world: World,
+    cluster: NatsCluster,
+    /// The network (dropped last: nothing is left holding a proxy).
+    net: FaultyNet,
+}
+
+/// Start the cluster behind proxies, retrying when a picked port was taken meanwhile.
+fn start_cluster(net: &FaultyNet, sync_always: bool) -> (NatsCluster, ClusterPorts) {
+    let mut attempt = 1;
+    loop {
+        let ports = ClusterPorts::pick(SERVERS).expect("free ports");
+        let reach: Vec<u16> = (0..SERVERS)
+            .map(|i| net.route_proxy(i, ports.route[i]).expect("a route proxy"))
+            .collect();
+        match NatsCluster::start_reached(&ports, &reach, sync_always) {
+            Ok(cluster) => return (cluster, ports),
+            Err(e) if attempt < 3 => {
+                eprintln!("chaos: the cluster did not start ({e}); trying again");
+                attempt += 1;
+            }
+            Err(e) => panic!("the cluster starts behind its proxies: {e}"),
+        }
+    }
+}
+
+impl System {
+    fn start(sync_always: bool) -> Self {
+        let net = FaultyNet::new();
+        let (cluster, ports) = start_cluster(&net, sync_always);
+        let direct = cluster.urls().join(",");
+        let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES)
+            .on_broker(direct)
+            .with_replicas(SERVERS);
+        // The cluster may still be forming: provisioning is tried again for a while.
+        let forming = Instant::now() + Duration::from_secs(30);
+        let replicas = SERVERS.to_string();
+        loop {
+            let out = world.run(&["log", "provision", "--replicas", &replicas]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < forming,
+                "provision: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let node_urls: Vec<String> = WRITERS
+            .iter()
+            .map(|(party, _)| {
+                (0..SERVERS)
+                    .map(|j| {
+                        let port = net.client_proxy(party, j, ports.client[j]).expect("a client proxy");
+                        format!("nats://127.0.0.1:{port}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        let nodes = WRITERS
+            .iter()
+            .zip(&node_urls)
+            .map(|((party, _), url)| world.start_node_on(party, "", url))
+            .collect();
+        Self {
+            nodes,
+            node_urls,
+            world,
+            cluster,
+            net,
+        }
+    }
+
+    fn pid_signal(pid: u32, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+    }
+
+    /// Show that a cut is a partition the servers feel: with the meta leader cut off from both
+    /// others, they elect another leader; healed, all three agree on one again.
+    fn calibrate(&self) {
+        let deadline = Instant::now() + SETTLE;
+        let agreed = || {
+            let seen: Vec<Option<usize>> = (0..SERVERS).map(|i| self.cluster.meta_leader_seen_by(i)).collect();
+            seen[0].filter(|_| seen.iter().all(|s| *s == seen[0]))
+        };
+        let leader = loop {
+            if let Some(l) = agreed() {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "the cluster agrees on a meta leader");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for j in (0..SERVERS).filter(|&j| j != leader) {
+            self.net.cut(End::Server(leader), End::Server(j));
+        }
+        let others: Vec<usize> = (0..SERVERS).filter(|&j| j != leader).collect();
+        loop {
+            let elected = others
+                .iter()
+                .all(|&j| self.cluster.meta_leader_seen_by(j).is_some_and(|l| l != leader));
+            if elected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "with n{leader} cut off, the others elect another meta leader (the cut holds the routes' traffic)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.net.heal_all();
+        while agreed().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "healed, the cluster agrees on a meta leader again"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            self.net.routes_identified() >= SERVERS * (SERVERS - 1),
+            "each server's routes are told apart by their dialling server ({} identified)",
+            self.net.routes_identified()
+        );
+    }
+
+    /// Inject `fault` (its targets drawn from `rng`), hold it for `hold`, and heal it: what was
+    /// done, in words.
+    fn inject(&mut self, fault: Fault, rng: &mut rand::rngs::StdRng, hold: Duration) -> String {
+        let server = rng.gen_range(0..SERVERS);
+        let node = rng.gen_range(0..self.nodes.len());
+        let party = WRITERS[node].0;
+        let what = match fault {
+            Fault::IsolateServer => {
+                for j in (0..SERVERS).filter(|&j| j != server) {
+                    self.net.cut(End::Server(server), End::Server(j));
+                }
+                std::thread::sleep(hold);
+                self.net.heal_all();
+                format!("n{server} isolated")
+            }
+            Fault::CutRoute => {
+                let other = (server + 1 + rng.gen_range(0..SERVERS - 1)) % SERVERS;
+                self.net.cut(End::Server(server), End::Server(other));
+                std::thread::sleep(hold);
+                self.net.heal_all();
+                format!("route n{server}–n{other} cut")
+            }
+            Fault::IsolateNode => {
+                for j in 0..SERVERS {
+                    self.net.cut(End::Service(party.to_owned()), End::Server(j));
+                }
+                std::thread::sleep(hold);
+                self.net.heal_all();
+                format!("{party}'s node cut off from every server")
+            }
+            Fault::NodeFromServer => {
+                self.net.cut(End::Service(party.to_owned()), End::Server(server));
+                std::thread::sleep(hold);
+                self.net.heal_all();
+                format!("{party}'s node cut off from n{server}")
+            }
+            Fault::PauseServer => {
+                let pid = self.cluster.node(server).pid().expect("a running server");
+                Self::pid_signal(pid, "-STOP");
+                std::thread::sleep(hold);
+                Self::pid_signal(pid, "-CONT");
+                format!("n{server} paused")
+            }
+            Fault::PauseNode => {
+                let pid = self.nodes[node].child.id();
+                Self::pid_signal(pid, "-STOP");
+                std::thread::sleep(hold);
+                Self::pid_signal(pid, "-CONT");
+                format!("{party}'s node paused")
+            }
+            Fault::KillServer => {
+                self.cluster.kill(server).expect("kill a server");
+                std::thread::sleep(hold);
+                self.cluster.restart(server).expect("a killed server restarts");
+                format!("n{server} killed and restarted")
+            }
+            Fault::KillNode => {
+                let _ = self.nodes[node].child.kill();
+                let _ = self.nodes[node].child.wait();
+                std::thread::sleep(hold);
+                let url = self.node_urls[node].clone();
+                self.nodes[node].restart(&url);
+                format!("{party}'s node killed and restarted")
+            }
+        };
+        format!("{what} for {} ms", hold.as_millis())
+    }
+}
+
+/// The writers' shared record.
+#[derive(Default)]
+struct Record {
+    ops: Vec<Op>,
+    /// Per writer, when its last acknowledged write ended (ms since the run began).
+    last_ok_ms: BTreeMap<usize, u64>,
+}
+
+fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
+    record.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The version a refusal names ("the case is at version N, ...").
+fn version_named(message: &str) -> Option<u64> {
+    let rest = message.split("the case is at version ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// One writer: conditional appends on its own cases through its node until `stop`.
+async fn writer(
+    index: usize,
+    channel: tonic::transport::Channel,
+    purpose: &'static str,
+    seed: u64,
+    began: Instant,
+    record: Arc<Mutex<Record>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let cases: Vec<uuid::Uuid> = (0..CASES_PER_WRITER)
+        .map(|_| uuid::Uuid::from_u128(rng.r#gen()))
+        .collect();
+    let mut known: BTreeMap<uuid::Uuid, u64> = cases.iter().map(|c| (*c, 0)).collect();
+    let since = |t: Instant| t.duration_since(began).as_millis() as u64;
+    while !stop.load(Ordering::SeqCst) {
+        let case = cases[rng.gen_range(0..cases.len())];
+        let id = uuid::Uuid::from_u128(rng.r#gen());
+        let expected = known[&case];
+        let event = pb::event_draft::Event::InterventionStarted(pb::InterventionStarted {
+            core: Some(pb::InterventionCore {
+                intervention_id: id.as_bytes().to_vec(),
+                kind: pb::InterventionKind::Therapeutic as i32,
+                at_ms: jiff::Timestamp::now().as_millisecond(),
+                outcome: String::new(),
+            }),
+        });
+        let invoked = Instant::now();
+        let result = tokio::time::timeout(
+            CALL_TIMEOUT,
+            crate::record_event(&channel, case, expected, None, purpose, "chaos writer", event),
+        )
+        .await;
+        let ended = Instant::now();
+        let outcome: Outcome = match result {
+            Ok(Ok(sequence)) => {
+                known.insert(case, sequence);
+                Outcome::Ok(sequence)
+            }
+            Ok(Err(status)) => {
+                use tonic::Code;
+                match status.code() {
+                    Code::Aborted => {
+                        if let Some(v) = version_named(status.message()) {
+                            known.insert(case, v);
+                        }
+                        Outcome::Refused(status.message().to_owned())
+                    }
+                    Code::InvalidArgument
+                    | Code::PermissionDenied
+                    | Code::FailedPrecondition
+                    | Code::NotFound
+                    | Code::AlreadyExists
+                    | Code::Unauthenticated => Outcome::Refused(format!("{:?}: {}", status.code(), status.message())),
+                    // The call never reached the node: nothing was written.
+                    Code::Unavailable if status.message().contains("tcp connect error") => {
+                        Outcome::Refused(format!("not delivered: {}", status.message()))
+                    }
+                    _ => Outcome::Unknown(format!("{:?}: {}", status.code(), status.message())),
+                }
+            }
+            Err(_) => Outcome::Unknown(format!("no answer within {CALL_TIMEOUT:?}")),
+        };
+        let ok = matches!(outcome, Outcome::Ok(_));
+        {
+            let mut r = lock(&record);
+            if ok {
+                r.last_ok_ms.insert(index, since(ended));
+            }
+            r.ops.push(Op {
+                id,
+                writer: index,
+                case,
+                expected,
+                span_ms: (since(invoked), since(ended)),
+                outcome,
+            });
+        }
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Run `options.episodes` episodes and check the history.
+pub fn run(options: &Options) -> Report {
+    let began = Instant::now();
+    let mut system = System::start(options.sync_always);
+    system.calibrate();
+    let rt = crate::runtime();
+    let record = Arc::new(Mutex::new(Record::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, (party, purpose)) in WRITERS.iter().enumerate() {
+        let channel = rt.block_on(system.world.channel(&system.nodes[i], party));
+        tasks.push(rt.spawn(writer(
+            i,
+            channel,
+            purpose,
+            options.seed,
+            began,
+            record.clone(),
+            stop.clone(),
+        )));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    let mut faults: BTreeMap<Fault, u32> = BTreeMap::new();
+    let mut verdict = Verdict::default();
+    // Before any fault: every writer has written.
+    settle(&record, began, 0, &mut verdict, "the start");
+    for episode in 1..=options.episodes {
+        let fault = Fault::ALL[rng.gen_range(0..Fault::ALL.len())];
+        // Partitions and pauses long enough, at times, for elections (a raft leader is given up
+        // after 4 to 9 s unheard); a killed process stays down a moment.
+        let hold = Duration::from_millis(match fault {
+            Fault::KillServer | Fault::KillNode => rng.gen_range(300..3_000),
+            _ => rng.gen_range(1_000..8_000),
+        });
+        *faults.entry(fault).or_default() += 1;
+        let healed_at = || began.elapsed().as_millis() as u64;
+        let what = system.inject(fault, &mut rng, hold);
+        let healed = healed_at();
+        eprintln!("chaos: episode {episode}: {what}");
+        settle(
+            &record,
+            began,
+            healed,
+            &mut verdict,
+            &format!("episode {episode} ({what})"),
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        let _ = rt.block_on(t);
+    }
+    system.net.heal_all();
+    let ops = std::mem::take(&mut lock(&record).ops);
+    let history = history_file(options, &ops);
+    let (events, unknown_written) = check(&system, &rt, &ops, &mut verdict);
+    let count = |f: fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
+    Report {
+        options: options.clone(),
+        faults,
+        acknowledged: count(|o| matches!(o, Outcome::Ok(_))),
+        refused: count(|o| matches!(o, Outcome::Refused(_))),
+        unknown: count(|o| matches!(o, Outcome::Unknown(_))),
+        unknown_written,
+        events,
+        elapsed: began.elapsed(),
+        verdict,
+        history,
+    }
+}
+
+/// Wait until every writer has had a write acknowledged after `healed_ms`; a writer that has
+/// not within [`SETTLE`] is reported stuck.
+fn settle(record: &Mutex<Record>, began: Instant, healed_ms: u64, verdict: &mut Verdict, after: &str) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let behind: Vec<usize> = (0..WRITERS.len())
+            .filter(|w| lock(record).last_ok_ms.get(w).is_none_or(|&t| t <= healed_ms))
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<&str> = behind.iter().map(|&w| WRITERS[w].0).collect();
+            verdict.stuck.push(format!(
+                "after {after}: {names:?} wrote nothing in {SETTLE:?} (at {} ms)",
+                began.elapsed().as_millis()
+            ));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Write the history, one operation per line, where the test artifacts go.
+fn history_file(options: &Options, ops: &[Op]) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(format!(
+        "chaos-seed-{}-{}.history",
+        options.seed,
+        if options.sync_always { "always" } else { "default" }
+    ));
+    let text: String = ops.iter().map(|o| o.line() + "\n").collect();
+    let _ = std::fs::write(&file, text);
+    file
+}
+
+/// Check the history against the log (read straight from the cluster once healed): the
+/// number of events in it and how many unknown-outcome writes it holds.
+fn check(system: &System, rt: &tokio::runtime::Runtime, ops: &[Op], verdict: &mut Verdict) -> (usize, usize) {
+    let world = &system.world;
+    let (directory, _) = world.deployment();
+    let url = system.cluster.urls().join(",");
+    // The log's whole content, once the cluster answers for it again.
+    let deadline = Instant::now() + SETTLE;
+    let entries: Vec<hru_log::LogEntry> = loop {
+        let read = rt.block_on(async {
+            let log = hru_log::EventLog::connect(&url).await?;
+            log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await
+        });
+        match read {
+            Ok(entries) => break entries,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("chaos: the log is not read yet ({e}); trying again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("the healed cluster serves its log: {e}"),
+        }
+    };
+    let mut rings: Vec<hru_envelope::KeyRing> = WRITERS
+        .iter()
+        .map(|(party, _)| {
+            hru_runtime::deployment::key_ring(&world.keys(), &party.parse().expect("a party")).expect("a key ring")
+        })
+        .collect();
+    let mut chains = hru_envelope::ChainChecker::new();
+    let mut written: BTreeMap<uuid::Uuid, Vec<u64>> = BTreeMap::new();
+    let mut case_events: BTreeMap<uuid::Uuid, Vec<u64>> = BTreeMap::new();
+    let cases: std::collections::BTreeSet<uuid::Uuid> = ops.iter().map(|o| o.case).collect();
+    for e in &entries {
+        let v = match hru_envelope::verify(&e.payload, &directory) {
+            Ok(v) => v,
+            Err(err) => {
+                verdict
+                    .chain_breaks
+                    .push(format!("#{} does not verify: {err}", e.sequence));
+                continue;
+            }
+        };
+        if let Err(b) = chains.observe(&v.header, &v.digest) {
+            verdict.chain_breaks.push(format!("#{}: {b}", e.sequence));
+        }
+        if v.header.event_type == EventType::KeyGranted {
+            for ring in &mut rings {
+                let _ = ring.ingest_grant(&v);
+            }
+            continue;
+        }
+        let Some(case) = v.header.case_id else { continue };
+        if !cases.contains(&case.0) {
+            continue;
+        }
+        if e.subject.matches(&hru_broker::Filter::case_events(case)) {
+            case_events.entry(case.0).or_default().push(e.sequence);
+        }
+        if v.header.event_type != EventType::InterventionStarted {
+            continue;
+        }
+        let opened = rings.iter_mut().find_map(|ring| {
+            let opened = ring.open(&v);
+            let core = opened.sections.iter().find(|s| s.name == "core")?;
+            pb::InterventionCore::decode(core.plaintext.as_ref().ok()?.as_slice()).ok()
+        });
+        match opened.and_then(|c| uuid::Uuid::from_slice(&c.intervention_id).ok()) {
+            Some(id) => written.entry(id).or_default().push(e.sequence),
+            None => verdict
+                .chain_breaks
+                .push(format!("#{}: an InterventionStarted no writer's key opens", e.sequence)),
+        }
+    }
+    let unknown_written = judge(ops, &written, &case_events, verdict);
+    let audit = world.run(&["audit", "verify"]);
+    if !audit.status.success() {
+        verdict.audit = Some(format!(
+            "{}{}",
+            String::from_utf8_lossy(&audit.stdout),
+            String::from_utf8_lossy(&audit.stderr)
+        ));
+    }
+    (entries.len(), unknown_written)
+}
+
+/// Judge the history `ops` against where the log holds each operation's write (`written`: id →
+/// sequences) and each case's events (`case_events`: case → sequences, in order): the findings
+/// go into `verdict`; how many unknown-outcome writes are on the log.
+fn judge(
+    ops: &[Op],
+    written: &BTreeMap<uuid::Uuid, Vec<u64>>,
+    case_events: &BTreeMap<uuid::Uuid, Vec<u64>>,
+    verdict: &mut Verdict,
+) -> usize {
+    let mut unknown_written = 0;
+    for op in ops {
+        let at = written.get(&op.id).map_or(&[][..], Vec::as_slice);
+        if at.len() > 1 {
+            verdict.duplicated.push(format!("{} at {at:?}", op.line()));
+        }
+        match &op.outcome {
+            Outcome::Ok(_) if at.is_empty() => verdict.lost.push(op.line()),
+            Outcome::Ok(seq) if !at.contains(seq) => verdict.misplaced.push(format!("{} but at {at:?}", op.line())),
+            Outcome::Refused(_) if !at.is_empty() => {
+                verdict.refused_but_written.push(format!("{} at {at:?}", op.line()))
+            }
+            Outcome::Unknown(_) if !at.is_empty() => unknown_written += 1,
+            _ => {}
+        }
+        // Linearizable: what is on the log follows the version its writer expected.
+        let on_case = case_events.get(&op.case).map_or(&[][..], Vec::as_slice);
+        for &seq in at {
+            let before = on_case.iter().copied().filter(|&s| s < seq).max().unwrap_or(0);
+            if before != op.expected {
+                verdict
+                    .not_linearizable
+                    .push(format!("{} is at {seq}, after case version {before}", op.line()));
+            }
+        }
+    }
+    let ids: std::collections::BTreeSet<uuid::Uuid> = ops.iter().map(|o| o.id).collect();
+    for (id, at) in written {
+        if !ids.contains(id) {
+            verdict
+                .chain_breaks
+                .push(format!("{id} at {at:?} is no operation of the history"));
+        }
+    }
+    unknown_written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_case_version() {
+        assert_eq!(
+            version_named("the case is at version 42, not 7; re-read it and try again"),
+            Some(42)
+        );
+        assert_eq!(version_named("something else"), None);
+    }
+
+    fn op(n: u128, case: u128, expected: u64, outcome: Outcome) -> Op {
+        Op {
+            id: uuid::Uuid::from_u128(n),
+            writer: 0,
+            case: uuid::Uuid::from_u128(case),
+            expected,
+            span_ms: (0, 1),
+            outcome,
+        }
+    }
+
+    fn judged(ops: &[Op], written: &[(u128, &[u64])], case: &[u64]) -> (Verdict, usize) {
+        let written = written
+            .iter()
+            .map(|(id, at)| (uuid::Uuid::from_u128(*id), at.to_vec()))
+            .collect();
+        let cases = [(uuid::Uuid::from_u128(100), case.to_vec())].into_iter().collect();
+        let mut verdict = Verdict::default();
+        let unknown = judge(ops, &written, &cases, &mut verdict);
+        (verdict, unknown)
+    }
+
+    /// A history the log agrees with passes; each way a log can betray a history is named.
+    #[test]
+    fn the_checker_names_lost_duplicated_misplaced_refused_and_non_linearizable_writes() {
+        // Case 100: writes at 3 (after 0), 7 (after 3); an unknown one landed at 9 (after 7).
+        let good = [
+            op(1, 100, 0, Outcome::Ok(3)),
+            op(2, 100, 3, Outcome::Ok(7)),
+            op(3, 100, 7, Outcome::Unknown("timed out".into())),
+            op(4, 100, 7, Outcome::Refused("the case is at version 9".into())),
+        ];
+        let (v, unknown) = judged(&good, &[(1, &[3]), (2, &[7]), (3, &[9])], &[3, 7, 9]);
+        assert!(v.safe(), "{v:?}");
+        assert_eq!(unknown, 1);
+
+        let (v, _) = judged(&good, &[(2, &[7]), (3, &[9])], &[7, 9]);
+        assert_eq!(v.lost.len(), 1, "an acknowledged write missing: {v:?}");
+        let (v, _) = judged(&good, &[(1, &[3]), (2, &[7, 11]), (3, &[9])], &[3, 7, 9, 11]);
+        assert_eq!(v.duplicated.len(), 1, "a write twice: {v:?}");
+        let (v, _) = judged(&good, &[(1, &[4]), (2, &[7]), (3, &[9])], &[4, 7, 9]);
+        assert_eq!(v.misplaced.len(), 1, "acknowledged at 3, stored at 4: {v:?}");
+        let (v, _) = judged(&good, &[(1, &[3]), (2, &[7]), (3, &[9]), (4, &[10])], &[3, 7, 9, 10]);
+        assert_eq!(v.refused_but_written.len(), 1, "a refused write on the log: {v:?}");
+        assert_eq!(
+            v.not_linearizable.len(),
+            1,
+            "and after version 9, not the 7 it expected"
+        );
+        // Two writers both told they won version 3: one of them follows 7, not 3.
+        let lost_update = [
+            op(1, 100, 0, Outcome::Ok(3)),
+            op(2, 100, 3, Outcome::Ok(7)),
+            op(5, 100, 3, Outcome::Ok(8)),
+        ];
+        let (v, _) = judged(&lost_update, &[(1, &[3]), (2, &[7]), (5, &[8])], &[3, 7, 8]);
+        assert_eq!(v.not_linearizable.len(), 1, "two winners of version 3: {v:?}");
+        let (v, _) = judged(&good, &[(1, &[3]), (2, &[7]), (3, &[9]), (99, &[12])], &[3, 7, 9, 12]);
+        assert_eq!(v.chain_breaks.len(), 1, "a write no operation made: {v:?}");
+    }
+}
