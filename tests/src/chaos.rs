@@ -72,11 +72,14 @@ pub enum Fault {
     KillServer,
     /// A node killed with SIGKILL and restarted on its data.
     KillNode,
+    /// A server killed, the last block of its copy of `HRU_EVENTS` cut short (a torn write, or
+    /// a tail the disk never kept), and restarted on it.
+    TruncateServer,
 }
 
 impl Fault {
     /// Every kind, in the order they are counted.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::IsolateServer,
         Fault::CutRoute,
         Fault::IsolateNode,
@@ -85,6 +88,7 @@ impl Fault {
         Fault::PauseNode,
         Fault::KillServer,
         Fault::KillNode,
+        Fault::TruncateServer,
     ];
 
     /// Its name in reports.
@@ -98,6 +102,7 @@ impl Fault {
             Fault::PauseNode => "pause-node",
             Fault::KillServer => "kill-server",
             Fault::KillNode => "kill-node",
+            Fault::TruncateServer => "truncate-server",
         }
     }
 }
@@ -162,6 +167,8 @@ pub struct Verdict {
     pub chain_breaks: Vec<String>,
     /// `hru audit verify`'s complaint, if any.
     pub audit: Option<String>,
+    /// The servers' copies of `HRU_EVENTS` that still differ once healed and settled.
+    pub divergent: Vec<String>,
     /// Episodes after which some writer made no progress within the settle time.
     pub stuck: Vec<String>,
 }
@@ -176,6 +183,7 @@ impl Verdict {
             && self.not_linearizable.is_empty()
             && self.chain_breaks.is_empty()
             && self.audit.is_none()
+            && self.divergent.is_empty()
     }
 }
 
@@ -231,13 +239,14 @@ impl std::fmt::Display for Report {
         let v = &self.verdict;
         writeln!(
             f,
-            "  lost {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · audit {} · stuck {}",
+            "  lost {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · divergent copies {} · audit {} · stuck {}",
             v.lost.len(),
             v.duplicated.len(),
             v.misplaced.len(),
             v.refused_but_written.len(),
             v.not_linearizable.len(),
             v.chain_breaks.len(),
+            v.divergent.len(),
             v.audit.as_deref().map_or("clean", |_| "FAILED"),
             v.stuck.len()
         )?;
@@ -248,6 +257,7 @@ impl std::fmt::Display for Report {
             ("refused but written", &v.refused_but_written),
             ("not linearizable", &v.not_linearizable),
             ("chain break", &v.chain_breaks),
+            ("divergent copies", &v.divergent),
             ("stuck", &v.stuck),
         ] {
             for item in list.iter().take(10) {
@@ -456,6 +466,28 @@ impl System {
                 self.cluster.restart(server).expect("a killed server restarts");
                 format!("n{server} killed and restarted")
             }
+            Fault::TruncateServer => {
+                self.cluster.kill(server).expect("kill a server");
+                // Every server holds a copy (three replicas on three servers).
+                let block = last_block(self.cluster.node(server).store_dir(), "HRU_EVENTS")
+                    .expect("a block of HRU_EVENTS on every server");
+                let len = std::fs::metadata(&block).map_or(0, |m| m.len());
+                let by = rng.gen_range(1..=len.clamp(1, 4096));
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&block)
+                    .expect("open the block");
+                file.set_len(len.saturating_sub(by)).expect("truncate the block");
+                std::thread::sleep(hold);
+                self.cluster
+                    .restart(server)
+                    .expect("a server restarts on a truncated block");
+                let name = block
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!("n{server} killed, HRU_EVENTS block {name} cut by {by} of {len} bytes, restarted")
+            }
             Fault::KillNode => {
                 let _ = self.nodes[node].child.kill();
                 let _ = self.nodes[node].child.wait();
@@ -467,6 +499,35 @@ impl System {
         };
         format!("{what} for {} ms", hold.as_millis())
     }
+}
+
+/// The newest message block of `stream` in a server's store (`<store>/**/streams/<stream>/msgs/<n>.blk`).
+fn last_block(store: &std::path::Path, stream: &str) -> Option<std::path::PathBuf> {
+    fn find(dir: &std::path::Path, stream: &str, depth: usize) -> Option<std::path::PathBuf> {
+        let candidate = dir.join("streams").join(stream).join("msgs");
+        if candidate.is_dir() {
+            return Some(candidate);
+        }
+        if depth == 0 {
+            return None;
+        }
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .find_map(|e| find(&e.path(), stream, depth - 1))
+    }
+    let msgs = find(store, stream, 3)?;
+    std::fs::read_dir(msgs)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter_map(|p| {
+            let n: u64 = p.file_name()?.to_str()?.strip_suffix(".blk")?.parse().ok()?;
+            Some((n, p))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
 }
 
 /// The writers' shared record.
@@ -603,7 +664,7 @@ pub fn run(options: &Options) -> Report {
         // Partitions and pauses long enough, at times, for elections (a raft leader is given up
         // after 4 to 9 s unheard); a killed process stays down a moment.
         let hold = Duration::from_millis(match fault {
-            Fault::KillServer | Fault::KillNode => rng.gen_range(300..3_000),
+            Fault::KillServer | Fault::KillNode | Fault::TruncateServer => rng.gen_range(300..3_000),
             _ => rng.gen_range(1_000..8_000),
         });
         *faults.entry(fault).or_default() += 1;
@@ -685,6 +746,21 @@ fn check(system: &System, rt: &tokio::runtime::Runtime, ops: &[Op], verdict: &mu
     let world = &system.world;
     let (directory, _) = world.deployment();
     let url = system.cluster.urls().join(",");
+    // Every server's copy of the log alike, once the writes have stopped and the faults healed.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let copies = system.cluster.stream_copies("HRU_EVENTS");
+        if copies[0].is_some() && copies.iter().all(|c| *c == copies[0]) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            verdict.divergent.push(format!(
+                "(messages, first, last) per server after {SETTLE:?}: {copies:?}"
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The log's whole content, once the cluster answers for it again.
     let deadline = Instant::now() + SETTLE;
     let entries: Vec<hru_log::LogEntry> = loop {

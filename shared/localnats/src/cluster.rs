@@ -133,6 +133,32 @@ impl NatsCluster {
         (0..self.nodes.len()).find(|&j| node_name(j) == leader)
     }
 
+    /// Each node's own copy of `stream` as its `/jsz` reports it: (messages, first sequence,
+    /// last sequence), or `None` for a node that does not answer or holds no copy.
+    pub fn stream_copies(&self, stream: &str) -> Vec<Option<(u64, u64, u64)>> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let (status, body) =
+                    probe::http_get(node.monitoring_port()?, "/jsz?accounts=true&streams=true").ok()?;
+                if status != 200 {
+                    return None;
+                }
+                let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+                jsz.get("account_details")?.as_array()?.iter().find_map(|account| {
+                    let detail = account
+                        .get("stream_detail")?
+                        .as_array()?
+                        .iter()
+                        .find(|s| s.get("name").and_then(serde_json::Value::as_str) == Some(stream))?;
+                    let state = detail.get("state")?;
+                    let n = |k: &str| state.get(k).and_then(serde_json::Value::as_u64);
+                    Some((n("messages")?, n("first_seq")?, n("last_seq")?))
+                })
+            })
+            .collect()
+    }
+
     /// SIGKILLs node `i` (panics if out of range).
     pub fn kill(&mut self, i: usize) -> Result<(), LocalNatsError> {
         self.nodes[i].kill()
