@@ -169,8 +169,13 @@ pub struct Verdict {
     pub audit: Option<String>,
     /// The servers' copies of `HRU_EVENTS` that still differ once healed and settled.
     pub divergent: Vec<String>,
+    /// Nodes whose projections, finished on their own store, differ from a clean rebuild.
+    pub projections: Vec<String>,
     /// Episodes after which some writer made no progress within the settle time.
     pub stuck: Vec<String>,
+    /// Nodes that exited on their own (restarted as their supervisor would): reported, not a
+    /// safety failure.
+    pub node_exits: Vec<String>,
 }
 
 impl Verdict {
@@ -184,6 +189,7 @@ impl Verdict {
             && self.chain_breaks.is_empty()
             && self.audit.is_none()
             && self.divergent.is_empty()
+            && self.projections.is_empty()
     }
 }
 
@@ -239,7 +245,7 @@ impl std::fmt::Display for Report {
         let v = &self.verdict;
         writeln!(
             f,
-            "  lost {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · divergent copies {} · audit {} · stuck {}",
+            "  lost {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · divergent copies {} · projections unlike a rebuild {} · audit {} · stuck {} · node exits {}",
             v.lost.len(),
             v.duplicated.len(),
             v.misplaced.len(),
@@ -247,8 +253,10 @@ impl std::fmt::Display for Report {
             v.not_linearizable.len(),
             v.chain_breaks.len(),
             v.divergent.len(),
+            v.projections.len(),
             v.audit.as_deref().map_or("clean", |_| "FAILED"),
-            v.stuck.len()
+            v.stuck.len(),
+            v.node_exits.len()
         )?;
         for (what, list) in [
             ("lost", &v.lost),
@@ -258,7 +266,9 @@ impl std::fmt::Display for Report {
             ("not linearizable", &v.not_linearizable),
             ("chain break", &v.chain_breaks),
             ("divergent copies", &v.divergent),
+            ("projections", &v.projections),
             ("stuck", &v.stuck),
+            ("node exited", &v.node_exits),
         ] {
             for item in list.iter().take(10) {
                 writeln!(f, "  {what}: {item}")?;
@@ -361,6 +371,41 @@ impl System {
         let _ = std::process::Command::new("kill")
             .args([signal, &pid.to_string()])
             .status();
+    }
+
+    /// Restart every node that has exited on its own, as its supervisor would: what exited.
+    fn supervise(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                let tail = node
+                    .log
+                    .as_ref()
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .and_then(|t| t.lines().last().map(str::to_owned))
+                    .unwrap_or_default();
+                exited.push(format!("{}'s node exited ({status}): {tail}", node.party));
+                node.restart(&self.node_urls[i]);
+            }
+        }
+        exited
+    }
+
+    /// Wait (restarting nodes that exit) until every node takes connections.
+    fn nodes_answer(&mut self, verdict: &mut Verdict) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            verdict.node_exits.extend(self.supervise());
+            if self
+                .nodes
+                .iter()
+                .all(|n| std::net::TcpStream::connect(("127.0.0.1", n.port)).is_ok())
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the nodes answer within {SETTLE:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Show that a cut is a partition the servers feel: with the meta leader cut off from both
@@ -642,6 +687,8 @@ pub fn run(options: &Options) -> Report {
     let record = Arc::new(Mutex::new(Record::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let mut verdict = Verdict::default();
+    system.nodes_answer(&mut verdict);
     for (i, (party, purpose)) in WRITERS.iter().enumerate() {
         let channel = rt.block_on(system.world.channel(&system.nodes[i], party));
         tasks.push(rt.spawn(writer(
@@ -656,9 +703,8 @@ pub fn run(options: &Options) -> Report {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let mut faults: BTreeMap<Fault, u32> = BTreeMap::new();
-    let mut verdict = Verdict::default();
     // Before any fault: every writer has written.
-    settle(&record, began, 0, &mut verdict, "the start");
+    settle(&mut system, &record, (began, 0), &mut verdict, "the start");
     for episode in 1..=options.episodes {
         let fault = Fault::ALL[rng.gen_range(0..Fault::ALL.len())];
         // Partitions and pauses long enough, at times, for elections (a raft leader is given up
@@ -673,9 +719,9 @@ pub fn run(options: &Options) -> Report {
         let healed = healed_at();
         eprintln!("chaos: episode {episode}: {what}");
         settle(
+            &mut system,
             &record,
-            began,
-            healed,
+            (began, healed),
             &mut verdict,
             &format!("episode {episode} ({what})"),
         );
@@ -688,6 +734,7 @@ pub fn run(options: &Options) -> Report {
     let ops = std::mem::take(&mut lock(&record).ops);
     let history = history_file(options, &ops);
     let (events, unknown_written) = check(&system, &rt, &ops, &mut verdict);
+    projections_match(&mut system, &mut verdict);
     let count = |f: fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
     Report {
         options: options.clone(),
@@ -703,11 +750,21 @@ pub fn run(options: &Options) -> Report {
     }
 }
 
-/// Wait until every writer has had a write acknowledged after `healed_ms`; a writer that has
-/// not within [`SETTLE`] is reported stuck.
-fn settle(record: &Mutex<Record>, began: Instant, healed_ms: u64, verdict: &mut Verdict, after: &str) {
+/// Wait until every writer has had a write acknowledged after `healed_ms` (ms since `began`),
+/// restarting nodes that exit meanwhile; a writer that has not within [`SETTLE`] is reported
+/// stuck.
+fn settle(
+    system: &mut System,
+    record: &Mutex<Record>,
+    (began, healed_ms): (Instant, u64),
+    verdict: &mut Verdict,
+    after: &str,
+) {
     let deadline = Instant::now() + SETTLE;
     loop {
+        verdict
+            .node_exits
+            .extend(system.supervise().into_iter().map(|e| format!("after {after}: {e}")));
         let behind: Vec<usize> = (0..WRITERS.len())
             .filter(|w| lock(record).last_ok_ms.get(w).is_none_or(|&t| t <= healed_ms))
             .collect();
@@ -738,6 +795,55 @@ fn history_file(options: &Options, ops: &[Op]) -> std::path::PathBuf {
     let text: String = ops.iter().map(|o| o.line() + "\n").collect();
     let _ = std::fs::write(&file, text);
     file
+}
+
+/// Each node's projections, its fold killed and finished by `hru project` on its own store,
+/// against a clean `hru rebuild` of the same log: the digests must be equal.
+fn projections_match(system: &mut System, verdict: &mut Verdict) {
+    for node in &mut system.nodes {
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+    let world = &system.world;
+    let keys = crate::path(world.dir.path(), "keys");
+    for (party, _) in WRITERS {
+        let data = world.dir.path().join(format!("node-{party}"));
+        let named = std::fs::read_to_string(data.join("projections.current")).unwrap_or_default();
+        let store = data.join(if named.trim() == "projections.b" {
+            "projections.b"
+        } else {
+            "projections"
+        });
+        let digests = |command: &str, store: &std::path::Path| -> Result<BTreeMap<String, String>, String> {
+            let out = world.run(&[
+                command,
+                "--party",
+                party,
+                "--keys",
+                &keys,
+                "--store",
+                &store.display().to_string(),
+            ]);
+            if !out.status.success() {
+                return Err(format!("{command}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let name = l.split('\t').next()?;
+                    let digest = l.split("digest ").nth(1)?;
+                    Some((name.to_owned(), digest.trim().to_owned()))
+                })
+                .collect())
+        };
+        let rebuilt = world.dir.path().join(format!("rebuilt-{party}"));
+        match (digests("project", &store), digests("rebuild", &rebuilt)) {
+            (Ok(live), Ok(fresh)) if live == fresh && !live.is_empty() => {}
+            (live, fresh) => verdict
+                .projections
+                .push(format!("{party}: its node's {live:?}, rebuilt {fresh:?}")),
+        }
+    }
 }
 
 /// Check the history against the log (read straight from the cluster once healed): the
