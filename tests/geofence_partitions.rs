@@ -56,22 +56,10 @@ fn holder(rt: &tokio::runtime::Runtime, heartbeats: &hru_log::KeptStream, partit
 fn three_instances_share_the_partitions_and_a_killed_ones_moves_with_every_decision_logged_once() {
     let cluster = NatsCluster::start(3).unwrap();
     let url = cluster.urls().join(",");
-    let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES).on_broker(url.clone());
-    // The cluster may still be forming (a peer not yet known): provisioning is tried again.
-    let forming = Instant::now() + Duration::from_secs(30);
-    let partitions = PARTITIONS.to_string();
-    loop {
-        let out = world.run(&["log", "provision", "--replicas", "3", "--partitions", &partitions]);
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < forming,
-            "provision: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let world = World::new("../policies/cheshire-hru.toml", &hru_tests::CHESHIRE_PARTIES)
+        .on_broker(url.clone())
+        .with_replicas(3);
+    world.provision_while_forming(&["--partitions", &PARTITIONS.to_string()]);
     let start_ms = jiff::Timestamp::now().as_millisecond();
     let mut simulator = hru_tests::fleet(&world, TAGS, SEED, start_ms);
     for i in 0..TAGS {

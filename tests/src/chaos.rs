@@ -326,21 +326,7 @@ impl System {
         let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES)
             .on_broker(direct)
             .with_replicas(SERVERS);
-        // The cluster may still be forming: provisioning is tried again for a while.
-        let forming = Instant::now() + Duration::from_secs(30);
-        let replicas = SERVERS.to_string();
-        loop {
-            let out = world.run(&["log", "provision", "--replicas", &replicas]);
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < forming,
-                "provision: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        world.provision_while_forming(&[]);
         let node_urls: Vec<String> = WRITERS
             .iter()
             .map(|(party, _)| {

@@ -568,6 +568,27 @@ impl World {
         );
     }
 
+    /// Provision (with the world's replica count and `extra` arguments), trying again for up
+    /// to 30 s while a cluster is still forming (a peer not yet known).
+    pub fn provision_while_forming(&self, extra: &[&str]) {
+        let forming = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let replicas = self.replicas.to_string();
+        let mut args = vec!["log", "provision", "--replicas", &replicas];
+        args.extend_from_slice(extra);
+        loop {
+            let out = self.run(&args);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < forming,
+                "provision: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+
     /// Start `party`'s node as a child process; `extra` is appended to its config.
     pub fn start_node(&self, party: &str, extra: &str) -> NodeProcess {
         self.start_node_on(party, extra, &self.url())
