@@ -252,6 +252,25 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
         "the reference is the documented HMAC of the documented identifier"
     );
 
+    // A holder writing around its node (`hru append` is not checked) files Sam's reference on a
+    // referral of somebody else: a re-keying must not carry Sam's reference over to that person.
+    let case_e = uuid::Uuid::new_v4();
+    let forged_referral = {
+        use base64::Engine as _;
+        let sam_ref =
+            base64::engine::general_purpose::STANDARD.encode(police_key.reference("name-dob:sam oneill|1990-02-03"));
+        format!(
+            r#"{{"caseId":"{case_e}","referralReceived":{{"core":{{"subjectRef":"{sam_ref}","behaviours":["BEHAVIOUR_STALKING"],"area":"Cheshire East","receivedAtMs":"{}"}},"identity":{{"subject":{{"fullName":"Mallory Quinn","dateOfBirth":"1985-05-05"}}}}}}}}"#,
+            now - 30 * DAY
+        )
+    };
+    let appended = world.append("cwp", &world.event("forged-referral.json", &forged_referral));
+    assert!(
+        appended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&appended.stderr)
+    );
+
     // A rotation: generation 2 on the log, then every case re-keyed under it by the custodian.
     let rotation = world.keys_linkage("police-hru", &["--reason", "rotation: a holder's copy exposed"]);
     let rotated = succeeded(&rotation, "keys linkage (rotation)");
@@ -264,6 +283,16 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
         );
     }
     assert!(told.contains("re-keyed 3 case(s) to generation 2"), "{told}");
+    assert!(
+        !rotated.contains(&case_e.to_string()),
+        "a reference its identity does not give is not re-keyed: {rotated}"
+    );
+    assert!(
+        told.contains(&format!(
+            "1 whose reference is not the one their identity gives under an earlier generation, left as they are: {case_e}"
+        )),
+        "{told}"
+    );
     let grants = world.linkage_grants();
     let second = world.linkage_key(&grants, "police-hru").unwrap();
     assert_eq!(second.generation, 2);
@@ -353,7 +382,7 @@ fn two_parties_recording_one_person_get_one_reference_and_the_evaluators_link_wi
     succeeded(&again, "keys linkage --rekey");
     let again = String::from_utf8_lossy(&again.stderr);
     assert!(
-        again.contains("re-keyed 0 case(s) to generation 2; 4 already under it"),
+        again.contains("re-keyed 0 case(s) to generation 2; 4 already under it; 1 whose"),
         "{again}"
     );
 

@@ -840,19 +840,19 @@ fn check(system: &System, rt: &tokio::runtime::Runtime, ops: &[Op], verdict: &mu
     let url = system.cluster.urls().join(",");
     // Every server's copy of the log alike, once the writes have stopped and the faults healed.
     let deadline = Instant::now() + SETTLE;
-    loop {
+    let agreed = loop {
         let copies = system.cluster.stream_copies("HRU_EVENTS");
         if copies[0].is_some() && copies.iter().all(|c| *c == copies[0]) {
-            break;
+            break copies[0];
         }
         if Instant::now() >= deadline {
             verdict.divergent.push(format!(
                 "(messages, first, last) per server after {SETTLE:?}: {copies:?}"
             ));
-            break;
+            break None;
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
     // The log's whole content, once the cluster answers for it again.
     let deadline = Instant::now() + SETTLE;
     let entries: Vec<hru_log::LogEntry> = loop {
@@ -869,6 +869,17 @@ fn check(system: &System, rt: &tokio::runtime::Runtime, ops: &[Op], verdict: &mu
             Err(e) => panic!("the healed cluster serves its log: {e}"),
         }
     };
+    // What was read is the whole log, without a gap (nothing is ever deleted from it).
+    let read: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
+    let whole = read.iter().copied().eq(1..=read.len() as u64);
+    if !whole || agreed.is_some_and(|(messages, _, last)| messages != read.len() as u64 || last != read.len() as u64) {
+        verdict.divergent.push(format!(
+            "the log read holds {} events, sequences {:?}..{:?}, the servers' copies {agreed:?}",
+            read.len(),
+            read.first(),
+            read.last()
+        ));
+    }
     let mut rings: Vec<hru_envelope::KeyRing> = WRITERS
         .iter()
         .map(|(party, _)| {

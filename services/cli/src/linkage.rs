@@ -132,6 +132,14 @@ async fn rekey_as(
     let grants = hru_log::linkage::grants(p.log.reader(), &p.directory, &p.isa.id, &linkage.custodian).await?;
     let key =
         hru_log::linkage::newest_key(&grants, &p.isa.id, &linkage.holders, &secrets).map_err(|why| anyhow!(why))?;
+    // The earlier generations this custodian opens: a case's reference is carried over only if
+    // its referral's identity gives it under one of them (a reference filed on somebody else's
+    // referral, around a node, is not carried over to that person).
+    let earlier: Vec<hru_envelope::LinkageKey> = grants
+        .iter()
+        .filter(|g| g.body.generation < key.generation)
+        .filter_map(|g| hru_envelope::LinkageKey::open(&p.isa.id, g.body.generation, &g.body.members, &secrets))
+        .collect();
     let now = jiff::Timestamp::now().as_millisecond();
     let crate::replay::Reader { log, mut read, .. } =
         crate::replay::Reader::open(nats, policies_dir, party.as_str(), keys_dir, now).await?;
@@ -175,7 +183,7 @@ async fn rekey_as(
     }
     let sealing = hru_log::periods::directory_with_periods(p.log.reader(), &p.directory).await?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-    let (mut rekeyed, mut current, mut unreadable) = (0usize, 0usize, Vec::new());
+    let (mut rekeyed, mut current, mut unreadable, mut mismatched) = (0usize, 0usize, Vec::new(), Vec::new());
     for (case, known) in &cases {
         let Some((previous, _)) = known.reference else { continue };
         let Some(identifier) = known
@@ -189,6 +197,10 @@ async fn rekey_as(
         let reference = key.reference(&identifier);
         if reference == previous {
             current += 1;
+            continue;
+        }
+        if !earlier.iter().any(|k| k.reference(&identifier) == previous) {
+            mismatched.push(*case);
             continue;
         }
         let (event_type, sections) =
@@ -212,23 +224,25 @@ async fn rekey_as(
         );
         rekeyed += 1;
     }
-    eprintln!(
-        "re-keyed {rekeyed} case(s) to generation {}; {current} already under it; {} whose referral identity {party} \
-         cannot read or use, left under their reference{}",
-        key.generation,
-        unreadable.len(),
-        if unreadable.is_empty() {
+    let listed = |cases: &[CaseId]| {
+        if cases.is_empty() {
             String::new()
         } else {
             format!(
                 ": {}",
-                unreadable
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                cases.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             )
         }
+    };
+    eprintln!(
+        "re-keyed {rekeyed} case(s) to generation {}; {current} already under it; {} whose reference is not the one \
+         their identity gives under an earlier generation, left as they are{}; {} whose referral identity {party} \
+         cannot read or use, left under their reference{}",
+        key.generation,
+        mismatched.len(),
+        listed(&mismatched),
+        unreadable.len(),
+        listed(&unreadable)
     );
     Ok(())
 }

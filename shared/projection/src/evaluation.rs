@@ -225,7 +225,13 @@ impl Projection for Evaluation {
                 let (previous, next) = (hex::encode(r.previous_ref), hex::encode(r.subject_ref));
                 facts.subject_ref = Some(next.clone());
                 facts.generation = r.generation;
-                return vec![put_json(key(ALIAS_PREFIX, &previous), &next), put_json(k, &facts)];
+                // The first re-keying of a reference stands: another for the same reference
+                // re-points no other case.
+                let alias = key(ALIAS_PREFIX, &previous);
+                if state.get(&alias).is_some() {
+                    return vec![put_json(k, &facts)];
+                }
+                return vec![put_json(alias, &next), put_json(k, &facts)];
             }
             _ => return Vec::new(),
         }
@@ -512,6 +518,29 @@ mod tests {
         assert_eq!(row(before).reoffence_within_6m, Some(true));
         assert_eq!(row(other).reoffence_within_6m, Some(true));
         assert_eq!(row(after).reoffence_within_6m, Some(true));
+    }
+
+    /// A second re-keying of one reference (only a forged one can say otherwise than the first)
+    /// re-points its own case, never the subject's other cases.
+    #[test]
+    fn the_first_rekeying_of_a_reference_stands_for_the_other_cases() {
+        let (first, second) = (CaseId::random(), CaseId::random());
+        let events = [
+            (
+                header(first, EventType::ReferralReceived, JAN_2027),
+                referral(1, JAN_2027),
+            ),
+            (
+                header(second, EventType::ReferralReceived, JAN_2027),
+                referral(1, JAN_2027),
+            ),
+            rekeyed(first, 1, 2, 2, JAN_2027 + DAY),
+            rekeyed(second, 1, 9, 2, JAN_2027 + 2 * DAY),
+        ];
+        let rows = rows(&events, JAN_2027 + 10 * DAY);
+        let row = |c: CaseId| rows.iter().find(|r| r.case_id == c.to_string()).expect("row");
+        assert_eq!(row(first).subject_ref, Some(hex::encode([2u8; 32])));
+        assert_eq!(row(second).subject_ref, Some(hex::encode([9u8; 32])));
     }
 
     /// The evaluation's headline figure is reoffending after a *completed health intervention*:
