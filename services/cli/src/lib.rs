@@ -1382,15 +1382,8 @@ impl CliLog {
     /// still lags.
     pub(crate) async fn catch_up(&self) -> anyhow::Result<()> {
         use hru_log::SharedLog as _;
-        let deadline = std::time::Instant::now() + VIEW_CATCH_UP;
-        while !self.reader().caught_up().await? {
-            if std::time::Instant::now() >= deadline {
-                eprintln!(
-                    "warning: the view still lags the log after {VIEW_CATCH_UP:?}: the newest events may be missing"
-                );
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if !self.reader().wait_caught_up(VIEW_CATCH_UP).await? {
+            eprintln!("warning: the view still lags the log after {VIEW_CATCH_UP:?}: the newest events may be missing");
         }
         Ok(())
     }

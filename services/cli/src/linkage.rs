@@ -166,20 +166,12 @@ async fn rekey_as(
             continue;
         };
         let known = cases.entry(case).or_default();
-        match event {
-            CaseEvent::ReferralReceived { core, identity, .. } if known.reference.is_none() => {
-                known.reference = core.map(|c| (c.subject_ref, 1));
-                known.subject = identity.map(|i| i.subject);
-            }
-            CaseEvent::SubjectRekeyed { core: Some(k) }
-                if known
-                    .reference
-                    .is_some_and(|(r, g)| r == k.previous_ref && k.generation > g) =>
-            {
-                known.reference = Some((k.subject_ref, k.generation));
-            }
-            _ => {}
+        if known.reference.is_none()
+            && let CaseEvent::ReferralReceived { identity, .. } = &event
+        {
+            known.subject = identity.as_ref().map(|i| i.subject.clone());
         }
+        known.reference = hru_domain::carried_reference(known.reference, &event);
     }
     let sealing = hru_log::periods::directory_with_periods(p.log.reader(), &p.directory).await?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();

@@ -1347,13 +1347,8 @@ impl Service {
     async fn start(&mut self, positions: &PositionLog) -> Result<(), GeofenceError> {
         // The view first holds what the log held: a fitting or zone it has not yet copied would
         // otherwise be read after the positions stored later, and judged against them late.
-        let deadline = std::time::Instant::now() + VIEW_CATCH_UP;
-        while !self.log.reader().caught_up().await? {
-            if std::time::Instant::now() >= deadline {
-                tracing::warn!(after = ?VIEW_CATCH_UP, "the party's view still lags the log; rebuilding from what it holds");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if !self.log.reader().wait_caught_up(VIEW_CATCH_UP).await? {
+            tracing::warn!(after = ?VIEW_CATCH_UP, "the party's view still lags the log; rebuilding from what it holds");
         }
         let mut events: Vec<LogEntry> = self.log.reader().replay(1, &[]).await?.try_collect().await?;
         // Grants and key events first, in log order, through the read path: every other

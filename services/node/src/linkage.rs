@@ -3,7 +3,6 @@
 //! the newest generation of the linkage key this party holds, and a reoffence takes the
 //! reference of its case's referral. The caller never supplies one.
 
-use hru_domain::CaseEvent;
 use hru_envelope::LinkageKey;
 use hru_log::SharedLog as _;
 use hru_policy::CompiledIsa;
@@ -103,7 +102,9 @@ impl Shared {
 pub(crate) fn refuse_rekeying(event: &Event) -> Result<(), Status> {
     match event {
         Event::SubjectRekeyed(_) => Err(Status::invalid_argument(
-            "field `draft.SubjectRekeyed`: a case's subject reference is derived again under a rotated linkage key              by the custodian (`hru keys linkage --rekey`), from the referral's identity; it is not recorded              through a node",
+            "field `draft.SubjectRekeyed`: a case's subject reference is derived again under a rotated linkage key \
+             by the custodian (`hru keys linkage --rekey`), from the referral's identity; it is not recorded \
+             through a node",
         )),
         _ => Ok(()),
     }
@@ -112,22 +113,10 @@ pub(crate) fn refuse_rekeying(event: &Event) -> Result<(), Status> {
 /// The subject reference a case carries now: its referral's, or that of the newest re-keying
 /// that continues it.
 pub(crate) fn case_reference(history: &[HistoryEntry]) -> Option<[u8; 32]> {
-    let mut reference: Option<([u8; 32], u32)> = None;
-    for (_, _, e) in history {
-        match e {
-            CaseEvent::ReferralReceived { core: Some(r), .. } if reference.is_none() => {
-                reference = Some((r.subject_ref, 1));
-            }
-            // A re-keying continues the reference the case carries, to a newer generation.
-            CaseEvent::SubjectRekeyed { core: Some(k) }
-                if reference.is_some_and(|(r, g)| r == k.previous_ref && k.generation > g) =>
-            {
-                reference = Some((k.subject_ref, k.generation));
-            }
-            _ => {}
-        }
-    }
-    reference.map(|(r, _)| r)
+    history
+        .iter()
+        .fold(None, |carried, (_, _, e)| hru_domain::carried_reference(carried, e))
+        .map(|(r, _)| r)
 }
 
 /// A reoffence takes the subject reference its case carries (its referral's, or the newest

@@ -810,6 +810,21 @@ impl TryFrom<pb::SubjectRekeyedCore> for Rekeying {
     }
 }
 
+/// The subject reference a case carries after `event`, given what it carried before (the
+/// reference and its linkage key generation; a referral's counts as generation 1): the case's
+/// first referral sets it; a re-keying that continues it, to a newer generation, replaces it.
+pub fn carried_reference(before: Option<([u8; 32], u32)>, event: &CaseEvent) -> Option<([u8; 32], u32)> {
+    match event {
+        CaseEvent::ReferralReceived { core: Some(r), .. } if before.is_none() => Some((r.subject_ref, 1)),
+        CaseEvent::SubjectRekeyed { core: Some(k) }
+            if before.is_some_and(|(r, g)| r == k.previous_ref && k.generation > g) =>
+        {
+            Some((k.subject_ref, k.generation))
+        }
+        _ => before,
+    }
+}
+
 /// A case closure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closure {

@@ -18,7 +18,7 @@ pub use event_type::{EventType, PlainSection, join_sections, split_draft};
 pub use events::{
     Access, Acknowledgement, AcknowledgementFigures, Breach, CaseEvent, Charge, Closure, ContactFigures, Intervention,
     Narrative, Order, ProximityRule, Rekeying, Reoffence, Review, ReviewFigures, RiskSummary, SafetyPlan, Screening,
-    ScreeningFigures, Tag, VictimIdentity, WeeklyWindow, Zone, ZoneRevocation,
+    ScreeningFigures, Tag, VictimIdentity, WeeklyWindow, Zone, ZoneRevocation, carried_reference,
 };
 pub use header::{EventHeader, ProducerId};
 pub use ids::{AudienceId, CaseId, DeviceId, Digest, EventId, KeyId, PartyId, TagId};

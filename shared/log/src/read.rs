@@ -120,6 +120,20 @@ impl Reader {
         Ok(info.sources.iter().all(|s| s.active.is_some() && s.lag == 0))
     }
 
+    /// Wait up to `within` for [`Reader::caught_up`]: whether it is.
+    pub async fn wait_caught_up(&self, within: std::time::Duration) -> Result<bool, LogError> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.caught_up().await? {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The first and last log sequence this reader still holds (retention may have removed older).
     pub async fn bounds(&self) -> Result<(u64, u64), LogError> {
         let state = self.state().await?;
