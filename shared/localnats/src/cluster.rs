@@ -42,20 +42,26 @@ impl NatsCluster {
 
     fn try_start(bin: &NatsServerBinary, n: usize, sync_always: bool) -> Result<Self, LocalNatsError> {
         let ports = ClusterPorts::pick(n)?;
-        Self::start_on(bin, &ports, None, sync_always)
+        Self::start_on(bin, &ports, None, sync_always, None)
     }
 
     /// Starts `ports.client.len()` nodes on `ports`, peers reaching node `i`'s routes at
     /// `reach[i]` (a loopback port forwarding to `ports.route[i]`, such as a fault-injecting
     /// proxy), which the node advertises; clients are told of no server but the one they
-    /// dial. Waits until every node is healthy.
-    pub fn start_reached(ports: &ClusterPorts, reach: &[u16], sync_always: bool) -> Result<Self, LocalNatsError> {
+    /// dial. With `disk` set, each node's store is on its own disk of that many bytes (a tmpfs:
+    /// needs root). Waits until every node is healthy.
+    pub fn start_reached(
+        ports: &ClusterPorts,
+        reach: &[u16],
+        sync_always: bool,
+        disk: Option<u64>,
+    ) -> Result<Self, LocalNatsError> {
         if ports.client.is_empty() || reach.len() != ports.client.len() || ports.route.len() != ports.client.len() {
             return Err(LocalNatsError::Invalid(
                 "a cluster needs at least one node, and one client, route and reached port per node".into(),
             ));
         }
-        Self::start_on(&NatsServerBinary::find()?, ports, Some(reach), sync_always)
+        Self::start_on(&NatsServerBinary::find()?, ports, Some(reach), sync_always, disk)
     }
 
     fn start_on(
@@ -63,6 +69,7 @@ impl NatsCluster {
         ports: &ClusterPorts,
         reach: Option<&[u16]>,
         sync_always: bool,
+        disk: Option<u64>,
     ) -> Result<Self, LocalNatsError> {
         let (client_ports, route_ports) = (&ports.client, &ports.route);
         let n = client_ports.len();
@@ -75,13 +82,11 @@ impl NatsCluster {
                 routes: (0..n).filter(|&j| j != i).map(|j| dialled[j]).collect(),
                 reached_at: reach.map(|r| r[i]),
             };
-            nodes.push(NatsServer::new(
-                bin.path.clone(),
-                sync_always,
-                Some(node_name(i)),
-                client,
-                Some(spec),
-            )?);
+            let mut node = NatsServer::new(bin.path.clone(), sync_always, Some(node_name(i)), client, Some(spec))?;
+            if let Some(bytes) = disk {
+                node.on_own_disk(bytes)?;
+            }
+            nodes.push(node);
         }
         // Spawn all before waiting: no node is healthy until a quorum has elected a meta leader.
         for node in &mut nodes {

@@ -65,6 +65,18 @@ pub enum LocalNatsError {
         log_tail: String,
     },
 
+    /// A server's own disk could not be mounted.
+    #[error(
+        "a server's own disk (a tmpfs at {}) could not be mounted: {detail}; this needs root (CAP_SYS_ADMIN) and `mount`",
+        .at.display()
+    )]
+    NoOwnDisk {
+        /// Where it was to be mounted.
+        at: PathBuf,
+        /// What mount said.
+        detail: String,
+    },
+
     /// A caller asked for something the harness cannot do (e.g. a cluster of zero nodes).
     #[error("invalid testkit request: {0}")]
     Invalid(String),

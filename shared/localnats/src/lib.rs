@@ -9,11 +9,13 @@
 
 mod binary;
 mod cluster;
+mod disk;
 mod error;
 mod probe;
 mod server;
 
 pub use binary::{MIN_VERSION, NatsServerBinary};
 pub use cluster::{ClusterPorts, NatsCluster, node_name};
+pub use disk::OwnDisk;
 pub use error::LocalNatsError;
 pub use server::{NatsServer, NatsServerBuilder};

@@ -94,6 +94,8 @@ pub struct NatsServer {
     config_path: PathBuf,
     /// Raw configuration appended to the generated one.
     extra_config: String,
+    /// The store's own disk, when it has one (unmounted on drop, before `dir` is removed).
+    disk: Option<crate::OwnDisk>,
     /// Owns config, log, ports files and store; removed on drop, after the process is gone.
     dir: TempDir,
 }
@@ -133,8 +135,20 @@ impl NatsServer {
             log_path: dir.path().join("nats-server.log"),
             config_path: dir.path().join("nats-server.conf"),
             extra_config: String::new(),
+            disk: None,
             dir,
         })
+    }
+
+    /// Put the store on its own disk of `bytes` (a tmpfs; needs root) before the first start.
+    pub(crate) fn on_own_disk(&mut self, bytes: u64) -> Result<(), LocalNatsError> {
+        self.disk = Some(crate::OwnDisk::mount(&self.store_dir, bytes)?);
+        Ok(())
+    }
+
+    /// The store's own disk, if it was started on one.
+    pub fn disk(&self) -> Option<&crate::OwnDisk> {
+        self.disk.as_ref()
     }
 
     /// Client URL, `nats://127.0.0.1:PORT`.
@@ -382,5 +396,6 @@ impl Drop for NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.disk.take();
     }
 }

@@ -6,7 +6,7 @@ pub mod faults;
 
 pub use hru_local_nats::{
     ClusterPorts, LocalNatsError as TestkitError, MIN_VERSION, NatsCluster, NatsServer, NatsServerBinary,
-    NatsServerBuilder, node_name,
+    NatsServerBuilder, OwnDisk, node_name,
 };
 
 /// A free loopback TCP port.
