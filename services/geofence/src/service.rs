@@ -1017,6 +1017,18 @@ pub async fn run(
     }
 }
 
+/// Whether `e` is the broker failing a request or a connection (a server restarting, a
+/// partition of the network): the partition is rebuilt from the log, the process goes on.
+fn broker_failed(e: &GeofenceError) -> bool {
+    use hru_log::{AppendError, LogError, StoreError};
+    let request = |l: &LogError| matches!(l, LogError::Request { .. } | LogError::Connect { .. });
+    match e {
+        GeofenceError::Log(l) | GeofenceError::Store(StoreError::Log(l)) => request(l),
+        GeofenceError::Store(StoreError::Append(AppendError::Unavailable { .. })) => true,
+        _ => false,
+    }
+}
+
 /// How a partition's service stopped following.
 enum Followed {
     /// The process is stopping.
@@ -1126,7 +1138,17 @@ async fn serve_partition(
             sequence = first.entry.sequence,
             "partition taken: rebuilding its state"
         );
-        let mut service = Service::open(&common, partition).await?;
+        let mut service = match Service::open(&common, partition).await {
+            Ok(service) => service,
+            Err(e) if broker_failed(&e) => {
+                tracing::warn!(partition, cause = %e, "partition not opened: the broker failed; standing by again");
+                tokio::select! {
+                    _ = stop.changed() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
         // Rebuild while pulling on, so the pin is renewed; what arrives meanwhile waits.
         let mut waiting = vec![first];
         {
@@ -1134,13 +1156,29 @@ async fn serve_partition(
             tokio::pin!(start);
             loop {
                 tokio::select! {
-                    r = &mut start => { r?; break }
+                    r = &mut start => match r {
+                        Ok(()) => break,
+                        // A server restarting or a partition healing: what was rebuilt is
+                        // dropped, and the partition taken again as a restarted process would.
+                        Err(e) if broker_failed(&e) => {
+                            tracing::warn!(partition, cause = %e, "partition state not rebuilt: the broker failed; standing by again");
+                            waiting.clear();
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
                     d = feed.next() => match d {
                         Some(Ok(d)) => waiting.push(d),
                         Some(Err(e)) => tracing::warn!(partition, cause = %e, "partition pull failed while rebuilding"),
                         None => break,
                     },
                 }
+            }
+        }
+        if waiting.is_empty() {
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
             }
         }
         service.count_state();
@@ -1155,7 +1193,19 @@ async fn serve_partition(
         service.snapshot().await;
         let followed = follow(&mut service, &mut feed, waiting, &mut stop).await;
         common.stats.partitions_held.dec();
-        match followed? {
+        let followed = match followed {
+            Err(e) if broker_failed(&e) => {
+                // What was not logged is decided again from the log, as after a restart.
+                tracing::warn!(partition, cause = %e, "partition dropped: the broker failed; rebuilding it");
+                service.uncount();
+                tokio::select! {
+                    _ = stop.changed() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            other => other?,
+        };
+        match followed {
             Followed::Stopped => {
                 if let Err(e) = feed.release().await {
                     tracing::warn!(partition, cause = %e, "partition pin not released; a standby takes it after the pin timeout");
