@@ -1,11 +1,12 @@
-//! Faults on a 3-node cluster while the nodes take writes, the history then checked (issue 20):
-//! a bounded run of 20 episodes. `HRU_CHAOS_SEED` replays another schedule; longer runs are
+//! Faults on a 3-node cluster while the nodes take writes and the geofence follows a simulated
+//! fleet, the history and the breach decisions then checked (issue 20): a bounded run of 20
+//! episodes. `HRU_CHAOS_SEED` replays another schedule; longer runs are
 //! `cargo run -p hru-tests --bin hru-chaos -- --episodes N --seed S`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 #[test]
-fn twenty_episodes_of_partitions_pauses_and_kills_lose_duplicate_and_reorder_nothing() {
+fn twenty_episodes_of_partitions_pauses_kills_and_full_disks_lose_duplicate_and_reorder_nothing() {
     let seed = std::env::var("HRU_CHAOS_SEED")
         .ok()
         .map_or(20, |s| s.parse().expect("HRU_CHAOS_SEED is a number"));
@@ -13,6 +14,7 @@ fn twenty_episodes_of_partitions_pauses_and_kills_lose_duplicate_and_reorder_not
         episodes: 20,
         seed,
         sync_always: true,
+        kinds: Vec::new(),
     });
     println!("{report}");
     assert!(report.verdict.safe(), "{report}");
@@ -22,4 +24,5 @@ fn twenty_episodes_of_partitions_pauses_and_kills_lose_duplicate_and_reorder_not
     );
     assert!(report.acknowledged > 100, "the writers wrote throughout: {report}");
     assert!(report.faults.len() >= 6, "most kinds of fault were injected: {report}");
+    assert!(report.breaches > 0, "the fleet raised breaches to check: {report}");
 }

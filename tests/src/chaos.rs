@@ -13,7 +13,14 @@
 //!   may be absent, never doubled);
 //! - per case, every write on the log follows the version its writer expected: conditional
 //!   appends are linearizable, each expected version has at most one winner;
-//! - every producer's chain is intact and `hru audit verify` is clean.
+//! - every producer's chain is intact and `hru audit verify` is clean;
+//! - every node's projections equal a clean rebuild;
+//! - the geofence, fed by a simulated fleet the whole time and itself paused, killed and cut
+//!   off, has logged every breach decision exactly once, as the pure engine decides over the
+//!   logged inputs.
+//!
+//! Each server's store is on its own small disk (a tmpfs, when the run may mount one: root),
+//! so a server's disk can be filled and freed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +48,18 @@ const CASES_PER_WRITER: usize = 4;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the system has to make progress again after a fault heals.
 const SETTLE: Duration = Duration::from_secs(45);
+/// Tags in the simulated fleet, each with its victim's device, home zone and proximity rule.
+const TAGS: usize = 4;
+/// Wall time between the fleet gateway's flushes, and the simulated time each one covers.
+const FLEET_TICK: Duration = Duration::from_millis(500);
+/// Simulated milliseconds per flush.
+const FLEET_STEP_MS: i64 = 5_000;
+/// Each server's own disk: room for the streams' reservations (`HRU_SNAPSHOTS` bounds itself at
+/// 2 GiB, and JetStream counts on three quarters of a disk).
+const DISK_BYTES: u64 = 4 << 30;
+/// The geofence's settings in the run (engine thresholds at their defaults, as the reference
+/// engine runs).
+const GEOFENCE: &str = "snapshot_every_s = 2\nheartbeat_s = 0.5\nlapse_after_s = 30";
 
 /// What a run is asked to do.
 #[derive(Debug, Clone)]
@@ -51,6 +70,8 @@ pub struct Options {
     pub seed: u64,
     /// `sync_interval: always` on every server (the backbone's setting); false: the default.
     pub sync_always: bool,
+    /// The kinds of fault drawn from; empty: every kind.
+    pub kinds: Vec<Fault>,
 }
 
 /// The kinds of fault an episode injects.
@@ -75,11 +96,20 @@ pub enum Fault {
     /// A server killed, the last block of its copy of `HRU_EVENTS` cut short (a torn write, or
     /// a tail the disk never kept), and restarted on it.
     TruncateServer,
+    /// A server's disk filled to the last byte, then freed (the server restarted if it stopped
+    /// JetStream meanwhile, as its operator would).
+    FillDisk,
+    /// The geofence stopped with SIGSTOP, then continued.
+    PauseGeofence,
+    /// The geofence killed with SIGKILL and restarted on its data.
+    KillGeofence,
+    /// The geofence cut off from every server.
+    IsolateGeofence,
 }
 
 impl Fault {
     /// Every kind, in the order they are counted.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 13] = [
         Fault::IsolateServer,
         Fault::CutRoute,
         Fault::IsolateNode,
@@ -89,7 +119,16 @@ impl Fault {
         Fault::KillServer,
         Fault::KillNode,
         Fault::TruncateServer,
+        Fault::FillDisk,
+        Fault::PauseGeofence,
+        Fault::KillGeofence,
+        Fault::IsolateGeofence,
     ];
+
+    /// The kind named `name` (as in reports).
+    pub fn named(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
+    }
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -103,6 +142,10 @@ impl Fault {
             Fault::KillServer => "kill-server",
             Fault::KillNode => "kill-node",
             Fault::TruncateServer => "truncate-server",
+            Fault::FillDisk => "fill-disk",
+            Fault::PauseGeofence => "pause-geofence",
+            Fault::KillGeofence => "kill-geofence",
+            Fault::IsolateGeofence => "isolate-geofence",
         }
     }
 }
@@ -171,11 +214,17 @@ pub struct Verdict {
     pub divergent: Vec<String>,
     /// Nodes whose projections, finished on their own store, differ from a clean rebuild.
     pub projections: Vec<String>,
+    /// Breach decisions the pure engine makes over the logged inputs that the log lacks.
+    pub breaches_missed: Vec<String>,
+    /// Breach decisions on the log more than once.
+    pub breaches_twice: Vec<String>,
+    /// Breach decisions on the log that the pure engine does not make.
+    pub breaches_unexpected: Vec<String>,
     /// Episodes after which some writer made no progress within the settle time.
     pub stuck: Vec<String>,
-    /// Nodes that exited on their own (restarted as their supervisor would): reported, not a
-    /// safety failure.
-    pub node_exits: Vec<String>,
+    /// Nodes and geofences that exited on their own (restarted as their supervisor would):
+    /// reported, not a safety failure.
+    pub exits: Vec<String>,
 }
 
 impl Verdict {
@@ -190,6 +239,9 @@ impl Verdict {
             && self.audit.is_none()
             && self.divergent.is_empty()
             && self.projections.is_empty()
+            && self.breaches_missed.is_empty()
+            && self.breaches_twice.is_empty()
+            && self.breaches_unexpected.is_empty()
     }
 }
 
@@ -210,6 +262,12 @@ pub struct Report {
     pub unknown_written: usize,
     /// Events in `HRU_EVENTS` at the end.
     pub events: usize,
+    /// The fleet gateway's flushes: published, and failed (kept and sent again).
+    pub flushes: (u64, u64),
+    /// Breach decisions the pure engine makes over the logged inputs.
+    pub breaches: usize,
+    /// Whether the servers' stores were on their own disks (else no disk was filled), and why not.
+    pub disks: Result<(), String>,
     /// How long the run took.
     pub elapsed: Duration,
     /// What the checker found.
@@ -242,10 +300,18 @@ impl std::fmt::Display for Report {
             "  operations: {} acknowledged, {} refused, {} unknown ({} of them written); {} events in HRU_EVENTS",
             self.acknowledged, self.refused, self.unknown, self.unknown_written, self.events
         )?;
+        writeln!(
+            f,
+            "  fleet: {} flushes published, {} failed and sent again; {} breach decisions by the pure engine",
+            self.flushes.0, self.flushes.1, self.breaches
+        )?;
+        if let Err(why) = &self.disks {
+            writeln!(f, "  no disk was filled: {why}")?;
+        }
         let v = &self.verdict;
         writeln!(
             f,
-            "  lost {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · divergent copies {} · projections unlike a rebuild {} · audit {} · stuck {} · node exits {}",
+            "  lost {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · divergent copies {} · projections unlike a rebuild {} · audit {} · breaches missed {} · twice {} · not the engine's {} · stuck {} · service exits {}",
             v.lost.len(),
             v.duplicated.len(),
             v.misplaced.len(),
@@ -255,8 +321,11 @@ impl std::fmt::Display for Report {
             v.divergent.len(),
             v.projections.len(),
             v.audit.as_deref().map_or("clean", |_| "FAILED"),
+            v.breaches_missed.len(),
+            v.breaches_twice.len(),
+            v.breaches_unexpected.len(),
             v.stuck.len(),
-            v.node_exits.len()
+            v.exits.len()
         )?;
         for (what, list) in [
             ("lost", &v.lost),
@@ -267,8 +336,11 @@ impl std::fmt::Display for Report {
             ("chain break", &v.chain_breaks),
             ("divergent copies", &v.divergent),
             ("projections", &v.projections),
+            ("breach missed", &v.breaches_missed),
+            ("breach twice", &v.breaches_twice),
+            ("breach not the engine's", &v.breaches_unexpected),
             ("stuck", &v.stuck),
-            ("node exited", &v.node_exits),
+            ("exited", &v.exits),
         ] {
             for item in list.iter().take(10) {
                 writeln!(f, "  {what}: {item}")?;
@@ -287,28 +359,73 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// The cluster, its network, the world and the nodes written through.
+/// The geofence process, its metrics port and the broker URLs it reaches the servers at.
+struct GeofenceProcess {
+    child: std::process::Child,
+    port: u16,
+    url: String,
+}
+
+impl GeofenceProcess {
+    fn start(world: &World, url: &str) -> Self {
+        let port = crate::free_port();
+        Self {
+            child: world.start_geofence_on("geofence", port, GEOFENCE, url),
+            port,
+            url: url.to_owned(),
+        }
+    }
+
+    /// Kill it (if running) and start it again on its config and data.
+    fn restart(&mut self, world: &World) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = world.start_geofence_on("geofence", self.port, GEOFENCE, &self.url);
+    }
+}
+
+impl Drop for GeofenceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cluster, its network, the world, the nodes written through and the geofence.
 struct System {
     /// The nodes (dropped first).
     nodes: Vec<NodeProcess>,
     /// Each node's broker URLs, through its proxies.
     node_urls: Vec<String>,
+    /// The geofence, reaching the servers through its own proxies.
+    geofence: GeofenceProcess,
+    /// The fleet: its simulator, until the run takes it.
+    fleet: Option<hru_gateway::simulate::Simulator>,
+    /// Whether each server's store is on its own disk, or why not.
+    disks: Result<(), String>,
     world: World,
     cluster: NatsCluster,
     /// The network (dropped last: nothing is left holding a proxy).
     net: FaultyNet,
 }
 
-/// Start the cluster behind proxies, retrying when a picked port was taken meanwhile.
-fn start_cluster(net: &FaultyNet, sync_always: bool) -> (NatsCluster, ClusterPorts) {
+/// Start the cluster behind proxies, each server's store on its own disk where that may be
+/// mounted, retrying when a picked port was taken meanwhile.
+fn start_cluster(net: &FaultyNet, sync_always: bool) -> (NatsCluster, ClusterPorts, Result<(), String>) {
     let mut attempt = 1;
+    let mut disks = Ok(());
     loop {
         let ports = ClusterPorts::pick(SERVERS).expect("free ports");
         let reach: Vec<u16> = (0..SERVERS)
             .map(|i| net.route_proxy(i, ports.route[i]).expect("a route proxy"))
             .collect();
-        match NatsCluster::start_reached(&ports, &reach, sync_always) {
-            Ok(cluster) => return (cluster, ports),
+        let disk = disks.is_ok().then_some(DISK_BYTES);
+        match NatsCluster::start_reached(&ports, &reach, sync_always, disk) {
+            Ok(cluster) => return (cluster, ports, disks),
+            Err(e @ hru_testkit::TestkitError::NoOwnDisk { .. }) => {
+                eprintln!("chaos: no disk will be filled: {e}");
+                disks = Err(e.to_string());
+            }
             Err(e) if attempt < 3 => {
                 eprintln!("chaos: the cluster did not start ({e}); trying again");
                 attempt += 1;
@@ -319,34 +436,52 @@ fn start_cluster(net: &FaultyNet, sync_always: bool) -> (NatsCluster, ClusterPor
 }
 
 impl System {
-    fn start(sync_always: bool) -> Self {
+    fn start(sync_always: bool, seed: u64) -> Self {
         let net = FaultyNet::new();
-        let (cluster, ports) = start_cluster(&net, sync_always);
+        let (cluster, ports, disks) = start_cluster(&net, sync_always);
         let direct = cluster.urls().join(",");
         let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES)
             .on_broker(direct)
             .with_replicas(SERVERS);
         world.provision_while_forming(&[]);
-        let node_urls: Vec<String> = WRITERS
-            .iter()
-            .map(|(party, _)| {
-                (0..SERVERS)
-                    .map(|j| {
-                        let port = net.client_proxy(party, j, ports.client[j]).expect("a client proxy");
-                        format!("nats://127.0.0.1:{port}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .collect();
+        let proxied = |service: &str| {
+            (0..SERVERS)
+                .map(|j| {
+                    let port = net.client_proxy(service, j, ports.client[j]).expect("a client proxy");
+                    format!("nats://127.0.0.1:{port}")
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let node_urls: Vec<String> = WRITERS.iter().map(|(party, _)| proxied(party)).collect();
         let nodes = WRITERS
             .iter()
             .zip(&node_urls)
             .map(|((party, _), url)| world.start_node_on(party, "", url))
             .collect();
+        // The fleet's tags fitted, their victims' homes zoned and proximity rules set, before the
+        // geofence starts: every decision follows from positions read after them.
+        let mut fleet = crate::fleet(&world, TAGS, seed, jiff::Timestamp::now().as_millisecond());
+        for i in (0..TAGS).step_by(2) {
+            fleet.approach(i);
+        }
+        let victims: Vec<String> = fleet.pairs().into_iter().map(|(_, v, _)| v).collect();
+        let (_, isa) = world.deployment();
+        let provisioned = crate::runtime().block_on(async {
+            let servers: Vec<async_nats::ServerAddr> = cluster.urls().iter().filter_map(|u| u.parse().ok()).collect();
+            let nats = async_nats::connect(servers).await.map_err(|e| e.to_string())?;
+            hru_broker::provision_devices(&nats, &victims, isa.alerts_max_age(), SERVERS)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        provisioned.expect("the victims' alert streams are provisioned");
+        let geofence = GeofenceProcess::start(&world, &proxied("geofence"));
         Self {
             nodes,
             node_urls,
+            geofence,
+            fleet: Some(fleet),
+            disks,
             world,
             cluster,
             net,
@@ -374,22 +509,35 @@ impl System {
                 node.restart(&self.node_urls[i]);
             }
         }
+        if let Ok(Some(status)) = self.geofence.child.try_wait() {
+            let tail = std::fs::read_to_string(self.world.dir.path().join("geofence.log"))
+                .ok()
+                .and_then(|t| t.lines().last().map(str::to_owned))
+                .unwrap_or_default();
+            exited.push(format!("the geofence exited ({status}): {tail}"));
+            self.geofence.restart(&self.world);
+        }
         exited
     }
 
-    /// Wait (restarting nodes that exit) until every node takes connections.
-    fn nodes_answer(&mut self, verdict: &mut Verdict) {
+    /// Wait (restarting services that exit) until every node takes connections and the
+    /// geofence has rebuilt its state.
+    fn services_answer(&mut self, verdict: &mut Verdict) {
         let deadline = Instant::now() + SETTLE;
         loop {
-            verdict.node_exits.extend(self.supervise());
+            verdict.exits.extend(self.supervise());
             if self
                 .nodes
                 .iter()
                 .all(|n| std::net::TcpStream::connect(("127.0.0.1", n.port)).is_ok())
+                && crate::metric(self.geofence.port, "hru_geofence_ready") == 1
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "the nodes answer within {SETTLE:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the nodes answer and the geofence is ready within {SETTLE:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -519,6 +667,49 @@ impl System {
                     .unwrap_or_default();
                 format!("n{server} killed, HRU_EVENTS block {name} cut by {by} of {len} bytes, restarted")
             }
+            Fault::FillDisk => {
+                let disk = self.cluster.node(server).disk().expect("drawn only with disks");
+                let took = disk.fill().expect("fill a server's disk");
+                let log = self.cluster.node(server).log_path().to_owned();
+                let stopped = || {
+                    std::fs::read_to_string(&log)
+                        .map(|t| t.matches("resources, will be DISABLED").count())
+                        .unwrap_or(0)
+                };
+                let before = stopped();
+                std::thread::sleep(hold);
+                disk.free().expect("free a server's disk");
+                let mut what = format!("n{server}'s disk filled ({} MiB)", took >> 20);
+                if stopped() > before {
+                    self.cluster
+                        .restart(server)
+                        .expect("a server that stopped JetStream restarts");
+                    what.push_str(", JetStream stopped on it: restarted once freed");
+                }
+                what
+            }
+            Fault::PauseGeofence => {
+                let pid = self.geofence.child.id();
+                Self::pid_signal(pid, "-STOP");
+                std::thread::sleep(hold);
+                Self::pid_signal(pid, "-CONT");
+                "the geofence paused".to_owned()
+            }
+            Fault::KillGeofence => {
+                let _ = self.geofence.child.kill();
+                let _ = self.geofence.child.wait();
+                std::thread::sleep(hold);
+                self.geofence.restart(&self.world);
+                "the geofence killed and restarted".to_owned()
+            }
+            Fault::IsolateGeofence => {
+                for j in 0..SERVERS {
+                    self.net.cut(End::Service("geofence".to_owned()), End::Server(j));
+                }
+                std::thread::sleep(hold);
+                self.net.heal_all();
+                "the geofence cut off from every server".to_owned()
+            }
             Fault::KillNode => {
                 let _ = self.nodes[node].child.kill();
                 let _ = self.nodes[node].child.wait();
@@ -561,12 +752,16 @@ fn last_block(store: &std::path::Path, stream: &str) -> Option<std::path::PathBu
         .map(|(_, p)| p)
 }
 
-/// The writers' shared record.
+/// The writers' and the fleet's shared record.
 #[derive(Default)]
 struct Record {
     ops: Vec<Op>,
     /// Per writer, when its last acknowledged write ended (ms since the run began).
     last_ok_ms: BTreeMap<usize, u64>,
+    /// The fleet gateway's flushes published and failed.
+    flushes: (u64, u64),
+    /// When its last flush was published (ms since the run began).
+    last_flush_ms: Option<u64>,
 }
 
 fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
@@ -664,17 +859,57 @@ async fn writer(
     }
 }
 
+/// The fleet: its simulator stepped [`FLEET_STEP_MS`] every [`FLEET_TICK`], the fixes
+/// flushed by the vendor's gateway (a failed batch is kept and sent again first), until `stop`.
+async fn fleet(
+    mut simulator: hru_gateway::simulate::Simulator,
+    mut gateway: hru_gateway::Gateway,
+    began: Instant,
+    record: Arc<Mutex<Record>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        for f in simulator.step(FLEET_STEP_MS) {
+            gateway.push(&f.device, f.victim, f.fix);
+        }
+        let flushed = gateway.flush(jiff::Timestamp::now().as_millisecond()).await;
+        {
+            let mut r = lock(&record);
+            if flushed.is_ok() {
+                r.flushes.0 += 1;
+                r.last_flush_ms = Some(began.elapsed().as_millis() as u64);
+            } else {
+                r.flushes.1 += 1;
+            }
+        }
+        tokio::time::sleep(FLEET_TICK).await;
+    }
+}
+
 /// Run `options.episodes` episodes and check the history.
 pub fn run(options: &Options) -> Report {
     let began = Instant::now();
-    let mut system = System::start(options.sync_always);
+    let mut system = System::start(options.sync_always, options.seed);
     system.calibrate();
     let rt = crate::runtime();
     let record = Arc::new(Mutex::new(Record::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let mut verdict = Verdict::default();
-    system.nodes_answer(&mut verdict);
+    system.services_answer(&mut verdict);
+    let (directory, isa) = system.world.deployment();
+    let url = system.cluster.urls().join(",");
+    let positions = rt
+        .block_on(hru_log::PositionLog::open(
+            &url,
+            None,
+            isa.positions_max_age(),
+            SERVERS as _,
+        ))
+        .expect("the position stream opens");
+    let gateway = crate::vendor_gateway(&system.world, &isa, &directory, &positions);
+    let simulator = system.fleet.take().expect("the fleet, once");
+    tasks.push(rt.spawn(fleet(simulator, gateway, began, record.clone(), stop.clone())));
     for (i, (party, purpose)) in WRITERS.iter().enumerate() {
         let channel = rt.block_on(system.world.channel(&system.nodes[i], party));
         tasks.push(rt.spawn(writer(
@@ -692,11 +927,23 @@ pub fn run(options: &Options) -> Report {
     // Before any fault: every writer has written.
     settle(&mut system, &record, (began, 0), &mut verdict, "the start");
     for episode in 1..=options.episodes {
-        let fault = Fault::ALL[rng.gen_range(0..Fault::ALL.len())];
+        let kinds: Vec<Fault> = if options.kinds.is_empty() {
+            Fault::ALL.to_vec()
+        } else {
+            options.kinds.clone()
+        };
+        let kinds: Vec<Fault> = kinds
+            .into_iter()
+            .filter(|f| *f != Fault::FillDisk || system.disks.is_ok())
+            .collect();
+        assert!(!kinds.is_empty(), "some kind of fault can be injected here");
+        let fault = kinds[rng.gen_range(0..kinds.len())];
         // Partitions and pauses long enough, at times, for elections (a raft leader is given up
         // after 4 to 9 s unheard); a killed process stays down a moment.
         let hold = Duration::from_millis(match fault {
-            Fault::KillServer | Fault::KillNode | Fault::TruncateServer => rng.gen_range(300..3_000),
+            Fault::KillServer | Fault::KillNode | Fault::TruncateServer | Fault::KillGeofence => {
+                rng.gen_range(300..3_000)
+            }
             _ => rng.gen_range(1_000..8_000),
         });
         *faults.entry(fault).or_default() += 1;
@@ -718,7 +965,11 @@ pub fn run(options: &Options) -> Report {
     }
     system.net.heal_all();
     let ops = std::mem::take(&mut lock(&record).ops);
+    let flushes = lock(&record).flushes;
     let history = history_file(options, &ops);
+    // The geofence first: it is stopped once it has decided all it will, so the log is still
+    // while the rest is checked.
+    let breaches = breaches(&mut system, &rt, &positions, &mut verdict);
     let (events, unknown_written) = check(&system, &rt, &ops, &mut verdict);
     projections_match(&mut system, &mut verdict);
     let count = |f: fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
@@ -730,6 +981,9 @@ pub fn run(options: &Options) -> Report {
         unknown: count(|o| matches!(o, Outcome::Unknown(_))),
         unknown_written,
         events,
+        flushes,
+        breaches,
+        disks: system.disks.clone(),
         elapsed: began.elapsed(),
         verdict,
         history,
@@ -749,16 +1003,23 @@ fn settle(
     let deadline = Instant::now() + SETTLE;
     loop {
         verdict
-            .node_exits
+            .exits
             .extend(system.supervise().into_iter().map(|e| format!("after {after}: {e}")));
-        let behind: Vec<usize> = (0..WRITERS.len())
+        let mut behind: Vec<&str> = (0..WRITERS.len())
             .filter(|w| lock(record).last_ok_ms.get(w).is_none_or(|&t| t <= healed_ms))
+            .map(|w| WRITERS[w].0)
             .collect();
+        if lock(record).last_flush_ms.is_none_or(|t| t <= healed_ms) {
+            behind.push("the fleet's gateway");
+        }
+        if crate::metric(system.geofence.port, "hru_geofence_ready") != 1 {
+            behind.push("the geofence");
+        }
         if behind.is_empty() {
             return;
         }
         if Instant::now() >= deadline {
-            let names: Vec<&str> = behind.iter().map(|&w| WRITERS[w].0).collect();
+            let names = behind;
             verdict.stuck.push(format!(
                 "after {after}: {names:?} wrote nothing in {SETTLE:?} (at {} ms)",
                 began.elapsed().as_millis()
@@ -830,6 +1091,81 @@ fn projections_match(system: &mut System, verdict: &mut Verdict) {
                 .push(format!("{party}: its node's {live:?}, rebuilt {fresh:?}")),
         }
     }
+}
+
+/// Every breach decision the pure engine makes over the logged inputs (the fleet stopped), on
+/// the log exactly once and none besides, once the geofence has caught up (it is stopped then):
+/// how many decisions the engine makes.
+fn breaches(
+    system: &mut System,
+    rt: &tokio::runtime::Runtime,
+    positions: &hru_log::PositionLog,
+    verdict: &mut Verdict,
+) -> usize {
+    let (directory, _) = system.world.deployment();
+    let url = system.cluster.urls().join(",");
+    let keys = system.world.keys();
+    let ring = || {
+        hru_runtime::deployment::key_ring(&keys, &"geofence".parse().expect("a party"))
+            .expect("the geofence's key ring")
+    };
+    let log = loop {
+        match rt.block_on(hru_log::EventLog::connect(&url)) {
+            Ok(log) => break log,
+            Err(e) => {
+                eprintln!("chaos: the log does not answer yet ({e}); trying again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    let (events, stored) = crate::logged_inputs(rt, &log, positions);
+    let partitions = rt
+        .block_on(positions.partitions())
+        .expect("the position stream's partitions");
+    let mut want: Vec<String> = (0..partitions)
+        .flat_map(|p| crate::partition_breaches(&events, &stored, &directory, &mut ring(), p, partitions))
+        .filter(|b| b.case.is_some())
+        .map(|b| b.message_id())
+        .collect();
+    want.sort();
+    let read = || {
+        let events = rt
+            .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
+            .unwrap_or_default();
+        crate::logged_decisions(&events, &directory, &mut ring())
+    };
+    let deadline = Instant::now() + 2 * SETTLE;
+    while !want.iter().all(|id| read().contains_key(id)) && Instant::now() < deadline {
+        verdict.exits.extend(system.supervise());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = system.geofence.child.kill();
+    let _ = system.geofence.child.wait();
+    let got = read();
+    let mut engine = want.clone();
+    engine.dedup();
+    for id in engine.iter().filter(|id| want.iter().filter(|w| w == id).count() > 1) {
+        verdict
+            .breaches_unexpected
+            .push(format!("{id}: the pure engine decides it more than once"));
+    }
+    verdict.breaches_missed.extend(
+        engine
+            .iter()
+            .filter(|id| !got.contains_key(*id))
+            .map(|id| format!("{id}: not on the log")),
+    );
+    verdict.breaches_twice.extend(
+        got.iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| format!("{id}: on the log {n} times")),
+    );
+    verdict.breaches_unexpected.extend(
+        got.keys()
+            .filter(|id| engine.binary_search(id).is_err())
+            .map(|id| format!("{id}: on the log, not decided by the pure engine")),
+    );
+    want.len()
 }
 
 /// Check the history against the log (read straight from the cluster once healed): the

@@ -348,6 +348,12 @@ impl World {
     /// `<name>-data/`, its output in `<name>.log`) serving metrics on `metrics_port`, with
     /// `extra` appended to its config.
     pub fn start_geofence_named(&self, name: &str, metrics_port: u16, extra: &str) -> std::process::Child {
+        self.start_geofence_on(name, metrics_port, extra, &self.url())
+    }
+
+    /// [`start_geofence_named`](Self::start_geofence_named) on the broker at `url` (a started
+    /// instance of the same name and data starts again the same way).
+    pub fn start_geofence_on(&self, name: &str, metrics_port: u16, extra: &str, url: &str) -> std::process::Child {
         let d = |rel: &str| path(self.dir.path(), rel);
         let config = format!("{name}.toml");
         std::fs::write(
@@ -367,7 +373,7 @@ impl World {
             .expect("open the geofence's log");
         Command::new(crate::hru_bin())
             .args(["geofence", "run", "--config", &d(&config)])
-            .env("HRU_NATS_URL", self.url())
+            .env("HRU_NATS_URL", url)
             .stdout(log.try_clone().expect("the geofence's log"))
             .stderr(log)
             .spawn()

@@ -1,12 +1,17 @@
-//! `hru-chaos --episodes N --seed S [--sync-default]`: N episodes of random faults (partitions,
-//! pauses, kills) on a 3-node cluster with the nodes taking writes, then every operation's
-//! outcome checked against the log. Prints the counts per fault kind and the verdict; exits 1
+//! `hru-chaos --episodes N --seed S [--sync-default] [--only KIND,...]`: N episodes of random faults (partitions,
+//! pauses, kills, full disks) on a 3-node cluster with the nodes taking writes and the geofence
+//! following a simulated fleet, then every operation's outcome and every breach decision
+//! checked against the log. Prints the counts per fault kind and the verdict; exits 1
 //! when a safety check fails, printing the seed and where the history is.
 
 use std::process::ExitCode;
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("hru-chaos: {problem}\nusage: hru-chaos --episodes N --seed S [--sync-default]");
+    let kinds: Vec<&str> = hru_tests::chaos::Fault::ALL.iter().map(|f| f.name()).collect();
+    eprintln!(
+        "hru-chaos: {problem}\nusage: hru-chaos --episodes N --seed S [--sync-default] [--only KIND,...]\nkinds: {}",
+        kinds.join(", ")
+    );
     ExitCode::from(2)
 }
 
@@ -15,6 +20,7 @@ fn main() -> ExitCode {
         episodes: 20,
         seed: 1,
         sync_always: true,
+        kinds: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -31,6 +37,18 @@ fn main() -> ExitCode {
                 Err(e) => return usage(&e),
             },
             "--sync-default" => options.sync_always = false,
+            "--only" => {
+                let names = match value("--only") {
+                    Ok(v) => v,
+                    Err(e) => return usage(&e),
+                };
+                for name in names.split(',') {
+                    match hru_tests::chaos::Fault::named(name.trim()) {
+                        Some(kind) => options.kinds.push(kind),
+                        None => return usage(&format!("--only: no fault kind is called {name:?}")),
+                    }
+                }
+            }
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
