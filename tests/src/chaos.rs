@@ -250,6 +250,8 @@ impl Verdict {
 pub struct Report {
     /// The options it ran with.
     pub options: Options,
+    /// Episodes run (fewer than asked when interrupted).
+    pub episodes: u32,
     /// Episodes per fault kind.
     pub faults: BTreeMap<Fault, u32>,
     /// Operations acknowledged, refused and of unknown outcome.
@@ -281,8 +283,13 @@ impl std::fmt::Display for Report {
         let o = &self.options;
         writeln!(
             f,
-            "chaos: {} episodes, seed {}, sync_interval {}, {:.0} s",
-            o.episodes,
+            "chaos: {} episodes{}, seed {}, sync_interval {}, {:.0} s",
+            self.episodes,
+            if self.episodes < o.episodes {
+                format!(" of {} (interrupted)", o.episodes)
+            } else {
+                String::new()
+            },
             o.seed,
             if o.sync_always { "always" } else { "default" },
             self.elapsed.as_secs_f64()
@@ -886,12 +893,34 @@ async fn fleet(
     }
 }
 
+/// Set `interrupted` on Ctrl-C or SIGTERM: the run stops after the episode under way, heals,
+/// checks what ran and stops every process it started.
+async fn on_interrupt(interrupted: Arc<AtomicBool>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+    eprintln!("chaos: interrupted: stopping after this episode, then checking what ran");
+    interrupted.store(true, Ordering::SeqCst);
+}
+
 /// Run `options.episodes` episodes and check the history.
 pub fn run(options: &Options) -> Report {
     let began = Instant::now();
+    let rt = crate::runtime();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    rt.spawn(on_interrupt(interrupted.clone()));
     let mut system = System::start(options.sync_always, options.seed);
     system.calibrate();
-    let rt = crate::runtime();
     let record = Arc::new(Mutex::new(Record::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -926,7 +955,12 @@ pub fn run(options: &Options) -> Report {
     let mut faults: BTreeMap<Fault, u32> = BTreeMap::new();
     // Before any fault: every writer has written.
     settle(&mut system, &record, (began, 0), &mut verdict, "the start");
+    let mut episodes = 0;
     for episode in 1..=options.episodes {
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        episodes = episode;
         let kinds: Vec<Fault> = if options.kinds.is_empty() {
             Fault::ALL.to_vec()
         } else {
@@ -975,6 +1009,7 @@ pub fn run(options: &Options) -> Report {
     let count = |f: fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
     Report {
         options: options.clone(),
+        episodes,
         faults,
         acknowledged: count(|o| matches!(o, Outcome::Ok(_))),
         refused: count(|o| matches!(o, Outcome::Refused(_))),
