@@ -182,6 +182,7 @@ fn the_compose_topology_runs_under_the_generated_authorization() {
                 port,
                 child,
                 log: Some(log),
+                own_group: false,
             },
             metrics,
         ));

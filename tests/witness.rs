@@ -142,6 +142,7 @@ fn a_truncated_or_rewritten_log_is_caught_against_a_witness_copy() {
         dir: tempfile::tempdir().unwrap(),
         broker: None,
         replicas: 1,
+        own_groups: false,
     };
     std::fs::create_dir_all(rewriter.dir.path().join("keys")).unwrap();
     std::fs::copy(

@@ -449,7 +449,8 @@ impl System {
         let direct = cluster.urls().join(",");
         let world = World::new("../policies/cheshire-hru.toml", &CHESHIRE_PARTIES)
             .on_broker(direct)
-            .with_replicas(SERVERS);
+            .with_replicas(SERVERS)
+            .in_own_process_groups();
         world.provision_while_forming(&[]);
         let proxied = |service: &str| {
             (0..SERVERS)
@@ -686,6 +687,8 @@ impl System {
                 let before = stopped();
                 std::thread::sleep(hold);
                 disk.free().expect("free a server's disk");
+                // A write refused just before the space came back may be logged a moment later.
+                std::thread::sleep(Duration::from_secs(1));
                 let mut what = format!("n{server}'s disk filled ({} MiB)", took >> 20);
                 if stopped() > before {
                     self.cluster
@@ -769,6 +772,8 @@ struct Record {
     flushes: (u64, u64),
     /// When its last flush was published (ms since the run began).
     last_flush_ms: Option<u64>,
+    /// The heartbeat time (Unix ms) of its last published flush.
+    last_heartbeat_ms: i64,
 }
 
 fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
@@ -879,12 +884,14 @@ async fn fleet(
         for f in simulator.step(FLEET_STEP_MS) {
             gateway.push(&f.device, f.victim, f.fix);
         }
-        let flushed = gateway.flush(jiff::Timestamp::now().as_millisecond()).await;
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let flushed = gateway.flush(now_ms).await;
         {
             let mut r = lock(&record);
             if flushed.is_ok() {
                 r.flushes.0 += 1;
                 r.last_flush_ms = Some(began.elapsed().as_millis() as u64);
+                r.last_heartbeat_ms = now_ms;
             } else {
                 r.flushes.1 += 1;
             }
@@ -970,7 +977,11 @@ pub fn run(options: &Options) -> Report {
             .into_iter()
             .filter(|f| *f != Fault::FillDisk || system.disks.is_ok())
             .collect();
-        assert!(!kinds.is_empty(), "some kind of fault can be injected here");
+        assert!(
+            !kinds.is_empty(),
+            "none of the kinds of fault asked for can be injected here: {:?}",
+            system.disks
+        );
         let fault = kinds[rng.gen_range(0..kinds.len())];
         // Partitions and pauses long enough, at times, for elections (a raft leader is given up
         // after 4 to 9 s unheard); a killed process stays down a moment.
@@ -999,11 +1010,14 @@ pub fn run(options: &Options) -> Report {
     }
     system.net.heal_all();
     let ops = std::mem::take(&mut lock(&record).ops);
-    let flushes = lock(&record).flushes;
+    let (flushes, last_heartbeat_ms) = {
+        let r = lock(&record);
+        (r.flushes, r.last_heartbeat_ms)
+    };
     let history = history_file(options, &ops);
     // The geofence first: it is stopped once it has decided all it will, so the log is still
     // while the rest is checked.
-    let breaches = breaches(&mut system, &rt, &positions, &mut verdict);
+    let breaches = breaches(&mut system, &rt, &positions, last_heartbeat_ms, &mut verdict);
     let (events, unknown_written) = check(&system, &rt, &ops, &mut verdict);
     projections_match(&mut system, &mut verdict);
     let count = |f: fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
@@ -1129,14 +1143,19 @@ fn projections_match(system: &mut System, verdict: &mut Verdict) {
 }
 
 /// Every breach decision the pure engine makes over the logged inputs (the fleet stopped), on
-/// the log exactly once and none besides, once the geofence has caught up (it is stopped then):
-/// how many decisions the engine makes.
+/// the log exactly once and none besides: how many decisions the engine makes. The geofence is
+/// first given time to read everything stored (its event time reaching the heartbeat of the
+/// fleet's last published flush, then nothing new decided for [`QUIET`]) and stopped with
+/// SIGTERM, so that the log is still when it is read.
 fn breaches(
     system: &mut System,
     rt: &tokio::runtime::Runtime,
     positions: &hru_log::PositionLog,
+    last_heartbeat_ms: i64,
     verdict: &mut Verdict,
 ) -> usize {
+    /// How long nothing new must be decided before the geofence is taken to have caught up.
+    const QUIET: Duration = Duration::from_secs(3);
     let (directory, _) = system.world.deployment();
     let url = system.cluster.urls().join(",");
     let keys = system.world.keys();
@@ -1144,13 +1163,26 @@ fn breaches(
         hru_runtime::deployment::key_ring(&keys, &"geofence".parse().expect("a party"))
             .expect("the geofence's key ring")
     };
+    let deadline = Instant::now() + 2 * SETTLE;
     let log = loop {
         match rt.block_on(hru_log::EventLog::connect(&url)) {
             Ok(log) => break log,
-            Err(e) => {
+            Err(e) if Instant::now() < deadline => {
                 eprintln!("chaos: the log does not answer yet ({e}); trying again");
                 std::thread::sleep(Duration::from_millis(500));
             }
+            Err(e) => panic!("the healed cluster answers within {:?}: {e}", 2 * SETTLE),
+        }
+    };
+    let read = || loop {
+        let events = rt.block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await });
+        match events {
+            Ok(events) => break crate::logged_decisions(&events, &directory, &mut ring()),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("chaos: the log is not read yet ({e}); trying again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("the healed cluster serves its log: {e}"),
         }
     };
     let (events, stored) = crate::logged_inputs(rt, &log, positions);
@@ -1163,20 +1195,42 @@ fn breaches(
         .map(|b| b.message_id())
         .collect();
     want.sort();
-    let read = || {
-        let events = rt
-            .block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
-            .unwrap_or_default();
-        crate::logged_decisions(&events, &directory, &mut ring())
-    };
-    let deadline = Instant::now() + 2 * SETTLE;
-    while !want.iter().all(|id| read().contains_key(id)) && Instant::now() < deadline {
+    // Caught up: every decision the engine makes is on the log, the geofence's event time has
+    // reached the last flush, and nothing new has been decided for a while.
+    let mut last: Option<(BTreeMap<String, usize>, Instant)> = None;
+    loop {
         verdict.exits.extend(system.supervise());
+        let got = read();
+        let read_all = crate::metric(system.geofence.port, "hru_geofence_event_time_ms") as i64 >= last_heartbeat_ms;
+        let changed = last.as_ref().is_none_or(|(before, _)| *before != got);
+        if changed {
+            last = Some((got.clone(), Instant::now()));
+        }
+        let quiet = last.as_ref().is_some_and(|(_, since)| since.elapsed() >= QUIET);
+        if (read_all && quiet && want.iter().all(|id| got.contains_key(id))) || Instant::now() >= deadline {
+            if !read_all {
+                verdict.breaches_missed.push(format!(
+                    "the geofence did not read the fleet's last flush within {:?}",
+                    2 * SETTLE
+                ));
+            }
+            break;
+        }
         std::thread::sleep(Duration::from_millis(500));
+    }
+    System::pid_signal(system.geofence.child.id(), "-TERM");
+    let stopping = Instant::now() + Duration::from_secs(10);
+    while matches!(system.geofence.child.try_wait(), Ok(None)) && Instant::now() < stopping {
+        std::thread::sleep(Duration::from_millis(100));
     }
     let _ = system.geofence.child.kill();
     let _ = system.geofence.child.wait();
     let got = read();
+    if want.is_empty() {
+        verdict.breaches_missed.push(
+            "the pure engine decides nothing over the logged inputs: the fleet raised no breach to compare".into(),
+        );
+    }
     let mut engine = want.clone();
     engine.dedup();
     for id in engine.iter().filter(|id| want.iter().filter(|w| w == id).count() > 1) {

@@ -30,6 +30,9 @@ pub struct World {
     pub broker: Option<String>,
     /// How many copies of each stream provisioning asks for (a cluster's size; 1 by default).
     pub replicas: usize,
+    /// Whether the services it starts run in process groups of their own (a terminal's
+    /// Ctrl-C then reaches only the test, which stops them).
+    pub own_groups: bool,
 }
 
 impl World {
@@ -60,6 +63,7 @@ impl World {
             dir,
             broker: None,
             replicas: 1,
+            own_groups: false,
         }
     }
 
@@ -82,6 +86,12 @@ impl World {
     /// The same world provisioning `replicas` copies of each stream (on a cluster of as many).
     pub fn with_replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
+        self
+    }
+
+    /// The services it starts run in process groups of their own.
+    pub fn in_own_process_groups(mut self) -> Self {
+        self.own_groups = true;
         self
     }
 
@@ -136,6 +146,7 @@ impl World {
             dir,
             broker: None,
             replicas: 1,
+            own_groups: false,
         }
     }
 
@@ -371,7 +382,11 @@ impl World {
             .append(true)
             .open(self.dir.path().join(format!("{name}.log")))
             .expect("open the geofence's log");
-        Command::new(crate::hru_bin())
+        let mut command = Command::new(crate::hru_bin());
+        if self.own_groups {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        command
             .args(["geofence", "run", "--config", &d(&config)])
             .env("HRU_NATS_URL", url)
             .stdout(log.try_clone().expect("the geofence's log"))
@@ -488,17 +503,23 @@ pub struct NodeProcess {
     pub child: std::process::Child,
     /// Where its standard error goes (named when it does not answer).
     pub log: Option<PathBuf>,
+    /// Whether it runs in a process group of its own.
+    pub own_group: bool,
 }
 
 /// `hru node run` with the config file `config` on the broker at `url`, its standard error
 /// appended to `log`.
-fn spawn_node(config: &Path, url: &str, log: &Path) -> std::process::Child {
+fn spawn_node(config: &Path, url: &str, log: &Path, own_group: bool) -> std::process::Child {
     let errors = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("node log");
-    Command::new(crate::hru_bin())
+    let mut command = Command::new(crate::hru_bin());
+    if own_group {
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    }
+    command
         .args(["node", "run", "--config", &config.display().to_string()])
         .env("HRU_NATS_URL", url)
         .stdout(std::process::Stdio::null())
@@ -515,7 +536,7 @@ impl NodeProcess {
         let _ = self.child.wait();
         let log = self.log.clone().expect("a node started by the world logs");
         let config = log.with_file_name(format!("{}.toml", self.party));
-        self.child = spawn_node(&config, url, &log);
+        self.child = spawn_node(&config, url, &log, self.own_group);
     }
 }
 
@@ -623,7 +644,8 @@ impl World {
         NodeProcess {
             party: party.to_owned(),
             port,
-            child: spawn_node(&file, url, &log),
+            child: spawn_node(&file, url, &log, self.own_groups),
+            own_group: self.own_groups,
             log: Some(log),
         }
     }

@@ -1017,6 +1017,35 @@ pub async fn run(
     }
 }
 
+/// How long a partition is retried through broker failures without one successful rebuild
+/// before the process gives up with the error (a refusal for good looks the same at first).
+const BROKER_GRACE: Duration = Duration::from_secs(60);
+
+/// A partition's run of broker failures: tolerated (the partition dropped and taken again, as a
+/// restarted process would) until [`BROKER_GRACE`] has passed without a successful rebuild.
+#[derive(Default)]
+struct BrokerTrouble {
+    since: Option<tokio::time::Instant>,
+}
+
+impl BrokerTrouble {
+    /// `Ok` when `e` is a broker failure still within the grace (said in the log as `what`),
+    /// the error itself otherwise.
+    fn tolerate(&mut self, e: GeofenceError, partition: u32, what: &str) -> Result<(), GeofenceError> {
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        if !broker_failed(&e) || since.elapsed() > BROKER_GRACE {
+            return Err(e);
+        }
+        tracing::warn!(partition, cause = %e, "{what}: the broker failed; taking the partition again");
+        Ok(())
+    }
+
+    /// A rebuild succeeded: the run of failures is over.
+    fn cleared(&mut self) {
+        self.since = None;
+    }
+}
+
 /// Whether `e` is the broker failing a request or a connection (a server restarting, a
 /// partition of the network): the partition is rebuilt from the log, the process goes on.
 fn broker_failed(e: &GeofenceError) -> bool {
@@ -1079,6 +1108,7 @@ async fn serve_partition(
         .prefer_partitions
         .as_ref()
         .is_none_or(|p| p.contains(&partition));
+    let mut trouble = BrokerTrouble::default();
     loop {
         if !preferred && !wait_unheld(&common, partition, &mut stop).await {
             return Ok(());
@@ -1140,14 +1170,14 @@ async fn serve_partition(
         );
         let mut service = match Service::open(&common, partition).await {
             Ok(service) => service,
-            Err(e) if broker_failed(&e) => {
-                tracing::warn!(partition, cause = %e, "partition not opened: the broker failed; standing by again");
+            Err(e) => {
+                trouble.tolerate(e, partition, "partition not opened")?;
+                let _ = feed.release().await;
                 tokio::select! {
                     _ = stop.changed() => return Ok(()),
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
-            Err(e) => return Err(e),
         };
         // Rebuild while pulling on, so the pin is renewed; what arrives meanwhile waits.
         let mut waiting = vec![first];
@@ -1160,12 +1190,11 @@ async fn serve_partition(
                         Ok(()) => break,
                         // A server restarting or a partition healing: what was rebuilt is
                         // dropped, and the partition taken again as a restarted process would.
-                        Err(e) if broker_failed(&e) => {
-                            tracing::warn!(partition, cause = %e, "partition state not rebuilt: the broker failed; standing by again");
+                        Err(e) => {
+                            trouble.tolerate(e, partition, "partition state not rebuilt")?;
                             waiting.clear();
                             break;
                         }
-                        Err(e) => return Err(e),
                     },
                     d = feed.next() => match d {
                         Some(Ok(d)) => waiting.push(d),
@@ -1176,11 +1205,13 @@ async fn serve_partition(
             }
         }
         if waiting.is_empty() {
+            let _ = feed.release().await;
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 () = tokio::time::sleep(Duration::from_secs(1)) => continue,
             }
         }
+        trouble.cleared();
         service.count_state();
         common.stats.partitions_held.inc();
         common.settle(partition, true);
@@ -1194,16 +1225,18 @@ async fn serve_partition(
         let followed = follow(&mut service, &mut feed, waiting, &mut stop).await;
         common.stats.partitions_held.dec();
         let followed = match followed {
-            Err(e) if broker_failed(&e) => {
+            Err(e) => {
                 // What was not logged is decided again from the log, as after a restart.
-                tracing::warn!(partition, cause = %e, "partition dropped: the broker failed; rebuilding it");
+                trouble.tolerate(e, partition, "partition dropped")?;
+                common.settle(partition, false);
                 service.uncount();
+                let _ = feed.release().await;
                 tokio::select! {
                     _ = stop.changed() => return Ok(()),
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
-            other => other?,
+            Ok(followed) => followed,
         };
         match followed {
             Followed::Stopped => {

@@ -42,14 +42,15 @@ impl NatsCluster {
 
     fn try_start(bin: &NatsServerBinary, n: usize, sync_always: bool) -> Result<Self, LocalNatsError> {
         let ports = ClusterPorts::pick(n)?;
-        Self::start_on(bin, &ports, None, sync_always, None)
+        Self::start_on(bin, &ports, None, sync_always, None, false)
     }
 
     /// Starts `ports.client.len()` nodes on `ports`, peers reaching node `i`'s routes at
     /// `reach[i]` (a loopback port forwarding to `ports.route[i]`, such as a fault-injecting
     /// proxy), which the node advertises; clients are told of no server but the one they
     /// dial. With `disk` set, each node's store is on its own disk of that many bytes (a tmpfs:
-    /// needs root). Waits until every node is healthy.
+    /// needs root). Each node runs in a process group of its own, so that a Ctrl-C meant for
+    /// the test leaves them to the test to heal and stop. Waits until every node is healthy.
     pub fn start_reached(
         ports: &ClusterPorts,
         reach: &[u16],
@@ -61,7 +62,7 @@ impl NatsCluster {
                 "a cluster needs at least one node, and one client, route and reached port per node".into(),
             ));
         }
-        Self::start_on(&NatsServerBinary::find()?, ports, Some(reach), sync_always, disk)
+        Self::start_on(&NatsServerBinary::find()?, ports, Some(reach), sync_always, disk, true)
     }
 
     fn start_on(
@@ -70,6 +71,7 @@ impl NatsCluster {
         reach: Option<&[u16]>,
         sync_always: bool,
         disk: Option<u64>,
+        own_groups: bool,
     ) -> Result<Self, LocalNatsError> {
         let (client_ports, route_ports) = (&ports.client, &ports.route);
         let n = client_ports.len();
@@ -85,6 +87,9 @@ impl NatsCluster {
             let mut node = NatsServer::new(bin.path.clone(), sync_always, Some(node_name(i)), client, Some(spec))?;
             if let Some(bytes) = disk {
                 node.on_own_disk(bytes)?;
+            }
+            if own_groups {
+                node.in_own_group();
             }
             nodes.push(node);
         }

@@ -96,6 +96,9 @@ pub struct NatsServer {
     extra_config: String,
     /// The store's own disk, when it has one (unmounted on drop, before `dir` is removed).
     disk: Option<crate::OwnDisk>,
+    /// Whether the process runs in a process group of its own (a terminal's Ctrl-C does not
+    /// reach it; whoever started it stops it).
+    own_group: bool,
     /// Owns config, log, ports files and store; removed on drop, after the process is gone.
     dir: TempDir,
 }
@@ -136,8 +139,14 @@ impl NatsServer {
             config_path: dir.path().join("nats-server.conf"),
             extra_config: String::new(),
             disk: None,
+            own_group: false,
             dir,
         })
+    }
+
+    /// Run the process in a process group of its own, from its next start.
+    pub(crate) fn in_own_group(&mut self) {
+        self.own_group = true;
     }
 
     /// Put the store on its own disk of `bytes` (a tmpfs; needs root) before the first start.
@@ -313,7 +322,11 @@ impl NatsServer {
         let log_err = log
             .try_clone()
             .map_err(LocalNatsError::io("opening the nats-server log"))?;
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if self.own_group {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        let child = command
             .arg("-c")
             .arg(&self.config_path)
             .stdin(Stdio::null())
