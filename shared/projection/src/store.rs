@@ -123,10 +123,11 @@ impl Reader for Overlay<'_> {
     }
 }
 
-/// Open sled at `path`, waiting up to two seconds for a previous holder of its file lock (a
-/// store just dropped in this process, whose flusher thread is still finishing) to let go.
+/// Open sled at `path`, waiting up to ten seconds for a previous holder of its file lock (a
+/// store just dropped in this process, whose flusher thread is still finishing: on a saturated
+/// machine that has taken more than two) to let go.
 fn open_when_released(path: &Path) -> sled::Result<sled::Db> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match sled::open(path) {
             Err(sled::Error::Io(e))
