@@ -19,8 +19,9 @@
 //!   off, has logged every breach decision exactly once, as the pure engine decides over the
 //!   logged inputs.
 //!
-//! Each server's store is on its own small disk (a tmpfs, when the run may mount one: root),
-//! so a server's disk can be filled and freed.
+//! Each server's store is on its own small disk (a tmpfs seen through a power-cut file system,
+//! when the run may mount them: root), so a server's disk can be filled and freed, and servers'
+//! power cut: killed, with every write they had not fsynced lost.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,11 +106,17 @@ pub enum Fault {
     KillGeofence,
     /// The geofence cut off from every server.
     IsolateGeofence,
+    /// One server's power cut: killed, its disk losing every write not fsynced, restarted.
+    PowerCutServer,
+    /// Two servers' power cut at once (a majority), restarted together.
+    PowerCutMajority,
+    /// Every server's power cut at once (the whole cluster), restarted together.
+    PowerCutAll,
 }
 
 impl Fault {
     /// Every kind, in the order they are counted.
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 16] = [
         Fault::IsolateServer,
         Fault::CutRoute,
         Fault::IsolateNode,
@@ -123,6 +130,9 @@ impl Fault {
         Fault::PauseGeofence,
         Fault::KillGeofence,
         Fault::IsolateGeofence,
+        Fault::PowerCutServer,
+        Fault::PowerCutMajority,
+        Fault::PowerCutAll,
     ];
 
     /// The kind named `name` (as in reports).
@@ -146,7 +156,18 @@ impl Fault {
             Fault::PauseGeofence => "pause-geofence",
             Fault::KillGeofence => "kill-geofence",
             Fault::IsolateGeofence => "isolate-geofence",
+            Fault::PowerCutServer => "power-cut-server",
+            Fault::PowerCutMajority => "power-cut-majority",
+            Fault::PowerCutAll => "power-cut-all",
         }
+    }
+
+    /// Whether it needs the servers' own disks (else it is not drawn).
+    fn needs_disks(self) -> bool {
+        matches!(
+            self,
+            Fault::FillDisk | Fault::PowerCutServer | Fault::PowerCutMajority | Fault::PowerCutAll
+        )
     }
 }
 
@@ -268,7 +289,8 @@ pub struct Report {
     pub flushes: (u64, u64),
     /// Breach decisions the pure engine makes over the logged inputs.
     pub breaches: usize,
-    /// Whether the servers' stores were on their own disks (else no disk was filled), and why not.
+    /// Whether the servers' stores were on their own disks (else no disk was filled and no
+    /// power cut), and why not.
     pub disks: Result<(), String>,
     /// How long the run took.
     pub elapsed: Duration,
@@ -297,7 +319,7 @@ impl std::fmt::Display for Report {
         for kind in Fault::ALL {
             writeln!(
                 f,
-                "  {:<18}{}",
+                "  {:<20}{}",
                 kind.name(),
                 self.faults.get(&kind).copied().unwrap_or(0)
             )?;
@@ -313,7 +335,7 @@ impl std::fmt::Display for Report {
             self.flushes.0, self.flushes.1, self.breaches
         )?;
         if let Err(why) = &self.disks {
-            writeln!(f, "  no disk was filled: {why}")?;
+            writeln!(f, "  no disk was filled and no power was cut: {why}")?;
         }
         let v = &self.verdict;
         writeln!(
@@ -414,6 +436,8 @@ struct System {
     cluster: NatsCluster,
     /// The network (dropped last: nothing is left holding a proxy).
     net: FaultyNet,
+    /// Where this run's artifacts go, and what names them (seed and sync setting).
+    artifacts: (std::path::PathBuf, String),
 }
 
 /// Start the cluster behind proxies, each server's store on its own disk where that may be
@@ -430,7 +454,7 @@ fn start_cluster(net: &FaultyNet, sync_always: bool) -> (NatsCluster, ClusterPor
         match NatsCluster::start_reached(&ports, &reach, sync_always, disk) {
             Ok(cluster) => return (cluster, ports, disks),
             Err(e @ hru_testkit::TestkitError::NoOwnDisk { .. }) => {
-                eprintln!("chaos: no disk will be filled: {e}");
+                eprintln!("chaos: no disk will be filled and no power cut: {e}");
                 disks = Err(e.to_string());
             }
             Err(e) if attempt < 3 => {
@@ -443,7 +467,8 @@ fn start_cluster(net: &FaultyNet, sync_always: bool) -> (NatsCluster, ClusterPor
 }
 
 impl System {
-    fn start(sync_always: bool, seed: u64) -> Self {
+    fn start(options: &Options) -> Self {
+        let (sync_always, seed) = (options.sync_always, options.seed);
         let net = FaultyNet::new();
         let (cluster, ports, disks) = start_cluster(&net, sync_always);
         let direct = cluster.urls().join(",");
@@ -493,7 +518,25 @@ impl System {
             world,
             cluster,
             net,
+            artifacts: (artifacts_dir(), run_name(options)),
         }
+    }
+
+    /// Keep every server's, node's and the geofence's log so far where the test artifacts go,
+    /// in a directory named by the run and `label`: where they are.
+    fn keep_logs(&self, label: &str) -> std::path::PathBuf {
+        let (dir, run) = &self.artifacts;
+        let dir = dir.join(format!("{run}-{label}"));
+        let _ = std::fs::create_dir_all(&dir);
+        for (i, server) in self.cluster.nodes().iter().enumerate() {
+            let _ = std::fs::copy(server.log_path(), dir.join(format!("n{i}.log")));
+        }
+        let world = self.world.dir.path();
+        let logs = std::fs::read_dir(world).into_iter().flatten().flatten();
+        for log in logs.filter(|e| e.path().extension().is_some_and(|x| x == "log")) {
+            let _ = std::fs::copy(log.path(), dir.join(log.file_name()));
+        }
+        dir
     }
 
     fn pid_signal(pid: u32, signal: &str) {
@@ -597,21 +640,33 @@ impl System {
         );
     }
 
-    /// Restart server `i` on its store; one not healthy within the harness's 20 s (a long
-    /// recovery on a loaded machine) is given two more tries before the run gives up: what the
-    /// restart took beyond one try, in words (empty when nothing).
+    /// Restart server `i` on its store; see [`restart_servers`](Self::restart_servers).
     fn restart_server(&mut self, i: usize) -> String {
+        self.restart_servers(&[i])
+    }
+
+    /// Restart the servers `which` together on their stores (a quorum needs each other to
+    /// become healthy); ones not healthy within the harness's 20 s (a long recovery on a loaded
+    /// machine) are given two more tries before the run gives up: what the restart took beyond
+    /// one try, in words (empty when nothing).
+    fn restart_servers(&mut self, which: &[usize]) -> String {
         let mut tries = Vec::new();
         loop {
-            match self.cluster.restart(i) {
+            match self.cluster.restart_together(which) {
                 Ok(()) if tries.is_empty() => return String::new(),
                 Ok(()) => return format!(" (healthy at try {}: {})", tries.len() + 1, tries.join("; ")),
                 Err(e) if tries.len() < 2 => {
                     let first = e.to_string().lines().next().unwrap_or_default().to_owned();
-                    eprintln!("chaos: n{i} did not restart ({first}); trying again");
+                    eprintln!("chaos: {which:?} did not restart ({first}); trying again");
                     tries.push(first);
                 }
-                Err(e) => panic!("n{i} restarts on its store within three tries: {e}"),
+                Err(e) => {
+                    let logs = self.keep_logs("restart-failed");
+                    panic!(
+                        "servers {which:?} restart on their stores within three tries: {e} (logs in {})",
+                        logs.display()
+                    )
+                }
             }
         }
     }
@@ -734,6 +789,37 @@ impl System {
                 std::thread::sleep(hold);
                 self.net.heal_all();
                 "the geofence cut off from every server".to_owned()
+            }
+            Fault::PowerCutServer | Fault::PowerCutMajority | Fault::PowerCutAll => {
+                let count = match fault {
+                    Fault::PowerCutServer => 1,
+                    Fault::PowerCutMajority => 2,
+                    _ => SERVERS,
+                };
+                let which: Vec<usize> = (0..count).map(|k| (server + k) % SERVERS).collect();
+                let cuts = self.cluster.cut_power(&which).expect("cut the servers' power");
+                let lost: Vec<String> = which
+                    .iter()
+                    .zip(&cuts)
+                    .map(|(i, cut)| {
+                        let mut kinds: Vec<_> = cut.by_kind.iter().collect();
+                        kinds.sort_by_key(|(_, (_, bytes))| std::cmp::Reverse(*bytes));
+                        let kinds: Vec<String> = kinds
+                            .iter()
+                            .take(4)
+                            .map(|(kind, (files, bytes))| format!("{kind} ×{files} {bytes} B"))
+                            .collect();
+                        format!(
+                            "n{i} lost {} unsynced bytes of {} files: {}",
+                            cut.bytes,
+                            cut.files,
+                            kinds.join(", ")
+                        )
+                    })
+                    .collect();
+                std::thread::sleep(hold);
+                let slow = self.restart_servers(&which);
+                format!("power cut ({}), restarted{slow}", lost.join(", "))
             }
             Fault::KillNode => {
                 let _ = self.nodes[node].child.kill();
@@ -941,7 +1027,7 @@ pub fn run(options: &Options) -> Report {
     let rt = crate::runtime();
     let interrupted = Arc::new(AtomicBool::new(false));
     rt.spawn(on_interrupt(interrupted.clone()));
-    let mut system = System::start(options.sync_always, options.seed);
+    let mut system = System::start(options);
     system.calibrate();
     let record = Arc::new(Mutex::new(Record::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -990,7 +1076,7 @@ pub fn run(options: &Options) -> Report {
         };
         let kinds: Vec<Fault> = kinds
             .into_iter()
-            .filter(|f| *f != Fault::FillDisk || system.disks.is_ok())
+            .filter(|f| !f.needs_disks() || system.disks.is_ok())
             .collect();
         assert!(
             !kinds.is_empty(),
@@ -1001,9 +1087,13 @@ pub fn run(options: &Options) -> Report {
         // Partitions and pauses long enough, at times, for elections (a raft leader is given up
         // after 4 to 9 s unheard); a killed process stays down a moment.
         let hold = Duration::from_millis(match fault {
-            Fault::KillServer | Fault::KillNode | Fault::TruncateServer | Fault::KillGeofence => {
-                rng.gen_range(300..3_000)
-            }
+            Fault::KillServer
+            | Fault::KillNode
+            | Fault::TruncateServer
+            | Fault::KillGeofence
+            | Fault::PowerCutServer
+            | Fault::PowerCutMajority
+            | Fault::PowerCutAll => rng.gen_range(300..3_000),
             _ => rng.gen_range(1_000..8_000),
         });
         *faults.entry(fault).or_default() += 1;
@@ -1084,9 +1174,11 @@ fn settle(
         }
         if Instant::now() >= deadline {
             let names = behind;
+            let at = began.elapsed().as_millis();
+            let logs = system.keep_logs(&format!("stuck-at-{at}ms"));
             verdict.stuck.push(format!(
-                "after {after}: {names:?} wrote nothing in {SETTLE:?} (at {} ms)",
-                began.elapsed().as_millis()
+                "after {after}: {names:?} wrote nothing in {SETTLE:?} (at {at} ms; logs in {})",
+                logs.display()
             ));
             return;
         }
@@ -1094,15 +1186,25 @@ fn settle(
     }
 }
 
-/// Write the history, one operation per line, where the test artifacts go.
-fn history_file(options: &Options, ops: &[Op]) -> std::path::PathBuf {
+/// Where the test artifacts go (created if missing).
+fn artifacts_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     let _ = std::fs::create_dir_all(&dir);
-    let file = dir.join(format!(
-        "chaos-seed-{}-{}.history",
+    dir
+}
+
+/// What names a run's artifacts: `chaos-seed-<seed>-<sync setting>`.
+fn run_name(options: &Options) -> String {
+    format!(
+        "chaos-seed-{}-{}",
         options.seed,
         if options.sync_always { "always" } else { "default" }
-    ));
+    )
+}
+
+/// Write the history, one operation per line, where the test artifacts go.
+fn history_file(options: &Options, ops: &[Op]) -> std::path::PathBuf {
+    let file = artifacts_dir().join(format!("{}.history", run_name(options)));
     let text: String = ops.iter().map(|o| o.line() + "\n").collect();
     let _ = std::fs::write(&file, text);
     file

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::probe;
 use crate::server::{ClusterSpec, NatsServer, READY_TIMEOUT};
-use crate::{LocalNatsError, NatsServerBinary};
+use crate::{CutReport, LocalNatsError, NatsServerBinary};
 
 /// Cluster name used in every generated config.
 const CLUSTER_NAME: &str = "hru-test";
@@ -180,6 +180,46 @@ impl NatsCluster {
     /// may still be electing a new leader (4-9 s) and requests about it go unanswered meanwhile.
     pub fn restart(&mut self, i: usize) -> Result<(), LocalNatsError> {
         self.nodes[i].restart()
+    }
+
+    /// Restarts the nodes `which` together on their ports and stores and waits until each is
+    /// healthy: what a quorum's restart needs, since no node is healthy until a meta leader is
+    /// elected (panics if one is out of range).
+    pub fn restart_together(&mut self, which: &[usize]) -> Result<(), LocalNatsError> {
+        for &i in which {
+            self.nodes[i].kill()?;
+        }
+        for &i in which {
+            self.nodes[i].spawn()?;
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for &i in which {
+            self.nodes[i].wait_ready(deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the power of the nodes `which` at once: each is SIGKILLed and reaped, then each
+    /// own disk loses what was not fsynced. Left down; what each disk lost, in order. Only
+    /// nodes started on their own disks can lose power (panics if one is out of range).
+    pub fn cut_power(&mut self, which: &[usize]) -> Result<Vec<CutReport>, LocalNatsError> {
+        if let Some(&i) = which.iter().find(|&&i| self.nodes[i].disk().is_none()) {
+            return Err(LocalNatsError::Invalid(format!(
+                "{} has no disk of its own to cut the power of; start the cluster with one",
+                node_name(i)
+            )));
+        }
+        for &i in which {
+            self.nodes[i].kill()?;
+        }
+        which
+            .iter()
+            .map(|&i| {
+                self.nodes[i]
+                    .disk()
+                    .map_or(Ok(CutReport::default()), crate::OwnDisk::cut_power)
+            })
+            .collect()
     }
 }
 

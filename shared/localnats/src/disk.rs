@@ -1,25 +1,43 @@
-//! A server's own small disk: a tmpfs of a fixed size mounted over its store directory, which a
-//! test can fill to the last byte and free again (a disk-full fault), unmounted on drop.
+//! A server's own small disk: a tmpfs of a fixed size, seen by the server through a power-cut
+//! file system mounted over its store directory. A test can fill it to the last byte and free
+//! it again (a disk-full fault), or cut its power (everything not fsynced is lost). Unmounted
+//! on drop.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::LocalNatsError;
+use crate::powercut::{CutReport, PowerCut};
 
 /// The file that takes up a filled disk's free space.
 const BALLOON: &str = ".disk-full-balloon";
 
-/// A tmpfs of a fixed size mounted at a directory; unmounted (lazily) when dropped.
+/// A tmpfs of a fixed size, seen through a power-cut file system at a directory; both
+/// unmounted (the tmpfs lazily) when dropped.
 #[derive(Debug)]
 pub struct OwnDisk {
-    at: PathBuf,
+    /// Over `tmpfs`, at the directory the disk was asked for; dropped first.
+    power: Option<PowerCut>,
+    /// Where the tmpfs itself is mounted: beside `at`, named `<at>.disk`.
+    tmpfs: PathBuf,
 }
 
 impl OwnDisk {
-    /// Mount a tmpfs of `bytes` at `at` (created if missing). Needs root (CAP_SYS_ADMIN) and
-    /// `mount` on the PATH; the error says so.
+    /// Mount a tmpfs of `bytes` at `<at>.disk` and, over it, a power-cut file system at `at`
+    /// (both created if missing). Needs root (CAP_SYS_ADMIN), `mount` on the PATH and
+    /// `/dev/fuse`; the error says which was refused.
     pub fn mount(at: &Path, bytes: u64) -> Result<Self, LocalNatsError> {
+        let mut name = at.as_os_str().to_owned();
+        name.push(".disk");
+        let tmpfs = PathBuf::from(name);
+        Self::mount_tmpfs(&tmpfs, bytes)?;
+        let mut disk = Self { power: None, tmpfs };
+        disk.power = Some(PowerCut::mount(at, &disk.tmpfs)?);
+        Ok(disk)
+    }
+
+    fn mount_tmpfs(at: &Path, bytes: u64) -> Result<(), LocalNatsError> {
         std::fs::create_dir_all(at).map_err(LocalNatsError::io(format!("creating {}", at.display())))?;
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
@@ -35,18 +53,33 @@ impl OwnDisk {
                 detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
-        Ok(Self { at: at.to_owned() })
+        Ok(())
     }
 
-    /// Where it is mounted.
+    /// Where it is mounted (the directory it was asked for).
     pub fn path(&self) -> &Path {
-        &self.at
+        self.power.as_ref().map_or(&self.tmpfs, PowerCut::path)
+    }
+
+    /// Cut the disk's power: every file goes back to its contents at its last fsync; names
+    /// created, renamed or removed stay so. Call it only once the server writing here is
+    /// killed and reaped (a power cut takes the process with it).
+    pub fn cut_power(&self) -> Result<CutReport, LocalNatsError> {
+        match &self.power {
+            Some(power) => power.cut(),
+            None => Ok(CutReport::default()),
+        }
+    }
+
+    /// Bytes written here and not yet fsynced: what a power cut now would lose.
+    pub fn unsynced(&self) -> u64 {
+        self.power.as_ref().map_or(0, PowerCut::unsynced)
     }
 
     /// Fill every free byte with a balloon file: how many bytes it took. Writes fail with
     /// "no space left on device" until [`free`](Self::free).
     pub fn fill(&self) -> Result<u64, LocalNatsError> {
-        let path = self.at.join(BALLOON);
+        let path = self.tmpfs.join(BALLOON);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -69,9 +102,9 @@ impl OwnDisk {
 
     /// Remove the balloon: the space is free again.
     pub fn free(&self) -> Result<(), LocalNatsError> {
-        match std::fs::remove_file(self.at.join(BALLOON)) {
+        match std::fs::remove_file(self.tmpfs.join(BALLOON)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(LocalNatsError::io(format!("freeing {}", self.at.display()))(e))
+                Err(LocalNatsError::io(format!("freeing {}", self.tmpfs.display()))(e))
             }
             _ => Ok(()),
         }
@@ -80,16 +113,17 @@ impl OwnDisk {
 
 impl Drop for OwnDisk {
     fn drop(&mut self) {
-        match Command::new("umount").arg("-l").arg(&self.at).output() {
+        self.power.take(); // the file system over the tmpfs goes first
+        match Command::new("umount").arg("-l").arg(&self.tmpfs).output() {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(
                 "the tmpfs at {} was not unmounted: {}; unmount it by hand",
-                self.at.display(),
+                self.tmpfs.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
             Err(e) => eprintln!(
                 "the tmpfs at {} was not unmounted: {e}; unmount it by hand",
-                self.at.display()
+                self.tmpfs.display()
             ),
         }
     }
@@ -100,13 +134,12 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::CutReport;
 
     /// Filled, nothing more fits; freed, it does again; dropped, the directory is a plain
     /// directory once more. Where mounting is not allowed, the error says what it needs.
-    #[test]
-    fn a_filled_disk_takes_nothing_more_until_freed() {
-        let dir = tempfile::tempdir().unwrap();
-        let at = dir.path().join("store");
+    /// A disk of `bytes` at `at`; `None` (the test skips) only when not running as root.
+    fn own_disk(at: &Path, bytes: u64) -> Option<OwnDisk> {
         let root = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
@@ -115,14 +148,21 @@ mod tests {
                     .map(|l| l.split_whitespace().nth(2) == Some("0"))
             })
             .unwrap_or(false);
-        let disk = match OwnDisk::mount(&at, 4 << 20) {
-            Ok(disk) => disk,
+        match OwnDisk::mount(at, bytes) {
+            Ok(disk) => Some(disk),
             Err(e) if !root => {
                 eprintln!("skipped (not root): {e}");
-                return;
+                None
             }
-            Err(e) => panic!("root mounts a tmpfs: {e}"),
-        };
+            Err(e) => panic!("root mounts a tmpfs and a FUSE file system: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_filled_disk_takes_nothing_more_until_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("store");
+        let Some(disk) = own_disk(&at, 4 << 20) else { return };
         let filled = disk.fill().unwrap();
         assert!(filled > 3 << 20 && filled <= 4 << 20, "filled {filled} bytes");
         let err = std::fs::write(at.join("more"), b"x".repeat(8192)).unwrap_err();
@@ -131,5 +171,99 @@ mod tests {
         std::fs::write(at.join("more"), b"x".repeat(8192)).unwrap();
         drop(disk);
         assert!(!at.join("more").exists(), "unmounted: the tmpfs's files are gone");
+    }
+
+    /// A power cut takes back exactly what was not fsynced: appended and overwritten bytes and
+    /// truncations since a file's last fsync (by any handle), and the contents of a file
+    /// created and renamed into place without one. Names stay as they were made.
+    #[test]
+    fn a_power_cut_loses_exactly_what_was_not_synced() {
+        use std::io::{Seek as _, SeekFrom};
+        use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("store");
+        let Some(disk) = own_disk(&at, 16 << 20) else { return };
+        std::fs::create_dir(at.join("msgs")).unwrap();
+        let block = at.join("msgs/1.blk");
+
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .open(&block)
+            .unwrap();
+        file.write_all(b"synced-one|").unwrap();
+        file.sync_data().unwrap();
+        // Synced through another handle, as a server that reopens a file by name to sync it.
+        file.write_all(b"synced-two|").unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&block)
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        file.write_all(b"lost-tail").unwrap();
+        file.write_all_at(b"LOST", 0).unwrap();
+        assert_eq!(disk.unsynced(), 13);
+
+        let index = at.join("index.db");
+        std::fs::write(&index, b"index synced, to be truncated").unwrap();
+        std::fs::File::open(&index).unwrap().sync_all().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&index)
+            .unwrap()
+            .set_len(5)
+            .unwrap();
+
+        // Written to a temporary name and renamed into place, never synced.
+        std::fs::write(at.join("meta.tmp"), b"written, renamed, not synced").unwrap();
+        std::fs::rename(at.join("meta.tmp"), at.join("meta.inf")).unwrap();
+        // Written through a handle opened O_SYNC (as a raft snapshot is): durable as written.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_SYNC.bits())
+            .open(at.join("snap"))
+            .unwrap()
+            .write_all(b"synchronous")
+            .unwrap();
+        // Removed: stays removed.
+        std::fs::write(at.join("gone"), b"x").unwrap();
+        std::fs::File::open(at.join("gone")).unwrap().sync_all().unwrap();
+        std::fs::remove_file(at.join("gone")).unwrap();
+
+        drop(file);
+        let cut = disk.cut_power().unwrap();
+        assert_eq!(cut.files, 3, "{cut:?}");
+        assert_eq!(std::fs::read(&block).unwrap(), b"synced-one|synced-two|");
+        assert_eq!(std::fs::read(&index).unwrap(), b"index synced, to be truncated");
+        assert_eq!(
+            std::fs::read(at.join("meta.inf")).unwrap(),
+            b"",
+            "the name was durable, the data not"
+        );
+        assert!(!at.join("meta.tmp").exists() && !at.join("gone").exists());
+        assert_eq!(std::fs::read(at.join("snap")).unwrap(), b"synchronous");
+        assert_eq!(
+            disk.cut_power().unwrap(),
+            CutReport::default(),
+            "a second cut has nothing to take"
+        );
+
+        // The disk goes on working after the cut; its size shows through the mount.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&block).unwrap();
+        file.seek(SeekFrom::End(0)).unwrap();
+        file.write_all(b"after").unwrap();
+        assert_eq!(std::fs::read(&block).unwrap(), b"synced-one|synced-two|after");
+        let filled = disk.fill().unwrap();
+        assert!(filled > 14 << 20, "filled {filled} bytes");
+        let err = std::fs::write(at.join("more"), b"x".repeat(8192)).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(28),
+            "a full disk is full through the mount: {err}"
+        );
     }
 }

@@ -67,7 +67,7 @@ pub enum LocalNatsError {
 
     /// A server's own disk could not be mounted.
     #[error(
-        "a server's own disk (a tmpfs at {}) could not be mounted: {detail}; this needs root (CAP_SYS_ADMIN) and `mount`",
+        "a server's own disk (a tmpfs, and a power-cut file system over it, at {}) could not be mounted: {detail}; this needs root (CAP_SYS_ADMIN), `mount` and /dev/fuse",
         .at.display()
     )]
     NoOwnDisk {

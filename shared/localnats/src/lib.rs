@@ -11,6 +11,7 @@ mod binary;
 mod cluster;
 mod disk;
 mod error;
+mod powercut;
 mod probe;
 mod server;
 
@@ -18,4 +19,5 @@ pub use binary::{MIN_VERSION, NatsServerBinary};
 pub use cluster::{ClusterPorts, NatsCluster, node_name};
 pub use disk::OwnDisk;
 pub use error::LocalNatsError;
+pub use powercut::CutReport;
 pub use server::{NatsServer, NatsServerBuilder};
