@@ -18,6 +18,8 @@ use hru_testkit::{ClusterPorts, NatsCluster, TestkitError};
 const DISK_BYTES: u64 = 1 << 30;
 /// Acknowledged publishes before the cut.
 const PUBLISHES: u64 = 300;
+/// How long the restarted servers are given to become healthy.
+const RESTART_WITHIN: Duration = Duration::from_secs(30);
 /// How long the restarted cluster is given to answer for the stream.
 const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 
@@ -87,11 +89,7 @@ fn power_cut(sync_always: bool, cut: usize) -> Option<Cut> {
         .iter()
         .map(|c| c.bytes)
         .sum();
-    let healthy = cluster.restart_together(&which).is_ok();
-    if !healthy {
-        // The kit killed the ones not healthy in time: start them again and let them be.
-        let _ = cluster.restart_together(&which);
-    }
+    let healthy = cluster.restart_together(&which, RESTART_WITHIN).is_ok();
     let kept = rt.block_on(async {
         use async_nats::jetstream::context::GetStreamErrorKind;
         let deadline = Instant::now() + ANSWER_WITHIN;

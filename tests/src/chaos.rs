@@ -55,6 +55,14 @@ const TAGS: usize = 4;
 const FLEET_TICK: Duration = Duration::from_millis(500);
 /// Simulated milliseconds per flush.
 const FLEET_STEP_MS: i64 = 5_000;
+/// How long restarted servers are given to become healthy (a whole cluster recovering its
+/// streams on a loaded machine takes tens of seconds).
+const RESTART_WITHIN: Duration = Duration::from_secs(60);
+/// After how many episodes in a row whose restarted servers were not healthy in time a run
+/// ends (a cluster that does not recover makes further episodes meaningless).
+const GIVE_UP_AFTER: u32 = 3;
+/// How many times a run keeps its services' logs (for stuck or unhealthy episodes).
+const LOGS_KEPT: usize = 8;
 /// Each server's own disk: room for the streams' reservations (`HRU_SNAPSHOTS` bounds itself at
 /// 2 GiB, and JetStream counts on three quarters of a disk).
 const DISK_BYTES: u64 = 4 << 30;
@@ -241,8 +249,11 @@ pub struct Verdict {
     pub breaches_twice: Vec<String>,
     /// Breach decisions on the log that the pure engine does not make.
     pub breaches_unexpected: Vec<String>,
-    /// Episodes after which some writer made no progress within the settle time.
+    /// Episodes after which some writer made no progress within the settle time, or servers
+    /// were not healthy in time after a restart.
     pub stuck: Vec<String>,
+    /// The healed cluster not serving its log at the end (nothing on it can be shown).
+    pub unreadable: Vec<String>,
     /// Nodes and geofences that exited on their own (restarted as their supervisor would):
     /// reported, not a safety failure.
     pub exits: Vec<String>,
@@ -252,6 +263,7 @@ impl Verdict {
     /// Whether every safety check holds (a stuck episode is reported, not a safety failure).
     pub fn safe(&self) -> bool {
         self.lost.is_empty()
+            && self.unreadable.is_empty()
             && self.duplicated.is_empty()
             && self.misplaced.is_empty()
             && self.refused_but_written.is_empty()
@@ -271,8 +283,10 @@ impl Verdict {
 pub struct Report {
     /// The options it ran with.
     pub options: Options,
-    /// Episodes run (fewer than asked when interrupted).
+    /// Episodes run (fewer than asked when interrupted, or when the cluster did not recover).
     pub episodes: u32,
+    /// Why the run ended before its episodes were done, if it did.
+    pub ended: Option<String>,
     /// Episodes per fault kind.
     pub faults: BTreeMap<Fault, u32>,
     /// Operations acknowledged, refused and of unknown outcome.
@@ -308,7 +322,11 @@ impl std::fmt::Display for Report {
             "chaos: {} episodes{}, seed {}, sync_interval {}, {:.0} s",
             self.episodes,
             if self.episodes < o.episodes {
-                format!(" of {} (interrupted)", o.episodes)
+                format!(
+                    " of {} ({})",
+                    o.episodes,
+                    self.ended.as_deref().unwrap_or("interrupted")
+                )
             } else {
                 String::new()
             },
@@ -340,8 +358,9 @@ impl std::fmt::Display for Report {
         let v = &self.verdict;
         writeln!(
             f,
-            "  lost {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · divergent copies {} · projections unlike a rebuild {} · audit {} · breaches missed {} · twice {} · not the engine's {} · stuck {} · service exits {}",
+            "  lost {} · log unreadable {} · duplicated {} · misplaced {} · refused but written {} · not linearizable {} · chain breaks {} · divergent copies {} · projections unlike a rebuild {} · audit {} · breaches missed {} · twice {} · not the engine's {} · stuck {} · service exits {}",
             v.lost.len(),
+            v.unreadable.len(),
             v.duplicated.len(),
             v.misplaced.len(),
             v.refused_but_written.len(),
@@ -358,6 +377,7 @@ impl std::fmt::Display for Report {
         )?;
         for (what, list) in [
             ("lost", &v.lost),
+            ("log unreadable", &v.unreadable),
             ("duplicated", &v.duplicated),
             ("misplaced", &v.misplaced),
             ("refused but written", &v.refused_but_written),
@@ -438,6 +458,11 @@ struct System {
     net: FaultyNet,
     /// Where this run's artifacts go, and what names them (seed and sync setting).
     artifacts: (std::path::PathBuf, String),
+    /// Log directories kept so far (at most [`LOGS_KEPT`]).
+    logs_kept: usize,
+    /// What went wrong during the episode under way that is not a safety failure (a server
+    /// not healthy in time): reported as the episode's trouble.
+    troubles: Vec<String>,
 }
 
 /// Start the cluster behind proxies, each server's store on its own disk where that may be
@@ -519,13 +544,20 @@ impl System {
             cluster,
             net,
             artifacts: (artifacts_dir(), run_name(options)),
+            logs_kept: 0,
+            troubles: Vec::new(),
         }
     }
 
     /// Keep every server's, node's and the geofence's log so far where the test artifacts go,
-    /// in a directory named by the run and `label`: where they are.
-    fn keep_logs(&self, label: &str) -> std::path::PathBuf {
+    /// in a directory named by the run and `label`: where they are (the first [`LOGS_KEPT`]
+    /// times of a run; later, where the last were kept).
+    fn keep_logs(&mut self, label: &str) -> std::path::PathBuf {
         let (dir, run) = &self.artifacts;
+        if self.logs_kept >= LOGS_KEPT {
+            return dir.clone();
+        }
+        self.logs_kept += 1;
         let dir = dir.join(format!("{run}-{label}"));
         let _ = std::fs::create_dir_all(&dir);
         for (i, server) in self.cluster.nodes().iter().enumerate() {
@@ -646,27 +678,24 @@ impl System {
     }
 
     /// Restart the servers `which` together on their stores (a quorum needs each other to
-    /// become healthy); ones not healthy within the harness's 20 s (a long recovery on a loaded
-    /// machine) are given two more tries before the run gives up: what the restart took beyond
-    /// one try, in words (empty when nothing).
+    /// become healthy) and give them [`RESTART_WITHIN`]: what the restart showed, in words
+    /// (empty when nothing). Servers not healthy by then are left to recover, as an operator
+    /// would leave them; that is a trouble of the episode, reported, with the logs kept.
     fn restart_servers(&mut self, which: &[usize]) -> String {
-        let mut tries = Vec::new();
-        loop {
-            match self.cluster.restart_together(which) {
-                Ok(()) if tries.is_empty() => return String::new(),
-                Ok(()) => return format!(" (healthy at try {}: {})", tries.len() + 1, tries.join("; ")),
-                Err(e) if tries.len() < 2 => {
-                    let first = e.to_string().lines().next().unwrap_or_default().to_owned();
-                    eprintln!("chaos: {which:?} did not restart ({first}); trying again");
-                    tries.push(first);
-                }
-                Err(e) => {
-                    let logs = self.keep_logs("restart-failed");
-                    panic!(
-                        "servers {which:?} restart on their stores within three tries: {e} (logs in {})",
-                        logs.display()
-                    )
-                }
+        let began = Instant::now();
+        match self.cluster.restart_together(which, RESTART_WITHIN) {
+            Ok(()) if began.elapsed() < Duration::from_secs(20) => String::new(),
+            Ok(()) => format!(" (healthy after {:.0} s)", began.elapsed().as_secs_f64()),
+            Err(e) => {
+                let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+                let logs = self.keep_logs("not-healthy");
+                let trouble = format!(
+                    "servers {which:?} not healthy {RESTART_WITHIN:?} after a restart: {first} (logs in {})",
+                    logs.display()
+                );
+                eprintln!("chaos: {trouble}");
+                self.troubles.push(trouble);
+                " (not healthy in time)".to_owned()
             }
         }
     }
@@ -1064,8 +1093,15 @@ pub fn run(options: &Options) -> Report {
     // Before any fault: every writer has written.
     settle(&mut system, &record, (began, 0), &mut verdict, "the start");
     let mut episodes = 0;
+    let (mut unhealthy_in_a_row, mut ended) = (0, None);
     for episode in 1..=options.episodes {
         if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        if unhealthy_in_a_row >= GIVE_UP_AFTER {
+            let why = format!("the cluster was not healthy after {GIVE_UP_AFTER} restarts in a row");
+            eprintln!("chaos: {why}: the run ends here, and what ran is checked");
+            ended = Some(why);
             break;
         }
         episodes = episode;
@@ -1101,6 +1137,14 @@ pub fn run(options: &Options) -> Report {
         let what = system.inject(fault, &mut rng, hold);
         let healed = healed_at();
         eprintln!("chaos: episode {episode}: {what}");
+        unhealthy_in_a_row = if system.troubles.is_empty() {
+            0
+        } else {
+            unhealthy_in_a_row + 1
+        };
+        verdict
+            .stuck
+            .extend(system.troubles.drain(..).map(|t| format!("episode {episode}: {t}")));
         settle(
             &mut system,
             &record,
@@ -1129,6 +1173,7 @@ pub fn run(options: &Options) -> Report {
     Report {
         options: options.clone(),
         episodes,
+        ended,
         faults,
         acknowledged: count(|o| matches!(o, Outcome::Ok(_))),
         refused: count(|o| matches!(o, Outcome::Refused(_))),
@@ -1288,18 +1333,24 @@ fn breaches(
                 eprintln!("chaos: the log does not answer yet ({e}); trying again");
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(e) => panic!("the healed cluster answers within {:?}: {e}", 2 * SETTLE),
+            Err(e) => {
+                verdict.unreadable.push(format!(
+                    "the healed cluster did not answer for its log within {:?}: {e}",
+                    2 * SETTLE
+                ));
+                return 0;
+            }
         }
     };
     let read = || loop {
         let events = rt.block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await });
         match events {
-            Ok(events) => break crate::logged_decisions(&events, &directory, &mut ring()),
+            Ok(events) => break Ok(crate::logged_decisions(&events, &directory, &mut ring())),
             Err(e) if Instant::now() < deadline => {
                 eprintln!("chaos: the log is not read yet ({e}); trying again");
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(e) => panic!("the healed cluster serves its log: {e}"),
+            Err(e) => break Err(format!("the healed cluster did not serve its log: {e}")),
         }
     };
     let (events, stored) = crate::logged_inputs(rt, &log, positions);
@@ -1317,7 +1368,13 @@ fn breaches(
     let mut last: Option<(BTreeMap<String, usize>, Instant)> = None;
     loop {
         verdict.exits.extend(system.supervise());
-        let got = read();
+        let got = match read() {
+            Ok(got) => got,
+            Err(e) => {
+                verdict.unreadable.push(e);
+                return want.len(); // the geofence is stopped with the rest of the system
+            }
+        };
         let read_all = crate::metric(system.geofence.port, "hru_geofence_event_time_ms") as i64 >= last_heartbeat_ms;
         let changed = last.as_ref().is_none_or(|(before, _)| *before != got);
         if changed {
@@ -1342,7 +1399,13 @@ fn breaches(
     }
     let _ = system.geofence.child.kill();
     let _ = system.geofence.child.wait();
-    let got = read();
+    let got = match read() {
+        Ok(got) => got,
+        Err(e) => {
+            verdict.unreadable.push(e);
+            return want.len();
+        }
+    };
     if want.is_empty() {
         verdict.breaches_missed.push(
             "the pure engine decides nothing over the logged inputs: the fleet raised no breach to compare".into(),
@@ -1408,7 +1471,13 @@ fn check(system: &System, rt: &tokio::runtime::Runtime, ops: &[Op], verdict: &mu
                 eprintln!("chaos: the log is not read yet ({e}); trying again");
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(e) => panic!("the healed cluster serves its log: {e}"),
+            Err(e) => {
+                // Nothing can be shown present: every acknowledged write counts as lost.
+                verdict
+                    .unreadable
+                    .push(format!("the healed cluster did not serve its log: {e}"));
+                break Vec::new();
+            }
         }
     };
     // What was read is the whole log, without a gap (nothing is ever deleted from it).

@@ -189,6 +189,7 @@ mod tests {
 
         let mut file = std::fs::OpenOptions::new()
             .create(true)
+            .truncate(true)
             .read(true)
             .write(true)
             .open(&block)

@@ -42,7 +42,7 @@ pub enum LocalNatsError {
     },
 
     /// The server did not report healthy JetStream before the deadline.
-    #[error("nats-server at {url} not ready (last answer: {last}); it was killed. Server log tail:\n{log_tail}")]
+    #[error("nats-server at {url} not ready (last answer: {last}). Server log tail:\n{log_tail}")]
     NotReady {
         /// What was polled (monitoring `/healthz` URL, or the ports file while it was missing).
         url: String,

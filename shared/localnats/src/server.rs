@@ -352,7 +352,8 @@ impl NatsServer {
         result
     }
 
-    fn poll_ready(&mut self, deadline: Instant) -> Result<(), LocalNatsError> {
+    /// Polls the ports file, then `/healthz`, until 200; on failure leaves the process running.
+    pub(crate) fn poll_ready(&mut self, deadline: Instant) -> Result<(), LocalNatsError> {
         let mut last = String::from("no answer yet");
         loop {
             let Some(child) = self.child.as_mut() else {
