@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 #[test]
-fn twenty_episodes_of_partitions_pauses_kills_and_full_disks_lose_duplicate_and_reorder_nothing() {
+fn twenty_episodes_of_partitions_pauses_kills_full_disks_and_power_cuts_lose_duplicate_and_reorder_nothing() {
     let seed = std::env::var("HRU_CHAOS_SEED")
         .ok()
         .map_or(20, |s| s.parse().expect("HRU_CHAOS_SEED is a number"));

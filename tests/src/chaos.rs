@@ -58,8 +58,8 @@ const FLEET_STEP_MS: i64 = 5_000;
 /// How long restarted servers are given to become healthy (a whole cluster recovering its
 /// streams on a loaded machine takes tens of seconds).
 const RESTART_WITHIN: Duration = Duration::from_secs(60);
-/// After how many episodes in a row whose restarted servers were not healthy in time a run
-/// ends (a cluster that does not recover makes further episodes meaningless).
+/// After how many episodes in a row that ended with a server not healthy a run ends (a cluster
+/// that does not recover makes further episodes meaningless).
 const GIVE_UP_AFTER: u32 = 3;
 /// How many times a run keeps its services' logs (for stuck or unhealthy episodes).
 const LOGS_KEPT: usize = 8;
@@ -1099,7 +1099,7 @@ pub fn run(options: &Options) -> Report {
             break;
         }
         if unhealthy_in_a_row >= GIVE_UP_AFTER {
-            let why = format!("the cluster was not healthy after {GIVE_UP_AFTER} restarts in a row");
+            let why = format!("the cluster was not healthy at the end of {GIVE_UP_AFTER} episodes in a row");
             eprintln!("chaos: {why}: the run ends here, and what ran is checked");
             ended = Some(why);
             break;
@@ -1137,11 +1137,6 @@ pub fn run(options: &Options) -> Report {
         let what = system.inject(fault, &mut rng, hold);
         let healed = healed_at();
         eprintln!("chaos: episode {episode}: {what}");
-        unhealthy_in_a_row = if system.troubles.is_empty() {
-            0
-        } else {
-            unhealthy_in_a_row + 1
-        };
         verdict
             .stuck
             .extend(system.troubles.drain(..).map(|t| format!("episode {episode}: {t}")));
@@ -1152,6 +1147,8 @@ pub fn run(options: &Options) -> Report {
             &mut verdict,
             &format!("episode {episode} ({what})"),
         );
+        let healthy = system.cluster.nodes().iter().all(hru_testkit::NatsServer::is_healthy);
+        unhealthy_in_a_row = if healthy { 0 } else { unhealthy_in_a_row + 1 };
     }
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
@@ -1353,10 +1350,23 @@ fn breaches(
             Err(e) => break Err(format!("the healed cluster did not serve its log: {e}")),
         }
     };
-    let (events, stored) = crate::logged_inputs(rt, &log, positions);
-    let partitions = rt
-        .block_on(positions.partitions())
-        .expect("the position stream's partitions");
+    let ((events, stored), partitions) = loop {
+        let read = crate::try_logged_inputs(rt, &log, positions)
+            .and_then(|inputs| Ok((inputs, rt.block_on(positions.partitions())?)));
+        match read {
+            Ok(read) => break read,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("chaos: the geofence's inputs are not read yet ({e}); trying again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                verdict
+                    .unreadable
+                    .push(format!("the healed cluster did not serve the geofence's inputs: {e}"));
+                return 0;
+            }
+        }
+    };
     let mut want: Vec<String> = (0..partitions)
         .flat_map(|p| crate::partition_breaches(&events, &stored, &directory, &mut ring(), p, partitions))
         .filter(|b| b.case.is_some())

@@ -47,6 +47,15 @@ pub fn logged_inputs(
     log: &hru_log::EventLog,
     positions: &hru_log::PositionLog,
 ) -> (Vec<hru_log::LogEntry>, Vec<hru_log::LogEntry>) {
+    try_logged_inputs(rt, log, positions).expect("the log and the position stream read")
+}
+
+/// [`logged_inputs`], or why they could not be read.
+pub fn try_logged_inputs(
+    rt: &tokio::runtime::Runtime,
+    log: &hru_log::EventLog,
+    positions: &hru_log::PositionLog,
+) -> Result<(Vec<hru_log::LogEntry>, Vec<hru_log::LogEntry>), hru_log::LogError> {
     use futures::TryStreamExt as _;
     use hru_log::SharedLog as _;
     rt.block_on(async {
@@ -60,7 +69,6 @@ pub fn logged_inputs(
             .await?;
         Ok::<_, hru_log::LogError>((events, stored))
     })
-    .expect("the log and the position stream read")
 }
 
 /// Every breach update the pure geofence engine raises over logged `events` and `positions`,

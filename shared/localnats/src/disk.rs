@@ -111,6 +111,18 @@ impl OwnDisk {
     }
 }
 
+/// Whether this process runs as root, as mounting an own disk needs.
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 impl Drop for OwnDisk {
     fn drop(&mut self) {
         self.power.take(); // the file system over the tmpfs goes first
@@ -140,17 +152,9 @@ mod tests {
     /// directory once more. Where mounting is not allowed, the error says what it needs.
     /// A disk of `bytes` at `at`; `None` (the test skips) only when not running as root.
     fn own_disk(at: &Path, bytes: u64) -> Option<OwnDisk> {
-        let root = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
-            })
-            .unwrap_or(false);
         match OwnDisk::mount(at, bytes) {
             Ok(disk) => Some(disk),
-            Err(e) if !root => {
+            Err(e) if !running_as_root() => {
                 eprintln!("skipped (not root): {e}");
                 None
             }

@@ -17,7 +17,7 @@ mod server;
 
 pub use binary::{MIN_VERSION, NatsServerBinary};
 pub use cluster::{ClusterPorts, NatsCluster, node_name};
-pub use disk::OwnDisk;
+pub use disk::{OwnDisk, running_as_root};
 pub use error::LocalNatsError;
 pub use powercut::CutReport;
 pub use server::{NatsServer, NatsServerBuilder};

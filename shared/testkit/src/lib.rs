@@ -6,7 +6,7 @@ pub mod faults;
 
 pub use hru_local_nats::{
     ClusterPorts, LocalNatsError as TestkitError, MIN_VERSION, NatsCluster, NatsServer, NatsServerBinary,
-    NatsServerBuilder, OwnDisk, node_name,
+    NatsServerBuilder, OwnDisk, node_name, running_as_root,
 };
 
 /// A free loopback TCP port.
