@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
+use hru_tests::chaos::Fault;
+
 #[test]
 fn twenty_episodes_of_partitions_pauses_kills_full_disks_and_power_cuts_lose_duplicate_and_reorder_nothing() {
     let seed = std::env::var("HRU_CHAOS_SEED")
@@ -25,4 +27,8 @@ fn twenty_episodes_of_partitions_pauses_kills_full_disks_and_power_cuts_lose_dup
     assert!(report.acknowledged > 100, "the writers wrote throughout: {report}");
     assert!(report.faults.len() >= 6, "most kinds of fault were injected: {report}");
     assert!(report.breaches > 0, "the fleet raised breaches to check: {report}");
+    let cuts = [Fault::PowerCutServer, Fault::PowerCutMajority, Fault::PowerCutAll];
+    if cuts.iter().any(|kind| report.faults.contains_key(kind)) {
+        assert!(report.cut_bytes > 0, "the power cuts took something back: {report}");
+    }
 }

@@ -303,6 +303,8 @@ pub struct Report {
     pub flushes: (u64, u64),
     /// Breach decisions the pure engine makes over the logged inputs.
     pub breaches: usize,
+    /// Bytes written and not synced that the power cuts took back from the servers' disks.
+    pub cut_bytes: u64,
     /// Whether the servers' stores were on their own disks (else no disk was filled and no
     /// power cut), and why not.
     pub disks: Result<(), String>,
@@ -352,6 +354,17 @@ impl std::fmt::Display for Report {
             "  fleet: {} flushes published, {} failed and sent again; {} breach decisions by the pure engine",
             self.flushes.0, self.flushes.1, self.breaches
         )?;
+        let cuts: u32 = [Fault::PowerCutServer, Fault::PowerCutMajority, Fault::PowerCutAll]
+            .iter()
+            .filter_map(|kind| self.faults.get(kind))
+            .sum();
+        if cuts > 0 {
+            writeln!(
+                f,
+                "  power cuts: {cuts}, taking back {} MiB written and not synced",
+                self.cut_bytes >> 20
+            )?;
+        }
         if let Err(why) = &self.disks {
             writeln!(f, "  no disk was filled and no power was cut: {why}")?;
         }
@@ -458,6 +471,8 @@ struct System {
     net: FaultyNet,
     /// Where this run's artifacts go, and what names them (seed and sync setting).
     artifacts: (std::path::PathBuf, String),
+    /// Bytes the power cuts so far took back (written, not synced).
+    cut_bytes: u64,
     /// Log directories kept so far (at most [`LOGS_KEPT`]).
     logs_kept: usize,
     /// What went wrong during the episode under way that is not a safety failure (a server
@@ -544,6 +559,7 @@ impl System {
             cluster,
             net,
             artifacts: (artifacts_dir(), run_name(options)),
+            cut_bytes: 0,
             logs_kept: 0,
             troubles: Vec::new(),
         }
@@ -763,11 +779,17 @@ impl System {
                     .expect("a block of HRU_EVENTS on every server");
                 let len = std::fs::metadata(&block).map_or(0, |m| m.len());
                 let by = rng.gen_range(1..=len.clamp(1, 4096));
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&block)
-                    .expect("open the block");
-                file.set_len(len.saturating_sub(by)).expect("truncate the block");
+                // The disk's own damage: a later power cut does not undo it.
+                let cut = len.saturating_sub(by);
+                match self.cluster.node(server).disk() {
+                    Some(disk) => disk.truncate_durably(&block, cut),
+                    None => std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&block)
+                        .and_then(|file| file.set_len(cut))
+                        .map_err(|e| hru_testkit::TestkitError::Invalid(e.to_string())),
+                }
+                .expect("truncate the block");
                 std::thread::sleep(hold);
                 let slow = self.restart_server(server);
                 let name = block
@@ -827,6 +849,7 @@ impl System {
                 };
                 let which: Vec<usize> = (0..count).map(|k| (server + k) % SERVERS).collect();
                 let cuts = self.cluster.cut_power(&which).expect("cut the servers' power");
+                self.cut_bytes += cuts.iter().map(|cut| cut.bytes).sum::<u64>();
                 let lost: Vec<String> = which
                     .iter()
                     .zip(&cuts)
@@ -1179,6 +1202,7 @@ pub fn run(options: &Options) -> Report {
         events,
         flushes,
         breaches,
+        cut_bytes: system.cut_bytes,
         disks: system.disks.clone(),
         elapsed: began.elapsed(),
         verdict,

@@ -71,6 +71,19 @@ impl OwnDisk {
         }
     }
 
+    /// Damage a file as the disk holds it: cut `path` (a file under [`path`](Self::path)) to
+    /// `len` bytes, for good (a later power cut does not undo it).
+    pub fn truncate_durably(&self, path: &Path, len: u64) -> Result<(), LocalNatsError> {
+        match &self.power {
+            Some(power) => power.truncate_durably(path, len),
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|file| file.set_len(len))
+                .map_err(LocalNatsError::io(format!("truncating {}", path.display()))),
+        }
+    }
+
     /// Bytes written here and not yet fsynced: what a power cut now would lose.
     pub fn unsynced(&self) -> u64 {
         self.power.as_ref().map_or(0, PowerCut::unsynced)
@@ -234,6 +247,25 @@ mod tests {
             .unwrap()
             .write_all(b"synchronous")
             .unwrap();
+        // Reopened with O_TRUNC (as an index is rewritten), then a hole written past its end.
+        let index2 = at.join("msgs/index2.db");
+        std::fs::write(&index2, b"synced index").unwrap();
+        std::fs::File::open(&index2).unwrap().sync_all().unwrap();
+        std::fs::write(&index2, b"new").unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&index2)
+            .unwrap()
+            .write_all_at(b"far", 100)
+            .unwrap();
+        // A directory renamed with a dirty file in it; a synced file renamed over a dirty one.
+        std::fs::create_dir(at.join("dir")).unwrap();
+        std::fs::write(at.join("dir/inside"), b"dirty").unwrap();
+        std::fs::rename(at.join("dir"), at.join("moved")).unwrap();
+        std::fs::write(at.join("target"), b"dirty, replaced").unwrap();
+        std::fs::write(at.join("replacement"), b"synced").unwrap();
+        std::fs::File::open(at.join("replacement")).unwrap().sync_all().unwrap();
+        std::fs::rename(at.join("replacement"), at.join("target")).unwrap();
         // Removed: stays removed.
         std::fs::write(at.join("gone"), b"x").unwrap();
         std::fs::File::open(at.join("gone")).unwrap().sync_all().unwrap();
@@ -241,7 +273,7 @@ mod tests {
 
         drop(file);
         let cut = disk.cut_power().unwrap();
-        assert_eq!(cut.files, 3, "{cut:?}");
+        assert_eq!(cut.files, 5, "{cut:?}");
         assert_eq!(std::fs::read(&block).unwrap(), b"synced-one|synced-two|");
         assert_eq!(std::fs::read(&index).unwrap(), b"index synced, to be truncated");
         assert_eq!(
@@ -252,6 +284,35 @@ mod tests {
         assert!(!at.join("meta.tmp").exists() && !at.join("gone").exists());
         assert_eq!(std::fs::read(at.join("snap")).unwrap(), b"synchronous");
         assert_eq!(
+            std::fs::read(&index2).unwrap(),
+            b"synced index",
+            "truncated and rewritten, then cut"
+        );
+        assert_eq!(
+            std::fs::read(at.join("moved/inside")).unwrap(),
+            b"",
+            "followed into the renamed directory"
+        );
+        assert_eq!(std::fs::read(at.join("target")).unwrap(), b"synced");
+        // Damage done to the disk itself stays through a later cut.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&block)
+            .unwrap()
+            .write_all(b"unsynced")
+            .unwrap();
+        disk.truncate_durably(&block, 6).unwrap();
+        disk.cut_power().unwrap();
+        assert_eq!(std::fs::read(&block).unwrap(), b"synced");
+        let names: Vec<String> = std::fs::read_dir(&at)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.contains(&"moved".to_owned()) && names.contains(&"index.db".to_owned()),
+            "{names:?}"
+        );
+        assert_eq!(
             disk.cut_power().unwrap(),
             CutReport::default(),
             "a second cut has nothing to take"
@@ -261,7 +322,7 @@ mod tests {
         let mut file = std::fs::OpenOptions::new().append(true).open(&block).unwrap();
         file.seek(SeekFrom::End(0)).unwrap();
         file.write_all(b"after").unwrap();
-        assert_eq!(std::fs::read(&block).unwrap(), b"synced-one|synced-two|after");
+        assert_eq!(std::fs::read(&block).unwrap(), b"syncedafter");
         let filled = disk.fill().unwrap();
         assert!(filled > 14 << 20, "filled {filled} bytes");
         let err = std::fs::write(at.join("more"), b"x".repeat(8192)).unwrap_err();

@@ -121,31 +121,54 @@ impl PowerCut {
 
     /// Cut the power: every file is put back to its contents at its last fsync (or creation).
     /// Call it only once every process writing here has been killed and reaped.
+    /// Every file is tried, even after one fails; the first failure is the error.
     pub fn cut(&self) -> Result<CutReport, LocalNatsError> {
         let mut state = lock(&self.state);
         let dirty = std::mem::take(&mut state.dirty);
         let mut report = CutReport::default();
+        let mut failed = None;
         for (ino, steps) in dirty {
             let Some(rel) = state.tree.path(ino).map(Path::to_owned) else {
                 continue; // unlinked since: its name is gone for good, and its data with it
             };
             let path = state.backing.join(&rel);
-            let kind = report.by_kind.entry(kind_of(&rel)).or_default();
-            kind.0 += 1;
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(LocalNatsError::io(format!("opening {} to cut it back", path.display())))?;
-            for step in steps.iter().rev() {
-                file.write_all_at(&step.old, step.offset)
-                    .and_then(|()| file.set_len(step.len_before))
-                    .map_err(LocalNatsError::io(format!("cutting back {}", path.display())))?;
-                report.bytes += step.written;
-                kind.1 += step.written;
+            let undone = OpenOptions::new().write(true).open(&path).and_then(|file| {
+                steps.iter().rev().try_for_each(|step| {
+                    file.write_all_at(&step.old, step.offset)?;
+                    file.set_len(step.len_before)
+                })
+            });
+            if let Err(e) = undone {
+                failed.get_or_insert_with(|| LocalNatsError::io(format!("cutting back {}", path.display()))(e));
+                continue;
             }
+            let written: u64 = steps.iter().map(|step| step.written).sum();
+            let kind = report.by_kind.entry(kind_of(&rel)).or_default();
+            *kind = (kind.0 + 1, kind.1 + written);
             report.files += 1;
+            report.bytes += written;
         }
-        Ok(report)
+        failed.map_or(Ok(report), Err)
+    }
+
+    /// Damage a file as the disk holds it: cut `path` (under the mount) to `len` bytes, for
+    /// good. What was not yet synced of it is taken to be as the disk now holds it, so that a
+    /// later cut does not undo the damage.
+    pub fn truncate_durably(&self, path: &Path, len: u64) -> Result<(), LocalNatsError> {
+        let rel = path
+            .strip_prefix(&self.at)
+            .map_err(|_| LocalNatsError::Invalid(format!("{} is not under {}", path.display(), self.at.display())))?;
+        let mut state = lock(&self.state);
+        let backing = state.backing.join(rel);
+        OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .and_then(|file| file.set_len(len))
+            .map_err(LocalNatsError::io(format!("truncating {}", backing.display())))?;
+        if let Some(&ino) = state.tree.inos.get(rel) {
+            state.dirty.remove(&ino);
+        }
+        Ok(())
     }
 }
 
@@ -240,6 +263,9 @@ impl Tree {
     }
 }
 
+/// A directory's entries: inode, kind and name.
+type Listing = Vec<(u64, FileType, std::ffi::OsString)>;
+
 /// An open file.
 #[derive(Debug)]
 struct Open {
@@ -253,6 +279,8 @@ struct State {
     backing: PathBuf,
     tree: Tree,
     open: HashMap<u64, Open>,
+    /// Open directories' listings, taken when each was opened.
+    dirs: HashMap<u64, Listing>,
     next_fh: u64,
     /// Per inode, the changes since its last fsync, oldest first.
     dirty: HashMap<u64, Vec<Step>>,
@@ -264,6 +292,7 @@ impl State {
             backing,
             tree: Tree::new(),
             open: HashMap::new(),
+            dirs: HashMap::new(),
             next_fh: 1,
             dirty: HashMap::new(),
         }
@@ -280,6 +309,35 @@ impl State {
         Ok(attr_of(ino, &meta))
     }
 
+    /// An open file of inode `ino`: handle `fh`'s if given and open, else any open handle's.
+    fn file_of(&self, ino: u64, fh: Option<FileHandle>) -> Option<&File> {
+        fh.and_then(|fh| self.open.get(&fh.0))
+            .or_else(|| self.open.values().find(|open| open.ino == ino))
+            .map(|open| &open.file)
+    }
+
+    /// Directory `ino`'s entries now, `.` and `..` first.
+    fn list(&mut self, ino: u64) -> Result<Listing, Errno> {
+        let rel = self.tree.path(ino).map(Path::to_owned).ok_or(Errno::ENOENT)?;
+        let entries = std::fs::read_dir(self.backing.join(&rel))?;
+        let parent = rel.parent().map_or(ROOT, |p| self.tree.ino(p));
+        let mut listing = vec![
+            (ino, FileType::Directory, OsStr::new(".").to_owned()),
+            (parent, FileType::Directory, OsStr::new("..").to_owned()),
+        ];
+        for entry in entries {
+            let entry = entry?;
+            let kind = match entry.file_type() {
+                Ok(t) if t.is_dir() => FileType::Directory,
+                Ok(t) if t.is_symlink() => FileType::Symlink,
+                _ => FileType::RegularFile,
+            };
+            let child = self.tree.ino(&rel.join(entry.file_name()));
+            listing.push((child, kind, entry.file_name()));
+        }
+        Ok(listing)
+    }
+
     fn register(&mut self, file: File, ino: u64) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
@@ -292,13 +350,13 @@ impl State {
         let len_before = file.metadata()?.len();
         let mut old = vec![0; len_before.saturating_sub(size) as usize];
         file.read_exact_at(&mut old, size)?;
-        file.set_len(size)?;
         self.dirty.entry(ino).or_default().push(Step {
             offset: size.min(len_before),
             old,
             len_before,
             written: 0,
         });
+        file.set_len(size)?;
         Ok(())
     }
 }
@@ -366,10 +424,11 @@ impl Filesystem for PowerCutFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let mut state = lock(&self.state);
-        let attr = match fh.and_then(|fh| state.open.get(&fh.0)) {
-            Some(open) => open.file.metadata().map(|m| attr_of(ino.0, &m)).map_err(Errno::from),
-            None => match state.tree.path(ino.0).map(Path::to_owned) {
-                Some(rel) => state.attr(&rel),
+        let attr = match state.tree.path(ino.0).map(Path::to_owned) {
+            Some(rel) if fh.is_none() => state.attr(&rel),
+            // Asked of an open file, or of one whose name is gone but is still open.
+            _ => match state.file_of(ino.0, fh) {
+                Some(file) => file.metadata().map(|m| attr_of(ino.0, &m)).map_err(Errno::from),
                 None => Err(Errno::ENOENT),
             },
         };
@@ -399,19 +458,21 @@ impl Filesystem for PowerCutFs {
     ) {
         let mut state = lock(&self.state);
         let result = (|| {
-            let rel = state.tree.path(ino.0).map(Path::to_owned).ok_or(Errno::ENOENT)?;
-            let path = state.backing.join(&rel);
+            // By its name, writable whatever the handles' modes; by a handle once the name is gone.
+            let file = match state.tree.path(ino.0) {
+                Some(rel) => OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(state.backing.join(rel))?,
+                None => state.file_of(ino.0, fh).ok_or(Errno::ENOENT)?.try_clone()?,
+            };
             if let Some(mode) = mode {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))?;
+                file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
             }
             if let Some(size) = size {
-                let file = match fh.and_then(|fh| state.open.get(&fh.0)) {
-                    Some(open) => open.file.try_clone()?,
-                    None => OpenOptions::new().read(true).write(true).open(&path)?,
-                };
                 state.truncate(ino.0, &file, size)?;
             }
-            state.attr(&rel)
+            Ok(attr_of(ino.0, &file.metadata()?))
         })();
         match result {
             Ok(attr) => reply.attr(&NO_CACHE, &attr),
@@ -590,22 +651,22 @@ impl Filesystem for PowerCutFs {
         let mut state = lock(&self.state);
         let result = (|| {
             let open = state.open.get(&fh.0).ok_or(Errno::EBADF)?;
-            let len_before = open.file.metadata()?.len();
+            let (file, ino) = (open.file.try_clone()?, open.ino);
+            let len_before = file.metadata()?.len();
             let end = (offset + data.len() as u64).min(len_before);
             let mut old = vec![0; end.saturating_sub(offset) as usize];
-            open.file.read_exact_at(&mut old, offset)?;
-            open.file.write_all_at(data, offset)?;
-            let ino = open.ino;
-            if synchronous {
-                state.dirty.remove(&ino);
-                return Ok(data.len() as u32);
-            }
+            file.read_exact_at(&mut old, offset)?;
+            // Recorded before it is made: a write that fails part way (a full disk) is undone too.
             state.dirty.entry(ino).or_default().push(Step {
                 offset,
                 old,
                 len_before,
                 written: data.len() as u64,
             });
+            file.write_all_at(data, offset)?;
+            if synchronous {
+                state.dirty.remove(&ino);
+            }
             Ok::<_, Errno>(data.len() as u32)
         })();
         match result {
@@ -638,36 +699,45 @@ impl Filesystem for PowerCutFs {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let mut state = lock(&self.state);
-        let Some(rel) = state.tree.path(ino.0).map(Path::to_owned) else {
-            reply.error(Errno::ENOENT);
-            return;
-        };
-        let entries = match std::fs::read_dir(state.backing.join(&rel)) {
-            Ok(entries) => entries,
-            Err(e) => {
-                reply.error(e.into());
-                return;
+        match state.list(ino.0) {
+            Ok(listing) => {
+                let fh = state.next_fh;
+                state.next_fh += 1;
+                state.dirs.insert(fh, listing);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
             }
-        };
-        let mut listed = vec![(ino.0, FileType::Directory, OsStr::new(".").to_owned())];
-        let parent = rel.parent().map_or(ROOT, |p| state.tree.ino(p));
-        listed.push((parent, FileType::Directory, OsStr::new("..").to_owned()));
-        for entry in entries.flatten() {
-            let kind = match entry.file_type() {
-                Ok(t) if t.is_dir() => FileType::Directory,
-                Ok(t) if t.is_symlink() => FileType::Symlink,
-                _ => FileType::RegularFile,
-            };
-            let child = state.tree.ino(&rel.join(entry.file_name()));
-            listed.push((child, kind, entry.file_name()));
+            Err(e) => reply.error(e),
         }
-        for (i, (child, kind, name)) in listed.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let mut state = lock(&self.state);
+        // Read from the listing taken when the directory was opened, so that offsets stay put
+        // while entries come and go.
+        if !state.dirs.contains_key(&fh.0) {
+            match state.list(ino.0) {
+                Ok(listing) => {
+                    state.dirs.insert(fh.0, listing);
+                }
+                Err(e) => {
+                    reply.error(e);
+                    return;
+                }
+            }
+        }
+        let listing = state.dirs.get(&fh.0).map(Vec::as_slice).unwrap_or_default();
+        for (i, (child, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), i as u64 + 1, *kind, name) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        lock(&self.state).dirs.remove(&fh.0);
         reply.ok();
     }
 
