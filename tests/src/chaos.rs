@@ -361,8 +361,8 @@ impl std::fmt::Display for Report {
         if cuts > 0 {
             writeln!(
                 f,
-                "  power cuts: {cuts}, taking back {} MiB written and not synced",
-                self.cut_bytes >> 20
+                "  power cuts: {cuts}, taking back {} KiB written and not synced",
+                self.cut_bytes >> 10
             )?;
         }
         if let Err(why) = &self.disks {
@@ -1268,6 +1268,94 @@ fn run_name(options: &Options) -> String {
     )
 }
 
+/// A server's copy of a stream: each message's sequence and the digest of its subject and content.
+type StreamCopy = Vec<(u64, [u8; 32])>;
+
+/// The copy of `HRU_EVENTS` held by the server at `url`, through sequence `last`: each message's
+/// sequence and the digest of its subject and content. Read with batched direct gets from a
+/// client of that server alone, which its own replica answers (a server prefers its own queue
+/// subscribers, and every server holds a replica).
+async fn copy_on(url: &str, last: u64) -> Result<StreamCopy, String> {
+    use futures::StreamExt as _;
+    use sha2::Digest as _;
+    let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+    let mut copy = Vec::new();
+    let mut next = 1;
+    while next <= last {
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+        let ask = serde_json::json!({ "seq": next, "batch": 1000 }).to_string();
+        client
+            .publish_with_reply("$JS.API.DIRECT.GET.HRU_EVENTS", inbox, ask.into())
+            .await
+            .map_err(|e| e.to_string())?;
+        let from = next;
+        loop {
+            let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+                .await
+                .map_err(|_| format!("no answer for sequence {next} within 5 s"))?
+                .ok_or("the connection closed")?;
+            if reply.status.is_some() {
+                break; // the end of the batch (or nothing more)
+            }
+            let header = |name: &str| {
+                reply
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default()
+            };
+            let seq: u64 = header("Nats-Sequence")
+                .parse()
+                .map_err(|_| "a direct get answered without Nats-Sequence".to_owned())?;
+            let mut digest = sha2::Sha256::new();
+            digest.update(header("Nats-Subject").as_bytes());
+            digest.update([0]);
+            digest.update(&reply.payload);
+            copy.push((seq, digest.finalize().into()));
+            next = seq + 1;
+        }
+        if next == from {
+            break; // nothing at or after `next`
+        }
+    }
+    copy.retain(|(seq, _)| *seq <= last);
+    Ok(copy)
+}
+
+/// Where server copies read by [`copy_on`] differ from the first server's: the first sequence
+/// each one differs at, or why it could not be read.
+fn differences(copies: &[Result<StreamCopy, String>]) -> Vec<String> {
+    let Some(Ok(first)) = copies.first() else {
+        return vec![format!("n0's copy could not be read: {:?}", copies.first())];
+    };
+    let mut found = Vec::new();
+    for (i, copy) in copies.iter().enumerate().skip(1) {
+        match copy {
+            Err(e) => found.push(format!("n{i}'s copy could not be read: {e}")),
+            Ok(copy) if copy == first => {}
+            Ok(copy) => {
+                // The first message that differs, or else the first one only one of them holds.
+                let common = first.len().min(copy.len());
+                let at = first
+                    .iter()
+                    .zip(copy)
+                    .find(|(a, b)| a != b)
+                    .map(|((seq, _), _)| *seq)
+                    .or_else(|| first.get(common).or(copy.get(common)).map(|(seq, _)| *seq))
+                    .unwrap_or_default();
+                found.push(format!(
+                    "n{i}'s copy ({} messages) differs from n0's ({}) from sequence {at}",
+                    copy.len(),
+                    first.len()
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// Write the history, one operation per line, where the test artifacts go.
 fn history_file(options: &Options, ops: &[Op]) -> std::path::PathBuf {
     let file = artifacts_dir().join(format!("{}.history", run_name(options)));
@@ -1492,6 +1580,24 @@ fn check(system: &System, rt: &tokio::runtime::Runtime, ops: &[Op], verdict: &mu
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    // And alike message by message, not only in number.
+    if let Some((messages, _, last)) = agreed {
+        let copies: Vec<Result<StreamCopy, String>> = system
+            .cluster
+            .urls()
+            .iter()
+            .map(|url| rt.block_on(copy_on(url, last)))
+            .collect();
+        verdict.divergent.extend(differences(&copies));
+        if let Some(Ok(first)) = copies.first()
+            && first.len() as u64 != messages
+        {
+            verdict.divergent.push(format!(
+                "n0's copy read message by message holds {} of its {messages} messages",
+                first.len()
+            ));
+        }
+    }
     // The log's whole content, once the cluster answers for it again.
     let deadline = Instant::now() + SETTLE;
     let entries: Vec<hru_log::LogEntry> = loop {
@@ -1637,6 +1743,30 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Copies alike say nothing; a copy with other content, a shorter one or an unreadable one
+    /// is named with where it parts from the first server's.
+    #[test]
+    fn copies_are_compared_message_by_message() {
+        let copy = |digests: &[u8]| -> Result<StreamCopy, String> {
+            Ok(digests
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i as u64 + 1, [*d; 32]))
+                .collect())
+        };
+        assert!(differences(&[copy(&[1, 2, 3]), copy(&[1, 2, 3]), copy(&[1, 2, 3])]).is_empty());
+        let found = differences(&[copy(&[1, 2, 3]), copy(&[1, 9, 3]), copy(&[1, 2])]);
+        assert_eq!(
+            found,
+            [
+                "n1's copy (3 messages) differs from n0's (3) from sequence 2",
+                "n2's copy (2 messages) differs from n0's (3) from sequence 3"
+            ]
+        );
+        let found = differences(&[copy(&[1]), Err("no answer".into()), copy(&[1])]);
+        assert_eq!(found, ["n1's copy could not be read: no answer"]);
+    }
 
     #[test]
     fn a_refusal_names_the_case_version() {
