@@ -1268,6 +1268,25 @@ fn run_name(options: &Options) -> String {
     )
 }
 
+/// `attempt` again every 500 ms until it succeeds or `deadline` has passed: its value, or its
+/// last error. What is awaited is said on each retry.
+fn until<T, E: std::fmt::Display>(
+    deadline: Instant,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, String> {
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("chaos: not yet: {what} ({e}); trying again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// A server's copy of a stream: each message's sequence and the digest of its subject and content.
 type StreamCopy = Vec<(u64, [u8; 32])>;
 
@@ -1435,48 +1454,36 @@ fn breaches(
             .expect("the geofence's key ring")
     };
     let deadline = Instant::now() + 2 * SETTLE;
-    let log = loop {
-        match rt.block_on(hru_log::EventLog::connect(&url)) {
-            Ok(log) => break log,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("chaos: the log does not answer yet ({e}); trying again");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => {
-                verdict.unreadable.push(format!(
-                    "the healed cluster did not answer for its log within {:?}: {e}",
-                    2 * SETTLE
-                ));
-                return 0;
-            }
+    let log = match until(deadline, "the log answers", || {
+        rt.block_on(hru_log::EventLog::connect(&url))
+    }) {
+        Ok(log) => log,
+        Err(e) => {
+            verdict.unreadable.push(format!(
+                "the healed cluster did not answer for its log within {:?}: {e}",
+                2 * SETTLE
+            ));
+            return 0;
         }
     };
-    let read = || loop {
-        let events = rt.block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await });
-        match events {
-            Ok(events) => break Ok(crate::logged_decisions(&events, &directory, &mut ring())),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("chaos: the log is not read yet ({e}); trying again");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => break Err(format!("the healed cluster did not serve its log: {e}")),
-        }
+    let read = || {
+        until(deadline, "the log is read", || {
+            rt.block_on(async { log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await })
+        })
+        .map(|events| crate::logged_decisions(&events, &directory, &mut ring()))
+        .map_err(|e| format!("the healed cluster did not serve its log: {e}"))
     };
-    let ((events, stored), partitions) = loop {
-        let read = crate::try_logged_inputs(rt, &log, positions)
-            .and_then(|inputs| Ok((inputs, rt.block_on(positions.partitions())?)));
-        match read {
-            Ok(read) => break read,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("chaos: the geofence's inputs are not read yet ({e}); trying again");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => {
-                verdict
-                    .unreadable
-                    .push(format!("the healed cluster did not serve the geofence's inputs: {e}"));
-                return 0;
-            }
+    let inputs = until(deadline, "the geofence's inputs are read", || {
+        crate::try_logged_inputs(rt, &log, positions)
+            .and_then(|inputs| Ok((inputs, rt.block_on(positions.partitions())?)))
+    });
+    let ((events, stored), partitions) = match inputs {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            verdict
+                .unreadable
+                .push(format!("the healed cluster did not serve the geofence's inputs: {e}"));
+            return 0;
         }
     };
     let mut want: Vec<String> = (0..partitions)
@@ -1600,26 +1607,19 @@ fn check(system: &System, rt: &tokio::runtime::Runtime, ops: &[Op], verdict: &mu
     }
     // The log's whole content, once the cluster answers for it again.
     let deadline = Instant::now() + SETTLE;
-    let entries: Vec<hru_log::LogEntry> = loop {
-        let read = rt.block_on(async {
+    let read = until(deadline, "the log is read", || {
+        rt.block_on(async {
             let log = hru_log::EventLog::connect(&url).await?;
             log.reader().replay(1, &[]).await?.try_collect::<Vec<_>>().await
-        });
-        match read {
-            Ok(entries) => break entries,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("chaos: the log is not read yet ({e}); trying again");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => {
-                // Nothing can be shown present: every acknowledged write counts as lost.
-                verdict
-                    .unreadable
-                    .push(format!("the healed cluster did not serve its log: {e}"));
-                break Vec::new();
-            }
-        }
-    };
+        })
+    });
+    let entries: Vec<hru_log::LogEntry> = read.unwrap_or_else(|e| {
+        // Nothing can be shown present: every acknowledged write counts as lost.
+        verdict
+            .unreadable
+            .push(format!("the healed cluster did not serve its log: {e}"));
+        Vec::new()
+    });
     // What was read is the whole log, without a gap (nothing is ever deleted from it).
     let read: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
     let whole = read.iter().copied().eq(1..=read.len() as u64);
