@@ -332,4 +332,35 @@ mod tests {
             "a full disk is full through the mount: {err}"
         );
     }
+
+    /// A directory listed over several pages while files in it are removed still lists every
+    /// file that was not removed (a listing re-read at each page would skip some).
+    #[test]
+    fn a_listing_stays_put_while_its_directory_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("store");
+        let Some(_disk) = own_disk(&at, 64 << 20) else { return };
+        let names: Vec<String> = (0..3000).map(|i| format!("block-{i:05}")).collect();
+        for name in &names {
+            std::fs::File::create(at.join(name)).unwrap();
+        }
+        let mut listing = std::fs::read_dir(&at).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in listing.by_ref().take(100) {
+            seen.insert(entry.unwrap().file_name().to_string_lossy().into_owned());
+        }
+        for name in &seen {
+            std::fs::remove_file(at.join(name)).unwrap();
+        }
+        for entry in listing {
+            seen.insert(entry.unwrap().file_name().to_string_lossy().into_owned());
+        }
+        let missed: Vec<&String> = names.iter().filter(|n| !seen.contains(*n)).collect();
+        assert!(
+            missed.is_empty(),
+            "{} files never listed, {:?}…",
+            missed.len(),
+            missed.first()
+        );
+    }
 }
