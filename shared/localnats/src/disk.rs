@@ -363,4 +363,34 @@ mod tests {
             missed.first()
         );
     }
+
+    /// A write that fails part way on a full disk is undone by a cut like any other: what it
+    /// managed to write was never synced.
+    #[test]
+    fn a_write_cut_short_by_a_full_disk_is_undone_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("store");
+        let Some(disk) = own_disk(&at, 4 << 20) else { return };
+        let file = at.join("block");
+        std::fs::File::create(&file).unwrap().sync_all().unwrap();
+        std::fs::write(at.join("room"), vec![1u8; 8192]).unwrap();
+        disk.fill().unwrap();
+        std::fs::remove_file(at.join("room")).unwrap();
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .write_all(&vec![2u8; 64 << 10])
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28), "{err}");
+        let written = std::fs::metadata(&file).unwrap().len();
+        assert!(written > 0, "part of the write landed before the disk was full");
+        disk.free().unwrap();
+        disk.cut_power().unwrap();
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            0,
+            "{written} bytes were not undone"
+        );
+    }
 }
