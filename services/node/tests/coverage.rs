@@ -23,6 +23,15 @@ async fn every_rpc_leaves_exactly_one_access_record() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let w = world().await;
     let police = w.node("police-hru", "").await;
+    // police-hru's period keys are published before police-control's node starts, so that the
+    // control room's grants to police-hru are wrapped to them (as in a deployment whose nodes
+    // have run a while), not to its long-term key.
+    let published = hru_broker::Subject::control(
+        &"police-hru".parse().unwrap(),
+        hru_domain::EventType::PeriodKeysPublished,
+    );
+    w.wait_in_view("police-control", &hru_broker::Filter::exactly(&published))
+        .await;
     let control = w.node("police-control", "").await;
 
     // A case with a referral and an open breach.

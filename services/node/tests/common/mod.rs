@@ -228,9 +228,12 @@ impl World {
             .unwrap()
     }
 
-    /// Every AccessLogged record police-hru (the DPO's party) can read, in log order.
+    /// Every AccessLogged record police-hru (the DPO's party) can read, in log order, with the
+    /// key ring its node has: its long-term keys and the period keys the node keeps (grants may
+    /// be sealed to either).
     pub async fn access_logged(&self) -> Vec<pb::AccessCore> {
-        let mut ring = hru_envelope::KeyRing::new(self.secrets("police-hru"));
+        let keys = self.dir.path().join("keys");
+        let mut ring = hru_runtime::deployment::key_ring(&keys, &"police-hru".parse().unwrap()).unwrap();
         let mut out = Vec::new();
         for e in self
             .log
@@ -247,7 +250,10 @@ impl World {
         {
             let v = verify(&e.payload, &self.directory).unwrap();
             if v.header.event_type == EventType::KeyGranted {
-                let _ = ring.ingest_grant(&v);
+                // A grant police-hru cannot open would leave what it seals unreadable: say which.
+                if let Err(e) = ring.ingest_grant(&v) {
+                    panic!("police-hru cannot open the grant of {}: {e}", v.header.producer);
+                }
             } else if v.header.event_type == EventType::AccessLogged {
                 let opened = ring.open(&v);
                 let core = opened.sections[0].plaintext.as_ref().unwrap();
