@@ -1305,7 +1305,11 @@ async fn copy_on(url: &str, last: u64) -> Result<StreamCopy, String> {
         let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
         let ask = serde_json::json!({ "seq": next, "batch": 1000 }).to_string();
         client
-            .publish_with_reply("$JS.API.DIRECT.GET.HRU_EVENTS", inbox, ask.into())
+            .publish_with_reply(
+                hru_broker::stream::direct_get_api(hru_broker::EVENTS_STREAM),
+                inbox,
+                ask.into(),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let from = next;
