@@ -1321,11 +1321,12 @@ async fn copy_on(url: &str, last: u64) -> Result<StreamCopy, String> {
             if reply.status.is_some() {
                 break; // the end of the batch (or nothing more)
             }
+            // The server's own `Nats-*` headers come after any the publisher set: take the last.
             let header = |name: &str| {
                 reply
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(name))
+                    .and_then(|h| h.get_last(name))
                     .map(|v| v.as_str().to_owned())
                     .unwrap_or_default()
             };
