@@ -649,15 +649,16 @@ impl Filesystem for PowerCutFs {
         // durable: as a write followed by an fsync of the file.
         let synchronous = flags.0 & nix::fcntl::OFlag::O_DSYNC.bits() != 0;
         let mut state = lock(&self.state);
+        let State { open, dirty, .. } = &mut *state;
         let result = (|| {
-            let open = state.open.get(&fh.0).ok_or(Errno::EBADF)?;
-            let (file, ino) = (open.file.try_clone()?, open.ino);
+            let Open { file, ino } = open.get(&fh.0).ok_or(Errno::EBADF)?;
+            let ino = *ino;
             let len_before = file.metadata()?.len();
             let end = (offset + data.len() as u64).min(len_before);
             let mut old = vec![0; end.saturating_sub(offset) as usize];
             file.read_exact_at(&mut old, offset)?;
             // Recorded before it is made: a write that fails part way (a full disk) is undone too.
-            state.dirty.entry(ino).or_default().push(Step {
+            dirty.entry(ino).or_default().push(Step {
                 offset,
                 old,
                 len_before,
@@ -665,7 +666,7 @@ impl Filesystem for PowerCutFs {
             });
             file.write_all_at(data, offset)?;
             if synchronous {
-                state.dirty.remove(&ino);
+                dirty.remove(&ino);
             }
             Ok::<_, Errno>(data.len() as u32)
         })();
